@@ -1,0 +1,4 @@
+//! The one integration test binary of the workspace (one binary links faster than many).
+//! Each module is one capability checked end to end against the real machine.
+
+mod host_setup;

@@ -1,0 +1,24 @@
+//! # napalm-proto — the `napalm.v1` wire contract
+//!
+//! Owns the gRPC contract shared by `napalm-agent`, `napalm-coordinator` and `napalmctl`:
+//! the `.proto` files under `proto/napalm/v1/`, the code tonic generates from them
+//! ([`v1`]), and the mapping between Napalm's error kinds and gRPC statuses with
+//! `google.rpc` details ([`status`]).
+//!
+//! Must not touch: the machine (no libvirt, files, network) and no business logic. Every
+//! other crate codes against these types; a change here is a change of the contract.
+
+pub mod status;
+
+/// Code generated from `proto/napalm/v1/*.proto` (messages, enums, clients, servers).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("napalm.v1");
+
+    /// The encoded `FileDescriptorSet` of the whole `napalm.v1` package (for gRPC
+    /// reflection, and for tests that check every message is exercised).
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/napalm_v1_descriptor.bin"));
+}
+
+pub use status::ApiError;
