@@ -12,10 +12,17 @@ use clap::Parser;
     about = "Operator CLI: deploy, undeploy and inspect clones, agents and deployments",
     long_about = "Operator CLI: deploy, undeploy and inspect clones, agents and deployments.\n\nNOT IMPLEMENTED YET: this binary arrives with issue #6. Running it prints this and exits with status 2."
 )]
-struct Cli {}
+struct Cli {
+    /// Any arguments; none is acted on yet.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    args: Vec<String>,
+}
 
 fn main() -> std::process::ExitCode {
-    let _cli = Cli::parse();
-    eprintln!("napalmctl: not implemented yet (issue #6); see --help");
+    let cli = Cli::parse();
+    eprintln!(
+        "napalmctl {}: not implemented yet (issue #6); see --help",
+        cli.args.join(" ")
+    );
     std::process::ExitCode::from(2)
 }
