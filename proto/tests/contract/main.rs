@@ -396,7 +396,10 @@ async fn errors_cross_the_wire_with_their_details() {
     if let Some(spec) = req.spec.as_mut() {
         spec.count = 0;
     }
-    let status = coord.deploy(req).await.err().expect("count 0 is refused");
+    let status = match coord.deploy(req).await {
+        Ok(_) => panic!("count 0 was accepted"),
+        Err(status) => status,
+    };
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     match ApiError::from_status(&status) {
         Some(ApiError::InvalidArgument { field, description }) => {
