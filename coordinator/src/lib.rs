@@ -1,12 +1,16 @@
 //! # napalm-coordinator — the control plane (thesis 3.4, 3.5.3, 4.5) and `napalmctl`
 //!
-//! Owns: the registry of agents, clones and deployments (embedded store or etcd),
-//! agent discovery (mDNS browse, registration, static list), heartbeats, the scheduler,
-//! the deploy pipeline (layers via napalm-overlay, initramfs via napalm-initramfs, domain
-//! XML, shipping artifacts, following clones until they register), NFS export rules, and
-//! the `napalmctl` CLI.
+//! Owns: the registry of agents, clones and deployments ([`store`]: embedded redb file or
+//! etcd, revision-checked transactions, leader election), agent discovery (mDNS browse,
+//! registration, static list), heartbeats, the [`scheduler`], the deploy pipeline (layers
+//! via napalm-overlay, initramfs via napalm-initramfs, domain XML, shipping artifacts,
+//! following clones until they register), NFS export rules, and the `napalmctl` CLI.
 //!
 //! Must not touch: libvirt directly (agents do that), or a clone's files except through
 //! the layers it builds.
 //!
-//! Status: arrives with issue #6; this crate is the place it goes.
+//! Status (issue #6): store and scheduler are here; registry service, discovery and the
+//! deploy pipeline are being built. `napalm-coordinator` and `napalmctl` say so.
+
+pub mod scheduler;
+pub mod store;

@@ -1,0 +1,211 @@
+//! Both store backends give the same revision-checked, all-or-nothing semantics; etcd
+//! leader election hands over when the leader goes, and fences a deposed leader.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use napalm_coordinator::store::election::{Election, Role, LEADER_KEY};
+use napalm_coordinator::store::{self, Check, Store, StoreError, Txn};
+
+use crate::etcd_harness::Etcd;
+
+async fn semantics(s: Arc<dyn Store>) {
+    // Create only if absent.
+    let r1 = s
+        .commit(
+            Txn::new()
+                .check("/t/a", Check::Absent)
+                .put("/t/a", b"1".to_vec()),
+        )
+        .await
+        .expect("first create");
+    let a = s.get("/t/a").await.expect("get").expect("present");
+    assert_eq!(a.value, b"1");
+    assert_eq!(a.mod_revision, r1);
+
+    // A second create of the same key conflicts and names it.
+    let err = s
+        .commit(
+            Txn::new()
+                .check("/t/a", Check::Absent)
+                .put("/t/a", b"2".to_vec()),
+        )
+        .await
+        .expect_err("second create conflicts");
+    match err {
+        StoreError::Conflict { key, .. } => assert_eq!(key, "/t/a"),
+        other => panic!("expected conflict, got {other}"),
+    }
+
+    // Update at the right revision works; at a stale one it fails and writes nothing.
+    let r2 = s
+        .commit(
+            Txn::new()
+                .check("/t/a", Check::Revision(r1))
+                .put("/t/a", b"3".to_vec()),
+        )
+        .await
+        .expect("update");
+    assert!(r2 > r1);
+    let stale = s
+        .commit(
+            Txn::new()
+                .check("/t/a", Check::Revision(r1))
+                .put("/t/a", b"4".to_vec())
+                .put("/t/b", b"x".to_vec()),
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict { .. })));
+    assert_eq!(s.get("/t/a").await.expect("get").expect("a").value, b"3");
+    assert_eq!(
+        s.get("/t/b").await.expect("get"),
+        None,
+        "half a txn was applied"
+    );
+
+    // Two racing writers at the same revision: exactly one wins.
+    let (x, y) = tokio::join!(
+        s.commit(
+            Txn::new()
+                .check("/t/a", Check::Revision(r2))
+                .put("/t/a", b"x".to_vec())
+        ),
+        s.commit(
+            Txn::new()
+                .check("/t/a", Check::Revision(r2))
+                .put("/t/a", b"y".to_vec())
+        ),
+    );
+    assert_eq!(x.is_ok() as u8 + y.is_ok() as u8, 1, "{x:?} {y:?}");
+
+    // Prefix listing is sorted and exact; deletes apply.
+    s.commit(
+        Txn::new()
+            .put("/t/c", b"c".to_vec())
+            .put("/u/z", b"z".to_vec()),
+    )
+    .await
+    .expect("puts");
+    let keys: Vec<String> = s
+        .list("/t/")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, ["/t/a", "/t/c"]);
+    s.commit(Txn::new().delete("/t/c").delete("/t/never"))
+        .await
+        .expect("delete");
+    assert_eq!(s.get("/t/c").await.expect("get"), None);
+}
+
+#[tokio::test]
+async fn embedded_store_semantics_and_persistence() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("sub/registry.redb");
+    let s = store::open(path.to_str().expect("utf-8 path"))
+        .await
+        .expect("open");
+    semantics(s.clone()).await;
+    let before = s.get("/t/a").await.expect("get");
+    drop(s);
+    let reopened = store::open(path.to_str().expect("utf-8 path"))
+        .await
+        .expect("reopen");
+    assert_eq!(
+        reopened.get("/t/a").await.expect("get"),
+        before,
+        "lost on reopen"
+    );
+}
+
+#[tokio::test]
+async fn etcd_store_semantics() {
+    let etcd = Etcd::start();
+    let s = store::open(&etcd.store_url()).await.expect("connect etcd");
+    semantics(s).await;
+}
+
+#[tokio::test]
+async fn bad_store_urls_and_unreachable_etcd_are_clear_errors() {
+    let err = store::open("mysql://x").await.err().expect("refused");
+    assert!(err.to_string().contains("\"mysql://x\""), "{err}");
+    assert!(err.to_string().contains("etcd://"), "{err}");
+    let started = Instant::now();
+    // Nothing listens on port 9 of loopback.
+    let err = store::open("etcd://127.0.0.1:9")
+        .await
+        .err()
+        .expect("unreachable");
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+    assert!(err.to_string().contains("127.0.0.1:9"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+async fn wait_role(e: &Election, want: impl Fn(&Role) -> bool, secs: u64) -> Role {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = e.role();
+        if want(&r) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "role stayed {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn etcd_leader_election_hands_over_and_fences_the_old_leader() {
+    let etcd = Etcd::start();
+    let store = store::etcd::EtcdStore::connect(std::slice::from_ref(&etcd.client_url))
+        .await
+        .expect("connect");
+    let ttl = Duration::from_secs(2);
+    let a = Election::start(store.client(), "coord-a".into(), ttl);
+    let Role::Leader { fence } = wait_role(&a, |r| matches!(r, Role::Leader { .. }), 10).await
+    else {
+        unreachable!()
+    };
+    let b = Election::start(store.client(), "coord-b".into(), ttl);
+    wait_role(
+        &b,
+        |r| {
+            *r == Role::Follower {
+                leader: Some("coord-a".into()),
+            }
+        },
+        10,
+    )
+    .await;
+
+    // The leader's fenced write works.
+    store
+        .commit(
+            Txn::new()
+                .check(LEADER_KEY, Check::Revision(fence))
+                .put("/n/x", b"a".to_vec()),
+        )
+        .await
+        .expect("fenced write by the leader");
+
+    // Leader goes away (its lease is no longer kept alive); b takes over.
+    let gone = Instant::now();
+    drop(a);
+    wait_role(&b, |r| matches!(r, Role::Leader { .. }), 15).await;
+    let takeover = gone.elapsed();
+    eprintln!("leader takeover took {takeover:?} with a {ttl:?} lease");
+
+    // a's old fencing token no longer writes.
+    let stale = store
+        .commit(
+            Txn::new()
+                .check(LEADER_KEY, Check::Revision(fence))
+                .put("/n/x", b"old".to_vec()),
+        )
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+}
