@@ -1,11 +1,35 @@
 //! # napalm-agent — one per hypervisor host (thesis 2.3, 3.3, table 4.3, annex V)
 //!
-//! Owns: the libvirt connection of its host, the thesis's REST/CRUD contract, the
-//! `napalm.v1.AgentService` gRPC server (both over the same core operations), the
-//! content-addressed blob store, per-domain directories and desired state, mDNS/DNS-SD
-//! advertisement, registration with a coordinator, and metrics export.
+//! Owns: the libvirt connection of its host ([`hypervisor`]), the thesis's REST/CRUD
+//! contract ([`rest`]), the `napalm.v1.AgentService` gRPC server ([`grpc`]) — both thin
+//! transports over the same core operations ([`core`]) — the content-addressed blob store
+//! ([`blobs`]), per-domain directories and persisted desired state ([`record`]), confined
+//! archive extraction ([`archive`]), the domain XML policy ([`policy`]), request-id
+//! idempotency ([`requests`]), lifecycle events ([`events`]) and reconciliation
+//! ([`core::reconcile`]).
 //!
-//! Must not touch: domains it does not own (no napalm metadata), files outside its state
-//! directory, or any other host's state. Scheduling is the coordinator's.
+//! Must not touch: domains it does not own (no napalm metadata with its id), files outside
+//! its state directory, or any other host's state. Scheduling is the coordinator's.
 //!
-//! Status: arrives with issue #5; this crate is the place it goes.
+//! Layout of the state directory:
+//! `agent-id`, `blobs/sha256/HEX`, `domains/NAME/{record.json,config.xml,files/}`,
+//! `requests/`, `staging/` (unfinished uploads, wiped at start), `kept/` (writable
+//! artifacts of deleted domains).
+
+pub mod archive;
+pub mod blobs;
+pub mod core;
+pub mod error;
+pub mod events;
+pub mod fsutil;
+pub mod grpc;
+pub mod hypervisor;
+pub mod metrics;
+pub mod names;
+pub mod policy;
+pub mod record;
+pub mod requests;
+pub mod rest;
+pub mod server;
+
+pub use error::{AgentError, Result};

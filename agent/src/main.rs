@@ -1,21 +1,161 @@
-//! `napalm-agent`: Per-host agent: drives libvirt and serves the REST/CRUD contract and gRPC.
-//!
-//! Not implemented yet: it arrives with issue #5. Running it says so and exits 2.
+//! `napalm-agent`: the per-host daemon. Drives libvirt and serves the thesis's REST/CRUD
+//! contract and the `napalm.v1.AgentService` gRPC API over the same core operations.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
 use clap::Parser;
+use napalm_agent::archive::Limits;
+use napalm_agent::core::CoreConfig;
+use napalm_agent::policy::Policy;
+use napalm_agent::rest::RestConfig;
+use napalm_agent::server::{self, ServeConfig};
 
 /// Per-host agent: drives libvirt and serves the REST/CRUD contract and gRPC.
-#[derive(Parser)]
-#[command(
-    name = "napalm-agent",
-    version,
-    about = "Per-host agent: drives libvirt and serves the REST/CRUD contract and gRPC",
-    long_about = "Per-host agent: drives libvirt and serves the REST/CRUD contract and gRPC.\n\nNOT IMPLEMENTED YET: this binary arrives with issue #5. Running it prints this and exits with status 2."
-)]
-struct Cli {}
+#[derive(Parser, Debug)]
+#[command(name = "napalm-agent", version, about)]
+struct Cli {
+    /// libvirt connection URI (`qemu:///system`, `xen:///system`, `test:///default`).
+    #[arg(long, env = "NAPALM_LIBVIRT_URI", default_value = "qemu:///system")]
+    uri: String,
+    /// REST listen address.
+    #[arg(long, env = "NAPALM_HTTP_LISTEN", default_value = "127.0.0.1:8480")]
+    http_listen: SocketAddr,
+    /// gRPC listen address.
+    #[arg(long, env = "NAPALM_GRPC_LISTEN", default_value = "127.0.0.1:8481")]
+    grpc_listen: SocketAddr,
+    /// State directory (blobs, domain directories, desired state).
+    #[arg(
+        long,
+        env = "NAPALM_STATE_DIR",
+        default_value = "/var/lib/napalm-agent"
+    )]
+    state_dir: PathBuf,
+    /// REST path prefix, e.g. `/napalm` (the thesis used `/cgi-bin/napalm.cgi`).
+    #[arg(long, env = "NAPALM_PREFIX", default_value = "")]
+    prefix: String,
+    /// API bearer token (prefer --token-file or the environment).
+    #[arg(long, env = "NAPALM_AGENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the API bearer token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Serve without authentication. Only for local trials: anyone who can reach the
+    /// ports can then start VMs on this host.
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// Seconds a guest gets to shut down gracefully before it is destroyed.
+    #[arg(long, default_value_t = 30.0)]
+    shutdown_timeout: f64,
+    /// Seconds between reconciliation passes.
+    #[arg(long, default_value_t = 5.0)]
+    reconcile_every: f64,
+    /// Largest archive accepted by PUT /domain/NAME, bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    max_archive_bytes: usize,
+    /// Largest total an archive may unpack to, bytes.
+    #[arg(long, default_value_t = 8 << 30)]
+    max_unpacked_bytes: u64,
+    /// Most entries in an archive.
+    #[arg(long, default_value_t = 1024)]
+    max_entries: usize,
+    /// Largest single file accepted by PUT /domain/NAME/FILE, bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    max_file_bytes: usize,
+    /// Interface types guests may have (`user`, `network`, `bridge`...); none by default.
+    #[arg(long = "allow-interface")]
+    allow_interfaces: Vec<String>,
+    /// Allow host device pass-through (`<hostdev>`).
+    #[arg(long)]
+    allow_hostdev: bool,
+    /// Allow host block devices as disks.
+    #[arg(long)]
+    allow_block_disks: bool,
+    /// Allow `<graphics>`.
+    #[arg(long)]
+    allow_graphics: bool,
+}
 
-fn main() -> std::process::ExitCode {
-    let _cli = Cli::parse();
-    eprintln!("napalm-agent: not implemented yet (issue #5); see --help");
-    std::process::ExitCode::from(2)
+fn secs(what: &str, v: f64) -> anyhow::Result<Duration> {
+    if !v.is_finite() || v < 0.0 {
+        bail!("--{what} must be a non-negative number of seconds, got {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let token = match (&cli.token, &cli.token_file) {
+        (Some(t), _) => Some(t.trim().to_owned()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading token file {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    let token = match (token, cli.insecure_no_auth) {
+        (Some(t), _) if t.is_empty() => bail!("the API token is empty"),
+        (Some(t), _) => Some(t),
+        (None, true) => {
+            tracing::warn!("serving WITHOUT authentication (--insecure-no-auth): anyone who reaches the ports can start VMs here");
+            None
+        }
+        (None, false) => bail!("an API token is required: pass --token-file FILE or set NAPALM_AGENT_TOKEN (or --insecure-no-auth for a local trial)"),
+    };
+    let prefix = cli.prefix.trim_end_matches('/').to_owned();
+    if !prefix.is_empty() && !prefix.starts_with('/') {
+        bail!("--prefix must start with '/', got {prefix:?}");
+    }
+    let cfg = ServeConfig {
+        core: CoreConfig {
+            state_dir: cli.state_dir.clone(),
+            policy: Policy {
+                allow_hostdev: cli.allow_hostdev,
+                allow_block_disks: cli.allow_block_disks,
+                allow_interfaces: cli.allow_interfaces.clone(),
+                allow_graphics: cli.allow_graphics,
+                allowed_emulators: Vec::new(),
+            },
+            limits: Limits {
+                max_entries: cli.max_entries,
+                max_total_bytes: cli.max_unpacked_bytes,
+            },
+            shutdown_timeout: secs("shutdown-timeout", cli.shutdown_timeout)?,
+        },
+        rest: RestConfig {
+            prefix,
+            token,
+            max_archive_bytes: cli.max_archive_bytes,
+            max_file_bytes: cli.max_file_bytes,
+            max_xml_bytes: 1 << 20,
+            libvirt_uri: cli.uri.clone(),
+        },
+        http_listen: cli.http_listen,
+        grpc_listen: Some(cli.grpc_listen),
+        reconcile_every: secs("reconcile-every", cli.reconcile_every)?,
+    };
+    let running = server::start(cfg).await.context("starting napalm-agent")?;
+    println!(
+        "napalm-agent listening http={} grpc={:?}",
+        running.http_addr, running.grpc_addr
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping; running domains are left running");
+    running.stop().await;
+    Ok(())
 }

@@ -1,0 +1,296 @@
+//! Creating a domain: from an archive (REST) or from blobs (gRPC). Both end in
+//! [`Agent::install`]: files in place, policy check, record written (the commit point),
+//! then libvirt define and optional start.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+use super::{Agent, DomainView};
+use crate::blobs::BlobId;
+use crate::error::{AgentError, Result};
+use crate::events::EventKind;
+use crate::fsutil;
+use crate::hypervisor::RunState;
+use crate::policy;
+use crate::record::{now_ms, ArtifactRecord, DomainRecord, RestartPolicy};
+
+/// A file to take from the blob store.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ArtifactSpec {
+    /// File name in the domain directory.
+    pub name: String,
+    /// Content.
+    pub blob: BlobId,
+    /// Copy rather than link.
+    pub writable: bool,
+}
+
+/// A create request from blobs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CreateSpec {
+    /// Domain name.
+    pub name: String,
+    /// libvirt XML with bare artifact names.
+    pub config_xml: String,
+    /// Artifacts.
+    pub artifacts: Vec<ArtifactSpec>,
+    /// Start once defined.
+    pub start: bool,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+struct Staged {
+    dir: PathBuf,
+    config_xml: String,
+    artifacts: Vec<ArtifactRecord>,
+    digest: String,
+    start: bool,
+    restart: RestartPolicy,
+    labels: BTreeMap<String, String>,
+}
+
+/// Removes a staging directory unless it was moved into place.
+struct StagingGuard(PathBuf);
+
+impl Drop for StagingGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Agent {
+    fn staging(&self) -> Result<StagingGuard> {
+        let dir = self
+            .cfg
+            .state_dir
+            .join("staging")
+            .join(crate::blobs::unique());
+        fsutil::create_dir(&dir.join("files"))?;
+        Ok(StagingGuard(dir))
+    }
+
+    /// Creates a domain from an archive (`config.xml` + files), as `PUT /domain/NAME`.
+    pub async fn create_from_archive(
+        &self,
+        name: &str,
+        data: bytes::Bytes,
+        start: bool,
+        request_id: Option<&str>,
+    ) -> Result<DomainView> {
+        crate::names::check_domain_name(name)?;
+        let digest = hex::encode(Sha256::digest(&data));
+        self.requests
+            .once(request_id, &format!("create:{name}"), async {
+                let _g = self.locks.lock(name).await;
+                if let Some(v) = self.existing(name, &digest).await? {
+                    return Ok(v);
+                }
+                let staging = self.staging()?;
+                let files = staging.0.join("files");
+                let limits = self.cfg.limits;
+                let f2 = files.clone();
+                tokio::task::spawn_blocking(move || crate::archive::extract(&data, &f2, limits))
+                    .await
+                    .map_err(|e| {
+                        AgentError::invalid("archive", format!("extraction failed: {e}"))
+                    })??;
+                let cfg_path = files.join("config.xml");
+                let config_xml = std::fs::read_to_string(&cfg_path).map_err(|_| {
+                    AgentError::invalid(
+                        "archive",
+                        "no config.xml (UTF-8) at the top of the archive",
+                    )
+                })?;
+                std::fs::remove_file(&cfg_path).map_err(|e| AgentError::io(&cfg_path, e))?;
+                let staged = Staged {
+                    dir: staging.0.clone(),
+                    config_xml,
+                    artifacts: Vec::new(),
+                    digest,
+                    start,
+                    restart: RestartPolicy::OnFailure,
+                    labels: BTreeMap::new(),
+                };
+                self.install(name, staged).await
+            })
+            .await
+    }
+
+    /// Creates a domain from XML and blobs already uploaded (gRPC `CreateDomain`).
+    pub async fn create_from_blobs(
+        &self,
+        spec: CreateSpec,
+        request_id: Option<&str>,
+    ) -> Result<DomainView> {
+        crate::names::check_domain_name(&spec.name)?;
+        let digest = hex::encode(Sha256::digest(
+            serde_json::to_vec(&(
+                &spec.config_xml,
+                &spec.artifacts,
+                &spec.labels,
+                spec.restart,
+            ))
+            .unwrap_or_default(),
+        ));
+        let name = spec.name.clone();
+        self.requests
+            .once(request_id, &format!("create:{name}"), async {
+                let _g = self.locks.lock(&name).await;
+                if let Some(v) = self.existing(&name, &digest).await? {
+                    return Ok(v);
+                }
+                let staging = self.staging()?;
+                let mut artifacts = Vec::new();
+                for a in &spec.artifacts {
+                    if a.name.contains('/') {
+                        return Err(AgentError::Policy(format!(
+                            "artifact name {:?} contains '/'",
+                            a.name
+                        )));
+                    }
+                    let rel = crate::names::check_relative("artifact.name", &a.name)?;
+                    if crate::names::RESERVED_FILES.contains(&a.name.as_str()) {
+                        return Err(AgentError::invalid(
+                            "artifact.name",
+                            format!("{:?} is a reserved name", a.name),
+                        ));
+                    }
+                    a.blob.validate()?;
+                    self.blobs.materialise(
+                        &a.blob,
+                        &staging.0.join("files").join(rel),
+                        a.writable,
+                    )?;
+                    artifacts.push(ArtifactRecord {
+                        name: a.name.clone(),
+                        blob: a.blob.clone(),
+                        writable: a.writable,
+                    });
+                }
+                let staged = Staged {
+                    dir: staging.0.clone(),
+                    config_xml: spec.config_xml.clone(),
+                    artifacts,
+                    digest,
+                    start: spec.start,
+                    restart: spec.restart,
+                    labels: spec.labels.clone(),
+                };
+                self.install(&name, staged).await
+            })
+            .await
+    }
+
+    /// `Some(view)` when the same definition already exists (idempotent create).
+    async fn existing(&self, name: &str, digest: &str) -> Result<Option<DomainView>> {
+        match self.store.load(name)? {
+            Some(r) if !r.deleting => {
+                let same = std::fs::read_to_string(self.store.dir(name).join("source.sha256"))
+                    .map(|d| d == digest)
+                    .unwrap_or(false);
+                if same {
+                    Ok(Some(self.get(name, false).await?))
+                } else {
+                    Err(AgentError::AlreadyExists {
+                        name: name.to_owned(),
+                    })
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn install(&self, name: &str, s: Staged) -> Result<DomainView> {
+        let t0 = Instant::now();
+        // A libvirt domain of this name that is not ours must never be overwritten.
+        let n = name.to_owned();
+        if let Some(l) = self
+            .call(move |h| Ok(h.list()?.into_iter().find(|d| d.name == n)))
+            .await?
+        {
+            if policy::owner_of(&l.xml).as_deref() != Some(self.agent_id.as_str()) {
+                return Err(AgentError::Conflict(format!(
+                    "libvirt already has a domain {name:?} that this agent does not manage"
+                )));
+            }
+        }
+        let dest = self.store.dir(name);
+        // A directory without a record is a create that crashed half-way: replace it.
+        self.store.remove(name)?;
+        std::fs::rename(&s.dir, &dest).map_err(|e| AgentError::io(&dest, e))?;
+        let result = self.commit(name, &dest, s, t0).await;
+        if result.is_err() {
+            let _ = self.store.remove(name);
+        }
+        result
+    }
+
+    async fn commit(&self, name: &str, dest: &Path, s: Staged, t0: Instant) -> Result<DomainView> {
+        let files_dir = self.store.files_dir(name);
+        let checked = policy::check(
+            &s.config_xml,
+            &files_dir,
+            &self.cfg.policy,
+            &policy::metadata_element(&self.agent_id),
+        )?;
+        if checked.name != name {
+            return Err(AgentError::invalid(
+                "config.xml",
+                format!(
+                    "<name> is {:?} but the request is for {name:?}",
+                    checked.name
+                ),
+            ));
+        }
+        let mut record = DomainRecord {
+            name: name.to_owned(),
+            uuid: String::new(),
+            desired: if s.start {
+                RunState::Running
+            } else {
+                RunState::Shutoff
+            },
+            restart: s.restart,
+            labels: s.labels,
+            files: checked.files.clone(),
+            artifacts: s.artifacts,
+            vcpus: checked.vcpus,
+            memory_bytes: checked.memory_bytes,
+            created_at_ms: now_ms(),
+            libvirt_xml: checked.libvirt_xml.clone(),
+            deleting: false,
+        };
+        fsutil::atomic_write(&dest.join("source.sha256"), s.digest.as_bytes())?;
+        self.store.save_config(name, &s.config_xml)?;
+        self.store.save(&record)?;
+        let xml = checked.libvirt_xml;
+        let uuid = self.call(move |h| h.define(&xml)).await?;
+        record.uuid = uuid;
+        self.store.save(&record)?;
+        self.events.emit(
+            name,
+            EventKind::Defined,
+            RunState::Shutoff,
+            "created",
+            Some(t0.elapsed()),
+        );
+        if s.start {
+            let n = name.to_owned();
+            self.call(move |h| h.start(&n)).await?;
+            self.events.emit(
+                name,
+                EventKind::Started,
+                RunState::Running,
+                "started on create",
+                Some(t0.elapsed()),
+            );
+        }
+        self.get(name, false).await
+    }
+}

@@ -1,0 +1,120 @@
+//! A domain's config.xml and the files it references: read, replace, archive.
+//! Only files referenced by config.xml are served or accepted (thesis 3.3.1).
+
+use std::path::PathBuf;
+
+use super::{Agent, DomainView};
+use crate::error::{AgentError, Result};
+use crate::events::EventKind;
+use crate::hypervisor::RunState;
+use crate::{fsutil, names, policy};
+
+impl Agent {
+    /// The client's config.xml.
+    pub fn config(&self, name: &str) -> Result<String> {
+        self.require(name)?;
+        self.store.config(name)
+    }
+
+    /// Replaces config.xml (same policy as at create) and redefines the domain; a running
+    /// domain picks the change up at its next start.
+    pub async fn put_config(&self, name: &str, xml: &str) -> Result<DomainView> {
+        let _g = self.locks.lock(name).await;
+        let mut r = self.require(name)?;
+        let checked = policy::check(
+            xml,
+            &self.store.files_dir(name),
+            &self.cfg.policy,
+            &policy::metadata_element(&self.agent_id),
+        )?;
+        if checked.name != name {
+            return Err(AgentError::invalid(
+                "config.xml",
+                format!(
+                    "<name> is {:?} but the request is for {name:?}",
+                    checked.name
+                ),
+            ));
+        }
+        self.store.save_config(name, xml)?;
+        r.files = checked.files;
+        r.vcpus = checked.vcpus;
+        r.memory_bytes = checked.memory_bytes;
+        r.libvirt_xml = checked.libvirt_xml.clone();
+        self.store.save(&r)?;
+        let x = checked.libvirt_xml;
+        r.uuid = self.call(move |h| h.define(&x)).await?;
+        self.store.save(&r)?;
+        self.events.emit(
+            name,
+            EventKind::Defined,
+            RunState::Shutoff,
+            "config.xml replaced",
+            None,
+        );
+        self.get(name, false).await
+    }
+
+    fn referenced(&self, name: &str, file: &str) -> Result<PathBuf> {
+        let r = self.require(name)?;
+        let rel = names::check_relative("file", file)?;
+        let rel_s = rel.to_string_lossy();
+        if !r.files.iter().any(|f| *f == rel_s) {
+            return Err(AgentError::NotFound {
+                kind: "file",
+                name: format!("{name}/{file} (not referenced by config.xml)"),
+            });
+        }
+        Ok(self.store.files_dir(name).join(rel))
+    }
+
+    /// Path of a referenced file, for serving. It must be a regular file inside the
+    /// domain directory (no symlink may lead out).
+    pub fn file_path(&self, name: &str, file: &str) -> Result<PathBuf> {
+        let p = self.referenced(name, file)?;
+        let meta = std::fs::symlink_metadata(&p).map_err(|_| AgentError::NotFound {
+            kind: "file",
+            name: format!("{name}/{file}"),
+        })?;
+        if !meta.file_type().is_file() {
+            return Err(AgentError::Policy(format!(
+                "{file:?} is not a regular file"
+            )));
+        }
+        Ok(p)
+    }
+
+    /// Replaces (or adds) a referenced file.
+    pub async fn put_file(&self, name: &str, file: &str, data: bytes::Bytes) -> Result<()> {
+        let _g = self.locks.lock(name).await;
+        let p = self.referenced(name, file)?;
+        let dir = self.store.files_dir(name);
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            if let Some(parent) = p.parent() {
+                fsutil::create_dir(parent)?;
+                let canon = parent
+                    .canonicalize()
+                    .map_err(|e| AgentError::io(parent, e))?;
+                let root = dir.canonicalize().map_err(|e| AgentError::io(&dir, e))?;
+                if !canon.starts_with(root) {
+                    return Err(AgentError::Policy(
+                        "the file's directory resolves outside the domain directory".into(),
+                    ));
+                }
+            }
+            fsutil::atomic_write(&p, &data)
+        })
+        .await
+        .map_err(|e| AgentError::Hypervisor(format!("write task failed: {e}")))?
+    }
+
+    /// The whole domain as a tar.gz: config.xml and every referenced file present.
+    pub async fn archive(&self, name: &str) -> Result<Vec<u8>> {
+        let r = self.require(name)?;
+        let cfg = self.store.config(name)?;
+        let dir = self.store.files_dir(name);
+        tokio::task::spawn_blocking(move || crate::archive::build(cfg.as_bytes(), &dir, &r.files))
+            .await
+            .map_err(|e| AgentError::Hypervisor(format!("archive task failed: {e}")))?
+    }
+}

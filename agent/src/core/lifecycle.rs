@@ -1,0 +1,165 @@
+//! Changing a domain's state, and deleting it. The desired state is persisted before
+//! libvirt is asked, so an agent killed in between finishes the change when it restarts.
+
+use std::time::{Duration, Instant};
+
+use super::{Agent, DomainView};
+use crate::error::{AgentError, Result};
+use crate::events::EventKind;
+use crate::hypervisor::RunState;
+
+impl Agent {
+    /// Brings a domain to `running`, `shutoff` or `paused` (status.xml PUT, gRPC).
+    pub async fn set_state(
+        &self,
+        name: &str,
+        target: RunState,
+        timeout: Option<Duration>,
+        request_id: Option<&str>,
+    ) -> Result<DomainView> {
+        if !matches!(
+            target,
+            RunState::Running | RunState::Shutoff | RunState::Paused
+        ) {
+            return Err(AgentError::invalid(
+                "state",
+                format!(
+                    "{:?} cannot be asked for: use running, shutoff or paused",
+                    target.as_str()
+                ),
+            ));
+        }
+        let timeout = timeout.unwrap_or(self.cfg.shutdown_timeout);
+        self.requests
+            .once(
+                request_id,
+                &format!("state:{name}:{}", target.as_str()),
+                async {
+                    let _g = self.locks.lock(name).await;
+                    let mut r = self.require(name)?;
+                    r.desired = target;
+                    self.store.save(&r)?;
+                    self.converge(name, target, timeout).await?;
+                    self.get(name, false).await
+                },
+            )
+            .await
+    }
+
+    /// Acts on libvirt so the domain reaches `target`. Returns what was done, if anything.
+    pub(crate) async fn converge(
+        &self,
+        name: &str,
+        target: RunState,
+        timeout: Duration,
+    ) -> Result<Option<EventKind>> {
+        let t0 = Instant::now();
+        let n = name.to_owned();
+        let cur = self
+            .call(move |h| h.state(&n))
+            .await?
+            .ok_or_else(|| AgentError::no_domain(name))?;
+        let n = name.to_owned();
+        let done = match (target, cur) {
+            (RunState::Running, RunState::Paused) => {
+                self.call(move |h| h.resume(&n)).await?;
+                Some((EventKind::Resumed, RunState::Running))
+            }
+            (RunState::Running | RunState::Paused, c) if !c.is_active() => {
+                self.call(move |h| h.start(&n)).await?;
+                if target == RunState::Paused {
+                    let n = name.to_owned();
+                    self.call(move |h| h.suspend(&n)).await?;
+                    Some((EventKind::Suspended, RunState::Paused))
+                } else {
+                    Some((EventKind::Started, RunState::Running))
+                }
+            }
+            (RunState::Paused, RunState::Running | RunState::Blocked) => {
+                self.call(move |h| h.suspend(&n)).await?;
+                Some((EventKind::Suspended, RunState::Paused))
+            }
+            (RunState::Shutoff, c) if c.is_active() => {
+                self.call(move |h| h.shutdown(&n, timeout)).await?;
+                Some((EventKind::Stopped, RunState::Shutoff))
+            }
+            _ => None,
+        };
+        Ok(done.map(|(kind, state)| {
+            self.events
+                .emit(name, kind, state, "asked by a client", Some(t0.elapsed()));
+            kind
+        }))
+    }
+
+    /// Stops (graceful with a deadline, then forced), undefines and removes a domain.
+    /// Writable artifacts are kept under `STATE/kept/NAME` unless `purge`.
+    pub async fn delete(
+        &self,
+        name: &str,
+        purge: bool,
+        timeout: Option<Duration>,
+        request_id: Option<&str>,
+    ) -> Result<bool> {
+        crate::names::check_domain_name(name)?;
+        let timeout = timeout.unwrap_or(self.cfg.shutdown_timeout);
+        self.requests
+            .once(request_id, &format!("delete:{name}"), async {
+                let _g = self.locks.lock(name).await;
+                let Some(mut r) = self.store.load(name)? else {
+                    return Ok(false);
+                };
+                let existed = !r.deleting;
+                r.deleting = true;
+                self.store.save(&r)?;
+                self.finish_delete(name, purge, timeout).await?;
+                Ok(existed)
+            })
+            .await
+    }
+
+    pub(crate) async fn finish_delete(
+        &self,
+        name: &str,
+        purge: bool,
+        timeout: Duration,
+    ) -> Result<()> {
+        let t0 = Instant::now();
+        let r = self.store.load(name)?;
+        let n = name.to_owned();
+        let id = self.agent_id.clone();
+        self.call(move |h| {
+            if let Some(l) = h.list()?.into_iter().find(|d| d.name == n) {
+                if crate::policy::owner_of(&l.xml).as_deref() != Some(id.as_str()) {
+                    tracing::warn!(domain = %n, "a domain of this name exists in libvirt but is not ours: leaving it alone");
+                    return Ok(());
+                }
+                h.shutdown(&n, timeout)?;
+                h.undefine(&n)?;
+            }
+            Ok(())
+        })
+        .await?;
+        if !purge {
+            if let Some(r) = &r {
+                let keep = self.cfg.state_dir.join("kept").join(name);
+                for a in r.artifacts.iter().filter(|a| a.writable) {
+                    crate::fsutil::create_dir(&keep)?;
+                    let _ = std::fs::rename(
+                        self.store.files_dir(name).join(&a.name),
+                        keep.join(&a.name),
+                    );
+                }
+            }
+        }
+        self.store.remove(name)?;
+        self.events.emit(
+            name,
+            EventKind::Undefined,
+            RunState::Nostate,
+            "deleted",
+            Some(t0.elapsed()),
+        );
+        Ok(())
+    }
+}

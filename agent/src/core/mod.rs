@@ -1,0 +1,131 @@
+//! Core operations: the one implementation behind both transports (REST and gRPC).
+//! Each mutating operation takes the domain's lock, persists the desired state first,
+//! then acts on libvirt, so a crash at any point is finished by [`Agent::reconcile`].
+
+mod create;
+mod files;
+mod info;
+mod lifecycle;
+pub mod reconcile;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use create::{ArtifactSpec, CreateSpec};
+pub use info::{About, CapabilitiesView, DomainView, GuestView};
+
+use crate::archive::Limits;
+use crate::blobs::BlobStore;
+use crate::error::{AgentError, Result};
+use crate::events::EventHub;
+use crate::hypervisor::{self, Hypervisor};
+use crate::policy::Policy;
+use crate::record::DomainStore;
+use crate::requests::{KeyedLocks, RequestLog};
+
+/// Settings of the core.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// State directory (blobs, domains, request log, agent id).
+    pub state_dir: PathBuf,
+    /// Operator policy for domain XML.
+    pub policy: Policy,
+    /// Archive limits.
+    pub limits: Limits,
+    /// Graceful shutdown deadline before a domain is destroyed.
+    pub shutdown_timeout: Duration,
+}
+
+/// The agent's core: hypervisor, stores, events.
+pub struct Agent {
+    cfg: CoreConfig,
+    agent_id: String,
+    hv: Arc<dyn Hypervisor>,
+    blobs: BlobStore,
+    store: DomainStore,
+    requests: RequestLog,
+    locks: KeyedLocks,
+    /// Lifecycle events.
+    pub events: EventHub,
+}
+
+impl Agent {
+    /// Opens the state directory and binds to a hypervisor. The agent id is created once
+    /// and kept in `STATE/agent-id`, so a restarted agent recognises its domains.
+    pub async fn open(cfg: CoreConfig, hv: Arc<dyn Hypervisor>) -> Result<Arc<Self>> {
+        crate::fsutil::create_dir(&cfg.state_dir)?;
+        // Paths handed to libvirt must be absolute.
+        let dir = cfg
+            .state_dir
+            .canonicalize()
+            .map_err(|e| AgentError::io(&cfg.state_dir, e))?;
+        let id_path = dir.join("agent-id");
+        let agent_id = match std::fs::read_to_string(&id_path) {
+            Ok(s) if !s.trim().is_empty() => s.trim().to_owned(),
+            _ => {
+                let id = new_agent_id();
+                crate::fsutil::atomic_write(&id_path, id.as_bytes())?;
+                id
+            }
+        };
+        let mut cfg = cfg;
+        cfg.state_dir = dir.clone();
+        if cfg.policy.allowed_emulators.is_empty() {
+            let caps = hypervisor::call(&hv, |h| h.capabilities_xml()).await?;
+            cfg.policy.allowed_emulators = info::emulators(&caps);
+        }
+        Ok(Arc::new(Self {
+            blobs: BlobStore::open(&dir.join("blobs"))?,
+            store: DomainStore::open(&dir.join("domains"))?,
+            requests: RequestLog::open(&dir.join("requests"))?,
+            locks: KeyedLocks::default(),
+            events: EventHub::default(),
+            agent_id,
+            hv,
+            cfg,
+        }))
+    }
+
+    /// This agent's id (in the napalm metadata of its domains).
+    pub fn id(&self) -> &str {
+        &self.agent_id
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// The configured shutdown deadline.
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.cfg.shutdown_timeout
+    }
+
+    async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Hypervisor) -> Result<T> + Send + 'static,
+    {
+        hypervisor::call(&self.hv, f).await
+    }
+
+    fn record(&self, name: &str) -> Result<crate::record::DomainRecord> {
+        crate::names::check_domain_name(name)?;
+        match self.store.load(name)? {
+            Some(r) if !r.deleting => Ok(r),
+            _ => Err(AgentError::no_domain(name)),
+        }
+    }
+}
+
+fn new_agent_id() -> String {
+    use sha2::{Digest, Sha256};
+    let seed = format!(
+        "{:?}{}{}",
+        std::time::SystemTime::now(),
+        std::process::id(),
+        crate::blobs::unique()
+    );
+    hex::encode(&Sha256::digest(seed.as_bytes())[..8])
+}

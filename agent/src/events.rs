@@ -1,0 +1,159 @@
+//! Domain lifecycle events: numbered, retained in a ring for replay, broadcast to watchers.
+//! The agent emits events for what it does; a watcher polling libvirt reports changes it
+//! did not cause (a guest that shut itself down or crashed).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use tokio::sync::broadcast;
+
+use crate::hypervisor::RunState;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Defined.
+    Defined,
+    /// Undefined.
+    Undefined,
+    /// Started.
+    Started,
+    /// Paused.
+    Suspended,
+    /// Resumed.
+    Resumed,
+    /// Stopped.
+    Stopped,
+    /// Guest shut down by itself.
+    Shutdown,
+    /// Crashed.
+    Crashed,
+    /// Restarted by policy.
+    Restarted,
+    /// Adopted after an agent restart.
+    Adopted,
+}
+
+/// One event.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Event {
+    /// Increasing number.
+    pub sequence: u64,
+    /// Domain.
+    pub name: String,
+    /// Kind.
+    pub kind: EventKind,
+    /// State after.
+    pub state: RunState,
+    /// Detail.
+    pub detail: String,
+    /// When, ms since epoch.
+    pub at_ms: u64,
+    /// Duration of the causing operation, ms.
+    pub took_ms: Option<u64>,
+}
+
+/// The hub.
+pub struct EventHub {
+    tx: broadcast::Sender<Event>,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    seq: u64,
+    ring: VecDeque<Event>,
+    last: HashMap<String, RunState>,
+}
+
+const RETAINED: usize = 1024;
+
+impl Default for EventHub {
+    fn default() -> Self {
+        Self {
+            tx: broadcast::channel(256).0,
+            inner: Mutex::new(Inner {
+                seq: 0,
+                ring: VecDeque::new(),
+                last: HashMap::new(),
+            }),
+        }
+    }
+}
+
+impl EventHub {
+    /// Records and broadcasts an event the agent caused.
+    pub fn emit(
+        &self,
+        name: &str,
+        kind: EventKind,
+        state: RunState,
+        detail: &str,
+        took: Option<std::time::Duration>,
+    ) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if kind == EventKind::Undefined {
+            g.last.remove(name);
+        } else {
+            g.last.insert(name.to_owned(), state);
+        }
+        g.seq += 1;
+        let ev = Event {
+            sequence: g.seq,
+            name: name.to_owned(),
+            kind,
+            state,
+            detail: detail.to_owned(),
+            at_ms: crate::record::now_ms(),
+            took_ms: took.map(|d| d.as_millis() as u64),
+        };
+        if g.ring.len() == RETAINED {
+            g.ring.pop_front();
+        }
+        g.ring.push_back(ev.clone());
+        drop(g);
+        tracing::info!(domain = name, kind = ?kind, state = state.as_str(), detail, "domain event");
+        let _ = self.tx.send(ev);
+    }
+
+    /// Reports a state seen by polling; emits an event when it changed behind our back.
+    pub fn observe(&self, name: &str, state: RunState) {
+        let prev = {
+            let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            g.last.get(name).copied()
+        };
+        let Some(prev) = prev else {
+            let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            g.last.insert(name.to_owned(), state);
+            return;
+        };
+        if prev == state {
+            return;
+        }
+        let kind = match (prev, state) {
+            (_, RunState::Crashed) => EventKind::Crashed,
+            (RunState::Paused, RunState::Running) => EventKind::Resumed,
+            (_, RunState::Paused) => EventKind::Suspended,
+            (_, RunState::Running) => EventKind::Started,
+            (_, RunState::Shutoff) => EventKind::Shutdown,
+            _ => return,
+        };
+        self.emit(name, kind, state, "seen by the agent's watcher", None);
+    }
+
+    /// Retained events after `since` (when non-zero), and a receiver for new ones.
+    pub fn subscribe(&self, since: u64) -> (Vec<Event>, broadcast::Receiver<Event>) {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let rx = self.tx.subscribe();
+        let replay = if since == 0 {
+            Vec::new()
+        } else {
+            g.ring
+                .iter()
+                .filter(|e| e.sequence > since)
+                .cloned()
+                .collect()
+        };
+        (replay, rx)
+    }
+}

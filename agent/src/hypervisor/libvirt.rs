@@ -1,0 +1,213 @@
+//! [`Hypervisor`] on libvirt through the `virt` crate. One connection, shared: libvirt
+//! connections are thread-safe; each call runs on a blocking thread.
+
+use std::time::{Duration, Instant};
+
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::sys;
+
+use super::{DomainSummary, HostFacts, Hypervisor, RunState, Stats};
+use crate::error::{AgentError, Result};
+
+/// A libvirt connection.
+pub struct Libvirt {
+    conn: Connect,
+    uri: String,
+}
+
+fn hv(e: virt::error::Error) -> AgentError {
+    AgentError::Hypervisor(e.to_string())
+}
+
+fn version(v: u32) -> String {
+    format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
+}
+
+fn run_state(s: virt::domain::DomainStateEnum) -> RunState {
+    use virt::domain::DomainState as S;
+    match s {
+        virt::enumutil::Enum::Known(S::Running) => RunState::Running,
+        virt::enumutil::Enum::Known(S::Blocked) => RunState::Blocked,
+        virt::enumutil::Enum::Known(S::Paused) => RunState::Paused,
+        virt::enumutil::Enum::Known(S::Shutdown) => RunState::Shutdown,
+        virt::enumutil::Enum::Known(S::Shutoff) => RunState::Shutoff,
+        virt::enumutil::Enum::Known(S::Crashed) => RunState::Crashed,
+        virt::enumutil::Enum::Known(S::PMSuspended) => RunState::Pmsuspended,
+        _ => RunState::Nostate,
+    }
+}
+
+impl Libvirt {
+    /// Opens `uri` read-write.
+    pub fn open(uri: &str) -> Result<Self> {
+        let conn = Connect::open(Some(uri)).map_err(hv)?;
+        Ok(Self {
+            conn,
+            uri: uri.to_owned(),
+        })
+    }
+
+    fn lookup(&self, name: &str) -> Result<Option<Domain>> {
+        match self.conn.lookup_domain_by_name(name) {
+            Ok(d) => Ok(Some(d)),
+            Err(e)
+                if e.code() == virt::enumutil::Enum::Known(virt::error::ErrorNumber::NoDomain) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(hv(e)),
+        }
+    }
+
+    fn get(&self, name: &str) -> Result<Domain> {
+        self.lookup(name)?
+            .ok_or_else(|| AgentError::no_domain(name))
+    }
+}
+
+impl Hypervisor for Libvirt {
+    fn define(&self, xml: &str) -> Result<String> {
+        let d = self.conn.define_domain_xml(xml).map_err(hv)?;
+        d.uuid_string().map_err(hv)
+    }
+
+    fn start(&self, name: &str) -> Result<()> {
+        self.get(name)?.create().map_err(hv)?;
+        Ok(())
+    }
+
+    fn shutdown(&self, name: &str, deadline: Duration) -> Result<()> {
+        let d = self.get(name)?;
+        let (state, _) = d.state().map_err(hv)?;
+        if !run_state(state).is_active() {
+            return Ok(());
+        }
+        if !deadline.is_zero() && d.shutdown().is_ok() {
+            let until = Instant::now() + deadline;
+            while Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(100));
+                if !d.is_active().map_err(hv)? {
+                    return Ok(());
+                }
+            }
+        }
+        match d.destroy() {
+            Ok(()) => Ok(()),
+            // It stopped between our check and the destroy.
+            Err(_) if !d.is_active().unwrap_or(true) => Ok(()),
+            Err(e) => Err(hv(e)),
+        }
+    }
+
+    fn suspend(&self, name: &str) -> Result<()> {
+        self.get(name)?.suspend().map_err(hv)?;
+        Ok(())
+    }
+
+    fn resume(&self, name: &str) -> Result<()> {
+        self.get(name)?.resume().map_err(hv)?;
+        Ok(())
+    }
+
+    fn undefine(&self, name: &str) -> Result<bool> {
+        let Some(d) = self.lookup(name)? else {
+            return Ok(false);
+        };
+        if d.is_active().map_err(hv)? {
+            d.destroy().map_err(hv)?;
+        }
+        let flags = sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            | sys::VIR_DOMAIN_UNDEFINE_NVRAM;
+        d.undefine_flags(flags).map_err(hv)?;
+        Ok(true)
+    }
+
+    fn state(&self, name: &str) -> Result<Option<RunState>> {
+        match self.lookup(name)? {
+            Some(d) => Ok(Some(run_state(d.state().map_err(hv)?.0))),
+            None => Ok(None),
+        }
+    }
+
+    fn list(&self) -> Result<Vec<DomainSummary>> {
+        let mut out = Vec::new();
+        for d in self.conn.list_all_domains(0).map_err(hv)? {
+            // A domain may vanish between listing and asking: skip it.
+            let (Ok(name), Ok(uuid), Ok((state, _))) = (d.name(), d.uuid_string(), d.state())
+            else {
+                continue;
+            };
+            let xml = d.xml_desc(0).unwrap_or_default();
+            out.push(DomainSummary {
+                name,
+                uuid,
+                state: run_state(state),
+                id: d.id(),
+                xml,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn capabilities_xml(&self) -> Result<String> {
+        self.conn.capabilities().map_err(hv)
+    }
+
+    fn host(&self) -> Result<HostFacts> {
+        let n = self.conn.node_info().map_err(hv)?;
+        Ok(HostFacts {
+            hostname: self.conn.hostname().map_err(hv)?,
+            cpu_model: n.model,
+            cpus: n.cpus,
+            sockets: n.sockets,
+            cores: n.cores,
+            threads: n.threads,
+            memory_bytes: n.memory.saturating_mul(1024),
+            free_memory_bytes: self.conn.free_memory().unwrap_or(0),
+            libvirt_version: self.conn.lib_version().map(version).unwrap_or_default(),
+            hypervisor_version: self.conn.hyp_version().map(version).unwrap_or_default(),
+            uri: self.uri.clone(),
+        })
+    }
+
+    fn stats(&self, name: &str) -> Result<Stats> {
+        let d = self.get(name)?;
+        let info = d.info().map_err(hv)?;
+        let mut s = Stats {
+            cpu_time_ns: info.cpu_time,
+            memory_bytes: info.memory.saturating_mul(1024),
+            vcpus: info.nr_virt_cpu,
+            ..Stats::default()
+        };
+        if !run_state(info.state).is_active() {
+            return Ok(s);
+        }
+        let xml = d.xml_desc(0).unwrap_or_default();
+        if let Ok(doc) = roxmltree::Document::parse(&xml) {
+            for t in doc.descendants().filter(|n| n.has_tag_name("target")) {
+                let parent = t
+                    .parent_element()
+                    .map(|p| p.tag_name().name())
+                    .unwrap_or_default();
+                let Some(dev) = t.attribute("dev") else {
+                    continue;
+                };
+                if parent == "disk" {
+                    if let Ok(b) = d.block_stats(dev) {
+                        s.disk_read_bytes += b.rd_bytes.max(0) as u64;
+                        s.disk_write_bytes += b.wr_bytes.max(0) as u64;
+                    }
+                } else if parent == "interface" {
+                    if let Ok(i) = d.interface_stats(dev) {
+                        s.net_rx_bytes += i.rx_bytes.max(0) as u64;
+                        s.net_tx_bytes += i.tx_bytes.max(0) as u64;
+                    }
+                }
+            }
+        }
+        Ok(s)
+    }
+}

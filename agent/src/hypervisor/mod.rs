@@ -1,0 +1,173 @@
+//! The libvirt edge. [`Hypervisor`] is what the core needs from a hypervisor; its methods
+//! block (libvirt calls do), so the core runs them on tokio's blocking pool through
+//! [`call`]. [`libvirt::Libvirt`] is the real implementation on the `virt` crate, working
+//! with `test:///default`, `qemu:///system` and `xen:///system`.
+
+pub mod libvirt;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{AgentError, Result};
+
+/// A domain's run state, named as the thesis's status.xml names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Running.
+    Running,
+    /// Blocked on a resource.
+    Blocked,
+    /// Paused.
+    Paused,
+    /// Shutting down.
+    Shutdown,
+    /// Defined, not running.
+    Shutoff,
+    /// Crashed.
+    Crashed,
+    /// Suspended by guest power management.
+    Pmsuspended,
+    /// Unknown.
+    Nostate,
+}
+
+impl RunState {
+    /// The status.xml word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Blocked => "blocked",
+            Self::Paused => "paused",
+            Self::Shutdown => "shutdown",
+            Self::Shutoff => "shutoff",
+            Self::Crashed => "crashed",
+            Self::Pmsuspended => "pmsuspended",
+            Self::Nostate => "nostate",
+        }
+    }
+
+    /// Parses a status.xml word.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => Self::Running,
+            "blocked" => Self::Blocked,
+            "paused" => Self::Paused,
+            "shutdown" => Self::Shutdown,
+            "shutoff" => Self::Shutoff,
+            "crashed" => Self::Crashed,
+            "pmsuspended" => Self::Pmsuspended,
+            "nostate" => Self::Nostate,
+            _ => return None,
+        })
+    }
+
+    /// True when a guest is executing (or could resume) in memory.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            Self::Running | Self::Blocked | Self::Paused | Self::Shutdown | Self::Pmsuspended
+        )
+    }
+}
+
+/// One domain as libvirt lists it.
+#[derive(Debug, Clone)]
+pub struct DomainSummary {
+    /// Name.
+    pub name: String,
+    /// UUID.
+    pub uuid: String,
+    /// State.
+    pub state: RunState,
+    /// libvirt's numeric id while running (changes when the domain is restarted).
+    pub id: Option<u32>,
+    /// Current XML (live when running).
+    pub xml: String,
+}
+
+/// Facts about the host.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct HostFacts {
+    /// Host name.
+    pub hostname: String,
+    /// CPU model.
+    pub cpu_model: String,
+    /// Logical CPUs.
+    pub cpus: u32,
+    /// Sockets.
+    pub sockets: u32,
+    /// Cores per socket.
+    pub cores: u32,
+    /// Threads per core.
+    pub threads: u32,
+    /// Memory, bytes.
+    pub memory_bytes: u64,
+    /// Free memory, bytes.
+    pub free_memory_bytes: u64,
+    /// libvirt version `a.b.c`.
+    pub libvirt_version: String,
+    /// Hypervisor driver version `a.b.c`.
+    pub hypervisor_version: String,
+    /// Connection URI.
+    pub uri: String,
+}
+
+/// Counters of one domain.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Stats {
+    /// Guest CPU time, ns.
+    pub cpu_time_ns: u64,
+    /// Memory assigned, bytes.
+    pub memory_bytes: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Bytes received.
+    pub net_rx_bytes: u64,
+    /// Bytes sent.
+    pub net_tx_bytes: u64,
+    /// Bytes read from disks.
+    pub disk_read_bytes: u64,
+    /// Bytes written to disks.
+    pub disk_write_bytes: u64,
+}
+
+/// What the agent needs from a hypervisor. All methods block.
+pub trait Hypervisor: Send + Sync + 'static {
+    /// Defines (or redefines) a persistent domain from XML; returns its UUID.
+    fn define(&self, xml: &str) -> Result<String>;
+    /// Starts a defined domain.
+    fn start(&self, name: &str) -> Result<()>;
+    /// Asks the guest to shut down, waits up to `deadline`, then destroys it.
+    fn shutdown(&self, name: &str, deadline: Duration) -> Result<()>;
+    /// Pauses a running domain.
+    fn suspend(&self, name: &str) -> Result<()>;
+    /// Resumes a paused domain.
+    fn resume(&self, name: &str) -> Result<()>;
+    /// Undefines a (stopped) domain; `false` when it did not exist.
+    fn undefine(&self, name: &str) -> Result<bool>;
+    /// The domain's state; `None` when libvirt does not know it.
+    fn state(&self, name: &str) -> Result<Option<RunState>>;
+    /// Every domain libvirt knows on this connection.
+    fn list(&self) -> Result<Vec<DomainSummary>>;
+    /// libvirt's capabilities XML.
+    fn capabilities_xml(&self) -> Result<String>;
+    /// Host facts.
+    fn host(&self) -> Result<HostFacts>;
+    /// Counters of a domain (zeros for a stopped one).
+    fn stats(&self, name: &str) -> Result<Stats>;
+}
+
+/// Runs a blocking hypervisor call on tokio's blocking pool.
+pub async fn call<T, F>(hv: &Arc<dyn Hypervisor>, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Hypervisor) -> Result<T> + Send + 'static,
+{
+    let hv = Arc::clone(hv);
+    tokio::task::spawn_blocking(move || f(hv.as_ref()))
+        .await
+        .map_err(|e| {
+            AgentError::Hypervisor(format!("libvirt call panicked or was cancelled: {e}"))
+        })?
+}

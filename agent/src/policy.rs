@@ -1,0 +1,323 @@
+//! What a domain XML may ask of this host. Every host path in the XML must resolve inside
+//! the domain's own directory (relative names are rewritten to absolute paths there);
+//! host devices (`<hostdev>`, block disks, `<source dev>`), hypervisor pass-through
+//! (`qemu:commandline` and any other namespaced element), network interfaces and graphics
+//! are refused unless the operator's [`Policy`] allows them. The agent adds its own
+//! `<metadata>` (so it recognises its domains) and refuses one sent by a client.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use crate::error::{AgentError, Result};
+use crate::names;
+
+/// XML namespace of the agent's metadata element.
+pub const NAPALM_NS: &str = "https://napalm.invalid/ns/agent/1";
+
+/// Operator allow-list. The default refuses everything that reaches past the domain.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// Allow `<hostdev>` / `<redirdev>` / `<smartcard>` pass-through.
+    pub allow_hostdev: bool,
+    /// Allow disks of type `block` (host block devices).
+    pub allow_block_disks: bool,
+    /// `<interface type=...>` values allowed (empty: no interfaces at all).
+    pub allow_interfaces: Vec<String>,
+    /// Allow `<graphics>` devices.
+    pub allow_graphics: bool,
+    /// `<emulator>` paths allowed (usually the emulators of the host's capabilities).
+    pub allowed_emulators: Vec<String>,
+}
+
+/// A domain XML that passed the policy.
+#[derive(Debug, Clone)]
+pub struct CheckedConfig {
+    /// `<name>`.
+    pub name: String,
+    /// The XML handed to libvirt: absolute paths, plus the agent's metadata.
+    pub libvirt_xml: String,
+    /// Files the XML references, relative to the domain directory.
+    pub files: Vec<String>,
+    /// vCPUs asked for.
+    pub vcpus: u32,
+    /// Memory asked for, bytes.
+    pub memory_bytes: u64,
+}
+
+/// Parses XML from a client: no DTD, bounded node count; errors name line and column.
+pub fn parse<'a>(field: &str, xml: &'a str) -> Result<roxmltree::Document<'a>> {
+    let opts = roxmltree::ParsingOptions {
+        allow_dtd: false,
+        nodes_limit: 100_000,
+    };
+    roxmltree::Document::parse_with_options(xml, opts)
+        .map_err(|e| AgentError::invalid(field, format!("malformed XML: {e}")))
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
+struct Walk<'p> {
+    dir: &'p Path,
+    canon_dir: PathBuf,
+    policy: &'p Policy,
+    edits: Vec<(Range<usize>, String)>,
+    files: Vec<String>,
+}
+
+impl Walk<'_> {
+    /// Checks one host path and records its rewrite to an absolute path in the directory.
+    fn path(&mut self, what: &str, raw: &str, range: Range<usize>) -> Result<()> {
+        let raw = raw.trim();
+        let rel = match Path::new(raw).strip_prefix(self.dir) {
+            Ok(inside) if raw.starts_with('/') => {
+                names::check_relative(what, &inside.to_string_lossy())?
+            }
+            _ => names::check_relative(what, raw).map_err(|e| match e {
+                AgentError::Policy(_) => AgentError::Policy(format!(
+                    "{what} {raw:?} is outside the domain directory; name files relative to it"
+                )),
+                other => other,
+            })?,
+        };
+        let full = self.dir.join(&rel);
+        // Symlinks (which the agent never creates) must not lead out either.
+        let mut probe = full.clone();
+        while !probe.exists() {
+            if !probe.pop() {
+                break;
+            }
+        }
+        if let Ok(c) = probe.canonicalize() {
+            if !c.starts_with(&self.canon_dir) {
+                return Err(AgentError::Policy(format!(
+                    "{what} {raw:?} resolves outside the domain directory"
+                )));
+            }
+        }
+        let rel = rel.to_string_lossy().into_owned();
+        if !self.files.contains(&rel) {
+            self.files.push(rel);
+        }
+        self.edits.push((range, escape(&full.to_string_lossy())));
+        Ok(())
+    }
+
+    fn element(&mut self, n: roxmltree::Node<'_, '_>) -> Result<()> {
+        let tag = n.tag_name().name();
+        if n.tag_name().namespace().is_some() {
+            return Err(AgentError::Policy(format!(
+                "element <{}> in namespace {:?} (hypervisor pass-through such as qemu:commandline) is not allowed",
+                tag,
+                n.tag_name().namespace().unwrap_or_default()
+            )));
+        }
+        let attr = |a: &str| n.attribute(a).unwrap_or_default();
+        let parent = n
+            .parent_element()
+            .map(|p| p.tag_name().name())
+            .unwrap_or_default();
+        match tag {
+            "metadata" => {
+                return Err(AgentError::Policy(
+                    "<metadata> is written by the agent; remove it from config.xml".into(),
+                ))
+            }
+            "hostdev" | "redirdev" | "smartcard" if !self.policy.allow_hostdev => {
+                return Err(AgentError::Policy(format!(
+                    "<{tag}> passes a host device to the guest"
+                )))
+            }
+            "seclabel" => {
+                return Err(AgentError::Policy(
+                    "<seclabel> would change the guest's confinement".into(),
+                ))
+            }
+            "disk" => {
+                let t = attr("type");
+                let ok =
+                    matches!(t, "file" | "") || (t == "block" && self.policy.allow_block_disks);
+                if !ok {
+                    return Err(AgentError::Policy(format!("<disk type={t:?}>: only file disks inside the domain directory are allowed (block disks of the host are refused)")));
+                }
+                if attr("device") == "lun" {
+                    return Err(AgentError::Policy(
+                        "<disk device='lun'> passes a host SCSI device".into(),
+                    ));
+                }
+            }
+            "interface"
+                if !self
+                    .policy
+                    .allow_interfaces
+                    .iter()
+                    .any(|a| a == attr("type")) =>
+            {
+                return Err(AgentError::Policy(format!(
+                    "<interface type={:?}> is not allowed on this agent (allowed: {:?})",
+                    attr("type"),
+                    self.policy.allow_interfaces
+                )))
+            }
+            "graphics" if !self.policy.allow_graphics => {
+                return Err(AgentError::Policy(
+                    "<graphics> is not allowed on this agent".into(),
+                ))
+            }
+            "serial" | "console" | "parallel" | "channel" => {
+                let t = attr("type");
+                if !matches!(t, "pty" | "file" | "null" | "unix" | "") {
+                    return Err(AgentError::Policy(format!("<{tag} type={t:?}>: only pty, file, null and unix character devices are allowed")));
+                }
+            }
+            "filesystem" => {
+                let t = attr("type");
+                if !matches!(t, "mount" | "") {
+                    return Err(AgentError::Policy(format!("<filesystem type={t:?}>: only directories inside the domain directory can be shared")));
+                }
+            }
+            "emulator" => {
+                let e = n.text().unwrap_or_default().trim();
+                if !self.policy.allowed_emulators.iter().any(|a| a == e) {
+                    return Err(AgentError::Policy(format!(
+                        "<emulator> {e:?} is not one of this host's emulators {:?}",
+                        self.policy.allowed_emulators
+                    )));
+                }
+            }
+            "kernel" | "initrd" | "loader" | "dtb" | "nvram" if parent == "os" => {
+                if let Some(t) = n.first_child().filter(|c| c.is_text()) {
+                    let raw = t.text().unwrap_or_default().to_owned();
+                    if !raw.trim().is_empty() {
+                        self.path(&format!("<{tag}>"), &raw, t.range())?;
+                    }
+                }
+            }
+            "backend" if parent == "rng" => {
+                let t = n.text().unwrap_or_default().trim();
+                if attr("model") == "random" && !matches!(t, "/dev/urandom" | "/dev/random" | "") {
+                    return Err(AgentError::Policy(format!(
+                        "rng backend {t:?} is a host device other than /dev/urandom"
+                    )));
+                }
+            }
+            _ => {}
+        }
+        for a in n.attributes() {
+            let name = a.name();
+            let path_attr = matches!(name, "file" | "path" | "socket" | "template")
+                || (tag == "source" && name == "dir");
+            if tag == "source"
+                && matches!(name, "dev" | "pool" | "volume" | "protocol")
+                && parent != "interface"
+            {
+                return Err(AgentError::Policy(format!(
+                    "<source {name}={:?}> in <{parent}> reaches a host device or storage pool",
+                    a.value()
+                )));
+            }
+            if path_attr && tag != "target" {
+                self.path(&format!("<{tag} {name}=...>"), a.value(), a.range_value())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks `xml` for the domain whose files live in `dir`, and prepares what libvirt gets.
+/// `metadata` is the agent's own element (already serialised) added under `<metadata>`.
+pub fn check(xml: &str, dir: &Path, policy: &Policy, metadata: &str) -> Result<CheckedConfig> {
+    let doc = parse("config.xml", xml)?;
+    let root = doc.root_element();
+    if root.tag_name().name() != "domain" || root.tag_name().namespace().is_some() {
+        return Err(AgentError::invalid(
+            "config.xml",
+            format!(
+                "root element is <{}>, expected a libvirt <domain>",
+                root.tag_name().name()
+            ),
+        ));
+    }
+    let child_text = |tag: &str| {
+        root.children()
+            .find(|c| c.has_tag_name(tag))
+            .and_then(|c| c.text())
+            .map(|t| t.trim().to_owned())
+    };
+    let name =
+        child_text("name").ok_or_else(|| AgentError::invalid("config.xml", "no <name> element"))?;
+    names::check_domain_name(&name)?;
+    let canon_dir = dir.canonicalize().map_err(|e| AgentError::io(dir, e))?;
+    let mut walk = Walk {
+        dir,
+        canon_dir,
+        policy,
+        edits: Vec::new(),
+        files: Vec::new(),
+    };
+    for n in root.descendants().filter(|n| n.is_element()) {
+        walk.element(n)?;
+    }
+    let vcpus = child_text("vcpu").and_then(|v| v.parse().ok()).unwrap_or(1);
+    let memory_bytes = root
+        .children()
+        .find(|c| c.has_tag_name("memory"))
+        .map(|m| {
+            let v: u64 = m.text().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+            v.saturating_mul(unit_bytes(m.attribute("unit").unwrap_or("KiB")))
+        })
+        .unwrap_or(0);
+    // Apply rewrites back to front so earlier ranges stay valid.
+    let mut out = xml.to_owned();
+    let end = root.range().end;
+    let close = out[..end]
+        .rfind("</")
+        .ok_or_else(|| AgentError::invalid("config.xml", "<domain> has no content"))?;
+    out.insert_str(close, &format!("<metadata>{metadata}</metadata>"));
+    let mut edits = walk.edits;
+    edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
+    for (r, v) in edits {
+        out.replace_range(r, &v);
+    }
+    Ok(CheckedConfig {
+        name,
+        libvirt_xml: out,
+        files: walk.files,
+        vcpus,
+        memory_bytes,
+    })
+}
+
+fn unit_bytes(unit: &str) -> u64 {
+    match unit {
+        "b" | "bytes" => 1,
+        "KB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        _ => 1024,
+    }
+}
+
+/// The agent's metadata element for a domain.
+pub fn metadata_element(agent_id: &str) -> String {
+    format!(
+        "<napalm:agent xmlns:napalm=\"{NAPALM_NS}\" id=\"{}\"/>",
+        escape(agent_id)
+    )
+}
+
+/// The agent id in a libvirt domain XML's napalm metadata, if any.
+pub fn owner_of(libvirt_xml: &str) -> Option<String> {
+    let doc = roxmltree::Document::parse(libvirt_xml).ok()?;
+    doc.descendants()
+        .find(|n| n.tag_name().namespace() == Some(NAPALM_NS) && n.tag_name().name() == "agent")
+        .and_then(|n| n.attribute("id").map(str::to_owned))
+}

@@ -1,0 +1,97 @@
+//! Request-id idempotency: a mutating call carrying a request id runs once; a retry with
+//! the same id gets the first result back (persisted, so it survives an agent restart).
+//! Reusing an id for another operation is a conflict.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{AgentError, Result};
+use crate::fsutil;
+
+/// Per-key async locks (domain names, request ids).
+#[derive(Default)]
+pub struct KeyedLocks {
+    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyedLocks {
+    /// Locks `key` until the guard drops.
+    pub async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() > 4096 {
+                map.retain(|_, v| Arc::strong_count(v) > 1);
+            }
+            Arc::clone(map.entry(key.to_owned()).or_default())
+        };
+        m.lock_owned().await
+    }
+}
+
+/// The persisted log of completed requests.
+pub struct RequestLog {
+    dir: PathBuf,
+    locks: KeyedLocks,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Entry {
+    op: String,
+    result: serde_json::Value,
+}
+
+impl RequestLog {
+    /// Opens (creating) the log directory.
+    pub fn open(dir: &Path) -> Result<Self> {
+        fsutil::create_dir(dir)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            locks: KeyedLocks::default(),
+        })
+    }
+
+    /// Runs `f` once for `(id, op)`; without an id, always runs it.
+    pub async fn once<T, F>(&self, id: Option<&str>, op: &str, f: F) -> Result<T>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+        F: Future<Output = Result<T>>,
+    {
+        let Some(id) = id.filter(|i| !i.is_empty()) else {
+            return f.await;
+        };
+        if id.len() > 128 {
+            return Err(AgentError::invalid("request_id", "longer than 128 bytes"));
+        }
+        let _g = self.locks.lock(id).await;
+        let path = self.dir.join(hex::encode(Sha256::digest(id.as_bytes())));
+        if let Ok(b) = std::fs::read(&path) {
+            if let Ok(e) = serde_json::from_slice::<Entry>(&b) {
+                if e.op != op {
+                    return Err(AgentError::RequestIdReused(id.to_owned()));
+                }
+                if let Ok(v) = serde_json::from_value(e.result) {
+                    tracing::debug!(
+                        request_id = id,
+                        op,
+                        "replaying the result of a retried request"
+                    );
+                    return Ok(v);
+                }
+            }
+        }
+        let v = f.await?;
+        let e = Entry {
+            op: op.to_owned(),
+            result: serde_json::to_value(&v)
+                .map_err(|e| AgentError::io(&path, std::io::Error::other(e)))?,
+        };
+        let data =
+            serde_json::to_vec(&e).map_err(|e| AgentError::io(&path, std::io::Error::other(e)))?;
+        fsutil::atomic_write(&path, &data)?;
+        Ok(v)
+    }
+}

@@ -1,0 +1,163 @@
+//! The thesis's REST/CRUD contract (SPEC §3, table 4.3) on axum, under a configurable
+//! prefix. Handlers only translate HTTP to core calls ([`crate::core::Agent`]) and back:
+//! each table-4.3 operation is exactly one request (create = 1 PUT, change state = 1 PUT,
+//! delete = 1 DELETE, status = 1 GET, get file = 1 GET, send file = 1 PUT, archive = 1 GET).
+//! A bearer token is required unless the operator runs with `--insecure-no-auth`.
+
+mod handlers;
+pub mod render;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::core::Agent;
+
+/// Settings of the REST server.
+#[derive(Debug, Clone)]
+pub struct RestConfig {
+    /// Path prefix (`""` or `/napalm`), no trailing slash.
+    pub prefix: String,
+    /// Bearer token; `None` disables authentication (local trials only).
+    pub token: Option<String>,
+    /// Largest domain archive accepted, bytes.
+    pub max_archive_bytes: usize,
+    /// Largest single file accepted, bytes.
+    pub max_file_bytes: usize,
+    /// Largest XML document accepted, bytes.
+    pub max_xml_bytes: usize,
+    /// libvirt URI (shown by /about).
+    pub libvirt_uri: String,
+}
+
+/// Requests served, by method (also exported as metrics; lets tests verify table 4.3).
+#[derive(Debug, Default)]
+pub struct HttpCounters {
+    /// GET and HEAD.
+    pub get: AtomicU64,
+    /// PUT.
+    pub put: AtomicU64,
+    /// POST.
+    pub post: AtomicU64,
+    /// DELETE.
+    pub delete: AtomicU64,
+    /// Any other method.
+    pub other: AtomicU64,
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The core.
+    pub agent: Arc<Agent>,
+    /// Settings.
+    pub cfg: Arc<RestConfig>,
+    /// Counters.
+    pub counters: Arc<HttpCounters>,
+    /// Extra text appended to `/metrics` (the metrics module renders it).
+    pub metrics:
+        Option<Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, String> + Send + Sync>>,
+}
+
+async fn count(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let c = &s.counters;
+    let m = req.method();
+    let ctr = if m == "GET" || m == "HEAD" {
+        &c.get
+    } else if m == "PUT" {
+        &c.put
+    } else if m == "POST" {
+        &c.post
+    } else if m == "DELETE" {
+        &c.delete
+    } else {
+        &c.other
+    };
+    ctr.fetch_add(1, Ordering::Relaxed);
+    next.run(req).await
+}
+
+/// Compares in time independent of where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &s.cfg.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same(given.as_bytes(), token.as_bytes()) {
+            let e =
+                crate::error::AgentError::invalid("authorization", "missing or wrong bearer token");
+            let mut r = render::error(render::Format::negotiate(req.headers()), &e);
+            *r.status_mut() = StatusCode::UNAUTHORIZED;
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"napalm\""),
+            );
+            return r;
+        }
+    }
+    next.run(req).await
+}
+
+/// The router, prefix included.
+pub fn router(state: AppState) -> Router {
+    use handlers as h;
+    let cfg = Arc::clone(&state.cfg);
+    let xml_limit = DefaultBodyLimit::max(cfg.max_xml_bytes);
+    let inner = Router::new()
+        .route("/", get(h::index))
+        .route("/about", get(h::about))
+        .route("/about.json", get(h::about_json))
+        .route("/capabilities.xml", get(h::capabilities))
+        .route("/capabilities.json", get(h::capabilities_json))
+        .route("/domains.xml", get(h::domains))
+        .route("/domains.json", get(h::domains_json))
+        .route("/metrics", get(h::metrics))
+        .route(
+            "/domain/{name}",
+            get(h::domain)
+                .delete(h::delete)
+                .put(h::create)
+                .layer(DefaultBodyLimit::max(cfg.max_archive_bytes)),
+        )
+        .route(
+            "/domain/{name}/config.xml",
+            get(h::config).put(h::put_config).layer(xml_limit),
+        )
+        .route(
+            "/domain/{name}/status.xml",
+            get(h::status)
+                .put(h::put_status)
+                .post(h::put_status)
+                .layer(xml_limit),
+        )
+        .route("/domain/{name}/status.json", get(h::status_json))
+        .route("/domain/{name}/archive.tar.gz", get(h::archive))
+        .route(
+            "/domain/{name}/{*file}",
+            get(h::file)
+                .put(h::put_file)
+                .layer(DefaultBodyLimit::max(cfg.max_file_bytes)),
+        )
+        .fallback(|| async { (StatusCode::NOT_FOUND, "no such resource\n").into_response() })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count))
+        .with_state(state);
+    if cfg.prefix.is_empty() {
+        inner
+    } else {
+        Router::new().nest(&cfg.prefix, inner)
+    }
+}

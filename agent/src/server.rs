@@ -1,0 +1,152 @@
+//! Running the agent: opens libvirt and the state directory, reconciles, then serves REST
+//! and gRPC and keeps reconciling on a period until asked to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::core::{Agent, CoreConfig};
+use crate::error::{AgentError, Result};
+use crate::hypervisor::{libvirt::Libvirt, Hypervisor};
+use crate::rest::{AppState, HttpCounters, RestConfig};
+
+/// Everything the daemon needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Core settings.
+    pub core: CoreConfig,
+    /// REST settings.
+    pub rest: RestConfig,
+    /// REST listen address.
+    pub http_listen: SocketAddr,
+    /// gRPC listen address (`None`: no gRPC).
+    pub grpc_listen: Option<SocketAddr>,
+    /// Reconciliation period.
+    pub reconcile_every: Duration,
+}
+
+/// A running agent: its addresses and core, for tests and the binary.
+pub struct Running {
+    /// The core.
+    pub agent: Arc<Agent>,
+    /// Bound REST address.
+    pub http_addr: SocketAddr,
+    /// Bound gRPC address.
+    pub grpc_addr: Option<SocketAddr>,
+    /// Request counters.
+    pub counters: Arc<HttpCounters>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Running {
+    /// Stops serving and waits for the servers to finish.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Opens the libvirt URI and starts the agent.
+pub async fn start(cfg: ServeConfig) -> Result<Running> {
+    let uri = cfg.rest.libvirt_uri.clone();
+    let hv: Arc<dyn Hypervisor> = Arc::new(
+        tokio::task::spawn_blocking(move || Libvirt::open(&uri))
+            .await
+            .map_err(|e| AgentError::Hypervisor(e.to_string()))??,
+    );
+    start_with(cfg, hv).await
+}
+
+/// Starts the agent on a given hypervisor.
+pub async fn start_with(cfg: ServeConfig, hv: Arc<dyn Hypervisor>) -> Result<Running> {
+    let agent = Agent::open(cfg.core.clone(), hv).await?;
+    let rep = agent.reconcile(true).await?;
+    tracing::info!(agent_id = agent.id(), report = ?rep, "first reconciliation done");
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let counters = Arc::new(HttpCounters::default());
+    let state = AppState {
+        agent: Arc::clone(&agent),
+        cfg: Arc::new(cfg.rest.clone()),
+        counters: Arc::clone(&counters),
+        metrics: None,
+    };
+    let state = crate::metrics::attach(state);
+    let app = crate::rest::router(state);
+    let listener = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .map_err(|e| AgentError::io(cfg.http_listen.to_string(), e))?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|e| AgentError::io("http", e))?;
+    let mut tasks = Vec::new();
+    let mut rx = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "REST server failed");
+        }
+    }));
+    let mut grpc_addr = None;
+    if let Some(addr) = cfg.grpc_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| AgentError::io(addr.to_string(), e))?;
+        grpc_addr = Some(l.local_addr().map_err(|e| AgentError::io("grpc", e))?);
+        let svc = crate::grpc::server(Arc::clone(&agent), cfg.rest.token.clone());
+        let intercept = crate::grpc::auth_interceptor(cfg.rest.token.clone());
+        let mut rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+            let svc = tonic::service::interceptor::InterceptedService::new(svc, intercept);
+            let r = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+        }));
+    }
+    let a = Arc::clone(&agent);
+    let mut rx = stop_rx;
+    let every = cfg.reconcile_every;
+    tasks.push(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = rx.wait_for(|s| *s) => break,
+            }
+            if let Err(e) = a.reconcile(false).await {
+                tracing::warn!(error = %e, "reconciliation failed; retrying next period");
+            }
+        }
+    }));
+    tracing::info!(%http_addr, ?grpc_addr, "napalm-agent serving");
+    Ok(Running {
+        agent,
+        http_addr,
+        grpc_addr,
+        counters,
+        tasks,
+        stop,
+    })
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let r = start(cfg).await?;
+    shutdown.await;
+    r.stop().await;
+    Ok(())
+}
