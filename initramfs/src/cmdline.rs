@@ -1,0 +1,260 @@
+//! The kernel command line as napalm-init reads it (Kata agent style: from a PATH, so tests
+//! feed a file): `root=`, `ip=`, `nameserver=`, `init=`, `unpack=`, `napalm.help`,
+//! `napalm.onfail=`, `napalm.timeout=`.
+
+use crate::ip::{parse_nameserver, IpConfig, IpParseError};
+use crate::rootspec::{RootParseError, RootSpec};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// What to do when booting fails (`napalm.onfail=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFail {
+    /// Start the rescue shell (busybox) if the image carries one, else halt.
+    Shell,
+    /// Power the machine off.
+    Halt,
+    /// Reboot.
+    Reboot,
+}
+
+/// Everything napalm-init takes from the kernel command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootConfig {
+    /// `root=`, parsed; `None` when absent.
+    pub root: Option<RootSpec>,
+    /// `ip=`; `Off` when absent.
+    pub ip: IpConfig,
+    /// `nameserver=` values, in order.
+    pub nameservers: Vec<Ipv4Addr>,
+    /// `init=`: the program to exec in the new root (default `/sbin/init`).
+    pub init: PathBuf,
+    /// `unpack=`: `;`-separated archives or directories of archives, paths in the new root.
+    pub unpack: Vec<PathBuf>,
+    /// `napalm.help`: print every fsloader's help on the console.
+    pub help: bool,
+    /// `napalm.onfail=`.
+    pub onfail: OnFail,
+    /// `napalm.timeout=` seconds to wait for devices and links (default 10).
+    pub timeout_secs: u64,
+}
+
+/// Why the command line was rejected.
+#[derive(Debug, Error)]
+pub enum CmdlineError {
+    /// The file could not be read.
+    #[error("cannot read kernel command line from {path}: {source}")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// `root=` is malformed.
+    #[error(transparent)]
+    Root(#[from] RootParseError),
+    /// `ip=` or `nameserver=` is malformed.
+    #[error(transparent)]
+    Ip(#[from] IpParseError),
+    /// Another parameter is malformed.
+    #[error("{param}: {what}")]
+    Param {
+        /// The offending `key=value` as written.
+        param: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// A quote is not closed.
+    #[error("kernel command line has an unterminated quote at position {0}")]
+    Quote(usize),
+}
+
+/// Splits a command line into words, honouring double quotes as the kernel does.
+pub fn split_words(line: &str) -> Result<Vec<String>, CmdlineError> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_quote = None;
+    let mut has_word = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            '"' => {
+                in_quote = if in_quote.is_some() { None } else { Some(i) };
+                has_word = true;
+            }
+            c if c.is_whitespace() && in_quote.is_none() => {
+                if has_word {
+                    words.push(std::mem::take(&mut cur));
+                    has_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                has_word = true;
+            }
+        }
+    }
+    if let Some(i) = in_quote {
+        return Err(CmdlineError::Quote(i));
+    }
+    if has_word {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+impl BootConfig {
+    /// Reads and parses the command line stored at `path` (`/proc/cmdline` at boot).
+    pub fn from_cmdline(path: &Path) -> Result<BootConfig, CmdlineError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CmdlineError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses a command line; unknown parameters are left to the kernel and the real init.
+    pub fn parse(line: &str) -> Result<BootConfig, CmdlineError> {
+        let mut cfg = BootConfig {
+            root: None,
+            ip: IpConfig::Off,
+            nameservers: Vec::new(),
+            init: PathBuf::from("/sbin/init"),
+            unpack: Vec::new(),
+            help: false,
+            onfail: OnFail::Halt,
+            timeout_secs: 10,
+        };
+        for word in split_words(line)? {
+            let (key, value) = match word.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (word.as_str(), None),
+            };
+            let bad = |what: &str| CmdlineError::Param {
+                param: word.clone(),
+                what: what.to_string(),
+            };
+            match (key, value) {
+                ("root", Some(v)) => cfg.root = Some(RootSpec::parse(v)?),
+                ("ip", Some(v)) => cfg.ip = IpConfig::parse(v)?,
+                ("nameserver", Some(v)) => cfg.nameservers.push(parse_nameserver(v)?),
+                ("init", Some(v)) => {
+                    if !v.starts_with('/') {
+                        return Err(bad("init= must be an absolute path, e.g. init=/sbin/init"));
+                    }
+                    cfg.init = PathBuf::from(v);
+                }
+                ("unpack", Some(v)) => {
+                    cfg.unpack = v
+                        .split(';')
+                        .filter(|s| !s.is_empty())
+                        .map(PathBuf::from)
+                        .collect();
+                    if let Some(p) = cfg.unpack.iter().find(|p| !p.is_absolute()) {
+                        return Err(bad(&format!("{} is not an absolute path", p.display())));
+                    }
+                }
+                ("napalm.help", None) | ("napalm.help", Some("1")) => cfg.help = true,
+                ("napalm.onfail", Some(v)) => {
+                    cfg.onfail = match v {
+                        "shell" => OnFail::Shell,
+                        "halt" | "poweroff" => OnFail::Halt,
+                        "reboot" => OnFail::Reboot,
+                        _ => return Err(bad("expected napalm.onfail=shell|halt|reboot")),
+                    }
+                }
+                ("napalm.timeout", Some(v)) => {
+                    cfg.timeout_secs = v.parse().map_err(|_| bad("expected a number of seconds"))?
+                }
+                _ => {}
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// Reads only `napalm.onfail=` leniently, for when the full parse failed.
+pub fn onfail_lenient(line: &str) -> OnFail {
+    line.split_whitespace()
+        .find_map(|w| match w.strip_prefix("napalm.onfail=") {
+            Some("shell") => Some(OnFail::Shell),
+            Some("reboot") => Some(OnFail::Reboot),
+            Some(_) => Some(OnFail::Halt),
+            None => None,
+        })
+        .unwrap_or(OnFail::Halt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    struct TestData {
+        line: &'static str,
+        check: fn(&BootConfig) -> bool,
+    }
+
+    #[test]
+    fn from_cmdline_file() {
+        let cases = [
+            // Thesis 3.2.6: stateless clone unpacking packages onto the tmpfs layer.
+            TestData {
+                line: "console=ttyS0 root=nfs:10.0.0.1::ro;nfs:10.0.0.1:/var/state/systems/clone01:ro;tmpfs:rw unpack=/var/tmpfs-overlay\n",
+                check: |c| {
+                    c.root.as_ref().is_some_and(|r| r.devices.len() == 3)
+                        && c.unpack == vec![PathBuf::from("/var/tmpfs-overlay")]
+                        && c.ip == IpConfig::Off
+                },
+            },
+            TestData {
+                line: "root=tmpfs:rw ip=dhcp nameserver=10.0.2.3 nameserver=10.0.2.4 init=/bin/sh napalm.help napalm.onfail=shell napalm.timeout=3",
+                check: |c| {
+                    c.nameservers.len() == 2
+                        && c.init == Path::new("/bin/sh")
+                        && c.help
+                        && c.onfail == OnFail::Shell
+                        && c.timeout_secs == 3
+                        && matches!(c.ip, IpConfig::Dhcp { .. })
+                },
+            },
+            TestData {
+                line: "quiet \"root=layer:a;tmpfs:rw\" unpack=/a.tar;/b;",
+                check: |c| c.root.is_some() && c.unpack.len() == 2 && c.onfail == OnFail::Halt,
+            },
+            TestData { line: "", check: |c| c.root.is_none() && c.init == Path::new("/sbin/init") },
+        ];
+        for case in cases {
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            f.write_all(case.line.as_bytes()).unwrap();
+            let cfg =
+                BootConfig::from_cmdline(f.path()).unwrap_or_else(|e| panic!("{}: {e}", case.line));
+            assert!((case.check)(&cfg), "{}: {cfg:?}", case.line);
+        }
+    }
+
+    #[test]
+    fn errors() {
+        let e = BootConfig::parse("root=nfs:a::ro;;tmpfs").unwrap_err();
+        assert!(
+            matches!(e, CmdlineError::Root(ref r) if r.position == 10),
+            "{e}"
+        );
+        assert!(BootConfig::parse("ip=1.2.3").is_err());
+        assert!(BootConfig::parse("init=sbin/init")
+            .unwrap_err()
+            .to_string()
+            .contains("absolute"));
+        assert!(BootConfig::parse("napalm.onfail=explode").is_err());
+        assert!(matches!(
+            BootConfig::parse("a=\"b"),
+            Err(CmdlineError::Quote(2))
+        ));
+        let missing = BootConfig::from_cmdline(Path::new("/nonexistent/cmdline")).unwrap_err();
+        assert!(missing.to_string().contains("/nonexistent/cmdline"));
+        assert_eq!(
+            onfail_lenient("root=;; napalm.onfail=reboot"),
+            OnFail::Reboot
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! Kernel modules: `modules.dep` parsing and dependency order (for the builder), and
+//! loading the image's modules in that order with finit_module (for napalm-init).
+
+use crate::syscall::Syscall;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// The file in the image listing module paths (relative to `/lib/modules/<ver>`) in load order.
+pub const ORDER_FILE: &str = "napalm.order";
+
+/// Why module resolution or loading failed.
+#[derive(Debug, Error)]
+pub enum ModuleError {
+    /// A line of modules.dep is malformed.
+    #[error("modules.dep line {line}: {text:?}: expected `path.ko: dep.ko ...`")]
+    Syntax {
+        /// 1-based line.
+        line: usize,
+        /// The line.
+        text: String,
+    },
+    /// A requested module does not exist (and is not built in).
+    #[error("module {0:?} is neither in modules.dep nor built in")]
+    Unknown(String),
+    /// finit_module failed.
+    #[error("loading module {path}: {source}")]
+    Load {
+        /// The module file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A module's canonical name: `kernel/fs/nfs/nfsv4.ko.zst` → `nfsv4`, `-` → `_`.
+pub fn module_name(path: &str) -> String {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    let base = base.split(".ko").next().unwrap_or(base);
+    base.replace('-', "_")
+}
+
+/// A parsed `modules.dep` plus `modules.builtin`.
+#[derive(Debug, Default)]
+pub struct ModDep {
+    /// name → (path, dependency paths).
+    pub entries: BTreeMap<String, (String, Vec<String>)>,
+    /// Names of built-in modules.
+    pub builtin: BTreeSet<String>,
+}
+
+impl ModDep {
+    /// Parses the text of `modules.dep` and `modules.builtin`.
+    pub fn parse(dep: &str, builtin: &str) -> Result<ModDep, ModuleError> {
+        let mut m = ModDep::default();
+        for (i, line) in dep.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let Some((path, deps)) = line.split_once(':') else {
+                return Err(ModuleError::Syntax {
+                    line: i + 1,
+                    text: line.to_string(),
+                });
+            };
+            let deps = deps.split_whitespace().map(String::from).collect();
+            m.entries
+                .insert(module_name(path), (path.trim().to_string(), deps));
+        }
+        m.builtin = builtin
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(module_name)
+            .collect();
+        Ok(m)
+    }
+
+    /// The module paths needed for `names`, dependencies first; built-ins are skipped,
+    /// names in `optional` that do not exist are reported in the second list.
+    pub fn resolve(
+        &self,
+        names: &[&str],
+        optional: &[&str],
+    ) -> Result<(Vec<String>, Vec<String>), ModuleError> {
+        let mut order = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut missing = Vec::new();
+        for n in names.iter().chain(optional) {
+            let name = module_name(n);
+            if self.builtin.contains(&name) {
+                continue;
+            }
+            if !self.entries.contains_key(&name) {
+                if optional.contains(n) {
+                    missing.push(name);
+                    continue;
+                }
+                return Err(ModuleError::Unknown(name));
+            }
+            self.visit(&name, &mut seen, &mut order);
+        }
+        Ok((order, missing))
+    }
+
+    fn visit(&self, name: &str, seen: &mut BTreeSet<String>, order: &mut Vec<String>) {
+        if !seen.insert(name.to_string()) {
+            return;
+        }
+        if let Some((path, deps)) = self.entries.get(name) {
+            // modules.dep lists the deepest dependency last; load from there.
+            for d in deps.iter().rev() {
+                self.visit(&module_name(d), seen, order);
+            }
+            order.push(path.clone());
+        }
+    }
+}
+
+/// Loads every module listed in `<dir>/napalm.order`, in order; returns how many.
+pub fn load_all(sys: &dyn Syscall, dir: &Path) -> Result<usize, ModuleError> {
+    let order = dir.join(ORDER_FILE);
+    let text = match std::fs::read_to_string(&order) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => {
+            return Err(ModuleError::Load {
+                path: order,
+                source,
+            })
+        }
+    };
+    let mut n = 0;
+    for rel in text.lines().filter(|l| !l.is_empty()) {
+        let path = dir.join(rel);
+        sys.finit_module(&path, "")
+            .map_err(|source| ModuleError::Load {
+                path: path.clone(),
+                source,
+            })?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::syscall::RecordingSyscall;
+
+    const DEP: &str = "kernel/fs/nfs/nfs.ko: kernel/fs/lockd/lockd.ko kernel/fs/nfs_common/grace.ko kernel/net/sunrpc/sunrpc.ko kernel/fs/fscache/fscache.ko kernel/fs/netfs/netfs.ko
+kernel/fs/nfs/nfsv4.ko: kernel/net/dns_resolver/dns_resolver.ko kernel/fs/nfs/nfs.ko kernel/fs/lockd/lockd.ko kernel/fs/nfs_common/grace.ko kernel/net/sunrpc/sunrpc.ko kernel/fs/fscache/fscache.ko kernel/fs/netfs/netfs.ko
+kernel/fs/lockd/lockd.ko: kernel/fs/nfs_common/grace.ko kernel/net/sunrpc/sunrpc.ko
+kernel/fs/nfs_common/grace.ko:
+kernel/net/sunrpc/sunrpc.ko:
+kernel/fs/fscache/fscache.ko: kernel/fs/netfs/netfs.ko
+kernel/fs/netfs/netfs.ko:
+kernel/net/dns_resolver/dns_resolver.ko:
+kernel/drivers/net/virtio_net.ko.zst: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko
+kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
+kernel/net/core/failover.ko:
+kernel/fs/overlayfs/overlay.ko:
+";
+
+    #[test]
+    fn resolves_dependencies_first() {
+        let m = ModDep::parse(DEP, "kernel/fs/ext4/ext4.ko\n").unwrap();
+        let (order, missing) = m
+            .resolve(&["nfsv4", "virtio-net", "ext4"], &["9p"])
+            .unwrap();
+        assert_eq!(missing, vec!["9p"]);
+        let pos = |n: &str| order.iter().position(|p| module_name(p) == n).unwrap();
+        for (dep, user) in [
+            ("sunrpc", "nfs"),
+            ("grace", "lockd"),
+            ("lockd", "nfs"),
+            ("netfs", "fscache"),
+            ("nfs", "nfsv4"),
+            ("dns_resolver", "nfsv4"),
+            ("failover", "net_failover"),
+            ("net_failover", "virtio_net"),
+        ] {
+            assert!(pos(dep) < pos(user), "{dep} before {user}: {order:?}");
+        }
+        assert_eq!(order.len(), 11);
+        assert!(m
+            .resolve(&["nosuch"], &[])
+            .unwrap_err()
+            .to_string()
+            .contains("nosuch"));
+        assert!(ModDep::parse("garbage line", "").is_err());
+        assert_eq!(module_name("a/b/virtio_net.ko.zst"), "virtio_net");
+    }
+
+    #[test]
+    fn loads_in_order_file_order() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join(ORDER_FILE), "kernel/a.ko\nkernel/b.ko\n").unwrap();
+        let sys = RecordingSyscall::new(Some(d.path()));
+        assert_eq!(load_all(&sys, d.path()).unwrap(), 2);
+        assert_eq!(
+            sys.calls(),
+            vec![
+                "finit_module /kernel/a.ko []",
+                "finit_module /kernel/b.ko []"
+            ]
+        );
+        sys.fail_on("finit_module /kernel/b.ko");
+        let e = load_all(&sys, d.path()).unwrap_err().to_string();
+        assert!(e.contains("kernel/b.ko"), "{e}");
+    }
+}
