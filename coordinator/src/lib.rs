@@ -12,5 +12,9 @@
 //! Status (issue #6): store and scheduler are here; registry service, discovery and the
 //! deploy pipeline are being built. `napalm-coordinator` and `napalmctl` say so.
 
+pub mod cli;
+pub mod clock;
+pub mod registry;
 pub mod scheduler;
+pub mod service;
 pub mod store;

@@ -1,0 +1,270 @@
+//! Agents: registration, heartbeats with a TTL that grows with the number of agents (as
+//! Nomad does: at most `max_rate` heartbeats per second cluster-wide, never under
+//! `min_ttl`), ready/down/draining states, and allocations computed from the clones.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use napalm_proto::v1::{
+    Agent, AgentSource, AgentState, Clone, ClonePhase, HeartbeatRequest, HeartbeatResponse,
+    RegisterAgentRequest, RegisterAgentResponse, Resources,
+};
+use napalm_proto::ApiError;
+
+use super::{Registry, RegistryError, AGENTS, CLONES};
+use crate::clock::{duration, from_timestamp, timestamp};
+
+/// Heartbeat timing.
+#[derive(Debug, Clone, Copy)]
+pub struct HeartbeatPolicy {
+    /// Smallest TTL.
+    pub min_ttl: Duration,
+    /// Heartbeats per second the coordinator is willing to take from all agents.
+    pub max_rate: f64,
+}
+
+impl Default for HeartbeatPolicy {
+    fn default() -> Self {
+        Self {
+            min_ttl: Duration::from_secs(10),
+            max_rate: 50.0,
+        }
+    }
+}
+
+impl HeartbeatPolicy {
+    /// TTL for a cluster of `agents` agents.
+    pub fn ttl(&self, agents: usize) -> Duration {
+        self.min_ttl.max(Duration::from_secs_f64(
+            agents as f64 / self.max_rate.max(0.001),
+        ))
+    }
+    /// How often an agent is asked to heartbeat: half the TTL, so one lost beat is not fatal.
+    pub fn interval(&self, agents: usize) -> Duration {
+        self.ttl(agents) / 2
+    }
+}
+
+fn agent_key(id: &str) -> String {
+    format!("{AGENTS}{id}")
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidArgument {
+            field: "id".into(),
+            description: format!(
+                "agent id {id:?} must be 1-128 characters of letters, digits, '-', '_', '.', ':'"
+            ),
+        })
+    }
+}
+
+fn check_endpoint(field: &str, url: &str) -> Result<(), ApiError> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidArgument {
+            field: field.into(),
+            description: format!("{url:?} is not an http:// or https:// URL"),
+        })
+    }
+}
+
+impl Registry {
+    /// Records an agent that announced itself (or was found by mDNS / configuration).
+    /// A known id is updated in place; a draining agent stays draining.
+    pub async fn register_agent(
+        &self,
+        req: RegisterAgentRequest,
+        source: AgentSource,
+        policy: &HeartbeatPolicy,
+    ) -> Result<RegisterAgentResponse, RegistryError> {
+        check_id(&req.id)?;
+        check_endpoint("grpc_endpoint", &req.grpc_endpoint)?;
+        if !req.rest_endpoint.is_empty() {
+            check_endpoint("rest_endpoint", &req.rest_endpoint)?;
+        }
+        let count = self.store().list(AGENTS).await?.len() + 1;
+        let ttl = policy.ttl(count);
+        let now = timestamp(self.clock().now());
+        let stored = self
+            .update::<Agent, _>(&agent_key(&req.id), |old| {
+                let old = old.unwrap_or_default();
+                let state = if old.state == AgentState::Draining as i32 {
+                    AgentState::Draining
+                } else {
+                    AgentState::Ready
+                };
+                Ok(Some(Agent {
+                    id: req.id.clone(),
+                    name: if req.name.is_empty() {
+                        req.id.clone()
+                    } else {
+                        req.name.clone()
+                    },
+                    grpc_endpoint: req.grpc_endpoint.clone(),
+                    rest_endpoint: req.rest_endpoint.clone(),
+                    state: state as i32,
+                    source: source as i32,
+                    capabilities: req.capabilities.clone(),
+                    allocated: None,
+                    clone_count: 0,
+                    cert_fingerprint: req.cert_fingerprint.clone(),
+                    version: req.version.clone(),
+                    last_heartbeat: Some(now),
+                    heartbeat_ttl: Some(duration(ttl)),
+                    labels: req.labels.clone(),
+                }))
+            })
+            .await?
+            .unwrap_or_default();
+        tracing::info!(id = %stored.id, name = %stored.name, "agent registered");
+        Ok(RegisterAgentResponse {
+            agent: Some(stored),
+            heartbeat_interval: Some(duration(policy.interval(count))),
+        })
+    }
+
+    /// Records a heartbeat. An unknown agent is told to register again.
+    pub async fn heartbeat(
+        &self,
+        req: HeartbeatRequest,
+        policy: &HeartbeatPolicy,
+    ) -> Result<HeartbeatResponse, RegistryError> {
+        check_id(&req.agent_id)?;
+        let count = self.store().list(AGENTS).await?.len();
+        let ttl = policy.ttl(count);
+        let now = timestamp(self.clock().now());
+        let known = self
+            .update::<Agent, _>(&agent_key(&req.agent_id), |old| {
+                Ok(old.map(|mut a| {
+                    a.last_heartbeat = Some(now);
+                    a.heartbeat_ttl = Some(duration(ttl));
+                    if a.state == AgentState::Down as i32 {
+                        a.state = AgentState::Ready as i32;
+                    }
+                    if let (Some(caps), Some(avail)) = (a.capabilities.as_mut(), req.available) {
+                        caps.available = Some(avail);
+                    }
+                    a
+                }))
+            })
+            .await?;
+        Ok(HeartbeatResponse {
+            heartbeat_interval: Some(duration(policy.interval(count))),
+            reregister: known.is_none(),
+        })
+    }
+
+    /// Marks agents whose TTL expired as down; returns their ids.
+    pub async fn sweep_agents(&self) -> Result<Vec<String>, RegistryError> {
+        let now = self.clock().now();
+        let mut downed = Vec::new();
+        for a in self.list::<Agent>(AGENTS).await? {
+            if a.state == AgentState::Down as i32 {
+                continue;
+            }
+            let ttl = a.heartbeat_ttl.map_or(Duration::ZERO, |d| {
+                Duration::from_secs(u64::try_from(d.seconds).unwrap_or(0))
+            });
+            let seen = from_timestamp(a.last_heartbeat.as_ref());
+            if now.duration_since(seen).unwrap_or_default() <= ttl {
+                continue;
+            }
+            let id = a.id.clone();
+            self.update::<Agent, _>(&agent_key(&id), |cur| {
+                Ok(cur.map(|mut c| {
+                    c.state = AgentState::Down as i32;
+                    c
+                }))
+            })
+            .await?;
+            tracing::warn!(%id, "agent missed its heartbeat TTL: down");
+            downed.push(id);
+        }
+        Ok(downed)
+    }
+
+    /// All agents (optionally only in `states`), sorted by name, with allocations and
+    /// clone counts computed from the clones placed on them.
+    pub async fn list_agents(&self, states: &[AgentState]) -> Result<Vec<Agent>, RegistryError> {
+        let clones = self.list::<Clone>(CLONES).await?;
+        let mut usage: HashMap<&str, (Resources, u32)> = HashMap::new();
+        let deployments = self.deployment_sizes().await?;
+        for c in &clones {
+            if c.agent_id.is_empty() || c.phase == ClonePhase::Removed as i32 {
+                continue;
+            }
+            let size = deployments.get(&c.deployment).copied().unwrap_or_default();
+            let u = usage.entry(c.agent_id.as_str()).or_default();
+            u.0.vcpus += size.vcpus;
+            u.0.memory_bytes += size.memory_bytes;
+            u.1 += 1;
+        }
+        let mut agents: Vec<Agent> = self
+            .list::<Agent>(AGENTS)
+            .await?
+            .into_iter()
+            .filter(|a| states.is_empty() || states.iter().any(|s| *s as i32 == a.state))
+            .map(|mut a| {
+                if let Some((r, n)) = usage.get(a.id.as_str()) {
+                    a.allocated = Some(*r);
+                    a.clone_count = *n;
+                }
+                a
+            })
+            .collect();
+        agents.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        Ok(agents)
+    }
+
+    /// One agent by id or name.
+    pub async fn get_agent(&self, id_or_name: &str) -> Result<Agent, RegistryError> {
+        self.list_agents(&[])
+            .await?
+            .into_iter()
+            .find(|a| a.id == id_or_name || a.name == id_or_name)
+            .ok_or_else(|| {
+                ApiError::NotFound {
+                    kind: "agent".into(),
+                    name: id_or_name.into(),
+                }
+                .into()
+            })
+    }
+
+    /// Sets an agent ready or draining.
+    pub async fn set_agent_state(
+        &self,
+        id_or_name: &str,
+        state: AgentState,
+    ) -> Result<Agent, RegistryError> {
+        if !matches!(state, AgentState::Ready | AgentState::Draining) {
+            return Err(ApiError::InvalidArgument {
+                field: "state".into(),
+                description: format!(
+                    "{} cannot be set by hand: use AGENT_STATE_READY or AGENT_STATE_DRAINING",
+                    state.as_str_name()
+                ),
+            }
+            .into());
+        }
+        let id = self.get_agent(id_or_name).await?.id;
+        self.update::<Agent, _>(&agent_key(&id), |cur| {
+            Ok(cur.map(|mut a| {
+                a.state = state as i32;
+                a
+            }))
+        })
+        .await?;
+        self.get_agent(&id).await
+    }
+}

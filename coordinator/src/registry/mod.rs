@@ -1,0 +1,189 @@
+//! The registry: agents, deployments and clones as `napalm.v1` records in a [`Store`].
+//!
+//! Keys: `/napalm/agents/<id>`, `/napalm/deployments/<name>`, `/napalm/clones/<name>`;
+//! values are the protobuf encoding of `Agent`, `Deployment` (without its clones) and
+//! `Clone`. Every change is a read-modify-write checked against the record's revision
+//! (retried a few times on conflict) and, when coordinators share etcd, against the
+//! leader's fencing token, so a deposed leader cannot write.
+
+pub mod agents;
+pub mod clones;
+
+use std::sync::{Arc, RwLock};
+
+use napalm_proto::ApiError;
+use prost::Message;
+
+use crate::clock::Clock;
+use crate::store::election::LEADER_KEY;
+use crate::store::{Check, Store, StoreError, Txn};
+
+/// Key prefix of agent records.
+pub const AGENTS: &str = "/napalm/agents/";
+/// Key prefix of deployment records.
+pub const DEPLOYMENTS: &str = "/napalm/deployments/";
+/// Key prefix of clone records.
+pub const CLONES: &str = "/napalm/clones/";
+
+/// How many times a read-modify-write is retried when another writer got there first.
+const RETRIES: usize = 8;
+
+/// Errors of the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The store failed or a change lost a race too many times.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A request was refused; the error says why.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Api(api) => api,
+            RegistryError::Store(StoreError::Conflict { .. }) => ApiError::Conflict {
+                description: e.to_string(),
+            },
+            RegistryError::Store(other) => ApiError::StoreUnavailable {
+                description: other.to_string(),
+            },
+        }
+    }
+}
+
+/// Typed access to the registry records.
+#[derive(Clone)]
+pub struct Registry {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    fence: Arc<RwLock<Option<u64>>>,
+}
+
+impl Registry {
+    /// A registry over `store`, reading time from `clock`.
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            clock,
+            fence: Arc::new(RwLock::new(None)),
+        }
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Sets the leader's fencing token: from now on every write also checks that the
+    /// leader key still has this revision. `None` for a store with a single writer.
+    pub fn set_fence(&self, fence: Option<u64>) {
+        if let Ok(mut f) = self.fence.write() {
+            *f = fence;
+        }
+    }
+
+    fn fenced(&self, txn: Txn) -> Txn {
+        match self.fence.read().ok().and_then(|f| *f) {
+            Some(rev) => txn.check(LEADER_KEY, Check::Revision(rev)),
+            None => txn,
+        }
+    }
+
+    /// Commits `txn` with the fencing check added.
+    pub async fn commit(&self, txn: Txn) -> Result<u64, RegistryError> {
+        Ok(self.store.commit(self.fenced(txn)).await?)
+    }
+
+    /// One record and its revision.
+    pub async fn get<M: Message + Default>(
+        &self,
+        key: &str,
+    ) -> Result<Option<(M, u64)>, RegistryError> {
+        match self.store.get(key).await? {
+            Some(v) => Ok(Some((decode(key, &v.value)?, v.mod_revision))),
+            None => Ok(None),
+        }
+    }
+
+    /// All records under `prefix`, sorted by key.
+    pub async fn list<M: Message + Default>(&self, prefix: &str) -> Result<Vec<M>, RegistryError> {
+        let mut out = Vec::new();
+        for (key, v) in self.store.list(prefix).await? {
+            out.push(decode(&key, &v.value)?);
+        }
+        Ok(out)
+    }
+
+    /// Read-modify-write of one record: `change` gets the current record (if any) and
+    /// returns the new one (`None` deletes). Retried on conflict.
+    pub async fn update<M, F>(&self, key: &str, mut change: F) -> Result<Option<M>, RegistryError>
+    where
+        M: Message + Default + Clone,
+        F: FnMut(Option<M>) -> Result<Option<M>, RegistryError>,
+    {
+        let mut last = None;
+        for _ in 0..RETRIES {
+            let current = self.get::<M>(key).await?;
+            let check = match &current {
+                Some((_, rev)) => Check::Revision(*rev),
+                None => Check::Absent,
+            };
+            let next = change(current.map(|(m, _)| m))?;
+            let txn = match &next {
+                Some(m) => Txn::new().check(key, check).put(key, m.encode_to_vec()),
+                None => Txn::new().check(key, check).delete(key),
+            };
+            match self.commit(txn).await {
+                Ok(_) => return Ok(next),
+                Err(RegistryError::Store(e @ StoreError::Conflict { .. })) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.map(RegistryError::Store).unwrap_or_else(|| {
+            ApiError::Conflict {
+                description: key.into(),
+            }
+            .into()
+        }))
+    }
+}
+
+fn decode<M: Message + Default>(key: &str, bytes: &[u8]) -> Result<M, RegistryError> {
+    M::decode(bytes).map_err(|e| {
+        StoreError::Corrupt {
+            key: key.into(),
+            message: e.to_string(),
+        }
+        .into()
+    })
+}
+
+/// Checks a name used as a registry key and host name: a DNS label (RFC 1123), 1 to 63
+/// characters of `a-z`, `0-9` and `-`, not starting or ending with `-`.
+pub fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidArgument {
+            field: field.into(),
+            description: format!(
+                "{name:?} is not a valid name: use 1-63 lower-case letters, digits and '-', \
+                 not starting or ending with '-'"
+            ),
+        })
+    }
+}

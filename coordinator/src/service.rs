@@ -1,0 +1,158 @@
+//! The `napalm.v1.CoordinatorService` gRPC transport: each RPC traces, converts, and calls
+//! one registry operation; nothing else lives here.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use napalm_proto::v1::coordinator_service_server::CoordinatorService;
+use napalm_proto::v1::*;
+use napalm_proto::ApiError;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::registry::agents::HeartbeatPolicy;
+use crate::registry::clones::TokenKey;
+use crate::registry::{Registry, RegistryError};
+
+type Res<T> = Result<Response<T>, Status>;
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn status(e: RegistryError) -> Status {
+    Status::from(ApiError::from(e))
+}
+
+/// The coordinator's gRPC service.
+#[derive(Clone)]
+pub struct Coordinator {
+    registry: Registry,
+    heartbeats: HeartbeatPolicy,
+    tokens: Arc<TokenKey>,
+}
+
+impl Coordinator {
+    /// A service over `registry`.
+    pub fn new(registry: Registry, heartbeats: HeartbeatPolicy, tokens: TokenKey) -> Self {
+        Self {
+            registry,
+            heartbeats,
+            tokens: Arc::new(tokens),
+        }
+    }
+}
+
+fn not_yet(what: &str) -> Status {
+    Status::unimplemented(format!(
+        "{what} is not implemented yet: the deploy pipeline arrives with issue #6"
+    ))
+}
+
+#[tonic::async_trait]
+impl CoordinatorService for Coordinator {
+    async fn register_agent(&self, r: Request<RegisterAgentRequest>) -> Res<RegisterAgentResponse> {
+        let req = r.into_inner();
+        tracing::debug!(id = %req.id, "RegisterAgent");
+        self.registry
+            .register_agent(req, AgentSource::Registration, &self.heartbeats)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn heartbeat(&self, r: Request<HeartbeatRequest>) -> Res<HeartbeatResponse> {
+        self.registry
+            .heartbeat(r.into_inner(), &self.heartbeats)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn list_agents(&self, r: Request<ListAgentsRequest>) -> Res<ListAgentsResponse> {
+        let states: Vec<AgentState> = r
+            .into_inner()
+            .states
+            .into_iter()
+            .filter_map(|s| AgentState::try_from(s).ok())
+            .collect();
+        self.registry
+            .list_agents(&states)
+            .await
+            .map(|agents| Response::new(ListAgentsResponse { agents }))
+            .map_err(status)
+    }
+
+    async fn get_agent(&self, r: Request<GetAgentRequest>) -> Res<Agent> {
+        self.registry
+            .get_agent(&r.into_inner().id)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn set_agent_state(&self, r: Request<SetAgentStateRequest>) -> Res<Agent> {
+        let req = r.into_inner();
+        let state = AgentState::try_from(req.state).unwrap_or(AgentState::Unspecified);
+        self.registry
+            .set_agent_state(&req.id, state)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    type DeployStream = BoxStream<DeployProgress>;
+    async fn deploy(&self, _r: Request<DeployRequest>) -> Res<Self::DeployStream> {
+        Err(not_yet("Deploy"))
+    }
+
+    type UndeployStream = BoxStream<DeployProgress>;
+    async fn undeploy(&self, _r: Request<UndeployRequest>) -> Res<Self::UndeployStream> {
+        Err(not_yet("Undeploy"))
+    }
+
+    async fn list_deployments(
+        &self,
+        _r: Request<ListDeploymentsRequest>,
+    ) -> Res<ListDeploymentsResponse> {
+        self.registry
+            .list_deployments()
+            .await
+            .map(|deployments| Response::new(ListDeploymentsResponse { deployments }))
+            .map_err(status)
+    }
+
+    async fn get_deployment(&self, r: Request<GetDeploymentRequest>) -> Res<Deployment> {
+        self.registry
+            .get_deployment(&r.into_inner().name)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn list_clones(&self, r: Request<ListClonesRequest>) -> Res<ListClonesResponse> {
+        self.registry
+            .list_clones(&r.into_inner().deployment)
+            .await
+            .map(|clones| Response::new(ListClonesResponse { clones }))
+            .map_err(status)
+    }
+
+    async fn get_clone(&self, r: Request<GetCloneRequest>) -> Res<Clone> {
+        self.registry
+            .get_clone(&r.into_inner().name)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn register_clone(&self, r: Request<RegisterCloneRequest>) -> Res<RegisterCloneResponse> {
+        self.registry
+            .register_clone(r.into_inner(), &self.tokens)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    type WatchEventsStream = BoxStream<Event>;
+    async fn watch_events(&self, _r: Request<WatchEventsRequest>) -> Res<Self::WatchEventsStream> {
+        Err(not_yet("WatchEvents"))
+    }
+}
