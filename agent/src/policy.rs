@@ -306,6 +306,24 @@ fn unit_bytes(unit: &str) -> u64 {
     }
 }
 
+/// Adds `<uuid>` to a checked libvirt XML that has none, so a redefinition updates the
+/// same domain instead of clashing with it.
+pub fn with_uuid(libvirt_xml: &str, uuid: &str) -> String {
+    let Ok(doc) = roxmltree::Document::parse(libvirt_xml) else {
+        return libvirt_xml.to_owned();
+    };
+    let root = doc.root_element();
+    if uuid.is_empty() || root.children().any(|c| c.has_tag_name("uuid")) {
+        return libvirt_xml.to_owned();
+    }
+    let end = root.range().end;
+    let mut out = libvirt_xml.to_owned();
+    if let Some(close) = out[..end].rfind("</") {
+        out.insert_str(close, &format!("<uuid>{}</uuid>", escape(uuid)));
+    }
+    out
+}
+
 /// The agent's metadata element for a domain.
 pub fn metadata_element(agent_id: &str) -> String {
     format!(

@@ -271,6 +271,7 @@ impl Agent {
         self.store.save(&record)?;
         let xml = checked.libvirt_xml;
         let uuid = self.call(move |h| h.define(&xml)).await?;
+        record.libvirt_xml = policy::with_uuid(&record.libvirt_xml, &uuid);
         record.uuid = uuid;
         self.store.save(&record)?;
         self.events.emit(

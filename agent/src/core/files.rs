@@ -40,9 +40,9 @@ impl Agent {
         r.files = checked.files;
         r.vcpus = checked.vcpus;
         r.memory_bytes = checked.memory_bytes;
-        r.libvirt_xml = checked.libvirt_xml.clone();
+        r.libvirt_xml = policy::with_uuid(&checked.libvirt_xml, &r.uuid);
         self.store.save(&r)?;
-        let x = checked.libvirt_xml;
+        let x = r.libvirt_xml.clone();
         r.uuid = self.call(move |h| h.define(&x)).await?;
         self.store.save(&r)?;
         self.events.emit(

@@ -1,1 +1,10 @@
-//! placeholder
+//! napalm-agent tests, one binary. Fast logic runs against libvirt's `test:///default`
+//! driver in-process; `qemu` boots real guests through the host's libvirtd
+//! (`qemu:///system`, started by `scripts/services start`) and kills the agent process.
+
+mod common;
+mod grpc;
+mod hostile;
+mod qemu;
+mod reconcile;
+mod rest;

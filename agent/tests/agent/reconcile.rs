@@ -1,0 +1,95 @@
+//! Reconciliation on `test:///default`, in-process: an agent restarted on the same state
+//! directory adopts its running domains (nothing restarted, duplicated or lost), redefines
+//! what libvirt lost, restarts per policy, finishes a change it was killed during, and
+//! leaves foreign domains alone.
+
+use napalm_agent::hypervisor::RunState;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn restart_adopts_and_repairs() {
+    let mut a = TestAgent::start(None).await;
+    for n in ["c-one", "c-two"] {
+        assert_eq!(
+            a.put(&format!("/domain/{n}"), test_archive(n))
+                .await
+                .status()
+                .as_u16(),
+            201
+        );
+    }
+    let before: serde_json::Value = a.get("/domains.json").await.json().await.expect("json");
+    let dir = a.stop().await;
+    // The agent is gone; its domains keep running.
+    assert_eq!(
+        test_driver().state("c-one").expect("s"),
+        Some(RunState::Running)
+    );
+
+    let b = TestAgent::start_in(dir, None).await;
+    let after: serde_json::Value = b.get("/domains.json").await.json().await.expect("json");
+    assert_eq!(after.as_array().expect("arr").len(), 2);
+    for i in 0..2 {
+        assert_eq!(
+            after[i]["uuid"], before[i]["uuid"],
+            "same domain, not a duplicate"
+        );
+        assert_eq!(after[i]["state"], "running");
+    }
+    let (replay, _rx) = b.running().agent.events.subscribe(0);
+    assert!(replay.is_empty(), "since 0 means only new events");
+
+    // libvirt loses a domain (undefined behind the agent's back): it is defined again and,
+    // under the default on-failure policy, started again with the same uuid.
+    let hv = test_driver();
+    hv.undefine("c-two").expect("undefine");
+    let rep = b.running().agent.reconcile(false).await.expect("reconcile");
+    assert_eq!(rep.redefined, ["c-two"]);
+    assert_eq!(rep.restarted, ["c-two"]);
+    assert_eq!(hv.state("c-two").expect("s"), Some(RunState::Running));
+    let again: serde_json::Value = b.get("/domains.json").await.json().await.expect("json");
+    assert_eq!(again[1]["uuid"], before[1]["uuid"]);
+
+    // Desired shutoff, but started by someone else: the agent converges to its desired state.
+    b.put(
+        "/domain/c-one/status.xml",
+        "<status><state>shutoff</state></status>",
+    )
+    .await;
+    hv.start("c-one").expect("start");
+    b.running().agent.reconcile(false).await.expect("reconcile");
+    assert_eq!(hv.state("c-one").expect("s"), Some(RunState::Shutoff));
+
+    // A crash mid-delete (record marked deleting) is finished, not undone.
+    let rec = b.dir.path().join("state/domains/c-two/record.json");
+    let mut r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&rec).expect("read")).expect("json");
+    r["deleting"] = true.into();
+    std::fs::write(&rec, serde_json::to_vec(&r).expect("ser")).expect("write");
+    let rep = b.running().agent.reconcile(false).await.expect("reconcile");
+    assert_eq!(rep.deleted, ["c-two"]);
+    assert!(!libvirt_has("c-two"));
+
+    // The foreign "test" domain was never touched.
+    assert_eq!(hv.state("test").expect("s"), Some(RunState::Running));
+}
+
+#[tokio::test]
+async fn adoption_is_reported_on_first_pass() {
+    let mut a = TestAgent::start(None).await;
+    a.put("/domain/c-adopt", test_archive("c-adopt")).await;
+    let dir = a.stop().await;
+    let cfg = config(&dir.path().join("state"), None);
+    let agent = napalm_agent::core::Agent::open(cfg.core, test_driver())
+        .await
+        .expect("open");
+    let rep = agent.reconcile(true).await.expect("reconcile");
+    assert_eq!(rep.adopted, ["c-adopt"]);
+    assert!(rep.restarted.is_empty() && rep.redefined.is_empty());
+    // A half-finished create (directory without record) is discarded on the first pass.
+    std::fs::create_dir_all(dir.path().join("state/domains/c-half/files")).expect("mkdir");
+    let rep = agent.reconcile(true).await.expect("reconcile");
+    assert_eq!(rep.discarded, ["c-half"]);
+    let _ = test_driver().undefine("c-adopt");
+}
