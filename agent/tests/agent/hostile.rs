@@ -318,7 +318,7 @@ async fn bad_xml_is_400_naming_the_problem() {
     for (body, needle) in [
         ("<status><state>flying</state></status>", "unknown state"),
         ("<status>", "malformed XML"),
-        ("<nope/>", "expected <status>"),
+        ("<nope/>", "nope"),
     ] {
         let r = a.put("/domain/h-cfg/status.xml", body).await;
         assert_eq!(r.status().as_u16(), 400);
