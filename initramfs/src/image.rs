@@ -264,6 +264,27 @@ pub fn build(spec: &ImageSpec) -> Result<Built, ImageError> {
         stored.push(dest);
     }
     let order_text: String = stored.iter().map(|s| format!("{s}\n")).collect();
+    // The image's own modules.dep (stored names), for napalm-init's on-demand loading.
+    let stored_of = |rel: &str| {
+        order
+            .iter()
+            .position(|o| o == rel)
+            .map(|i| stored[i].clone())
+    };
+    let mut dep_text = String::new();
+    for (i, rel) in order.iter().enumerate() {
+        let deps = dep
+            .entries
+            .get(&crate::modules::module_name(rel))
+            .map(|e| e.1.clone())
+            .unwrap_or_default();
+        let deps: Vec<String> = deps.iter().filter_map(|d| stored_of(d)).collect();
+        dep_text.push_str(&format!("{}: {}\n", stored[i], deps.join(" ")));
+    }
+    a.add(
+        &format!("lib/modules/{}/modules.dep", spec.kernel_version),
+        Entry::File(0o644, dep_text.into_bytes()),
+    );
     a.add(
         &format!("lib/modules/{}/{ORDER_FILE}", spec.kernel_version),
         Entry::File(0o644, order_text.into_bytes()),

@@ -74,7 +74,7 @@ fn early_mounts(sys: &dyn Syscall) -> std::io::Result<()> {
         ("proc", "/proc", "proc", ""),
         ("sysfs", "/sys", "sysfs", ""),
         ("devtmpfs", "/dev", "devtmpfs", "mode=0755"),
-        ("tmpfs", "/run", "tmpfs", "mode=0755,nosuid,nodev"),
+        ("tmpfs", "/run", "tmpfs", "mode=0755"),
     ] {
         sys.mkdir_all(Path::new(dir))?;
         match sys.mount(src, Path::new(dir), fstype, false, data) {
@@ -136,8 +136,12 @@ pub fn run(sys: &dyn Syscall, cmdline: &Path) -> Failure {
         .release()
         .to_string_lossy()
         .into_owned();
-    match modules::load_all(sys, &Path::new("/lib/modules").join(&release)) {
-        Ok(n) => say(&tm.record(&format!("modules: {n} loaded"), s, uptime())),
+    let mut wanted = fsloader::modules_for(&root);
+    if cfg.ip != IpConfig::Off {
+        wanted.extend(["virtio_pci", "virtio_net", "xen_netfront"]);
+    }
+    match modules::load_needed(sys, &Path::new("/lib/modules").join(&release), &wanted) {
+        Ok(n) => say(&tm.record(&format!("modules: {} loaded", n.len()), s, uptime())),
         Err(e) => return fail("modules", e.to_string(), onfail),
     }
     // Network: as ip= says, DHCP by default when a layer is on NFS.

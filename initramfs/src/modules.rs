@@ -116,6 +116,37 @@ impl ModDep {
     }
 }
 
+/// Loads `names` (those the image carries) and their dependencies, dependencies first,
+/// using the image's `<dir>/modules.dep`; returns the files loaded.
+pub fn load_needed(
+    sys: &dyn Syscall,
+    dir: &Path,
+    names: &[&str],
+) -> Result<Vec<String>, ModuleError> {
+    let dep_path = dir.join("modules.dep");
+    let text = match std::fs::read_to_string(&dep_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(ModuleError::Load {
+                path: dep_path,
+                source,
+            })
+        }
+    };
+    let dep = ModDep::parse(&text, "")?;
+    let (order, _absent) = dep.resolve(&[], names)?;
+    for rel in &order {
+        let path = dir.join(rel);
+        sys.finit_module(&path, "")
+            .map_err(|source| ModuleError::Load {
+                path: path.clone(),
+                source,
+            })?;
+    }
+    Ok(order)
+}
+
 /// Loads every module listed in `<dir>/napalm.order`, in order; returns how many.
 pub fn load_all(sys: &dyn Syscall, dir: &Path) -> Result<usize, ModuleError> {
     let order = dir.join(ORDER_FILE);
@@ -189,6 +220,25 @@ kernel/fs/overlayfs/overlay.ko:
             .contains("nosuch"));
         assert!(ModDep::parse("garbage line", "").is_err());
         assert_eq!(module_name("a/b/virtio_net.ko.zst"), "virtio_net");
+    }
+
+    #[test]
+    fn loads_only_what_is_needed() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("modules.dep"), DEP).unwrap();
+        let sys = RecordingSyscall::new(Some(d.path()));
+        let loaded =
+            load_needed(&sys, d.path(), &["overlay", "virtio_net", "xen_netfront"]).unwrap();
+        assert_eq!(loaded.len(), 4);
+        assert_eq!(
+            sys.calls(),
+            vec![
+                "finit_module /kernel/fs/overlayfs/overlay.ko []",
+                "finit_module /kernel/net/core/failover.ko []",
+                "finit_module /kernel/drivers/net/net_failover.ko []",
+                "finit_module /kernel/drivers/net/virtio_net.ko.zst []",
+            ]
+        );
     }
 
     #[test]

@@ -13,6 +13,15 @@ use std::path::{Path, PathBuf};
 pub struct Block;
 
 impl Fsloader for Block {
+    fn modules(&self) -> &'static [&'static str] {
+        &[
+            "virtio_pci",
+            "virtio_blk",
+            "xen_blkfront",
+            "squashfs",
+            "erofs",
+        ]
+    }
     fn name(&self) -> &'static str {
         "block"
     }

@@ -82,6 +82,9 @@ fn mount_image(
 pub struct Loop;
 
 impl Fsloader for Loop {
+    fn modules(&self) -> &'static [&'static str] {
+        &["loop", "squashfs", "erofs"]
+    }
     fn name(&self) -> &'static str {
         "loop"
     }
@@ -125,6 +128,17 @@ impl Fsloader for Loop {
 pub struct LoopNfs;
 
 impl Fsloader for LoopNfs {
+    fn modules(&self) -> &'static [&'static str] {
+        &[
+            "virtio_pci",
+            "virtio_net",
+            "xen_netfront",
+            "nfsv4",
+            "loop",
+            "squashfs",
+            "erofs",
+        ]
+    }
     fn name(&self) -> &'static str {
         "loop+nfs"
     }

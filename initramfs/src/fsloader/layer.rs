@@ -13,6 +13,9 @@ pub const LAYERS_DIR: &str = "/napalm/layers";
 pub struct Layer;
 
 impl Fsloader for Layer {
+    fn modules(&self) -> &'static [&'static str] {
+        &[]
+    }
     fn name(&self) -> &'static str {
         "layer"
     }

@@ -119,6 +119,8 @@ pub trait Fsloader: Sync {
     fn usage(&self) -> &'static str;
     /// The help text (`--help`), with examples.
     fn help(&self) -> &'static str;
+    /// Kernel modules it needs (dependencies are resolved from modules.dep).
+    fn modules(&self) -> &'static [&'static str];
     /// `None` if it may be the rw upper layer, else why not.
     fn refuse_upper(&self) -> Option<&'static str> {
         None
@@ -165,6 +167,22 @@ pub fn help_text() -> String {
         }
     }
     s
+}
+
+/// Modules needed to boot `spec`: overlay plus what each fsloader declares.
+pub fn modules_for(spec: &crate::rootspec::RootSpec) -> Vec<&'static str> {
+    let mut m = vec!["overlay"];
+    for d in &spec.devices {
+        if let Some(l) = find(&d.kind) {
+            m.extend(
+                l.modules()
+                    .iter()
+                    .filter(|x| !m.contains(x))
+                    .collect::<Vec<_>>(),
+            );
+        }
+    }
+    m
 }
 
 /// Helpers shared by the loaders.

@@ -10,6 +10,9 @@ use crate::rootspec::Device;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
+/// Network drivers and the NFSv4 client.
+pub(crate) const NET_MODULES: &[&str] = &["virtio_pci", "virtio_net", "xen_netfront", "nfsv4"];
+
 /// The nfs fsloader.
 pub struct Nfs;
 
@@ -70,6 +73,9 @@ pub(crate) fn mount_nfs(
 }
 
 impl Fsloader for Nfs {
+    fn modules(&self) -> &'static [&'static str] {
+        NET_MODULES
+    }
     fn name(&self) -> &'static str {
         "nfs"
     }

@@ -39,6 +39,9 @@ fn mount_tag(
 pub struct NineP;
 
 impl Fsloader for NineP {
+    fn modules(&self) -> &'static [&'static str] {
+        &["virtio_pci", "9p", "9pnet_virtio"]
+    }
     fn name(&self) -> &'static str {
         "9p"
     }
@@ -65,6 +68,9 @@ impl Fsloader for NineP {
 pub struct Virtiofs;
 
 impl Fsloader for Virtiofs {
+    fn modules(&self) -> &'static [&'static str] {
+        &["virtio_pci", "virtiofs"]
+    }
     fn name(&self) -> &'static str {
         "virtiofs"
     }

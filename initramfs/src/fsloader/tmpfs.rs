@@ -7,6 +7,9 @@ use crate::rootspec::Device;
 pub struct Tmpfs;
 
 impl Fsloader for Tmpfs {
+    fn modules(&self) -> &'static [&'static str] {
+        &[]
+    }
     fn name(&self) -> &'static str {
         "tmpfs"
     }
