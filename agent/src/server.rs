@@ -101,7 +101,7 @@ pub async fn start_with(cfg: ServeConfig, hv: Arc<dyn Hypervisor>) -> Result<Run
             .await
             .map_err(|e| AgentError::io(addr.to_string(), e))?;
         grpc_addr = Some(l.local_addr().map_err(|e| AgentError::io("grpc", e))?);
-        let svc = crate::grpc::server(Arc::clone(&agent), cfg.rest.token.clone());
+        let svc = crate::grpc::server(Arc::clone(&agent));
         let intercept = crate::grpc::auth_interceptor(cfg.rest.token.clone());
         let mut rx = stop_rx.clone();
         tasks.push(tokio::spawn(async move {

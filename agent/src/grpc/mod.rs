@@ -138,7 +138,11 @@ impl AgentService for Service {
         let mut w = self.agent.blobs().writer(id)?;
         while let Some(m) = s.next().await {
             match m?.part {
-                Some(Part::Data(d)) => tokio::task::block_in_place(|| w.write(&d))?,
+                Some(Part::Data(d)) => {
+                    w = tokio::task::spawn_blocking(move || w.write(&d).map(|()| w))
+                        .await
+                        .map_err(|e| Status::internal(e.to_string()))??;
+                }
                 _ => {
                     return Err(AgentError::invalid(
                         "part",
@@ -148,7 +152,9 @@ impl AgentService for Service {
                 }
             }
         }
-        let id = tokio::task::block_in_place(|| w.finish())?;
+        let id = tokio::task::spawn_blocking(move || w.finish())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
         tracing::info!(blob = %id, name = %header.name, "blob stored");
         Ok(Response::new(pb::UploadBlobResponse {
             blob: Some(convert::blob_ref(&id)),
