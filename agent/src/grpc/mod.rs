@@ -29,12 +29,8 @@ impl Service {
     }
 }
 
-/// The tonic server with authentication.
-pub fn server(
-    agent: Arc<Agent>,
-    token: Option<String>,
-) -> pb::agent_service_server::AgentServiceServer<Service> {
-    let _ = &token;
+/// The tonic server (wrap it with [`auth_interceptor`]).
+pub fn server(agent: Arc<Agent>) -> pb::agent_service_server::AgentServiceServer<Service> {
     pb::agent_service_server::AgentServiceServer::new(Service::new(agent))
         .max_decoding_message_size(16 << 20)
 }
