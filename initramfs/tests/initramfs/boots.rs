@@ -1,0 +1,199 @@
+//! The boot cases of issue #4: (a) tmpfs root from an appended layer, (b) NFS root +
+//! layer + tmpfs upper, (c) stateful upper on a virtio-blk ext4 image across two boots,
+//! (d) loop+nfs with squashfs/erofs images, (e) malformed root= and refused NFS upper.
+
+use super::support::*;
+use std::path::Path;
+use std::process::Command;
+
+fn assert_has(out: &str, what: &str) {
+    assert!(out.contains(what), "console lacks {what:?}:\n{out}");
+}
+
+fn assert_clean(out: &str) {
+    assert!(!out.contains("Kernel panic"), "kernel panic:\n{out}");
+    assert!(
+        !out.contains("napalm-init: FAILED"),
+        "napalm-init failed:\n{out}"
+    );
+    assert_has(out, "NAPALM-GUEST-DONE");
+}
+
+#[test]
+fn a_tmpfs_root_from_appended_layer() {
+    let _g = serial();
+    let t = tempfile::tempdir().unwrap();
+    let layer = t.path().join("layer");
+    busybox_root(
+        &layer,
+        "echo \"NAPALM-A $($bb cat /proc/cmdline | $bb grep -o 'root=[^ ]*')\"\n\
+         echo hello > /tmp/x && echo NAPALM-A-WRITABLE\n\
+         $bb ls /.unions | $bb tr '\\n' ' '; echo\n\
+         $bb grep -q '\"exec_init\"' /run/napalm/boot.json && echo NAPALM-A-BOOTJSON",
+    );
+    let (img, size) = initramfs(t.path(), &[("base", &layer)]);
+    let out = Qemu::run(&img, "root=layer:base;tmpfs:rw", None, None);
+    assert_clean(&out);
+    assert_has(&out, "NAPALM-A root=layer:base;tmpfs:rw");
+    assert_has(&out, "NAPALM-A-WRITABLE");
+    assert_has(&out, "0-layer 1-tmpfs");
+    assert_has(&out, "NAPALM-A-BOOTJSON");
+    eprintln!(
+        "(a) image {size} bytes, initramfs phase {:?} s",
+        initramfs_seconds(&out)
+    );
+}
+
+#[test]
+fn b_nfs_root_with_layer_and_tmpfs_upper() {
+    let _g = serial();
+    let t = tempfile::tempdir().unwrap();
+    let export = t.path().join("export");
+    busybox_root(
+        &export,
+        "$bb hostname -F /etc/hostname; echo \"NAPALM-HOSTNAME=$($bb hostname)\"\n\
+         [ -e /etc/secret ] && echo NAPALM-SECRET-VISIBLE || echo NAPALM-SECRET-HIDDEN\n\
+         [ -e /etc/ssh/server_key ] && echo NAPALM-OPAQUE-BROKEN || echo NAPALM-OPAQUE-OK\n\
+         echo from-clone > /etc/written-by-clone\n\
+         [ -e /.unions/2-tmpfs/upper/etc/written-by-clone ] && echo NAPALM-WRITE-IN-UPPER\n\
+         $bb grep -q '\"method\": \"dhcp\"' /run/napalm/boot.json && echo NAPALM-DHCP",
+    );
+    std::fs::write(export.join("etc/hostname"), "server\n").unwrap();
+    std::fs::write(export.join("etc/secret"), "server only\n").unwrap();
+    std::fs::create_dir_all(export.join("etc/ssh")).unwrap();
+    std::fs::write(export.join("etc/ssh/server_key"), "server key\n").unwrap();
+    // The clone's differentiation layer, in the portable whiteout form.
+    let layer = t.path().join("clone01");
+    std::fs::create_dir_all(layer.join("etc/ssh")).unwrap();
+    std::fs::write(layer.join("etc/hostname"), "clone01\n").unwrap();
+    std::fs::write(layer.join("etc/.wh.secret"), "").unwrap();
+    std::fs::write(layer.join("etc/ssh/.wh..wh..opq"), "").unwrap();
+    std::fs::write(layer.join("etc/ssh/clone_key"), "clone key\n").unwrap();
+    let nfs = Ganesha::start(&export);
+    let (img, size) = initramfs(t.path(), &[("clone01", &layer)]);
+    let out = Qemu::run(
+        &img,
+        "root=nfs:10.0.2.100::ro;layer:clone01;tmpfs:rw",
+        Some(nfs.port),
+        None,
+    );
+    assert_clean(&out);
+    assert_has(&out, "NAPALM-HOSTNAME=clone01");
+    assert_has(&out, "NAPALM-SECRET-HIDDEN");
+    assert_has(&out, "NAPALM-OPAQUE-OK");
+    assert_has(&out, "NAPALM-WRITE-IN-UPPER");
+    assert_has(&out, "NAPALM-DHCP");
+    assert!(
+        !export.join("etc/written-by-clone").exists(),
+        "the write reached the server"
+    );
+    assert!(export.join("etc/secret").exists());
+    eprintln!(
+        "(b) image {size} bytes, initramfs phase {:?} s",
+        initramfs_seconds(&out)
+    );
+}
+
+#[test]
+fn c_stateful_upper_on_virtio_blk_survives_reboot() {
+    let _g = serial();
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    busybox_root(
+        &base,
+        "if [ -e /var/state ]; then echo \"NAPALM-STATE=$($bb cat /var/state)\"; else echo boot1-wrote-this > /var/state; echo NAPALM-STATE-WRITTEN; fi",
+    );
+    let disk = t.path().join("state.img");
+    sh(Command::new("truncate").args(["-s", "32M"]).arg(&disk));
+    sh(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "state"])
+        .arg(&disk));
+    let (img, _) = initramfs(t.path(), &[("base", &base)]);
+    let out1 = Qemu::run(&img, "root=layer:base;LABEL=state:rw", None, Some(&disk));
+    assert_clean(&out1);
+    assert_has(&out1, "NAPALM-STATE-WRITTEN");
+    let out2 = Qemu::run(&img, "root=layer:base;/dev/vda:rw", None, Some(&disk));
+    assert_clean(&out2);
+    assert_has(&out2, "NAPALM-STATE=boot1-wrote-this");
+}
+
+fn images(dir: &Path, t: &Path) {
+    let base = t.join("sqroot");
+    busybox_root(
+        &base,
+        "[ -e /etc/from-erofs ] && echo \"NAPALM-D-EROFS=$($bb cat /etc/from-erofs)\"\n\
+         $bb grep -q ' squashfs ' /proc/mounts && echo NAPALM-D-SQUASHFS-MOUNTED\n\
+         $bb grep -q ' erofs ' /proc/mounts && echo NAPALM-D-EROFS-MOUNTED",
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    sh(Command::new("mksquashfs")
+        .arg(&base)
+        .arg(dir.join("10-base.squashfs"))
+        .args(["-quiet", "-noappend", "-comp", "gzip"]));
+    let extra = t.join("erofs-src");
+    std::fs::create_dir_all(extra.join("etc")).unwrap();
+    std::fs::write(extra.join("etc/from-erofs"), "yes\n").unwrap();
+    sh(Command::new("mkfs.erofs")
+        .arg("--quiet")
+        .arg(dir.join("20-extra.erofs"))
+        .arg(&extra));
+}
+
+#[test]
+fn d_loop_nfs_squashfs_and_erofs_images() {
+    let _g = serial();
+    let t = tempfile::tempdir().unwrap();
+    let export = t.path().join("export");
+    images(&export.join("images"), t.path());
+    let nfs = Ganesha::start(&export);
+    let (img, _) = initramfs(t.path(), &[]);
+    // A directory of images: each one a layer, in name order (thesis listing II.2, try 1).
+    let out = Qemu::run(
+        &img,
+        "root=loop+nfs:10.0.2.100:/images;tmpfs:rw",
+        Some(nfs.port),
+        None,
+    );
+    assert_clean(&out);
+    assert_has(&out, "NAPALM-D-EROFS=yes");
+    assert_has(&out, "NAPALM-D-SQUASHFS-MOUNTED");
+    assert_has(&out, "NAPALM-D-EROFS-MOUNTED");
+    drop(nfs);
+    // One image file (try 2): only the squashfs.
+    let nfs = Ganesha::start(&export);
+    let out = Qemu::run(
+        &img,
+        "root=loop+nfs:10.0.2.100:/images/10-base.squashfs;tmpfs:rw",
+        Some(nfs.port),
+        None,
+    );
+    assert_clean(&out);
+    assert!(!out.contains("NAPALM-D-EROFS"), "{out}");
+    assert_has(&out, "NAPALM-D-SQUASHFS-MOUNTED");
+}
+
+#[test]
+fn e_malformed_root_is_a_clear_error_not_a_panic() {
+    let _g = serial();
+    let t = tempfile::tempdir().unwrap();
+    let (img, _) = initramfs(t.path(), &[]);
+    let out = Qemu::run(&img, "root=nfs:10.0.2.100::ro;;tmpfs:rw", None, None);
+    assert!(!out.contains("Kernel panic"), "{out}");
+    assert_has(&out, "napalm-init: FAILED at step 'cmdline'");
+    assert_has(
+        &out,
+        "empty device (two `;` in a row or a leading `;`) at position 19",
+    );
+    assert_has(&out, "napalm-init: powering off now");
+    // Thesis 3.2.5's stateful example: an NFS upper is refused with the way out.
+    let out = Qemu::run(
+        &img,
+        "root=nfs:10.0.0.1::ro;nfs:10.0.0.1:/var/state/systems/clone01:rw",
+        None,
+        None,
+    );
+    assert!(!out.contains("Kernel panic"), "{out}");
+    assert_has(&out, "FAILED at step 'root'");
+    assert_has(&out, "cannot be the rw upper layer");
+    assert_has(&out, "loop+nfs");
+}

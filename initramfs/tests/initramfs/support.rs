@@ -1,0 +1,347 @@
+//! Harness: static init build, image build, QEMU and ganesha guards that always clean up.
+
+use napalm_initramfs::image::{build, default_modules, Compression, ImageSpec};
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Boots run one at a time: TCG on two cores, and timings are compared.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The Debian cloud kernel in /boot and its version.
+pub fn kernel() -> (PathBuf, String) {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/boot")
+        .expect("/boot")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with("vmlinuz-") && n.ends_with("-cloud-amd64")
+        })
+        .collect();
+    found.sort();
+    let k = found
+        .pop()
+        .expect("no /boot/vmlinuz-*-cloud-amd64: apt-get install linux-image-cloud-amd64");
+    let ver = k
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_start_matches("vmlinuz-")
+        .to_string();
+    (k, ver)
+}
+
+/// The static napalm-init (built once per test process).
+pub fn static_init() -> PathBuf {
+    static INIT: OnceLock<PathBuf> = OnceLock::new();
+    INIT.get_or_init(|| {
+        if let Ok(p) = std::env::var("NAPALM_STATIC_INIT") {
+            return PathBuf::from(p);
+        }
+        let host_bin = PathBuf::from(env!("CARGO_BIN_EXE_napalm-init"));
+        let target = host_bin
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .join("napalm-static");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "--offline",
+                "-p",
+                "napalm-initramfs",
+                "--bin",
+                "napalm-init",
+            ])
+            .args(["--target", "x86_64-unknown-linux-gnu"])
+            .env("CARGO_TARGET_DIR", &target)
+            .env(
+                "RUSTFLAGS",
+                "-C target-feature=+crt-static -C strip=symbols",
+            )
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running cargo for the static napalm-init");
+        assert!(st.success(), "static build of napalm-init failed");
+        target.join("x86_64-unknown-linux-gnu/release/napalm-init")
+    })
+    .clone()
+}
+
+/// A busybox root in `dir` whose /sbin/init runs `script` (sh), then syncs and powers off.
+pub fn busybox_root(dir: &Path, script: &str) {
+    for d in [
+        "bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "var",
+    ] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).expect("busybox-static is needed");
+    std::os::unix::fs::symlink("busybox", dir.join("bin/sh")).unwrap();
+    let init = format!(
+        "#!/bin/sh\nexport PATH=/bin\nbb=/bin/busybox\n$bb mount -t proc proc /proc 2>/dev/null\n{script}\n$bb sync\necho NAPALM-GUEST-DONE\n$bb poweroff -f\n"
+    );
+    std::fs::write(dir.join("sbin/init"), init).unwrap();
+    std::process::Command::new("chmod")
+        .args(["755"])
+        .arg(dir.join("sbin/init"))
+        .status()
+        .unwrap();
+}
+
+/// Builds an initramfs with the default modules and the given layers.
+pub fn initramfs(out: &Path, layers: &[(&str, &Path)]) -> (PathBuf, usize) {
+    let (kernel, ver) = kernel();
+    let _ = kernel;
+    let (modules, optional) = default_modules(false);
+    let spec = ImageSpec {
+        init: static_init(),
+        kernel_config: Some(PathBuf::from(format!("/boot/config-{ver}"))),
+        kernel_version: ver,
+        modules_root: PathBuf::from("/lib/modules"),
+        modules,
+        optional_modules: optional,
+        busybox: None,
+        layers: layers
+            .iter()
+            .map(|(n, d)| (n.to_string(), d.to_path_buf()))
+            .collect(),
+        compression: Compression::Zstd,
+        mtime: 0,
+    };
+    let built = build(&spec).expect("building the initramfs");
+    let path = out.join("initramfs.img");
+    std::fs::write(&path, &built.bytes).unwrap();
+    (path, built.bytes.len())
+}
+
+/// A running QEMU; killed and reaped on drop, whatever happened.
+pub struct Qemu {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// Everything the guest printed so far.
+    pub output: String,
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Qemu {
+    /// Boots `initrd` with `append`; `net_port` adds the restricted NFS forward, `disk` a virtio disk.
+    pub fn boot(initrd: &Path, append: &str, net_port: Option<u16>, disk: Option<&Path>) -> Qemu {
+        let (kernel, _) = kernel();
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args([
+            "-machine",
+            "accel=tcg",
+            "-m",
+            "512",
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
+        .arg("-kernel")
+        .arg(&kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args([
+            "-append",
+            &format!("console=ttyS0 quiet napalm.timeout=20 {append}"),
+        ]);
+        match net_port {
+            Some(port) => {
+                cmd.args([
+                    "-netdev",
+                    &format!(
+                        "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:2049-tcp:127.0.0.1:{port}"
+                    ),
+                    "-device",
+                    "virtio-net-pci,netdev=n0",
+                ]);
+            }
+            None => {
+                cmd.args(["-nic", "none"]);
+            }
+        }
+        if let Some(d) = disk {
+            cmd.args([
+                "-drive",
+                &format!("file={},if=virtio,format=raw", d.display()),
+            ]);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("qemu-system-x86_64 (Debian qemu-system-x86) is needed");
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).split(b'\n').map_while(Result::ok) {
+                    if tx
+                        .send(String::from_utf8_lossy(&line).into_owned())
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+        Qemu {
+            child,
+            lines: rx,
+            output: String::new(),
+        }
+    }
+
+    /// Collects output until QEMU exits or `timeout` passes; returns whether it exited.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.lines.recv_timeout(Duration::from_millis(200)) {
+                Ok(l) => {
+                    self.output.push_str(&l);
+                    self.output.push('\n');
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = self.child.wait();
+                    return true;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+        }
+    }
+
+    /// Boots to the end and returns the console output; panics (with it) on timeout.
+    pub fn run(initrd: &Path, append: &str, net_port: Option<u16>, disk: Option<&Path>) -> String {
+        let mut q = Qemu::boot(initrd, append, net_port, disk);
+        let exited = q.wait_exit(Duration::from_secs(120));
+        assert!(
+            exited,
+            "QEMU did not power off within 120 s; console:\n{}",
+            q.output
+        );
+        eprintln!("---- guest console ({append}) ----\n{}", q.output);
+        std::mem::take(&mut q.output)
+    }
+}
+
+/// The "initramfs took X s" figure napalm-init prints.
+pub fn initramfs_seconds(out: &str) -> Option<f64> {
+    let l = out.lines().find(|l| l.contains("initramfs took"))?;
+    l.split("initramfs took ")
+        .nth(1)?
+        .split('s')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// nfs-ganesha in the foreground on 127.0.0.1:<free port>, NFSv4 only, VFS FSAL, exporting
+/// `export` as the pseudo root; killed by PID on drop.
+pub struct Ganesha {
+    child: Child,
+    /// The TCP port it listens on.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Ganesha {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Ganesha {
+    /// Starts it and waits until it accepts connections.
+    pub fn start(export: &Path) -> Ganesha {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("ganesha.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "NFS_CORE_PARAM {{ Protocols = 4; NFS_Port = {port}; Bind_addr = 127.0.0.1; Enable_NLM = false; Enable_RQUOTA = false; Enable_UDP = false; }}\n\
+                 NFSV4 {{ Graceless = true; Lease_Lifetime = 10; }}\n\
+                 NFS_KRB5 {{ Active_krb5 = false; }}\n\
+                 EXPORT {{ Export_Id = 1; Path = {}; Pseudo = /; Access_Type = RW; Squash = No_Root_Squash; SecType = sys; Protocols = 4; Transports = TCP; FSAL {{ Name = VFS; }} }}\n",
+                export.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("ganesha.nfsd")
+            .arg("-F")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-L")
+            .arg(dir.path().join("ganesha.log"))
+            .arg("-p")
+            .arg(dir.path().join("ganesha.pid"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ganesha.nfsd (Debian nfs-ganesha, nfs-ganesha-vfs) is needed");
+        let g = Ganesha {
+            child,
+            port,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "ganesha did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        g
+    }
+}
+
+/// Runs a host tool, panicking with its stderr on failure.
+pub fn sh(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
