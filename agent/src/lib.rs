@@ -6,7 +6,9 @@
 //! ([`blobs`]), per-domain directories and persisted desired state ([`record`]), confined
 //! archive extraction ([`archive`]), the domain XML policy ([`policy`]), request-id
 //! idempotency ([`requests`]), lifecycle events ([`events`]) and reconciliation
-//! ([`core::reconcile`]).
+//! ([`core::reconcile`]); metrics as Prometheus text ([`metrics`]) and Ganglia gmond XML
+//! ([`ganglia`]), mDNS/DNS-SD advertisement ([`mdns`]) and coordinator registration
+//! ([`register`]).
 //!
 //! Must not touch: domains it does not own (no napalm metadata with its id), files outside
 //! its state directory, or any other host's state. Scheduling is the coordinator's.
@@ -22,12 +24,15 @@ pub mod core;
 pub mod error;
 pub mod events;
 pub mod fsutil;
+pub mod ganglia;
 pub mod grpc;
 pub mod hypervisor;
+pub mod mdns;
 pub mod metrics;
 pub mod names;
 pub mod policy;
 pub mod record;
+pub mod register;
 pub mod requests;
 pub mod rest;
 pub mod server;

@@ -76,6 +76,15 @@ struct Cli {
     /// Allow `<graphics>`.
     #[arg(long)]
     allow_graphics: bool,
+    /// Ganglia gmond-compatible XML listen address (gmetad `data_source`), e.g. 127.0.0.1:8649.
+    #[arg(long, env = "NAPALM_GANGLIA_LISTEN")]
+    ganglia_listen: Option<SocketAddr>,
+    /// Advertise over mDNS/DNS-SD on this interface (repeatable). Without it, no mDNS.
+    #[arg(long = "mdns-interface")]
+    mdns_interfaces: Vec<String>,
+    /// Coordinator gRPC endpoint to register with and heartbeat to (http://host:port).
+    #[arg(long, env = "NAPALM_COORDINATOR")]
+    coordinator: Option<String>,
 }
 
 fn secs(what: &str, v: f64) -> anyhow::Result<Duration> {
@@ -144,6 +153,9 @@ async fn main() -> anyhow::Result<()> {
         http_listen: cli.http_listen,
         grpc_listen: Some(cli.grpc_listen),
         reconcile_every: secs("reconcile-every", cli.reconcile_every)?,
+        ganglia_listen: cli.ganglia_listen,
+        mdns_interfaces: cli.mdns_interfaces.clone(),
+        coordinator: cli.coordinator.clone(),
     };
     let running = server::start(cfg).await.context("starting napalm-agent")?;
     println!(

@@ -24,6 +24,12 @@ pub struct ServeConfig {
     pub grpc_listen: Option<SocketAddr>,
     /// Reconciliation period.
     pub reconcile_every: Duration,
+    /// Ganglia gmond-compatible XML listen address (`None`: off).
+    pub ganglia_listen: Option<SocketAddr>,
+    /// mDNS: interfaces to advertise on (empty: no mDNS at all).
+    pub mdns_interfaces: Vec<String>,
+    /// Coordinator gRPC endpoint to register with (`None`: none).
+    pub coordinator: Option<String>,
 }
 
 /// A running agent: its addresses and core, for tests and the binary.
@@ -36,6 +42,9 @@ pub struct Running {
     pub grpc_addr: Option<SocketAddr>,
     /// Request counters.
     pub counters: Arc<HttpCounters>,
+    /// Bound Ganglia address.
+    pub ganglia_addr: Option<SocketAddr>,
+    advertiser: Option<crate::mdns::Advertiser>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -43,6 +52,10 @@ pub struct Running {
 impl Running {
     /// Stops serving and waits for the servers to finish.
     pub async fn stop(self) {
+        if let Some(a) = self.advertiser {
+            // Goodbye packets first, so browsers drop us at once.
+            let _ = tokio::task::spawn_blocking(move || a.stop()).await;
+        }
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
@@ -132,12 +145,57 @@ pub async fn start_with(cfg: ServeConfig, hv: Arc<dyn Hypervisor>) -> Result<Run
             }
         }
     }));
-    tracing::info!(%http_addr, ?grpc_addr, "napalm-agent serving");
+    let mut ganglia_addr = None;
+    if let Some(addr) = cfg.ganglia_listen {
+        let (bound, t) =
+            crate::ganglia::serve(Arc::clone(&agent), addr, "napalm".into(), stop.subscribe())
+                .await?;
+        ganglia_addr = Some(bound);
+        tasks.push(t);
+    }
+    if let Some(endpoint) = cfg.coordinator.clone() {
+        let ep = crate::register::Endpoints {
+            grpc: grpc_addr.map(|a| format!("http://{a}")).unwrap_or_default(),
+            rest: format!("http://{http_addr}{}", cfg.rest.prefix),
+        };
+        tasks.push(tokio::spawn(crate::register::run(
+            Arc::clone(&agent),
+            endpoint,
+            ep,
+            cfg.rest.token.clone(),
+            stop.subscribe(),
+        )));
+    }
+    let mut advertiser = None;
+    if !cfg.mdns_interfaces.is_empty() {
+        let caps = agent.capabilities().await?;
+        let advert = crate::mdns::Advert {
+            instance: format!("napalm-agent {} {}", caps.host.hostname, agent.id()),
+            hostname: caps.host.hostname.clone(),
+            http_port: http_addr.port(),
+            grpc_port: grpc_addr.map(|a| a.port()).unwrap_or(0),
+            hypervisors: caps.hypervisors.join(","),
+            arch: caps.arch.clone(),
+            cpus: caps.host.cpus,
+            memory_bytes: caps.host.memory_bytes,
+            agent_id: agent.id().to_owned(),
+            fingerprint: "none".into(),
+        };
+        let ifs = cfg.mdns_interfaces.clone();
+        advertiser = Some(
+            tokio::task::spawn_blocking(move || crate::mdns::Advertiser::start(&advert, &ifs))
+                .await
+                .map_err(|e| AgentError::io("mdns", std::io::Error::other(e.to_string())))??,
+        );
+    }
+    tracing::info!(%http_addr, ?grpc_addr, ?ganglia_addr, "napalm-agent serving");
     Ok(Running {
         agent,
         http_addr,
         grpc_addr,
         counters,
+        ganglia_addr,
+        advertiser,
         tasks,
         stop,
     })

@@ -140,6 +140,7 @@ pub fn hypervisor(t: &str) -> pb::Hypervisor {
 }
 
 /// Capabilities view → message.
+#[allow(clippy::needless_update)]
 pub fn capabilities(c: &CapabilitiesView, raw: bool) -> pb::Capabilities {
     let h = &c.host;
     pb::Capabilities {
@@ -185,6 +186,9 @@ pub fn capabilities(c: &CapabilitiesView, raw: bool) -> pb::Capabilities {
         } else {
             String::new()
         },
+        // Newer contract fields (e.g. `agent_id`) keep their defaults here; the register
+        // call carries the agent id.
+        ..Default::default()
     }
 }
 

@@ -56,6 +56,9 @@ pub fn config(state: &std::path::Path, token: Option<&str>) -> ServeConfig {
         http_listen: "127.0.0.1:0".parse().expect("addr"),
         grpc_listen: Some("127.0.0.1:0".parse().expect("addr")),
         reconcile_every: Duration::from_secs(3600),
+        ganglia_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        mdns_interfaces: Vec::new(),
+        coordinator: None,
     }
 }
 

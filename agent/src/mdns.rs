@@ -1,0 +1,100 @@
+//! mDNS/DNS-SD advertisement with mdns-sd: `_napalm._tcp` (gRPC) and the thesis's
+//! `_napalm-http._tcp` (REST), with a TXT record describing the host. Only the interfaces
+//! the operator names are used (none: no mDNS at all); a goodbye is sent on shutdown.
+
+use mdns_sd::{IfKind, ServiceDaemon, ServiceInfo};
+
+use crate::error::{AgentError, Result};
+
+/// gRPC service type.
+pub const GRPC_SERVICE: &str = "_napalm._tcp.local.";
+/// REST service type (thesis 3.3).
+pub const HTTP_SERVICE: &str = "_napalm-http._tcp.local.";
+
+/// What the TXT record says.
+#[derive(Debug, Clone)]
+pub struct Advert {
+    /// Instance name (host name and agent id).
+    pub instance: String,
+    /// Host name (without `.local.`).
+    pub hostname: String,
+    /// REST port.
+    pub http_port: u16,
+    /// gRPC port.
+    pub grpc_port: u16,
+    /// Hypervisor domain types, comma-separated (`qemu,kvm`).
+    pub hypervisors: String,
+    /// Architecture.
+    pub arch: String,
+    /// Logical CPUs.
+    pub cpus: u32,
+    /// Memory, bytes.
+    pub memory_bytes: u64,
+    /// Agent id.
+    pub agent_id: String,
+    /// TLS certificate fingerprint (sha256 hex), `none` without TLS.
+    pub fingerprint: String,
+}
+
+/// A running advertisement.
+pub struct Advertiser {
+    daemon: ServiceDaemon,
+    fullnames: Vec<String>,
+}
+
+fn err(e: mdns_sd::Error) -> AgentError {
+    AgentError::io("mdns", std::io::Error::other(e.to_string()))
+}
+
+impl Advertiser {
+    /// Starts advertising on `interfaces` only.
+    pub fn start(a: &Advert, interfaces: &[String]) -> Result<Self> {
+        if interfaces.is_empty() {
+            return Err(AgentError::invalid(
+                "mdns",
+                "no interface named: mDNS stays off",
+            ));
+        }
+        let daemon = ServiceDaemon::new().map_err(err)?;
+        daemon.disable_interface(IfKind::All).map_err(err)?;
+        for i in interfaces {
+            daemon
+                .enable_interface(IfKind::Name(i.clone()))
+                .map_err(err)?;
+        }
+        let txt = [
+            ("version", env!("CARGO_PKG_VERSION").to_owned()),
+            ("http_port", a.http_port.to_string()),
+            ("grpc_port", a.grpc_port.to_string()),
+            ("hypervisors", a.hypervisors.clone()),
+            ("arch", a.arch.clone()),
+            ("cpus", a.cpus.to_string()),
+            ("memory", a.memory_bytes.to_string()),
+            ("id", a.agent_id.clone()),
+            ("fingerprint", a.fingerprint.clone()),
+        ];
+        let host = format!("{}.local.", a.hostname);
+        let mut fullnames = Vec::new();
+        for (ty, port) in [(GRPC_SERVICE, a.grpc_port), (HTTP_SERVICE, a.http_port)] {
+            let info = ServiceInfo::new(ty, &a.instance, &host, "", port, &txt[..])
+                .map_err(err)?
+                .enable_addr_auto();
+            fullnames.push(info.get_fullname().to_owned());
+            daemon.register(info).map_err(err)?;
+        }
+        tracing::info!(?interfaces, instance = %a.instance, "advertising over mDNS");
+        Ok(Self { daemon, fullnames })
+    }
+
+    /// Sends goodbyes (TTL 0) and stops the daemon.
+    pub fn stop(self) {
+        for f in &self.fullnames {
+            if let Ok(rx) = self.daemon.unregister(f) {
+                let _ = rx.recv_timeout(std::time::Duration::from_secs(2));
+            }
+        }
+        if let Ok(rx) = self.daemon.shutdown() {
+            let _ = rx.recv_timeout(std::time::Duration::from_secs(2));
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Registration with a coordinator and heartbeats (`CoordinatorService.RegisterAgent`,
+//! `Heartbeat`): on boot the agent announces itself with its capabilities, then reports
+//! its domains and free resources at the interval the coordinator asks for, registering
+//! again when told to or when the coordinator was unreachable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use napalm_proto::v1 as pb;
+use pb::coordinator_service_client::CoordinatorServiceClient;
+
+use crate::core::Agent;
+use crate::grpc::convert;
+
+/// Where the agent is reachable, for the coordinator.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// gRPC endpoint (`http://host:port`).
+    pub grpc: String,
+    /// REST endpoint.
+    pub rest: String,
+}
+
+async fn register(
+    agent: &Agent,
+    c: &mut CoordinatorServiceClient<tonic::transport::Channel>,
+    ep: &Endpoints,
+    token: Option<&str>,
+) -> Result<Duration, tonic::Status> {
+    let caps = agent.capabilities().await.map_err(tonic::Status::from)?;
+    let mut req = tonic::Request::new(pb::RegisterAgentRequest {
+        request_id: String::new(),
+        id: agent.id().to_owned(),
+        name: caps.host.hostname.clone(),
+        grpc_endpoint: ep.grpc.clone(),
+        rest_endpoint: ep.rest.clone(),
+        capabilities: Some(convert::capabilities(&caps, false)),
+        cert_fingerprint: String::new(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        labels: Default::default(),
+    });
+    bearer(&mut req, token);
+    let r = c.register_agent(req).await?.into_inner();
+    tracing::info!(agent_id = agent.id(), "registered with the coordinator");
+    Ok(convert::duration(r.heartbeat_interval.as_ref())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(Duration::from_secs(10)))
+}
+
+fn bearer<T>(req: &mut tonic::Request<T>, token: Option<&str>) {
+    if let Some(v) = token.and_then(|t| format!("Bearer {t}").parse().ok()) {
+        req.metadata_mut().insert("authorization", v);
+    }
+}
+
+async fn heartbeat(
+    agent: &Agent,
+    c: &mut CoordinatorServiceClient<tonic::transport::Channel>,
+    token: Option<&str>,
+) -> Result<pb::HeartbeatResponse, tonic::Status> {
+    let domains = agent.list(false).await.map_err(tonic::Status::from)?;
+    let caps = agent.capabilities().await.map_err(tonic::Status::from)?;
+    let mut req = tonic::Request::new(pb::HeartbeatRequest {
+        agent_id: agent.id().to_owned(),
+        domains: domains
+            .iter()
+            .map(|d| pb::DomainSummary {
+                name: d.name.clone(),
+                state: convert::state(d.state) as i32,
+                labels: d.labels.clone().into_iter().collect(),
+            })
+            .collect(),
+        available: Some(pb::Resources {
+            vcpus: caps.free_vcpus,
+            memory_bytes: caps.free_memory_bytes,
+        }),
+    });
+    bearer(&mut req, token);
+    Ok(c.heartbeat(req).await?.into_inner())
+}
+
+/// Registers and heartbeats until `stop` flips; retries every few seconds on failure.
+pub async fn run(
+    agent: Arc<Agent>,
+    endpoint: String,
+    ep: Endpoints,
+    token: Option<String>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut interval: Option<Duration> = None;
+    let mut client: Option<CoordinatorServiceClient<tonic::transport::Channel>> = None;
+    loop {
+        let wait = match (&mut client, interval) {
+            (None, _) => match CoordinatorServiceClient::connect(endpoint.clone()).await {
+                Ok(c) => {
+                    client = Some(c);
+                    Duration::ZERO
+                }
+                Err(e) => {
+                    tracing::warn!(%endpoint, error = %e, "coordinator unreachable; retrying");
+                    Duration::from_secs(3)
+                }
+            },
+            (Some(c), None) => match register(&agent, c, &ep, token.as_deref()).await {
+                Ok(i) => {
+                    interval = Some(i);
+                    Duration::ZERO
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "registration failed; retrying");
+                    Duration::from_secs(3)
+                }
+            },
+            (Some(c), Some(i)) => match heartbeat(&agent, c, token.as_deref()).await {
+                Ok(r) => {
+                    if r.reregister {
+                        interval = None;
+                    } else if let Some(n) =
+                        convert::duration(r.heartbeat_interval.as_ref()).filter(|d| !d.is_zero())
+                    {
+                        interval = Some(n);
+                    }
+                    i
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "heartbeat failed; registering again");
+                    interval = None;
+                    Duration::from_secs(3)
+                }
+            },
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+}
