@@ -14,6 +14,9 @@
 
 pub mod cli;
 pub mod clock;
+pub mod deploy;
+pub mod discovery;
+pub mod http;
 pub mod registry;
 pub mod scheduler;
 pub mod service;

@@ -10,6 +10,7 @@ use napalm_proto::ApiError;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::deploy::Deployer;
 use crate::registry::agents::HeartbeatPolicy;
 use crate::registry::clones::TokenKey;
 use crate::registry::{Registry, RegistryError};
@@ -27,23 +28,62 @@ pub struct Coordinator {
     registry: Registry,
     heartbeats: HeartbeatPolicy,
     tokens: Arc<TokenKey>,
+    deployer: Option<Deployer>,
 }
 
 impl Coordinator {
-    /// A service over `registry`.
-    pub fn new(registry: Registry, heartbeats: HeartbeatPolicy, tokens: TokenKey) -> Self {
+    /// A service over `registry`; without a deployer, Deploy/Undeploy answer UNAVAILABLE.
+    pub fn new(
+        registry: Registry,
+        heartbeats: HeartbeatPolicy,
+        tokens: Arc<TokenKey>,
+        deployer: Option<Deployer>,
+    ) -> Self {
         Self {
             registry,
             heartbeats,
-            tokens: Arc::new(tokens),
+            tokens,
+            deployer,
         }
+    }
+
+    fn deployer(&self) -> Result<Deployer, Status> {
+        self.deployer.clone().ok_or_else(|| {
+            Status::unavailable(
+                "this coordinator has no deploy pipeline configured (kernel, base image, sets)",
+            )
+        })
     }
 }
 
 fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} is not implemented yet: the deploy pipeline arrives with issue #6"
-    ))
+    Status::unimplemented(format!("{what} is not implemented yet (issue #6)"))
+}
+
+/// Runs `work` in the background, streaming its progress and then its summary.
+fn stream<F>(
+    work: impl FnOnce(crate::deploy::Progress) -> F + Send + 'static,
+) -> BoxStream<DeployProgress>
+where
+    F: std::future::Future<Output = Result<DeploySummary, ApiError>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(async move {
+        let done = tx.clone();
+        match work(tx).await {
+            Ok(summary) => {
+                let _ = done
+                    .send(Ok(DeployProgress {
+                        event: Some(deploy_progress::Event::Summary(summary)),
+                    }))
+                    .await;
+            }
+            Err(e) => {
+                let _ = done.send(Err(Status::from(e))).await;
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 #[tonic::async_trait]
@@ -99,13 +139,29 @@ impl CoordinatorService for Coordinator {
     }
 
     type DeployStream = BoxStream<DeployProgress>;
-    async fn deploy(&self, _r: Request<DeployRequest>) -> Res<Self::DeployStream> {
-        Err(not_yet("Deploy"))
+    async fn deploy(&self, r: Request<DeployRequest>) -> Res<Self::DeployStream> {
+        let deployer = self.deployer()?;
+        let mut req = r.into_inner();
+        // Bad input is refused before anything is written or streamed.
+        req.spec = Some(deployer.normalize(req.spec.take()).map_err(Status::from)?);
+        tracing::info!(deployment = %req.spec.as_ref().map_or("", |s| s.name.as_str()), "Deploy");
+        Ok(Response::new(stream(move |tx| async move {
+            deployer.deploy(req, tx).await
+        })))
     }
 
     type UndeployStream = BoxStream<DeployProgress>;
-    async fn undeploy(&self, _r: Request<UndeployRequest>) -> Res<Self::UndeployStream> {
-        Err(not_yet("Undeploy"))
+    async fn undeploy(&self, r: Request<UndeployRequest>) -> Res<Self::UndeployStream> {
+        let deployer = self.deployer()?;
+        let req = r.into_inner();
+        // Unknown deployments are refused up front.
+        self.registry
+            .get_deployment(&req.name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(stream(move |tx| async move {
+            deployer.undeploy(req, tx).await
+        })))
     }
 
     async fn list_deployments(

@@ -1,9 +1,11 @@
 //! `napalm-coordinator`: the control plane daemon.
 //!
 //! Serves `napalm.v1.CoordinatorService` over gRPC on the registry (embedded redb file by
-//! default, or etcd shared by several coordinators that elect a leader). Agents register
-//! and heartbeat; the leader marks silent agents down. The deploy pipeline (Deploy,
-//! Undeploy, WatchEvents) arrives with issue #6 and answers UNIMPLEMENTED until then.
+//! default, or etcd shared by several coordinators that elect a leader), and the plain
+//! HTTP endpoint booted clones register through. Agents register and heartbeat (or are
+//! listed with `--agent`); the leader marks silent agents down. Deploy and Undeploy run
+//! the pipeline when a kernel and base image are configured. Not yet: mDNS browsing and
+//! WatchEvents (issue #6).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,9 +15,14 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use napalm_coordinator::clock::SystemClock;
+use napalm_coordinator::deploy::artifacts::ArtifactConfig;
+use napalm_coordinator::deploy::ship::Agents;
+use napalm_coordinator::deploy::{DeployConfig, Deployer};
+use napalm_coordinator::discovery::register_static;
 use napalm_coordinator::registry::agents::HeartbeatPolicy;
 use napalm_coordinator::registry::clones::TokenKey;
 use napalm_coordinator::registry::Registry;
+use napalm_coordinator::scheduler::Policy;
 use napalm_coordinator::service::Coordinator;
 use napalm_coordinator::store::election::{Election, Role};
 use napalm_coordinator::store::{self, etcd::EtcdStore};
@@ -27,9 +34,10 @@ use napalm_proto::v1::coordinator_service_server::CoordinatorServiceServer;
     name = "napalm-coordinator",
     version,
     long_about = "Control plane: registry, discovery, scheduling and deployment of clones.\n\n\
-                  Implemented: agent registration, heartbeats with TTL, registry queries, clone \
-                  registration, embedded or etcd store with leader election.\n\
-                  Not yet: Deploy/Undeploy/WatchEvents (issue #6) answer UNIMPLEMENTED."
+                  Implemented: agent registration and static agents, heartbeats with TTL, \
+                  registry queries, clone registration (gRPC and HTTP), embedded or etcd \
+                  store with leader election, deploy/undeploy pipeline.\n\
+                  Not yet (issue #6): mDNS browsing, WatchEvents, stateful clones, NFS exports."
 )]
 struct Cli {
     /// gRPC listen address.
@@ -58,6 +66,42 @@ struct Cli {
     /// Smallest agent heartbeat TTL in seconds (it grows with the number of agents).
     #[arg(long, default_value_t = 10)]
     heartbeat_min_ttl: u64,
+    /// HTTP listen address (clone registration).
+    #[arg(long, env = "NAPALM_HTTP_LISTEN", default_value = "127.0.0.1:7780")]
+    http_listen: SocketAddr,
+    /// Base URL clones use to reach the HTTP endpoint (default: http://HTTP_LISTEN).
+    #[arg(long, env = "NAPALM_REGISTER_BASE")]
+    register_base: Option<String>,
+    /// Agents to use without discovery (gRPC endpoints, repeatable).
+    #[arg(long = "agent", env = "NAPALM_AGENTS", value_delimiter = ',')]
+    agents: Vec<String>,
+    /// Bearer token presented to agents.
+    #[arg(long, env = "NAPALM_AGENT_TOKEN")]
+    agent_token: Option<String>,
+    /// Guest kernel clones boot.
+    #[arg(long, env = "NAPALM_KERNEL")]
+    kernel: Option<PathBuf>,
+    /// Base initramfs built by napalm-mkinitramfs.
+    #[arg(long, env = "NAPALM_BASE_IMAGE")]
+    base_image: Option<PathBuf>,
+    /// Template set directories (repeatable; the shipped sets come last).
+    #[arg(long = "sets")]
+    sets: Vec<PathBuf>,
+    /// Where clone layers are written.
+    #[arg(long, default_value = "/var/lib/napalm/layers")]
+    layers_dir: PathBuf,
+    /// Address clones mount the shared root from.
+    #[arg(long, default_value = "10.0.2.100")]
+    server: String,
+    /// libvirt network clones' NIC joins (none when unset).
+    #[arg(long)]
+    network: Option<String>,
+    /// Kernel arguments before the generated root=/ip=.
+    #[arg(long, default_value = "console=ttyS0 napalm.onfail=halt")]
+    kernel_args: String,
+    /// Seconds a clone may take from start to registration.
+    #[arg(long, default_value_t = 300)]
+    register_timeout: u64,
 }
 
 fn secret(path: &PathBuf) -> Result<Vec<u8>> {
@@ -114,7 +158,7 @@ async fn main() -> Result<()> {
         .with_context(|| format!("opening the registry store {:?}", cli.store))?;
     tracing::info!(store = %store.describe(), "registry open");
     let registry = Registry::new(store, Arc::new(SystemClock));
-    let key = TokenKey::new(&secret(&cli.secret_file)?)?;
+    let key = Arc::new(TokenKey::new(&secret(&cli.secret_file)?)?);
     let policy = HeartbeatPolicy {
         min_ttl: Duration::from_secs(cli.heartbeat_min_ttl),
         ..Default::default()
@@ -162,14 +206,61 @@ async fn main() -> Result<()> {
         })
     };
 
-    let svc = Coordinator::new(registry, policy, key);
-    tracing::info!(listen = %cli.listen, "serving napalm.v1.CoordinatorService");
+    let deployer = match (&cli.kernel, &cli.base_image) {
+        (Some(kernel), Some(base)) => {
+            let mut sets = cli.sets.clone();
+            sets.push(napalm_overlay::default_sets_dir());
+            Some(Deployer::new(
+                registry.clone(),
+                DeployConfig {
+                    artifacts: ArtifactConfig {
+                        kernel: kernel.clone(),
+                        base_image: base.clone(),
+                        sets,
+                        layers_dir: cli.layers_dir.clone(),
+                    },
+                    server: cli.server.clone(),
+                    register_base: cli
+                        .register_base
+                        .clone()
+                        .unwrap_or_else(|| format!("http://{}", cli.http_listen)),
+                    agent_token: cli.agent_token.clone(),
+                    register_timeout: Duration::from_secs(cli.register_timeout),
+                    concurrency: 8,
+                    policy: Policy::default(),
+                    network: cli.network.clone(),
+                    kernel_args: cli.kernel_args.clone(),
+                    attempts: 3,
+                },
+                Arc::clone(&key),
+            ))
+        }
+        _ => {
+            tracing::warn!("no --kernel/--base-image: Deploy and Undeploy are unavailable");
+            None
+        }
+    };
+    let links = Agents::new(cli.agent_token.clone());
+    for ep in &cli.agents {
+        match register_static(&registry, &links, ep, &policy).await {
+            Ok(id) => tracing::info!(endpoint = %ep, %id, "static agent registered"),
+            Err(e) => tracing::warn!(endpoint = %ep, error = %e, "static agent not registered"),
+        }
+    }
+    let http = tokio::net::TcpListener::bind(cli.http_listen)
+        .await
+        .with_context(|| format!("binding HTTP {}", cli.http_listen))?;
+    let app = napalm_coordinator::http::router(registry.clone(), Arc::clone(&key));
+    let http_task = tokio::spawn(async move { axum::serve(http, app).await });
+    let svc = Coordinator::new(registry, policy, key, deployer);
+    tracing::info!(listen = %cli.listen, http = %cli.http_listen, "serving napalm.v1.CoordinatorService");
     tonic::transport::Server::builder()
         .add_service(CoordinatorServiceServer::new(svc))
         .serve_with_shutdown(cli.listen, shutdown())
         .await
         .context("gRPC server")?;
     sweeper.abort();
+    http_task.abort();
     role.take();
     Ok(())
 }

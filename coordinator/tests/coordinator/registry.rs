@@ -228,7 +228,12 @@ async fn a_clone_registers_only_with_its_own_token() {
 async fn the_grpc_service_serves_the_registry_over_loopback() {
     let f = fixture().await;
     let key = TokenKey::new(b"0123456789abcdef-secret").expect("key");
-    let svc = Coordinator::new(f.registry.clone(), HeartbeatPolicy::default(), key);
+    let svc = Coordinator::new(
+        f.registry.clone(),
+        HeartbeatPolicy::default(),
+        Arc::new(key),
+        None,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -264,8 +269,8 @@ async fn the_grpc_service_serves_the_registry_over_loopback() {
         "no napalm error details"
     );
     let err = match c.deploy(DeployRequest::default()).await {
-        Ok(_) => panic!("deploy is not implemented yet and must say so"),
+        Ok(_) => panic!("deploy without a configured pipeline must be refused"),
         Err(e) => e,
     };
-    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert_eq!(err.code(), tonic::Code::Unavailable);
 }

@@ -94,6 +94,7 @@ pub fn capabilities() -> Capabilities {
         agent_version: s("0.1.0"),
         available: Some(resources()),
         raw_xml: s("<capabilities/>"),
+        agent_id: s("3b7c0d2e"),
     }
 }
 pub fn has_blobs_request() -> HasBlobsRequest {

@@ -1,0 +1,307 @@
+//! The deploy pipeline (thesis 4.5): name → place → build layer → ship → define and start
+//! → follow until the clone registers. Re-running a deployment of the same name converges
+//! on the stored spec: clones already recorded keep their names and agents, missing ones
+//! are added, surplus ones removed, and domains an agent runs for this deployment that the
+//! registry does not assign to it are deleted — so a deployment never ends with duplicates,
+//! whatever point a previous run died at.
+//!
+//! Every step is idempotent: records are revision-checked, `CreateDomain` carries a request
+//! id derived from the clone's layer hash, blobs are content-addressed.
+
+pub mod artifacts;
+mod plan;
+pub mod ship;
+pub mod xml;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use napalm_proto::v1::{
+    deploy_progress, Clone, CloneMode, ClonePhase, CloneProgress, DeployProgress, DeployRequest,
+    DeploySummary, Deployment, DeploymentSpec, DeploymentState, UndeployRequest,
+};
+use napalm_proto::ApiError;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::clock::duration;
+use crate::registry::clones::TokenKey;
+use crate::registry::{check_name, Registry, CLONES, DEPLOYMENTS};
+use crate::scheduler::Policy;
+use artifacts::{ArtifactConfig, Artifacts};
+use ship::Agents;
+
+/// Progress messages go here; the gRPC stream reads the other end.
+pub type Progress = mpsc::Sender<Result<DeployProgress, Status>>;
+
+/// Site settings of the pipeline.
+#[derive(Debug, Clone)]
+pub struct DeployConfig {
+    /// Kernel, base image, template sets, layer directory.
+    pub artifacts: ArtifactConfig,
+    /// Address clones mount the shared root from (`root=nfs:SERVER:/`).
+    pub server: String,
+    /// Base URL of the coordinator's HTTP endpoint as clones reach it.
+    pub register_base: String,
+    /// Bearer token presented to agents.
+    pub agent_token: Option<String>,
+    /// How long a clone may take from start to registration.
+    pub register_timeout: Duration,
+    /// Clones shipped in parallel.
+    pub concurrency: usize,
+    /// Capacity policy.
+    pub policy: Policy,
+    /// libvirt network clones' first NIC joins (`None`: no NIC).
+    pub network: Option<String>,
+    /// Kernel arguments before the generated ones.
+    pub kernel_args: String,
+    /// Attempts per clone on different agents before it is reported failed.
+    pub attempts: usize,
+}
+
+/// Runs deployments.
+#[derive(Clone)]
+pub struct Deployer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    cfg: DeployConfig,
+    agents: Agents,
+    artifacts: Artifacts,
+    tokens: Arc<TokenKey>,
+}
+
+fn invalid(field: &str, description: String) -> ApiError {
+    ApiError::InvalidArgument {
+        field: field.into(),
+        description,
+    }
+}
+
+/// Largest deployment accepted.
+pub const MAX_COUNT: u32 = 10_000;
+
+impl Deployer {
+    /// A pipeline over `registry`.
+    pub fn new(registry: Registry, cfg: DeployConfig, tokens: Arc<TokenKey>) -> Self {
+        let agents = Agents::new(cfg.agent_token.clone());
+        let artifacts = Artifacts::new(cfg.artifacts.clone());
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                cfg,
+                agents,
+                artifacts,
+                tokens,
+            }),
+        }
+    }
+
+    /// Checks and completes a spec with defaults; bad input is refused before anything is
+    /// written.
+    pub fn normalize(&self, spec: Option<DeploymentSpec>) -> Result<DeploymentSpec, ApiError> {
+        let mut s = spec.ok_or_else(|| invalid("spec", "missing deployment spec".into()))?;
+        check_name("spec.name", &s.name)?;
+        if s.count == 0 || s.count > MAX_COUNT {
+            return Err(invalid(
+                "spec.count",
+                format!(
+                    "count must be between 1 and {MAX_COUNT}, got \"{}\"",
+                    s.count
+                ),
+            ));
+        }
+        if s.layers.is_empty() {
+            s.layers = vec!["base".into()];
+        }
+        self.inner
+            .artifacts
+            .check_sets(&s.layers)
+            .map_err(|e| invalid("spec.layers", e))?;
+        let r = s.resources.get_or_insert_default();
+        if r.vcpus == 0 {
+            r.vcpus = 1;
+        }
+        if r.memory_bytes == 0 {
+            r.memory_bytes = 512 << 20;
+        }
+        if r.memory_bytes < 64 << 20 {
+            return Err(invalid(
+                "spec.resources.memory_bytes",
+                format!(
+                    "{} MiB is too little to boot a clone; give at least 64 MiB",
+                    r.memory_bytes >> 20
+                ),
+            ));
+        }
+        if r.vcpus > 64 {
+            return Err(invalid(
+                "spec.resources.vcpus",
+                format!("{} vCPUs is more than 64", r.vcpus),
+            ));
+        }
+        if s.mode == CloneMode::Unspecified as i32 {
+            s.mode = CloneMode::Stateless as i32;
+        }
+        if s.mode == CloneMode::Stateful as i32 {
+            return Err(invalid(
+                "spec.mode",
+                "stateful clones are not supported by the deploy pipeline yet (issue #6); \
+                 use --mode stateless"
+                    .into(),
+            ));
+        }
+        if s.root.is_empty() {
+            s.root = format!("nfs:{}:/", self.inner.cfg.server);
+        }
+        Ok(s)
+    }
+
+    /// Deploys or converges; streams progress into `tx`; returns the summary.
+    pub async fn deploy(
+        &self,
+        req: DeployRequest,
+        tx: Progress,
+    ) -> Result<DeploySummary, ApiError> {
+        let started = Instant::now();
+        let spec = self.normalize(req.spec)?;
+        if req.dry_run {
+            let agents = self
+                .inner
+                .registry
+                .list_agents(&[])
+                .await
+                .map_err(ApiError::from)?;
+            let names = plan::names(&spec);
+            let placement = plan::place(
+                &self.inner.cfg.policy,
+                &spec,
+                &names,
+                &agents,
+                &HashMap::new(),
+            );
+            for (clone, why) in &placement.unplaced {
+                send(&tx, plan::unplaced(clone, why)).await;
+            }
+            return Ok(DeploySummary {
+                deployment: spec.name.clone(),
+                requested: spec.count,
+                succeeded: placement.placed.len() as u32,
+                failed: placement.unplaced.len() as u32,
+                took: Some(duration(started.elapsed())),
+                unplaced: Vec::new(),
+            });
+        }
+        let p = plan::Run::new(Arc::clone(&self.inner), spec, tx);
+        p.execute(started).await.map_err(ApiError::from)
+    }
+
+    /// Removes a deployment's clones from their agents and the registry.
+    pub async fn undeploy(
+        &self,
+        req: UndeployRequest,
+        tx: Progress,
+    ) -> Result<DeploySummary, ApiError> {
+        let started = Instant::now();
+        check_name("name", &req.name)?;
+        let registry = &self.inner.registry;
+        let Some((_deployment, _)) = registry
+            .get::<Deployment>(&format!("{DEPLOYMENTS}{}", req.name))
+            .await
+            .map_err(ApiError::from)?
+        else {
+            return Err(ApiError::NotFound {
+                kind: "deployment".into(),
+                name: req.name,
+            });
+        };
+        let clones = registry
+            .list_clones(&req.name)
+            .await
+            .map_err(ApiError::from)?;
+        let agents = registry.list_agents(&[]).await.map_err(ApiError::from)?;
+        let endpoint: HashMap<&str, &str> = agents
+            .iter()
+            .map(|a| (a.id.as_str(), a.grpc_endpoint.as_str()))
+            .collect();
+        let mut removed = 0;
+        let mut failed = 0;
+        for c in &clones {
+            if let Some(ep) = endpoint.get(c.agent_id.as_str()) {
+                if let Err(e) = self
+                    .inner
+                    .agents
+                    .delete(ep, &c.name, format!("undeploy-{}", c.name))
+                    .await
+                {
+                    failed += 1;
+                    send(
+                        &tx,
+                        progress(
+                            c,
+                            ClonePhase::Failed,
+                            &format!("delete on {}: {}", c.agent_id, e.message()),
+                        ),
+                    )
+                    .await;
+                    continue;
+                }
+            }
+            registry
+                .commit(crate::store::Txn::new().delete(format!("{CLONES}{}", c.name)))
+                .await
+                .map_err(ApiError::from)?;
+            removed += 1;
+            send(&tx, progress(c, ClonePhase::Removed, "removed")).await;
+        }
+        // Domains of this deployment the registry did not know about (a crash between
+        // create and record) go too.
+        plan::sweep_orphans(&self.inner.agents, &agents, &req.name, &HashMap::new()).await;
+        if failed == 0 {
+            registry
+                .commit(crate::store::Txn::new().delete(format!("{DEPLOYMENTS}{}", req.name)))
+                .await
+                .map_err(ApiError::from)?;
+        }
+        Ok(DeploySummary {
+            deployment: req.name,
+            requested: clones.len() as u32,
+            succeeded: removed,
+            failed,
+            took: Some(duration(started.elapsed())),
+            unplaced: Vec::new(),
+        })
+    }
+}
+
+/// Sends a progress message; a gone receiver (client hung up) does not stop the work.
+pub(crate) async fn send(tx: &Progress, event: deploy_progress::Event) {
+    let _ = tx.send(Ok(DeployProgress { event: Some(event) })).await;
+}
+
+/// A per-clone progress event.
+pub(crate) fn progress(c: &Clone, phase: ClonePhase, message: &str) -> deploy_progress::Event {
+    let mut c = c.clone();
+    c.phase = phase as i32;
+    deploy_progress::Event::Clone(CloneProgress {
+        clone: Some(c),
+        message: message.into(),
+    })
+}
+
+/// Summary state of a deployment from its clones.
+pub(crate) fn state_of(clones: &[Clone]) -> DeploymentState {
+    if clones.iter().any(|c| c.phase == ClonePhase::Failed as i32) {
+        DeploymentState::Degraded
+    } else if clones
+        .iter()
+        .all(|c| c.phase == ClonePhase::Registered as i32)
+    {
+        DeploymentState::Ready
+    } else {
+        DeploymentState::Progressing
+    }
+}

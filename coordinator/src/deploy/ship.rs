@@ -1,0 +1,190 @@
+//! The network edge to agents: a gRPC `AgentService` client with the bearer token, and
+//! content-addressed shipping (ask which blobs the agent lacks, upload only those).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use napalm_proto::v1::agent_service_client::AgentServiceClient;
+use napalm_proto::v1::{
+    upload_blob_request, BlobHeader, BlobRef, CreateDomainRequest, DeleteDomainRequest, Domain,
+    HasBlobsRequest, ListDomainsRequest, UploadBlobRequest,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+/// A blob held in memory with its reference.
+#[derive(Clone, Debug)]
+pub struct Blob {
+    /// sha256 and size.
+    pub r: BlobRef,
+    /// Content.
+    pub bytes: Arc<Vec<u8>>,
+    /// Human name for logs.
+    pub name: String,
+}
+
+impl Blob {
+    /// Hashes `bytes`.
+    pub fn new(name: &str, bytes: Vec<u8>) -> Self {
+        Self {
+            r: BlobRef {
+                sha256: hex::encode(Sha256::digest(&bytes)),
+                size: bytes.len() as u64,
+            },
+            bytes: Arc::new(bytes),
+            name: name.into(),
+        }
+    }
+}
+
+type Intercepted = InterceptedService<Channel, Auth>;
+
+/// Adds `authorization: Bearer TOKEN` to every call.
+#[derive(Clone)]
+pub struct Auth(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// Connections to agents, one per endpoint, reused.
+#[derive(Clone, Default)]
+pub struct Agents {
+    token: Option<String>,
+    conns: Arc<Mutex<HashMap<String, AgentServiceClient<Intercepted>>>>,
+}
+
+/// Upload chunk size.
+const CHUNK: usize = 1 << 20;
+
+impl Agents {
+    /// Connections that present `token` to agents.
+    pub fn new(token: Option<String>) -> Self {
+        Self {
+            token,
+            conns: Arc::default(),
+        }
+    }
+
+    /// The client for `endpoint`, connecting on first use.
+    pub async fn client(&self, endpoint: &str) -> Result<AgentServiceClient<Intercepted>, Status> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(endpoint) {
+            return Ok(c.clone());
+        }
+        let channel = Channel::from_shared(endpoint.to_owned())
+            .map_err(|e| Status::invalid_argument(format!("agent endpoint {endpoint:?}: {e}")))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("agent {endpoint} unreachable: {e}")))?;
+        let auth = Auth(
+            self.token
+                .as_ref()
+                .and_then(|t| format!("Bearer {t}").parse().ok()),
+        );
+        let client =
+            AgentServiceClient::with_interceptor(channel, auth).max_decoding_message_size(64 << 20);
+        conns.insert(endpoint.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// Forgets a connection (after the agent failed), so the next call reconnects.
+    pub async fn forget(&self, endpoint: &str) {
+        self.conns.lock().await.remove(endpoint);
+    }
+
+    /// Sends the blobs the agent lacks; returns how many bytes were uploaded.
+    pub async fn ship(&self, endpoint: &str, blobs: &[&Blob]) -> Result<u64, Status> {
+        let mut c = self.client(endpoint).await?;
+        let missing = c
+            .has_blobs(HasBlobsRequest {
+                blobs: blobs.iter().map(|b| b.r.clone()).collect(),
+            })
+            .await?
+            .into_inner()
+            .missing;
+        let mut sent = 0;
+        for m in missing {
+            let Some(blob) = blobs.iter().find(|b| b.r.sha256 == m.sha256) else {
+                continue;
+            };
+            let header = UploadBlobRequest {
+                part: Some(upload_blob_request::Part::Header(BlobHeader {
+                    request_id: format!("upload-{}", blob.r.sha256),
+                    blob: Some(blob.r.clone()),
+                    name: blob.name.clone(),
+                })),
+            };
+            let bytes = Arc::clone(&blob.bytes);
+            let chunks = (0..bytes.len().div_ceil(CHUNK)).map(move |i| UploadBlobRequest {
+                part: Some(upload_blob_request::Part::Data(
+                    bytes[i * CHUNK..((i + 1) * CHUNK).min(bytes.len())].to_vec(),
+                )),
+            });
+            let stream = tokio_stream::iter(std::iter::once(header).chain(chunks));
+            c.upload_blob(stream).await?;
+            sent += blob.r.size;
+        }
+        Ok(sent)
+    }
+
+    /// Defines and starts a domain.
+    pub async fn create(&self, endpoint: &str, req: CreateDomainRequest) -> Result<Domain, Status> {
+        Ok(self
+            .client(endpoint)
+            .await?
+            .create_domain(req)
+            .await?
+            .into_inner())
+    }
+
+    /// Deletes a domain (absent is fine).
+    pub async fn delete(
+        &self,
+        endpoint: &str,
+        name: &str,
+        request_id: String,
+    ) -> Result<(), Status> {
+        self.client(endpoint)
+            .await?
+            .delete_domain(DeleteDomainRequest {
+                request_id,
+                name: name.into(),
+                shutdown_timeout: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 0,
+                }),
+                purge: true,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Domains on an agent carrying all of `labels`.
+    pub async fn domains_labelled(
+        &self,
+        endpoint: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Domain>, Status> {
+        Ok(self
+            .client(endpoint)
+            .await?
+            .list_domains(ListDomainsRequest {
+                include_foreign: false,
+                label_selector: labels,
+            })
+            .await?
+            .into_inner()
+            .domains)
+    }
+}

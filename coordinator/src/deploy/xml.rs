@@ -1,0 +1,129 @@
+//! libvirt domain XML for one clone, per hypervisor: QEMU/KVM (`hvm`, virtio), Xen PV
+//! (`xen`, xen-netfront/blkfront), and libvirt's `test` driver. Paths are bare artifact
+//! names (`vmlinuz`, `initrd.img`, `state.img`): the agent maps them into the domain's own
+//! directory and refuses anything else.
+
+use napalm_proto::v1::Hypervisor;
+
+/// What goes into a clone's domain.
+#[derive(Debug, Clone)]
+pub struct DomainParams<'a> {
+    /// Domain (clone) name.
+    pub name: &'a str,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory, bytes.
+    pub memory: u64,
+    /// Kernel command line.
+    pub cmdline: &'a str,
+    /// A writable disk artifact for a stateful upper layer.
+    pub state_disk: Option<&'a str>,
+    /// MAC address of the first interface.
+    pub mac: &'a str,
+    /// Network the interface joins: a libvirt network name, or `None` for no interface.
+    pub network: Option<&'a str>,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;")
+}
+
+/// The domain XML for `hv`.
+pub fn domain_xml(hv: Hypervisor, p: &DomainParams<'_>) -> String {
+    let kib = p.memory / 1024;
+    let (dtype, os_type, machine, disk_bus, dev_prefix, console) = match hv {
+        Hypervisor::Xen => ("xen", "xen", "", "xen", "xvd", "<console type='pty'><target type='xen' port='0'/></console>"),
+        Hypervisor::Test => ("test", "hvm", "", "virtio", "vd", ""),
+        Hypervisor::Kvm => ("kvm", "hvm", " machine='pc'", "virtio", "vd", "<serial type='pty'><target port='0'/></serial><console type='pty'><target type='serial' port='0'/></console>"),
+        Hypervisor::Qemu | Hypervisor::Unspecified => ("qemu", "hvm", " machine='pc'", "virtio", "vd", "<serial type='pty'><target port='0'/></serial><console type='pty'><target type='serial' port='0'/></console>"),
+    };
+    let mut devices = String::new();
+    if let Some(disk) = p.state_disk {
+        devices += &format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='{dev_prefix}a' bus='{disk_bus}'/></disk>",
+            esc(disk)
+        );
+    }
+    if let Some(net) = p.network {
+        let model = match hv {
+            Hypervisor::Xen => String::new(),
+            _ => "<model type='virtio'/>".into(),
+        };
+        devices += &format!(
+            "<interface type='network'><source network='{}'/><mac address='{}'/>{model}</interface>",
+            esc(net),
+            esc(p.mac)
+        );
+    }
+    devices += console;
+    format!(
+        "<domain type='{dtype}'>\
+<name>{name}</name>\
+<memory unit='KiB'>{kib}</memory>\
+<vcpu>{vcpus}</vcpu>\
+<os><type arch='x86_64'{machine}>{os_type}</type><kernel>vmlinuz</kernel><initrd>initrd.img</initrd><cmdline>{cmdline}</cmdline></os>\
+<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>\
+<devices>{devices}</devices>\
+</domain>",
+        name = esc(p.name),
+        vcpus = p.vcpus,
+        cmdline = esc(p.cmdline),
+    )
+}
+
+/// A stable locally administered MAC for clone `index` of deployment `deployment`.
+pub fn mac_for(deployment: &str, index: u32) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(deployment.as_bytes());
+    let i = index.to_be_bytes();
+    format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", h[0], h[1], i[2], i[3])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> DomainParams<'static> {
+        DomainParams {
+            name: "grid1-01",
+            vcpus: 1,
+            memory: 512 << 20,
+            cmdline: "console=ttyS0 root=nfs:10.77.0.1::ro;layer:grid1-01;tmpfs:rw",
+            state_disk: None,
+            mac: "52:54:00:00:00:01",
+            network: Some("napalm"),
+        }
+    }
+
+    #[test]
+    fn qemu_xml_uses_bare_artifact_names_and_escapes() {
+        let x = domain_xml(Hypervisor::Qemu, &params());
+        assert!(x.starts_with("<domain type='qemu'>"));
+        assert!(x.contains("<kernel>vmlinuz</kernel><initrd>initrd.img</initrd>"));
+        assert!(x.contains("root=nfs:10.77.0.1::ro;layer:grid1-01;tmpfs:rw"));
+        assert!(x.contains("<memory unit='KiB'>524288</memory>"));
+        let mut p = params();
+        p.cmdline = "a<b&'c'";
+        assert!(domain_xml(Hypervisor::Qemu, &p).contains("a&lt;b&amp;&apos;c&apos;"));
+    }
+
+    #[test]
+    fn xen_is_paravirtualised() {
+        let mut p = params();
+        p.state_disk = Some("state.img");
+        let x = domain_xml(Hypervisor::Xen, &p);
+        assert!(x.contains("<domain type='xen'>"));
+        assert!(x.contains("<type arch='x86_64'>xen</type>"));
+        assert!(x.contains("bus='xen'") && x.contains("dev='xvda'"));
+    }
+
+    #[test]
+    fn macs_are_stable_and_distinct() {
+        assert_eq!(mac_for("g", 1), mac_for("g", 1));
+        assert_ne!(mac_for("g", 1), mac_for("g", 2));
+    }
+}

@@ -1,0 +1,409 @@
+//! The deploy pipeline end to end over real gRPC on loopback: a coordinator service and two
+//! real napalm-agents on libvirt's `test:///default` driver. Deploy 8, undeploy, redeploy
+//! the same name: exactly 8 domains, no duplicates; bad input refused with nothing written.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use napalm_agent::core::CoreConfig;
+use napalm_agent::server::{Running, ServeConfig};
+use napalm_coordinator::clock::SystemClock;
+use napalm_coordinator::deploy::artifacts::ArtifactConfig;
+use napalm_coordinator::deploy::ship::Agents;
+use napalm_coordinator::deploy::{DeployConfig, Deployer};
+use napalm_coordinator::discovery::register_static;
+use napalm_coordinator::registry::agents::HeartbeatPolicy;
+use napalm_coordinator::registry::clones::TokenKey;
+use napalm_coordinator::registry::Registry;
+use napalm_coordinator::scheduler::Policy;
+use napalm_coordinator::service::Coordinator;
+use napalm_coordinator::store;
+use napalm_proto::v1::agent_service_client::AgentServiceClient;
+use napalm_proto::v1::coordinator_service_client::CoordinatorServiceClient;
+use napalm_proto::v1::coordinator_service_server::CoordinatorServiceServer;
+use napalm_proto::v1::*;
+use napalm_proto::ApiError;
+use tokio_stream::StreamExt;
+
+const TOKEN: &str = "agent-test-token";
+
+async fn start_agent(state: &Path) -> Running {
+    let mut core = CoreConfig {
+        state_dir: state.to_owned(),
+        policy: Default::default(),
+        limits: Default::default(),
+        shutdown_timeout: Duration::from_millis(200),
+    };
+    core.limits.max_total_bytes = 64 << 20;
+    napalm_agent::server::start(ServeConfig {
+        core,
+        rest: napalm_agent::rest::RestConfig {
+            prefix: "/napalm".into(),
+            token: Some(TOKEN.into()),
+            max_archive_bytes: 1 << 20,
+            max_file_bytes: 1 << 20,
+            max_xml_bytes: 64 << 10,
+            libvirt_uri: "test:///default".into(),
+        },
+        http_listen: "127.0.0.1:0".parse().expect("addr"),
+        grpc_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        reconcile_every: Duration::from_secs(3600),
+        ganglia_listen: None,
+        mdns_interfaces: Vec::new(),
+        coordinator: None,
+    })
+    .await
+    .expect("agent starts on test:///default")
+}
+
+struct Grid {
+    coord: CoordinatorServiceClient<tonic::transport::Channel>,
+    agents: Vec<Running>,
+    endpoints: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+/// A tiny but real newc archive standing in for the base image: `test:///default` boots
+/// nothing, so only its bytes travel.
+fn base_image(path: &Path) {
+    let mut a = napalm_initramfs::cpio::Archive::new();
+    a.add(
+        "init",
+        napalm_initramfs::cpio::Entry::File(0o755, b"#!/bin/sh\necho napalm\n".to_vec()),
+    );
+    std::fs::write(path, a.write(0)).expect("write base image");
+}
+
+async fn grid() -> Grid {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut agents = Vec::new();
+    for i in 0..2 {
+        agents.push(start_agent(&dir.path().join(format!("agent{i}"))).await);
+    }
+    let endpoints: Vec<String> = agents
+        .iter()
+        .map(|a| format!("http://{}", a.grpc_addr.expect("grpc")))
+        .collect();
+    let s = store::open(dir.path().join("registry.redb").to_str().expect("utf-8"))
+        .await
+        .expect("store");
+    let registry = Registry::new(s, Arc::new(SystemClock));
+    let links = Agents::new(Some(TOKEN.into()));
+    for ep in &endpoints {
+        register_static(&registry, &links, ep, &HeartbeatPolicy::default())
+            .await
+            .expect("static agent");
+    }
+    let kernel = dir.path().join("vmlinuz");
+    std::fs::write(&kernel, b"not booted by the test driver").expect("kernel");
+    let base = dir.path().join("base.img");
+    base_image(&base);
+    let tokens = Arc::new(TokenKey::new(b"0123456789abcdef0123").expect("key"));
+    let deployer = Deployer::new(
+        registry.clone(),
+        DeployConfig {
+            artifacts: ArtifactConfig {
+                kernel,
+                base_image: base,
+                sets: vec![napalm_overlay::default_sets_dir()],
+                layers_dir: dir.path().join("layers"),
+            },
+            server: "10.77.0.1".into(),
+            register_base: "http://10.77.0.1:7780".into(),
+            agent_token: Some(TOKEN.into()),
+            register_timeout: Duration::from_secs(5),
+            concurrency: 8,
+            policy: Policy::default(),
+            network: None,
+            kernel_args: "console=ttyS0".into(),
+            attempts: 2,
+        },
+        Arc::clone(&tokens),
+    );
+    let svc = Coordinator::new(registry, HeartbeatPolicy::default(), tokens, Some(deployer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(CoordinatorServiceServer::new(svc))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let coord = CoordinatorServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    Grid {
+        coord,
+        agents,
+        endpoints,
+        _dir: dir,
+    }
+}
+
+fn spec(name: &str, count: u32) -> DeploymentSpec {
+    DeploymentSpec {
+        name: name.into(),
+        count,
+        resources: Some(Resources {
+            vcpus: 1,
+            memory_bytes: 128 << 20,
+        }),
+        ..Default::default()
+    }
+}
+
+async fn run(
+    stream: Result<tonic::Response<tonic::Streaming<DeployProgress>>, tonic::Status>,
+) -> (Vec<DeployProgress>, DeploySummary) {
+    let mut s = stream.expect("call accepted").into_inner();
+    let mut all = Vec::new();
+    while let Some(m) = s.next().await {
+        all.push(m.expect("stream item"));
+    }
+    let summary = match all.last().and_then(|m| m.event.clone()) {
+        Some(deploy_progress::Event::Summary(s)) => s,
+        other => panic!("stream did not end with a summary: {other:?}"),
+    };
+    (all, summary)
+}
+
+/// Domains per agent, by name, from the agents themselves.
+async fn domains(g: &Grid) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for ep in &g.endpoints {
+        let channel = tonic::transport::Channel::from_shared(ep.clone())
+            .expect("uri")
+            .connect()
+            .await
+            .expect("agent");
+        let mut c = AgentServiceClient::with_interceptor(channel, |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {TOKEN}").parse().expect("ascii"),
+            );
+            Ok(r)
+        });
+        let mut names: Vec<String> = c
+            .list_domains(ListDomainsRequest::default())
+            .await
+            .expect("list")
+            .into_inner()
+            .domains
+            .into_iter()
+            .filter(|d| d.state == DomainState::Running as i32)
+            .map(|d| d.name)
+            .collect();
+        names.sort();
+        out.push(names);
+    }
+    out
+}
+
+fn total(d: &[Vec<String>]) -> Vec<String> {
+    let mut all: Vec<String> = d.iter().flatten().cloned().collect();
+    all.sort();
+    all
+}
+
+#[tokio::test]
+async fn deploy_eight_on_two_agents_undeploy_and_redeploy_gives_exactly_eight() {
+    let mut g = grid().await;
+    let (events, summary) = run(g
+        .coord
+        .deploy(DeployRequest {
+            request_id: "d1".into(),
+            spec: Some(spec("grid1", 8)),
+            dry_run: false,
+        })
+        .await)
+    .await;
+    assert_eq!(
+        (summary.requested, summary.succeeded, summary.failed),
+        (8, 8, 0),
+        "{summary:?}"
+    );
+    let phases: Vec<i32> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(deploy_progress::Event::Clone(c)) => c.clone.as_ref().map(|c| c.phase),
+            _ => None,
+        })
+        .collect();
+    for p in [
+        ClonePhase::Scheduled,
+        ClonePhase::Layer,
+        ClonePhase::Shipped,
+        ClonePhase::Running,
+    ] {
+        assert_eq!(
+            phases.iter().filter(|x| **x == p as i32).count(),
+            8,
+            "{p:?} per clone"
+        );
+    }
+    let d = domains(&g).await;
+    assert_eq!(d[0].len(), 4, "spread: {d:?}");
+    assert_eq!(d[1].len(), 4, "spread: {d:?}");
+    let expected: Vec<String> = (1..=8).map(|i| format!("grid1-{i:02}")).collect();
+    assert_eq!(total(&d), expected);
+
+    // Deploying again converges: nothing new.
+    let (_, again) = run(g
+        .coord
+        .deploy(DeployRequest {
+            request_id: "d2".into(),
+            spec: Some(spec("grid1", 8)),
+            dry_run: false,
+        })
+        .await)
+    .await;
+    assert_eq!(again.succeeded, 8);
+    assert_eq!(
+        total(&domains(&g).await),
+        expected,
+        "a re-run duplicated or lost clones"
+    );
+
+    // Undeploy removes them all, from agents and registry.
+    let (_, gone) = run(g
+        .coord
+        .undeploy(UndeployRequest {
+            request_id: "u1".into(),
+            name: "grid1".into(),
+            purge: true,
+        })
+        .await)
+    .await;
+    assert_eq!((gone.succeeded, gone.failed), (8, 0));
+    assert!(total(&domains(&g).await).is_empty());
+    let clones = g
+        .coord
+        .list_clones(ListClonesRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(clones.clones.is_empty());
+
+    // Redeploy the same name: exactly 8 again.
+    let (_, re) = run(g
+        .coord
+        .deploy(DeployRequest {
+            request_id: "d3".into(),
+            spec: Some(spec("grid1", 8)),
+            dry_run: false,
+        })
+        .await)
+    .await;
+    assert_eq!(re.succeeded, 8);
+    assert_eq!(total(&domains(&g).await), expected);
+    let clones = g
+        .coord
+        .list_clones(ListClonesRequest {
+            deployment: "grid1".into(),
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(clones.clones.len(), 8);
+    let per_agent: HashMap<&str, usize> = clones.clones.iter().fold(HashMap::new(), |mut m, c| {
+        *m.entry(c.agent_id.as_str()).or_default() += 1;
+        m
+    });
+    assert_eq!(per_agent.len(), 2);
+
+    for a in g.agents.drain(..) {
+        a.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn bad_deploy_input_is_refused_and_nothing_is_written() {
+    let mut g = grid().await;
+    let cases = [
+        (spec("grid2", 0), "spec.count", "\"0\""),
+        (spec("Bad_Name", 2), "spec.name", "\"Bad_Name\""),
+        (
+            DeploymentSpec {
+                layers: vec!["nosuchset".into()],
+                ..spec("grid2", 2)
+            },
+            "spec.layers",
+            "\"nosuchset\"",
+        ),
+    ];
+    for (s, field, quoted) in cases {
+        let err = match g
+            .coord
+            .deploy(DeployRequest {
+                request_id: "x".into(),
+                spec: Some(s),
+                dry_run: false,
+            })
+            .await
+        {
+            Ok(_) => panic!("{field}: accepted"),
+            Err(e) => e,
+        };
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}: {err}");
+        match ApiError::from_status(&err) {
+            Some(ApiError::InvalidArgument {
+                field: f,
+                description,
+            }) => {
+                assert_eq!(f, field);
+                assert!(description.contains(quoted), "{description}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // More clones than capacity: the ones that do not fit fail with a reason per agent.
+    let mut big = spec("grid3", 3);
+    big.resources = Some(Resources {
+        vcpus: 1,
+        memory_bytes: 1 << 40,
+    });
+    let (events, summary) = run(g
+        .coord
+        .deploy(DeployRequest {
+            request_id: "y".into(),
+            spec: Some(big),
+            dry_run: false,
+        })
+        .await)
+    .await;
+    assert_eq!(summary.succeeded, 0);
+    assert_eq!(summary.unplaced.len(), 3);
+    assert_eq!(
+        summary.unplaced[0].rejections.len(),
+        2,
+        "one reason per agent"
+    );
+    assert!(
+        summary.unplaced[0].rejections[0]
+            .reason
+            .contains("MiB free"),
+        "{:?}",
+        summary.unplaced[0]
+    );
+    assert!(events
+        .iter()
+        .any(|e| matches!(e.event, Some(deploy_progress::Event::Unplaced(_)))));
+    assert!(total(&domains(&g).await).is_empty());
+    let deps = g
+        .coord
+        .list_deployments(ListDeploymentsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(
+        deps.deployments.len(),
+        1,
+        "only the unplaceable deployment is recorded"
+    );
+    for a in g.agents.drain(..) {
+        a.stop().await;
+    }
+}
