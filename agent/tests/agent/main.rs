@@ -5,6 +5,7 @@
 mod common;
 mod grpc;
 mod hostile;
+mod mdns;
 mod monitoring;
 mod qemu;
 mod reconcile;
