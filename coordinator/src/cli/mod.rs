@@ -5,6 +5,7 @@
 //! Exit codes: 0 success; 1 the operation failed; 2 bad usage or not implemented yet;
 //! 3 the coordinator is unreachable; 4 the named thing does not exist.
 
+pub mod deploy;
 pub mod output;
 
 use std::process::ExitCode;
@@ -51,17 +52,15 @@ pub enum Command {
         #[arg(long)]
         deployment: Option<String>,
     },
-    /// Deploy N clones (napalm-deploy). Not implemented yet: issue #6.
-    Deploy {
-        /// Arguments of the future command.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
-    /// Remove a deployment (napalm-undeploy). Not implemented yet: issue #6.
+    /// Deploy N clones, or converge a deployment of that name (napalm-deploy).
+    Deploy(deploy::DeployArgs),
+    /// Remove a deployment's clones from their agents and the registry (napalm-undeploy).
     Undeploy {
-        /// Arguments of the future command.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        /// Deployment name.
+        name: String,
+        /// Also delete stateful clones' disks.
+        #[arg(long)]
+        purge: bool,
     },
     /// Print shell completions.
     Completions {
@@ -93,7 +92,7 @@ pub struct Failure {
     pub message: String,
 }
 
-fn from_status(s: tonic::Status) -> Failure {
+pub(crate) fn from_status(s: tonic::Status) -> Failure {
     let code = match ApiError::from_status(&s) {
         Some(ApiError::NotFound { .. }) => 4,
         Some(ApiError::InvalidArgument { .. }) => 2,
@@ -232,10 +231,14 @@ async fn dispatch(cli: &Cli) -> Result<String, Failure> {
                 &rows,
             ))
         }
-        Command::Deploy { .. } | Command::Undeploy { .. } => Err(Failure {
-            code: 2,
-            message: "deploy and undeploy are not implemented yet (issue #6)".into(),
-        }),
+        Command::Deploy(args) => {
+            let mut c = client(&cli.coordinator).await?;
+            deploy::deploy(&mut c, args, cli.output).await
+        }
+        Command::Undeploy { name, purge } => {
+            let mut c = client(&cli.coordinator).await?;
+            deploy::undeploy(&mut c, name, *purge, cli.output).await
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut buf = Vec::new();
