@@ -9,4 +9,61 @@
 //! Must not touch: libvirt, the network, mounts, or anything outside the output directory
 //! it is given. The coordinator calls it; `napalmctl clone …` exposes it.
 //!
-//! Status: the engine arrives with issue #3; this crate is the place it goes.
+//! ## Map
+//! - [`config`]: `clones.conf` → [`Config`] (or built from code); [`cluster`]: the cascade
+//!   resolved into a [`Cluster`] of [`CloneSpec`]s; [`provenance`]: where each value came from;
+//!   [`range`]: `clone[01-24]` and hostname checks.
+//! - [`template_set`]: one set on disk → [`TemplateSet`]; [`stack`]: sets stacked in order with
+//!   [`whiteout`] semantics; [`render`]: handlebars (strict) per clone; [`identity`]: per-clone
+//!   machine-id and ssh host key; [`hooks`]: `setup.d/` programs.
+//! - [`layer`]: the in-memory layer tree; [`cpio`], [`tarball`], [`dir_output`]: its forms;
+//!   [`builder`]: [`LayerBuilder`] (hash, incremental, parallel, atomic);
+//!   [`cluster_files`]: hosts / MPI / known_hosts / json / yaml / table, rendered once;
+//!   [`inspect`]: `clone render` and `clone diff`.
+//!
+//! ## Typical use
+//! ```no_run
+//! use napalm_overlay::{Config, LayerBuilder, SetLibrary};
+//! let cluster = Config::load("/etc/clones.conf")?.resolve()?;
+//! let sets = SetLibrary::new(vec![napalm_overlay::default_sets_dir()]);
+//! let report = LayerBuilder::new(&cluster, &sets, "/var/state/systems").build_all()?;
+//! println!("{} built, {} unchanged", report.built.len(), report.unchanged.len());
+//! # Ok::<(), napalm_overlay::BuildError>(())
+//! ```
+
+pub mod builder;
+pub mod cluster;
+pub mod cluster_files;
+pub mod config;
+pub mod cpio;
+pub mod dir_output;
+pub mod error;
+pub mod hooks;
+pub mod identity;
+pub mod inspect;
+pub mod layer;
+pub mod limits;
+pub mod provenance;
+pub mod range;
+pub mod render;
+pub mod stack;
+pub mod tarball;
+pub mod template_set;
+pub mod whiteout;
+mod yaml;
+
+pub use builder::{BuildReport, LayerBuilder, Outputs};
+pub use cluster::{CloneSpec, Cluster};
+pub use cluster_files::{ClusterFiles, Format};
+pub use config::Config;
+pub use error::{BuildError, ConfigError, TemplateError};
+pub use identity::Identity;
+pub use layer::Layer;
+pub use limits::Limits;
+pub use provenance::{Explanation, Origin, Resolved};
+pub use template_set::{SetLibrary, TemplateSet};
+
+/// The directory of the template sets shipped with this crate (`base`, `ganglia`, `mpi`).
+pub fn default_sets_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sets")
+}

@@ -1,0 +1,547 @@
+//! Building layers: many clones in parallel (rayon), each only when its inputs changed, each
+//! replaced atomically so a failed build keeps the previous good layer.
+//!
+//! Output of clone NAME under the output directory:
+//! ```text
+//! NAME/root/          directory form, portable whiteouts (NFS-export this)
+//! NAME/layer.cpio     reproducible newc segment (append to an initramfs)
+//! NAME/layer.tar.gz   reproducible tarball (for `unpack=`)
+//! NAME/inputs.sha256  content hash over every input (written last; the rebuild check)
+//! .napalm-identity    cluster secret for machine-ids and ssh host keys (mode 0600)
+//! ```
+//! A clone is rebuilt when the hash of its inputs differs from `inputs.sha256`: engine
+//! version, the content of its stacked sets (files, modes, owners, hooks), its resolved
+//! values, the identity fingerprint and, when its sets render cluster templates or list
+//! `clones`, the cluster facts (names, indexes, groups, addresses, slots, server).
+//! A new layer is written to `.NAME.tmp-*`, then swapped in with two renames.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::cluster::{CloneSpec, Cluster};
+use crate::cluster_files::ClusterFiles;
+use crate::error::{BuildError, TemplateError};
+use crate::identity::Identity;
+use crate::layer::Layer;
+use crate::render::{self, Facts, Renderer};
+use crate::stack::{self, Plan};
+use crate::template_set::{SetEntry, SetLibrary};
+use crate::{cpio, dir_output, hooks, tarball};
+
+/// Bumped when the output format changes, so every layer is rebuilt.
+const FORMAT_VERSION: &str = "napalm-overlay layer v1";
+
+/// Where the outputs of one clone live.
+#[derive(Clone, Debug)]
+pub struct ClonePaths {
+    /// `NAME/`.
+    pub dir: PathBuf,
+    /// `NAME/root/`.
+    pub root: PathBuf,
+    /// `NAME/layer.cpio`.
+    pub cpio: PathBuf,
+    /// `NAME/layer.tar.gz`.
+    pub tar_gz: PathBuf,
+    /// `NAME/inputs.sha256`.
+    pub hash: PathBuf,
+}
+
+/// One clone's rendered layer (or why it failed), from [`LayerBuilder::render_all`].
+pub type Rendered = (String, Result<Layer, BuildError>);
+
+/// Which forms a build writes. All three by default. The directory form is written anyway
+/// for clones whose sets have `setup.d/` hooks (hooks work on it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outputs {
+    /// `NAME/root/`.
+    pub dir: bool,
+    /// `NAME/layer.cpio`.
+    pub cpio: bool,
+    /// `NAME/layer.tar.gz`.
+    pub tar_gz: bool,
+}
+
+impl Default for Outputs {
+    fn default() -> Self {
+        Outputs {
+            dir: true,
+            cpio: true,
+            tar_gz: true,
+        }
+    }
+}
+
+/// What a build did, with timings (`--timings`).
+#[derive(Debug, Default)]
+pub struct BuildReport {
+    /// Clones whose layer was (re)built.
+    pub built: Vec<String>,
+    /// Clones whose inputs did not change.
+    pub unchanged: Vec<String>,
+    /// Clones whose build failed (their previous layer is untouched).
+    pub failed: Vec<(String, BuildError)>,
+    /// Loading sets, compiling templates, hashing inputs.
+    pub prepare: Duration,
+    /// Rendering, hooks, writing and swapping layers.
+    pub write: Duration,
+}
+
+impl BuildReport {
+    /// `Err` with the first failure if any clone failed.
+    pub fn into_result(mut self) -> Result<BuildReport, BuildError> {
+        if self.failed.is_empty() {
+            Ok(self)
+        } else {
+            Err(self.failed.remove(0).1)
+        }
+    }
+}
+
+/// Builds differentiation layers of a cluster into an output directory.
+#[derive(Debug)]
+pub struct LayerBuilder<'a> {
+    cluster: &'a Cluster,
+    sets: &'a SetLibrary,
+    out: PathBuf,
+    identity: Option<Identity>,
+    force: bool,
+    threads: Option<usize>,
+    outputs: Outputs,
+}
+
+struct Prepared {
+    identity: Identity,
+    plans: HashMap<Vec<String>, Arc<Plan>>,
+    renderer: Renderer,
+    facts: Facts,
+    facts_digest: [u8; 32],
+}
+
+static TMP_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl<'a> LayerBuilder<'a> {
+    /// A builder writing under `out` (created if absent).
+    pub fn new(cluster: &'a Cluster, sets: &'a SetLibrary, out: impl Into<PathBuf>) -> Self {
+        LayerBuilder {
+            cluster,
+            sets,
+            out: out.into(),
+            identity: None,
+            force: false,
+            threads: None,
+            outputs: Outputs::default(),
+        }
+    }
+
+    /// Use this cluster identity instead of `OUT/.napalm-identity`.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Rebuild even when inputs did not change.
+    pub fn force(mut self, force: bool) -> Self {
+        self.force = force;
+        self
+    }
+
+    /// Use `n` worker threads instead of rayon's global pool.
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = Some(n.max(1));
+        self
+    }
+
+    /// Write only these forms.
+    pub fn outputs(mut self, outputs: Outputs) -> Self {
+        self.outputs = outputs;
+        self
+    }
+
+    /// Output paths of clone `name`.
+    pub fn paths(&self, name: &str) -> ClonePaths {
+        let dir = self.out.join(name);
+        ClonePaths {
+            root: dir.join("root"),
+            cpio: dir.join("layer.cpio"),
+            tar_gz: dir.join("layer.tar.gz"),
+            hash: dir.join("inputs.sha256"),
+            dir,
+        }
+    }
+
+    /// The cluster identity this builder uses (loading or creating `OUT/.napalm-identity`).
+    pub fn load_identity(&self) -> Result<Identity, BuildError> {
+        if let Some(id) = &self.identity {
+            return Ok(id.clone());
+        }
+        let path = self.out.join(".napalm-identity");
+        Identity::load_or_create(&path).map_err(|source| BuildError::Io {
+            clone: String::new(),
+            action: "read or create the cluster identity",
+            path,
+            source,
+        })
+    }
+
+    /// Build every clone of the cluster.
+    pub fn build_all(&self) -> Result<BuildReport, BuildError> {
+        let all: Vec<&CloneSpec> = self.cluster.clones.iter().collect();
+        self.run(|| self.build_clones(&all))
+    }
+
+    /// Build the named clones.
+    pub fn build(&self, names: &[&str]) -> Result<BuildReport, BuildError> {
+        let clones = names
+            .iter()
+            .map(|n| {
+                self.cluster
+                    .get(n)
+                    .ok_or_else(|| BuildError::UnknownClone(n.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.run(|| self.build_clones(&clones))
+    }
+
+    /// Render clone `name`'s layer in memory without writing the output directory (hooks, if
+    /// any, run in a temporary directory). For `napalmctl clone render` and `clone diff`.
+    pub fn render(&self, name: &str) -> Result<Layer, BuildError> {
+        let clone = self
+            .cluster
+            .get(name)
+            .ok_or_else(|| BuildError::UnknownClone(name.to_string()))?;
+        let prep = self.prepare(&[clone])?;
+        let cluster_out = self.cluster_outputs(&prep)?;
+        self.render_clone(&prep, &cluster_out, clone, None)
+    }
+
+    /// Render every clone's layer in memory, in parallel, writing nothing (hooks, if any, run
+    /// in temporary directories). For `clone render --all` and for measuring the engine alone.
+    pub fn render_all(&self) -> Result<Vec<Rendered>, BuildError> {
+        let all: Vec<&CloneSpec> = self.cluster.clones.iter().collect();
+        self.run(|| {
+            let prep = self.prepare(&all)?;
+            let cluster_out = self.cluster_outputs(&prep)?;
+            Ok(all
+                .par_iter()
+                .map(|c| {
+                    let r = self.render_clone(&prep, &cluster_out, c, None);
+                    (c.name.clone(), r)
+                })
+                .collect())
+        })
+    }
+
+    fn run<T: Send>(
+        &self,
+        f: impl FnOnce() -> Result<T, BuildError> + Send,
+    ) -> Result<T, BuildError> {
+        match self.threads {
+            Some(n) => rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .map_err(|e| BuildError::Io {
+                    clone: String::new(),
+                    action: "start worker threads",
+                    path: self.out.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?
+                .install(f),
+            None => f(),
+        }
+    }
+
+    fn io(
+        &self,
+        clone: &str,
+        action: &'static str,
+        path: &Path,
+        source: std::io::Error,
+    ) -> BuildError {
+        BuildError::Io {
+            clone: clone.to_string(),
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn prepare(&self, clones: &[&CloneSpec]) -> Result<Prepared, BuildError> {
+        let identity = self.load_identity()?;
+        let mut plans: HashMap<Vec<String>, Arc<Plan>> = HashMap::new();
+        let mut all_sets = Vec::new();
+        for c in clones {
+            if plans.contains_key(&c.layers) {
+                continue;
+            }
+            let mut sets = Vec::with_capacity(c.layers.len());
+            for name in &c.layers {
+                let set = self
+                    .sets
+                    .get(name)?
+                    .ok_or_else(|| TemplateError::UnknownSet {
+                        name: name.clone(),
+                        clone: c.name.clone(),
+                        searched: self.sets.searched(),
+                    })?;
+                if !all_sets.iter().any(|s: &Arc<_>| Arc::ptr_eq(s, &set)) {
+                    all_sets.push(set.clone());
+                }
+                sets.push(set);
+            }
+            plans.insert(c.layers.clone(), Arc::new(stack::stack(&sets)));
+        }
+        let renderer = Renderer::new(&all_sets, self.sets.limits().max_render_bytes)?;
+        let facts = Facts::new(self.cluster);
+        let mut h = Sha256::new();
+        h.update(format!("{:?}\0", self.cluster.server).as_bytes());
+        for c in &self.cluster.clones {
+            let slots = c.values.get("slots").map(|r| r.value.to_string());
+            h.update(
+                format!(
+                    "{}\0{}\0{:?}\0{:?}\0{:?}\n",
+                    c.name, c.index, c.group, c.address, slots
+                )
+                .as_bytes(),
+            );
+        }
+        Ok(Prepared {
+            identity,
+            plans,
+            renderer,
+            facts,
+            facts_digest: h.finalize().into(),
+        })
+    }
+
+    fn input_hash(&self, prep: &Prepared, plan: &Plan, clone: &CloneSpec) -> String {
+        let mut h = Sha256::new();
+        h.update(FORMAT_VERSION.as_bytes());
+        h.update(env!("CARGO_PKG_VERSION").as_bytes());
+        h.update(plan.hash);
+        h.update(prep.identity.fingerprint());
+        let cluster_wide = plan.uses_clones
+            || plan
+                .entries
+                .values()
+                .any(|(_, e)| matches!(e, SetEntry::ClusterTemplate { .. }));
+        if cluster_wide {
+            h.update(prep.facts_digest);
+        }
+        h.update(clone.name.as_bytes());
+        h.update(serde_json::to_vec(&clone.values_json()).unwrap_or_default());
+        h.update(serde_json::to_vec(&clone.layers).unwrap_or_default());
+        h.update(format!("{:?}", self.outputs).as_bytes());
+        hex::encode(h.finalize())
+    }
+
+    fn cluster_outputs(&self, prep: &Prepared) -> Result<HashMap<PathBuf, Arc<[u8]>>, BuildError> {
+        let plans: Vec<Arc<Plan>> = prep.plans.values().cloned().collect();
+        let needs = plans.iter().any(|p| {
+            p.entries
+                .values()
+                .any(|(_, e)| matches!(e, SetEntry::ClusterTemplate { .. }))
+        });
+        if !needs {
+            return Ok(HashMap::new());
+        }
+        let files = ClusterFiles::new(self.cluster, &prep.identity).template_value();
+        Ok(render::render_cluster_templates(
+            &prep.renderer,
+            &plans,
+            &prep.facts,
+            files,
+        )?)
+    }
+
+    /// Render `clone`; with `root`, also write the directory form there. Hooks run on `root`
+    /// (or on a temporary directory when there is none) and the result is read back.
+    fn render_clone(
+        &self,
+        prep: &Prepared,
+        cluster_out: &HashMap<PathBuf, Arc<[u8]>>,
+        clone: &CloneSpec,
+        root: Option<&Path>,
+    ) -> Result<Layer, BuildError> {
+        let plan = prep
+            .plans
+            .get(&clone.layers)
+            .ok_or_else(|| BuildError::UnknownClone(clone.name.clone()))?;
+        let ident = prep.identity.for_clone(&clone.name);
+        let ctx = render::clone_context(clone, &prep.facts, &ident, plan.uses_clones);
+        let stdin = if plan.hooks.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::to_vec(&ctx).unwrap_or_default()
+        };
+        let layer = render::render_layer(plan, &prep.renderer, ctx, cluster_out, &clone.name)?;
+        let write = |layer: &Layer, dir: &Path| {
+            dir_output::write(layer, dir)
+                .map_err(|e| self.io(&clone.name, "write the layer directory", dir, e))
+        };
+        if plan.hooks.is_empty() {
+            if let Some(root) = root {
+                write(&layer, root)?;
+            }
+            return Ok(layer);
+        }
+        let tmp;
+        let dir = match root {
+            Some(r) => r,
+            None => {
+                tmp = tempfile::tempdir().map_err(|e| {
+                    self.io(
+                        &clone.name,
+                        "create a temporary directory",
+                        &std::env::temp_dir(),
+                        e,
+                    )
+                })?;
+                tmp.path()
+            }
+        };
+        write(&layer, dir)?;
+        let timeout = self.sets.limits().hook_timeout;
+        for hook in &plan.hooks {
+            hooks::run(hook, &clone.name, &stdin, dir, timeout)?;
+        }
+        let mut layer = dir_output::read(dir)
+            .map_err(|e| self.io(&clone.name, "read back the layer after hooks", dir, e))?;
+        layer.add_parents();
+        Ok(layer)
+    }
+
+    fn build_clones(&self, clones: &[&CloneSpec]) -> Result<BuildReport, BuildError> {
+        let start = Instant::now();
+        std::fs::create_dir_all(&self.out)
+            .map_err(|e| self.io("", "create the output directory", &self.out, e))?;
+        let prep = self.prepare(clones)?;
+        let checked: Vec<(&CloneSpec, String, bool)> = clones
+            .par_iter()
+            .map(|c| {
+                let plan = &prep.plans[&c.layers];
+                let hash = self.input_hash(&prep, plan, c);
+                let same = !self.force
+                    && std::fs::read_to_string(self.paths(&c.name).hash)
+                        .is_ok_and(|old| old.trim() == hash);
+                (*c, hash, same)
+            })
+            .collect();
+        let mut report = BuildReport {
+            prepare: start.elapsed(),
+            ..BuildReport::default()
+        };
+        let todo: Vec<&(&CloneSpec, String, bool)> = checked.iter().filter(|c| !c.2).collect();
+        report.unchanged = checked
+            .iter()
+            .filter(|c| c.2)
+            .map(|c| c.0.name.clone())
+            .collect();
+        if todo.is_empty() {
+            return Ok(report);
+        }
+        let write_start = Instant::now();
+        let cluster_out = self.cluster_outputs(&prep)?;
+        let results: Vec<(String, Result<(), BuildError>)> = todo
+            .par_iter()
+            .map(|(c, hash, _)| (c.name.clone(), self.build_one(&prep, &cluster_out, c, hash)))
+            .collect();
+        for (name, r) in results {
+            match r {
+                Ok(()) => report.built.push(name),
+                Err(e) => {
+                    tracing::warn!(clone = %name, error = %e, "layer build failed; previous layer kept");
+                    report.failed.push((name, e));
+                }
+            }
+        }
+        report.write = write_start.elapsed();
+        tracing::info!(
+            built = report.built.len(),
+            unchanged = report.unchanged.len(),
+            failed = report.failed.len(),
+            "layers built"
+        );
+        Ok(report)
+    }
+
+    fn build_one(
+        &self,
+        prep: &Prepared,
+        cluster_out: &HashMap<PathBuf, Arc<[u8]>>,
+        clone: &CloneSpec,
+        hash: &str,
+    ) -> Result<(), BuildError> {
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .out
+            .join(format!(".{}.tmp-{}-{n}", clone.name, std::process::id()));
+        let result = self.write_tmp(prep, cluster_out, clone, hash, &tmp);
+        let result = result.and_then(|()| self.swap(&clone.name, &tmp));
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    fn write_tmp(
+        &self,
+        prep: &Prepared,
+        cluster_out: &HashMap<PathBuf, Arc<[u8]>>,
+        clone: &CloneSpec,
+        hash: &str,
+        tmp: &Path,
+    ) -> Result<(), BuildError> {
+        let name = &clone.name;
+        std::fs::create_dir(tmp).map_err(|e| self.io(name, "create", tmp, e))?;
+        let root = tmp.join("root");
+        let plan_has_hooks = prep
+            .plans
+            .get(&clone.layers)
+            .is_some_and(|p| !p.hooks.is_empty());
+        let layer = if self.outputs.dir || plan_has_hooks {
+            std::fs::create_dir(&root).map_err(|e| self.io(name, "create", &root, e))?;
+            self.render_clone(prep, cluster_out, clone, Some(&root))?
+        } else {
+            self.render_clone(prep, cluster_out, clone, None)?
+        };
+        if self.outputs.cpio {
+            let p = tmp.join("layer.cpio");
+            std::fs::write(&p, cpio::to_vec(&layer)).map_err(|e| self.io(name, "write", &p, e))?;
+        }
+        if self.outputs.tar_gz {
+            let p = tmp.join("layer.tar.gz");
+            let tgz = tarball::to_vec(&layer).map_err(|e| self.io(name, "write", &p, e))?;
+            std::fs::write(&p, tgz).map_err(|e| self.io(name, "write", &p, e))?;
+        }
+        let p = tmp.join("inputs.sha256");
+        std::fs::write(&p, format!("{hash}\n")).map_err(|e| self.io(name, "write", &p, e))?;
+        Ok(())
+    }
+
+    fn swap(&self, name: &str, tmp: &Path) -> Result<(), BuildError> {
+        let dest = self.out.join(name);
+        let old = self.out.join(format!(".{name}.old-{}", std::process::id()));
+        let had_old = match std::fs::rename(&dest, &old) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(self.io(name, "move aside the previous layer", &dest, e)),
+        };
+        if let Err(e) = std::fs::rename(tmp, &dest) {
+            if had_old {
+                let _ = std::fs::rename(&old, &dest);
+            }
+            return Err(self.io(name, "move the new layer into place", &dest, e));
+        }
+        if had_old {
+            std::fs::remove_dir_all(&old)
+                .map_err(|e| self.io(name, "remove the previous layer", &old, e))?;
+        }
+        Ok(())
+    }
+}

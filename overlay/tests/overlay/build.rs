@@ -1,0 +1,135 @@
+//! Incremental, parallel and atomic builds.
+
+use napalm_overlay::{BuildError, Config, LayerBuilder, TemplateError};
+
+use crate::common::{cluster, identity, library, write_set};
+
+const CONF: &str = "server: 10.0.0.1\nlayers: [s]\naddress_pool: 10.0.1.1\nhosts:\n  c[1-6]:\n";
+
+#[test]
+fn unchanged_inputs_are_not_rebuilt_and_changes_rebuild_only_what_they_touch() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_set(
+        tmp.path(),
+        "s",
+        &[(
+            "root/etc/role.tmpl",
+            "{{name}} {{#if role}}{{role}}{{/if}}\n",
+        )],
+    );
+    let lib = library(&[tmp.path()]);
+    let out = tmp.path().join("out");
+    let c = cluster(CONF);
+    let b = LayerBuilder::new(&c, &lib, &out).identity(identity());
+    assert_eq!(b.build_all().unwrap().built.len(), 6);
+    let stamp = std::fs::metadata(out.join("c1/layer.cpio"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let again = b.build_all().unwrap();
+    assert_eq!((again.built.len(), again.unchanged.len()), (0, 6));
+    assert_eq!(
+        std::fs::metadata(out.join("c1/layer.cpio"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        stamp,
+        "an unchanged clone is not rewritten"
+    );
+    // One host value changes: only that clone is rebuilt (no cluster template in set s).
+    let c2 = cluster(&format!("{CONF}  c7: {{ role: db }}\n"));
+    let r = LayerBuilder::new(&c2, &lib, &out)
+        .identity(identity())
+        .build_all()
+        .unwrap();
+    assert_eq!(r.built, ["c7"]);
+    // A set change rebuilds every clone using it.
+    write_set(tmp.path(), "s", &[("root/etc/extra", "new\n")]);
+    let lib2 = library(&[tmp.path()]);
+    let r = LayerBuilder::new(&c2, &lib2, &out)
+        .identity(identity())
+        .build_all()
+        .unwrap();
+    assert_eq!(r.built.len(), 7);
+    // A different identity changes every clone.
+    let r = LayerBuilder::new(&c2, &lib2, &out)
+        .identity(napalm_overlay::Identity::from_secret(b"other"))
+        .threads(2)
+        .build(&["c1", "c2"])
+        .unwrap();
+    assert_eq!(r.built.len(), 2);
+}
+
+#[test]
+fn failed_build_keeps_the_previous_good_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_set(tmp.path(), "s", &[("root/etc/role.tmpl", "{{name}}\n")]);
+    let out = tmp.path().join("out");
+    let c = cluster(CONF);
+    LayerBuilder::new(&c, &library(&[tmp.path()]), &out)
+        .identity(identity())
+        .build_all()
+        .unwrap()
+        .into_result()
+        .unwrap();
+    let before = std::fs::read(out.join("c3/layer.cpio")).unwrap();
+    // The template now needs a value that only c1 has.
+    write_set(
+        tmp.path(),
+        "s",
+        &[("root/etc/role.tmpl", "{{name}} {{role}}\n")],
+    );
+    let c = cluster(&CONF.replace("c[1-6]:\n", "c[2-6]:\n  c1: { role: head }\n"));
+    let report = LayerBuilder::new(&c, &library(&[tmp.path()]), &out)
+        .identity(identity())
+        .build_all()
+        .unwrap();
+    assert_eq!(report.built, ["c1"]);
+    assert_eq!(report.failed.len(), 5);
+    let (name, err) = &report.failed[0];
+    let msg = err.to_string();
+    assert!(
+        matches!(err, BuildError::Template(TemplateError::Render { .. })),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("role.tmpl:1") && msg.contains(&format!("clone `{name}`")),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read(out.join("c3/layer.cpio")).unwrap(), before);
+    assert_eq!(
+        std::fs::read_to_string(out.join("c3/root/etc/role")).unwrap(),
+        "c3\n"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-") || n.contains(".old-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn annex_iv_mpi_hostfile_is_rendered_into_layers_once_per_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = Config::load(crate::common::annex_iv()).unwrap();
+    config
+        .global()
+        .set("layers", serde_json::json!(["base", "mpi"]));
+    let c = config.resolve().unwrap();
+    let lib = library(&[&napalm_overlay::default_sets_dir()]);
+    let r = LayerBuilder::new(&c, &lib, tmp.path())
+        .identity(identity())
+        .build_all()
+        .unwrap();
+    assert_eq!(r.built.len(), 24);
+    let hostfile = std::fs::read_to_string(
+        tmp.path()
+            .join("clone05/root/etc/openmpi/openmpi-default-hostfile"),
+    )
+    .unwrap();
+    let hosts: Vec<&str> = hostfile.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(hosts.len(), 24);
+    assert_eq!(hosts[23], "clone24");
+}
