@@ -1,5 +1,6 @@
-//! Finding agents: a static list from the configuration (this module), agents'
-//! own registration (the gRPC service), and mDNS browsing (issue #6, not yet here).
+//! Finding agents: a static list from the configuration, agents found over mDNS
+//! ([`crate::browse`]) — both recorded here after the agent answered GetCapabilities — and
+//! agents' own registration (the gRPC service).
 
 use napalm_proto::v1::{AgentSource, GetCapabilitiesRequest, RegisterAgentRequest};
 use napalm_proto::ApiError;
@@ -13,6 +14,44 @@ pub async fn register_static(
     registry: &Registry,
     agents: &Agents,
     endpoint: &str,
+    policy: &HeartbeatPolicy,
+) -> Result<String, RegistryError> {
+    record(
+        registry,
+        agents,
+        endpoint,
+        None,
+        AgentSource::Static,
+        policy,
+    )
+    .await
+}
+
+/// Records an agent found over mDNS (after it answered GetCapabilities).
+pub async fn register_found(
+    registry: &Registry,
+    agents: &Agents,
+    endpoint: &str,
+    rest_endpoint: Option<String>,
+    policy: &HeartbeatPolicy,
+) -> Result<String, RegistryError> {
+    record(
+        registry,
+        agents,
+        endpoint,
+        rest_endpoint,
+        AgentSource::Mdns,
+        policy,
+    )
+    .await
+}
+
+async fn record(
+    registry: &Registry,
+    agents: &Agents,
+    endpoint: &str,
+    rest_endpoint: Option<String>,
+    source: AgentSource,
     policy: &HeartbeatPolicy,
 ) -> Result<String, RegistryError> {
     let unreachable = |e: tonic::Status| ApiError::InvalidArgument {
@@ -51,11 +90,12 @@ pub async fn register_static(
                 id: id.clone(),
                 name,
                 grpc_endpoint: endpoint.to_owned(),
+                rest_endpoint: rest_endpoint.unwrap_or_default(),
                 version: caps.agent_version.clone(),
                 capabilities: Some(caps),
                 ..Default::default()
             },
-            AgentSource::Static,
+            source,
             policy,
         )
         .await?;

@@ -12,6 +12,7 @@
 //! Status (issue #6): store and scheduler are here; registry service, discovery and the
 //! deploy pipeline are being built. `napalm-coordinator` and `napalmctl` say so.
 
+pub mod browse;
 pub mod cli;
 pub mod clock;
 pub mod deploy;

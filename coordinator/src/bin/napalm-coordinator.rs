@@ -4,8 +4,8 @@
 //! default, or etcd shared by several coordinators that elect a leader), and the plain
 //! HTTP endpoint booted clones register through. Agents register and heartbeat (or are
 //! listed with `--agent`); the leader marks silent agents down. Deploy and Undeploy run
-//! the pipeline when a kernel and base image are configured. Not yet: mDNS browsing and
-//! WatchEvents (issue #6).
+//! the pipeline when a kernel and base image are configured; `--mdns-interface` browses
+//! for agents. Not yet: WatchEvents (issue #6).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use napalm_coordinator::browse::Browser;
 use napalm_coordinator::clock::SystemClock;
 use napalm_coordinator::deploy::artifacts::ArtifactConfig;
 use napalm_coordinator::deploy::ship::Agents;
@@ -37,7 +38,7 @@ use napalm_proto::v1::coordinator_service_server::CoordinatorServiceServer;
                   Implemented: agent registration and static agents, heartbeats with TTL, \
                   registry queries, clone registration (gRPC and HTTP), embedded or etcd \
                   store with leader election, deploy/undeploy pipeline.\n\
-                  Not yet (issue #6): mDNS browsing, WatchEvents, stateful clones, NFS exports."
+                  Not yet (issue #6): WatchEvents, stateful clones, NFS exports."
 )]
 struct Cli {
     /// gRPC listen address.
@@ -102,6 +103,9 @@ struct Cli {
     /// Seconds a clone may take from start to registration.
     #[arg(long, default_value_t = 300)]
     register_timeout: u64,
+    /// Browse for agents over mDNS on these interfaces (repeatable; none: no mDNS).
+    #[arg(long = "mdns-interface")]
+    mdns_interfaces: Vec<String>,
 }
 
 fn secret(path: &PathBuf) -> Result<Vec<u8>> {
@@ -247,6 +251,19 @@ async fn main() -> Result<()> {
             Err(e) => tracing::warn!(endpoint = %ep, error = %e, "static agent not registered"),
         }
     }
+    let _browser = if cli.mdns_interfaces.is_empty() {
+        None
+    } else {
+        Some(
+            Browser::start(
+                &cli.mdns_interfaces,
+                registry.clone(),
+                links.clone(),
+                policy,
+            )
+            .context("starting mDNS browsing")?,
+        )
+    };
     let http = tokio::net::TcpListener::bind(cli.http_listen)
         .await
         .with_context(|| format!("binding HTTP {}", cli.http_listen))?;

@@ -27,9 +27,16 @@ use napalm_proto::v1::*;
 use napalm_proto::ApiError;
 use tokio_stream::StreamExt;
 
-const TOKEN: &str = "agent-test-token";
+pub const TOKEN: &str = "agent-test-token";
 
 async fn start_agent(state: &Path) -> Running {
+    napalm_agent::server::start(agent_config(state))
+        .await
+        .expect("agent starts on test:///default")
+}
+
+/// An agent on `test:///default` with `TOKEN`, on loopback ports.
+pub fn agent_config(state: &Path) -> ServeConfig {
     let mut core = CoreConfig {
         state_dir: state.to_owned(),
         policy: Default::default(),
@@ -37,7 +44,7 @@ async fn start_agent(state: &Path) -> Running {
         shutdown_timeout: Duration::from_millis(200),
     };
     core.limits.max_total_bytes = 64 << 20;
-    napalm_agent::server::start(ServeConfig {
+    ServeConfig {
         core,
         rest: napalm_agent::rest::RestConfig {
             prefix: "/napalm".into(),
@@ -53,9 +60,7 @@ async fn start_agent(state: &Path) -> Running {
         ganglia_listen: None,
         mdns_interfaces: Vec::new(),
         coordinator: None,
-    })
-    .await
-    .expect("agent starts on test:///default")
+    }
 }
 
 struct Grid {

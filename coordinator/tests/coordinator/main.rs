@@ -2,6 +2,7 @@
 
 mod deploy;
 mod etcd_harness;
+mod mdns;
 mod registry;
 mod scheduler;
 mod store;

@@ -1,0 +1,89 @@
+//! Agents are found over mDNS only, inside network namespaces this test creates: a real
+//! agent (test:///default) advertises on its veth in one namespace; the coordinator's
+//! browser in another records it with its gRPC endpoint on the private network.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use napalm_coordinator::browse::Browser;
+use napalm_coordinator::clock::SystemClock;
+use napalm_coordinator::deploy::ship::Agents;
+use napalm_coordinator::registry::agents::HeartbeatPolicy;
+use napalm_coordinator::registry::Registry;
+use napalm_coordinator::store;
+use napalm_integration::netns::Network;
+use napalm_proto::v1::AgentSource;
+
+#[test]
+fn the_coordinator_finds_an_agent_by_mdns_alone() {
+    let mut net = Network::new().expect("private network");
+    let agent_host = net.host(1).expect("agent host");
+    let coord_host = net.host(2).expect("coordinator host");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("agent");
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+
+    let a = agent_host.clone();
+    let agent = agent_host
+        .spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(async move {
+                let mut cfg = crate::deploy::agent_config(&state);
+                cfg.grpc_listen = Some(format!("{}:7701", a.addr).parse().expect("addr"));
+                cfg.http_listen = format!("{}:7702", a.addr).parse().expect("addr");
+                cfg.mdns_interfaces = vec![a.iface.clone()];
+                let running = napalm_agent::server::start(cfg)
+                    .await
+                    .expect("agent starts");
+                let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+                running.stop().await;
+            })
+        })
+        .expect("agent thread");
+
+    let iface = coord_host.iface.clone();
+    let db = dir.path().join("registry.redb");
+    let found = coord_host
+        .spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(async move {
+                let s = store::open(db.to_str().expect("utf-8"))
+                    .await
+                    .expect("store");
+                let registry = Registry::new(s, Arc::new(SystemClock));
+                let _browser = Browser::start(
+                    &[iface],
+                    registry.clone(),
+                    Agents::new(Some(crate::deploy::TOKEN.into())),
+                    HeartbeatPolicy::default(),
+                )
+                .expect("browser");
+                for _ in 0..300 {
+                    let agents = registry.list_agents(&[]).await.expect("list");
+                    if !agents.is_empty() {
+                        return agents;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Vec::new()
+            })
+        })
+        .expect("coordinator thread")
+        .join()
+        .expect("coordinator thread ends");
+    let _ = stop_tx.send(());
+    agent.join().expect("agent thread ends");
+
+    assert_eq!(found.len(), 1, "agent not found over mDNS within 30 s");
+    let a = &found[0];
+    assert_eq!(a.source, AgentSource::Mdns as i32);
+    assert_eq!(a.grpc_endpoint, format!("http://{}:7701", agent_host.addr));
+    assert_eq!(
+        a.rest_endpoint,
+        format!("http://{}:7702/napalm", agent_host.addr)
+    );
+    assert!(a
+        .capabilities
+        .as_ref()
+        .is_some_and(|c| !c.hypervisors.is_empty()));
+}

@@ -1,0 +1,192 @@
+//! Test hosts in network namespaces this process creates: each [`Host`] is a namespace
+//! with loopback up and one veth into a private bridge that lives in its own namespace, so
+//! nothing touches the machine's real interfaces and there is no route out. Everything is
+//! deleted on drop, also when a test panics.
+
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Errors building the network.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// An `ip` command failed.
+    #[error("`ip {args}` failed: {stderr}")]
+    Ip {
+        /// The arguments.
+        args: String,
+        /// What ip printed.
+        stderr: String,
+    },
+    /// Entering a namespace failed.
+    #[error("cannot enter network namespace {ns}: {source}")]
+    Setns {
+        /// The namespace.
+        ns: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn ip(args: &[&str]) -> Result<(), NetError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| NetError::Ip {
+            args: args.join(" "),
+            stderr: e.to_string(),
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NetError::Ip {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A private L2 network: a bridge in its own namespace, and hosts attached to it.
+pub struct Network {
+    tag: String,
+    bridge_ns: String,
+    /// The /24 prefix, e.g. `10.213.7`.
+    pub prefix: String,
+    hosts: Vec<String>,
+}
+
+/// One host on a [`Network`].
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Namespace name (for `ip netns exec`).
+    pub ns: String,
+    /// Its interface name inside the namespace.
+    pub iface: String,
+    /// Its IPv4 address.
+    pub addr: String,
+}
+
+impl Network {
+    /// A new network with a unique tag and a /24 chosen from it.
+    pub fn new() -> Result<Self, NetError> {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id() % 10_000;
+        let tag = format!("nap{pid}x{n}");
+        let bridge_ns = format!("{tag}-br");
+        ip(&["netns", "add", &bridge_ns])?;
+        let net = Self {
+            prefix: format!("10.{}.{}", 100 + (pid % 100), (n % 250) + 1),
+            tag,
+            bridge_ns,
+            hosts: Vec::new(),
+        };
+        ip(&["-n", &net.bridge_ns, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &net.bridge_ns, "link", "set", "br0", "up"])?;
+        Ok(net)
+    }
+
+    /// Adds host number `i` (1..=250): namespace, veth into the bridge, address PREFIX.i.
+    pub fn host(&mut self, i: u8) -> Result<Host, NetError> {
+        let ns = format!("{}-h{i}", self.tag);
+        let (inner, outer) = (format!("eth{i}"), format!("v{}h{i}", self.tag));
+        ip(&["netns", "add", &ns])?;
+        self.hosts.push(ns.clone());
+        ip(&[
+            "-n",
+            &self.bridge_ns,
+            "link",
+            "add",
+            &outer,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &inner,
+            "netns",
+            &ns,
+        ])?;
+        ip(&[
+            "-n",
+            &self.bridge_ns,
+            "link",
+            "set",
+            &outer,
+            "master",
+            "br0",
+        ])?;
+        ip(&["-n", &self.bridge_ns, "link", "set", &outer, "up"])?;
+        let addr = format!("{}.{i}", self.prefix);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            &inner,
+        ])?;
+        ip(&["-n", &ns, "link", "set", &inner, "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(Host {
+            ns,
+            iface: inner,
+            addr,
+        })
+    }
+
+    /// Cuts host `h` off the network (its veth goes down), or heals it.
+    pub fn set_link(&self, h: &Host, up: bool) -> Result<(), NetError> {
+        ip(&[
+            "-n",
+            &h.ns,
+            "link",
+            "set",
+            &h.iface,
+            if up { "up" } else { "down" },
+        ])
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for ns in self.hosts.iter().chain([&self.bridge_ns]) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+impl Host {
+    /// A command that runs `program` inside this host's namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).arg(program);
+        c
+    }
+
+    /// Runs `f` on a new thread that has entered this host's namespace (threads it spawns
+    /// inherit it).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<T>, NetError> {
+        let path = format!("/run/netns/{}", self.ns);
+        let ns = self.ns.clone();
+        let file = std::fs::File::open(&path).map_err(|source| NetError::Setns {
+            ns: ns.clone(),
+            source,
+        })?;
+        Ok(std::thread::spawn(move || {
+            // SAFETY: setns on this thread only, with a namespace fd we own and keep open.
+            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(
+                r,
+                0,
+                "setns({ns}) failed: {}",
+                std::io::Error::last_os_error()
+            );
+            f()
+        }))
+    }
+}
