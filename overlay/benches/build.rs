@@ -188,12 +188,30 @@ fn main() {
             .identity(Identity::from_secret(b"bench"))
             .render_all()
             .expect("render");
+        // Cluster files compressed once, as the builder does.
+        let first = layers[0].1.as_ref().expect("layer");
+        let shared: Vec<_> = [
+            "etc/hosts",
+            "etc/ssh/ssh_known_hosts",
+            "etc/openmpi/openmpi-default-hostfile",
+        ]
+        .iter()
+        .filter_map(|p| match first.entries.get(*p) {
+            Some(napalm_overlay::layer::Entry::File { meta, data }) => {
+                Some((p.to_string(), *meta, data.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+        let tail = napalm_overlay::tarball::SharedTail::new(shared).expect("tail");
         let bytes: usize = layers
             .par_iter()
             .map(|(_, l)| {
                 let l = l.as_ref().expect("layer");
                 napalm_overlay::cpio::to_vec(l).len()
-                    + napalm_overlay::tarball::to_vec(l).expect("tar").len()
+                    + napalm_overlay::tarball::to_vec_with(l, Some(&tail))
+                        .expect("tar")
+                        .len()
             })
             .sum();
         assert!(bytes > 0);

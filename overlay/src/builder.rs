@@ -31,6 +31,7 @@ use crate::identity::Identity;
 use crate::layer::Layer;
 use crate::render::{self, Facts, Renderer};
 use crate::stack::{self, Plan};
+use crate::tarball::SharedTail;
 use crate::template_set::{SetEntry, SetLibrary};
 use crate::{cpio, dir_output, hooks, tarball};
 
@@ -447,9 +448,15 @@ impl<'a> LayerBuilder<'a> {
         }
         let write_start = Instant::now();
         let cluster_out = self.cluster_outputs(&prep)?;
+        let tails = self.shared_tails(&prep, &cluster_out)?;
         let results: Vec<(String, Result<(), BuildError>)> = todo
             .par_iter()
-            .map(|(c, hash, _)| (c.name.clone(), self.build_one(&prep, &cluster_out, c, hash)))
+            .map(|(c, hash, _)| {
+                (
+                    c.name.clone(),
+                    self.build_one(&prep, &cluster_out, &tails, c, hash),
+                )
+            })
             .collect();
         for (name, r) in results {
             match r {
@@ -470,10 +477,45 @@ impl<'a> LayerBuilder<'a> {
         Ok(report)
     }
 
+    /// Per plan without hooks, its cluster files tarred and deflated once (see `tarball`).
+    fn shared_tails(
+        &self,
+        prep: &Prepared,
+        cluster_out: &HashMap<PathBuf, Arc<[u8]>>,
+    ) -> Result<HashMap<Vec<String>, SharedTail>, BuildError> {
+        let mut tails = HashMap::new();
+        if !self.outputs.tar_gz {
+            return Ok(tails);
+        }
+        for (key, plan) in &prep.plans {
+            if !plan.hooks.is_empty() {
+                continue;
+            }
+            let files: Vec<_> = plan
+                .entries
+                .iter()
+                .filter_map(|(path, (_, e))| match e {
+                    SetEntry::ClusterTemplate { meta, file } => cluster_out
+                        .get(file)
+                        .map(|d| (path.clone(), *meta, d.clone())),
+                    _ => None,
+                })
+                .collect();
+            if files.is_empty() {
+                continue;
+            }
+            let tail = SharedTail::new(files)
+                .map_err(|e| self.io("", "compress the cluster files", &self.out, e))?;
+            tails.insert(key.clone(), tail);
+        }
+        Ok(tails)
+    }
+
     fn build_one(
         &self,
         prep: &Prepared,
         cluster_out: &HashMap<PathBuf, Arc<[u8]>>,
+        tails: &HashMap<Vec<String>, SharedTail>,
         clone: &CloneSpec,
         hash: &str,
     ) -> Result<(), BuildError> {
@@ -481,7 +523,8 @@ impl<'a> LayerBuilder<'a> {
         let tmp = self
             .out
             .join(format!(".{}.tmp-{}-{n}", clone.name, std::process::id()));
-        let result = self.write_tmp(prep, cluster_out, clone, hash, &tmp);
+        let tail = tails.get(&clone.layers);
+        let result = self.write_tmp(prep, cluster_out, tail, clone, hash, &tmp);
         let result = result.and_then(|()| self.swap(&clone.name, &tmp));
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -493,6 +536,7 @@ impl<'a> LayerBuilder<'a> {
         &self,
         prep: &Prepared,
         cluster_out: &HashMap<PathBuf, Arc<[u8]>>,
+        tail: Option<&SharedTail>,
         clone: &CloneSpec,
         hash: &str,
         tmp: &Path,
@@ -516,7 +560,8 @@ impl<'a> LayerBuilder<'a> {
         }
         if self.outputs.tar_gz {
             let p = tmp.join("layer.tar.gz");
-            let tgz = tarball::to_vec(&layer).map_err(|e| self.io(name, "write", &p, e))?;
+            let tgz =
+                tarball::to_vec_with(&layer, tail).map_err(|e| self.io(name, "write", &p, e))?;
             std::fs::write(&p, tgz).map_err(|e| self.io(name, "write", &p, e))?;
         }
         let p = tmp.join("inputs.sha256");
