@@ -5,6 +5,7 @@
 //! Exit codes: 0 success; 1 the operation failed; 2 bad usage or not implemented yet;
 //! 3 the coordinator is unreachable; 4 the named thing does not exist.
 
+pub mod clone;
 pub mod deploy;
 pub mod output;
 
@@ -46,11 +47,27 @@ pub enum Command {
     Agents,
     /// Deployments (napalm-list-deployments).
     Deployments,
-    /// Clones of one deployment or all, with agent, address and phase.
+    /// Clones of one deployment or all, with agent, address and phase; with `--format`,
+    /// the cluster files of a clones.conf (hosts, mpi, known-hosts, json, yaml, table).
     Clones {
         /// Only this deployment.
         #[arg(long)]
         deployment: Option<String>,
+        /// Print the cluster files of the clone configuration instead of the registry.
+        #[arg(long)]
+        format: Option<String>,
+        /// Clone configuration and sets (with --format).
+        #[command(flatten)]
+        sources: clone::Sources,
+    },
+    /// The Clone tool: show, render, diff and build clone layers from a clones.conf.
+    Clone {
+        /// Clone configuration and sets.
+        #[command(flatten)]
+        sources: clone::Sources,
+        /// What to do.
+        #[command(subcommand)]
+        command: clone::CloneCommand,
     },
     /// Deploy N clones, or converge a deployment of that name (napalm-deploy).
     Deploy(deploy::DeployArgs),
@@ -203,7 +220,13 @@ async fn dispatch(cli: &Cli) -> Result<String, Failure> {
                 &rows,
             ))
         }
-        Command::Clones { deployment } => {
+        Command::Clone { sources, command } => clone::run(sources, command),
+        Command::Clones {
+            format: Some(format),
+            sources,
+            ..
+        } => clone::list(sources, format),
+        Command::Clones { deployment, .. } => {
             let mut c = client(&cli.coordinator).await?;
             let clones = c
                 .list_clones(ListClonesRequest {
@@ -232,6 +255,8 @@ async fn dispatch(cli: &Cli) -> Result<String, Failure> {
             ))
         }
         Command::Deploy(args) => {
+            // Arguments are checked before anything is contacted.
+            args.spec()?;
             let mut c = client(&cli.coordinator).await?;
             deploy::deploy(&mut c, args, cli.output).await
         }

@@ -1,5 +1,6 @@
 //! The coordinator's one integration test binary.
 
+mod cli;
 mod deploy;
 mod etcd_harness;
 mod mdns;
