@@ -209,6 +209,34 @@ impl<'a> LayerBuilder<'a> {
         self.run(|| self.build_clones(&clones))
     }
 
+    /// Remove layers of clones no longer in the cluster (directories holding an
+    /// `inputs.sha256`) and leftovers of interrupted builds (`.NAME.tmp-*`, `.NAME.old-*`).
+    /// Returns what was removed.
+    pub fn prune(&self) -> Result<Vec<String>, BuildError> {
+        let mut removed = Vec::new();
+        let entries = match std::fs::read_dir(&self.out) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+            Err(e) => return Err(self.io("", "list", &self.out, e)),
+        };
+        for e in entries.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            let leftover =
+                name.starts_with('.') && (name.contains(".tmp-") || name.contains(".old-"));
+            let stale = !name.starts_with('.')
+                && self.cluster.get(&name).is_none()
+                && path.join("inputs.sha256").is_file();
+            if leftover || stale {
+                std::fs::remove_dir_all(&path).map_err(|e| self.io(&name, "remove", &path, e))?;
+                tracing::info!(path = %path.display(), "pruned");
+                removed.push(name);
+            }
+        }
+        removed.sort();
+        Ok(removed)
+    }
+
     /// Render clone `name`'s layer in memory without writing the output directory (hooks, if
     /// any, run in a temporary directory). For `napalmctl clone render` and `clone diff`.
     pub fn render(&self, name: &str) -> Result<Layer, BuildError> {

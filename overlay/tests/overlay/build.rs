@@ -133,3 +133,26 @@ fn annex_iv_mpi_hostfile_is_rendered_into_layers_once_per_cluster() {
     assert_eq!(hosts.len(), 24);
     assert_eq!(hosts[23], "clone24");
 }
+
+#[test]
+fn prune_removes_layers_of_clones_that_left_the_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_set(tmp.path(), "s", &[("root/etc/x.tmpl", "{{name}}\n")]);
+    let lib = library(&[tmp.path()]);
+    let out = tmp.path().join("out");
+    let c = cluster(CONF);
+    LayerBuilder::new(&c, &lib, &out)
+        .identity(identity())
+        .build_all()
+        .unwrap();
+    std::fs::create_dir(out.join(".c9.tmp-1-2")).unwrap();
+    std::fs::create_dir(out.join("not-a-layer")).unwrap();
+    let fewer = cluster(&CONF.replace("c[1-6]", "c[1-4]"));
+    let removed = LayerBuilder::new(&fewer, &lib, &out).prune().unwrap();
+    assert_eq!(removed, [".c9.tmp-1-2", "c5", "c6"]);
+    assert!(out.join("c4/layer.cpio").exists());
+    assert!(
+        out.join("not-a-layer").exists(),
+        "only our layers are pruned"
+    );
+}

@@ -9,5 +9,6 @@ mod cascade;
 mod cluster_files;
 mod common;
 mod hooks;
+mod inspect;
 mod outputs;
 mod stacking;
