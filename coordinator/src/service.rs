@@ -14,6 +14,7 @@ use crate::deploy::Deployer;
 use crate::registry::agents::HeartbeatPolicy;
 use crate::registry::clones::TokenKey;
 use crate::registry::{Registry, RegistryError};
+use crate::store::election::Role;
 
 type Res<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -29,6 +30,7 @@ pub struct Coordinator {
     heartbeats: HeartbeatPolicy,
     tokens: Arc<TokenKey>,
     deployer: Option<Deployer>,
+    role: Option<tokio::sync::watch::Receiver<Role>>,
 }
 
 impl Coordinator {
@@ -44,6 +46,29 @@ impl Coordinator {
             heartbeats,
             tokens,
             deployer,
+            role: None,
+        }
+    }
+
+    /// Only the elected leader deploys: followers answer NOT_LEADER naming the leader.
+    pub fn with_election(mut self, role: tokio::sync::watch::Receiver<Role>) -> Self {
+        self.role = Some(role);
+        self
+    }
+
+    fn leader_only(&self) -> Result<(), Status> {
+        let Some(role) = &self.role else {
+            return Ok(());
+        };
+        let current = role.borrow().clone();
+        match current {
+            Role::Leader { fence } => {
+                self.registry.set_fence(Some(fence));
+                Ok(())
+            }
+            Role::Follower { leader } => Err(Status::from(ApiError::NotLeader {
+                leader: leader.unwrap_or_default(),
+            })),
         }
     }
 
@@ -140,6 +165,7 @@ impl CoordinatorService for Coordinator {
 
     type DeployStream = BoxStream<DeployProgress>;
     async fn deploy(&self, r: Request<DeployRequest>) -> Res<Self::DeployStream> {
+        self.leader_only()?;
         let deployer = self.deployer()?;
         let mut req = r.into_inner();
         // Bad input is refused before anything is written or streamed.
@@ -152,6 +178,7 @@ impl CoordinatorService for Coordinator {
 
     type UndeployStream = BoxStream<DeployProgress>;
     async fn undeploy(&self, r: Request<UndeployRequest>) -> Res<Self::UndeployStream> {
+        self.leader_only()?;
         let deployer = self.deployer()?;
         let req = r.into_inner();
         // Unknown deployments are refused up front.

@@ -269,7 +269,10 @@ async fn main() -> Result<()> {
         .with_context(|| format!("binding HTTP {}", cli.http_listen))?;
     let app = napalm_coordinator::http::router(registry.clone(), Arc::clone(&key));
     let http_task = tokio::spawn(async move { axum::serve(http, app).await });
-    let svc = Coordinator::new(registry, policy, key, deployer);
+    let mut svc = Coordinator::new(registry, policy, key, deployer);
+    if let Some(e) = &role {
+        svc = svc.with_election(e.subscribe());
+    }
     tracing::info!(listen = %cli.listen, http = %cli.http_listen, "serving napalm.v1.CoordinatorService");
     tonic::transport::Server::builder()
         .add_service(CoordinatorServiceServer::new(svc))

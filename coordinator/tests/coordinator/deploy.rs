@@ -412,3 +412,51 @@ async fn bad_deploy_input_is_refused_and_nothing_is_written() {
         a.stop().await;
     }
 }
+
+#[test]
+fn domain_xml_for_every_hypervisor_passes_libvirts_schema() {
+    use napalm_coordinator::deploy::xml::{domain_xml, DomainParams};
+    let dir = tempfile::tempdir().expect("temp dir");
+    for hv in [
+        Hypervisor::Qemu,
+        Hypervisor::Kvm,
+        Hypervisor::Xen,
+        Hypervisor::Test,
+    ] {
+        for disk in [None, Some("state.img")] {
+            let xml = domain_xml(
+                hv,
+                &DomainParams {
+                    name: "grid1-01",
+                    vcpus: 2,
+                    memory: 512 << 20,
+                    cmdline:
+                        "console=ttyS0 root=nfs:10.77.0.1:/:ro;layer:grid1-01:ro;tmpfs:rw ip=dhcp",
+                    state_disk: disk,
+                    mac: "52:54:00:12:34:56",
+                    network: Some("napalm"),
+                },
+            );
+            // Validate what libvirt gets: the agent rewrites bare artifact names to files
+            // in the domain's own directory.
+            let files = "/var/lib/napalm/agent/domains/grid1-01/files";
+            let xml = xml
+                .replace(">vmlinuz<", &format!(">{files}/vmlinuz<"))
+                .replace(">initrd.img<", &format!(">{files}/initrd.img<"))
+                .replace("file='state.img'", &format!("file='{files}/state.img'"));
+            let path = dir.path().join(format!("{hv:?}.xml"));
+            std::fs::write(&path, &xml).expect("write xml");
+            let out = std::process::Command::new("virt-xml-validate")
+                .arg(&path)
+                .arg("domain")
+                .output()
+                .expect("virt-xml-validate (libvirt-clients) runs");
+            assert!(
+                out.status.success(),
+                "{hv:?} XML rejected by libvirt's schema:\n{xml}\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
