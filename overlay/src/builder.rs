@@ -85,6 +85,8 @@ pub struct BuildReport {
     pub built: Vec<String>,
     /// Clones whose inputs did not change.
     pub unchanged: Vec<String>,
+    /// Shared cluster layers (re)built (see [`LayerBuilder::shared_cluster_layer`]).
+    pub cluster_layers: Vec<String>,
     /// Clones whose build failed (their previous layer is untouched).
     pub failed: Vec<(String, BuildError)>,
     /// Loading sets, compiling templates, hashing inputs.
@@ -107,24 +109,25 @@ impl BuildReport {
 /// Builds differentiation layers of a cluster into an output directory.
 #[derive(Debug)]
 pub struct LayerBuilder<'a> {
-    cluster: &'a Cluster,
-    sets: &'a SetLibrary,
-    out: PathBuf,
+    pub(crate) cluster: &'a Cluster,
+    pub(crate) sets: &'a SetLibrary,
+    pub(crate) out: PathBuf,
     identity: Option<Identity>,
-    force: bool,
+    pub(crate) force: bool,
     threads: Option<usize>,
-    outputs: Outputs,
+    pub(crate) outputs: Outputs,
+    shared_cluster: bool,
 }
 
-struct Prepared {
-    identity: Identity,
-    plans: HashMap<Vec<String>, Arc<Plan>>,
-    renderer: Renderer,
-    facts: Facts,
-    facts_digest: [u8; 32],
+pub(crate) struct Prepared {
+    pub(crate) identity: Identity,
+    pub(crate) plans: HashMap<Vec<String>, Arc<Plan>>,
+    pub(crate) renderer: Renderer,
+    pub(crate) facts: Facts,
+    pub(crate) facts_digest: [u8; 32],
 }
 
-static TMP_COUNTER: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static TMP_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 impl<'a> LayerBuilder<'a> {
     /// A builder writing under `out` (created if absent).
@@ -137,6 +140,7 @@ impl<'a> LayerBuilder<'a> {
             force: false,
             threads: None,
             outputs: Outputs::default(),
+            shared_cluster: false,
         }
     }
 
@@ -155,6 +159,17 @@ impl<'a> LayerBuilder<'a> {
     /// Use `n` worker threads instead of rayon's global pool.
     pub fn threads(mut self, n: usize) -> Self {
         self.threads = Some(n.max(1));
+        self
+    }
+
+    /// Put the cluster templates' outputs (`/etc/hosts`, known_hosts, MPI hostfile) in one
+    /// shared cluster layer per set stack (`OUT/_cluster-HASH/`, named in each clone's
+    /// `NAME/cluster-layer`) instead of in every clone's layer. They grow with the cluster, so
+    /// copying them into each layer costs O(clones²) bytes; a clone then boots with the
+    /// cluster layer under its own (`root=…;nfs:S:/…/_cluster-HASH:ro;nfs:S:/…/NAME:ro;…`).
+    /// Off by default: with it, the clone's own layer alone lacks those files.
+    pub fn shared_cluster_layer(mut self, shared: bool) -> Self {
+        self.shared_cluster = shared;
         self
     }
 
@@ -211,6 +226,7 @@ impl<'a> LayerBuilder<'a> {
 
     /// Remove layers of clones no longer in the cluster (directories holding an
     /// `inputs.sha256`) and leftovers of interrupted builds (`.NAME.tmp-*`, `.NAME.old-*`).
+    /// Shared cluster layers (`_cluster-*`) are kept.
     /// Returns what was removed.
     pub fn prune(&self) -> Result<Vec<String>, BuildError> {
         let mut removed = Vec::new();
@@ -225,6 +241,7 @@ impl<'a> LayerBuilder<'a> {
             let leftover =
                 name.starts_with('.') && (name.contains(".tmp-") || name.contains(".old-"));
             let stale = !name.starts_with('.')
+                && !name.starts_with(crate::cluster_layer::PREFIX)
                 && self.cluster.get(&name).is_none()
                 && path.join("inputs.sha256").is_file();
             if leftover || stale {
@@ -285,7 +302,7 @@ impl<'a> LayerBuilder<'a> {
         }
     }
 
-    fn io(
+    pub(crate) fn io(
         &self,
         clone: &str,
         action: &'static str,
@@ -355,21 +372,25 @@ impl<'a> LayerBuilder<'a> {
         h.update(plan.hash);
         h.update(prep.identity.fingerprint());
         let cluster_wide = plan.uses_clones
-            || plan
-                .entries
-                .values()
-                .any(|(_, e)| matches!(e, SetEntry::ClusterTemplate { .. }));
+            || (!self.shared_cluster
+                && plan
+                    .entries
+                    .values()
+                    .any(|(_, e)| matches!(e, SetEntry::ClusterTemplate { .. })));
         if cluster_wide {
             h.update(prep.facts_digest);
         }
         h.update(clone.name.as_bytes());
         h.update(serde_json::to_vec(&clone.values_json()).unwrap_or_default());
         h.update(serde_json::to_vec(&clone.layers).unwrap_or_default());
-        h.update(format!("{:?}", self.outputs).as_bytes());
+        h.update(format!("{:?} shared={}", self.outputs, self.shared_cluster).as_bytes());
         hex::encode(h.finalize())
     }
 
-    fn cluster_outputs(&self, prep: &Prepared) -> Result<HashMap<PathBuf, Arc<[u8]>>, BuildError> {
+    pub(crate) fn cluster_outputs(
+        &self,
+        prep: &Prepared,
+    ) -> Result<HashMap<PathBuf, Arc<[u8]>>, BuildError> {
         let plans: Vec<Arc<Plan>> = prep.plans.values().cloned().collect();
         let needs = plans.iter().any(|p| {
             p.entries
@@ -408,7 +429,14 @@ impl<'a> LayerBuilder<'a> {
         } else {
             serde_json::to_vec(&ctx).unwrap_or_default()
         };
-        let layer = render::render_layer(plan, &prep.renderer, ctx, cluster_out, &clone.name)?;
+        let layer = render::render_layer(
+            plan,
+            &prep.renderer,
+            ctx,
+            cluster_out,
+            !self.shared_cluster,
+            &clone.name,
+        )?;
         let write = |layer: &Layer, dir: &Path| {
             dir_output::write(layer, dir)
                 .map_err(|e| self.io(&clone.name, "write the layer directory", dir, e))
@@ -465,6 +493,9 @@ impl<'a> LayerBuilder<'a> {
             prepare: start.elapsed(),
             ..BuildReport::default()
         };
+        if self.shared_cluster {
+            self.build_cluster_layers(&prep, &mut report)?;
+        }
         let todo: Vec<&(&CloneSpec, String, bool)> = checked.iter().filter(|c| !c.2).collect();
         report.unchanged = checked
             .iter()
@@ -512,7 +543,7 @@ impl<'a> LayerBuilder<'a> {
         cluster_out: &HashMap<PathBuf, Arc<[u8]>>,
     ) -> Result<HashMap<Vec<String>, SharedTail>, BuildError> {
         let mut tails = HashMap::new();
-        if !self.outputs.tar_gz {
+        if !self.outputs.tar_gz || self.shared_cluster {
             return Ok(tails);
         }
         for (key, plan) in &prep.plans {
@@ -582,14 +613,35 @@ impl<'a> LayerBuilder<'a> {
         } else {
             self.render_clone(prep, cluster_out, clone, None)?
         };
+        if self.shared_cluster {
+            if let Some(plan) = prep.plans.get(&clone.layers) {
+                if let Some(cl) = crate::cluster_layer::name_of(plan) {
+                    let p = tmp.join("cluster-layer");
+                    std::fs::write(&p, format!("{cl}\n"))
+                        .map_err(|e| self.io(name, "write", &p, e))?;
+                }
+            }
+        }
+        self.write_archives(name, &layer, tail, hash, tmp)
+    }
+
+    /// Write the archives and the input hash of `layer` into `tmp`.
+    pub(crate) fn write_archives(
+        &self,
+        name: &str,
+        layer: &Layer,
+        tail: Option<&SharedTail>,
+        hash: &str,
+        tmp: &Path,
+    ) -> Result<(), BuildError> {
         if self.outputs.cpio {
             let p = tmp.join("layer.cpio");
-            std::fs::write(&p, cpio::to_vec(&layer)).map_err(|e| self.io(name, "write", &p, e))?;
+            std::fs::write(&p, cpio::to_vec(layer)).map_err(|e| self.io(name, "write", &p, e))?;
         }
         if self.outputs.tar_gz {
             let p = tmp.join("layer.tar.gz");
             let tgz =
-                tarball::to_vec_with(&layer, tail).map_err(|e| self.io(name, "write", &p, e))?;
+                tarball::to_vec_with(layer, tail).map_err(|e| self.io(name, "write", &p, e))?;
             std::fs::write(&p, tgz).map_err(|e| self.io(name, "write", &p, e))?;
         }
         let p = tmp.join("inputs.sha256");
@@ -597,7 +649,7 @@ impl<'a> LayerBuilder<'a> {
         Ok(())
     }
 
-    fn swap(&self, name: &str, tmp: &Path) -> Result<(), BuildError> {
+    pub(crate) fn swap(&self, name: &str, tmp: &Path) -> Result<(), BuildError> {
         let dest = self.out.join(name);
         let old = self.out.join(format!(".{name}.old-{}", std::process::id()));
         let had_old = match std::fs::rename(&dest, &old) {

@@ -34,6 +34,7 @@
 pub mod builder;
 pub mod cluster;
 pub mod cluster_files;
+pub mod cluster_layer;
 pub mod config;
 pub mod cpio;
 pub mod dir_output;

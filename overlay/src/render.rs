@@ -169,12 +169,14 @@ pub fn render_cluster_templates(
     Ok(out)
 }
 
-/// Render one clone's layer from its plan.
+/// Render one clone's layer from its plan; without `with_cluster_files`, the cluster
+/// templates' outputs are left out (they go to a shared cluster layer instead).
 pub fn render_layer(
     plan: &Plan,
     renderer: &Renderer,
     context: Value,
     cluster_outputs: &HashMap<PathBuf, Arc<[u8]>>,
+    with_cluster_files: bool,
     clone: &str,
 ) -> Result<Layer, TemplateError> {
     let ctx = Context::wraps(context).map_err(|e| TemplateError::Invalid {
@@ -183,6 +185,9 @@ pub fn render_layer(
     })?;
     let mut layer = Layer::default();
     for (path, (_, entry)) in &plan.entries {
+        if !with_cluster_files && matches!(entry, SetEntry::ClusterTemplate { .. }) {
+            continue;
+        }
         let e = match entry {
             SetEntry::Dir { meta, opaque } => Entry::Dir {
                 meta: *meta,

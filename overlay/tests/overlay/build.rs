@@ -156,3 +156,61 @@ fn prune_removes_layers_of_clones_that_left_the_cluster() {
         "only our layers are pruned"
     );
 }
+
+#[test]
+fn shared_cluster_layer_holds_cluster_files_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = library(&[&napalm_overlay::default_sets_dir()]);
+    let conf = "server: 10.0.0.1\nlayers: [base, mpi]\naddress_pool: 10.0.1.1\nhosts:\n  c[1-4]:\n";
+    let c = cluster(conf);
+    let build = |c: &napalm_overlay::Cluster| {
+        LayerBuilder::new(c, &lib, tmp.path())
+            .identity(identity())
+            .shared_cluster_layer(true)
+            .build_all()
+            .unwrap()
+            .into_result()
+            .unwrap()
+    };
+    let r = build(&c);
+    assert_eq!((r.built.len(), r.cluster_layers.len()), (4, 1));
+    let cl = std::fs::read_to_string(tmp.path().join("c2/cluster-layer")).unwrap();
+    let cl = tmp.path().join(cl.trim());
+    assert!(cl
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("_cluster-"));
+    assert!(
+        !tmp.path().join("c2/root/etc/hosts").exists(),
+        "not in the clone's layer"
+    );
+    assert!(tmp.path().join("c2/root/etc/hostname").exists());
+    let hosts = std::fs::read_to_string(cl.join("root/etc/hosts")).unwrap();
+    assert!(hosts.contains("10.0.1.4\tc4"), "{hosts}");
+    let listing = crate::common::run(
+        std::process::Command::new("tar")
+            .arg("-tzf")
+            .arg(cl.join("layer.tar.gz")),
+    );
+    assert!(
+        listing.contains("etc/openmpi/openmpi-default-hostfile"),
+        "{listing}"
+    );
+    // Nothing changed: nothing rebuilt.
+    let r = build(&c);
+    assert_eq!((r.built.len(), r.cluster_layers.len()), (0, 0));
+    // A new clone: only it and the cluster layer are rebuilt.
+    let r = build(&cluster(&format!("{conf}  c5:\n")));
+    assert_eq!(r.built, ["c5"]);
+    assert_eq!(r.cluster_layers.len(), 1);
+    let hostfile =
+        std::fs::read_to_string(cl.join("root/etc/openmpi/openmpi-default-hostfile")).unwrap();
+    assert!(hostfile.contains("c5"), "{hostfile}");
+    // Prune keeps the cluster layer.
+    let removed = LayerBuilder::new(&cluster(conf), &lib, tmp.path())
+        .prune()
+        .unwrap();
+    assert_eq!(removed, ["c5"]);
+    assert!(cl.join("inputs.sha256").exists());
+}
