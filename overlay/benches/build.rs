@@ -95,6 +95,30 @@ fn items_of(dir: &Path) -> Vec<Item> {
         .collect()
 }
 
+/// CPU time (user + system) of this process so far, from /proc/self/stat (10 ms ticks).
+fn cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat are utime and stime; `after` starts at field 3.
+    let field = |i: usize| {
+        f.get(i - 3)
+            .and_then(|x| x.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let ticks = field(14) + field(15);
+    Duration::from_millis(ticks * 10)
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_string()
+}
+
 fn ms(d: Duration) -> String {
     format!("{:8.1} ms", d.as_secs_f64() * 1000.0)
 }
@@ -114,20 +138,22 @@ fn main() {
         std::env::var_os("NAPALM_BENCH_DIR").unwrap_or_else(|| std::env::temp_dir().into()),
     )
     .expect("tempdir");
-    println!("napalm-overlay build benchmark: {n} clones, sets base+ganglia+mpi, {} threads, output in {}",
-        rayon::current_num_threads(), tmp.path().display());
+    println!("napalm-overlay build benchmark: {n} clones, sets base+ganglia+mpi, {} threads, output in {}, load average at start {}",
+        rayon::current_num_threads(), tmp.path().display(), load());
 
     // Warm-up (page cache, allocator), not counted.
     build(&conf, &tmp.path().join("warm"), None);
 
     let runs = 3;
     let mut full = Vec::new();
+    let mut full_cpu = Vec::new();
     let mut prepare = Vec::new();
     for i in 0..runs {
         let out = tmp.path().join(format!("full{i}"));
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), cpu());
         let r = build(&conf, &out, None);
         full.push(t.elapsed());
+        full_cpu.push(cpu() - c);
         prepare.push(r.prepare);
         assert_eq!(r.built.len(), n);
     }
@@ -274,6 +300,11 @@ fn main() {
         }
     );
     println!(
+        "  CPU time of it (user+sys)   {}  (over 2 cores: >= {} wall on an idle machine)",
+        ms(median(full_cpu.clone())),
+        ms(median(full_cpu) / 2)
+    );
+    println!(
         "  baseline: sequential        {}  (1 thread; parallel speed-up x{:.2})",
         ms(seq_m),
         seq_m.as_secs_f64() / full_m.as_secs_f64()
@@ -302,6 +333,7 @@ fn main() {
     println!("full build, shared cluster layer {}  (all 3 forms; /etc/hosts, known_hosts, hostfile once in _cluster-*)  goal < 1000 ms: {}",
         ms(median(shared.clone())), if median(shared) < Duration::from_secs(1) { "met" } else { "MISSED" });
     println!("  its no-change rebuild       {}", ms(median(shared_noch)));
+    println!("load average at end {}", load());
     println!("no-change rebuild             {}  (median of 7; load+resolve+hash+compare)  goal < 50 ms: {}",
         ms(noch_m), if noch_m < Duration::from_millis(50) { "met" } else { "MISSED" });
 }
