@@ -159,11 +159,9 @@ pub fn run(sys: &dyn Syscall, cmdline: &Path) -> Failure {
         Err(e) => return fail("network", format!("{e} (ip={ipcfg:?})"), onfail),
     };
     if let Some(n) = &netstate {
+        let gw = n.gateway.map(|g| format!(", gw {g}")).unwrap_or_default();
         say(&tm.record(
-            &format!(
-                "network: {} {} ({}, gw {:?})",
-                n.iface, n.addr, n.method, n.gateway
-            ),
+            &format!("network: {} {} ({}{gw})", n.iface, n.addr, n.method),
             s,
             uptime(),
         ));

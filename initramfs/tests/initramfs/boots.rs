@@ -56,8 +56,20 @@ fn b_nfs_root_with_layer_and_tmpfs_upper() {
          [ -e /etc/ssh/server_key ] && echo NAPALM-OPAQUE-BROKEN || echo NAPALM-OPAQUE-OK\n\
          echo from-clone > /etc/written-by-clone\n\
          [ -e /.unions/2-tmpfs/upper/etc/written-by-clone ] && echo NAPALM-WRITE-IN-UPPER\n\
-         $bb grep -q '\"method\": \"dhcp\"' /run/napalm/boot.json && echo NAPALM-DHCP",
+         $bb grep -q '\"method\": \"dhcp\"' /run/napalm/boot.json && echo NAPALM-DHCP\n\
+         [ -e /.unions/2-tmpfs/upper/opt/pkg1/README ] && echo \"NAPALM-UNPACKED=$($bb cat /opt/pkg1/README)\"",
     );
+    // Thesis 3.2.6: packages unpacked onto the tmpfs layer at boot.
+    let pkgs = t.path().join("pkgsrc");
+    std::fs::create_dir_all(pkgs.join("opt/pkg1")).unwrap();
+    std::fs::write(pkgs.join("opt/pkg1/README"), "pkg1\n").unwrap();
+    std::fs::create_dir_all(export.join("var/tmpfs-overlay")).unwrap();
+    sh(Command::new("tar")
+        .arg("-czf")
+        .arg(export.join("var/tmpfs-overlay/pkg1.tar.gz"))
+        .arg("-C")
+        .arg(&pkgs)
+        .arg("opt"));
     std::fs::write(export.join("etc/hostname"), "server\n").unwrap();
     std::fs::write(export.join("etc/secret"), "server only\n").unwrap();
     std::fs::create_dir_all(export.join("etc/ssh")).unwrap();
@@ -73,7 +85,7 @@ fn b_nfs_root_with_layer_and_tmpfs_upper() {
     let (img, size) = initramfs(t.path(), &[("clone01", &layer)]);
     let out = Qemu::run(
         &img,
-        "root=nfs:10.0.2.100::ro;layer:clone01;tmpfs:rw",
+        "root=nfs:10.0.2.100::ro;layer:clone01;tmpfs:rw unpack=/var/tmpfs-overlay",
         Some(nfs.port),
         None,
     );
@@ -83,6 +95,7 @@ fn b_nfs_root_with_layer_and_tmpfs_upper() {
     assert_has(&out, "NAPALM-OPAQUE-OK");
     assert_has(&out, "NAPALM-WRITE-IN-UPPER");
     assert_has(&out, "NAPALM-DHCP");
+    assert_has(&out, "NAPALM-UNPACKED=pkg1");
     assert!(
         !export.join("etc/written-by-clone").exists(),
         "the write reached the server"
@@ -163,12 +176,13 @@ fn d_loop_nfs_squashfs_and_erofs_images() {
     let nfs = Ganesha::start(&export);
     let out = Qemu::run(
         &img,
-        "root=loop+nfs:10.0.2.100:/images/10-base.squashfs;tmpfs:rw",
+        "root=loop+nfs:10.0.2.100:/images/10-base.squashfs;tmpfs:rw ip=10.0.2.16::10.0.2.2:255.255.255.0:clone02:eth0:off",
         Some(nfs.port),
         None,
     );
     assert_clean(&out);
     assert!(!out.contains("NAPALM-D-EROFS"), "{out}");
+    assert_has(&out, "network: eth0 10.0.2.16 (static");
     assert_has(&out, "NAPALM-D-SQUASHFS-MOUNTED");
 }
 
@@ -188,12 +202,18 @@ fn e_malformed_root_is_a_clear_error_not_a_panic() {
     // Thesis 3.2.5's stateful example: an NFS upper is refused with the way out.
     let out = Qemu::run(
         &img,
-        "root=nfs:10.0.0.1::ro;nfs:10.0.0.1:/var/state/systems/clone01:rw",
+        "root=nfs:10.0.0.1::ro;nfs:10.0.0.1:/var/state/systems/clone01:rw napalm.help",
         None,
         None,
     );
     assert!(!out.contains("Kernel panic"), "{out}");
     assert_has(&out, "FAILED at step 'root'");
     assert_has(&out, "cannot be the rw upper layer");
+    // napalm.help printed every fsloader's help first (annex II --help/--parameters).
+    for name in [
+        "block", "nfs", "tmpfs", "loop", "loop+nfs", "9p", "virtiofs", "layer",
+    ] {
+        assert_has(&out, &format!("== {name} ("));
+    }
     assert_has(&out, "loop+nfs");
 }

@@ -14,5 +14,9 @@
 //! Network rule: guests get QEMU user networking with `restrict=on` and one explicit
 //! forward, 10.0.2.100:2049 → the test's own ganesha on 127.0.0.1:<free port>; no route out.
 
+// Test harness helpers panic on purpose when the host lacks a tool or a step fails.
+#![allow(clippy::unwrap_used)]
+
+mod bench;
 mod boots;
 mod support;

@@ -1,6 +1,6 @@
 //! Harness: static init build, image build, QEMU and ganesha guards that always clean up.
 
-use napalm_initramfs::image::{build, default_modules, Compression, ImageSpec};
+use napalm_initramfs::image::{build, default_modules, layer_segment, Compression, ImageSpec};
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -98,30 +98,38 @@ pub fn busybox_root(dir: &Path, script: &str) {
         .unwrap();
 }
 
-/// Builds an initramfs with the default modules and the given layers.
+/// The base image (static init + default modules), built once per test process.
+pub fn base_image() -> &'static [u8] {
+    static BASE: OnceLock<Vec<u8>> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let (_, ver) = kernel();
+        let (modules, optional) = default_modules(false);
+        let spec = ImageSpec {
+            init: static_init(),
+            kernel_config: Some(PathBuf::from(format!("/boot/config-{ver}"))),
+            kernel_version: ver,
+            modules_root: PathBuf::from("/lib/modules"),
+            modules,
+            optional_modules: optional,
+            busybox: None,
+            layers: Vec::new(),
+            compression: Compression::Zstd,
+            mtime: 0,
+        };
+        build(&spec).expect("building the initramfs").bytes
+    })
+}
+
+/// The base image with the given layers appended as segments (`cat base layer`), the way
+/// a clone's image is made; returns its path and size.
 pub fn initramfs(out: &Path, layers: &[(&str, &Path)]) -> (PathBuf, usize) {
-    let (kernel, ver) = kernel();
-    let _ = kernel;
-    let (modules, optional) = default_modules(false);
-    let spec = ImageSpec {
-        init: static_init(),
-        kernel_config: Some(PathBuf::from(format!("/boot/config-{ver}"))),
-        kernel_version: ver,
-        modules_root: PathBuf::from("/lib/modules"),
-        modules,
-        optional_modules: optional,
-        busybox: None,
-        layers: layers
-            .iter()
-            .map(|(n, d)| (n.to_string(), d.to_path_buf()))
-            .collect(),
-        compression: Compression::Zstd,
-        mtime: 0,
-    };
-    let built = build(&spec).expect("building the initramfs");
+    let mut bytes = base_image().to_vec();
+    for (name, dir) in layers {
+        bytes.extend(layer_segment(name, dir, Compression::Gzip, 0).expect("layer segment"));
+    }
     let path = out.join("initramfs.img");
-    std::fs::write(&path, &built.bytes).unwrap();
-    (path, built.bytes.len())
+    std::fs::write(&path, &bytes).unwrap();
+    (path, bytes.len())
 }
 
 /// A running QEMU; killed and reaped on drop, whatever happened.
@@ -142,6 +150,21 @@ impl Drop for Qemu {
 impl Qemu {
     /// Boots `initrd` with `append`; `net_port` adds the restricted NFS forward, `disk` a virtio disk.
     pub fn boot(initrd: &Path, append: &str, net_port: Option<u16>, disk: Option<&Path>) -> Qemu {
+        Self::boot_cmdline(
+            initrd,
+            &format!("console=ttyS0 quiet napalm.timeout=20 {append}"),
+            net_port,
+            disk,
+        )
+    }
+
+    /// Like [`Qemu::boot`] with the whole kernel command line given.
+    pub fn boot_cmdline(
+        initrd: &Path,
+        cmdline: &str,
+        net_port: Option<u16>,
+        disk: Option<&Path>,
+    ) -> Qemu {
         let (kernel, _) = kernel();
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args([
@@ -159,10 +182,7 @@ impl Qemu {
         .arg(&kernel)
         .arg("-initrd")
         .arg(initrd)
-        .args([
-            "-append",
-            &format!("console=ttyS0 quiet napalm.timeout=20 {append}"),
-        ]);
+        .args(["-append", cmdline]);
         match net_port {
             Some(port) => {
                 cmd.args([
