@@ -649,6 +649,17 @@ impl Run {
             )
             .await
             .map_err(|e| format!("creating the domain: {}", e.message()))?;
+        // A create interrupted between define and start (a coordinator killed mid-call)
+        // leaves the domain defined; the retry returns it as it is, so start it here.
+        let domain = if domain.state == DomainState::Running as i32 {
+            domain
+        } else {
+            self.inner
+                .agents
+                .start(ep, &c.name, format!("start-{}-{}", c.name, self.generation))
+                .await
+                .map_err(|e| format!("starting the domain: {}", e.message()))?
+        };
         let running = domain.state == DomainState::Running as i32;
         if let Some(u) = self
             .set(&c.name, |k| {

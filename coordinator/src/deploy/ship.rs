@@ -7,7 +7,7 @@ use std::sync::Arc;
 use napalm_proto::v1::agent_service_client::AgentServiceClient;
 use napalm_proto::v1::{
     upload_blob_request, BlobHeader, BlobRef, CreateDomainRequest, DeleteDomainRequest, Domain,
-    HasBlobsRequest, ListDomainsRequest, UploadBlobRequest,
+    DomainState, HasBlobsRequest, ListDomainsRequest, SetDomainStateRequest, UploadBlobRequest,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
@@ -144,6 +144,26 @@ impl Agents {
             .client(endpoint)
             .await?
             .create_domain(req)
+            .await?
+            .into_inner())
+    }
+
+    /// Starts a defined domain.
+    pub async fn start(
+        &self,
+        endpoint: &str,
+        name: &str,
+        request_id: String,
+    ) -> Result<Domain, Status> {
+        Ok(self
+            .client(endpoint)
+            .await?
+            .set_domain_state(SetDomainStateRequest {
+                request_id,
+                name: name.into(),
+                state: DomainState::Running as i32,
+                shutdown_timeout: None,
+            })
             .await?
             .into_inner())
     }

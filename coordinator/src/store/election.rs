@@ -6,6 +6,9 @@
 //! being acknowledged for two thirds of the TTL it steps down on its own, and when the lease
 //! expires etcd deletes the key so another candidate wins.
 //!
+//! Coordinator ids must be unique: a coordinator restarted with its id finds the key of its
+//! previous (dead) incarnation and clears it instead of waiting for the lease to expire.
+//!
 //! Leadership alone is not trusted for writes: the leader key's `mod_revision` is a
 //! *fencing token* ([`Role::Leader::fence`]) that every scheduling transaction checks
 //! (`Check::Revision`), so a deposed leader that has not noticed yet cannot write.
@@ -78,6 +81,18 @@ async fn campaign(mut client: Client, id: String, ttl: Duration, tx: watch::Send
                 tracing::warn!(%id, "lost leadership");
                 let _ = tx.send(Role::Follower { leader: None });
                 let _ = client.lease_revoke(lease).await;
+            }
+            Ok(Attempt::Lost { leader }) if leader == id => {
+                // The key holds our own id: this coordinator was restarted before its old
+                // lease expired. Ids are unique per coordinator, so the holder is dead: clear
+                // the key (only if it still holds our id) and campaign again at once.
+                let txn = etcd_client::Txn::new()
+                    .when([Compare::value(LEADER_KEY, CompareOp::Equal, id.as_bytes())])
+                    .and_then([TxnOp::delete(LEADER_KEY, None)]);
+                if client.txn(txn).await.is_ok() {
+                    tracing::info!(%id, "cleared the leader key of our previous incarnation");
+                    continue;
+                }
             }
             Ok(Attempt::Lost { leader }) => {
                 tx.send_if_modified(|r| {

@@ -1,0 +1,269 @@
+//! The coordinator killed (SIGKILL) at several points of a deploy and restarted: re-running
+//! the deploy converges to exactly the requested clones, none lost or duplicated — with
+//! the embedded store and with etcd. Also: with two coordinators on one etcd, killing the
+//! leader lets the other take over and finish the deployment.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use napalm_integration::proc::{wait_for, Daemon};
+
+use crate::deploy::{agent_config, TOKEN};
+use crate::etcd_harness::{free_port, Etcd};
+
+struct Agents {
+    rt: tokio::runtime::Runtime,
+    running: Vec<napalm_agent::server::Running>,
+    endpoints: Vec<String>,
+}
+
+impl Agents {
+    fn start(dir: &Path, n: usize) -> Self {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let running: Vec<_> = (0..n)
+            .map(|i| {
+                rt.block_on(napalm_agent::server::start(agent_config(
+                    &dir.join(format!("agent{i}")),
+                )))
+                .expect("agent starts")
+            })
+            .collect();
+        let endpoints = running
+            .iter()
+            .map(|r| format!("http://{}", r.grpc_addr.expect("grpc")))
+            .collect();
+        Self {
+            rt,
+            running,
+            endpoints,
+        }
+    }
+
+    /// Running domains of a deployment, per agent.
+    fn domains(&self, deployment: &str) -> Vec<String> {
+        let mut all = Vec::new();
+        for r in &self.running {
+            let list = self.rt.block_on(r.agent.list(false)).expect("list domains");
+            all.extend(
+                list.into_iter()
+                    .filter(|d| d.labels.get("deployment").map(String::as_str) == Some(deployment))
+                    .map(|d| d.name),
+            );
+        }
+        all.sort();
+        all
+    }
+}
+
+struct Coord {
+    grpc: String,
+    daemon: Option<Daemon>,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Coord {
+    fn new(dir: &Path, store: &str, agents: &[String], tag: &str) -> Self {
+        let kernel = dir.join("vmlinuz");
+        if !kernel.exists() {
+            std::fs::write(&kernel, b"not booted by the test driver").expect("kernel");
+            let mut a = napalm_initramfs::cpio::Archive::new();
+            a.add(
+                "init",
+                napalm_initramfs::cpio::Entry::File(0o755, b"#!/bin/sh\n".to_vec()),
+            );
+            std::fs::write(dir.join("base.img"), a.write(0)).expect("base");
+        }
+        let port = free_port();
+        let args = vec![
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--http-listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--store".into(),
+            store.into(),
+            "--secret-file".into(),
+            dir.join("secret").display().to_string(),
+            "--agent".into(),
+            agents.join(","),
+            "--agent-token".into(),
+            TOKEN.into(),
+            "--kernel".into(),
+            kernel.display().to_string(),
+            "--base-image".into(),
+            dir.join("base.img").display().to_string(),
+            "--layers-dir".into(),
+            dir.join(format!("layers-{tag}")).display().to_string(),
+            "--id".into(),
+            tag.into(),
+            "--lease-ttl".into(),
+            "2".into(),
+            "--register-timeout".into(),
+            "5".into(),
+        ];
+        Self {
+            grpc: format!("http://127.0.0.1:{port}"),
+            daemon: None,
+            args,
+            log: dir.join(format!("coordinator-{tag}.log")),
+        }
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_napalm-coordinator"))
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("coordinator starts");
+        self.daemon = Some(Daemon(child));
+        let addr = self.grpc.trim_start_matches("http://").to_owned();
+        wait_for(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&addr).ok()
+        })
+        .unwrap_or_else(|| panic!("coordinator did not listen; log:\n{}", self.log_text()));
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.kill();
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn ctl(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_napalmctl"));
+        c.args(["--coordinator", &self.grpc, "--output", "json"])
+            .args(args);
+        c
+    }
+
+    fn deploy(&self, name: &str) -> std::process::Output {
+        self.ctl(&["deploy", "--count", "8", "--name", name, "--memory", "128M"])
+            .output()
+            .expect("napalmctl runs")
+    }
+}
+
+fn expected(name: &str) -> Vec<String> {
+    (1..=8).map(|i| format!("{name}-{i:02}")).collect()
+}
+
+/// `prefix` keeps deployment names apart: every agent of this test process shares one
+/// `test:///default` driver state.
+fn kill_at_several_points(prefix: &str, store: &str, dir: &Path, agents: &Agents) {
+    let mut coord = Coord::new(dir, store, &agents.endpoints, "c1");
+    coord.start();
+    for (round, delay_ms) in [30u64, 120, 300, 700].into_iter().enumerate() {
+        let name = format!("{prefix}{round}");
+        let mut client = coord
+            .ctl(&[
+                "deploy", "--count", "8", "--name", &name, "--memory", "128M",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("napalmctl deploy");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        coord.kill();
+        let _ = client.wait();
+        coord.start();
+        let out = coord.deploy(&name);
+        if !out.status.success() {
+            let clones = coord
+                .ctl(&["clones", "--deployment", &name])
+                .output()
+                .expect("clones");
+            panic!(
+                "redeploy after a kill at {delay_ms} ms failed: {}\nclones: {}\nlog:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&clones.stdout),
+                coord.log_text()
+            );
+        }
+        assert_eq!(
+            agents.domains(&name),
+            expected(&name),
+            "kill at {delay_ms} ms"
+        );
+        let listed = coord
+            .ctl(&["clones", "--deployment", &name])
+            .output()
+            .expect("napalmctl clones");
+        let v: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("json");
+        assert_eq!(v.as_array().map(Vec::len), Some(8), "registry: {v}");
+    }
+}
+
+#[test]
+fn coordinator_killed_mid_deploy_converges_with_the_embedded_store() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agents = Agents::start(dir.path(), 2);
+    let store = dir.path().join("registry.redb").display().to_string();
+    kill_at_several_points("kill-redb-", &store, dir.path(), &agents);
+}
+
+#[test]
+fn coordinator_killed_mid_deploy_converges_with_etcd() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etcd = Etcd::start();
+    let agents = Agents::start(dir.path(), 2);
+    kill_at_several_points("kill-etcd-", &etcd.store_url(), dir.path(), &agents);
+}
+
+#[test]
+fn with_two_coordinators_on_etcd_the_survivor_finishes_the_deployment() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etcd = Etcd::start();
+    let agents = Agents::start(dir.path(), 2);
+    let mut a = Coord::new(dir.path(), &etcd.store_url(), &agents.endpoints, "ca");
+    a.start();
+    // a is first, so it leads; b follows and refuses to deploy.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut b = Coord::new(dir.path(), &etcd.store_url(), &agents.endpoints, "cb");
+    b.start();
+    let refused = wait_for(Duration::from_secs(10), || {
+        let o = b.deploy("takeover");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        (!o.status.success() && err.contains("not the leader")).then_some(err)
+    });
+    assert!(
+        refused.is_some(),
+        "the follower deployed; log:\n{}",
+        b.log_text()
+    );
+
+    let mut client = a
+        .ctl(&[
+            "deploy", "--count", "8", "--name", "takeover", "--memory", "128M",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("deploy on the leader");
+    std::thread::sleep(Duration::from_millis(150));
+    let killed = Instant::now();
+    a.kill();
+    let _ = client.wait();
+    let done = wait_for(Duration::from_secs(30), || {
+        let o = b.deploy("takeover");
+        o.status.success().then_some(o)
+    });
+    let takeover = killed.elapsed();
+    assert!(
+        done.is_some(),
+        "the survivor never finished; log:\n{}",
+        b.log_text()
+    );
+    eprintln!("leader killed -> survivor finished the deployment in {takeover:?} (lease TTL 2 s)");
+    assert_eq!(agents.domains("takeover"), expected("takeover"));
+}
