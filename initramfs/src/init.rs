@@ -266,6 +266,15 @@ pub fn switch_root(sys: &dyn Syscall, newroot: &Path) -> std::io::Result<()> {
             sys.umount(Path::new(m))?;
         }
     }
+    // Like switch_root(8): only ever empty an initramfs (ramfs or tmpfs), never a disk.
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let fs_type = rustix::fs::statfs("/")?.f_type as i64;
+    if fs_type != RAMFS_MAGIC && fs_type != TMPFS_MAGIC {
+        return Err(std::io::Error::other(format!(
+            "/ is not an initramfs (filesystem magic {fs_type:#x}); refusing to empty it"
+        )));
+    }
     let root_dev = std::fs::metadata("/")?.dev();
     sys.chdir(newroot)?;
     empty_dir_same_dev(Path::new("/"), root_dev, newroot);

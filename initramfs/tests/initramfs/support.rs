@@ -3,6 +3,7 @@
 use napalm_initramfs::image::{build, default_modules, layer_segment, Compression, ImageSpec};
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Mutex, MutexGuard, OnceLock};
@@ -204,7 +205,7 @@ impl Qemu {
                 &format!("file={},if=virtio,format=raw", d.display()),
             ]);
         }
-        let mut child = cmd
+        let mut child = die_with_parent(&mut cmd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -326,7 +327,7 @@ impl Ganesha {
             ),
         )
         .unwrap();
-        let child = Command::new("ganesha.nfsd")
+        let child = die_with_parent(&mut Command::new("ganesha.nfsd"))
             .arg("-F")
             .arg("-f")
             .arg(&conf)
@@ -353,6 +354,17 @@ impl Ganesha {
             std::thread::sleep(Duration::from_millis(100));
         }
         g
+    }
+}
+
+/// Makes the child die with the test process even if it is killed before Drop runs.
+fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no Rust state.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        })
     }
 }
 
