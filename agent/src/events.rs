@@ -119,14 +119,11 @@ impl EventHub {
     /// Reports a state seen by polling; emits an event when it changed behind our back.
     pub fn observe(&self, name: &str, state: RunState) {
         let prev = {
-            let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            g.last.get(name).copied()
-        };
-        let Some(prev) = prev else {
             let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            g.last.insert(name.to_owned(), state);
-            return;
+            // Compare and set under one lock, so two observers never report one change twice.
+            g.last.insert(name.to_owned(), state)
         };
+        let Some(prev) = prev else { return };
         if prev == state {
             return;
         }

@@ -132,6 +132,19 @@ pub async fn start_with(cfg: ServeConfig, hv: Arc<dyn Hypervisor>) -> Result<Run
         }));
     }
     let a = Arc::clone(&agent);
+    let mut rx = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = rx.wait_for(|s| *s) => break,
+            }
+            if let Err(e) = a.watch_once().await {
+                tracing::debug!(error = %e, "state watcher pass failed");
+            }
+        }
+    }));
+    let a = Arc::clone(&agent);
     let mut rx = stop_rx;
     let every = cfg.reconcile_every;
     tasks.push(tokio::spawn(async move {

@@ -28,6 +28,21 @@ pub struct Report {
 }
 
 impl Agent {
+    /// Reports state changes of this agent's domains that it did not cause (a guest that
+    /// shut itself down, crashed, or was paused by someone else) as events. Cheap: one
+    /// libvirt listing, no locks, no action.
+    pub async fn watch_once(&self) -> Result<()> {
+        let live = self.call(|h| h.list()).await?;
+        for r in self.store.records()?.into_iter().filter(|r| !r.deleting) {
+            if let Some(l) = live.iter().find(|d| d.name == r.name) {
+                if policy::owner_of(&l.xml).as_deref() == Some(self.agent_id.as_str()) {
+                    self.events.observe(&r.name, l.state);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// One reconciliation pass. `first` is the pass at agent start.
     pub async fn reconcile(&self, first: bool) -> Result<Report> {
         let mut rep = Report::default();

@@ -10,9 +10,9 @@ use virt::sys;
 use super::{DomainSummary, HostFacts, Hypervisor, RunState, Stats};
 use crate::error::{AgentError, Result};
 
-/// A libvirt connection.
+/// A libvirt connection, reopened when libvirtd went away (restarted, upgraded).
 pub struct Libvirt {
-    conn: Connect,
+    conn: std::sync::RwLock<Connect>,
     uri: String,
 }
 
@@ -43,13 +43,25 @@ impl Libvirt {
     pub fn open(uri: &str) -> Result<Self> {
         let conn = Connect::open(Some(uri)).map_err(hv)?;
         Ok(Self {
-            conn,
+            conn: std::sync::RwLock::new(conn),
             uri: uri.to_owned(),
         })
     }
 
+    /// The connection, reopened first if it died.
+    fn c(&self) -> Result<Connect> {
+        let cur = self.conn.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if cur.is_alive().unwrap_or(false) {
+            return Ok(cur);
+        }
+        tracing::warn!(uri = %self.uri, "libvirt connection lost; reconnecting");
+        let fresh = Connect::open(Some(&self.uri)).map_err(hv)?;
+        *self.conn.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+        Ok(fresh)
+    }
+
     fn lookup(&self, name: &str) -> Result<Option<Domain>> {
-        match self.conn.lookup_domain_by_name(name) {
+        match self.c()?.lookup_domain_by_name(name) {
             Ok(d) => Ok(Some(d)),
             Err(e)
                 if e.code() == virt::enumutil::Enum::Known(virt::error::ErrorNumber::NoDomain) =>
@@ -68,7 +80,7 @@ impl Libvirt {
 
 impl Hypervisor for Libvirt {
     fn define(&self, xml: &str) -> Result<String> {
-        let d = self.conn.define_domain_xml(xml).map_err(hv)?;
+        let d = self.c()?.define_domain_xml(xml).map_err(hv)?;
         d.uuid_string().map_err(hv)
     }
 
@@ -136,7 +148,7 @@ impl Hypervisor for Libvirt {
 
     fn list(&self) -> Result<Vec<DomainSummary>> {
         let mut out = Vec::new();
-        for d in self.conn.list_all_domains(0).map_err(hv)? {
+        for d in self.c()?.list_all_domains(0).map_err(hv)? {
             // A domain may vanish between listing and asking: skip it.
             let (Ok(name), Ok(uuid), Ok((state, _))) = (d.name(), d.uuid_string(), d.state())
             else {
@@ -156,22 +168,23 @@ impl Hypervisor for Libvirt {
     }
 
     fn capabilities_xml(&self) -> Result<String> {
-        self.conn.capabilities().map_err(hv)
+        self.c()?.capabilities().map_err(hv)
     }
 
     fn host(&self) -> Result<HostFacts> {
-        let n = self.conn.node_info().map_err(hv)?;
+        let c = self.c()?;
+        let n = c.node_info().map_err(hv)?;
         Ok(HostFacts {
-            hostname: self.conn.hostname().map_err(hv)?,
+            hostname: c.hostname().map_err(hv)?,
             cpu_model: n.model,
             cpus: n.cpus,
             sockets: n.sockets,
             cores: n.cores,
             threads: n.threads,
             memory_bytes: n.memory.saturating_mul(1024),
-            free_memory_bytes: self.conn.free_memory().unwrap_or(0),
-            libvirt_version: self.conn.lib_version().map(version).unwrap_or_default(),
-            hypervisor_version: self.conn.hyp_version().map(version).unwrap_or_default(),
+            free_memory_bytes: c.free_memory().unwrap_or(0),
+            libvirt_version: c.lib_version().map(version).unwrap_or_default(),
+            hypervisor_version: c.hyp_version().map(version).unwrap_or_default(),
             uri: self.uri.clone(),
         })
     }

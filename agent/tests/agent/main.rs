@@ -2,6 +2,7 @@
 //! driver in-process; `qemu` boots real guests through the host's libvirtd
 //! (`qemu:///system`, started by `scripts/services start`) and kills the agent process.
 
+mod bench;
 mod common;
 mod grpc;
 mod hostile;

@@ -93,3 +93,27 @@ async fn adoption_is_reported_on_first_pass() {
     assert_eq!(rep.discarded, ["c-half"]);
     let _ = test_driver().undefine("c-adopt");
 }
+
+#[tokio::test]
+async fn changes_behind_the_agents_back_become_events() {
+    let a = TestAgent::start(None).await;
+    a.put("/domain/c-watch", test_archive("c-watch")).await;
+    let agent = &a.running().agent;
+    let (_, mut rx) = agent.events.subscribe(0);
+    test_driver().suspend("c-watch").expect("suspend");
+    agent.watch_once().await.expect("watch");
+    agent.watch_once().await.expect("watch");
+    let ev = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+        .await
+        .expect("in time")
+        .expect("event");
+    assert_eq!(
+        (ev.name.as_str(), ev.kind, ev.state),
+        (
+            "c-watch",
+            napalm_agent::events::EventKind::Suspended,
+            RunState::Paused
+        )
+    );
+    assert!(rx.try_recv().is_err(), "one change, one event");
+}
