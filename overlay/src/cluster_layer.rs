@@ -70,7 +70,7 @@ impl LayerBuilder<'_> {
             let n = TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let tmp = self
                 .out
-                .join(format!(".{name}.tmp-{}-{n}", std::process::id()));
+                .join(format!(".{name}.tmp-{}-{n}", crate::builder::pid()));
             let result = (|| {
                 std::fs::create_dir(&tmp).map_err(|e| self.io(&name, "create", &tmp, e))?;
                 if self.outputs.dir {

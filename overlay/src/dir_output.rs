@@ -35,15 +35,19 @@ struct Creator {
 impl Creator {
     fn for_dir(dir: &Path) -> std::io::Result<Creator> {
         let md = std::fs::metadata(dir)?;
+        static IDS: OnceLock<(u32, u32)> = OnceLock::new();
+        let (uid, egid) = *IDS.get_or_init(|| {
+            (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            )
+        });
         let gid = if md.mode() & 0o2000 != 0 {
             md.gid()
         } else {
-            rustix::process::getegid().as_raw()
+            egid
         };
-        Ok(Creator {
-            uid: rustix::process::geteuid().as_raw(),
-            gid,
-        })
+        Ok(Creator { uid, gid })
     }
 
     /// Give `path` the owner in `m` when it differs from what creation gave it. Without the

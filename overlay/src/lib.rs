@@ -38,6 +38,7 @@ pub mod cluster_layer;
 pub mod config;
 pub mod cpio;
 pub mod dir_output;
+mod emit;
 pub mod error;
 pub mod hooks;
 pub mod identity;
