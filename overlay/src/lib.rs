@@ -21,6 +21,25 @@
 //!   [`cluster_files`]: hosts / MPI / known_hosts / json / yaml / table, rendered once;
 //!   [`inspect`]: `clone render` and `clone diff`.
 //!
+//! ## What `napalmctl` calls (the CLI stays a thin wrapper; see `examples/clonectl.rs`)
+//! | command | library call |
+//! |---|---|
+//! | `clone show NAME [--explain]` | [`Config::load`] → [`Config::resolve`] → [`Cluster::get`] → [`CloneSpec::explain`] |
+//! | `clone render NAME` | [`LayerBuilder::render`] → [`inspect::listing`] |
+//! | `clone diff NAME [--root /]` | [`LayerBuilder::render`] → [`inspect::diff`] |
+//! | `clone build [--all\|NAME…] [--timings] [--force]` | [`LayerBuilder::build_all`] / [`LayerBuilder::build`] → [`BuildReport`] (`prepare`, `write`) |
+//! | `clones --format F` | `F.parse::<`[`Format`]`>()` → [`ClusterFiles::render`] |
+//!
+//! A deployment without a clones.conf builds its [`Config`] from code: [`Config::new`],
+//! [`config::Scope::set`], [`config::Scope::group`], [`config::Scope::add_hosts`].
+//!
+//! ## Security notes
+//! Each layer holds that clone's private ssh host key, derived from the cluster secret
+//! ([`Identity`]). By default the secret is `OUT/.napalm-identity` (mode 0600): if `OUT` is
+//! NFS-exported (as `/var/state/systems` is in the thesis), pass an [`Identity`] kept
+//! elsewhere (the coordinator's state directory) with [`LayerBuilder::identity`], and export
+//! each clone's directory to that clone only.
+//!
 //! ## Typical use
 //! ```no_run
 //! use napalm_overlay::{Config, LayerBuilder, SetLibrary};

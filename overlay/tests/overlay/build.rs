@@ -214,3 +214,36 @@ fn shared_cluster_layer_holds_cluster_files_once() {
     assert_eq!(removed, ["c5"]);
     assert!(cl.join("inputs.sha256").exists());
 }
+
+#[test]
+fn per_clone_templates_may_list_all_clones() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_set(
+        tmp.path(),
+        "s",
+        &[(
+            "root/etc/peers.tmpl",
+            "{{name}} #{{index}} of {{cluster.size}} on {{cluster.server}}:{{#each clones}} {{name}}={{address}}{{/each}}\n",
+        )],
+    );
+    let lib = library(&[tmp.path()]);
+    let out = tmp.path().join("out");
+    let r = LayerBuilder::new(&cluster(CONF), &lib, &out)
+        .identity(identity())
+        .build_all()
+        .unwrap();
+    assert_eq!(r.built.len(), 6);
+    assert_eq!(
+        std::fs::read_to_string(out.join("c2/root/etc/peers")).unwrap(),
+        "c2 #1 of 6 on 10.0.0.1: c1=10.0.1.1 c2=10.0.1.2 c3=10.0.1.3 c4=10.0.1.4 c5=10.0.1.5 c6=10.0.1.6\n"
+    );
+    // Templates that list the clones depend on every clone: a new clone rebuilds them all.
+    let r = LayerBuilder::new(&cluster(&format!("{CONF}  c7:\n")), &lib, &out)
+        .identity(identity())
+        .build_all()
+        .unwrap();
+    assert_eq!(r.built.len(), 7);
+    assert!(std::fs::read_to_string(out.join("c1/root/etc/peers"))
+        .unwrap()
+        .ends_with(" c7=10.0.1.7\n"));
+}
