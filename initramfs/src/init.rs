@@ -141,7 +141,14 @@ pub fn run(sys: &dyn Syscall, cmdline: &Path) -> Failure {
         wanted.extend(["virtio_pci", "virtio_net", "xen_netfront"]);
     }
     match modules::load_needed(sys, &Path::new("/lib/modules").join(&release), &wanted) {
-        Ok(n) => say(&tm.record(&format!("modules: {} loaded", n.len()), s, uptime())),
+        Ok(n) => {
+            say(&tm.record(&format!("modules: {} loaded", n.len()), s, uptime()));
+            let mut slow: Vec<&(String, f64)> = n.iter().filter(|m| m.1 > 0.05).collect();
+            slow.sort_by(|a, b| b.1.total_cmp(&a.1));
+            for (m, t) in slow {
+                say(&format!("napalm:   {t:.3}s {}", modules::module_name(m)));
+            }
+        }
         Err(e) => return fail("modules", e.to_string(), onfail),
     }
     // Network: as ip= says, DHCP by default when a layer is on NFS.

@@ -117,12 +117,12 @@ impl ModDep {
 }
 
 /// Loads `names` (those the image carries) and their dependencies, dependencies first,
-/// using the image's `<dir>/modules.dep`; returns the files loaded.
+/// using the image's `<dir>/modules.dep`; returns the files loaded and the seconds each took.
 pub fn load_needed(
     sys: &dyn Syscall,
     dir: &Path,
     names: &[&str],
-) -> Result<Vec<String>, ModuleError> {
+) -> Result<Vec<(String, f64)>, ModuleError> {
     let dep_path = dir.join("modules.dep");
     let text = match std::fs::read_to_string(&dep_path) {
         Ok(t) => t,
@@ -136,15 +136,18 @@ pub fn load_needed(
     };
     let dep = ModDep::parse(&text, "")?;
     let (order, _absent) = dep.resolve(&[], names)?;
-    for rel in &order {
-        let path = dir.join(rel);
+    let mut loaded = Vec::with_capacity(order.len());
+    for rel in order {
+        let path = dir.join(&rel);
+        let start = crate::timings::uptime();
         sys.finit_module(&path, "")
             .map_err(|source| ModuleError::Load {
                 path: path.clone(),
                 source,
             })?;
+        loaded.push((rel, crate::timings::uptime() - start));
     }
-    Ok(order)
+    Ok(loaded)
 }
 
 /// Loads every module listed in `<dir>/napalm.order`, in order; returns how many.

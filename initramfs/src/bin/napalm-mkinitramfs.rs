@@ -57,6 +57,9 @@ enum Cmd {
         output: PathBuf,
     },
     /// Write one layer as a segment to append to a base image (`cat base layer > clone.img`).
+    ///
+    /// After a compressed base, append compressed segments: the kernel takes an uncompressed
+    /// cpio there only at a 4-byte-aligned header offset it does not promise.
     Layer {
         /// The layer directory (portable whiteouts: .wh.NAME, .wh..wh..opq).
         dir: PathBuf,

@@ -217,3 +217,45 @@ fn e_malformed_root_is_a_clear_error_not_a_panic() {
     }
     assert_has(&out, "loop+nfs");
 }
+
+#[test]
+fn e_onfail_shell_gives_a_rescue_shell() {
+    use napalm_initramfs::cpio::{Archive, Entry};
+    let _g = serial();
+    let t = tempfile::tempdir().unwrap();
+    // busybox arrives as an extra segment, merged into / by the kernel like a layer.
+    let mut seg = Archive::new();
+    seg.add(
+        "bin/busybox",
+        Entry::File(0o755, std::fs::read("/bin/busybox").unwrap()),
+    );
+    seg.add("bin/sh", Entry::Symlink("busybox".into()));
+    let img = t.path().join("rescue.img");
+    // Compressed: after a compressed segment the kernel only takes compressed ones.
+    let seg = napalm_initramfs::image::compress(
+        &seg.write(0),
+        napalm_initramfs::image::Compression::Gzip,
+    )
+    .unwrap();
+    std::fs::write(&img, [base_image(), &seg[..]].concat()).unwrap();
+    let mut q = Qemu::boot(&img, "root=tmpfs:rw;;bad napalm.onfail=shell", None, None);
+    assert!(
+        q.wait_for("starting /bin/sh", std::time::Duration::from_secs(120)),
+        "{}",
+        q.output
+    );
+    q.send("echo SHELL-$((6*7))\n");
+    assert!(
+        q.wait_for("SHELL-42", std::time::Duration::from_secs(30)),
+        "{}",
+        q.output
+    );
+    q.send("/bin/busybox poweroff -f\n");
+    assert!(
+        q.wait_exit(std::time::Duration::from_secs(30)),
+        "{}",
+        q.output
+    );
+    assert_has(&q.output, "FAILED at step 'cmdline'");
+    assert!(!q.output.contains("Kernel panic"), "{}", q.output);
+}

@@ -19,4 +19,5 @@
 
 mod bench;
 mod boots;
+mod cli;
 mod support;

@@ -136,6 +136,7 @@ pub fn initramfs(out: &Path, layers: &[(&str, &Path)]) -> (PathBuf, usize) {
 /// A running QEMU; killed and reaped on drop, whatever happened.
 pub struct Qemu {
     child: Child,
+    stdin: Option<std::process::ChildStdin>,
     lines: mpsc::Receiver<String>,
     /// Everything the guest printed so far.
     pub output: String,
@@ -206,7 +207,7 @@ impl Qemu {
             ]);
         }
         let mut child = die_with_parent(&mut cmd)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -237,11 +238,40 @@ impl Qemu {
                 }
             });
         }
+        let stdin = child.stdin.take();
         Qemu {
             child,
+            stdin,
             lines: rx,
             output: String::new(),
         }
+    }
+
+    /// Types `text` on the guest's serial console.
+    pub fn send(&mut self, text: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin");
+        stdin.write_all(text.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Collects output until it contains `marker`; false on exit or timeout.
+    pub fn wait_for(&mut self, marker: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.output.contains(marker) {
+            match self.lines.recv_timeout(Duration::from_millis(200)) {
+                Ok(l) => {
+                    self.output.push_str(&l);
+                    self.output.push('\n');
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+        }
+        true
     }
 
     /// Collects output until QEMU exits or `timeout` passes; returns whether it exited.
