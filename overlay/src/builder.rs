@@ -15,7 +15,7 @@
 //! `clones`, the cluster facts (names, indexes, groups, addresses, slots, server).
 //! A new layer is written to `.NAME.tmp-*`, then swapped in with two renames.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -29,6 +29,7 @@ use crate::cluster_files::ClusterFiles;
 use crate::error::{BuildError, TemplateError};
 use crate::identity::Identity;
 use crate::layer::Layer;
+use crate::manifest::Manifest;
 use crate::render::{self, Facts, Renderer};
 use crate::stack::{self, Plan};
 use crate::template_set::{SetEntry, SetLibrary};
@@ -250,7 +251,12 @@ impl<'a> LayerBuilder<'a> {
                 && self.cluster.get(&name).is_none()
                 && path.join("inputs.sha256").is_file();
             if leftover || stale {
-                std::fs::remove_dir_all(&path).map_err(|e| self.io(&name, "remove", &path, e))?;
+                let removed_one = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                removed_one.map_err(|e| self.io(&name, "remove", &path, e))?;
                 tracing::info!(path = %path.display(), "pruned");
                 removed.push(name);
             }
@@ -483,14 +489,19 @@ impl<'a> LayerBuilder<'a> {
         std::fs::create_dir_all(&self.out)
             .map_err(|e| self.io("", "create the output directory", &self.out, e))?;
         let prep = self.prepare(clones)?;
+        let manifest = Manifest::load(&self.out);
+        let stamps_read = AtomicUsize::new(0);
         let checked: Vec<(&CloneSpec, String, bool)> = clones
             .par_iter()
             .map(|c| {
                 let plan = &prep.plans[&c.layers];
                 let hash = self.input_hash(&prep, plan, c);
                 let same = !self.force
-                    && std::fs::read_to_string(self.paths(&c.name).hash)
-                        .is_ok_and(|old| old.trim() == hash);
+                    && (manifest.vouches(&c.name, &hash) || {
+                        stamps_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        std::fs::read_to_string(self.paths(&c.name).hash)
+                            .is_ok_and(|old| old.trim() == hash)
+                    });
                 (*c, hash, same)
             })
             .collect();
@@ -507,7 +518,25 @@ impl<'a> LayerBuilder<'a> {
             .filter(|c| c.2)
             .map(|c| c.0.name.clone())
             .collect();
+        let store = |report: &BuildReport| {
+            let now_built: HashSet<&str> = report
+                .built
+                .iter()
+                .chain(&report.unchanged)
+                .map(String::as_str)
+                .collect();
+            let current = checked
+                .iter()
+                .filter(|c| now_built.contains(c.0.name.as_str()))
+                .map(|c| (c.0.name.as_str(), c.1.as_str()));
+            if let Err(e) = manifest.store(&self.out, current) {
+                tracing::warn!(error = %e, "cannot write the build manifest; next check reads stamps");
+            }
+        };
         if todo.is_empty() {
+            if stamps_read.into_inner() > 0 {
+                store(&report);
+            }
             return Ok(report);
         }
         let write_start = Instant::now();
@@ -531,6 +560,7 @@ impl<'a> LayerBuilder<'a> {
                 }
             }
         }
+        store(&report);
         report.write = write_start.elapsed();
         tracing::info!(
             built = report.built.len(),

@@ -64,6 +64,7 @@ pub mod identity;
 pub mod inspect;
 pub mod layer;
 pub mod limits;
+pub mod manifest;
 pub mod provenance;
 pub mod range;
 pub mod render;

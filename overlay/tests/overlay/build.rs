@@ -247,3 +247,29 @@ fn per_clone_templates_may_list_all_clones() {
         .unwrap()
         .ends_with(" c7=10.0.1.7\n"));
 }
+
+#[test]
+fn manifest_is_only_a_cache_of_the_stamps() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_set(tmp.path(), "s", &[("root/etc/x.tmpl", "{{name}}\n")]);
+    let lib = library(&[tmp.path()]);
+    let out = tmp.path().join("out");
+    let c = cluster(CONF);
+    let b = LayerBuilder::new(&c, &lib, &out).identity(identity());
+    b.build_all().unwrap();
+    let manifest = std::fs::read_to_string(out.join(".napalm-manifest")).unwrap();
+    assert_eq!(manifest.lines().count(), 6, "{manifest}");
+    // A deleted layer is rebuilt although the manifest lists it.
+    std::fs::remove_dir_all(out.join("c3")).unwrap();
+    assert_eq!(b.build_all().unwrap().built, ["c3"]);
+    // A garbled or missing manifest falls back to the stamps: nothing is rebuilt.
+    std::fs::write(out.join(".napalm-manifest"), "garbage\nzzz c1\n").unwrap();
+    let r = b.build_all().unwrap();
+    assert_eq!((r.built.len(), r.unchanged.len()), (0, 6));
+    std::fs::remove_file(out.join(".napalm-manifest")).unwrap();
+    assert_eq!(b.build_all().unwrap().unchanged.len(), 6);
+    assert!(
+        out.join(".napalm-manifest").exists(),
+        "rewritten after a stamp check"
+    );
+}
