@@ -3,7 +3,7 @@
 //! directories, relative paths without `..`, no links or devices, and limits on entry count,
 //! per-file size and total unpacked size (an archive bomb stops at the limit).
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::Path;
 
 use crate::error::{AgentError, Result};
@@ -47,15 +47,18 @@ impl<R: Read> Read for Capped<R> {
     }
 }
 
-fn decoder<'a>(data: &'a [u8]) -> Result<Box<dyn Read + 'a>> {
-    if data.starts_with(&[0x1f, 0x8b]) {
-        Ok(Box::new(flate2::read::GzDecoder::new(data)))
-    } else if data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        let d = zstd::stream::read::Decoder::new(data)
+fn decoder<'a, R: BufRead + 'a>(mut r: R) -> Result<Box<dyn Read + 'a>> {
+    let head = r
+        .fill_buf()
+        .map_err(|e| AgentError::invalid("archive", format!("unreadable: {e}")))?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::bufread::GzDecoder::new(r)))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        let d = zstd::stream::read::Decoder::with_buffer(r)
             .map_err(|e| AgentError::invalid("archive", format!("bad zstd stream: {e}")))?;
         Ok(Box::new(d))
     } else {
-        Ok(Box::new(data))
+        Ok(Box::new(r))
     }
 }
 
@@ -67,11 +70,12 @@ fn archive_err(e: std::io::Error) -> AgentError {
     }
 }
 
-/// Unpacks `data` into the empty directory `dest`. Returns the relative paths of files.
-pub fn extract(data: &[u8], dest: &Path, limits: Limits) -> Result<Vec<String>> {
+/// Unpacks the archive read from `src` into the empty directory `dest`. Returns the
+/// relative paths of files.
+pub fn extract<R: Read>(src: R, dest: &Path, limits: Limits) -> Result<Vec<String>> {
     // The tar header tail (headers + padding) is counted too, which is what a bomb inflates.
     let capped = Capped {
-        inner: decoder(data)?,
+        inner: decoder(std::io::BufReader::with_capacity(1 << 16, src))?,
         left: limits.max_total_bytes.saturating_add(1 << 20),
     };
     let mut ar = tar::Archive::new(capped);

@@ -55,13 +55,22 @@ struct Staged {
     labels: BTreeMap<String, String>,
 }
 
-/// Removes a staging directory unless it was moved into place.
+/// Removes a staging file or directory unless it was moved into place.
 struct StagingGuard(PathBuf);
 
 impl Drop for StagingGuard {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if std::fs::remove_dir_all(&self.0).is_err() {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
+}
+
+/// An upload received into the staging directory (removed when dropped).
+pub struct Spooled {
+    guard: StagingGuard,
+    /// sha256 of the content.
+    pub sha256: String,
 }
 
 impl Agent {
@@ -75,16 +84,57 @@ impl Agent {
         Ok(StagingGuard(dir))
     }
 
+    /// Receives an upload into a file under `STATE/staging` (never whole in memory),
+    /// hashing it on the way; more than `limit` bytes is refused.
+    pub async fn spool<S, B, E>(&self, mut stream: S, limit: u64) -> Result<Spooled>
+    where
+        S: futures_util::Stream<Item = std::result::Result<B, E>> + Unpin,
+        B: AsRef<[u8]>,
+        E: std::fmt::Display,
+    {
+        use futures_util::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let dir = self.cfg.state_dir.join("staging");
+        fsutil::create_dir(&dir)?;
+        let guard = StagingGuard(dir.join(format!("upload-{}", crate::blobs::unique())));
+        let path = guard.0.clone();
+        let mut f = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| AgentError::io(&path, e))?;
+        let mut hasher = Sha256::new();
+        let mut total = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk
+                .map_err(|e| AgentError::invalid("body", format!("upload interrupted: {e}")))?;
+            let chunk = chunk.as_ref();
+            total += chunk.len() as u64;
+            if total > limit {
+                return Err(AgentError::TooLarge(format!(
+                    "body is larger than {limit} bytes"
+                )));
+            }
+            hasher.update(chunk);
+            f.write_all(chunk)
+                .await
+                .map_err(|e| AgentError::io(&path, e))?;
+        }
+        f.flush().await.map_err(|e| AgentError::io(&path, e))?;
+        Ok(Spooled {
+            guard,
+            sha256: hex::encode(hasher.finalize()),
+        })
+    }
+
     /// Creates a domain from an archive (`config.xml` + files), as `PUT /domain/NAME`.
     pub async fn create_from_archive(
         &self,
         name: &str,
-        data: bytes::Bytes,
+        upload: Spooled,
         start: bool,
         request_id: Option<&str>,
     ) -> Result<DomainView> {
         crate::names::check_domain_name(name)?;
-        let digest = hex::encode(Sha256::digest(&data));
+        let digest = upload.sha256.clone();
         self.requests
             .once(request_id, &format!("create:{name}"), async {
                 let _g = self.locks.lock(name).await;
@@ -95,11 +145,13 @@ impl Agent {
                 let files = staging.0.join("files");
                 let limits = self.cfg.limits;
                 let f2 = files.clone();
-                tokio::task::spawn_blocking(move || crate::archive::extract(&data, &f2, limits))
-                    .await
-                    .map_err(|e| {
-                        AgentError::invalid("archive", format!("extraction failed: {e}"))
-                    })??;
+                let src = upload.guard.0.clone();
+                tokio::task::spawn_blocking(move || {
+                    let file = std::fs::File::open(&src).map_err(|e| AgentError::io(&src, e))?;
+                    crate::archive::extract(file, &f2, limits)
+                })
+                .await
+                .map_err(|e| AgentError::invalid("archive", format!("extraction failed: {e}")))??;
                 let cfg_path = files.join("config.xml");
                 let config_xml = std::fs::read_to_string(&cfg_path).map_err(|_| {
                     AgentError::invalid(

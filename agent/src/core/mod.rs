@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use create::{ArtifactSpec, CreateSpec};
+pub use create::{ArtifactSpec, CreateSpec, Spooled};
 pub use info::{About, CapabilitiesView, DomainView, GuestView};
 
 use crate::archive::Limits;

@@ -130,8 +130,19 @@ pub(super) async fn create(
     Path(name): Path<String>,
     q: Q,
     h: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
+    if let Err(e) = crate::names::check_domain_name(&name) {
+        return fail(&h, e);
+    }
+    let body = match s
+        .agent
+        .spool(body.into_data_stream(), s.cfg.max_archive_bytes as u64)
+        .await
+    {
+        Ok(b) => b,
+        Err(e) => return fail(&h, e),
+    };
     let start = q
         .get("start")
         .map(|v| v != "false" && v != "0")

@@ -379,3 +379,49 @@ async fn foreign_domains_are_never_touched() {
         Some(napalm_agent::hypervisor::RunState::Running)
     );
 }
+
+#[tokio::test]
+async fn archives_plain_gzip_and_zstd() {
+    let a = TestAgent::start(None).await;
+    let plain = |name: &str| {
+        let xml = test_xml(name);
+        raw_tar(&[
+            Raw {
+                name: b"config.xml",
+                kind: tar::EntryType::Regular,
+                link: b"",
+                data: xml.as_bytes(),
+            },
+            Raw {
+                name: b"vmlinuz",
+                kind: tar::EntryType::Regular,
+                link: b"",
+                data: b"k",
+            },
+        ])
+    };
+    assert_eq!(
+        a.put("/domain/r-tar", plain("r-tar"))
+            .await
+            .status()
+            .as_u16(),
+        201
+    );
+    let zst = zstd::encode_all(&plain("r-zst")[..], 3).expect("zstd");
+    assert_eq!(a.put("/domain/r-zst", zst).await.status().as_u16(), 201);
+    assert_eq!(
+        a.put("/domain/r-gz", test_archive("r-gz"))
+            .await
+            .status()
+            .as_u16(),
+        201
+    );
+    assert_eq!(
+        &a.get("/domain/r-zst/vmlinuz")
+            .await
+            .bytes()
+            .await
+            .expect("b")[..],
+        b"k"
+    );
+}
