@@ -172,6 +172,12 @@ pub fn run(sys: &dyn Syscall, cmdline: &Path) -> Failure {
             s,
             uptime(),
         ));
+        if let Some(h) = &n.hostname {
+            // As the kernel's own ip= does; the clone's layer may set it again later.
+            if let Err(e) = rustix::system::sethostname(h.as_bytes()) {
+                say(&format!("napalm: warning: sethostname({h}): {e}"));
+            }
+        }
         let _ = std::fs::create_dir_all("/run/napalm");
         if let Err(e) = std::fs::write("/run/napalm/resolv.conf", net::resolv_conf(&n.dns)) {
             return fail(

@@ -136,7 +136,8 @@ fn images(dir: &Path, t: &Path) {
         &base,
         "[ -e /etc/from-erofs ] && echo \"NAPALM-D-EROFS=$($bb cat /etc/from-erofs)\"\n\
          $bb grep -q ' squashfs ' /proc/mounts && echo NAPALM-D-SQUASHFS-MOUNTED\n\
-         $bb grep -q ' erofs ' /proc/mounts && echo NAPALM-D-EROFS-MOUNTED",
+         $bb grep -q ' erofs ' /proc/mounts && echo NAPALM-D-EROFS-MOUNTED\n\
+         echo \"NAPALM-D-HOST=$($bb hostname)\"",
     );
     std::fs::create_dir_all(dir).unwrap();
     sh(Command::new("mksquashfs")
@@ -183,6 +184,7 @@ fn d_loop_nfs_squashfs_and_erofs_images() {
     assert_clean(&out);
     assert!(!out.contains("NAPALM-D-EROFS"), "{out}");
     assert_has(&out, "network: eth0 10.0.2.16 (static");
+    assert_has(&out, "NAPALM-D-HOST=clone02");
     assert_has(&out, "NAPALM-D-SQUASHFS-MOUNTED");
 }
 
