@@ -73,6 +73,21 @@ pub struct Spooled {
     pub sha256: String,
 }
 
+impl Spooled {
+    /// Moves the upload to `dest` durably (fsync, rename, fsync of the directory).
+    pub fn persist(self, dest: &Path) -> Result<()> {
+        let src = &self.guard.0;
+        std::fs::File::open(src)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| AgentError::io(src, e))?;
+        std::fs::rename(src, dest).map_err(|e| AgentError::io(dest, e))?;
+        match dest.parent() {
+            Some(d) => fsutil::sync_dir(d),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Agent {
     fn staging(&self) -> Result<StagingGuard> {
         let dir = self

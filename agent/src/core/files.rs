@@ -84,8 +84,14 @@ impl Agent {
         Ok(p)
     }
 
-    /// Replaces (or adds) a referenced file.
-    pub async fn put_file(&self, name: &str, file: &str, data: bytes::Bytes) -> Result<()> {
+    /// Fails unless `file` is referenced by the domain's config.xml (checked before an
+    /// upload is received).
+    pub fn check_file(&self, name: &str, file: &str) -> Result<()> {
+        self.referenced(name, file).map(|_| ())
+    }
+
+    /// Replaces (or adds) a referenced file with an upload.
+    pub async fn put_file(&self, name: &str, file: &str, data: super::Spooled) -> Result<()> {
         let _g = self.locks.lock(name).await;
         let p = self.referenced(name, file)?;
         let dir = self.store.files_dir(name);
@@ -102,7 +108,7 @@ impl Agent {
                     ));
                 }
             }
-            fsutil::atomic_write(&p, &data)
+            data.persist(&p)
         })
         .await
         .map_err(|e| AgentError::Hypervisor(format!("write task failed: {e}")))?

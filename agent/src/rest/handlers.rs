@@ -418,8 +418,19 @@ pub(super) async fn put_file(
     State(s): State<AppState>,
     Path((name, file)): Path<(String, String)>,
     h: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
+    if let Err(e) = s.agent.check_file(&name, &file) {
+        return fail(&h, e);
+    }
+    let body = match s
+        .agent
+        .spool(body.into_data_stream(), s.cfg.max_file_bytes as u64)
+        .await
+    {
+        Ok(b) => b,
+        Err(e) => return fail(&h, e),
+    };
     match s.agent.put_file(&name, &file, body).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => fail(&h, e),

@@ -293,6 +293,27 @@ fn boot_stop_delete_with_table_4_3_counts_via_curl() {
         boot
     );
 
+    // No network: the live definition has no interface at all.
+    let live = hv
+        .list()
+        .expect("list")
+        .into_iter()
+        .find(|d| d.name == "q-boot")
+        .expect("live");
+    assert!(
+        !live.xml.contains("<interface"),
+        "guest must have no network interface"
+    );
+    // Per-domain counters reach /metrics: the guest has used CPU.
+    let (m, _) = curl(&[&a.url("/metrics")]);
+    let cpu: f64 = m
+        .lines()
+        .find(|l| l.starts_with("napalm_domain_cpu_time_seconds_total{domain=\"q-boot\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("cpu time of q-boot in /metrics");
+    assert!(cpu > 0.1, "q-boot used {cpu} s of CPU");
+
     let n = op_requests(&a, || {
         let (s, _) = curl(&[&a.url("/domain/q-boot/status.xml")]);
         assert!(s.contains("<status><state>running</state></status>"), "{s}");
