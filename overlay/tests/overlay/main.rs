@@ -8,6 +8,7 @@ mod build;
 mod cascade;
 mod cluster_files;
 mod common;
+mod default_sets;
 mod hooks;
 mod inspect;
 mod outputs;
