@@ -143,11 +143,15 @@ fn main() {
 
     // Warm-up (page cache, allocator), not counted.
     build(&conf, &tmp.path().join("warm"), None);
+    std::fs::remove_dir_all(tmp.path().join("warm")).unwrap();
 
     let runs = 3;
+    // Parallel and sequential runs interleaved, each output removed after it is timed, so
+    // neither order nor a filling tmpfs favours one of them.
     let mut full = Vec::new();
     let mut full_cpu = Vec::new();
     let mut prepare = Vec::new();
+    let mut seq = Vec::new();
     for i in 0..runs {
         let out = tmp.path().join(format!("full{i}"));
         let (t, c) = (Instant::now(), cpu());
@@ -156,13 +160,14 @@ fn main() {
         full_cpu.push(cpu() - c);
         prepare.push(r.prepare);
         assert_eq!(r.built.len(), n);
-    }
-    let mut seq = Vec::new();
-    for i in 0..runs {
+        if i > 0 {
+            std::fs::remove_dir_all(&out).unwrap();
+        }
         let out = tmp.path().join(format!("seq{i}"));
         let t = Instant::now();
         build(&conf, &out, Some(1));
         seq.push(t.elapsed());
+        std::fs::remove_dir_all(&out).unwrap();
     }
     let mut nochange = Vec::new();
     let mut nochange_cpu = Vec::new();
@@ -201,6 +206,7 @@ fn main() {
             }
         });
         floor.push(t.elapsed());
+        std::fs::remove_dir_all(&out).unwrap();
     }
     let mut shared = Vec::new();
     for i in 0..runs {
@@ -208,6 +214,9 @@ fn main() {
         let t = Instant::now();
         build_full(&conf, &out, None, Outputs::default(), true);
         shared.push(t.elapsed());
+        if i > 0 {
+            std::fs::remove_dir_all(&out).unwrap();
+        }
     }
     let mut shared_noch = Vec::new();
     for _ in 0..7 {
@@ -237,6 +246,7 @@ fn main() {
             },
         );
         archives.push(t.elapsed());
+        std::fs::remove_dir_all(&out).unwrap();
     }
     let mut engine = Vec::new();
     for _ in 0..runs {
