@@ -93,8 +93,9 @@ fn needs_network(cfg: &BootConfig) -> bool {
         .is_some_and(|r| r.devices.iter().any(|d| d.components().contains(&"nfs")))
 }
 
-/// Runs the whole boot; returns only on failure (success execs the real init).
-pub fn run(sys: &dyn Syscall, cmdline: &Path) -> Failure {
+/// Runs the whole boot; returns only on failure (success execs the real init with
+/// `init_args`, the words the kernel passed to us, e.g. `single`).
+pub fn run(sys: &dyn Syscall, cmdline: &Path, init_args: &[String]) -> Failure {
     let mut onfail = OnFail::Halt;
     let fail = |step: &'static str, error: String, onfail: OnFail| Failure {
         step,
@@ -260,7 +261,7 @@ pub fn run(sys: &dyn Syscall, cmdline: &Path) -> Failure {
         t0,
         init.display()
     ));
-    let err = sys.exec(&init, &[]);
+    let err = sys.exec(&init, init_args);
     fail(
         "exec init",
         format!("exec {}: {err}", init.display()),

@@ -71,7 +71,8 @@ fn main() -> std::process::ExitCode {
         say(&format!("napalm-init: PANIC: {info}"));
     }));
     let sys = LinuxSyscall;
-    let failure = std::panic::catch_unwind(|| run(&sys, Path::new("/proc/cmdline")))
+    let init_args: Vec<String> = std::env::args().skip(1).collect();
+    let failure = std::panic::catch_unwind(|| run(&sys, Path::new("/proc/cmdline"), &init_args))
         .unwrap_or_else(|_| {
             let raw = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
             Failure {

@@ -27,15 +27,18 @@ fn a_tmpfs_root_from_appended_layer() {
     busybox_root(
         &layer,
         "echo \"NAPALM-A $($bb cat /proc/cmdline | $bb grep -o 'root=[^ ]*')\"\n\
+         echo \"NAPALM-A-ARGS=$*\"\n\
          echo hello > /tmp/x && echo NAPALM-A-WRITABLE\n\
          $bb ls /.unions | $bb tr '\\n' ' '; echo\n\
          $bb grep -q '\"exec_init\"' /run/napalm/boot.json && echo NAPALM-A-BOOTJSON",
     );
     let (img, size) = initramfs(t.path(), &[("base", &layer)]);
-    let out = Qemu::run(&img, "root=layer:base;tmpfs:rw", None, None);
+    // `single` is a word the kernel hands to /init; napalm-init passes it on to the real init.
+    let out = Qemu::run(&img, "root=layer:base;tmpfs:rw single", None, None);
     assert_clean(&out);
     assert_has(&out, "NAPALM-A root=layer:base;tmpfs:rw");
     assert_has(&out, "NAPALM-A-WRITABLE");
+    assert_has(&out, "NAPALM-A-ARGS=single");
     assert_has(&out, "0-layer 1-tmpfs");
     assert_has(&out, "NAPALM-A-BOOTJSON");
     eprintln!(
