@@ -1,0 +1,162 @@
+//! End-to-end deploy throughput on libvirt's `test:///default` (issue #6 goal: 1,000 clones
+//! across 50 agents in under 10 s): real napalm-agents (in this process, each with its own
+//! state directory and gRPC server on loopback), the real coordinator service over gRPC,
+//! real layer builds (napalm-overlay, `base` set) and per-clone images. Baseline measured
+//! in the same run: the same deployment shipped with a concurrency of 1.
+//!
+//! Run: `cargo bench -p napalm-coordinator --bench deploy`
+//! (`NAPALM_BENCH_CLONES`, `NAPALM_BENCH_AGENTS` change the sizes).
+
+// A benchmark harness: a failed step should stop it loudly.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use napalm_agent::core::CoreConfig;
+use napalm_agent::server::ServeConfig;
+use napalm_coordinator::clock::SystemClock;
+use napalm_coordinator::deploy::artifacts::ArtifactConfig;
+use napalm_coordinator::deploy::ship::Agents;
+use napalm_coordinator::deploy::{DeployConfig, Deployer};
+use napalm_coordinator::discovery::register_static;
+use napalm_coordinator::registry::agents::HeartbeatPolicy;
+use napalm_coordinator::registry::clones::TokenKey;
+use napalm_coordinator::registry::Registry;
+use napalm_coordinator::scheduler::Policy;
+use napalm_coordinator::service::Coordinator;
+use napalm_proto::v1::coordinator_service_client::CoordinatorServiceClient;
+use napalm_proto::v1::coordinator_service_server::CoordinatorServiceServer;
+use napalm_proto::v1::*;
+use tokio_stream::StreamExt;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+async fn run(clones: u32, agents: usize, concurrency: usize, tag: &str) -> Duration {
+    let dir = tempfile::tempdir().unwrap();
+    let mut endpoints = Vec::new();
+    let mut running = Vec::new();
+    for i in 0..agents {
+        let mut core = CoreConfig {
+            state_dir: dir.path().join(format!("agent{i}")),
+            policy: Default::default(),
+            limits: Default::default(),
+            shutdown_timeout: Duration::from_millis(100),
+        };
+        core.limits.max_total_bytes = 64 << 20;
+        let r = napalm_agent::server::start(ServeConfig {
+            core,
+            rest: napalm_agent::rest::RestConfig {
+                prefix: "/napalm".into(),
+                token: None,
+                max_archive_bytes: 1 << 20,
+                max_file_bytes: 1 << 20,
+                max_xml_bytes: 64 << 10,
+                libvirt_uri: "test:///default".into(),
+            },
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            grpc_listen: Some("127.0.0.1:0".parse().unwrap()),
+            reconcile_every: Duration::from_secs(3600),
+            ganglia_listen: None,
+            mdns_interfaces: Vec::new(),
+            coordinator: None,
+        })
+        .await
+        .unwrap();
+        endpoints.push(format!("http://{}", r.grpc_addr.unwrap()));
+        running.push(r);
+    }
+    let store = napalm_coordinator::store::open(dir.path().join("r.redb").to_str().unwrap())
+        .await
+        .unwrap();
+    let registry = Registry::new(store, Arc::new(SystemClock));
+    let links = Agents::new(None);
+    for ep in &endpoints {
+        register_static(&registry, &links, ep, &HeartbeatPolicy::default()).await.unwrap();
+    }
+    std::fs::write(dir.path().join("vmlinuz"), vec![7u8; 8 << 20]).unwrap();
+    let mut a = napalm_initramfs::cpio::Archive::new();
+    a.add("init", napalm_initramfs::cpio::Entry::File(0o755, vec![1u8; 1 << 20]));
+    std::fs::write(dir.path().join("base.img"), a.write(0)).unwrap();
+    let tokens = Arc::new(TokenKey::new(b"0123456789abcdef0123").unwrap());
+    let deployer = Deployer::new(
+        registry.clone(),
+        DeployConfig {
+            artifacts: ArtifactConfig {
+                kernel: dir.path().join("vmlinuz"),
+                base_image: dir.path().join("base.img"),
+                sets: vec![napalm_overlay::default_sets_dir()],
+                layers_dir: dir.path().join("layers"),
+            },
+            server: "10.77.0.1".into(),
+            register_base: "http://10.77.0.1:7780".into(),
+            agent_token: None,
+            register_timeout: Duration::from_secs(5),
+            concurrency,
+            policy: Policy::default(),
+            network: None,
+            kernel_args: String::new(),
+            attempts: 1,
+        },
+        Arc::clone(&tokens),
+    );
+    let svc = Coordinator::new(registry, HeartbeatPolicy::default(), tokens, Some(deployer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(CoordinatorServiceServer::new(svc))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut c = CoordinatorServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let t = Instant::now();
+    let mut s = c
+        .deploy(DeployRequest {
+            request_id: tag.into(),
+            spec: Some(DeploymentSpec {
+                name: tag.into(),
+                count: clones,
+                resources: Some(Resources { vcpus: 1, memory_bytes: 64 << 20 }),
+                ..Default::default()
+            }),
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut summary = None;
+    while let Some(m) = s.next().await {
+        if let Some(deploy_progress::Event::Summary(x)) = m.unwrap().event {
+            summary = Some(x);
+        }
+    }
+    let took = t.elapsed();
+    let summary = summary.unwrap();
+    assert_eq!(summary.succeeded, clones, "{summary:?}");
+    for r in running {
+        r.stop().await;
+    }
+    took
+}
+
+fn main() {
+    let clones = env("NAPALM_BENCH_CLONES", 1000) as u32;
+    let agents = env("NAPALM_BENCH_AGENTS", 50);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fast = rt.block_on(run(clones, agents, 32, "benchfast"));
+    let base = rt.block_on(run(clones, agents, 1, "benchseq"));
+    println!("deploy: {clones} clones over {agents} agents on test:///default, end to end over gRPC");
+    println!(
+        "  concurrency 32: {:>7.2} s  ({:>6.0} clones/s, {:.1}x the baseline)",
+        fast.as_secs_f64(),
+        f64::from(clones) / fast.as_secs_f64(),
+        base.as_secs_f64() / fast.as_secs_f64()
+    );
+    println!(
+        "  concurrency 1:  {:>7.2} s  ({:>6.0} clones/s, baseline)",
+        base.as_secs_f64(),
+        f64::from(clones) / base.as_secs_f64()
+    );
+}
