@@ -50,7 +50,7 @@ pub fn fs_label_uuid(head: &[u8]) -> (Option<String>, Option<String>) {
 }
 
 /// Attaches `file` to a loop device and mounts it at a new participant mount point.
-fn mount_image(
+pub(crate) fn mount_image(
     ctx: &mut MountCtx<'_>,
     dev: &Device,
     file: &Path,

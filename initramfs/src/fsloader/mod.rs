@@ -4,6 +4,7 @@
 //! device type to the code that mounts it.
 
 mod block;
+mod compose;
 mod image;
 mod layer;
 mod nfs;
@@ -140,8 +141,27 @@ pub fn registry() -> Vec<&'static dyn Fsloader> {
         &share::NineP,
         &share::Virtiofs,
         &layer::Layer,
+        &LOOP_BLOCK,
+        &LOOP_9P,
+        &LOOP_VIRTIOFS,
     ]
 }
+
+static LOOP_BLOCK: compose::LoopOver = compose::LoopOver {
+    name: "loop+block",
+    inner: &block::Block,
+    usage: "loop+block:<device>:<image path>[:ro|rw]",
+};
+static LOOP_9P: compose::LoopOver = compose::LoopOver {
+    name: "loop+9p",
+    inner: &share::NineP,
+    usage: "loop+9p:<tag>:<image path>[:ro|rw]",
+};
+static LOOP_VIRTIOFS: compose::LoopOver = compose::LoopOver {
+    name: "loop+virtiofs",
+    inner: &share::Virtiofs,
+    usage: "loop+virtiofs:<tag>:<image path>[:ro|rw]",
+};
 
 /// The fsloader serving `name`, composed names included (`loop+nfs`).
 pub fn find(name: &str) -> Option<&'static dyn Fsloader> {
@@ -173,13 +193,14 @@ pub fn help_text() -> String {
 pub fn modules_for(spec: &crate::rootspec::RootSpec) -> Vec<&'static str> {
     let mut m = vec!["overlay"];
     for d in &spec.devices {
-        if let Some(l) = find(&d.kind) {
-            m.extend(
-                l.modules()
-                    .iter()
-                    .filter(|x| !m.contains(x))
-                    .collect::<Vec<_>>(),
-            );
+        // A composed type needs its parts' modules too (`loop+block`: loop and block).
+        let parts = std::iter::once(d.kind.as_str()).chain(d.components());
+        for l in parts.filter_map(find) {
+            for x in l.modules() {
+                if !m.contains(x) {
+                    m.push(x);
+                }
+            }
         }
     }
     m

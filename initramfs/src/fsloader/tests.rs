@@ -290,3 +290,41 @@ fn detects_filesystems_by_magic() {
         Some("state")
     );
 }
+
+#[test]
+fn composed_loop_over_block() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(t.path().join("dev")).unwrap();
+    std::fs::write(t.path().join("dev/vdb"), ext4_image("images")).unwrap();
+    let on_disk = t.path().join("mnt/unions/0-block/images");
+    std::fs::create_dir_all(&on_disk).unwrap();
+    std::fs::write(on_disk.join("base.squashfs"), squashfs_image()).unwrap();
+    let (r, calls, _) = run(
+        t.path(),
+        "loop+block:/dev/vdb:/images/base.squashfs;tmpfs:rw",
+    );
+    r.unwrap();
+    for w in [
+        "mount /dev/vdb /mnt/unions/0-block ext4 ro []",
+        "loop_attach /mnt/unions/0-block/images/base.squashfs -> /dev/loop0 ro",
+        "mount /dev/loop0 /mnt/unions/1-loop squashfs ro []",
+    ] {
+        assert!(calls.contains(&w.to_string()), "missing {w}\n{calls:#?}");
+    }
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.contains("lowerdir=/mnt/unions/1-loop,upperdir")),
+        "{calls:#?}"
+    );
+    let spec = RootSpec::parse("loop+block:/dev/vdb:/i.sqfs;9p:x").unwrap();
+    let m = modules_for(&spec);
+    for x in ["overlay", "loop", "squashfs", "virtio_blk", "9pnet_virtio"] {
+        assert!(m.contains(&x), "{x} missing from {m:?}");
+    }
+    let (r, _, _) = run(t.path(), "loop+block:/images/base.squashfs");
+    assert!(r
+        .unwrap_err()
+        .to_string()
+        .contains("expected the inner device's parameters"));
+}
