@@ -264,3 +264,35 @@ fn e_onfail_shell_gives_a_rescue_shell() {
     assert_has(&q.output, "FAILED at step 'cmdline'");
     assert!(!q.output.contains("Kernel panic"), "{}", q.output);
 }
+
+#[test]
+fn f_composed_loop_over_block_device() {
+    let _g = serial();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    busybox_root(
+        &root,
+        "$bb grep -q ' squashfs ' /proc/mounts && echo NAPALM-F-SQUASHFS-ON-DISK",
+    );
+    let disk_src = t.path().join("disk/images");
+    std::fs::create_dir_all(&disk_src).unwrap();
+    sh(Command::new("mksquashfs")
+        .arg(&root)
+        .arg(disk_src.join("base.squashfs"))
+        .args(["-quiet", "-noappend"]));
+    let disk = t.path().join("images.ext4");
+    sh(Command::new("truncate").args(["-s", "32M"]).arg(&disk));
+    sh(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "imgs", "-d"])
+        .arg(t.path().join("disk"))
+        .arg(&disk));
+    let (img, _) = initramfs(t.path(), &[]);
+    let out = Qemu::run(
+        &img,
+        "root=loop+block:LABEL=imgs:/images/base.squashfs;tmpfs:rw",
+        None,
+        Some(&disk),
+    );
+    assert_clean(&out);
+    assert_has(&out, "NAPALM-F-SQUASHFS-ON-DISK");
+}
