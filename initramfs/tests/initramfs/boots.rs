@@ -1,6 +1,7 @@
 //! The boot cases of issue #4: (a) tmpfs root from an appended layer, (b) NFS root +
-//! layer + tmpfs upper, (c) stateful upper on a virtio-blk ext4 image across two boots,
-//! (d) loop+nfs with squashfs/erofs images, (e) malformed root= and refused NFS upper.
+//! layer + tmpfs upper + unpack=, (c) stateful upper on a virtio-blk ext4 image across two
+//! boots, (d) loop+nfs with squashfs/erofs images (and a static ip=), (e) malformed root=,
+//! refused NFS upper, napalm.help and napalm.onfail=shell, (f) composed loop+block.
 
 use super::support::*;
 use std::path::Path;
