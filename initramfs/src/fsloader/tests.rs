@@ -328,3 +328,36 @@ fn composed_loop_over_block() {
         .to_string()
         .contains("expected the inner device's parameters"));
 }
+
+#[test]
+fn portable_whiteouts_on_an_upper_nfs_layer_are_converted_on_tmpfs() {
+    let t = tempfile::tempdir().unwrap();
+    // Where the clone's NFS layer will be mounted: pre-populated, as the mount is recorded only.
+    let clone = t.path().join("mnt/unions/1-nfs/etc");
+    std::fs::create_dir_all(&clone).unwrap();
+    std::fs::write(clone.join("hostname"), "clone01\n").unwrap();
+    std::fs::write(clone.join(".wh.secret"), "").unwrap();
+    let (r, calls, log) = run(
+        t.path(),
+        "nfs:10.0.0.1::ro;nfs:10.0.0.1:/var/state/systems/clone01:ro;tmpfs:rw",
+    );
+    r.unwrap();
+    for w in [
+        "mount 10.0.0.1:/var/state/systems/clone01 /mnt/unions/1-nfs nfs4 ro [vers=4.1,addr=10.0.0.1,clientaddr=10.0.2.15,proto=tcp]",
+        "mount tmpfs /mnt/unions/2-converted tmpfs [mode=0755]",
+        "mknod /mnt/unions/2-converted/etc/secret c 0 0 600",
+    ] {
+        assert!(calls.contains(&w.to_string()), "missing {w}\n{calls:#?}");
+    }
+    // The converted copy replaces the NFS layer; the bottom NFS root is never scanned.
+    assert!(
+        calls.iter().any(|c| c.contains(
+            "lowerdir=/mnt/unions/2-converted:/mnt/unions/0-nfs,upperdir=/mnt/unions/3-tmpfs/upper"
+        )),
+        "{calls:#?}"
+    );
+    assert!(
+        log.iter().any(|l| l.contains("converted 1 whiteouts")),
+        "{log:?}"
+    );
+}

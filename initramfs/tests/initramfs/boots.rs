@@ -1,7 +1,8 @@
 //! The boot cases of issue #4: (a) tmpfs root from an appended layer, (b) NFS root +
 //! layer + tmpfs upper + unpack=, (c) stateful upper on a virtio-blk ext4 image across two
 //! boots, (d) loop+nfs with squashfs/erofs images (and a static ip=), (e) malformed root=,
-//! refused NFS upper, napalm.help and napalm.onfail=shell, (f) composed loop+block.
+//! refused NFS upper, napalm.help and napalm.onfail=shell, (f) composed loop+block, (g) the
+//! thesis 3.2.6 stateless example verbatim, the clone layer on NFS with portable whiteouts.
 
 use super::support::*;
 use std::path::Path;
@@ -296,4 +297,37 @@ fn f_composed_loop_over_block_device() {
     );
     assert_clean(&out);
     assert_has(&out, "NAPALM-F-SQUASHFS-ON-DISK");
+}
+
+#[test]
+fn g_thesis_stateless_example_with_clone_layer_on_nfs() {
+    let _g = serial();
+    let t = tempfile::tempdir().unwrap();
+    let export = t.path().join("export");
+    busybox_root(
+        &export,
+        "echo \"NAPALM-G-HOSTNAME=$($bb cat /etc/hostname)\"\n\
+         [ -e /etc/secret ] && echo NAPALM-G-SECRET-VISIBLE || echo NAPALM-G-SECRET-HIDDEN\n\
+         [ -e /var/state/systems/clone01/etc/.wh.secret ] && echo NAPALM-G-LAYER-ON-SERVER",
+    );
+    std::fs::write(export.join("etc/hostname"), "server\n").unwrap();
+    std::fs::write(export.join("etc/secret"), "server only\n").unwrap();
+    // Thesis 3.2.6 verbatim: the clone's layer lives on the server, in portable form.
+    let layer = export.join("var/state/systems/clone01/etc");
+    std::fs::create_dir_all(&layer).unwrap();
+    std::fs::write(layer.join("hostname"), "clone01\n").unwrap();
+    std::fs::write(layer.join(".wh.secret"), "").unwrap();
+    let nfs = Ganesha::start(&export);
+    let (img, _) = initramfs(t.path(), &[]);
+    let out = Qemu::run(
+        &img,
+        "root=nfs:10.0.2.100::ro;nfs:10.0.2.100:/var/state/systems/clone01:ro;tmpfs:rw",
+        Some(nfs.port),
+        None,
+    );
+    assert_clean(&out);
+    assert_has(&out, "converted 1 whiteouts");
+    assert_has(&out, "NAPALM-G-HOSTNAME=clone01");
+    assert_has(&out, "NAPALM-G-SECRET-HIDDEN");
+    assert_has(&out, "NAPALM-G-LAYER-ON-SERVER");
 }
