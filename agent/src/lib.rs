@@ -36,5 +36,6 @@ pub mod register;
 pub mod requests;
 pub mod rest;
 pub mod server;
+pub mod tls;
 
 pub use error::{AgentError, Result};

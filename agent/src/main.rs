@@ -85,6 +85,12 @@ struct Cli {
     /// Coordinator gRPC endpoint to register with and heartbeat to (http://host:port).
     #[arg(long, env = "NAPALM_COORDINATOR")]
     coordinator: Option<String>,
+    /// TLS certificate chain (PEM) for REST and gRPC; needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn secs(what: &str, v: f64) -> anyhow::Result<Duration> {
@@ -156,6 +162,13 @@ async fn main() -> anyhow::Result<()> {
         ganglia_listen: cli.ganglia_listen,
         mdns_interfaces: cli.mdns_interfaces.clone(),
         coordinator: cli.coordinator.clone(),
+        tls: match (&cli.tls_cert, &cli.tls_key) {
+            (Some(cert), Some(key)) => Some(napalm_agent::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        },
     };
     let running = server::start(cfg).await.context("starting napalm-agent")?;
     println!(

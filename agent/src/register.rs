@@ -19,6 +19,8 @@ pub struct Endpoints {
     pub grpc: String,
     /// REST endpoint.
     pub rest: String,
+    /// TLS certificate fingerprint (empty without TLS).
+    pub fingerprint: String,
 }
 
 async fn register(
@@ -35,7 +37,7 @@ async fn register(
         grpc_endpoint: ep.grpc.clone(),
         rest_endpoint: ep.rest.clone(),
         capabilities: Some(convert::capabilities(&caps, false)),
-        cert_fingerprint: String::new(),
+        cert_fingerprint: ep.fingerprint.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         labels: Default::default(),
     });

@@ -30,6 +30,8 @@ pub struct ServeConfig {
     pub mdns_interfaces: Vec<String>,
     /// Coordinator gRPC endpoint to register with (`None`: none).
     pub coordinator: Option<String>,
+    /// TLS for REST and gRPC (`None`: plain TCP).
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// A running agent: its addresses and core, for tests and the binary.
@@ -44,6 +46,8 @@ pub struct Running {
     pub counters: Arc<HttpCounters>,
     /// Bound Ganglia address.
     pub ganglia_addr: Option<SocketAddr>,
+    /// SHA-256 of the TLS certificate, when TLS is on.
+    pub fingerprint: Option<String>,
     advertiser: Option<crate::mdns::Advertiser>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -95,19 +99,28 @@ pub async fn start_with(cfg: ServeConfig, hv: Arc<dyn Hypervisor>) -> Result<Run
     let http_addr = listener
         .local_addr()
         .map_err(|e| AgentError::io("http", e))?;
+    let tls = match &cfg.tls {
+        Some(f) => Some(crate::tls::Tls::load(f)?),
+        None => None,
+    };
+    let fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());
     let mut tasks = Vec::new();
     let mut rx = stop_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "REST server failed");
-        }
-    }));
+    if let Some(t) = tls.clone() {
+        tasks.push(tokio::spawn(crate::tls::serve_https(listener, app, t, rx)));
+    } else {
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "REST server failed");
+            }
+        }));
+    }
     let mut grpc_addr = None;
     if let Some(addr) = cfg.grpc_listen {
         let l = tokio::net::TcpListener::bind(addr)
@@ -116,11 +129,18 @@ pub async fn start_with(cfg: ServeConfig, hv: Arc<dyn Hypervisor>) -> Result<Run
         grpc_addr = Some(l.local_addr().map_err(|e| AgentError::io("grpc", e))?);
         let svc = crate::grpc::server(Arc::clone(&agent));
         let intercept = crate::grpc::auth_interceptor(cfg.rest.token.clone());
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(t) = &tls {
+            let id = tonic::transport::Identity::from_pem(&t.cert_pem, &t.key_pem);
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(id))
+                .map_err(|e| AgentError::invalid("tls", format!("gRPC TLS setup failed: {e}")))?;
+        }
         let mut rx = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
             let svc = tonic::service::interceptor::InterceptedService::new(svc, intercept);
-            let r = tonic::transport::Server::builder()
+            let r = builder
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = rx.wait_for(|s| *s).await;
@@ -166,10 +186,18 @@ pub async fn start_with(cfg: ServeConfig, hv: Arc<dyn Hypervisor>) -> Result<Run
         ganglia_addr = Some(bound);
         tasks.push(t);
     }
+    let scheme = if fingerprint.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     if let Some(endpoint) = cfg.coordinator.clone() {
         let ep = crate::register::Endpoints {
-            grpc: grpc_addr.map(|a| format!("http://{a}")).unwrap_or_default(),
-            rest: format!("http://{http_addr}{}", cfg.rest.prefix),
+            grpc: grpc_addr
+                .map(|a| format!("{scheme}://{a}"))
+                .unwrap_or_default(),
+            rest: format!("{scheme}://{http_addr}{}", cfg.rest.prefix),
+            fingerprint: fingerprint.clone().unwrap_or_default(),
         };
         tasks.push(tokio::spawn(crate::register::run(
             Arc::clone(&agent),
@@ -192,7 +220,7 @@ pub async fn start_with(cfg: ServeConfig, hv: Arc<dyn Hypervisor>) -> Result<Run
             cpus: caps.host.cpus,
             memory_bytes: caps.host.memory_bytes,
             agent_id: agent.id().to_owned(),
-            fingerprint: "none".into(),
+            fingerprint: fingerprint.clone().unwrap_or_else(|| "none".into()),
         };
         let ifs = cfg.mdns_interfaces.clone();
         advertiser = Some(
@@ -208,6 +236,7 @@ pub async fn start_with(cfg: ServeConfig, hv: Arc<dyn Hypervisor>) -> Result<Run
         grpc_addr,
         counters,
         ganglia_addr,
+        fingerprint,
         advertiser,
         tasks,
         stop,

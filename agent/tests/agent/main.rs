@@ -11,3 +11,4 @@ mod monitoring;
 mod qemu;
 mod reconcile;
 mod rest;
+mod tls;
