@@ -1,6 +1,6 @@
 //! The boot cases of issue #4: (a) tmpfs root from an appended layer, (b) NFS root +
 //! layer + tmpfs upper + unpack=, (c) stateful upper on a virtio-blk ext4 image across two
-//! boots, (d) loop+nfs with squashfs/erofs images (and a static ip=), (e) malformed root=,
+//! boots (c2: on an ext4 loop image over NFS), (d) loop+nfs with squashfs/erofs images (and a static ip=), (e) malformed root=,
 //! refused NFS upper, napalm.help and napalm.onfail=shell, (f) composed loop+block, (g) the
 //! thesis 3.2.6 stateless example verbatim, the clone layer on NFS with portable whiteouts.
 
@@ -330,4 +330,35 @@ fn g_thesis_stateless_example_with_clone_layer_on_nfs() {
     assert_has(&out, "NAPALM-G-HOSTNAME=clone01");
     assert_has(&out, "NAPALM-G-SECRET-HIDDEN");
     assert_has(&out, "NAPALM-G-LAYER-ON-SERVER");
+}
+
+#[test]
+fn c2_stateful_upper_on_loop_image_over_nfs() {
+    let _g = serial();
+    let t = tempfile::tempdir().unwrap();
+    let export = t.path().join("export");
+    busybox_root(
+        &export,
+        "if [ -e /var/state ]; then echo \"NAPALM-C2-STATE=$($bb cat /var/state)\"; else echo boot1 > /var/state; echo NAPALM-C2-WRITTEN; fi",
+    );
+    // The upper the NFS refusal message points to: an ext4 image kept on the server.
+    std::fs::create_dir_all(export.join("state")).unwrap();
+    let state = export.join("state/clone01.img");
+    sh(Command::new("truncate").args(["-s", "16M"]).arg(&state));
+    sh(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&state));
+    let (img, _) = initramfs(t.path(), &[]);
+    let root = "root=nfs:10.0.2.100::ro;loop+nfs:10.0.2.100:/state/clone01.img:rw";
+    let nfs = Ganesha::start(&export);
+    let out1 = Qemu::run(&img, root, Some(nfs.port), None);
+    assert_clean(&out1);
+    assert_has(&out1, "NAPALM-C2-WRITTEN");
+    assert!(
+        !export.join("var/state").exists(),
+        "the write went to the server's root"
+    );
+    drop(nfs);
+    let nfs = Ganesha::start(&export);
+    let out2 = Qemu::run(&img, root, Some(nfs.port), None);
+    assert_clean(&out2);
+    assert_has(&out2, "NAPALM-C2-STATE=boot1");
 }
