@@ -1,8 +1,9 @@
 //! The boot cases of issue #4: (a) tmpfs root from an appended layer, (b) NFS root +
 //! layer + tmpfs upper + unpack=, (c) stateful upper on a virtio-blk ext4 image across two
-//! boots (c2: on an ext4 loop image over NFS), (d) loop+nfs with squashfs/erofs images (and a static ip=), (e) malformed root=,
-//! refused NFS upper, napalm.help and napalm.onfail=shell, (f) composed loop+block, (g) the
-//! thesis 3.2.6 stateless example verbatim, the clone layer on NFS with portable whiteouts.
+//! boots (c2: on an ext4 loop image over NFS), (d) loop+nfs with squashfs/erofs images (and
+//! a static ip=), (e) malformed root=, refused NFS upper, napalm.help and
+//! napalm.onfail=shell, (f) composed loop+block, (g) the thesis 3.2.6 stateless example
+//! verbatim, the clone layer on NFS with portable whiteouts.
 
 use super::support::*;
 use std::path::Path;
