@@ -1,7 +1,8 @@
 //! mDNS/DNS-SD, only inside two network namespaces this test creates (joined by a veth
 //! pair, no other interface, no route out): the agent runs in the first and advertises on
-//! its veth only; a mdns-sd browser in the second sees both service types with their TXT,
-//! reaches the REST endpoint, and sees the goodbye when the agent stops.
+//! its veth only; a mdns-sd browser and Avahi's `avahi-browse` (avahi-daemon on a private
+//! D-Bus, both in the second namespace) see both service types with their TXT; the REST
+//! endpoint is reachable there, and the goodbye arrives when the agent stops.
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -61,6 +62,61 @@ impl Drop for Proc {
     }
 }
 
+/// A private D-Bus and an avahi-daemon inside namespace `ns`, limited to interface `dev`.
+struct Avahi {
+    _dbus: Proc,
+    _daemon: Proc,
+    bus: String,
+}
+
+impl Avahi {
+    fn start(ns: &str, dev: &str, dir: &std::path::Path) -> Self {
+        let bus = format!("unix:path={}", dir.join("bus").display());
+        let conf = format!(
+            "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\" \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n\
+             <busconfig><type>system</type><listen>{bus}</listen><auth>EXTERNAL</auth>\
+             <policy context=\"default\"><allow user=\"*\"/><allow own=\"*\"/><allow send_destination=\"*\"/><allow receive_sender=\"*\"/></policy></busconfig>\n"
+        );
+        std::fs::write(dir.join("bus.conf"), conf).expect("bus.conf");
+        let avahi = format!("[server]\nuse-ipv4=yes\nuse-ipv6=no\nallow-interfaces={dev}\nenable-dbus=yes\n[publish]\npublish-addresses=no\npublish-hinfo=no\npublish-workstation=no\npublish-domain=no\n");
+        std::fs::write(dir.join("avahi.conf"), avahi).expect("avahi.conf");
+        let dbus = Command::new("ip")
+            .args(["netns", "exec", ns, "dbus-daemon", "--nofork"])
+            .arg(format!("--config-file={}", dir.join("bus.conf").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dbus-daemon");
+        let dbus = Proc(dbus);
+        let t0 = Instant::now();
+        while !dir.join("bus").exists() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let daemon = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "avahi-daemon",
+                "--no-drop-root",
+                "--no-chroot",
+                "--no-rlimits",
+                "-f",
+            ])
+            .arg(dir.join("avahi.conf"))
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("avahi-daemon");
+        Self {
+            _dbus: dbus,
+            _daemon: Proc(daemon),
+            bus,
+        }
+    }
+}
+
 /// Runs `f` on a thread that has entered network namespace `ns` (threads it spawns,
 /// such as mdns-sd's daemon, inherit it).
 fn in_netns<T: Send + 'static>(
@@ -104,6 +160,8 @@ fn advertised_in_namespace_seen_from_another() {
     let mut agent = Proc(agent);
     let pid = agent.0.id();
 
+    let avahi = Avahi::start(&ns.b, &format!("nv{id}b"), dir.path());
+    let bus = avahi.bus.clone();
     let browser = in_netns(&ns.b, move || {
         let d = ServiceDaemon::new().expect("mdns daemon");
         let http = d.browse("_napalm-http._tcp.local.").expect("browse");
@@ -126,6 +184,17 @@ fn advertised_in_namespace_seen_from_another() {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Avahi, in the same namespace, sees the REST service with its TXT.
+        let mut avahi_seen = String::new();
+        let t0 = Instant::now();
+        while !avahi_seen.contains("10.213.7.1;8480;") && t0.elapsed() < Duration::from_secs(20) {
+            let out = Command::new("timeout")
+                .args(["8", "avahi-browse", "-rpt", "_napalm-http._tcp"])
+                .env("DBUS_SYSTEM_BUS_ADDRESS", &bus)
+                .output()
+                .expect("avahi-browse");
+            avahi_seen = String::from_utf8_lossy(&out.stdout).into_owned();
+        }
         // Reachable over the namespace link.
         let about = Command::new("curl")
             .args(["-sS", "http://10.213.7.1:8480/about"])
@@ -145,9 +214,22 @@ fn advertised_in_namespace_seen_from_another() {
             }
         }
         let _ = d.shutdown();
-        (found, about, removed)
+        (found, about, removed, avahi_seen)
     });
-    let (found, about, removed) = browser.join().expect("browser thread");
+    let (found, about, removed, avahi_seen) = browser.join().expect("browser thread");
+    let line = avahi_seen
+        .lines()
+        .find(|l| l.starts_with("=;") && l.contains("10.213.7.1;8480;"))
+        .unwrap_or_else(|| panic!("avahi-browse did not resolve the agent: {avahi_seen:?}"));
+    for k in [
+        "\"version=",
+        "\"hypervisors=",
+        "\"fingerprint=",
+        "\"grpc_port=8481\"",
+    ] {
+        assert!(line.contains(k), "avahi-browse TXT lacks {k}: {line}");
+    }
+    drop(avahi);
     let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
     let (port, txt, addrs) = found
         .get("_napalm-http._tcp.local.")
