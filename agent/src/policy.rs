@@ -122,6 +122,17 @@ impl Walk<'_> {
             .parent_element()
             .map(|p| p.tag_name().name())
             .unwrap_or_default();
+        // libvirt concatenates all text of these elements: a comment or processing
+        // instruction splitting the text would let a checked prefix carry an unchecked tail.
+        if matches!(
+            tag,
+            "kernel" | "initrd" | "loader" | "dtb" | "nvram" | "emulator" | "backend"
+        ) && (n.children().count() > 1 || n.children().any(|c| !c.is_text()))
+        {
+            return Err(AgentError::Policy(format!(
+                "<{tag}> must hold plain text only (no comments or nested nodes)"
+            )));
+        }
         match tag {
             "metadata" => {
                 return Err(AgentError::Policy(

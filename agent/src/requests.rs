@@ -48,6 +48,22 @@ impl RequestLog {
     /// Opens (creating) the log directory.
     pub fn open(dir: &Path) -> Result<Self> {
         fsutil::create_dir(dir)?;
+        // Retries come within minutes; forget results older than a week.
+        let week = std::time::Duration::from_secs(7 * 24 * 3600);
+        for e in std::fs::read_dir(dir)
+            .map_err(|e| AgentError::io(dir, e))?
+            .flatten()
+        {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > week);
+            if old {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         Ok(Self {
             dir: dir.to_owned(),
             locks: KeyedLocks::default(),
