@@ -7,13 +7,18 @@
 //! NAME/layer.cpio     reproducible newc segment (append to an initramfs)
 //! NAME/layer.tar.gz   reproducible tarball (for `unpack=`)
 //! NAME/inputs.sha256  content hash over every input (written last; the rebuild check)
+//! NAME/cluster-layer  name of its shared cluster layer (only with `shared_cluster_layer`)
+//! _cluster-HASH/      the shared cluster layer, same three forms (see `cluster_layer`)
 //! .napalm-identity    cluster secret for machine-ids and ssh host keys (mode 0600)
+//! .napalm-manifest    cache of every `inputs.sha256` (see `manifest`)
 //! ```
 //! A clone is rebuilt when the hash of its inputs differs from `inputs.sha256`: engine
 //! version, the content of its stacked sets (files, modes, owners, hooks), its resolved
 //! values, the identity fingerprint and, when its sets render cluster templates or list
 //! `clones`, the cluster facts (names, indexes, groups, addresses, slots, server).
-//! A new layer is written to `.NAME.tmp-*`, then swapped in with two renames.
+//! A new layer is written to `.NAME.tmp-*`, then swapped in with two renames (see `emit`);
+//! between them the clone's directory is briefly absent, and a crash there leaves the
+//! previous layer as `.NAME.old-*` (an `inputs.sha256`-less clone is rebuilt next time).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
