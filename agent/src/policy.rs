@@ -201,6 +201,22 @@ impl Walk<'_> {
                     )));
                 }
             }
+            // An image format with a header (qcow2, vmdk...) can name a backing file anywhere
+            // on the host, which QEMU would open: only raw images are accepted.
+            "driver" | "format" if matches!(parent, "disk" | "backingStore") => {
+                let t = attr("type");
+                if !matches!(t, "" | "raw") {
+                    return Err(AgentError::Policy(format!(
+                        "<{tag} type={t:?}> in <{parent}>: only raw disk images are accepted (image headers can name host files as backing stores)"
+                    )));
+                }
+            }
+            "table" if parent == "acpi" => {
+                if let Some(t) = n.first_child().filter(|c| c.is_text()) {
+                    let raw = t.text().unwrap_or_default().to_owned();
+                    self.path("<acpi><table>", &raw, t.range())?;
+                }
+            }
             "kernel" | "initrd" | "loader" | "dtb" | "nvram" if parent == "os" => {
                 if let Some(t) = n.first_child().filter(|c| c.is_text()) {
                     let raw = t.text().unwrap_or_default().to_owned();
@@ -224,7 +240,7 @@ impl Walk<'_> {
             let path_attr = matches!(name, "file" | "path" | "socket" | "template")
                 || (tag == "source" && name == "dir");
             if tag == "source"
-                && matches!(name, "dev" | "pool" | "volume" | "protocol")
+                && matches!(name, "dev" | "pool" | "volume" | "protocol" | "evdev")
                 && parent != "interface"
             {
                 return Err(AgentError::Policy(format!(

@@ -236,6 +236,29 @@ async fn config_points_at_host_disk() {
         "host device",
     )
     .await;
+    bad_config("h-qcow", &xml_with("h-qcow", "", "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='vmlinuz'/><target dev='vda'/></disk>"), 403, "raw").await;
+    bad_config(
+        "h-evdev",
+        &xml_with(
+            "h-evdev",
+            "",
+            "<input type='passthrough' bus='virtio'><source evdev='/dev/input/event0'/></input>",
+        ),
+        403,
+        "host device",
+    )
+    .await;
+    bad_config(
+        "h-acpi",
+        &xml_with(
+            "h-acpi",
+            "<acpi><table type='slic'>/etc/shadow</table></acpi>",
+            "",
+        ),
+        403,
+        "/etc/shadow",
+    )
+    .await;
     bad_config("h-hostdev", &xml_with("h-hostdev", "", "<hostdev mode='subsystem' type='pci'><source><address bus='0' slot='1'/></source></hostdev>"), 403, "hostdev").await;
 }
 
