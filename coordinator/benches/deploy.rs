@@ -31,7 +31,10 @@ use napalm_proto::v1::*;
 use tokio_stream::StreamExt;
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 async fn run(clones: u32, agents: usize, concurrency: usize, tag: &str) -> Duration {
@@ -62,6 +65,7 @@ async fn run(clones: u32, agents: usize, concurrency: usize, tag: &str) -> Durat
             ganglia_listen: None,
             mdns_interfaces: Vec::new(),
             coordinator: None,
+            tls: None,
         })
         .await
         .unwrap();
@@ -74,11 +78,16 @@ async fn run(clones: u32, agents: usize, concurrency: usize, tag: &str) -> Durat
     let registry = Registry::new(store, Arc::new(SystemClock));
     let links = Agents::new(None);
     for ep in &endpoints {
-        register_static(&registry, &links, ep, &HeartbeatPolicy::default()).await.unwrap();
+        register_static(&registry, &links, ep, &HeartbeatPolicy::default())
+            .await
+            .unwrap();
     }
     std::fs::write(dir.path().join("vmlinuz"), vec![7u8; 8 << 20]).unwrap();
     let mut a = napalm_initramfs::cpio::Archive::new();
-    a.add("init", napalm_initramfs::cpio::Entry::File(0o755, vec![1u8; 1 << 20]));
+    a.add(
+        "init",
+        napalm_initramfs::cpio::Entry::File(0o755, vec![1u8; 1 << 20]),
+    );
     std::fs::write(dir.path().join("base.img"), a.write(0)).unwrap();
     let tokens = Arc::new(TokenKey::new(b"0123456789abcdef0123").unwrap());
     let deployer = Deployer::new(
@@ -110,7 +119,9 @@ async fn run(clones: u32, agents: usize, concurrency: usize, tag: &str) -> Durat
             .add_service(CoordinatorServiceServer::new(svc))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let mut c = CoordinatorServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut c = CoordinatorServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     let t = Instant::now();
     let mut s = c
         .deploy(DeployRequest {
@@ -118,7 +129,10 @@ async fn run(clones: u32, agents: usize, concurrency: usize, tag: &str) -> Durat
             spec: Some(DeploymentSpec {
                 name: tag.into(),
                 count: clones,
-                resources: Some(Resources { vcpus: 1, memory_bytes: 64 << 20 }),
+                resources: Some(Resources {
+                    vcpus: 1,
+                    memory_bytes: 64 << 20,
+                }),
                 ..Default::default()
             }),
             dry_run: false,
@@ -147,7 +161,9 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let fast = rt.block_on(run(clones, agents, 32, "benchfast"));
     let base = rt.block_on(run(clones, agents, 1, "benchseq"));
-    println!("deploy: {clones} clones over {agents} agents on test:///default, end to end over gRPC");
+    println!(
+        "deploy: {clones} clones over {agents} agents on test:///default, end to end over gRPC"
+    );
     println!(
         "  concurrency 32: {:>7.2} s  ({:>6.0} clones/s, {:.1}x the baseline)",
         fast.as_secs_f64(),

@@ -60,6 +60,7 @@ pub fn agent_config(state: &Path) -> ServeConfig {
         ganglia_listen: None,
         mdns_interfaces: Vec::new(),
         coordinator: None,
+        tls: None,
     }
 }
 
