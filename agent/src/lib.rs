@@ -8,7 +8,7 @@
 //! idempotency ([`requests`]), lifecycle events ([`events`]) and reconciliation
 //! ([`core::reconcile`]); metrics as Prometheus text ([`metrics`]) and Ganglia gmond XML
 //! ([`ganglia`]), mDNS/DNS-SD advertisement ([`mdns`]) and coordinator registration
-//! ([`register`]).
+//! ([`register`]); TLS for both listeners ([`tls`]). The daemon wiring is [`server`].
 //!
 //! Must not touch: domains it does not own (no napalm metadata with its id), files outside
 //! its state directory, or any other host's state. Scheduling is the coordinator's.

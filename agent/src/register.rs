@@ -36,7 +36,7 @@ async fn register(
         name: caps.host.hostname.clone(),
         grpc_endpoint: ep.grpc.clone(),
         rest_endpoint: ep.rest.clone(),
-        capabilities: Some(convert::capabilities(&caps, false)),
+        capabilities: Some(convert::capabilities(&caps, false, agent.id())),
         cert_fingerprint: ep.fingerprint.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         labels: Default::default(),

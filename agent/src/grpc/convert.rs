@@ -139,9 +139,8 @@ pub fn hypervisor(t: &str) -> pb::Hypervisor {
     }
 }
 
-/// Capabilities view → message.
-#[allow(clippy::needless_update)]
-pub fn capabilities(c: &CapabilitiesView, raw: bool) -> pb::Capabilities {
+/// Capabilities view → message, with this agent's id.
+pub fn capabilities(c: &CapabilitiesView, raw: bool, agent_id: &str) -> pb::Capabilities {
     let h = &c.host;
     pb::Capabilities {
         host: Some(pb::HostInfo {
@@ -186,9 +185,7 @@ pub fn capabilities(c: &CapabilitiesView, raw: bool) -> pb::Capabilities {
         } else {
             String::new()
         },
-        // Newer contract fields (e.g. `agent_id`) keep their defaults here; the register
-        // call carries the agent id.
-        ..Default::default()
+        agent_id: agent_id.to_owned(),
     }
 }
 

@@ -86,6 +86,7 @@ impl AgentService for Service {
         Ok(Response::new(convert::capabilities(
             &c,
             req.get_ref().include_raw_xml,
+            self.agent.id(),
         )))
     }
 

@@ -349,4 +349,5 @@ async fn grpc_requires_the_token() {
     assert!(caps.hypervisors.contains(&(pb::Hypervisor::Test as i32)));
     assert!(caps.raw_xml.contains("<capabilities>"));
     assert!(caps.host.expect("host").cpus > 0);
+    assert_eq!(caps.agent_id, a.running().agent.id());
 }
