@@ -3,7 +3,7 @@
 //! boots (c2: on an ext4 loop image over NFS), (d) loop+nfs with squashfs/erofs images (and
 //! a static ip=), (e) malformed root=, refused NFS upper, napalm.help and
 //! napalm.onfail=shell, (f) composed loop+block, (g) the thesis 3.2.6 stateless example
-//! verbatim, the clone layer on NFS with portable whiteouts.
+//! verbatim, the clone layer on NFS with portable whiteouts, (h) a virtiofs root.
 
 use super::support::*;
 use std::path::Path;
@@ -362,4 +362,34 @@ fn c2_stateful_upper_on_loop_image_over_nfs() {
     let out2 = Qemu::run(&img, root, Some(nfs.port), None);
     assert_clean(&out2);
     assert_has(&out2, "NAPALM-C2-STATE=boot1");
+}
+
+#[test]
+fn h_virtiofs_root_with_tmpfs_upper() {
+    let _g = serial();
+    let t = tempfile::tempdir().unwrap();
+    let shared = t.path().join("shared");
+    busybox_root(
+        &shared,
+        "$bb grep -q '^rootfs /.unions/0-virtiofs virtiofs' /proc/mounts && echo NAPALM-H-VIRTIOFS\n\
+         echo x > /written && [ -e /.unions/1-tmpfs/upper/written ] && echo NAPALM-H-UPPER",
+    );
+    let vfs = Virtiofsd::start(&shared);
+    let (img, _) = initramfs(t.path(), &[]);
+    let mut q = Qemu::boot_full(
+        &img,
+        "console=ttyS0 quiet napalm.timeout=20 root=virtiofs:rootfs:ro;tmpfs:rw",
+        None,
+        None,
+        &vfs.qemu_args("rootfs"),
+    );
+    assert!(
+        q.wait_exit(std::time::Duration::from_secs(120)),
+        "{}",
+        q.output
+    );
+    assert_clean(&q.output);
+    assert_has(&q.output, "NAPALM-H-VIRTIOFS");
+    assert_has(&q.output, "NAPALM-H-UPPER");
+    assert!(!shared.join("written").exists());
 }

@@ -167,6 +167,17 @@ impl Qemu {
         net_port: Option<u16>,
         disk: Option<&Path>,
     ) -> Qemu {
+        Self::boot_full(initrd, cmdline, net_port, disk, &[])
+    }
+
+    /// Like [`Qemu::boot_cmdline`] with extra QEMU arguments (devices).
+    pub fn boot_full(
+        initrd: &Path,
+        cmdline: &str,
+        net_port: Option<u16>,
+        disk: Option<&Path>,
+        extra: &[String],
+    ) -> Qemu {
         let (kernel, _) = kernel();
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args([
@@ -200,6 +211,7 @@ impl Qemu {
                 cmd.args(["-nic", "none"]);
             }
         }
+        cmd.args(extra);
         if let Some(d) = disk {
             cmd.args([
                 "-drive",
@@ -395,6 +407,73 @@ fn die_with_parent(cmd: &mut Command) -> &mut Command {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         })
+    }
+}
+
+/// virtiofsd (the C one QEMU ships in /usr/lib/qemu) sharing `dir` on a socket; killed on drop.
+pub struct Virtiofsd {
+    child: Child,
+    /// The vhost-user socket.
+    pub socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Virtiofsd {
+    /// Starts it and waits for the socket.
+    pub fn start(shared: &Path) -> Virtiofsd {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("vfs.sock");
+        let child = die_with_parent(&mut Command::new("/usr/lib/qemu/virtiofsd"))
+            .arg(format!("--socket-path={}", socket.display()))
+            .args([
+                "-o",
+                &format!("source={}", shared.display()),
+                "-o",
+                "cache=none",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("/usr/lib/qemu/virtiofsd (Debian qemu-system-common) is needed");
+        let v = Virtiofsd {
+            child,
+            socket,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        while !v.socket.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "virtiofsd made no socket"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        v
+    }
+
+    /// The QEMU arguments for a vhost-user-fs device with `tag` (guest RAM must be shared).
+    pub fn qemu_args(&self, tag: &str) -> Vec<String> {
+        [
+            "-object",
+            "memory-backend-memfd,id=mem,size=512M,share=on",
+            "-numa",
+            "node,memdev=mem",
+            "-chardev",
+            &format!("socket,id=vfs0,path={}", self.socket.display()),
+            "-device",
+            &format!("vhost-user-fs-pci,chardev=vfs0,tag={tag}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     }
 }
 
