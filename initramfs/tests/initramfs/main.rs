@@ -3,7 +3,8 @@
 //! guest prints on the serial console.
 //!
 //! Needs (Debian): qemu-system-x86, linux-image-cloud-amd64, busybox-static, nfs-ganesha,
-//! nfs-ganesha-vfs, squashfs-tools, erofs-utils, e2fsprogs; and root for ganesha.
+//! nfs-ganesha-vfs, squashfs-tools, erofs-utils, e2fsprogs, dracut-network (bench only),
+//! virtiofsd (/usr/lib/qemu, from qemu-system-common); and root for ganesha.
 //!
 //! The static napalm-init is built by the first test that needs it, with
 //! `RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" cargo build --release
