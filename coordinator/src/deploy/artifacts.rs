@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use napalm_initramfs::image::{layer_segment, Compression};
-use napalm_overlay::{Config, LayerBuilder, SetLibrary};
+use napalm_overlay::{Config, Identity, LayerBuilder, SetLibrary};
 use serde_json::{json, Value};
 
 use super::ship::Blob;
@@ -134,7 +134,14 @@ impl Artifacts {
         let cluster = config.resolve().map_err(|e| e.to_string())?;
         let sets = SetLibrary::new(self.cfg.sets.clone());
         let dir = self.cfg.layers_dir.join(deployment);
-        let builder = LayerBuilder::new(&cluster, &sets, &dir);
+        // The cluster identity (from which clones' host keys derive) stays beside, not
+        // inside, the directory whose per-clone subdirectories may be NFS-exported.
+        std::fs::create_dir_all(&self.cfg.layers_dir)
+            .map_err(|e| format!("creating {}: {e}", self.cfg.layers_dir.display()))?;
+        let id_path = self.cfg.layers_dir.join(format!(".identity-{deployment}"));
+        let identity = Identity::load_or_create(&id_path)
+            .map_err(|e| format!("cluster identity {}: {e}", id_path.display()))?;
+        let builder = LayerBuilder::new(&cluster, &sets, &dir).identity(identity);
         let names: Vec<&str> = clones.iter().map(|c| c.name.as_str()).collect();
         let report = builder.build(&names).map_err(|e| e.to_string())?;
         let failed: std::collections::HashMap<String, String> = report
