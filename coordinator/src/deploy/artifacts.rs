@@ -173,11 +173,12 @@ impl Artifacts {
             .map_err(|e| format!("layer of {name} has no input hash: {e}"))?
             .trim()
             .to_owned();
-        let segment = layer_segment(name, &paths.root, Compression::None, 0)
+        // After a compressed base the kernel only takes a compressed segment.
+        let segment = layer_segment(name, &paths.root, Compression::Gzip, 0)
             .map_err(|e| format!("layer segment of {name}: {e}"))?;
         let mut bytes = Vec::with_capacity(base.len() + 4 + segment.len());
         bytes.extend_from_slice(base);
-        // The kernel skips zero padding between segments; a newc segment starts aligned.
+        // The kernel skips zero padding between segments.
         while bytes.len() % 4 != 0 {
             bytes.push(0);
         }
