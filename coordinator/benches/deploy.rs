@@ -10,6 +10,9 @@
 // A benchmark harness: a failed step should stop it loudly.
 #![allow(clippy::unwrap_used)]
 
+#[path = "../tests/coordinator/common.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,8 +28,6 @@ use napalm_coordinator::registry::clones::TokenKey;
 use napalm_coordinator::registry::Registry;
 use napalm_coordinator::scheduler::Policy;
 use napalm_coordinator::service::Coordinator;
-use napalm_proto::v1::coordinator_service_client::CoordinatorServiceClient;
-use napalm_proto::v1::coordinator_service_server::CoordinatorServiceServer;
 use napalm_proto::v1::*;
 use tokio_stream::StreamExt;
 
@@ -112,16 +113,7 @@ async fn run(clones: u32, agents: usize, concurrency: usize, tag: &str) -> Durat
         Arc::clone(&tokens),
     );
     let svc = Coordinator::new(registry, HeartbeatPolicy::default(), tokens, Some(deployer));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(CoordinatorServiceServer::new(svc))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let mut c = CoordinatorServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut c = common::serve(svc).await;
     let t = Instant::now();
     let mut s = c
         .deploy(DeployRequest {

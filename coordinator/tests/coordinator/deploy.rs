@@ -22,7 +22,6 @@ use napalm_coordinator::service::Coordinator;
 use napalm_coordinator::store;
 use napalm_proto::v1::agent_service_client::AgentServiceClient;
 use napalm_proto::v1::coordinator_service_client::CoordinatorServiceClient;
-use napalm_proto::v1::coordinator_service_server::CoordinatorServiceServer;
 use napalm_proto::v1::*;
 use napalm_proto::ApiError;
 use tokio_stream::StreamExt;
@@ -129,18 +128,7 @@ async fn grid() -> Grid {
         Arc::clone(&tokens),
     );
     let svc = Coordinator::new(registry, HeartbeatPolicy::default(), tokens, Some(deployer));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(CoordinatorServiceServer::new(svc))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let coord = CoordinatorServiceClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
+    let coord = crate::common::serve(svc).await;
     Grid {
         coord,
         agents,

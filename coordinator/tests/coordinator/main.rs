@@ -1,6 +1,7 @@
 //! The coordinator's one integration test binary.
 
 mod cli;
+mod common;
 mod crash;
 mod deploy;
 mod etcd_harness;

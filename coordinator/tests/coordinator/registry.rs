@@ -10,8 +10,6 @@ use napalm_coordinator::registry::clones::TokenKey;
 use napalm_coordinator::registry::{Registry, RegistryError, CLONES};
 use napalm_coordinator::service::Coordinator;
 use napalm_coordinator::store;
-use napalm_proto::v1::coordinator_service_client::CoordinatorServiceClient;
-use napalm_proto::v1::coordinator_service_server::CoordinatorServiceServer;
 use napalm_proto::v1::*;
 use napalm_proto::ApiError;
 
@@ -234,18 +232,7 @@ async fn the_grpc_service_serves_the_registry_over_loopback() {
         Arc::new(key),
         None,
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(CoordinatorServiceServer::new(svc))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let mut c = CoordinatorServiceClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
+    let mut c = crate::common::serve(svc).await;
     let resp = c
         .register_agent(req("a1"))
         .await
