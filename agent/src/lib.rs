@@ -6,8 +6,8 @@
 //! ([`blobs`]), per-domain directories and persisted desired state ([`record`]), confined
 //! archive extraction ([`archive`]), the domain XML policy ([`policy`]), request-id
 //! idempotency ([`requests`]), lifecycle events ([`events`]) and reconciliation
-//! ([`core::reconcile`]); metrics as Prometheus text ([`metrics`]) and Ganglia gmond XML
-//! ([`ganglia`]), mDNS/DNS-SD advertisement ([`mdns`]) and coordinator registration
+//! ([`core::reconcile`]); metrics as Prometheus text ([`metrics`]), Ganglia gmond XML
+//! ([`ganglia`]) and OTLP/gRPC pushes when an endpoint is configured ([`otel`]), mDNS/DNS-SD advertisement ([`mdns`]) and coordinator registration
 //! ([`register`]); TLS for both listeners ([`tls`]). The daemon wiring is [`server`].
 //!
 //! Must not touch: domains it does not own (no napalm metadata with its id), files outside
@@ -30,6 +30,7 @@ pub mod hypervisor;
 pub mod mdns;
 pub mod metrics;
 pub mod names;
+pub mod otel;
 pub mod policy;
 pub mod record;
 pub mod register;

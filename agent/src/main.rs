@@ -85,6 +85,13 @@ struct Cli {
     /// Coordinator gRPC endpoint to register with and heartbeat to (http://host:port).
     #[arg(long, env = "NAPALM_COORDINATOR")]
     coordinator: Option<String>,
+    /// OpenTelemetry collector to push metrics to over OTLP/gRPC (http://host:4317).
+    /// Without it, no OTLP export.
+    #[arg(long, env = "NAPALM_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Seconds between OTLP metric exports.
+    #[arg(long, env = "NAPALM_OTLP_INTERVAL", default_value_t = 15.0)]
+    otlp_interval: f64,
     /// TLS certificate chain (PEM) for REST and gRPC; needs --tls-key.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -170,7 +177,15 @@ async fn main() -> anyhow::Result<()> {
             _ => None,
         },
     };
-    let running = server::start(cfg).await.context("starting napalm-agent")?;
+    let otlp_every = secs("otlp-interval", cli.otlp_interval)?;
+    let mut running = server::start(cfg).await.context("starting napalm-agent")?;
+    if let Err(e) = running
+        .start_otlp(cli.otlp_endpoint.as_deref(), otlp_every)
+        .await
+    {
+        running.stop().await;
+        return Err(e).context("starting the OTLP exporter");
+    }
     println!(
         "napalm-agent listening http={} grpc={:?}",
         running.http_addr, running.grpc_addr

@@ -44,17 +44,38 @@ type Series = (
     fn(&crate::hypervisor::Stats) -> u64,
 );
 
+/// One reading of the host and of every domain this agent owns: what both the Prometheus
+/// page and the OTLP exporter ([`crate::otel`]) report.
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    /// Host facts (`None` when libvirt could not be asked).
+    pub host: Option<crate::hypervisor::HostFacts>,
+    /// Each owned domain with its counters (zero while it is not active).
+    pub domains: Vec<(crate::core::DomainView, crate::hypervisor::Stats)>,
+}
+
+/// Samples the host and the per-domain counters once.
+pub async fn sample(agent: &crate::core::Agent) -> Sample {
+    Sample {
+        host: agent.host().await.ok(),
+        domains: agent.all_stats().await.unwrap_or_default(),
+    }
+}
+
 /// Host and domain metrics in Prometheus text format.
 pub async fn render(agent: &crate::core::Agent) -> String {
+    format_sample(&sample(agent).await)
+}
+
+/// Formats one [`Sample`] as Prometheus text.
+pub fn format_sample(sample: &Sample) -> String {
     let mut o = String::new();
-    if let Ok(h) = agent.host().await {
+    if let Some(h) = &sample.host {
         let _ = writeln!(o, "# HELP napalm_host_cpus Logical CPUs of the host.\n# TYPE napalm_host_cpus gauge\nnapalm_host_cpus {}", h.cpus);
         let _ = writeln!(o, "# HELP napalm_host_memory_bytes Host memory.\n# TYPE napalm_host_memory_bytes gauge\nnapalm_host_memory_bytes {}", h.memory_bytes);
         let _ = writeln!(o, "# HELP napalm_host_free_memory_bytes Free host memory.\n# TYPE napalm_host_free_memory_bytes gauge\nnapalm_host_free_memory_bytes {}", h.free_memory_bytes);
     }
-    let Ok(all) = agent.all_stats().await else {
-        return o;
-    };
+    let all = &sample.domains;
     let gauges: [Series; 7] = [
         (
             "napalm_domain_cpu_time_seconds_total",
@@ -98,7 +119,7 @@ pub async fn render(agent: &crate::core::Agent) -> String {
     ];
     for (name, kind, help, f) in gauges {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (d, s) in &all {
+        for (d, s) in all {
             let v = f(s);
             if name.contains("cpu_time") {
                 let _ = writeln!(o, "{name}{{domain=\"{}\"}} {}", d.name, v as f64 / 1e9);
@@ -108,7 +129,7 @@ pub async fn render(agent: &crate::core::Agent) -> String {
         }
     }
     let _ = writeln!(o, "# HELP napalm_domain_state Current state of each domain (1 for the state it is in).\n# TYPE napalm_domain_state gauge");
-    for (d, _) in &all {
+    for (d, _) in all {
         let _ = writeln!(
             o,
             "napalm_domain_state{{domain=\"{}\",state=\"{}\"}} 1",

@@ -49,13 +49,38 @@ pub struct Running {
     /// SHA-256 of the TLS certificate, when TLS is on.
     pub fingerprint: Option<String>,
     advertiser: Option<crate::mdns::Advertiser>,
+    otlp: Option<crate::otel::OtlpExporter>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Running {
+    /// Starts pushing this agent's metrics over OTLP/gRPC to `endpoint` every `every`
+    /// (see [`crate::otel`]); nothing when `endpoint` is `None`. Returns whether an exporter
+    /// runs. It is flushed and shut down by [`Running::stop`].
+    ///
+    /// Kept apart from [`ServeConfig`] so that code building a `ServeConfig` literal (the
+    /// coordinator's tests and benches) need not change.
+    pub async fn start_otlp(&mut self, endpoint: Option<&str>, every: Duration) -> Result<bool> {
+        if let Some(old) = self.otlp.take() {
+            old.shutdown().await;
+        }
+        self.otlp =
+            crate::otel::OtlpExporter::start(Arc::clone(&self.agent), endpoint, every).await?;
+        Ok(self.otlp.is_some())
+    }
+
+    /// Whether an OTLP exporter runs.
+    pub fn otlp_enabled(&self) -> bool {
+        self.otlp.is_some()
+    }
+
     /// Stops serving and waits for the servers to finish.
     pub async fn stop(self) {
+        if let Some(o) = self.otlp {
+            // Last export while the agent can still be sampled.
+            o.shutdown().await;
+        }
         if let Some(a) = self.advertiser {
             // Goodbye packets first, so browsers drop us at once.
             let _ = tokio::task::spawn_blocking(move || a.stop()).await;
@@ -238,6 +263,7 @@ pub async fn start_with(cfg: ServeConfig, hv: Arc<dyn Hypervisor>) -> Result<Run
         ganglia_addr,
         fingerprint,
         advertiser,
+        otlp: None,
         tasks,
         stop,
     })

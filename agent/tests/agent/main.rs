@@ -1,6 +1,7 @@
 //! napalm-agent tests, one binary. Fast logic runs against libvirt's `test:///default`
-//! driver in-process; `qemu` boots real guests through the host's libvirtd
-//! (`qemu:///system`, started by `scripts/services start`) and kills the agent process.
+//! driver in-process (`otlp` against an in-test OTLP receiver); `qemu` boots real guests
+//! through the host's libvirtd (`qemu:///system`, started by `scripts/services start`) and
+//! kills the agent process.
 
 mod bench;
 mod common;
@@ -8,6 +9,7 @@ mod grpc;
 mod hostile;
 mod mdns;
 mod monitoring;
+mod otlp;
 mod qemu;
 mod reconcile;
 mod rest;
