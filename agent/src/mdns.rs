@@ -1,6 +1,8 @@
 //! mDNS/DNS-SD advertisement with mdns-sd: `_napalm._tcp` (gRPC) and the thesis's
 //! `_napalm-http._tcp` (REST), with a TXT record describing the host. Only the interfaces
 //! the operator names are used (none: no mDNS at all); a goodbye is sent on shutdown.
+//! Without a configured coordinator, the agent also browses `_napalm-coord._tcp` on
+//! the same interfaces and registers with the first coordinator it finds.
 
 use mdns_sd::{IfKind, ServiceDaemon, ServiceInfo};
 
@@ -10,6 +12,44 @@ use crate::error::{AgentError, Result};
 pub const GRPC_SERVICE: &str = "_napalm._tcp.local.";
 /// REST service type (thesis 3.3).
 pub const HTTP_SERVICE: &str = "_napalm-http._tcp.local.";
+
+/// The service type coordinators advertise their gRPC endpoint under.
+pub const COORDINATOR_SERVICE: &str = "_napalm-coord._tcp.local.";
+
+/// Browses `interfaces` for a coordinator and returns its gRPC endpoint
+/// (`http://IP:PORT`), or `None` once `stop` flips. Blocking: run it off the async workers.
+pub fn find_coordinator(
+    interfaces: &[String],
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<String>> {
+    let daemon = ServiceDaemon::new().map_err(err)?;
+    daemon.disable_interface(IfKind::All).map_err(err)?;
+    for i in interfaces {
+        daemon
+            .enable_interface(IfKind::Name(i.clone()))
+            .map_err(err)?;
+    }
+    let rx = daemon.browse(COORDINATOR_SERVICE).map_err(err)?;
+    let mut found = None;
+    while found.is_none() && !*stop.borrow() {
+        match rx.recv_timeout(std::time::Duration::from_millis(500)) {
+            Ok(mdns_sd::ServiceEvent::ServiceResolved(info)) => {
+                found = info
+                    .get_addresses_v4()
+                    .into_iter()
+                    .next()
+                    .map(|ip| format!("http://{ip}:{}", info.port));
+            }
+            Ok(_) => {}
+            Err(_) if rx.is_disconnected() => break,
+            Err(_) => {}
+        }
+    }
+    if let Ok(done) = daemon.shutdown() {
+        let _ = done.recv_timeout(std::time::Duration::from_secs(2));
+    }
+    Ok(found)
+}
 
 /// What the TXT record says.
 #[derive(Debug, Clone)]

@@ -216,14 +216,14 @@ pub async fn start_with(cfg: ServeConfig, hv: Arc<dyn Hypervisor>) -> Result<Run
     } else {
         "http"
     };
+    let ep = crate::register::Endpoints {
+        grpc: grpc_addr
+            .map(|a| format!("{scheme}://{a}"))
+            .unwrap_or_default(),
+        rest: format!("{scheme}://{http_addr}{}", cfg.rest.prefix),
+        fingerprint: fingerprint.clone().unwrap_or_default(),
+    };
     if let Some(endpoint) = cfg.coordinator.clone() {
-        let ep = crate::register::Endpoints {
-            grpc: grpc_addr
-                .map(|a| format!("{scheme}://{a}"))
-                .unwrap_or_default(),
-            rest: format!("{scheme}://{http_addr}{}", cfg.rest.prefix),
-            fingerprint: fingerprint.clone().unwrap_or_default(),
-        };
         tasks.push(tokio::spawn(crate::register::run(
             Arc::clone(&agent),
             endpoint,
@@ -231,6 +231,25 @@ pub async fn start_with(cfg: ServeConfig, hv: Arc<dyn Hypervisor>) -> Result<Run
             cfg.rest.token.clone(),
             stop.subscribe(),
         )));
+    } else if !cfg.mdns_interfaces.is_empty() {
+        // No coordinator configured: find one over mDNS, then register with it.
+        let (agent, token, stop) = (Arc::clone(&agent), cfg.rest.token.clone(), stop.subscribe());
+        let ifs = cfg.mdns_interfaces.clone();
+        tasks.push(tokio::spawn(async move {
+            let watch = stop.clone();
+            let found =
+                tokio::task::spawn_blocking(move || crate::mdns::find_coordinator(&ifs, &watch))
+                    .await;
+            match found {
+                Ok(Ok(Some(endpoint))) => {
+                    tracing::info!(%endpoint, "coordinator found over mDNS");
+                    crate::register::run(agent, endpoint, ep, token, stop).await;
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "mDNS browsing for a coordinator failed"),
+                Err(e) => tracing::warn!(error = %e, "mDNS browsing task failed"),
+            }
+        }));
     }
     let mut advertiser = None;
     if !cfg.mdns_interfaces.is_empty() {

@@ -1,7 +1,8 @@
-//! Finding agents over mDNS/DNS-SD (thesis 2.3.2, napalm-browse): browse `_napalm._tcp`
-//! on the interfaces the operator names (none: no multicast at all), and record each
-//! resolved agent — after asking it for its capabilities, so only an agent that answers
-//! gRPC is recorded.
+//! mDNS/DNS-SD (thesis 2.3.2, napalm-browse), on the interfaces the operator names only
+//! (none: no multicast at all), both ways: browse `_napalm._tcp` and record each resolved
+//! agent — after asking it for its capabilities, so only an agent that answers gRPC is
+//! recorded — and advertise the coordinator as `_napalm-coord._tcp`, so agents
+//! without a configured coordinator find it and register.
 
 use std::sync::Arc;
 
@@ -15,6 +16,21 @@ use crate::registry::Registry;
 
 /// The service type agents advertise their gRPC endpoint under.
 pub const GRPC_SERVICE: &str = "_napalm._tcp.local.";
+/// The service type this coordinator advertises its gRPC endpoint under.
+pub const COORDINATOR_SERVICE: &str = "_napalm-coord._tcp.local.";
+
+/// How the coordinator presents itself over mDNS.
+#[derive(Debug, Clone)]
+pub struct Advert {
+    /// Instance name (the coordinator's id).
+    pub id: String,
+    /// Host name (without `.local.`).
+    pub hostname: String,
+    /// gRPC port.
+    pub grpc_port: u16,
+    /// HTTP (clone registration) port.
+    pub http_port: u16,
+}
 
 /// Errors starting the browser.
 #[derive(Debug, thiserror::Error)]
@@ -41,17 +57,7 @@ impl Browser {
         agents: Agents,
         policy: HeartbeatPolicy,
     ) -> Result<Self, BrowseError> {
-        if interfaces.is_empty() {
-            return Err(BrowseError::NoInterface);
-        }
-        let m = |e: mdns_sd::Error| BrowseError::Mdns(e.to_string());
-        let daemon = ServiceDaemon::new().map_err(m)?;
-        daemon.disable_interface(IfKind::All).map_err(m)?;
-        for i in interfaces {
-            daemon
-                .enable_interface(IfKind::Name(i.clone()))
-                .map_err(m)?;
-        }
+        let daemon = daemon_on(interfaces)?;
         let rx = daemon.browse(GRPC_SERVICE).map_err(m)?;
         let agents = Arc::new(agents);
         let task = tokio::spawn(async move {
@@ -87,6 +93,65 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         self.task.abort();
+        let _ = self.daemon.shutdown();
+    }
+}
+
+fn m(e: mdns_sd::Error) -> BrowseError {
+    BrowseError::Mdns(e.to_string())
+}
+
+/// An mDNS daemon on `interfaces` only.
+fn daemon_on(interfaces: &[String]) -> Result<ServiceDaemon, BrowseError> {
+    if interfaces.is_empty() {
+        return Err(BrowseError::NoInterface);
+    }
+    let daemon = ServiceDaemon::new().map_err(m)?;
+    daemon.disable_interface(IfKind::All).map_err(m)?;
+    for i in interfaces {
+        daemon
+            .enable_interface(IfKind::Name(i.clone()))
+            .map_err(m)?;
+    }
+    Ok(daemon)
+}
+
+/// The coordinator's own advertisement; dropping it sends a goodbye.
+pub struct Advertiser {
+    daemon: ServiceDaemon,
+    fullname: String,
+}
+
+impl Advertiser {
+    /// Advertises `a` as `_napalm-coord._tcp` on `interfaces` only.
+    pub fn start(interfaces: &[String], a: &Advert) -> Result<Self, BrowseError> {
+        let daemon = daemon_on(interfaces)?;
+        let txt = [
+            ("version", env!("CARGO_PKG_VERSION").to_owned()),
+            ("id", a.id.clone()),
+            ("http_port", a.http_port.to_string()),
+        ];
+        let info = mdns_sd::ServiceInfo::new(
+            COORDINATOR_SERVICE,
+            &a.id,
+            &format!("{}.local.", a.hostname),
+            "",
+            a.grpc_port,
+            &txt[..],
+        )
+        .map_err(m)?
+        .enable_addr_auto();
+        let fullname = info.get_fullname().to_owned();
+        daemon.register(info).map_err(m)?;
+        Ok(Self { daemon, fullname })
+    }
+}
+
+impl Drop for Advertiser {
+    fn drop(&mut self) {
+        if let Ok(rx) = self.daemon.unregister(&self.fullname) {
+            let _ = rx.recv_timeout(std::time::Duration::from_secs(1));
+        }
         let _ = self.daemon.shutdown();
     }
 }

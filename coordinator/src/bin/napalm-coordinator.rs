@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use napalm_coordinator::browse::Browser;
+use napalm_coordinator::browse::{Advert, Advertiser, Browser};
 use napalm_coordinator::clock::SystemClock;
 use napalm_coordinator::deploy::artifacts::ArtifactConfig;
 use napalm_coordinator::deploy::ship::Agents;
@@ -103,7 +103,8 @@ struct Cli {
     /// Seconds a clone may take from start to registration.
     #[arg(long, default_value_t = 300)]
     register_timeout: u64,
-    /// Browse for agents over mDNS on these interfaces (repeatable; none: no mDNS).
+    /// Browse for agents and advertise this coordinator over mDNS on these interfaces
+    /// (repeatable; none: no mDNS).
     #[arg(long = "mdns-interface")]
     mdns_interfaces: Vec<String>,
 }
@@ -130,6 +131,15 @@ fn secret(path: &PathBuf) -> Result<Vec<u8>> {
     std::io::Write::write_all(&mut f, &s)?;
     f.sync_all()?;
     Ok(s)
+}
+
+/// This host's name, for the mDNS record.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "napalm-coordinator".into())
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -264,6 +274,20 @@ async fn main() -> Result<()> {
             )
             .context("starting mDNS browsing")?,
         )
+    };
+    let _advertiser = if cli.mdns_interfaces.is_empty() {
+        None
+    } else {
+        let advert = Advert {
+            id: cli
+                .id
+                .clone()
+                .unwrap_or_else(|| "napalm-coordinator".into()),
+            hostname: hostname(),
+            grpc_port: cli.listen.port(),
+            http_port: cli.http_listen.port(),
+        };
+        Some(Advertiser::start(&cli.mdns_interfaces, &advert).context("advertising over mDNS")?)
     };
     let http = tokio::net::TcpListener::bind(cli.http_listen)
         .await
