@@ -9,6 +9,7 @@
 //! id derived from the clone's layer hash, blobs are content-addressed.
 
 pub mod artifacts;
+mod placement;
 mod plan;
 pub mod ship;
 pub mod xml;
@@ -175,8 +176,8 @@ impl Deployer {
                 .list_agents(&[])
                 .await
                 .map_err(ApiError::from)?;
-            let names = plan::names(&spec);
-            let placement = plan::place(
+            let names = placement::names(&spec);
+            let placement = placement::place(
                 &self.inner.cfg.policy,
                 &spec,
                 &names,
@@ -184,7 +185,7 @@ impl Deployer {
                 &HashMap::new(),
             );
             for (clone, why) in &placement.unplaced {
-                send(&tx, plan::unplaced(clone, why)).await;
+                send(&tx, placement::unplaced(clone, why)).await;
             }
             return Ok(DeploySummary {
                 deployment: spec.name.clone(),
@@ -259,7 +260,7 @@ impl Deployer {
         }
         // Domains of this deployment the registry did not know about (a crash between
         // create and record) go too.
-        plan::sweep_orphans(&self.inner.agents, &agents, &req.name, &HashMap::new()).await;
+        placement::sweep_orphans(&self.inner.agents, &agents, &req.name, &HashMap::new()).await;
         if failed == 0 {
             registry
                 .commit(crate::store::Txn::new().delete(format!("{DEPLOYMENTS}{}", req.name)))

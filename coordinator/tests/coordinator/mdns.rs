@@ -11,8 +11,34 @@ use napalm_coordinator::deploy::ship::Agents;
 use napalm_coordinator::registry::agents::HeartbeatPolicy;
 use napalm_coordinator::registry::Registry;
 use napalm_coordinator::store;
-use napalm_integration::netns::Network;
+use napalm_integration::netns::{Host, Network};
 use napalm_proto::v1::AgentSource;
+
+/// Runs a real agent (test:///default, no coordinator configured) inside `host`'s namespace,
+/// advertising on its interface only, gRPC on :7701 and REST on :7702, until `stop`.
+fn spawn_agent(
+    host: &Host,
+    state: std::path::PathBuf,
+    stop: std::sync::mpsc::Receiver<()>,
+) -> std::thread::JoinHandle<()> {
+    let a = host.clone();
+    host.spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async move {
+            let mut cfg = crate::deploy::agent_config(&state);
+            cfg.grpc_listen = Some(format!("{}:7701", a.addr).parse().expect("addr"));
+            cfg.http_listen = format!("{}:7702", a.addr).parse().expect("addr");
+            cfg.mdns_interfaces = vec![a.iface.clone()];
+            cfg.coordinator = None;
+            let running = napalm_agent::server::start(cfg)
+                .await
+                .expect("agent starts");
+            let _ = tokio::task::spawn_blocking(move || stop.recv()).await;
+            running.stop().await;
+        })
+    })
+    .expect("agent thread")
+}
 
 #[test]
 fn the_coordinator_finds_an_agent_by_mdns_alone() {
@@ -23,23 +49,7 @@ fn the_coordinator_finds_an_agent_by_mdns_alone() {
     let state = dir.path().join("agent");
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
 
-    let a = agent_host.clone();
-    let agent = agent_host
-        .spawn(move || {
-            let rt = tokio::runtime::Runtime::new().expect("runtime");
-            rt.block_on(async move {
-                let mut cfg = crate::deploy::agent_config(&state);
-                cfg.grpc_listen = Some(format!("{}:7701", a.addr).parse().expect("addr"));
-                cfg.http_listen = format!("{}:7702", a.addr).parse().expect("addr");
-                cfg.mdns_interfaces = vec![a.iface.clone()];
-                let running = napalm_agent::server::start(cfg)
-                    .await
-                    .expect("agent starts");
-                let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
-                running.stop().await;
-            })
-        })
-        .expect("agent thread");
+    let agent = spawn_agent(&agent_host, state, stop_rx);
 
     let iface = coord_host.iface.clone();
     let db = dir.path().join("registry.redb");
@@ -155,24 +165,7 @@ fn an_agent_without_a_configured_coordinator_finds_it_by_mdns_and_registers() {
         .recv_timeout(Duration::from_secs(20))
         .expect("coordinator ready");
 
-    let a = agent_host.clone();
-    let agent = agent_host
-        .spawn(move || {
-            let rt = tokio::runtime::Runtime::new().expect("runtime");
-            rt.block_on(async move {
-                let mut cfg = crate::deploy::agent_config(&state);
-                cfg.grpc_listen = Some(format!("{}:7701", a.addr).parse().expect("addr"));
-                cfg.http_listen = format!("{}:7702", a.addr).parse().expect("addr");
-                cfg.mdns_interfaces = vec![a.iface.clone()];
-                cfg.coordinator = None;
-                let running = napalm_agent::server::start(cfg)
-                    .await
-                    .expect("agent starts");
-                let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
-                running.stop().await;
-            })
-        })
-        .expect("agent thread");
+    let agent = spawn_agent(&agent_host, state, stop_rx);
 
     let found = coord.join().expect("coordinator thread ends");
     let _ = stop_tx.send(());
