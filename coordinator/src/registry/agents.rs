@@ -92,7 +92,7 @@ impl Registry {
         if !req.rest_endpoint.is_empty() {
             check_endpoint("rest_endpoint", &req.rest_endpoint)?;
         }
-        let count = self.store().list(AGENTS).await?.len() + 1;
+        let count = self.known_agents() + 1;
         let ttl = policy.ttl(count);
         let now = timestamp(self.clock().now());
         let stored = self
@@ -140,7 +140,7 @@ impl Registry {
         policy: &HeartbeatPolicy,
     ) -> Result<HeartbeatResponse, RegistryError> {
         check_id(&req.agent_id)?;
-        let count = self.store().list(AGENTS).await?.len();
+        let count = self.known_agents().max(1);
         let ttl = policy.ttl(count);
         let now = timestamp(self.clock().now());
         let known = self
@@ -168,7 +168,9 @@ impl Registry {
     pub async fn sweep_agents(&self) -> Result<Vec<String>, RegistryError> {
         let now = self.clock().now();
         let mut downed = Vec::new();
-        for a in self.list::<Agent>(AGENTS).await? {
+        let agents = self.list::<Agent>(AGENTS).await?;
+        self.set_known_agents(agents.len());
+        for a in agents {
             if a.state == AgentState::Down as i32 {
                 continue;
             }
@@ -209,9 +211,9 @@ impl Registry {
             u.0.memory_bytes += size.memory_bytes;
             u.1 += 1;
         }
-        let mut agents: Vec<Agent> = self
-            .list::<Agent>(AGENTS)
-            .await?
+        let all = self.list::<Agent>(AGENTS).await?;
+        self.set_known_agents(all.len());
+        let mut agents: Vec<Agent> = all
             .into_iter()
             .filter(|a| states.is_empty() || states.iter().any(|s| *s as i32 == a.state))
             .map(|mut a| {

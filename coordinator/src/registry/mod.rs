@@ -59,6 +59,9 @@ pub struct Registry {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     fence: Arc<RwLock<Option<u64>>>,
+    /// Agents seen by the last full listing (sweep or list), for heartbeat TTLs: reading
+    /// every agent record on each heartbeat would make heartbeats O(agents).
+    agent_count: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Registry {
@@ -68,7 +71,18 @@ impl Registry {
             store,
             clock,
             fence: Arc::new(RwLock::new(None)),
+            agent_count: Arc::default(),
         }
+    }
+
+    /// The number of agents at the last full listing.
+    pub fn known_agents(&self) -> usize {
+        self.agent_count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_known_agents(&self, n: usize) {
+        self.agent_count
+            .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The clock.
