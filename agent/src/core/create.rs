@@ -299,22 +299,7 @@ impl Agent {
     }
 
     async fn commit(&self, name: &str, dest: &Path, s: Staged, t0: Instant) -> Result<DomainView> {
-        let files_dir = self.store.files_dir(name);
-        let checked = policy::check(
-            &s.config_xml,
-            &files_dir,
-            &self.cfg.policy,
-            &policy::metadata_element(&self.agent_id),
-        )?;
-        if checked.name != name {
-            return Err(AgentError::invalid(
-                "config.xml",
-                format!(
-                    "<name> is {:?} but the request is for {name:?}",
-                    checked.name
-                ),
-            ));
-        }
+        let checked = self.check_config(name, &s.config_xml)?;
         let mut record = DomainRecord {
             name: name.to_owned(),
             uuid: String::new(),

@@ -21,21 +21,7 @@ impl Agent {
     pub async fn put_config(&self, name: &str, xml: &str) -> Result<DomainView> {
         let _g = self.locks.lock(name).await;
         let mut r = self.require(name)?;
-        let checked = policy::check(
-            xml,
-            &self.store.files_dir(name),
-            &self.cfg.policy,
-            &policy::metadata_element(&self.agent_id),
-        )?;
-        if checked.name != name {
-            return Err(AgentError::invalid(
-                "config.xml",
-                format!(
-                    "<name> is {:?} but the request is for {name:?}",
-                    checked.name
-                ),
-            ));
-        }
+        let checked = self.check_config(name, xml)?;
         self.store.save_config(name, xml)?;
         r.files = checked.files;
         r.vcpus = checked.vcpus;

@@ -129,3 +129,30 @@ fn new_agent_id() -> String {
     );
     hex::encode(&Sha256::digest(seed.as_bytes())[..8])
 }
+
+impl Agent {
+    /// Checks `xml` against the operator policy for domain `name` (paths confined to its
+    /// `files/` directory, our metadata element) and that its `<name>` is `name`.
+    pub(crate) fn check_config(
+        &self,
+        name: &str,
+        xml: &str,
+    ) -> Result<crate::policy::CheckedConfig> {
+        let checked = crate::policy::check(
+            xml,
+            &self.store.files_dir(name),
+            &self.cfg.policy,
+            &crate::policy::metadata_element(&self.agent_id),
+        )?;
+        if checked.name != name {
+            return Err(AgentError::invalid(
+                "config.xml",
+                format!(
+                    "<name> is {:?} but the request is for {name:?}",
+                    checked.name
+                ),
+            ));
+        }
+        Ok(checked)
+    }
+}
