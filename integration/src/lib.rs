@@ -10,5 +10,6 @@
 //!
 //! Status: host-setup checks and the harness are here; the grid tests arrive with issue #7.
 
+pub mod bins;
 pub mod netns;
 pub mod proc;

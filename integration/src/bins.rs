@@ -1,0 +1,81 @@
+//! The workspace's binaries for tests that run them as real processes: found beside the
+//! test executable (`target/<profile>/`), built with `cargo build` once if missing (a
+//! `cargo test -p napalm-integration` run does not build other packages' binaries).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+/// Errors locating or building a binary.
+#[derive(Debug, thiserror::Error)]
+pub enum BinError {
+    /// `cargo build` failed.
+    #[error("building {bin} (package {package}) failed: {why}")]
+    Build {
+        /// Binary name.
+        bin: String,
+        /// Package.
+        package: String,
+        /// What went wrong.
+        why: String,
+    },
+}
+
+static BUILD: Mutex<()> = Mutex::new(());
+
+/// The profile directory (`target/debug` or `target/release`) the running test lives in.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test-exe>
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/debug"))
+}
+
+/// Path of binary `bin` from `package`, building it if it is not there yet.
+pub fn binary(package: &str, bin: &str) -> Result<PathBuf, BinError> {
+    let dir = profile_dir();
+    let path = dir.join(bin);
+    let _g = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    if path.exists() {
+        return Ok(path);
+    }
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["build", "-p", package, "--bin", bin]);
+    if release {
+        cmd.arg("--release");
+    }
+    if let Some(target) = dir.parent() {
+        cmd.env("CARGO_TARGET_DIR", target);
+    }
+    let out = cmd.output().map_err(|e| BinError::Build {
+        bin: bin.into(),
+        package: package.into(),
+        why: e.to_string(),
+    })?;
+    if !out.status.success() || !path.exists() {
+        return Err(BinError::Build {
+            bin: bin.into(),
+            package: package.into(),
+            why: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(path)
+}
+
+/// `napalm-agent`.
+pub fn agent() -> Result<PathBuf, BinError> {
+    binary("napalm-agent", "napalm-agent")
+}
+
+/// `napalm-coordinator`.
+pub fn coordinator() -> Result<PathBuf, BinError> {
+    binary("napalm-coordinator", "napalm-coordinator")
+}
+
+/// `napalmctl`.
+pub fn napalmctl() -> Result<PathBuf, BinError> {
+    binary("napalm-coordinator", "napalmctl")
+}
