@@ -109,6 +109,8 @@ async fn run(clones: u32, agents: usize, concurrency: usize, tag: &str) -> Durat
             network: None,
             kernel_args: String::new(),
             attempts: 1,
+            addresses: None,
+            exports: None,
         },
         Arc::clone(&tokens),
     );

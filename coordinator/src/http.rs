@@ -9,7 +9,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use napalm_proto::v1::RegisterCloneRequest;
+use napalm_proto::v1::{BootPhase, BootTimings, RegisterCloneRequest};
 use napalm_proto::ApiError;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -40,6 +40,54 @@ struct RegisterBody {
     boot_id: String,
     #[serde(default)]
     kernel: String,
+    /// napalm-init's `/run/napalm/boot.json`, as the hook found it.
+    #[serde(default)]
+    boot: Option<Value>,
+    /// Seconds since kernel start when the hook ran (`/proc/uptime`).
+    #[serde(default)]
+    uptime: Option<f64>,
+}
+
+fn secs(s: f64) -> Option<prost_types::Duration> {
+    (s.is_finite() && s >= 0.0).then(|| prost_types::Duration {
+        seconds: s.trunc() as i64,
+        nanos: (s.fract() * 1e9) as i32,
+    })
+}
+
+/// Boot timings from napalm-init's report (`timings.phases[{name,start,end}]`,
+/// `timings.exec_init`) and the hook's uptime; whatever is missing stays unset.
+fn boot_timings(boot: Option<&Value>, uptime: Option<f64>) -> Option<BootTimings> {
+    let t = boot.and_then(|b| b.get("timings"));
+    if t.is_none() && uptime.is_none() {
+        return None;
+    }
+    let phases = t
+        .and_then(|t| t.get("phases"))
+        .and_then(Value::as_array)
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| {
+                    let start = p.get("start")?.as_f64()?;
+                    let end = p.get("end")?.as_f64()?;
+                    Some(BootPhase {
+                        name: p.get("name")?.as_str()?.chars().take(200).collect(),
+                        start: secs(start),
+                        duration: secs(end - start),
+                    })
+                })
+                .take(64)
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(BootTimings {
+        phases,
+        to_init: t
+            .and_then(|t| t.get("exec_init"))
+            .and_then(Value::as_f64)
+            .and_then(secs),
+        to_registered: uptime.and_then(secs),
+    })
 }
 
 /// The router (mounted at `/`).
@@ -73,7 +121,7 @@ async fn register(
         } else {
             vec![body.address]
         },
-        boot: None,
+        boot: boot_timings(body.boot.as_ref(), body.uptime),
         kernel: body.kernel,
         boot_id: body.boot_id,
     };
@@ -95,5 +143,31 @@ async fn register(
             };
             (code, Json(json!({"error": e.to_string()})))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_timings_come_from_napalm_inits_report() {
+        let boot = json!({"timings": {"init_start": 1.0, "exec_init": 2.5,
+            "phases": [{"name": "modules", "start": 1.0, "end": 1.25},
+                       {"name": "bad"}]}});
+        let t = boot_timings(Some(&boot), Some(7.75)).expect("timings");
+        assert_eq!(t.phases.len(), 1);
+        assert_eq!(t.phases[0].name, "modules");
+        assert_eq!(t.phases[0].duration.map(|d| d.nanos), Some(250_000_000));
+        assert_eq!(
+            t.to_init.map(|d| (d.seconds, d.nanos)),
+            Some((2, 500_000_000))
+        );
+        assert_eq!(t.to_registered.map(|d| d.seconds), Some(7));
+        assert!(boot_timings(None, None).is_none());
+        assert!(
+            boot_timings(Some(&json!({"timings": {"exec_init": -1.0}})), None)
+                .is_some_and(|t| t.to_init.is_none())
+        );
     }
 }

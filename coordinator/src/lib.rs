@@ -4,19 +4,22 @@
 //! etcd, revision-checked transactions, leader election), agent discovery (mDNS browse,
 //! registration, static list), heartbeats, the [`scheduler`], the deploy pipeline (layers
 //! via napalm-overlay, initramfs via napalm-initramfs, domain XML, shipping artifacts,
-//! following clones until they register), NFS export rules, and the `napalmctl` CLI.
+//! following clones until they register), NFS export rules, registry [`events`] for
+//! watchers (`WatchEvents`, `napalmctl watch`), and the `napalmctl` CLI.
 //!
 //! Must not touch: libvirt directly (agents do that), or a clone's files except through
 //! the layers it builds.
 //!
-//! Status (issue #6): store and scheduler are here; registry service, discovery and the
-//! deploy pipeline are being built. `napalm-coordinator` and `napalmctl` say so.
+//! Status (issue #6): store, registry, discovery, scheduler, deploy pipeline (stateless
+//! and stateful) and [`exports`] are here; `napalm-coordinator --help` says what is not.
 
 pub mod browse;
 pub mod cli;
 pub mod clock;
 pub mod deploy;
 pub mod discovery;
+pub mod events;
+pub mod exports;
 pub mod http;
 pub mod registry;
 pub mod scheduler;

@@ -5,7 +5,8 @@
 //! HTTP endpoint booted clones register through. Agents register and heartbeat (or are
 //! listed with `--agent`); the leader marks silent agents down. Deploy and Undeploy run
 //! the pipeline when a kernel and base image are configured; `--mdns-interface` browses
-//! for agents. Not yet: WatchEvents (issue #6).
+//! for agents; `--export-root` makes it write the NFS exports of the shared root and of
+//! each stateful clone's state.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,10 +17,12 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use napalm_coordinator::browse::{Advert, Advertiser, Browser};
 use napalm_coordinator::clock::SystemClock;
+use napalm_coordinator::deploy::addresses::AddressPool;
 use napalm_coordinator::deploy::artifacts::ArtifactConfig;
 use napalm_coordinator::deploy::ship::Agents;
 use napalm_coordinator::deploy::{DeployConfig, Deployer};
 use napalm_coordinator::discovery::register_static;
+use napalm_coordinator::exports::{ExportConfig, Exporter, SystemReload};
 use napalm_coordinator::registry::agents::HeartbeatPolicy;
 use napalm_coordinator::registry::clones::TokenKey;
 use napalm_coordinator::registry::Registry;
@@ -38,7 +41,7 @@ use napalm_proto::v1::coordinator_service_server::CoordinatorServiceServer;
                   Implemented: agent registration and static agents, heartbeats with TTL, \
                   registry queries, clone registration (gRPC and HTTP), embedded or etcd \
                   store with leader election, deploy/undeploy pipeline.\n\
-                  Not yet (issue #6): WatchEvents, stateful clones, NFS exports."
+                  stateful clones with per-clone NFS state exports (nfs-ganesha or kernel NFS)."
 )]
 struct Cli {
     /// gRPC listen address.
@@ -107,6 +110,34 @@ struct Cli {
     /// (repeatable; none: no mDNS).
     #[arg(long = "mdns-interface")]
     mdns_interfaces: Vec<String>,
+    /// Static clone addresses FIRST/PREFIX (e.g. 10.1.2.101/24): clone N gets FIRST+N-1
+    /// (ip= on its command line, /etc/hosts); unset: clones use DHCP.
+    #[arg(long, env = "NAPALM_CLONE_ADDRESSES")]
+    clone_addresses: Option<AddressPool>,
+    /// Server-side directory of the reference root: the coordinator writes its NFS export
+    /// (read-only) and clones mount nfs:SERVER:DIR. Unset: exports are managed by hand.
+    #[arg(long, env = "NAPALM_EXPORT_ROOT")]
+    export_root: Option<PathBuf>,
+    /// Who may mount the root (address, CIDR or *).
+    #[arg(long, default_value = "*")]
+    export_clients: String,
+    /// Server-side directory of per-clone state (stateful clones), exported per clone.
+    #[arg(long, default_value = "/srv/napalm/state")]
+    export_state_dir: PathBuf,
+    /// Size of a new stateful clone's state image, MiB.
+    #[arg(long, default_value_t = 256)]
+    state_size_mib: u64,
+    /// nfs-ganesha: the file of EXPORT blocks this coordinator writes (%include it from
+    /// ganesha.conf).
+    #[arg(long)]
+    ganesha_exports: Option<PathBuf>,
+    /// nfs-ganesha's pid file; it gets SIGHUP to reload after a change.
+    #[arg(long)]
+    ganesha_pid_file: Option<PathBuf>,
+    /// Kernel NFS server: the exports file this coordinator writes
+    /// (e.g. /etc/exports.d/napalm.exports); `exportfs -ra` runs after a change.
+    #[arg(long)]
+    kernel_exports: Option<PathBuf>,
 }
 
 fn secret(path: &PathBuf) -> Result<Vec<u8>> {
@@ -221,6 +252,25 @@ async fn main() -> Result<()> {
         })
     };
 
+    let exporter = match &cli.export_root {
+        Some(root) => Some(Arc::new(
+            Exporter::new(
+                ExportConfig {
+                    root: root.clone(),
+                    root_clients: cli.export_clients.clone(),
+                    state_dir: cli.export_state_dir.clone(),
+                    state_size: cli.state_size_mib << 20,
+                    ganesha_file: cli.ganesha_exports.clone(),
+                    ganesha_pid_file: cli.ganesha_pid_file.clone(),
+                    exports_file: cli.kernel_exports.clone(),
+                    exportfs: cli.kernel_exports.is_some(),
+                },
+                Box::new(SystemReload),
+            )
+            .context("NFS export settings")?,
+        )),
+        None => None,
+    };
     let deployer = match (&cli.kernel, &cli.base_image) {
         (Some(kernel), Some(base)) => {
             let mut sets = cli.sets.clone();
@@ -246,6 +296,8 @@ async fn main() -> Result<()> {
                     network: cli.network.clone(),
                     kernel_args: cli.kernel_args.clone(),
                     attempts: 3,
+                    addresses: cli.clone_addresses,
+                    exports: exporter.clone(),
                 },
                 Arc::clone(&key),
             ))
@@ -255,6 +307,13 @@ async fn main() -> Result<()> {
             None
         }
     };
+    if let Some(d) = &deployer {
+        // The root (and any stateful clones' state) is exported before anything boots.
+        d.sync_exports()
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("writing the NFS exports")?;
+    }
     let links = Agents::new(cli.agent_token.clone());
     for ep in &cli.agents {
         match register_static(&registry, &links, ep, &policy).await {

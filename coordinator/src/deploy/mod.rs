@@ -8,6 +8,7 @@
 //! Every step is idempotent: records are revision-checked, `CreateDomain` carries a request
 //! id derived from the clone's layer hash, blobs are content-addressed.
 
+pub mod addresses;
 pub mod artifacts;
 mod placement;
 mod plan;
@@ -27,9 +28,11 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::clock::duration;
+use crate::exports::{Exporter, StateExport};
 use crate::registry::clones::TokenKey;
 use crate::registry::{check_name, Registry, CLONES, DEPLOYMENTS};
 use crate::scheduler::Policy;
+use addresses::AddressPool;
 use artifacts::{ArtifactConfig, Artifacts};
 use ship::Agents;
 
@@ -59,6 +62,11 @@ pub struct DeployConfig {
     pub kernel_args: String,
     /// Attempts per clone on different agents before it is reported failed.
     pub attempts: usize,
+    /// Static clone addresses (`None`: clones use DHCP).
+    pub addresses: Option<AddressPool>,
+    /// The NFS exports this coordinator writes (`None`: the root is exported by hand and
+    /// stateful clones are refused).
+    pub exports: Option<Arc<Exporter>>,
 }
 
 /// Runs deployments.
@@ -99,6 +107,12 @@ impl Deployer {
                 tokens,
             }),
         }
+    }
+
+    /// Writes the NFS exports for what the registry holds (at start-up, before clones
+    /// mount anything).
+    pub async fn sync_exports(&self) -> Result<(), String> {
+        sync_exports(&self.inner).await
     }
 
     /// Checks and completes a spec with defaults; bad input is refused before anything is
@@ -147,16 +161,39 @@ impl Deployer {
         if s.mode == CloneMode::Unspecified as i32 {
             s.mode = CloneMode::Stateless as i32;
         }
-        if s.mode == CloneMode::Stateful as i32 {
+        if let Some(pool) = &self.inner.cfg.addresses {
+            if s.count > pool.capacity() {
+                return Err(invalid(
+                    "spec.count",
+                    format!(
+                        "count \"{}\" is more than the {} clone addresses of the pool; \
+                         deploy fewer or give the coordinator a larger --clone-addresses",
+                        s.count,
+                        pool.capacity()
+                    ),
+                ));
+            }
+        }
+        if s.mode == CloneMode::Stateful as i32
+            && (self.inner.cfg.exports.is_none() || self.inner.cfg.addresses.is_none())
+        {
             return Err(invalid(
                 "spec.mode",
-                "stateful clones are not supported by the deploy pipeline yet (issue #6); \
-                 use --mode stateless"
+                "stateful clones keep their state in a per-clone NFS export restricted to \
+                 the clone's address: start the coordinator with --export-root, \
+                 --export-state-dir and --clone-addresses, or use --mode stateless"
                     .into(),
             ));
         }
         if s.root.is_empty() {
-            s.root = format!("nfs:{}:/", self.inner.cfg.server);
+            s.root = match &self.inner.cfg.exports {
+                Some(x) => format!(
+                    "nfs:{}:{}",
+                    self.inner.cfg.server,
+                    x.config().root.display()
+                ),
+                None => format!("nfs:{}:/", self.inner.cfg.server),
+            };
         }
         Ok(s)
     }
@@ -267,6 +304,10 @@ impl Deployer {
                 .await
                 .map_err(ApiError::from)?;
         }
+        // The removed clones' state exports go (their state stays on the server).
+        if let Err(e) = sync_exports(&self.inner).await {
+            tracing::warn!(error = %e, "exports not updated after undeploy");
+        }
         Ok(DeploySummary {
             deployment: req.name,
             requested: clones.len() as u32,
@@ -276,6 +317,53 @@ impl Deployer {
             unplaced: Vec::new(),
         })
     }
+}
+
+/// Rewrites the NFS exports from the registry: the root, and the state export of every
+/// clone of every stateful deployment (restricted to its address). A no-op when this
+/// coordinator manages no exports.
+async fn sync_exports(inner: &Inner) -> Result<(), String> {
+    let (Some(x), Some(pool)) = (&inner.cfg.exports, &inner.cfg.addresses) else {
+        if let Some(x) = &inner.cfg.exports {
+            let x = Arc::clone(x);
+            return apply_exports(x, Vec::new()).await;
+        }
+        return Ok(());
+    };
+    let mut states = Vec::new();
+    for d in inner
+        .registry
+        .list_deployments()
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        let Some(spec) = d.spec.filter(|s| s.mode == CloneMode::Stateful as i32) else {
+            continue;
+        };
+        for c in inner
+            .registry
+            .list_clones(&spec.name)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            if let Some(address) = pool.address(c.index) {
+                states.push(StateExport {
+                    deployment: spec.name.clone(),
+                    clone: c.name,
+                    address,
+                });
+            }
+        }
+    }
+    apply_exports(Arc::clone(x), states).await
+}
+
+async fn apply_exports(x: Arc<Exporter>, states: Vec<StateExport>) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || x.apply(&states))
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|_| ())
+        .map_err(|e| format!("NFS exports: {e}"))
 }
 
 /// Sends a progress message; a gone receiver (client hung up) does not stop the work.

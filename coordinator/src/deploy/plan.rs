@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use napalm_proto::v1::{
-    Agent, AgentState, Clone, ClonePhase, CreateDomainRequest, DeploySummary, Deployment,
-    DeploymentSpec, DomainState, Hypervisor, RestartPolicy,
+    Agent, AgentState, Clone, CloneMode, ClonePhase, CreateDomainRequest, DeploySummary,
+    Deployment, DeploymentSpec, DomainState, Hypervisor, RestartPolicy,
 };
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -225,7 +225,10 @@ impl Run {
             .filter(|c| c.phase != ClonePhase::Failed as i32 && !c.agent_id.is_empty())
             .cloned()
             .collect();
-        let built = self.build(&todo).await;
+        let mut built = self.build(&todo).await;
+        for (name, why) in self.prepare_state(&todo).await {
+            built.insert(name, Err(why));
+        }
         let kernel = self.inner.artifacts.kernel();
 
         // Ship and start, bounded in parallel.
@@ -290,9 +293,10 @@ impl Run {
             .iter()
             .map(|c| CloneInput {
                 name: c.name.clone(),
-                values: vec![
+                values: [
                     ("clone_index".into(), json!(c.index)),
                     ("mac".into(), json!(c.mac)),
+                    ("interface".into(), json!("eth0")),
                     (
                         "register_url".into(),
                         json!(format!(
@@ -301,12 +305,34 @@ impl Run {
                             self.inner.tokens.token(&c.name)
                         )),
                     ),
-                ],
+                ]
+                .into_iter()
+                .chain(
+                    cfg.addresses
+                        .and_then(|p| {
+                            let a = p.address(c.index)?;
+                            Some([
+                                ("address".to_owned(), json!(a.to_string())),
+                                ("netmask".to_owned(), json!(p.netmask().to_string())),
+                            ])
+                        })
+                        .into_iter()
+                        .flatten(),
+                )
+                .collect(),
             })
             .collect();
         let globals = vec![
             ("server".to_owned(), json!(cfg.server)),
             ("deployment".to_owned(), json!(self.spec.name)),
+            (
+                "mode".to_owned(),
+                json!(if self.stateful() {
+                    "stateful"
+                } else {
+                    "stateless"
+                }),
+            ),
         ];
         let inner = Arc::clone(&self.inner);
         let deployment = self.spec.name.clone();
@@ -326,14 +352,59 @@ impl Run {
         }
     }
 
+    fn stateful(&self) -> bool {
+        self.spec.mode == CloneMode::Stateful as i32
+    }
+
+    /// Stateful clones: creates missing state images, then exports each clone's state to
+    /// its address. Returns the clones that cannot start, with why.
+    async fn prepare_state(&self, clones: &[Clone]) -> Vec<(String, String)> {
+        let Some(x) = self.inner.cfg.exports.clone().filter(|_| self.stateful()) else {
+            return Vec::new();
+        };
+        let deployment = self.spec.name.clone();
+        let names: Vec<String> = clones.iter().map(|c| c.name.clone()).collect();
+        let mut failed: Vec<(String, String)> = tokio::task::spawn_blocking(move || {
+            names
+                .into_iter()
+                .filter_map(|n| match x.ensure_state(&deployment, &n) {
+                    Ok(_) => None,
+                    Err(e) => Some((n, e.to_string())),
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_else(|e| vec![(String::new(), e.to_string())]);
+        if let Err(e) = super::sync_exports(&self.inner).await {
+            failed = clones.iter().map(|c| (c.name.clone(), e.clone())).collect();
+        }
+        failed
+    }
+
     fn cmdline(&self, c: &Clone) -> String {
+        let cfg = &self.inner.cfg;
         let mut s = String::new();
-        if !self.inner.cfg.kernel_args.is_empty() {
-            s.push_str(&self.inner.cfg.kernel_args);
+        if !cfg.kernel_args.is_empty() {
+            s.push_str(&cfg.kernel_args);
             s.push(' ');
         }
+        let upper = match &cfg.exports {
+            Some(x) if self.stateful() => format!(
+                "loop+nfs:{}:{}/upper.img:rw",
+                cfg.server,
+                x.state_path(&self.spec.name, &c.name).display()
+            ),
+            _ => "tmpfs:rw".to_owned(),
+        };
+        let ip = match cfg
+            .addresses
+            .and_then(|p| p.address(c.index).map(|a| (p, a)))
+        {
+            Some((p, a)) => format!("ip={a}:{}::{}:{}:eth0:off", cfg.server, p.netmask(), c.name),
+            None => "ip=dhcp".to_owned(),
+        };
         s.push_str(&format!(
-            "root={}:ro;layer:{}:ro;tmpfs:rw ip=dhcp",
+            "root={}:ro;layer:{}:ro;{upper} {ip}",
             self.spec.root, c.name
         ));
         if !self.spec.kernel_args.is_empty() {

@@ -124,6 +124,8 @@ async fn grid() -> Grid {
             network: None,
             kernel_args: "console=ttyS0".into(),
             attempts: 2,
+            addresses: None,
+            exports: None,
         },
         Arc::clone(&tokens),
     );

@@ -1,0 +1,92 @@
+//! Static clone addresses: clone N of a deployment gets the pool's first address + N - 1,
+//! known before it boots, so its `/etc/hosts`, its `ip=` and its state export (restricted
+//! to that address) are all written up front. Without a pool clones use DHCP.
+
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+/// `FIRST/PREFIX`, e.g. `10.1.2.101/24`: clone addresses from FIRST to the subnet's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressPool {
+    first: Ipv4Addr,
+    prefix: u8,
+}
+
+impl FromStr for AddressPool {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!("clone address pool {s:?}: {why}; write FIRST/PREFIX, e.g. 10.1.2.101/24")
+        };
+        let (a, p) = s.split_once('/').ok_or_else(|| bad("no /PREFIX"))?;
+        let first: Ipv4Addr = a.parse().map_err(|_| bad("not an IPv4 address"))?;
+        let prefix: u8 = p
+            .parse()
+            .ok()
+            .filter(|p| (8..=30).contains(p))
+            .ok_or_else(|| bad("prefix must be 8..=30"))?;
+        let pool = Self { first, prefix };
+        if pool.capacity() == 0 {
+            return Err(bad("the first address is the subnet's broadcast address"));
+        }
+        Ok(pool)
+    }
+}
+
+impl AddressPool {
+    fn mask(&self) -> u32 {
+        u32::MAX << (32 - u32::from(self.prefix))
+    }
+
+    /// The netmask, dotted.
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.mask())
+    }
+
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// How many clones fit (up to the broadcast address, excluded).
+    pub fn capacity(&self) -> u32 {
+        let broadcast = u32::from(self.first) | !self.mask();
+        broadcast.saturating_sub(u32::from(self.first))
+    }
+
+    /// The address of clone `index` (1-based), if the pool has it.
+    pub fn address(&self, index: u32) -> Option<Ipv4Addr> {
+        (index >= 1 && index <= self.capacity())
+            .then(|| Ipv4Addr::from(u32::from(self.first) + index - 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_follow_the_index_within_the_subnet() {
+        let p: AddressPool = "10.1.2.101/24".parse().expect("pool");
+        assert_eq!(p.address(1), Some(Ipv4Addr::new(10, 1, 2, 101)));
+        assert_eq!(p.address(8), Some(Ipv4Addr::new(10, 1, 2, 108)));
+        assert_eq!(p.capacity(), 154);
+        assert_eq!(p.address(155), None);
+        assert_eq!(p.address(0), None);
+        assert_eq!(p.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+    }
+
+    #[test]
+    fn bad_pools_are_refused_quoting_the_input() {
+        for bad in [
+            "10.1.2.101",
+            "10.1.2.300/24",
+            "10.1.2.1/31",
+            "10.1.2.255/24",
+        ] {
+            let e = bad.parse::<AddressPool>().expect_err(bad);
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+}
