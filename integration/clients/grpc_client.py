@@ -101,7 +101,8 @@ def agent_part(out):
     }
 
     # Client streaming: header, then the data in two chunks.
-    kernel = b"not really a kernel, but the test driver does not boot it\n" * 100
+    # Unique per domain, so every run of this script uploads a blob the agent lacks.
+    kernel = ("kernel of %s: the test driver does not boot it\n" % DOMAIN).encode() * 100
     ref = common_pb2.BlobRef(sha256=hashlib.sha256(kernel).hexdigest(), size=len(kernel))
     before = stub.HasBlobs(agent_pb2.HasBlobsRequest(blobs=[ref]), metadata=AUTH,
                            timeout=DEADLINE)
@@ -113,12 +114,14 @@ def agent_part(out):
         agent_pb2.UploadBlobRequest(data=kernel[half:]),
     ]
     up = stub.UploadBlob(iter(parts), metadata=AUTH, timeout=DEADLINE)
+    again = stub.UploadBlob(iter(parts), metadata=AUTH, timeout=DEADLINE)
     after = stub.HasBlobs(agent_pb2.HasBlobsRequest(blobs=[ref]), metadata=AUTH,
                           timeout=DEADLINE)
     out["blob"] = {
         "missing_before": [b.sha256 for b in before.missing],
         "uploaded": up.blob.sha256,
         "already_present": up.already_present,
+        "second_upload_already_present": again.already_present,
         "present_after": [b.sha256 for b in after.present],
     }
 

@@ -596,6 +596,7 @@ fn python_grpcio_stubs_from_proto_talk_to_agent_and_coordinator() {
     assert_eq!(blob["missing_before"], serde_json::json!([sha]), "{blob}");
     assert_eq!(blob["present_after"], serde_json::json!([sha]), "{blob}");
     assert_eq!(blob["already_present"], false);
+    assert_eq!(blob["second_upload_already_present"], true, "{blob}");
     let created = &v["created"];
     let name = created["name"].as_str().expect("name").to_owned();
     assert!(name.starts_with("c-grpc-"));
