@@ -81,10 +81,6 @@ impl Coordinator {
     }
 }
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not implemented yet (issue #6)"))
-}
-
 /// Runs `work` in the background, streaming its progress and then its summary.
 fn stream<F>(
     work: impl FnOnce(crate::deploy::Progress) -> F + Send + 'static,
@@ -235,7 +231,12 @@ impl CoordinatorService for Coordinator {
     }
 
     type WatchEventsStream = BoxStream<Event>;
-    async fn watch_events(&self, _r: Request<WatchEventsRequest>) -> Res<Self::WatchEventsStream> {
-        Err(not_yet("WatchEvents"))
+    async fn watch_events(&self, r: Request<WatchEventsRequest>) -> Res<Self::WatchEventsStream> {
+        let req = r.into_inner();
+        tracing::debug!(deployment = %req.deployment, "WatchEvents");
+        crate::events::watch(self.registry.clone(), req, crate::events::POLL_INTERVAL)
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
     }
 }

@@ -6,17 +6,15 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use napalm_proto::v1::coordinator_service_client::CoordinatorServiceClient;
 use napalm_proto::v1::{
     deploy_progress, CloneMode, ClonePhase, DeployProgress, DeployRequest, DeploySummary,
     DeploymentSpec, Hypervisor, PlacementStrategy, Resources, UndeployRequest,
 };
 use serde_json::json;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 use super::output::Output;
-use super::{from_status, Failure};
+use super::{from_status, Client, Failure};
 
 /// Arguments of `napalmctl deploy`.
 #[derive(clap::Args, Debug)]
@@ -251,11 +249,7 @@ async fn follow(
 }
 
 /// `napalmctl deploy`.
-pub async fn deploy(
-    c: &mut CoordinatorServiceClient<Channel>,
-    args: &DeployArgs,
-    output: Output,
-) -> Result<String, Failure> {
+pub async fn deploy(c: &mut Client, args: &DeployArgs, output: Output) -> Result<String, Failure> {
     let spec = args.spec()?;
     let req = DeployRequest {
         request_id: format!("napalmctl-{}-{}", spec.name, std::process::id()),
@@ -267,7 +261,7 @@ pub async fn deploy(
 
 /// `napalmctl undeploy`.
 pub async fn undeploy(
-    c: &mut CoordinatorServiceClient<Channel>,
+    c: &mut Client,
     name: &str,
     purge: bool,
     output: Output,

@@ -2,12 +2,19 @@
 //! napalm-deploy, napalm-list-deployments, napalm-undeploy). Each subcommand is a thin
 //! call of one coordinator RPC (or one library operation) plus output formatting.
 //!
-//! Exit codes: 0 success; 1 the operation failed; 2 bad usage or not implemented yet;
-//! 3 the coordinator is unreachable; 4 the named thing does not exist.
+//! Exit codes: 0 success; 1 the operation failed; 2 bad usage or input, or not implemented
+//! yet; 3 the coordinator (or, for `domain`, the agent) is unreachable; 4 the named thing
+//! does not exist.
+//!
+//! Settings (coordinator address, tokens, output format) come from flags, the environment
+//! or a YAML file: see [`config`].
 
 pub mod clone;
+pub mod config;
 pub mod deploy;
+pub mod domain;
 pub mod output;
+pub mod watch;
 
 use std::process::ExitCode;
 
@@ -16,25 +23,29 @@ use napalm_proto::v1::coordinator_service_client::CoordinatorServiceClient;
 use napalm_proto::v1::{AgentState, ListAgentsRequest, ListClonesRequest, ListDeploymentsRequest};
 use napalm_proto::ApiError;
 use serde_json::{json, Value};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 use crate::scheduler::hv_name;
+use config::Settings;
 use output::{render, Output};
 
-/// Operator CLI for Napalm: agents, clones, deployments.
+/// Operator CLI for Napalm: agents, clones, deployments, one agent's domains, events.
 #[derive(Parser, Debug)]
-#[command(name = "napalmctl", version)]
+#[command(name = "napalmctl", version, after_long_help = config::PRECEDENCE_HELP)]
 pub struct Cli {
-    /// Coordinator gRPC endpoint.
-    #[arg(
-        long,
-        global = true,
-        env = "NAPALM_COORDINATOR",
-        default_value = "http://127.0.0.1:7700"
-    )]
-    pub coordinator: String,
-    /// Output format of listings.
-    #[arg(long, short, global = true, value_enum, default_value = "table")]
-    pub output: Output,
+    /// Coordinator gRPC endpoint [else NAPALM_COORDINATOR, the config file,
+    /// http://127.0.0.1:7700].
+    #[arg(long, global = true)]
+    pub coordinator: Option<String>,
+    /// Bearer token: for the coordinator [else NAPALM_TOKEN, `token:` in the config file];
+    /// with `domain`, for the agent [else NAPALM_AGENT_TOKEN, `agent_token:`].
+    #[arg(long, global = true)]
+    pub token: Option<String>,
+    /// Output format of listings [else NAPALM_OUTPUT, the config file, table].
+    #[arg(long, short, global = true, value_enum)]
+    pub output: Option<Output>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -71,6 +82,10 @@ pub enum Command {
     },
     /// Deploy N clones, or converge a deployment of that name (napalm-deploy).
     Deploy(deploy::DeployArgs),
+    /// Domains of one agent through its REST API (the thesis's `napalm` tool).
+    Domain(domain::DomainArgs),
+    /// Follow registry events: clone phases, agent states, deployments added and removed.
+    Watch(watch::WatchArgs),
     /// Remove a deployment's clones from their agents and the registry (napalm-undeploy).
     Undeploy {
         /// Deployment name.
@@ -86,9 +101,22 @@ pub enum Command {
     },
 }
 
-/// Runs the CLI; returns the process exit code.
+/// Runs the CLI with the process environment; returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
-    match dispatch(&cli).await {
+    let flags = config::Flags {
+        coordinator: cli.coordinator.clone(),
+        token: cli.token.clone(),
+        output: cli.output,
+        agent: match &cli.command {
+            Command::Domain(d) => d.agent.clone(),
+            _ => None,
+        },
+    };
+    let result = match config::resolve(&flags, &config::process_env) {
+        Ok(settings) => dispatch(&cli, &settings).await,
+        Err(f) => Err(f),
+    };
+    match result {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
@@ -122,18 +150,59 @@ pub(crate) fn from_status(s: tonic::Status) -> Failure {
     }
 }
 
-async fn client(
-    endpoint: &str,
-) -> Result<CoordinatorServiceClient<tonic::transport::Channel>, Failure> {
-    CoordinatorServiceClient::connect(endpoint.to_owned())
+/// Adds `authorization: Bearer TOKEN` to every coordinator call when a token is set.
+#[derive(Debug, Clone, Default)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(r)
+    }
+}
+
+/// A coordinator client carrying the configured token.
+pub type Client = CoordinatorServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Connects to the configured coordinator.
+pub async fn client(settings: &Settings) -> Result<Client, Failure> {
+    let endpoint = &settings.coordinator.value;
+    let bearer = match &settings.token {
+        None => Bearer(None),
+        Some(t) => Bearer(Some(format!("Bearer {}", t.value).parse().map_err(
+            |_| Failure {
+                code: 2,
+                message: format!(
+                    "the token from {} is not usable in a header (printable ASCII only)",
+                    t.origin
+                ),
+            },
+        )?)),
+    };
+    let invalid = |e: &dyn std::fmt::Display| Failure {
+        code: 2,
+        message: format!(
+            "coordinator endpoint {endpoint:?} (from {}) is not a URL: {e}; use \
+             http://HOST:PORT",
+            settings.coordinator.origin
+        ),
+    };
+    let channel = Channel::from_shared(endpoint.clone())
+        .map_err(|e| invalid(&e))?
+        .connect()
         .await
         .map_err(|e| Failure {
             code: 3,
             message: format!(
-                "cannot reach the coordinator at {endpoint:?} ({e}); start napalm-coordinator \
-                 or set --coordinator / NAPALM_COORDINATOR"
+                "cannot reach the coordinator at {endpoint:?} (from {}): {e}; start \
+                 napalm-coordinator or set --coordinator / NAPALM_COORDINATOR / \
+                 `coordinator:` in the config file",
+                settings.coordinator.origin
             ),
-        })
+        })?;
+    Ok(CoordinatorServiceClient::with_interceptor(channel, bearer))
 }
 
 fn mib(b: u64) -> u64 {
@@ -144,10 +213,50 @@ fn state_name(s: &str, prefix: &str) -> String {
     s.trim_start_matches(prefix).to_lowercase()
 }
 
-async fn dispatch(cli: &Cli) -> Result<String, Failure> {
+/// Refuses a deploy when no agent is ready: the coordinator would record the deployment
+/// with every clone failed; this says why before anything is written.
+async fn require_ready_agent(c: &mut Client, settings: &Settings) -> Result<(), Failure> {
+    let agents = c
+        .list_agents(ListAgentsRequest::default())
+        .await
+        .map_err(from_status)?
+        .into_inner()
+        .agents;
+    if agents.iter().any(|a| a.state == AgentState::Ready as i32) {
+        return Ok(());
+    }
+    let known = if agents.is_empty() {
+        "none is registered".to_owned()
+    } else {
+        let list: Vec<String> = agents
+            .iter()
+            .map(|a| {
+                let st = AgentState::try_from(a.state).unwrap_or_default();
+                format!(
+                    "{} {}",
+                    a.name,
+                    state_name(st.as_str_name(), "AGENT_STATE_")
+                )
+            })
+            .collect();
+        format!("{} known, none ready: {}", agents.len(), list.join(", "))
+    };
+    Err(Failure {
+        code: 1,
+        message: format!(
+            "no agent can take clones ({known}) at the coordinator {:?}; nothing was \
+             deployed. Start napalm-agent with --coordinator pointing here (or give \
+             napalm-coordinator --agent ENDPOINT), then check `napalmctl agents`",
+            settings.coordinator.value
+        ),
+    })
+}
+
+async fn dispatch(cli: &Cli, settings: &Settings) -> Result<String, Failure> {
+    let output = settings.output.value;
     match &cli.command {
         Command::Agents => {
-            let mut c = client(&cli.coordinator).await?;
+            let mut c = client(settings).await?;
             let agents = c
                 .list_agents(ListAgentsRequest::default())
                 .await
@@ -178,7 +287,7 @@ async fn dispatch(cli: &Cli) -> Result<String, Failure> {
                 })
                 .collect();
             Ok(render(
-                cli.output,
+                output,
                 &[
                     "name",
                     "state",
@@ -195,7 +304,7 @@ async fn dispatch(cli: &Cli) -> Result<String, Failure> {
             ))
         }
         Command::Deployments => {
-            let mut c = client(&cli.coordinator).await?;
+            let mut c = client(settings).await?;
             let ds = c
                 .list_deployments(ListDeploymentsRequest {})
                 .await
@@ -214,11 +323,7 @@ async fn dispatch(cli: &Cli) -> Result<String, Failure> {
                     })
                 })
                 .collect();
-            Ok(render(
-                cli.output,
-                &["name", "count", "layers", "state"],
-                &rows,
-            ))
+            Ok(render(output, &["name", "count", "layers", "state"], &rows))
         }
         Command::Clone { sources, command } => clone::run(sources, command),
         Command::Clones {
@@ -227,7 +332,7 @@ async fn dispatch(cli: &Cli) -> Result<String, Failure> {
             ..
         } => clone::list(sources, format),
         Command::Clones { deployment, .. } => {
-            let mut c = client(&cli.coordinator).await?;
+            let mut c = client(settings).await?;
             let clones = c
                 .list_clones(ListClonesRequest {
                     deployment: deployment.clone().unwrap_or_default(),
@@ -249,7 +354,7 @@ async fn dispatch(cli: &Cli) -> Result<String, Failure> {
                 })
                 .collect();
             Ok(render(
-                cli.output,
+                output,
                 &["clone", "deployment", "agent", "addresses", "phase"],
                 &rows,
             ))
@@ -257,12 +362,18 @@ async fn dispatch(cli: &Cli) -> Result<String, Failure> {
         Command::Deploy(args) => {
             // Arguments are checked before anything is contacted.
             args.spec()?;
-            let mut c = client(&cli.coordinator).await?;
-            deploy::deploy(&mut c, args, cli.output).await
+            let mut c = client(settings).await?;
+            require_ready_agent(&mut c, settings).await?;
+            deploy::deploy(&mut c, args, output).await
         }
         Command::Undeploy { name, purge } => {
-            let mut c = client(&cli.coordinator).await?;
-            deploy::undeploy(&mut c, name, *purge, cli.output).await
+            let mut c = client(settings).await?;
+            deploy::undeploy(&mut c, name, *purge, output).await
+        }
+        Command::Domain(args) => domain::run(args, settings).await,
+        Command::Watch(args) => {
+            let mut c = client(settings).await?;
+            watch::watch(&mut c, args, settings).await
         }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod crash;
+mod ctl;
 mod deploy;
 mod etcd_harness;
 mod mdns;

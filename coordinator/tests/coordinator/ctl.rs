@@ -1,0 +1,798 @@
+//! `napalmctl` as a process against real services on loopback: `domain` against a real
+//! napalm-agent on `test:///default`, `watch` following a real deploy, settings precedence
+//! (flag > environment > file), and `deploy` refused when no agent can take clones.
+//!
+//! Domain and deployment names here start with `domcli-`/`watchcli`/`noagents`: the test
+//! driver's state is shared by every test of this process.
+
+use std::path::Path;
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use napalm_agent::server::Running;
+use napalm_coordinator::clock::SystemClock;
+use napalm_coordinator::deploy::artifacts::ArtifactConfig;
+use napalm_coordinator::deploy::ship::Agents;
+use napalm_coordinator::deploy::{DeployConfig, Deployer};
+use napalm_coordinator::discovery::register_static;
+use napalm_coordinator::registry::agents::HeartbeatPolicy;
+use napalm_coordinator::registry::clones::TokenKey;
+use napalm_coordinator::registry::{Registry, CLONES, DEPLOYMENTS};
+use napalm_coordinator::scheduler::Policy;
+use napalm_coordinator::service::Coordinator;
+use napalm_coordinator::store;
+use napalm_proto::v1::coordinator_service_client::CoordinatorServiceClient;
+use napalm_proto::v1::coordinator_service_server::CoordinatorServiceServer;
+use napalm_proto::v1::*;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_stream::StreamExt;
+
+use crate::deploy::{agent_config, TOKEN};
+
+/// Variables napalmctl reads; every run starts without them.
+const VARS: [&str; 7] = [
+    "NAPALM_COORDINATOR",
+    "NAPALM_TOKEN",
+    "NAPALM_OUTPUT",
+    "NAPALM_AGENT",
+    "NAPALM_AGENT_TOKEN",
+    "NAPALM_CONFIG",
+    "XDG_CONFIG_HOME",
+];
+
+/// napalmctl with a clean environment: no settings variables, an empty user config dir.
+fn ctl(home: &Path) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_napalmctl"));
+    for v in VARS {
+        c.env_remove(v);
+    }
+    c.env("XDG_CONFIG_HOME", home).env("HOME", home);
+    c.kill_on_drop(true);
+    c
+}
+
+async fn run(mut c: tokio::process::Command) -> Output {
+    tokio::time::timeout(Duration::from_secs(60), c.output())
+        .await
+        .expect("napalmctl finishes within 60 s")
+        .expect("napalmctl runs")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A coordinator served on loopback, with the deploy pipeline.
+struct Coord {
+    endpoint: String,
+    client: CoordinatorServiceClient<tonic::transport::Channel>,
+    registry: Registry,
+    tokens: Arc<TokenKey>,
+    dir: tempfile::TempDir,
+}
+
+/// A coordinator whose registry knows the agents at `agent_grpc` (statically).
+async fn coordinator(agent_grpc: &[String]) -> Coord {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = store::open(dir.path().join("registry.redb").to_str().expect("utf-8"))
+        .await
+        .expect("store");
+    let registry = Registry::new(s, Arc::new(SystemClock));
+    let links = Agents::new(Some(TOKEN.into()));
+    for ep in agent_grpc {
+        register_static(&registry, &links, ep, &HeartbeatPolicy::default())
+            .await
+            .expect("static agent");
+    }
+    let kernel = dir.path().join("vmlinuz");
+    std::fs::write(&kernel, b"not booted by the test driver").expect("kernel");
+    let base = dir.path().join("base.img");
+    let mut a = napalm_initramfs::cpio::Archive::new();
+    a.add(
+        "init",
+        napalm_initramfs::cpio::Entry::File(0o755, b"#!/bin/sh\n".to_vec()),
+    );
+    std::fs::write(&base, a.write(0)).expect("base image");
+    let tokens = Arc::new(TokenKey::new(b"ctl-test-secret-0123456789").expect("key"));
+    let deployer = Deployer::new(
+        registry.clone(),
+        DeployConfig {
+            artifacts: ArtifactConfig {
+                kernel,
+                base_image: base,
+                sets: vec![napalm_overlay::default_sets_dir()],
+                layers_dir: dir.path().join("layers"),
+            },
+            server: "10.77.0.1".into(),
+            register_base: "http://10.77.0.1:7780".into(),
+            agent_token: Some(TOKEN.into()),
+            register_timeout: Duration::from_secs(5),
+            concurrency: 4,
+            policy: Policy::default(),
+            network: None,
+            kernel_args: "console=ttyS0".into(),
+            attempts: 2,
+            addresses: None,
+            exports: None,
+        },
+        Arc::clone(&tokens),
+    );
+    let svc = Coordinator::new(
+        registry.clone(),
+        HeartbeatPolicy::default(),
+        Arc::clone(&tokens),
+        Some(deployer),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(CoordinatorServiceServer::new(svc))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let client = CoordinatorServiceClient::connect(endpoint.clone())
+        .await
+        .expect("connect to the coordinator");
+    Coord {
+        endpoint,
+        client,
+        registry,
+        tokens,
+        dir,
+    }
+}
+
+async fn agent(state: &Path) -> Running {
+    napalm_agent::server::start(agent_config(state))
+        .await
+        .expect("agent starts on test:///default")
+}
+
+fn rest(a: &Running) -> String {
+    format!("http://{}/napalm", a.http_addr)
+}
+
+fn test_xml(name: &str) -> String {
+    format!(
+        "<domain type='test'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+         <os><type arch='i686'>hvm</type><kernel>vmlinuz</kernel><initrd>initrd.img</initrd>\
+         </os></domain>"
+    )
+}
+
+/// `napalmctl domain --agent URL --token TOKEN ARGS…`
+async fn domain(home: &Path, agent: &str, args: &[&str]) -> Output {
+    let mut c = ctl(home);
+    c.args(["domain", "--agent", agent, "--token", TOKEN])
+        .args(args);
+    run(c).await
+}
+
+#[tokio::test]
+async fn domain_crud_against_a_real_agent() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let a = agent(&dir.path().join("agent")).await;
+    let url = rest(&a);
+    let h = home.as_path();
+    let xml = dir.path().join("domcli-a.xml");
+    std::fs::write(&xml, test_xml("domcli-a")).expect("xml");
+    let kernel = dir.path().join("vmlinuz");
+    std::fs::write(&kernel, b"kernel").expect("kernel");
+    let initrd = dir.path().join("initrd.img");
+    std::fs::write(&initrd, b"initrd").expect("initrd");
+    let (xml, kernel, initrd) = (
+        xml.to_str().expect("utf-8"),
+        kernel.to_str().expect("utf-8"),
+        initrd.to_str().expect("utf-8"),
+    );
+
+    // Create = one PUT of an archive napalmctl packs from the XML and its files.
+    let puts = a.counters.put.load(std::sync::atomic::Ordering::Relaxed);
+    let o = domain(
+        h,
+        &url,
+        &[
+            "create", "domcli-a", "--xml", xml, "--file", kernel, "--file", initrd,
+        ],
+    )
+    .await;
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(out, "domcli-a: created, running\n");
+    assert_eq!(
+        a.counters.put.load(std::sync::atomic::Ordering::Relaxed) - puts,
+        1,
+        "create = 1 PUT"
+    );
+
+    let o = domain(h, &url, &["--output", "json", "list"]).await;
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let rows: Vec<Value> = serde_json::from_str(&out).expect("JSON list");
+    let row = rows
+        .iter()
+        .find(|r| r["name"] == "domcli-a")
+        .unwrap_or_else(|| panic!("domcli-a not listed: {out}"));
+    assert_eq!(row["state"], "running");
+    assert_eq!(row["memory_mib"], 64);
+
+    let o = domain(h, &url, &["show", "domcli-a"]).await;
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.starts_with("FIELD"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("state") && l.ends_with("running")),
+        "{out}"
+    );
+    assert!(out.contains("vmlinuz,initrd.img") || out.contains("initrd.img,vmlinuz"));
+
+    for (cmd, want) in [
+        ("stop", "shutoff"),
+        ("start", "running"),
+        ("pause", "paused"),
+        ("start", "running"),
+    ] {
+        let o = domain(h, &url, &[cmd, "domcli-a"]).await;
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{cmd}: {err}");
+        assert_eq!(out, format!("domcli-a: {want}\n"), "{cmd}");
+        let o = domain(h, &url, &["status", "domcli-a"]).await;
+        assert_eq!(text(&o).0, format!("{want}\n"), "status after {cmd}");
+    }
+
+    let o = domain(h, &url, &["config", "domcli-a"]).await;
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("<name>domcli-a</name>"), "{out}");
+
+    let archive = dir.path().join("domcli-a.tar.gz");
+    let o = domain(
+        h,
+        &url,
+        &[
+            "archive",
+            "domcli-a",
+            "--out",
+            archive.to_str().expect("utf-8"),
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o).1);
+    let bytes = std::fs::read(&archive).expect("archive written");
+    assert_eq!(&bytes[..2], &[0x1f, 0x8b], "gzip");
+
+    // The same definition again is idempotent.
+    let o = domain(
+        h,
+        &url,
+        &[
+            "create", "domcli-a", "--xml", xml, "--file", kernel, "--file", initrd,
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(text(&o).0, "domcli-a: unchanged (it existed), running\n");
+
+    // Delete, then bring it back from the downloaded archive, defined only.
+    let o = domain(h, &url, &["delete", "domcli-a"]).await;
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(text(&o).0, "domcli-a: deleted\n");
+    let o = domain(
+        h,
+        &url,
+        &[
+            "create",
+            "domcli-a",
+            "--archive",
+            archive.to_str().expect("utf-8"),
+            "--no-start",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(text(&o).0, "domcli-a: created, shutoff\n");
+    let o = domain(h, &url, &["delete", "domcli-a", "--purge"]).await;
+    assert!(o.status.success(), "{}", text(&o).1);
+    let o = domain(h, &url, &["status", "domcli-a"]).await;
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o).1);
+    assert!(text(&o).1.contains("domcli-a"), "{}", text(&o).1);
+
+    // Bad input: each a message quoting it and the documented exit code.
+    let o = domain(h, &url, &["show", "../etc"]).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("\"../etc\""), "{}", text(&o).1);
+
+    let o = domain(
+        h,
+        &url,
+        &["create", "domcli-b", "--xml", "/nonexistent/b.xml"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("/nonexistent/b.xml"), "{}", text(&o).1);
+
+    // config.xml names another domain: the agent refuses with 400, napalmctl exits 2.
+    let o = domain(
+        h,
+        &url,
+        &[
+            "create", "domcli-b", "--xml", xml, "--file", kernel, "--file", initrd,
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
+    assert!(text(&o).1.contains("400"), "{}", text(&o).1);
+
+    let mut c = ctl(h);
+    c.args(["domain", "--agent", &url, "list"]);
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("NAPALM_AGENT_TOKEN"), "{}", text(&o).1);
+
+    let o = domain(h, "http://127.0.0.1:9/napalm", &["list"]).await;
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o).1);
+    assert!(text(&o).1.contains("127.0.0.1:9"), "{}", text(&o).1);
+
+    let o = domain(h, "ftp://example/napalm", &["list"]).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).1.contains("\"ftp://example/napalm\""),
+        "{}",
+        text(&o).1
+    );
+
+    let mut c = ctl(h);
+    c.args(["domain", "list"]);
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("--agent"), "{}", text(&o).1);
+
+    // An agent named by the name it registered with: its REST endpoint comes from the
+    // coordinator.
+    let mut coord = coordinator(&[]).await;
+    coord
+        .client
+        .register_agent(RegisterAgentRequest {
+            id: "domcli-host".into(),
+            name: "domcli-host".into(),
+            grpc_endpoint: format!("http://{}", a.grpc_addr.expect("grpc")),
+            rest_endpoint: url.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("register");
+    let mut c = ctl(h);
+    c.args([
+        "--coordinator",
+        &coord.endpoint,
+        "domain",
+        "--agent",
+        "domcli-host",
+        "--token",
+        TOKEN,
+        "list",
+    ]);
+    let o = run(c).await;
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(text(&o).0.starts_with("NAME"), "{}", text(&o).0);
+    let mut c = ctl(h);
+    c.args([
+        "--coordinator",
+        &coord.endpoint,
+        "domain",
+        "--agent",
+        "nosuchhost",
+        "list",
+    ]);
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o).1);
+    assert!(text(&o).1.contains("\"nosuchhost\""), "{}", text(&o).1);
+    drop(coord.dir);
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn settings_come_from_flag_then_environment_then_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join("napalm")).expect("config dir");
+    let a = agent(&dir.path().join("agent")).await;
+    let url = rest(&a);
+    let coord = coordinator(&[]).await;
+    let dead = "http://127.0.0.1:9";
+    // The user file (found through XDG_CONFIG_HOME) points at the real coordinator and
+    // agent with the right agent token, and asks for JSON.
+    let file = home.join("napalm").join("napalmctl.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "# napalmctl test\ncoordinator: {}\noutput: json\nagent: {url}\nagent_token: {TOKEN}\n",
+            coord.endpoint
+        ),
+    )
+    .expect("write config");
+
+    // File only: everything from the file.
+    let mut c = ctl(&home);
+    c.args(["deployments"]);
+    let o = run(c).await;
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(text(&o).0.trim(), "[]", "JSON from `output: json`");
+    let mut c = ctl(&home);
+    c.args(["domain", "list"]);
+    let o = run(c).await;
+    assert!(
+        o.status.success(),
+        "file agent + agent_token: {}",
+        text(&o).1
+    );
+
+    // Environment beats the file.
+    let mut c = ctl(&home);
+    c.env("NAPALM_COORDINATOR", dead).args(["deployments"]);
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o).1);
+    let err = text(&o).1;
+    assert!(
+        err.contains(dead) && err.contains("NAPALM_COORDINATOR"),
+        "{err}"
+    );
+    let mut c = ctl(&home);
+    c.env("NAPALM_AGENT_TOKEN", "wrong")
+        .args(["domain", "list"]);
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(1), "env token beats the file's");
+    assert!(text(&o).1.contains("401"), "{}", text(&o).1);
+    let mut c = ctl(&home);
+    c.env("NAPALM_OUTPUT", "yaml").args(["deployments"]);
+    let o = run(c).await;
+    assert_eq!(text(&o).0.trim(), "[]", "{}", text(&o).1);
+
+    // A flag beats both.
+    let mut c = ctl(&home);
+    c.env("NAPALM_COORDINATOR", dead).args([
+        "--coordinator",
+        &coord.endpoint,
+        "-o",
+        "table",
+        "deployments",
+    ]);
+    let o = run(c).await;
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(text(&o).0.starts_with("NAME"), "{}", text(&o).0);
+    let mut c = ctl(&home);
+    c.env("NAPALM_AGENT_TOKEN", "wrong")
+        .args(["domain", "--token", TOKEN, "list"]);
+    let o = run(c).await;
+    assert!(o.status.success(), "flag token: {}", text(&o).1);
+    let mut c = ctl(&home);
+    c.args(["domain", "--agent", "http://127.0.0.1:9/napalm", "list"]);
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(3), "--agent beats `agent:`");
+
+    // NAPALM_CONFIG beats the user file; a malformed file names itself and the line.
+    let other = dir.path().join("other.yaml");
+    std::fs::write(&other, format!("coordinator: {dead}\noutput: table\n")).expect("write");
+    let mut c = ctl(&home);
+    c.env("NAPALM_CONFIG", &other).args(["deployments"]);
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o).1);
+    assert!(text(&o).1.contains("other.yaml:1"), "{}", text(&o).1);
+    std::fs::write(&other, "coordinator: x\noutput: json\n  bad indent: [\n").expect("write");
+    let mut c = ctl(&home);
+    c.env("NAPALM_CONFIG", &other).args(["deployments"]);
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
+    let err = text(&o).1;
+    assert!(err.contains(&format!("{}:", other.display())), "{err}");
+    assert!(err.contains(":3:"), "line of the error: {err}");
+
+    // --help documents the precedence.
+    let mut c = ctl(&home);
+    c.arg("--help");
+    let o = run(c).await;
+    let out = text(&o).0;
+    for s in [
+        "NAPALM_COORDINATOR",
+        "NAPALM_TOKEN",
+        "NAPALM_AGENT_TOKEN",
+        "NAPALM_CONFIG",
+        "/etc/napalm/napalmctl.yaml",
+        "first found wins",
+    ] {
+        assert!(out.contains(s), "--help lacks {s}: {out}");
+    }
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn deploy_with_no_ready_agent_fails_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut coord = coordinator(&[]).await;
+    let mut c = ctl(dir.path());
+    c.args([
+        "--coordinator",
+        &coord.endpoint,
+        "deploy",
+        "--count",
+        "2",
+        "--name",
+        "noagents",
+    ]);
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o).1);
+    let err = text(&o).1;
+    assert!(
+        err.contains("no agent can take clones (none is registered)")
+            && err.contains("nothing was deployed")
+            && err.contains("napalmctl agents"),
+        "{err}"
+    );
+    let nothing = |r: &Registry| {
+        let r = r.clone();
+        async move {
+            let s = r.store();
+            (
+                s.list(DEPLOYMENTS).await.expect("list").len(),
+                s.list(CLONES).await.expect("list").len(),
+            )
+        }
+    };
+    assert_eq!(nothing(&coord.registry).await, (0, 0));
+
+    // An agent that exists but is draining cannot take clones either.
+    coord
+        .client
+        .register_agent(RegisterAgentRequest {
+            id: "noagents-host".into(),
+            name: "noagents-host".into(),
+            grpc_endpoint: "http://127.0.0.1:9".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("register");
+    coord
+        .client
+        .set_agent_state(SetAgentStateRequest {
+            request_id: "drain-1".into(),
+            id: "noagents-host".into(),
+            state: AgentState::Draining as i32,
+        })
+        .await
+        .expect("drain");
+    let mut c = ctl(dir.path());
+    c.args([
+        "--coordinator",
+        &coord.endpoint,
+        "deploy",
+        "--count",
+        "2",
+        "--name",
+        "noagents",
+    ]);
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o).1);
+    assert!(
+        text(&o).1.contains("noagents-host draining"),
+        "{}",
+        text(&o).1
+    );
+    assert_eq!(nothing(&coord.registry).await, (0, 0));
+}
+
+/// Reads JSON lines from `lines` until `done` holds for what was read (or 30 s pass).
+async fn read_until(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    seen: &mut Vec<Value>,
+    done: impl Fn(&[Value]) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done(seen) {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("watch did not show it within 30 s; saw {seen:#?}"))
+            .expect("read watch output")
+            .unwrap_or_else(|| panic!("watch ended; saw {seen:#?}"));
+        seen.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
+    }
+}
+
+fn phases(seen: &[Value], clone: &str) -> Vec<String> {
+    seen.iter()
+        .filter(|e| e["kind"] == "clone" && e["name"] == clone && e["deleted"] == false)
+        .filter_map(|e| e["phase"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn watch_follows_a_deploy_registration_and_undeploy() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = agent(&dir.path().join("agent")).await;
+    let mut coord = coordinator(&[format!("http://{}", a.grpc_addr.expect("grpc"))]).await;
+    let mut c = ctl(dir.path());
+    c.args([
+        "--coordinator",
+        &coord.endpoint,
+        "--output",
+        "json",
+        "watch",
+        "--deployment",
+        "watchcli",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("napalmctl watch starts");
+    let mut err = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), err.next_line())
+        .await
+        .expect("watch starts within 30 s")
+        .expect("stderr")
+        .unwrap_or_default();
+    assert!(first.contains("watching"), "{first}");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+
+    // Another deployment's changes are filtered out.
+    let other = coord
+        .client
+        .deploy(DeployRequest {
+            request_id: "watch-other".into(),
+            spec: Some(spec("watchother", 1)),
+            dry_run: false,
+        })
+        .await
+        .expect("deploy accepted");
+    drain(other.into_inner()).await;
+    let mut s = coord
+        .client
+        .deploy(DeployRequest {
+            request_id: "watch-1".into(),
+            spec: Some(spec("watchcli", 2)),
+            dry_run: false,
+        })
+        .await
+        .expect("deploy accepted")
+        .into_inner();
+    drain_ok(&mut s).await;
+
+    let mut seen = Vec::new();
+    read_until(&mut out, &mut seen, |s| {
+        ["watchcli-01", "watchcli-02"]
+            .iter()
+            .all(|c| phases(s, c).last().map(String::as_str) == Some("running"))
+    })
+    .await;
+    assert!(
+        seen.iter()
+            .any(|e| e["kind"] == "deployment" && e["name"] == "watchcli" && e["deleted"] == false),
+        "deployment added: {seen:#?}"
+    );
+    let order = [
+        "pending",
+        "scheduled",
+        "layer",
+        "shipped",
+        "defined",
+        "running",
+    ];
+    for c in ["watchcli-01", "watchcli-02"] {
+        let p = phases(&seen, c);
+        let idx: Vec<usize> = p
+            .iter()
+            .map(|x| {
+                order
+                    .iter()
+                    .position(|o| o == x)
+                    .unwrap_or_else(|| panic!("{c}: unexpected phase {x}: {p:?}"))
+            })
+            .collect();
+        assert!(
+            idx.windows(2).all(|w| w[0] < w[1]),
+            "{c}: phases out of order or repeated: {p:?}"
+        );
+    }
+
+    // The clone reports in: watch shows running -> registered.
+    coord
+        .client
+        .register_clone(RegisterCloneRequest {
+            name: "watchcli-01".into(),
+            token: coord.tokens.token("watchcli-01"),
+            addresses: vec!["10.77.0.11/24".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("register clone");
+    read_until(&mut out, &mut seen, |s| {
+        phases(s, "watchcli-01").last().map(String::as_str) == Some("registered")
+    })
+    .await;
+    let reg = seen
+        .iter()
+        .rev()
+        .find(|e| e["name"] == "watchcli-01")
+        .expect("event");
+    assert_eq!(reg["addresses"][0], "10.77.0.11/24");
+
+    // Undeploy: both clones and the deployment are seen going away.
+    let mut s = coord
+        .client
+        .undeploy(UndeployRequest {
+            request_id: "watch-u".into(),
+            name: "watchcli".into(),
+            purge: true,
+        })
+        .await
+        .expect("undeploy accepted")
+        .into_inner();
+    drain_ok(&mut s).await;
+    read_until(&mut out, &mut seen, |s| {
+        let gone = |k: &str, n: &str| {
+            s.iter()
+                .any(|e| e["kind"] == k && e["name"] == n && e["deleted"] == true)
+        };
+        gone("clone", "watchcli-01")
+            && gone("clone", "watchcli-02")
+            && gone("deployment", "watchcli")
+    })
+    .await;
+    assert!(
+        seen.iter().all(|e| e["deployment"] == "watchcli"
+            || (e["kind"] == "deployment" && e["name"] == "watchcli")),
+        "--deployment filter: {seen:#?}"
+    );
+    let revs: Vec<u64> = seen.iter().filter_map(|e| e["revision"].as_u64()).collect();
+    assert!(revs.iter().all(|r| *r > 0), "{revs:?}");
+    child.kill().await.expect("stop watch");
+
+    let mut s = coord
+        .client
+        .undeploy(UndeployRequest {
+            request_id: "watch-u2".into(),
+            name: "watchother".into(),
+            purge: true,
+        })
+        .await
+        .expect("undeploy accepted")
+        .into_inner();
+    drain_ok(&mut s).await;
+    a.stop().await;
+}
+
+fn spec(name: &str, count: u32) -> DeploymentSpec {
+    DeploymentSpec {
+        name: name.into(),
+        count,
+        resources: Some(Resources {
+            vcpus: 1,
+            memory_bytes: 128 << 20,
+        }),
+        ..Default::default()
+    }
+}
+
+async fn drain(mut s: tonic::Streaming<DeployProgress>) {
+    drain_ok(&mut s).await;
+}
+
+/// Runs a deploy/undeploy stream to its summary; every clone must have succeeded.
+async fn drain_ok(s: &mut tonic::Streaming<DeployProgress>) {
+    let mut summary = None;
+    while let Some(m) = s.next().await {
+        if let Some(deploy_progress::Event::Summary(x)) = m.expect("stream item").event {
+            summary = Some(x);
+        }
+    }
+    let summary = summary.expect("summary");
+    assert_eq!(summary.failed, 0, "{summary:?}");
+    assert_eq!(summary.succeeded, summary.requested, "{summary:?}");
+}
