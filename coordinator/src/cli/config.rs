@@ -68,8 +68,10 @@ pub struct Settings {
 pub struct Flags {
     /// `--coordinator`.
     pub coordinator: Option<String>,
-    /// `--token`.
+    /// `--token` of a coordinator command.
     pub token: Option<String>,
+    /// `--token` of `domain` (the agent's token; never sent to the coordinator).
+    pub agent_token: Option<String>,
     /// `--output`.
     pub output: Option<Output>,
     /// `domain --agent`.
@@ -237,7 +239,7 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
     let token = pick(flags.token.as_ref(), "--token", "NAPALM_TOKEN", "token");
     let agent = pick(flags.agent.as_ref(), "--agent", "NAPALM_AGENT", "agent");
     let agent_token = pick(
-        flags.token.as_ref(),
+        flags.agent_token.as_ref(),
         "--token",
         "NAPALM_AGENT_TOKEN",
         "agent_token",
@@ -313,7 +315,8 @@ mod tests {
 
         let flags = Flags {
             coordinator: Some("http://flag:3".into()),
-            token: Some("flagtok".into()),
+            token: None,
+            agent_token: Some("flagtok".into()),
             output: Some(Output::Json),
             agent: None,
         };
@@ -321,6 +324,7 @@ mod tests {
         assert_eq!(s.coordinator.value, "http://flag:3");
         assert_eq!(s.output.value, Output::Json);
         assert_eq!(s.agent_token.map(|t| t.value).as_deref(), Some("flagtok"));
+        assert_eq!(s.token, None, "domain's --token is not the coordinator's");
 
         let s = resolve(&Flags::default(), &env_of(&[("NAPALM_CONFIG", p)])).expect("ok");
         assert_eq!(s.coordinator.value, "http://file:1");

@@ -103,14 +103,18 @@ pub enum Command {
 
 /// Runs the CLI with the process environment; returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
+    // With `domain`, --token is the agent's: it is never sent to the coordinator (which
+    // is asked only to resolve an agent name, with its own token from env or file).
+    let domain = match &cli.command {
+        Command::Domain(d) => Some(d),
+        _ => None,
+    };
     let flags = config::Flags {
         coordinator: cli.coordinator.clone(),
-        token: cli.token.clone(),
+        token: cli.token.clone().filter(|_| domain.is_none()),
+        agent_token: cli.token.clone().filter(|_| domain.is_some()),
         output: cli.output,
-        agent: match &cli.command {
-            Command::Domain(d) => d.agent.clone(),
-            _ => None,
-        },
+        agent: domain.and_then(|d| d.agent.clone()),
     };
     let result = match config::resolve(&flags, &config::process_env) {
         Ok(settings) => dispatch(&cli, &settings).await,

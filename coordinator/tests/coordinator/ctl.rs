@@ -73,7 +73,15 @@ struct Coord {
     client: CoordinatorServiceClient<tonic::transport::Channel>,
     registry: Registry,
     tokens: Arc<TokenKey>,
+    /// The `authorization` metadata of every call, in order ("" when absent).
+    auth: Arc<std::sync::Mutex<Vec<String>>>,
     dir: tempfile::TempDir,
+}
+
+impl Coord {
+    fn last_auth(&self) -> Option<String> {
+        self.auth.lock().expect("lock").last().cloned()
+    }
 }
 
 /// A coordinator whose registry knows the agents at `agent_grpc` (statically).
@@ -132,9 +140,21 @@ async fn coordinator(agent_grpc: &[String]) -> Coord {
         .await
         .expect("bind loopback");
     let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let auth = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&auth);
+    let record = move |r: tonic::Request<()>| {
+        let v = r
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        seen.lock().expect("lock").push(v);
+        Ok(r)
+    };
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(CoordinatorServiceServer::new(svc))
+            .add_service(CoordinatorServiceServer::with_interceptor(svc, record))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let client = CoordinatorServiceClient::connect(endpoint.clone())
@@ -145,6 +165,7 @@ async fn coordinator(agent_grpc: &[String]) -> Coord {
         client,
         registry,
         tokens,
+        auth,
         dir,
     }
 }
@@ -385,6 +406,11 @@ async fn domain_crud_against_a_real_agent() {
     let o = run(c).await;
     assert!(o.status.success(), "{}", text(&o).1);
     assert!(text(&o).0.starts_with("NAME"), "{}", text(&o).0);
+    assert_eq!(
+        coord.last_auth().as_deref(),
+        Some(""),
+        "the agent's --token must not reach the coordinator"
+    );
     let mut c = ctl(h);
     c.args([
         "--coordinator",
@@ -416,7 +442,8 @@ async fn settings_come_from_flag_then_environment_then_file() {
     std::fs::write(
         &file,
         format!(
-            "# napalmctl test\ncoordinator: {}\noutput: json\nagent: {url}\nagent_token: {TOKEN}\n",
+            "# napalmctl test\ncoordinator: {}\ntoken: filetok\noutput: json\nagent: {url}\n\
+             agent_token: {TOKEN}\n",
             coord.endpoint
         ),
     )
@@ -428,6 +455,7 @@ async fn settings_come_from_flag_then_environment_then_file() {
     let o = run(c).await;
     assert!(o.status.success(), "{}", text(&o).1);
     assert_eq!(text(&o).0.trim(), "[]", "JSON from `output: json`");
+    assert_eq!(coord.last_auth().as_deref(), Some("Bearer filetok"));
     let mut c = ctl(&home);
     c.args(["domain", "list"]);
     let o = run(c).await;
@@ -454,22 +482,23 @@ async fn settings_come_from_flag_then_environment_then_file() {
     assert_eq!(o.status.code(), Some(1), "env token beats the file's");
     assert!(text(&o).1.contains("401"), "{}", text(&o).1);
     let mut c = ctl(&home);
-    c.env("NAPALM_OUTPUT", "yaml").args(["deployments"]);
+    c.env("NAPALM_OUTPUT", "yaml")
+        .env("NAPALM_TOKEN", "envtok")
+        .args(["deployments"]);
     let o = run(c).await;
     assert_eq!(text(&o).0.trim(), "[]", "{}", text(&o).1);
+    assert_eq!(coord.last_auth().as_deref(), Some("Bearer envtok"));
 
     // A flag beats both.
     let mut c = ctl(&home);
-    c.env("NAPALM_COORDINATOR", dead).args([
-        "--coordinator",
-        &coord.endpoint,
-        "-o",
-        "table",
-        "deployments",
-    ]);
+    c.env("NAPALM_COORDINATOR", dead)
+        .env("NAPALM_TOKEN", "envtok")
+        .args(["--coordinator", &coord.endpoint, "-o", "table"])
+        .args(["--token", "flagtok", "deployments"]);
     let o = run(c).await;
     assert!(o.status.success(), "{}", text(&o).1);
     assert!(text(&o).0.starts_with("NAME"), "{}", text(&o).0);
+    assert_eq!(coord.last_auth().as_deref(), Some("Bearer flagtok"));
     let mut c = ctl(&home);
     c.env("NAPALM_AGENT_TOKEN", "wrong")
         .args(["domain", "--token", TOKEN, "list"]);
@@ -665,17 +694,16 @@ async fn watch_follows_a_deploy_registration_and_undeploy() {
     drain_ok(&mut s).await;
 
     let mut seen = Vec::new();
+    // Within one poll the deployment's last change (its state) may come after its clones'.
     read_until(&mut out, &mut seen, |s| {
         ["watchcli-01", "watchcli-02"]
             .iter()
             .all(|c| phases(s, c).last().map(String::as_str) == Some("running"))
+            && s.iter().any(|e| {
+                e["kind"] == "deployment" && e["name"] == "watchcli" && e["deleted"] == false
+            })
     })
     .await;
-    assert!(
-        seen.iter()
-            .any(|e| e["kind"] == "deployment" && e["name"] == "watchcli" && e["deleted"] == false),
-        "deployment added: {seen:#?}"
-    );
     let order = [
         "pending",
         "scheduled",
