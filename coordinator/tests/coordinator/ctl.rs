@@ -782,6 +782,41 @@ async fn watch_follows_a_deploy_registration_and_undeploy() {
     assert!(revs.iter().all(|r| *r > 0), "{revs:?}");
     child.kill().await.expect("stop watch");
 
+    // Over the wire: since_revision replays the current records (the one deployment left,
+    // its kind alone), and a bad filter is refused with the name quoted (napalmctl exits 2).
+    let mut replay = coord
+        .client
+        .watch_events(WatchEventsRequest {
+            kinds: vec![EventKind::Deployment as i32],
+            deployment: String::new(),
+            since_revision: 1,
+        })
+        .await
+        .expect("watch accepted")
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), replay.next())
+        .await
+        .expect("replayed at once")
+        .expect("an event")
+        .expect("not an error");
+    assert!(
+        matches!(&first.payload, Some(event::Payload::Deployment(d))
+            if d.spec.as_ref().map(|s| s.name.as_str()) == Some("watchother")),
+        "{first:?}"
+    );
+    drop(replay);
+    let mut c = ctl(dir.path());
+    c.args([
+        "--coordinator",
+        &coord.endpoint,
+        "watch",
+        "--deployment",
+        "Bad_Name",
+    ]);
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
+    assert!(text(&o).1.contains("\"Bad_Name\""), "{}", text(&o).1);
+
     let mut s = coord
         .client
         .undeploy(UndeployRequest {
