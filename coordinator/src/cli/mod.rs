@@ -387,3 +387,42 @@ async fn dispatch(cli: &Cli, settings: &Settings) -> Result<String, Failure> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "napalmctl",
+            "domain",
+            "--agent",
+            "http://h:8480/napalm",
+            "--token",
+            "t",
+            "create",
+            "web",
+            "--xml",
+            "web.xml",
+            "--file",
+            "vmlinuz",
+        ])
+        .expect("parses");
+        assert_eq!(cli.token.as_deref(), Some("t"));
+        let both = Cli::try_parse_from([
+            "napalmctl",
+            "domain",
+            "create",
+            "web",
+            "--xml",
+            "a",
+            "--archive",
+            "b",
+        ]);
+        assert!(both.is_err(), "--xml and --archive exclude each other");
+        let neither = Cli::try_parse_from(["napalmctl", "domain", "create", "web"]);
+        assert!(neither.is_err(), "create needs --xml or --archive");
+    }
+}
