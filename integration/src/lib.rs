@@ -11,5 +11,7 @@
 //! Status: host-setup checks and the harness are here; the grid tests arrive with issue #7.
 
 pub mod bins;
+pub mod grid;
 pub mod netns;
 pub mod proc;
+pub mod rootfs;

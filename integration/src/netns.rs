@@ -55,6 +55,7 @@ pub struct Network {
     /// The /24 prefix, e.g. `10.213.7`.
     pub prefix: String,
     hosts: Vec<String>,
+    root_bridge: Option<String>,
 }
 
 /// One host on a [`Network`].
@@ -81,6 +82,7 @@ impl Network {
             tag,
             bridge_ns,
             hosts: Vec::new(),
+            root_bridge: None,
         };
         ip(&["-n", &net.bridge_ns, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &net.bridge_ns, "link", "set", "br0", "up"])?;
@@ -136,6 +138,48 @@ impl Network {
         })
     }
 
+    /// A bridge in the machine's own namespace joined to this network by a veth, for VMs
+    /// that libvirtd (one daemon, in the root namespace) starts: they attach to it and are
+    /// on the private network. It has no address (IPv6 off too), so the root namespace is
+    /// not on that network and guests have no route anywhere else. Returns its name.
+    pub fn root_bridge(&mut self) -> Result<String, NetError> {
+        if let Some(b) = &self.root_bridge {
+            return Ok(b.clone());
+        }
+        let br = format!("nb{}", self.tag);
+        let (outer, inner) = (format!("vr{}", self.tag), format!("vb{}", self.tag));
+        ip(&["link", "add", &br, "type", "bridge"])?;
+        self.root_bridge = Some(br.clone());
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{br}/disable_ipv6"), "1");
+        ip(&[
+            "link",
+            "add",
+            &outer,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &inner,
+            "netns",
+            &self.bridge_ns,
+        ])?;
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{outer}/disable_ipv6"), "1");
+        ip(&["link", "set", &outer, "master", &br])?;
+        ip(&[
+            "-n",
+            &self.bridge_ns,
+            "link",
+            "set",
+            &inner,
+            "master",
+            "br0",
+        ])?;
+        ip(&["-n", &self.bridge_ns, "link", "set", &inner, "up"])?;
+        ip(&["link", "set", &outer, "up"])?;
+        ip(&["link", "set", &br, "up"])?;
+        Ok(br)
+    }
+
     /// Cuts host `h` off the network (its veth goes down), or heals it.
     pub fn set_link(&self, h: &Host, up: bool) -> Result<(), NetError> {
         ip(&[
@@ -151,6 +195,12 @@ impl Network {
 
 impl Drop for Network {
     fn drop(&mut self) {
+        if let Some(br) = &self.root_bridge {
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("vr{}", self.tag)])
+                .status();
+            let _ = Command::new("ip").args(["link", "del", br]).status();
+        }
         for ns in self.hosts.iter().chain([&self.bridge_ns]) {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }

@@ -193,7 +193,13 @@ pub async fn client(settings: &Settings) -> Result<Client, Failure> {
             settings.coordinator.origin
         ),
     };
-    let channel = Channel::from_shared(endpoint.clone())
+    // HOST:PORT means plain HTTP/2, as napalm-coordinator --listen takes it.
+    let url = if endpoint.contains("://") {
+        endpoint.clone()
+    } else {
+        format!("http://{endpoint}")
+    };
+    let channel = Channel::from_shared(url)
         .map_err(|e| invalid(&e))?
         .connect()
         .await

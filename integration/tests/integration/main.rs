@@ -2,4 +2,5 @@
 //! Each module is one capability checked end to end against the real machine.
 
 mod clients;
+mod grid;
 mod host_setup;
