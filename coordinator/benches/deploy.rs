@@ -5,7 +5,9 @@
 //! in the same run: the same deployment shipped with a concurrency of 1.
 //!
 //! Run: `cargo bench -p napalm-coordinator --bench deploy`
-//! (`NAPALM_BENCH_CLONES`, `NAPALM_BENCH_AGENTS` change the sizes).
+//! (`NAPALM_BENCH_CLONES`, `NAPALM_BENCH_AGENTS` change the sizes; `NAPALM_BENCH_RUNS=N`
+//! repeats the concurrent run and reports the median; `NAPALM_BENCH_BASELINE=0` skips the
+//! sequential baseline).
 
 // A benchmark harness: a failed step should stop it loudly.
 #![allow(clippy::unwrap_used)]
@@ -38,7 +40,31 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-async fn run(clones: u32, agents: usize, concurrency: usize, tag: &str) -> Duration {
+/// When each phase was first and last reported, from the start of the deploy call.
+#[derive(Default)]
+struct Phases(std::collections::BTreeMap<i32, (Duration, Duration, usize)>);
+
+impl Phases {
+    fn saw(&mut self, phase: i32, at: Duration) {
+        let e = self.0.entry(phase).or_insert((at, at, 0));
+        e.1 = at;
+        e.2 += 1;
+    }
+    fn print(&self) {
+        for (phase, (first, last, n)) in &self.0 {
+            let name = ClonePhase::try_from(*phase)
+                .map(|p| p.as_str_name())
+                .unwrap_or("?");
+            println!(
+                "    {name:<28} {n:>5} events, first {:>6.2} s, last {:>6.2} s",
+                first.as_secs_f64(),
+                last.as_secs_f64()
+            );
+        }
+    }
+}
+
+async fn run(clones: u32, agents: usize, concurrency: usize, tag: &str) -> (Duration, Phases) {
     let dir = tempfile::tempdir().unwrap();
     let mut endpoints = Vec::new();
     let mut running = Vec::new();
@@ -135,9 +161,16 @@ async fn run(clones: u32, agents: usize, concurrency: usize, tag: &str) -> Durat
         .unwrap()
         .into_inner();
     let mut summary = None;
+    let mut phases = Phases::default();
     while let Some(m) = s.next().await {
-        if let Some(deploy_progress::Event::Summary(x)) = m.unwrap().event {
-            summary = Some(x);
+        match m.unwrap().event {
+            Some(deploy_progress::Event::Summary(x)) => summary = Some(x),
+            Some(deploy_progress::Event::Clone(p)) => {
+                if let Some(c) = p.clone {
+                    phases.saw(c.phase, t.elapsed());
+                }
+            }
+            _ => {}
         }
     }
     let took = t.elapsed();
@@ -146,27 +179,43 @@ async fn run(clones: u32, agents: usize, concurrency: usize, tag: &str) -> Durat
     for r in running {
         r.stop().await;
     }
-    took
+    (took, phases)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
 }
 
 fn main() {
     let clones = env("NAPALM_BENCH_CLONES", 1000) as u32;
     let agents = env("NAPALM_BENCH_AGENTS", 50);
+    let runs = env("NAPALM_BENCH_RUNS", 1).max(1);
+    let baseline = env("NAPALM_BENCH_BASELINE", 1) != 0;
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let fast = rt.block_on(run(clones, agents, 32, "benchfast"));
-    let base = rt.block_on(run(clones, agents, 1, "benchseq"));
     println!(
         "deploy: {clones} clones over {agents} agents on test:///default, end to end over gRPC"
     );
+    let mut fast = Vec::new();
+    for i in 0..runs {
+        let (took, phases) = rt.block_on(run(clones, agents, 32, &format!("benchfast{i}")));
+        println!("  run {i}, concurrency 32: {:.2} s", took.as_secs_f64());
+        phases.print();
+        fast.push(took);
+    }
+    let fast = median(fast);
     println!(
-        "  concurrency 32: {:>7.2} s  ({:>6.0} clones/s, {:.1}x the baseline)",
+        "  concurrency 32: {:>7.2} s  ({:>6.0} clones/s), median of {runs}",
         fast.as_secs_f64(),
         f64::from(clones) / fast.as_secs_f64(),
-        base.as_secs_f64() / fast.as_secs_f64()
     );
-    println!(
-        "  concurrency 1:  {:>7.2} s  ({:>6.0} clones/s, baseline)",
-        base.as_secs_f64(),
-        f64::from(clones) / base.as_secs_f64()
-    );
+    if baseline {
+        let (base, _) = rt.block_on(run(clones, agents, 1, "benchseq"));
+        println!(
+            "  concurrency 1:  {:>7.2} s  ({:>6.0} clones/s, baseline; concurrency 32 is {:.1}x)",
+            base.as_secs_f64(),
+            f64::from(clones) / base.as_secs_f64(),
+            base.as_secs_f64() / fast.as_secs_f64()
+        );
+    }
 }

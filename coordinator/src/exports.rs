@@ -419,15 +419,11 @@ mod tests {
         let t = tempfile::tempdir().expect("tmp");
         let mut c = cfg(t.path());
         c.root = "srv/root".into();
-        let e = Exporter::new(c, Box::new(SystemReload))
-            .err()
-            .expect("refused");
+        let e = Exporter::new(c, Box::new(SystemReload)).expect_err("refused");
         assert!(e.to_string().contains("\"srv/root\""), "{e}");
         let mut c = cfg(t.path());
         c.root_clients = "10.0.0.0/8; rm".into();
-        let e = Exporter::new(c, Box::new(SystemReload))
-            .err()
-            .expect("refused");
+        let e = Exporter::new(c, Box::new(SystemReload)).expect_err("refused");
         assert!(e.to_string().contains("10.0.0.0/8; rm"), "{e}");
     }
 

@@ -26,11 +26,13 @@ static BUILD: Mutex<()> = Mutex::new(());
 /// The profile directory (`target/debug` or `target/release`) the running test lives in.
 pub fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    // target/<profile>/deps/<test-exe>
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/debug"))
+    // A test: target/<profile>/deps/<exe>; a binary: target/<profile>/<exe>.
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    match dir.file_name() {
+        Some(n) if n == "deps" => dir.parent().map(PathBuf::from).unwrap_or(dir),
+        Some(_) => dir,
+        None => PathBuf::from("target/debug"),
+    }
 }
 
 /// Path of binary `bin` from `package`, building it if it is not there yet.

@@ -360,12 +360,23 @@ async fn dispatch(cli: &Cli, settings: &Settings) -> Result<String, Failure> {
                         "agent": k.agent_id,
                         "addresses": k.addresses,
                         "phase": state_name(napalm_proto::v1::ClonePhase::try_from(k.phase).unwrap_or_default().as_str_name(), "CLONE_PHASE_"),
+                        // Kernel start to the register hook, as the clone reported it.
+                        "boot_s": k.boot.as_ref().and_then(|b| b.to_registered).map(|d| {
+                            (d.seconds as f64 + f64::from(d.nanos) / 1e9) * 10.0
+                        }).map(|t| t.round() / 10.0),
                     })
                 })
                 .collect();
             Ok(render(
                 output,
-                &["clone", "deployment", "agent", "addresses", "phase"],
+                &[
+                    "clone",
+                    "deployment",
+                    "agent",
+                    "addresses",
+                    "phase",
+                    "boot_s",
+                ],
                 &rows,
             ))
         }

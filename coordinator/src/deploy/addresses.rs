@@ -1,6 +1,7 @@
-//! Static clone addresses: clone N of a deployment gets the pool's first address + N - 1,
-//! known before it boots, so its `/etc/hosts`, its `ip=` and its state export (restricted
-//! to that address) are all written up front. Without a pool clones use DHCP.
+//! Static clone addresses: each new clone record gets the pool's lowest address no other
+//! clone (of any deployment) holds, known before it boots, so its `/etc/hosts`, its `ip=`
+//! and its state export (restricted to that address) are all written up front. Without a
+//! pool clones use DHCP.
 
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -55,6 +56,13 @@ impl AddressPool {
         broadcast.saturating_sub(u32::from(self.first))
     }
 
+    /// The first address of the pool not in `used`.
+    pub fn next_free(&self, used: &std::collections::HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+        (1..=self.capacity())
+            .filter_map(|i| self.address(i))
+            .find(|a| !used.contains(a))
+    }
+
     /// The address of clone `index` (1-based), if the pool has it.
     pub fn address(&self, index: u32) -> Option<Ipv4Addr> {
         (index >= 1 && index <= self.capacity())
@@ -75,6 +83,8 @@ mod tests {
         assert_eq!(p.address(155), None);
         assert_eq!(p.address(0), None);
         assert_eq!(p.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        let used = [Ipv4Addr::new(10, 1, 2, 101), Ipv4Addr::new(10, 1, 2, 103)].into();
+        assert_eq!(p.next_free(&used), Some(Ipv4Addr::new(10, 1, 2, 102)));
     }
 
     #[test]

@@ -323,7 +323,7 @@ impl Deployer {
 /// clone of every stateful deployment (restricted to its address). A no-op when this
 /// coordinator manages no exports.
 async fn sync_exports(inner: &Inner) -> Result<(), String> {
-    let (Some(x), Some(pool)) = (&inner.cfg.exports, &inner.cfg.addresses) else {
+    let (Some(x), Some(_)) = (&inner.cfg.exports, &inner.cfg.addresses) else {
         if let Some(x) = &inner.cfg.exports {
             let x = Arc::clone(x);
             return apply_exports(x, Vec::new()).await;
@@ -346,7 +346,7 @@ async fn sync_exports(inner: &Inner) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?
         {
-            if let Some(address) = pool.address(c.index) {
+            if let Some(address) = assigned(&c) {
                 states.push(StateExport {
                     deployment: spec.name.clone(),
                     clone: c.name,
@@ -364,6 +364,14 @@ async fn apply_exports(x: Arc<Exporter>, states: Vec<StateExport>) -> Result<(),
         .map_err(|e| e.to_string())?
         .map(|_| ())
         .map_err(|e| format!("NFS exports: {e}"))
+}
+
+/// The static address a clone record holds (given from the pool when it was recorded).
+pub(crate) fn assigned(c: &Clone) -> Option<std::net::Ipv4Addr> {
+    c.addresses
+        .first()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
 }
 
 /// Sends a progress message; a gone receiver (client hung up) does not stop the work.

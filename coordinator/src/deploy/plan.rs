@@ -18,7 +18,7 @@ use super::xml::{domain_xml, mac_for, DomainParams};
 use super::{progress, send, state_of, Inner, Progress};
 use crate::clock::{duration, timestamp};
 use crate::registry::{RegistryError, CLONES, DEPLOYMENTS};
-use crate::store::{Check, Txn};
+use crate::store::{Check, Durability, Txn};
 
 /// One run of a deployment.
 pub(super) struct Run {
@@ -52,6 +52,24 @@ impl Run {
         self.inner
             .registry
             .update::<Clone, _>(&clone_key(name), |cur| {
+                Ok(cur.map(|mut c| {
+                    f(&mut c);
+                    c
+                }))
+            })
+            .await
+    }
+
+    /// [`Self::set`] for a phase on the way to running: a crash may lose it (the re-run
+    /// redoes the idempotent step), so it does not wait for the disk.
+    async fn set_progress(
+        &self,
+        name: &str,
+        f: impl Fn(&mut Clone),
+    ) -> Result<Option<Clone>, RegistryError> {
+        self.inner
+            .registry
+            .update_with::<Clone, _>(&clone_key(name), Durability::Eventual, |cur| {
                 Ok(cur.map(|mut c| {
                     f(&mut c);
                     c
@@ -98,6 +116,16 @@ impl Run {
             .into_iter()
             .map(|c| (c.name.clone(), c))
             .collect();
+        // Static addresses: the pool's lowest ones no clone of any deployment holds.
+        let mut used: HashSet<std::net::Ipv4Addr> = HashSet::new();
+        if self.inner.cfg.addresses.is_some() {
+            used = reg
+                .list::<Clone>(crate::registry::CLONES)
+                .await?
+                .iter()
+                .filter_map(super::assigned)
+                .collect();
+        }
         for chunk in wanted
             .iter()
             .enumerate()
@@ -107,12 +135,17 @@ impl Run {
         {
             let mut txn = Txn::new();
             for (i, n) in chunk {
+                let address = self.inner.cfg.addresses.and_then(|p| p.next_free(&used));
+                if let Some(a) = address {
+                    used.insert(a);
+                }
                 let c = Clone {
                     name: (*n).clone(),
                     deployment: self.spec.name.clone(),
                     index: *i as u32 + 1,
                     phase: ClonePhase::Pending as i32,
                     mac: mac_for(&self.spec.name, *i as u32 + 1),
+                    addresses: address.map(|a| a.to_string()).into_iter().collect(),
                     ..Default::default()
                 };
                 txn = txn
@@ -195,17 +228,22 @@ impl Run {
             })
             .await?;
         }
-        for (clone, i) in &placement.placed {
-            let agent = agents[*i].id.clone();
-            if let Some(c) = self
-                .set(clone, |c| {
-                    c.agent_id = agent.clone();
+        // Placements are durable, in batches (one commit per 64 clones, not per clone).
+        let keys: Vec<String> = placement.placed.iter().map(|(n, _)| clone_key(n)).collect();
+        let scheduled = reg
+            .update_many::<Clone, _>(&keys, Durability::Immediate, |j, cur| {
+                let agent = &agents[placement.placed[j].1];
+                Ok(cur.map(|mut c| {
+                    c.agent_id = agent.id.clone();
                     c.phase = ClonePhase::Scheduled as i32;
                     c.last_error.clear();
-                })
-                .await?
-            {
-                self.report(&c, &format!("scheduled on {}", agents[*i].name))
+                    c
+                }))
+            })
+            .await?;
+        for (c, (_, i)) in scheduled.iter().zip(&placement.placed) {
+            if let Some(c) = c {
+                self.report(c, &format!("scheduled on {}", agents[*i].name))
                     .await;
             }
         }
@@ -310,7 +348,7 @@ impl Run {
                 .chain(
                     cfg.addresses
                         .and_then(|p| {
-                            let a = p.address(c.index)?;
+                            let a = super::assigned(c)?;
                             Some([
                                 ("address".to_owned(), json!(a.to_string())),
                                 ("netmask".to_owned(), json!(p.netmask().to_string())),
@@ -398,7 +436,7 @@ impl Run {
         };
         let ip = match cfg
             .addresses
-            .and_then(|p| p.address(c.index).map(|a| (p, a)))
+            .and_then(|p| super::assigned(c).map(|a| (p, a)))
         {
             Some((p, a)) => format!("ip={a}:{}::{}:{}:eth0:off", cfg.server, p.netmask(), c.name),
             None => "ip=dhcp".to_owned(),
@@ -429,7 +467,7 @@ impl Run {
         };
         let (built, kernel) = layer;
         if let Some(u) = self
-            .set(&c.name, |k| {
+            .set_progress(&c.name, |k| {
                 k.layer_hash = built.hash.clone();
                 if k.phase < ClonePhase::Layer as i32 {
                     k.phase = ClonePhase::Layer as i32;
@@ -506,7 +544,7 @@ impl Run {
             .await
             .map_err(|e| format!("shipping: {}", e.message()))?;
         if let Some(u) = self
-            .set(&c.name, |k| k.phase = ClonePhase::Shipped as i32)
+            .set_progress(&c.name, |k| k.phase = ClonePhase::Shipped as i32)
             .await
             .map_err(|e| e.to_string())?
         {
@@ -581,7 +619,7 @@ impl Run {
         };
         let running = domain.state == DomainState::Running as i32;
         if let Some(u) = self
-            .set(&c.name, |k| {
+            .set_progress(&c.name, |k| {
                 k.domain_state = domain.state;
                 if k.phase != ClonePhase::Registered as i32 {
                     k.phase = if running {

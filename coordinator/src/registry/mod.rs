@@ -16,7 +16,7 @@ use prost::Message;
 
 use crate::clock::Clock;
 use crate::store::election::LEADER_KEY;
-use crate::store::{Check, Store, StoreError, Txn};
+use crate::store::{Check, Durability, Store, StoreError, Txn};
 
 /// Key prefix of agent records.
 pub const AGENTS: &str = "/napalm/agents/";
@@ -27,6 +27,10 @@ pub const CLONES: &str = "/napalm/clones/";
 
 /// How many times a read-modify-write is retried when another writer got there first.
 const RETRIES: usize = 8;
+
+/// Records per transaction of [`Registry::update_many`]: with the fencing check, 65
+/// compares and 64 puts stay under etcd's default `--max-txn-ops` of 128.
+const BATCH: usize = 64;
 
 /// Errors of the registry.
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +141,22 @@ impl Registry {
 
     /// Read-modify-write of one record: `change` gets the current record (if any) and
     /// returns the new one (`None` deletes). Retried on conflict.
-    pub async fn update<M, F>(&self, key: &str, mut change: F) -> Result<Option<M>, RegistryError>
+    pub async fn update<M, F>(&self, key: &str, change: F) -> Result<Option<M>, RegistryError>
+    where
+        M: Message + Default + Clone,
+        F: FnMut(Option<M>) -> Result<Option<M>, RegistryError>,
+    {
+        self.update_with(key, Durability::Immediate, change).await
+    }
+
+    /// [`Self::update`] committed with `durability`: [`Durability::Eventual`] for progress
+    /// that a re-run of the same operation recomputes (see [`crate::store::Durability`]).
+    pub async fn update_with<M, F>(
+        &self,
+        key: &str,
+        durability: Durability,
+        mut change: F,
+    ) -> Result<Option<M>, RegistryError>
     where
         M: Message + Default + Clone,
         F: FnMut(Option<M>) -> Result<Option<M>, RegistryError>,
@@ -153,7 +172,8 @@ impl Registry {
             let txn = match &next {
                 Some(m) => Txn::new().check(key, check).put(key, m.encode_to_vec()),
                 None => Txn::new().check(key, check).delete(key),
-            };
+            }
+            .durability(durability);
             match self.commit(txn).await {
                 Ok(_) => return Ok(next),
                 Err(RegistryError::Store(e @ StoreError::Conflict { .. })) => last = Some(e),
@@ -166,6 +186,57 @@ impl Registry {
             }
             .into()
         }))
+    }
+
+    /// Read-modify-write of many records in few transactions ([`BATCH`] records each, every
+    /// one revision-checked, all of a batch or nothing): `change` gets the index of the key
+    /// in `keys` and its current record, and returns the new one (`None` deletes). A batch
+    /// that loses a race is redone one record at a time with [`Self::update_with`]. Returns
+    /// the new records in the order of `keys` (which must be distinct).
+    pub async fn update_many<M, F>(
+        &self,
+        keys: &[String],
+        durability: Durability,
+        mut change: F,
+    ) -> Result<Vec<Option<M>>, RegistryError>
+    where
+        M: Message + Default + Clone,
+        F: FnMut(usize, Option<M>) -> Result<Option<M>, RegistryError>,
+    {
+        let mut out = Vec::with_capacity(keys.len());
+        for (n, chunk) in keys.chunks(BATCH).enumerate() {
+            let first = n * BATCH;
+            let mut txn = Txn::new().durability(durability);
+            let mut next = Vec::with_capacity(chunk.len());
+            for (j, key) in chunk.iter().enumerate() {
+                let current = self.get::<M>(key).await?;
+                let check = match &current {
+                    Some((_, rev)) => Check::Revision(*rev),
+                    None => Check::Absent,
+                };
+                let m = change(first + j, current.map(|(m, _)| m))?;
+                txn = match &m {
+                    Some(m) => txn
+                        .check(key.as_str(), check)
+                        .put(key.as_str(), m.encode_to_vec()),
+                    None => txn.check(key.as_str(), check).delete(key.as_str()),
+                };
+                next.push(m);
+            }
+            match self.commit(txn).await {
+                Ok(_) => out.extend(next),
+                Err(RegistryError::Store(StoreError::Conflict { .. })) => {
+                    for (j, key) in chunk.iter().enumerate() {
+                        let m = self
+                            .update_with(key, durability, |cur| change(first + j, cur))
+                            .await?;
+                        out.push(m);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 }
 

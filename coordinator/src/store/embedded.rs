@@ -2,16 +2,23 @@
 //!
 //! Layout: table `kv` maps key → 8-byte little-endian `mod_revision` followed by the value;
 //! table `meta` holds the store revision under `revision`. Every [`Txn`] is one redb write
-//! transaction committed with immediate durability, so a crash never leaves half a change.
-//! redb locks the file: a second coordinator on the same file fails to open it.
+//! transaction, so a crash never leaves half a change. [`Durability::Immediate`] ones are
+//! committed with redb's immediate durability (fsync before returning);
+//! [`Durability::Eventual`] ones with redb's `Durability::None` — no fsync, held by this
+//! process until the next immediate commit writes them too (redb keeps commit order, so a
+//! crash loses a suffix of eventual commits, nothing else). An eventual commit more than
+//! [`EVENTUAL_WINDOW`] after the last durable one is made immediate, and closing the store
+//! makes pending ones durable. redb locks the file: a second coordinator on the same file
+//! fails to open it.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Check, Store, StoreError, Txn, Versioned};
+use super::{Check, Durability, Store, StoreError, Txn, Versioned, EVENTUAL_WINDOW};
 
 const KV: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
@@ -20,6 +27,8 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 pub struct EmbeddedStore {
     db: Arc<Database>,
     path: PathBuf,
+    /// When the last immediate commit returned (bounds how long eventual ones stay at risk).
+    last_durable: Arc<Mutex<Instant>>,
 }
 
 impl EmbeddedStore {
@@ -43,6 +52,7 @@ impl EmbeddedStore {
         Ok(Self {
             db: Arc::new(db),
             path: path.to_path_buf(),
+            last_durable: Arc::new(Mutex::new(Instant::now())),
         })
     }
 
@@ -90,8 +100,23 @@ impl EmbeddedStore {
         Ok(out)
     }
 
+    /// Whether this commit may skip the fsync.
+    fn lazy(&self, durability: Durability) -> bool {
+        durability == Durability::Eventual
+            && self
+                .last_durable
+                .lock()
+                .is_ok_and(|t| t.elapsed() < EVENTUAL_WINDOW)
+    }
+
     fn commit_sync(&self, txn: Txn) -> Result<u64, StoreError> {
-        let w = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut w = self.db.begin_write().map_err(|e| self.err(e))?;
+        // Decided after begin_write: the write lock orders this against other commits.
+        let lazy = self.lazy(txn.durability);
+        if lazy {
+            w.set_durability(redb::Durability::None)
+                .map_err(|e| self.err(e))?;
+        }
         let revision = {
             let mut kv = w.open_table(KV).map_err(|e| self.err(e))?;
             for (key, check) in &txn.checks {
@@ -132,6 +157,11 @@ impl EmbeddedStore {
             revision
         };
         w.commit().map_err(|e| self.err(e))?;
+        if !lazy {
+            if let Ok(mut t) = self.last_durable.lock() {
+                *t = Instant::now();
+            }
+        }
         Ok(revision)
     }
 }
@@ -170,6 +200,7 @@ impl EmbeddedStore {
         Self {
             db: Arc::clone(&self.db),
             path: self.path.clone(),
+            last_durable: Arc::clone(&self.last_durable),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! Keys map one to one; `mod_revision` is etcd's own. A [`Txn`] becomes one etcd
 //! transaction whose compares are the checks (`version == 0` for [`Check::Absent`],
 //! `mod_revision == r` otherwise); when they fail, the else branch reads the checked keys so
-//! the conflict names the key that moved.
+//! the conflict names the key that moved. Every commit is durable once etcd answers (raft
+//! quorum), so [`super::Durability::Eventual`] changes nothing here.
 
 use std::time::Duration;
 

@@ -7,7 +7,9 @@
 //! Both give the same semantics: every key carries the store revision of its last change
 //! (`mod_revision`); a [`Txn`] applies its puts and deletes only if every check holds, all
 //! or nothing, and bumps the revision once. Two coordinators racing on the same change
-//! therefore cannot both apply it: the loser gets [`StoreError::Conflict`].
+//! therefore cannot both apply it: the loser gets [`StoreError::Conflict`]. A [`Txn`] may
+//! be marked [`Durability::Eventual`] (progress that a re-run recomputes): a crash may then
+//! lose it, but only together with the eventual changes after it.
 
 pub mod election;
 pub mod embedded;
@@ -35,6 +37,26 @@ pub enum Check {
     Revision(u64),
 }
 
+/// How soon a committed change must survive a crash.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// On disk (or agreed by a quorum) before the commit returns. The default.
+    #[default]
+    Immediate,
+    /// For progress a re-run recomputes (a clone's phase on its way to running): visible to
+    /// readers and revision-checked like any change, but a crash may lose it — together
+    /// with the eventual changes after it, never without them, and never an immediate
+    /// change (stores keep commit order). The embedded store writes it without waiting for
+    /// the disk and makes it durable with the next immediate commit, at the latest
+    /// [`EVENTUAL_WINDOW`] later; etcd makes every commit immediate.
+    Eventual,
+}
+
+/// The longest an [`Durability::Eventual`] change stays at risk while commits continue:
+/// an eventual commit that comes later than this after the last durable one is made
+/// durable itself.
+pub const EVENTUAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// An all-or-nothing change.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Txn {
@@ -44,6 +66,8 @@ pub struct Txn {
     pub puts: Vec<(String, Vec<u8>)>,
     /// Keys to delete (absent keys are ignored).
     pub deletes: Vec<String>,
+    /// When the change must be on disk.
+    pub durability: Durability,
 }
 
 impl Txn {
@@ -64,6 +88,11 @@ impl Txn {
     /// Adds a delete.
     pub fn delete(mut self, key: impl Into<String>) -> Self {
         self.deletes.push(key.into());
+        self
+    }
+    /// Sets when the change must be on disk.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
         self
     }
 }

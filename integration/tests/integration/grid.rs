@@ -48,8 +48,8 @@ fn deploy(g: &Grid, args: &[&str]) -> (Value, Duration) {
     );
     let summary = stdout
         .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .last()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
         .unwrap_or(Value::Null);
     (summary, took)
 }
@@ -124,5 +124,157 @@ fn deploy_8_over_two_agents_found_by_mdns_boot_register_and_reach_each_other() {
     assert!(
         out.contains(&g.clone_addr(8)),
         "/etc/hosts lists clone 8's address:\n{out}"
+    );
+}
+
+fn addr_of(g: &Grid, deployment: &str, clone: &str) -> String {
+    let clones = g.clones(deployment).expect("clones");
+    let c = clones
+        .iter()
+        .find(|c| c["clone"] == clone)
+        .unwrap_or_else(|| panic!("{clone} not listed: {clones:?}"));
+    assert_eq!(phase(c), "registered", "{c}");
+    address(c)
+}
+
+/// Every path and size under `dir` (what a clone could have polluted).
+fn listing(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let out = std::process::Command::new("find")
+        .arg(dir)
+        .args(["-printf", "%P %s\n"])
+        .output()
+        .expect("find");
+    let mut v: Vec<(String, u64)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(p, s)| (p.to_owned(), s.parse().unwrap_or(0)))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn stateful_state_survives_a_reboot_stateless_does_not_and_nothing_leaks() {
+    let _s = serial();
+    let g = grid("gridm");
+    let before = listing(&g.root);
+    deploy(&g, &["--count", "2", "--name", "gridml"]);
+    deploy(
+        &g,
+        &["--count", "2", "--name", "gridmf", "--mode", "stateful"],
+    );
+    let l1 = addr_of(&g, "gridml", "gridml-01");
+    let l2 = addr_of(&g, "gridml", "gridml-02");
+    let f1 = addr_of(&g, "gridmf", "gridmf-01");
+    let f2 = addr_of(&g, "gridmf", "gridmf-02");
+    let all = [&l1, &l2, &f1, &f2];
+    assert_eq!(
+        all.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        4,
+        "distinct addresses across deployments: {all:?}"
+    );
+
+    // Each stateful clone's state is exported to its own address only.
+    let exports =
+        std::fs::read_to_string(g.dir.join("ganesha/napalm-exports.conf")).expect("exports");
+    for (clone, a) in [("gridmf-01", &f1), ("gridmf-02", &f2)] {
+        let block = exports
+            .split("EXPORT {")
+            .find(|b| b.contains(&format!("/gridmf/{clone}\"")))
+            .unwrap_or_else(|| panic!("no export for {clone}:\n{exports}"));
+        assert!(
+            block.contains(&format!("Clients = {a}; Access_Type = RW;")),
+            "{block}"
+        );
+    }
+    assert!(
+        !exports.contains("gridml"),
+        "stateless clones have no state export"
+    );
+
+    for a in [&l1, &f1] {
+        let out = g
+            .clone_sh(
+                a,
+                "echo state-$(hostname) > /root/marker && sync && cat /root/marker",
+                Duration::from_secs(30),
+            )
+            .expect("write marker");
+        assert!(out.contains("state-gridm"), "{out}");
+    }
+    // Not in the other clones, not on the server.
+    for a in [&l2, &f2] {
+        let out = g
+            .clone_sh(
+                a,
+                "cat /root/marker 2>&1 || echo absent",
+                Duration::from_secs(30),
+            )
+            .expect("read marker");
+        assert!(out.contains("absent"), "{a}: {out}");
+    }
+    assert_eq!(
+        listing(&g.root),
+        before,
+        "a clone wrote into the server root"
+    );
+
+    let boot_id = |a: &str| {
+        g.clone_sh(
+            a,
+            "cat /proc/sys/kernel/random/boot_id",
+            Duration::from_secs(30),
+        )
+        .expect("boot id")
+        .trim()
+        .to_owned()
+    };
+    let boots = [boot_id(&l1), boot_id(&f1)];
+    // Reboot both writers.
+    for a in [&l1, &f1] {
+        g.clone_sh(
+            a,
+            "sync; (sleep 1; reboot -f) >/dev/null 2>&1 &",
+            Duration::from_secs(10),
+        )
+        .expect("reboot");
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    for a in [&l1, &f1] {
+        assert!(
+            g.wait_clone_shell(a, Duration::from_secs(180)),
+            "{a} back after reboot"
+        );
+    }
+    let stateful = g
+        .clone_sh(
+            &f1,
+            "cat /root/marker 2>&1 || echo absent",
+            Duration::from_secs(30),
+        )
+        .expect("stateful after reboot");
+    assert!(
+        stateful.contains("state-gridmf-01"),
+        "stateful clone lost its file:\n{stateful}"
+    );
+    let stateless = g
+        .clone_sh(
+            &l1,
+            "cat /root/marker 2>&1 || echo absent",
+            Duration::from_secs(30),
+        )
+        .expect("stateless after reboot");
+    assert!(
+        stateless.contains("absent"),
+        "stateless clone kept a file across reboot:\n{stateless}"
+    );
+    // Both really rebooted; the state lives in the server's image.
+    assert_ne!(boot_id(&l1), boots[0], "stateless clone did not reboot");
+    assert_ne!(boot_id(&f1), boots[1], "stateful clone did not reboot");
+    assert!(g.dir.join("state/gridmf/gridmf-01/upper.img").exists());
+    assert_eq!(
+        listing(&g.root),
+        before,
+        "a clone wrote into the server root"
     );
 }

@@ -1,0 +1,99 @@
+//! `napalm-demo`: the README's main job. Builds the grid of [`napalm_integration::grid`]
+//! on this machine (server namespace with napalm-coordinator and nfs-ganesha, two agent
+//! namespaces found by mDNS, a private bridge), runs `napalmctl deploy --count N` with its
+//! progress bars, prints the final table (clone, agent, address, phase, boot time) and the
+//! OpenMPI hostfile clone 1 was given, then tears everything down (`--keep` waits for
+//! Ctrl-C first).
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use napalm_integration::grid::{Grid, GridOptions};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let keep = args.iter().any(|a| a == "--keep");
+    let count = args
+        .iter()
+        .position(|a| a == "--count")
+        .and_then(|i| args.get(i + 1))
+        .map(|c| {
+            c.parse::<u32>()
+                .with_context(|| format!("--count {c:?} is not a number"))
+        })
+        .transpose()?
+        .unwrap_or(8);
+    let t0 = Instant::now();
+    println!(
+        "napalm-demo: starting the grid (coordinator + nfs-ganesha, 2 agents, private bridge)..."
+    );
+    let grid = Grid::start(GridOptions::default(), "demo").context("starting the grid")?;
+    println!(
+        "napalm-demo: grid up in {:.1} s; agents found by mDNS:",
+        t0.elapsed().as_secs_f64()
+    );
+    print!(
+        "{}",
+        String::from_utf8_lossy(&grid.napalmctl(&["agents"])?.stdout)
+    );
+    let n = count.to_string();
+    let bin = napalm_integration::bins::napalmctl()?;
+    let t1 = Instant::now();
+    println!("\n$ napalmctl deploy --count {n} --name demo --layers base,mpi --hypervisor qemu --memory 256M");
+    let st = grid
+        .server
+        .command(bin)
+        .args(["--coordinator", &grid.coordinator_addr()])
+        .args([
+            "deploy", "--count", &n, "--name", "demo", "--layers", "base,mpi",
+        ])
+        .args(["--hypervisor", "qemu", "--memory", "256M"])
+        .stdin(Stdio::null())
+        .status()
+        .context("running napalmctl deploy")?;
+    let took = t1.elapsed();
+    println!("\n$ napalmctl clones --deployment demo");
+    print!(
+        "{}",
+        String::from_utf8_lossy(&grid.napalmctl(&["clones", "--deployment", "demo"])?.stdout)
+    );
+    println!(
+        "\nnapalm-demo: deploy --count {n} took {:.1} s to all registered (whole demo {:.1} s)",
+        took.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    if !st.success() {
+        bail!(
+            "napalmctl deploy failed ({st}); logs in {}/log",
+            grid.dir.display()
+        );
+    }
+    let first = grid.clone_addr(1);
+    if grid.wait_clone_shell(&first, Duration::from_secs(30)) {
+        println!(
+            "\nOpenMPI hostfile of the grid (/etc/openmpi/openmpi-default-hostfile on demo-01):"
+        );
+        print!(
+            "{}",
+            grid.clone_sh(
+                &first,
+                "grep -v '^#' /etc/openmpi/openmpi-default-hostfile",
+                Duration::from_secs(20)
+            )?
+        );
+    }
+    if keep {
+        println!(
+            "\nnapalm-demo: grid kept running (coordinator {}); press Enter to tear it down.",
+            grid.coordinator_addr()
+        );
+        std::io::stdout().flush().ok();
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).ok();
+    }
+    println!("napalm-demo: tearing down");
+    drop(grid);
+    Ok(())
+}
