@@ -134,6 +134,8 @@ pub struct GridOptions {
     pub cache: PathBuf,
     /// Keep the grid's directory (logs, layers) after drop.
     pub keep: bool,
+    /// The reference root to export (default: the cached busybox root).
+    pub root: Option<PathBuf>,
 }
 
 impl Default for GridOptions {
@@ -145,6 +147,7 @@ impl Default for GridOptions {
                 .map(|t| t.join("napalm-grid-cache"))
                 .unwrap_or_else(|| PathBuf::from("/var/cache/napalm")),
             keep: false,
+            root: None,
         }
     }
 }
@@ -225,7 +228,10 @@ impl Grid {
     pub fn start(opts: GridOptions, domain_prefix: &str) -> Result<Grid, GridError> {
         ensure_libvirtd()?;
         std::fs::create_dir_all(&opts.cache).ctx("creating the cache")?;
-        let root = rootfs::busybox_root(&opts.cache).ctx("reference root")?;
+        let root = match &opts.root {
+            Some(r) => r.clone(),
+            None => rootfs::busybox_root(&opts.cache).ctx("reference root")?,
+        };
         let dir = tempfile::Builder::new()
             .prefix("napalm-grid-")
             .tempdir()
