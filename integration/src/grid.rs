@@ -172,6 +172,27 @@ pub struct Grid {
     libvirt_net: String,
     keep: bool,
     net: Network,
+    /// Held for the grid's life: grids (tests, the demo) run one at a time on a machine.
+    _lock: std::fs::File,
+}
+
+/// Takes the machine-wide grid lock (flock on /run/napalm-grid-harness.lock), waiting.
+fn grid_lock() -> Result<std::fs::File, GridError> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/run/napalm-grid-harness.lock")
+        .ctx("opening /run/napalm-grid-harness.lock")?;
+    // SAFETY: flock on a descriptor we own; released when the file is closed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(GridError(format!(
+            "locking /run/napalm-grid-harness.lock: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(f)
 }
 
 fn log_file(dir: &Path, name: &str) -> Result<std::fs::File, GridError> {
@@ -226,6 +247,7 @@ fn virsh(args: &[&str]) -> Output {
 impl Grid {
     /// Builds and starts everything; returns when every agent is registered.
     pub fn start(opts: GridOptions, domain_prefix: &str) -> Result<Grid, GridError> {
+        let lock = grid_lock()?;
         ensure_libvirtd()?;
         std::fs::create_dir_all(&opts.cache).ctx("creating the cache")?;
         let root = match &opts.root {
@@ -271,6 +293,7 @@ impl Grid {
             libvirt_net,
             keep: opts.keep,
             net,
+            _lock: lock,
         };
         let out = virsh(&["net-create", &xml.display().to_string()]);
         if !out.status.success() {
@@ -526,14 +549,19 @@ impl Grid {
             .ctx("setting the link")
     }
 
+    /// `napalmctl --coordinator SERVER` to run in the server namespace (add arguments).
+    pub fn napalmctl_command(&self) -> Result<Command, GridError> {
+        let bin = bins::napalmctl().ctx("napalmctl")?;
+        let mut c = self.server.command(bin);
+        c.args(["--coordinator", &self.coordinator_addr()])
+            .stdin(Stdio::null());
+        Ok(c)
+    }
+
     /// Runs `napalmctl --coordinator SERVER ARGS` in the server namespace.
     pub fn napalmctl(&self, args: &[&str]) -> Result<Output, GridError> {
-        let bin = bins::napalmctl().ctx("napalmctl")?;
-        self.server
-            .command(bin)
-            .args(["--coordinator", &self.coordinator_addr()])
+        self.napalmctl_command()?
             .args(args)
-            .stdin(Stdio::null())
             .output()
             .ctx("running napalmctl")
     }

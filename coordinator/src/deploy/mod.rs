@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use napalm_proto::v1::{
-    deploy_progress, Clone, CloneMode, ClonePhase, CloneProgress, DeployProgress, DeployRequest,
-    DeploySummary, Deployment, DeploymentSpec, DeploymentState, UndeployRequest,
+    deploy_progress, AgentState, Clone, CloneMode, ClonePhase, CloneProgress, DeployProgress,
+    DeployRequest, DeploySummary, Deployment, DeploymentSpec, DeploymentState, UndeployRequest,
 };
 use napalm_proto::ApiError;
 use tokio::sync::mpsc;
@@ -231,6 +231,24 @@ impl Deployer {
                 failed: placement.unplaced.len() as u32,
                 took: Some(duration(started.elapsed())),
                 unplaced: Vec::new(),
+            });
+        }
+        // No ready agent at all: refuse before anything is written (a deployment of
+        // clones that can only fail helps nobody).
+        let ready = self
+            .inner
+            .registry
+            .list_agents(&[AgentState::Ready])
+            .await
+            .map_err(ApiError::from)?;
+        if ready.is_empty() {
+            return Err(ApiError::Unschedulable {
+                description: format!(
+                    "no ready agent to place the {} clone(s) of {:?} on: start napalm-agent \
+                     on a hypervisor host (it registers itself, or is found by mDNS), or \
+                     undrain one; nothing was written",
+                    spec.count, spec.name
+                ),
             });
         }
         let p = plan::Run::new(Arc::clone(&self.inner), spec, tx);

@@ -451,3 +451,57 @@ fn domain_xml_for_every_hypervisor_passes_libvirts_schema() {
         }
     }
 }
+
+#[tokio::test]
+async fn deploy_with_every_agent_draining_is_refused_and_writes_nothing() {
+    let mut g = grid().await;
+    let agents = g
+        .coord
+        .list_agents(ListAgentsRequest::default())
+        .await
+        .expect("agents")
+        .into_inner()
+        .agents;
+    for a in &agents {
+        g.coord
+            .set_agent_state(SetAgentStateRequest {
+                request_id: format!("drain-{}", a.id),
+                id: a.id.clone(),
+                state: AgentState::Draining as i32,
+            })
+            .await
+            .expect("drain");
+    }
+    // The refusal comes from the server itself (napalmctl checks too, but a racing or
+    // other client must not get a half-written deployment).
+    let mut s = g
+        .coord
+        .deploy(DeployRequest {
+            request_id: "none".into(),
+            spec: Some(spec("gridnone", 2)),
+            dry_run: false,
+        })
+        .await
+        .expect("accepted for streaming")
+        .into_inner();
+    let mut err = None;
+    while let Some(m) = s.next().await {
+        if let Err(e) = m {
+            err = Some(e);
+        }
+    }
+    let err = err.expect("the stream ends with an error");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains("no ready agent"), "{err}");
+    let deps = g
+        .coord
+        .list_deployments(ListDeploymentsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(deps.deployments.is_empty(), "{deps:?}");
+    assert!(total(&domains(&g).await).is_empty());
+    for a in g.agents.drain(..) {
+        a.stop().await;
+    }
+}

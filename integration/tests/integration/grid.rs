@@ -3,17 +3,10 @@
 //! through napalm-init from the NFS root plus their layer, registering, reaching each other
 //! by the names of the generated /etc/hosts.
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use napalm_integration::grid::{Grid, GridOptions};
 use serde_json::Value;
-
-/// Grids run one at a time (2 cores; TCG guests).
-fn serial() -> MutexGuard<'static, ()> {
-    static M: Mutex<()> = Mutex::new(());
-    M.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn grid(prefix: &str) -> Grid {
     let opts = GridOptions {
@@ -70,7 +63,6 @@ fn address(c: &Value) -> String {
 
 #[test]
 fn deploy_8_over_two_agents_found_by_mdns_boot_register_and_reach_each_other() {
-    let _s = serial();
     let g = grid("gridp");
     let (summary, took) = deploy(&g, &["--count", "8", "--name", "gridp"]);
     eprintln!(
@@ -155,7 +147,6 @@ fn listing(dir: &std::path::Path) -> Vec<(String, u64)> {
 
 #[test]
 fn stateful_state_survives_a_reboot_stateless_does_not_and_nothing_leaks() {
-    let _s = serial();
     let g = grid("gridm");
     let before = listing(&g.root);
     deploy(&g, &["--count", "2", "--name", "gridml"]);
