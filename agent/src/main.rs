@@ -85,6 +85,13 @@ struct Cli {
     /// Coordinator gRPC endpoint to register with and heartbeat to (http://host:port).
     #[arg(long, env = "NAPALM_COORDINATOR")]
     coordinator: Option<String>,
+    /// Bearer token presented to the coordinator (its API token; prefer
+    /// --coordinator-token-file or the environment). Default: this agent's own token.
+    #[arg(long, env = "NAPALM_COORDINATOR_TOKEN", hide_env_values = true)]
+    coordinator_token: Option<String>,
+    /// File holding the bearer token presented to the coordinator.
+    #[arg(long)]
+    coordinator_token_file: Option<PathBuf>,
     /// OpenTelemetry collector to push metrics to over OTLP/gRPC (http://host:4317).
     /// Without it, no OTLP export.
     #[arg(long, env = "NAPALM_OTLP_ENDPOINT")]
@@ -135,6 +142,23 @@ async fn main() -> anyhow::Result<()> {
         }
         (None, false) => bail!("an API token is required: pass --token-file FILE or set NAPALM_AGENT_TOKEN (or --insecure-no-auth for a local trial)"),
     };
+    let coordinator_token = match (&cli.coordinator_token, &cli.coordinator_token_file) {
+        (Some(_), Some(f)) => bail!(
+            "both --coordinator-token (or NAPALM_COORDINATOR_TOKEN) and --coordinator-token-file {} are set; give one",
+            f.display()
+        ),
+        (Some(t), None) => Some(t.trim().to_owned()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading coordinator token file {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    if coordinator_token.as_deref() == Some("") {
+        bail!("the coordinator token is empty");
+    }
     let prefix = cli.prefix.trim_end_matches('/').to_owned();
     if !prefix.is_empty() && !prefix.starts_with('/') {
         bail!("--prefix must start with '/', got {prefix:?}");
@@ -169,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
         ganglia_listen: cli.ganglia_listen,
         mdns_interfaces: cli.mdns_interfaces.clone(),
         coordinator: cli.coordinator.clone(),
+        coordinator_token,
         tls: match (&cli.tls_cert, &cli.tls_key) {
             (Some(cert), Some(key)) => Some(napalm_agent::tls::TlsFiles {
                 cert: cert.clone(),

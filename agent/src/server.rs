@@ -30,6 +30,10 @@ pub struct ServeConfig {
     pub mdns_interfaces: Vec<String>,
     /// Coordinator gRPC endpoint to register with (`None`: none).
     pub coordinator: Option<String>,
+    /// Bearer token presented to the coordinator in `RegisterAgent` and `Heartbeat`
+    /// (its `--api-token-file`); `None`: this agent's own API token (`rest.token`), which
+    /// suits a site with one shared token.
+    pub coordinator_token: Option<String>,
     /// TLS for REST and gRPC (`None`: plain TCP).
     pub tls: Option<crate::tls::TlsFiles>,
 }
@@ -223,17 +227,21 @@ pub async fn start_with(cfg: ServeConfig, hv: Arc<dyn Hypervisor>) -> Result<Run
         rest: format!("{scheme}://{http_addr}{}", cfg.rest.prefix),
         fingerprint: fingerprint.clone().unwrap_or_default(),
     };
+    let coordinator_token = cfg
+        .coordinator_token
+        .clone()
+        .or_else(|| cfg.rest.token.clone());
     if let Some(endpoint) = cfg.coordinator.clone() {
         tasks.push(tokio::spawn(crate::register::run(
             Arc::clone(&agent),
             endpoint,
             ep,
-            cfg.rest.token.clone(),
+            coordinator_token,
             stop.subscribe(),
         )));
     } else if !cfg.mdns_interfaces.is_empty() {
         // No coordinator configured: find one over mDNS, then register with it.
-        let (agent, token, stop) = (Arc::clone(&agent), cfg.rest.token.clone(), stop.subscribe());
+        let (agent, token, stop) = (Arc::clone(&agent), coordinator_token, stop.subscribe());
         let ifs = cfg.mdns_interfaces.clone();
         tasks.push(tokio::spawn(async move {
             let watch = stop.clone();

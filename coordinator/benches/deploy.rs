@@ -92,6 +92,7 @@ async fn run(clones: u32, agents: usize, concurrency: usize, tag: &str) -> (Dura
             ganglia_listen: None,
             mdns_interfaces: Vec::new(),
             coordinator: None,
+            coordinator_token: None,
             tls: None,
         })
         .await

@@ -1,6 +1,10 @@
 //! Finding agents: a static list from the configuration, agents found over mDNS
 //! ([`crate::browse`]) — both recorded here after the agent answered GetCapabilities — and
-//! agents' own registration (the gRPC service).
+//! agents' own registration (the gRPC service). A static agent that does not answer yet
+//! (started after the coordinator, rebooting) is retried in the background with backoff
+//! ([`keep_registering_static`]) until it does.
+
+use std::time::Duration;
 
 use napalm_proto::v1::{AgentSource, GetCapabilitiesRequest, RegisterAgentRequest};
 use napalm_proto::ApiError;
@@ -25,6 +29,69 @@ pub async fn register_static(
         policy,
     )
     .await
+}
+
+/// How often a static agent that did not answer is tried again: `first`, doubling up to
+/// `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Wait after the first failure.
+    pub first: Duration,
+    /// Longest wait between two attempts.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    /// 1 s, doubling up to 30 s.
+    fn default() -> Self {
+        Self {
+            first: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait after `failures` consecutive failures (1 = the first).
+    pub fn delay(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(31);
+        self.first
+            .checked_mul(1u32 << doublings)
+            .unwrap_or(self.max)
+            .min(self.max)
+    }
+}
+
+/// Registers the static agent at `endpoint` ([`register_static`]), trying again with
+/// `backoff` until it answers; returns its id. Runs forever while the agent stays away:
+/// spawn it, and abort the task to give up.
+pub async fn keep_registering_static(
+    registry: Registry,
+    agents: Agents,
+    endpoint: String,
+    policy: HeartbeatPolicy,
+    backoff: Backoff,
+) -> String {
+    let mut failures = 0u32;
+    loop {
+        match register_static(&registry, &agents, &endpoint, &policy).await {
+            Ok(id) => {
+                tracing::info!(%endpoint, %id, attempts = failures + 1, "static agent registered");
+                return id;
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let wait = backoff.delay(failures);
+                tracing::warn!(
+                    %endpoint,
+                    error = %e,
+                    retry_in = ?wait,
+                    "static agent not registered yet; retrying"
+                );
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
 }
 
 /// Records an agent found over mDNS (after it answered GetCapabilities).
@@ -100,4 +167,18 @@ async fn record(
         )
         .await?;
     Ok(resp.agent.map(|a| a.id).unwrap_or(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_maximum() {
+        let b = Backoff::default();
+        let secs: Vec<u64> = (1..=8).map(|n| b.delay(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(b.delay(u32::MAX), b.max);
+        assert_eq!(b.delay(0), b.first);
+    }
 }

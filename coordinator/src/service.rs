@@ -1,5 +1,8 @@
 //! The `napalm.v1.CoordinatorService` gRPC transport: each RPC traces, converts, and calls
-//! one registry operation; nothing else lives here.
+//! one registry operation; nothing else lives here. [`RequireToken`] wraps the served
+//! service with bearer-token authentication (the daemon adds it unless it runs with
+//! `--insecure-no-auth`); the [`Coordinator`] itself checks no credentials, so in-process
+//! tests serve it bare.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -238,5 +241,96 @@ impl CoordinatorService for Coordinator {
             .await
             .map(Response::new)
             .map_err(Status::from)
+    }
+}
+
+/// gRPC methods served without the API token: a booted clone proves itself with its own
+/// HMAC clone token in `RegisterClone` (as over the plain HTTP twin), and never holds the
+/// operators' token.
+pub const OPEN_METHODS: &[&str] = &["RegisterClone"];
+
+/// Compares in time independent of where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Wraps a gRPC service (`CoordinatorServiceServer`) so that every call but the
+/// [`OPEN_METHODS`] needs `authorization: Bearer TOKEN`; others are answered
+/// UNAUTHENTICATED with a `google.rpc.ErrorInfo` (reason `UNAUTHENTICATED`) before they
+/// reach the service. Operators (`napalmctl --token`) and agents (`RegisterAgent`,
+/// `Heartbeat`) present the same token.
+#[derive(Clone)]
+pub struct RequireToken<S> {
+    inner: S,
+    token: Arc<str>,
+}
+
+impl<S> RequireToken<S> {
+    /// Requires `token` in front of `inner`.
+    pub fn new(inner: S, token: impl Into<Arc<str>>) -> Self {
+        Self {
+            inner,
+            token: token.into(),
+        }
+    }
+
+    /// Whether a call to `path` (`/package.Service/Method`) with `headers` may proceed.
+    fn allows(&self, path: &str, headers: &tonic::codegen::http::HeaderMap) -> bool
+    where
+        S: tonic::server::NamedService,
+    {
+        let open = path
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(S::NAME))
+            .and_then(|p| p.strip_prefix('/'))
+            .is_some_and(|m| OPEN_METHODS.contains(&m));
+        if open {
+            return true;
+        }
+        let given = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        same(given.as_bytes(), self.token.as_bytes())
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for RequireToken<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for RequireToken<S>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<B>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+        > + tonic::server::NamedService,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
+        if self.allows(req.uri().path(), req.headers()) {
+            return Box::pin(self.inner.call(req));
+        }
+        tracing::debug!(path = %req.uri().path(), "refused: missing or wrong bearer token");
+        let refused = Status::from(ApiError::Unauthenticated {
+            description: "missing or wrong bearer token in `authorization` metadata; pass \
+                          napalmctl --token (or NAPALM_TOKEN), or napalm-agent \
+                          --coordinator-token-file"
+                .into(),
+        });
+        Box::pin(std::future::ready(Ok(refused.into_http())))
     }
 }

@@ -375,6 +375,7 @@ impl Grid {
         .arg("--secret-file")
         .arg(d.join("secret"))
         .args(["--agent-token", TOKEN])
+        .args(["--api-token", TOKEN])
         .arg("--kernel")
         .arg(kernel)
         .arg("--base-image")
@@ -554,6 +555,7 @@ impl Grid {
         let bin = bins::napalmctl().ctx("napalmctl")?;
         let mut c = self.server.command(bin);
         c.args(["--coordinator", &self.coordinator_addr()])
+            .args(["--token", TOKEN])
             .stdin(Stdio::null());
         Ok(c)
     }

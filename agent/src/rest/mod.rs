@@ -97,18 +97,54 @@ async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if !same(given.as_bytes(), token.as_bytes()) {
-            let e =
-                crate::error::AgentError::invalid("authorization", "missing or wrong bearer token");
-            let mut r = render::error(render::Format::negotiate(req.headers()), &e);
-            *r.status_mut() = StatusCode::UNAUTHORIZED;
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer realm=\"napalm\""),
-            );
-            return r;
+            return unauthorized(render::Format::negotiate(req.headers()));
         }
     }
     next.run(req).await
+}
+
+/// The 401 answer to a missing or wrong bearer token, in the negotiated format: its body
+/// says status 401 and reason `UNAUTHENTICATED` (as gRPC's UNAUTHENTICATED), like the
+/// HTTP status, with a `WWW-Authenticate` challenge.
+fn unauthorized(f: render::Format) -> Response {
+    let code = StatusCode::UNAUTHORIZED;
+    let e = napalm_proto::ApiError::Unauthenticated {
+        description: "missing or wrong bearer token in the Authorization header".into(),
+    };
+    let reason = e.reason().as_str_name().trim_start_matches("ERROR_REASON_");
+    let msg = e.to_string();
+    tracing::debug!(error = %msg, status = code.as_u16(), "request refused");
+    let (ct, data) = match f {
+        render::Format::Json => (
+            "application/json",
+            serde_json::json!({"error": {"status": code.as_u16(), "reason": reason, "message": msg}})
+                .to_string(),
+        ),
+        render::Format::Html => (
+            "text/html; charset=utf-8",
+            render::page(
+                &format!("Error {}", code.as_u16()),
+                &format!("<p>{}</p>", render::esc(&msg)),
+            ),
+        ),
+        render::Format::Xml => (
+            "application/xml",
+            format!(
+                "<?xml version=\"1.0\"?>\n<error><status>{}</status><reason>{reason}</reason><message>{}</message></error>\n",
+                code.as_u16(),
+                render::esc(&msg)
+            ),
+        ),
+    };
+    (
+        code,
+        [
+            (header::CONTENT_TYPE, ct),
+            (header::WWW_AUTHENTICATE, "Bearer realm=\"napalm\""),
+        ],
+        data,
+    )
+        .into_response()
 }
 
 /// The router, prefix included.

@@ -59,6 +59,7 @@ pub fn config(state: &std::path::Path, token: Option<&str>) -> ServeConfig {
         ganglia_listen: Some("127.0.0.1:0".parse().expect("addr")),
         mdns_interfaces: Vec::new(),
         coordinator: None,
+        coordinator_token: None,
         tls: None,
     }
 }

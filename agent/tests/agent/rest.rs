@@ -261,6 +261,25 @@ async fn token_is_required() {
     let r = anon.get(a.url("/domains.xml")).send().await.expect("get");
     assert_eq!(r.status().as_u16(), 401);
     assert!(r.headers().contains_key("www-authenticate"));
+    // The error document agrees with the HTTP status.
+    let body = r.text().await.expect("body");
+    assert!(
+        body.contains("<status>401</status>")
+            && body.contains("<reason>UNAUTHENTICATED</reason>")
+            && body.contains("missing or wrong bearer token"),
+        "{body}"
+    );
+    let r = anon
+        .get(a.url("/about"))
+        .header("accept", "application/json")
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .expect("get json");
+    assert_eq!(r.status().as_u16(), 401);
+    let v: serde_json::Value = r.json().await.expect("json error");
+    assert_eq!(v["error"]["status"], 401, "{v}");
+    assert_eq!(v["error"]["reason"], "UNAUTHENTICATED", "{v}");
     let r = anon
         .put(a.url("/domain/r-auth"))
         .bearer_auth("wrong")

@@ -7,6 +7,11 @@
 //! the pipeline when a kernel and base image are configured; `--mdns-interface` browses
 //! for agents; `--export-root` makes it write the NFS exports of the shared root and of
 //! each stateful clone's state.
+//!
+//! The gRPC API needs a bearer token (`--api-token-file`, `NAPALM_API_TOKEN`) from
+//! operators and registering agents alike, unless it runs with `--insecure-no-auth`;
+//! booted clones register with their own clone tokens instead. Static agents
+//! (`--agent`) that do not answer yet are retried in the background with backoff.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,13 +26,13 @@ use napalm_coordinator::deploy::addresses::AddressPool;
 use napalm_coordinator::deploy::artifacts::ArtifactConfig;
 use napalm_coordinator::deploy::ship::Agents;
 use napalm_coordinator::deploy::{DeployConfig, Deployer};
-use napalm_coordinator::discovery::register_static;
+use napalm_coordinator::discovery::{keep_registering_static, Backoff};
 use napalm_coordinator::exports::{ExportConfig, Exporter, SystemReload};
 use napalm_coordinator::registry::agents::HeartbeatPolicy;
 use napalm_coordinator::registry::clones::TokenKey;
 use napalm_coordinator::registry::Registry;
 use napalm_coordinator::scheduler::Policy;
-use napalm_coordinator::service::Coordinator;
+use napalm_coordinator::service::{Coordinator, RequireToken};
 use napalm_coordinator::store::election::{Election, Role};
 use napalm_coordinator::store::{self, etcd::EtcdStore};
 use napalm_proto::v1::coordinator_service_server::CoordinatorServiceServer;
@@ -41,7 +46,10 @@ use napalm_proto::v1::coordinator_service_server::CoordinatorServiceServer;
                   Implemented: agent registration and static agents, heartbeats with TTL, \
                   registry queries, clone registration (gRPC and HTTP), embedded or etcd \
                   store with leader election, deploy/undeploy pipeline.\n\
-                  stateful clones with per-clone NFS state exports (nfs-ganesha or kernel NFS)."
+                  stateful clones with per-clone NFS state exports (nfs-ganesha or kernel NFS).\n\n\
+                  The gRPC API requires a bearer token (--api-token-file FILE or \
+                  NAPALM_API_TOKEN) unless --insecure-no-auth is given; napalmctl sends it \
+                  with --token, agents with --coordinator-token-file."
 )]
 struct Cli {
     /// gRPC listen address.
@@ -79,6 +87,17 @@ struct Cli {
     /// Agents to use without discovery (gRPC endpoints, repeatable).
     #[arg(long = "agent", env = "NAPALM_AGENTS", value_delimiter = ',')]
     agents: Vec<String>,
+    /// Bearer token every gRPC client (napalmctl, registering agents) must present;
+    /// prefer --api-token-file or the environment.
+    #[arg(long, env = "NAPALM_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// File holding the bearer token of the gRPC API.
+    #[arg(long)]
+    api_token_file: Option<PathBuf>,
+    /// Serve the gRPC API without authentication. Only for local trials: anyone who can
+    /// reach --listen can then deploy and undeploy.
+    #[arg(long)]
+    insecure_no_auth: bool,
     /// Bearer token presented to agents.
     #[arg(long, env = "NAPALM_AGENT_TOKEN")]
     agent_token: Option<String>,
@@ -164,6 +183,40 @@ fn secret(path: &PathBuf) -> Result<Vec<u8>> {
     Ok(s)
 }
 
+/// The API token from `--api-token`/`NAPALM_API_TOKEN` or `--api-token-file`; `None` only
+/// with `--insecure-no-auth`.
+fn api_token(cli: &Cli) -> Result<Option<String>> {
+    let token = match (&cli.api_token, &cli.api_token_file) {
+        (Some(_), Some(f)) => anyhow::bail!(
+            "both --api-token (or NAPALM_API_TOKEN) and --api-token-file {} are set; give one",
+            f.display()
+        ),
+        (Some(t), None) => Some(t.trim().to_owned()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the API token file {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    match (token, cli.insecure_no_auth) {
+        (Some(t), _) if t.is_empty() => anyhow::bail!("the API token is empty"),
+        (Some(t), _) => Ok(Some(t)),
+        (None, true) => {
+            tracing::warn!(
+                "serving the gRPC API WITHOUT authentication (--insecure-no-auth): anyone who \
+                 reaches it can deploy and undeploy"
+            );
+            Ok(None)
+        }
+        (None, false) => anyhow::bail!(
+            "an API token is required: pass --api-token-file FILE or set NAPALM_API_TOKEN \
+             (or --insecure-no-auth for a local trial)"
+        ),
+    }
+}
+
 /// This host's name, for the mDNS record.
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -199,6 +252,7 @@ async fn main() -> Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    let api_token = api_token(&cli)?;
     let store = store::open(&cli.store)
         .await
         .with_context(|| format!("opening the registry store {:?}", cli.store))?;
@@ -315,12 +369,20 @@ async fn main() -> Result<()> {
             .context("writing the NFS exports")?;
     }
     let links = Agents::new(cli.agent_token.clone());
-    for ep in &cli.agents {
-        match register_static(&registry, &links, ep, &policy).await {
-            Ok(id) => tracing::info!(endpoint = %ep, %id, "static agent registered"),
-            Err(e) => tracing::warn!(endpoint = %ep, error = %e, "static agent not registered"),
-        }
-    }
+    // Static agents may start after us: each is retried in the background until it answers.
+    let statics: Vec<_> = cli
+        .agents
+        .iter()
+        .map(|ep| {
+            tokio::spawn(keep_registering_static(
+                registry.clone(),
+                links.clone(),
+                ep.clone(),
+                policy,
+                Backoff::default(),
+            ))
+        })
+        .collect();
     let _browser = if cli.mdns_interfaces.is_empty() {
         None
     } else {
@@ -358,11 +420,18 @@ async fn main() -> Result<()> {
         svc = svc.with_election(e.subscribe());
     }
     tracing::info!(listen = %cli.listen, http = %cli.http_listen, "serving napalm.v1.CoordinatorService");
-    tonic::transport::Server::builder()
-        .add_service(CoordinatorServiceServer::new(svc))
+    let server = CoordinatorServiceServer::new(svc);
+    let router = match api_token {
+        Some(t) => tonic::transport::Server::builder().add_service(RequireToken::new(server, t)),
+        None => tonic::transport::Server::builder().add_service(server),
+    };
+    router
         .serve_with_shutdown(cli.listen, shutdown())
         .await
         .context("gRPC server")?;
+    for s in statics {
+        s.abort();
+    }
     sweeper.abort();
     http_task.abort();
     role.take();

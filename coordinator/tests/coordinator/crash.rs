@@ -77,6 +77,7 @@ impl Coord {
         }
         let port = free_port();
         let args = vec![
+            "--insecure-no-auth".into(),
             "--listen".into(),
             format!("127.0.0.1:{port}"),
             "--http-listen".into(),

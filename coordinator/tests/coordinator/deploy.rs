@@ -59,6 +59,7 @@ pub fn agent_config(state: &Path) -> ServeConfig {
         ganglia_listen: None,
         mdns_interfaces: Vec::new(),
         coordinator: None,
+        coordinator_token: None,
         tls: None,
     }
 }

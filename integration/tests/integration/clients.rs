@@ -139,6 +139,7 @@ impl Grid {
                 .arg("--layers-dir")
                 .arg(d.join("layers"))
                 .args(["--agent-token", TOKEN])
+                .args(["--api-token", TOKEN])
                 .args(["--mdns-interface", &coord_host.iface])
                 .env("NO_COLOR", "1")
                 .stdin(Stdio::null())
