@@ -7,6 +7,12 @@
 //! following clones until they register), NFS export rules, registry [`events`] for
 //! watchers (`WatchEvents`, `napalmctl watch`), and the `napalmctl` CLI.
 //!
+//! Security: the gRPC API takes a bearer token from operators (`napalmctl --token`) and
+//! registering agents alike ([`service::RequireToken`], added by the daemon unless it runs
+//! with `--insecure-no-auth`); booted clones prove themselves with their own HMAC clone
+//! tokens instead (`RegisterClone` and its HTTP twin). Static agents that do not answer
+//! yet are retried with backoff ([`discovery::keep_registering_static`]).
+//!
 //! Must not touch: libvirt directly (agents do that), or a clone's files except through
 //! the layers it builds.
 //!
