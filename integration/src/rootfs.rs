@@ -3,6 +3,9 @@
 //! hostname from the clone's layer, `/etc/rc2.d/S*` — where the base set's register hook
 //! lives) and, for the tests, serves a shell on TCP 5000 of the private network
 //! (`nc -ll -e`), so a test can run commands inside a clone.
+//!
+//! [`debian_root`] is the other reference: a debootstrapped, systemd-based Debian with the
+//! same test shell as a socket-activated unit.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -47,6 +50,9 @@ pub enum RootError {
     /// busybox is missing or did not list its applets.
     #[error("busybox: {0} (install busybox-static)")]
     Busybox(String),
+    /// debootstrap failed or its result could not be finished.
+    #[error("debian root: {0}")]
+    Debootstrap(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RootError {
@@ -131,4 +137,287 @@ pub fn busybox_root(cache: &Path) -> Result<PathBuf, RootError> {
         }
         Err(e) => Err(io("rename root")(e)),
     }
+}
+
+/// Debian suite of [`debian_root`].
+pub const DEBIAN_SUITE: &str = "bookworm";
+/// Where [`debian_root`] downloads from.
+pub const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
+/// What [`debian_root`] adds to debootstrap's `minbase` (required packages only): systemd
+/// as init with udev and D-Bus (logind, hostnamed), `ip` for the register hook, `ping`
+/// for the tests and GNU wget for the register hook's POST.
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "iproute2",
+    "iputils-ping",
+    "wget",
+];
+/// Bound on one debootstrap run (downloads included).
+const DEBOOTSTRAP_TIMEOUT_S: u64 = 1200;
+
+/// The test shell: systemd listens on TCP 5000 and runs `/bin/sh` per connection (stdin
+/// and stdout are the socket), like the busybox root's `nc -ll -e /bin/sh`.
+const SHELL_SOCKET: &str = "[Unit]
+Description=Napalm integration test shell (TCP 5000, one /bin/sh per connection)
+
+[Socket]
+ListenStream=5000
+Accept=yes
+
+[Install]
+WantedBy=sockets.target
+";
+
+/// `KillMode=process`: what a test starts in the background (`(sleep 1; reboot -f) &`)
+/// outlives the connection, as with `nc -e`. `-/bin/sh`: a script's last exit status
+/// is the test's business, not a failed unit (which would make the system "degraded").
+const SHELL_SERVICE: &str = "[Unit]
+Description=Napalm integration test shell session
+
+[Service]
+ExecStart=-/bin/sh
+StandardInput=socket
+StandardOutput=socket
+StandardError=socket
+KillMode=process
+";
+
+/// Files [`debian_root`] writes after debootstrap (path, body, mode); part of the cache key.
+const DEBIAN_FILES: &[(&str, &str, u32)] = &[
+    (
+        "etc/systemd/system/napalm-test-shell.socket",
+        SHELL_SOCKET,
+        0o644,
+    ),
+    (
+        "etc/systemd/system/napalm-test-shell@.service",
+        SHELL_SERVICE,
+        0o644,
+    ),
+    ("etc/hostname", "reference\n", 0o644),
+    (
+        "etc/motd",
+        "napalm reference root (Debian bookworm, systemd)\n",
+        0o644,
+    ),
+    // A shared root carries no identity: every clone's layer brings its own machine-id
+    // (systemd mounts a transient one when a root has none).
+    ("etc/machine-id", "", 0o444),
+];
+
+/// Symlinks (path, target) [`debian_root`] makes; part of the cache key.
+const DEBIAN_LINKS: &[(&str, &str)] = &[
+    // napalm-init configured eth0 (ip=) before switch_root, and the NFS root runs over it:
+    // udev must not try to rename it to a predictable name (it is up; renames fail).
+    ("etc/systemd/network/99-default.link", "/dev/null"),
+    // Whatever napalm-init learnt (ip=… DNS fields) rather than the build host's.
+    ("etc/resolv.conf", "../run/napalm/resolv.conf"),
+    // D-Bus prefers its own id file: make it the clone's machine-id, not one for all.
+    ("var/lib/dbus/machine-id", "/etc/machine-id"),
+];
+
+/// Directories [`debian_root`] empties (contents only); part of the cache key.
+const DEBIAN_PRUNE: &[&str] = &[
+    "var/cache/apt/archives",
+    "var/lib/apt/lists",
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+];
+
+/// Units enabled in the root: networkd (applies the base set's `10-napalm.network`,
+/// `KeepConfiguration=yes`, so the link napalm-init configured is kept) and the test shell.
+const DEBIAN_ENABLE: &[&str] = &["systemd-networkd.service", "napalm-test-shell.socket"];
+
+/// Unmounts (lazily) whatever is mounted at or under `dir` (what an interrupted
+/// debootstrap may leave: proc, sys); true when nothing is left mounted there.
+fn unmount_under(dir: &Path) -> bool {
+    let mounted = || -> Vec<PathBuf> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut v: Vec<PathBuf> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(|p| PathBuf::from(p.replace("\\040", " ")))
+            .filter(|p| p.starts_with(dir))
+            .collect();
+        // Deepest first.
+        v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        v
+    };
+    for m in mounted() {
+        if let Ok(c) = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a plain syscall on a NUL-terminated path we own.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    mounted().is_empty()
+}
+
+/// Removes a half-built root, never through a mount point (debootstrap mounts /proc and
+/// /sys in its target; a device bind mount would lead into the host's /dev).
+fn remove_partial(dir: &Path) -> Result<(), RootError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    if !unmount_under(dir) {
+        return Err(RootError::Debootstrap(format!(
+            "{} still has mounts under it; not removing it",
+            dir.display()
+        )));
+    }
+    std::fs::remove_dir_all(dir).map_err(io(format!("removing {}", dir.display())))
+}
+
+/// The cached systemd-based Debian reference root under `cache` (`debootstrap
+/// --variant=minbase` of [`DEBIAN_SUITE`] plus [`DEBIAN_PACKAGES`]), built if missing.
+///
+/// Built in a temporary directory and renamed when complete, keyed by the suite, the
+/// package list and the files added, so a second call is instant. Downloaded packages are
+/// kept in `cache/debootstrap-debs` for the next rebuild. What it adds for the clones:
+/// the test shell as `napalm-test-shell.socket` (port [`SHELL_PORT`], `Accept=yes`,
+/// `/bin/sh` per connection), systemd-networkd enabled for the base set's
+/// `10-napalm.network` (`KeepConfiguration=yes`: the address napalm-init set from `ip=`
+/// stays), no predictable interface renaming, no machine-id of its own. The clone's layer
+/// supplies hostname, hosts, machine-id and `napalm-register-clone.service`.
+///
+/// napalm-init moves its `/run` (with `/run/napalm/boot.json`) into the new root before
+/// `switch_root`; systemd keeps an already mounted `/run`, so the file stays visible.
+pub fn debian_root(cache: &Path) -> Result<PathBuf, RootError> {
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        DEBIAN_SUITE.hash(&mut h);
+        DEBIAN_PACKAGES.hash(&mut h);
+        DEBIAN_FILES.hash(&mut h);
+        DEBIAN_LINKS.hash(&mut h);
+        DEBIAN_ENABLE.hash(&mut h);
+        DEBIAN_PRUNE.hash(&mut h);
+        h.finish()
+    };
+    let root = cache.join(format!("debian-root-{key:016x}"));
+    if root.join(".complete").exists() {
+        return Ok(root);
+    }
+    std::fs::create_dir_all(cache).map_err(io("creating the cache"))?;
+    let debs = cache.join("debootstrap-debs");
+    std::fs::create_dir_all(&debs).map_err(io("creating the package cache"))?;
+    let tmp = cache.join(format!(".debian-root-{key:016x}.{}", std::process::id()));
+    remove_partial(&tmp)?;
+    let log = cache.join(format!(".debian-root-{key:016x}.log"));
+    let logf = std::fs::File::create(&log).map_err(io("creating the debootstrap log"))?;
+    let started = std::time::Instant::now();
+    let status = Command::new("timeout")
+        .args(["--kill-after=30", &DEBOOTSTRAP_TIMEOUT_S.to_string()])
+        .arg("debootstrap")
+        .args(["--variant=minbase", "--merged-usr"])
+        .arg(format!("--include={}", DEBIAN_PACKAGES.join(",")))
+        .arg(format!(
+            "--cache-dir={}",
+            std::path::absolute(&debs)
+                .map_err(io("package cache path"))?
+                .display()
+        ))
+        .arg(DEBIAN_SUITE)
+        .arg(&tmp)
+        .arg(DEBIAN_MIRROR)
+        .stdin(std::process::Stdio::null())
+        .stdout(logf.try_clone().map_err(io("debootstrap log"))?)
+        .stderr(logf)
+        .status()
+        .map_err(|e| {
+            RootError::Debootstrap(format!("running debootstrap: {e} (install debootstrap)"))
+        })?;
+    if !status.success() {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        let _ = remove_partial(&tmp);
+        return Err(RootError::Debootstrap(format!(
+            "debootstrap {DEBIAN_SUITE} failed ({status}) after {:.0} s; log {}:\n{}",
+            started.elapsed().as_secs_f64(),
+            log.display(),
+            tail.join("\n")
+        )));
+    }
+    eprintln!(
+        "debian_root: debootstrap {DEBIAN_SUITE} took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    if !unmount_under(&tmp) {
+        return Err(RootError::Debootstrap(format!(
+            "{} still has mounts under it after debootstrap",
+            tmp.display()
+        )));
+    }
+    customize_debian(&tmp).inspect_err(|_| {
+        let _ = remove_partial(&tmp);
+    })?;
+    std::fs::write(tmp.join(".complete"), b"").map_err(io("mark complete"))?;
+    match std::fs::rename(&tmp, &root) {
+        Ok(()) => Ok(root),
+        // Another process built it meanwhile.
+        Err(_) if root.join(".complete").exists() => {
+            let _ = remove_partial(&tmp);
+            Ok(root)
+        }
+        Err(e) => Err(io("rename root")(e)),
+    }
+}
+
+/// What the clones need on top of debootstrap's result.
+fn customize_debian(tmp: &Path) -> Result<(), RootError> {
+    for (path, body, mode) in DEBIAN_FILES {
+        let p = tmp.join(path);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).map_err(io(format!("mkdir for {path}")))?;
+        }
+        let _ = std::fs::remove_file(&p);
+        std::fs::write(&p, body).map_err(io(format!("write {path}")))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))
+            .map_err(io(format!("chmod {path}")))?;
+    }
+    for (path, target) in DEBIAN_LINKS {
+        let p = tmp.join(path);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).map_err(io(format!("mkdir for {path}")))?;
+        }
+        let _ = std::fs::remove_file(&p);
+        std::os::unix::fs::symlink(target, &p).map_err(io(format!("link {path}")))?;
+    }
+    // systemctl works offline in a chroot: it only writes the [Install] symlinks.
+    let out = Command::new("chroot")
+        .arg(tmp)
+        .args(["systemctl", "enable"])
+        .args(DEBIAN_ENABLE)
+        .output()
+        .map_err(|e| RootError::Debootstrap(format!("chroot systemctl enable: {e}")))?;
+    if !out.status.success() {
+        return Err(RootError::Debootstrap(format!(
+            "systemctl enable {DEBIAN_ENABLE:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    // Not needed at run time (about half the size): the downloaded packages (kept in the
+    // cache's debootstrap-debs), debootstrap's package lists, documentation, translations.
+    for d in DEBIAN_PRUNE {
+        let Ok(rd) = std::fs::read_dir(tmp.join(d)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let _ = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+    for (d, mode) in [("tmp", 0o1777), ("var/tmp", 0o1777)] {
+        std::fs::set_permissions(tmp.join(d), std::fs::Permissions::from_mode(mode))
+            .map_err(io(format!("chmod {d}")))?;
+    }
+    Ok(())
 }

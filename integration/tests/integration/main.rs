@@ -2,5 +2,6 @@
 //! Each module is one capability checked end to end against the real machine.
 
 mod clients;
+mod debian;
 mod grid;
 mod host_setup;

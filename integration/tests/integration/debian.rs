@@ -1,0 +1,202 @@
+//! Issue #7 with a real distribution: the grid exports a debootstrapped, systemd-based
+//! Debian bookworm root (`rootfs::debian_root`); two QEMU clones boot it through
+//! napalm-init (NFS root + their layer), systemd runs as PID 1, the base set's
+//! `napalm-register-clone.service` registers them, and they reach each other by name.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use napalm_integration::grid::{Grid, GridOptions};
+use napalm_integration::rootfs;
+use serde_json::Value;
+
+/// Held while a grid runs: grids run one at a time (2 cores; TCG guests), across test
+/// modules and processes, by an exclusive `flock` on this file (released on drop).
+pub const GRID_LOCK: &str = "/run/napalm-grid.lock";
+
+struct GridLock(#[allow(dead_code)] File);
+
+fn serial() -> GridLock {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(GRID_LOCK)
+        .unwrap_or_else(|e| panic!("opening {GRID_LOCK}: {e}"));
+    loop {
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return GridLock(f);
+        }
+        let e = std::io::Error::last_os_error();
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::Interrupted,
+            "flock {GRID_LOCK}: {e}"
+        );
+    }
+}
+
+fn phase(c: &Value) -> String {
+    c["phase"].as_str().unwrap_or_default().to_lowercase()
+}
+
+fn address(c: &Value) -> String {
+    c["addresses"][0]
+        .as_str()
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// What systemd in each clone says (for a failure message): pending jobs, failed units,
+/// the end of the journal.
+fn diagnose(g: &Grid) -> String {
+    let mut s = String::new();
+    for i in 1..=2 {
+        let a = g.clone_addr(i);
+        let out = g.clone_sh(
+            &a,
+            "systemctl is-system-running; systemctl list-jobs --no-pager; \
+             systemctl --failed --no-pager; journalctl -b --no-pager | tail -n 40",
+            Duration::from_secs(20),
+        );
+        s += &format!("--- clone {i} ({a}):\n");
+        s += &out.unwrap_or_else(|e| format!("(no shell: {e})\n"));
+    }
+    s
+}
+
+#[test]
+fn debian_systemd_root_boots_two_clones_that_register_and_reach_each_other() {
+    let _s = serial();
+    let cache = GridOptions::default().cache;
+    let t = Instant::now();
+    let root = rootfs::debian_root(&cache).expect("the Debian reference root");
+    let size = std::process::Command::new("du")
+        .args(["-sh"])
+        .arg(&root)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    eprintln!(
+        "debian root ready in {:.1} s: {size}",
+        t.elapsed().as_secs_f64()
+    );
+
+    let opts = GridOptions {
+        root: Some(root),
+        keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
+        ..Default::default()
+    };
+    let g = Grid::start(opts, "debsd").expect("starting the grid");
+    let t = Instant::now();
+    let out = g
+        .napalmctl(&[
+            "--output",
+            "json",
+            "deploy",
+            "--memory",
+            "256M",
+            "--hypervisor",
+            "qemu",
+            "--count",
+            "2",
+            "--name",
+            "debsd",
+        ])
+        .expect("napalmctl deploy");
+    let took = t.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "deploy failed ({:?}): {stdout}\n{}\nlogs in {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        g.dir.display(),
+        diagnose(&g)
+    );
+    eprintln!(
+        "deploy --count 2 (Debian, systemd): {:.1} s to all registered",
+        took.as_secs_f64()
+    );
+
+    let clones = g.clones("debsd").expect("clones");
+    assert_eq!(clones.len(), 2, "{clones:?}");
+    for c in &clones {
+        let name = c["clone"].as_str().unwrap_or_default();
+        assert_eq!(phase(c), "registered", "{name}: {c}");
+        let idx: u32 = name
+            .rsplit('-')
+            .next()
+            .and_then(|i| i.parse().ok())
+            .expect("index");
+        assert_eq!(
+            address(c),
+            g.clone_addr(idx),
+            "{name} registered its own address: {c}"
+        );
+        eprintln!("{name}: {c}");
+    }
+
+    let first = g.clone_addr(1);
+    assert!(
+        g.wait_clone_shell(&first, Duration::from_secs(120)),
+        "clone 1's test shell (napalm-test-shell.socket) on {first}"
+    );
+    let script = "\
+echo pid1=$(cat /proc/1/comm) exe=$(readlink /proc/1/exe)
+echo state=$(timeout 150 systemctl is-system-running --wait)
+systemctl --no-pager --failed --plain --no-legend | sed 's/^/failed: /'
+echo host=$(uname -n) etc=$(cat /etc/hostname)
+if ping -c 1 -W 3 debsd-02 >/dev/null 2>&1; then echo ping=ok; else echo ping=FAIL; fi
+getent hosts debsd-02
+echo registered=$(systemctl show -p ActiveState,Result --value napalm-register-clone.service | tr '\\n' ' ')
+echo networkd=$(systemctl is-active systemd-networkd.service)
+ip -4 -o addr show dev eth0
+echo uptime=$(cut -d' ' -f1 /proc/uptime)
+systemd-analyze 2>/dev/null | head -n 1
+test -s /run/napalm/boot.json && echo bootjson=present || echo bootjson=absent
+";
+    let out = g
+        .clone_sh(&first, script, Duration::from_secs(200))
+        .expect("clone 1 shell");
+    eprintln!("clone 1 says:\n{out}");
+    let exe = out
+        .lines()
+        .find_map(|l| l.strip_prefix("pid1="))
+        .unwrap_or_default();
+    assert!(
+        exe.starts_with("systemd ") && exe.contains("exe=/usr/lib/systemd/systemd"),
+        "PID 1 is not systemd:\n{out}"
+    );
+    let state = out
+        .lines()
+        .find_map(|l| l.strip_prefix("state="))
+        .unwrap_or_default();
+    assert!(
+        state == "running" || state == "degraded",
+        "systemctl is-system-running: {state:?}\n{out}"
+    );
+    if state == "degraded" {
+        eprintln!(
+            "degraded; failed units:\n{}",
+            out.lines()
+                .filter(|l| l.starts_with("failed: "))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    assert!(
+        out.contains("host=debsd-01 etc=debsd-01"),
+        "hostname:\n{out}"
+    );
+    assert!(out.contains("ping=ok"), "debsd-02 by name:\n{out}");
+    assert!(
+        out.contains(&format!("inet {first}/")),
+        "eth0 kept napalm-init's address under systemd-networkd:\n{out}"
+    );
+}
