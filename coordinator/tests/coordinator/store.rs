@@ -4,8 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use napalm_coordinator::clock::SystemClock;
+use napalm_coordinator::registry::{Registry, RegistryError};
 use napalm_coordinator::store::election::{Election, Role, LEADER_KEY};
-use napalm_coordinator::store::{self, Check, Store, StoreError, Txn};
+use napalm_coordinator::store::{self, Check, Durability, Store, StoreError, Txn};
+use napalm_proto::v1::{Clone, ClonePhase};
 
 use crate::etcd_harness::Etcd;
 
@@ -100,7 +103,139 @@ async fn semantics(s: Arc<dyn Store>) {
     assert_eq!(s.get("/t/c").await.expect("get"), None);
 }
 
-#[tokio::test]
+/// Eventual commits are changes like any other while the store runs: visible at once,
+/// revision-checked, all or nothing, ordered with immediate ones.
+async fn eventual(s: Arc<dyn Store>) {
+    let lazy = |t: Txn| t.durability(Durability::Eventual);
+    let r1 = s
+        .commit(lazy(
+            Txn::new()
+                .check("/e/a", Check::Absent)
+                .put("/e/a", b"1".to_vec()),
+        ))
+        .await
+        .expect("eventual create");
+    let a = s.get("/e/a").await.expect("get").expect("visible at once");
+    assert_eq!((a.value.as_slice(), a.mod_revision), (&b"1"[..], r1));
+    let stale = s
+        .commit(lazy(
+            Txn::new()
+                .check("/e/a", Check::Absent)
+                .put("/e/b", b"x".to_vec()),
+        ))
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+    assert_eq!(
+        s.get("/e/b").await.expect("get"),
+        None,
+        "half a txn applied"
+    );
+    let r2 = s
+        .commit(Txn::new().put("/e/b", b"2".to_vec()))
+        .await
+        .expect("immediate after eventual");
+    assert!(r2 > r1);
+    let r3 = s
+        .commit(lazy(
+            Txn::new()
+                .check("/e/a", Check::Revision(r1))
+                .put("/e/a", b"3".to_vec()),
+        ))
+        .await
+        .expect("eventual update at the right revision");
+    assert!(r3 > r2);
+}
+
+/// `update_many` changes every record, one batch per 64, and keeps the order of its keys;
+/// a batch that loses a race is redone record by record, so no change is lost. (The racing
+/// write blocks in place: the test runtimes are multi-threaded.)
+async fn update_many(s: Arc<dyn Store>) {
+    let reg = Registry::new(s.clone(), Arc::new(SystemClock));
+    let keys: Vec<String> = (0..150).map(|i| format!("/m/c{i:03}")).collect();
+    // Seeded 50 per transaction: etcd refuses more than 128 operations in one.
+    for (n, chunk) in keys.chunks(50).enumerate() {
+        let mut txn = Txn::new();
+        for (j, k) in chunk.iter().enumerate() {
+            let i = n * 50 + j;
+            let c = Clone {
+                name: format!("c{i:03}"),
+                index: i as u32,
+                ..Default::default()
+            };
+            txn = txn.put(k.as_str(), prost::Message::encode_to_vec(&c));
+        }
+        s.commit(txn).await.expect("seed");
+    }
+    let before = s.get("/m/c000").await.expect("get").expect("seeded");
+    let mut raced = false;
+    let out = reg
+        .update_many::<Clone, _>(&keys, Durability::Immediate, |j, cur| {
+            // Someone else changes a record of the second batch while it is being read.
+            if j == 70 && !raced {
+                raced = true;
+                let other = Clone {
+                    name: "c070".into(),
+                    index: 70,
+                    last_error: "changed by another writer".into(),
+                    ..Default::default()
+                };
+                let write =
+                    s.commit(Txn::new().put("/m/c070", prost::Message::encode_to_vec(&other)));
+                tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(write))
+                    .expect("racing write");
+            }
+            Ok(cur.map(|mut c| {
+                c.phase = ClonePhase::Scheduled as i32;
+                c.agent_id = format!("agent-{j}");
+                c
+            }))
+        })
+        .await
+        .expect("update_many");
+    assert_eq!(out.len(), keys.len());
+    for (j, (k, c)) in keys.iter().zip(&out).enumerate() {
+        let c = c.as_ref().expect("present");
+        assert_eq!(c.index as usize, j, "results in key order");
+        let (stored, _) = reg.get::<Clone>(k).await.expect("get").expect("stored");
+        assert_eq!(&stored, c);
+        assert_eq!(stored.agent_id, format!("agent-{j}"));
+        assert_eq!(stored.phase, ClonePhase::Scheduled as i32);
+    }
+    let (c070, _) = reg
+        .get::<Clone>("/m/c070")
+        .await
+        .expect("get")
+        .expect("c070");
+    assert_eq!(
+        c070.last_error, "changed by another writer",
+        "the racing change was overwritten instead of re-read"
+    );
+    let after = s.get("/m/c000").await.expect("get").expect("present");
+    assert!(after.mod_revision > before.mod_revision);
+    // An error of `change` stops it.
+    let err = reg
+        .update_many::<Clone, _>(&keys[..3], Durability::Eventual, |j, _| {
+            if j == 1 {
+                Err(napalm_proto::ApiError::Conflict {
+                    description: "no".into(),
+                }
+                .into())
+            } else {
+                Ok(None)
+            }
+        })
+        .await;
+    assert!(matches!(err, Err(RegistryError::Api(_))), "{err:?}");
+    assert!(
+        s.get(&keys[0]).await.expect("get").is_some(),
+        "half a batch applied"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn embedded_store_semantics_and_persistence() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("sub/registry.redb");
@@ -108,7 +243,17 @@ async fn embedded_store_semantics_and_persistence() {
         .await
         .expect("open");
     semantics(s.clone()).await;
+    eventual(s.clone()).await;
+    update_many(s.clone()).await;
     let before = s.get("/t/a").await.expect("get");
+    // The last commit is eventual: closing the store makes it durable.
+    s.commit(
+        Txn::new()
+            .put("/e/last", b"eventual".to_vec())
+            .durability(Durability::Eventual),
+    )
+    .await
+    .expect("eventual");
     drop(s);
     let reopened = store::open(path.to_str().expect("utf-8 path"))
         .await
@@ -118,13 +263,23 @@ async fn embedded_store_semantics_and_persistence() {
         before,
         "lost on reopen"
     );
+    for (k, v) in [
+        ("/e/a", &b"3"[..]),
+        ("/e/b", b"2"),
+        ("/e/last", b"eventual"),
+    ] {
+        let got = reopened.get(k).await.expect("get").map(|v| v.value);
+        assert_eq!(got.as_deref(), Some(v), "{k} lost on reopen");
+    }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn etcd_store_semantics() {
     let etcd = Etcd::start();
     let s = store::open(&etcd.store_url()).await.expect("connect etcd");
-    semantics(s).await;
+    semantics(s.clone()).await;
+    eventual(s.clone()).await;
+    update_many(s).await;
 }
 
 #[tokio::test]
