@@ -74,6 +74,8 @@ pub struct Advert {
     pub agent_id: String,
     /// TLS certificate fingerprint (sha256 hex), `none` without TLS.
     pub fingerprint: String,
+    /// Path prefix of the REST API (DNS-SD `path=` key, RFC 6763 section 6.4 style).
+    pub path: String,
 }
 
 /// A running advertisement.
@@ -112,6 +114,7 @@ impl Advertiser {
             ("memory", a.memory_bytes.to_string()),
             ("id", a.agent_id.clone()),
             ("fingerprint", a.fingerprint.clone()),
+            ("path", a.path.clone()),
         ];
         let host = format!("{}.local.", a.hostname);
         let mut fullnames = Vec::new();

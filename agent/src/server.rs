@@ -273,6 +273,7 @@ pub async fn start_with(cfg: ServeConfig, hv: Arc<dyn Hypervisor>) -> Result<Run
             memory_bytes: caps.host.memory_bytes,
             agent_id: agent.id().to_owned(),
             fingerprint: fingerprint.clone().unwrap_or_else(|| "none".into()),
+            path: cfg.rest.prefix.clone(),
         };
         let ifs = cfg.mdns_interfaces.clone();
         advertiser = Some(

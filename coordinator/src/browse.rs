@@ -75,7 +75,13 @@ impl Browser {
                     .unwrap_or_default()
                     .to_owned();
                 let http_port = info.txt_properties.get_property_val_str("http_port");
-                let rest = http_port.map(|p| format!("http://{ip}:{p}/napalm"));
+                // The REST prefix is in `path=` (older agents: none advertised, no prefix).
+                let path = info
+                    .txt_properties
+                    .get_property_val_str("path")
+                    .unwrap_or_default()
+                    .to_owned();
+                let rest = http_port.map(|p| format!("http://{ip}:{p}{path}"));
                 match register_found(&registry, &agents, &endpoint, rest, &policy).await {
                     Ok(got) => {
                         tracing::info!(%endpoint, id = %got, advertised = %id, "agent found over mDNS")

@@ -349,6 +349,11 @@ impl Grid {
         format!("{}:{GRPC}", self.server.addr)
     }
 
+    /// Agent `i`'s REST base URL.
+    pub fn agent_rest(&self, i: usize) -> String {
+        format!("http://{}:{AGENT_HTTP}", self.agent_hosts[i].addr)
+    }
+
     /// The address of clone `index` (1-based).
     pub fn clone_addr(&self, index: u32) -> String {
         format!("{}.{}", self.prefix, 100 + index)
@@ -556,6 +561,9 @@ impl Grid {
         let mut c = self.server.command(bin);
         c.args(["--coordinator", &self.coordinator_addr()])
             .args(["--token", TOKEN])
+            // `domain --agent ID` asks the coordinator (NAPALM_TOKEN) for the agent's REST
+            // endpoint and calls the agent with --token.
+            .env("NAPALM_TOKEN", TOKEN)
             .stdin(Stdio::null());
         Ok(c)
     }
@@ -617,7 +625,7 @@ impl Grid {
         let t = Instant::now();
         while t.elapsed() < timeout {
             if self
-                .clone_sh(addr, "echo alive", Duration::from_secs(5))
+                .clone_sh(addr, "echo alive", Duration::from_secs(15))
                 .is_ok_and(|o| o.contains("alive"))
             {
                 return true;

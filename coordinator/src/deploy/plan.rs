@@ -466,10 +466,16 @@ impl Run {
             (None, _) => return self.fail(&c, "layer was not built").await,
         };
         let (built, kernel) = layer;
+        // A registered clone whose layer did not change stays registered: a re-run only
+        // checks its domain is there and running (it will not boot, so not report, again).
+        // A changed layer recreates the domain, so the clone boots and registers anew.
+        let changed = c.layer_hash != built.hash;
         if let Some(u) = self
             .set_progress(&c.name, |k| {
                 k.layer_hash = built.hash.clone();
-                if k.phase < ClonePhase::Layer as i32 {
+                if k.phase < ClonePhase::Layer as i32
+                    || (changed && k.phase == ClonePhase::Registered as i32)
+                {
                     k.phase = ClonePhase::Layer as i32;
                 }
             })
@@ -544,7 +550,11 @@ impl Run {
             .await
             .map_err(|e| format!("shipping: {}", e.message()))?;
         if let Some(u) = self
-            .set_progress(&c.name, |k| k.phase = ClonePhase::Shipped as i32)
+            .set_progress(&c.name, |k| {
+                if k.phase != ClonePhase::Registered as i32 {
+                    k.phase = ClonePhase::Shipped as i32;
+                }
+            })
             .await
             .map_err(|e| e.to_string())?
         {

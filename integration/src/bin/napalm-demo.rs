@@ -39,13 +39,10 @@ fn main() -> Result<()> {
         String::from_utf8_lossy(&grid.napalmctl(&["agents"])?.stdout)
     );
     let n = count.to_string();
-    let bin = napalm_integration::bins::napalmctl()?;
     let t1 = Instant::now();
     println!("\n$ napalmctl deploy --count {n} --name demo --layers base,mpi --hypervisor qemu --memory 256M");
     let st = grid
-        .server
-        .command(bin)
-        .args(["--coordinator", &grid.coordinator_addr()])
+        .napalmctl_command()?
         .args([
             "deploy", "--count", &n, "--name", "demo", "--layers", "base,mpi",
         ])

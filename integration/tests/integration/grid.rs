@@ -269,3 +269,223 @@ fn stateful_state_survives_a_reboot_stateless_does_not_and_nothing_leaks() {
         "a clone wrote into the server root"
     );
 }
+
+/// `napalmctl ... -o json` parsed, or a panic with what it said.
+fn ctl_json(g: &Grid, args: &[&str]) -> Value {
+    let mut a = vec!["--output", "json"];
+    a.extend_from_slice(args);
+    let out = g.napalmctl(&a).expect("napalmctl");
+    assert!(
+        out.status.success(),
+        "napalmctl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "napalmctl {args:?} JSON: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Registry against reality: exactly `n` clones of `dep`, all registered; each domain owned
+/// by exactly the agent the registry names (asked through every agent's REST API); exactly
+/// `n` domains of `dep` in libvirt, all running.
+fn assert_exactly(g: &Grid, dep: &str, n: usize) {
+    let clones = g.clones(dep).expect("clones");
+    assert_eq!(clones.len(), n, "{dep}: {clones:?}");
+    for c in &clones {
+        assert_eq!(phase(c), "registered", "{c}");
+    }
+    let agents = ctl_json(g, &["agents"]);
+    let mut owner: std::collections::BTreeMap<String, String> = Default::default();
+    for a in agents.as_array().expect("agents") {
+        let id = a["id"].as_str().expect("agent id");
+        let list = ctl_json(g, &["domain", "--agent", id, "list"]);
+        for d in list.as_array().expect("domains") {
+            let name = d["name"].as_str().unwrap_or_default();
+            if !name.starts_with(&format!("{dep}-")) || d["owned"] == false {
+                continue;
+            }
+            if let Some(other) = owner.insert(name.to_owned(), id.to_owned()) {
+                panic!("{name} is owned by both {other} and {id}");
+            }
+        }
+    }
+    assert_eq!(owner.len(), n, "{dep}: domains owned by agents: {owner:?}");
+    for c in &clones {
+        let name = c["clone"].as_str().unwrap_or_default();
+        assert_eq!(
+            owner.get(name).map(String::as_str),
+            c["agent"].as_str(),
+            "{name}'s agent"
+        );
+    }
+    let in_libvirt: Vec<String> = g
+        .domains()
+        .into_iter()
+        .filter(|d| d.starts_with(&format!("{dep}-")))
+        .collect();
+    assert_eq!(in_libvirt.len(), n, "{dep} in libvirt: {in_libvirt:?}");
+}
+
+/// Starts `napalmctl deploy` in the background and returns once one of its clones got to
+/// `phase` (or beyond), so a fault lands mid-deploy.
+fn deploy_until(g: &Grid, name: &str, count: &str, phases: &[&str]) -> std::process::Child {
+    let child = g
+        .napalmctl_command()
+        .expect("napalmctl")
+        .args([
+            "--output",
+            "json",
+            "deploy",
+            "--memory",
+            "256M",
+            "--hypervisor",
+            "qemu",
+        ])
+        .args(["--count", count, "--name", name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn napalmctl deploy");
+    let reached = napalm_integration::proc::wait_for(Duration::from_secs(90), || {
+        let cs = g.clones(name).ok()?;
+        cs.iter()
+            .any(|c| phases.contains(&phase(c).as_str()))
+            .then_some(())
+    });
+    assert!(reached.is_some(), "{name} never reached {phases:?}");
+    child
+}
+
+fn finish(mut child: std::process::Child, within: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn faults_agent_and_coordinator_killed_mid_deploy_agent_cut_off_nfs_restarted() {
+    let mut g = grid("gridf");
+
+    // 1. An agent SIGKILLed and restarted while the deploy ships and creates.
+    let t = Instant::now();
+    let child = deploy_until(&g, "gridfa", "4", &["shipped", "defined", "running"]);
+    g.kill_agent(0);
+    std::thread::sleep(Duration::from_secs(2));
+    g.start_agent(0).expect("agent back");
+    finish(child, Duration::from_secs(300));
+    deploy(&g, &["--count", "4", "--name", "gridfa"]);
+    assert_exactly(&g, "gridfa", 4);
+    eprintln!(
+        "agent kill: converged in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // 2. The coordinator SIGKILLed mid-deploy, restarted on its registry, deploy re-run.
+    let t = Instant::now();
+    let child = deploy_until(
+        &g,
+        "gridfb",
+        "2",
+        &["layer", "shipped", "defined", "running"],
+    );
+    g.kill_coordinator();
+    finish(child, Duration::from_secs(30));
+    g.restart_coordinator().expect("coordinator back");
+    deploy(&g, &["--count", "2", "--name", "gridfb"]);
+    assert_exactly(&g, "gridfb", 2);
+    assert_exactly(&g, "gridfa", 4);
+    eprintln!(
+        "coordinator kill: converged in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // 3. Agent 2's host cut off for 30 s: its clones keep running and answering; on heal
+    //    the agent is ready again and the registry matches reality.
+    let on_agent2: Vec<String> = ["gridfa", "gridfb"]
+        .iter()
+        .flat_map(|d| g.clones(d).expect("clones"))
+        .filter(|c| {
+            let agents = ctl_json(&g, &["agents"]);
+            agents.as_array().is_some_and(|a| {
+                a.iter().any(|x| {
+                    x["id"] == c["agent"]
+                        && x["endpoint"]
+                            .as_str()
+                            .is_some_and(|e| e.contains(&g.agent_hosts[1].addr))
+                })
+            })
+        })
+        .map(|c| address(&c))
+        .collect();
+    assert!(!on_agent2.is_empty(), "spread put clones on agent 2");
+    g.set_agent_link(1, false).expect("cut");
+    std::thread::sleep(Duration::from_secs(30));
+    for a in &on_agent2 {
+        let out = g
+            .clone_sh(a, "echo alive", Duration::from_secs(10))
+            .expect("clone shell");
+        assert!(out.contains("alive"), "{a} during the cut: {out}");
+    }
+    g.set_agent_link(1, true).expect("heal");
+    let t = Instant::now();
+    let healed = napalm_integration::proc::wait_for(Duration::from_secs(90), || {
+        let agents = ctl_json(&g, &["agents"]);
+        agents
+            .as_array()?
+            .iter()
+            .all(|a| a["state"] == "ready")
+            .then_some(())
+    });
+    assert!(
+        healed.is_some(),
+        "agent 2 ready again after heal: {}",
+        ctl_json(&g, &["agents"])
+    );
+    eprintln!(
+        "cut: agent ready {:.1} s after heal",
+        t.elapsed().as_secs_f64()
+    );
+    assert_exactly(&g, "gridfa", 4);
+    assert_exactly(&g, "gridfb", 2);
+
+    // 4. nfs-ganesha killed and restarted under running clones: they read the root again.
+    g.kill_ganesha();
+    std::thread::sleep(Duration::from_secs(2));
+    g.start_ganesha().expect("ganesha back");
+    let t = Instant::now();
+    let all: Vec<String> = ["gridfa", "gridfb"]
+        .iter()
+        .flat_map(|d| g.clones(d).expect("clones"))
+        .map(|c| address(&c))
+        .collect();
+    assert_eq!(all.len(), 6);
+    for a in all {
+        let ok = napalm_integration::proc::wait_for(Duration::from_secs(120), || {
+            let out = g
+                .clone_sh(
+                    &a,
+                    "echo 3 > /proc/sys/vm/drop_caches; md5sum /bin/busybox && cat /etc/motd",
+                    Duration::from_secs(30),
+                )
+                .ok()?;
+            out.contains("napalm reference root").then_some(())
+        });
+        assert!(ok.is_some(), "clone {a} did not recover its NFS root");
+    }
+    eprintln!(
+        "ganesha restart: all clones read the root again {:.1} s later",
+        t.elapsed().as_secs_f64()
+    );
+    assert_exactly(&g, "gridfa", 4);
+    assert_exactly(&g, "gridfb", 2);
+}
