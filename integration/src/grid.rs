@@ -130,7 +130,9 @@ pub fn base_image(out: &Path, kernel_version: &str) -> Result<(), GridError> {
 pub struct GridOptions {
     /// Agent hosts.
     pub agents: usize,
-    /// Where the reference root and other reusable things are cached.
+    /// Where the reference roots are cached (default `/var/cache/napalm/roots`, or
+    /// `NAPALM_CACHE`): kept across runs and clones of the repository, rebuilt only when
+    /// their inputs change.
     pub cache: PathBuf,
     /// Keep the grid's directory (logs, layers) after drop.
     pub keep: bool,
@@ -142,10 +144,9 @@ impl Default for GridOptions {
     fn default() -> Self {
         Self {
             agents: 2,
-            cache: bins::profile_dir()
-                .parent()
-                .map(|t| t.join("napalm-grid-cache"))
-                .unwrap_or_else(|| PathBuf::from("/var/cache/napalm")),
+            cache: std::env::var_os("NAPALM_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/cache/napalm/roots")),
             keep: false,
             root: None,
         }
