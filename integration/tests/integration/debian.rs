@@ -5,6 +5,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use napalm_integration::grid::{Grid, GridOptions};
@@ -52,6 +54,46 @@ fn address(c: &Value) -> String {
         .to_owned()
 }
 
+/// Copies each clone's serial console (the libvirt pty, raw) to `dir/console-NAME.log`
+/// from the moment its domain appears (within `within`): systemd's boot status lines.
+fn capture_consoles(dir: PathBuf, names: Vec<String>, within: Duration) {
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        let mut left = names;
+        while !left.is_empty() && t.elapsed() < within {
+            left.retain(|name| {
+                let out = Command::new("virsh")
+                    .args(["-q", "-c", "qemu:///system", "ttyconsole", name])
+                    .output();
+                let pty = match out {
+                    Ok(o) if o.status.success() => {
+                        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+                    }
+                    _ => return true,
+                };
+                let (Ok(mut src), Ok(mut dst)) = (
+                    File::open(&pty),
+                    File::create(dir.join(format!("console-{name}.log"))),
+                ) else {
+                    return true;
+                };
+                // Ends when the domain goes (EIO on the pty).
+                std::thread::spawn(move || std::io::copy(&mut src, &mut dst));
+                false
+            });
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+}
+
+/// The last lines of a captured console, without terminal colours.
+fn console_tail(dir: &Path, name: &str) -> String {
+    let text = std::fs::read(dir.join(format!("console-{name}.log"))).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).replace('\r', "");
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
 /// What systemd in each clone says (for a failure message): pending jobs, failed units,
 /// the end of the journal.
 fn diagnose(g: &Grid) -> String {
@@ -66,6 +108,10 @@ fn diagnose(g: &Grid) -> String {
         );
         s += &format!("--- clone {i} ({a}):\n");
         s += &out.unwrap_or_else(|e| format!("(no shell: {e})\n"));
+        s += &format!(
+            "--- console of debsd-0{i}:\n{}\n",
+            console_tail(&g.dir.join("log"), &format!("debsd-0{i}"))
+        );
     }
     s
 }
@@ -76,7 +122,7 @@ fn debian_systemd_root_boots_two_clones_that_register_and_reach_each_other() {
     let cache = GridOptions::default().cache;
     let t = Instant::now();
     let root = rootfs::debian_root(&cache).expect("the Debian reference root");
-    let size = std::process::Command::new("du")
+    let size = Command::new("du")
         .args(["-sh"])
         .arg(&root)
         .output()
@@ -93,6 +139,11 @@ fn debian_systemd_root_boots_two_clones_that_register_and_reach_each_other() {
         ..Default::default()
     };
     let g = Grid::start(opts, "debsd").expect("starting the grid");
+    capture_consoles(
+        g.dir.join("log"),
+        vec!["debsd-01".into(), "debsd-02".into()],
+        Duration::from_secs(120),
+    );
     let t = Instant::now();
     let out = g
         .napalmctl(&[
@@ -160,6 +211,7 @@ ip -4 -o addr show dev eth0
 echo uptime=$(cut -d' ' -f1 /proc/uptime)
 systemd-analyze 2>/dev/null | head -n 1
 test -s /run/napalm/boot.json && echo bootjson=present || echo bootjson=absent
+stat -c 'root owner seen over NFS: %u:%g (/usr/bin/mount %A)' /usr/bin/mount
 ";
     let out = g
         .clone_sh(&first, script, Duration::from_secs(200))
@@ -195,6 +247,11 @@ test -s /run/napalm/boot.json && echo bootjson=present || echo bootjson=absent
         "hostname:\n{out}"
     );
     assert!(out.contains("ping=ok"), "debsd-02 by name:\n{out}");
+    // napalm-init moved its /run into the new root; systemd keeps a mounted /run.
+    assert!(
+        out.contains("bootjson=present"),
+        "/run/napalm/boot.json hidden under systemd:\n{out}"
+    );
     assert!(
         out.contains(&format!("inet {first}/")),
         "eth0 kept napalm-init's address under systemd-networkd:\n{out}"
