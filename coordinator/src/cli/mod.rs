@@ -364,6 +364,13 @@ async fn dispatch(cli: &Cli, settings: &Settings) -> Result<String, Failure> {
                         "boot_s": k.boot.as_ref().and_then(|b| b.to_registered).map(|d| {
                             (d.seconds as f64 + f64::from(d.nanos) / 1e9) * 10.0
                         }).map(|t| t.round() / 10.0),
+                        // napalm-init's phases (JSON and YAML only; the table shows boot_s).
+                        "boot_phases": k.boot.as_ref().map(|b| b.phases.iter().map(|p| json!({
+                            "name": p.name,
+                            "start_s": p.start.map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9),
+                            "duration_s": p.duration.map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9),
+                        })).collect::<Vec<_>>()),
+                        "to_init_s": k.boot.as_ref().and_then(|b| b.to_init).map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9),
                     })
                 })
                 .collect();

@@ -489,3 +489,59 @@ fn faults_agent_and_coordinator_killed_mid_deploy_agent_cut_off_nfs_restarted() 
     assert_exactly(&g, "gridfa", 4);
     assert_exactly(&g, "gridfb", 2);
 }
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Benchmark (ignored; prints figures): `deploy --count 8` to all registered, median of 3,
+/// against `deploy --count 1` measured in the same run, and the clones' own per-phase
+/// boot timings. `cargo test -p napalm-integration --test integration bench_deploy -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_deploy_8_median_of_3() {
+    let g = grid("gridb");
+    let mut one = Vec::new();
+    let mut eight = Vec::new();
+    let mut phases: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for r in 0..3 {
+        for (count, into) in [("1", &mut one), ("8", &mut eight)] {
+            let name = format!("gridb{count}r{r}");
+            let (_, took) = deploy(&g, &["--count", count, "--name", &name]);
+            into.push(took.as_secs_f64());
+            for c in g.clones(&name).expect("clones") {
+                for p in c["boot_phases"].as_array().into_iter().flatten() {
+                    if let (Some(n), Some(d)) = (p["name"].as_str(), p["duration_s"].as_f64()) {
+                        let key = n.split(':').next().unwrap_or(n).to_owned();
+                        phases.entry(key).or_default().push(d);
+                    }
+                }
+                for k in ["to_init_s", "boot_s"] {
+                    if let Some(v) = c[k].as_f64() {
+                        phases.entry(k.to_owned()).or_default().push(v);
+                    }
+                }
+            }
+            let out = g.napalmctl(&["undeploy", &name]).expect("undeploy");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let (m1, m8) = (median(one.clone()), median(eight.clone()));
+    println!("deploy --count 1: runs {one:.1?} s, median {m1:.1} s (baseline)");
+    println!(
+        "deploy --count 8: runs {eight:.1?} s, median {m8:.1} s = {:.2}x the single clone",
+        m8 / m1
+    );
+    for (k, v) in phases {
+        println!(
+            "  {k:<14} median {:.3} s over {} clone boots",
+            median(v.clone()),
+            v.len()
+        );
+    }
+}
