@@ -62,22 +62,31 @@ impl Backoff {
     }
 }
 
-/// Registers the static agent at `endpoint` ([`register_static`]), trying again with
-/// `backoff` until it answers; returns its id. Runs forever while the agent stays away:
-/// spawn it, and abort the task to give up.
+/// Keeps the static agent at `endpoint` registered ([`register_static`]): tries with
+/// `backoff` until it answers, then probes it every third of the smallest heartbeat TTL
+/// so it stays ready while it answers. Runs forever: spawn it, abort the task to stop.
 pub async fn keep_registering_static(
     registry: Registry,
     agents: Agents,
     endpoint: String,
     policy: HeartbeatPolicy,
     backoff: Backoff,
-) -> String {
+) {
+    // A static agent may never heartbeat itself (it need not know the coordinator): the
+    // coordinator probes it (GetCapabilities) often enough to keep it within its TTL, and
+    // a silent one goes down like any agent that misses its heartbeats.
+    let probe_every = policy.min_ttl / 3;
     let mut failures = 0u32;
+    let mut known = false;
     loop {
         match register_static(&registry, &agents, &endpoint, &policy).await {
             Ok(id) => {
-                tracing::info!(%endpoint, %id, attempts = failures + 1, "static agent registered");
-                return id;
+                if !known {
+                    tracing::info!(%endpoint, %id, attempts = failures + 1, "static agent registered");
+                }
+                known = true;
+                failures = 0;
+                tokio::time::sleep(probe_every).await;
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -86,7 +95,7 @@ pub async fn keep_registering_static(
                     %endpoint,
                     error = %e,
                     retry_in = ?wait,
-                    "static agent not registered yet; retrying"
+                    "static agent not answering; retrying"
                 );
                 tokio::time::sleep(wait).await;
             }

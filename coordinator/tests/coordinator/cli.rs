@@ -204,6 +204,13 @@ impl CoordProc {
     }
 }
 
+/// The first agent's state as napalmctl shows it.
+async fn agent_state(c: &CoordProc) -> String {
+    let o = c.ctl(&["--output", "json", "agents"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("agents JSON");
+    v[0]["state"].as_str().unwrap_or_default().to_owned()
+}
+
 /// Polls `agent_ids` until `id` shows up or `timeout` passes.
 async fn wait_listed(c: &CoordProc, token: &str, id: &str, timeout: std::time::Duration) -> bool {
     let start = std::time::Instant::now();
@@ -353,6 +360,8 @@ async fn a_static_agent_started_after_the_coordinator_is_registered() {
         &endpoint,
         "--agent-token",
         crate::deploy::TOKEN,
+        "--heartbeat-min-ttl",
+        "2",
     ]);
     // Nobody answers there yet.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
@@ -379,5 +388,22 @@ async fn a_static_agent_started_after_the_coordinator_is_registered() {
         "{}",
         c.log_text()
     );
+    // It never heartbeats itself (no --coordinator): the coordinator's probes keep it
+    // ready well past its 2 s TTL; once it is gone it goes down.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert_eq!(agent_state(&c).await, "ready", "{}", c.log_text());
     agent.stop().await;
+    let mut down = false;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if agent_state(&c).await == "down" {
+            down = true;
+            break;
+        }
+    }
+    assert!(
+        down,
+        "a silent static agent must go down; log:\n{}",
+        c.log_text()
+    );
 }
