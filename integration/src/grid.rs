@@ -186,14 +186,18 @@ fn grid_lock() -> Result<std::fs::File, GridError> {
         .write(true)
         .open("/run/napalm-grid-harness.lock")
         .ctx("opening /run/napalm-grid-harness.lock")?;
-    // SAFETY: flock on a descriptor we own; released when the file is closed.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(GridError(format!(
-            "locking /run/napalm-grid-harness.lock: {}",
-            std::io::Error::last_os_error()
-        )));
+    loop {
+        // SAFETY: flock on a descriptor we own; released when the file is closed.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(f);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(GridError(format!(
+                "locking /run/napalm-grid-harness.lock: {e}"
+            )));
+        }
     }
-    Ok(f)
 }
 
 fn log_file(dir: &Path, name: &str) -> Result<std::fs::File, GridError> {
@@ -438,7 +442,7 @@ impl Grid {
             &conf,
             format!(
                 "NFS_CORE_PARAM {{ Protocols = 4; Bind_addr = {}; Enable_NLM = false; Enable_RQUOTA = false; Enable_UDP = false; }}\n\
-                 NFSV4 {{ Graceless = true; Lease_Lifetime = 10; }}\n\
+                 NFSV4 {{ Graceless = true; Lease_Lifetime = 10; Only_Numeric_Owners = true; }}\n\
                  NFS_KRB5 {{ Active_krb5 = false; }}\n\
                  %include \"{}\"\n",
                 self.server.addr,

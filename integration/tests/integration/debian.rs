@@ -3,8 +3,7 @@
 //! napalm-init (NFS root + their layer), systemd runs as PID 1, the base set's
 //! `napalm-register-clone.service` registers them, and they reach each other by name.
 
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -12,33 +11,6 @@ use std::time::{Duration, Instant};
 use napalm_integration::grid::{Grid, GridOptions};
 use napalm_integration::rootfs;
 use serde_json::Value;
-
-/// Held while a grid runs: grids run one at a time (2 cores; TCG guests), across test
-/// modules and processes, by an exclusive `flock` on this file (released on drop).
-pub const GRID_LOCK: &str = "/run/napalm-grid.lock";
-
-struct GridLock(#[allow(dead_code)] File);
-
-fn serial() -> GridLock {
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(GRID_LOCK)
-        .unwrap_or_else(|e| panic!("opening {GRID_LOCK}: {e}"));
-    loop {
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
-            return GridLock(f);
-        }
-        let e = std::io::Error::last_os_error();
-        assert_eq!(
-            e.kind(),
-            std::io::ErrorKind::Interrupted,
-            "flock {GRID_LOCK}: {e}"
-        );
-    }
-}
 
 fn phase(c: &Value) -> String {
     c["phase"].as_str().unwrap_or_default().to_lowercase()
@@ -118,7 +90,6 @@ fn diagnose(g: &Grid) -> String {
 
 #[test]
 fn debian_systemd_root_boots_two_clones_that_register_and_reach_each_other() {
-    let _s = serial();
     let cache = GridOptions::default().cache;
     let t = Instant::now();
     let root = rootfs::debian_root(&cache).expect("the Debian reference root");
@@ -229,19 +200,17 @@ stat -c 'root owner seen over NFS: %u:%g (/usr/bin/mount %A)' /usr/bin/mount
         .lines()
         .find_map(|l| l.strip_prefix("state="))
         .unwrap_or_default();
-    assert!(
-        state == "running" || state == "degraded",
-        "systemctl is-system-running: {state:?}\n{out}"
+    // Every unit started (ganesha serves numeric owners, so setuid-root helpers such as
+    // mount(8) work over the NFS root).
+    assert_eq!(
+        state,
+        "running",
+        "systemctl is-system-running; failed units:\n{}\n{out}",
+        out.lines()
+            .filter(|l| l.starts_with("failed: "))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
-    if state == "degraded" {
-        eprintln!(
-            "degraded; failed units:\n{}",
-            out.lines()
-                .filter(|l| l.starts_with("failed: "))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-    }
     assert!(
         out.contains("host=debsd-01 etc=debsd-01"),
         "hostname:\n{out}"
