@@ -7,7 +7,8 @@
 //! Run: `cargo bench -p napalm-coordinator --bench deploy`
 //! (`NAPALM_BENCH_CLONES`, `NAPALM_BENCH_AGENTS` change the sizes; `NAPALM_BENCH_RUNS=N`
 //! repeats the concurrent run and reports the median; `NAPALM_BENCH_BASELINE=0` skips the
-//! sequential baseline).
+//! sequential baseline; `NAPALM_BENCH_AGENT_DIR=/dev/shm` keeps the agents' state off the
+//! disk the registry is on).
 
 // A benchmark harness: a failed step should stop it loudly.
 #![allow(clippy::unwrap_used)]
@@ -66,11 +67,18 @@ impl Phases {
 
 async fn run(clones: u32, agents: usize, concurrency: usize, tag: &str) -> (Duration, Phases) {
     let dir = tempfile::tempdir().unwrap();
+    // Agents' blob stores and domain records (each fsynced by the agent) share this
+    // machine's one disk; NAPALM_BENCH_AGENT_DIR=/dev/shm puts them on tmpfs, as if every
+    // agent had a disk of its own, leaving the registry (and layers) on disk.
+    let agent_dir = match std::env::var("NAPALM_BENCH_AGENT_DIR") {
+        Ok(d) if !d.is_empty() => tempfile::tempdir_in(d).unwrap(),
+        _ => tempfile::tempdir().unwrap(),
+    };
     let mut endpoints = Vec::new();
     let mut running = Vec::new();
     for i in 0..agents {
         let mut core = CoreConfig {
-            state_dir: dir.path().join(format!("agent{i}")),
+            state_dir: agent_dir.path().join(format!("agent{i}")),
             policy: Default::default(),
             limits: Default::default(),
             shutdown_timeout: Duration::from_millis(100),
