@@ -26,6 +26,7 @@ use napalm_coordinator::deploy::artifacts::ArtifactConfig;
 use napalm_coordinator::deploy::ship::Agents;
 use napalm_coordinator::deploy::{DeployConfig, Deployer};
 use napalm_coordinator::discovery::register_static;
+use napalm_coordinator::exports::{ExportConfig, Exporter, SystemReload};
 use napalm_coordinator::registry::agents::HeartbeatPolicy;
 use napalm_coordinator::registry::clones::TokenKey;
 use napalm_coordinator::registry::Registry;
@@ -65,7 +66,13 @@ impl Phases {
     }
 }
 
-async fn run(clones: u32, agents: usize, concurrency: usize, tag: &str) -> (Duration, Phases) {
+async fn run(
+    clones: u32,
+    agents: usize,
+    concurrency: usize,
+    tag: &str,
+    over_nfs: bool,
+) -> (Duration, Phases) {
     let dir = tempfile::tempdir().unwrap();
     // Agents' blob stores and domain records (each fsynced by the agent) share this
     // machine's one disk; NAPALM_BENCH_AGENT_DIR=/dev/shm puts them on tmpfs, as if every
@@ -144,8 +151,27 @@ async fn run(clones: u32, agents: usize, concurrency: usize, tag: &str) -> (Dura
             network: None,
             kernel_args: String::new(),
             attempts: 1,
-            addresses: None,
-            exports: None,
+            // Layers over NFS: the coordinator writes one export per clone (a ganesha
+            // file here, nobody to reload) and every clone ships the same image.
+            addresses: over_nfs.then(|| "10.64.0.1/16".parse().unwrap()),
+            exports: over_nfs.then(|| {
+                Arc::new(
+                    Exporter::new(
+                        ExportConfig {
+                            root: dir.path().join("root"),
+                            root_clients: "*".into(),
+                            state_dir: dir.path().join("state"),
+                            state_size: 16 << 20,
+                            ganesha_file: Some(dir.path().join("ganesha-exports.conf")),
+                            ganesha_pid_file: None,
+                            exports_file: None,
+                            exportfs: false,
+                        },
+                        Box::new(SystemReload),
+                    )
+                    .unwrap(),
+                )
+            }),
         },
         Arc::clone(&tokens),
     );
@@ -205,21 +231,48 @@ fn main() {
     println!(
         "deploy: {clones} clones over {agents} agents on test:///default, end to end over gRPC"
     );
-    let mut fast = Vec::new();
-    for i in 0..runs {
-        let (took, phases) = rt.block_on(run(clones, agents, 32, &format!("benchfast{i}")));
-        println!("  run {i}, concurrency 32: {:.2} s", took.as_secs_f64());
-        phases.print();
-        fast.push(took);
+    // NAPALM_BENCH_LAYERS=initramfs|nfs|both (default both): each clone's layer appended
+    // to its own initramfs, or served over NFS with one shared image per agent.
+    let modes: Vec<bool> = match std::env::var("NAPALM_BENCH_LAYERS").as_deref() {
+        Ok("initramfs") => vec![false],
+        Ok("nfs") => vec![true],
+        _ => vec![true, false],
+    };
+    let mut fast = Duration::ZERO;
+    let mut by_mode = Vec::new();
+    for over_nfs in modes {
+        let label = if over_nfs {
+            "layers over NFS"
+        } else {
+            "layers in initramfs"
+        };
+        let mut times = Vec::new();
+        for i in 0..runs {
+            let (took, phases) =
+                rt.block_on(run(clones, agents, 32, &format!("benchfast{i}"), over_nfs));
+            println!(
+                "  run {i}, {label}, concurrency 32: {:.2} s",
+                took.as_secs_f64()
+            );
+            phases.print();
+            times.push(took);
+        }
+        fast = median(times);
+        println!(
+            "  {label}, concurrency 32: {:>7.2} s  ({:>6.0} clones/s), median of {runs}",
+            fast.as_secs_f64(),
+            f64::from(clones) / fast.as_secs_f64(),
+        );
+        by_mode.push((label, fast));
     }
-    let fast = median(fast);
-    println!(
-        "  concurrency 32: {:>7.2} s  ({:>6.0} clones/s), median of {runs}",
-        fast.as_secs_f64(),
-        f64::from(clones) / fast.as_secs_f64(),
-    );
+    if let [(a, ta), (b, tb)] = by_mode.as_slice() {
+        println!(
+            "  {a} is {:.1}x faster than {b} (same run)",
+            tb.as_secs_f64() / ta.as_secs_f64()
+        );
+    }
     if baseline {
-        let (base, _) = rt.block_on(run(clones, agents, 1, "benchseq"));
+        let (base, _) = rt.block_on(run(clones, agents, 1, "benchseq", false));
         println!(
             "  concurrency 1:  {:>7.2} s  ({:>6.0} clones/s, baseline; concurrency 32 is {:.1}x)",
             base.as_secs_f64(),

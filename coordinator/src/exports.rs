@@ -80,6 +80,18 @@ pub struct StateExport {
     pub address: Ipv4Addr,
 }
 
+/// One clone's differentiation layer served over NFS (read-only, to that clone only: it
+/// holds the clone's private host key).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LayerExport {
+    /// Clone name.
+    pub clone: String,
+    /// The layer directory on the server.
+    pub path: PathBuf,
+    /// The only address allowed to mount it.
+    pub address: Ipv4Addr,
+}
+
 /// Tells an NFS server to re-read its exports: the edge that touches other processes.
 pub trait Reload: Send + Sync {
     /// Reloads after the files were rewritten.
@@ -213,7 +225,11 @@ impl Exporter {
     }
 
     /// The EXPORT blocks for nfs-ganesha.
-    pub fn ganesha(&self, states: &[StateExport]) -> Result<String, ExportError> {
+    pub fn ganesha(
+        &self,
+        states: &[StateExport],
+        layers: &[LayerExport],
+    ) -> Result<String, ExportError> {
         let root = check_path(&self.cfg.root)?;
         let mut s = String::from(
             "# Written by napalm-coordinator; changes here are overwritten.\n\
@@ -227,11 +243,26 @@ impl Exporter {
              \tFSAL {{ Name = VFS; }}\n}}",
             self.cfg.root_clients
         );
-        let paths: Vec<String> = states
+        let mut paths: Vec<String> = states
             .iter()
             .map(|e| check_path(&self.state_path(&e.deployment, &e.clone)))
             .collect::<Result<_, _>>()?;
-        for (e, (path, id)) in states.iter().zip(paths.iter().zip(export_ids(&paths))) {
+        for l in layers {
+            paths.push(check_path(&l.path)?);
+        }
+        let ids = export_ids(&paths);
+        for (l, (path, id)) in layers.iter().zip(paths.iter().zip(&ids).skip(states.len())) {
+            let _ = writeln!(
+                s,
+                "# Layer of clone {}, read-only to {} only (it holds its private keys).\n\
+                 EXPORT {{\n\tExport_Id = {id};\n\tPath = \"{path}\";\n\tPseudo = \"{path}\";\n\
+                 \tProtocols = 4;\n\tTransports = TCP;\n\tSecType = sys;\n\tSquash = No_Root_Squash;\n\
+                 \tAccess_Type = None;\n\tCLIENT {{ Clients = {}; Access_Type = RO; }}\n\
+                 \tFSAL {{ Name = VFS; }}\n}}",
+                l.clone, l.address, l.address
+            );
+        }
+        for (e, (path, id)) in states.iter().zip(paths.iter().zip(ids)) {
             let _ = writeln!(
                 s,
                 "# State of clone {} (deployment {}), read-write to {} only.\n\
@@ -246,7 +277,11 @@ impl Exporter {
     }
 
     /// The same exports as `/etc/exports` lines for a kernel NFS server.
-    pub fn kernel(&self, states: &[StateExport]) -> Result<String, ExportError> {
+    pub fn kernel(
+        &self,
+        states: &[StateExport],
+        layers: &[LayerExport],
+    ) -> Result<String, ExportError> {
         let root = check_path(&self.cfg.root)?;
         let mut s =
             String::from("# Written by napalm-coordinator; changes here are overwritten.\n");
@@ -255,6 +290,14 @@ impl Exporter {
             "{root}\t{}(ro,no_root_squash,no_subtree_check,sec=sys)",
             self.cfg.root_clients
         );
+        for l in layers {
+            let path = check_path(&l.path)?;
+            let _ = writeln!(
+                s,
+                "{path}\t{}(ro,no_root_squash,no_subtree_check,sec=sys)",
+                l.address
+            );
+        }
         for e in states {
             let path = check_path(&self.state_path(&e.deployment, &e.clone))?;
             let _ = writeln!(
@@ -268,16 +311,23 @@ impl Exporter {
 
     /// Writes every configured file whose content changes (atomically) and reloads the
     /// server if anything changed. Returns whether it did.
-    pub fn apply(&self, states: &[StateExport]) -> Result<bool, ExportError> {
+    pub fn apply(
+        &self,
+        states: &[StateExport],
+        layers: &[LayerExport],
+    ) -> Result<bool, ExportError> {
         let mut states = states.to_vec();
         states.sort();
         states.dedup();
+        let mut layers = layers.to_vec();
+        layers.sort();
+        layers.dedup();
         let mut changed = false;
         if let Some(f) = &self.cfg.ganesha_file {
-            changed |= write_if_changed(f, &self.ganesha(&states)?)?;
+            changed |= write_if_changed(f, &self.ganesha(&states, &layers)?)?;
         }
         if let Some(f) = &self.cfg.exports_file {
-            changed |= write_if_changed(f, &self.kernel(&states)?)?;
+            changed |= write_if_changed(f, &self.kernel(&states, &layers)?)?;
         }
         if changed {
             self.reload.reload(&self.cfg)?;
@@ -382,22 +432,30 @@ mod tests {
         let n = Arc::new(AtomicUsize::new(0));
         let x = Exporter::new(cfg(t.path()), Box::new(Count(n.clone()))).expect("cfg");
         let states = [st("g-02", [10, 1, 2, 102]), st("g-01", [10, 1, 2, 101])];
-        let k = x.kernel(&states).expect("kernel");
+        let layer = [LayerExport {
+            clone: "g-01".into(),
+            path: "/var/lib/napalm/layers/g/g-01/root".into(),
+            address: [10, 1, 2, 101].into(),
+        }];
+        let k = x.kernel(&states, &layer).expect("kernel");
+        assert!(k.contains("/var/lib/napalm/layers/g/g-01/root\t10.1.2.101(ro,"));
         assert!(k.contains("/srv/napalm/root\t10.1.2.0/24(ro,"));
         assert!(k.contains("/srv/napalm/state/g/g-01\t10.1.2.101(rw,"));
-        let g = x.ganesha(&states).expect("ganesha");
+        let g = x.ganesha(&states, &layer).expect("ganesha");
+        assert!(g.contains("Path = \"/var/lib/napalm/layers/g/g-01/root\";"));
+        assert!(g.contains("CLIENT { Clients = 10.1.2.101; Access_Type = RO; }"));
         assert!(g.contains("Path = \"/srv/napalm/state/g/g-02\";"));
         assert!(g.contains("CLIENT { Clients = 10.1.2.102; Access_Type = RW; }"));
         assert!(g.contains("CLIENT { Clients = 10.1.2.0/24; Access_Type = RO; }"));
-        assert_eq!(g.matches("Access_Type = None;").count(), 3);
-        assert!(x.apply(&states).expect("apply"));
+        assert_eq!(g.matches("Access_Type = None;").count(), 4);
+        assert!(x.apply(&states, &[]).expect("apply"));
         assert_eq!(n.load(Ordering::SeqCst), 1);
         // Same content (any order): nothing rewritten, no reload.
         assert!(!x
-            .apply(&[states[1].clone(), states[0].clone()])
+            .apply(&[states[1].clone(), states[0].clone()], &[])
             .expect("apply"));
         assert_eq!(n.load(Ordering::SeqCst), 1);
-        assert!(x.apply(&states[..1]).expect("apply"));
+        assert!(x.apply(&states[..1], &[]).expect("apply"));
         assert_eq!(n.load(Ordering::SeqCst), 2);
         let written = std::fs::read_to_string(t.path().join("ganesha/napalm.conf")).expect("read");
         assert!(!written.contains("g-01"));

@@ -92,6 +92,15 @@ impl Artifacts {
         Ok(Arc::clone(self.base.get_or_init(|| b)))
     }
 
+    /// The directory of a clone's built layer (what its NFS layer export serves).
+    pub fn layer_root(&self, deployment: &str, clone: &str) -> PathBuf {
+        self.cfg
+            .layers_dir
+            .join(deployment)
+            .join(clone)
+            .join("root")
+    }
+
     /// Whether every named template set exists; the error names the missing one and where
     /// sets were looked for.
     pub fn check_sets(&self, names: &[String]) -> Result<(), String> {
@@ -124,6 +133,7 @@ impl Artifacts {
         globals: &[(String, Value)],
         layers: &[String],
         clones: &[CloneInput],
+        over_nfs: bool,
     ) -> Result<BuildResults, String> {
         let mut config = Config::new(&format!("deployment {deployment}"));
         let g = config.global();
@@ -154,6 +164,30 @@ impl Artifacts {
             .map(|(n, e)| (n, e.to_string()))
             .collect();
         let layers_took = started.elapsed();
+        if over_nfs {
+            // Every clone boots the same image; its layer comes over NFS.
+            let shared = Blob {
+                r: BlobRef {
+                    sha256: hex::encode(Sha256::digest(self.base()?.as_slice())),
+                    size: self.base()?.len() as u64,
+                },
+                bytes: self.base()?,
+                name: "initrd-base".into(),
+            };
+            return Ok(clones
+                .iter()
+                .map(|c| {
+                    let r = match failed.get(&c.name) {
+                        Some(e) => Err(e.clone()),
+                        None => layer_hash(&builder, &c.name).map(|hash| BuiltLayer {
+                            hash,
+                            image: shared.clone(),
+                        }),
+                    };
+                    (c.name.clone(), r)
+                })
+                .collect());
+        }
         let base = Base::new(&self.base()?);
         // Compressing segments is most of the work at 1,000 clones: one thread per core.
         let next = AtomicUsize::new(0);
@@ -223,13 +257,18 @@ impl Base {
     }
 }
 
+/// The input hash of a clone's built layer.
+fn layer_hash(builder: &LayerBuilder<'_>, name: &str) -> Result<String, String> {
+    Ok(std::fs::read_to_string(builder.paths(name).hash)
+        .map_err(|e| format!("layer of {name} has no input hash: {e}"))?
+        .trim()
+        .to_owned())
+}
+
 /// One clone's image: the base followed by its layer segment.
 fn image(builder: &LayerBuilder<'_>, base: &Base, name: &str) -> Result<BuiltLayer, String> {
     let paths = builder.paths(name);
-    let hash = std::fs::read_to_string(&paths.hash)
-        .map_err(|e| format!("layer of {name} has no input hash: {e}"))?
-        .trim()
-        .to_owned();
+    let hash = layer_hash(builder, name)?;
     // After a compressed base the kernel only takes a compressed segment.
     let segment = layer_segment(name, &paths.root, Compression::Gzip, 0)
         .map_err(|e| format!("layer segment of {name}: {e}"))?;

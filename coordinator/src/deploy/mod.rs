@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::clock::duration;
-use crate::exports::{Exporter, StateExport};
+use crate::exports::{Exporter, LayerExport, StateExport};
 use crate::registry::clones::TokenKey;
 use crate::registry::{check_name, Registry, CLONES, DEPLOYMENTS};
 use crate::scheduler::Policy;
@@ -337,47 +337,61 @@ impl Deployer {
     }
 }
 
-/// Rewrites the NFS exports from the registry: the root, and the state export of every
-/// clone of every stateful deployment (restricted to its address). A no-op when this
-/// coordinator manages no exports.
+/// Whether clones get their layer over NFS (an export restricted to the clone's address)
+/// rather than appended to their initramfs: when this coordinator writes the exports and
+/// knows clone addresses up front. Then every clone of an agent boots the same image,
+/// shipped once.
+pub(crate) fn layers_over_nfs(cfg: &DeployConfig) -> bool {
+    cfg.exports.is_some() && cfg.addresses.is_some()
+}
+
+/// Rewrites the NFS exports from the registry: the root; each clone's layer (when layers
+/// travel over NFS) and each stateful clone's state, both restricted to the clone's
+/// address. A no-op when this coordinator manages no exports.
 async fn sync_exports(inner: &Inner) -> Result<(), String> {
-    let (Some(x), Some(_)) = (&inner.cfg.exports, &inner.cfg.addresses) else {
-        if let Some(x) = &inner.cfg.exports {
-            let x = Arc::clone(x);
-            return apply_exports(x, Vec::new()).await;
-        }
+    let Some(x) = &inner.cfg.exports else {
         return Ok(());
     };
     let mut states = Vec::new();
-    for d in inner
-        .registry
-        .list_deployments()
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        let Some(spec) = d.spec.filter(|s| s.mode == CloneMode::Stateful as i32) else {
-            continue;
-        };
-        for c in inner
+    let mut layers = Vec::new();
+    if inner.cfg.addresses.is_some() {
+        for d in inner
             .registry
-            .list_clones(&spec.name)
+            .list_deployments()
             .await
             .map_err(|e| e.to_string())?
         {
-            if let Some(address) = assigned(&c) {
-                states.push(StateExport {
-                    deployment: spec.name.clone(),
-                    clone: c.name,
-                    address,
-                });
+            let Some(spec) = d.spec else { continue };
+            let stateful = spec.mode == CloneMode::Stateful as i32;
+            for c in inner
+                .registry
+                .list_clones(&spec.name)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                let Some(address) = assigned(&c) else {
+                    continue;
+                };
+                let path = inner.artifacts.layer_root(&spec.name, &c.name);
+                if path.is_dir() {
+                    layers.push(LayerExport {
+                        clone: c.name.clone(),
+                        path,
+                        address,
+                    });
+                }
+                if stateful {
+                    states.push(StateExport {
+                        deployment: spec.name.clone(),
+                        clone: c.name,
+                        address,
+                    });
+                }
             }
         }
     }
-    apply_exports(Arc::clone(x), states).await
-}
-
-async fn apply_exports(x: Arc<Exporter>, states: Vec<StateExport>) -> Result<(), String> {
-    tokio::task::spawn_blocking(move || x.apply(&states))
+    let x = Arc::clone(x);
+    tokio::task::spawn_blocking(move || x.apply(&states, &layers))
         .await
         .map_err(|e| e.to_string())?
         .map(|_| ())

@@ -375,11 +375,12 @@ impl Run {
         let inner = Arc::clone(&self.inner);
         let deployment = self.spec.name.clone();
         let layers = self.spec.layers.clone();
+        let over_nfs = super::layers_over_nfs(cfg);
         let names: Vec<String> = clones.iter().map(|c| c.name.clone()).collect();
         let result = tokio::task::spawn_blocking(move || {
             inner
                 .artifacts
-                .build(&deployment, &globals, &layers, &inputs)
+                .build(&deployment, &globals, &layers, &inputs, over_nfs)
         })
         .await
         .map_err(|e| e.to_string())
@@ -394,12 +395,19 @@ impl Run {
         self.spec.mode == CloneMode::Stateful as i32
     }
 
-    /// Stateful clones: creates missing state images, then exports each clone's state to
-    /// its address. Returns the clones that cannot start, with why.
+    /// Exports what the clones mount besides the root — their layers (over NFS) and, for
+    /// stateful clones, their state (creating missing images) — each to its clone's
+    /// address. Returns the clones that cannot start, with why.
     async fn prepare_state(&self, clones: &[Clone]) -> Vec<(String, String)> {
-        let Some(x) = self.inner.cfg.exports.clone().filter(|_| self.stateful()) else {
+        let Some(x) = self.inner.cfg.exports.clone() else {
             return Vec::new();
         };
+        if !self.stateful() {
+            return match super::sync_exports(&self.inner).await {
+                Ok(()) => Vec::new(),
+                Err(e) => clones.iter().map(|c| (c.name.clone(), e.clone())).collect(),
+            };
+        }
         let deployment = self.spec.name.clone();
         let names: Vec<String> = clones.iter().map(|c| c.name.clone()).collect();
         let mut failed: Vec<(String, String)> = tokio::task::spawn_blocking(move || {
@@ -441,9 +449,21 @@ impl Run {
             Some((p, a)) => format!("ip={a}:{}::{}:{}:eth0:off", cfg.server, p.netmask(), c.name),
             None => "ip=dhcp".to_owned(),
         };
+        let layer = if super::layers_over_nfs(cfg) {
+            format!(
+                "nfs:{}:{}",
+                cfg.server,
+                self.inner
+                    .artifacts
+                    .layer_root(&self.spec.name, &c.name)
+                    .display()
+            )
+        } else {
+            format!("layer:{}", c.name)
+        };
         s.push_str(&format!(
-            "root={}:ro;layer:{}:ro;{upper} {ip}",
-            self.spec.root, c.name
+            "root={}:ro;{layer}:ro;{upper} {ip}",
+            self.spec.root
         ));
         if !self.spec.kernel_args.is_empty() {
             s.push(' ');

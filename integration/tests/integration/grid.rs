@@ -88,6 +88,19 @@ fn deploy_8_over_two_agents_found_by_mdns_boot_register_and_reach_each_other() {
         agents.insert(c["agent"].as_str().unwrap_or_default().to_owned());
     }
     assert_eq!(agents.len(), 2, "spread over both agents: {agents:?}");
+    // Each clone's layer is served over NFS to that clone's address only.
+    let exports =
+        std::fs::read_to_string(g.dir.join("ganesha/napalm-exports.conf")).expect("exports");
+    for i in 1..=8 {
+        let block = exports
+            .split("EXPORT {")
+            .find(|b| b.contains(&format!("/gridp/gridp-0{i}/root\"")))
+            .unwrap_or_else(|| panic!("no layer export for gridp-0{i}:\n{exports}"));
+        assert!(
+            block.contains(&format!("Clients = {}; Access_Type = RO;", g.clone_addr(i))),
+            "{block}"
+        );
+    }
     assert_eq!(g.domains().len(), 8, "exactly 8 domains: {:?}", g.domains());
 
     // From clone 1: its own hostname, and every other clone by name (/etc/hosts).
