@@ -264,7 +264,7 @@ impl Run {
             .cloned()
             .collect();
         let mut built = self.build(&todo).await;
-        for (name, why) in self.prepare_state(&todo).await {
+        for (name, why) in self.prepare_exports(&todo).await {
             built.insert(name, Err(why));
         }
         let kernel = self.inner.artifacts.kernel();
@@ -398,7 +398,7 @@ impl Run {
     /// Exports what the clones mount besides the root — their layers (over NFS) and, for
     /// stateful clones, their state (creating missing images) — each to its clone's
     /// address. Returns the clones that cannot start, with why.
-    async fn prepare_state(&self, clones: &[Clone]) -> Vec<(String, String)> {
+    async fn prepare_exports(&self, clones: &[Clone]) -> Vec<(String, String)> {
         let Some(x) = self.inner.cfg.exports.clone() else {
             return Vec::new();
         };
@@ -420,7 +420,12 @@ impl Run {
                 .collect()
         })
         .await
-        .unwrap_or_else(|e| vec![(String::new(), e.to_string())]);
+        .unwrap_or_else(|e| {
+            clones
+                .iter()
+                .map(|c| (c.name.clone(), format!("state images: {e}")))
+                .collect()
+        });
         if let Err(e) = super::sync_exports(&self.inner).await {
             failed = clones.iter().map(|c| (c.name.clone(), e.clone())).collect();
         }
