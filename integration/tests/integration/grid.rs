@@ -191,10 +191,13 @@ fn stateful_state_survives_a_reboot_stateless_does_not_and_nothing_leaks() {
             "{block}"
         );
     }
-    assert!(
-        !exports.contains("gridml"),
-        "stateless clones have no state export"
-    );
+    // Stateless clones get their layer read-only, never a writable export.
+    for block in exports.split("EXPORT {").filter(|b| b.contains("gridml")) {
+        assert!(
+            block.contains("Access_Type = RO;") && !block.contains("Access_Type = RW;"),
+            "a stateless clone has a writable export:\n{block}"
+        );
+    }
 
     for a in [&l1, &f1] {
         let out = g
