@@ -116,6 +116,12 @@ impl EventHub {
         let _ = self.tx.send(ev);
     }
 
+    /// The state last seen or caused for `name`, if any.
+    pub fn last_state(&self, name: &str) -> Option<RunState> {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.last.get(name).copied()
+    }
+
     /// Reports a state seen by polling; emits an event when it changed behind our back.
     pub fn observe(&self, name: &str, state: RunState) {
         let prev = {

@@ -8,7 +8,10 @@
 //! (`NAPALM_BENCH_CLONES`, `NAPALM_BENCH_AGENTS` change the sizes; `NAPALM_BENCH_RUNS=N`
 //! repeats the concurrent run and reports the median; `NAPALM_BENCH_BASELINE=0` skips the
 //! sequential baseline; `NAPALM_BENCH_AGENT_DIR=/dev/shm` keeps the agents' state off the
-//! disk the registry is on).
+//! disk the registry is on; `TMPDIR=/dev/shm` puts the registry and layers on tmpfs too).
+//!
+//! Each run ends with an untimed undeploy: the agents of this process share libvirt's one
+//! `test:///default` driver, and domains left over would slow the next run's listings.
 
 // A benchmark harness: a failed step should stop it loudly.
 #![allow(clippy::unwrap_used)]
@@ -211,6 +214,23 @@ async fn run(
     let took = t.elapsed();
     let summary = summary.unwrap();
     assert_eq!(summary.succeeded, clones, "{summary:?}");
+    // Untimed (see the header).
+    let mut u = c
+        .undeploy(UndeployRequest {
+            request_id: format!("{tag}-undeploy"),
+            name: tag.into(),
+            purge: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut removed = None;
+    while let Some(m) = u.next().await {
+        if let Some(deploy_progress::Event::Summary(x)) = m.unwrap().event {
+            removed = Some(x.succeeded);
+        }
+    }
+    assert_eq!(removed, Some(clones), "undeploy after the run");
     for r in running {
         r.stop().await;
     }

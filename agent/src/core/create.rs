@@ -277,11 +277,8 @@ impl Agent {
         let t0 = Instant::now();
         // A libvirt domain of this name that is not ours must never be overwritten.
         let n = name.to_owned();
-        if let Some(l) = self
-            .call(move |h| Ok(h.list()?.into_iter().find(|d| d.name == n)))
-            .await?
-        {
-            if policy::owner_of(&l.xml).as_deref() != Some(self.agent_id.as_str()) {
+        if let Some((_, xml)) = self.call(move |h| h.find(&n)).await? {
+            if policy::owner_of(&xml).as_deref() != Some(self.agent_id.as_str()) {
                 return Err(AgentError::Conflict(format!(
                     "libvirt already has a domain {name:?} that this agent does not manage"
                 )));

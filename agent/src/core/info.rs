@@ -261,7 +261,7 @@ impl Agent {
         let n = name.to_owned();
         let (state, id, stats) = self
             .call(move |h| {
-                let l = h.list()?.into_iter().find(|d| d.name == n);
+                let l = h.find(&n)?.map(|(d, _)| d);
                 let stats = if with_stats && l.is_some() {
                     h.stats(&n).ok()
                 } else {

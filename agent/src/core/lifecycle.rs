@@ -129,8 +129,8 @@ impl Agent {
         let n = name.to_owned();
         let id = self.agent_id.clone();
         self.call(move |h| {
-            if let Some(l) = h.list()?.into_iter().find(|d| d.name == n) {
-                if crate::policy::owner_of(&l.xml).as_deref() != Some(id.as_str()) {
+            if let Some((_, xml)) = h.find(&n)? {
+                if crate::policy::owner_of(&xml).as_deref() != Some(id.as_str()) {
                     tracing::warn!(domain = %n, "a domain of this name exists in libvirt but is not ours: leaving it alone");
                     return Ok(());
                 }

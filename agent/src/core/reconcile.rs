@@ -34,13 +34,24 @@ impl Agent {
     pub async fn watch_once(&self) -> Result<()> {
         let live = self.call(|h| h.list()).await?;
         for r in self.store.records()?.into_iter().filter(|r| !r.deleting) {
-            if let Some(l) = live.iter().find(|d| d.name == r.name) {
-                if policy::owner_of(&l.xml).as_deref() == Some(self.agent_id.as_str()) {
-                    self.events.observe(&r.name, l.state);
-                }
+            let Some(l) = live.iter().find(|d| d.name == r.name) else {
+                continue;
+            };
+            // Only a change needs the domain's XML, to be sure it is still ours.
+            if self.events.last_state(&r.name) != Some(l.state) && self.owns(&r.name).await? {
+                self.events.observe(&r.name, l.state);
             }
         }
         Ok(())
+    }
+
+    /// Whether libvirt's domain of this name carries this agent's id in its metadata.
+    async fn owns(&self, name: &str) -> Result<bool> {
+        let n = name.to_owned();
+        Ok(match self.call(move |h| h.find(&n)).await? {
+            Some((_, xml)) => policy::owner_of(&xml).as_deref() == Some(self.agent_id.as_str()),
+            None => false,
+        })
     }
 
     /// One reconciliation pass. `first` is the pass at agent start.
@@ -64,7 +75,7 @@ impl Agent {
             }
             let l = live.iter().find(|d| d.name == name);
             let state = match l {
-                Some(l) if policy::owner_of(&l.xml).as_deref() != Some(self.agent_id.as_str()) => {
+                Some(_) if !self.owns(&name).await? => {
                     tracing::error!(domain = %name, "libvirt's domain of this name is not ours; not touching it");
                     rep.foreign_conflicts.push(name);
                     continue;

@@ -41,6 +41,10 @@ fn run_state(s: virt::domain::DomainStateEnum) -> RunState {
 impl Libvirt {
     /// Opens `uri` read-write.
     pub fn open(uri: &str) -> Result<Self> {
+        // libvirt's default handler prints every error to stderr, including the expected
+        // "Domain not found" of a lookup; errors reach our callers (and logs) as values.
+        static QUIET: std::sync::Once = std::sync::Once::new();
+        QUIET.call_once(virt::error::clear_error_callback);
         let conn = Connect::open(Some(uri)).map_err(hv)?;
         Ok(Self {
             conn: std::sync::RwLock::new(conn),
@@ -76,6 +80,19 @@ impl Libvirt {
         self.lookup(name)?
             .ok_or_else(|| AgentError::no_domain(name))
     }
+}
+
+/// One domain's summary; `None` when it vanished while being asked.
+fn summary(d: &Domain) -> Option<DomainSummary> {
+    let (Ok(name), Ok(uuid), Ok((state, _))) = (d.name(), d.uuid_string(), d.state()) else {
+        return None;
+    };
+    Some(DomainSummary {
+        name,
+        uuid,
+        state: run_state(state),
+        id: d.id(),
+    })
 }
 
 impl Hypervisor for Libvirt {
@@ -147,24 +164,26 @@ impl Hypervisor for Libvirt {
     }
 
     fn list(&self) -> Result<Vec<DomainSummary>> {
-        let mut out = Vec::new();
-        for d in self.c()?.list_all_domains(0).map_err(hv)? {
-            // A domain may vanish between listing and asking: skip it.
-            let (Ok(name), Ok(uuid), Ok((state, _))) = (d.name(), d.uuid_string(), d.state())
-            else {
-                continue;
-            };
-            let xml = d.xml_desc(0).unwrap_or_default();
-            out.push(DomainSummary {
-                name,
-                uuid,
-                state: run_state(state),
-                id: d.id(),
-                xml,
-            });
-        }
+        let mut out: Vec<DomainSummary> = self
+            .c()?
+            .list_all_domains(0)
+            .map_err(hv)?
+            .iter()
+            .filter_map(summary)
+            .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    fn find(&self, name: &str) -> Result<Option<(DomainSummary, String)>> {
+        let Some(d) = self.lookup(name)? else {
+            return Ok(None);
+        };
+        // Vanished between lookup and asking: as if it was never there.
+        let Ok(xml) = d.xml_desc(0) else {
+            return Ok(None);
+        };
+        Ok(summary(&d).map(|s| (s, xml)))
     }
 
     fn capabilities_xml(&self) -> Result<String> {

@@ -82,8 +82,6 @@ pub struct DomainSummary {
     pub state: RunState,
     /// libvirt's numeric id while running (changes when the domain is restarted).
     pub id: Option<u32>,
-    /// Current XML (live when running).
-    pub xml: String,
 }
 
 /// Facts about the host.
@@ -148,8 +146,12 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn undefine(&self, name: &str) -> Result<bool>;
     /// The domain's state; `None` when libvirt does not know it.
     fn state(&self, name: &str) -> Result<Option<RunState>>;
-    /// Every domain libvirt knows on this connection.
+    /// Every domain libvirt knows on this connection, without their XML (cheap enough to
+    /// poll every second with hundreds of domains).
     fn list(&self) -> Result<Vec<DomainSummary>>;
+    /// One domain by name with its current XML (live when running), without listing the
+    /// others; `None` when libvirt does not know it.
+    fn find(&self, name: &str) -> Result<Option<(DomainSummary, String)>>;
     /// libvirt's capabilities XML.
     fn capabilities_xml(&self) -> Result<String>;
     /// Host facts.

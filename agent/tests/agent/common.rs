@@ -141,7 +141,12 @@ impl Drop for TestAgent {
         if let Some(id) = &self.agent_id {
             let hv = test_driver();
             for d in hv.list().unwrap_or_default() {
-                if napalm_agent::policy::owner_of(&d.xml).as_deref() == Some(id.as_str()) {
+                let xml = hv.find(&d.name).ok().flatten().map(|(_, x)| x);
+                if xml
+                    .and_then(|x| napalm_agent::policy::owner_of(&x))
+                    .as_deref()
+                    == Some(id.as_str())
+                {
                     let _ = hv.undefine(&d.name);
                 }
             }

@@ -187,8 +187,12 @@ impl Drop for AgentProc {
         let id = self.agent_id();
         if let Ok(hv) = Libvirt::open("qemu:///system") {
             for d in hv.list().unwrap_or_default() {
+                let xml = hv.find(&d.name).ok().flatten().map(|(_, x)| x);
                 if !id.is_empty()
-                    && napalm_agent::policy::owner_of(&d.xml).as_deref() == Some(id.as_str())
+                    && xml
+                        .and_then(|x| napalm_agent::policy::owner_of(&x))
+                        .as_deref()
+                        == Some(id.as_str())
                 {
                     let _ = hv.undefine(&d.name);
                 }
@@ -294,14 +298,9 @@ fn boot_stop_delete_with_table_4_3_counts_via_curl() {
     );
 
     // No network: the live definition has no interface at all.
-    let live = hv
-        .list()
-        .expect("list")
-        .into_iter()
-        .find(|d| d.name == "q-boot")
-        .expect("live");
+    let (_, live) = hv.find("q-boot").expect("find").expect("live");
     assert!(
-        !live.xml.contains("<interface"),
+        !live.contains("<interface"),
         "guest must have no network interface"
     );
     // Per-domain counters reach /metrics: the guest has used CPU.
@@ -412,7 +411,14 @@ fn owned_live(hv: &Libvirt, id: &str) -> Vec<(String, RunState, Option<u32>)> {
     hv.list()
         .expect("list")
         .into_iter()
-        .filter(|d| napalm_agent::policy::owner_of(&d.xml).as_deref() == Some(id))
+        .filter(|d| {
+            hv.find(&d.name)
+                .ok()
+                .flatten()
+                .and_then(|(_, x)| napalm_agent::policy::owner_of(&x))
+                .as_deref()
+                == Some(id)
+        })
         .map(|d| (d.name, d.state, d.id))
         .collect()
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use napalm_initramfs::image::{layer_segment, Compression};
-use napalm_overlay::{Config, Identity, LayerBuilder, SetLibrary};
+use napalm_overlay::{Config, Identity, LayerBuilder, Outputs, SetLibrary};
 use napalm_proto::v1::BlobRef;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -154,7 +154,15 @@ impl Artifacts {
         let id_path = self.cfg.layers_dir.join(format!(".identity-{deployment}"));
         let identity = Identity::load_or_create(&id_path)
             .map_err(|e| format!("cluster identity {}: {e}", id_path.display()))?;
-        let builder = LayerBuilder::new(&cluster, &sets, &dir).identity(identity);
+        // Only the directory form: it is what the NFS layer export serves and what the
+        // initramfs segment is packed from (the cpio and tar.gz forms cost a gzip per clone).
+        let builder = LayerBuilder::new(&cluster, &sets, &dir)
+            .identity(identity)
+            .outputs(Outputs {
+                dir: true,
+                cpio: false,
+                tar_gz: false,
+            });
         let names: Vec<&str> = clones.iter().map(|c| c.name.as_str()).collect();
         let started = std::time::Instant::now();
         let report = builder.build(&names).map_err(|e| e.to_string())?;
