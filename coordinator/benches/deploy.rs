@@ -75,7 +75,7 @@ async fn run(
     concurrency: usize,
     tag: &str,
     over_nfs: bool,
-) -> (Duration, Phases) {
+) -> (Duration, Phases, Leftovers) {
     let dir = tempfile::tempdir().unwrap();
     // Agents' blob stores and domain records (each fsynced by the agent) share this
     // machine's one disk; NAPALM_BENCH_AGENT_DIR=/dev/shm puts them on tmpfs, as if every
@@ -234,7 +234,20 @@ async fn run(
     for r in running {
         r.stop().await;
     }
-    (took, phases)
+    (
+        took,
+        phases,
+        Leftovers {
+            _dirs: [dir, agent_dir],
+        },
+    )
+}
+
+/// A run's directories, removed when dropped. `main` keeps them until the end: removing
+/// tens of thousands of inodes just before the next run slows that run's file creation on
+/// ext4 (its inode allocator skips recently deleted inodes), which no deploy meets in use.
+struct Leftovers {
+    _dirs: [tempfile::TempDir; 2],
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -261,6 +274,7 @@ fn main() {
     let mut fast = Duration::ZERO;
     let mut fast_nfs = false;
     let mut by_mode = Vec::new();
+    let mut keep = Vec::new();
     for over_nfs in modes {
         let label = if over_nfs {
             "layers over NFS"
@@ -269,8 +283,9 @@ fn main() {
         };
         let mut times = Vec::new();
         for i in 0..runs {
-            let (took, phases) =
+            let (took, phases, dirs) =
                 rt.block_on(run(clones, agents, 32, &format!("benchfast{i}"), over_nfs));
+            keep.push(dirs);
             println!(
                 "  run {i}, {label}, concurrency 32: {:.2} s",
                 took.as_secs_f64()
@@ -295,7 +310,8 @@ fn main() {
     }
     if baseline {
         // The baseline ships the last mode measured above one clone at a time.
-        let (base, _) = rt.block_on(run(clones, agents, 1, "benchseq", fast_nfs));
+        let (base, _, dirs) = rt.block_on(run(clones, agents, 1, "benchseq", fast_nfs));
+        keep.push(dirs);
         println!(
             "  concurrency 1, same layers: {:>7.2} s  ({:>6.0} clones/s, baseline; concurrency 32 is {:.1}x)",
             base.as_secs_f64(),
