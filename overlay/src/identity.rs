@@ -76,20 +76,44 @@ impl Identity {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let mut secret = [0u8; 32];
-        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut secret)?;
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
+        // 32 bytes of secret, then 8 that only name the temporary file.
+        let mut random = [0u8; 40];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut random)?;
+        let (secret, tag) = random.split_at(32);
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(parent)?;
+        // Written whole beside it, then linked into place: a process killed half-way
+        // leaves no short secret behind, and of two creators racing the first one wins.
+        let name = path
+            .file_name()
+            .map_or_else(|| "identity".into(), |n| n.to_string_lossy().into_owned());
+        let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = parent.join(format!(".{name}.tmp-{tag}"));
+        let written = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(secret)?;
+            f.sync_all()?;
+            std::fs::hard_link(&tmp, path)
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        match written {
+            Ok(()) => {
+                std::fs::File::open(parent)?.sync_all()?;
+                tracing::info!(path = %path.display(), "created a new cluster identity secret");
+                Ok(Identity::from_secret(secret))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Identity::load_or_create(path)
+            }
+            Err(e) => Err(e),
         }
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?;
-        f.write_all(&secret)?;
-        f.sync_all()?;
-        tracing::info!(path = %path.display(), "created a new cluster identity secret");
-        Ok(Identity::from_secret(&secret))
     }
 
     /// A public fingerprint of the secret (goes into build hashes).
@@ -173,5 +197,37 @@ mod tests {
         assert_eq!(a.ssh_host_ed25519_public, id.ssh_public("clone01"));
         let other = Identity::from_secret(b"other");
         assert_ne!(a.ssh_host_ed25519_public, other.ssh_public("clone01"));
+    }
+
+    #[test]
+    fn created_once_whole_even_when_racing_or_after_a_crash() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("ids").join(".identity-g");
+        std::fs::create_dir_all(dir.path().join("ids")).expect("mkdir");
+        // What a creator killed half-way leaves now: a temp file, never a short secret.
+        std::fs::write(dir.path().join("ids/.identity-g.tmp-1"), b"").expect("stale");
+        // (any name: a crashed creator's temp file is simply never linked)
+        let fps: Vec<[u8; 32]> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| Identity::load_or_create(&path).expect("identity")))
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("thread").fingerprint())
+                .collect()
+        });
+        assert!(fps.windows(2).all(|w| w[0] == w[1]), "one secret for all");
+        assert_eq!(std::fs::read(&path).expect("secret").len(), 32);
+        assert_eq!(
+            Identity::load_or_create(&path)
+                .expect("again")
+                .fingerprint(),
+            fps[0]
+        );
+        // The short file of an older crash is reported, naming the file and the fix.
+        std::fs::write(&path, b"short").expect("short");
+        let Err(e) = Identity::load_or_create(&path) else {
+            panic!("a short secret was accepted")
+        };
+        assert!(e.to_string().contains(".identity-g") && e.to_string().contains("delete it"));
     }
 }

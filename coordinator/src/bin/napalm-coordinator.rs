@@ -253,9 +253,13 @@ async fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     let api_token = api_token(&cli)?;
-    let store = store::open(&cli.store)
-        .await
-        .with_context(|| format!("opening the registry store {:?}", cli.store))?;
+    let store = store::open(&cli.store).await.with_context(|| {
+        format!(
+            "opening the registry store {:?}: check that it is reachable from here \
+                 (etcd started, the address right) or pass another --store",
+            cli.store
+        )
+    })?;
     tracing::info!(store = %store.describe(), "registry open");
     let registry = Registry::new(store, Arc::new(SystemClock));
     let key = Arc::new(TokenKey::new(&secret(&cli.secret_file)?)?);

@@ -371,6 +371,8 @@ async fn dispatch(cli: &Cli, settings: &Settings) -> Result<String, Failure> {
                             "duration_s": p.duration.map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9),
                         })).collect::<Vec<_>>()),
                         "to_init_s": k.boot.as_ref().and_then(|b| b.to_init).map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9),
+                        // Why the clone failed (or its last retried error).
+                        "error": (!k.last_error.is_empty()).then_some(&k.last_error),
                     })
                 })
                 .collect();
@@ -383,6 +385,7 @@ async fn dispatch(cli: &Cli, settings: &Settings) -> Result<String, Failure> {
                     "addresses",
                     "phase",
                     "boot_s",
+                    "error",
                 ],
                 &rows,
             ))

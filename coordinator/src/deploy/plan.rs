@@ -681,6 +681,7 @@ impl Run {
     }
 
     async fn fail(&self, c: &Clone, why: &str) -> Result<(), RegistryError> {
+        tracing::warn!(clone = %c.name, error = %why, "clone failed");
         if let Some(u) = self
             .set(&c.name, |k| {
                 k.phase = ClonePhase::Failed as i32;

@@ -111,6 +111,30 @@ fn bad_input_gives_clear_messages_and_exit_codes() {
     assert!(text(&o).1.contains("\"12X\""), "{}", text(&o).1);
 }
 
+#[test]
+fn an_unreachable_etcd_stops_the_coordinator_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Nothing listens on port 9 of loopback.
+    let o = Command::new(env!("CARGO_BIN_EXE_napalm-coordinator"))
+        .args(["--store", "etcd://127.0.0.1:9", "--insecure-no-auth"])
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .arg("--secret-file")
+        .arg(dir.path().join("secret"))
+        .arg("--layers-dir")
+        .arg(dir.path().join("layers"))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("napalm-coordinator runs");
+    let err = text(&o).1;
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("\"etcd://127.0.0.1:9\""), "{err}");
+    assert!(err.contains("--store"), "{err}");
+    assert!(
+        !dir.path().join("layers").exists(),
+        "nothing written before the store opened"
+    );
+}
+
 /// The API token of the coordinator processes below (not the agents' `TOKEN`).
 const API_TOKEN: &str = "coordinator-api-token-7d2e";
 
