@@ -605,42 +605,51 @@ impl Run {
                 },
             },
         );
-        let domain = self
-            .inner
-            .agents
-            .create(
-                ep,
-                CreateDomainRequest {
-                    request_id: format!(
-                        "{}-{}-{}",
-                        c.name,
-                        self.generation,
-                        &built.hash[..16.min(built.hash.len())]
-                    ),
-                    name: c.name.clone(),
-                    config_xml: xml,
-                    artifacts: vec![
-                        napalm_proto::v1::Artifact {
-                            name: "vmlinuz".into(),
-                            blob: Some(kernel.r.clone()),
-                            writable: false,
-                        },
-                        napalm_proto::v1::Artifact {
-                            name: "initrd.img".into(),
-                            blob: Some(built.image.r.clone()),
-                            writable: false,
-                        },
-                    ],
-                    start: true,
-                    restart_policy: RestartPolicy::OnFailure as i32,
-                    labels: HashMap::from([
-                        ("deployment".to_owned(), self.spec.name.clone()),
-                        ("clone".to_owned(), c.name.clone()),
-                    ]),
+        let request = CreateDomainRequest {
+            request_id: format!(
+                "{}-{}-{}",
+                c.name,
+                self.generation,
+                &built.hash[..16.min(built.hash.len())]
+            ),
+            name: c.name.clone(),
+            config_xml: xml,
+            artifacts: vec![
+                napalm_proto::v1::Artifact {
+                    name: "vmlinuz".into(),
+                    blob: Some(kernel.r.clone()),
+                    writable: false,
                 },
-            )
-            .await
-            .map_err(|e| format!("creating the domain: {}", e.message()))?;
+                napalm_proto::v1::Artifact {
+                    name: "initrd.img".into(),
+                    blob: Some(built.image.r.clone()),
+                    writable: false,
+                },
+            ],
+            start: true,
+            restart_policy: RestartPolicy::OnFailure as i32,
+            labels: HashMap::from([
+                ("deployment".to_owned(), self.spec.name.clone()),
+                ("clone".to_owned(), c.name.clone()),
+            ]),
+        };
+        let agents = &self.inner.agents;
+        let created = match agents.create(ep, request.clone()).await {
+            // The agent holds this clone's domain from an older layer (its templates
+            // changed, or another coordinator built it before a takeover): the registry
+            // places the clone here, so converge by replacing it. A domain the agent does
+            // not manage is refused differently (conflict) and never touched.
+            Err(e) if e.code() == tonic::Code::AlreadyExists => {
+                tracing::info!(clone = %c.name, agent = %agent.id, "replacing its domain of an older layer");
+                let id = format!("replace-{}", request.request_id);
+                agents.delete(ep, &c.name, id).await.map_err(|e| {
+                    format!("replacing its domain of an older layer: {}", e.message())
+                })?;
+                agents.create(ep, request).await
+            }
+            r => r,
+        };
+        let domain = created.map_err(|e| format!("creating the domain: {}", e.message()))?;
         // A create interrupted between define and start (a coordinator killed mid-call)
         // leaves the domain defined; the retry returns it as it is, so start it here.
         let domain = if domain.state == DomainState::Running as i32 {

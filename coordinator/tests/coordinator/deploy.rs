@@ -506,3 +506,86 @@ async fn deploy_with_every_agent_draining_is_refused_and_writes_nothing() {
         a.stop().await;
     }
 }
+
+/// Domains of the grid's agents: name -> (uuid, created_at), running ones only.
+async fn domain_ids(g: &Grid) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for ep in &g.endpoints {
+        let channel = tonic::transport::Channel::from_shared(ep.clone())
+            .expect("uri")
+            .connect()
+            .await
+            .expect("agent");
+        let mut c = AgentServiceClient::with_interceptor(channel, |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {TOKEN}").parse().expect("ascii"),
+            );
+            Ok(r)
+        });
+        for d in c
+            .list_domains(ListDomainsRequest::default())
+            .await
+            .expect("list")
+            .into_inner()
+            .domains
+            .into_iter()
+            .filter(|d| d.state == DomainState::Running as i32)
+        {
+            out.insert(d.name, format!("{} {:?}", d.uuid, d.created_at));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_changed_layer_replaces_each_clones_domain_where_it_is() {
+    let mut g = grid().await;
+    let deploy = |id: &str| DeployRequest {
+        request_id: id.into(),
+        spec: Some(spec("relayer", 4)),
+        dry_run: false,
+    };
+    let (_, first) = run(g.coord.deploy(deploy("r1")).await).await;
+    assert_eq!((first.succeeded, first.failed), (4, 0), "{first:?}");
+    let hashes = |g: &mut Grid| {
+        let mut c = g.coord.clone();
+        async move {
+            c.list_clones(ListClonesRequest {
+                deployment: "relayer".into(),
+            })
+            .await
+            .expect("clones")
+            .into_inner()
+            .clones
+            .into_iter()
+            .map(|k| (k.name, (k.agent_id, k.layer_hash)))
+            .collect::<std::collections::BTreeMap<_, _>>()
+        }
+    };
+    let before = hashes(&mut g).await;
+    let ids_before = domain_ids(&g).await;
+    assert_eq!(ids_before.len(), 4);
+
+    // A new cluster identity (another coordinator's, after a takeover; or the old one
+    // lost) gives every clone new host keys, so a new layer: each domain is replaced on
+    // the agent that holds it, not failed over elsewhere nor duplicated.
+    std::fs::remove_dir_all(g._dir.path().join("layers")).expect("remove layers");
+    let (_, again) = run(g.coord.deploy(deploy("r2")).await).await;
+    assert_eq!((again.succeeded, again.failed), (4, 0), "{again:?}");
+    let after = hashes(&mut g).await;
+    for (name, (agent, hash)) in &before {
+        let (agent2, hash2) = &after[name];
+        assert_eq!(agent, agent2, "{name} stayed on its agent");
+        assert_ne!(hash, hash2, "{name} has a new layer");
+    }
+    let ids_after = domain_ids(&g).await;
+    assert_eq!(
+        ids_after.keys().collect::<Vec<_>>(),
+        ids_before.keys().collect::<Vec<_>>(),
+        "exactly the same clones run"
+    );
+    for (name, id) in &ids_after {
+        assert_ne!(id, &ids_before[name], "{name}'s domain was recreated");
+    }
+}
