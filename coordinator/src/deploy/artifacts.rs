@@ -126,7 +126,8 @@ impl Artifacts {
     }
 
     /// Builds the layers and images of `clones` (blocking: run it off the async workers).
-    /// `globals` are the deployment-wide values (server, mode…), `layers` the sets.
+    /// `globals` are the deployment-wide values (server, mode…), `layers` the sets,
+    /// `identity` the cluster secret clones' host keys and machine ids derive from.
     pub fn build(
         &self,
         deployment: &str,
@@ -134,6 +135,7 @@ impl Artifacts {
         layers: &[String],
         clones: &[CloneInput],
         over_nfs: bool,
+        identity: Identity,
     ) -> Result<BuildResults, String> {
         let mut config = Config::new(&format!("deployment {deployment}"));
         let g = config.global();
@@ -151,9 +153,15 @@ impl Artifacts {
         // inside, the directory whose per-clone subdirectories may be NFS-exported.
         std::fs::create_dir_all(&self.cfg.layers_dir)
             .map_err(|e| format!("creating {}: {e}", self.cfg.layers_dir.display()))?;
+        // A deployment made before identities were derived keeps the secret it was given
+        // (and so its clones' host keys).
         let id_path = self.cfg.layers_dir.join(format!(".identity-{deployment}"));
-        let identity = Identity::load_or_create(&id_path)
-            .map_err(|e| format!("cluster identity {}: {e}", id_path.display()))?;
+        let identity = if id_path.exists() {
+            Identity::load_or_create(&id_path)
+                .map_err(|e| format!("cluster identity {}: {e}", id_path.display()))?
+        } else {
+            identity
+        };
         // Only the directory form: it is what the NFS layer export serves and what the
         // initramfs segment is packed from (the cpio and tar.gz forms cost a gzip per clone).
         let builder = LayerBuilder::new(&cluster, &sets, &dir)

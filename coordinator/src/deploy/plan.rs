@@ -377,10 +377,18 @@ impl Run {
         let layers = self.spec.layers.clone();
         let over_nfs = super::layers_over_nfs(cfg);
         let names: Vec<String> = clones.iter().map(|c| c.name.clone()).collect();
+        // Derived from the coordinator's secret: coordinators sharing it (HA on etcd) build
+        // the same layers, so a takeover does not give clones new host keys.
+        let identity = napalm_overlay::Identity::from_secret(
+            &self
+                .inner
+                .tokens
+                .derive(&format!("cluster-identity/{deployment}")),
+        );
         let result = tokio::task::spawn_blocking(move || {
             inner
                 .artifacts
-                .build(&deployment, &globals, &layers, &inputs, over_nfs)
+                .build(&deployment, &globals, &layers, &inputs, over_nfs, identity)
         })
         .await
         .map_err(|e| e.to_string())

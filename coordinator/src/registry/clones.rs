@@ -47,6 +47,16 @@ impl TokenKey {
         hex::encode(mac.finalize().into_bytes())
     }
 
+    /// A 32-byte secret for `purpose`, derived from the key (HMAC with a label no clone
+    /// name can take, so no clone's token is ever one of these). Coordinators sharing the
+    /// secret file derive the same bytes.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        let mut mac = self.mac();
+        mac.update(b"napalm-derived\0");
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     /// Whether `token` is clone `name`'s (constant-time comparison).
     pub fn verify(&self, name: &str, token: &str) -> bool {
         let Ok(bytes) = hex::decode(token) else {

@@ -541,12 +541,15 @@ async fn domain_ids(g: &Grid) -> std::collections::BTreeMap<String, String> {
 #[tokio::test]
 async fn a_changed_layer_replaces_each_clones_domain_where_it_is() {
     let mut g = grid().await;
-    let deploy = |id: &str| DeployRequest {
+    let deploy = |id: &str, layers: &[&str]| DeployRequest {
         request_id: id.into(),
-        spec: Some(spec("relayer", 4)),
+        spec: Some(DeploymentSpec {
+            layers: layers.iter().map(|l| (*l).to_owned()).collect(),
+            ..spec("relayer", 4)
+        }),
         dry_run: false,
     };
-    let (_, first) = run(g.coord.deploy(deploy("r1")).await).await;
+    let (_, first) = run(g.coord.deploy(deploy("r1", &["base"])).await).await;
     assert_eq!((first.succeeded, first.failed), (4, 0), "{first:?}");
     let hashes = |g: &mut Grid| {
         let mut c = g.coord.clone();
@@ -567,11 +570,18 @@ async fn a_changed_layer_replaces_each_clones_domain_where_it_is() {
     let ids_before = domain_ids(&g).await;
     assert_eq!(ids_before.len(), 4);
 
-    // A new cluster identity (another coordinator's, after a takeover; or the old one
-    // lost) gives every clone new host keys, so a new layer: each domain is replaced on
-    // the agent that holds it, not failed over elsewhere nor duplicated.
+    // The cluster identity derives from the coordinator's secret, not from files in its
+    // layers directory: with them gone (or on another coordinator sharing the secret) the
+    // layers are the same and nothing is touched.
     std::fs::remove_dir_all(g._dir.path().join("layers")).expect("remove layers");
-    let (_, again) = run(g.coord.deploy(deploy("r2")).await).await;
+    let (_, same) = run(g.coord.deploy(deploy("r2", &["base"])).await).await;
+    assert_eq!((same.succeeded, same.failed), (4, 0), "{same:?}");
+    assert_eq!(hashes(&mut g).await, before, "same layers");
+    assert_eq!(domain_ids(&g).await, ids_before, "no domain recreated");
+
+    // Another template set changes every layer: each domain is replaced on the agent that
+    // holds it, not failed over elsewhere nor duplicated.
+    let (_, again) = run(g.coord.deploy(deploy("r3", &["base", "mpi"])).await).await;
     assert_eq!((again.succeeded, again.failed), (4, 0), "{again:?}");
     let after = hashes(&mut g).await;
     for (name, (agent, hash)) in &before {
