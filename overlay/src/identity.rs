@@ -204,9 +204,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("ids").join(".identity-g");
         std::fs::create_dir_all(dir.path().join("ids")).expect("mkdir");
-        // What a creator killed half-way leaves now: a temp file, never a short secret.
+        // What a creator killed half-way leaves now: a temp file (never linked into place),
+        // never a short secret.
         std::fs::write(dir.path().join("ids/.identity-g.tmp-1"), b"").expect("stale");
-        // (any name: a crashed creator's temp file is simply never linked)
         let fps: Vec<[u8; 32]> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..8)
                 .map(|_| s.spawn(|| Identity::load_or_create(&path).expect("identity")))
