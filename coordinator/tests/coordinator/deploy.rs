@@ -167,32 +167,35 @@ async fn run(
     (all, summary)
 }
 
+/// The running domains an agent owns, from the agent itself.
+async fn running_on(ep: &str) -> Vec<Domain> {
+    let channel = tonic::transport::Channel::from_shared(ep.to_owned())
+        .expect("uri")
+        .connect()
+        .await
+        .expect("agent");
+    let mut c = AgentServiceClient::with_interceptor(channel, |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {TOKEN}").parse().expect("ascii"),
+        );
+        Ok(r)
+    });
+    c.list_domains(ListDomainsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .domains
+        .into_iter()
+        .filter(|d| d.state == DomainState::Running as i32)
+        .collect()
+}
+
 /// Domains per agent, by name, from the agents themselves.
 async fn domains(g: &Grid) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     for ep in &g.endpoints {
-        let channel = tonic::transport::Channel::from_shared(ep.clone())
-            .expect("uri")
-            .connect()
-            .await
-            .expect("agent");
-        let mut c = AgentServiceClient::with_interceptor(channel, |mut r: tonic::Request<()>| {
-            r.metadata_mut().insert(
-                "authorization",
-                format!("Bearer {TOKEN}").parse().expect("ascii"),
-            );
-            Ok(r)
-        });
-        let mut names: Vec<String> = c
-            .list_domains(ListDomainsRequest::default())
-            .await
-            .expect("list")
-            .into_inner()
-            .domains
-            .into_iter()
-            .filter(|d| d.state == DomainState::Running as i32)
-            .map(|d| d.name)
-            .collect();
+        let mut names: Vec<String> = running_on(ep).await.into_iter().map(|d| d.name).collect();
         names.sort();
         out.push(names);
     }
@@ -507,31 +510,11 @@ async fn deploy_with_every_agent_draining_is_refused_and_writes_nothing() {
     }
 }
 
-/// Domains of the grid's agents: name -> (uuid, created_at), running ones only.
+/// Running domains of the grid's agents: name -> its uuid and creation time.
 async fn domain_ids(g: &Grid) -> std::collections::BTreeMap<String, String> {
     let mut out = std::collections::BTreeMap::new();
     for ep in &g.endpoints {
-        let channel = tonic::transport::Channel::from_shared(ep.clone())
-            .expect("uri")
-            .connect()
-            .await
-            .expect("agent");
-        let mut c = AgentServiceClient::with_interceptor(channel, |mut r: tonic::Request<()>| {
-            r.metadata_mut().insert(
-                "authorization",
-                format!("Bearer {TOKEN}").parse().expect("ascii"),
-            );
-            Ok(r)
-        });
-        for d in c
-            .list_domains(ListDomainsRequest::default())
-            .await
-            .expect("list")
-            .into_inner()
-            .domains
-            .into_iter()
-            .filter(|d| d.state == DomainState::Running as i32)
-        {
+        for d in running_on(ep).await {
             out.insert(d.name, format!("{} {:?}", d.uuid, d.created_at));
         }
     }
