@@ -510,6 +510,24 @@ async fn deploy_with_every_agent_draining_is_refused_and_writes_nothing() {
     }
 }
 
+/// A deployment's clones: name -> (agent, layer hash), from the coordinator.
+async fn layer_hashes(
+    g: &mut Grid,
+    deployment: &str,
+) -> std::collections::BTreeMap<String, (String, String)> {
+    g.coord
+        .list_clones(ListClonesRequest {
+            deployment: deployment.into(),
+        })
+        .await
+        .expect("clones")
+        .into_inner()
+        .clones
+        .into_iter()
+        .map(|k| (k.name, (k.agent_id, k.layer_hash)))
+        .collect()
+}
+
 /// Running domains of the grid's agents: name -> its uuid and creation time.
 async fn domain_ids(g: &Grid) -> std::collections::BTreeMap<String, String> {
     let mut out = std::collections::BTreeMap::new();
@@ -534,22 +552,7 @@ async fn a_changed_layer_replaces_each_clones_domain_where_it_is() {
     };
     let (_, first) = run(g.coord.deploy(deploy("r1", &["base"])).await).await;
     assert_eq!((first.succeeded, first.failed), (4, 0), "{first:?}");
-    let hashes = |g: &mut Grid| {
-        let mut c = g.coord.clone();
-        async move {
-            c.list_clones(ListClonesRequest {
-                deployment: "relayer".into(),
-            })
-            .await
-            .expect("clones")
-            .into_inner()
-            .clones
-            .into_iter()
-            .map(|k| (k.name, (k.agent_id, k.layer_hash)))
-            .collect::<std::collections::BTreeMap<_, _>>()
-        }
-    };
-    let before = hashes(&mut g).await;
+    let before = layer_hashes(&mut g, "relayer").await;
     let ids_before = domain_ids(&g).await;
     assert_eq!(ids_before.len(), 4);
 
@@ -559,14 +562,14 @@ async fn a_changed_layer_replaces_each_clones_domain_where_it_is() {
     std::fs::remove_dir_all(g._dir.path().join("layers")).expect("remove layers");
     let (_, same) = run(g.coord.deploy(deploy("r2", &["base"])).await).await;
     assert_eq!((same.succeeded, same.failed), (4, 0), "{same:?}");
-    assert_eq!(hashes(&mut g).await, before, "same layers");
+    assert_eq!(layer_hashes(&mut g, "relayer").await, before, "same layers");
     assert_eq!(domain_ids(&g).await, ids_before, "no domain recreated");
 
     // Another template set changes every layer: each domain is replaced on the agent that
     // holds it, not failed over elsewhere nor duplicated.
     let (_, again) = run(g.coord.deploy(deploy("r3", &["base", "mpi"])).await).await;
     assert_eq!((again.succeeded, again.failed), (4, 0), "{again:?}");
-    let after = hashes(&mut g).await;
+    let after = layer_hashes(&mut g, "relayer").await;
     for (name, (agent, hash)) in &before {
         let (agent2, hash2) = &after[name];
         assert_eq!(agent, agent2, "{name} stayed on its agent");

@@ -1,0 +1,289 @@
+//! Bringing one clone up on its agent: the kernel command line for its mode, shipping its
+//! artifacts, creating (or replacing) and starting its domain, retrying on other agents,
+//! and recording a failure with its reason.
+
+use std::collections::HashMap;
+
+use napalm_proto::v1::{
+    Agent, Clone, ClonePhase, CreateDomainRequest, DomainState, Hypervisor, RestartPolicy,
+};
+
+use super::Run;
+use crate::deploy::artifacts::BuiltLayer;
+use crate::deploy::placement::{hypervisor_on, place};
+use crate::deploy::ship::Blob;
+use crate::deploy::xml::{domain_xml, DomainParams};
+use crate::registry::RegistryError;
+
+impl Run {
+    fn cmdline(&self, c: &Clone) -> String {
+        let cfg = &self.inner.cfg;
+        let mut s = String::new();
+        if !cfg.kernel_args.is_empty() {
+            s.push_str(&cfg.kernel_args);
+            s.push(' ');
+        }
+        let upper = match &cfg.exports {
+            Some(x) if self.stateful() => format!(
+                "loop+nfs:{}:{}/upper.img:rw",
+                cfg.server,
+                x.state_path(&self.spec.name, &c.name).display()
+            ),
+            _ => "tmpfs:rw".to_owned(),
+        };
+        let ip = match cfg
+            .addresses
+            .and_then(|p| crate::deploy::assigned(c).map(|a| (p, a)))
+        {
+            Some((p, a)) => format!("ip={a}:{}::{}:{}:eth0:off", cfg.server, p.netmask(), c.name),
+            None => "ip=dhcp".to_owned(),
+        };
+        let layer = if crate::deploy::layers_over_nfs(cfg) {
+            format!(
+                "nfs:{}:{}",
+                cfg.server,
+                self.inner
+                    .artifacts
+                    .layer_root(&self.spec.name, &c.name)
+                    .display()
+            )
+        } else {
+            format!("layer:{}", c.name)
+        };
+        s.push_str(&format!(
+            "root={}:ro;{layer}:ro;{upper} {ip}",
+            self.spec.root
+        ));
+        if !self.spec.kernel_args.is_empty() {
+            s.push(' ');
+            s.push_str(&self.spec.kernel_args);
+        }
+        s
+    }
+
+    /// Ships and starts one clone, retrying on other agents.
+    pub(super) async fn bring_up(
+        &self,
+        mut c: Clone,
+        layer: Option<Result<BuiltLayer, String>>,
+        kernel: Result<Blob, String>,
+        agents: &[Agent],
+    ) -> Result<(), RegistryError> {
+        let layer = match (layer, kernel) {
+            (Some(Ok(l)), Ok(k)) => (l, k),
+            (Some(Err(e)), _) | (_, Err(e)) => return self.fail(&c, &format!("layer: {e}")).await,
+            (None, _) => return self.fail(&c, "layer was not built").await,
+        };
+        let (built, kernel) = layer;
+        // A registered clone whose layer did not change stays registered: a re-run only
+        // checks its domain is there and running (it will not boot, so not report, again).
+        // A changed layer recreates the domain, so the clone boots and registers anew.
+        let changed = c.layer_hash != built.hash;
+        if let Some(u) = self
+            .set_progress(&c.name, |k| {
+                k.layer_hash = built.hash.clone();
+                if k.phase < ClonePhase::Layer as i32
+                    || (changed && k.phase == ClonePhase::Registered as i32)
+                {
+                    k.phase = ClonePhase::Layer as i32;
+                }
+            })
+            .await?
+        {
+            c = u;
+            self.report(&c, "layer built").await;
+        }
+        for attempt in 0..self.inner.cfg.attempts.max(1) {
+            let Some(agent) = agents.iter().find(|a| a.id == c.agent_id) else {
+                return self
+                    .fail(&c, &format!("agent {} is gone", c.agent_id))
+                    .await;
+            };
+            match self.create_on(&c, agent, &built, &kernel).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(clone = %c.name, agent = %agent.id, error = %e, "bring-up failed");
+                    self.inner.agents.forget(&agent.grpc_endpoint).await;
+                    let failed_on = agent.id.clone();
+                    let mut avoid = c.failed_agents.clone();
+                    avoid.push(failed_on.clone());
+                    let rest: Vec<Agent> = agents
+                        .iter()
+                        .filter(|a| !avoid.contains(&a.id))
+                        .cloned()
+                        .collect();
+                    let p = place(
+                        &self.inner.cfg.policy,
+                        &self.spec,
+                        std::slice::from_ref(&c.name),
+                        &rest,
+                        &HashMap::new(),
+                    );
+                    let next = p.placed.first().map(|(_, i)| rest[*i].id.clone());
+                    let msg = format!("on {}: {e}", agent.name);
+                    match next {
+                        Some(next) if attempt + 1 < self.inner.cfg.attempts => {
+                            if let Some(u) = self
+                                .set(&c.name, |k| {
+                                    k.failed_agents.push(failed_on.clone());
+                                    k.agent_id = next.clone();
+                                    k.phase = ClonePhase::Scheduled as i32;
+                                    k.last_error = msg.clone();
+                                })
+                                .await?
+                            {
+                                c = u;
+                                self.report(&c, &format!("retrying elsewhere after failing {msg}"))
+                                    .await;
+                            }
+                        }
+                        _ => return self.fail(&c, &msg).await,
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_on(
+        &self,
+        c: &Clone,
+        agent: &Agent,
+        built: &BuiltLayer,
+        kernel: &Blob,
+    ) -> Result<(), String> {
+        let ep = &agent.grpc_endpoint;
+        self.inner
+            .agents
+            .ship(ep, &[kernel, &built.image])
+            .await
+            .map_err(|e| format!("shipping: {}", e.message()))?;
+        if let Some(u) = self
+            .set_progress(&c.name, |k| {
+                if k.phase != ClonePhase::Registered as i32 {
+                    k.phase = ClonePhase::Shipped as i32;
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            self.report(&u, &format!("artifacts on {}", agent.name))
+                .await;
+        }
+        let hv = hypervisor_on(&self.spec, agent);
+        let r = self.spec.resources.unwrap_or_default();
+        let cmdline = self.cmdline(c);
+        let xml = domain_xml(
+            hv,
+            &DomainParams {
+                name: &c.name,
+                vcpus: r.vcpus,
+                memory: r.memory_bytes,
+                cmdline: &cmdline,
+                state_disk: None,
+                mac: &c.mac,
+                network: if hv == Hypervisor::Test {
+                    None
+                } else {
+                    self.inner.cfg.network.as_deref()
+                },
+            },
+        );
+        let request = CreateDomainRequest {
+            request_id: format!(
+                "{}-{}-{}",
+                c.name,
+                self.generation,
+                &built.hash[..16.min(built.hash.len())]
+            ),
+            name: c.name.clone(),
+            config_xml: xml,
+            artifacts: vec![
+                napalm_proto::v1::Artifact {
+                    name: "vmlinuz".into(),
+                    blob: Some(kernel.r.clone()),
+                    writable: false,
+                },
+                napalm_proto::v1::Artifact {
+                    name: "initrd.img".into(),
+                    blob: Some(built.image.r.clone()),
+                    writable: false,
+                },
+            ],
+            start: true,
+            restart_policy: RestartPolicy::OnFailure as i32,
+            labels: HashMap::from([
+                ("deployment".to_owned(), self.spec.name.clone()),
+                ("clone".to_owned(), c.name.clone()),
+            ]),
+        };
+        let agents = &self.inner.agents;
+        let created = match agents.create(ep, request.clone()).await {
+            // The agent holds this clone's domain from an older layer (its templates
+            // changed, or another coordinator built it before a takeover): the registry
+            // places the clone here, so converge by replacing it. A domain the agent does
+            // not manage is refused differently (conflict) and never touched.
+            Err(e) if e.code() == tonic::Code::AlreadyExists => {
+                tracing::info!(clone = %c.name, agent = %agent.id, "replacing its domain of an older layer");
+                let id = format!("replace-{}", request.request_id);
+                agents.delete(ep, &c.name, id).await.map_err(|e| {
+                    format!("replacing its domain of an older layer: {}", e.message())
+                })?;
+                agents.create(ep, request).await
+            }
+            r => r,
+        };
+        let domain = created.map_err(|e| format!("creating the domain: {}", e.message()))?;
+        // A create interrupted between define and start (a coordinator killed mid-call)
+        // leaves the domain defined; the retry returns it as it is, so start it here.
+        let domain = if domain.state == DomainState::Running as i32 {
+            domain
+        } else {
+            self.inner
+                .agents
+                .start(ep, &c.name, format!("start-{}-{}", c.name, self.generation))
+                .await
+                .map_err(|e| format!("starting the domain: {}", e.message()))?
+        };
+        let running = domain.state == DomainState::Running as i32;
+        if let Some(u) = self
+            .set_progress(&c.name, |k| {
+                k.domain_state = domain.state;
+                if k.phase != ClonePhase::Registered as i32 {
+                    k.phase = if running {
+                        ClonePhase::Running
+                    } else {
+                        ClonePhase::Defined
+                    } as i32;
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            self.report(
+                &u,
+                &format!(
+                    "{} on {}",
+                    if running { "running" } else { "defined" },
+                    agent.name
+                ),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn fail(&self, c: &Clone, why: &str) -> Result<(), RegistryError> {
+        tracing::warn!(clone = %c.name, error = %why, "clone failed");
+        if let Some(u) = self
+            .set(&c.name, |k| {
+                k.phase = ClonePhase::Failed as i32;
+                k.last_error = why.to_owned();
+            })
+            .await?
+        {
+            self.report(&u, why).await;
+        }
+        Ok(())
+    }
+}
