@@ -20,7 +20,6 @@
 //! and stateful) and [`exports`] are here; `napalm-coordinator --help` says what is not.
 
 pub mod browse;
-pub mod cli;
 pub mod clock;
 pub mod deploy;
 pub mod discovery;

@@ -1,9 +1,7 @@
 //! The coordinator's one integration test binary.
 
-mod cli;
 mod common;
 mod crash;
-mod ctl;
 mod deploy;
 mod etcd_harness;
 mod mdns;

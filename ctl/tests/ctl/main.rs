@@ -1,0 +1,4 @@
+//! napalmctl's one integration test binary: the CLI as a process against real services.
+
+mod cli;
+mod ctl;
