@@ -29,3 +29,5 @@ pub mod timings;
 pub mod union;
 pub mod unpack;
 pub mod whiteout;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -39,44 +39,10 @@ pub fn kernel() -> (PathBuf, String) {
     (k, ver)
 }
 
-/// The static napalm-init (built once per test process).
+/// The static napalm-init (built once per test process by
+/// [`napalm_initramfs::testing::static_init`]).
 pub fn static_init() -> PathBuf {
-    static INIT: OnceLock<PathBuf> = OnceLock::new();
-    INIT.get_or_init(|| {
-        if let Ok(p) = std::env::var("NAPALM_STATIC_INIT") {
-            return PathBuf::from(p);
-        }
-        let host_bin = PathBuf::from(env!("CARGO_BIN_EXE_napalm-init"));
-        let target = host_bin
-            .parent()
-            .and_then(Path::parent)
-            .expect("target dir")
-            .join("napalm-static");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--offline",
-                "-p",
-                "napalm-initramfs",
-                "--bin",
-                "napalm-init",
-            ])
-            .args(["--target", "x86_64-unknown-linux-gnu"])
-            .env("CARGO_TARGET_DIR", &target)
-            .env(
-                "RUSTFLAGS",
-                "-C target-feature=+crt-static -C strip=symbols",
-            )
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("running cargo for the static napalm-init");
-        assert!(st.success(), "static build of napalm-init failed");
-        target.join("x86_64-unknown-linux-gnu/release/napalm-init")
-    })
-    .clone()
+    napalm_initramfs::testing::static_init().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A busybox root in `dir` whose /sbin/init runs `script` (sh), then syncs and powers off.
