@@ -7,7 +7,7 @@ use std::time::Instant;
 use napalm_overlay::cluster_files::Format;
 use napalm_overlay::{ClusterFiles, Config, LayerBuilder, SetLibrary};
 
-use super::Failure;
+use crate::Failure;
 
 /// Where the clone configuration and template sets are.
 #[derive(clap::Args, Debug, Clone)]

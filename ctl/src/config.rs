@@ -12,8 +12,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::output::Output;
-use super::Failure;
+use crate::output::Output;
+use crate::Failure;
 
 /// Default coordinator endpoint.
 pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7700";

@@ -13,8 +13,8 @@ use napalm_proto::v1::{
 use serde_json::json;
 use tokio_stream::StreamExt;
 
-use super::output::Output;
-use super::{from_status, Client, Failure};
+use crate::output::Output;
+use crate::{from_status, Client, Failure};
 
 /// Arguments of `napalmctl deploy`.
 #[derive(clap::Args, Debug)]

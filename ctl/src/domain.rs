@@ -25,9 +25,9 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{json, Value};
 
-use super::config::{Setting, Settings};
-use super::output::{render, Output};
-use super::{client, from_status, Failure};
+use crate::config::{Setting, Settings};
+use crate::output::{render, Output};
+use crate::{client, from_status, Failure};
 
 /// Arguments of `napalmctl domain`.
 #[derive(clap::Args, Debug)]

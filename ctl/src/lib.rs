@@ -1,35 +1,42 @@
-//! `napalmctl`: the operator CLI (thesis console tools: napalm, napalm-browse,
-//! napalm-deploy, napalm-list-deployments, napalm-undeploy). Each subcommand is a thin
-//! call of one coordinator RPC (or one library operation) plus output formatting.
+//! # napalm-ctl — `napalmctl`, the operator CLI (thesis 3.4, 3.5.3, 4.5: the console tools
+//! napalm, napalm-browse, napalm-deploy, napalm-list-deployments, napalm-undeploy)
+//!
+//! Owns: the command line ([`Cli`]), its settings (flag > environment > file: [`config`]),
+//! output formats ([`output`]) and listing tables ([`tables`]), following deploy/undeploy
+//! progress ([`deploy`]) and registry events ([`watch`]), one agent's domains over REST
+//! ([`domain`]) and the Clone tool ([`clone`]). Each subcommand is a thin call of one
+//! remote operation (or one library operation) plus rendering.
+//!
+//! Must not touch: the coordinator's or an agent's state except through their APIs. It
+//! talks to the system only through the `napalm-proto` gRPC clients and the agent crate's
+//! typed REST client; `napalmctl clone` runs the napalm-overlay engine locally. Decisions
+//! (can these clones run anywhere?) are the servers': the CLI checks its input only so
+//! that it never sends a malformed request.
 //!
 //! Exit codes: 0 success; 1 the operation failed; 2 bad usage or input, or not implemented
 //! yet; 3 the coordinator (or, for `domain`, the agent) is unreachable; 4 the named thing
 //! does not exist.
-//!
-//! Settings (coordinator address, tokens, output format) come from flags, the environment
-//! or a YAML file: see [`config`].
 
 pub mod clone;
 pub mod config;
 pub mod deploy;
 pub mod domain;
 pub mod output;
+pub mod tables;
 pub mod watch;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use napalm_proto::v1::coordinator_service_client::CoordinatorServiceClient;
-use napalm_proto::v1::{AgentState, ListAgentsRequest, ListClonesRequest, ListDeploymentsRequest};
+use napalm_proto::v1::{ListAgentsRequest, ListClonesRequest, ListDeploymentsRequest};
 use napalm_proto::ApiError;
-use serde_json::{json, Value};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::scheduler::hv_name;
 use config::Settings;
-use output::{render, Output};
+use output::Output;
 
 /// Operator CLI for Napalm: agents, clones, deployments, one agent's domains, events.
 #[derive(Parser, Debug)]
@@ -215,53 +222,6 @@ pub async fn client(settings: &Settings) -> Result<Client, Failure> {
     Ok(CoordinatorServiceClient::with_interceptor(channel, bearer))
 }
 
-fn mib(b: u64) -> u64 {
-    b >> 20
-}
-
-fn state_name(s: &str, prefix: &str) -> String {
-    s.trim_start_matches(prefix).to_lowercase()
-}
-
-/// Refuses a deploy when no agent is ready: the coordinator would record the deployment
-/// with every clone failed; this says why before anything is written.
-async fn require_ready_agent(c: &mut Client, settings: &Settings) -> Result<(), Failure> {
-    let agents = c
-        .list_agents(ListAgentsRequest::default())
-        .await
-        .map_err(from_status)?
-        .into_inner()
-        .agents;
-    if agents.iter().any(|a| a.state == AgentState::Ready as i32) {
-        return Ok(());
-    }
-    let known = if agents.is_empty() {
-        "none is registered".to_owned()
-    } else {
-        let list: Vec<String> = agents
-            .iter()
-            .map(|a| {
-                let st = AgentState::try_from(a.state).unwrap_or_default();
-                format!(
-                    "{} {}",
-                    a.name,
-                    state_name(st.as_str_name(), "AGENT_STATE_")
-                )
-            })
-            .collect();
-        format!("{} known, none ready: {}", agents.len(), list.join(", "))
-    };
-    Err(Failure {
-        code: 1,
-        message: format!(
-            "no agent can take clones ({known}) at the coordinator {:?}; nothing was \
-             deployed. Start napalm-agent with --coordinator pointing here (or give \
-             napalm-coordinator --agent ENDPOINT), then check `napalmctl agents`",
-            settings.coordinator.value
-        ),
-    })
-}
-
 async fn dispatch(cli: &Cli, settings: &Settings) -> Result<String, Failure> {
     let output = settings.output.value;
     match &cli.command {
@@ -273,67 +233,17 @@ async fn dispatch(cli: &Cli, settings: &Settings) -> Result<String, Failure> {
                 .map_err(from_status)?
                 .into_inner()
                 .agents;
-            let rows: Vec<Value> = agents
-                .iter()
-                .map(|a| {
-                    let caps = a.capabilities.clone().unwrap_or_default();
-                    let host = caps.host.clone().unwrap_or_default();
-                    let alloc = a.allocated.unwrap_or_default();
-                    json!({
-                        "name": a.name,
-                        "id": a.id,
-                        "state": state_name(AgentState::try_from(a.state).unwrap_or_default().as_str_name(), "AGENT_STATE_"),
-                        "endpoint": a.grpc_endpoint,
-                        "arch": host.arch,
-                        "cpus": host.cpus,
-                        "memory_mib": mib(host.memory_bytes),
-                        "clones": a.clone_count,
-                        "alloc_vcpus": alloc.vcpus,
-                        "alloc_mib": mib(alloc.memory_bytes),
-                        "hypervisors": caps.hypervisors.iter()
-                            .filter_map(|h| napalm_proto::v1::Hypervisor::try_from(*h).ok())
-                            .map(hv_name).collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
-            Ok(render(
-                output,
-                &[
-                    "name",
-                    "state",
-                    "endpoint",
-                    "hypervisors",
-                    "arch",
-                    "cpus",
-                    "memory_mib",
-                    "clones",
-                    "alloc_vcpus",
-                    "alloc_mib",
-                ],
-                &rows,
-            ))
+            Ok(tables::agents(output, &agents))
         }
         Command::Deployments => {
             let mut c = client(settings).await?;
-            let ds = c
+            let deployments = c
                 .list_deployments(ListDeploymentsRequest {})
                 .await
                 .map_err(from_status)?
                 .into_inner()
                 .deployments;
-            let rows: Vec<Value> = ds
-                .iter()
-                .map(|d| {
-                    let spec = d.spec.clone().unwrap_or_default();
-                    json!({
-                        "name": spec.name,
-                        "count": spec.count,
-                        "layers": spec.layers,
-                        "state": state_name(napalm_proto::v1::DeploymentState::try_from(d.state).unwrap_or_default().as_str_name(), "DEPLOYMENT_STATE_"),
-                    })
-                })
-                .collect();
-            Ok(render(output, &["name", "count", "layers", "state"], &rows))
+            Ok(tables::deployments(output, &deployments))
         }
         Command::Clone { sources, command } => clone::run(sources, command),
         Command::Clones {
@@ -351,50 +261,13 @@ async fn dispatch(cli: &Cli, settings: &Settings) -> Result<String, Failure> {
                 .map_err(from_status)?
                 .into_inner()
                 .clones;
-            let rows: Vec<Value> = clones
-                .iter()
-                .map(|k| {
-                    json!({
-                        "clone": k.name,
-                        "deployment": k.deployment,
-                        "agent": k.agent_id,
-                        "addresses": k.addresses,
-                        "phase": state_name(napalm_proto::v1::ClonePhase::try_from(k.phase).unwrap_or_default().as_str_name(), "CLONE_PHASE_"),
-                        // Kernel start to the register hook, as the clone reported it.
-                        "boot_s": k.boot.as_ref().and_then(|b| b.to_registered).map(|d| {
-                            (d.seconds as f64 + f64::from(d.nanos) / 1e9) * 10.0
-                        }).map(|t| t.round() / 10.0),
-                        // napalm-init's phases (JSON and YAML only; the table shows boot_s).
-                        "boot_phases": k.boot.as_ref().map(|b| b.phases.iter().map(|p| json!({
-                            "name": p.name,
-                            "start_s": p.start.map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9),
-                            "duration_s": p.duration.map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9),
-                        })).collect::<Vec<_>>()),
-                        "to_init_s": k.boot.as_ref().and_then(|b| b.to_init).map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9),
-                        // Why the clone failed (or its last retried error).
-                        "error": (!k.last_error.is_empty()).then_some(&k.last_error),
-                    })
-                })
-                .collect();
-            Ok(render(
-                output,
-                &[
-                    "clone",
-                    "deployment",
-                    "agent",
-                    "addresses",
-                    "phase",
-                    "boot_s",
-                    "error",
-                ],
-                &rows,
-            ))
+            Ok(tables::clones(output, &clones))
         }
         Command::Deploy(args) => {
             // Arguments are checked before anything is contacted.
             args.spec()?;
+            // Whether any agent can take the clones is the coordinator's to say.
             let mut c = client(settings).await?;
-            require_ready_agent(&mut c, settings).await?;
             deploy::deploy(&mut c, args, output).await
         }
         Command::Undeploy { name, purge } => {

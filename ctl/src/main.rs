@@ -1,7 +1,7 @@
-//! `napalmctl`: the operator CLI. All logic lives in `napalm_coordinator::cli`.
+//! `napalmctl`: the operator CLI. All logic lives in the `napalm_ctl` library.
 
 use clap::Parser;
-use napalm_coordinator::cli::{run, Cli};
+use napalm_ctl::{run, Cli};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

@@ -10,9 +10,10 @@ use napalm_proto::v1::{
 use serde_json::{json, Value};
 use tokio_stream::StreamExt;
 
-use super::config::Settings;
-use super::output::Output;
-use super::{from_status, state_name, Client, Failure};
+use crate::config::Settings;
+use crate::output::Output;
+use crate::tables::state_name;
+use crate::{from_status, Client, Failure};
 
 /// Event kinds on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

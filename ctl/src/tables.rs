@@ -1,0 +1,137 @@
+//! Listing tables: `napalmctl agents`, `deployments` and `clones` (registry view), one
+//! row per record, rendered in the chosen [`Output`] format.
+
+use napalm_proto::v1::{AgentState, ClonePhase, DeploymentState, Hypervisor};
+use serde_json::{json, Value};
+
+use crate::output::{render, Output};
+
+/// A proto enum's name without its prefix, lower case (`AGENT_STATE_READY` → `ready`).
+pub(crate) fn state_name(s: &str, prefix: &str) -> String {
+    s.trim_start_matches(prefix).to_lowercase()
+}
+
+/// Short hypervisor name (`qemu`, `kvm`, `xen`, `test`).
+// A copy of the coordinator's `scheduler::hv_name` (the CLI does not link the daemon);
+// both go to one home in napalm-proto.
+fn hv_name(h: Hypervisor) -> &'static str {
+    match h {
+        Hypervisor::Unspecified => "any",
+        Hypervisor::Qemu => "qemu",
+        Hypervisor::Kvm => "kvm",
+        Hypervisor::Xen => "xen",
+        Hypervisor::Test => "test",
+    }
+}
+
+fn mib(b: u64) -> u64 {
+    b >> 20
+}
+
+fn seconds(d: prost_types::Duration) -> f64 {
+    d.seconds as f64 + f64::from(d.nanos) / 1e9
+}
+
+/// `napalmctl agents`: capacity and allocations of each agent.
+pub fn agents(output: Output, agents: &[napalm_proto::v1::Agent]) -> String {
+    let rows: Vec<Value> = agents
+        .iter()
+        .map(|a| {
+            let caps = a.capabilities.clone().unwrap_or_default();
+            let host = caps.host.clone().unwrap_or_default();
+            let alloc = a.allocated.unwrap_or_default();
+            let state = AgentState::try_from(a.state).unwrap_or_default();
+            json!({
+                "name": a.name,
+                "id": a.id,
+                "state": state_name(state.as_str_name(), "AGENT_STATE_"),
+                "endpoint": a.grpc_endpoint,
+                "arch": host.arch,
+                "cpus": host.cpus,
+                "memory_mib": mib(host.memory_bytes),
+                "clones": a.clone_count,
+                "alloc_vcpus": alloc.vcpus,
+                "alloc_mib": mib(alloc.memory_bytes),
+                "hypervisors": caps.hypervisors.iter()
+                    .filter_map(|h| Hypervisor::try_from(*h).ok())
+                    .map(hv_name).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    render(
+        output,
+        &[
+            "name",
+            "state",
+            "endpoint",
+            "hypervisors",
+            "arch",
+            "cpus",
+            "memory_mib",
+            "clones",
+            "alloc_vcpus",
+            "alloc_mib",
+        ],
+        &rows,
+    )
+}
+
+/// `napalmctl deployments`.
+pub fn deployments(output: Output, deployments: &[napalm_proto::v1::Deployment]) -> String {
+    let rows: Vec<Value> = deployments
+        .iter()
+        .map(|d| {
+            let spec = d.spec.clone().unwrap_or_default();
+            let state = DeploymentState::try_from(d.state).unwrap_or_default();
+            json!({
+                "name": spec.name,
+                "count": spec.count,
+                "layers": spec.layers,
+                "state": state_name(state.as_str_name(), "DEPLOYMENT_STATE_"),
+            })
+        })
+        .collect();
+    render(output, &["name", "count", "layers", "state"], &rows)
+}
+
+/// `napalmctl clones`: agent, addresses, phase, boot time and error of each clone.
+pub fn clones(output: Output, clones: &[napalm_proto::v1::Clone]) -> String {
+    let rows: Vec<Value> = clones
+        .iter()
+        .map(|k| {
+            let phase = ClonePhase::try_from(k.phase).unwrap_or_default();
+            json!({
+                "clone": k.name,
+                "deployment": k.deployment,
+                "agent": k.agent_id,
+                "addresses": k.addresses,
+                "phase": state_name(phase.as_str_name(), "CLONE_PHASE_"),
+                // Kernel start to the register hook, as the clone reported it.
+                "boot_s": k.boot.as_ref().and_then(|b| b.to_registered)
+                    .map(|d| (seconds(d) * 10.0).round() / 10.0),
+                // napalm-init's phases (JSON and YAML only; the table shows boot_s).
+                "boot_phases": k.boot.as_ref().map(|b| b.phases.iter().map(|p| json!({
+                    "name": p.name,
+                    "start_s": p.start.map(seconds),
+                    "duration_s": p.duration.map(seconds),
+                })).collect::<Vec<_>>()),
+                "to_init_s": k.boot.as_ref().and_then(|b| b.to_init).map(seconds),
+                // Why the clone failed (or its last retried error).
+                "error": (!k.last_error.is_empty()).then_some(&k.last_error),
+            })
+        })
+        .collect();
+    render(
+        output,
+        &[
+            "clone",
+            "deployment",
+            "agent",
+            "addresses",
+            "phase",
+            "boot_s",
+            "error",
+        ],
+        &rows,
+    )
+}
