@@ -173,6 +173,79 @@ impl BootConfig {
     }
 }
 
+/// A clone's kernel command line built as values, for the host that boots it: the words
+/// before, `root=`, `ip=`, the words after. `Display` gives the line the kernel gets, and
+/// [`BootConfig::parse`] of it gives back the same root and ip.
+///
+/// ```
+/// use napalm_initramfs::cmdline::KernelCmdline;
+/// use napalm_initramfs::ip::IpConfig;
+/// use napalm_initramfs::rootspec::{Device, Role, RootSpec};
+///
+/// let root = RootSpec::new([
+///     Device::nfs("10.0.2.100", "/srv/root")?.with_role(Role::Ro),
+///     Device::layer("clone01")?.with_role(Role::Ro),
+///     Device::tmpfs().with_role(Role::Rw),
+/// ])?;
+/// let line = KernelCmdline::new(root, IpConfig::dhcp())
+///     .before("console=ttyS0")
+///     .after("quiet");
+/// assert_eq!(
+///     line.to_string(),
+///     "console=ttyS0 root=nfs:10.0.2.100:/srv/root:ro;layer:clone01:ro;tmpfs:rw ip=dhcp quiet"
+/// );
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelCmdline {
+    /// Words before `root=` (e.g. `console=ttyS0`), verbatim; empty ones are skipped.
+    pub before: Vec<String>,
+    /// `root=`.
+    pub root: RootSpec,
+    /// `ip=`.
+    pub ip: IpConfig,
+    /// Words after `ip=` (e.g. a deployment's own kernel arguments), verbatim; empty ones
+    /// are skipped.
+    pub after: Vec<String>,
+}
+
+impl KernelCmdline {
+    /// `root=ROOT ip=IP` with nothing around them.
+    pub fn new(root: RootSpec, ip: IpConfig) -> KernelCmdline {
+        KernelCmdline {
+            before: Vec::new(),
+            root,
+            ip,
+            after: Vec::new(),
+        }
+    }
+
+    /// Adds `words` (one or several, space-separated) before `root=`.
+    pub fn before(mut self, words: impl Into<String>) -> KernelCmdline {
+        self.before.push(words.into());
+        self
+    }
+
+    /// Adds `words` (one or several, space-separated) after `ip=`.
+    pub fn after(mut self, words: impl Into<String>) -> KernelCmdline {
+        self.after.push(words.into());
+        self
+    }
+}
+
+impl std::fmt::Display for KernelCmdline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for w in self.before.iter().filter(|w| !w.is_empty()) {
+            write!(f, "{w} ")?;
+        }
+        write!(f, "root={} ip={}", self.root, self.ip)?;
+        for w in self.after.iter().filter(|w| !w.is_empty()) {
+            write!(f, " {w}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Reads only `napalm.onfail=` leniently, for when the full parse failed.
 pub fn onfail_lenient(line: &str) -> OnFail {
     line.split_whitespace()
@@ -258,3 +331,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "cmdline_proptest.rs"]
+mod proptests;

@@ -168,6 +168,90 @@ impl IpConfig {
     }
 }
 
+impl IpConfig {
+    /// DHCPv4 on the first ethernet interface (`ip=dhcp`).
+    pub fn dhcp() -> IpConfig {
+        IpConfig::Dhcp {
+            device: None,
+            hostname: None,
+        }
+    }
+
+    /// This value if it reads back from its own display, else the parse error that says
+    /// which field would not (a hostname with `:` or `/`, more than two DNS servers).
+    pub fn checked(self) -> Result<IpConfig, IpParseError> {
+        let text = self.to_string();
+        let back = IpConfig::parse(&text)?;
+        if back != self {
+            return Err(IpParseError {
+                input: text,
+                field: 1,
+                name: FIELDS[0],
+                position: 0,
+                what: format!("reads back as {back:?}, not as {self:?}"),
+            });
+        }
+        Ok(self)
+    }
+}
+
+impl StaticIp {
+    /// `client` with `netmask`, nothing else set (no server, gateway, hostname, device or
+    /// DNS: napalm-init then takes the first ethernet interface).
+    pub fn new(client: Ipv4Addr, netmask: Ipv4Addr) -> StaticIp {
+        StaticIp {
+            client,
+            server: None,
+            gateway: None,
+            netmask,
+            hostname: None,
+            device: None,
+            dns: Vec::new(),
+        }
+    }
+}
+
+fn opt_field<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// The `ip=` value (without `ip=`) in nfsroot.rst syntax: `off`, `dhcp`,
+/// `::::HOST:DEV:dhcp`, or `CLIENT:SERVER:GW:MASK:HOST:DEV:off[:DNS0[:DNS1]]`.
+impl std::fmt::Display for IpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IpConfig::Off => f.write_str("off"),
+            IpConfig::Dhcp {
+                device: None,
+                hostname: None,
+            } => f.write_str("dhcp"),
+            IpConfig::Dhcp { device, hostname } => write!(
+                f,
+                "::::{}:{}:dhcp",
+                opt_field(hostname.as_deref()),
+                opt_field(device.as_deref())
+            ),
+            IpConfig::Static(st) => {
+                write!(
+                    f,
+                    "{}:{}:{}:{}:{}:{}:off",
+                    st.client,
+                    opt_field(st.server),
+                    opt_field(st.gateway),
+                    st.netmask,
+                    opt_field(st.hostname.as_deref()),
+                    opt_field(st.device.as_deref())
+                )?;
+                // The grammar has two DNS fields; more cannot be written (see `checked`).
+                for d in &st.dns {
+                    write!(f, ":{d}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Parses one `nameserver=` value (an IPv4 address).
 pub fn parse_nameserver(input: &str) -> Result<Ipv4Addr, IpParseError> {
     input.parse().map_err(|_| IpParseError {

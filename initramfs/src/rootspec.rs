@@ -83,14 +83,115 @@ impl Device {
         }
     }
 
-    /// The device written back in `root=` syntax (`nfs:10.0.0.1::ro`).
+    /// The device written back in `root=` syntax (`nfs:10.0.0.1::ro`); same as `to_string`.
     pub fn display(&self) -> String {
-        let mut s = self.kind.clone();
-        for p in &self.params {
-            s.push(':');
-            s.push_str(p);
+        self.to_string()
+    }
+
+    /// A device of fsloader type `kind` with `params` (a role is a last `ro`/`rw`, see
+    /// [`Device::with_role`]), checked against the grammar: the error quotes the device
+    /// and points at the character that would not read back (`;`, `:` or a space in a
+    /// parameter, a type that is not a name).
+    pub fn new<S: Into<String>>(
+        kind: impl Into<String>,
+        params: impl IntoIterator<Item = S>,
+    ) -> Result<Device, RootParseError> {
+        let dev = Device {
+            kind: kind.into(),
+            params: params.into_iter().map(Into::into).collect(),
+            offset: 0,
+        };
+        let text = dev.to_string();
+        let err = |position: usize, what: String| RootParseError {
+            input: text.clone(),
+            position,
+            what,
+        };
+        let back = RootSpec::parse_device(&text, 0, &err)?;
+        if back.kind != dev.kind || back.params != dev.params {
+            return Err(err(
+                0,
+                format!("device would read back as {back}, not as type {:?}", dev.kind),
+            ));
         }
-        s
+        Ok(dev)
+    }
+
+    /// A block device (`/dev/vda`, `LABEL=root`, `UUID=…`), its filesystem detected.
+    pub fn block(device: &str) -> Result<Device, RootParseError> {
+        Device::new("block", [device])
+    }
+
+    /// An NFSv4 export `server:dir` (an empty `dir` means `/`).
+    pub fn nfs(server: &str, dir: &str) -> Result<Device, RootParseError> {
+        Device::new("nfs", [server, dir])
+    }
+
+    /// A tmpfs (the default upper layer).
+    pub fn tmpfs() -> Device {
+        Device {
+            kind: "tmpfs".into(),
+            params: Vec::new(),
+            offset: 0,
+        }
+    }
+
+    /// An image file on an earlier layer.
+    pub fn loop_file(path: &str) -> Result<Device, RootParseError> {
+        Device::new("loop", [path])
+    }
+
+    /// An image (or a directory of images) on an NFS server.
+    pub fn loop_nfs(server: &str, path: &str) -> Result<Device, RootParseError> {
+        Device::new("loop+nfs", [server, path])
+    }
+
+    /// A segment `name` appended to the initramfs (`napalm-mkinitramfs --append-layer`).
+    pub fn layer(name: &str) -> Result<Device, RootParseError> {
+        Device::new("layer", [name])
+    }
+
+    /// This device with role `role`: replaces a trailing `ro`/`rw`, else appends one.
+    pub fn with_role(mut self, role: Role) -> Device {
+        if matches!(self.params.last().map(String::as_str), Some("ro" | "rw")) {
+            self.params.pop();
+        }
+        self.params.push(role.to_string());
+        self
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Ro => "ro",
+            Role::Rw => "rw",
+        })
+    }
+}
+
+/// `root=` syntax of one device: `type{:param}` (a `/dev/…` device as `block:/dev/…`).
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.kind)?;
+        for p in &self.params {
+            write!(f, ":{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The `root=` value (without `root=`): devices joined by `;`. It parses back to an equal
+/// value when the spec was built with [`RootSpec::new`].
+impl std::fmt::Display for RootSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, d) in self.devices.iter().enumerate() {
+            if i > 0 {
+                f.write_str(";")?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
     }
 }
 
@@ -104,6 +205,25 @@ fn is_option_char(c: char) -> bool {
 }
 
 impl RootSpec {
+    /// The union of `devices`, leftmost first; their offsets are set to where each starts
+    /// in the displayed value, so the spec equals its own parse. At least one device.
+    pub fn new(devices: impl IntoIterator<Item = Device>) -> Result<RootSpec, RootParseError> {
+        let mut devices: Vec<Device> = devices.into_iter().collect();
+        if devices.is_empty() {
+            return Err(RootParseError {
+                input: String::new(),
+                position: 0,
+                what: "a root= needs at least one device".into(),
+            });
+        }
+        let mut offset = 0;
+        for d in &mut devices {
+            d.offset = offset;
+            offset += d.to_string().len() + 1;
+        }
+        Ok(RootSpec { devices })
+    }
+
     /// Parses a `root=` value (without the `root=` prefix).
     pub fn parse(input: &str) -> Result<RootSpec, RootParseError> {
         let err = |position: usize, what: String| RootParseError {
