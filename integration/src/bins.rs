@@ -8,16 +8,25 @@ use std::sync::Mutex;
 
 /// Errors locating or building a binary.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant's #[error] message documents it; the fields are named for what they hold"
+)]
 pub enum BinError {
-    /// `cargo build` failed.
-    #[error("building {bin} (package {package}) failed: {why}")]
-    Build {
-        /// Binary name.
+    /// cargo could not be run at all.
+    #[error("cannot run cargo to build {bin} (package {package})")]
+    Cargo {
         bin: String,
-        /// Package.
         package: String,
-        /// What went wrong.
-        why: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `cargo build` ran and failed, or did not produce the binary.
+    #[error("building {bin} (package {package}) failed: {stderr}")]
+    Build {
+        bin: String,
+        package: String,
+        stderr: String,
     },
 }
 
@@ -55,32 +64,32 @@ pub fn binary(package: &str, bin: &str) -> Result<PathBuf, BinError> {
     if let Some(target) = dir.parent() {
         cmd.env("CARGO_TARGET_DIR", target);
     }
-    let out = cmd.output().map_err(|e| BinError::Build {
+    let out = cmd.output().map_err(|source| BinError::Cargo {
         bin: bin.into(),
         package: package.into(),
-        why: e.to_string(),
+        source,
     })?;
     if !out.status.success() || !path.exists() {
         return Err(BinError::Build {
             bin: bin.into(),
             package: package.into(),
-            why: String::from_utf8_lossy(&out.stderr).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         });
     }
     Ok(path)
 }
 
-/// `napalm-agent`.
+/// The per-host agent, `napalm-agent`.
 pub fn agent() -> Result<PathBuf, BinError> {
     binary("napalm-agent", "napalm-agent")
 }
 
-/// `napalm-coordinator`.
+/// The control plane daemon, `napalm-coordinator`.
 pub fn coordinator() -> Result<PathBuf, BinError> {
     binary("napalm-coordinator", "napalm-coordinator")
 }
 
-/// `napalmctl`.
+/// The operator's CLI, `napalmctl` (package napalm-ctl).
 pub fn napalmctl() -> Result<PathBuf, BinError> {
-    binary("napalm-coordinator", "napalmctl")
+    binary("napalm-ctl", "napalmctl")
 }

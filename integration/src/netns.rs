@@ -7,23 +7,28 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Errors building the network.
+/// Errors building or entering the network.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant's #[error] message documents it; the fields are named for what they hold"
+)]
 pub enum NetError {
-    /// An `ip` command failed.
-    #[error("`ip {args}` failed: {stderr}")]
-    Ip {
-        /// The arguments.
+    /// `ip` could not be run at all (package iproute2).
+    #[error("cannot run `ip {args}` (is iproute2 installed?)")]
+    IpSpawn {
         args: String,
-        /// What ip printed.
-        stderr: String,
+        #[source]
+        source: std::io::Error,
     },
-    /// Entering a namespace failed.
-    #[error("cannot enter network namespace {ns}: {source}")]
+    /// An `ip` command ran and failed (not root? a name already taken?).
+    #[error("`ip {args}` failed: {stderr}")]
+    Ip { args: String, stderr: String },
+    /// A namespace could not be opened to enter it.
+    #[error("cannot enter network namespace {ns}")]
     Setns {
-        /// The namespace.
         ns: String,
-        /// Why.
+        #[source]
         source: std::io::Error,
     },
 }
@@ -32,9 +37,9 @@ fn ip(args: &[&str]) -> Result<(), NetError> {
     let out = Command::new("ip")
         .args(args)
         .output()
-        .map_err(|e| NetError::Ip {
+        .map_err(|source| NetError::IpSpawn {
             args: args.join(" "),
-            stderr: e.to_string(),
+            source,
         })?;
     if out.status.success() {
         Ok(())
@@ -61,11 +66,11 @@ pub struct Network {
 /// One host on a [`Network`].
 #[derive(Debug, Clone)]
 pub struct Host {
-    /// Namespace name (for `ip netns exec`).
+    /// Namespace name, `TAG-hI` (for `ip netns exec`).
     pub ns: String,
-    /// Its interface name inside the namespace.
+    /// Its veth end inside the namespace, `ethI` (for `--mdns-interface`).
     pub iface: String,
-    /// Its IPv4 address.
+    /// Its IPv4 address on the private /24, `PREFIX.I`.
     pub addr: String,
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 pub struct Daemon(pub Child);
 
 impl Daemon {
-    /// Its PID.
+    /// The process id (for signals, or `/proc/PID`).
     pub fn pid(&self) -> u32 {
         self.0.id()
     }

@@ -36,23 +36,48 @@ echo "napalm-clone: $(hostname) ready" > /dev/console
 nc -ll -p 5000 -e /bin/sh &
 "#;
 
-/// Errors building the root.
+/// Errors building a reference root.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant's #[error] message documents it; the fields are named for what they hold"
+)]
 pub enum RootError {
     /// A file operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
-        /// What was being done.
         what: String,
-        /// Why it failed.
+        #[source]
         source: std::io::Error,
     },
-    /// busybox is missing or did not list its applets.
-    #[error("busybox: {0} (install busybox-static)")]
-    Busybox(String),
-    /// debootstrap failed or its result could not be finished.
-    #[error("debian root: {0}")]
-    Debootstrap(String),
+    /// `/bin/busybox` is missing or did not list its applets.
+    #[error("cannot read or run /bin/busybox (install busybox-static)")]
+    Busybox(#[source] std::io::Error),
+    /// A half-built root still has mounts under it (debootstrap's proc, sys): removing it
+    /// could reach through them into the host.
+    #[error("{} still has mounts under it; not removing it", .dir.display())]
+    Mounted { dir: PathBuf },
+    /// debootstrap could not be run at all.
+    #[error("cannot run debootstrap (install debootstrap)")]
+    DebootstrapSpawn(#[source] std::io::Error),
+    /// debootstrap ran and failed; the end of its log says why.
+    #[error("debootstrap {DEBIAN_SUITE} failed ({status}) after {secs} s; log {}:\n{tail}", .log.display())]
+    Debootstrap {
+        status: std::process::ExitStatus,
+        secs: u64,
+        log: PathBuf,
+        tail: String,
+    },
+    /// `systemctl enable` could not be run in the new root.
+    #[error("cannot run systemctl enable in the chroot {}", .root.display())]
+    Chroot {
+        root: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `systemctl enable` ran in the new root and failed.
+    #[error("systemctl enable {units} failed: {stderr}")]
+    Enable { units: String, stderr: String },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RootError {
@@ -63,7 +88,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RootError {
 /// The cached reference root under `cache` (built if missing or outdated).
 pub fn busybox_root(cache: &Path) -> Result<PathBuf, RootError> {
     let busybox = Path::new("/bin/busybox");
-    let bb = std::fs::read(busybox).map_err(|e| RootError::Busybox(e.to_string()))?;
+    let bb = std::fs::read(busybox).map_err(RootError::Busybox)?;
     let key = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -102,7 +127,7 @@ pub fn busybox_root(cache: &Path) -> Result<PathBuf, RootError> {
     let out = Command::new(busybox)
         .arg("--list-full")
         .output()
-        .map_err(|e| RootError::Busybox(e.to_string()))?;
+        .map_err(RootError::Busybox)?;
     for applet in String::from_utf8_lossy(&out.stdout).lines() {
         let link = tmp.join(applet);
         if applet.is_empty() || link.exists() || applet == "bin/busybox" {
@@ -263,10 +288,9 @@ fn remove_partial(dir: &Path) -> Result<(), RootError> {
         return Ok(());
     }
     if !unmount_under(dir) {
-        return Err(RootError::Debootstrap(format!(
-            "{} still has mounts under it; not removing it",
-            dir.display()
-        )));
+        return Err(RootError::Mounted {
+            dir: dir.to_path_buf(),
+        });
     }
     std::fs::remove_dir_all(dir).map_err(io(format!("removing {}", dir.display())))
 }
@@ -327,30 +351,25 @@ pub fn debian_root(cache: &Path) -> Result<PathBuf, RootError> {
         .stdout(logf.try_clone().map_err(io("debootstrap log"))?)
         .stderr(logf)
         .status()
-        .map_err(|e| {
-            RootError::Debootstrap(format!("running debootstrap: {e} (install debootstrap)"))
-        })?;
+        .map_err(RootError::DebootstrapSpawn)?;
     if !status.success() {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(15).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         let _ = remove_partial(&tmp);
-        return Err(RootError::Debootstrap(format!(
-            "debootstrap {DEBIAN_SUITE} failed ({status}) after {:.0} s; log {}:\n{}",
-            started.elapsed().as_secs_f64(),
-            log.display(),
-            tail.join("\n")
-        )));
+        return Err(RootError::Debootstrap {
+            status,
+            secs: started.elapsed().as_secs(),
+            log,
+            tail: tail.join("\n"),
+        });
     }
     eprintln!(
         "debian_root: debootstrap {DEBIAN_SUITE} took {:.0} s",
         started.elapsed().as_secs_f64()
     );
     if !unmount_under(&tmp) {
-        return Err(RootError::Debootstrap(format!(
-            "{} still has mounts under it after debootstrap",
-            tmp.display()
-        )));
+        return Err(RootError::Mounted { dir: tmp });
     }
     customize_debian(&tmp).inspect_err(|_| {
         let _ = remove_partial(&tmp);
@@ -393,12 +412,15 @@ fn customize_debian(tmp: &Path) -> Result<(), RootError> {
         .args(["systemctl", "enable"])
         .args(DEBIAN_ENABLE)
         .output()
-        .map_err(|e| RootError::Debootstrap(format!("chroot systemctl enable: {e}")))?;
+        .map_err(|source| RootError::Chroot {
+            root: tmp.to_path_buf(),
+            source,
+        })?;
     if !out.status.success() {
-        return Err(RootError::Debootstrap(format!(
-            "systemctl enable {DEBIAN_ENABLE:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
+        return Err(RootError::Enable {
+            units: DEBIAN_ENABLE.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
     }
     // Not needed at run time (about half the size): the downloaded packages (kept in the
     // cache's debootstrap-debs), debootstrap's package lists, documentation, translations.

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use napalm_integration::grid::{Grid, GridOptions};
-use napalm_integration::rootfs;
+use napalm_integration::{error_chain, rootfs};
 use serde_json::Value;
 
 fn phase(c: &Value) -> String {
@@ -79,7 +79,7 @@ fn diagnose(g: &Grid) -> String {
             Duration::from_secs(20),
         );
         s += &format!("--- clone {i} ({a}):\n");
-        s += &out.unwrap_or_else(|e| format!("(no shell: {e})\n"));
+        s += &out.unwrap_or_else(|e| format!("(no shell: {})\n", error_chain(&e)));
         s += &format!(
             "--- console of debsd-0{i}:\n{}\n",
             console_tail(&g.dir.join("log"), &format!("debsd-0{i}"))

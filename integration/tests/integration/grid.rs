@@ -161,7 +161,8 @@ fn listing(dir: &std::path::Path) -> Vec<(String, u64)> {
 #[test]
 fn stateful_state_survives_a_reboot_stateless_does_not_and_nothing_leaks() {
     let g = grid("gridm");
-    let before = listing(&g.root);
+    let root = g.root.clone().expect("a QEMU grid exports a root");
+    let before = listing(&root);
     deploy(&g, &["--count", "2", "--name", "gridml"]);
     deploy(
         &g,
@@ -221,7 +222,7 @@ fn stateful_state_survives_a_reboot_stateless_does_not_and_nothing_leaks() {
         assert!(out.contains("absent"), "{a}: {out}");
     }
     assert_eq!(
-        listing(&g.root),
+        listing(&root),
         before,
         "a clone wrote into the server root"
     );
@@ -280,7 +281,7 @@ fn stateful_state_survives_a_reboot_stateless_does_not_and_nothing_leaks() {
     assert_ne!(boot_id(&f1), boots[1], "stateful clone did not reboot");
     assert!(g.dir.join("state/gridmf/gridmf-01/upper.img").exists());
     assert_eq!(
-        listing(&g.root),
+        listing(&root),
         before,
         "a clone wrote into the server root"
     );

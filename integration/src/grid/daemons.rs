@@ -1,0 +1,219 @@
+//! The grid's daemons as an operator starts them: `napalm-coordinator` and nfs-ganesha in
+//! the server namespace, one `napalm-agent` per agent namespace. Each logs to
+//! `DIR/log/NAME.log`, dies with the test process and is killed by PID on drop.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::error::{Ctx, GridError};
+use super::{socket, Grid, Hypervisor, AGENT_GANGLIA, AGENT_GRPC, AGENT_HTTP, GRPC, HTTP, TOKEN};
+use crate::bins;
+use crate::netns::Host;
+use crate::proc::{wait_for, Daemon};
+
+fn log_file(dir: &Path, name: &str) -> Result<std::fs::File, GridError> {
+    let path = dir.join("log").join(format!("{name}.log"));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .ctx(format!("opening {}", path.display()))
+}
+
+/// The daemon dies with the test process even if that is killed before drop runs.
+fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no Rust state.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        })
+    }
+}
+
+/// Whether `port` on `host` accepts TCP connections within `secs`, tried from `from`'s
+/// namespace.
+fn listens(from: &Host, host: &Host, port: u16, secs: u64) -> Result<bool, GridError> {
+    let addr = socket(host, port);
+    let up = from
+        .spawn(move || {
+            wait_for(Duration::from_secs(secs), || {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+            })
+            .is_some()
+        })?
+        .join()
+        .unwrap_or(false);
+    Ok(up)
+}
+
+impl Grid {
+    /// Starts the coordinator in the server namespace and waits until its gRPC port listens.
+    pub(super) fn start_coordinator(&mut self) -> Result<(), GridError> {
+        let s = &self.server;
+        let d = &self.dir;
+        let bin = bins::coordinator()?;
+        let mut cmd = s.command("unshare");
+        cmd.args([
+            "--uts",
+            "sh",
+            "-c",
+            "hostname napalm-server && exec \"$@\"",
+            "sh",
+        ])
+        .arg(bin)
+        .args(["--listen", &format!("{}:{GRPC}", s.addr)])
+        .args(["--http-listen", &format!("{}:{HTTP}", s.addr)])
+        .args(["--register-base", &format!("http://{}:{HTTP}", s.addr)])
+        .arg("--store")
+        .arg(d.join("registry.redb"))
+        .arg("--secret-file")
+        .arg(d.join("secret"))
+        .args(["--agent-token", TOKEN])
+        .args(["--api-token", TOKEN])
+        .arg("--layers-dir")
+        .arg(d.join("layers"));
+        // What clones need: their kernel and image, addresses, the root and state over NFS.
+        if let (Some(kernel), Some(root), Some(net)) = (&self.kernel, &self.root, &self.libvirt_net)
+        {
+            cmd.arg("--kernel")
+                .arg(kernel)
+                .arg("--base-image")
+                .arg(d.join("base.img"))
+                .args(["--server", &s.addr, "--network", net])
+                .args(["--clone-addresses", &format!("{}.101/24", self.prefix)])
+                .arg("--export-root")
+                .arg(root)
+                .args(["--export-clients", &format!("{}.0/24", self.prefix)])
+                .arg("--export-state-dir")
+                .arg(d.join("state"))
+                .args(["--state-size-mib", "64"])
+                .arg("--ganesha-exports")
+                .arg(d.join("ganesha/napalm-exports.conf"))
+                .arg("--ganesha-pid-file")
+                .arg(d.join("ganesha/ganesha.pid"));
+        }
+        cmd.args(["--mdns-interface", &s.iface, "--register-timeout", "300"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log_file(d, "coordinator")?)
+            .stderr(log_file(d, "coordinator")?);
+        let child = die_with_parent(&mut cmd)
+            .spawn()
+            .ctx("spawning napalm-coordinator")?;
+        self.coordinator = Some(Daemon(child));
+        if !listens(&self.server, &self.server, GRPC, 30)? {
+            return Err(self.timeout(
+                format!("napalm-coordinator did not listen on {}", self.coordinator_addr()),
+                30,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Starts (or restarts) nfs-ganesha in the server namespace.
+    pub fn start_ganesha(&mut self) -> Result<(), GridError> {
+        let g = self.dir.join("ganesha");
+        let conf = g.join("ganesha.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "NFS_CORE_PARAM {{ Protocols = 4; Bind_addr = {}; Enable_NLM = false; Enable_RQUOTA = false; Enable_UDP = false; }}\n\
+                 NFSV4 {{ Graceless = true; Lease_Lifetime = 10; Only_Numeric_Owners = true; }}\n\
+                 NFS_KRB5 {{ Active_krb5 = false; }}\n\
+                 %include \"{}\"\n",
+                self.server.addr,
+                g.join("napalm-exports.conf").display()
+            ),
+        )
+        .ctx(format!("writing {}", conf.display()))?;
+        let _ = std::fs::remove_file(g.join("ganesha.pid"));
+        let mut cmd = self.server.command("ganesha.nfsd");
+        let child = die_with_parent(&mut cmd)
+            .arg("-F")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-L")
+            .arg(self.dir.join("log/ganesha.log"))
+            .arg("-p")
+            .arg(g.join("ganesha.pid"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.dir, "ganesha-stderr")?)
+            .spawn()
+            .ctx("spawning ganesha.nfsd (packages nfs-ganesha, nfs-ganesha-vfs)")?;
+        self.ganesha = Some(Daemon(child));
+        if listens(&self.server, &self.server, 2049, 30)? {
+            Ok(())
+        } else {
+            Err(self.timeout(
+                format!("ganesha did not listen on {}:2049", self.server.addr),
+                30,
+            ))
+        }
+    }
+
+    /// Starts agent `i` (again) in its namespace, as host name `agentN` (N = i + 1).
+    pub fn start_agent(&mut self, i: usize) -> Result<(), GridError> {
+        let h = &self.agent_hosts[i];
+        let state = self.dir.join(format!("agent{i}"));
+        std::fs::create_dir_all(&state).ctx(format!("creating {}", state.display()))?;
+        let bin = bins::agent()?;
+        let name = format!("agent{}", i + 1);
+        let mut cmd = h.command("unshare");
+        cmd.args([
+            "--uts",
+            "sh",
+            "-c",
+            &format!("hostname {name} && exec \"$@\""),
+            "sh",
+        ])
+        .arg(bin);
+        match self.hypervisor {
+            Hypervisor::Qemu => cmd
+                .args(["--uri", "qemu:///system", "--reconcile-every", "2"])
+                .args(["--allow-interface", "network"]),
+            Hypervisor::Test => cmd
+                .args(["--uri", "test:///default"])
+                .args(["--shutdown-timeout", "1"]),
+        };
+        if !self.rest_prefix.is_empty() {
+            cmd.args(["--prefix", &self.rest_prefix]);
+        }
+        cmd.arg("--state-dir")
+            .arg(&state)
+            .args(["--http-listen", &format!("{}:{AGENT_HTTP}", h.addr)])
+            .args(["--grpc-listen", &format!("{}:{AGENT_GRPC}", h.addr)])
+            .args(["--ganglia-listen", &format!("{}:{AGENT_GANGLIA}", h.addr)])
+            .args(["--mdns-interface", &h.iface])
+            .env("NAPALM_AGENT_TOKEN", TOKEN)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log_file(&self.dir, &name)?)
+            .stderr(log_file(&self.dir, &name)?);
+        let child = die_with_parent(&mut cmd)
+            .spawn()
+            .ctx("spawning napalm-agent")?;
+        self.agents[i] = Some(Daemon(child));
+        Ok(())
+    }
+
+    /// Waits until agent `i`'s REST and gRPC ports listen, seen from the client host.
+    pub(super) fn wait_agent_listens(&mut self, i: usize) -> Result<(), GridError> {
+        for port in [AGENT_HTTP, AGENT_GRPC] {
+            if !listens(&self.client, &self.agent_hosts[i], port, 30)? {
+                let what = format!(
+                    "napalm-agent {} did not listen on {}",
+                    i + 1,
+                    socket(&self.agent_hosts[i], port)
+                );
+                return Err(self.timeout(what, 30));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,568 @@
+//! The whole grid as an operator runs it, on this one machine: a server namespace with
+//! `napalm-coordinator` (and, for QEMU clones, nfs-ganesha exporting the cached reference
+//! root with the exports the coordinator writes), N agent namespaces each running
+//! `napalm-agent`, and a client namespace with nothing on it, all on a private bridge.
+//! Agents and coordinator find each other by mDNS only.
+//!
+//! With [`Hypervisor::Qemu`] the agents drive the host's libvirtd and clones are QEMU
+//! guests (libvirtd is one daemon in the root namespace) attached through
+//! [`Network::root_bridge`] to the same private network; they get static addresses
+//! PREFIX.101+ and mount the root from the server. With [`Hypervisor::Test`] the agents use
+//! libvirt's in-process test driver: nothing boots, for tests of the daemons' interfaces.
+//!
+//! Everything is torn down on drop: the grid's domains (by name prefix), daemons (by PID),
+//! the transient libvirt network, bridges and namespaces.
+
+mod daemons;
+mod error;
+mod guest;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use error::GridError;
+pub use guest::{base_image, guest_kernel, static_init};
+
+use crate::bins;
+use crate::netns::{Host, Network};
+use crate::proc::{wait_for, Daemon};
+use crate::rootfs;
+use error::Ctx;
+
+/// Bearer token of every API in the grid: agents and coordinator share it, tests use it.
+pub const TOKEN: &str = "napalm-grid-token";
+/// The coordinator's gRPC port on the server host.
+pub const GRPC: u16 = 7700;
+/// The coordinator's HTTP port (clones' plain registration) on the server host.
+pub const HTTP: u16 = 7780;
+/// Each agent's REST port.
+pub const AGENT_HTTP: u16 = 8480;
+/// Each agent's gRPC port.
+pub const AGENT_GRPC: u16 = 8481;
+/// Each agent's Ganglia (gmond-compatible XML) port.
+pub const AGENT_GANGLIA: u16 = 8649;
+
+/// What the agents' libvirt drives, and so whether clones can boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Hypervisor {
+    /// The host's libvirtd (`qemu:///system`): clones boot as QEMU guests from the reference
+    /// root over NFS. The grid builds the root and the base image, runs nfs-ganesha and a
+    /// libvirt network, and takes the machine-wide grid lock (one such grid at a time).
+    #[default]
+    Qemu,
+    /// libvirt's in-process `test:///default` driver: domains are records and nothing boots.
+    /// No root, image, ganesha or lock: such grids start in seconds and run side by side.
+    Test,
+}
+
+/// Grid settings.
+#[derive(Debug, Clone)]
+pub struct GridOptions {
+    /// How many agent hosts (PREFIX.11, .12, …), each running `napalm-agent`.
+    pub agents: usize,
+    /// What the agents drive ([`Hypervisor::Qemu`] unless a test only talks to daemons).
+    pub hypervisor: Hypervisor,
+    /// Whether the server runs `napalm-coordinator`; without it the agents stand alone.
+    pub coordinator: bool,
+    /// Path prefix of the agents' REST API (`--prefix`, e.g. `/napalm`; empty for none).
+    pub rest_prefix: String,
+    /// Where the reference roots are cached (default `/var/cache/napalm/roots`, or
+    /// `NAPALM_CACHE`): kept across runs and clones of the repository, rebuilt only when
+    /// their inputs change.
+    pub cache: PathBuf,
+    /// Keep the grid's directory (logs, layers) after drop.
+    pub keep: bool,
+    /// The reference root to export (default: the cached busybox root).
+    pub root: Option<PathBuf>,
+}
+
+impl Default for GridOptions {
+    fn default() -> Self {
+        Self {
+            agents: 2,
+            hypervisor: Hypervisor::Qemu,
+            coordinator: true,
+            rest_prefix: String::new(),
+            cache: std::env::var_os("NAPALM_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/cache/napalm/roots")),
+            keep: false,
+            root: None,
+        }
+    }
+}
+
+/// A running grid.
+pub struct Grid {
+    /// PREFIX.1: the coordinator, ganesha, and where `napalmctl` runs.
+    pub server: Host,
+    /// PREFIX.11+: agent `i` is `agent_hosts[i]`.
+    pub agent_hosts: Vec<Host>,
+    /// PREFIX.2: runs nothing of the grid; clients reach the grid from here as outsiders.
+    pub client: Host,
+    /// The grid's working directory (logs under `log/`).
+    pub dir: PathBuf,
+    /// The exported reference root ([`Hypervisor::Qemu`] only).
+    pub root: Option<PathBuf>,
+    /// Prefix of the private /24, e.g. `10.113.1`.
+    pub prefix: String,
+    /// Names of domains this grid may have created start with this.
+    pub domain_prefix: String,
+    hypervisor: Hypervisor,
+    rest_prefix: String,
+    kernel: Option<PathBuf>,
+    coordinator: Option<Daemon>,
+    ganesha: Option<Daemon>,
+    agents: Vec<Option<Daemon>>,
+    libvirt_net: Option<String>,
+    keep: bool,
+    net: Network,
+    /// Held for a QEMU grid's life: those grids (tests, the demo) run one at a time.
+    _lock: Option<std::fs::File>,
+}
+
+/// `host`'s address with `port`. Network hosts always have IPv4 addresses.
+fn socket(host: &Host, port: u16) -> SocketAddr {
+    let ip: Ipv4Addr = host
+        .addr
+        .parse()
+        .expect("netns::Network gives every host an IPv4 address");
+    SocketAddr::from((ip, port))
+}
+
+/// Takes the machine-wide grid lock (flock on /run/napalm-grid-harness.lock), waiting.
+fn grid_lock() -> Result<std::fs::File, GridError> {
+    use std::os::fd::AsRawFd;
+    const LOCK: &str = "/run/napalm-grid-harness.lock";
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK)
+        .ctx(format!("opening {LOCK}"))?;
+    loop {
+        // SAFETY: flock on a descriptor we own; released when the file is closed.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(f);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e).ctx(format!("locking {LOCK}"));
+        }
+    }
+}
+
+fn ensure_libvirtd() -> Result<(), GridError> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("start")
+        .stdout(Stdio::null())
+        .output()
+        .ctx("running scripts/services start")?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(GridError::CommandFailed {
+            command: "scripts/services start (libvirtd is needed)".into(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+}
+
+fn virsh(args: &[&str]) -> Output {
+    Command::new("virsh")
+        .args(["-q", "-c", "qemu:///system"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| Output {
+            status: std::os::unix::process::ExitStatusExt::from_raw(1 << 8),
+            stdout: Vec::new(),
+            stderr: e.to_string().into_bytes(),
+        })
+}
+
+impl Grid {
+    /// Builds and starts everything; returns when every agent listens and, with a
+    /// coordinator, is registered with it. On failure everything started is torn down.
+    pub fn start(opts: GridOptions, domain_prefix: &str) -> Result<Grid, GridError> {
+        let qemu = opts.hypervisor == Hypervisor::Qemu;
+        let lock = if qemu { Some(grid_lock()?) } else { None };
+        if qemu {
+            ensure_libvirtd()?;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("napalm-grid-")
+            .tempdir()
+            .ctx("creating the grid directory")?
+            .keep();
+        for d in ["log", "ganesha", "state", "layers"] {
+            std::fs::create_dir_all(dir.join(d)).ctx(format!("creating {d}/ in the grid"))?;
+        }
+        let mut net = Network::new()?;
+        let server = net.host(1)?;
+        let client = net.host(2)?;
+        let mut agent_hosts = Vec::new();
+        for i in 0..opts.agents {
+            agent_hosts.push(net.host(11 + i as u8)?);
+        }
+        let prefix = net.prefix.clone();
+        let mut grid = Grid {
+            server,
+            agent_hosts,
+            client,
+            dir,
+            root: None,
+            prefix,
+            domain_prefix: domain_prefix.to_owned(),
+            hypervisor: opts.hypervisor,
+            rest_prefix: opts.rest_prefix.clone(),
+            kernel: None,
+            coordinator: None,
+            ganesha: None,
+            agents: Vec::new(),
+            libvirt_net: None,
+            keep: opts.keep,
+            net,
+            _lock: lock,
+        };
+        if qemu {
+            grid.prepare_clones(&opts)?;
+        }
+        if opts.coordinator {
+            grid.start_coordinator()?;
+        }
+        if qemu {
+            grid.start_ganesha()?;
+        }
+        for i in 0..grid.agent_hosts.len() {
+            grid.agents.push(None);
+            grid.start_agent(i)?;
+        }
+        for i in 0..grid.agent_hosts.len() {
+            grid.wait_agent_listens(i)?;
+        }
+        if opts.coordinator {
+            grid.wait_agents_registered()?;
+        }
+        Ok(grid)
+    }
+
+    /// What QEMU clones need before the daemons start: the reference root, the kernel, the
+    /// base image and the libvirt network on the clone bridge.
+    fn prepare_clones(&mut self, opts: &GridOptions) -> Result<(), GridError> {
+        std::fs::create_dir_all(&opts.cache)
+            .ctx(format!("creating the cache {}", opts.cache.display()))?;
+        self.root = Some(match &opts.root {
+            Some(r) => r.clone(),
+            None => rootfs::busybox_root(&opts.cache).map_err(|source| GridError::Root {
+                cache: opts.cache.clone(),
+                source,
+            })?,
+        });
+        let (kernel, kver) = guest_kernel()?;
+        base_image(&self.dir.join("base.img"), &kver)?;
+        self.kernel = Some(kernel);
+        let bridge = self.net.root_bridge()?;
+        let name = format!("napalm-{bridge}");
+        let xml = self.dir.join("net.xml");
+        std::fs::write(
+            &xml,
+            format!("<network><name>{name}</name><forward mode='bridge'/><bridge name='{bridge}'/></network>"),
+        )
+        .ctx(format!("writing {}", xml.display()))?;
+        let out = virsh(&["net-create", &xml.display().to_string()]);
+        if !out.status.success() {
+            return Err(GridError::CommandFailed {
+                command: format!("virsh net-create {}", xml.display()),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        self.libvirt_net = Some(name);
+        Ok(())
+    }
+
+    /// Waits until `napalmctl agents` lists every agent as ready (found by mDNS).
+    fn wait_agents_registered(&mut self) -> Result<(), GridError> {
+        let want = self.agent_hosts.len();
+        let mut last = String::new();
+        let ready = wait_for(Duration::from_secs(60), || {
+            let out = match self.napalmctl(&["--output", "json", "agents"]) {
+                Ok(o) => o,
+                Err(e) => {
+                    last = crate::error_chain(&e);
+                    return None;
+                }
+            };
+            last = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let n = v
+                .as_array()?
+                .iter()
+                .filter(|a| {
+                    a["state"]
+                        .as_str()
+                        .is_some_and(|s| s.eq_ignore_ascii_case("ready"))
+                })
+                .count();
+            (n >= want).then_some(())
+        });
+        match ready {
+            Some(()) => Ok(()),
+            None => Err(self.timeout(
+                format!("{want} agents did not register by mDNS (napalmctl agents: {last})"),
+                60,
+            )),
+        }
+    }
+
+    /// A [`GridError::Timeout`] for `what`, with the daemons' logs.
+    fn timeout(&mut self, what: String, secs: u64) -> GridError {
+        GridError::Timeout {
+            what,
+            secs,
+            logs: self.logs(),
+        }
+    }
+
+    /// The daemons' logs, each headed by its name and whether it still runs: for failure
+    /// messages.
+    pub fn logs(&mut self) -> String {
+        let mut daemons: Vec<(String, Option<&mut Daemon>)> = vec![
+            ("coordinator".into(), self.coordinator.as_mut()),
+            ("ganesha".into(), self.ganesha.as_mut()),
+        ];
+        for (i, a) in self.agents.iter_mut().enumerate() {
+            daemons.push((format!("agent{}", i + 1), a.as_mut()));
+        }
+        let mut s = String::new();
+        for (name, d) in daemons {
+            let Some(d) = d else { continue };
+            let state = match d.0.try_wait() {
+                Ok(Some(st)) => format!("exited: {st}"),
+                _ => "running".into(),
+            };
+            let text = std::fs::read_to_string(self.dir.join(format!("log/{name}.log")))
+                .unwrap_or_default();
+            s += &format!("--- {name} ({state}) ---\n{text}\n");
+        }
+        s
+    }
+
+    /// The coordinator's gRPC address, `ADDR:PORT`.
+    pub fn coordinator_addr(&self) -> String {
+        format!("{}:{GRPC}", self.server.addr)
+    }
+
+    /// The coordinator's gRPC socket address.
+    pub fn coordinator_grpc(&self) -> SocketAddr {
+        socket(&self.server, GRPC)
+    }
+
+    /// Agent `i`'s REST base URL, with the REST prefix.
+    pub fn agent_rest(&self, i: usize) -> String {
+        format!(
+            "http://{}:{AGENT_HTTP}{}",
+            self.agent_hosts[i].addr, self.rest_prefix
+        )
+    }
+
+    /// Agent `i`'s REST socket address.
+    pub fn agent_http(&self, i: usize) -> SocketAddr {
+        socket(&self.agent_hosts[i], AGENT_HTTP)
+    }
+
+    /// Agent `i`'s gRPC socket address.
+    pub fn agent_grpc(&self, i: usize) -> SocketAddr {
+        socket(&self.agent_hosts[i], AGENT_GRPC)
+    }
+
+    /// Agent `i`'s Ganglia XML socket address.
+    pub fn agent_ganglia(&self, i: usize) -> SocketAddr {
+        socket(&self.agent_hosts[i], AGENT_GANGLIA)
+    }
+
+    /// The address of clone `index` (1-based).
+    pub fn clone_addr(&self, index: u32) -> String {
+        format!("{}.{}", self.prefix, 100 + index)
+    }
+
+    /// Kills nfs-ganesha (SIGKILL, as a crash).
+    pub fn kill_ganesha(&mut self) {
+        if let Some(mut g) = self.ganesha.take() {
+            g.kill();
+        }
+    }
+
+    /// Kills agent `i` (SIGKILL).
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut a) = self.agents[i].take() {
+            a.kill();
+        }
+    }
+
+    /// Stops agent `i` as an operator would: SIGTERM, SIGKILL after `grace`.
+    pub fn stop_agent(&mut self, i: usize, grace: Duration) {
+        if let Some(mut a) = self.agents[i].take() {
+            a.stop(grace);
+        }
+    }
+
+    /// Whether agent `i` was started and has not exited.
+    pub fn agent_running(&mut self, i: usize) -> bool {
+        self.agents[i]
+            .as_mut()
+            .is_some_and(|a| matches!(a.0.try_wait(), Ok(None)))
+    }
+
+    /// Kills the coordinator (SIGKILL).
+    pub fn kill_coordinator(&mut self) {
+        if let Some(mut c) = self.coordinator.take() {
+            c.kill();
+        }
+    }
+
+    /// Restarts the coordinator on its registry.
+    pub fn restart_coordinator(&mut self) -> Result<(), GridError> {
+        self.kill_coordinator();
+        self.start_coordinator()
+    }
+
+    /// Cuts agent host `i` off the network, or heals it.
+    pub fn set_agent_link(&self, i: usize, up: bool) -> Result<(), GridError> {
+        Ok(self.net.set_link(&self.agent_hosts[i], up)?)
+    }
+
+    /// `napalmctl --coordinator SERVER` to run in the server namespace (add arguments).
+    pub fn napalmctl_command(&self) -> Result<Command, GridError> {
+        let bin = bins::napalmctl()?;
+        let mut c = self.server.command(bin);
+        c.args(["--coordinator", &self.coordinator_addr()])
+            .args(["--token", TOKEN])
+            // `domain --agent ID` asks the coordinator (NAPALM_TOKEN) for the agent's REST
+            // endpoint and calls the agent with --token.
+            .env("NAPALM_TOKEN", TOKEN)
+            .stdin(Stdio::null());
+        Ok(c)
+    }
+
+    /// Runs `napalmctl --coordinator SERVER ARGS` in the server namespace.
+    pub fn napalmctl(&self, args: &[&str]) -> Result<Output, GridError> {
+        self.napalmctl_command()?
+            .args(args)
+            .output()
+            .ctx(format!("running napalmctl {}", args.join(" ")))
+    }
+
+    /// The deployment's clones as napalmctl prints them in JSON.
+    pub fn clones(&self, deployment: &str) -> Result<Vec<serde_json::Value>, GridError> {
+        let args = ["clones", "--deployment", deployment, "--output", "json"];
+        let out = self.napalmctl(&args)?;
+        if !out.status.success() {
+            return Err(GridError::CommandFailed {
+                command: format!("napalmctl {}", args.join(" ")),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|source| GridError::Json {
+                what: "napalmctl clones".into(),
+                source,
+            })?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    }
+
+    /// Runs a shell command inside the clone at `addr` (its test shell on port 5000),
+    /// from the server namespace; returns what it printed.
+    pub fn clone_sh(
+        &self,
+        addr: &str,
+        script: &str,
+        timeout: Duration,
+    ) -> Result<String, GridError> {
+        let target = format!("{addr}:{}", rootfs::SHELL_PORT);
+        let target: SocketAddr = target.parse().map_err(|source| GridError::Address {
+            addr: target.clone(),
+            source,
+        })?;
+        let script = format!("{script}\nexit\n");
+        let what = format!("talking to the shell of {target}");
+        self.server
+            .spawn(move || -> Result<String, GridError> {
+                let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3))
+                    .ctx(format!("connecting to {target}"))?;
+                s.set_read_timeout(Some(timeout))
+                    .ctx(format!("setting a timeout on {target}"))?;
+                s.write_all(script.as_bytes())
+                    .ctx(format!("sending the script to {target}"))?;
+                let mut out = String::new();
+                s.read_to_string(&mut out)
+                    .ctx(format!("reading from {target}"))?;
+                Ok(out)
+            })?
+            .join()
+            .map_err(|_| GridError::Panicked { what })?
+    }
+
+    /// Waits until the clone's shell answers.
+    pub fn wait_clone_shell(&self, addr: &str, timeout: Duration) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if self
+                .clone_sh(addr, "echo alive", Duration::from_secs(15))
+                .is_ok_and(|o| o.contains("alive"))
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        false
+    }
+
+    /// Names of libvirt domains of this grid (none with [`Hypervisor::Test`]).
+    pub fn domains(&self) -> Vec<String> {
+        if self.hypervisor != Hypervisor::Qemu {
+            return Vec::new();
+        }
+        String::from_utf8_lossy(&virsh(&["list", "--all", "--name"]).stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|n| n.starts_with(&self.domain_prefix))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Grid {
+    fn drop(&mut self) {
+        for a in &mut self.agents {
+            if let Some(mut a) = a.take() {
+                a.kill();
+            }
+        }
+        self.kill_coordinator();
+        for d in self.domains() {
+            let _ = virsh(&["destroy", &d]);
+            let _ = virsh(&["undefine", &d]);
+        }
+        self.kill_ganesha();
+        if let Some(net) = &self.libvirt_net {
+            let _ = virsh(&["net-destroy", net]);
+        }
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("grid directory kept: {}", self.dir.display());
+        }
+    }
+}
