@@ -5,29 +5,47 @@
 //! switch_root, boot timings) and `napalm-mkinitramfs`, which builds the reproducible newc
 //! cpio image and appends differentiation layers.
 //!
-//! Must not touch: anything on the host at run time; it runs inside the guest. Mount and
-//! other syscalls go through [`syscall::Syscall`] so the logic is tested without root.
-//! Generating layers is the overlay crate's job; this crate only carries and mounts them.
+//! Must not touch: anything on the host at run time when it runs as PID 1 in the guest.
+//! Mounts, the network, hostname, `uname` and `/run/napalm` go through `syscall::Syscall`
+//! so the boot is tested without root. Generating layers is the overlay crate's job; this
+//! crate only carries and mounts them.
 //!
-//! Map: [`rootspec`] (root= grammar), [`ip`] (ip=, nameserver=), [`cmdline`] (the kernel
-//! command line), [`fsloader`] (one module per root type), [`whiteout`] (portable →
-//! overlayfs whiteouts), [`union`] (assembly), [`unpack`] (unpack=), [`modules`]
-//! (modules.dep), [`net`] (interfaces, DHCPv4), [`timings`], [`init`] (the PID 1 flow),
-//! [`cpio`] and [`image`] (the builder).
+//! Features: `guest` (default) is the PID-1 code, needed by `napalm-init`. A host program
+//! (the coordinator) uses `default-features = false` and gets the grammar — `rootspec`
+//! (root=), `ip` (ip=, nameserver=), `cmdline` (the command line, parsed as `BootConfig`
+//! or built as `KernelCmdline`) — and the builder: `cpio`, `image`, `modules`
+//! (modules.dep). `testing` adds `testing::static_init`, the static napalm-init for QEMU
+//! tests.
+//!
+//! Guest map: `fsloader` (one module per root type), `whiteout` (portable → overlayfs
+//! whiteouts), `union` (assembly), `unpack` (unpack=), `net` (interfaces, DHCPv4),
+//! `timings`, `syscall` (the machine edge), `init` (the PID 1 flow, step by step).
 
+// Host-usable: the grammar of the command line, the image builder. The coordinator depends
+// with `default-features = false` and links only these.
 pub mod cmdline;
 pub mod cpio;
-pub mod fsloader;
 pub mod image;
-pub mod init;
 pub mod ip;
 pub mod modules;
-pub mod net;
 pub mod rootspec;
-pub mod syscall;
-pub mod timings;
-pub mod union;
-pub mod unpack;
-pub mod whiteout;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+// Guest-only (feature `guest`, on by default): what napalm-init does as PID 1.
+#[cfg(feature = "guest")]
+pub mod fsloader;
+#[cfg(feature = "guest")]
+pub mod init;
+#[cfg(feature = "guest")]
+pub mod net;
+#[cfg(feature = "guest")]
+pub mod syscall;
+#[cfg(feature = "guest")]
+pub mod timings;
+#[cfg(feature = "guest")]
+pub mod union;
+#[cfg(feature = "guest")]
+pub mod unpack;
+#[cfg(feature = "guest")]
+pub mod whiteout;

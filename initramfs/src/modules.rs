@@ -1,9 +1,12 @@
 //! Kernel modules: `modules.dep` parsing and dependency order (for the builder), and
 //! loading the image's modules in that order with finit_module (for napalm-init).
 
+#[cfg(feature = "guest")]
 use crate::syscall::Syscall;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+#[cfg(feature = "guest")]
+use std::path::Path;
+use std::path::PathBuf;
 use thiserror::Error;
 
 /// The file in the image listing module paths (relative to `/lib/modules/<ver>`) in load order.
@@ -116,6 +119,7 @@ impl ModDep {
     }
 }
 
+#[cfg(feature = "guest")]
 /// Loads `names` (those the image carries) and their dependencies, dependencies first,
 /// using the image's `<dir>/modules.dep`; returns the files loaded and the seconds each took.
 pub fn load_needed(
@@ -150,6 +154,7 @@ pub fn load_needed(
     Ok(loaded)
 }
 
+#[cfg(feature = "guest")]
 /// Loads every module listed in `<dir>/napalm.order`, in order; returns how many.
 pub fn load_all(sys: &dyn Syscall, dir: &Path) -> Result<usize, ModuleError> {
     let order = dir.join(ORDER_FILE);
@@ -179,6 +184,7 @@ pub fn load_all(sys: &dyn Syscall, dir: &Path) -> Result<usize, ModuleError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "guest")]
     use crate::syscall::RecordingSyscall;
 
     const DEP: &str = "kernel/fs/nfs/nfs.ko: kernel/fs/lockd/lockd.ko kernel/fs/nfs_common/grace.ko kernel/net/sunrpc/sunrpc.ko kernel/fs/fscache/fscache.ko kernel/fs/netfs/netfs.ko
@@ -225,6 +231,7 @@ kernel/fs/overlayfs/overlay.ko:
         assert_eq!(module_name("a/b/virtio_net.ko.zst"), "virtio_net");
     }
 
+    #[cfg(feature = "guest")]
     #[test]
     fn loads_only_what_is_needed() {
         let d = tempfile::tempdir().unwrap();
@@ -244,6 +251,7 @@ kernel/fs/overlayfs/overlay.ko:
         );
     }
 
+    #[cfg(feature = "guest")]
     #[test]
     fn loads_in_order_file_order() {
         let d = tempfile::tempdir().unwrap();
