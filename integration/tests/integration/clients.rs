@@ -1,8 +1,9 @@
 //! Real clients that no Napalm code wrote, one per interface, against the real daemons:
-//! `napalm-agent` (libvirt `test:///default`) and `napalm-coordinator` (embedded store, agents
-//! found over mDNS) run as processes in their own network namespaces on a private bridge
-//! (host 2 and host 1); every client runs in a third namespace (host 3), so all traffic,
-//! multicast included, crosses that private network and nothing touches a real interface.
+//! the library's [`Grid`] with [`Hypervisor::Test`]: `napalm-agent` (libvirt `test:///default`,
+//! REST under `/napalm`) and `napalm-coordinator` (embedded store, agents found over mDNS)
+//! run as processes in their own network namespaces on a private bridge (an agent host and
+//! the server); every client runs in the grid's client namespace, so all traffic, multicast
+//! included, crosses that private network and nothing touches a real interface.
 //!
 //! - REST: `curl` creates a domain from a `tar`-made archive, reads it as XML and JSON,
 //!   fetches a file, changes its state, deletes it; wrong or missing tokens get 401.
@@ -25,17 +26,15 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use napalm_integration::bins;
-use napalm_integration::netns::{Host, Network};
+use napalm_integration::error_chain;
+use napalm_integration::grid::{
+    Grid, GridOptions, Hypervisor, AGENT_GANGLIA, AGENT_GRPC, AGENT_HTTP, GRPC as COORD_GRPC,
+    TOKEN,
+};
+use napalm_integration::netns::Host;
 use napalm_integration::proc::{wait_for, Daemon};
 use serde_json::Value;
 
-const TOKEN: &str = "clients-test-token-4f1c9a";
-const AGENT_HTTP: u16 = 8480;
-const AGENT_GRPC: u16 = 8481;
-const AGENT_GANGLIA: u16 = 8649;
-const COORD_GRPC: u16 = 7700;
-const COORD_HTTP: u16 = 7780;
 /// Debian's interpreter: python3-grpcio and python3-grpc-tools install for it (a pyenv or
 /// venv `python3` earlier on PATH would not see them).
 const PYTHON: &str = "/usr/bin/python3";
@@ -57,14 +56,6 @@ fn exec(host: &Host, secs: u32, program: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {program} in {}: {e}", host.ns))
 }
 
-/// Whether `addr` accepts TCP connections, tried from inside `from`'s namespace.
-fn port_open(from: &Host, addr: SocketAddr) -> bool {
-    from.spawn(move || TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok())
-        .expect("enter namespace")
-        .join()
-        .unwrap_or(false)
-}
-
 /// Everything `addr` sends before closing, read from inside `from`'s namespace.
 fn read_all(from: &Host, addr: SocketAddr) -> Option<String> {
     from.spawn(move || {
@@ -80,140 +71,50 @@ fn read_all(from: &Host, addr: SocketAddr) -> Option<String> {
     .flatten()
 }
 
-/// The private network with the daemons on it: coordinator on host 1, agent on host 2,
-/// clients on host 3. Fields drop in order: daemons first, then namespaces, then files.
-struct Grid {
-    agent: Daemon,
-    coordinator: Option<Daemon>,
-    _net: Network,
-    coord_host: Host,
-    agent_host: Host,
-    client: Host,
-    dir: tempfile::TempDir,
+/// The grid these tests need: one agent on libvirt's test driver with its REST API under
+/// `/napalm`, the coordinator if asked, and the client host every client runs in.
+fn start(with_coordinator: bool) -> Grid {
+    let opts = GridOptions {
+        agents: 1,
+        hypervisor: Hypervisor::Test,
+        coordinator: with_coordinator,
+        rest_prefix: "/napalm".into(),
+        ..Default::default()
+    };
+    Grid::start(opts, "c-").unwrap_or_else(|e| panic!("starting the grid: {}", error_chain(&e)))
 }
 
-impl Grid {
-    /// Starts the agent (and, if asked, the coordinator) and waits until they listen.
-    fn start(with_coordinator: bool) -> Self {
-        let mut net = Network::new().expect("private network");
-        let coord_host = net.host(1).expect("coordinator host");
-        let agent_host = net.host(2).expect("agent host");
-        let client = net.host(3).expect("client host");
-        let dir = tempfile::tempdir().expect("temp dir");
+/// What these tests ask of the grid, in their words.
+trait ClientsGrid {
+    /// The agent's address with `port`.
+    fn agent_addr(&self, port: u16) -> SocketAddr;
+    /// The coordinator's address with `port`.
+    fn coord_addr(&self, port: u16) -> SocketAddr;
+    /// The agent's REST URL of `path`.
+    fn rest(&self, path: &str) -> String;
+    /// Fails the test with `why` and the daemons' logs.
+    fn fail(&mut self, why: &str) -> !;
+    /// Checks a condition, showing the daemons' logs when it does not hold.
+    fn check(&mut self, ok: bool, why: impl FnOnce() -> String);
+}
 
-        let at = |port: u16| format!("{}:{port}", agent_host.addr);
-        let agent = agent_host
-            .command(bins::agent().expect("napalm-agent binary"))
-            .args(["--uri", "test:///default", "--prefix", "/napalm"])
-            .arg("--state-dir")
-            .arg(dir.path().join("agent"))
-            .args(["--token", TOKEN])
-            .args(["--http-listen", &at(AGENT_HTTP)])
-            .args(["--grpc-listen", &at(AGENT_GRPC)])
-            .args(["--ganglia-listen", &at(AGENT_GANGLIA)])
-            .args(["--mdns-interface", &agent_host.iface])
-            .args(["--shutdown-timeout", "1"])
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log(dir.path(), "agent.log"))
-            .spawn()
-            .expect("spawn napalm-agent");
-        let agent = Daemon(agent);
-
-        let coordinator = with_coordinator.then(|| {
-            let ct = |port: u16| format!("{}:{port}", coord_host.addr);
-            let d = dir.path();
-            let c = coord_host
-                .command(bins::coordinator().expect("napalm-coordinator binary"))
-                .args([
-                    "--listen",
-                    &ct(COORD_GRPC),
-                    "--http-listen",
-                    &ct(COORD_HTTP),
-                ])
-                .arg("--store")
-                .arg(d.join("registry.redb"))
-                .arg("--secret-file")
-                .arg(d.join("secret"))
-                .arg("--layers-dir")
-                .arg(d.join("layers"))
-                .args(["--agent-token", TOKEN])
-                .args(["--api-token", TOKEN])
-                .args(["--mdns-interface", &coord_host.iface])
-                .env("NO_COLOR", "1")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log(d, "coordinator.log"))
-                .spawn()
-                .expect("spawn napalm-coordinator");
-            Daemon(c)
-        });
-
-        let mut grid = Self {
-            agent,
-            coordinator,
-            _net: net,
-            coord_host,
-            agent_host,
-            client,
-            dir,
-        };
-        let mut wanted = vec![grid.agent_addr(AGENT_HTTP), grid.agent_addr(AGENT_GRPC)];
-        if grid.coordinator.is_some() {
-            wanted.push(grid.coord_addr(COORD_GRPC));
-        }
-        for addr in wanted {
-            let up = wait_for(Duration::from_secs(30), || {
-                port_open(&grid.client, addr).then_some(())
-            });
-            if up.is_none() {
-                grid.fail(&format!("{addr} did not listen within 30 s"));
-            }
-        }
-        grid
-    }
-
+impl ClientsGrid for Grid {
     fn agent_addr(&self, port: u16) -> SocketAddr {
-        format!("{}:{port}", self.agent_host.addr)
-            .parse()
-            .expect("address")
+        SocketAddr::new(self.agent_http(0).ip(), port)
     }
 
     fn coord_addr(&self, port: u16) -> SocketAddr {
-        format!("{}:{port}", self.coord_host.addr)
-            .parse()
-            .expect("address")
+        SocketAddr::new(self.coordinator_grpc().ip(), port)
     }
 
     fn rest(&self, path: &str) -> String {
-        format!("http://{}/napalm{path}", self.agent_addr(AGENT_HTTP))
-    }
-
-    /// The daemons' logs, for failure messages.
-    fn logs(&mut self) -> String {
-        let mut s = String::new();
-        for (name, d) in [
-            ("agent", Some(&mut self.agent)),
-            ("coordinator", self.coordinator.as_mut()),
-        ] {
-            let Some(d) = d else { continue };
-            let state = match d.0.try_wait() {
-                Ok(Some(st)) => format!("exited: {st}"),
-                _ => "running".into(),
-            };
-            let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
-                .unwrap_or_default();
-            s += &format!("--- {name} ({state}) ---\n{text}\n");
-        }
-        s
+        format!("{}{path}", self.agent_rest(0))
     }
 
     fn fail(&mut self, why: &str) -> ! {
         panic!("{why}\n{}", self.logs())
     }
 
-    /// Checks a condition, showing the daemons' logs when it does not hold.
     fn check(&mut self, ok: bool, why: impl FnOnce() -> String) {
         if !ok {
             let why = why();
@@ -238,8 +139,8 @@ static CURL_N: AtomicU32 = AtomicU32::new(0);
 /// Runs `curl` in the client namespace; `args` come before the URL.
 fn curl(g: &Grid, args: &[&str], url: &str) -> Reply {
     let n = CURL_N.fetch_add(1, Ordering::SeqCst);
-    let body = g.dir.path().join(format!("curl-{n}.body"));
-    let headers = g.dir.path().join(format!("curl-{n}.headers"));
+    let body = g.dir.join(format!("curl-{n}.body"));
+    let headers = g.dir.join(format!("curl-{n}.headers"));
     let (b, h) = (body.display().to_string(), headers.display().to_string());
     let mut all = vec![
         "-sS",
@@ -270,11 +171,14 @@ fn curl(g: &Grid, args: &[&str], url: &str) -> Reply {
     }
 }
 
-const AUTH: &str = "Authorization: Bearer clients-test-token-4f1c9a";
+/// The header that carries the grid's token.
+fn auth() -> String {
+    format!("Authorization: Bearer {TOKEN}")
+}
 
 /// The agent's id, as `/about.json` tells it.
 fn agent_id(g: &Grid) -> String {
-    let r = curl(g, &["-H", AUTH], &g.rest("/about.json"));
+    let r = curl(g, &["-H", &auth()], &g.rest("/about.json"));
     assert_eq!(r.code, 200, "{}", r.body);
     let v: Value = serde_json::from_str(&r.body).expect("about.json is JSON");
     let id = v["agent_id"].as_str().expect("agent_id").to_owned();
@@ -309,11 +213,11 @@ fn domain_archive(dir: &Path, name: &str) -> PathBuf {
 
 /// Creates domain `name` with `curl -T` and checks the 201 answer.
 fn create_with_curl(g: &Grid, name: &str) {
-    let archive = domain_archive(g.dir.path(), name);
+    let archive = domain_archive(&g.dir, name);
     let archive = archive.display().to_string();
     let r = curl(
         g,
-        &["-H", AUTH, "-T", &archive],
+        &["-H", &auth(), "-T", &archive],
         &g.rest(&format!("/domain/{name}")),
     );
     assert_eq!(r.code, 201, "create: {}", r.body);
@@ -334,7 +238,7 @@ fn create_with_curl(g: &Grid, name: &str) {
 
 #[test]
 fn curl_drives_the_agent_rest_api() {
-    let mut g = Grid::start(false);
+    let mut g = start(false);
     let about = g.rest("/about");
 
     // No token, a wrong token: 401 with the Bearer challenge and an error document.
@@ -356,7 +260,7 @@ fn curl_drives_the_agent_rest_api() {
     );
     let r = curl(&g, &["-H", "Authorization: Bearer wrong"], &about);
     assert_eq!(r.code, 401);
-    let r = curl(&g, &["-H", AUTH], &about);
+    let r = curl(&g, &["-H", &auth()], &about);
     assert_eq!(r.code, 200);
     assert!(r.body.contains("<name>napalm-agent</name>"), "{}", r.body);
     assert!(r
@@ -367,7 +271,7 @@ fn curl_drives_the_agent_rest_api() {
     create_with_curl(&g, "c-rest");
 
     // Read it back as XML (default) and JSON.
-    let r = curl(&g, &["-H", AUTH], &g.rest("/domain/c-rest"));
+    let r = curl(&g, &["-H", &auth()], &g.rest("/domain/c-rest"));
     assert_eq!(r.code, 200);
     assert!(r.body.contains("<state>running</state>"), "{}", r.body);
     assert!(r.body.contains("<vcpus>1</vcpus>"), "{}", r.body);
@@ -379,7 +283,7 @@ fn curl_drives_the_agent_rest_api() {
     );
     let r = curl(
         &g,
-        &["-H", AUTH, "-H", "Accept: application/json"],
+        &["-H", &auth(), "-H", "Accept: application/json"],
         &g.rest("/domain/c-rest"),
     );
     assert_eq!(r.code, 200);
@@ -402,7 +306,7 @@ fn curl_drives_the_agent_rest_api() {
     );
 
     // A file referenced by config.xml comes back byte for byte.
-    let r = curl(&g, &["-H", AUTH], &g.rest("/domain/c-rest/vmlinuz"));
+    let r = curl(&g, &["-H", &auth()], &g.rest("/domain/c-rest/vmlinuz"));
     assert_eq!((r.code, r.body.as_str()), (200, "kernel of c-rest\n"));
 
     // Change state: one PUT of status.xml; a nonsense state is a 400 naming it.
@@ -411,7 +315,7 @@ fn curl_drives_the_agent_rest_api() {
         &g,
         &[
             "-H",
-            AUTH,
+            &auth(),
             "-X",
             "PUT",
             "--data-binary",
@@ -425,7 +329,7 @@ fn curl_drives_the_agent_rest_api() {
         &g,
         &[
             "-H",
-            AUTH,
+            &auth(),
             "-X",
             "PUT",
             "--data-binary",
@@ -439,13 +343,13 @@ fn curl_drives_the_agent_rest_api() {
         "{}",
         r.body
     );
-    let r = curl(&g, &["-H", AUTH], &g.rest("/domain/c-rest/status.json"));
+    let r = curl(&g, &["-H", &auth()], &g.rest("/domain/c-rest/status.json"));
     assert_eq!(r.code, 200);
     let v: Value = serde_json::from_str(&r.body).expect("status JSON");
     assert_eq!(v["state"], "shutoff");
 
     // The listing has it, with the shutoff state.
-    let r = curl(&g, &["-H", AUTH], &g.rest("/domains.xml"));
+    let r = curl(&g, &["-H", &auth()], &g.rest("/domains.xml"));
     assert_eq!(r.code, 200);
     assert!(
         r.body
@@ -455,20 +359,20 @@ fn curl_drives_the_agent_rest_api() {
     );
 
     // Delete: 204, then 404 for the domain and for a second delete.
-    let r = curl(&g, &["-H", AUTH, "-X", "DELETE"], &g.rest("/domain/c-rest"));
+    let r = curl(&g, &["-H", &auth(), "-X", "DELETE"], &g.rest("/domain/c-rest"));
     assert_eq!(r.code, 204, "{}", r.body);
-    let r = curl(&g, &["-H", AUTH], &g.rest("/domain/c-rest"));
+    let r = curl(&g, &["-H", &auth()], &g.rest("/domain/c-rest"));
     assert_eq!(r.code, 404, "{}", r.body);
-    let r = curl(&g, &["-H", AUTH, "-X", "DELETE"], &g.rest("/domain/c-rest"));
+    let r = curl(&g, &["-H", &auth(), "-X", "DELETE"], &g.rest("/domain/c-rest"));
     assert_eq!(r.code, 404, "{}", r.body);
     let r = curl(
         &g,
-        &["-H", AUTH, "-H", "Accept: application/json"],
+        &["-H", &auth(), "-H", "Accept: application/json"],
         &g.rest("/domains.json"),
     );
     assert_eq!(r.code, 200);
     assert!(!r.body.contains("c-rest"), "{}", r.body);
-    let alive = g.agent.0.try_wait().ok().flatten().is_none();
+    let alive = g.agent_running(0);
     g.check(alive, || "the agent exited".into());
 }
 
@@ -572,8 +476,8 @@ fn run_client(g: &mut Grid, stubs: &Path, script: &Path, domain: &str) -> Value 
 
 #[test]
 fn python_grpcio_stubs_from_proto_talk_to_agent_and_coordinator() {
-    let mut g = Grid::start(true);
-    let stubs = g.dir.path().join("stubs");
+    let mut g = start(true);
+    let stubs = g.dir.join("stubs");
     generate_stubs(&stubs);
     let script = repo_root().join("integration/clients/grpc_client.py");
     let id = agent_id(&g);
@@ -778,14 +682,14 @@ impl Avahi {
 
 #[test]
 fn avahi_browse_sees_the_agent_and_the_coordinator() {
-    let mut g = Grid::start(true);
+    let mut g = start(true);
     let id = agent_id(&g);
-    let avahi_dir = g.dir.path().join("avahi");
+    let avahi_dir = g.dir.join("avahi");
     std::fs::create_dir_all(&avahi_dir).expect("mkdir");
     let avahi = Avahi::start(&g.client, &avahi_dir);
 
     // `=;IFACE;IPv4;NAME;TYPE;DOMAIN;HOST;ADDRESS;PORT;"k=v" "k=v"...`
-    let grpc = format!(";{};{AGENT_GRPC};", g.agent_host.addr);
+    let grpc = format!(";{};{AGENT_GRPC};", g.agent_hosts[0].addr);
     let line = avahi.resolve(&g.client, "_napalm._tcp", &grpc, 40);
     let Some(line) = line else {
         let avahi_log = std::fs::read_to_string(avahi_dir.join("avahi.log")).unwrap_or_default();
@@ -810,13 +714,13 @@ fn avahi_browse_sees_the_agent_and_the_coordinator() {
         assert!(line.contains(k), "TXT lacks {k}: {line}");
     }
 
-    let http = format!(";{};{AGENT_HTTP};", g.agent_host.addr);
+    let http = format!(";{};{AGENT_HTTP};", g.agent_hosts[0].addr);
     let line = avahi.resolve(&g.client, "_napalm-http._tcp", &http, 20);
     g.check(line.is_some(), || {
         "avahi-browse never resolved _napalm-http._tcp".into()
     });
 
-    let coord = format!(";{};{COORD_GRPC};", g.coord_host.addr);
+    let coord = format!(";{};{COORD_GRPC};", g.server.addr);
     let line = avahi.resolve(&g.client, "_napalm-coord._tcp", &coord, 20);
     g.check(line.is_some(), || {
         "avahi-browse never resolved the coordinator's _napalm-coord._tcp".into()
@@ -825,8 +729,8 @@ fn avahi_browse_sees_the_agent_and_the_coordinator() {
     // What avahi resolved is the real endpoint: curl it from the same host.
     let r = curl(
         &g,
-        &["-H", AUTH],
-        &format!("http://{}:{AGENT_HTTP}/napalm/about", g.agent_host.addr),
+        &["-H", &auth()],
+        &format!("http://{}:{AGENT_HTTP}/napalm/about", g.agent_hosts[0].addr),
     );
     assert_eq!(r.code, 200);
     assert!(
@@ -836,7 +740,7 @@ fn avahi_browse_sees_the_agent_and_the_coordinator() {
     );
 
     // Goodbye: when the agent stops, avahi drops its services.
-    g.agent.stop(Duration::from_secs(10));
+    g.stop_agent(0, Duration::from_secs(10));
     let gone = wait_for(Duration::from_secs(20), || {
         let out = g
             .client
@@ -855,10 +759,10 @@ fn avahi_browse_sees_the_agent_and_the_coordinator() {
 
 #[test]
 fn gmetad_polls_the_agent_ganglia_xml() {
-    let mut g = Grid::start(false);
+    let mut g = start(false);
     create_with_curl(&g, "c-gmond");
 
-    let dir = g.dir.path().join("gmetad");
+    let dir = g.dir.join("gmetad");
     std::fs::create_dir_all(dir.join("rrds")).expect("mkdir");
     let conf = format!(
         "data_source \"napalm\" 1 {}\ngridname \"napalm-clients\"\nsetuid off\n\
