@@ -44,6 +44,9 @@ pub enum GridError {
     /// The base initramfs could not be built.
     #[error("building the base initramfs")]
     Image(#[source] napalm_initramfs::image::ImageError),
+    /// The static napalm-init could not be built.
+    #[error("building the static napalm-init")]
+    StaticInit(#[source] napalm_initramfs::testing::StaticInitError),
     /// The reference root could not be built.
     #[error("building the reference root under {}", .cache.display())]
     Root {

@@ -2,10 +2,8 @@
 //! (static napalm-init + default modules) the coordinator ships to every agent.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use super::error::{Ctx, GridError};
-use crate::bins;
 
 /// The guest kernel (`/boot/vmlinuz-*`, the newest) and its version.
 pub fn guest_kernel() -> Result<(PathBuf, String), GridError> {
@@ -30,52 +28,13 @@ pub fn guest_kernel() -> Result<(PathBuf, String), GridError> {
     Ok((k, ver))
 }
 
-/// The static napalm-init, built once into `target/napalm-static` (shared with the
-/// initramfs crate's tests).
-pub fn static_init() -> Result<PathBuf, GridError> {
-    if let Ok(p) = std::env::var("NAPALM_STATIC_INIT") {
-        return Ok(PathBuf::from(p));
-    }
-    let profile = bins::profile_dir();
-    let target = profile
-        .parent()
-        .map(|t| t.join("napalm-static"))
-        .unwrap_or_else(|| profile.join("napalm-static"));
-    let bin = target.join("x86_64-unknown-linux-gnu/release/napalm-init");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["build", "--release", "--offline", "-p", "napalm-initramfs"])
-        .args([
-            "--bin",
-            "napalm-init",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-        ])
-        .env("CARGO_TARGET_DIR", &target)
-        .env(
-            "RUSTFLAGS",
-            "-C target-feature=+crt-static -C strip=symbols",
-        )
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ctx("running cargo for the static napalm-init")?;
-    if !out.status.success() || !bin.exists() {
-        return Err(GridError::CommandFailed {
-            command: "cargo build --release -p napalm-initramfs --bin napalm-init (static)".into(),
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        });
-    }
-    Ok(bin)
-}
-
-/// Writes the base initramfs (static init + default modules) for `kernel_version`.
+/// Writes the base initramfs for `kernel_version`: the static napalm-init (built once by
+/// `napalm_initramfs::testing`) and the default modules.
 pub fn base_image(out: &Path, kernel_version: &str) -> Result<(), GridError> {
     use napalm_initramfs::image::{build, default_modules, Compression, ImageSpec};
     let (modules, optional) = default_modules(false);
     let spec = ImageSpec {
-        init: static_init()?,
+        init: napalm_initramfs::testing::static_init().map_err(GridError::StaticInit)?,
         kernel_config: Some(PathBuf::from(format!("/boot/config-{kernel_version}"))),
         kernel_version: kernel_version.to_owned(),
         modules_root: PathBuf::from("/lib/modules"),

@@ -24,7 +24,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub use error::GridError;
-pub use guest::{base_image, guest_kernel, static_init};
+pub use guest::{base_image, guest_kernel};
 
 use crate::bins;
 use crate::netns::{Host, Network};
