@@ -107,7 +107,10 @@ impl Grid {
         self.coordinator = Some(Daemon(child));
         if !listens(&self.server, &self.server, GRPC, 30)? {
             return Err(self.timeout(
-                format!("napalm-coordinator did not listen on {}", self.coordinator_addr()),
+                format!(
+                    "napalm-coordinator did not listen on {}",
+                    self.coordinator_addr()
+                ),
                 30,
             ));
         }

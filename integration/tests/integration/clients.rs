@@ -28,8 +28,7 @@ use std::time::{Duration, Instant};
 
 use napalm_integration::error_chain;
 use napalm_integration::grid::{
-    Grid, GridOptions, Hypervisor, AGENT_GANGLIA, AGENT_GRPC, AGENT_HTTP, GRPC as COORD_GRPC,
-    TOKEN,
+    Grid, GridOptions, Hypervisor, AGENT_GANGLIA, AGENT_GRPC, AGENT_HTTP, GRPC as COORD_GRPC, TOKEN,
 };
 use napalm_integration::netns::Host;
 use napalm_integration::proc::{wait_for, Daemon};
@@ -359,11 +358,19 @@ fn curl_drives_the_agent_rest_api() {
     );
 
     // Delete: 204, then 404 for the domain and for a second delete.
-    let r = curl(&g, &["-H", &auth(), "-X", "DELETE"], &g.rest("/domain/c-rest"));
+    let r = curl(
+        &g,
+        &["-H", &auth(), "-X", "DELETE"],
+        &g.rest("/domain/c-rest"),
+    );
     assert_eq!(r.code, 204, "{}", r.body);
     let r = curl(&g, &["-H", &auth()], &g.rest("/domain/c-rest"));
     assert_eq!(r.code, 404, "{}", r.body);
-    let r = curl(&g, &["-H", &auth(), "-X", "DELETE"], &g.rest("/domain/c-rest"));
+    let r = curl(
+        &g,
+        &["-H", &auth(), "-X", "DELETE"],
+        &g.rest("/domain/c-rest"),
+    );
     assert_eq!(r.code, 404, "{}", r.body);
     let r = curl(
         &g,

@@ -221,11 +221,7 @@ fn stateful_state_survives_a_reboot_stateless_does_not_and_nothing_leaks() {
             .expect("read marker");
         assert!(out.contains("absent"), "{a}: {out}");
     }
-    assert_eq!(
-        listing(&root),
-        before,
-        "a clone wrote into the server root"
-    );
+    assert_eq!(listing(&root), before, "a clone wrote into the server root");
 
     let boot_id = |a: &str| {
         g.clone_sh(
@@ -280,11 +276,7 @@ fn stateful_state_survives_a_reboot_stateless_does_not_and_nothing_leaks() {
     assert_ne!(boot_id(&l1), boots[0], "stateless clone did not reboot");
     assert_ne!(boot_id(&f1), boots[1], "stateful clone did not reboot");
     assert!(g.dir.join("state/gridmf/gridmf-01/upper.img").exists());
-    assert_eq!(
-        listing(&root),
-        before,
-        "a clone wrote into the server root"
-    );
+    assert_eq!(listing(&root), before, "a clone wrote into the server root");
 }
 
 /// `napalmctl ... -o json` parsed, or a panic with what it said.
