@@ -20,6 +20,8 @@
 
 pub mod archive;
 pub mod blobs;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod core;
 pub mod error;
 pub mod events;

@@ -7,16 +7,22 @@ use crate::error::{AgentError, Result};
 /// Names under `/domain/NAME/` that are the agent's own resources, never domain files.
 pub const RESERVED_FILES: &[&str] = &["config.xml", "status.xml", "status.json", "archive.tar.gz"];
 
-/// Checks a domain name: 1–64 characters of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
-pub fn check_domain_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
+/// The domain name rule, shared by the agent and its clients: 1–64 characters of
+/// `[A-Za-z0-9._-]`, not starting with `.` or `-` — so a name is one path segment that
+/// never climbs (`..`) or hides (`.x`), and never reads as a flag (`-x`).
+pub fn is_domain_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 64
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         && !name.starts_with('.')
-        && !name.starts_with('-');
-    if ok {
+        && !name.starts_with('-')
+}
+
+/// Checks a domain name with [`is_domain_name`]; the error quotes it and states the rule.
+pub fn check_domain_name(name: &str) -> Result<()> {
+    if is_domain_name(name) {
         Ok(())
     } else {
         Err(AgentError::invalid(

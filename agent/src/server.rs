@@ -38,6 +38,45 @@ pub struct ServeConfig {
     pub tls: Option<crate::tls::TlsFiles>,
 }
 
+impl ServeConfig {
+    /// An agent for tests and benches on one machine: libvirt's `test:///default`, the
+    /// REST prefix `/napalm` without a token, REST, gRPC and Ganglia on ephemeral
+    /// `127.0.0.1` ports, no mDNS, no coordinator, no TLS, reconciliation only at start
+    /// (hourly), a 200 ms shutdown timeout, 1 MiB request bodies and archives unpacking to
+    /// at most 64 entries and 16 MiB. Every field is public: set `rest.token`,
+    /// `coordinator`, `core.limits`… on the result.
+    pub fn loopback(state_dir: impl Into<std::path::PathBuf>) -> Self {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            core: CoreConfig {
+                state_dir: state_dir.into(),
+                policy: crate::policy::Policy::default(),
+                limits: crate::archive::Limits {
+                    max_entries: 64,
+                    max_total_bytes: 16 << 20,
+                },
+                shutdown_timeout: Duration::from_millis(200),
+            },
+            rest: RestConfig {
+                prefix: "/napalm".into(),
+                token: None,
+                max_archive_bytes: 1 << 20,
+                max_file_bytes: 1 << 20,
+                max_xml_bytes: 64 << 10,
+                libvirt_uri: "test:///default".into(),
+            },
+            http_listen: any_port,
+            grpc_listen: Some(any_port),
+            reconcile_every: Duration::from_secs(3600),
+            ganglia_listen: Some(any_port),
+            mdns_interfaces: Vec::new(),
+            coordinator: None,
+            coordinator_token: None,
+            tls: None,
+        }
+    }
+}
+
 /// A running agent: its addresses and core, for tests and the binary.
 pub struct Running {
     /// The core.

@@ -1,14 +1,9 @@
 //! Shared helpers: an in-process agent on `test:///default`, archives (honest and hostile).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use napalm_agent::archive::Limits;
-use napalm_agent::core::CoreConfig;
 use napalm_agent::hypervisor::libvirt::Libvirt;
 use napalm_agent::hypervisor::Hypervisor;
-use napalm_agent::policy::Policy;
-use napalm_agent::rest::RestConfig;
 use napalm_agent::server::{self, Running, ServeConfig};
 
 pub const TOKEN: &str = "test-token-0123456789";
@@ -34,34 +29,11 @@ pub struct TestAgent {
     pub agent_id: Option<String>,
 }
 
+/// [`ServeConfig::loopback`] with the given REST/gRPC token.
 pub fn config(state: &std::path::Path, token: Option<&str>) -> ServeConfig {
-    ServeConfig {
-        core: CoreConfig {
-            state_dir: state.to_owned(),
-            policy: Policy::default(),
-            limits: Limits {
-                max_entries: 64,
-                max_total_bytes: 16 << 20,
-            },
-            shutdown_timeout: Duration::from_millis(200),
-        },
-        rest: RestConfig {
-            prefix: "/napalm".into(),
-            token: token.map(str::to_owned),
-            max_archive_bytes: 1 << 20,
-            max_file_bytes: 1 << 20,
-            max_xml_bytes: 64 << 10,
-            libvirt_uri: "test:///default".into(),
-        },
-        http_listen: "127.0.0.1:0".parse().expect("addr"),
-        grpc_listen: Some("127.0.0.1:0".parse().expect("addr")),
-        reconcile_every: Duration::from_secs(3600),
-        ganglia_listen: Some("127.0.0.1:0".parse().expect("addr")),
-        mdns_interfaces: Vec::new(),
-        coordinator: None,
-        coordinator_token: None,
-        tls: None,
-    }
+    let mut cfg = ServeConfig::loopback(state);
+    cfg.rest.token = token.map(str::to_owned);
+    cfg
 }
 
 impl TestAgent {

@@ -4,6 +4,7 @@
 //! kills the agent process.
 
 mod bench;
+mod client;
 mod common;
 mod grpc;
 mod hostile;
