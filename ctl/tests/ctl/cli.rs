@@ -6,6 +6,11 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+/// The `napalm-coordinator` binary (another package's: built on first use).
+fn coordinator_bin() -> PathBuf {
+    napalm_integration::bins::coordinator().expect("napalm-coordinator binary")
+}
+
 fn annex_iv() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../overlay/examples/clones.conf")
 }
@@ -115,7 +120,7 @@ fn bad_input_gives_clear_messages_and_exit_codes() {
 fn an_unreachable_etcd_stops_the_coordinator_with_a_clear_message() {
     let dir = tempfile::tempdir().expect("temp dir");
     // Nothing listens on port 9 of loopback.
-    let o = Command::new(env!("CARGO_BIN_EXE_napalm-coordinator"))
+    let o = Command::new(coordinator_bin())
         .args(["--store", "etcd://127.0.0.1:9", "--insecure-no-auth"])
         .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
         .arg("--secret-file")
@@ -149,11 +154,11 @@ struct CoordProc {
 impl CoordProc {
     /// Starts it with `args` (besides listen addresses and files) and waits until it listens.
     fn start(args: &[&str]) -> Self {
-        use crate::etcd_harness::free_port;
+        use crate::support::free_port;
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let log = dir.path().join("coordinator.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_napalm-coordinator"))
+        let child = Command::new(coordinator_bin())
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
             .arg("--store")
@@ -250,7 +255,7 @@ async fn wait_listed(c: &CoordProc, token: &str, id: &str, timeout: std::time::D
 #[test]
 fn the_coordinator_refuses_to_start_without_a_token_unless_told_to() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let o = Command::new(env!("CARGO_BIN_EXE_napalm-coordinator"))
+    let o = Command::new(coordinator_bin())
         .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
         .arg("--store")
         .arg(dir.path().join("registry.redb"))
@@ -268,7 +273,7 @@ fn the_coordinator_refuses_to_start_without_a_token_unless_told_to() {
     );
     let empty = dir.path().join("empty.token");
     std::fs::write(&empty, "\n").expect("token file");
-    let o = Command::new(env!("CARGO_BIN_EXE_napalm-coordinator"))
+    let o = Command::new(coordinator_bin())
         .arg("--api-token-file")
         .arg(&empty)
         .env_remove("NAPALM_API_TOKEN")
@@ -339,7 +344,7 @@ async fn the_api_token_is_required_of_napalmctl_and_of_registering_agents() {
     // Agents: one presenting its own (agent) token is refused, one with the API token
     // registers.
     let register = |state: &std::path::Path, token: Option<&str>| {
-        let mut cfg = crate::deploy::agent_config(state);
+        let mut cfg = crate::support::agent_config(state);
         cfg.coordinator = Some(c.grpc.clone());
         cfg.coordinator_token = token.map(str::to_owned);
         cfg
@@ -376,14 +381,14 @@ async fn the_api_token_is_required_of_napalmctl_and_of_registering_agents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_static_agent_started_after_the_coordinator_is_registered() {
     let files = tempfile::tempdir().expect("temp dir");
-    let port = crate::etcd_harness::free_port();
+    let port = crate::support::free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
     let c = CoordProc::start(&[
         "--insecure-no-auth",
         "--agent",
         &endpoint,
         "--agent-token",
-        crate::deploy::TOKEN,
+        crate::support::TOKEN,
         "--heartbeat-min-ttl",
         "2",
     ]);
@@ -391,7 +396,7 @@ async fn a_static_agent_started_after_the_coordinator_is_registered() {
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(c.agent_ids("any").await, Vec::<String>::new());
 
-    let mut cfg = crate::deploy::agent_config(&files.path().join("late"));
+    let mut cfg = crate::support::agent_config(&files.path().join("late"));
     cfg.grpc_listen = Some(format!("127.0.0.1:{port}").parse().expect("addr"));
     let agent = napalm_agent::server::start(cfg)
         .await

@@ -29,7 +29,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_stream::StreamExt;
 
-use crate::deploy::{agent_config, TOKEN};
+use crate::support::{agent_config, TOKEN};
 
 /// Variables napalmctl reads; every run starts without them.
 const VARS: [&str; 7] = [
