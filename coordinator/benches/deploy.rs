@@ -16,25 +16,10 @@
 // A benchmark harness: a failed step should stop it loudly.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../tests/coordinator/common.rs"]
-mod common;
-
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use napalm_agent::core::CoreConfig;
-use napalm_agent::server::ServeConfig;
-use napalm_coordinator::clock::SystemClock;
-use napalm_coordinator::deploy::artifacts::ArtifactConfig;
-use napalm_coordinator::deploy::ship::Agents;
-use napalm_coordinator::deploy::{DeployConfig, Deployer};
-use napalm_coordinator::discovery::register_static;
-use napalm_coordinator::exports::{ExportConfig, Exporter, SystemReload};
-use napalm_coordinator::registry::agents::HeartbeatPolicy;
-use napalm_coordinator::registry::clones::TokenKey;
-use napalm_coordinator::registry::Registry;
-use napalm_coordinator::scheduler::Policy;
-use napalm_coordinator::service::Coordinator;
+use napalm_coordinator::exports::ExportConfig;
+use napalm_coordinator::testing::{GridOptions, TestGrid};
 use napalm_proto::v1::*;
 use tokio_stream::StreamExt;
 
@@ -76,7 +61,6 @@ async fn run(
     tag: &str,
     over_nfs: bool,
 ) -> (Duration, Phases, Leftovers) {
-    let dir = tempfile::tempdir().unwrap();
     // Agents' blob stores and domain records (each fsynced by the agent) share this
     // machine's one disk; NAPALM_BENCH_AGENT_DIR=/dev/shm puts them on tmpfs, as if every
     // agent had a disk of its own, leaving the registry (and layers) on disk.
@@ -84,102 +68,37 @@ async fn run(
         Ok(d) if !d.is_empty() => tempfile::tempdir_in(d).unwrap(),
         _ => tempfile::tempdir().unwrap(),
     };
-    let mut endpoints = Vec::new();
-    let mut running = Vec::new();
-    for i in 0..agents {
-        let mut core = CoreConfig {
-            state_dir: agent_dir.path().join(format!("agent{i}")),
-            policy: Default::default(),
-            limits: Default::default(),
-            shutdown_timeout: Duration::from_millis(100),
-        };
-        core.limits.max_total_bytes = 64 << 20;
-        let r = napalm_agent::server::start(ServeConfig {
-            core,
-            rest: napalm_agent::rest::RestConfig {
-                prefix: "/napalm".into(),
-                token: None,
-                max_archive_bytes: 1 << 20,
-                max_file_bytes: 1 << 20,
-                max_xml_bytes: 64 << 10,
-                libvirt_uri: "test:///default".into(),
-            },
-            http_listen: "127.0.0.1:0".parse().unwrap(),
-            grpc_listen: Some("127.0.0.1:0".parse().unwrap()),
-            reconcile_every: Duration::from_secs(3600),
-            ganglia_listen: None,
-            mdns_interfaces: Vec::new(),
-            coordinator: None,
-            coordinator_token: None,
-            tls: None,
-        })
-        .await
-        .unwrap();
-        endpoints.push(format!("http://{}", r.grpc_addr.unwrap()));
-        running.push(r);
-    }
-    let store = napalm_coordinator::store::open(dir.path().join("r.redb").to_str().unwrap())
-        .await
-        .unwrap();
-    let registry = Registry::new(store, Arc::new(SystemClock));
-    let links = Agents::new(None);
-    for ep in &endpoints {
-        register_static(&registry, &links, ep, &HeartbeatPolicy::default())
-            .await
-            .unwrap();
-    }
-    std::fs::write(dir.path().join("vmlinuz"), vec![7u8; 8 << 20]).unwrap();
-    let mut a = napalm_initramfs::cpio::Archive::new();
-    a.add(
-        "init",
-        napalm_initramfs::cpio::Entry::File(0o755, vec![1u8; 1 << 20]),
-    );
-    std::fs::write(dir.path().join("base.img"), a.write(0)).unwrap();
-    let tokens = Arc::new(TokenKey::new(b"0123456789abcdef0123").unwrap());
-    let deployer = Deployer::new(
-        registry.clone(),
-        DeployConfig {
-            artifacts: ArtifactConfig {
-                kernel: dir.path().join("vmlinuz"),
-                base_image: dir.path().join("base.img"),
-                sets: vec![napalm_overlay::default_sets_dir()],
-                layers_dir: dir.path().join("layers"),
-            },
-            server: "10.77.0.1".into(),
-            register_base: "http://10.77.0.1:7780".into(),
-            agent_token: None,
-            register_timeout: Duration::from_secs(5),
-            concurrency,
-            policy: Policy::default(),
-            network: None,
-            kernel_args: String::new(),
-            attempts: 1,
-            // Layers over NFS: the coordinator writes one export per clone (a ganesha
-            // file here, nobody to reload) and every clone ships the same image.
-            addresses: over_nfs.then(|| "10.64.0.1/16".parse().unwrap()),
-            exports: over_nfs.then(|| {
-                Arc::new(
-                    Exporter::new(
-                        ExportConfig {
-                            root: dir.path().join("root"),
-                            root_clients: "*".into(),
-                            state_dir: dir.path().join("state"),
-                            state_size: 16 << 20,
-                            ganesha_file: Some(dir.path().join("ganesha-exports.conf")),
-                            ganesha_pid_file: None,
-                            exports_file: None,
-                            exportfs: false,
-                        },
-                        Box::new(SystemReload),
-                    )
-                    .unwrap(),
-                )
-            }),
-        },
-        Arc::clone(&tokens),
-    );
-    let svc = Coordinator::new(registry, HeartbeatPolicy::default(), tokens, Some(deployer));
-    let mut c = common::serve(svc).await;
+    let opts = GridOptions {
+        agents,
+        agent_token: None,
+        agent_dir: Some(agent_dir.path().into()),
+        kernel_bytes: 8 << 20,
+        base_bytes: 1 << 20,
+    };
+    let grid = TestGrid::start_with(opts, |cfg| {
+        let root = cfg.store.clone();
+        let dir = std::path::Path::new(&root).parent().unwrap().to_owned();
+        let d = cfg.deploy.as_mut().unwrap();
+        d.concurrency = concurrency;
+        d.kernel_args = String::new();
+        d.attempts = 1;
+        // Layers over NFS: the coordinator writes one export per clone (a ganesha file
+        // here, nobody to reload) and every clone ships the same image.
+        d.addresses = over_nfs.then(|| "10.64.0.1/16".parse().unwrap());
+        cfg.exports = over_nfs.then(|| ExportConfig {
+            root: dir.join("root"),
+            root_clients: "*".into(),
+            state_dir: dir.join("state"),
+            state_size: 16 << 20,
+            ganesha_file: Some(dir.join("ganesha-exports.conf")),
+            ganesha_pid_file: None,
+            exports_file: None,
+            exportfs: false,
+        });
+    })
+    .await
+    .unwrap();
+    let mut c = grid.client().await.unwrap();
     let t = Instant::now();
     let mut s = c
         .deploy(DeployRequest {
@@ -231,9 +150,16 @@ async fn run(
         }
     }
     assert_eq!(removed, Some(clones), "undeploy after the run");
-    for r in running {
+    let TestGrid {
+        coordinator,
+        agents,
+        dir,
+        ..
+    } = grid;
+    for r in agents {
         r.stop().await;
     }
+    let _ = coordinator.shutdown().await;
     (
         took,
         phases,

@@ -28,5 +28,8 @@ pub mod exports;
 pub mod http;
 pub mod registry;
 pub mod scheduler;
+pub mod server;
 pub mod service;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;

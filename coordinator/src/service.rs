@@ -86,7 +86,7 @@ impl Coordinator {
 
 /// Runs `work` in the background, streaming its progress and then its summary.
 fn stream<F>(
-    work: impl FnOnce(crate::deploy::Progress) -> F + Send + 'static,
+    work: impl FnOnce(crate::deploy::report::Progress) -> F + Send + 'static,
 ) -> BoxStream<DeployProgress>
 where
     F: std::future::Future<Output = Result<DeploySummary, ApiError>> + Send + 'static,

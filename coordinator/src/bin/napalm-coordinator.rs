@@ -15,27 +15,17 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use napalm_coordinator::browse::{Advert, Advertiser, Browser};
-use napalm_coordinator::clock::SystemClock;
 use napalm_coordinator::deploy::addresses::AddressPool;
 use napalm_coordinator::deploy::artifacts::ArtifactConfig;
-use napalm_coordinator::deploy::ship::Agents;
-use napalm_coordinator::deploy::{DeployConfig, Deployer};
-use napalm_coordinator::discovery::{keep_registering_static, Backoff};
-use napalm_coordinator::exports::{ExportConfig, Exporter, SystemReload};
+use napalm_coordinator::deploy::DeployConfig;
+use napalm_coordinator::exports::ExportConfig;
 use napalm_coordinator::registry::agents::HeartbeatPolicy;
-use napalm_coordinator::registry::clones::TokenKey;
-use napalm_coordinator::registry::Registry;
 use napalm_coordinator::scheduler::Policy;
-use napalm_coordinator::service::{Coordinator, RequireToken};
-use napalm_coordinator::store::election::{Election, Role};
-use napalm_coordinator::store::{self, etcd::EtcdStore};
-use napalm_proto::v1::coordinator_service_server::CoordinatorServiceServer;
+use napalm_coordinator::server::{self, ApiAuth, Secret, ServeConfig};
 
 /// Control plane: registry, discovery, scheduling and deployment of clones.
 #[derive(Parser)]
@@ -159,30 +149,6 @@ struct Cli {
     kernel_exports: Option<PathBuf>,
 }
 
-fn secret(path: &PathBuf) -> Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Ok(s) = std::fs::read(path) {
-        return Ok(s);
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut s = vec![0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut s))
-        .context("reading /dev/urandom")?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating secret file {}", path.display()))?;
-    std::io::Write::write_all(&mut f, &s)?;
-    f.sync_all()?;
-    Ok(s)
-}
-
 /// The API token from `--api-token`/`NAPALM_API_TOKEN` or `--api-token-file`; `None` only
 /// with `--insecure-no-auth`.
 fn api_token(cli: &Cli) -> Result<Option<String>> {
@@ -203,27 +169,13 @@ fn api_token(cli: &Cli) -> Result<Option<String>> {
     match (token, cli.insecure_no_auth) {
         (Some(t), _) if t.is_empty() => anyhow::bail!("the API token is empty"),
         (Some(t), _) => Ok(Some(t)),
-        (None, true) => {
-            tracing::warn!(
-                "serving the gRPC API WITHOUT authentication (--insecure-no-auth): anyone who \
-                 reaches it can deploy and undeploy"
-            );
-            Ok(None)
-        }
+        // The server warns that it serves without authentication.
+        (None, true) => Ok(None),
         (None, false) => anyhow::bail!(
             "an API token is required: pass --api-token-file FILE or set NAPALM_API_TOKEN \
              (or --insecure-no-auth for a local trial)"
         ),
     }
-}
-
-/// This host's name, for the mDNS record.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "napalm-coordinator".into())
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -252,192 +204,65 @@ async fn main() -> Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    let api_token = api_token(&cli)?;
-    let store = store::open(&cli.store).await.with_context(|| {
-        format!(
-            "opening the registry store {:?}: check that it is reachable from here \
-                 (etcd started, the address right) or pass another --store",
-            cli.store
-        )
-    })?;
-    tracing::info!(store = %store.describe(), "registry open");
-    let registry = Registry::new(store, Arc::new(SystemClock));
-    let key = Arc::new(TokenKey::new(&secret(&cli.secret_file)?)?);
-    let policy = HeartbeatPolicy {
-        min_ttl: Duration::from_secs(cli.heartbeat_min_ttl),
-        ..Default::default()
+    let api_auth = match api_token(&cli)? {
+        Some(t) => ApiAuth::Token(t),
+        None => ApiAuth::Insecure,
     };
-
-    // With etcd, only the elected leader writes scheduling decisions and sweeps agents.
-    let mut role = if let Some(rest) = cli.store.strip_prefix("etcd://") {
-        let endpoints: Vec<String> = rest.split(',').map(|e| format!("http://{e}")).collect();
-        let etcd = EtcdStore::connect(&endpoints).await?;
-        let id = cli.id.clone().unwrap_or_else(|| cli.listen.to_string());
-        let election = Election::start(etcd.client(), id, Duration::from_secs(cli.lease_ttl));
-        Some(election)
-    } else {
-        None
-    };
-    let sweeper = {
-        let registry = registry.clone();
-        let roles = role.as_ref().map(Election::subscribe);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                let leader = match &roles {
-                    None => true,
-                    Some(r) => {
-                        let current = r.borrow().clone();
-                        match current {
-                            Role::Leader { fence } => {
-                                registry.set_fence(Some(fence));
-                                true
-                            }
-                            Role::Follower { .. } => {
-                                registry.set_fence(None);
-                                false
-                            }
-                        }
-                    }
-                };
-                if leader {
-                    if let Err(e) = registry.sweep_agents().await {
-                        tracing::warn!(error = %e, "agent sweep failed");
-                    }
-                }
-            }
-        })
-    };
-
-    let exporter = match &cli.export_root {
-        Some(root) => Some(Arc::new(
-            Exporter::new(
-                ExportConfig {
-                    root: root.clone(),
-                    root_clients: cli.export_clients.clone(),
-                    state_dir: cli.export_state_dir.clone(),
-                    state_size: cli.state_size_mib << 20,
-                    ganesha_file: cli.ganesha_exports.clone(),
-                    ganesha_pid_file: cli.ganesha_pid_file.clone(),
-                    exports_file: cli.kernel_exports.clone(),
-                    exportfs: cli.kernel_exports.is_some(),
-                },
-                Box::new(SystemReload),
-            )
-            .context("NFS export settings")?,
-        )),
-        None => None,
-    };
-    let deployer = match (&cli.kernel, &cli.base_image) {
+    let deploy = match (&cli.kernel, &cli.base_image) {
         (Some(kernel), Some(base)) => {
             let mut sets = cli.sets.clone();
             sets.push(napalm_overlay::default_sets_dir());
-            Some(Deployer::new(
-                registry.clone(),
-                DeployConfig {
-                    artifacts: ArtifactConfig {
-                        kernel: kernel.clone(),
-                        base_image: base.clone(),
-                        sets,
-                        layers_dir: cli.layers_dir.clone(),
-                    },
-                    server: cli.server.clone(),
-                    register_base: cli
-                        .register_base
-                        .clone()
-                        .unwrap_or_else(|| format!("http://{}", cli.http_listen)),
-                    agent_token: cli.agent_token.clone(),
-                    register_timeout: Duration::from_secs(cli.register_timeout),
-                    concurrency: 8,
-                    policy: Policy::default(),
-                    network: cli.network.clone(),
-                    kernel_args: cli.kernel_args.clone(),
-                    attempts: 3,
-                    addresses: cli.clone_addresses,
-                    exports: exporter.clone(),
+            Some(DeployConfig {
+                artifacts: ArtifactConfig {
+                    kernel: kernel.clone(),
+                    base_image: base.clone(),
+                    sets,
+                    layers_dir: cli.layers_dir.clone(),
                 },
-                Arc::clone(&key),
-            ))
+                server: cli.server.clone(),
+                register_base: cli.register_base.clone().unwrap_or_default(),
+                agent_token: None,
+                register_timeout: Duration::from_secs(cli.register_timeout),
+                concurrency: 8,
+                policy: Policy::default(),
+                network: cli.network.clone(),
+                kernel_args: cli.kernel_args.clone(),
+                attempts: 3,
+                addresses: cli.clone_addresses,
+                exports: None,
+            })
         }
-        _ => {
-            tracing::warn!("no --kernel/--base-image: Deploy and Undeploy are unavailable");
-            None
-        }
+        _ => None,
     };
-    if let Some(d) = &deployer {
-        // The root (and any stateful clones' state) is exported before anything boots.
-        d.sync_exports()
-            .await
-            .map_err(anyhow::Error::msg)
-            .context("writing the NFS exports")?;
-    }
-    let links = Agents::new(cli.agent_token.clone());
-    // Static agents may start after us: each is retried in the background until it answers.
-    let statics: Vec<_> = cli
-        .agents
-        .iter()
-        .map(|ep| {
-            tokio::spawn(keep_registering_static(
-                registry.clone(),
-                links.clone(),
-                ep.clone(),
-                policy,
-                Backoff::default(),
-            ))
-        })
-        .collect();
-    let _browser = if cli.mdns_interfaces.is_empty() {
-        None
-    } else {
-        Some(
-            Browser::start(
-                &cli.mdns_interfaces,
-                registry.clone(),
-                links.clone(),
-                policy,
-            )
-            .context("starting mDNS browsing")?,
-        )
+    let cfg = ServeConfig {
+        listen: cli.listen,
+        http_listen: cli.http_listen,
+        store: cli.store.clone(),
+        secret: Secret::File(cli.secret_file.clone()),
+        id: cli.id.clone(),
+        lease_ttl: Duration::from_secs(cli.lease_ttl),
+        heartbeat: HeartbeatPolicy {
+            min_ttl: Duration::from_secs(cli.heartbeat_min_ttl),
+            ..Default::default()
+        },
+        api_auth,
+        agent_token: cli.agent_token.clone(),
+        static_agents: cli.agents.clone(),
+        mdns_interfaces: cli.mdns_interfaces.clone(),
+        deploy,
+        exports: cli.export_root.as_ref().map(|root| ExportConfig {
+            root: root.clone(),
+            root_clients: cli.export_clients.clone(),
+            state_dir: cli.export_state_dir.clone(),
+            state_size: cli.state_size_mib << 20,
+            ganesha_file: cli.ganesha_exports.clone(),
+            ganesha_pid_file: cli.ganesha_pid_file.clone(),
+            exports_file: cli.kernel_exports.clone(),
+            exportfs: cli.kernel_exports.is_some(),
+        }),
     };
-    let _advertiser = if cli.mdns_interfaces.is_empty() {
-        None
-    } else {
-        let advert = Advert {
-            id: cli
-                .id
-                .clone()
-                .unwrap_or_else(|| "napalm-coordinator".into()),
-            hostname: hostname(),
-            grpc_port: cli.listen.port(),
-            http_port: cli.http_listen.port(),
-        };
-        Some(Advertiser::start(&cli.mdns_interfaces, &advert).context("advertising over mDNS")?)
-    };
-    let http = tokio::net::TcpListener::bind(cli.http_listen)
-        .await
-        .with_context(|| format!("binding HTTP {}", cli.http_listen))?;
-    let app = napalm_coordinator::http::router(registry.clone(), Arc::clone(&key));
-    let http_task = tokio::spawn(async move { axum::serve(http, app).await });
-    let mut svc = Coordinator::new(registry, policy, key, deployer);
-    if let Some(e) = &role {
-        svc = svc.with_election(e.subscribe());
-    }
-    tracing::info!(listen = %cli.listen, http = %cli.http_listen, "serving napalm.v1.CoordinatorService");
-    let server = CoordinatorServiceServer::new(svc);
-    let router = match api_token {
-        Some(t) => tonic::transport::Server::builder().add_service(RequireToken::new(server, t)),
-        None => tonic::transport::Server::builder().add_service(server),
-    };
-    router
-        .serve_with_shutdown(cli.listen, shutdown())
-        .await
-        .context("gRPC server")?;
-    for s in statics {
-        s.abort();
-    }
-    sweeper.abort();
-    http_task.abort();
-    role.take();
+    let running = server::start(cfg).await?;
+    shutdown().await;
+    running.shutdown().await.context("gRPC server")?;
     Ok(())
 }

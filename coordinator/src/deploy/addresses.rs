@@ -13,12 +13,23 @@ pub struct AddressPool {
     prefix: u8,
 }
 
-impl FromStr for AddressPool {
-    type Err = String;
+/// A `--clone-addresses` value that is not a usable pool.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("clone address pool {input:?}: {why}; write FIRST/PREFIX, e.g. 10.1.2.101/24")]
+pub struct PoolError {
+    /// The value given.
+    pub input: String,
+    /// What is wrong with it.
+    pub why: &'static str,
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = |why: &str| {
-            format!("clone address pool {s:?}: {why}; write FIRST/PREFIX, e.g. 10.1.2.101/24")
+impl FromStr for AddressPool {
+    type Err = PoolError;
+
+    fn from_str(s: &str) -> Result<Self, PoolError> {
+        let bad = |why: &'static str| PoolError {
+            input: s.to_owned(),
+            why,
         };
         let (a, p) = s.split_once('/').ok_or_else(|| bad("no /PREFIX"))?;
         let first: Ipv4Addr = a.parse().map_err(|_| bad("not an IPv4 address"))?;
@@ -70,6 +81,14 @@ impl AddressPool {
     }
 }
 
+/// The static address a clone record holds (given from the pool when it was recorded).
+pub fn assigned(c: &napalm_proto::v1::Clone) -> Option<Ipv4Addr> {
+    c.addresses
+        .first()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,7 +115,8 @@ mod tests {
             "10.1.2.255/24",
         ] {
             let e = bad.parse::<AddressPool>().expect_err(bad);
-            assert!(e.contains(bad), "{e}");
+            assert!(e.to_string().contains(bad), "{e}");
         }
     }
 }
+

@@ -3,7 +3,7 @@
 //! segment holding its differentiation layer (built by napalm-overlay from the deployment's
 //! template sets). Everything is content-addressed, so an unchanged clone ships nothing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::ship::Blob;
+use super::DeployError;
 
 /// Where the inputs and outputs of clone artifacts are.
 #[derive(Debug, Clone)]
@@ -47,7 +48,7 @@ pub struct BuiltLayer {
 }
 
 /// Per clone: its built layer, or why it failed.
-pub type BuildResults = Vec<(String, Result<BuiltLayer, String>)>;
+pub type BuildResults = Vec<(String, Result<BuiltLayer, DeployError>)>;
 
 /// Builds kernels, layers and images.
 pub struct Artifacts {
@@ -56,12 +57,11 @@ pub struct Artifacts {
     base: OnceLock<Arc<Vec<u8>>>,
 }
 
-fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| {
-        format!(
-            "cannot read the {what} {}: {e}; build it with napalm-mkinitramfs or pass another path",
-            path.display()
-        )
+fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, DeployError> {
+    std::fs::read(path).map_err(|e| DeployError::Input {
+        what,
+        path: path.to_owned(),
+        source: Arc::new(e),
     })
 }
 
@@ -76,7 +76,7 @@ impl Artifacts {
     }
 
     /// The kernel blob.
-    pub fn kernel(&self) -> Result<Blob, String> {
+    pub fn kernel(&self) -> Result<Blob, DeployError> {
         if let Some(k) = self.kernel.get() {
             return Ok(k.clone());
         }
@@ -84,7 +84,7 @@ impl Artifacts {
         Ok(self.kernel.get_or_init(|| k).clone())
     }
 
-    fn base(&self) -> Result<Arc<Vec<u8>>, String> {
+    fn base(&self) -> Result<Arc<Vec<u8>>, DeployError> {
         if let Some(b) = self.base.get() {
             return Ok(Arc::clone(b));
         }
@@ -103,23 +103,29 @@ impl Artifacts {
 
     /// Whether every named template set exists; the error names the missing one and where
     /// sets were looked for.
-    pub fn check_sets(&self, names: &[String]) -> Result<(), String> {
+    pub fn check_sets(&self, names: &[String]) -> Result<(), DeployError> {
         let lib = SetLibrary::new(self.cfg.sets.clone());
         for n in names {
             match lib.get(n) {
                 Ok(Some(_)) => {}
                 Ok(None) => {
-                    return Err(format!(
-                        "unknown layer set {n:?}: no directory {n}/ in {}",
-                        self.cfg
+                    return Err(DeployError::UnknownSet {
+                        name: n.clone(),
+                        searched: self
+                            .cfg
                             .sets
                             .iter()
                             .map(|p| p.display().to_string())
                             .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
+                            .join(", "),
+                    })
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => {
+                    return Err(DeployError::BadSet {
+                        name: n.clone(),
+                        source: Arc::new(e),
+                    })
+                }
             }
         }
         Ok(())
@@ -136,7 +142,7 @@ impl Artifacts {
         clones: &[CloneInput],
         over_nfs: bool,
         identity: Identity,
-    ) -> Result<BuildResults, String> {
+    ) -> Result<BuildResults, DeployError> {
         let mut config = Config::new(&format!("deployment {deployment}"));
         let g = config.global();
         for (k, v) in globals {
@@ -146,19 +152,21 @@ impl Artifacts {
         for c in clones {
             g.add_hosts(&c.name, c.values.clone());
         }
-        let cluster = config.resolve().map_err(|e| e.to_string())?;
+        let cluster = config
+            .resolve()
+            .map_err(|e| DeployError::Cluster(Arc::new(e)))?;
         let sets = SetLibrary::new(self.cfg.sets.clone());
         let dir = self.cfg.layers_dir.join(deployment);
         // The cluster identity (from which clones' host keys derive) stays beside, not
         // inside, the directory whose per-clone subdirectories may be NFS-exported.
         std::fs::create_dir_all(&self.cfg.layers_dir)
-            .map_err(|e| format!("creating {}: {e}", self.cfg.layers_dir.display()))?;
+            .map_err(|e| DeployError::io("creating", &self.cfg.layers_dir, e))?;
         // A deployment made before identities were derived keeps the secret it was given
         // (and so its clones' host keys).
         let id_path = self.cfg.layers_dir.join(format!(".identity-{deployment}"));
         let identity = if id_path.exists() {
             Identity::load_or_create(&id_path)
-                .map_err(|e| format!("cluster identity {}: {e}", id_path.display()))?
+                .map_err(|e| DeployError::io("reading the cluster identity", &id_path, e))?
         } else {
             identity
         };
@@ -173,11 +181,13 @@ impl Artifacts {
             });
         let names: Vec<&str> = clones.iter().map(|c| c.name.as_str()).collect();
         let started = std::time::Instant::now();
-        let report = builder.build(&names).map_err(|e| e.to_string())?;
-        let failed: std::collections::HashMap<String, String> = report
+        let report = builder
+            .build(&names)
+            .map_err(|e| DeployError::Layer(Arc::new(e)))?;
+        let failed: std::collections::HashMap<String, DeployError> = report
             .failed
             .into_iter()
-            .map(|(n, e)| (n, e.to_string()))
+            .map(|(n, e)| (n, DeployError::Layer(Arc::new(e))))
             .collect();
         let layers_took = started.elapsed();
         if over_nfs {
@@ -232,10 +242,10 @@ impl Artifacts {
             for w in workers {
                 all.extend(
                     w.join()
-                        .map_err(|_| "an image builder thread panicked".to_owned())?,
+                        .map_err(|_| DeployError::TaskPanicked("image builder"))?,
                 );
             }
-            Ok::<_, String>(all)
+            Ok::<_, DeployError>(all)
         })?;
         images.sort_by_key(|(i, _)| *i);
         tracing::debug!(
@@ -274,20 +284,24 @@ impl Base {
 }
 
 /// The input hash of a clone's built layer.
-fn layer_hash(builder: &LayerBuilder<'_>, name: &str) -> Result<String, String> {
-    Ok(std::fs::read_to_string(builder.paths(name).hash)
-        .map_err(|e| format!("layer of {name} has no input hash: {e}"))?
+fn layer_hash(builder: &LayerBuilder<'_>, name: &str) -> Result<String, DeployError> {
+    let path = builder.paths(name).hash;
+    Ok(std::fs::read_to_string(&path)
+        .map_err(|e| DeployError::io("reading the layer's input hash", path, e))?
         .trim()
         .to_owned())
 }
 
 /// One clone's image: the base followed by its layer segment.
-fn image(builder: &LayerBuilder<'_>, base: &Base, name: &str) -> Result<BuiltLayer, String> {
+fn image(builder: &LayerBuilder<'_>, base: &Base, name: &str) -> Result<BuiltLayer, DeployError> {
     let paths = builder.paths(name);
     let hash = layer_hash(builder, name)?;
     // After a compressed base the kernel only takes a compressed segment.
     let segment = layer_segment(name, &paths.root, Compression::Gzip, 0)
-        .map_err(|e| format!("layer segment of {name}: {e}"))?;
+        .map_err(|e| DeployError::Segment {
+            clone: name.to_owned(),
+            source: Arc::new(e),
+        })?;
     let mut bytes = Vec::with_capacity(base.padded.len() + segment.len());
     bytes.extend_from_slice(&base.padded);
     bytes.extend_from_slice(&segment);

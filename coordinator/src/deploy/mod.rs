@@ -1,17 +1,27 @@
-//! The deploy pipeline (thesis 4.5): name → place → build layer → ship → define and start
-//! → follow until the clone registers. Re-running a deployment of the same name converges
-//! on the stored spec: clones already recorded keep their names and agents, missing ones
-//! are added, surplus ones removed, and domains an agent runs for this deployment that the
-//! registry does not assign to it are deleted — so a deployment never ends with duplicates,
-//! whatever point a previous run died at.
+//! The deploy pipeline (thesis 4.5) in Nomad's three layers:
 //!
-//! Every step is idempotent: records are revision-checked, `CreateDomain` carries a request
-//! id derived from the clone's layer hash, blobs are content-addressed.
+//! 1. [`reconcile`]: compare the deployment's declared clones with the registry's records
+//!    and the agents' domains → a list of [`reconcile::Action`]s with a reason each
+//!    (pure; [`Deployer::reconcile`] runs it with no client attached);
+//! 2. [`place`]: the clones to place go to agents through the pure scheduler;
+//! 3. [`apply`]: record, build layers ([`artifacts`]), export ([`nfs`]), ship and create
+//!    ([`ship`], [`xml`]), follow until each clone registers.
+//!
+//! Re-running a deployment of the same name converges on the stored spec: clones already
+//! recorded keep their names and agents, missing ones are added, surplus ones removed, and
+//! domains an agent runs for this deployment that the registry does not assign to it are
+//! deleted, so a deployment never ends with duplicates, whatever point a previous run
+//! died at. Every step is idempotent: records are revision-checked, `CreateDomain` carries
+//! a request id derived from the clone's layer hash, blobs are content-addressed.
 
 pub mod addresses;
+mod apply;
 pub mod artifacts;
-mod placement;
-mod plan;
+mod error;
+pub mod nfs;
+mod place;
+pub mod reconcile;
+pub mod report;
 pub mod ship;
 pub mod xml;
 
@@ -20,24 +30,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use napalm_proto::v1::{
-    deploy_progress, AgentState, Clone, CloneMode, ClonePhase, CloneProgress, DeployProgress,
-    DeployRequest, DeploySummary, Deployment, DeploymentSpec, DeploymentState, UndeployRequest,
+    AgentState, CloneMode, ClonePhase, DeployRequest, DeploySummary, Deployment, DeploymentSpec,
+    UndeployRequest,
 };
 use napalm_proto::ApiError;
-use tokio::sync::mpsc;
-use tonic::Status;
 
 use crate::clock::duration;
-use crate::exports::{Exporter, LayerExport, StateExport};
+use crate::exports::Exporter;
 use crate::registry::clones::TokenKey;
-use crate::registry::{check_name, Registry, CLONES, DEPLOYMENTS};
+use crate::registry::{check_name, Registry, RegistryError, CLONES, DEPLOYMENTS};
 use crate::scheduler::Policy;
 use addresses::AddressPool;
 use artifacts::{ArtifactConfig, Artifacts};
+pub use error::{chain, DeployError};
+use report::{progress, send, Progress};
 use ship::Agents;
-
-/// Progress messages go here; the gRPC stream reads the other end.
-pub type Progress = mpsc::Sender<Result<DeployProgress, Status>>;
 
 /// Site settings of the pipeline.
 #[derive(Debug, Clone)]
@@ -111,8 +118,34 @@ impl Deployer {
 
     /// Writes the NFS exports for what the registry holds (at start-up, before clones
     /// mount anything).
-    pub async fn sync_exports(&self) -> Result<(), String> {
-        sync_exports(&self.inner).await
+    pub async fn sync_exports(&self) -> Result<(), DeployError> {
+        let i = &self.inner;
+        nfs::sync_exports(&i.cfg, &i.registry, &i.artifacts).await
+    }
+
+    /// The reconcile step for a stored deployment, with nobody connected: what its spec,
+    /// its clone records and the agents' domains say must change (nothing is written).
+    /// `Ok(None)` when no such deployment is stored.
+    pub async fn reconcile(
+        &self,
+        name: &str,
+    ) -> Result<Option<Vec<reconcile::Action>>, RegistryError> {
+        let reg = &self.inner.registry;
+        let Some((d, _)) = reg.get::<Deployment>(&format!("{DEPLOYMENTS}{name}")).await? else {
+            return Ok(None);
+        };
+        let spec = d.spec.unwrap_or_default();
+        let records = reg.list_clones(name).await?;
+        let agents = reg.list_agents(&[]).await?;
+        let mut actions = reconcile::reconcile(&spec, &records, &agents).actions;
+        let assigned: HashMap<String, String> = records
+            .iter()
+            .filter(|c| !c.agent_id.is_empty())
+            .map(|c| (c.name.clone(), c.agent_id.clone()))
+            .collect();
+        let running = self.inner.agents.running(&agents, name).await;
+        actions.extend(reconcile::strays(&assigned, &running));
+        Ok(Some(actions))
     }
 
     /// Checks and completes a spec with defaults; bad input is refused before anything is
@@ -135,7 +168,7 @@ impl Deployer {
         self.inner
             .artifacts
             .check_sets(&s.layers)
-            .map_err(|e| invalid("spec.layers", e))?;
+            .map_err(|e| invalid("spec.layers", chain(&e)))?;
         let r = s.resources.get_or_insert_default();
         if r.vcpus == 0 {
             r.vcpus = 1;
@@ -213,8 +246,8 @@ impl Deployer {
                 .list_agents(&[])
                 .await
                 .map_err(ApiError::from)?;
-            let names = placement::names(&spec);
-            let placement = placement::place(
+            let names = reconcile::names(&spec);
+            let placement = place::place(
                 &self.inner.cfg.policy,
                 &spec,
                 &names,
@@ -222,7 +255,7 @@ impl Deployer {
                 &HashMap::new(),
             );
             for (clone, why) in &placement.unplaced {
-                send(&tx, placement::unplaced(clone, why)).await;
+                send(&tx, place::unplaced(clone, why)).await;
             }
             return Ok(DeploySummary {
                 deployment: spec.name.clone(),
@@ -251,7 +284,7 @@ impl Deployer {
                 ),
             });
         }
-        let p = plan::Run::new(Arc::clone(&self.inner), spec, tx);
+        let p = apply::Run::new(Arc::clone(&self.inner), spec, tx);
         p.execute(started).await.map_err(ApiError::from)
     }
 
@@ -315,7 +348,7 @@ impl Deployer {
         }
         // Domains of this deployment the registry did not know about (a crash between
         // create and record) go too.
-        placement::sweep_orphans(&self.inner.agents, &agents, &req.name, &HashMap::new()).await;
+        apply::stop_strays(&self.inner.agents, &agents, &req.name, &HashMap::new()).await;
         if failed == 0 {
             registry
                 .commit(crate::store::Txn::new().delete(format!("{DEPLOYMENTS}{}", req.name)))
@@ -323,8 +356,8 @@ impl Deployer {
                 .map_err(ApiError::from)?;
         }
         // The removed clones' state exports go (their state stays on the server).
-        if let Err(e) = sync_exports(&self.inner).await {
-            tracing::warn!(error = %e, "exports not updated after undeploy");
+        if let Err(e) = self.sync_exports().await {
+            tracing::warn!(error = %chain(&e), "exports not updated after undeploy");
         }
         Ok(DeploySummary {
             deployment: req.name,
@@ -334,103 +367,5 @@ impl Deployer {
             took: Some(duration(started.elapsed())),
             unplaced: Vec::new(),
         })
-    }
-}
-
-/// Whether clones get their layer over NFS (an export restricted to the clone's address)
-/// rather than appended to their initramfs: when this coordinator writes the exports and
-/// knows clone addresses up front. Then every clone of an agent boots the same image,
-/// shipped once.
-pub(crate) fn layers_over_nfs(cfg: &DeployConfig) -> bool {
-    cfg.exports.is_some() && cfg.addresses.is_some()
-}
-
-/// Rewrites the NFS exports from the registry: the root; each clone's layer (when layers
-/// travel over NFS) and each stateful clone's state, both restricted to the clone's
-/// address. A no-op when this coordinator manages no exports.
-async fn sync_exports(inner: &Inner) -> Result<(), String> {
-    let Some(x) = &inner.cfg.exports else {
-        return Ok(());
-    };
-    let mut states = Vec::new();
-    let mut layers = Vec::new();
-    if inner.cfg.addresses.is_some() {
-        for d in inner
-            .registry
-            .list_deployments()
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            let Some(spec) = d.spec else { continue };
-            let stateful = spec.mode == CloneMode::Stateful as i32;
-            for c in inner
-                .registry
-                .list_clones(&spec.name)
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                let Some(address) = assigned(&c) else {
-                    continue;
-                };
-                let path = inner.artifacts.layer_root(&spec.name, &c.name);
-                if path.is_dir() {
-                    layers.push(LayerExport {
-                        clone: c.name.clone(),
-                        path,
-                        address,
-                    });
-                }
-                if stateful {
-                    states.push(StateExport {
-                        deployment: spec.name.clone(),
-                        clone: c.name,
-                        address,
-                    });
-                }
-            }
-        }
-    }
-    let x = Arc::clone(x);
-    tokio::task::spawn_blocking(move || x.apply(&states, &layers))
-        .await
-        .map_err(|e| e.to_string())?
-        .map(|_| ())
-        .map_err(|e| format!("NFS exports: {e}"))
-}
-
-/// The static address a clone record holds (given from the pool when it was recorded).
-pub(crate) fn assigned(c: &Clone) -> Option<std::net::Ipv4Addr> {
-    c.addresses
-        .first()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-}
-
-/// Sends a progress message; a gone receiver (client hung up) does not stop the work.
-pub(crate) async fn send(tx: &Progress, event: deploy_progress::Event) {
-    let _ = tx.send(Ok(DeployProgress { event: Some(event) })).await;
-}
-
-/// A per-clone progress event.
-pub(crate) fn progress(c: &Clone, phase: ClonePhase, message: &str) -> deploy_progress::Event {
-    let mut c = c.clone();
-    c.phase = phase as i32;
-    deploy_progress::Event::Clone(CloneProgress {
-        clone: Some(c),
-        message: message.into(),
-    })
-}
-
-/// Summary state of a deployment from its clones.
-pub(crate) fn state_of(clones: &[Clone]) -> DeploymentState {
-    if clones.iter().any(|c| c.phase == ClonePhase::Failed as i32) {
-        DeploymentState::Degraded
-    } else if clones
-        .iter()
-        .all(|c| c.phase == ClonePhase::Registered as i32)
-    {
-        DeploymentState::Ready
-    } else {
-        DeploymentState::Progressing
     }
 }

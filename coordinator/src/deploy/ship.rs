@@ -207,4 +207,24 @@ impl Agents {
             .into_inner()
             .domains)
     }
+
+    /// The domains of `deployment` each reachable, not-down agent runs (agent id → its
+    /// domains); agents that do not answer are left out.
+    pub async fn running(
+        &self,
+        agents: &[napalm_proto::v1::Agent],
+        deployment: &str,
+    ) -> Vec<(String, Vec<Domain>)> {
+        let mut out = Vec::new();
+        for a in agents
+            .iter()
+            .filter(|a| a.state != napalm_proto::v1::AgentState::Down as i32)
+        {
+            let labels = HashMap::from([("deployment".to_owned(), deployment.to_owned())]);
+            if let Ok(domains) = self.domains_labelled(&a.grpc_endpoint, labels).await {
+                out.push((a.id.clone(), domains));
+            }
+        }
+        out
+    }
 }

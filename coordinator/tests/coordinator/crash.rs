@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use napalm_integration::proc::{wait_for, Daemon};
 
-use crate::deploy::{agent_config, TOKEN};
+use napalm_coordinator::testing::agent_config;
+
+use crate::deploy::TOKEN;
 use crate::etcd_harness::{free_port, Etcd};
 
 struct Agents {
@@ -25,6 +27,7 @@ impl Agents {
             .map(|i| {
                 rt.block_on(napalm_agent::server::start(agent_config(
                     &dir.join(format!("agent{i}")),
+                    Some(TOKEN.into()),
                 )))
                 .expect("agent starts")
             })
@@ -142,7 +145,7 @@ impl Coord {
     }
 
     fn ctl(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_napalmctl"));
+        let mut c = Command::new(napalm_integration::bins::napalmctl().expect("napalmctl"));
         c.args(["--coordinator", &self.grpc, "--output", "json"])
             .args(args);
         c

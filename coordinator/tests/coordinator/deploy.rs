@@ -3,23 +3,9 @@
 //! the same name: exactly 8 domains, no duplicates; bad input refused with nothing written.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
-use napalm_agent::core::CoreConfig;
-use napalm_agent::server::{Running, ServeConfig};
-use napalm_coordinator::clock::SystemClock;
-use napalm_coordinator::deploy::artifacts::ArtifactConfig;
-use napalm_coordinator::deploy::ship::Agents;
-use napalm_coordinator::deploy::{DeployConfig, Deployer};
-use napalm_coordinator::discovery::register_static;
-use napalm_coordinator::registry::agents::HeartbeatPolicy;
-use napalm_coordinator::registry::clones::TokenKey;
-use napalm_coordinator::registry::Registry;
-use napalm_coordinator::scheduler::Policy;
-use napalm_coordinator::service::Coordinator;
-use napalm_coordinator::store;
+use napalm_agent::server::Running;
+use napalm_coordinator::testing::{GridOptions, TestGrid};
 use napalm_proto::v1::agent_service_client::AgentServiceClient;
 use napalm_proto::v1::coordinator_service_client::CoordinatorServiceClient;
 use napalm_proto::v1::*;
@@ -28,115 +14,29 @@ use tokio_stream::StreamExt;
 
 pub const TOKEN: &str = "agent-test-token";
 
-async fn start_agent(state: &Path) -> Running {
-    napalm_agent::server::start(agent_config(state))
-        .await
-        .expect("agent starts on test:///default")
-}
-
-/// An agent on `test:///default` with `TOKEN`, on loopback ports.
-pub fn agent_config(state: &Path) -> ServeConfig {
-    let mut core = CoreConfig {
-        state_dir: state.to_owned(),
-        policy: Default::default(),
-        limits: Default::default(),
-        shutdown_timeout: Duration::from_millis(200),
-    };
-    core.limits.max_total_bytes = 64 << 20;
-    ServeConfig {
-        core,
-        rest: napalm_agent::rest::RestConfig {
-            prefix: "/napalm".into(),
-            token: Some(TOKEN.into()),
-            max_archive_bytes: 1 << 20,
-            max_file_bytes: 1 << 20,
-            max_xml_bytes: 64 << 10,
-            libvirt_uri: "test:///default".into(),
-        },
-        http_listen: "127.0.0.1:0".parse().expect("addr"),
-        grpc_listen: Some("127.0.0.1:0".parse().expect("addr")),
-        reconcile_every: Duration::from_secs(3600),
-        ganglia_listen: None,
-        mdns_interfaces: Vec::new(),
-        coordinator: None,
-        coordinator_token: None,
-        tls: None,
-    }
-}
-
+/// The coordinator's client, the agents and their endpoints, from the shared test grid.
 struct Grid {
     coord: CoordinatorServiceClient<tonic::transport::Channel>,
     agents: Vec<Running>,
     endpoints: Vec<String>,
     _dir: tempfile::TempDir,
-}
-
-/// A tiny but real newc archive standing in for the base image: `test:///default` boots
-/// nothing, so only its bytes travel.
-fn base_image(path: &Path) {
-    let mut a = napalm_initramfs::cpio::Archive::new();
-    a.add(
-        "init",
-        napalm_initramfs::cpio::Entry::File(0o755, b"#!/bin/sh\necho napalm\n".to_vec()),
-    );
-    std::fs::write(path, a.write(0)).expect("write base image");
+    _coordinator: napalm_coordinator::server::Running,
 }
 
 async fn grid() -> Grid {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut agents = Vec::new();
-    for i in 0..2 {
-        agents.push(start_agent(&dir.path().join(format!("agent{i}"))).await);
-    }
-    let endpoints: Vec<String> = agents
-        .iter()
-        .map(|a| format!("http://{}", a.grpc_addr.expect("grpc")))
-        .collect();
-    let s = store::open(dir.path().join("registry.redb").to_str().expect("utf-8"))
-        .await
-        .expect("store");
-    let registry = Registry::new(s, Arc::new(SystemClock));
-    let links = Agents::new(Some(TOKEN.into()));
-    for ep in &endpoints {
-        register_static(&registry, &links, ep, &HeartbeatPolicy::default())
-            .await
-            .expect("static agent");
-    }
-    let kernel = dir.path().join("vmlinuz");
-    std::fs::write(&kernel, b"not booted by the test driver").expect("kernel");
-    let base = dir.path().join("base.img");
-    base_image(&base);
-    let tokens = Arc::new(TokenKey::new(b"0123456789abcdef0123").expect("key"));
-    let deployer = Deployer::new(
-        registry.clone(),
-        DeployConfig {
-            artifacts: ArtifactConfig {
-                kernel,
-                base_image: base,
-                sets: vec![napalm_overlay::default_sets_dir()],
-                layers_dir: dir.path().join("layers"),
-            },
-            server: "10.77.0.1".into(),
-            register_base: "http://10.77.0.1:7780".into(),
-            agent_token: Some(TOKEN.into()),
-            register_timeout: Duration::from_secs(5),
-            concurrency: 8,
-            policy: Policy::default(),
-            network: None,
-            kernel_args: "console=ttyS0".into(),
-            attempts: 2,
-            addresses: None,
-            exports: None,
-        },
-        Arc::clone(&tokens),
-    );
-    let svc = Coordinator::new(registry, HeartbeatPolicy::default(), tokens, Some(deployer));
-    let coord = crate::common::serve(svc).await;
+    let t = TestGrid::start(GridOptions {
+        agent_token: Some(TOKEN.into()),
+        ..Default::default()
+    })
+    .await
+    .expect("grid starts");
+    let coord = t.client().await.expect("connect to the coordinator");
     Grid {
         coord,
-        agents,
-        endpoints,
-        _dir: dir,
+        agents: t.agents,
+        endpoints: t.endpoints,
+        _dir: t.dir,
+        _coordinator: t.coordinator,
     }
 }
 

@@ -14,6 +14,8 @@ use napalm_coordinator::store;
 use napalm_integration::netns::{Host, Network};
 use napalm_proto::v1::AgentSource;
 
+use crate::deploy::TOKEN;
+
 /// Runs a real agent (test:///default, no coordinator configured) inside `host`'s namespace,
 /// advertising on its interface only, gRPC on :7701 and REST on :7702, until `stop`.
 fn spawn_agent(
@@ -25,7 +27,7 @@ fn spawn_agent(
     host.spawn(move || {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         rt.block_on(async move {
-            let mut cfg = crate::deploy::agent_config(&state);
+            let mut cfg = napalm_coordinator::testing::agent_config(&state, Some(TOKEN.into()));
             cfg.grpc_listen = Some(format!("{}:7701", a.addr).parse().expect("addr"));
             cfg.http_listen = format!("{}:7702", a.addr).parse().expect("addr");
             cfg.mdns_interfaces = vec![a.iface.clone()];
@@ -64,7 +66,7 @@ fn the_coordinator_finds_an_agent_by_mdns_alone() {
                 let _browser = Browser::start(
                     &[iface],
                     registry.clone(),
-                    Agents::new(Some(crate::deploy::TOKEN.into())),
+                    Agents::new(Some(TOKEN.into())),
                     HeartbeatPolicy::default(),
                 )
                 .expect("browser");

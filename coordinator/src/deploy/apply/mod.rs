@@ -1,22 +1,28 @@
-//! One run of a deployment: converge records, place, build, ship, create, follow.
+//! Apply, the last of the pipeline's three layers: one run of a deployment carries out
+//! what reconcile and place decided: record added and removed clones, record placements,
+//! stop strays, build layers, export them, ship, create and start domains
+//! ([`bring_up`]), and follow clones until they register.
 
 mod bring_up;
+mod layers;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use napalm_proto::v1::{
-    Agent, AgentState, Clone, CloneMode, ClonePhase, DeploySummary, Deployment, DeploymentSpec,
+    Agent, Clone, ClonePhase, DeploySummary, Deployment, DeploymentSpec,
     Hypervisor,
 };
-use serde_json::json;
 use tokio::sync::Semaphore;
 
-use super::artifacts::{BuiltLayer, CloneInput};
-use super::placement::{failure, hypervisor_on, names, place, sweep_orphans, unplaced};
+use super::addresses::assigned;
+use super::place::{failure, hypervisor_on, place, unplaced};
+use super::reconcile::{self, Action, Plan};
+use super::report::{progress, send, state_of, Progress};
+use super::ship::Agents;
 use super::xml::mac_for;
-use super::{progress, send, state_of, Inner, Progress};
+use super::Inner;
 use crate::clock::{duration, timestamp};
 use crate::registry::{RegistryError, CLONES, DEPLOYMENTS};
 use crate::store::{Check, Durability, Txn};
@@ -91,8 +97,10 @@ impl Run {
         .await;
     }
 
-    /// Records the deployment and its clones (creating missing ones, removing surplus).
-    async fn converge_records(&mut self) -> Result<Vec<Clone>, RegistryError> {
+    /// Records the deployment, then applies reconcile's adds (each new clone gets the
+    /// pool's lowest free address) and removes (domain, then record). Returns the plan
+    /// and the deployment's clones after it.
+    async fn apply_records(&mut self) -> Result<(Plan, Vec<Clone>), RegistryError> {
         let reg = &self.inner.registry;
         let now = timestamp(reg.clock().now());
         let spec = self.spec.clone();
@@ -110,13 +118,9 @@ impl Run {
             .await?;
         let created = stored.and_then(|d| d.created_at).unwrap_or_default();
         self.generation = format!("{:x}{:x}", created.seconds, created.nanos);
-        let wanted = names(&self.spec);
-        let existing: HashMap<String, Clone> = reg
-            .list_clones(&self.spec.name)
-            .await?
-            .into_iter()
-            .map(|c| (c.name.clone(), c))
-            .collect();
+        let records = reg.list_clones(&self.spec.name).await?;
+        let agents = reg.list_agents(&[]).await?;
+        let plan = reconcile::reconcile(&self.spec, &records, &agents);
         // Static addresses: the pool's lowest ones no clone of any deployment holds.
         let mut used: HashSet<std::net::Ipv4Addr> = HashSet::new();
         if self.inner.cfg.addresses.is_some() {
@@ -124,18 +128,20 @@ impl Run {
                 .list::<Clone>(crate::registry::CLONES)
                 .await?
                 .iter()
-                .filter_map(super::assigned)
+                .filter_map(assigned)
                 .collect();
         }
-        for chunk in wanted
+        let adds: Vec<(&String, u32)> = plan
+            .actions
             .iter()
-            .enumerate()
-            .filter(|(_, n)| !existing.contains_key(*n))
-            .collect::<Vec<_>>()
-            .chunks(64)
-        {
+            .filter_map(|a| match a {
+                Action::Add { clone, index } => Some((clone, *index)),
+                _ => None,
+            })
+            .collect();
+        for chunk in adds.chunks(64) {
             let mut txn = Txn::new();
-            for (i, n) in chunk {
+            for (n, index) in chunk {
                 let address = self.inner.cfg.addresses.and_then(|p| p.next_free(&used));
                 if let Some(a) = address {
                     used.insert(a);
@@ -143,9 +149,9 @@ impl Run {
                 let c = Clone {
                     name: (*n).clone(),
                     deployment: self.spec.name.clone(),
-                    index: *i as u32 + 1,
+                    index: *index,
                     phase: ClonePhase::Pending as i32,
-                    mac: mac_for(&self.spec.name, *i as u32 + 1),
+                    mac: mac_for(&self.spec.name, *index),
                     addresses: address.map(|a| a.to_string()).into_iter().collect(),
                     ..Default::default()
                 };
@@ -158,10 +164,10 @@ impl Run {
                 Err(e) => return Err(e),
             }
         }
-        // Surplus clones (the count went down) are removed like an undeploy of them.
-        let keep: HashSet<&String> = wanted.iter().collect();
-        let agents = reg.list_agents(&[]).await?;
-        for c in existing.values().filter(|c| !keep.contains(&c.name)) {
+        for action in &plan.actions {
+            let Action::Remove { clone: c, reason } = action else {
+                continue;
+            };
             if let Some(a) = agents.iter().find(|a| a.id == c.agent_id) {
                 let _ = self
                     .inner
@@ -172,15 +178,12 @@ impl Run {
             reg.commit(Txn::new().delete(clone_key(&c.name))).await?;
             send(
                 &self.tx,
-                progress(
-                    c,
-                    ClonePhase::Removed,
-                    "removed: beyond the requested count",
-                ),
+                progress(c, ClonePhase::Removed, &format!("removed: {reason}")),
             )
             .await;
         }
-        reg.list_clones(&self.spec.name).await
+        let clones = reg.list_clones(&self.spec.name).await?;
+        Ok((plan, clones))
     }
 
     pub(super) async fn execute(
@@ -188,31 +191,15 @@ impl Run {
         started: Instant,
     ) -> Result<DeploySummary, RegistryError> {
         let reg = self.inner.registry.clone();
-        let clones = self.converge_records().await?;
+        let (plan, _) = self.apply_records().await?;
         let agents = reg.list_agents(&[]).await?;
         let by_id: HashMap<String, Agent> =
             agents.iter().map(|a| (a.id.clone(), a.clone())).collect();
 
-        // Place clones without a (ready) agent.
-        let needs: Vec<String> = clones
-            .iter()
-            .filter(|c| {
-                c.agent_id.is_empty()
-                    || c.phase == ClonePhase::Failed as i32
-                    || by_id.get(&c.agent_id).is_none_or(|a| {
-                        a.state == AgentState::Down as i32
-                            && c.phase != ClonePhase::Registered as i32
-                            && c.phase != ClonePhase::Running as i32
-                    })
-            })
-            .map(|c| c.name.clone())
-            .collect();
-        let mut held: HashMap<String, u32> = HashMap::new();
-        for c in clones.iter().filter(|c| !needs.contains(&c.name)) {
-            *held.entry(c.agent_id.clone()).or_default() += 1;
-        }
-        // Agents outside this placement already carry the others' allocations; do not count
-        // the clones being re-placed twice.
+        // Place what reconcile says needs an agent; agents already carry the others'
+        // allocations, so the clones being re-placed are not counted twice.
+        let needs = plan.to_place();
+        let held = plan.held;
         let placement = place(&self.inner.cfg.policy, &self.spec, &needs, &agents, &held);
         let mut unplaced_clones = Vec::new();
         for (clone, why) in &placement.unplaced {
@@ -256,7 +243,7 @@ impl Run {
             .filter(|c| !c.agent_id.is_empty())
             .map(|c| (c.name.clone(), c.agent_id.clone()))
             .collect();
-        sweep_orphans(&self.inner.agents, &agents, &self.spec.name, &assigned).await;
+        stop_strays(&self.inner.agents, &agents, &self.spec.name, &assigned).await;
 
         // Build layers and images of every placed clone.
         let todo: Vec<Clone> = clones
@@ -326,121 +313,6 @@ impl Run {
             .is_some_and(|a| hypervisor_on(&self.spec, a) == Hypervisor::Test)
     }
 
-    async fn build(&self, clones: &[Clone]) -> HashMap<String, Result<BuiltLayer, String>> {
-        let cfg = &self.inner.cfg;
-        let inputs: Vec<CloneInput> = clones
-            .iter()
-            .map(|c| CloneInput {
-                name: c.name.clone(),
-                values: [
-                    ("clone_index".into(), json!(c.index)),
-                    ("mac".into(), json!(c.mac)),
-                    ("interface".into(), json!("eth0")),
-                    (
-                        "register_url".into(),
-                        json!(format!(
-                            "{}/v1/clones/register?token={}",
-                            cfg.register_base,
-                            self.inner.tokens.token(&c.name)
-                        )),
-                    ),
-                ]
-                .into_iter()
-                .chain(
-                    cfg.addresses
-                        .and_then(|p| {
-                            let a = super::assigned(c)?;
-                            Some([
-                                ("address".to_owned(), json!(a.to_string())),
-                                ("netmask".to_owned(), json!(p.netmask().to_string())),
-                            ])
-                        })
-                        .into_iter()
-                        .flatten(),
-                )
-                .collect(),
-            })
-            .collect();
-        let globals = vec![
-            ("server".to_owned(), json!(cfg.server)),
-            ("deployment".to_owned(), json!(self.spec.name)),
-            (
-                "mode".to_owned(),
-                json!(if self.stateful() {
-                    "stateful"
-                } else {
-                    "stateless"
-                }),
-            ),
-        ];
-        let inner = Arc::clone(&self.inner);
-        let deployment = self.spec.name.clone();
-        let layers = self.spec.layers.clone();
-        let over_nfs = super::layers_over_nfs(cfg);
-        let names: Vec<String> = clones.iter().map(|c| c.name.clone()).collect();
-        // Derived from the coordinator's secret: coordinators sharing it (HA on etcd) build
-        // the same layers, so a takeover does not give clones new host keys.
-        let identity = napalm_overlay::Identity::from_secret(
-            &self
-                .inner
-                .tokens
-                .derive(&format!("cluster-identity/{deployment}")),
-        );
-        let result = tokio::task::spawn_blocking(move || {
-            inner
-                .artifacts
-                .build(&deployment, &globals, &layers, &inputs, over_nfs, identity)
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r);
-        match result {
-            Ok(list) => list.into_iter().collect(),
-            Err(e) => names.into_iter().map(|n| (n, Err(e.clone()))).collect(),
-        }
-    }
-
-    fn stateful(&self) -> bool {
-        self.spec.mode == CloneMode::Stateful as i32
-    }
-
-    /// Exports what the clones mount besides the root — their layers (over NFS) and, for
-    /// stateful clones, their state (creating missing images) — each to its clone's
-    /// address. Returns the clones that cannot start, with why.
-    async fn prepare_exports(&self, clones: &[Clone]) -> Vec<(String, String)> {
-        let Some(x) = self.inner.cfg.exports.clone() else {
-            return Vec::new();
-        };
-        if !self.stateful() {
-            return match super::sync_exports(&self.inner).await {
-                Ok(()) => Vec::new(),
-                Err(e) => clones.iter().map(|c| (c.name.clone(), e.clone())).collect(),
-            };
-        }
-        let deployment = self.spec.name.clone();
-        let names: Vec<String> = clones.iter().map(|c| c.name.clone()).collect();
-        let mut failed: Vec<(String, String)> = tokio::task::spawn_blocking(move || {
-            names
-                .into_iter()
-                .filter_map(|n| match x.ensure_state(&deployment, &n) {
-                    Ok(_) => None,
-                    Err(e) => Some((n, e.to_string())),
-                })
-                .collect()
-        })
-        .await
-        .unwrap_or_else(|e| {
-            clones
-                .iter()
-                .map(|c| (c.name.clone(), format!("state images: {e}")))
-                .collect()
-        });
-        if let Err(e) = super::sync_exports(&self.inner).await {
-            failed = clones.iter().map(|c| (c.name.clone(), e.clone())).collect();
-        }
-        failed
-    }
-
     /// Waits until every running clone registered (or the timeout): clones on libvirt's
     /// `test` driver run no guest, so they stop at RUNNING.
     async fn follow(&self) -> Result<(), RegistryError> {
@@ -479,4 +351,33 @@ impl Run {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+}
+
+/// Deletes the domains of `deployment` that agents run but the registry does not place
+/// there (`assigned`: clone → agent id). Unreachable agents are skipped.
+pub(super) async fn stop_strays(
+    agents: &Agents,
+    all: &[Agent],
+    deployment: &str,
+    assigned: &HashMap<String, String>,
+) -> usize {
+    let running = agents.running(all, deployment).await;
+    let mut removed = 0;
+    for action in reconcile::strays(assigned, &running) {
+        let Action::Stop { agent, domain, reason } = action else {
+            continue;
+        };
+        let Some(a) = all.iter().find(|a| a.id == agent) else {
+            continue;
+        };
+        tracing::warn!(domain = %domain, agent = %agent, %reason, "removing a domain");
+        if agents
+            .delete(&a.grpc_endpoint, &domain, format!("orphan-{agent}-{domain}"))
+            .await
+            .is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
 }

@@ -10,7 +10,8 @@ use napalm_proto::v1::{
 
 use super::Run;
 use crate::deploy::artifacts::BuiltLayer;
-use crate::deploy::placement::{hypervisor_on, place};
+use crate::deploy::place::{hypervisor_on, place};
+use crate::deploy::{chain, DeployError};
 use crate::deploy::ship::Blob;
 use crate::deploy::xml::{domain_xml, DomainParams};
 use crate::registry::RegistryError;
@@ -33,12 +34,12 @@ impl Run {
         };
         let ip = match cfg
             .addresses
-            .and_then(|p| crate::deploy::assigned(c).map(|a| (p, a)))
+            .and_then(|p| crate::deploy::addresses::assigned(c).map(|a| (p, a)))
         {
             Some((p, a)) => format!("ip={a}:{}::{}:{}:eth0:off", cfg.server, p.netmask(), c.name),
             None => "ip=dhcp".to_owned(),
         };
-        let layer = if crate::deploy::layers_over_nfs(cfg) {
+        let layer = if crate::deploy::nfs::layers_over_nfs(cfg) {
             format!(
                 "nfs:{}:{}",
                 cfg.server,
@@ -65,13 +66,15 @@ impl Run {
     pub(super) async fn bring_up(
         &self,
         mut c: Clone,
-        layer: Option<Result<BuiltLayer, String>>,
-        kernel: Result<Blob, String>,
+        layer: Option<Result<BuiltLayer, DeployError>>,
+        kernel: Result<Blob, DeployError>,
         agents: &[Agent],
     ) -> Result<(), RegistryError> {
         let layer = match (layer, kernel) {
             (Some(Ok(l)), Ok(k)) => (l, k),
-            (Some(Err(e)), _) | (_, Err(e)) => return self.fail(&c, &format!("layer: {e}")).await,
+            (Some(Err(e)), _) | (_, Err(e)) => {
+                return self.fail(&c, &format!("layer: {}", chain(&e))).await
+            }
             (None, _) => return self.fail(&c, "layer was not built").await,
         };
         let (built, kernel) = layer;
@@ -96,7 +99,7 @@ impl Run {
         for attempt in 0..self.inner.cfg.attempts.max(1) {
             let Some(agent) = agents.iter().find(|a| a.id == c.agent_id) else {
                 return self
-                    .fail(&c, &format!("agent {} is gone", c.agent_id))
+                    .fail(&c, &DeployError::AgentGone(c.agent_id.clone()).to_string())
                     .await;
             };
             match self.create_on(&c, agent, &built, &kernel).await {
@@ -120,7 +123,7 @@ impl Run {
                         &HashMap::new(),
                     );
                     let next = p.placed.first().map(|(_, i)| rest[*i].id.clone());
-                    let msg = format!("on {}: {e}", agent.name);
+                    let msg = format!("on {}: {}", agent.name, chain(&e));
                     match next {
                         Some(next) if attempt + 1 < self.inner.cfg.attempts => {
                             if let Some(u) = self
@@ -151,13 +154,13 @@ impl Run {
         agent: &Agent,
         built: &BuiltLayer,
         kernel: &Blob,
-    ) -> Result<(), String> {
+    ) -> Result<(), DeployError> {
         let ep = &agent.grpc_endpoint;
         self.inner
             .agents
             .ship(ep, &[kernel, &built.image])
             .await
-            .map_err(|e| format!("shipping: {}", e.message()))?;
+            .map_err(|e| DeployError::agent("shipping", &e))?;
         if let Some(u) = self
             .set_progress(&c.name, |k| {
                 if k.phase != ClonePhase::Registered as i32 {
@@ -165,7 +168,7 @@ impl Run {
                 }
             })
             .await
-            .map_err(|e| e.to_string())?
+            ?
         {
             self.report(&u, &format!("artifacts on {}", agent.name))
                 .await;
@@ -227,13 +230,13 @@ impl Run {
                 tracing::info!(clone = %c.name, agent = %agent.id, "replacing its domain of an older layer");
                 let id = format!("replace-{}", request.request_id);
                 agents.delete(ep, &c.name, id).await.map_err(|e| {
-                    format!("replacing its domain of an older layer: {}", e.message())
+                    DeployError::agent("replacing its domain of an older layer", &e)
                 })?;
                 agents.create(ep, request).await
             }
             r => r,
         };
-        let domain = created.map_err(|e| format!("creating the domain: {}", e.message()))?;
+        let domain = created.map_err(|e| DeployError::agent("creating the domain", &e))?;
         // A create interrupted between define and start (a coordinator killed mid-call)
         // leaves the domain defined; the retry returns it as it is, so start it here.
         let domain = if domain.state == DomainState::Running as i32 {
@@ -243,7 +246,7 @@ impl Run {
                 .agents
                 .start(ep, &c.name, format!("start-{}-{}", c.name, self.generation))
                 .await
-                .map_err(|e| format!("starting the domain: {}", e.message()))?
+                .map_err(|e| DeployError::agent("starting the domain", &e))?
         };
         let running = domain.state == DomainState::Running as i32;
         if let Some(u) = self
@@ -258,7 +261,7 @@ impl Run {
                 }
             })
             .await
-            .map_err(|e| e.to_string())?
+            ?
         {
             self.report(
                 &u,

@@ -1,6 +1,7 @@
-//! Where a deployment's clones go: names, the hypervisor on an agent, placement through
-//! the scheduler (with one reason per agent when a clone cannot go anywhere), and the sweep
-//! of domains an agent runs for a deployment that the registry does not place there.
+//! Place, the second of the pipeline's three layers: the clones reconcile wants placed go
+//! to agents through the pure [`crate::scheduler`] (capacity, hypervisor, arch, labels,
+//! anti-affinity, strategy), with one reason per agent when a clone can go nowhere; and
+//! the hypervisor a clone runs under on its agent.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -9,16 +10,7 @@ use napalm_proto::v1::{
     PlacementFailure, PlacementStrategy,
 };
 
-use super::ship::Agents;
 use crate::scheduler::{self, Amount, Candidate, Demand, Placement, Rejection};
-
-/// Clone names of a deployment: `NAME-01` … (at least two digits).
-pub(super) fn names(spec: &DeploymentSpec) -> Vec<String> {
-    let width = spec.count.to_string().len().max(2);
-    (1..=spec.count)
-        .map(|i| format!("{}-{i:0width$}", spec.name))
-        .collect()
-}
 
 fn hypervisors(a: &Agent) -> Vec<Hypervisor> {
     a.capabilities
@@ -114,6 +106,7 @@ pub(super) fn unplaced(clone: &str, why: &[Rejection]) -> deploy_progress::Event
     deploy_progress::Event::Unplaced(failure(clone, why))
 }
 
+/// Why a clone could not be placed, per agent.
 pub(super) fn failure(clone: &str, why: &[Rejection]) -> PlacementFailure {
     PlacementFailure {
         clone: clone.into(),
@@ -126,39 +119,4 @@ pub(super) fn failure(clone: &str, why: &[Rejection]) -> PlacementFailure {
             })
             .collect(),
     }
-}
-
-/// Deletes domains labelled with `deployment` that the registry does not place on that
-/// agent (`assigned`: clone → agent id). Unreachable agents are skipped.
-pub(super) async fn sweep_orphans(
-    agents: &Agents,
-    all: &[Agent],
-    deployment: &str,
-    assigned: &HashMap<String, String>,
-) -> usize {
-    let mut removed = 0;
-    for a in all.iter().filter(|a| a.state != AgentState::Down as i32) {
-        let labels = HashMap::from([("deployment".to_owned(), deployment.to_owned())]);
-        let Ok(domains) = agents.domains_labelled(&a.grpc_endpoint, labels).await else {
-            continue;
-        };
-        for d in domains {
-            if assigned.get(&d.name) == Some(&a.id) {
-                continue;
-            }
-            tracing::warn!(domain = %d.name, agent = %a.id, "removing a domain the registry does not place here");
-            if agents
-                .delete(
-                    &a.grpc_endpoint,
-                    &d.name,
-                    format!("orphan-{}-{}", a.id, d.name),
-                )
-                .await
-                .is_ok()
-            {
-                removed += 1;
-            }
-        }
-    }
-    removed
 }

@@ -1,0 +1,333 @@
+//! Reconcile, the first of the pipeline's three layers (Nomad's reconcile → place → apply):
+//! compare what a deployment declares with what the registry records and what the agents
+//! run, and say what must change and why. Pure functions over values: no I/O, no clock,
+//! so the same step serves a client's `Deploy` and a loop that runs with nobody connected
+//! ([`super::Deployer::reconcile`]).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use napalm_proto::v1::{Agent, AgentState, Clone, ClonePhase, DeploymentSpec, Domain};
+
+/// Clone names of a deployment: `NAME-01` … (at least two digits).
+pub fn names(spec: &DeploymentSpec) -> Vec<String> {
+    let width = spec.count.to_string().len().max(2);
+    (1..=spec.count)
+        .map(|i| format!("{}-{i:0width$}", spec.name))
+        .collect()
+}
+
+/// Why a change is needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The spec declares a clone the registry does not record.
+    Declared,
+    /// The count went down: the clone is beyond it.
+    BeyondCount,
+    /// The clone is recorded but on no agent.
+    Unplaced,
+    /// The clone failed; it is placed again.
+    Failed,
+    /// Its agent is down (or gone) and the clone never came up there.
+    AgentDown,
+    /// An agent runs a domain of the deployment that the registry does not place there.
+    NotPlacedHere,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reason::Declared => "declared by the spec",
+            Reason::BeyondCount => "beyond the requested count",
+            Reason::Unplaced => "on no agent",
+            Reason::Failed => "failed",
+            Reason::AgentDown => "its agent is down",
+            Reason::NotPlacedHere => "the registry does not place it here",
+        })
+    }
+}
+
+/// One change reconcile asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Record a new clone (its 1-based index in the deployment).
+    Add {
+        /// Clone name.
+        clone: String,
+        /// Index (`NAME-NN`).
+        index: u32,
+    },
+    /// Delete a clone's domain and record.
+    Remove {
+        /// The record.
+        clone: Clone,
+        /// Why.
+        reason: Reason,
+    },
+    /// Find the clone an agent.
+    Place {
+        /// Clone name.
+        clone: String,
+        /// Why.
+        reason: Reason,
+    },
+    /// Delete a domain from an agent.
+    Stop {
+        /// Agent id.
+        agent: String,
+        /// Domain name.
+        domain: String,
+        /// Why.
+        reason: Reason,
+    },
+}
+
+/// What a deployment needs, from its spec, its clone records and the agents.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Changes in order: adds, removes, then placements.
+    pub actions: Vec<Action>,
+    /// Clones of this deployment each agent keeps (the scheduler's anti-affinity input).
+    pub held: HashMap<String, u32>,
+}
+
+impl Plan {
+    /// Names of the clones to place.
+    pub fn to_place(&self) -> Vec<String> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Place { clone, .. } => Some(clone.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Why `c` needs an agent, if it does: it has none, it failed, or its agent is down (or
+/// gone) while the clone never came up there. A clone running or registered on an agent
+/// that went down stays where it is.
+fn needs_placement(c: &Clone, agents: &HashMap<&str, &Agent>) -> Option<Reason> {
+    if c.agent_id.is_empty() {
+        return Some(Reason::Unplaced);
+    }
+    if c.phase == ClonePhase::Failed as i32 {
+        return Some(Reason::Failed);
+    }
+    let up = c.phase == ClonePhase::Registered as i32 || c.phase == ClonePhase::Running as i32;
+    match agents.get(c.agent_id.as_str()) {
+        None => Some(Reason::AgentDown),
+        Some(a) if a.state == AgentState::Down as i32 && !up => Some(Reason::AgentDown),
+        Some(_) => None,
+    }
+}
+
+/// Compares `spec` with the deployment's clone `records` and the registered `agents`.
+pub fn reconcile(spec: &DeploymentSpec, records: &[Clone], agents: &[Agent]) -> Plan {
+    let wanted = names(spec);
+    let keep: HashSet<&str> = wanted.iter().map(String::as_str).collect();
+    let recorded: HashMap<&str, &Clone> = records.iter().map(|c| (c.name.as_str(), c)).collect();
+    let by_id: HashMap<&str, &Agent> = agents.iter().map(|a| (a.id.as_str(), a)).collect();
+    let mut plan = Plan::default();
+    let mut place = Vec::new();
+    for (i, n) in wanted.iter().enumerate() {
+        if !recorded.contains_key(n.as_str()) {
+            plan.actions.push(Action::Add {
+                clone: n.clone(),
+                index: i as u32 + 1,
+            });
+            place.push(Action::Place {
+                clone: n.clone(),
+                reason: Reason::Declared,
+            });
+        }
+    }
+    for c in records {
+        if !keep.contains(c.name.as_str()) {
+            plan.actions.push(Action::Remove {
+                clone: c.clone(),
+                reason: Reason::BeyondCount,
+            });
+            continue;
+        }
+        match needs_placement(c, &by_id) {
+            Some(reason) => place.push(Action::Place {
+                clone: c.name.clone(),
+                reason,
+            }),
+            None => *plan.held.entry(c.agent_id.clone()).or_default() += 1,
+        }
+    }
+    plan.actions.extend(place);
+    plan
+}
+
+/// The domains of a deployment that agents run but the registry does not place there
+/// (`assigned`: clone → agent id; `running`: agent id → its domains of the deployment).
+pub fn strays(assigned: &HashMap<String, String>, running: &[(String, Vec<Domain>)]) -> Vec<Action> {
+    let mut out = Vec::new();
+    for (agent, domains) in running {
+        for d in domains {
+            if assigned.get(&d.name) != Some(agent) {
+                out.push(Action::Stop {
+                    agent: agent.clone(),
+                    domain: d.name.clone(),
+                    reason: Reason::NotPlacedHere,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(count: u32) -> DeploymentSpec {
+        DeploymentSpec {
+            name: "web".into(),
+            count,
+            ..Default::default()
+        }
+    }
+
+    fn agent(id: &str, state: AgentState) -> Agent {
+        Agent {
+            id: id.into(),
+            state: state as i32,
+            ..Default::default()
+        }
+    }
+
+    fn clone(name: &str, agent: &str, phase: ClonePhase) -> Clone {
+        Clone {
+            name: name.into(),
+            agent_id: agent.into(),
+            phase: phase as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn names_have_at_least_two_digits() {
+        assert_eq!(names(&spec(3)), ["web-01", "web-02", "web-03"]);
+        assert_eq!(names(&spec(100))[99], "web-100");
+        assert_eq!(names(&spec(100))[0], "web-001");
+    }
+
+    #[test]
+    fn a_new_deployment_adds_and_places_every_clone() {
+        let p = reconcile(&spec(2), &[], &[agent("a", AgentState::Ready)]);
+        assert_eq!(
+            p.actions,
+            [
+                Action::Add {
+                    clone: "web-01".into(),
+                    index: 1
+                },
+                Action::Add {
+                    clone: "web-02".into(),
+                    index: 2
+                },
+                Action::Place {
+                    clone: "web-01".into(),
+                    reason: Reason::Declared
+                },
+                Action::Place {
+                    clone: "web-02".into(),
+                    reason: Reason::Declared
+                },
+            ]
+        );
+        assert!(p.held.is_empty());
+    }
+
+    #[test]
+    fn a_converged_deployment_needs_nothing() {
+        let records = [
+            clone("web-01", "a", ClonePhase::Registered),
+            clone("web-02", "b", ClonePhase::Running),
+        ];
+        let agents = [agent("a", AgentState::Ready), agent("b", AgentState::Ready)];
+        let p = reconcile(&spec(2), &records, &agents);
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+        assert_eq!(p.held, HashMap::from([("a".into(), 1), ("b".into(), 1)]));
+    }
+
+    #[test]
+    fn shrinking_removes_the_clones_beyond_the_count() {
+        let records = [
+            clone("web-01", "a", ClonePhase::Registered),
+            clone("web-02", "a", ClonePhase::Registered),
+        ];
+        let p = reconcile(&spec(1), &records, &[agent("a", AgentState::Ready)]);
+        assert_eq!(
+            p.actions,
+            [Action::Remove {
+                clone: records[1].clone(),
+                reason: Reason::BeyondCount
+            }]
+        );
+    }
+
+    #[test]
+    fn failed_unplaced_and_stranded_clones_are_placed_again() {
+        let records = [
+            clone("web-01", "a", ClonePhase::Failed),
+            clone("web-02", "", ClonePhase::Pending),
+            clone("web-03", "down", ClonePhase::Shipped),
+            clone("web-04", "down", ClonePhase::Registered),
+            clone("web-05", "gone", ClonePhase::Scheduled),
+        ];
+        let agents = [agent("a", AgentState::Ready), agent("down", AgentState::Down)];
+        let p = reconcile(&spec(5), &records, &agents);
+        let placed: Vec<(String, Reason)> = p
+            .actions
+            .iter()
+            .map(|a| match a {
+                Action::Place { clone, reason } => (clone.clone(), *reason),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            placed,
+            [
+                ("web-01".into(), Reason::Failed),
+                ("web-02".into(), Reason::Unplaced),
+                ("web-03".into(), Reason::AgentDown),
+                ("web-05".into(), Reason::AgentDown),
+            ]
+        );
+        // A registered clone on a down agent stays: it may well still run.
+        assert_eq!(p.held, HashMap::from([("down".into(), 1)]));
+    }
+
+    #[test]
+    fn strays_are_domains_placed_elsewhere_or_nowhere() {
+        let assigned = HashMap::from([("web-01".to_owned(), "a".to_owned())]);
+        let d = |n: &str| Domain {
+            name: n.into(),
+            ..Default::default()
+        };
+        let running = vec![
+            ("a".to_owned(), vec![d("web-01"), d("web-02")]),
+            ("b".to_owned(), vec![d("web-01")]),
+        ];
+        assert_eq!(
+            strays(&assigned, &running),
+            [
+                Action::Stop {
+                    agent: "a".into(),
+                    domain: "web-02".into(),
+                    reason: Reason::NotPlacedHere
+                },
+                Action::Stop {
+                    agent: "b".into(),
+                    domain: "web-01".into(),
+                    reason: Reason::NotPlacedHere
+                },
+            ]
+        );
+    }
+}

@@ -1,0 +1,497 @@
+//! The daemon's wiring, mirroring `napalm_agent::server`: [`start`] takes a [`ServeConfig`],
+//! opens the registry, starts leader election (etcd), the agent sweep, NFS exports, static
+//! agents, mDNS browsing and advertising, the clone-registration HTTP endpoint and the
+//! gRPC `CoordinatorService`, and returns a [`Running`] handle. `napalm-coordinator`'s
+//! `main` only parses flags into a `ServeConfig`; tests and benches use
+//! [`ServeConfig::loopback`] (and `crate::testing` for a whole grid), so the daemon is
+//! never wired by hand anywhere else.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use napalm_proto::v1::coordinator_service_server::CoordinatorServiceServer;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::browse::{Advert, Advertiser, Browser, BrowseError};
+use crate::clock::SystemClock;
+use crate::deploy::ship::Agents;
+use crate::deploy::{DeployConfig, DeployError, Deployer};
+use crate::discovery::{keep_registering_static, Backoff};
+use crate::exports::{ExportConfig, ExportError, Exporter, SystemReload};
+use crate::registry::agents::HeartbeatPolicy;
+use crate::registry::clones::TokenKey;
+use crate::registry::Registry;
+use crate::service::{Coordinator, RequireToken};
+use crate::store::election::{Election, Role};
+use crate::store::etcd::EtcdStore;
+use crate::store::{self, StoreError};
+
+/// How the gRPC API authenticates its callers (booted clones always use their own clone
+/// tokens, see [`crate::service::OPEN_METHODS`]).
+#[derive(Debug, Clone)]
+pub enum ApiAuth {
+    /// Every call but the open ones needs `authorization: Bearer TOKEN`.
+    Token(String),
+    /// No authentication: anyone who reaches the listener may deploy (local trials only).
+    Insecure,
+    /// Tests: accept every call and record its `authorization` value ("" when absent), in
+    /// order, so a test can check what a client sent.
+    Record(Arc<Mutex<Vec<String>>>),
+}
+
+/// Where the secret clone tokens and cluster identities derive from.
+#[derive(Debug, Clone)]
+pub enum Secret {
+    /// A file, created (32 random bytes, mode 0600) when missing.
+    File(PathBuf),
+    /// Given bytes (tests).
+    Bytes(Vec<u8>),
+}
+
+/// Everything the daemon needs; `main` fills it from flags.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// gRPC listen address (port 0: any free port, see [`Running::grpc_addr`]).
+    pub listen: SocketAddr,
+    /// HTTP listen address of clone registration.
+    pub http_listen: SocketAddr,
+    /// Registry: a file path (embedded redb store) or `etcd://host:port[,host:port…]`.
+    pub store: String,
+    /// Where clone tokens derive from.
+    pub secret: Secret,
+    /// This coordinator's id in leader election (etcd) and in its mDNS record.
+    pub id: Option<String>,
+    /// Leader lease TTL (etcd only).
+    pub lease_ttl: Duration,
+    /// Agents' heartbeat TTL policy.
+    pub heartbeat: HeartbeatPolicy,
+    /// How the gRPC API authenticates callers.
+    pub api_auth: ApiAuth,
+    /// Bearer token presented to agents.
+    pub agent_token: Option<String>,
+    /// Agents used without discovery (gRPC endpoints), retried in the background.
+    pub static_agents: Vec<String>,
+    /// Browse for agents and advertise this coordinator over mDNS on these interfaces.
+    pub mdns_interfaces: Vec<String>,
+    /// The deploy pipeline (`None`: Deploy and Undeploy answer "unavailable"). An empty
+    /// `register_base` is filled with `http://` + the bound HTTP address; its `exports`
+    /// are taken from [`Self::exports`].
+    pub deploy: Option<DeployConfig>,
+    /// NFS exports this coordinator writes (`None`: managed by hand).
+    pub exports: Option<ExportConfig>,
+}
+
+impl ServeConfig {
+    /// A coordinator on loopback for tests and benches: any free ports, an embedded store
+    /// and a fixed secret under `dir`, no API authentication, no agents, no mDNS and no
+    /// deploy pipeline (set [`Self::deploy`], or use `crate::testing`).
+    pub fn loopback(dir: &Path) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            store: dir.join("registry.redb").to_string_lossy().into_owned(),
+            secret: Secret::Bytes(b"napalm-loopback-secret-0123456789".to_vec()),
+            id: None,
+            lease_ttl: Duration::from_secs(5),
+            heartbeat: HeartbeatPolicy::default(),
+            api_auth: ApiAuth::Insecure,
+            agent_token: None,
+            static_agents: Vec::new(),
+            mdns_interfaces: Vec::new(),
+            deploy: None,
+            exports: None,
+        }
+    }
+}
+
+/// Why the daemon could not start. Each message says what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The registry store did not open.
+    #[error(
+        "opening the registry store {store:?}: check that it is reachable from here \
+         (etcd started, the address right) or pass another --store"
+    )]
+    Store {
+        /// The `--store` value.
+        store: String,
+        /// What the store said.
+        #[source]
+        source: StoreError,
+    },
+    /// The secret file could not be read or created.
+    #[error("the secret file {path}")]
+    Secret {
+        /// Its path.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The secret is unusable as a token key.
+    #[error("the secret cannot key clone tokens")]
+    TokenKey(#[source] napalm_proto::ApiError),
+    /// The export settings are inconsistent.
+    #[error("NFS export settings")]
+    Exports(#[source] ExportError),
+    /// Writing the exports at start-up failed.
+    #[error("writing the NFS exports")]
+    SyncExports(#[source] DeployError),
+    /// A listener could not be bound.
+    #[error("binding {what} {addr}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Its address.
+        addr: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// mDNS could not start.
+    #[error("starting mDNS on {interfaces:?}")]
+    Mdns {
+        /// The interfaces asked for.
+        interfaces: Vec<String>,
+        /// What went wrong.
+        #[source]
+        source: BrowseError,
+    },
+}
+
+/// A running coordinator; [`Running::shutdown`] stops it (dropping it aborts its tasks).
+pub struct Running {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    registry: Registry,
+    tokens: Arc<TokenKey>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    tasks: Vec<JoinHandle<()>>,
+    _election: Option<Election>,
+    _browser: Option<Browser>,
+    _advertiser: Option<Advertiser>,
+}
+
+impl Running {
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The bound HTTP (clone registration) address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The gRPC endpoint clients dial: `http://ADDR`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// The registry this coordinator serves.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The key clone tokens derive from.
+    pub fn tokens(&self) -> &Arc<TokenKey> {
+        &self.tokens
+    }
+
+    /// Stops serving: the gRPC server finishes its calls in flight, background tasks end.
+    pub async fn shutdown(mut self) -> Result<(), tonic::transport::Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let served = match self.grpc.take() {
+            Some(h) => h.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        };
+        self.abort();
+        served
+    }
+
+    fn abort(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        if let Some(g) = self.grpc.take() {
+            g.abort();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// Reads the secret file, or creates it with 32 random bytes (mode 0600) when missing.
+fn read_or_create_secret(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(s) = std::fs::read(path) {
+        return Ok(s);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut s = vec![0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut s)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    std::io::Write::write_all(&mut f, &s)?;
+    f.sync_all()?;
+    Ok(s)
+}
+
+/// This host's name, for the mDNS record.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "napalm-coordinator".into())
+}
+
+/// The leader's chores, once a second: with etcd only the elected leader writes
+/// scheduling decisions (its fencing token guards every commit) and marks silent agents
+/// down; alone, this coordinator is always the leader.
+fn spawn_sweeper(
+    registry: Registry,
+    roles: Option<tokio::sync::watch::Receiver<Role>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let leader = match &roles {
+                None => true,
+                Some(r) => {
+                    let current = r.borrow().clone();
+                    match current {
+                        Role::Leader { fence } => {
+                            registry.set_fence(Some(fence));
+                            true
+                        }
+                        Role::Follower { .. } => {
+                            registry.set_fence(None);
+                            false
+                        }
+                    }
+                }
+            };
+            if leader {
+                if let Err(e) = registry.sweep_agents().await {
+                    tracing::warn!(error = %e, "agent sweep failed");
+                }
+            }
+        }
+    })
+}
+
+/// Starts the coordinator; returns once both listeners are bound and the NFS exports are
+/// written (static agents and mDNS peers are found in the background).
+pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
+    let store = store::open(&cfg.store)
+        .await
+        .map_err(|source| ServeError::Store {
+            store: cfg.store.clone(),
+            source,
+        })?;
+    tracing::info!(store = %store.describe(), "registry open");
+    let registry = Registry::new(store, Arc::new(SystemClock));
+    let secret = match &cfg.secret {
+        Secret::Bytes(b) => b.clone(),
+        Secret::File(path) => {
+            read_or_create_secret(path).map_err(|source| ServeError::Secret {
+                path: path.clone(),
+                source,
+            })?
+        }
+    };
+    let tokens = Arc::new(TokenKey::new(&secret).map_err(ServeError::TokenKey)?);
+
+    let grpc_listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what: "gRPC",
+            addr: cfg.listen,
+            source,
+        })?;
+    let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what: "HTTP",
+            addr: cfg.http_listen,
+            source,
+        })?;
+    let bound = |l: &tokio::net::TcpListener, what, addr| {
+        l.local_addr()
+            .map_err(|source| ServeError::Bind { what, addr, source })
+    };
+    let grpc_addr = bound(&grpc_listener, "gRPC", cfg.listen)?;
+    let http_addr = bound(&http_listener, "HTTP", cfg.http_listen)?;
+
+    // With etcd, only the elected leader writes scheduling decisions and sweeps agents.
+    let election = match cfg.store.strip_prefix("etcd://") {
+        Some(rest) => {
+            let endpoints: Vec<String> = rest.split(',').map(|e| format!("http://{e}")).collect();
+            let etcd = EtcdStore::connect(&endpoints)
+                .await
+                .map_err(|source| ServeError::Store {
+                    store: cfg.store.clone(),
+                    source,
+                })?;
+            let id = cfg.id.clone().unwrap_or_else(|| grpc_addr.to_string());
+            Some(Election::start(etcd.client(), id, cfg.lease_ttl))
+        }
+        None => None,
+    };
+    let mut tasks = vec![spawn_sweeper(
+        registry.clone(),
+        election.as_ref().map(Election::subscribe),
+    )];
+
+    let exporter = match cfg.exports.clone() {
+        Some(x) => Some(Arc::new(
+            Exporter::new(x, Box::new(SystemReload)).map_err(ServeError::Exports)?,
+        )),
+        None => None,
+    };
+    let deployer = match cfg.deploy.clone() {
+        Some(mut d) => {
+            if d.register_base.is_empty() {
+                d.register_base = format!("http://{http_addr}");
+            }
+            d.agent_token = cfg.agent_token.clone();
+            d.exports = exporter;
+            let deployer = Deployer::new(registry.clone(), d, Arc::clone(&tokens));
+            // The root (and any stateful clones' state) is exported before anything boots.
+            deployer
+                .sync_exports()
+                .await
+                .map_err(ServeError::SyncExports)?;
+            Some(deployer)
+        }
+        None => {
+            tracing::warn!("no kernel and base image: Deploy and Undeploy are unavailable");
+            None
+        }
+    };
+
+    // Static agents may start after us: each is retried in the background until it answers.
+    let links = Agents::new(cfg.agent_token.clone());
+    for ep in &cfg.static_agents {
+        let (registry, links, ep, policy) =
+            (registry.clone(), links.clone(), ep.clone(), cfg.heartbeat);
+        tasks.push(tokio::spawn(async move {
+            keep_registering_static(registry, links, ep, policy, Backoff::default()).await;
+        }));
+    }
+    let mdns = |source| ServeError::Mdns {
+        interfaces: cfg.mdns_interfaces.clone(),
+        source,
+    };
+    let (browser, advertiser) = if cfg.mdns_interfaces.is_empty() {
+        (None, None)
+    } else {
+        let browser = Browser::start(
+            &cfg.mdns_interfaces,
+            registry.clone(),
+            links.clone(),
+            cfg.heartbeat,
+        )
+        .map_err(mdns)?;
+        let advert = Advert {
+            id: cfg
+                .id
+                .clone()
+                .unwrap_or_else(|| "napalm-coordinator".into()),
+            hostname: hostname(),
+            grpc_port: grpc_addr.port(),
+            http_port: http_addr.port(),
+        };
+        let advertiser = Advertiser::start(&cfg.mdns_interfaces, &advert).map_err(mdns)?;
+        (Some(browser), Some(advertiser))
+    };
+
+    let app = crate::http::router(registry.clone(), Arc::clone(&tokens));
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(http_listener, app).await {
+            tracing::error!(error = %e, "HTTP endpoint stopped");
+        }
+    }));
+
+    let mut svc = Coordinator::new(
+        registry.clone(),
+        cfg.heartbeat,
+        Arc::clone(&tokens),
+        deployer,
+    );
+    if let Some(e) = &election {
+        svc = svc.with_election(e.subscribe());
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let incoming = TcpListenerStream::new(grpc_listener);
+    let shutdown = async move {
+        let _ = stopped.await;
+    };
+    let mut builder = tonic::transport::Server::builder();
+    let grpc = match cfg.api_auth.clone() {
+        ApiAuth::Token(t) => tokio::spawn(
+            builder
+                .add_service(RequireToken::new(CoordinatorServiceServer::new(svc), t))
+                .serve_with_incoming_shutdown(incoming, shutdown),
+        ),
+        ApiAuth::Insecure => {
+            tracing::warn!(
+                "serving the gRPC API WITHOUT authentication: anyone who reaches it can \
+                 deploy and undeploy"
+            );
+            tokio::spawn(
+                builder
+                    .add_service(CoordinatorServiceServer::new(svc))
+                    .serve_with_incoming_shutdown(incoming, shutdown),
+            )
+        }
+        ApiAuth::Record(seen) => {
+            let record = move |r: tonic::Request<()>| {
+                let v = r
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                seen.lock().unwrap_or_else(|p| p.into_inner()).push(v);
+                Ok(r)
+            };
+            tokio::spawn(
+                builder
+                    .add_service(CoordinatorServiceServer::with_interceptor(svc, record))
+                    .serve_with_incoming_shutdown(incoming, shutdown),
+            )
+        }
+    };
+    tracing::info!(listen = %grpc_addr, http = %http_addr, "serving napalm.v1.CoordinatorService");
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        registry,
+        tokens,
+        stop: Some(stop),
+        grpc: Some(grpc),
+        tasks,
+        _election: election,
+        _browser: browser,
+        _advertiser: advertiser,
+    })
+}
