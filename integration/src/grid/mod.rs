@@ -58,7 +58,8 @@ pub enum Hypervisor {
     Test,
 }
 
-/// Grid settings.
+/// What [`Grid::start`] builds; the default is the operator's grid: two agents on QEMU,
+/// a coordinator, the cached busybox root.
 #[derive(Debug, Clone)]
 pub struct GridOptions {
     /// How many agent hosts (PREFIX.11, .12, …), each running `napalm-agent`.
@@ -95,7 +96,7 @@ impl Default for GridOptions {
     }
 }
 
-/// A running grid.
+/// A running grid; dropping it tears everything down, also when a test panics.
 pub struct Grid {
     /// PREFIX.1: the coordinator, ganesha, and where `napalmctl` runs.
     pub server: Host,
