@@ -45,15 +45,9 @@ pub fn auth_interceptor(
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(napalm_proto::auth::bearer)
             .unwrap_or("");
-        if given.len() == t.len()
-            && given
-                .bytes()
-                .zip(t.bytes())
-                .fold(0u8, |a, (x, y)| a | (x ^ y))
-                == 0
-        {
+        if napalm_proto::auth::token_matches(t, given) {
             Ok(req)
         } else {
             Err(ApiError::Unauthenticated {

@@ -83,20 +83,15 @@ async fn count(State(s): State<AppState>, req: Request, next: Next) -> Response 
     next.run(req).await
 }
 
-/// Compares in time independent of where the first difference is.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(token) = &s.cfg.token {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(napalm_proto::auth::bearer)
             .unwrap_or("");
-        if !same(given.as_bytes(), token.as_bytes()) {
+        if !napalm_proto::auth::token_matches(token, given) {
             return unauthorized(render::Format::negotiate(req.headers()));
         }
     }
