@@ -93,12 +93,14 @@ fn bare_device() -> impl Strategy<Value = Device> {
 }
 
 fn root_device() -> impl Strategy<Value = Device> {
-    (bare_device(), proptest::option::of(prop_oneof![Just(Role::Ro), Just(Role::Rw)])).prop_map(
-        |(d, role)| match role {
+    (
+        bare_device(),
+        proptest::option::of(prop_oneof![Just(Role::Ro), Just(Role::Rw)]),
+    )
+        .prop_map(|(d, role)| match role {
             Some(r) => d.with_role(r),
             None => d,
-        },
-    )
+        })
 }
 
 fn root_spec() -> impl Strategy<Value = RootSpec> {
@@ -118,8 +120,7 @@ fn ip_config() -> impl Strategy<Value = IpConfig> {
     prop_oneof![
         Just(IpConfig::Off),
         Just(IpConfig::dhcp()),
-        (ifname(), hostname())
-            .prop_map(|(device, hostname)| IpConfig::Dhcp { device, hostname }),
+        (ifname(), hostname()).prop_map(|(device, hostname)| IpConfig::Dhcp { device, hostname }),
         (
             any::<Ipv4Addr>(),
             any::<Ipv4Addr>(),
@@ -225,9 +226,14 @@ fn coordinator_static_line() {
         server: Some(Ipv4Addr::new(10, 77, 0, 1)),
         hostname: Some("grid1-01".into()),
         device: Some("eth0".into()),
-        ..StaticIp::new(Ipv4Addr::new(10, 77, 0, 101), Ipv4Addr::new(255, 255, 255, 0))
+        ..StaticIp::new(
+            Ipv4Addr::new(10, 77, 0, 101),
+            Ipv4Addr::new(255, 255, 255, 0),
+        )
     });
-    let line = KernelCmdline::new(root, ip).before("console=ttyS0").after("");
+    let line = KernelCmdline::new(root, ip)
+        .before("console=ttyS0")
+        .after("");
     assert_eq!(
         line.to_string(),
         "console=ttyS0 root=nfs:10.77.0.1:/srv/root:ro;layer:grid1-01:ro;\

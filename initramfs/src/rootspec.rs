@@ -111,7 +111,10 @@ impl Device {
         if back.kind != dev.kind || back.params != dev.params {
             return Err(err(
                 0,
-                format!("device would read back as {back}, not as type {:?}", dev.kind),
+                format!(
+                    "device would read back as {back}, not as type {:?}",
+                    dev.kind
+                ),
             ));
         }
         Ok(dev)

@@ -81,7 +81,10 @@ fn target_dir() -> Result<PathBuf, StaticInitError> {
     } else {
         dir
     };
-    profile.parent().map(Path::to_path_buf).ok_or_else(no_target)
+    profile
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(no_target)
 }
 
 /// The static `napalm-init` for x86_64 guests: `NAPALM_STATIC_INIT` if set, else built

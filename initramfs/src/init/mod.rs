@@ -1,0 +1,339 @@
+//! The PID 1 flow of napalm-init, one named step each: early mounts, command line, modules,
+//! network, the union root, `unpack=`, switch_root semantics (empty the initramfs, move the
+//! new root onto `/`, chroot), the boot report, exec `init=`. Any failure stops with a
+//! message naming the step and its input, then does what `napalm.onfail=` says
+//! ([`handle_failure`]). Every call that touches the machine goes through [`Syscall`], and
+//! every path is under the boot's root (`/` at boot, a temp dir in tests).
+
+mod failure;
+mod report;
+#[cfg(test)]
+mod tests;
+
+pub use failure::{handle_failure, say, Failure};
+
+use crate::cmdline::{onfail_lenient, BootConfig, OnFail};
+use crate::fsloader::{self, MountCtx};
+use crate::ip::IpConfig;
+use crate::modules;
+use crate::net::{self, NetState};
+use crate::rootspec::RootSpec;
+use crate::syscall::Syscall;
+use crate::timings::{uptime, Timings};
+use crate::union::{self, Assembled};
+use crate::unpack;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the new root is assembled.
+pub const NEWROOT: &str = "/rootfs";
+
+/// The modules the network needs besides those of the fsloaders.
+const NET_MODULES: [&str; 3] = ["virtio_pci", "virtio_net", "xen_netfront"];
+
+/// Runs the whole boot on the real root `/`; returns only on failure (success execs the
+/// real init with `init_args`, the words the kernel passed to us, e.g. `single`).
+pub fn run(sys: &dyn Syscall, cmdline: &Path, init_args: &[String]) -> Failure {
+    Boot::new(sys, Path::new("/")).run(cmdline, init_args)
+}
+
+/// One boot: the syscall edge, the root everything happens under, what to do on failure
+/// (known once the command line is read) and the timings so far.
+pub struct Boot<'a> {
+    sys: &'a dyn Syscall,
+    root: PathBuf,
+    onfail: OnFail,
+    t0: f64,
+    tm: Timings,
+}
+
+type Step<T> = Result<T, Failure>;
+
+impl<'a> Boot<'a> {
+    /// A boot under `root` (`/` as PID 1).
+    pub fn new(sys: &'a dyn Syscall, root: &Path) -> Self {
+        let t0 = uptime();
+        Boot {
+            sys,
+            root: root.to_path_buf(),
+            onfail: OnFail::Halt,
+            t0,
+            tm: Timings::new(t0),
+        }
+    }
+
+    /// Runs every step; returns only on failure, like [`run`].
+    pub fn run(mut self, cmdline: &Path, init_args: &[String]) -> Failure {
+        match self.steps(cmdline, init_args) {
+            Err(f) => f,
+            Ok(never) => match never {},
+        }
+    }
+
+    fn steps(&mut self, cmdline: &Path, init_args: &[String]) -> Step<Infallible> {
+        say(&format!(
+            "napalm-init: starting at {:.3}s after kernel start",
+            self.t0
+        ));
+        self.early_mounts()?;
+        let cfg = self.read_cmdline(cmdline)?;
+        let root = self.root_spec(&cfg)?;
+        self.load_modules(&cfg, &root)?;
+        let net = self.bring_up_network(&cfg)?;
+        let assembled = self.assemble_root(&cfg, &root, net.as_ref())?;
+        self.unpack(&cfg, &assembled)?;
+        self.switch_root(&cfg)?;
+        self.write_report(&root, &assembled, net.as_ref());
+        Err(self.exec_init(&cfg, init_args))
+    }
+
+    /// `abs` (an absolute path of the booted system) under this boot's root.
+    fn path(&self, abs: &str) -> PathBuf {
+        self.root.join(abs.trim_start_matches('/'))
+    }
+
+    fn fail(&self, step: &'static str, error: impl Into<String>) -> Failure {
+        Failure {
+            step,
+            error: error.into(),
+            onfail: self.onfail,
+        }
+    }
+
+    /// Mounts /proc, /sys, /dev (devtmpfs) and /run; already mounted is fine.
+    fn early_mounts(&self) -> Step<()> {
+        for (src, dir, fstype, data) in [
+            ("proc", "/proc", "proc", ""),
+            ("sysfs", "/sys", "sysfs", ""),
+            ("devtmpfs", "/dev", "devtmpfs", "mode=0755"),
+            ("tmpfs", "/run", "tmpfs", "mode=0755"),
+        ] {
+            let target = self.path(dir);
+            let r = self.sys.mkdir_all(&target).and_then(|()| {
+                match self.sys.mount(src, &target, fstype, false, data) {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
+                    r => r.map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("mount -t {fstype} {src} {dir}: {e}"))
+                    }),
+                }
+            });
+            r.map_err(|e| self.fail("early mounts", e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Parses the command line; from here on `napalm.onfail=` applies (leniently read
+    /// when the line itself is malformed).
+    fn read_cmdline(&mut self, cmdline: &Path) -> Step<BootConfig> {
+        match BootConfig::from_cmdline(cmdline) {
+            Ok(cfg) => {
+                self.onfail = cfg.onfail;
+                if cfg.help {
+                    say(&fsloader::help_text());
+                }
+                Ok(cfg)
+            }
+            Err(e) => {
+                let raw = std::fs::read_to_string(cmdline).unwrap_or_default();
+                self.onfail = onfail_lenient(&raw);
+                Err(self.fail("cmdline", e.to_string()))
+            }
+        }
+    }
+
+    /// The `root=` to assemble, checked against the fsloaders before anything is mounted.
+    fn root_spec(&self, cfg: &BootConfig) -> Step<RootSpec> {
+        let Some(root) = cfg.root.clone() else {
+            return Err(self.fail(
+                "cmdline",
+                "no root= on the kernel command line (e.g. root=nfs:10.0.2.100::ro;tmpfs:rw; napalm.help lists the types)",
+            ));
+        };
+        union::validate(&root).map_err(|e| self.fail("root", e.to_string()))?;
+        Ok(root)
+    }
+
+    /// Loads the modules the root and the network need, dependencies first (the builder
+    /// wrote modules.dep), and names the slow ones.
+    fn load_modules(&mut self, cfg: &BootConfig, root: &RootSpec) -> Step<()> {
+        let s = uptime();
+        let release = self
+            .sys
+            .kernel_release()
+            .map_err(|e| self.fail("modules", format!("uname: {e}")))?;
+        let mut wanted = fsloader::modules_for(root);
+        if cfg.ip != IpConfig::Off {
+            wanted.extend(NET_MODULES);
+        }
+        let dir = self.path("/lib/modules").join(&release);
+        let loaded = modules::load_needed(self.sys, &dir, &wanted)
+            .map_err(|e| self.fail("modules", e.to_string()))?;
+        say(&self
+            .tm
+            .record(&format!("modules: {} loaded", loaded.len()), s, uptime()));
+        let mut slow: Vec<&(String, f64)> = loaded.iter().filter(|m| m.1 > 0.05).collect();
+        slow.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (m, t) in slow {
+            say(&format!("napalm:   {t:.3}s {}", modules::module_name(m)));
+        }
+        Ok(())
+    }
+
+    /// The network as `ip=` says (DHCP by default when a layer is on NFS), the hostname it
+    /// names, and `/run/napalm/resolv.conf`.
+    fn bring_up_network(&mut self, cfg: &BootConfig) -> Step<Option<NetState>> {
+        let timeout = Duration::from_secs(cfg.timeout_secs);
+        let mut ipcfg = cfg.ip.clone();
+        if ipcfg == IpConfig::Off && needs_network(cfg) {
+            ipcfg = IpConfig::dhcp();
+        }
+        let s = uptime();
+        let state = self
+            .sys
+            .configure_network(&ipcfg, &cfg.nameservers, timeout)
+            .map_err(|e| self.fail("network", format!("{e} (ip={ipcfg:?})")))?;
+        let Some(n) = state else {
+            return Ok(None);
+        };
+        let gw = n.gateway.map(|g| format!(", gw {g}")).unwrap_or_default();
+        say(&self.tm.record(
+            &format!("network: {} {} ({}{gw})", n.iface, n.addr, n.method),
+            s,
+            uptime(),
+        ));
+        if let Some(h) = &n.hostname {
+            // As the kernel's own ip= does; the clone's layer may set it again later.
+            if let Err(e) = self.sys.sethostname(h) {
+                say(&format!("napalm: warning: sethostname({h}): {e}"));
+            }
+        }
+        let _ = self.sys.mkdir_all(&self.path("/run/napalm"));
+        self.sys
+            .write_file(
+                &self.path("/run/napalm/resolv.conf"),
+                net::resolv_conf(&n.dns).as_bytes(),
+            )
+            .map_err(|e| self.fail("network", format!("writing /run/napalm/resolv.conf: {e}")))?;
+        Ok(Some(n))
+    }
+
+    /// Mounts every `root=` layer and the overlayfs union on [`NEWROOT`].
+    fn assemble_root(
+        &mut self,
+        cfg: &BootConfig,
+        root: &RootSpec,
+        net: Option<&NetState>,
+    ) -> Step<Assembled> {
+        let s = uptime();
+        let mut ctx = MountCtx::new(self.sys, &self.root, Duration::from_secs(cfg.timeout_secs));
+        ctx.client_ip = net.map(|n| n.addr);
+        let assembled = union::assemble(&mut ctx, root, &self.path(NEWROOT));
+        for p in &ctx.phases {
+            say(&self.tm.record(&format!("mount {}", p.0), p.1, p.2));
+        }
+        for l in &ctx.log {
+            say(&format!("napalm:   {l}"));
+        }
+        let assembled = assembled.map_err(|e| self.fail("root", e.to_string()))?;
+        say(&self.tm.record("union root assembled", s, uptime()));
+        for (desc, at) in &assembled.participants {
+            say(&format!("napalm:   {at}  {desc}"));
+        }
+        Ok(assembled)
+    }
+
+    /// `unpack=`: archives unpacked onto the new root's upper layer.
+    fn unpack(&mut self, cfg: &BootConfig, assembled: &Assembled) -> Step<()> {
+        let s = uptime();
+        let done = unpack::unpack_all(&self.path(NEWROOT), &cfg.unpack, assembled.writable)
+            .map_err(|e| self.fail("unpack", e.to_string()))?;
+        if !done.is_empty() {
+            for (a, n) in &done {
+                say(&format!("napalm:   unpacked {} ({n} entries)", a.display()));
+            }
+            say(&self.tm.record("unpack", s, uptime()));
+        }
+        Ok(())
+    }
+
+    /// Checks `init=` exists in the new root, then switches to it ([`switch_root`]).
+    fn switch_root(&mut self, cfg: &BootConfig) -> Step<()> {
+        let s = uptime();
+        let init = &cfg.init;
+        let in_new = self
+            .path(NEWROOT)
+            .join(init.strip_prefix("/").unwrap_or(init));
+        if in_new.symlink_metadata().is_err() {
+            return Err(self.fail(
+                "switch_root",
+                format!("init={} does not exist in the new root", init.display()),
+            ));
+        }
+        switch_root_under(self.sys, &self.root, &self.path(NEWROOT))
+            .map_err(|e| self.fail("switch_root", e.to_string()))?;
+        let end = uptime();
+        say(&self.tm.record("switch_root", s, end));
+        self.tm.exec_init = Some(end);
+        Ok(())
+    }
+
+    /// `/run/napalm/boot.json` for the register hook; a failure is only a warning.
+    fn write_report(&self, root: &RootSpec, assembled: &Assembled, net: Option<&NetState>) {
+        let json = report::boot_json(root, assembled, net, &self.tm);
+        // After switch_root the boot's root is the new root, its /run the one moved there.
+        let dir = self.path("/run/napalm");
+        if self
+            .sys
+            .mkdir_all(&dir)
+            .and_then(|()| self.sys.write_file(&dir.join("boot.json"), json.as_bytes()))
+            .is_err()
+        {
+            say(
+                "napalm: warning: could not write /run/napalm/boot.json (no /run in the new root?)",
+            );
+        }
+    }
+
+    /// Execs `init=`; returns only the failure.
+    fn exec_init(&self, cfg: &BootConfig, init_args: &[String]) -> Failure {
+        let end = self.tm.exec_init.unwrap_or_else(uptime);
+        say(&format!(
+            "napalm: initramfs took {:.3}s (kernel {:.3}s); transferring control to {} ...",
+            end - self.t0,
+            self.t0,
+            cfg.init.display()
+        ));
+        let err = self.sys.exec(&cfg.init, init_args);
+        self.fail("exec init", format!("exec {}: {err}", cfg.init.display()))
+    }
+}
+
+fn needs_network(cfg: &BootConfig) -> bool {
+    cfg.root
+        .as_ref()
+        .is_some_and(|r| r.devices.iter().any(|d| d.components().contains(&"nfs")))
+}
+
+/// Moves /dev /proc /sys /run into the new root, empties the initramfs, moves the new
+/// root onto `/` and chroots into it.
+pub fn switch_root(sys: &dyn Syscall, newroot: &Path) -> std::io::Result<()> {
+    switch_root_under(sys, Path::new("/"), newroot)
+}
+
+/// [`switch_root`] with the initramfs at `root` instead of `/`.
+fn switch_root_under(sys: &dyn Syscall, root: &Path, newroot: &Path) -> std::io::Result<()> {
+    for m in ["dev", "proc", "sys", "run"] {
+        let target = newroot.join(m);
+        if target.is_dir() {
+            sys.mount_move(&root.join(m), &target)?;
+        } else {
+            sys.umount(&root.join(m))?;
+        }
+    }
+    sys.empty_initramfs(root, newroot)?;
+    sys.chdir(newroot)?;
+    sys.mount_move(Path::new("."), root)?;
+    sys.chroot(Path::new("."))?;
+    sys.chdir(Path::new("/"))
+}

@@ -1,0 +1,115 @@
+//! A whole boot against [`RecordingSyscall`]: the sequence of calls, no root needed.
+
+use super::*;
+use crate::syscall::{RecordingSyscall, RECORDED_RELEASE};
+
+/// A boot root with a command line, modules.dep and an init in the (unmounted) new root.
+fn boot_root(cmdline: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let base = d.path();
+    std::fs::write(base.join("cmdline"), cmdline).unwrap();
+    let modules = base.join("lib/modules").join(RECORDED_RELEASE);
+    std::fs::create_dir_all(&modules).unwrap();
+    std::fs::write(
+        modules.join("modules.dep"),
+        "kernel/fs/overlayfs/overlay.ko:\nkernel/drivers/net/virtio_net.ko: kernel/net/core/failover.ko\nkernel/net/core/failover.ko:\n",
+    )
+    .unwrap();
+    for dir in ["sbin", "dev", "proc", "sys", "run"] {
+        std::fs::create_dir_all(base.join("rootfs").join(dir)).unwrap();
+    }
+    std::fs::write(base.join("rootfs/sbin/init"), "#!/bin/sh\n").unwrap();
+    d
+}
+
+#[test]
+fn a_whole_boot_calls_the_machine_in_order() {
+    let d = boot_root(
+        "console=ttyS0 root=nfs:10.0.2.100::ro;tmpfs:rw ip=10.0.2.15::10.0.2.2:255.255.255.0:clone01:eth0:off nameserver=10.0.2.3\n",
+    );
+    let sys = RecordingSyscall::new(Some(d.path()));
+    let f = Boot::new(&sys, d.path()).run(&d.path().join("cmdline"), &["single".into()]);
+    assert_eq!(f.step, "exec init", "{f:?}");
+    assert_eq!(
+        sys.calls(),
+        [
+            // early mounts
+            "mkdir /proc",
+            "mount proc /proc proc []",
+            "mkdir /sys",
+            "mount sysfs /sys sysfs []",
+            "mkdir /dev",
+            "mount devtmpfs /dev devtmpfs [mode=0755]",
+            "mkdir /run",
+            "mount tmpfs /run tmpfs [mode=0755]",
+            // modules
+            "uname",
+            "finit_module /lib/modules/6.1.0-test/kernel/fs/overlayfs/overlay.ko []",
+            "finit_module /lib/modules/6.1.0-test/kernel/net/core/failover.ko []",
+            "finit_module /lib/modules/6.1.0-test/kernel/drivers/net/virtio_net.ko []",
+            // network
+            "network ip=10.0.2.15::10.0.2.2:255.255.255.0:clone01:eth0:off",
+            "sethostname clone01",
+            "mkdir /run/napalm",
+            "write /run/napalm/resolv.conf",
+            // union root
+            "mkdir /mnt/unions",
+            "mount tmpfs /mnt/unions tmpfs [mode=0755]",
+            "mkdir /mnt/unions/0-nfs",
+            "mount 10.0.2.100:/ /mnt/unions/0-nfs nfs4 ro [vers=4.1,addr=10.0.2.100,clientaddr=10.0.2.15,proto=tcp]",
+            "mkdir /mnt/unions/1-tmpfs",
+            "mount tmpfs /mnt/unions/1-tmpfs tmpfs [mode=0755]",
+            "mkdir /mnt/unions/1-tmpfs/upper",
+            "mkdir /mnt/unions/1-tmpfs/work",
+            "mkdir /rootfs",
+            "mount overlay /rootfs overlay [lowerdir=/mnt/unions/0-nfs,upperdir=/mnt/unions/1-tmpfs/upper,workdir=/mnt/unions/1-tmpfs/work]",
+            "mkdir /rootfs/.unions",
+            "move /mnt/unions /rootfs/.unions",
+            // switch_root
+            "move /dev /rootfs/dev",
+            "move /proc /rootfs/proc",
+            "move /sys /rootfs/sys",
+            "move /run /rootfs/run",
+            "empty_initramfs / keep /rootfs",
+            "chdir /rootfs",
+            "move . /",
+            "chroot .",
+            "chdir /",
+            // report, init
+            "mkdir /run/napalm",
+            "write /run/napalm/boot.json",
+            "exec /sbin/init single",
+        ]
+    );
+}
+
+#[test]
+fn nfs_without_ip_gets_dhcp_and_a_failed_mount_names_its_step() {
+    let d = boot_root("root=nfs:10.0.2.100:/srv:ro;tmpfs napalm.onfail=reboot");
+    let sys = RecordingSyscall::new(Some(d.path()));
+    sys.fail_on("mount 10.0.2.100:/srv");
+    let f = Boot::new(&sys, d.path()).run(&d.path().join("cmdline"), &[]);
+    assert_eq!((f.step, f.onfail), ("root", OnFail::Reboot), "{f:?}");
+    assert!(f.error.contains("nfs:10.0.2.100:/srv:ro"), "{}", f.error);
+    let calls = sys.calls();
+    assert!(calls.contains(&"network ip=dhcp".to_owned()), "{calls:?}");
+    assert!(
+        !calls.iter().any(|c| c.starts_with("sethostname")),
+        "{calls:?}"
+    );
+    assert!(!calls.iter().any(|c| c.starts_with("exec")), "{calls:?}");
+}
+
+#[test]
+fn a_bad_command_line_stops_before_modules_with_its_onfail() {
+    let d = boot_root("root=nfs:a::ro;;tmpfs napalm.onfail=shell");
+    let sys = RecordingSyscall::new(Some(d.path()));
+    let f = Boot::new(&sys, d.path()).run(&d.path().join("cmdline"), &[]);
+    assert_eq!((f.step, f.onfail), ("cmdline", OnFail::Shell), "{f:?}");
+    assert_eq!(
+        sys.calls().len(),
+        8,
+        "only the early mounts: {:?}",
+        sys.calls()
+    );
+}
