@@ -6,6 +6,10 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use napalm_coordinator::testing::agent_config;
+
+use crate::support::TOKEN;
+
 /// The `napalm-coordinator` binary (another package's: built on first use).
 fn coordinator_bin() -> PathBuf {
     napalm_integration::bins::coordinator().expect("napalm-coordinator binary")
@@ -344,7 +348,7 @@ async fn the_api_token_is_required_of_napalmctl_and_of_registering_agents() {
     // Agents: one presenting its own (agent) token is refused, one with the API token
     // registers.
     let register = |state: &std::path::Path, token: Option<&str>| {
-        let mut cfg = crate::support::agent_config(state);
+        let mut cfg = agent_config(state, Some(TOKEN.into()));
         cfg.coordinator = Some(c.grpc.clone());
         cfg.coordinator_token = token.map(str::to_owned);
         cfg
@@ -388,7 +392,7 @@ async fn a_static_agent_started_after_the_coordinator_is_registered() {
         "--agent",
         &endpoint,
         "--agent-token",
-        crate::support::TOKEN,
+        TOKEN,
         "--heartbeat-min-ttl",
         "2",
     ]);
@@ -396,7 +400,7 @@ async fn a_static_agent_started_after_the_coordinator_is_registered() {
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(c.agent_ids("any").await, Vec::<String>::new());
 
-    let mut cfg = crate::support::agent_config(&files.path().join("late"));
+    let mut cfg = agent_config(&files.path().join("late"), Some(TOKEN.into()));
     cfg.grpc_listen = Some(format!("127.0.0.1:{port}").parse().expect("addr"));
     let agent = napalm_agent::server::start(cfg)
         .await

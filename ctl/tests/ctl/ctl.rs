@@ -7,29 +7,19 @@
 
 use std::path::Path;
 use std::process::Output;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use napalm_agent::server::Running;
-use napalm_coordinator::clock::SystemClock;
-use napalm_coordinator::deploy::artifacts::ArtifactConfig;
-use napalm_coordinator::deploy::ship::Agents;
-use napalm_coordinator::deploy::{DeployConfig, Deployer};
-use napalm_coordinator::discovery::register_static;
-use napalm_coordinator::registry::agents::HeartbeatPolicy;
-use napalm_coordinator::registry::clones::TokenKey;
 use napalm_coordinator::registry::{Registry, CLONES, DEPLOYMENTS};
-use napalm_coordinator::scheduler::Policy;
-use napalm_coordinator::service::Coordinator;
-use napalm_coordinator::store;
+use napalm_coordinator::server::ApiAuth;
+use napalm_coordinator::testing::{GridOptions, TestGrid};
 use napalm_proto::v1::coordinator_service_client::CoordinatorServiceClient;
-use napalm_proto::v1::coordinator_service_server::CoordinatorServiceServer;
 use napalm_proto::v1::*;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_stream::StreamExt;
 
-use crate::support::{agent_config, TOKEN};
+use crate::support::TOKEN;
 
 /// Variables napalmctl reads; every run starts without them.
 const VARS: [&str; 7] = [
@@ -67,116 +57,45 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
-/// A coordinator served on loopback, with the deploy pipeline.
-struct Coord {
-    endpoint: String,
+/// `agents` agents on `test:///default` (with `TOKEN`) and a coordinator with the deploy
+/// pipeline that knows them, whose API accepts every call and records its `authorization`.
+struct Grid {
+    grid: TestGrid,
     client: CoordinatorServiceClient<tonic::transport::Channel>,
-    registry: Registry,
-    tokens: Arc<TokenKey>,
     /// The `authorization` metadata of every call, in order ("" when absent).
-    auth: Arc<std::sync::Mutex<Vec<String>>>,
-    dir: tempfile::TempDir,
+    auth: Arc<Mutex<Vec<String>>>,
 }
 
-impl Coord {
+impl Grid {
+    async fn start(agents: usize) -> Self {
+        let auth = Arc::new(Mutex::new(Vec::new()));
+        let opts = GridOptions {
+            agents,
+            agent_token: Some(TOKEN.into()),
+            ..Default::default()
+        };
+        let record = ApiAuth::Record(Arc::clone(&auth));
+        let grid = TestGrid::start_with(opts, |c| c.api_auth = record)
+            .await
+            .expect("agents and coordinator start on loopback");
+        let client = grid.client().await.expect("connect to the coordinator");
+        Self { grid, client, auth }
+    }
+
+    fn endpoint(&self) -> String {
+        self.grid.coordinator.endpoint()
+    }
+
+    fn registry(&self) -> &Registry {
+        self.grid.coordinator.registry()
+    }
+
     fn last_auth(&self) -> Option<String> {
         self.auth.lock().expect("lock").last().cloned()
     }
 }
 
-/// A coordinator whose registry knows the agents at `agent_grpc` (statically).
-async fn coordinator(agent_grpc: &[String]) -> Coord {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let s = store::open(dir.path().join("registry.redb").to_str().expect("utf-8"))
-        .await
-        .expect("store");
-    let registry = Registry::new(s, Arc::new(SystemClock));
-    let links = Agents::new(Some(TOKEN.into()));
-    for ep in agent_grpc {
-        register_static(&registry, &links, ep, &HeartbeatPolicy::default())
-            .await
-            .expect("static agent");
-    }
-    let kernel = dir.path().join("vmlinuz");
-    std::fs::write(&kernel, b"not booted by the test driver").expect("kernel");
-    let base = dir.path().join("base.img");
-    let mut a = napalm_initramfs::cpio::Archive::new();
-    a.add(
-        "init",
-        napalm_initramfs::cpio::Entry::File(0o755, b"#!/bin/sh\n".to_vec()),
-    );
-    std::fs::write(&base, a.write(0)).expect("base image");
-    let tokens = Arc::new(TokenKey::new(b"ctl-test-secret-0123456789").expect("key"));
-    let deployer = Deployer::new(
-        registry.clone(),
-        DeployConfig {
-            artifacts: ArtifactConfig {
-                kernel,
-                base_image: base,
-                sets: vec![napalm_overlay::default_sets_dir()],
-                layers_dir: dir.path().join("layers"),
-            },
-            server: "10.77.0.1".into(),
-            register_base: "http://10.77.0.1:7780".into(),
-            agent_token: Some(TOKEN.into()),
-            register_timeout: Duration::from_secs(5),
-            concurrency: 4,
-            policy: Policy::default(),
-            network: None,
-            kernel_args: "console=ttyS0".into(),
-            attempts: 2,
-            addresses: None,
-            exports: None,
-        },
-        Arc::clone(&tokens),
-    );
-    let svc = Coordinator::new(
-        registry.clone(),
-        HeartbeatPolicy::default(),
-        Arc::clone(&tokens),
-        Some(deployer),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-    let auth = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = Arc::clone(&auth);
-    let record = move |r: tonic::Request<()>| {
-        let v = r
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        seen.lock().expect("lock").push(v);
-        Ok(r)
-    };
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(CoordinatorServiceServer::with_interceptor(svc, record))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let client = CoordinatorServiceClient::connect(endpoint.clone())
-        .await
-        .expect("connect to the coordinator");
-    Coord {
-        endpoint,
-        client,
-        registry,
-        tokens,
-        auth,
-        dir,
-    }
-}
-
-async fn agent(state: &Path) -> Running {
-    napalm_agent::server::start(agent_config(state))
-        .await
-        .expect("agent starts on test:///default")
-}
-
-fn rest(a: &Running) -> String {
+fn rest(a: &napalm_agent::server::Running) -> String {
     format!("http://{}/napalm", a.http_addr)
 }
 
@@ -201,8 +120,9 @@ async fn domain_crud_against_a_real_agent() {
     let dir = tempfile::tempdir().expect("temp dir");
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).expect("home");
-    let a = agent(&dir.path().join("agent")).await;
-    let url = rest(&a);
+    let mut coord = Grid::start(1).await;
+    let a = &coord.grid.agents[0];
+    let url = rest(a);
     let h = home.as_path();
     let xml = dir.path().join("domcli-a.xml");
     std::fs::write(&xml, test_xml("domcli-a")).expect("xml");
@@ -380,7 +300,6 @@ async fn domain_crud_against_a_real_agent() {
 
     // An agent named by the name it registered with: its REST endpoint comes from the
     // coordinator.
-    let mut coord = coordinator(&[]).await;
     coord
         .client
         .register_agent(RegisterAgentRequest {
@@ -395,7 +314,7 @@ async fn domain_crud_against_a_real_agent() {
     let mut c = ctl(h);
     c.args([
         "--coordinator",
-        &coord.endpoint,
+        &coord.endpoint(),
         "domain",
         "--agent",
         "domcli-host",
@@ -414,7 +333,7 @@ async fn domain_crud_against_a_real_agent() {
     let mut c = ctl(h);
     c.args([
         "--coordinator",
-        &coord.endpoint,
+        &coord.endpoint(),
         "domain",
         "--agent",
         "nosuchhost",
@@ -423,8 +342,6 @@ async fn domain_crud_against_a_real_agent() {
     let o = run(c).await;
     assert_eq!(o.status.code(), Some(4), "{}", text(&o).1);
     assert!(text(&o).1.contains("\"nosuchhost\""), "{}", text(&o).1);
-    drop(coord.dir);
-    a.stop().await;
 }
 
 #[tokio::test]
@@ -432,9 +349,8 @@ async fn settings_come_from_flag_then_environment_then_file() {
     let dir = tempfile::tempdir().expect("temp dir");
     let home = dir.path().join("home");
     std::fs::create_dir_all(home.join("napalm")).expect("config dir");
-    let a = agent(&dir.path().join("agent")).await;
-    let url = rest(&a);
-    let coord = coordinator(&[]).await;
+    let coord = Grid::start(1).await;
+    let url = rest(&coord.grid.agents[0]);
     let dead = "http://127.0.0.1:9";
     // The user file (found through XDG_CONFIG_HOME) points at the real coordinator and
     // agent with the right agent token, and asks for JSON.
@@ -444,7 +360,7 @@ async fn settings_come_from_flag_then_environment_then_file() {
         format!(
             "# napalmctl test\ncoordinator: {}\ntoken: filetok\noutput: json\nagent: {url}\n\
              agent_token: {TOKEN}\n",
-            coord.endpoint
+            coord.endpoint()
         ),
     )
     .expect("write config");
@@ -493,7 +409,7 @@ async fn settings_come_from_flag_then_environment_then_file() {
     let mut c = ctl(&home);
     c.env("NAPALM_COORDINATOR", dead)
         .env("NAPALM_TOKEN", "envtok")
-        .args(["--coordinator", &coord.endpoint, "-o", "table"])
+        .args(["--coordinator", &coord.endpoint(), "-o", "table"])
         .args(["--token", "flagtok", "deployments"]);
     let o = run(c).await;
     assert!(o.status.success(), "{}", text(&o).1);
@@ -541,17 +457,16 @@ async fn settings_come_from_flag_then_environment_then_file() {
     ] {
         assert!(out.contains(s), "--help lacks {s}: {out}");
     }
-    a.stop().await;
 }
 
 #[tokio::test]
 async fn deploy_with_no_ready_agent_fails_and_writes_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut coord = coordinator(&[]).await;
+    let mut coord = Grid::start(0).await;
     let mut c = ctl(dir.path());
     c.args([
         "--coordinator",
-        &coord.endpoint,
+        &coord.endpoint(),
         "deploy",
         "--count",
         "2",
@@ -577,7 +492,7 @@ async fn deploy_with_no_ready_agent_fails_and_writes_nothing() {
             )
         }
     };
-    assert_eq!(nothing(&coord.registry).await, (0, 0));
+    assert_eq!(nothing(coord.registry()).await, (0, 0));
 
     // An agent that exists but is draining cannot take clones either.
     coord
@@ -602,7 +517,7 @@ async fn deploy_with_no_ready_agent_fails_and_writes_nothing() {
     let mut c = ctl(dir.path());
     c.args([
         "--coordinator",
-        &coord.endpoint,
+        &coord.endpoint(),
         "deploy",
         "--count",
         "2",
@@ -616,7 +531,7 @@ async fn deploy_with_no_ready_agent_fails_and_writes_nothing() {
         "{}",
         text(&o).1
     );
-    assert_eq!(nothing(&coord.registry).await, (0, 0));
+    assert_eq!(nothing(coord.registry()).await, (0, 0));
 }
 
 /// Reads JSON lines from `lines` until `done` holds for what was read (or 30 s pass).
@@ -646,12 +561,11 @@ fn phases(seen: &[Value], clone: &str) -> Vec<String> {
 #[tokio::test]
 async fn watch_follows_a_deploy_registration_and_undeploy() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let a = agent(&dir.path().join("agent")).await;
-    let mut coord = coordinator(&[format!("http://{}", a.grpc_addr.expect("grpc"))]).await;
+    let mut coord = Grid::start(1).await;
     let mut c = ctl(dir.path());
     c.args([
         "--coordinator",
-        &coord.endpoint,
+        &coord.endpoint(),
         "--output",
         "json",
         "watch",
@@ -734,7 +648,7 @@ async fn watch_follows_a_deploy_registration_and_undeploy() {
         .client
         .register_clone(RegisterCloneRequest {
             name: "watchcli-01".into(),
-            token: coord.tokens.token("watchcli-01"),
+            token: coord.grid.coordinator.tokens().token("watchcli-01"),
             addresses: vec!["10.77.0.11/24".into()],
             ..Default::default()
         })
@@ -808,7 +722,7 @@ async fn watch_follows_a_deploy_registration_and_undeploy() {
     let mut c = ctl(dir.path());
     c.args([
         "--coordinator",
-        &coord.endpoint,
+        &coord.endpoint(),
         "watch",
         "--deployment",
         "Bad_Name",
@@ -828,7 +742,6 @@ async fn watch_follows_a_deploy_registration_and_undeploy() {
         .expect("undeploy accepted")
         .into_inner();
     drain_ok(&mut s).await;
-    a.stop().await;
 }
 
 fn spec(name: &str, count: u32) -> DeploymentSpec {

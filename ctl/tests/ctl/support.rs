@@ -1,18 +1,7 @@
-//! What both test files share: the agents' token and configuration, free loopback ports.
-
-use std::path::Path;
-
-use napalm_agent::server::ServeConfig;
+//! What both test files share.
 
 /// The bearer token of the agents these tests start (not the coordinator's API token).
 pub const TOKEN: &str = "agent-test-token";
-
-/// An agent on `test:///default` with `TOKEN`, on loopback ports.
-pub fn agent_config(state: &Path) -> ServeConfig {
-    let mut cfg = ServeConfig::loopback(state);
-    cfg.rest.token = Some(TOKEN.into());
-    cfg
-}
 
 /// A loopback port free right now.
 pub fn free_port() -> u16 {
