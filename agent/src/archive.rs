@@ -102,7 +102,7 @@ pub fn extract<R: Read>(src: R, dest: &Path, limits: Limits) -> Result<Vec<Strin
                 continue;
             }
             let rel = names::check_relative("archive entry", raw.trim_end_matches('/'))?;
-            crate::fsutil::create_dir(&dest.join(rel))?;
+            crate::durable::create_dir(&dest.join(rel))?;
             continue;
         }
         if !kind.is_file() {
@@ -146,7 +146,7 @@ pub fn extract<R: Read>(src: R, dest: &Path, limits: Limits) -> Result<Vec<Strin
         }
         let target = dest.join(&rel);
         if let Some(parent) = target.parent() {
-            crate::fsutil::create_dir(parent)?;
+            crate::durable::create_dir(parent)?;
             // A directory component could only be a symlink if we had made one; we never do,
             // but check anyway so that extraction can never leave `dest`.
             let canon = parent

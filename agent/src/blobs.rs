@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::durable;
 use crate::error::{AgentError, Result};
-use crate::fsutil;
 
 /// A blob named by content.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -62,8 +62,8 @@ pub struct BlobWriter {
 impl BlobStore {
     /// Opens (creating) the store under `root`.
     pub fn open(root: &Path) -> Result<Self> {
-        fsutil::create_dir(&root.join("sha256"))?;
-        fsutil::create_dir(&root.join("tmp"))?;
+        durable::create_dir(&root.join("sha256"))?;
+        durable::create_dir(&root.join("tmp"))?;
         Ok(Self {
             root: root.to_owned(),
         })
@@ -164,7 +164,7 @@ impl BlobWriter {
         std::fs::rename(&self.tmp, &self.final_path)
             .map_err(|e| AgentError::io(&self.final_path, e))?;
         if let Some(dir) = self.final_path.parent() {
-            fsutil::sync_dir(dir)?;
+            durable::sync_dir(dir)?;
         }
         Ok(actual)
     }

@@ -104,7 +104,7 @@ impl EventHub {
             kind,
             state,
             detail: detail.to_owned(),
-            at_ms: crate::record::now_ms(),
+            at_ms: crate::domain_store::now_ms(),
             took_ms: took.map(|d| d.as_millis() as u64),
         };
         if g.ring.len() == RETAINED {

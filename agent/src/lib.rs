@@ -3,40 +3,44 @@
 //! Owns: the libvirt connection of its host ([`hypervisor`]), the thesis's REST/CRUD
 //! contract ([`rest`]), the `napalm.v1.AgentService` gRPC server ([`grpc`]) — both thin
 //! transports over the same core operations ([`core`]) — the content-addressed blob store
-//! ([`blobs`]), per-domain directories and persisted desired state ([`record`]), confined
-//! archive extraction ([`archive`]), the domain XML policy ([`policy`]), request-id
-//! idempotency ([`requests`]), lifecycle events ([`events`]) and reconciliation
-//! ([`core::reconcile`]); metrics as Prometheus text ([`metrics`]), Ganglia gmond XML
-//! ([`ganglia`]) and OTLP/gRPC pushes when an endpoint is configured ([`otel`]), mDNS/DNS-SD advertisement ([`mdns`]) and coordinator registration
-//! ([`register`]); TLS for both listeners ([`tls`]). The daemon wiring is [`server`].
+//! ([`blobs`]), the domain store: per-domain directories and their persisted desired state
+//! ([`domain_store`]), durable (atomic, fsynced) file writes ([`durable`]), confined
+//! archive extraction ([`archive`]), domain and file name rules ([`names`]), the domain
+//! XML policy ([`policy`]), request-id idempotency ([`idempotency`]), lifecycle events
+//! ([`events`]) and reconciliation ([`core::reconcile`]); metrics as Prometheus text
+//! ([`metrics`]), Ganglia gmond XML ([`ganglia`]) and OTLP/gRPC pushes when an endpoint is
+//! configured ([`otel`]), mDNS/DNS-SD advertisement ([`mdns`]) and coordinator
+//! registration ([`register`]); TLS for both listeners ([`tls`]). The daemon wiring is
+//! [`server`]. With the feature `client`: `client`, a typed client of the REST API for
+//! napalmctl and other callers.
 //!
 //! Must not touch: domains it does not own (no napalm metadata with its id), files outside
 //! its state directory, or any other host's state. Scheduling is the coordinator's.
 //!
 //! Layout of the state directory:
 //! `agent-id`, `blobs/sha256/HEX`, `domains/NAME/{record.json,config.xml,files/}`,
-//! `requests/`, `staging/` (unfinished uploads, wiped at start), `kept/` (writable
-//! artifacts of deleted domains).
+//! `requests/` (idempotency records), `staging/` (unfinished uploads, wiped at start),
+//! `kept/` (writable artifacts of deleted domains).
 
 pub mod archive;
 pub mod blobs;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod core;
+pub mod domain_store;
+pub mod durable;
 pub mod error;
 pub mod events;
-pub mod fsutil;
 pub mod ganglia;
 pub mod grpc;
 pub mod hypervisor;
+pub mod idempotency;
 pub mod mdns;
 pub mod metrics;
 pub mod names;
 pub mod otel;
 pub mod policy;
-pub mod record;
 pub mod register;
-pub mod requests;
 pub mod rest;
 pub mod server;
 pub mod tls;

@@ -10,12 +10,12 @@ use sha2::{Digest, Sha256};
 
 use super::{Agent, DomainView};
 use crate::blobs::BlobId;
+use crate::domain_store::{now_ms, ArtifactRecord, DomainRecord, RestartPolicy};
+use crate::durable;
 use crate::error::{AgentError, Result};
 use crate::events::EventKind;
-use crate::fsutil;
 use crate::hypervisor::RunState;
 use crate::policy;
-use crate::record::{now_ms, ArtifactRecord, DomainRecord, RestartPolicy};
 
 /// A file to take from the blob store.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -82,7 +82,7 @@ impl Spooled {
             .map_err(|e| AgentError::io(src, e))?;
         std::fs::rename(src, dest).map_err(|e| AgentError::io(dest, e))?;
         match dest.parent() {
-            Some(d) => fsutil::sync_dir(d),
+            Some(d) => durable::sync_dir(d),
             None => Ok(()),
         }
     }
@@ -95,7 +95,7 @@ impl Agent {
             .state_dir
             .join("staging")
             .join(crate::blobs::unique());
-        fsutil::create_dir(&dir.join("files"))?;
+        durable::create_dir(&dir.join("files"))?;
         Ok(StagingGuard(dir))
     }
 
@@ -110,7 +110,7 @@ impl Agent {
         use futures_util::StreamExt;
         use tokio::io::AsyncWriteExt;
         let dir = self.cfg.state_dir.join("staging");
-        fsutil::create_dir(&dir)?;
+        durable::create_dir(&dir)?;
         let guard = StagingGuard(dir.join(format!("upload-{}", crate::blobs::unique())));
         let path = guard.0.clone();
         let mut f = tokio::fs::File::create(&path)
@@ -315,7 +315,7 @@ impl Agent {
             libvirt_xml: checked.libvirt_xml.clone(),
             deleting: false,
         };
-        fsutil::atomic_write(&dest.join("source.sha256"), s.digest.as_bytes())?;
+        durable::atomic_write(&dest.join("source.sha256"), s.digest.as_bytes())?;
         self.store.save_config(name, &s.config_xml)?;
         self.store.save(&record)?;
         let xml = checked.libvirt_xml;

@@ -7,7 +7,7 @@ use super::{Agent, DomainView};
 use crate::error::{AgentError, Result};
 use crate::events::EventKind;
 use crate::hypervisor::RunState;
-use crate::{fsutil, names, policy};
+use crate::{durable, names, policy};
 
 impl Agent {
     /// The client's config.xml.
@@ -83,7 +83,7 @@ impl Agent {
         let dir = self.store.files_dir(name);
         tokio::task::spawn_blocking(move || -> Result<()> {
             if let Some(parent) = p.parent() {
-                fsutil::create_dir(parent)?;
+                durable::create_dir(parent)?;
                 let canon = parent
                     .canonicalize()
                     .map_err(|e| AgentError::io(parent, e))?;

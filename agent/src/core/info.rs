@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use super::Agent;
+use crate::domain_store::{ArtifactRecord, DomainRecord, RestartPolicy};
 use crate::error::{AgentError, Result};
 use crate::hypervisor::{HostFacts, RunState, Stats};
-use crate::record::{ArtifactRecord, DomainRecord, RestartPolicy};
 
 /// `/about`: what this software is.
 #[derive(Debug, Clone, serde::Serialize)]

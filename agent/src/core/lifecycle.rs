@@ -144,7 +144,7 @@ impl Agent {
             if let Some(r) = &r {
                 let keep = self.cfg.state_dir.join("kept").join(name);
                 for a in r.artifacts.iter().filter(|a| a.writable) {
-                    crate::fsutil::create_dir(&keep)?;
+                    crate::durable::create_dir(&keep)?;
                     let _ = std::fs::rename(
                         self.store.files_dir(name).join(&a.name),
                         keep.join(&a.name),

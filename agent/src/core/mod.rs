@@ -17,12 +17,12 @@ pub use info::{About, CapabilitiesView, DomainView, GuestView};
 
 use crate::archive::Limits;
 use crate::blobs::BlobStore;
+use crate::domain_store::DomainStore;
 use crate::error::{AgentError, Result};
 use crate::events::EventHub;
 use crate::hypervisor::{self, Hypervisor};
+use crate::idempotency::{KeyedLocks, RequestLog};
 use crate::policy::Policy;
-use crate::record::DomainStore;
-use crate::requests::{KeyedLocks, RequestLog};
 
 /// Settings of the core.
 #[derive(Debug, Clone)]
@@ -54,7 +54,7 @@ impl Agent {
     /// Opens the state directory and binds to a hypervisor. The agent id is created once
     /// and kept in `STATE/agent-id`, so a restarted agent recognises its domains.
     pub async fn open(cfg: CoreConfig, hv: Arc<dyn Hypervisor>) -> Result<Arc<Self>> {
-        crate::fsutil::create_dir(&cfg.state_dir)?;
+        crate::durable::create_dir(&cfg.state_dir)?;
         // Paths handed to libvirt must be absolute.
         let dir = cfg
             .state_dir
@@ -65,7 +65,7 @@ impl Agent {
             Ok(s) if !s.trim().is_empty() => s.trim().to_owned(),
             _ => {
                 let id = new_agent_id();
-                crate::fsutil::atomic_write(&id_path, id.as_bytes())?;
+                crate::durable::atomic_write(&id_path, id.as_bytes())?;
                 id
             }
         };
@@ -110,7 +110,7 @@ impl Agent {
         hypervisor::call(&self.hv, f).await
     }
 
-    fn record(&self, name: &str) -> Result<crate::record::DomainRecord> {
+    fn record(&self, name: &str) -> Result<crate::domain_store::DomainRecord> {
         crate::names::check_domain_name(name)?;
         match self.store.load(name)? {
             Some(r) if !r.deleting => Ok(r),

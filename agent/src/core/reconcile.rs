@@ -4,11 +4,11 @@
 //! interrupted deletes, and never touches a domain that is not its own.
 
 use super::Agent;
+use crate::domain_store::RestartPolicy;
 use crate::error::Result;
 use crate::events::EventKind;
 use crate::hypervisor::RunState;
 use crate::policy;
-use crate::record::RestartPolicy;
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]

@@ -4,9 +4,9 @@ use napalm_proto::v1 as pb;
 
 use crate::blobs::BlobId;
 use crate::core::{CapabilitiesView, DomainView};
+use crate::domain_store::RestartPolicy;
 use crate::events::{Event, EventKind};
 use crate::hypervisor::{RunState, Stats};
-use crate::record::RestartPolicy;
 
 /// Core state → wire state.
 pub fn state(s: RunState) -> pb::DomainState {
@@ -95,7 +95,7 @@ pub fn stats(s: &Stats) -> pb::DomainStats {
         net_tx_bytes: s.net_tx_bytes,
         disk_read_bytes: s.disk_read_bytes,
         disk_write_bytes: s.disk_write_bytes,
-        sampled_at: Some(ts(crate::record::now_ms())),
+        sampled_at: Some(ts(crate::domain_store::now_ms())),
     }
 }
 

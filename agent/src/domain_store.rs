@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::blobs::BlobId;
+use crate::durable;
 use crate::error::{AgentError, Result};
-use crate::fsutil;
 use crate::hypervisor::RunState;
 
 /// What to do with a domain found stopped while it should run.
@@ -73,7 +73,7 @@ pub struct DomainStore {
 impl DomainStore {
     /// Opens (creating) `STATE/domains`.
     pub fn open(root: &Path) -> Result<Self> {
-        fsutil::create_dir(root)?;
+        durable::create_dir(root)?;
         Ok(Self {
             root: root.to_owned(),
         })
@@ -105,7 +105,7 @@ impl DomainStore {
     pub fn save(&self, r: &DomainRecord) -> Result<()> {
         let data = serde_json::to_vec_pretty(r)
             .map_err(|e| AgentError::io("record", std::io::Error::other(e)))?;
-        fsutil::atomic_write(&self.dir(&r.name).join("record.json"), &data)
+        durable::atomic_write(&self.dir(&r.name).join("record.json"), &data)
     }
 
     /// The client's config.xml as last accepted.
@@ -116,7 +116,7 @@ impl DomainStore {
 
     /// Replaces the client's config.xml.
     pub fn save_config(&self, name: &str, xml: &str) -> Result<()> {
-        fsutil::atomic_write(&self.dir(name).join("config.xml"), xml.as_bytes())
+        durable::atomic_write(&self.dir(name).join("config.xml"), xml.as_bytes())
     }
 
     /// Names of all directories, complete or not.
@@ -147,7 +147,7 @@ impl DomainStore {
     pub fn remove(&self, name: &str) -> Result<()> {
         let d = self.dir(name);
         match std::fs::remove_dir_all(&d) {
-            Ok(()) => fsutil::sync_dir(&self.root),
+            Ok(()) => durable::sync_dir(&self.root),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(AgentError::io(&d, e)),
         }

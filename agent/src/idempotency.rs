@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
+use crate::durable;
 use crate::error::{AgentError, Result};
-use crate::fsutil;
 
 /// Per-key async locks (domain names, request ids).
 #[derive(Default)]
@@ -47,7 +47,7 @@ struct Entry {
 impl RequestLog {
     /// Opens (creating) the log directory.
     pub fn open(dir: &Path) -> Result<Self> {
-        fsutil::create_dir(dir)?;
+        durable::create_dir(dir)?;
         // Retries come within minutes; forget results older than a week.
         let week = std::time::Duration::from_secs(7 * 24 * 3600);
         for e in std::fs::read_dir(dir)
@@ -107,7 +107,7 @@ impl RequestLog {
         };
         let data =
             serde_json::to_vec(&e).map_err(|e| AgentError::io(&path, std::io::Error::other(e)))?;
-        fsutil::atomic_write(&path, &data)?;
+        durable::atomic_write(&path, &data)?;
         Ok(v)
     }
 }
