@@ -15,7 +15,7 @@ pub enum OnFail {
     Shell,
     /// Power the machine off.
     Halt,
-    /// Reboot.
+    /// Reboot and try again (`napalm.onfail=reboot`).
     Reboot,
 }
 
@@ -46,9 +46,9 @@ pub enum CmdlineError {
     /// The file could not be read.
     #[error("cannot read kernel command line from {path}: {source}")]
     Read {
-        /// The path.
+        /// The file given (`/proc/cmdline` at boot).
         path: PathBuf,
-        /// The cause.
+        /// Why it could not be read.
         source: std::io::Error,
     },
     /// `root=` is malformed.

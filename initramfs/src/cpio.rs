@@ -77,12 +77,12 @@ impl Archive {
         Ok(n)
     }
 
-    /// Number of entries.
+    /// How many entries (directories, files, links, nodes) the archive holds.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
-    /// True when empty.
+    /// Whether nothing was added yet.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

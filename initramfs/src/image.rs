@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
-/// Segment compression.
+/// How each cpio segment of the image is compressed (the kernel accepts a mix).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     /// Plain cpio.
@@ -36,15 +36,15 @@ impl std::str::FromStr for Compression {
 /// Why the image could not be built.
 #[derive(Debug, Error)]
 pub enum ImageError {
-    /// Reading an input.
+    /// An input (init, module, busybox, layer directory) could not be read.
     #[error("{path}: {source}")]
     Io {
-        /// The input.
+        /// The input that could not be read.
         path: PathBuf,
-        /// The cause.
+        /// The I/O error.
         source: io::Error,
     },
-    /// Module resolution.
+    /// modules.dep could not be read, or a required module is missing.
     #[error(transparent)]
     Modules(#[from] ModuleError),
     /// The init binary is dynamically linked.
@@ -69,7 +69,7 @@ pub struct ImageSpec {
     pub init: PathBuf,
     /// Kernel version (`/lib/modules/<ver>`).
     pub kernel_version: String,
-    /// Usually `/lib/modules`.
+    /// Where `<kernel_version>/modules.dep` is looked up (`/lib/modules` on a host).
     pub modules_root: PathBuf,
     /// Modules that must be present (or built in).
     pub modules: Vec<String>,
@@ -109,7 +109,7 @@ pub fn default_modules(xen: bool) -> (Vec<String>, Vec<String>) {
     )
 }
 
-/// The result.
+/// A built image and what went into it.
 #[derive(Debug, Clone)]
 pub struct Built {
     /// The image bytes (base segment then layer segments).

@@ -28,15 +28,15 @@ pub enum IpConfig {
 /// The static fields of `ip=`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticIp {
-    /// Our address.
+    /// The clone's address (field 1).
     pub client: Ipv4Addr,
     /// The NFS server (informative; root= names its own server).
     pub server: Option<Ipv4Addr>,
-    /// Default gateway.
+    /// The default route (field 3); none when empty.
     pub gateway: Option<Ipv4Addr>,
     /// Netmask (defaults to the class-less /24 when empty).
     pub netmask: Ipv4Addr,
-    /// Hostname.
+    /// Set with sethostname at boot (field 5); at most 64 bytes, no `/` or `:`.
     pub hostname: Option<String>,
     /// Interface name (the first ethernet interface when `None`).
     pub device: Option<String>,

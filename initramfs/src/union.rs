@@ -16,7 +16,7 @@ pub enum UnionError {
     /// `root=` names a type no fsloader serves.
     #[error("root=: no fsloader for type {kind:?} (device {index} `{device}`, position {position}); known types: {known}")]
     UnknownType {
-        /// The type.
+        /// The type as written.
         kind: String,
         /// 1-based device number.
         index: usize,
@@ -38,7 +38,7 @@ pub enum UnionError {
     Sys {
         /// What was done, with its inputs.
         step: String,
-        /// The cause.
+        /// The error of the syscall.
         source: std::io::Error,
     },
 }

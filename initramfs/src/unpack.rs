@@ -21,7 +21,7 @@ pub enum UnpackError {
     Io {
         /// The archive or directory.
         path: PathBuf,
-        /// The cause.
+        /// The error of reading it or writing an entry.
         source: io::Error,
     },
 }

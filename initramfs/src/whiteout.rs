@@ -9,7 +9,7 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-/// Whiteout prefix.
+/// The prefix of a portable (AUFS/OCI) whiteout file: `.wh.NAME` deletes `NAME`.
 pub const WH_PREFIX: &str = ".wh.";
 /// Names that mark their directory opaque.
 pub const OPAQUE_MARKERS: [&str; 2] = [".wh..wh..opq", ".wh.__dir_opaque"];

@@ -9,7 +9,8 @@ use crate::rootspec::Device;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// The block fsloader.
+/// Local disks by path, `LABEL=` or `UUID=`, waiting for them to appear; the
+/// filesystem is detected by its magic unless given.
 pub struct Block;
 
 impl Fsloader for Block {

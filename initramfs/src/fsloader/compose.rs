@@ -13,7 +13,7 @@ pub struct LoopOver {
     pub name: &'static str,
     /// The loader of the device holding the image.
     pub inner: &'static dyn Fsloader,
-    /// Usage line.
+    /// The usage line `napalm.help` prints for the composed type.
     pub usage: &'static str,
 }
 

@@ -9,7 +9,8 @@ use crate::whiteout::copy_convert;
 /// Where the kernel unpacks appended layer segments.
 pub const LAYERS_DIR: &str = "/napalm/layers";
 
-/// The layer fsloader.
+/// A differentiation layer appended to the initramfs as a segment, found under
+/// [`LAYERS_DIR`] by name.
 pub struct Layer;
 
 impl Fsloader for Layer {

@@ -41,7 +41,7 @@ pub enum LoadError {
         device: String,
         /// What was being done, with its inputs.
         step: String,
-        /// The cause.
+        /// The error of the syscall or lookup.
         source: io::Error,
     },
 }
@@ -59,7 +59,7 @@ pub struct Mounted {
 
 /// Everything a loader may use: the syscalls, where to mount, what is already mounted.
 pub struct MountCtx<'a> {
-    /// The syscall edge.
+    /// Where every mount and loop attach goes (recorded in tests).
     pub sys: &'a dyn Syscall,
     /// The filesystem root seen by napalm-init (`/` at boot, a temp dir in tests).
     pub base: PathBuf,

@@ -13,10 +13,10 @@ use std::path::Path;
 /// Network drivers and the NFSv4 client.
 pub(crate) const NET_MODULES: &[&str] = &["virtio_pci", "virtio_net", "xen_netfront", "nfsv4"];
 
-/// The nfs fsloader.
+/// An NFSv4.1/TCP export; read-only only (never the union's upper layer).
 pub struct Nfs;
 
-/// What to mount.
+/// The server and directory of an `nfs:` device, with its extra mount options.
 pub(crate) struct NfsTarget {
     pub server: Ipv4Addr,
     pub dir: String,

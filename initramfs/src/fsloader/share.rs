@@ -35,7 +35,7 @@ fn mount_tag(
     }])
 }
 
-/// The 9p fsloader.
+/// A host directory shared over virtio 9p, by mount tag.
 pub struct NineP;
 
 impl Fsloader for NineP {
@@ -64,7 +64,7 @@ impl Fsloader for NineP {
     }
 }
 
-/// The virtiofs fsloader.
+/// A host directory shared over virtiofs, by tag.
 pub struct Virtiofs;
 
 impl Fsloader for Virtiofs {

@@ -3,7 +3,7 @@
 use super::{sys_err, Fsloader, LoadError, MountCtx, Mounted};
 use crate::rootspec::Device;
 
-/// The tmpfs fsloader.
+/// A fresh tmpfs; the default (and usual) writable upper layer of a stateless clone.
 pub struct Tmpfs;
 
 impl Fsloader for Tmpfs {

@@ -12,7 +12,7 @@ const MAGIC: [u8; 4] = [99, 130, 83, 99];
 /// What the server gave us.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    /// Our address.
+    /// The address offered to us (yiaddr).
     pub addr: Ipv4Addr,
     /// Netmask (option 1).
     pub netmask: Ipv4Addr,
@@ -29,15 +29,15 @@ pub struct Lease {
 /// Message types (option 53).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MsgType {
-    /// 1
+    /// Broadcast by us: who can give an address?
     Discover = 1,
-    /// 2
+    /// A server's proposal, answering Discover.
     Offer = 2,
-    /// 3
+    /// Ours: taking the offered address from that server.
     Request = 3,
-    /// 5
+    /// The server confirms; the lease is ours.
     Ack = 5,
-    /// 6
+    /// The server refuses the Request; start again.
     Nak = 6,
 }
 

@@ -11,22 +11,23 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-/// The configured network.
+/// The network as configured: what the console, `/run/napalm/boot.json` and
+/// `resolv.conf` report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetState {
-    /// Interface name.
+    /// The interface brought up (`eth0`).
     pub iface: String,
-    /// Our address.
+    /// The clone's address on it.
     pub addr: Ipv4Addr,
-    /// Netmask.
+    /// Its netmask (from ip= or the lease).
     pub netmask: Ipv4Addr,
-    /// Default gateway.
+    /// The default route, if ip= or the lease gave one.
     pub gateway: Option<Ipv4Addr>,
     /// DNS servers (nameserver= first, then from the lease or ip=).
     pub dns: Vec<Ipv4Addr>,
     /// Hostname from ip= or DHCP.
     pub hostname: Option<String>,
-    /// "static" or "dhcp".
+    /// How the address was obtained: `"static"` or `"dhcp"`.
     pub method: &'static str,
 }
 

@@ -23,9 +23,9 @@ use std::time::Duration;
 /// How the machine is stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shutdown {
-    /// Power off.
+    /// `RB_POWER_OFF`: the domain stops (what a failed clone does by default).
     PowerOff,
-    /// Reboot.
+    /// `RB_AUTOBOOT`: the domain boots again.
     Reboot,
 }
 

@@ -6,11 +6,10 @@
 //! nfs-ganesha-vfs, squashfs-tools, erofs-utils, e2fsprogs, dracut-network (bench only),
 //! virtiofsd (/usr/lib/qemu, from qemu-system-common); and root for ganesha.
 //!
-//! The static napalm-init is built by the first test that needs it, with
-//! `RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" cargo build --release
-//! --target x86_64-unknown-linux-gnu` into `<target dir>/napalm-static` (a separate target
-//! dir, so the outer cargo's lock is not contended). Set `NAPALM_STATIC_INIT=/path` to use
-//! a prebuilt one.
+//! The static napalm-init is built by the first test that needs it with
+//! `napalm_initramfs::testing::static_init` (release, crt-static, stripped, into
+//! `<target dir>/napalm-static`, a separate target dir so the outer cargo's lock is not
+//! contended). Set `NAPALM_STATIC_INIT=/path` to use a prebuilt one.
 //!
 //! Network rule: guests get QEMU user networking with `restrict=on` and one explicit
 //! forward, 10.0.2.100:2049 → the test's own ganesha on 127.0.0.1:<free port>; no route out.
