@@ -1,31 +1,32 @@
-//! # napalm-coordinator — the control plane (thesis 3.4, 3.5.3, 4.5) and `napalmctl`
+//! # napalm-coordinator — the control plane daemon (thesis 3.4, 3.5.3, 4.5)
 //!
 //! Owns: the registry of agents, clones and deployments ([`store`]: embedded redb file or
-//! etcd, revision-checked transactions, leader election), agent discovery (mDNS browse,
-//! registration, static list), heartbeats, the [`scheduler`], the deploy pipeline (layers
-//! via napalm-overlay, initramfs via napalm-initramfs, domain XML, shipping artifacts,
-//! following clones until they register), NFS export rules, registry [`events`] for
-//! watchers (`WatchEvents`, `napalmctl watch`), and the `napalmctl` CLI.
+//! etcd, revision-checked transactions, leader election; [`registry`]: typed records),
+//! agent discovery ([`discovery`]: static agents retried with backoff, registration;
+//! [`mdns`]: browsing for agents and advertising the coordinator), heartbeats, the pure
+//! [`scheduler`], the [`deploy`] pipeline in three layers (reconcile → place → apply:
+//! layers via napalm-overlay, command lines via napalm-initramfs's grammar, domain XML,
+//! shipping artifacts, following clones until they register), NFS export rules
+//! ([`exports`]), registry [`events`] for watchers, and its transports ([`service`]:
+//! gRPC `CoordinatorService`; [`http`]: the clones' plain registration). [`server`] wires
+//! them into the daemon; `testing` (feature) wires a whole grid for tests and benches.
 //!
 //! Security: the gRPC API takes a bearer token from operators (`napalmctl --token`) and
-//! registering agents alike ([`service::RequireToken`], added by the daemon unless it runs
-//! with `--insecure-no-auth`); booted clones prove themselves with their own HMAC clone
-//! tokens instead (`RegisterClone` and its HTTP twin). Static agents that do not answer
-//! yet are retried with backoff ([`discovery::keep_registering_static`]).
+//! registering agents alike ([`service::RequireToken`], unless the daemon runs with
+//! `--insecure-no-auth`); booted clones prove themselves with their own HMAC clone
+//! tokens instead (`RegisterClone` and its HTTP twin).
 //!
-//! Must not touch: libvirt directly (agents do that), or a clone's files except through
-//! the layers it builds.
-//!
-//! Status (issue #6): store, registry, discovery, scheduler, deploy pipeline (stateless
-//! and stateful) and [`exports`] are here; `napalm-coordinator --help` says what is not.
+//! Must not touch: libvirt directly (agents do that), a clone's files except through the
+//! layers it builds, or the operator's terminal (`napalmctl` is the `napalm-ctl` crate,
+//! which reaches this daemon only over gRPC).
 
-pub mod browse;
 pub mod clock;
 pub mod deploy;
 pub mod discovery;
 pub mod events;
 pub mod exports;
 pub mod http;
+pub mod mdns;
 pub mod registry;
 pub mod scheduler;
 pub mod server;

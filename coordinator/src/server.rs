@@ -15,7 +15,7 @@ use napalm_proto::v1::coordinator_service_server::CoordinatorServiceServer;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::browse::{Advert, Advertiser, Browser, BrowseError};
+use crate::mdns::{Advert, Advertiser, Browser, BrowseError};
 use crate::clock::SystemClock;
 use crate::deploy::ship::Agents;
 use crate::deploy::{DeployConfig, DeployError, Deployer};

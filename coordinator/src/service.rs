@@ -249,11 +249,6 @@ impl CoordinatorService for Coordinator {
 /// operators' token.
 pub const OPEN_METHODS: &[&str] = &["RegisterClone"];
 
-/// Compares in time independent of where the first difference is.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Wraps a gRPC service (`CoordinatorServiceServer`) so that every call but the
 /// [`OPEN_METHODS`] needs `authorization: Bearer TOKEN`; others are answered
 /// UNAUTHENTICATED with a `google.rpc.ErrorInfo` (reason `UNAUTHENTICATED`) before they
@@ -290,9 +285,9 @@ impl<S> RequireToken<S> {
         let given = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(napalm_proto::auth::bearer)
             .unwrap_or("");
-        same(given.as_bytes(), self.token.as_bytes())
+        napalm_proto::auth::token_matches(&self.token, given)
     }
 }
 

@@ -87,6 +87,13 @@ pub enum DeployError {
         /// The agent's message.
         message: String,
     },
+    /// A clone's `root=` would not read back (a root, server or path the grammar cannot
+    /// carry).
+    #[error("the clone's root= cannot be written")]
+    Cmdline(#[source] Arc<napalm_initramfs::rootspec::RootParseError>),
+    /// A clone's `ip=` would not read back.
+    #[error("the clone's ip= cannot be written")]
+    Ip(#[source] Arc<napalm_initramfs::ip::IpParseError>),
     /// The agent a clone is placed on left the registry.
     #[error("agent {0} is gone")]
     AgentGone(String),

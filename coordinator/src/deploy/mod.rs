@@ -33,6 +33,7 @@ use napalm_proto::v1::{
     AgentState, CloneMode, ClonePhase, DeployRequest, DeploySummary, Deployment, DeploymentSpec,
     UndeployRequest,
 };
+use napalm_initramfs::rootspec::{Device, RootSpec};
 use napalm_proto::ApiError;
 
 use crate::clock::duration;
@@ -219,15 +220,20 @@ impl Deployer {
             ));
         }
         if s.root.is_empty() {
-            s.root = match &self.inner.cfg.exports {
-                Some(x) => format!(
-                    "nfs:{}:{}",
-                    self.inner.cfg.server,
-                    x.config().root.display()
-                ),
-                None => format!("nfs:{}:/", self.inner.cfg.server),
+            let dir = match &self.inner.cfg.exports {
+                Some(x) => x.config().root.to_string_lossy().into_owned(),
+                None => "/".to_owned(),
             };
+            let root = Device::nfs(&self.inner.cfg.server, &dir).map_err(|e| {
+                invalid(
+                    "server",
+                    format!("the coordinator's --server or --export-root: {e}"),
+                )
+            })?;
+            s.root = root.to_string();
         }
+        // The root is one or more read-only layers of the root= grammar.
+        RootSpec::parse(&s.root).map_err(|e| invalid("spec.root", e.to_string()))?;
         Ok(s)
     }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use napalm_coordinator::browse::Browser;
+use napalm_coordinator::mdns::Browser;
 use napalm_coordinator::clock::SystemClock;
 use napalm_coordinator::deploy::ship::Agents;
 use napalm_coordinator::registry::agents::HeartbeatPolicy;
@@ -102,7 +102,7 @@ fn the_coordinator_finds_an_agent_by_mdns_alone() {
 
 #[test]
 fn an_agent_without_a_configured_coordinator_finds_it_by_mdns_and_registers() {
-    use napalm_coordinator::browse::{Advert, Advertiser};
+    use napalm_coordinator::mdns::{Advert, Advertiser};
     use napalm_coordinator::registry::clones::TokenKey;
     use napalm_coordinator::service::Coordinator;
     use napalm_proto::v1::coordinator_service_server::CoordinatorServiceServer;

@@ -3,10 +3,15 @@
 //! and recording a failure with its reason.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use napalm_proto::v1::{
     Agent, Clone, ClonePhase, CreateDomainRequest, DomainState, Hypervisor, RestartPolicy,
 };
+
+use napalm_initramfs::cmdline::KernelCmdline;
+use napalm_initramfs::ip::{IpConfig, StaticIp};
+use napalm_initramfs::rootspec::{Device, Role, RootParseError, RootSpec};
 
 use super::Run;
 use crate::deploy::artifacts::BuiltLayer;
@@ -17,49 +22,52 @@ use crate::deploy::xml::{domain_xml, DomainParams};
 use crate::registry::RegistryError;
 
 impl Run {
-    fn cmdline(&self, c: &Clone) -> String {
+    /// The clone's kernel command line, as a value: the site's arguments, `root=` (the
+    /// spec's root, the clone's layer — over NFS or appended to its initramfs — and its
+    /// upper layer: tmpfs, or its state image over NFS), `ip=` (its static address, or
+    /// DHCP), then the deployment's own arguments.
+    fn cmdline(&self, c: &Clone) -> Result<KernelCmdline, DeployError> {
         let cfg = &self.inner.cfg;
-        let mut s = String::new();
-        if !cfg.kernel_args.is_empty() {
-            s.push_str(&cfg.kernel_args);
-            s.push(' ');
-        }
-        let upper = match &cfg.exports {
-            Some(x) if self.stateful() => format!(
-                "loop+nfs:{}:{}/upper.img:rw",
-                cfg.server,
-                x.state_path(&self.spec.name, &c.name).display()
-            ),
-            _ => "tmpfs:rw".to_owned(),
+        let bad = |e: RootParseError| DeployError::Cmdline(Arc::new(e));
+        let mut devices: Vec<Device> = RootSpec::parse(&self.spec.root)
+            .map_err(bad)?
+            .devices
+            .into_iter()
+            .map(|d| d.with_role(Role::Ro))
+            .collect();
+        let layer = if crate::deploy::nfs::layers_over_nfs(cfg) {
+            let root = self.inner.artifacts.layer_root(&self.spec.name, &c.name);
+            Device::nfs(&cfg.server, &root.to_string_lossy())
+        } else {
+            Device::layer(&c.name)
         };
+        devices.push(layer.map_err(bad)?.with_role(Role::Ro));
+        let upper = match &cfg.exports {
+            Some(x) if self.stateful() => {
+                let img = x.state_path(&self.spec.name, &c.name).join("upper.img");
+                Device::loop_nfs(&cfg.server, &img.to_string_lossy()).map_err(bad)?
+            }
+            _ => Device::tmpfs(),
+        };
+        devices.push(upper.with_role(Role::Rw));
         let ip = match cfg
             .addresses
             .and_then(|p| crate::deploy::addresses::assigned(c).map(|a| (p, a)))
         {
-            Some((p, a)) => format!("ip={a}:{}::{}:{}:eth0:off", cfg.server, p.netmask(), c.name),
-            None => "ip=dhcp".to_owned(),
+            Some((p, a)) => {
+                let mut ip = StaticIp::new(a, p.netmask());
+                ip.server = cfg.server.parse().ok();
+                ip.hostname = Some(c.name.clone());
+                ip.device = Some("eth0".into());
+                IpConfig::Static(ip)
+                    .checked()
+                    .map_err(|e| DeployError::Ip(Arc::new(e)))?
+            }
+            None => IpConfig::dhcp(),
         };
-        let layer = if crate::deploy::nfs::layers_over_nfs(cfg) {
-            format!(
-                "nfs:{}:{}",
-                cfg.server,
-                self.inner
-                    .artifacts
-                    .layer_root(&self.spec.name, &c.name)
-                    .display()
-            )
-        } else {
-            format!("layer:{}", c.name)
-        };
-        s.push_str(&format!(
-            "root={}:ro;{layer}:ro;{upper} {ip}",
-            self.spec.root
-        ));
-        if !self.spec.kernel_args.is_empty() {
-            s.push(' ');
-            s.push_str(&self.spec.kernel_args);
-        }
-        s
+        Ok(KernelCmdline::new(RootSpec::new(devices).map_err(bad)?, ip)
+            .before(cfg.kernel_args.clone())
+            .after(self.spec.kernel_args.clone()))
     }
 
     /// Ships and starts one clone, retrying on other agents.
@@ -175,7 +183,7 @@ impl Run {
         }
         let hv = hypervisor_on(&self.spec, agent);
         let r = self.spec.resources.unwrap_or_default();
-        let cmdline = self.cmdline(c);
+        let cmdline = self.cmdline(c)?.to_string();
         let xml = domain_xml(
             hv,
             &DomainParams {
