@@ -132,14 +132,6 @@ pub(crate) struct Prepared {
     pub(crate) facts_digest: [u8; 32],
 }
 
-/// This process's id, read once (it names temporary directories).
-pub(crate) fn pid() -> u32 {
-    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *PID.get_or_init(std::process::id)
-}
-
-pub(crate) static TMP_COUNTER: AtomicUsize = AtomicUsize::new(0);
-
 impl<'a> LayerBuilder<'a> {
     /// A builder writing under `out` (created if absent).
     pub fn new(cluster: &'a Cluster, sets: &'a SetLibrary, out: impl Into<PathBuf>) -> Self {
@@ -249,8 +241,7 @@ impl<'a> LayerBuilder<'a> {
         for e in entries.filter_map(|e| e.ok()) {
             let name = e.file_name().to_string_lossy().into_owned();
             let path = e.path();
-            let leftover =
-                name.starts_with('.') && (name.contains(".tmp-") || name.contains(".old-"));
+            let leftover = crate::scratch::is_leftover(&name);
             let stale = !name.starts_with('.')
                 && !name.starts_with(crate::cluster_layer::PREFIX)
                 && self.cluster.get(&name).is_none()

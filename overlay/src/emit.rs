@@ -1,19 +1,19 @@
 //! Writing a built layer: a temporary directory `OUT/.NAME.tmp-*` receives the directory
 //! form, the archives and the input hash (last); then two renames swap it in place of the
-//! previous layer, which is kept if anything fails before.
+//! previous layer, which is kept if anything fails before. Clones' layers and shared
+//! cluster layers ([`crate::cluster_layer`]) are written the same way.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::builder::{pid, LayerBuilder, Prepared, TMP_COUNTER};
+use crate::builder::{BuildReport, LayerBuilder, Prepared};
 use crate::cluster::CloneSpec;
 use crate::error::BuildError;
 use crate::layer::Layer;
 use crate::tarball::{self, SharedTail};
 use crate::template_set::SetEntry;
-use crate::{cluster_layer, cpio};
+use crate::{cluster_layer, cpio, scratch};
 
 impl LayerBuilder<'_> {
     /// Per plan without hooks, its cluster files tarred and deflated once (see `tarball`).
@@ -58,8 +58,7 @@ impl LayerBuilder<'_> {
         clone: &CloneSpec,
         hash: &str,
     ) -> Result<(), BuildError> {
-        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.out.join(format!(".{}.tmp-{}-{n}", clone.name, pid()));
+        let tmp = scratch::tmp_dir(&self.out, &clone.name);
         let tail = tails.get(&clone.layers);
         let result = self.write_tmp(prep, cluster_out, tail, clone, hash, &tmp);
         let result = result.and_then(|()| self.swap(&clone.name, &tmp));
@@ -129,7 +128,7 @@ impl LayerBuilder<'_> {
 
     pub(crate) fn swap(&self, name: &str, tmp: &Path) -> Result<(), BuildError> {
         let dest = self.out.join(name);
-        let old = self.out.join(format!(".{name}.old-{}", pid()));
+        let old = scratch::old_dir(&self.out, name);
         let had_old = match std::fs::rename(&dest, &old) {
             Ok(()) => true,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
@@ -144,6 +143,58 @@ impl LayerBuilder<'_> {
         if had_old {
             std::fs::remove_dir_all(&old)
                 .map_err(|e| self.io(name, "remove the previous layer", &old, e))?;
+        }
+        Ok(())
+    }
+
+    /// Build (when its inputs changed) the cluster layer of every plan in `prep`.
+    pub(crate) fn build_cluster_layers(
+        &self,
+        prep: &Prepared,
+        report: &mut BuildReport,
+    ) -> Result<(), BuildError> {
+        let mut rendered = None;
+        let mut plans: Vec<_> = prep.plans.values().collect();
+        plans.sort_by_key(|p| p.hash);
+        plans.dedup_by_key(|p| p.hash);
+        for plan in plans {
+            let Some(name) = cluster_layer::name_of(plan) else {
+                continue;
+            };
+            let hash = cluster_layer::inputs_hash(
+                plan,
+                prep.facts_digest,
+                prep.identity.fingerprint(),
+                &self.outputs,
+            );
+            let stamp = self.out.join(&name).join("inputs.sha256");
+            if !self.force && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == hash) {
+                continue;
+            }
+            if rendered.is_none() {
+                rendered = Some(self.cluster_outputs(prep)?);
+            }
+            let layer = rendered
+                .as_ref()
+                .map(|r| cluster_layer::layer_of(plan, r))
+                .unwrap_or_default();
+            let tmp = scratch::tmp_dir(&self.out, &name);
+            let result = (|| {
+                std::fs::create_dir(&tmp).map_err(|e| self.io(&name, "create", &tmp, e))?;
+                if self.outputs.dir {
+                    let root = tmp.join("root");
+                    std::fs::create_dir(&root).map_err(|e| self.io(&name, "create", &root, e))?;
+                    crate::dir_output::write(&layer, &root)
+                        .map_err(|e| self.io(&name, "write the layer directory", &root, e))?;
+                }
+                self.write_archives(&name, &layer, None, &hash, &tmp)?;
+                self.swap(&name, &tmp)
+            })();
+            if let Err(e) = result {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+            report.cluster_layers.push(name);
         }
         Ok(())
     }

@@ -68,6 +68,7 @@ pub mod manifest;
 pub mod provenance;
 pub mod range;
 pub mod render;
+mod scratch;
 pub mod stack;
 pub mod tarball;
 pub mod template_set;

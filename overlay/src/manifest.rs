@@ -61,7 +61,7 @@ impl Manifest {
             text.push_str(name);
             text.push('\n');
         }
-        let tmp = out.join(format!("{FILE}.tmp-{}", crate::builder::pid()));
+        let tmp = crate::scratch::tmp_file(out, FILE);
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, out.join(FILE))
     }
