@@ -3,10 +3,11 @@
 //! did not cause (a guest that shut itself down or crashed).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
+use crate::clock::{Clock, SystemClock};
 use crate::hypervisor::RunState;
 
 /// What happened.
@@ -54,10 +55,12 @@ pub struct Event {
     pub took_ms: Option<u64>,
 }
 
-/// The hub.
+/// The hub: numbers events, keeps the last [`RETAINED`] for replay, stamps them with its
+/// clock and broadcasts them.
 pub struct EventHub {
     tx: broadcast::Sender<Event>,
     inner: Mutex<Inner>,
+    clock: Arc<dyn Clock>,
 }
 
 struct Inner {
@@ -66,11 +69,20 @@ struct Inner {
     last: HashMap<String, RunState>,
 }
 
-const RETAINED: usize = 1024;
+/// How many past events are kept for watchers that resume from a sequence number.
+pub const RETAINED: usize = 1024;
 
 impl Default for EventHub {
     fn default() -> Self {
+        Self::new(Arc::new(SystemClock))
+    }
+}
+
+impl EventHub {
+    /// A hub stamping events with `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
         Self {
+            clock,
             tx: broadcast::channel(256).0,
             inner: Mutex::new(Inner {
                 seq: 0,
@@ -104,7 +116,7 @@ impl EventHub {
             kind,
             state,
             detail: detail.to_owned(),
-            at_ms: crate::domain_store::now_ms(),
+            at_ms: self.clock.unix_ms(),
             took_ms: took.map(|d| d.as_millis() as u64),
         };
         if g.ring.len() == RETAINED {
@@ -158,5 +170,29 @@ impl EventHub {
                 .collect()
         };
         (replay, rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    #[test]
+    fn events_are_numbered_and_stamped_by_the_hubs_clock() {
+        let clock = Arc::new(ManualClock::at(5_000));
+        let hub = EventHub::new(clock.clone());
+        let (_, mut rx) = hub.subscribe(0);
+        hub.emit("d", EventKind::Defined, RunState::Shutoff, "", None);
+        clock.advance(std::time::Duration::from_millis(250));
+        hub.emit("d", EventKind::Started, RunState::Running, "", None);
+        let mut seen = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            seen.push((e.sequence, e.at_ms));
+        }
+        assert_eq!(seen, [(1, 5_000), (2, 5_250)]);
+        let (replayed, _) = hub.subscribe(1);
+        assert_eq!(replayed.len(), 1, "events after sequence 1 are retained");
+        assert_eq!(hub.last_state("d"), Some(RunState::Running));
     }
 }

@@ -31,7 +31,7 @@ fn metric(
 
 /// The XML document gmetad reads.
 pub async fn document(agent: &Agent, cluster: &str, started: u64) -> String {
-    let now = crate::domain_store::now_ms() / 1000;
+    let now = agent.clock().unix_ms() / 1000;
     let mut o = String::from("<?xml version=\"1.0\" encoding=\"ISO-8859-1\" standalone=\"yes\"?>\n<GANGLIA_XML VERSION=\"3.7.2\" SOURCE=\"gmond\">\n");
     let _ = writeln!(o, "<CLUSTER NAME=\"{}\" LOCALTIME=\"{now}\" OWNER=\"napalm\" LATLONG=\"unspecified\" URL=\"unspecified\">", esc(cluster));
     if let Ok(h) = agent.host().await {
@@ -148,7 +148,7 @@ pub async fn serve(
         .await
         .map_err(|e| AgentError::io(addr.to_string(), e))?;
     let bound = l.local_addr().map_err(|e| AgentError::io("ganglia", e))?;
-    let started = crate::domain_store::now_ms() / 1000;
+    let started = agent.clock().unix_ms() / 1000;
     let mut stop = stop;
     let task = tokio::spawn(async move {
         loop {

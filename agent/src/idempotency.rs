@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
+use crate::clock::Clock;
 use crate::durable;
 use crate::error::{AgentError, Result};
 
@@ -32,6 +33,10 @@ impl KeyedLocks {
     }
 }
 
+/// How long a completed request's result is kept for a retry: retries come within
+/// minutes, so a week is plenty.
+pub const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// The persisted log of completed requests.
 pub struct RequestLog {
     dir: PathBuf,
@@ -45,11 +50,11 @@ struct Entry {
 }
 
 impl RequestLog {
-    /// Opens (creating) the log directory.
-    pub fn open(dir: &Path) -> Result<Self> {
+    /// Opens (creating) the log directory and forgets records older than [`FORGET_AFTER`]
+    /// by `clock`.
+    pub fn open(dir: &Path, clock: &dyn Clock) -> Result<Self> {
         durable::create_dir(dir)?;
-        // Retries come within minutes; forget results older than a week.
-        let week = std::time::Duration::from_secs(7 * 24 * 3600);
+        let now = clock.now();
         for e in std::fs::read_dir(dir)
             .map_err(|e| AgentError::io(dir, e))?
             .flatten()
@@ -58,8 +63,8 @@ impl RequestLog {
                 .metadata()
                 .and_then(|m| m.modified())
                 .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > week);
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age > FORGET_AFTER);
             if old {
                 let _ = std::fs::remove_file(e.path());
             }
@@ -109,5 +114,50 @@ impl RequestLog {
             serde_json::to_vec(&e).map_err(|e| AgentError::io(&path, std::io::Error::other(e)))?;
         durable::atomic_write(&path, &data)?;
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{ManualClock, SystemClock};
+
+    #[tokio::test]
+    async fn a_retry_is_replayed_until_the_record_is_forgotten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = RequestLog::open(dir.path(), &SystemClock).expect("open");
+        let first: u32 = log
+            .once(Some("r1"), "create", async { Ok(1) })
+            .await
+            .expect("1");
+        let again: u32 = log
+            .once(Some("r1"), "create", async { Ok(2) })
+            .await
+            .expect("2");
+        assert_eq!((first, again), (1, 1), "the retry gets the first result");
+        assert!(matches!(
+            log.once::<u32, _>(Some("r1"), "delete", async { Ok(3) })
+                .await,
+            Err(AgentError::RequestIdReused(_))
+        ));
+
+        // Reopened six days later (an agent restart): still replayed.
+        let clock = ManualClock::at(SystemClock.unix_ms());
+        clock.advance(std::time::Duration::from_secs(6 * 24 * 3600));
+        let log = RequestLog::open(dir.path(), &clock).expect("reopen");
+        let v: u32 = log
+            .once(Some("r1"), "create", async { Ok(4) })
+            .await
+            .expect("4");
+        assert_eq!(v, 1);
+
+        // Reopened past FORGET_AFTER: forgotten, so the id runs again.
+        clock.advance(FORGET_AFTER);
+        let log = RequestLog::open(dir.path(), &clock).expect("reopen");
+        let v: u32 = log
+            .once(Some("r1"), "create", async { Ok(5) })
+            .await
+            .expect("5");
+        assert_eq!(v, 5);
     }
 }

@@ -10,8 +10,8 @@
 //! ([`events`]) and reconciliation ([`core::reconcile`]); metrics as Prometheus text
 //! ([`metrics`]), Ganglia gmond XML ([`ganglia`]) and OTLP/gRPC pushes when an endpoint is
 //! configured ([`otel`]), mDNS/DNS-SD advertisement ([`mdns`]) and coordinator
-//! registration ([`register`]); TLS for both listeners ([`tls`]). The daemon wiring is
-//! [`server`]. With the feature `client`: `client`, a typed client of the REST API for
+//! registration ([`register`]); TLS for both listeners ([`tls`]); the wall clock as an
+//! edge tests can set ([`clock`]). The daemon wiring is [`server`]. With the feature `client`: `client`, a typed client of the REST API for
 //! napalmctl and other callers.
 //!
 //! Must not touch: domains it does not own (no napalm metadata with its id), files outside
@@ -26,6 +26,7 @@ pub mod archive;
 pub mod blobs;
 #[cfg(feature = "client")]
 pub mod client;
+pub mod clock;
 pub mod core;
 pub mod domain_store;
 pub mod durable;

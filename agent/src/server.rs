@@ -148,7 +148,16 @@ pub async fn start(cfg: ServeConfig) -> Result<Running> {
 
 /// Starts the agent on a given hypervisor.
 pub async fn start_with(cfg: ServeConfig, hv: Arc<dyn Hypervisor>) -> Result<Running> {
-    let agent = Agent::open(cfg.core.clone(), hv).await?;
+    start_with_clock(cfg, hv, Arc::new(crate::clock::SystemClock)).await
+}
+
+/// Starts the agent on a given hypervisor, reading wall-clock time from `clock` (tests).
+pub async fn start_with_clock(
+    cfg: ServeConfig,
+    hv: Arc<dyn Hypervisor>,
+    clock: Arc<dyn crate::clock::Clock>,
+) -> Result<Running> {
+    let agent = Agent::open_with_clock(cfg.core.clone(), hv, clock).await?;
     let rep = agent.reconcile(true).await?;
     tracing::info!(agent_id = agent.id(), report = ?rep, "first reconciliation done");
     let (stop, stop_rx) = tokio::sync::watch::channel(false);

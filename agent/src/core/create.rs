@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Agent, DomainView};
 use crate::blobs::BlobId;
-use crate::domain_store::{now_ms, ArtifactRecord, DomainRecord, RestartPolicy};
+use crate::domain_store::{ArtifactRecord, DomainRecord, RestartPolicy};
 use crate::durable;
 use crate::error::{AgentError, Result};
 use crate::events::EventKind;
@@ -311,7 +311,7 @@ impl Agent {
             artifacts: s.artifacts,
             vcpus: checked.vcpus,
             memory_bytes: checked.memory_bytes,
-            created_at_ms: now_ms(),
+            created_at_ms: self.clock.unix_ms(),
             libvirt_xml: checked.libvirt_xml.clone(),
             deleting: false,
         };

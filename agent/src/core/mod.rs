@@ -17,6 +17,7 @@ pub use info::{About, CapabilitiesView, DomainView, GuestView};
 
 use crate::archive::Limits;
 use crate::blobs::BlobStore;
+use crate::clock::{Clock, SystemClock};
 use crate::domain_store::DomainStore;
 use crate::error::{AgentError, Result};
 use crate::events::EventHub;
@@ -46,6 +47,7 @@ pub struct Agent {
     store: DomainStore,
     requests: RequestLog,
     locks: KeyedLocks,
+    clock: Arc<dyn Clock>,
     /// Lifecycle events.
     pub events: EventHub,
 }
@@ -54,6 +56,16 @@ impl Agent {
     /// Opens the state directory and binds to a hypervisor. The agent id is created once
     /// and kept in `STATE/agent-id`, so a restarted agent recognises its domains.
     pub async fn open(cfg: CoreConfig, hv: Arc<dyn Hypervisor>) -> Result<Arc<Self>> {
+        Self::open_with_clock(cfg, hv, Arc::new(SystemClock)).await
+    }
+
+    /// [`Agent::open`] reading wall-clock time from `clock` (tests pass a
+    /// [`crate::clock::ManualClock`]).
+    pub async fn open_with_clock(
+        cfg: CoreConfig,
+        hv: Arc<dyn Hypervisor>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>> {
         crate::durable::create_dir(&cfg.state_dir)?;
         // Paths handed to libvirt must be absolute.
         let dir = cfg
@@ -78,9 +90,10 @@ impl Agent {
         Ok(Arc::new(Self {
             blobs: BlobStore::open(&dir.join("blobs"))?,
             store: DomainStore::open(&dir.join("domains"))?,
-            requests: RequestLog::open(&dir.join("requests"))?,
+            requests: RequestLog::open(&dir.join("requests"), clock.as_ref())?,
             locks: KeyedLocks::default(),
-            events: EventHub::default(),
+            events: EventHub::new(Arc::clone(&clock)),
+            clock,
             agent_id,
             hv,
             cfg,
@@ -90,6 +103,11 @@ impl Agent {
     /// This agent's id (in the napalm metadata of its domains).
     pub fn id(&self) -> &str {
         &self.agent_id
+    }
+
+    /// The clock this agent reads wall-clock time from.
+    pub fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
     }
 
     /// The blob store.

@@ -86,7 +86,7 @@ pub fn duration(d: Option<&prost_types::Duration>) -> Option<std::time::Duration
 }
 
 /// Domain counters.
-pub fn stats(s: &Stats) -> pb::DomainStats {
+pub fn stats(s: &Stats, sampled_at_ms: u64) -> pb::DomainStats {
     pb::DomainStats {
         cpu_time_ns: s.cpu_time_ns,
         memory_bytes: s.memory_bytes,
@@ -95,12 +95,12 @@ pub fn stats(s: &Stats) -> pb::DomainStats {
         net_tx_bytes: s.net_tx_bytes,
         disk_read_bytes: s.disk_read_bytes,
         disk_write_bytes: s.disk_write_bytes,
-        sampled_at: Some(ts(crate::domain_store::now_ms())),
+        sampled_at: Some(ts(sampled_at_ms)),
     }
 }
 
-/// Domain view → message.
-pub fn domain(d: &DomainView, config_xml: String) -> pb::Domain {
+/// Domain view → message; its counters, if sampled, are stamped `sampled_at_ms`.
+pub fn domain(d: &DomainView, config_xml: String, sampled_at_ms: u64) -> pb::Domain {
     pb::Domain {
         name: d.name.clone(),
         uuid: d.uuid.clone(),
@@ -123,7 +123,7 @@ pub fn domain(d: &DomainView, config_xml: String) -> pb::Domain {
             vcpus: d.vcpus,
             memory_bytes: d.memory_bytes,
         }),
-        stats: d.stats.as_ref().map(stats),
+        stats: d.stats.as_ref().map(|s| stats(s, sampled_at_ms)),
         created_at: (d.created_at_ms > 0).then(|| ts(d.created_at_ms)),
     }
 }

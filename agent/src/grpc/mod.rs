@@ -64,7 +64,11 @@ fn rid(s: &str) -> Option<&str> {
 
 impl Service {
     fn domain(&self, d: &crate::core::DomainView) -> pb::Domain {
-        convert::domain(d, self.agent.config(&d.name).unwrap_or_default())
+        convert::domain(
+            d,
+            self.agent.config(&d.name).unwrap_or_default(),
+            self.agent.clock().unix_ms(),
+        )
     }
 }
 
@@ -207,7 +211,7 @@ impl AgentService for Service {
                 if d.owned {
                     self.domain(d)
                 } else {
-                    convert::domain(d, String::new())
+                    convert::domain(d, String::new(), self.agent.clock().unix_ms())
                 }
             })
             .collect();

@@ -149,3 +149,28 @@ async fn client_errors_say_what_failed_and_sort_into_classes() {
         })
     ));
 }
+
+#[tokio::test]
+async fn timestamps_come_from_the_agents_clock() {
+    use napalm_agent::clock::ManualClock;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::at(1_700_000_000_000));
+    let running = napalm_agent::server::start_with_clock(
+        config(&dir.path().join("state"), None),
+        test_driver(),
+        clock.clone(),
+    )
+    .await
+    .expect("agent starts");
+    let c =
+        AgentClient::new(&format!("http://{}/napalm", running.http_addr), None).expect("client");
+    clock.advance(Duration::from_secs(60));
+    let body = archive_from_files(dir.path(), "cl-clock");
+    c.create("cl-clock", body, false).await.expect("create");
+    let d = c.show("cl-clock").await.expect("show");
+    assert_eq!(d.created_at_ms, 1_700_000_060_000);
+    c.delete("cl-clock", true).await.expect("delete");
+    running.stop().await;
+}
