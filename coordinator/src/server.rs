@@ -15,12 +15,12 @@ use napalm_proto::v1::coordinator_service_server::CoordinatorServiceServer;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::mdns::{Advert, Advertiser, Browser, BrowseError};
 use crate::clock::SystemClock;
 use crate::deploy::ship::Agents;
 use crate::deploy::{DeployConfig, DeployError, Deployer};
 use crate::discovery::{keep_registering_static, Backoff};
 use crate::exports::{ExportConfig, ExportError, Exporter, SystemReload};
+use crate::mdns::{Advert, Advertiser, BrowseError, Browser};
 use crate::registry::agents::HeartbeatPolicy;
 use crate::registry::clones::TokenKey;
 use crate::registry::Registry;
@@ -311,12 +311,10 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     let registry = Registry::new(store, Arc::new(SystemClock));
     let secret = match &cfg.secret {
         Secret::Bytes(b) => b.clone(),
-        Secret::File(path) => {
-            read_or_create_secret(path).map_err(|source| ServeError::Secret {
-                path: path.clone(),
-                source,
-            })?
-        }
+        Secret::File(path) => read_or_create_secret(path).map_err(|source| ServeError::Secret {
+            path: path.clone(),
+            source,
+        })?,
     };
     let tokens = Arc::new(TokenKey::new(&secret).map_err(ServeError::TokenKey)?);
 
@@ -345,12 +343,13 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     let election = match cfg.store.strip_prefix("etcd://") {
         Some(rest) => {
             let endpoints: Vec<String> = rest.split(',').map(|e| format!("http://{e}")).collect();
-            let etcd = EtcdStore::connect(&endpoints)
-                .await
-                .map_err(|source| ServeError::Store {
-                    store: cfg.store.clone(),
-                    source,
-                })?;
+            let etcd =
+                EtcdStore::connect(&endpoints)
+                    .await
+                    .map_err(|source| ServeError::Store {
+                        store: cfg.store.clone(),
+                        source,
+                    })?;
             let id = cfg.id.clone().unwrap_or_else(|| grpc_addr.to_string());
             Some(Election::start(etcd.client(), id, cfg.lease_ttl))
         }

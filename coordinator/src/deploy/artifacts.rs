@@ -297,11 +297,12 @@ fn image(builder: &LayerBuilder<'_>, base: &Base, name: &str) -> Result<BuiltLay
     let paths = builder.paths(name);
     let hash = layer_hash(builder, name)?;
     // After a compressed base the kernel only takes a compressed segment.
-    let segment = layer_segment(name, &paths.root, Compression::Gzip, 0)
-        .map_err(|e| DeployError::Segment {
+    let segment = layer_segment(name, &paths.root, Compression::Gzip, 0).map_err(|e| {
+        DeployError::Segment {
             clone: name.to_owned(),
             source: Arc::new(e),
-        })?;
+        }
+    })?;
     let mut bytes = Vec::with_capacity(base.padded.len() + segment.len());
     bytes.extend_from_slice(&base.padded);
     bytes.extend_from_slice(&segment);

@@ -29,11 +29,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use napalm_initramfs::rootspec::{Device, RootSpec};
 use napalm_proto::v1::{
     AgentState, CloneMode, ClonePhase, DeployRequest, DeploySummary, Deployment, DeploymentSpec,
     UndeployRequest,
 };
-use napalm_initramfs::rootspec::{Device, RootSpec};
 use napalm_proto::ApiError;
 
 use crate::clock::duration;
@@ -132,7 +132,10 @@ impl Deployer {
         name: &str,
     ) -> Result<Option<Vec<reconcile::Action>>, RegistryError> {
         let reg = &self.inner.registry;
-        let Some((d, _)) = reg.get::<Deployment>(&format!("{DEPLOYMENTS}{name}")).await? else {
+        let Some((d, _)) = reg
+            .get::<Deployment>(&format!("{DEPLOYMENTS}{name}"))
+            .await?
+        else {
             return Ok(None);
         };
         let spec = d.spec.unwrap_or_default();

@@ -60,7 +60,7 @@ pub enum Action {
     /// Delete a clone's domain and record.
     Remove {
         /// The record.
-        clone: Clone,
+        clone: Box<Clone>,
         /// Why.
         reason: Reason,
     },
@@ -145,7 +145,7 @@ pub fn reconcile(spec: &DeploymentSpec, records: &[Clone], agents: &[Agent]) -> 
     for c in records {
         if !keep.contains(c.name.as_str()) {
             plan.actions.push(Action::Remove {
-                clone: c.clone(),
+                clone: Box::new(c.clone()),
                 reason: Reason::BeyondCount,
             });
             continue;
@@ -164,7 +164,10 @@ pub fn reconcile(spec: &DeploymentSpec, records: &[Clone], agents: &[Agent]) -> 
 
 /// The domains of a deployment that agents run but the registry does not place there
 /// (`assigned`: clone → agent id; `running`: agent id → its domains of the deployment).
-pub fn strays(assigned: &HashMap<String, String>, running: &[(String, Vec<Domain>)]) -> Vec<Action> {
+pub fn strays(
+    assigned: &HashMap<String, String>,
+    running: &[(String, Vec<Domain>)],
+) -> Vec<Action> {
     let mut out = Vec::new();
     for (agent, domains) in running {
         for d in domains {
@@ -265,7 +268,7 @@ mod tests {
         assert_eq!(
             p.actions,
             [Action::Remove {
-                clone: records[1].clone(),
+                clone: Box::new(records[1].clone()),
                 reason: Reason::BeyondCount
             }]
         );
@@ -280,7 +283,10 @@ mod tests {
             clone("web-04", "down", ClonePhase::Registered),
             clone("web-05", "gone", ClonePhase::Scheduled),
         ];
-        let agents = [agent("a", AgentState::Ready), agent("down", AgentState::Down)];
+        let agents = [
+            agent("a", AgentState::Ready),
+            agent("down", AgentState::Down),
+        ];
         let p = reconcile(&spec(5), &records, &agents);
         let placed: Vec<(String, Reason)> = p
             .actions

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use napalm_coordinator::mdns::Browser;
 use napalm_coordinator::clock::SystemClock;
 use napalm_coordinator::deploy::ship::Agents;
+use napalm_coordinator::mdns::Browser;
 use napalm_coordinator::registry::agents::HeartbeatPolicy;
 use napalm_coordinator::registry::Registry;
 use napalm_coordinator::store;

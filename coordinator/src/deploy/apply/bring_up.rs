@@ -16,9 +16,9 @@ use napalm_initramfs::rootspec::{Device, Role, RootParseError, RootSpec};
 use super::Run;
 use crate::deploy::artifacts::BuiltLayer;
 use crate::deploy::place::{hypervisor_on, place};
-use crate::deploy::{chain, DeployError};
 use crate::deploy::ship::Blob;
 use crate::deploy::xml::{domain_xml, DomainParams};
+use crate::deploy::{chain, DeployError};
 use crate::registry::RegistryError;
 
 impl Run {
@@ -175,8 +175,7 @@ impl Run {
                     k.phase = ClonePhase::Shipped as i32;
                 }
             })
-            .await
-            ?
+            .await?
         {
             self.report(&u, &format!("artifacts on {}", agent.name))
                 .await;
@@ -268,8 +267,7 @@ impl Run {
                     } as i32;
                 }
             })
-            .await
-            ?
+            .await?
         {
             self.report(
                 &u,

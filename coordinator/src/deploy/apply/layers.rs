@@ -105,7 +105,9 @@ impl Run {
             return Vec::new();
         };
         if !self.stateful() {
-            return match sync_exports(&self.inner.cfg, &self.inner.registry, &self.inner.artifacts).await {
+            return match sync_exports(&self.inner.cfg, &self.inner.registry, &self.inner.artifacts)
+                .await
+            {
                 Ok(()) => Vec::new(),
                 Err(e) => clones.iter().map(|c| (c.name.clone(), e.clone())).collect(),
             };
@@ -128,7 +130,9 @@ impl Run {
                 .map(|c| (c.name.clone(), DeployError::TaskPanicked("state images")))
                 .collect()
         });
-        if let Err(e) = sync_exports(&self.inner.cfg, &self.inner.registry, &self.inner.artifacts).await {
+        if let Err(e) =
+            sync_exports(&self.inner.cfg, &self.inner.registry, &self.inner.artifacts).await
+        {
             failed = clones.iter().map(|c| (c.name.clone(), e.clone())).collect();
         }
         failed

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use napalm_proto::v1::{
-    Agent, Clone, ClonePhase, DeploySummary, Deployment, DeploymentSpec,
-    Hypervisor,
+    Agent, Clone, ClonePhase, DeploySummary, Deployment, DeploymentSpec, Hypervisor,
 };
 use tokio::sync::Semaphore;
 
@@ -364,7 +363,12 @@ pub(super) async fn stop_strays(
     let running = agents.running(all, deployment).await;
     let mut removed = 0;
     for action in reconcile::strays(assigned, &running) {
-        let Action::Stop { agent, domain, reason } = action else {
+        let Action::Stop {
+            agent,
+            domain,
+            reason,
+        } = action
+        else {
             continue;
         };
         let Some(a) = all.iter().find(|a| a.id == agent) else {
@@ -372,7 +376,11 @@ pub(super) async fn stop_strays(
         };
         tracing::warn!(domain = %domain, agent = %agent, %reason, "removing a domain");
         if agents
-            .delete(&a.grpc_endpoint, &domain, format!("orphan-{agent}-{domain}"))
+            .delete(
+                &a.grpc_endpoint,
+                &domain,
+                format!("orphan-{agent}-{domain}"),
+            )
             .await
             .is_ok()
         {
