@@ -136,10 +136,10 @@ fn static_reason(c: &Candidate, d: &Demand) -> Option<String> {
         ));
     }
     if d.hypervisor != Hypervisor::Unspecified && !c.hypervisors.contains(&d.hypervisor) {
-        let runs: Vec<&str> = c.hypervisors.iter().map(|h| hv_name(*h)).collect();
+        let runs: Vec<&str> = c.hypervisors.iter().map(|h| h.short_name()).collect();
         return Some(format!(
             "does not run {} (runs {})",
-            hv_name(d.hypervisor),
+            d.hypervisor.short_name(),
             if runs.is_empty() {
                 "nothing".to_owned()
             } else {
@@ -158,16 +158,6 @@ fn static_reason(c: &Candidate, d: &Demand) -> Option<String> {
     None
 }
 
-/// Short hypervisor name (`qemu`, `kvm`, `xen`, `test`).
-pub fn hv_name(h: Hypervisor) -> &'static str {
-    match h {
-        Hypervisor::Unspecified => "any",
-        Hypervisor::Qemu => "qemu",
-        Hypervisor::Kvm => "kvm",
-        Hypervisor::Xen => "xen",
-        Hypervisor::Test => "test",
-    }
-}
 
 fn fit_reason(d: &Demand, f: Amount, held: u32) -> Option<String> {
     if d.max_per_agent > 0 && held >= d.max_per_agent {

@@ -3,12 +3,14 @@
 //! Owns the gRPC contract shared by `napalm-agent`, `napalm-coordinator` and `napalmctl`:
 //! the `.proto` files under `proto/napalm/v1/`, the code tonic generates from them
 //! ([`v1`]), the mapping between Napalm's error kinds and gRPC statuses with
-//! `google.rpc` details ([`status`]), and how a server checks a bearer token ([`auth`]).
+//! `google.rpc` details ([`status`]), how a server checks a bearer token ([`auth`]), and
+//! the short names operators use for wire enums (`Hypervisor::short_name`).
 //!
 //! Must not touch: the machine (no libvirt, files, network) and no business logic. Every
 //! other crate codes against these types; a change here is a change of the contract.
 
 pub mod auth;
+mod names;
 pub mod status;
 
 /// Code generated from `proto/napalm/v1/*.proto` (messages, enums, clients, servers).
