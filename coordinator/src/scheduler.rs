@@ -158,7 +158,6 @@ fn static_reason(c: &Candidate, d: &Demand) -> Option<String> {
     None
 }
 
-
 fn fit_reason(d: &Demand, f: Amount, held: u32) -> Option<String> {
     if d.max_per_agent > 0 && held >= d.max_per_agent {
         return Some(format!(
