@@ -28,7 +28,7 @@ pub enum RestartPolicy {
 pub struct ArtifactRecord {
     /// File name in the domain directory.
     pub name: String,
-    /// Content.
+    /// The blob its content was linked or copied from.
     pub blob: BlobId,
     /// Copied (writable) rather than linked.
     pub writable: bool,
@@ -37,23 +37,23 @@ pub struct ArtifactRecord {
 /// The persisted desired state of one domain.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DomainRecord {
-    /// Name.
+    /// Domain name, also the directory name under `domains/` and libvirt's `<name>`.
     pub name: String,
     /// libvirt UUID once defined.
     pub uuid: String,
     /// State the agent keeps the domain in (`running`, `shutoff` or `paused`).
     pub desired: RunState,
-    /// Restart policy.
+    /// What reconciliation does when it finds the domain stopped while desired running.
     pub restart: RestartPolicy,
-    /// Labels.
+    /// Free-form key/value labels a client attached (selectable in `ListDomains`).
     pub labels: BTreeMap<String, String>,
     /// Files referenced by config.xml, relative to `files/`.
     pub files: Vec<String>,
-    /// Files that came from blobs.
+    /// Those of `files` that came from the blob store (gRPC creates), with their blobs.
     pub artifacts: Vec<ArtifactRecord>,
-    /// vCPUs.
+    /// vCPUs the XML asks for (counted against the host's capacity).
     pub vcpus: u32,
-    /// Memory, bytes.
+    /// Memory the XML asks for, bytes.
     pub memory_bytes: u64,
     /// Milliseconds since the epoch when created.
     pub created_at_ms: u64,

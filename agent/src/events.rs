@@ -10,25 +10,26 @@ use tokio::sync::broadcast;
 use crate::clock::{Clock, SystemClock};
 use crate::hypervisor::RunState;
 
-/// What happened.
+/// What happened to a domain; [`EventKind::Shutdown`] and [`EventKind::Crashed`] are seen
+/// by the watcher, the others are caused by the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
-    /// Defined.
+    /// Defined in libvirt (created, or redefined by reconciliation).
     Defined,
-    /// Undefined.
+    /// Removed from libvirt.
     Undefined,
-    /// Started.
+    /// Started (by a client, or at create).
     Started,
-    /// Paused.
+    /// Paused by a client.
     Suspended,
-    /// Resumed.
+    /// Resumed from pause by a client.
     Resumed,
-    /// Stopped.
+    /// Shut off by a client (cleanly, or forced after the timeout).
     Stopped,
     /// Guest shut down by itself.
     Shutdown,
-    /// Crashed.
+    /// The guest crashed (libvirt reports `crashed`).
     Crashed,
     /// Restarted by policy.
     Restarted,
@@ -36,18 +37,18 @@ pub enum EventKind {
     Adopted,
 }
 
-/// One event.
+/// One event, as `WatchDomainEvents` streams it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Event {
-    /// Increasing number.
+    /// Increasing from 1 within one agent process; a watcher resumes after the last it saw.
     pub sequence: u64,
-    /// Domain.
+    /// The domain it happened to.
     pub name: String,
-    /// Kind.
+    /// What happened.
     pub kind: EventKind,
-    /// State after.
+    /// The domain's state after it.
     pub state: RunState,
-    /// Detail.
+    /// Who or what caused it, in words (`asked by a client`, `seen by the agent's watcher`).
     pub detail: String,
     /// When, ms since epoch.
     pub at_ms: u64,

@@ -58,19 +58,19 @@ pub struct Advert {
     pub instance: String,
     /// Host name (without `.local.`).
     pub hostname: String,
-    /// REST port.
+    /// REST port (the `_napalm-http._tcp` service).
     pub http_port: u16,
-    /// gRPC port.
+    /// gRPC port (the `_napalm._tcp` service); 0 when gRPC is off.
     pub grpc_port: u16,
     /// Hypervisor domain types, comma-separated (`qemu,kvm`).
     pub hypervisors: String,
-    /// Architecture.
+    /// Host architecture, so a coordinator can place by it before asking.
     pub arch: String,
-    /// Logical CPUs.
+    /// Logical CPUs of the host.
     pub cpus: u32,
-    /// Memory, bytes.
+    /// Host memory, bytes.
     pub memory_bytes: u64,
-    /// Agent id.
+    /// The agent's id, stable across restarts.
     pub agent_id: String,
     /// TLS certificate fingerprint (sha256 hex), `none` without TLS.
     pub fingerprint: String,

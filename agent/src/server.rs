@@ -11,18 +11,19 @@ use crate::error::{AgentError, Result};
 use crate::hypervisor::{libvirt::Libvirt, Hypervisor};
 use crate::rest::{AppState, HttpCounters, RestConfig};
 
-/// Everything the daemon needs.
+/// Everything the daemon needs. [`ServeConfig::loopback`] is the one tests start from.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// Core settings.
+    /// State directory, XML policy, archive limits, shutdown timeout.
     pub core: CoreConfig,
-    /// REST settings.
+    /// REST prefix, token (also gRPC's) and request size limits.
     pub rest: RestConfig,
-    /// REST listen address.
+    /// REST listen address (port 0: any free port, see [`Running::http_addr`]).
     pub http_listen: SocketAddr,
     /// gRPC listen address (`None`: no gRPC).
     pub grpc_listen: Option<SocketAddr>,
-    /// Reconciliation period.
+    /// How often the agent compares desired with actual state and repairs it (it also
+    /// reconciles once at start).
     pub reconcile_every: Duration,
     /// Ganglia gmond-compatible XML listen address (`None`: off).
     pub ganglia_listen: Option<SocketAddr>,
@@ -79,15 +80,15 @@ impl ServeConfig {
 
 /// A running agent: its addresses and core, for tests and the binary.
 pub struct Running {
-    /// The core.
+    /// The core operations both transports call.
     pub agent: Arc<Agent>,
-    /// Bound REST address.
+    /// The address REST listens on (the real port when 0 was asked for).
     pub http_addr: SocketAddr,
-    /// Bound gRPC address.
+    /// The address gRPC listens on, when it is served.
     pub grpc_addr: Option<SocketAddr>,
-    /// Request counters.
+    /// REST requests served by method (thesis table 4.3 counts).
     pub counters: Arc<HttpCounters>,
-    /// Bound Ganglia address.
+    /// The address the Ganglia XML is served on, when it is.
     pub ganglia_addr: Option<SocketAddr>,
     /// SHA-256 of the TLS certificate, when TLS is on.
     pub fingerprint: Option<String>,

@@ -19,7 +19,7 @@ pub const DEFAULT_LAYERS: [&str; 1] = ["base"];
 /// One clone after the cascade.
 #[derive(Clone, Debug, Serialize)]
 pub struct CloneSpec {
-    /// Hostname.
+    /// Hostname, also the name of its layer directory under the output directory.
     pub name: String,
     /// 0-based position in the cluster (document order).
     pub index: usize,
@@ -40,7 +40,7 @@ pub struct Cluster {
     pub source: Arc<str>,
     /// The global `server` value, when set.
     pub server: Option<String>,
-    /// The clones.
+    /// Every clone in document order (the order of `index`).
     pub clones: Vec<CloneSpec>,
     #[serde(skip)]
     by_name: HashMap<String, usize>,

@@ -13,14 +13,14 @@ pub enum ConfigError {
     Read {
         /// File that failed.
         path: PathBuf,
-        /// Cause.
+        /// The I/O error underneath.
         #[source]
         source: std::io::Error,
     },
     /// YAML syntax error (or serde_yaml refused the document).
     #[error("{file}:{line}:{col}: invalid YAML: {message}")]
     Syntax {
-        /// File.
+        /// The clones.conf (or other YAML) file, as given.
         file: String,
         /// 1-based line.
         line: usize,
@@ -32,7 +32,7 @@ pub enum ConfigError {
     /// Something exceeds a limit (alias bomb, size, depth, host count).
     #[error("{file}:{line}:{col}: refused: {what}; reduce it or raise the limit in `Limits`")]
     TooLarge {
-        /// File.
+        /// The clones.conf (or other YAML) file, as given.
         file: String,
         /// 1-based line.
         line: usize,
@@ -46,7 +46,7 @@ pub enum ConfigError {
         "{file}:{line}:{col}: duplicate {what} (first defined at line {first}); remove one of them"
     )]
     Duplicate {
-        /// File.
+        /// The clones.conf (or other YAML) file, as given.
         file: String,
         /// Line of the second definition.
         line: usize,
@@ -60,7 +60,7 @@ pub enum ConfigError {
     /// A key that is not part of the format (typo of a reserved key, computed name, ...).
     #[error("{file}:{line}:{col}: unknown key `{key}`: {hint}")]
     UnknownKey {
-        /// File.
+        /// The clones.conf (or other YAML) file, as given.
         file: String,
         /// 1-based line.
         line: usize,
@@ -74,7 +74,7 @@ pub enum ConfigError {
     /// A well-formed but wrong value (bad hostname, bad range, wrong type, bad address).
     #[error("{file}:{line}:{col}: {message}")]
     Invalid {
-        /// File.
+        /// The clones.conf (or other YAML) file, as given.
         file: String,
         /// 1-based line.
         line: usize,
@@ -93,7 +93,7 @@ pub enum TemplateError {
     Read {
         /// File that failed.
         path: PathBuf,
-        /// Cause.
+        /// The I/O error underneath.
         #[source]
         source: std::io::Error,
     },
@@ -128,7 +128,7 @@ pub enum TemplateError {
     Invalid {
         /// Offending file.
         path: PathBuf,
-        /// Explanation.
+        /// What contradicts what.
         message: String,
     },
     /// A template does not compile.
@@ -175,7 +175,7 @@ pub enum BuildError {
         action: &'static str,
         /// Path involved.
         path: PathBuf,
-        /// Cause.
+        /// The I/O error underneath.
         #[source]
         source: std::io::Error,
     },

@@ -51,7 +51,7 @@ pub enum Entry {
     },
     /// A symbolic link.
     Symlink {
-        /// Owner.
+        /// Owner (a symlink's mode is not used).
         meta: Meta,
         /// Target as written.
         target: String,

@@ -97,7 +97,7 @@ pub struct Resolved {
 /// One line of `napalmctl clone show NAME --explain`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Explanation {
-    /// Value name.
+    /// The key as written in clones.conf (`ip`, `ssh_port`).
     pub key: String,
     /// Final value, rendered as compact JSON.
     pub value: String,

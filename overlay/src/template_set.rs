@@ -42,14 +42,14 @@ pub enum SetEntry {
     File {
         /// Owner and mode.
         meta: Meta,
-        /// Content.
+        /// The file's bytes, shared by every clone's layer.
         data: Arc<[u8]>,
     },
     /// A symlink copied as is.
     Symlink {
-        /// Owner.
+        /// Owner (a symlink's mode is not used).
         meta: Meta,
-        /// Target.
+        /// The link's target, exactly as written in the set.
         target: String,
     },
     /// A per-clone template (`*.tmpl`).
@@ -75,7 +75,7 @@ pub enum SetEntry {
 pub struct TemplateSet {
     /// Set name (its directory name).
     pub name: String,
-    /// Set directory.
+    /// The directory the set was loaded from.
     pub dir: PathBuf,
     /// Output path → entry.
     pub entries: BTreeMap<String, SetEntry>,

@@ -29,15 +29,15 @@ pub enum ApiError {
     NotFound {
         /// Resource kind (`domain`, `blob`, `agent`, `deployment`, `clone`).
         kind: String,
-        /// Its name.
+        /// The name asked for, quoted in the message.
         name: String,
     },
     /// A resource of that name exists with another definition.
     #[error("{kind} {name:?} already exists: {description}")]
     AlreadyExists {
-        /// Resource kind.
+        /// Resource kind (`domain`, `blob`, `agent`, `deployment`, `clone`).
         kind: String,
-        /// Its name.
+        /// The name asked for, quoted in the message.
         name: String,
         /// How it differs.
         description: String,

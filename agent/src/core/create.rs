@@ -22,9 +22,9 @@ use crate::policy;
 pub struct ArtifactSpec {
     /// File name in the domain directory.
     pub name: String,
-    /// Content.
+    /// The blob holding its content (uploaded before).
     pub blob: BlobId,
-    /// Copy rather than link.
+    /// Copy rather than hard-link (a disk the guest writes must not change the blob).
     pub writable: bool,
 }
 
@@ -35,13 +35,13 @@ pub struct CreateSpec {
     pub name: String,
     /// libvirt XML with bare artifact names.
     pub config_xml: String,
-    /// Artifacts.
+    /// The files the XML names, each from the blob store.
     pub artifacts: Vec<ArtifactSpec>,
-    /// Start once defined.
+    /// Start once defined (else only define it, desired `shutoff`).
     pub start: bool,
-    /// Restart policy.
+    /// What reconciliation does when it finds the domain stopped.
     pub restart: RestartPolicy,
-    /// Labels.
+    /// Key/value labels kept with the domain.
     pub labels: BTreeMap<String, String>,
 }
 

@@ -10,17 +10,17 @@ use crate::hypervisor::{HostFacts, RunState, Stats};
 /// `/about`: what this software is.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct About {
-    /// Software name.
+    /// The package name (`napalm-agent`).
     pub name: &'static str,
-    /// Version.
+    /// The package version.
     pub version: &'static str,
-    /// What it does.
+    /// The package description.
     pub description: &'static str,
-    /// License.
+    /// The package license (SPDX).
     pub license: &'static str,
-    /// This agent's id.
+    /// This agent's id (in the napalm metadata of the domains it owns).
     pub agent_id: String,
-    /// libvirt URI.
+    /// The libvirt connection it manages.
     pub libvirt_uri: String,
 }
 
@@ -29,26 +29,26 @@ pub struct About {
 pub struct GuestView {
     /// `hvm`, `xen`, `exe`.
     pub os_type: String,
-    /// Architecture.
+    /// Guest architecture (`x86_64`, `i686`).
     pub arch: String,
-    /// Word size.
+    /// Guest word size, bits.
     pub wordsize: u32,
-    /// Emulator.
+    /// Path of the emulator binary (the policy allows only these).
     pub emulator: String,
-    /// Machine types.
+    /// Machine types the emulator offers (`pc`, `q35`).
     pub machines: Vec<String>,
-    /// Domain types.
+    /// `<domain type=…>` values usable for this guest (`qemu`, `kvm`, `xen`, `test`).
     pub domain_types: Vec<String>,
 }
 
 /// What the host is and can run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CapabilitiesView {
-    /// Host facts.
+    /// The host's name, CPUs, memory and versions.
     pub host: HostFacts,
     /// Architecture of the host.
     pub arch: String,
-    /// Guests.
+    /// Each guest kind libvirt can run here.
     pub guests: Vec<GuestView>,
     /// Domain types usable (`qemu`, `kvm`, `xen`, `test`).
     pub hypervisors: Vec<String>,
@@ -56,7 +56,7 @@ pub struct CapabilitiesView {
     pub free_vcpus: u32,
     /// Memory not yet allocated, bytes.
     pub free_memory_bytes: u64,
-    /// libvirt's XML.
+    /// libvirt's capabilities XML, served as `/capabilities.xml`.
     #[serde(skip)]
     pub raw_xml: String,
 }

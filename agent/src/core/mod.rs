@@ -32,7 +32,8 @@ pub struct CoreConfig {
     pub state_dir: PathBuf,
     /// Operator policy for domain XML.
     pub policy: Policy,
-    /// Archive limits.
+    /// Limits on unpacking a domain archive (entries, total bytes): decompression bombs
+    /// stop early.
     pub limits: Limits,
     /// Graceful shutdown deadline before a domain is destroyed.
     pub shutdown_timeout: Duration,
@@ -48,7 +49,7 @@ pub struct Agent {
     requests: RequestLog,
     locks: KeyedLocks,
     clock: Arc<dyn Clock>,
-    /// Lifecycle events.
+    /// Lifecycle events: numbered, retained for replay, broadcast to watchers.
     pub events: EventHub,
 }
 

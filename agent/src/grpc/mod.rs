@@ -17,7 +17,8 @@ use tonic::{Request, Response, Status};
 use crate::core::{Agent, ArtifactSpec, CreateSpec};
 use crate::error::AgentError;
 
-/// The service.
+/// `napalm.v1.AgentService` over the agent's core: each RPC converts, calls one core
+/// operation and converts back.
 pub struct Service {
     agent: Arc<Agent>,
 }

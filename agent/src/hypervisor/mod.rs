@@ -74,11 +74,11 @@ impl RunState {
 /// One domain as libvirt lists it.
 #[derive(Debug, Clone)]
 pub struct DomainSummary {
-    /// Name.
+    /// Domain name (libvirt's `<name>`).
     pub name: String,
-    /// UUID.
+    /// libvirt's UUID, stable across redefinitions of the same domain.
     pub uuid: String,
-    /// State.
+    /// Its run state when listed.
     pub state: RunState,
     /// libvirt's numeric id while running (changes when the domain is restarted).
     pub id: Option<u32>,
@@ -91,9 +91,9 @@ pub struct HostFacts {
     pub hostname: String,
     /// CPU model.
     pub cpu_model: String,
-    /// Logical CPUs.
+    /// Logical CPUs (sockets × cores × threads).
     pub cpus: u32,
-    /// Sockets.
+    /// CPU sockets.
     pub sockets: u32,
     /// Cores per socket.
     pub cores: u32,
@@ -107,7 +107,7 @@ pub struct HostFacts {
     pub libvirt_version: String,
     /// Hypervisor driver version `a.b.c`.
     pub hypervisor_version: String,
-    /// Connection URI.
+    /// The libvirt connection URI (`qemu:///system`, `test:///default`).
     pub uri: String,
 }
 
@@ -118,7 +118,7 @@ pub struct Stats {
     pub cpu_time_ns: u64,
     /// Memory assigned, bytes.
     pub memory_bytes: u64,
-    /// vCPUs.
+    /// vCPUs the domain has now.
     pub vcpus: u32,
     /// Bytes received.
     pub net_rx_bytes: u64,
@@ -152,9 +152,9 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// One domain by name with its current XML (live when running), without listing the
     /// others; `None` when libvirt does not know it.
     fn find(&self, name: &str) -> Result<Option<(DomainSummary, String)>>;
-    /// libvirt's capabilities XML.
+    /// libvirt's capabilities XML (host CPU, guest kinds, emulators; thesis annex V).
     fn capabilities_xml(&self) -> Result<String>;
-    /// Host facts.
+    /// The host's name, CPUs, memory and versions.
     fn host(&self) -> Result<HostFacts>;
     /// Counters of a domain (zeros for a stopped one).
     fn stats(&self, name: &str) -> Result<Stats>;

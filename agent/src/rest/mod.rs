@@ -39,26 +39,26 @@ pub struct RestConfig {
 /// Requests served, by method (also exported as metrics; lets tests verify table 4.3).
 #[derive(Debug, Default)]
 pub struct HttpCounters {
-    /// GET and HEAD.
+    /// GET and HEAD requests (reads: lists, status, files, archives).
     pub get: AtomicU64,
-    /// PUT.
+    /// PUT requests (create, replace a file, change state).
     pub put: AtomicU64,
-    /// POST.
+    /// POST requests (none in the thesis's contract; counted to prove it).
     pub post: AtomicU64,
-    /// DELETE.
+    /// DELETE requests (delete a domain).
     pub delete: AtomicU64,
-    /// Any other method.
+    /// Any other method (answered 405).
     pub other: AtomicU64,
 }
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    /// The core.
+    /// The core operations every handler calls.
     pub agent: Arc<Agent>,
-    /// Settings.
+    /// Prefix, token and size limits.
     pub cfg: Arc<RestConfig>,
-    /// Counters.
+    /// Requests by method, counted by a middleware before authentication.
     pub counters: Arc<HttpCounters>,
     /// Extra text appended to `/metrics` (the metrics module renders it).
     pub metrics:
