@@ -14,21 +14,21 @@ use crate::error::{AgentError, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunState {
-    /// Running.
+    /// The guest runs (a desired state clients can ask for).
     Running,
-    /// Blocked on a resource.
+    /// Running but blocked on a resource (libvirt's `blocked`).
     Blocked,
-    /// Paused.
+    /// Paused by the hypervisor: memory kept, no CPU (a desired state clients can ask for).
     Paused,
-    /// Shutting down.
+    /// The guest is shutting down.
     Shutdown,
-    /// Defined, not running.
+    /// Defined, not running (a desired state clients can ask for).
     Shutoff,
-    /// Crashed.
+    /// The guest crashed; the restart policy decides what follows.
     Crashed,
-    /// Suspended by guest power management.
+    /// Suspended by guest power management (ACPI S3/S4).
     Pmsuspended,
-    /// Unknown.
+    /// libvirt reports no state.
     Nostate,
 }
 
