@@ -11,19 +11,6 @@ pub(crate) fn state_name(s: &str, prefix: &str) -> String {
     s.trim_start_matches(prefix).to_lowercase()
 }
 
-/// Short hypervisor name (`qemu`, `kvm`, `xen`, `test`).
-// A copy of the coordinator's `scheduler::hv_name` (the CLI does not link the daemon);
-// both go to one home in napalm-proto.
-fn hv_name(h: Hypervisor) -> &'static str {
-    match h {
-        Hypervisor::Unspecified => "any",
-        Hypervisor::Qemu => "qemu",
-        Hypervisor::Kvm => "kvm",
-        Hypervisor::Xen => "xen",
-        Hypervisor::Test => "test",
-    }
-}
-
 fn mib(b: u64) -> u64 {
     b >> 20
 }
@@ -54,7 +41,7 @@ pub fn agents(output: Output, agents: &[napalm_proto::v1::Agent]) -> String {
                 "alloc_mib": mib(alloc.memory_bytes),
                 "hypervisors": caps.hypervisors.iter()
                     .filter_map(|h| Hypervisor::try_from(*h).ok())
-                    .map(hv_name).collect::<Vec<_>>(),
+                    .map(Hypervisor::short_name).collect::<Vec<_>>(),
             })
         })
         .collect();
