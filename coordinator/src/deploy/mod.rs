@@ -276,21 +276,16 @@ impl Deployer {
             });
         }
         // No ready agent at all: refuse before anything is written (a deployment of
-        // clones that can only fail helps nobody).
-        let ready = self
+        // clones that can only fail helps nobody). Every client gets the same answer.
+        let agents = self
             .inner
             .registry
-            .list_agents(&[AgentState::Ready])
+            .list_agents(&[])
             .await
             .map_err(ApiError::from)?;
-        if ready.is_empty() {
+        if !agents.iter().any(|a| a.state == AgentState::Ready as i32) {
             return Err(ApiError::Unschedulable {
-                description: format!(
-                    "no ready agent to place the {} clone(s) of {:?} on: start napalm-agent \
-                     on a hypervisor host (it registers itself, or is found by mDNS), or \
-                     undrain one; nothing was written",
-                    spec.count, spec.name
-                ),
+                description: no_ready_agent(&agents, &spec),
             });
         }
         let p = apply::Run::new(Arc::clone(&self.inner), spec, tx);
@@ -377,4 +372,28 @@ impl Deployer {
             unplaced: Vec::new(),
         })
     }
+}
+
+/// Why nothing can be deployed when no agent is ready, naming the agents there are.
+fn no_ready_agent(agents: &[napalm_proto::v1::Agent], spec: &DeploymentSpec) -> String {
+    let known = if agents.is_empty() {
+        "none is registered".to_owned()
+    } else {
+        let list: Vec<String> = agents
+            .iter()
+            .map(|a| {
+                let state = AgentState::try_from(a.state).unwrap_or_default();
+                let state = state.as_str_name().trim_start_matches("AGENT_STATE_");
+                format!("{} {}", a.name, state.to_lowercase())
+            })
+            .collect();
+        format!("{} known, none ready: {}", agents.len(), list.join(", "))
+    };
+    format!(
+        "no agent can take clones ({known}): no ready agent to place the {} clone(s) of {:?} \
+         on; nothing was deployed. Start napalm-agent on a hypervisor host (it registers \
+         itself with --coordinator, is found by mDNS, or give napalm-coordinator --agent \
+         ENDPOINT) or undrain one, then check `napalmctl agents`",
+        spec.count, spec.name
+    )
 }

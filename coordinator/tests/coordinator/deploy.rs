@@ -376,8 +376,8 @@ async fn deploy_with_every_agent_draining_is_refused_and_writes_nothing() {
             .await
             .expect("drain");
     }
-    // The refusal comes from the server itself (napalmctl checks too, but a racing or
-    // other client must not get a half-written deployment).
+    // The refusal comes from the server itself, so every client (napalmctl or another)
+    // gets it before anything is written.
     let mut s = g
         .coord
         .deploy(DeployRequest {
