@@ -1,73 +1,7 @@
 //! The clock edge: the agent reads wall-clock time through [`Clock`] wherever logic depends
 //! on it — timestamps it records (a domain's creation, events, samples, Ganglia reports)
 //! and the age at which an idempotency record is forgotten — so tests can set time by hand.
-//! Durations of operations are measured with `Instant`, which no logic decides on.
+//! Durations of operations are measured with `Instant`, which no logic decides on. One
+//! implementation serves agent and coordinator: `napalm_proto::time`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// A source of wall-clock time.
-pub trait Clock: Send + Sync + 'static {
-    /// The current time.
-    fn now(&self) -> SystemTime;
-
-    /// The current time in milliseconds since the Unix epoch (0 before it).
-    fn unix_ms(&self) -> u64 {
-        self.now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    }
-}
-
-/// The system clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-}
-
-/// A clock that only moves when told to (tests).
-#[derive(Debug, Default)]
-pub struct ManualClock {
-    millis: AtomicU64,
-}
-
-impl ManualClock {
-    /// A clock at `start_ms` milliseconds after the epoch.
-    pub fn at(start_ms: u64) -> Self {
-        Self {
-            millis: AtomicU64::new(start_ms),
-        }
-    }
-
-    /// Moves the clock forward by `by`.
-    pub fn advance(&self, by: Duration) {
-        self.millis.fetch_add(
-            u64::try_from(by.as_millis()).unwrap_or(u64::MAX),
-            Ordering::SeqCst,
-        );
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.millis.load(Ordering::SeqCst))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_manual_clock_moves_only_when_told() {
-        let c = ManualClock::at(1_000);
-        assert_eq!(c.unix_ms(), 1_000);
-        c.advance(Duration::from_secs(2));
-        assert_eq!(c.unix_ms(), 3_000);
-        assert!(SystemClock.unix_ms() > 1_600_000_000_000);
-    }
-}
+pub use napalm_proto::time::{Clock, ManualClock, SystemClock};

@@ -4,14 +4,17 @@
 //! the `.proto` files under `proto/napalm/v1/`, the code tonic generates from them
 //! ([`v1`]), the mapping between Napalm's error kinds and gRPC statuses with
 //! `google.rpc` details ([`status`]), how a server checks a bearer token ([`auth`]), and
-//! the short names operators use for wire enums (`Hypervisor::short_name`).
+//! the short names operators use for wire enums (`Hypervisor::short_name`), and the clock
+//! edge both daemons read time through with its wire conversions ([`time`]).
 //!
-//! Must not touch: the machine (no libvirt, files, network) and no business logic. Every
-//! other crate codes against these types; a change here is a change of the contract.
+//! Must not touch: the machine (no libvirt, files, network; the wall clock only through
+//! [`time::SystemClock`]) and no business logic. Every other crate codes against these
+//! types; a change here is a change of the contract.
 
 pub mod auth;
 mod names;
 pub mod status;
+pub mod time;
 
 /// Code generated from `proto/napalm/v1/*.proto` (messages, enums, clients, servers).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
