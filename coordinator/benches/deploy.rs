@@ -10,8 +10,8 @@
 //! sequential baseline; `NAPALM_BENCH_AGENT_DIR=/dev/shm` keeps the agents' state off the
 //! disk the registry is on; `TMPDIR=/dev/shm` puts the registry and layers on tmpfs too).
 //!
-//! Each run ends with an untimed undeploy: the agents of this process share libvirt's one
-//! `test:///default` driver, and domains left over would slow the next run's listings.
+//! Each agent runs on a libvirt test driver of its own (`test:///…/node.xml`), as real
+//! hosts each have their own libvirtd. Each run ends with an untimed undeploy.
 
 // A benchmark harness: a failed step should stop it loudly.
 #![allow(clippy::unwrap_used)]
@@ -74,6 +74,8 @@ async fn run(
         agent_dir: Some(agent_dir.path().into()),
         kernel_bytes: 8 << 20,
         base_bytes: 1 << 20,
+        // Each agent on its own test driver, as each real host has its own libvirtd.
+        own_drivers: true,
     };
     let grid = TestGrid::start_with(opts, |cfg| {
         let root = cfg.store.clone();

@@ -82,6 +82,9 @@ pub struct ServeConfig {
     pub deploy: Option<DeployConfig>,
     /// NFS exports this coordinator writes (`None`: managed by hand).
     pub exports: Option<ExportConfig>,
+    /// How often the leader converges every deployment to its spec with no client
+    /// connected (`None`: only when a client deploys).
+    pub converge_every: Option<Duration>,
 }
 
 impl ServeConfig {
@@ -103,6 +106,7 @@ impl ServeConfig {
             mdns_interfaces: Vec::new(),
             deploy: None,
             exports: None,
+            converge_every: Some(crate::deploy::converge::EVERY),
         }
     }
 }
@@ -386,6 +390,21 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
             None
         }
     };
+
+    // The control loop: the leader converges every deployment with nobody connected.
+    if let (Some(d), Some(every)) = (&deployer, cfg.converge_every) {
+        let roles = election.as_ref().map(Election::subscribe);
+        let leads = move || {
+            roles
+                .as_ref()
+                .is_none_or(|r| matches!(*r.borrow(), Role::Leader { .. }))
+        };
+        tasks.push(tokio::spawn(crate::deploy::converge::run(
+            d.clone(),
+            every,
+            leads,
+        )));
+    }
 
     // Static agents may start after us: each is retried in the background until it answers.
     let links = Agents::new(cfg.agent_token.clone());

@@ -31,6 +31,9 @@ pub struct GridOptions {
     pub kernel_bytes: usize,
     /// Size of the stand-in base image's one file, bytes.
     pub base_bytes: usize,
+    /// Each agent on a libvirt test driver of its own (`test:///STATE/node.xml`), as on
+    /// separate hosts; otherwise all share the process's `test:///default`.
+    pub own_drivers: bool,
 }
 
 impl Default for GridOptions {
@@ -41,6 +44,7 @@ impl Default for GridOptions {
             agent_dir: None,
             kernel_bytes: 64,
             base_bytes: 64,
+            own_drivers: true,
         }
     }
 }
@@ -119,6 +123,7 @@ pub fn deploy_config(dir: &Path, opts: &GridOptions) -> Result<DeployConfig, Gri
         network: None,
         kernel_args: "console=ttyS0".into(),
         attempts: 2,
+        lost_grace: Duration::from_secs(30),
         addresses: None,
         exports: None,
     })
@@ -132,6 +137,23 @@ pub fn agent_config(state: &Path, token: Option<String>) -> napalm_agent::server
     c.rest.token = token;
     c.ganglia_listen = None;
     c
+}
+
+/// A libvirt test driver of its own for an agent keeping its state in `state`: a node
+/// description (8 CPUs, 16 GiB) under `state`, opened as `test:///…/node.xml`.
+pub fn own_driver(state: &Path) -> Result<String, GridError> {
+    std::fs::create_dir_all(state).map_err(|source| GridError::Io {
+        path: state.to_owned(),
+        source,
+    })?;
+    let node = state.join("node.xml");
+    write(
+        &node,
+        b"<node>\n  <cpu>\n    <nodes>1</nodes><sockets>1</sockets><cores>8</cores>\
+          <threads>1</threads><active>8</active><mhz>2000</mhz><model>x86_64</model>\n  \
+          </cpu>\n  <memory>16777216</memory>\n</node>\n",
+    )?;
+    Ok(format!("test://{}", node.display()))
 }
 
 /// Running agents and a coordinator that knows them (as static agents, all ready).
@@ -167,7 +189,11 @@ impl TestGrid {
         let mut agents = Vec::new();
         for index in 0..opts.agents {
             let state = agent_dir.join(format!("agent{index}"));
-            let a = napalm_agent::server::start(agent_config(&state, opts.agent_token.clone()))
+            let mut cfg = agent_config(&state, opts.agent_token.clone());
+            if opts.own_drivers {
+                cfg.rest.libvirt_uri = own_driver(&state)?;
+            }
+            let a = napalm_agent::server::start(cfg)
                 .await
                 .map_err(|source| GridError::Agent { index, source })?;
             agents.push(a);

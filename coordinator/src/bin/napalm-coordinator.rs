@@ -112,6 +112,14 @@ struct Cli {
     /// Kernel arguments before the generated root=/ip=.
     #[arg(long, default_value = "console=ttyS0 napalm.onfail=halt")]
     kernel_args: String,
+    /// Seconds an agent stays down past its heartbeat TTL before its host is taken for
+    /// dead and its stateless clones boot on other agents.
+    #[arg(long, default_value_t = 30)]
+    agent_lost_grace: u64,
+    /// Seconds between the leader's passes that converge every deployment to its spec
+    /// with no client connected (0: only when a client deploys).
+    #[arg(long, default_value_t = 2)]
+    converge_every: u64,
     /// Seconds a clone may take from start to registration.
     #[arg(long, default_value_t = 300)]
     register_timeout: u64,
@@ -228,6 +236,7 @@ async fn main() -> Result<()> {
                 network: cli.network.clone(),
                 kernel_args: cli.kernel_args.clone(),
                 attempts: 3,
+                lost_grace: Duration::from_secs(cli.agent_lost_grace),
                 addresses: cli.clone_addresses,
                 exports: None,
             })
@@ -250,6 +259,7 @@ async fn main() -> Result<()> {
         static_agents: cli.agents.clone(),
         mdns_interfaces: cli.mdns_interfaces.clone(),
         deploy,
+        converge_every: (cli.converge_every > 0).then(|| Duration::from_secs(cli.converge_every)),
         exports: cli.export_root.as_ref().map(|root| ExportConfig {
             root: root.clone(),
             root_clients: cli.export_clients.clone(),

@@ -17,6 +17,7 @@
 pub mod addresses;
 mod apply;
 pub mod artifacts;
+pub mod converge;
 mod error;
 pub mod nfs;
 mod place;
@@ -68,6 +69,9 @@ pub struct DeployConfig {
     pub network: Option<String>,
     /// Kernel arguments before the generated ones.
     pub kernel_args: String,
+    /// How long an agent stays down past its heartbeat TTL before its host is taken for
+    /// dead and its stateless clones boot elsewhere.
+    pub lost_grace: Duration,
     /// Attempts per clone on different agents before it is reported failed.
     pub attempts: usize,
     /// Static clone addresses (`None`: clones use DHCP).
@@ -89,7 +93,14 @@ struct Inner {
     agents: Agents,
     artifacts: Artifacts,
     tokens: Arc<TokenKey>,
+    /// One lock per deployment: a run (a client's, or the control loop's) and an undeploy
+    /// never work on the same deployment at once.
+    holds: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// The right to work on one deployment, held by a run until it has brought its clones up
+/// (it lets go before following them) and by an undeploy until it is done.
+type Hold = tokio::sync::OwnedMutexGuard<()>;
 
 fn invalid(field: &str, description: String) -> ApiError {
     ApiError::InvalidArgument {
@@ -113,8 +124,70 @@ impl Deployer {
                 agents,
                 artifacts,
                 tokens,
+                holds: Default::default(),
             }),
         }
+    }
+
+    fn lock_of(&self, deployment: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut holds = self.inner.holds.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(holds.entry(deployment.to_owned()).or_default())
+    }
+
+    /// The agents taken for dead now.
+    fn lost(&self, agents: &[napalm_proto::v1::Agent]) -> std::collections::HashSet<String> {
+        let now = self.inner.registry.clock().now();
+        reconcile::lost_agents(agents, now, self.inner.cfg.lost_grace)
+    }
+
+    /// Waits for the right to work on `deployment`.
+    async fn hold(&self, deployment: &str) -> Hold {
+        self.lock_of(deployment).lock_owned().await
+    }
+
+    /// The right to work on `deployment`, unless someone else has it.
+    fn try_hold(&self, deployment: &str) -> Option<Hold> {
+        self.lock_of(deployment).try_lock_owned().ok()
+    }
+
+    /// Brings a stored deployment to its spec with nobody connected: one run that does
+    /// not follow its clones until they register.
+    async fn converge_held(
+        &self,
+        spec: DeploymentSpec,
+        hold: Hold,
+    ) -> Result<DeploySummary, RegistryError> {
+        // Nobody reads this run's progress.
+        let (tx, _) = tokio::sync::mpsc::channel(1);
+        apply::Run::new(Arc::clone(&self.inner), spec, tx)
+            .without_following()
+            .execute(Instant::now(), hold)
+            .await
+    }
+
+    /// Records a deployment's state from its clones when it changed.
+    async fn record_state(
+        &self,
+        d: &Deployment,
+        clones: &[napalm_proto::v1::Clone],
+    ) -> Result<(), RegistryError> {
+        let state = report::state_of(clones) as i32;
+        if d.state == state {
+            return Ok(());
+        }
+        let Some(spec) = &d.spec else { return Ok(()) };
+        let now = crate::clock::timestamp(self.inner.registry.clock().now());
+        self.inner
+            .registry
+            .update::<Deployment, _>(&format!("{DEPLOYMENTS}{}", spec.name), |cur| {
+                Ok(cur.map(|mut d| {
+                    d.state = state;
+                    d.updated_at = Some(now);
+                    d
+                }))
+            })
+            .await?;
+        Ok(())
     }
 
     /// Writes the NFS exports for what the registry holds (at start-up, before clones
@@ -141,7 +214,8 @@ impl Deployer {
         let spec = d.spec.unwrap_or_default();
         let records = reg.list_clones(name).await?;
         let agents = reg.list_agents(&[]).await?;
-        let mut actions = reconcile::reconcile(&spec, &records, &agents).actions;
+        let lost = self.lost(&agents);
+        let mut actions = reconcile::reconcile(&spec, &records, &agents, &lost).actions;
         let assigned: HashMap<String, String> = records
             .iter()
             .filter(|c| !c.agent_id.is_empty())
@@ -288,8 +362,9 @@ impl Deployer {
                 description: no_ready_agent(&agents, &spec),
             });
         }
+        let hold = self.hold(&spec.name).await;
         let p = apply::Run::new(Arc::clone(&self.inner), spec, tx);
-        p.execute(started).await.map_err(ApiError::from)
+        p.execute(started, hold).await.map_err(ApiError::from)
     }
 
     /// Removes a deployment's clones from their agents and the registry.
@@ -300,6 +375,7 @@ impl Deployer {
     ) -> Result<DeploySummary, ApiError> {
         let started = Instant::now();
         check_name("name", &req.name)?;
+        let _hold = self.hold(&req.name).await;
         let registry = &self.inner.registry;
         let Some((_deployment, _)) = registry
             .get::<Deployment>(&format!("{DEPLOYMENTS}{}", req.name))

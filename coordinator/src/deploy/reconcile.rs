@@ -6,8 +6,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::time::{Duration, SystemTime};
 
-use napalm_proto::v1::{Agent, AgentState, Clone, ClonePhase, DeploymentSpec, Domain};
+use napalm_proto::time::from_timestamp;
+use napalm_proto::v1::{Agent, AgentState, Clone, CloneMode, ClonePhase, DeploymentSpec, Domain};
 
 /// Clone names of a deployment: `NAME-01` … (at least two digits).
 pub fn names(spec: &DeploymentSpec) -> Vec<String> {
@@ -30,6 +32,9 @@ pub enum Reason {
     Failed,
     /// Its agent is down (or gone) and the clone never came up there.
     AgentDown,
+    /// Its agent has been down past the grace period: the host is taken for dead, and a
+    /// stateless clone boots elsewhere.
+    AgentLost,
     /// An agent runs a domain of the deployment that the registry does not place there.
     NotPlacedHere,
 }
@@ -42,6 +47,7 @@ impl fmt::Display for Reason {
             Reason::Unplaced => "on no agent",
             Reason::Failed => "failed",
             Reason::AgentDown => "its agent is down",
+            Reason::AgentLost => "its agent is lost (down past the grace period)",
             Reason::NotPlacedHere => "the registry does not place it here",
         })
     }
@@ -104,15 +110,41 @@ impl Plan {
     }
 }
 
-/// Why `c` needs an agent, if it does: it has none, it failed, or its agent is down (or
-/// gone) while the clone never came up there. A clone running or registered on an agent
-/// that went down stays where it is.
-fn needs_placement(c: &Clone, agents: &HashMap<&str, &Agent>) -> Option<Reason> {
+/// The agents down for longer than `grace` past their last heartbeat's TTL at `now`: their
+/// hosts are taken for dead.
+pub fn lost_agents(agents: &[Agent], now: SystemTime, grace: Duration) -> HashSet<String> {
+    agents
+        .iter()
+        .filter(|a| a.state == AgentState::Down as i32)
+        .filter(|a| {
+            let ttl = a.heartbeat_ttl.map_or(Duration::ZERO, |d| {
+                Duration::new(u64::try_from(d.seconds).unwrap_or(0), 0)
+            });
+            from_timestamp(a.last_heartbeat.as_ref()) + ttl + grace <= now
+        })
+        .map(|a| a.id.clone())
+        .collect()
+}
+
+/// Why `c` needs an agent, if it does: it has none, it failed, its agent is down (or gone)
+/// while the clone never came up there, or its agent is lost and the clone keeps no state.
+/// A clone running or registered on an agent that went down stays where it is until the
+/// agent is lost; a stateful clone stays even then (it must never run twice, and nothing
+/// here can tell the old domain is gone).
+fn needs_placement(
+    c: &Clone,
+    stateless: bool,
+    agents: &HashMap<&str, &Agent>,
+    lost: &HashSet<String>,
+) -> Option<Reason> {
     if c.agent_id.is_empty() {
         return Some(Reason::Unplaced);
     }
     if c.phase == ClonePhase::Failed as i32 {
         return Some(Reason::Failed);
+    }
+    if stateless && lost.contains(&c.agent_id) {
+        return Some(Reason::AgentLost);
     }
     let up = c.phase == ClonePhase::Registered as i32 || c.phase == ClonePhase::Running as i32;
     match agents.get(c.agent_id.as_str()) {
@@ -122,8 +154,15 @@ fn needs_placement(c: &Clone, agents: &HashMap<&str, &Agent>) -> Option<Reason> 
     }
 }
 
-/// Compares `spec` with the deployment's clone `records` and the registered `agents`.
-pub fn reconcile(spec: &DeploymentSpec, records: &[Clone], agents: &[Agent]) -> Plan {
+/// Compares `spec` with the deployment's clone `records` and the registered `agents`, of
+/// which `lost` are taken for dead.
+pub fn reconcile(
+    spec: &DeploymentSpec,
+    records: &[Clone],
+    agents: &[Agent],
+    lost: &HashSet<String>,
+) -> Plan {
+    let stateless = spec.mode != CloneMode::Stateful as i32;
     let wanted = names(spec);
     let keep: HashSet<&str> = wanted.iter().map(String::as_str).collect();
     let recorded: HashMap<&str, &Clone> = records.iter().map(|c| (c.name.as_str(), c)).collect();
@@ -150,7 +189,7 @@ pub fn reconcile(spec: &DeploymentSpec, records: &[Clone], agents: &[Agent]) -> 
             });
             continue;
         }
-        match needs_placement(c, &by_id) {
+        match needs_placement(c, stateless, &by_id, lost) {
             Some(reason) => place.push(Action::Place {
                 clone: c.name.clone(),
                 reason,
@@ -203,6 +242,10 @@ mod tests {
         }
     }
 
+    fn none() -> HashSet<String> {
+        HashSet::new()
+    }
+
     fn clone(name: &str, agent: &str, phase: ClonePhase) -> Clone {
         Clone {
             name: name.into(),
@@ -221,7 +264,7 @@ mod tests {
 
     #[test]
     fn a_new_deployment_adds_and_places_every_clone() {
-        let p = reconcile(&spec(2), &[], &[agent("a", AgentState::Ready)]);
+        let p = reconcile(&spec(2), &[], &[agent("a", AgentState::Ready)], &none());
         assert_eq!(
             p.actions,
             [
@@ -253,7 +296,7 @@ mod tests {
             clone("web-02", "b", ClonePhase::Running),
         ];
         let agents = [agent("a", AgentState::Ready), agent("b", AgentState::Ready)];
-        let p = reconcile(&spec(2), &records, &agents);
+        let p = reconcile(&spec(2), &records, &agents, &none());
         assert!(p.actions.is_empty(), "{:?}", p.actions);
         assert_eq!(p.held, HashMap::from([("a".into(), 1), ("b".into(), 1)]));
     }
@@ -264,7 +307,12 @@ mod tests {
             clone("web-01", "a", ClonePhase::Registered),
             clone("web-02", "a", ClonePhase::Registered),
         ];
-        let p = reconcile(&spec(1), &records, &[agent("a", AgentState::Ready)]);
+        let p = reconcile(
+            &spec(1),
+            &records,
+            &[agent("a", AgentState::Ready)],
+            &none(),
+        );
         assert_eq!(
             p.actions,
             [Action::Remove {
@@ -287,7 +335,7 @@ mod tests {
             agent("a", AgentState::Ready),
             agent("down", AgentState::Down),
         ];
-        let p = reconcile(&spec(5), &records, &agents);
+        let p = reconcile(&spec(5), &records, &agents, &none());
         let placed: Vec<(String, Reason)> = p
             .actions
             .iter()
@@ -307,6 +355,45 @@ mod tests {
         );
         // A registered clone on a down agent stays: it may well still run.
         assert_eq!(p.held, HashMap::from([("down".into(), 1)]));
+    }
+
+    #[test]
+    fn a_lost_agents_stateless_clones_go_elsewhere_stateful_ones_stay() {
+        let records = [
+            clone("web-01", "lost", ClonePhase::Registered),
+            clone("web-02", "a", ClonePhase::Registered),
+        ];
+        let agents = [
+            agent("a", AgentState::Ready),
+            agent("lost", AgentState::Down),
+        ];
+        let lost = HashSet::from(["lost".to_owned()]);
+        let p = reconcile(&spec(2), &records, &agents, &lost);
+        assert_eq!(
+            p.actions,
+            [Action::Place {
+                clone: "web-01".into(),
+                reason: Reason::AgentLost
+            }]
+        );
+        let mut stateful = spec(2);
+        stateful.mode = CloneMode::Stateful as i32;
+        let p = reconcile(&stateful, &records, &agents, &lost);
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+    }
+
+    #[test]
+    fn an_agent_is_lost_only_past_its_ttl_and_the_grace() {
+        let heard = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut down = agent("down", AgentState::Down);
+        down.last_heartbeat = Some(napalm_proto::time::timestamp(heard));
+        down.heartbeat_ttl = Some(napalm_proto::time::duration(Duration::from_secs(10)));
+        let ready = agent("ready", AgentState::Ready);
+        let agents = [down, ready];
+        let grace = Duration::from_secs(30);
+        let at = |s| lost_agents(&agents, heard + Duration::from_secs(s), grace);
+        assert!(at(39).is_empty());
+        assert_eq!(at(40), HashSet::from(["down".to_owned()]));
     }
 
     #[test]

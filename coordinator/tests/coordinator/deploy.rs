@@ -3,6 +3,7 @@
 //! the same name: exactly 8 domains, no duplicates; bad input refused with nothing written.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use napalm_agent::server::Running;
 use napalm_coordinator::testing::{GridOptions, TestGrid};
@@ -483,5 +484,97 @@ async fn a_changed_layer_replaces_each_clones_domain_where_it_is() {
     );
     for (name, id) in &ids_after {
         assert_ne!(id, &ids_before[name], "{name}'s domain was recreated");
+    }
+}
+
+/// The control loop, with no client: an agent stops for good; once it is down past the
+/// grace period, its clones boot on the other agent and the registry says so.
+#[tokio::test]
+async fn a_lost_agents_clones_move_to_another_agent_with_no_client() {
+    let g = TestGrid::start_with(
+        GridOptions {
+            agent_token: Some(TOKEN.into()),
+            ..Default::default()
+        },
+        |cfg| {
+            cfg.heartbeat.min_ttl = Duration::from_secs(1);
+            cfg.converge_every = Some(Duration::from_millis(200));
+            if let Some(d) = cfg.deploy.as_mut() {
+                d.lost_grace = Duration::from_secs(1);
+            }
+        },
+    )
+    .await
+    .expect("grid starts");
+    let mut coord = g.client().await.expect("connect");
+    let (_, summary) = run(coord
+        .deploy(DeployRequest {
+            request_id: "lost".into(),
+            spec: Some(spec("lost1", 4)),
+            dry_run: false,
+        })
+        .await)
+    .await;
+    assert_eq!(summary.succeeded, 4, "{summary:?}");
+    let mut agents = g.agents;
+    let survivor = g.endpoints[0].clone();
+    assert_eq!(
+        running_on(&survivor).await.len(),
+        2,
+        "spread before the loss"
+    );
+    let survivor_id = coord
+        .list_agents(ListAgentsRequest::default())
+        .await
+        .expect("agents")
+        .into_inner()
+        .agents
+        .into_iter()
+        .find(|a| a.grpc_endpoint == survivor)
+        .expect("the survivor is registered")
+        .id;
+    let lost = agents.remove(1);
+    let stopped = std::time::Instant::now();
+    lost.stop().await;
+
+    let deadline = stopped + Duration::from_secs(30);
+    loop {
+        let clones = coord
+            .list_clones(ListClonesRequest {
+                deployment: "lost1".into(),
+            })
+            .await
+            .expect("clones")
+            .into_inner()
+            .clones;
+        let mut on_survivor: Vec<String> = running_on(&survivor)
+            .await
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        on_survivor.sort();
+        let moved = clones.len() == 4
+            && clones
+                .iter()
+                .all(|c| c.agent_id == survivor_id && c.phase == ClonePhase::Running as i32);
+        if moved && on_survivor == ["lost1-01", "lost1-02", "lost1-03", "lost1-04"] {
+            eprintln!(
+                "4 clones on the survivor {:?} after the loss",
+                stopped.elapsed()
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not moved 30 s after the loss: on the survivor {on_survivor:?}, clones {:?}",
+            clones
+                .iter()
+                .map(|c| (&c.name, &c.agent_id, c.phase, &c.last_error))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for a in agents {
+        a.stop().await;
     }
 }

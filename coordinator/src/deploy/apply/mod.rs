@@ -31,6 +31,9 @@ pub(super) struct Run {
     inner: Arc<Inner>,
     spec: DeploymentSpec,
     tx: Progress,
+    /// Whether the run waits for its clones to register (a client's run does; the control
+    /// loop's does not).
+    follow: bool,
     /// Distinguishes this incarnation of the deployment (its creation time): request ids
     /// of a redeploy after an undeploy must not replay the first incarnation's results.
     generation: String,
@@ -46,6 +49,7 @@ impl Run {
             inner,
             spec,
             tx,
+            follow: true,
             generation: String::new(),
         }
     }
@@ -119,7 +123,8 @@ impl Run {
         self.generation = format!("{:x}{:x}", created.seconds, created.nanos);
         let records = reg.list_clones(&self.spec.name).await?;
         let agents = reg.list_agents(&[]).await?;
-        let plan = reconcile::reconcile(&self.spec, &records, &agents);
+        let lost = reconcile::lost_agents(&agents, reg.clock().now(), self.inner.cfg.lost_grace);
+        let plan = reconcile::reconcile(&self.spec, &records, &agents, &lost);
         // Static addresses: the pool's lowest ones no clone of any deployment holds.
         let mut used: HashSet<std::net::Ipv4Addr> = HashSet::new();
         if self.inner.cfg.addresses.is_some() {
@@ -185,9 +190,18 @@ impl Run {
         Ok((plan, clones))
     }
 
+    /// A run that ends once its clones are brought up.
+    pub(super) fn without_following(mut self) -> Self {
+        self.follow = false;
+        self
+    }
+
+    /// Carries out the run; `hold` is let go of before following the clones, so the
+    /// control loop or an undeploy may act on the deployment meanwhile.
     pub(super) async fn execute(
         mut self,
         started: Instant,
+        hold: super::Hold,
     ) -> Result<DeploySummary, RegistryError> {
         let reg = self.inner.registry.clone();
         let (plan, _) = self.apply_records().await?;
@@ -276,7 +290,10 @@ impl Run {
                 tracing::warn!(error = %e, "a clone's bring-up hit the registry");
             }
         }
-        this.follow().await?;
+        drop(hold);
+        if this.follow {
+            this.follow().await?;
+        }
 
         let clones = reg.list_clones(&this.spec.name).await?;
         let state = state_of(&clones);

@@ -1,0 +1,130 @@
+//! The control loop: the leader runs reconcile for every stored deployment, with no client
+//! connected, and applies what it finds (Nomad's evaluations, on a timer). A coordinator
+//! killed mid-deploy, a leader takeover or an agent that went down leaves clones missing,
+//! unplaced or half brought up; the next pass finishes them. Clones that failed are left
+//! to an explicit `napalmctl deploy` (no restart budget yet), and the loop never follows
+//! clones until they register: registration arrives by itself, and the pass after it
+//! records the deployment's state.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use napalm_proto::v1::ClonePhase;
+
+use super::reconcile::{self, Action, Reason};
+use super::Deployer;
+use crate::registry::RegistryError;
+
+/// How often the leader looks at every deployment by default.
+pub const EVERY: Duration = Duration::from_secs(2);
+
+/// Phases a clone only passes through while a run brings it up: a clone left in one
+/// belongs to a run that died.
+fn interrupted(phase: i32) -> bool {
+    [
+        ClonePhase::Pending,
+        ClonePhase::Scheduled,
+        ClonePhase::Layer,
+        ClonePhase::Shipped,
+        ClonePhase::Defined,
+    ]
+    .iter()
+    .any(|p| *p as i32 == phase)
+}
+
+/// What makes the loop act on its own: everything reconcile asks for but re-placing a
+/// failed clone (an operator's re-deploy does that).
+fn acts_on(action: &Action) -> bool {
+    !matches!(
+        action,
+        Action::Place {
+            reason: Reason::Failed,
+            ..
+        }
+    )
+}
+
+impl Deployer {
+    /// One pass over every stored deployment: those that need work and that no run holds
+    /// get a run in the background; the others get their state recorded. Returns the
+    /// deployments it started a run for.
+    pub async fn converge_all(&self) -> Result<Vec<String>, RegistryError> {
+        let reg = &self.inner.registry;
+        let agents = reg.list_agents(&[]).await?;
+        let lost = self.lost(&agents);
+        let mut started = Vec::new();
+        for d in reg.list_deployments().await? {
+            let Some(spec) = d.spec.clone() else { continue };
+            let Some(guard) = self.try_hold(&spec.name) else {
+                continue;
+            };
+            let records = reg.list_clones(&spec.name).await?;
+            let plan = reconcile::reconcile(&spec, &records, &agents, &lost);
+            let assigned: HashMap<String, String> = records
+                .iter()
+                .filter(|c| !c.agent_id.is_empty())
+                .map(|c| (c.name.clone(), c.agent_id.clone()))
+                .collect();
+            let running = self.inner.agents.running(&agents, &spec.name).await;
+            let strays = reconcile::strays(&assigned, &running);
+            let work = plan.actions.iter().any(acts_on)
+                || !strays.is_empty()
+                || records.iter().any(|c| interrupted(c.phase));
+            if work {
+                let why: Vec<String> = plan
+                    .actions
+                    .iter()
+                    .chain(&strays)
+                    .filter(|a| acts_on(a))
+                    .map(describe)
+                    .collect();
+                tracing::info!(deployment = %spec.name, actions = ?why, "converging");
+                let this = self.clone();
+                let name = name_of(&d);
+                tokio::spawn(async move {
+                    if let Err(e) = this.converge_held(spec, guard).await {
+                        tracing::warn!(deployment = %name, error = %e, "converge failed");
+                    }
+                });
+                started.push(name_of(&d));
+            } else {
+                self.record_state(&d, &records).await?;
+            }
+        }
+        Ok(started)
+    }
+}
+
+fn name_of(d: &napalm_proto::v1::Deployment) -> String {
+    d.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default()
+}
+
+/// One line per action for the log.
+fn describe(a: &Action) -> String {
+    match a {
+        Action::Add { clone, .. } => format!("add {clone}"),
+        Action::Remove { clone, reason } => format!("remove {}: {reason}", clone.name),
+        Action::Place { clone, reason } => format!("place {clone}: {reason}"),
+        Action::Stop {
+            agent,
+            domain,
+            reason,
+        } => format!("stop {domain} on {agent}: {reason}"),
+    }
+}
+
+/// Runs [`Deployer::converge_all`] every `every` while `leads` says this coordinator
+/// leads (always, without election).
+pub async fn run(deployer: Deployer, every: Duration, leads: impl Fn() -> bool + Send + 'static) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !leads() {
+            continue;
+        }
+        if let Err(e) = deployer.converge_all().await {
+            tracing::warn!(error = %e, "a converge pass failed");
+        }
+    }
+}
