@@ -40,6 +40,8 @@ fn dpkg_state() -> String {
 
 #[test]
 fn setup_twice_in_a_row_changes_nothing_the_second_time() {
+    // The packaging test installs and purges packages: not in the middle of this.
+    let _dpkg = crate::DPKG.lock().unwrap_or_else(|p| p.into_inner());
     run("setup", &[]);
     let before = dpkg_state();
     let second = run("setup", &[]);

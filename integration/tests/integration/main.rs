@@ -5,3 +5,8 @@ mod clients;
 mod debian;
 mod grid;
 mod host_setup;
+mod packaging;
+
+/// Held by tests that install Debian packages or compare the machine's installed packages,
+/// so that one never sees the other's changes half-way.
+static DPKG: std::sync::Mutex<()> = std::sync::Mutex::new(());
