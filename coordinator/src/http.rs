@@ -46,6 +46,9 @@ struct RegisterBody {
     /// Seconds since kernel start when the hook ran (`/proc/uptime`).
     #[serde(default)]
     uptime: Option<f64>,
+    /// The agent whose domain booted the clone (`napalm.agent=` on its command line).
+    #[serde(default)]
+    agent: String,
 }
 
 fn secs(s: f64) -> Option<prost_types::Duration> {
@@ -124,6 +127,7 @@ async fn register(
         boot: boot_timings(body.boot.as_ref(), body.uptime),
         kernel: body.kernel,
         boot_id: body.boot_id,
+        agent_id: body.agent,
     };
     match st.registry.register_clone(req, &st.tokens).await {
         Ok(r) => {

@@ -52,6 +52,10 @@ pub struct DeployArgs {
     /// Only show where clones would go.
     #[arg(long)]
     pub dry_run: bool,
+    /// Accept clones that do not fit now: they wait as pending and are placed when
+    /// capacity appears (without it, a deploy that does not fit is refused whole).
+    #[arg(long)]
+    pub allow_pending: bool,
 }
 
 fn bad(message: String) -> Failure {
@@ -121,6 +125,7 @@ impl DeployArgs {
             root: self.root.clone().unwrap_or_default(),
             strategy: strategy as i32,
             max_per_agent: self.max_per_agent,
+            allow_pending: self.allow_pending,
             ..Default::default()
         })
     }

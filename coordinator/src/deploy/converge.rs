@@ -2,7 +2,8 @@
 //! connected, and applies what it finds (Nomad's evaluations, on a timer). A coordinator
 //! killed mid-deploy, a leader takeover or an agent that went down leaves clones missing,
 //! unplaced or half brought up; the next pass finishes them. Clones that failed are left
-//! to an explicit `napalmctl deploy` (no restart budget yet), and the loop never follows
+//! to an explicit `napalmctl deploy` (no restart budget yet), clones of an agent that is
+//! down wait until it is lost (past the grace period), and the loop never follows
 //! clones until they register: registration arrives by itself, and the pass after it
 //! records the deployment's state.
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use napalm_proto::v1::ClonePhase;
 
+use super::place;
 use super::reconcile::{self, Action, Reason};
 use super::Deployer;
 use crate::registry::RegistryError;
@@ -19,10 +21,9 @@ use crate::registry::RegistryError;
 pub const EVERY: Duration = Duration::from_secs(2);
 
 /// Phases a clone only passes through while a run brings it up: a clone left in one
-/// belongs to a run that died.
+/// belongs to a run that died. (A pending clone has no agent: reconcile places it.)
 fn interrupted(phase: i32) -> bool {
     [
-        ClonePhase::Pending,
         ClonePhase::Scheduled,
         ClonePhase::Layer,
         ClonePhase::Shipped,
@@ -33,15 +34,23 @@ fn interrupted(phase: i32) -> bool {
 }
 
 /// What makes the loop act on its own: everything reconcile asks for but re-placing a
-/// failed clone (an operator's re-deploy does that).
+/// failed clone (an operator's re-deploy does that) or a clone whose agent is merely down
+/// (a restarting agent is down for a moment; the loop waits until the agent is lost, past
+/// the grace period, so a clone never runs twice because an agent restarted).
 fn acts_on(action: &Action) -> bool {
     !matches!(
         action,
         Action::Place {
-            reason: Reason::Failed,
+            reason: Reason::Failed | Reason::AgentDown,
             ..
         }
     )
+}
+
+/// Whether `plan` asks for more than placements: those only make work when at least one
+/// clone can be placed now (clones waiting for capacity do not churn a run each pass).
+fn beyond_placement(action: &Action) -> bool {
+    acts_on(action) && !matches!(action, Action::Place { .. })
 }
 
 impl Deployer {
@@ -52,6 +61,13 @@ impl Deployer {
         let reg = &self.inner.registry;
         let agents = reg.list_agents(&[]).await?;
         let lost = self.lost(&agents);
+        // A clone left half brought up on an agent that is down waits for the agent to come
+        // back (the pass after picks it up) or to be lost.
+        let down: std::collections::HashSet<&str> = agents
+            .iter()
+            .filter(|a| a.state == napalm_proto::v1::AgentState::Down as i32)
+            .map(|a| a.id.as_str())
+            .collect();
         let mut started = Vec::new();
         for d in reg.list_deployments().await? {
             let Some(spec) = d.spec.clone() else { continue };
@@ -67,9 +83,33 @@ impl Deployer {
                 .collect();
             let running = self.inner.agents.running(&agents, &spec.name).await;
             let strays = reconcile::strays(&assigned, &running);
-            let work = plan.actions.iter().any(acts_on)
+            let placeable = || {
+                let to_place: Vec<String> = plan
+                    .actions
+                    .iter()
+                    .filter(|a| acts_on(a))
+                    .filter_map(|a| match a {
+                        Action::Place { clone, .. } => Some(clone.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                !to_place.is_empty()
+                    && !place::place(
+                        &self.inner.cfg.policy,
+                        &spec,
+                        &to_place,
+                        &agents,
+                        &plan.held,
+                    )
+                    .placed
+                    .is_empty()
+            };
+            let work = plan.actions.iter().any(beyond_placement)
                 || !strays.is_empty()
-                || records.iter().any(|c| interrupted(c.phase));
+                || records
+                    .iter()
+                    .any(|c| interrupted(c.phase) && !down.contains(c.agent_id.as_str()))
+                || placeable();
             if work {
                 let why: Vec<String> = plan
                     .actions

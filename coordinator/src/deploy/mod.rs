@@ -362,6 +362,25 @@ impl Deployer {
                 description: no_ready_agent(&agents, &spec),
             });
         }
+        // Admission: what does not fit is refused whole, before anything is written,
+        // unless the spec lets it wait.
+        if !spec.allow_pending {
+            let records = self
+                .inner
+                .registry
+                .list_clones(&spec.name)
+                .await
+                .map_err(ApiError::from)?;
+            let plan = reconcile::reconcile(&spec, &records, &agents, &self.lost(&agents));
+            let needs = plan.to_place();
+            let placement =
+                place::place(&self.inner.cfg.policy, &spec, &needs, &agents, &plan.held);
+            if !placement.unplaced.is_empty() {
+                return Err(ApiError::Unschedulable {
+                    description: place::shortfall(&spec, needs.len(), &placement),
+                });
+            }
+        }
         let hold = self.hold(&spec.name).await;
         let p = apply::Run::new(Arc::clone(&self.inner), spec, tx);
         p.execute(started, hold).await.map_err(ApiError::from)

@@ -120,3 +120,27 @@ pub(super) fn failure(clone: &str, why: &[Rejection]) -> PlacementFailure {
             .collect(),
     }
 }
+
+/// Why a deploy is refused: how many of `requested` clones to place fit, and why the next
+/// one fits on no agent (one line per agent).
+pub(super) fn shortfall(spec: &DeploymentSpec, requested: usize, p: &Placement) -> String {
+    let mut s = format!(
+        "{requested} clone(s) of {:?} to place, {} fit, {} do not; nothing was written.",
+        spec.name,
+        p.placed.len(),
+        p.unplaced.len()
+    );
+    if let Some((clone, why)) = p.unplaced.first() {
+        s.push_str(&format!("\n  {clone} fits on no agent:"));
+        let who = |r: &Rejection| format!("{} ({})", r.agent_name, r.agent_id);
+        let width = why.iter().map(|r| who(r).len()).max().unwrap_or(0);
+        for r in why {
+            s.push_str(&format!("\n    {:width$}  {}", who(r), r.reason));
+        }
+    }
+    s.push_str(
+        "\nDeploy fewer clones or smaller ones, add agents, or pass --allow-pending to keep \
+         the clones that do not fit pending until capacity appears.",
+    );
+    s
+}

@@ -160,6 +160,18 @@ impl Registry {
                     }
                     .into());
                 };
+                // Only the domain the registry placed the clone in may register it: a
+                // domain left on another agent (before a move, a crash) is stale.
+                if !req.agent_id.is_empty() && req.agent_id != c.agent_id {
+                    return Err(ApiError::Conflict {
+                        description: format!(
+                            "clone {name:?} registered from a domain on agent {:?}, but it \
+                             is placed on agent {:?}; that domain is stale and will be removed",
+                            req.agent_id, c.agent_id
+                        ),
+                    }
+                    .into());
+                }
                 c.addresses = req.addresses.clone();
                 c.boot = req.boot.clone();
                 c.registered_at = Some(now);

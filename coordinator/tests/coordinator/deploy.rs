@@ -260,22 +260,60 @@ async fn bad_deploy_input_is_refused_and_nothing_is_written() {
             other => panic!("{other:?}"),
         }
     }
-    // More clones than capacity: the ones that do not fit fail with a reason per agent.
+    // More clones than capacity: refused whole before anything is written, with one
+    // reason per agent (issue #9's admission; before, the deployment was recorded and its
+    // clones failed).
     let mut big = spec("grid3", 3);
     big.resources = Some(Resources {
         vcpus: 1,
         memory_bytes: 1 << 40,
     });
-    let (events, summary) = run(g
+    let mut s = g
         .coord
         .deploy(DeployRequest {
             request_id: "y".into(),
+            spec: Some(big.clone()),
+            dry_run: false,
+        })
+        .await
+        .expect("accepted for streaming")
+        .into_inner();
+    let mut err = None;
+    while let Some(m) = s.next().await {
+        if let Err(e) = m {
+            err = Some(e);
+        }
+    }
+    let err = err.expect("refused");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    let lines: Vec<&str> = err.message().lines().collect();
+    assert!(
+        lines[0].contains("3 clone(s) of \"grid3\" to place, 0 fit"),
+        "{err}"
+    );
+    let reasons: Vec<&&str> = lines.iter().filter(|l| l.contains("MiB free")).collect();
+    assert_eq!(reasons.len(), 2, "one reason per agent: {err}");
+    assert!(total(&domains(&g).await).is_empty());
+    let deps = g
+        .coord
+        .list_deployments(ListDeploymentsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(deps.deployments.is_empty(), "nothing recorded: {deps:?}");
+
+    // Allowed to wait, the same clones stay pending, each with a reason per agent.
+    big.allow_pending = true;
+    let (events, summary) = run(g
+        .coord
+        .deploy(DeployRequest {
+            request_id: "z".into(),
             spec: Some(big),
             dry_run: false,
         })
         .await)
     .await;
-    assert_eq!(summary.succeeded, 0);
+    assert_eq!((summary.succeeded, summary.failed), (0, 0), "{summary:?}");
     assert_eq!(summary.unplaced.len(), 3);
     assert_eq!(
         summary.unplaced[0].rejections.len(),
@@ -293,16 +331,20 @@ async fn bad_deploy_input_is_refused_and_nothing_is_written() {
         .iter()
         .any(|e| matches!(e.event, Some(deploy_progress::Event::Unplaced(_)))));
     assert!(total(&domains(&g).await).is_empty());
-    let deps = g
+    let clones = g
         .coord
-        .list_deployments(ListDeploymentsRequest {})
+        .list_clones(ListClonesRequest {
+            deployment: "grid3".into(),
+        })
         .await
-        .expect("list")
-        .into_inner();
-    assert_eq!(
-        deps.deployments.len(),
-        1,
-        "only the unplaceable deployment is recorded"
+        .expect("clones")
+        .into_inner()
+        .clones;
+    assert!(
+        clones.len() == 3
+            && clones.iter().all(|c| c.phase == ClonePhase::Pending as i32
+                && c.last_error.contains("waits for capacity")),
+        "{clones:?}"
     );
     for a in g.agents.drain(..) {
         a.stop().await;
@@ -577,4 +619,142 @@ async fn a_lost_agents_clones_move_to_another_agent_with_no_client() {
     for a in agents {
         a.stop().await;
     }
+}
+
+/// Admission: a deploy that does not fit is refused whole, with the shortfall, before
+/// anything is written; with `allow_pending` the clones that do not fit wait, and are
+/// placed by the control loop when a third agent registers.
+#[tokio::test]
+async fn over_capacity_is_refused_whole_or_waits_pending_for_a_new_agent() {
+    let g = TestGrid::start_with(
+        GridOptions {
+            agent_token: Some(TOKEN.into()),
+            ..Default::default()
+        },
+        |cfg| cfg.converge_every = Some(Duration::from_millis(200)),
+    )
+    .await
+    .expect("grid starts");
+    let mut coord = g.client().await.expect("connect");
+    let mut big = spec("admit1", 5000);
+    big.resources = Some(Resources {
+        vcpus: 1,
+        memory_bytes: 64 << 20,
+    });
+    let err = match coord
+        .deploy(DeployRequest {
+            request_id: "admit-refused".into(),
+            spec: Some(big),
+            dry_run: false,
+        })
+        .await
+    {
+        Ok(s) => {
+            let mut s = s.into_inner();
+            let mut err = None;
+            while let Some(m) = s.next().await {
+                if let Err(e) = m {
+                    err = Some(e);
+                }
+            }
+            err.expect("the stream ends with the refusal")
+        }
+        Err(e) => e,
+    };
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    let msg = err.message();
+    assert!(
+        msg.contains("5000 clone(s) of \"admit1\" to place, 64 fit, 4936 do not")
+            && msg.contains("nothing was written")
+            && msg.contains("--allow-pending"),
+        "{msg}"
+    );
+    let deps = coord
+        .list_deployments(ListDeploymentsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(deps.deployments.is_empty(), "{deps:?}");
+    assert!(total(&domains_of(&g.endpoints).await).is_empty());
+
+    // Allowed to wait: 64 fit (2 agents x 8 CPUs x 4 vCPUs each), 6 wait.
+    let mut wait = spec("admit2", 70);
+    wait.allow_pending = true;
+    let (_, summary) = run(coord
+        .deploy(DeployRequest {
+            request_id: "admit-pending".into(),
+            spec: Some(wait),
+            dry_run: false,
+        })
+        .await)
+    .await;
+    assert_eq!((summary.succeeded, summary.failed), (64, 0), "{summary:?}");
+    let phases = |clones: &[Clone]| {
+        let mut by: HashMap<i32, usize> = HashMap::new();
+        for c in clones {
+            *by.entry(c.phase).or_default() += 1;
+        }
+        by
+    };
+    let clones = coord
+        .list_clones(ListClonesRequest {
+            deployment: "admit2".into(),
+        })
+        .await
+        .expect("clones")
+        .into_inner()
+        .clones;
+    assert_eq!(
+        phases(&clones).get(&(ClonePhase::Pending as i32)),
+        Some(&6),
+        "{:?}",
+        phases(&clones)
+    );
+
+    // A third agent registers itself: the loop places the pending clones on it.
+    let state = g.dir.path().join("agent-late");
+    let mut cfg = napalm_coordinator::testing::agent_config(&state, Some(TOKEN.into()));
+    cfg.rest.libvirt_uri = napalm_coordinator::testing::own_driver(&state).expect("driver");
+    cfg.coordinator = Some(g.coordinator.endpoint());
+    let late = napalm_agent::server::start(cfg).await.expect("late agent");
+    let late_ep = format!("http://{}", late.grpc_addr.expect("grpc"));
+    let joined = std::time::Instant::now();
+    let deadline = joined + Duration::from_secs(30);
+    loop {
+        let clones = coord
+            .list_clones(ListClonesRequest {
+                deployment: "admit2".into(),
+            })
+            .await
+            .expect("clones")
+            .into_inner()
+            .clones;
+        let by = phases(&clones);
+        if by.get(&(ClonePhase::Running as i32)) == Some(&70) {
+            eprintln!(
+                "pending clones placed {:?} after the agent joined",
+                joined.elapsed()
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pending clones not placed 30 s after a new agent joined: {by:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(running_on(&late_ep).await.len(), 6);
+    late.stop().await;
+    for a in g.agents {
+        a.stop().await;
+    }
+}
+
+/// Domains per agent endpoint, by name.
+async fn domains_of(endpoints: &[String]) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for ep in endpoints {
+        out.push(running_on(ep).await.into_iter().map(|d| d.name).collect());
+    }
+    out
 }

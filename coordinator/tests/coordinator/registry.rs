@@ -185,6 +185,7 @@ async fn a_clone_registers_only_with_its_own_token() {
             deployment: "grid1".into(),
             index: 1,
             phase: ClonePhase::Running as i32,
+            agent_id: "agent-a".into(),
             ..Default::default()
         }))
     })
@@ -211,6 +212,18 @@ async fn a_clone_registers_only_with_its_own_token() {
         .expect_err("bad address"));
     assert!(e.to_string().contains("\"10.77.0.300\""), "{e}");
     req.addresses = vec!["10.77.0.101/24".into()];
+    // A domain of the clone on another agent than the registry places it on is stale: its
+    // registration is refused and changes nothing.
+    req.agent_id = "agent-b".into();
+    let e = api(r
+        .register_clone(req.clone(), &key)
+        .await
+        .expect_err("stale domain"));
+    assert!(
+        matches!(e, ApiError::Conflict { .. }) && e.to_string().contains("\"agent-b\""),
+        "{e}"
+    );
+    req.agent_id = "agent-a".into();
     let c = r
         .register_clone(req, &key)
         .await

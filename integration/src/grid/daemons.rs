@@ -96,6 +96,10 @@ impl Grid {
                 .arg(d.join("ganesha/ganesha.pid"));
         }
         cmd.args(["--mdns-interface", &s.iface, "--register-timeout", "300"])
+            .args([
+                "--agent-lost-grace",
+                &self.agent_lost_grace.as_secs().to_string(),
+            ])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -78,6 +78,10 @@ pub struct GridOptions {
     pub keep: bool,
     /// The reference root to export (default: the cached busybox root).
     pub root: Option<PathBuf>,
+    /// How long an agent stays down past its heartbeat TTL before the coordinator takes
+    /// its host for dead and boots its stateless clones elsewhere (`--agent-lost-grace`).
+    /// The default, 90 s, outlasts the fault test's 30 s cut of an agent's link.
+    pub agent_lost_grace: std::time::Duration,
 }
 
 impl Default for GridOptions {
@@ -92,6 +96,7 @@ impl Default for GridOptions {
                 .unwrap_or_else(|| PathBuf::from("/var/cache/napalm/roots")),
             keep: false,
             root: None,
+            agent_lost_grace: std::time::Duration::from_secs(90),
         }
     }
 }
@@ -119,6 +124,7 @@ pub struct Grid {
     ganesha: Option<Daemon>,
     agents: Vec<Option<Daemon>>,
     libvirt_net: Option<String>,
+    agent_lost_grace: std::time::Duration,
     keep: bool,
     net: Network,
     /// Held for a QEMU grid's life: those grids (tests, the demo) run one at a time.
@@ -215,6 +221,7 @@ impl Grid {
             ganesha: None,
             agents: Vec::new(),
             libvirt_net: None,
+            agent_lost_grace: opts.agent_lost_grace,
             keep: opts.keep,
             net,
             _lock: lock,

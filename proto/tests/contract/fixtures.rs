@@ -310,6 +310,7 @@ pub fn spec() -> DeploymentSpec {
         agent_selector: labels(),
         kernel_args: s("quiet"),
         kernel: Some(blob()),
+        allow_pending: true,
     }
 }
 pub fn deploy_request() -> DeployRequest {
@@ -418,6 +419,7 @@ pub fn register_clone_request() -> RegisterCloneRequest {
         boot: Some(boot_timings()),
         kernel: s("6.1.0-56-cloud-amd64"),
         boot_id: s("3f2a"),
+        agent_id: s("agent-7"),
     }
 }
 pub fn register_clone_response() -> RegisterCloneResponse {

@@ -25,8 +25,10 @@ impl Run {
     /// The clone's kernel command line, as a value: the site's arguments, `root=` (the
     /// spec's root, the clone's layer — over NFS or appended to its initramfs — and its
     /// upper layer: tmpfs, or its state image over NFS), `ip=` (its static address, or
-    /// DHCP), then the deployment's own arguments.
-    fn cmdline(&self, c: &Clone) -> Result<KernelCmdline, DeployError> {
+    /// DHCP), then the deployment's own arguments and `napalm.agent=` naming the agent the
+    /// domain is created on (the register hook reports it; the registry accepts only the
+    /// domain it placed).
+    fn cmdline(&self, c: &Clone, agent: &Agent) -> Result<KernelCmdline, DeployError> {
         let cfg = &self.inner.cfg;
         let bad = |e: RootParseError| DeployError::Cmdline(Arc::new(e));
         let mut devices: Vec<Device> = RootSpec::parse(&self.spec.root)
@@ -65,9 +67,16 @@ impl Run {
             }
             None => IpConfig::dhcp(),
         };
-        Ok(KernelCmdline::new(RootSpec::new(devices).map_err(bad)?, ip)
+        let mut line = KernelCmdline::new(RootSpec::new(devices).map_err(bad)?, ip)
             .before(cfg.kernel_args.clone())
-            .after(self.spec.kernel_args.clone()))
+            .after(self.spec.kernel_args.clone());
+        // Agent ids are names or hex fingerprints; one that a command line cannot carry
+        // as one word is left out (the registration is then not checked).
+        let word = |ch: char| ch.is_ascii_alphanumeric() || "._:-".contains(ch);
+        if !agent.id.is_empty() && agent.id.chars().all(word) {
+            line = line.after(format!("napalm.agent={}", agent.id));
+        }
+        Ok(line)
     }
 
     /// Ships and starts one clone, retrying on other agents.
@@ -182,7 +191,7 @@ impl Run {
         }
         let hv = hypervisor_on(&self.spec, agent);
         let r = self.spec.resources.unwrap_or_default();
-        let cmdline = self.cmdline(c)?.to_string();
+        let cmdline = self.cmdline(c, agent)?.to_string();
         let xml = domain_xml(
             hv,
             &DomainParams {

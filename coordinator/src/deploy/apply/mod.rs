@@ -223,9 +223,18 @@ impl Run {
                 .map(|r| format!("{}: {}", r.agent_name, r.reason))
                 .collect::<Vec<_>>()
                 .join("; ");
+            // A spec that allows pending clones keeps them waiting for capacity (the
+            // control loop places them when some appears); otherwise they failed.
+            let pending = self.spec.allow_pending;
             self.set(clone, |c| {
-                c.phase = ClonePhase::Failed as i32;
-                c.last_error = format!("cannot be placed: {reason}");
+                if pending {
+                    c.phase = ClonePhase::Pending as i32;
+                    c.agent_id.clear();
+                    c.last_error = format!("pending, waits for capacity: {reason}");
+                } else {
+                    c.phase = ClonePhase::Failed as i32;
+                    c.last_error = format!("cannot be placed: {reason}");
+                }
             })
             .await?;
         }
