@@ -29,7 +29,9 @@ pub mod watch;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use napalm_proto::v1::{ListAgentsRequest, ListClonesRequest, ListDeploymentsRequest};
+use napalm_proto::v1::{
+    AgentState, ListAgentsRequest, ListClonesRequest, ListDeploymentsRequest, SetAgentStateRequest,
+};
 
 use config::Settings;
 pub(crate) use connect::from_status;
@@ -99,6 +101,17 @@ pub enum Command {
         #[arg(long)]
         purge: bool,
     },
+    /// Move every clone off an agent (cold: its domain stops, then it boots elsewhere;
+    /// stateful clones keep their state) and place nothing new on it.
+    Drain {
+        /// Agent id or name.
+        agent: String,
+    },
+    /// Let a drained agent take clones again.
+    Undrain {
+        /// Agent id or name.
+        agent: String,
+    },
     /// Print shell completions.
     Completions {
         /// Shell.
@@ -158,6 +171,23 @@ async fn dispatch(cli: &Cli, settings: &Settings) -> Result<String, Failure> {
                 .into_inner()
                 .agents;
             Ok(tables::agents(output, &agents))
+        }
+        Command::Drain { agent } | Command::Undrain { agent } => {
+            let (state, verb) = match &cli.command {
+                Command::Drain { .. } => (AgentState::Draining, "drain"),
+                _ => (AgentState::Ready, "undrain"),
+            };
+            let mut c = client(settings).await?;
+            let a = c
+                .set_agent_state(SetAgentStateRequest {
+                    request_id: format!("{verb}-{agent}-{}", std::process::id()),
+                    id: agent.clone(),
+                    state: state as i32,
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            Ok(tables::agents(output, &[a]))
         }
         Command::Deployments => {
             let mut c = client(settings).await?;

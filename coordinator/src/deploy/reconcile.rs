@@ -35,6 +35,9 @@ pub enum Reason {
     /// Its agent has been down past the grace period: the host is taken for dead, and a
     /// stateless clone boots elsewhere.
     AgentLost,
+    /// Its agent is draining: the clone moves off cold (its domain there is stopped first,
+    /// then it boots elsewhere; a stateful clone keeps its state, which is on NFS).
+    Draining,
     /// An agent runs a domain of the deployment that the registry does not place there.
     NotPlacedHere,
 }
@@ -48,6 +51,7 @@ impl fmt::Display for Reason {
             Reason::Failed => "failed",
             Reason::AgentDown => "its agent is down",
             Reason::AgentLost => "its agent is lost (down past the grace period)",
+            Reason::Draining => "its agent is draining",
             Reason::NotPlacedHere => "the registry does not place it here",
         })
     }
@@ -126,8 +130,9 @@ pub fn lost_agents(agents: &[Agent], now: SystemTime, grace: Duration) -> HashSe
         .collect()
 }
 
-/// Why `c` needs an agent, if it does: it has none, it failed, its agent is down (or gone)
-/// while the clone never came up there, or its agent is lost and the clone keeps no state.
+/// Why `c` needs an agent, if it does: it has none, it failed, its agent is draining, its
+/// agent is down (or gone) while the clone never came up there, or its agent is lost and
+/// the clone keeps no state.
 /// A clone running or registered on an agent that went down stays where it is until the
 /// agent is lost; a stateful clone stays even then (it must never run twice, and nothing
 /// here can tell the old domain is gone).
@@ -149,6 +154,7 @@ fn needs_placement(
     let up = c.phase == ClonePhase::Registered as i32 || c.phase == ClonePhase::Running as i32;
     match agents.get(c.agent_id.as_str()) {
         None => Some(Reason::AgentDown),
+        Some(a) if a.state == AgentState::Draining as i32 => Some(Reason::Draining),
         Some(a) if a.state == AgentState::Down as i32 && !up => Some(Reason::AgentDown),
         Some(_) => None,
     }
@@ -394,6 +400,29 @@ mod tests {
         let at = |s| lost_agents(&agents, heard + Duration::from_secs(s), grace);
         assert!(at(39).is_empty());
         assert_eq!(at(40), HashSet::from(["down".to_owned()]));
+    }
+
+    #[test]
+    fn a_draining_agents_clones_move_off_stateful_ones_too() {
+        let records = [
+            clone("web-01", "d", ClonePhase::Registered),
+            clone("web-02", "a", ClonePhase::Registered),
+        ];
+        let agents = [
+            agent("a", AgentState::Ready),
+            agent("d", AgentState::Draining),
+        ];
+        let mut stateful = spec(2);
+        stateful.mode = CloneMode::Stateful as i32;
+        for s in [spec(2), stateful] {
+            assert_eq!(
+                reconcile(&s, &records, &agents, &none()).actions,
+                [Action::Place {
+                    clone: "web-01".into(),
+                    reason: Reason::Draining
+                }]
+            );
+        }
     }
 
     #[test]

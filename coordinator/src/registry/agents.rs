@@ -228,19 +228,34 @@ impl Registry {
         Ok(agents)
     }
 
-    /// One agent by id or name.
+    /// One agent by id, or by name when exactly one agent has it (host names need not be
+    /// unique; an ambiguous name is refused naming the ids to use instead).
     pub async fn get_agent(&self, id_or_name: &str) -> Result<Agent, RegistryError> {
-        self.list_agents(&[])
-            .await?
-            .into_iter()
-            .find(|a| a.id == id_or_name || a.name == id_or_name)
-            .ok_or_else(|| {
-                ApiError::NotFound {
-                    kind: "agent".into(),
-                    name: id_or_name.into(),
-                }
-                .into()
-            })
+        let agents = self.list_agents(&[]).await?;
+        if let Some(a) = agents.iter().find(|a| a.id == id_or_name) {
+            return Ok(a.clone());
+        }
+        let named: Vec<&Agent> = agents.iter().filter(|a| a.name == id_or_name).collect();
+        match named.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(ApiError::NotFound {
+                kind: "agent".into(),
+                name: id_or_name.into(),
+            }
+            .into()),
+            many => Err(ApiError::InvalidArgument {
+                field: "id".into(),
+                description: format!(
+                    "{} agents are named {id_or_name:?} (ids {}); give the id",
+                    many.len(),
+                    many.iter()
+                        .map(|a| a.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+            .into()),
+        }
     }
 
     /// Sets an agent ready or draining.

@@ -758,3 +758,83 @@ async fn domains_of(endpoints: &[String]) -> Vec<Vec<String>> {
     }
     out
 }
+
+/// Draining an agent moves its clones off with no other command: each stops there, then
+/// boots on the other agent; nothing new goes to the drained agent.
+#[tokio::test]
+async fn draining_an_agent_moves_its_clones_off() {
+    let g = TestGrid::start_with(
+        GridOptions {
+            agent_token: Some(TOKEN.into()),
+            ..Default::default()
+        },
+        |cfg| cfg.converge_every = Some(Duration::from_millis(200)),
+    )
+    .await
+    .expect("grid starts");
+    let mut coord = g.client().await.expect("connect");
+    let (_, summary) = run(coord
+        .deploy(DeployRequest {
+            request_id: "drain".into(),
+            spec: Some(spec("drain1", 4)),
+            dry_run: false,
+        })
+        .await)
+    .await;
+    assert_eq!(summary.succeeded, 4, "{summary:?}");
+    let (keep, drained) = (g.endpoints[0].clone(), g.endpoints[1].clone());
+    assert_eq!(
+        running_on(&drained).await.len(),
+        2,
+        "spread before the drain"
+    );
+    let agent = coord
+        .list_agents(ListAgentsRequest::default())
+        .await
+        .expect("agents")
+        .into_inner()
+        .agents
+        .into_iter()
+        .find(|a| a.grpc_endpoint == drained)
+        .expect("registered");
+    coord
+        .set_agent_state(SetAgentStateRequest {
+            request_id: "drain-1".into(),
+            // By id: every agent of this process has the same host name.
+            id: agent.id.clone(),
+            state: AgentState::Draining as i32,
+        })
+        .await
+        .expect("drain");
+    let t = std::time::Instant::now();
+    loop {
+        let on_keep = running_on(&keep).await.len();
+        let on_drained = running_on(&drained).await.len();
+        if on_keep == 4 && on_drained == 0 {
+            eprintln!("drained in {:?}", t.elapsed());
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "not drained after 30 s: {on_keep} on the other agent, {on_drained} left"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let clones = coord
+        .list_clones(ListClonesRequest {
+            deployment: "drain1".into(),
+        })
+        .await
+        .expect("clones")
+        .into_inner()
+        .clones;
+    assert!(
+        clones
+            .iter()
+            .all(|c| c.agent_id != agent.id && c.phase == ClonePhase::Running as i32),
+        "{clones:?}"
+    );
+    for a in g.agents {
+        a.stop().await;
+    }
+}
