@@ -1,5 +1,10 @@
-//! The coordinator connection: its endpoint and bearer token from the settings, and a
+//! The coordinator connection: its endpoints and bearer token from the settings, and a
 //! gRPC status turned into napalmctl's [`Failure`] (message and exit code).
+//!
+//! `--coordinator` takes one endpoint or several separated by commas (coordinators sharing
+//! one etcd): reads go to the first that answers, and changes to the leader — a call a
+//! follower refuses as NOT_LEADER is tried on the next endpoint, so no one needs to know
+//! which coordinator leads.
 
 use napalm_proto::v1::coordinator_service_client::CoordinatorServiceClient;
 use napalm_proto::ApiError;
@@ -41,9 +46,85 @@ impl tonic::service::Interceptor for Bearer {
 /// A coordinator client carrying the configured token.
 pub type Client = CoordinatorServiceClient<InterceptedService<Channel, Bearer>>;
 
-/// Connects to the configured coordinator.
+/// The configured coordinator endpoints, in order.
+fn endpoints(settings: &Settings) -> Vec<String> {
+    settings
+        .coordinator
+        .value
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Connects to the first configured coordinator that answers (any may serve reads).
 pub async fn client(settings: &Settings) -> Result<Client, Failure> {
-    let endpoint = &settings.coordinator.value;
+    let mut last = None;
+    for endpoint in endpoints(settings) {
+        match connect(settings, &endpoint).await {
+            Ok(c) => return Ok(c),
+            // An unreachable one: try the next; bad input stops at once.
+            Err(f) if f.code == 3 => last = Some(f),
+            Err(f) => return Err(f),
+        }
+    }
+    Err(last.unwrap_or_else(|| no_endpoint(settings)))
+}
+
+/// Runs `call` on the leading coordinator: each configured endpoint in turn, skipping the
+/// unreachable ones and those that answer NOT_LEADER. The first other answer is returned.
+pub async fn on_leader<T, F, Fut>(settings: &Settings, mut call: F) -> Result<T, Failure>
+where
+    F: FnMut(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let all = endpoints(settings);
+    let mut refused = Vec::new();
+    let mut last = None;
+    for endpoint in &all {
+        let c = match connect(settings, endpoint).await {
+            Ok(c) => c,
+            Err(f) if f.code == 3 => {
+                last = Some(f);
+                continue;
+            }
+            Err(f) => return Err(f),
+        };
+        match call(c).await {
+            Err(s) if matches!(ApiError::from_status(&s), Some(ApiError::NotLeader { .. })) => {
+                refused.push(format!("{endpoint}: {}", s.message()));
+                last = Some(from_status(s));
+            }
+            r => return r.map_err(from_status),
+        }
+    }
+    Err(match last {
+        Some(mut f) => {
+            if all.len() > 1 && !refused.is_empty() {
+                f.message = format!(
+                    "no configured coordinator leads ({}); give the leader's endpoint too",
+                    refused.join("; ")
+                );
+            }
+            f
+        }
+        None => no_endpoint(settings),
+    })
+}
+
+fn no_endpoint(settings: &Settings) -> Failure {
+    Failure {
+        code: 2,
+        message: format!(
+            "no coordinator endpoint in {:?} (from {}); give --coordinator HOST:PORT[,HOST:PORT…]",
+            settings.coordinator.value, settings.coordinator.origin
+        ),
+    }
+}
+
+/// Connects to one coordinator endpoint.
+async fn connect(settings: &Settings, endpoint: &str) -> Result<Client, Failure> {
     let bearer = match &settings.token {
         None => Bearer(None),
         Some(t) => Bearer(Some(format!("Bearer {}", t.value).parse().map_err(
@@ -66,7 +147,7 @@ pub async fn client(settings: &Settings) -> Result<Client, Failure> {
     };
     // HOST:PORT means plain HTTP/2, as napalm-coordinator --listen takes it.
     let url = if endpoint.contains("://") {
-        endpoint.clone()
+        endpoint.to_owned()
     } else {
         format!("http://{endpoint}")
     };

@@ -13,8 +13,10 @@ use napalm_proto::v1::{
 use serde_json::json;
 use tokio_stream::StreamExt;
 
+use crate::config::Settings;
+use crate::connect::on_leader;
 use crate::output::Output;
-use crate::{from_status, Client, Failure};
+use crate::{from_status, Failure};
 
 /// Arguments of `napalmctl deploy`.
 #[derive(clap::Args, Debug)]
@@ -253,20 +255,29 @@ async fn follow(
     Ok(out)
 }
 
-/// `napalmctl deploy`.
-pub async fn deploy(c: &mut Client, args: &DeployArgs, output: Output) -> Result<String, Failure> {
+/// `napalmctl deploy`, on the leading coordinator.
+pub async fn deploy(
+    settings: &Settings,
+    args: &DeployArgs,
+    output: Output,
+) -> Result<String, Failure> {
     let spec = args.spec()?;
     let req = DeployRequest {
         request_id: format!("napalmctl-{}-{}", spec.name, std::process::id()),
         spec: Some(spec),
         dry_run: args.dry_run,
     };
-    follow(c.deploy(req).await, output).await
+    let stream = on_leader(settings, |mut c| {
+        let req = req.clone();
+        async move { c.deploy(req).await }
+    })
+    .await?;
+    follow(Ok(stream), output).await
 }
 
-/// `napalmctl undeploy`.
+/// `napalmctl undeploy`, on the leading coordinator.
 pub async fn undeploy(
-    c: &mut Client,
+    settings: &Settings,
     name: &str,
     purge: bool,
     output: Output,
@@ -276,7 +287,12 @@ pub async fn undeploy(
         name: name.into(),
         purge,
     };
-    follow(c.undeploy(req).await, output).await
+    let stream = on_leader(settings, |mut c| {
+        let req = req.clone();
+        async move { c.undeploy(req).await }
+    })
+    .await?;
+    follow(Ok(stream), output).await
 }
 
 #[cfg(test)]

@@ -177,16 +177,17 @@ async fn dispatch(cli: &Cli, settings: &Settings) -> Result<String, Failure> {
                 Command::Drain { .. } => (AgentState::Draining, "drain"),
                 _ => (AgentState::Ready, "undrain"),
             };
-            let mut c = client(settings).await?;
-            let a = c
-                .set_agent_state(SetAgentStateRequest {
-                    request_id: format!("{verb}-{agent}-{}", std::process::id()),
-                    id: agent.clone(),
-                    state: state as i32,
-                })
-                .await
-                .map_err(from_status)?
-                .into_inner();
+            let req = SetAgentStateRequest {
+                request_id: format!("{verb}-{agent}-{}", std::process::id()),
+                id: agent.clone(),
+                state: state as i32,
+            };
+            let a = connect::on_leader(settings, |mut c| {
+                let req = req.clone();
+                async move { c.set_agent_state(req).await }
+            })
+            .await?
+            .into_inner();
             Ok(tables::agents(output, &[a]))
         }
         Command::Deployments => {
@@ -221,13 +222,9 @@ async fn dispatch(cli: &Cli, settings: &Settings) -> Result<String, Failure> {
             // Arguments are checked before anything is contacted.
             args.spec()?;
             // Whether any agent can take the clones is the coordinator's to say.
-            let mut c = client(settings).await?;
-            deploy::deploy(&mut c, args, output).await
+            deploy::deploy(settings, args, output).await
         }
-        Command::Undeploy { name, purge } => {
-            let mut c = client(settings).await?;
-            deploy::undeploy(&mut c, name, *purge, output).await
-        }
+        Command::Undeploy { name, purge } => deploy::undeploy(settings, name, *purge, output).await,
         Command::Domain(args) => domain::run(args, settings).await,
         Command::Watch(args) => {
             let mut c = client(settings).await?;

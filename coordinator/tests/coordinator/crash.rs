@@ -308,6 +308,21 @@ fn with_two_coordinators_on_etcd_the_survivor_finishes_the_deployment() {
         "the follower deployed; log:\n{}",
         b.log_text()
     );
+    // Given both endpoints, the follower's first, napalmctl finds the leader by itself.
+    let both = format!("{},{}", b.grpc, a.grpc);
+    let o = Command::new(napalm_integration::bins::napalmctl().expect("napalmctl"))
+        .args(["--coordinator", &both, "--output", "json"])
+        .args([
+            "deploy", "--count", "2", "--name", "hafollow", "--memory", "128M",
+        ])
+        .output()
+        .expect("napalmctl runs");
+    assert!(
+        o.status.success(),
+        "deploy through the follower's endpoint first: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(agents.domains("hafollow"), ["hafollow-01", "hafollow-02"]);
 
     let mut client = a
         .ctl(&[
