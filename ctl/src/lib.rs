@@ -42,7 +42,8 @@ use output::Output;
 #[derive(Parser, Debug)]
 #[command(name = "napalmctl", version, after_long_help = config::PRECEDENCE_HELP)]
 pub struct Cli {
-    /// Coordinator gRPC endpoint [else NAPALM_COORDINATOR, the config file,
+    /// Coordinator gRPC endpoint, or several separated by commas (coordinators sharing one
+    /// etcd: changes go to whichever leads) [else NAPALM_COORDINATOR, the config file,
     /// http://127.0.0.1:7700].
     #[arg(long, global = true)]
     pub coordinator: Option<String>,
