@@ -1,12 +1,15 @@
 //! The coordinator's plain HTTP endpoint, for booted clones that only have wget or curl:
 //! `POST /v1/clones/register?token=TOKEN` with `{"name", "address", "machine_id"?,
 //! "boot_id"?, "kernel"?}` is the HTTP twin of `RegisterClone` (same registry operation).
-//! `GET /healthz` answers `ok`.
+//! `GET /healthz` answers `ok`. The same listener serves what operators watch, read-only:
+//! `GET /metrics` ([`crate::metrics`], OpenMetrics text), `GET /` and `GET /v1/view.json`
+//! (the web view, [`crate::web`]).
 
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use napalm_proto::v1::{BootPhase, BootTimings, RegisterCloneRequest};
@@ -14,6 +17,7 @@ use napalm_proto::ApiError;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::metrics::Metrics;
 use crate::registry::clones::TokenKey;
 use crate::registry::Registry;
 
@@ -21,6 +25,7 @@ use crate::registry::Registry;
 struct AppState {
     registry: Registry,
     tokens: Arc<TokenKey>,
+    metrics: Metrics,
 }
 
 /// The query string of a registration.
@@ -93,13 +98,49 @@ fn boot_timings(boot: Option<&Value>, uptime: Option<f64>) -> Option<BootTimings
     })
 }
 
-/// The router (mounted at `/`).
-pub fn router(registry: Registry, tokens: Arc<TokenKey>) -> Router {
+/// The router (mounted at `/`); registrations' boot times go to `metrics`, which
+/// `/metrics` renders.
+pub fn router(registry: Registry, tokens: Arc<TokenKey>, metrics: Metrics) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/clones/register", post(register))
-        .with_state(AppState { registry, tokens })
+        .route("/metrics", get(metrics_page))
+        .route("/", get(|| async { Html(crate::web::INDEX_HTML) }))
+        .route("/v1/view.json", get(view))
+        .with_state(AppState {
+            registry,
+            tokens,
+            metrics,
+        })
         .layer(axum::extract::DefaultBodyLimit::max(64 << 10))
+}
+
+async fn metrics_page(State(st): State<AppState>) -> Response {
+    match st.metrics.render(&st.registry).await {
+        Ok(page) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], page).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %crate::deploy::chain(&e), "metrics page failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("metrics unavailable: {}\n", crate::deploy::chain(&e)),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn view(State(st): State<AppState>) -> Response {
+    match crate::web::view(&st.registry).await {
+        Ok(v) => ([(header::CACHE_CONTROL, "no-store")], Json(v)).into_response(),
+        Err(e) => {
+            let e = ApiError::from(e);
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": e.to_string()})),
+            )
+                .into_response()
+        }
+    }
 }
 
 async fn register(
@@ -132,6 +173,8 @@ async fn register(
     match st.registry.register_clone(req, &st.tokens).await {
         Ok(r) => {
             let c = r.clone.unwrap_or_default();
+            st.metrics
+                .clone_booted(c.boot.as_ref().and_then(|b| b.to_registered.as_ref()));
             (
                 StatusCode::OK,
                 Json(json!({"name": c.name, "addresses": c.addresses})),

@@ -27,6 +27,7 @@ pub mod events;
 pub mod exports;
 pub mod http;
 pub mod mdns;
+pub mod metrics;
 pub mod registry;
 pub mod scheduler;
 pub mod server;
@@ -34,3 +35,4 @@ pub mod service;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod web;

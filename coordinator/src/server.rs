@@ -370,6 +370,9 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         )),
         None => None,
     };
+    // One set of metrics: the deploy pipeline, the control loop, the gRPC layer and the
+    // clone registrations record into it; `/metrics` on the HTTP listener renders it.
+    let metrics = crate::metrics::Metrics::new();
     let deployer = match cfg.deploy.clone() {
         Some(mut d) => {
             if d.register_base.is_empty() {
@@ -377,7 +380,8 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
             }
             d.agent_token = cfg.agent_token.clone();
             d.exports = exporter;
-            let deployer = Deployer::new(registry.clone(), d, Arc::clone(&tokens));
+            let deployer =
+                Deployer::with_metrics(registry.clone(), d, Arc::clone(&tokens), metrics.clone());
             // The root (and any stateful clones' state) is exported before anything boots.
             deployer
                 .sync_exports()
@@ -442,7 +446,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         (Some(browser), Some(advertiser))
     };
 
-    let app = crate::http::router(registry.clone(), Arc::clone(&tokens));
+    let app = crate::http::router(registry.clone(), Arc::clone(&tokens), metrics.clone());
     tasks.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(http_listener, app).await {
             tracing::error!(error = %e, "HTTP endpoint stopped");
@@ -454,7 +458,8 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         cfg.heartbeat,
         Arc::clone(&tokens),
         deployer,
-    );
+    )
+    .with_metrics(metrics.clone());
     if let Some(e) = &election {
         svc = svc.with_election(e.subscribe());
     }
@@ -463,7 +468,8 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     let shutdown = async move {
         let _ = stopped.await;
     };
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder()
+        .layer(crate::metrics::layer::RpcMetricsLayer::new(metrics.clone()));
     let grpc = match cfg.api_auth.clone() {
         ApiAuth::Token(t) => tokio::spawn(
             builder

@@ -34,6 +34,7 @@ pub struct Coordinator {
     tokens: Arc<TokenKey>,
     deployer: Option<Deployer>,
     role: Option<tokio::sync::watch::Receiver<Role>>,
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Coordinator {
@@ -50,7 +51,14 @@ impl Coordinator {
             tokens,
             deployer,
             role: None,
+            metrics: None,
         }
+    }
+
+    /// Clones' boot times as they register go to `metrics` (`/metrics`).
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Only the elected leader deploys: followers answer NOT_LEADER naming the leader.
@@ -226,11 +234,16 @@ impl CoordinatorService for Coordinator {
     }
 
     async fn register_clone(&self, r: Request<RegisterCloneRequest>) -> Res<RegisterCloneResponse> {
-        self.registry
+        let r = self
+            .registry
             .register_clone(r.into_inner(), &self.tokens)
             .await
-            .map(Response::new)
-            .map_err(status)
+            .map_err(status)?;
+        if let Some(m) = &self.metrics {
+            let boot = r.clone.as_ref().and_then(|c| c.boot.as_ref());
+            m.clone_booted(boot.and_then(|b| b.to_registered.as_ref()));
+        }
+        Ok(Response::new(r))
     }
 
     type WatchEventsStream = BoxStream<Event>;

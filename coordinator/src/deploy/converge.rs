@@ -111,13 +111,18 @@ impl Deployer {
                     .any(|c| interrupted(c.phase) && !down.contains(c.agent_id.as_str()))
                 || placeable();
             if work {
-                let why: Vec<String> = plan
+                let metrics = &self.inner.metrics;
+                let acting: Vec<&Action> = plan
                     .actions
                     .iter()
                     .chain(&strays)
                     .filter(|a| acts_on(a))
-                    .map(describe)
                     .collect();
+                for a in &acting {
+                    metrics.converge_action(kind(a));
+                }
+                metrics.converge_run();
+                let why: Vec<String> = acting.into_iter().map(describe).collect();
                 tracing::info!(deployment = %spec.name, actions = ?why, "converging");
                 let this = self.clone();
                 let name = name_of(&d);
@@ -137,6 +142,16 @@ impl Deployer {
 
 fn name_of(d: &napalm_proto::v1::Deployment) -> String {
     d.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default()
+}
+
+/// An action's kind, as the metrics label it.
+fn kind(a: &Action) -> &'static str {
+    match a {
+        Action::Add { .. } => "add",
+        Action::Remove { .. } => "remove",
+        Action::Place { .. } => "place",
+        Action::Stop { .. } => "stop",
+    }
 }
 
 /// One line per action for the log.
@@ -163,7 +178,9 @@ pub async fn run(deployer: Deployer, every: Duration, leads: impl Fn() -> bool +
         if !leads() {
             continue;
         }
-        if let Err(e) = deployer.converge_all().await {
+        let pass = deployer.converge_all().await;
+        deployer.metrics().converge_pass(pass.is_ok());
+        if let Err(e) = pass {
             tracing::warn!(error = %e, "a converge pass failed");
         }
     }

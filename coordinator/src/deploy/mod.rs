@@ -39,6 +39,7 @@ use napalm_proto::ApiError;
 
 use crate::clock::duration;
 use crate::exports::Exporter;
+use crate::metrics::Metrics;
 use crate::registry::clones::TokenKey;
 use crate::registry::{check_name, Registry, RegistryError, CLONES, DEPLOYMENTS};
 use crate::scheduler::Policy;
@@ -93,6 +94,8 @@ struct Inner {
     agents: Agents,
     artifacts: Artifacts,
     tokens: Arc<TokenKey>,
+    /// Placements, runs and phase durations go here.
+    metrics: Metrics,
     /// One lock per deployment: a run (a client's, or the control loop's) and an undeploy
     /// never work on the same deployment at once.
     holds: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -113,8 +116,18 @@ fn invalid(field: &str, description: String) -> ApiError {
 pub const MAX_COUNT: u32 = 10_000;
 
 impl Deployer {
-    /// A pipeline over `registry`.
+    /// A pipeline over `registry`, with metrics of its own.
     pub fn new(registry: Registry, cfg: DeployConfig, tokens: Arc<TokenKey>) -> Self {
+        Self::with_metrics(registry, cfg, tokens, Metrics::new())
+    }
+
+    /// A pipeline over `registry` recording into `metrics` (the daemon's `/metrics`).
+    pub fn with_metrics(
+        registry: Registry,
+        cfg: DeployConfig,
+        tokens: Arc<TokenKey>,
+        metrics: Metrics,
+    ) -> Self {
         let agents = Agents::new(cfg.agent_token.clone());
         let artifacts = Artifacts::new(cfg.artifacts.clone());
         Self {
@@ -124,6 +137,7 @@ impl Deployer {
                 agents,
                 artifacts,
                 tokens,
+                metrics,
                 holds: Default::default(),
             }),
         }
@@ -159,10 +173,20 @@ impl Deployer {
     ) -> Result<DeploySummary, RegistryError> {
         // Nobody reads this run's progress.
         let (tx, _) = tokio::sync::mpsc::channel(1);
-        apply::Run::new(Arc::clone(&self.inner), spec, tx)
+        let started = Instant::now();
+        let r = apply::Run::new(Arc::clone(&self.inner), spec, tx)
             .without_following()
-            .execute(Instant::now(), hold)
-            .await
+            .execute(started, hold)
+            .await;
+        self.inner
+            .metrics
+            .run_finished("converge", started.elapsed());
+        r
+    }
+
+    /// The metrics this pipeline records into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// Records a deployment's state from its clones when it changed.
@@ -383,7 +407,9 @@ impl Deployer {
         }
         let hold = self.hold(&spec.name).await;
         let p = apply::Run::new(Arc::clone(&self.inner), spec, tx);
-        p.execute(started, hold).await.map_err(ApiError::from)
+        let r = p.execute(started, hold).await.map_err(ApiError::from);
+        self.inner.metrics.run_finished("deploy", started.elapsed());
+        r
     }
 
     /// Removes a deployment's clones from their agents and the registry.
@@ -458,6 +484,9 @@ impl Deployer {
         if let Err(e) = self.sync_exports().await {
             tracing::warn!(error = %chain(&e), "exports not updated after undeploy");
         }
+        self.inner
+            .metrics
+            .run_finished("undeploy", started.elapsed());
         Ok(DeploySummary {
             deployment: req.name,
             requested: clones.len() as u32,

@@ -5,6 +5,7 @@ mod crash;
 mod deploy;
 mod etcd_harness;
 mod mdns;
+mod observe;
 mod registry;
 mod scheduler;
 mod store;

@@ -173,11 +173,13 @@ impl Run {
         kernel: &Blob,
     ) -> Result<(), DeployError> {
         let ep = &agent.grpc_endpoint;
+        let shipping = std::time::Instant::now();
         self.inner
             .agents
             .ship(ep, &[kernel, &built.image])
             .await
             .map_err(|e| DeployError::agent("shipping", &e))?;
+        self.inner.metrics.phase("ship", shipping.elapsed());
         if let Some(u) = self
             .set_progress(&c.name, |k| {
                 if k.phase != ClonePhase::Registered as i32 {
@@ -237,6 +239,7 @@ impl Run {
             ]),
         };
         let agents = &self.inner.agents;
+        let creating = std::time::Instant::now();
         let created = match agents.create(ep, request.clone()).await {
             // The agent holds this clone's domain from an older layer (its templates
             // changed, or another coordinator built it before a takeover): the registry
@@ -264,6 +267,7 @@ impl Run {
                 .await
                 .map_err(|e| DeployError::agent("starting the domain", &e))?
         };
+        self.inner.metrics.phase("create", creating.elapsed());
         let running = domain.state == DomainState::Running as i32;
         if let Some(u) = self
             .set_progress(&c.name, |k| {

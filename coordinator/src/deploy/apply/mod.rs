@@ -213,7 +213,11 @@ impl Run {
         // allocations, so the clones being re-placed are not counted twice.
         let needs = plan.to_place();
         let held = plan.held;
+        let placing = Instant::now();
         let placement = place(&self.inner.cfg.policy, &self.spec, &needs, &agents, &held);
+        let metrics = &self.inner.metrics;
+        metrics.phase("place", placing.elapsed());
+        metrics.placements(placement.placed.len(), placement.unplaced.len());
         let mut unplaced_clones = Vec::new();
         for (clone, why) in &placement.unplaced {
             send(&self.tx, unplaced(clone, why)).await;
@@ -273,9 +277,13 @@ impl Run {
             .filter(|c| c.phase != ClonePhase::Failed as i32 && !c.agent_id.is_empty())
             .cloned()
             .collect();
+        let building = Instant::now();
         let mut built = self.build(&todo).await;
         for (name, why) in self.prepare_exports(&todo).await {
             built.insert(name, Err(why));
+        }
+        if !todo.is_empty() {
+            self.inner.metrics.phase("layer", building.elapsed());
         }
         let kernel = self.inner.artifacts.kernel();
 
@@ -301,7 +309,9 @@ impl Run {
         }
         drop(hold);
         if this.follow {
+            let following = Instant::now();
             this.follow().await?;
+            this.inner.metrics.phase("follow", following.elapsed());
         }
 
         let clones = reg.list_clones(&this.spec.name).await?;
