@@ -18,6 +18,7 @@
 //! does not exist.
 
 pub mod clone;
+pub mod cluster;
 pub mod config;
 pub mod connect;
 pub mod deploy;
@@ -66,8 +67,9 @@ pub enum Command {
     Agents,
     /// Deployments (napalm-list-deployments).
     Deployments,
-    /// Clones of one deployment or all, with agent, address and phase; with `--format`,
-    /// the cluster files of a clones.conf (hosts, mpi, known-hosts, json, yaml, table).
+    /// Clones of one deployment or all, with agent, address and phase. With `--format`:
+    /// a live deployment's cluster files from the registry (`--deployment NAME`: hosts,
+    /// mpi, json), else those of a clones.conf (hosts, mpi, known-hosts, json, yaml, table).
     Clones {
         /// Only this deployment.
         #[arg(long)]
@@ -202,6 +204,22 @@ async fn dispatch(cli: &Cli, settings: &Settings) -> Result<String, Failure> {
             Ok(tables::deployments(output, &deployments))
         }
         Command::Clone { sources, command } => clone::run(sources, command),
+        Command::Clones {
+            deployment: Some(deployment),
+            format: Some(format),
+            ..
+        } => {
+            let mut c = client(settings).await?;
+            let clones = c
+                .list_clones(ListClonesRequest {
+                    deployment: deployment.clone(),
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner()
+                .clones;
+            cluster::render(deployment, format, &clones)
+        }
         Command::Clones {
             format: Some(format),
             sources,

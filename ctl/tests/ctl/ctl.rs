@@ -772,3 +772,69 @@ async fn drain_ok(s: &mut tonic::Streaming<DeployProgress>) {
     assert_eq!(summary.failed, 0, "{summary:?}");
     assert_eq!(summary.succeeded, summary.requested, "{summary:?}");
 }
+
+/// A live deployment's cluster files come from the registry and follow its scaling.
+#[tokio::test]
+async fn cluster_files_of_a_live_deployment_follow_scaling() {
+    let opts = GridOptions {
+        agents: 1,
+        agent_token: Some(TOKEN.into()),
+        ..Default::default()
+    };
+    let grid = TestGrid::start_with(opts, |c| {
+        if let Some(d) = c.deploy.as_mut() {
+            d.addresses = Some("10.77.0.101/24".parse().expect("pool"));
+        }
+    })
+    .await
+    .expect("grid starts");
+    let home = tempfile::tempdir().expect("home");
+    let endpoint = grid.coordinator.endpoint();
+    for (count, want) in [(2, 2), (3, 3), (1, 1)] {
+        let mut c = ctl(home.path());
+        c.args(["--coordinator", &endpoint, "--output", "json", "deploy"])
+            .args([
+                "--name",
+                "files",
+                "--memory",
+                "128M",
+                "--count",
+                &count.to_string(),
+            ]);
+        let o = run(c).await;
+        assert!(o.status.success(), "deploy {count}: {}", text(&o).1);
+        let mut c = ctl(home.path());
+        c.args([
+            "--coordinator",
+            &endpoint,
+            "clones",
+            "--deployment",
+            "files",
+        ])
+        .args(["--format", "hosts"]);
+        let o = run(c).await;
+        assert!(o.status.success(), "{}", text(&o).1);
+        let hosts: Vec<String> = text(&o)
+            .0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect();
+        let expected: Vec<String> = (1..=want)
+            .map(|i| format!("10.77.0.{}\tfiles-{i:02}", 100 + i))
+            .collect();
+        assert_eq!(hosts, expected, "hosts at count {count}");
+    }
+    let mut c = ctl(home.path());
+    c.args([
+        "--coordinator",
+        &endpoint,
+        "clones",
+        "--deployment",
+        "files",
+    ])
+    .args(["--format", "known-hosts"]);
+    let o = run(c).await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
+    assert!(text(&o).1.contains("clones.conf"), "{}", text(&o).1);
+}
