@@ -7,14 +7,18 @@
 //! [`scheduler`], the [`deploy`] pipeline in three layers (reconcile → place → apply:
 //! layers via napalm-overlay, command lines via napalm-initramfs's grammar, domain XML,
 //! shipping artifacts, following clones until they register), NFS export rules
-//! ([`exports`]), registry [`events`] for watchers, and its transports ([`service`]:
-//! gRPC `CoordinatorService`; [`http`]: the clones' plain registration). [`server`] wires
-//! them into the daemon; `testing` (feature) wires a whole grid for tests and benches.
+//! ([`exports`]), registry [`events`] for watchers, its telemetry ([`metrics`]: OpenMetrics
+//! at `GET /metrics`, gRPC latency from a `tower` layer) and read-only [`web`] view, and its
+//! transports ([`service`]: gRPC `CoordinatorService`; [`http`]: the clones' plain
+//! registration, `/metrics`, the web view). [`server`] wires them into the daemon;
+//! `testing` (feature) wires a whole grid for tests and benches.
 //!
 //! Security: the gRPC API takes a bearer token from operators (`napalmctl --token`) and
 //! registering agents alike ([`service::RequireToken`], unless the daemon runs with
 //! `--insecure-no-auth`); booted clones prove themselves with their own HMAC clone
-//! tokens instead (`RegisterClone` and its HTTP twin).
+//! tokens instead (`RegisterClone` and its HTTP twin). `/metrics`, `/` and
+//! `/v1/view.json` on the HTTP listener are read-only and unauthenticated: they show no
+//! token or endpoint, but do show clone names, phases and addresses to whoever reaches it.
 //!
 //! Must not touch: libvirt directly (agents do that), a clone's files except through the
 //! layers it builds, or the operator's terminal (`napalmctl` is the `napalm-ctl` crate,

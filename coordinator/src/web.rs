@@ -35,6 +35,8 @@ pub struct AgentView {
     pub id: String,
     /// Host name.
     pub name: String,
+    /// What the page calls it: its name, with the start of its id when agents share it.
+    pub label: String,
     /// `ready`, `down`, `draining`.
     pub state: String,
     /// Clones placed on it.
@@ -69,7 +71,7 @@ pub struct CloneView {
     pub name: String,
     /// Its deployment.
     pub deployment: String,
-    /// The agent's name ("" while unplaced).
+    /// The agent's label ([`AgentView::label`]; "" while unplaced).
     pub agent: String,
     /// `pending` … `running`, `registered`, `failed`.
     pub phase: String,
@@ -95,11 +97,19 @@ pub async fn view(registry: &Registry) -> Result<View, RegistryError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or_default();
+    // Host names need not be unique (every libvirt test driver calls itself "vm").
+    let label = |a: &napalm_proto::v1::Agent| {
+        if agents.iter().filter(|b| b.name == a.name).count() > 1 {
+            format!("{} ({})", a.name, a.id.chars().take(12).collect::<String>())
+        } else {
+            a.name.clone()
+        }
+    };
     let name_of = |id: &str| {
         agents
             .iter()
             .find(|a| a.id == id)
-            .map_or_else(|| id.to_owned(), |a| a.name.clone())
+            .map_or_else(|| id.to_owned(), label)
     };
     Ok(View {
         generated_at,
@@ -115,6 +125,7 @@ pub async fn view(registry: &Registry) -> Result<View, RegistryError> {
                 AgentView {
                     id: a.id.clone(),
                     name: a.name.clone(),
+                    label: label(a),
                     state: agent_state_name(a.state),
                     clones: a.clone_count,
                     vcpus: (alloc.vcpus, cap.vcpus),

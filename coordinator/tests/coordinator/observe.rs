@@ -21,6 +21,9 @@ use tokio_stream::StreamExt;
 const DEPLOYMENT: &str = "observe";
 const CLONES: u32 = 6;
 
+/// A series of `/metrics`: name, some of its labels, its value.
+type Expected = (&'static str, &'static [(&'static str, &'static str)], f64);
+
 /// A process (and its process group) killed when dropped.
 struct Killed {
     pid: i32,
@@ -292,7 +295,8 @@ async fn metrics_prometheus_and_web_view_show_the_clones() {
     )
     .expect("write prometheus.yml");
     let prom = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
+    let log = std::fs::File::create(artifacts_dir().join("observe-prometheus.log"))
+        .expect("Prometheus's log file");
     let mut cmd = tokio::process::Command::new("prometheus");
     cmd.arg(format!("--config.file={}", config.display()))
         .arg(format!(
@@ -334,7 +338,7 @@ async fn metrics_prometheus_and_web_view_show_the_clones() {
     .await;
     let (status, page) = get(http, "/metrics").await;
     assert_eq!(status, 200);
-    let want: &[(&str, &[(&str, &str)], f64)] = &[
+    let want: &[Expected] = &[
         (
             "napalm_coordinator_clones",
             &[("deployment", DEPLOYMENT), ("phase", "registered")],
