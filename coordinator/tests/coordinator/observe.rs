@@ -20,6 +20,8 @@ use tokio_stream::StreamExt;
 
 const DEPLOYMENT: &str = "observe";
 const CLONES: u32 = 6;
+/// The bearer token of the grid's agents.
+const TOKEN: &str = "agent-test-token";
 
 /// A series of `/metrics`: name, some of its labels, its value.
 type Expected = (&'static str, &'static [(&'static str, &'static str)], f64);
@@ -261,6 +263,8 @@ async fn chromium(url: &str, args: &[String]) -> String {
         "--disable-component-update",
         "--disable-sync",
         "--disable-dev-shm-usage",
+        "--disable-crash-reporter",
+        "--disable-breakpad",
         "--virtual-time-budget=5000",
     ])
     .arg(format!("--user-data-dir={}", profile.path().display()))
@@ -278,20 +282,34 @@ async fn chromium(url: &str, args: &[String]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_prometheus_and_web_view_show_the_clones() {
-    let grid = TestGrid::start(GridOptions::default())
-        .await
-        .expect("grid starts");
+    let grid = TestGrid::start(GridOptions {
+        agent_token: Some(TOKEN.into()),
+        ..Default::default()
+    })
+    .await
+    .expect("grid starts");
     let http = grid.coordinator.http_addr();
 
-    // Prometheus scrapes from before the deploy, so rates see it happen.
+    // Prometheus scrapes from before the deploy, so rates see it happen; the agents too
+    // (their per-domain series feed the dashboard's per-clone panels): `/metrics` under
+    // their REST prefix, with their bearer token.
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("prometheus.yml");
+    let mut jobs = format!(
+        "  - job_name: napalm-coordinator\n    static_configs:\n      - targets: ['{http}']\n"
+    );
+    for (i, a) in grid.agents.iter().enumerate() {
+        // The grid's agents serve REST under `/napalm` (`ServeConfig::loopback`).
+        jobs += &format!(
+            "  - job_name: napalm-agent-{i}\n    metrics_path: /napalm/metrics\n    \
+             authorization:\n      credentials: {TOKEN}\n    static_configs:\n      \
+             - targets: ['{}']\n",
+            a.http_addr
+        );
+    }
     std::fs::write(
         &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  \
-             - job_name: napalm-coordinator\n    static_configs:\n      - targets: ['{http}']\n"
-        ),
+        format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n{jobs}"),
     )
     .expect("write prometheus.yml");
     let prom = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -307,14 +325,15 @@ async fn metrics_prometheus_and_web_view_show_the_clones() {
         .stdout(std::process::Stdio::null())
         .stderr(log);
     let (_prometheus, _killed) = spawn("prometheus", &mut cmd);
+    let targets = 1.0 + grid.agents.len() as f64;
     wait_for(
-        "Prometheus scraped the coordinator",
+        "Prometheus scraped the coordinator and the agents",
         Duration::from_secs(60),
         || async {
             tokio::net::TcpStream::connect(prom).await.is_ok()
-                && query(prom, "up{job=\"napalm-coordinator\"} == 1")
+                && query(prom, "count(up == 1)")
                     .await
-                    .is_ok_and(|v| !v.is_empty())
+                    .is_ok_and(|v| v.first() == Some(&targets))
         },
     )
     .await;
