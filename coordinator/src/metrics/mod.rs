@@ -425,3 +425,44 @@ impl Metrics {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_short_lowercase_names() {
+        assert_eq!(phase_name(ClonePhase::Registered as i32), "registered");
+        assert_eq!(agent_state_name(AgentState::Draining as i32), "draining");
+        assert_eq!(
+            deployment_state_name(DeploymentState::Progressing as i32),
+            "progressing"
+        );
+        assert_eq!(phase_name(999), "unspecified");
+    }
+
+    #[tokio::test]
+    async fn an_empty_registry_renders_every_series_at_zero() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("registry.redb");
+        let store = crate::store::open(&path.to_string_lossy())
+            .await
+            .expect("open the store");
+        let registry = Registry::new(store, Arc::new(crate::clock::SystemClock));
+        let m = Metrics::new();
+        m.rpc("Deploy", "OK", Duration::from_millis(3));
+        let page = m.render(&registry).await.expect("render");
+        for line in [
+            "napalm_coordinator_agents{state=\"ready\"} 0",
+            "napalm_coordinator_deployments{state=\"degraded\"} 0",
+            "napalm_coordinator_run_duration_seconds_count{kind=\"converge\"} 0",
+            "napalm_coordinator_deploy_phase_duration_seconds_count{phase=\"ship\"} 0",
+            "napalm_coordinator_converge_actions_total{action=\"stop\"} 0",
+            "napalm_coordinator_grpc_requests_total{method=\"Deploy\",code=\"OK\"} 1",
+            "napalm_coordinator_clone_boot_seconds_count 0",
+        ] {
+            assert!(page.contains(line), "{line} missing:\n{page}");
+        }
+        assert!(page.ends_with("# EOF\n"), "{page}");
+    }
+}
