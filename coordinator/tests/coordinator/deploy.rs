@@ -68,6 +68,23 @@ async fn run(
     (all, summary)
 }
 
+/// The error a deploy ends with: refused at the call, or as the stream's last item.
+async fn refusal(
+    call: Result<tonic::Response<tonic::Streaming<DeployProgress>>, tonic::Status>,
+) -> tonic::Status {
+    let mut s = match call {
+        Ok(s) => s.into_inner(),
+        Err(e) => return e,
+    };
+    let mut err = None;
+    while let Some(m) = s.next().await {
+        if let Err(e) = m {
+            err = Some(e);
+        }
+    }
+    err.expect("the stream ends with an error")
+}
+
 /// The running domains an agent owns, from the agent itself.
 async fn running_on(ep: &str) -> Vec<Domain> {
     let channel = tonic::transport::Channel::from_shared(ep.to_owned())
@@ -268,23 +285,16 @@ async fn bad_deploy_input_is_refused_and_nothing_is_written() {
         vcpus: 1,
         memory_bytes: 1 << 40,
     });
-    let mut s = g
-        .coord
-        .deploy(DeployRequest {
-            request_id: "y".into(),
-            spec: Some(big.clone()),
-            dry_run: false,
-        })
-        .await
-        .expect("accepted for streaming")
-        .into_inner();
-    let mut err = None;
-    while let Some(m) = s.next().await {
-        if let Err(e) = m {
-            err = Some(e);
-        }
-    }
-    let err = err.expect("refused");
+    let err = refusal(
+        g.coord
+            .deploy(DeployRequest {
+                request_id: "y".into(),
+                spec: Some(big.clone()),
+                dry_run: false,
+            })
+            .await,
+    )
+    .await;
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
     let lines: Vec<&str> = err.message().lines().collect();
     assert!(
@@ -421,23 +431,16 @@ async fn deploy_with_every_agent_draining_is_refused_and_writes_nothing() {
     }
     // The refusal comes from the server itself, so every client (napalmctl or another)
     // gets it before anything is written.
-    let mut s = g
-        .coord
-        .deploy(DeployRequest {
-            request_id: "none".into(),
-            spec: Some(spec("gridnone", 2)),
-            dry_run: false,
-        })
-        .await
-        .expect("accepted for streaming")
-        .into_inner();
-    let mut err = None;
-    while let Some(m) = s.next().await {
-        if let Err(e) = m {
-            err = Some(e);
-        }
-    }
-    let err = err.expect("the stream ends with an error");
+    let err = refusal(
+        g.coord
+            .deploy(DeployRequest {
+                request_id: "none".into(),
+                spec: Some(spec("gridnone", 2)),
+                dry_run: false,
+            })
+            .await,
+    )
+    .await;
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
     assert!(err.message().contains("no ready agent"), "{err}");
     let deps = g
@@ -641,26 +644,16 @@ async fn over_capacity_is_refused_whole_or_waits_pending_for_a_new_agent() {
         vcpus: 1,
         memory_bytes: 64 << 20,
     });
-    let err = match coord
-        .deploy(DeployRequest {
-            request_id: "admit-refused".into(),
-            spec: Some(big),
-            dry_run: false,
-        })
-        .await
-    {
-        Ok(s) => {
-            let mut s = s.into_inner();
-            let mut err = None;
-            while let Some(m) = s.next().await {
-                if let Err(e) = m {
-                    err = Some(e);
-                }
-            }
-            err.expect("the stream ends with the refusal")
-        }
-        Err(e) => e,
-    };
+    let err = refusal(
+        coord
+            .deploy(DeployRequest {
+                request_id: "admit-refused".into(),
+                spec: Some(big),
+                dry_run: false,
+            })
+            .await,
+    )
+    .await;
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
     let msg = err.message();
     assert!(
