@@ -81,7 +81,8 @@ pub fn deployments(output: Output, deployments: &[napalm_proto::v1::Deployment])
     render(output, &["name", "count", "layers", "state"], &rows)
 }
 
-/// `napalmctl clones`: agent, addresses, phase, boot time and error of each clone.
+/// `napalmctl clones`: agent, addresses, phase, boot time, error and the control plane's
+/// last action (with its reason) of each clone.
 pub fn clones(output: Output, clones: &[napalm_proto::v1::Clone]) -> String {
     let rows: Vec<Value> = clones
         .iter()
@@ -105,6 +106,8 @@ pub fn clones(output: Output, clones: &[napalm_proto::v1::Clone]) -> String {
                 "to_init_s": k.boot.as_ref().and_then(|b| b.to_init).map(seconds),
                 // Why the clone failed (or its last retried error).
                 "error": (!k.last_error.is_empty()).then_some(&k.last_error),
+                // The control plane's last change to it and why.
+                "last_action": (!k.last_action.is_empty()).then_some(&k.last_action),
             })
         })
         .collect();
@@ -118,6 +121,7 @@ pub fn clones(output: Output, clones: &[napalm_proto::v1::Clone]) -> String {
             "phase",
             "boot_s",
             "error",
+            "last_action",
         ],
         &rows,
     )

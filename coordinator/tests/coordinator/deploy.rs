@@ -607,6 +607,12 @@ async fn a_lost_agents_clones_move_to_another_agent_with_no_client() {
                 "4 clones on the survivor {:?} after the loss",
                 stopped.elapsed()
             );
+            // The moved clones' records say why they moved.
+            let moved_why = clones
+                .iter()
+                .filter(|c| c.last_action.contains("its agent is lost"))
+                .count();
+            assert_eq!(moved_why, 2, "{clones:?}");
             break;
         }
         assert!(
@@ -825,6 +831,14 @@ async fn draining_an_agent_moves_its_clones_off() {
         clones
             .iter()
             .all(|c| c.agent_id != agent.id && c.phase == ClonePhase::Running as i32),
+        "{clones:?}"
+    );
+    assert_eq!(
+        clones
+            .iter()
+            .filter(|c| c.last_action.contains("its agent is draining"))
+            .count(),
+        2,
         "{clones:?}"
     );
     for a in g.agents {

@@ -336,6 +336,7 @@ pub fn clone() -> Clone {
         last_error: s("retried after node2 failed"),
         failed_agents: vec![s("node2")],
         revision: 9,
+        last_action: s("placed on node1: declared by the spec"),
     }
 }
 pub fn placement_failure() -> PlacementFailure {

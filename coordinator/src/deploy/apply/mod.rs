@@ -212,6 +212,14 @@ impl Run {
         // Place what reconcile says needs an agent; agents already carry the others'
         // allocations, so the clones being re-placed are not counted twice.
         let needs = plan.to_place();
+        let why: HashMap<String, reconcile::Reason> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Place { clone, reason } => Some((clone.clone(), *reason)),
+                _ => None,
+            })
+            .collect();
         let held = plan.held;
         let placing = Instant::now();
         let placement = place(&self.inner.cfg.policy, &self.spec, &needs, &agents, &held);
@@ -235,9 +243,11 @@ impl Run {
                     c.phase = ClonePhase::Pending as i32;
                     c.agent_id.clear();
                     c.last_error = format!("pending, waits for capacity: {reason}");
+                    c.last_action = "pending: waits for capacity".into();
                 } else {
                     c.phase = ClonePhase::Failed as i32;
                     c.last_error = format!("cannot be placed: {reason}");
+                    c.last_action = "failed: cannot be placed".into();
                 }
             })
             .await?;
@@ -248,6 +258,10 @@ impl Run {
             .update_many::<Clone, _>(&keys, Durability::Immediate, |j, cur| {
                 let agent = &agents[placement.placed[j].1];
                 Ok(cur.map(|mut c| {
+                    c.last_action = match why.get(&c.name) {
+                        Some(reason) => format!("placed on {}: {reason}", agent.name),
+                        None => format!("placed on {}", agent.name),
+                    };
                     c.agent_id = agent.id.clone();
                     c.phase = ClonePhase::Scheduled as i32;
                     c.last_error.clear();
