@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use napalm_proto::v1::coordinator_service_client::CoordinatorServiceClient;
-use napalm_proto::v1::AgentState;
+use napalm_proto::v1::{AgentState, DeploymentSpec, Resources};
 
 use crate::deploy::artifacts::ArtifactConfig;
 use crate::deploy::DeployConfig;
@@ -137,6 +137,19 @@ pub fn agent_config(state: &Path, token: Option<String>) -> napalm_agent::server
     c.rest.token = token;
     c.ganglia_listen = None;
     c
+}
+
+/// A deployment of `count` small clones (1 vCPU, 128 MiB) named `name`, for tests.
+pub fn spec(name: &str, count: u32) -> DeploymentSpec {
+    DeploymentSpec {
+        name: name.into(),
+        count,
+        resources: Some(Resources {
+            vcpus: 1,
+            memory_bytes: 128 << 20,
+        }),
+        ..Default::default()
+    }
 }
 
 /// A libvirt test driver of its own for an agent keeping its state in `state`: a node

@@ -7,13 +7,12 @@
 //! clones until they register: registration arrives by itself, and the pass after it
 //! records the deployment's state.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use napalm_proto::v1::ClonePhase;
 
 use super::place;
-use super::reconcile::{self, Action, Reason};
+use super::reconcile::{Action, Reason};
 use super::Deployer;
 use crate::registry::RegistryError;
 
@@ -74,15 +73,7 @@ impl Deployer {
             let Some(guard) = self.try_hold(&spec.name) else {
                 continue;
             };
-            let records = reg.list_clones(&spec.name).await?;
-            let plan = reconcile::reconcile(&spec, &records, &agents, &lost);
-            let assigned: HashMap<String, String> = records
-                .iter()
-                .filter(|c| !c.agent_id.is_empty())
-                .map(|c| (c.name.clone(), c.agent_id.clone()))
-                .collect();
-            let running = self.inner.agents.running(&agents, &spec.name).await;
-            let strays = reconcile::strays(&assigned, &running);
+            let (records, plan, strays) = self.observe(&spec, &agents, &lost).await?;
             let placeable = || {
                 let to_place: Vec<String> = plan
                     .actions

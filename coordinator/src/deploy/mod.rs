@@ -2,7 +2,7 @@
 //!
 //! 1. [`reconcile`]: compare the deployment's declared clones with the registry's records
 //!    and the agents' domains → a list of [`reconcile::Action`]s with a reason each
-//!    (pure; [`Deployer::reconcile`] runs it with no client attached);
+//!    (pure; [`converge`] runs it for every deployment with no client attached);
 //! 2. [`place`]: the clones to place go to agents through the pure scheduler;
 //! 3. [`apply`]: record, build layers ([`artifacts`]), export ([`nfs`]), ship and create
 //!    ([`ship`], [`xml`]), follow until each clone registers.
@@ -221,33 +221,32 @@ impl Deployer {
         nfs::sync_exports(&i.cfg, &i.registry, &i.artifacts).await
     }
 
-    /// The reconcile step for a stored deployment, with nobody connected: what its spec,
-    /// its clone records and the agents' domains say must change (nothing is written).
-    /// `Ok(None)` when no such deployment is stored.
-    pub async fn reconcile(
+    /// What reconcile sees for `spec` now: its clone records, the plan against `agents`
+    /// (of which `lost` are taken for dead), and the domains of the deployment that agents
+    /// run where the registry does not place them. Nothing is written.
+    async fn observe(
         &self,
-        name: &str,
-    ) -> Result<Option<Vec<reconcile::Action>>, RegistryError> {
-        let reg = &self.inner.registry;
-        let Some((d, _)) = reg
-            .get::<Deployment>(&format!("{DEPLOYMENTS}{name}"))
-            .await?
-        else {
-            return Ok(None);
-        };
-        let spec = d.spec.unwrap_or_default();
-        let records = reg.list_clones(name).await?;
-        let agents = reg.list_agents(&[]).await?;
-        let lost = self.lost(&agents);
-        let mut actions = reconcile::reconcile(&spec, &records, &agents, &lost).actions;
+        spec: &DeploymentSpec,
+        agents: &[napalm_proto::v1::Agent],
+        lost: &std::collections::HashSet<String>,
+    ) -> Result<
+        (
+            Vec<napalm_proto::v1::Clone>,
+            reconcile::Plan,
+            Vec<reconcile::Action>,
+        ),
+        RegistryError,
+    > {
+        let records = self.inner.registry.list_clones(&spec.name).await?;
+        let plan = reconcile::reconcile(spec, &records, agents, lost);
         let assigned: HashMap<String, String> = records
             .iter()
             .filter(|c| !c.agent_id.is_empty())
             .map(|c| (c.name.clone(), c.agent_id.clone()))
             .collect();
-        let running = self.inner.agents.running(&agents, name).await;
-        actions.extend(reconcile::strays(&assigned, &running));
-        Ok(Some(actions))
+        let running = self.inner.agents.running(agents, &spec.name).await;
+        let strays = reconcile::strays(&assigned, &running);
+        Ok((records, plan, strays))
     }
 
     /// Checks and completes a spec with defaults; bad input is refused before anything is

@@ -2,7 +2,7 @@
 //! compare what a deployment declares with what the registry records and what the agents
 //! run, and say what must change and why. Pure functions over values: no I/O, no clock,
 //! so the same step serves a client's `Deploy` and a loop that runs with nobody connected
-//! ([`super::Deployer::reconcile`]).
+//! ([`super::converge`]).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

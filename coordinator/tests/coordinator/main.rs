@@ -1,6 +1,7 @@
 //! The coordinator's one integration test binary.
 
 mod common;
+mod converge;
 mod crash;
 mod deploy;
 mod etcd_harness;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use napalm_coordinator::registry::{Registry, CLONES, DEPLOYMENTS};
 use napalm_coordinator::server::ApiAuth;
-use napalm_coordinator::testing::{GridOptions, TestGrid};
+use napalm_coordinator::testing::{spec, GridOptions, TestGrid};
 use napalm_proto::v1::coordinator_service_client::CoordinatorServiceClient;
 use napalm_proto::v1::*;
 use serde_json::Value;
@@ -742,18 +742,6 @@ async fn watch_follows_a_deploy_registration_and_undeploy() {
         .expect("undeploy accepted")
         .into_inner();
     drain_ok(&mut s).await;
-}
-
-fn spec(name: &str, count: u32) -> DeploymentSpec {
-    DeploymentSpec {
-        name: name.into(),
-        count,
-        resources: Some(Resources {
-            vcpus: 1,
-            memory_bytes: 128 << 20,
-        }),
-        ..Default::default()
-    }
 }
 
 async fn drain(mut s: tonic::Streaming<DeployProgress>) {

@@ -54,20 +54,13 @@ impl Run {
         }
     }
 
+    /// Changes clone `name`'s record with `f`, durably.
     async fn set(
         &self,
         name: &str,
         f: impl Fn(&mut Clone),
     ) -> Result<Option<Clone>, RegistryError> {
-        self.inner
-            .registry
-            .update::<Clone, _>(&clone_key(name), |cur| {
-                Ok(cur.map(|mut c| {
-                    f(&mut c);
-                    c
-                }))
-            })
-            .await
+        self.set_with(name, Durability::Immediate, f).await
     }
 
     /// [`Self::set`] for a phase on the way to running: a crash may lose it (the re-run
@@ -77,9 +70,18 @@ impl Run {
         name: &str,
         f: impl Fn(&mut Clone),
     ) -> Result<Option<Clone>, RegistryError> {
+        self.set_with(name, Durability::Eventual, f).await
+    }
+
+    async fn set_with(
+        &self,
+        name: &str,
+        durability: Durability,
+        f: impl Fn(&mut Clone),
+    ) -> Result<Option<Clone>, RegistryError> {
         self.inner
             .registry
-            .update_with::<Clone, _>(&clone_key(name), Durability::Eventual, |cur| {
+            .update_with::<Clone, _>(&clone_key(name), durability, |cur| {
                 Ok(cur.map(|mut c| {
                     f(&mut c);
                     c

@@ -1,0 +1,316 @@
+//! The control loop with no client connected (deploy/converge.rs): a lost agent's clones
+//! move, a deploy that does not fit is refused whole or waits pending for capacity, and a
+//! draining agent is emptied. Each test runs the loop every 200 ms.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use napalm_coordinator::server::ServeConfig;
+use napalm_coordinator::testing::{spec, GridOptions, TestGrid};
+use napalm_proto::v1::coordinator_service_client::CoordinatorServiceClient;
+use napalm_proto::v1::*;
+
+use crate::deploy::{refusal, run, running_on, total, TOKEN};
+
+type Client = CoordinatorServiceClient<tonic::transport::Channel>;
+
+/// Two agents and a coordinator whose loop runs every 200 ms; `tune` changes the rest.
+async fn grid_with_a_fast_loop(tune: impl FnOnce(&mut ServeConfig)) -> (TestGrid, Client) {
+    let g = TestGrid::start_with(
+        GridOptions {
+            agent_token: Some(TOKEN.into()),
+            ..Default::default()
+        },
+        |cfg| {
+            cfg.converge_every = Some(Duration::from_millis(200));
+            tune(cfg);
+        },
+    )
+    .await
+    .expect("grid starts");
+    let coord = g.client().await.expect("connect");
+    (g, coord)
+}
+
+/// The registered agent serving gRPC at `endpoint`.
+async fn agent_at(coord: &mut Client, endpoint: &str) -> Agent {
+    coord
+        .list_agents(ListAgentsRequest::default())
+        .await
+        .expect("agents")
+        .into_inner()
+        .agents
+        .into_iter()
+        .find(|a| a.grpc_endpoint == endpoint)
+        .expect("the agent is registered")
+}
+
+/// The control loop, with no client: an agent stops for good; once it is down past the
+/// grace period, its clones boot on the other agent and the registry says so.
+#[tokio::test]
+async fn a_lost_agents_clones_move_to_another_agent_with_no_client() {
+    let (g, mut coord) = grid_with_a_fast_loop(|cfg| {
+        cfg.heartbeat.min_ttl = Duration::from_secs(1);
+        if let Some(d) = cfg.deploy.as_mut() {
+            d.lost_grace = Duration::from_secs(1);
+        }
+    })
+    .await;
+    let (_, summary) = run(coord
+        .deploy(DeployRequest {
+            request_id: "lost".into(),
+            spec: Some(spec("lost1", 4)),
+            dry_run: false,
+        })
+        .await)
+    .await;
+    assert_eq!(summary.succeeded, 4, "{summary:?}");
+    let mut agents = g.agents;
+    let survivor = g.endpoints[0].clone();
+    assert_eq!(
+        running_on(&survivor).await.len(),
+        2,
+        "spread before the loss"
+    );
+    let survivor_id = agent_at(&mut coord, &survivor).await.id;
+    let lost = agents.remove(1);
+    let stopped = std::time::Instant::now();
+    lost.stop().await;
+
+    let deadline = stopped + Duration::from_secs(30);
+    loop {
+        let clones = coord
+            .list_clones(ListClonesRequest {
+                deployment: "lost1".into(),
+            })
+            .await
+            .expect("clones")
+            .into_inner()
+            .clones;
+        let mut on_survivor: Vec<String> = running_on(&survivor)
+            .await
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        on_survivor.sort();
+        let moved = clones.len() == 4
+            && clones
+                .iter()
+                .all(|c| c.agent_id == survivor_id && c.phase == ClonePhase::Running as i32);
+        if moved && on_survivor == ["lost1-01", "lost1-02", "lost1-03", "lost1-04"] {
+            eprintln!(
+                "4 clones on the survivor {:?} after the loss",
+                stopped.elapsed()
+            );
+            // The moved clones' records say why they moved.
+            let moved_why = clones
+                .iter()
+                .filter(|c| c.last_action.contains("its agent is lost"))
+                .count();
+            assert_eq!(moved_why, 2, "{clones:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not moved 30 s after the loss: on the survivor {on_survivor:?}, clones {:?}",
+            clones
+                .iter()
+                .map(|c| (&c.name, &c.agent_id, c.phase, &c.last_error))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for a in agents {
+        a.stop().await;
+    }
+}
+
+/// Admission: a deploy that does not fit is refused whole, with the shortfall, before
+/// anything is written; with `allow_pending` the clones that do not fit wait, and are
+/// placed by the control loop when a third agent registers.
+#[tokio::test]
+async fn over_capacity_is_refused_whole_or_waits_pending_for_a_new_agent() {
+    let (g, mut coord) = grid_with_a_fast_loop(|_| {}).await;
+    let mut big = spec("admit1", 5000);
+    big.resources = Some(Resources {
+        vcpus: 1,
+        memory_bytes: 64 << 20,
+    });
+    let err = refusal(
+        coord
+            .deploy(DeployRequest {
+                request_id: "admit-refused".into(),
+                spec: Some(big),
+                dry_run: false,
+            })
+            .await,
+    )
+    .await;
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    let msg = err.message();
+    assert!(
+        msg.contains("5000 clone(s) of \"admit1\" to place, 64 fit, 4936 do not")
+            && msg.contains("nothing was written")
+            && msg.contains("--allow-pending"),
+        "{msg}"
+    );
+    let deps = coord
+        .list_deployments(ListDeploymentsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(deps.deployments.is_empty(), "{deps:?}");
+    assert!(total(&domains_of(&g.endpoints).await).is_empty());
+
+    // Allowed to wait: 64 fit (2 agents x 8 CPUs x 4 vCPUs each), 6 wait.
+    let mut wait = spec("admit2", 70);
+    wait.allow_pending = true;
+    let (_, summary) = run(coord
+        .deploy(DeployRequest {
+            request_id: "admit-pending".into(),
+            spec: Some(wait),
+            dry_run: false,
+        })
+        .await)
+    .await;
+    assert_eq!((summary.succeeded, summary.failed), (64, 0), "{summary:?}");
+    let phases = |clones: &[Clone]| {
+        let mut by: HashMap<i32, usize> = HashMap::new();
+        for c in clones {
+            *by.entry(c.phase).or_default() += 1;
+        }
+        by
+    };
+    let clones = coord
+        .list_clones(ListClonesRequest {
+            deployment: "admit2".into(),
+        })
+        .await
+        .expect("clones")
+        .into_inner()
+        .clones;
+    assert_eq!(
+        phases(&clones).get(&(ClonePhase::Pending as i32)),
+        Some(&6),
+        "{:?}",
+        phases(&clones)
+    );
+
+    // A third agent registers itself: the loop places the pending clones on it.
+    let state = g.dir.path().join("agent-late");
+    let mut cfg = napalm_coordinator::testing::agent_config(&state, Some(TOKEN.into()));
+    cfg.rest.libvirt_uri = napalm_coordinator::testing::own_driver(&state).expect("driver");
+    cfg.coordinator = Some(g.coordinator.endpoint());
+    let late = napalm_agent::server::start(cfg).await.expect("late agent");
+    let late_ep = format!("http://{}", late.grpc_addr.expect("grpc"));
+    let joined = std::time::Instant::now();
+    let deadline = joined + Duration::from_secs(30);
+    loop {
+        let clones = coord
+            .list_clones(ListClonesRequest {
+                deployment: "admit2".into(),
+            })
+            .await
+            .expect("clones")
+            .into_inner()
+            .clones;
+        let by = phases(&clones);
+        if by.get(&(ClonePhase::Running as i32)) == Some(&70) {
+            eprintln!(
+                "pending clones placed {:?} after the agent joined",
+                joined.elapsed()
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pending clones not placed 30 s after a new agent joined: {by:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(running_on(&late_ep).await.len(), 6);
+    late.stop().await;
+    for a in g.agents {
+        a.stop().await;
+    }
+}
+
+/// Domains per agent endpoint, by name.
+async fn domains_of(endpoints: &[String]) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for ep in endpoints {
+        out.push(running_on(ep).await.into_iter().map(|d| d.name).collect());
+    }
+    out
+}
+
+/// Draining an agent moves its clones off with no other command: each stops there, then
+/// boots on the other agent; nothing new goes to the drained agent.
+#[tokio::test]
+async fn draining_an_agent_moves_its_clones_off() {
+    let (g, mut coord) = grid_with_a_fast_loop(|_| {}).await;
+    let (_, summary) = run(coord
+        .deploy(DeployRequest {
+            request_id: "drain".into(),
+            spec: Some(spec("drain1", 4)),
+            dry_run: false,
+        })
+        .await)
+    .await;
+    assert_eq!(summary.succeeded, 4, "{summary:?}");
+    let (keep, drained) = (g.endpoints[0].clone(), g.endpoints[1].clone());
+    assert_eq!(
+        running_on(&drained).await.len(),
+        2,
+        "spread before the drain"
+    );
+    let agent = agent_at(&mut coord, &drained).await;
+    coord
+        .set_agent_state(SetAgentStateRequest {
+            request_id: "drain-1".into(),
+            // By id: every agent of this process has the same host name.
+            id: agent.id.clone(),
+            state: AgentState::Draining as i32,
+        })
+        .await
+        .expect("drain");
+    let t = std::time::Instant::now();
+    loop {
+        let on_keep = running_on(&keep).await.len();
+        let on_drained = running_on(&drained).await.len();
+        if on_keep == 4 && on_drained == 0 {
+            eprintln!("drained in {:?}", t.elapsed());
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "not drained after 30 s: {on_keep} on the other agent, {on_drained} left"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let clones = coord
+        .list_clones(ListClonesRequest {
+            deployment: "drain1".into(),
+        })
+        .await
+        .expect("clones")
+        .into_inner()
+        .clones;
+    assert!(
+        clones
+            .iter()
+            .all(|c| c.agent_id != agent.id && c.phase == ClonePhase::Running as i32),
+        "{clones:?}"
+    );
+    assert_eq!(
+        clones
+            .iter()
+            .filter(|c| c.last_action.contains("its agent is draining"))
+            .count(),
+        2,
+        "{clones:?}"
+    );
+    for a in g.agents {
+        a.stop().await;
+    }
+}
