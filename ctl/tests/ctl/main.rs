@@ -2,4 +2,6 @@
 
 mod cli;
 mod ctl;
+mod domain;
 mod support;
+mod watch;
