@@ -10,3 +10,12 @@ mod packaging;
 /// Held by tests that install Debian packages or compare the machine's installed packages,
 /// so that one never sees the other's changes half-way.
 static DPKG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The repository's root (the workspace), whose `packaging/`, `charts/` and `proto/` the
+/// tests use.
+fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("integration/ has a parent")
+        .to_path_buf()
+}

@@ -11,7 +11,7 @@ use napalm_integration::proc::{wait_for, Daemon};
 use super::*;
 
 #[test]
-pub(crate) fn gmetad_polls_the_agent_ganglia_xml() {
+fn gmetad_polls_the_agent_ganglia_xml() {
     let mut g = start(false);
     create_with_curl(&g, "c-gmond");
 

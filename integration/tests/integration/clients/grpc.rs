@@ -108,7 +108,7 @@ pub(crate) fn run_client(g: &mut Grid, stubs: &Path, script: &Path, domain: &str
 }
 
 #[test]
-pub(crate) fn python_grpcio_stubs_from_proto_talk_to_agent_and_coordinator() {
+fn python_grpcio_stubs_from_proto_talk_to_agent_and_coordinator() {
     let mut g = start(true);
     let stubs = g.dir.join("stubs");
     generate_stubs(&stubs);

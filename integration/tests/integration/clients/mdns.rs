@@ -100,7 +100,7 @@ impl Avahi {
 }
 
 #[test]
-pub(crate) fn avahi_browse_sees_the_agent_and_the_coordinator() {
+fn avahi_browse_sees_the_agent_and_the_coordinator() {
     let mut g = start(true);
     let id = agent_id(&g);
     let avahi_dir = g.dir.join("avahi");

@@ -40,12 +40,7 @@ use serde_json::Value;
 /// venv `python3` earlier on PATH would not see them).
 pub(crate) const PYTHON: &str = "/usr/bin/python3";
 
-pub(crate) fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("integration/ has a parent")
-        .to_path_buf()
-}
+pub(crate) use crate::repo_root;
 
 /// Runs `program args` inside `host`'s namespace under `timeout` (killed after `secs`).
 pub(crate) fn exec(host: &Host, secs: u32, program: &str, args: &[&str]) -> Output {

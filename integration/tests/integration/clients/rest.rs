@@ -5,7 +5,7 @@ use serde_json::Value;
 use super::*;
 
 #[test]
-pub(crate) fn curl_drives_the_agent_rest_api() {
+fn curl_drives_the_agent_rest_api() {
     let mut g = start(false);
     let about = g.rest("/about");
 
