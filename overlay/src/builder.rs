@@ -15,7 +15,9 @@
 //! A clone is rebuilt when the hash of its inputs differs from `inputs.sha256`: engine
 //! version, the content of its stacked sets (files, modes, owners, hooks), its resolved
 //! values, the identity fingerprint and, when its sets render cluster templates or list
-//! `clones`, the cluster facts (names, indexes, groups, addresses, slots, server).
+//! `clones`, the cluster facts (names, indexes, groups, addresses, slots, server) — except
+//! for cluster templates of a clone with a `register_url` ([`LIVE_CLUSTER_FILES_KEY`]),
+//! whose cluster files the coordinator keeps current while it runs.
 //! A new layer is written to `.NAME.tmp-*`, then swapped in with two renames (see `emit`);
 //! between them the clone's directory is briefly absent, and a crash there leaves the
 //! previous layer as `.NAME.old-*` (an `inputs.sha256`-less clone is rebuilt next time).
@@ -30,6 +32,11 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::cluster::{CloneSpec, Cluster};
+
+/// The value whose presence makes a clone's cluster templates a boot-time seed only (its
+/// cluster files then come live from the coordinator it registers with): their output
+/// does not enter the clone's input hash.
+pub const LIVE_CLUSTER_FILES_KEY: &str = "register_url";
 use crate::cluster_files::ClusterFiles;
 use crate::error::{BuildError, TemplateError};
 use crate::identity::Identity;
@@ -378,8 +385,14 @@ impl<'a> LayerBuilder<'a> {
         h.update(env!("CARGO_PKG_VERSION").as_bytes());
         h.update(plan.hash);
         h.update(prep.identity.fingerprint());
+        // A clone that reports to a coordinator (`register_url`) gets its cluster files
+        // live from it (the base set's watcher, see `crate::live`): what its cluster
+        // templates rendered is only the boot-time seed, so the other clones coming and
+        // going does not make its layer stale — a scale must not replace running clones.
+        let live = clone.values.contains_key(LIVE_CLUSTER_FILES_KEY);
         let cluster_wide = plan.uses_clones
             || (!self.shared_cluster
+                && !live
                 && plan
                     .entries
                     .values()

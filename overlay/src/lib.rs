@@ -19,6 +19,8 @@
 //! - [`layer`]: the in-memory layer tree; [`cpio`], [`tarball`], [`dir_output`]: its forms;
 //!   [`builder`]: [`LayerBuilder`] (hash, incremental, parallel, atomic);
 //!   [`cluster_files`]: hosts / MPI / known_hosts / json / yaml / table, rendered once;
+//!   [`live`]: the same files for a live deployment's registry records (coordinator
+//!   endpoint and `napalmctl clones --deployment`);
 //!   [`inspect`]: `clone render` and `clone diff`.
 //!
 //! ## What `napalmctl` calls (the CLI stays a thin wrapper; see `examples/clonectl.rs`)
@@ -64,6 +66,7 @@ pub mod identity;
 pub mod inspect;
 pub mod layer;
 pub mod limits;
+pub mod live;
 pub mod manifest;
 pub mod provenance;
 pub mod range;

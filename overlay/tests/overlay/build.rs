@@ -273,3 +273,37 @@ fn manifest_is_only_a_cache_of_the_stamps() {
         "rewritten after a stamp check"
     );
 }
+
+#[test]
+fn clones_with_live_cluster_files_are_not_rebuilt_when_the_cluster_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_set(
+        tmp.path(),
+        "s",
+        &[
+            ("root/etc/hosts.ctmpl", "{{cluster_files.hosts}}"),
+            ("root/etc/hostname.tmpl", "{{name}}\n"),
+        ],
+    );
+    let lib = library(&[tmp.path()]);
+    let build = |conf: &str, out: &str| {
+        LayerBuilder::new(&cluster(conf), &lib, tmp.path().join(out))
+            .identity(identity())
+            .build_all()
+            .unwrap()
+    };
+    // Without a coordinator the cluster files live in the layer: a new clone rebuilds all.
+    assert_eq!(build(CONF, "offline").built.len(), 6);
+    assert_eq!(build(&format!("{CONF}  c7:\n"), "offline").built.len(), 7);
+    // A clone that registers with a coordinator gets them live: its layer keeps the
+    // boot-time seed, so only the new clone is built (and running clones are not replaced).
+    let live = format!("register_url: http://10.0.0.1:7780/v1/clones/register\n{CONF}");
+    assert_eq!(build(&live, "live").built.len(), 6);
+    let r = build(&format!("{live}  c7:\n"), "live");
+    assert_eq!(r.built, ["c7"]);
+    let seed = std::fs::read_to_string(tmp.path().join("live/c7/root/etc/hosts")).unwrap();
+    assert!(
+        seed.contains("10.0.1.1\tc1") && seed.contains("c7"),
+        "{seed}"
+    );
+}

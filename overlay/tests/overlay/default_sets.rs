@@ -40,7 +40,12 @@ fn register_clone_script_posts_the_clone_as_json() {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let out = crate::common::run(Command::new("sh").arg(&script).env("PATH", path));
+    let out = crate::common::run(
+        Command::new("sh")
+            .arg(&script)
+            .env("PATH", path)
+            .env("NAPALM_NO_WATCHER", "1"),
+    );
     let mut lines = out.lines();
     let body: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
     assert_eq!(body["name"], "node7");
@@ -57,4 +62,156 @@ fn register_clone_script_posts_the_clone_as_json() {
         _ => panic!(),
     };
     assert!(net.contains("Address=10.0.1.7/24"), "{net}");
+}
+
+/// A stand-in curl serving `$SERVE/FILE` for `…/cluster/FILE`: 304 when `If-None-Match`
+/// equals `$SERVE/FILE.etag`; every request logged to `$SERVE/requests`.
+const FAKE_CURL: &str = r#"#!/bin/sh
+out=""; inm=""; auth=""; url=""
+while [ $# -gt 0 ]; do
+	case "$1" in
+	-o) out="$2"; shift ;;
+	-w|-m) shift ;;
+	-H) case "$2" in
+		"If-None-Match: "*) inm="${2#If-None-Match: }" ;;
+		"Authorization: "*) auth="${2#Authorization: }" ;;
+		esac; shift ;;
+	http*) url="$1" ;;
+	esac
+	shift
+done
+f="$SERVE/${url##*/}"
+if [ ! -f "$f" ]; then code=404
+elif [ "$inm" = "$(cat "$f.etag")" ]; then code=304
+else cp "$f" "$out"; code=200; fi
+echo "$url [$auth] $code" >>"$SERVE/requests"
+printf %s "$code"
+"#;
+
+#[test]
+fn cluster_files_watcher_replaces_changed_files_and_keeps_local_lines() {
+    let c = cluster(
+        "server: 10.0.0.1\nlayers: [base, mpi]\nregister_url: 'http://10.0.0.1:7070/v1/clones/register?token=t0k'\nhosts: { node7: { address: 10.0.1.7 }, node8: { address: 10.0.1.8 } }\n",
+    );
+    let lib = library(&[&napalm_overlay::default_sets_dir()]);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    LayerBuilder::new(&c, &lib, &out)
+        .identity(identity())
+        .build_all()
+        .unwrap()
+        .into_result()
+        .unwrap();
+    let root = out.join("node7/root");
+    let watcher = root.join("usr/local/sbin/napalm-cluster-files");
+    let mode = std::fs::metadata(&watcher).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755);
+    let seed = std::fs::read_to_string(root.join("etc/hosts")).unwrap();
+    assert!(seed.contains("10.0.1.8\tnode8"), "{seed}");
+    // An admin's line above the mark survives every update.
+    std::fs::write(
+        root.join("etc/hosts"),
+        seed.replacen("# napalm:", "192.0.2.9\tprinter\n# napalm:", 1),
+    )
+    .unwrap();
+    let serve = tmp.path().join("serve");
+    std::fs::create_dir(&serve).unwrap();
+    let publish = |file: &str, body: &str| {
+        std::fs::write(serve.join(file), body).unwrap();
+        std::fs::write(
+            serve.join(format!("{file}.etag")),
+            napalm_overlay::live::etag(body),
+        )
+        .unwrap();
+    };
+    let head = "# clones of deployment d (napalm registry)\n";
+    publish(
+        "hosts",
+        &format!("{head}10.0.1.7\tnode7\n10.0.1.9\tnode9\n"),
+    );
+    publish("mpi", &format!("{head}node7\nnode9\n"));
+    publish(
+        "known-hosts",
+        &format!("{head}node7,10.0.1.7 ssh-ed25519 AAAA7\nnode9,10.0.1.9 ssh-ed25519 AAAA9\n"),
+    );
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(bin.join("curl"), FAKE_CURL).unwrap();
+    std::fs::set_permissions(bin.join("curl"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let pass = || {
+        crate::common::run(
+            Command::new("sh")
+                .arg(&watcher)
+                .env("PATH", &path)
+                .env("SERVE", &serve)
+                .env("NAPALM_ROOT", &root)
+                .env("NAPALM_CLUSTER_FILES_ONCE", "1"),
+        )
+    };
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    pass();
+    let hosts = read("etc/hosts");
+    assert!(hosts.starts_with("127.0.0.1\tlocalhost\n"), "{hosts}");
+    assert!(hosts.contains("10.0.0.1\tnapalm-server\n"), "{hosts}");
+    assert!(hosts.contains("192.0.2.9\tprinter\n"), "{hosts}");
+    assert!(hosts.contains("10.0.1.9\tnode9\n"), "{hosts}");
+    assert!(
+        !hosts.contains("node8"),
+        "node8 left the deployment: {hosts}"
+    );
+    assert_eq!(
+        hosts.matches("# napalm: the lines below").count(),
+        1,
+        "{hosts}"
+    );
+    assert_eq!(
+        read("etc/openmpi/openmpi-default-hostfile"),
+        format!("{head}node7\nnode9\n")
+    );
+    assert!(read("etc/ssh/ssh_known_hosts").contains("node9,10.0.1.9 ssh-ed25519 AAAA9"));
+    let requests = std::fs::read_to_string(serve.join("requests")).unwrap();
+    assert!(
+        requests
+            .lines()
+            .all(|l| l.contains("[Bearer t0k] 200") && !l.contains("t0k ")),
+        "the token travels in a header: {requests}"
+    );
+    assert!(
+        requests.contains("http://10.0.0.1:7070/v1/clones/node7/cluster/hosts "),
+        "{requests}"
+    );
+    // Nothing changed: every file answers 304 and nothing is rewritten.
+    let stamp = std::fs::metadata(root.join("etc/hosts"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    std::fs::remove_file(serve.join("requests")).unwrap();
+    pass();
+    let requests = std::fs::read_to_string(serve.join("requests")).unwrap();
+    assert_eq!(requests.matches(" 304").count(), 3, "{requests}");
+    assert_eq!(
+        std::fs::metadata(root.join("etc/hosts"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        stamp
+    );
+    // The deployment shrinks: the files follow, the local lines stay.
+    publish("hosts", &format!("{head}10.0.1.7\tnode7\n"));
+    pass();
+    let hosts = read("etc/hosts");
+    assert!(
+        !hosts.contains("node9") && hosts.contains("192.0.2.9\tprinter\n"),
+        "{hosts}"
+    );
+    assert!(hosts.contains("10.0.1.7\tnode7\n"), "{hosts}");
+    // A body without the coordinator's header (cut short, an error page) is ignored.
+    publish("hosts", "<html>proxy error</html>\n");
+    pass();
+    assert_eq!(read("etc/hosts"), hosts);
 }
