@@ -1,0 +1,329 @@
+//! The cluster certificate authority: one self-signed CA whose key signs every agent's and
+//! coordinator's short-lived certificate. The coordinator generates it at first start (or
+//! loads the operator's PEM files) and keeps it; [`ClusterCa::fingerprint`] is what join
+//! tokens pin. Leaf certificates are built from the CA's own parameters, never from what a
+//! CSR asks for: the CSR only contributes its (signature-checked) public key.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls_pki_types::CertificateDer;
+use x509_parser::prelude::FromDer;
+
+use crate::error::{Result, TrustError};
+use crate::id;
+
+/// Default lifetime of an agent certificate.
+pub const DEFAULT_LEAF_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Lifetime of a generated CA.
+pub const CA_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
+/// Leaf certificates start this long before `now`, so a peer whose clock is slightly
+/// behind still accepts them.
+pub const CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A signed certificate as handed to its subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// Not-before, Unix seconds.
+    pub not_before: i64,
+    /// Not-after, Unix seconds.
+    pub not_after: i64,
+}
+
+/// The CA: its certificate and the key that signs with it.
+pub struct ClusterCa {
+    cert_pem: String,
+    cert_der: CertificateDer<'static>,
+    key: KeyPair,
+    /// rcgen's view of the CA for signing (same subject and key identifier as `cert_der`).
+    issuer: rcgen::Certificate,
+}
+
+impl std::fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCa")
+            .field("fingerprint", &self.fingerprint())
+            .finish_non_exhaustive()
+    }
+}
+
+fn at(unix: i64) -> Result<time::OffsetDateTime> {
+    time::OffsetDateTime::from_unix_timestamp(unix).map_err(|e| TrustError::parse("timestamp", e))
+}
+
+fn serial() -> Result<SerialNumber> {
+    let mut b = crate::random_bytes(16)?;
+    // A positive INTEGER.
+    b[0] &= 0x7f;
+    Ok(SerialNumber::from_slice(&b))
+}
+
+fn secs(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4)
+}
+
+impl ClusterCa {
+    /// A new CA named `name` (its common name), valid from `now` for ten years, with an
+    /// ECDSA P-256 key.
+    pub fn generate(name: &str, now: i64) -> Result<Self> {
+        let key = KeyPair::generate().map_err(TrustError::generate("CA key"))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        dn.push(DnType::OrganizationName, "napalm");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = at(now - secs(CLOCK_SKEW))?;
+        params.not_after = at(now + secs(CA_TTL))?;
+        params.serial_number = Some(serial()?);
+        let cert = params
+            .self_signed(&key)
+            .map_err(TrustError::generate("CA certificate"))?;
+        Self::from_pem(&cert.pem(), &key.serialize_pem())
+    }
+
+    /// Loads a CA from PEM (the operator's files, or what the coordinator stored). The
+    /// certificate must be a CA certificate and the key must be its key.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| TrustError::parse("CA key", e))?;
+        let cert_der = crate::tls::certs_from_pem(cert_pem.as_bytes())?
+            .into_iter()
+            .next()
+            .ok_or_else(|| TrustError::parse("CA certificate", "no PEM certificate found"))?;
+        let (_, x509) = x509_parser::certificate::X509Certificate::from_der(cert_der.as_ref())
+            .map_err(|e| TrustError::parse("CA certificate", e))?;
+        if !x509.is_ca() {
+            return Err(TrustError::parse(
+                "CA certificate",
+                "it is not a CA certificate (basicConstraints CA:FALSE or absent)",
+            ));
+        }
+        if x509.public_key().raw != key.public_key_der().as_slice() {
+            return Err(TrustError::parse(
+                "CA key",
+                "it is not the key of the CA certificate",
+            ));
+        }
+        let params = CertificateParams::from_ca_cert_der(&cert_der)
+            .map_err(|e| TrustError::parse("CA certificate", e))?;
+        let issuer = params
+            .self_signed(&key)
+            .map_err(TrustError::generate("CA signer"))?;
+        Ok(Self {
+            cert_pem: pem_of(&cert_der),
+            cert_der,
+            key,
+            issuer,
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The CA certificate, DER.
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    /// The CA key, PEM (PKCS#8). Whoever holds it can mint any identity: store it
+    /// readable by the coordinator only.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// Lower-case hex SHA-256 of the CA certificate's DER: what join tokens pin.
+    pub fn fingerprint(&self) -> String {
+        crate::fingerprint(self.cert_der.as_ref())
+    }
+
+    /// Signs a certificate for agent `agent_id` over the public key of `csr_pem`, valid
+    /// from `now` (less [`CLOCK_SKEW`]) for `ttl`. The CSR's signature is checked (it
+    /// proves the requester holds the key); whatever names or extensions it asks for are
+    /// ignored: the certificate names exactly the agent, for server and client use.
+    pub fn issue_agent(
+        &self,
+        csr_pem: &str,
+        agent_id: &str,
+        now: i64,
+        ttl: std::time::Duration,
+    ) -> Result<Issued> {
+        id::check_agent_id(agent_id)?;
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| TrustError::parse("CSR", e))?;
+        let params = leaf_params(
+            agent_id,
+            vec![
+                SanType::URI(
+                    id::agent_uri(agent_id)
+                        .try_into()
+                        .map_err(|e| TrustError::parse("agent URI", e))?,
+                ),
+                SanType::DnsName(
+                    id::agent_dns(agent_id)
+                        .try_into()
+                        .map_err(|e| TrustError::parse("agent DNS name", e))?,
+                ),
+            ],
+            now,
+            ttl,
+        )?;
+        let cert = params
+            .signed_by(&csr.public_key, &self.issuer, &self.key)
+            .map_err(TrustError::generate("agent certificate"))?;
+        issued(cert.der())
+    }
+
+    /// A key pair and certificate for a coordinator (its TLS listener and its calls to
+    /// agents): names [`id::COORDINATOR_DNS`], [`id::COORDINATOR_URI`] and `extra_dns`.
+    /// The coordinator holds the CA key, so it needs no CSR. Returns the certificate and
+    /// the key, PEM.
+    pub fn issue_coordinator(
+        &self,
+        extra_dns: &[String],
+        now: i64,
+        ttl: std::time::Duration,
+    ) -> Result<(Issued, String)> {
+        let key = KeyPair::generate().map_err(TrustError::generate("coordinator key"))?;
+        let mut sans = vec![
+            SanType::URI(
+                id::COORDINATOR_URI
+                    .try_into()
+                    .map_err(|e| TrustError::parse("coordinator URI", e))?,
+            ),
+            SanType::DnsName(
+                id::COORDINATOR_DNS
+                    .try_into()
+                    .map_err(|e| TrustError::parse("coordinator DNS name", e))?,
+            ),
+        ];
+        for d in extra_dns {
+            sans.push(SanType::DnsName(
+                d.clone()
+                    .try_into()
+                    .map_err(|e| TrustError::parse("coordinator DNS name", e))?,
+            ));
+        }
+        let params = leaf_params("napalm-coordinator", sans, now, ttl)?;
+        let cert = params
+            .signed_by(&key, &self.issuer, &self.key)
+            .map_err(TrustError::generate("coordinator certificate"))?;
+        Ok((issued(cert.der())?, key.serialize_pem()))
+    }
+}
+
+fn leaf_params(
+    common_name: &str,
+    sans: Vec<SanType>,
+    now: i64,
+    ttl: std::time::Duration,
+) -> Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn.push(DnType::OrganizationName, "napalm");
+    params.distinguished_name = dn;
+    params.subject_alt_names = sans;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = at(now - secs(CLOCK_SKEW))?;
+    params.not_after = at(now + secs(ttl))?;
+    params.serial_number = Some(serial()?);
+    Ok(params)
+}
+
+fn issued(der: &CertificateDer<'_>) -> Result<Issued> {
+    let der = der.clone().into_owned();
+    Ok(Issued {
+        cert_pem: pem_of(&der),
+        not_before: id::not_before(&der)?,
+        not_after: id::not_after(&der)?,
+        cert_der: der.to_vec(),
+    })
+}
+
+/// PEM text of a DER certificate.
+pub fn pem_of(der: &CertificateDer<'_>) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_790_000_000;
+
+    #[test]
+    fn a_loaded_ca_signs_like_the_generated_one() {
+        let ca = ClusterCa::generate("test", NOW).expect("ca");
+        let again = ClusterCa::from_pem(ca.cert_pem(), &ca.key_pem()).expect("reload");
+        assert_eq!(ca.fingerprint(), again.fingerprint());
+        assert_eq!(ca.fingerprint().len(), 64);
+        let (key, csr) = crate::csr::generate("abc").expect("csr");
+        let leaf = again
+            .issue_agent(&csr, "abc", NOW, DEFAULT_LEAF_TTL)
+            .expect("issue");
+        assert_eq!(leaf.not_after - NOW, 24 * 3600);
+        let chain = crate::tls::certs_from_pem(leaf.cert_pem.as_bytes()).expect("pem");
+        crate::tls::verify_agent(ca.cert_der(), &chain, "abc", NOW + 10).expect("verifies");
+        assert!(!key.is_empty());
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_cas_is_refused() {
+        let a = ClusterCa::generate("a", NOW).expect("ca");
+        let b = ClusterCa::generate("b", NOW).expect("ca");
+        let e = ClusterCa::from_pem(a.cert_pem(), &b.key_pem()).expect_err("mismatch");
+        assert!(e.to_string().contains("not the key"), "{e}");
+    }
+
+    #[test]
+    fn a_leaf_is_not_a_ca() {
+        let ca = ClusterCa::generate("a", NOW).expect("ca");
+        let (_, csr) = crate::csr::generate("x").expect("csr");
+        let leaf = ca
+            .issue_agent(&csr, "x", NOW, DEFAULT_LEAF_TTL)
+            .expect("issue");
+        let (key, _) = crate::csr::generate("y").expect("key");
+        let e = ClusterCa::from_pem(&leaf.cert_pem, &key).expect_err("leaf");
+        assert!(e.to_string().contains("not a CA"), "{e}");
+    }
+
+    #[test]
+    fn a_tampered_csr_is_refused() {
+        let ca = ClusterCa::generate("a", NOW).expect("ca");
+        let e = ca
+            .issue_agent(
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+                "x",
+                NOW,
+                DEFAULT_LEAF_TTL,
+            )
+            .expect_err("garbage");
+        assert!(e.to_string().contains("CSR"), "{e}");
+    }
+}

@@ -1,0 +1,85 @@
+//! A tonic gRPC channel over a rustls connection built from one of [`crate::tls`]'s client
+//! configs (pinned, or verifying against the CA with a client certificate). tonic's own
+//! TLS settings cannot express a pinned CA or a hot-swapped client certificate, so the
+//! channel dials TCP and handshakes itself, and tonic speaks HTTP/2 over the result.
+
+use std::sync::Arc;
+
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{Result, TrustError};
+
+/// `host:port` of an endpoint written `https://host:port[/]`, `http://host:port` or
+/// `host:port`.
+pub fn authority(endpoint: &str) -> &str {
+    let rest = endpoint
+        .strip_prefix("https://")
+        .or_else(|| endpoint.strip_prefix("http://"))
+        .unwrap_or(endpoint);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// Dials `endpoint` (see [`authority`]), handshakes with `cfg` asking for `server_name`
+/// (e.g. [`crate::id::COORDINATOR_DNS`] or [`crate::id::agent_dns`]), and returns a gRPC
+/// channel. Every reconnection of the channel handshakes again, with the client
+/// certificate current at that time.
+pub async fn connect(
+    endpoint: &str,
+    server_name: &str,
+    cfg: Arc<ClientConfig>,
+    timeout: std::time::Duration,
+) -> Result<Channel> {
+    let addr = authority(endpoint).to_owned();
+    let err = |detail: String| TrustError::Connect {
+        endpoint: endpoint.to_owned(),
+        detail,
+    };
+    let name = ServerName::try_from(server_name.to_owned())
+        .map_err(|e| err(format!("server name {server_name:?}: {e}")))?;
+    let uri = format!("http://{addr}");
+    let ep = Endpoint::from_shared(uri)
+        .map_err(|e| err(e.to_string()))?
+        .connect_timeout(timeout)
+        .timeout(timeout.max(std::time::Duration::from_secs(30)));
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let (addr, name, cfg) = (addr.clone(), name.clone(), Arc::clone(&cfg));
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await?;
+            let tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    ep.connect_with_connector(connector)
+        .await
+        .map_err(|e| err(error_chain(&e)))
+}
+
+/// An error with its sources, `a: b: c`, so a refused handshake says why.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let s_text = s.to_string();
+        if !out.contains(&s_text) {
+            out.push_str(": ");
+            out.push_str(&s_text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn authorities_drop_scheme_and_path() {
+        assert_eq!(super::authority("https://1.2.3.4:5/"), "1.2.3.4:5");
+        assert_eq!(super::authority("http://h:1"), "h:1");
+        assert_eq!(super::authority("h:1"), "h:1");
+    }
+}

@@ -1,0 +1,98 @@
+//! How identities are written into certificates. An agent's certificate carries two
+//! subject alternative names: the URI `spiffe://napalm/agent/<id>` (what [`agent_id_of`]
+//! reads back) and the DNS name `<id>.agent.napalm` (what a TLS client dialing the agent
+//! asks for as server name, so webpki itself checks the agent is the one expected). The
+//! coordinator's certificate names `spiffe://napalm/coordinator` and
+//! [`COORDINATOR_DNS`].
+
+use rustls_pki_types::CertificateDer;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::FromDer;
+
+use crate::error::{Result, TrustError};
+
+/// URI prefix of an agent's identity.
+pub const AGENT_URI_PREFIX: &str = "spiffe://napalm/agent/";
+/// URI of the coordinator's identity.
+pub const COORDINATOR_URI: &str = "spiffe://napalm/coordinator";
+/// DNS name every coordinator certificate carries; clients ask for it as server name.
+pub const COORDINATOR_DNS: &str = "coordinator.napalm";
+
+/// Checks that `id` can be used in a DNS label and a URI path segment.
+pub fn check_agent_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && !id.starts_with('-')
+        && !id.ends_with('-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(TrustError::BadId { id: id.to_owned() })
+    }
+}
+
+/// The SPIFFE-style URI naming agent `id`.
+pub fn agent_uri(id: &str) -> String {
+    format!("{AGENT_URI_PREFIX}{id}")
+}
+
+/// The DNS name naming agent `id` (the server name to dial it by).
+pub fn agent_dns(id: &str) -> String {
+    format!("{id}.agent.napalm")
+}
+
+/// The URI subject alternative names of a DER certificate.
+pub fn uris_of(cert: &CertificateDer<'_>) -> Result<Vec<String>> {
+    let (_, x509) = x509_parser::certificate::X509Certificate::from_der(cert.as_ref())
+        .map_err(|e| TrustError::parse("certificate", e))?;
+    let mut out = Vec::new();
+    if let Ok(Some(san)) = x509.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::URI(u) = name {
+                out.push((*u).to_owned());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The agent id a certificate names (its `spiffe://napalm/agent/<id>` URI), if any.
+pub fn agent_id_of(cert: &CertificateDer<'_>) -> Result<Option<String>> {
+    Ok(uris_of(cert)?
+        .into_iter()
+        .find_map(|u| u.strip_prefix(AGENT_URI_PREFIX).map(str::to_owned)))
+}
+
+/// Not-after of a DER certificate, Unix seconds.
+pub fn not_after(cert: &CertificateDer<'_>) -> Result<i64> {
+    let (_, x509) = x509_parser::certificate::X509Certificate::from_der(cert.as_ref())
+        .map_err(|e| TrustError::parse("certificate", e))?;
+    Ok(x509.validity().not_after.timestamp())
+}
+
+/// Not-before of a DER certificate, Unix seconds.
+pub fn not_before(cert: &CertificateDer<'_>) -> Result<i64> {
+    let (_, x509) = x509_parser::certificate::X509Certificate::from_der(cert.as_ref())
+        .map_err(|e| TrustError::parse("certificate", e))?;
+    Ok(x509.validity().not_before.timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_ids_must_fit_a_dns_label() {
+        for good in ["a", "0123abcd4567ef89", "host-1"] {
+            check_agent_id(good).expect(good);
+        }
+        for bad in ["", "-a", "a-", "A", "a.b", "a/b", &"x".repeat(64)] {
+            assert!(check_agent_id(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(agent_uri("ab"), "spiffe://napalm/agent/ab");
+        assert_eq!(agent_dns("ab"), "ab.agent.napalm");
+    }
+}
