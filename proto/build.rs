@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "napalm/v1/common.proto",
         "napalm/v1/agent.proto",
         "napalm/v1/coordinator.proto",
+        "napalm/trust/v1/trust.proto",
     ]
     .map(PathBuf::from);
     for f in &files {

@@ -27,4 +27,11 @@ pub mod v1 {
         include_bytes!(concat!(env!("OUT_DIR"), "/napalm_v1_descriptor.bin"));
 }
 
+/// Code generated from `proto/napalm/trust/v1/trust.proto`: enrollment, renewal and join
+/// tokens (`napalm.trust.v1.TrustService`), a package of its own beside `napalm.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod trust_v1 {
+    tonic::include_proto!("napalm.trust.v1");
+}
+
 pub use status::ApiError;
