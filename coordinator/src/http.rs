@@ -1,14 +1,20 @@
 //! The coordinator's plain HTTP endpoint, for booted clones that only have wget or curl:
 //! `POST /v1/clones/register?token=TOKEN` with `{"name", "address", "machine_id"?,
 //! "boot_id"?, "kernel"?}` is the HTTP twin of `RegisterClone` (same registry operation).
+//! `GET /v1/clones/NAME/cluster/FILE` (FILE: `hosts`, `mpi`, `known-hosts`, `json`) gives
+//! clone NAME its deployment's cluster files from the live registry
+//! ([`crate::cluster_files`]), authenticated by the clone's own token in a header
+//! (`Authorization: Bearer TOKEN` or `X-Napalm-Clone-Token: TOKEN`, never the URL: 401
+//! without one, 403 with another clone's), with a strong `ETag` from the content so a
+//! watcher's `If-None-Match` gets `304 Not Modified` while nothing changed.
 //! `GET /healthz` answers `ok`. The same listener serves what operators watch, read-only:
 //! `GET /metrics` ([`crate::metrics`], OpenMetrics text), `GET /` and `GET /v1/view.json`
 //! (the web view, [`crate::web`]).
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -17,6 +23,7 @@ use napalm_proto::ApiError;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::cluster_files::ClusterFilesError;
 use crate::metrics::Metrics;
 use crate::registry::clones::TokenKey;
 use crate::registry::Registry;
@@ -104,6 +111,7 @@ pub fn router(registry: Registry, tokens: Arc<TokenKey>, metrics: Metrics) -> Ro
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/clones/register", post(register))
+        .route("/v1/clones/{name}/cluster/{file}", get(cluster_file))
         .route("/metrics", get(metrics_page))
         .route("/", get(|| async { Html(crate::web::INDEX_HTML) }))
         .route("/v1/view.json", get(view))
@@ -113,6 +121,89 @@ pub fn router(registry: Registry, tokens: Arc<TokenKey>, metrics: Metrics) -> Ro
             metrics,
         })
         .layer(axum::extract::DefaultBodyLimit::max(64 << 10))
+}
+
+/// The clone token a request carries in its headers: `Authorization: Bearer TOKEN`, else
+/// `X-Napalm-Clone-Token: TOKEN`.
+fn clone_token(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    bearer
+        .or_else(|| {
+            headers
+                .get("x-napalm-clone-token")
+                .and_then(|v| v.to_str().ok())
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether `If-None-Match` names `etag` (or is `*`).
+fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == etag || t == "*")
+}
+
+async fn cluster_file(
+    State(st): State<AppState>,
+    Path((name, file)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let token = clone_token(&headers);
+    match crate::cluster_files::for_clone(&st.registry, &st.tokens, &name, token, &file).await {
+        Ok(r) if not_modified(&headers, &r.etag) => (
+            StatusCode::NOT_MODIFIED,
+            [
+                (header::ETAG, r.etag),
+                (header::CACHE_CONTROL, "no-cache".into()),
+            ],
+        )
+            .into_response(),
+        Ok(r) => (
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+                (header::ETAG, r.etag),
+                (header::CACHE_CONTROL, "no-cache".into()),
+            ],
+            r.body,
+        )
+            .into_response(),
+        Err(e) => {
+            let code = match &e {
+                // A token was sent but is not this clone's: forbidden; none at all: 401.
+                ClusterFilesError::Unauthenticated { .. } if token.is_some() => {
+                    StatusCode::FORBIDDEN
+                }
+                ClusterFilesError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+                ClusterFilesError::NotFound { .. } => StatusCode::NOT_FOUND,
+                ClusterFilesError::Format(_) => StatusCode::NOT_FOUND,
+                ClusterFilesError::Registry(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            if code == StatusCode::SERVICE_UNAVAILABLE {
+                tracing::warn!(clone = %name, file = %file, error = %e, "cluster file failed");
+            } else {
+                tracing::debug!(clone = %name, file = %file, error = %e, "cluster file refused");
+            }
+            let mut resp = (code, format!("{e}\n")).into_response();
+            if code == StatusCode::UNAUTHORIZED {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"napalm clone\""),
+                );
+            }
+            resp
+        }
+    }
 }
 
 async fn metrics_page(State(st): State<AppState>) -> Response {
@@ -196,6 +287,31 @@ async fn register(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clone_tokens_come_from_headers_and_etags_match_lists() {
+        let mut h = HeaderMap::new();
+        assert_eq!(clone_token(&h), None);
+        h.insert("x-napalm-clone-token", "t2".parse().expect("value"));
+        assert_eq!(clone_token(&h), Some("t2"));
+        h.insert(header::AUTHORIZATION, "Bearer t1".parse().expect("value"));
+        assert_eq!(clone_token(&h), Some("t1"), "Authorization first");
+        h.insert(
+            header::AUTHORIZATION,
+            "Basic dXNlcg==".parse().expect("value"),
+        );
+        assert_eq!(clone_token(&h), Some("t2"), "not a bearer token");
+        let mut h = HeaderMap::new();
+        assert!(!not_modified(&h, "\"a\""));
+        h.insert(
+            header::IF_NONE_MATCH,
+            "\"b\", W/\"a\"".parse().expect("value"),
+        );
+        assert!(not_modified(&h, "\"a\""));
+        assert!(!not_modified(&h, "\"c\""));
+        h.insert(header::IF_NONE_MATCH, "*".parse().expect("value"));
+        assert!(not_modified(&h, "\"c\""));
+    }
 
     #[test]
     fn boot_timings_come_from_napalm_inits_report() {

@@ -25,6 +25,7 @@
 //! which reaches this daemon only over gRPC).
 
 pub mod clock;
+pub mod cluster_files;
 pub mod deploy;
 pub mod discovery;
 pub mod events;
@@ -39,4 +40,5 @@ pub mod service;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trust;
 pub mod web;

@@ -1,95 +1,52 @@
 //! Cluster files of a live deployment, from the registry (the thesis's clone-list tools
-//! on what actually runs): `napalmctl clones --deployment NAME --format hosts|mpi|json`.
+//! on what actually runs): `napalmctl clones --deployment NAME --format hosts|mpi|json`,
+//! rendered by [`napalm_overlay::live`], the rules of the coordinator's cluster-file
+//! endpoint, so what napalmctl prints is what running clones install.
 //! A clones.conf gives the same files for what it declares (`napalmctl clones --format`
 //! without `--deployment`, see [`crate::clone`]).
 
-use std::fmt::Write as _;
-
+use napalm_overlay::live::{self, LiveClone, LiveFormat};
 use napalm_proto::v1::{Clone, ClonePhase};
-use serde_json::json;
 
 use crate::tables::state_name;
 use crate::Failure;
 
-/// A clone's address without its prefix length.
-fn address(c: &Clone) -> Option<&str> {
-    c.addresses
-        .first()
-        .map(|a| a.split('/').next().unwrap_or(a))
-        .filter(|a| !a.is_empty())
-}
-
-fn phase(c: &Clone) -> String {
+/// A registry record as the shared rendering rules ([`napalm_overlay::live`]) take it.
+/// The wire's `Clone` carries no host key, so `host_key` stays empty.
+fn live_clone(c: &Clone) -> LiveClone {
     let p = ClonePhase::try_from(c.phase).unwrap_or_default();
-    state_name(p.as_str_name(), "CLONE_PHASE_")
+    LiveClone {
+        name: c.name.clone(),
+        index: c.index,
+        address: c.addresses.first().cloned(),
+        phase: state_name(p.as_str_name(), "CLONE_PHASE_"),
+        registered: c.phase == ClonePhase::Registered as i32,
+        agent: c.agent_id.clone(),
+        host_key: None,
+    }
 }
 
-/// Renders `format` for `deployment`'s `clones`, in index order.
+/// Renders `format` for `deployment`'s `clones` by the rules the coordinator serves to
+/// running clones (`GET /v1/clones/NAME/cluster/FILE`), in index order.
 pub fn render(deployment: &str, format: &str, clones: &[Clone]) -> Result<String, Failure> {
-    let mut clones: Vec<&Clone> = clones.iter().collect();
-    clones.sort_by_key(|c| (c.index, c.name.clone()));
-    let mut out = String::new();
-    match format {
-        "hosts" => {
-            let _ = writeln!(out, "# clones of deployment {deployment} (napalm registry)");
-            for c in clones {
-                match address(c) {
-                    Some(a) => {
-                        let _ = writeln!(out, "{a}\t{}", c.name);
-                    }
-                    None => {
-                        let _ = writeln!(out, "# {}: no address yet ({})", c.name, phase(c));
-                    }
-                }
-            }
-        }
-        "mpi" => {
-            // Only registered clones run a job; the others are listed as comments.
-            for c in clones {
-                if c.phase == ClonePhase::Registered as i32 {
-                    let _ = writeln!(out, "{}", c.name);
-                } else {
-                    let _ = writeln!(out, "# {} ({})", c.name, phase(c));
-                }
-            }
-        }
-        "json" => {
-            let rows: Vec<_> = clones
-                .iter()
-                .map(|c| {
-                    json!({
-                        "name": c.name,
-                        "index": c.index,
-                        "address": address(c),
-                        "agent": c.agent_id,
-                        "phase": phase(c),
-                    })
-                })
-                .collect();
-            out = serde_json::to_string_pretty(&rows).unwrap_or_default();
-            out.push('\n');
-        }
-        "known-hosts" => {
-            return Err(Failure {
-                code: 2,
-                message: format!(
-                    "--format known-hosts from the registry needs the clones' host keys, which \
-                     the registry does not hold; for deployment {deployment:?} give its \
-                     clones.conf instead (napalmctl clones --config FILE --format known-hosts)"
-                ),
-            })
-        }
-        other => {
-            return Err(Failure {
-                code: 2,
-                message: format!(
-                    "unknown format {other:?} for a deployment's cluster files: use hosts, \
-                     mpi or json"
-                ),
-            })
-        }
+    let format: LiveFormat = format.parse().map_err(|e: live::UnknownFormat| Failure {
+        code: 2,
+        message: e.to_string(),
+    })?;
+    if format == LiveFormat::KnownHosts {
+        return Err(Failure {
+            code: 2,
+            message: format!(
+                "--format known-hosts from the registry needs the clones' host keys, which \
+                 ListClones does not carry yet (running clones get them from the coordinator \
+                 at GET /v1/clones/NAME/cluster/known-hosts); for deployment {deployment:?} \
+                 give its clones.conf instead (napalmctl clones --config FILE --format \
+                 known-hosts)"
+            ),
+        });
     }
-    Ok(out)
+    let live: Vec<LiveClone> = clones.iter().map(live_clone).collect();
+    Ok(live::render(deployment, format, &live))
 }
 
 #[cfg(test)]
@@ -126,7 +83,10 @@ mod tests {
         );
         assert_eq!(
             render("web", "mpi", &clones).ok().as_deref(),
-            Some("web-01\n# web-02 (running)\n# web-03 (pending)\n")
+            Some(
+                "# clones of deployment web (napalm registry)\n\
+                 web-01\n# web-02 (running)\n# web-03 (pending)\n"
+            )
         );
         let e = render("web", "yaml", &clones).err().map(|f| f.message);
         assert!(e.is_some_and(|m| m.contains("\"yaml\"")));

@@ -1,5 +1,6 @@
 //! The coordinator's one integration test binary.
 
+mod cluster_files;
 mod common;
 mod converge;
 mod crash;

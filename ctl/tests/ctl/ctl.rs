@@ -250,6 +250,25 @@ async fn cluster_files_of_a_live_deployment_follow_scaling() {
             .collect();
         assert_eq!(hosts, expected, "hosts at count {count}");
     }
+    // The MPI hostfile by the coordinator's rules: only registered clones are hosts (on
+    // the test driver none boots, so the one clone is a comment).
+    let mut c = ctl(home.path());
+    c.args([
+        "--coordinator",
+        &endpoint,
+        "clones",
+        "--deployment",
+        "files",
+    ])
+    .args(["--format", "mpi"]);
+    let o = run(c).await;
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(
+        text(&o).0,
+        "# clones of deployment files (napalm registry)\n# files-01 (running)\n"
+    );
+    // known_hosts needs host keys ListClones does not carry: refused, saying where they
+    // are (the coordinator's clone endpoint, the clones.conf).
     let mut c = ctl(home.path());
     c.args([
         "--coordinator",
@@ -262,4 +281,5 @@ async fn cluster_files_of_a_live_deployment_follow_scaling() {
     let o = run(c).await;
     assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
     assert!(text(&o).1.contains("clones.conf"), "{}", text(&o).1);
+    assert!(text(&o).1.contains("/cluster/known-hosts"), "{}", text(&o).1);
 }
