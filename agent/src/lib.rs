@@ -10,7 +10,8 @@
 //! ([`events`]) and reconciliation ([`core::reconcile`]); metrics as Prometheus text
 //! ([`metrics`]), Ganglia gmond XML ([`ganglia`]) and OTLP/gRPC pushes when an endpoint is
 //! configured ([`otel`]), mDNS/DNS-SD advertisement ([`mdns`]) and coordinator
-//! registration ([`register`]); TLS for both listeners ([`tls`]); the wall clock as an
+//! registration ([`register`]); TLS for both listeners ([`tls`]); its cluster identity
+//! ([`identity`]: enrollment with a join token, mutual TLS, renewal); the wall clock as an
 //! edge tests can set ([`clock`]). The daemon wiring is [`server`]. With the feature `client`: `client`, a typed client of the REST API for
 //! napalmctl and other callers.
 //!
@@ -18,7 +19,7 @@
 //! its state directory, or any other host's state. Scheduling is the coordinator's.
 //!
 //! Layout of the state directory:
-//! `agent-id`, `blobs/sha256/HEX`, `domains/NAME/{record.json,config.xml,files/}`,
+//! `agent-id`, `tls/` (identity: `ca.crt`, `agent.crt`, `agent.key`, `coordinator`; mode 0700), `blobs/sha256/HEX`, `domains/NAME/{record.json,config.xml,files/}`,
 //! `requests/` (idempotency records), `staging/` (unfinished uploads, wiped at start),
 //! `kept/` (writable artifacts of deleted domains).
 
@@ -36,6 +37,7 @@ pub mod ganglia;
 pub mod grpc;
 pub mod hypervisor;
 pub mod idempotency;
+pub mod identity;
 pub mod mdns;
 pub mod metrics;
 pub mod names;

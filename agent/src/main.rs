@@ -105,6 +105,20 @@ struct Cli {
     /// TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Join token from `napalmctl agent token create`: enroll in the cluster at start
+    /// (key generated here, certificate kept in STATE/tls/), then serve and call the
+    /// coordinator over mutual TLS. Ignored once enrolled. Prefer --join-file or the
+    /// environment: a token on the command line shows in `ps`.
+    #[arg(
+        long,
+        env = "NAPALM_JOIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "join_file"
+    )]
+    join: Option<String>,
+    /// File holding the join token.
+    #[arg(long)]
+    join_file: Option<PathBuf>,
 }
 
 fn secs(what: &str, v: f64) -> anyhow::Result<Duration> {
@@ -133,14 +147,30 @@ async fn main() -> anyhow::Result<()> {
         ),
         (None, None) => None,
     };
-    let token = match (token, cli.insecure_no_auth) {
+    let join = match (&cli.join, &cli.join_file) {
+        (Some(t), _) => Some(t.trim().to_owned()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading join token file {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    // Enrolled (or enrolling) agents authenticate callers by their certificates.
+    let mutual_tls = join.is_some()
+        || napalm_agent::identity::dir_of(&cli.state_dir)
+            .join("agent.crt")
+            .exists();
+    let token = match (token, cli.insecure_no_auth || mutual_tls) {
         (Some(t), _) if t.is_empty() => bail!("the API token is empty"),
         (Some(t), _) => Some(t),
+        (None, true) if mutual_tls => None,
         (None, true) => {
             tracing::warn!("serving WITHOUT authentication (--insecure-no-auth): anyone who reaches the ports can start VMs here");
             None
         }
-        (None, false) => bail!("an API token is required: pass --token-file FILE or set NAPALM_AGENT_TOKEN (or --insecure-no-auth for a local trial)"),
+        (None, false) => bail!("an API token is required: pass --token-file FILE or set NAPALM_AGENT_TOKEN (or enroll with --join TOKEN, or --insecure-no-auth for a local trial)"),
     };
     let coordinator_token = match (&cli.coordinator_token, &cli.coordinator_token_file) {
         (Some(_), Some(f)) => bail!(
@@ -201,6 +231,7 @@ async fn main() -> anyhow::Result<()> {
             }),
             _ => None,
         },
+        join,
     };
     let otlp_every = secs("otlp-interval", cli.otlp_interval)?;
     let mut running = server::start(cfg).await.context("starting napalm-agent")?;

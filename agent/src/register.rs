@@ -81,10 +81,41 @@ async fn heartbeat(
     Ok(c.heartbeat(req).await?.into_inner())
 }
 
+/// How the agent reaches the coordinator.
+#[derive(Debug, Clone)]
+pub enum Link {
+    /// A gRPC endpoint dialed as given (`http://host:port`; bearer token only).
+    Plain(String),
+    /// The coordinator's TLS listener, over mutual TLS with the agent's certificate.
+    Mutual(crate::identity::Identity),
+}
+
+impl Link {
+    fn describe(&self) -> String {
+        match self {
+            Self::Plain(e) => e.clone(),
+            Self::Mutual(i) => format!("{} (mutual TLS)", i.coordinator),
+        }
+    }
+
+    async fn connect(&self) -> Result<CoordinatorServiceClient<tonic::transport::Channel>, String> {
+        match self {
+            Self::Plain(e) => CoordinatorServiceClient::connect(e.clone())
+                .await
+                .map_err(|e| e.to_string()),
+            Self::Mutual(i) => i
+                .coordinator_channel()
+                .await
+                .map(CoordinatorServiceClient::new)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
 /// Registers and heartbeats until `stop` flips; retries every few seconds on failure.
 pub async fn run(
     agent: Arc<Agent>,
-    endpoint: String,
+    link: Link,
     ep: Endpoints,
     token: Option<String>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -93,13 +124,13 @@ pub async fn run(
     let mut client: Option<CoordinatorServiceClient<tonic::transport::Channel>> = None;
     loop {
         let wait = match (&mut client, interval) {
-            (None, _) => match CoordinatorServiceClient::connect(endpoint.clone()).await {
+            (None, _) => match link.connect().await {
                 Ok(c) => {
                     client = Some(c);
                     Duration::ZERO
                 }
                 Err(e) => {
-                    tracing::warn!(%endpoint, error = %e, "coordinator unreachable; retrying");
+                    tracing::warn!(endpoint = %link.describe(), error = %e, "coordinator unreachable; retrying");
                     Duration::from_secs(3)
                 }
             },

@@ -35,8 +35,14 @@ pub struct ServeConfig {
     /// (its `--api-token-file`); `None`: this agent's own API token (`rest.token`), which
     /// suits a site with one shared token.
     pub coordinator_token: Option<String>,
-    /// TLS for REST and gRPC (`None`: plain TCP).
+    /// TLS for REST and gRPC (`None`: plain TCP). Ignored once the agent has enrolled:
+    /// its cluster certificate is used instead.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// A join token (`napalm-join-v1.…`) to enroll with at start when the state
+    /// directory holds no identity yet (see [`crate::identity`]). Enrolled agents serve
+    /// both listeners over mutual TLS and reach the coordinator's TLS listener with their
+    /// certificate, whatever `coordinator` says.
+    pub join: Option<String>,
 }
 
 impl ServeConfig {
@@ -74,6 +80,7 @@ impl ServeConfig {
             coordinator: None,
             coordinator_token: None,
             tls: None,
+            join: None,
         }
     }
 }
@@ -92,6 +99,9 @@ pub struct Running {
     pub ganglia_addr: Option<SocketAddr>,
     /// SHA-256 of the TLS certificate, when TLS is on.
     pub fingerprint: Option<String>,
+    /// The cluster identity, once enrolled (its certificate is renewed in the
+    /// background).
+    pub identity: Option<crate::identity::Identity>,
     advertiser: Option<crate::mdns::Advertiser>,
     otlp: Option<crate::otel::OtlpExporter>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -161,6 +171,7 @@ pub async fn start_with_clock(
     let agent = Agent::open_with_clock(cfg.core.clone(), hv, clock).await?;
     let rep = agent.reconcile(true).await?;
     tracing::info!(agent_id = agent.id(), report = ?rep, "first reconciliation done");
+    let identity = enrolled(&agent, &cfg).await?;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let counters = Arc::new(HttpCounters::default());
     let state = AppState {
@@ -177,15 +188,33 @@ pub async fn start_with_clock(
     let http_addr = listener
         .local_addr()
         .map_err(|e| AgentError::io("http", e))?;
-    let tls = match &cfg.tls {
-        Some(f) => Some(crate::tls::Tls::load(f)?),
+    let tls = match (&cfg.tls, &identity) {
+        (Some(f), None) => Some(crate::tls::Tls::load(f)?),
+        _ => None,
+    };
+    // Mutual TLS with the cluster identity: clients need a CA-signed certificate.
+    let mtls = match &identity {
+        Some(i) => Some(i.server_config().map_err(trust_err)?),
         None => None,
     };
-    let fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());
+    let fingerprint = match &identity {
+        Some(i) => Some(napalm_trust::fingerprint(i.slot.leaf().as_ref())),
+        None => tls.as_ref().map(|t| t.fingerprint.clone()),
+    };
     let mut tasks = Vec::new();
     let mut rx = stop_rx.clone();
-    if let Some(t) = tls.clone() {
-        tasks.push(tokio::spawn(crate::tls::serve_https(listener, app, t, rx)));
+    if let Some(m) = mtls.clone() {
+        let acceptor = tokio_rustls::TlsAcceptor::from(m);
+        tasks.push(tokio::spawn(crate::tls::serve_https(
+            listener, app, acceptor, rx,
+        )));
+    } else if let Some(t) = tls.clone() {
+        tasks.push(tokio::spawn(crate::tls::serve_https(
+            listener,
+            app,
+            t.acceptor.clone(),
+            rx,
+        )));
     } else {
         tasks.push(tokio::spawn(async move {
             let shutdown = async move {
@@ -215,15 +244,29 @@ pub async fn start_with_clock(
                 .map_err(|e| AgentError::invalid("tls", format!("gRPC TLS setup failed: {e}")))?;
         }
         let mut rx = stop_rx.clone();
+        let mtls = mtls.clone();
+        let accept_stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
             let svc = tonic::service::interceptor::InterceptedService::new(svc, intercept);
-            let r = builder
-                .add_service(svc)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await;
+            let shutdown = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            let r = match mtls {
+                Some(m) => {
+                    let incoming = napalm_trust::channel::incoming(l, m, accept_stop);
+                    builder
+                        .add_service(svc)
+                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .await
+                }
+                None => {
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+                    builder
+                        .add_service(svc)
+                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .await
+                }
+            };
             if let Err(e) = r {
                 tracing::error!(error = %e, "gRPC server failed");
             }
@@ -280,10 +323,19 @@ pub async fn start_with_clock(
         .coordinator_token
         .clone()
         .or_else(|| cfg.rest.token.clone());
-    if let Some(endpoint) = cfg.coordinator.clone() {
+    if let Some(i) = identity.clone() {
+        tasks.push(tokio::spawn(i.clone().keep_renewed(stop.subscribe())));
         tasks.push(tokio::spawn(crate::register::run(
             Arc::clone(&agent),
-            endpoint,
+            crate::register::Link::Mutual(i),
+            ep,
+            coordinator_token,
+            stop.subscribe(),
+        )));
+    } else if let Some(endpoint) = cfg.coordinator.clone() {
+        tasks.push(tokio::spawn(crate::register::run(
+            Arc::clone(&agent),
+            crate::register::Link::Plain(endpoint),
             ep,
             coordinator_token,
             stop.subscribe(),
@@ -300,7 +352,8 @@ pub async fn start_with_clock(
             match found {
                 Ok(Ok(Some(endpoint))) => {
                     tracing::info!(%endpoint, "coordinator found over mDNS");
-                    crate::register::run(agent, endpoint, ep, token, stop).await;
+                    let link = crate::register::Link::Plain(endpoint);
+                    crate::register::run(agent, link, ep, token, stop).await;
                 }
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "mDNS browsing for a coordinator failed"),
@@ -339,11 +392,41 @@ pub async fn start_with_clock(
         counters,
         ganglia_addr,
         fingerprint,
+        identity,
         advertiser,
         otlp: None,
         tasks,
         stop,
     })
+}
+
+fn trust_err(e: crate::identity::IdentityError) -> AgentError {
+    AgentError::invalid("cluster identity", e.to_string())
+}
+
+/// The identity stored in the state directory or, without one, the one `cfg.join`
+/// enrolls; `None` when neither.
+async fn enrolled(agent: &Agent, cfg: &ServeConfig) -> Result<Option<crate::identity::Identity>> {
+    use crate::identity::Identity;
+    let dir = &cfg.core.state_dir;
+    if let Some(i) = Identity::load(dir, agent.id()).map_err(trust_err)? {
+        if cfg.join.is_some() {
+            tracing::info!(
+                coordinator = %i.coordinator,
+                "already enrolled: the join token is not used (remove {} to enroll again)",
+                crate::identity::dir_of(dir).display()
+            );
+        }
+        return Ok(Some(i));
+    }
+    let Some(token) = &cfg.join else {
+        return Ok(None);
+    };
+    let host = agent.capabilities().await?.host.hostname;
+    Identity::join(dir, agent.id(), &host, token)
+        .await
+        .map(Some)
+        .map_err(trust_err)
 }
 
 /// Runs until `shutdown` resolves.

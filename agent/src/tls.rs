@@ -77,7 +77,7 @@ impl Tls {
 pub async fn serve_https(
     listener: tokio::net::TcpListener,
     app: axum::Router,
-    tls: Tls,
+    acceptor: tokio_rustls::TlsAcceptor,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -90,7 +90,7 @@ pub async fn serve_https(
             },
             _ = stop.wait_for(|s| *s) => break,
         };
-        let acceptor = tls.acceptor.clone();
+        let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
             let stream = match acceptor.accept(tcp).await {

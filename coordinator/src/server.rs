@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use napalm_proto::trust_v1::trust_service_server::TrustServiceServer;
 use napalm_proto::v1::coordinator_service_server::CoordinatorServiceServer;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -85,6 +86,8 @@ pub struct ServeConfig {
     /// How often the leader converges every deployment to its spec with no client
     /// connected (`None`: only when a client deploys).
     pub converge_every: Option<Duration>,
+    /// The cluster PKI and its TLS listener (`None`: no enrollment, no mutual TLS).
+    pub trust: Option<crate::trust::TrustConfig>,
 }
 
 impl ServeConfig {
@@ -107,6 +110,7 @@ impl ServeConfig {
             deploy: None,
             exports: None,
             converge_every: Some(crate::deploy::converge::EVERY),
+            trust: None,
         }
     }
 }
@@ -155,6 +159,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The trust listener (CA, TLS) could not start.
+    #[error("starting the trust listener")]
+    Trust(#[source] crate::trust::serve::StartError),
     /// mDNS could not start.
     #[error("starting mDNS on {interfaces:?}")]
     Mdns {
@@ -178,6 +185,7 @@ pub struct Running {
     _election: Option<Election>,
     _browser: Option<Browser>,
     _advertiser: Option<Advertiser>,
+    trust: Option<crate::trust::serve::TrustListener>,
 }
 
 impl Running {
@@ -194,6 +202,16 @@ impl Running {
     /// The gRPC endpoint clients dial: `http://ADDR`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.grpc_addr)
+    }
+
+    /// The TLS listener's address (enrollment, mutual-TLS agents), when trust is on.
+    pub fn trust_addr(&self) -> Option<SocketAddr> {
+        self.trust.as_ref().map(|t| t.addr)
+    }
+
+    /// The cluster CA and this coordinator's TLS identity, when trust is on.
+    pub fn trust(&self) -> Option<&crate::trust::Trust> {
+        self.trust.as_ref().map(|t| &t.trust)
     }
 
     /// The registry this coordinator serves.
@@ -463,6 +481,21 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     if let Some(e) = &election {
         svc = svc.with_election(e.subscribe());
     }
+    let trust = match cfg.trust.clone() {
+        Some(t) => Some(
+            crate::trust::serve::start(registry.clone(), t, svc.clone())
+                .await
+                .map_err(ServeError::Trust)?,
+        ),
+        None => None,
+    };
+    // Token administration for operators, on this listener behind its authentication.
+    let api_trust = trust.as_ref().map(|t| {
+        TrustServiceServer::new(crate::trust::service::TrustServer::new(
+            t.trust.clone(),
+            crate::trust::service::Placement::Api,
+        ))
+    });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let incoming = TcpListenerStream::new(grpc_listener);
     let shutdown = async move {
@@ -473,7 +506,11 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     let grpc = match cfg.api_auth.clone() {
         ApiAuth::Token(t) => tokio::spawn(
             builder
-                .add_service(RequireToken::new(CoordinatorServiceServer::new(svc), t))
+                .add_service(RequireToken::new(
+                    CoordinatorServiceServer::new(svc),
+                    t.clone(),
+                ))
+                .add_optional_service(api_trust.map(|s| RequireToken::new(s, t)))
                 .serve_with_incoming_shutdown(incoming, shutdown),
         ),
         ApiAuth::Insecure => {
@@ -484,6 +521,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
             tokio::spawn(
                 builder
                     .add_service(CoordinatorServiceServer::new(svc))
+                    .add_optional_service(api_trust)
                     .serve_with_incoming_shutdown(incoming, shutdown),
             )
         }
@@ -501,6 +539,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
             tokio::spawn(
                 builder
                     .add_service(CoordinatorServiceServer::with_interceptor(svc, record))
+                    .add_optional_service(api_trust)
                     .serve_with_incoming_shutdown(incoming, shutdown),
             )
         }
@@ -517,5 +556,6 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         _election: election,
         _browser: browser,
         _advertiser: advertiser,
+        trust,
     })
 }

@@ -121,6 +121,7 @@ where
 #[tonic::async_trait]
 impl CoordinatorService for Coordinator {
     async fn register_agent(&self, r: Request<RegisterAgentRequest>) -> Res<RegisterAgentResponse> {
+        crate::trust::serve::check_peer(&r, &r.get_ref().id)?;
         let req = r.into_inner();
         tracing::debug!(id = %req.id, "RegisterAgent");
         self.registry
@@ -131,6 +132,7 @@ impl CoordinatorService for Coordinator {
     }
 
     async fn heartbeat(&self, r: Request<HeartbeatRequest>) -> Res<HeartbeatResponse> {
+        crate::trust::serve::check_peer(&r, &r.get_ref().agent_id)?;
         self.registry
             .heartbeat(r.into_inner(), &self.heartbeats)
             .await

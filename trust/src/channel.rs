@@ -74,6 +74,49 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// TLS connections accepted on `listener` with `cfg`, as a stream a tonic server takes
+/// (`serve_with_incoming`): each handshake runs in its own task, so a slow or failing
+/// client delays nobody; failed handshakes (no or a foreign client certificate when one
+/// is required) are logged and dropped. The accepting task ends when the stream is
+/// dropped or `stop` flips.
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+    cfg: Arc<rustls::ServerConfig>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio_stream::wrappers::ReceiverStream<
+    std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = stop.wait_for(|s| *s) => break,
+                _ = tx.closed() => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match acceptor.accept(tcp).await {
+                    Ok(s) => {
+                        let _ = tx.send(Ok(s)).await;
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake refused"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

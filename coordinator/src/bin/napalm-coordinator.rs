@@ -155,6 +155,8 @@ struct Cli {
     /// (e.g. /etc/exports.d/napalm.exports); `exportfs -ra` runs after a change.
     #[arg(long)]
     kernel_exports: Option<PathBuf>,
+    #[command(flatten)]
+    trust: napalm_coordinator::trust::flags::TrustFlags,
 }
 
 /// The API token from `--api-token`/`NAPALM_API_TOKEN` or `--api-token-file`; `None` only
@@ -259,6 +261,7 @@ async fn main() -> Result<()> {
         static_agents: cli.agents.clone(),
         mdns_interfaces: cli.mdns_interfaces.clone(),
         deploy,
+        trust: cli.trust.config(),
         converge_every: (cli.converge_every > 0).then(|| Duration::from_secs(cli.converge_every)),
         exports: cli.export_root.as_ref().map(|root| ExportConfig {
             root: root.clone(),

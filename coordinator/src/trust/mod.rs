@@ -1,0 +1,145 @@
+//! The coordinator's side of the cluster PKI (issue 13): it keeps the CA in the registry
+//! ([`store`]: generated at first start, or imported from the operator's PEM files once;
+//! in etcd mode shared by every coordinator), keeps join tokens there hashed, and serves
+//! `napalm.trust.v1.TrustService` ([`service`]) plus `CoordinatorService` for enrolled
+//! agents on a TLS listener of its own ([`serve`]): enrollment with a join token over TLS
+//! that the joining host pins to the CA fingerprint of its token, renewal and the agents'
+//! registration and heartbeats over mutual TLS. The token calls for operators are served
+//! on the ordinary API listener, behind the operator's bearer token.
+//!
+//! Must not touch: agents' keys (only CSRs cross), the registry's other records, or the
+//! plain listeners' behaviour (nothing changes for a coordinator started without
+//! `--trust-listen`).
+
+pub mod flags;
+pub mod serve;
+pub mod service;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use napalm_trust::tls::CertSlot;
+use napalm_trust::ClusterCa;
+
+use crate::registry::Registry;
+
+/// Trust settings; `main` fills them from `--trust-*` flags.
+#[derive(Debug, Clone)]
+pub struct TrustConfig {
+    /// TLS listener: enrollment, renewal, and `CoordinatorService` for enrolled agents.
+    pub listen: SocketAddr,
+    /// Addresses written into join tokens (`host:port` agents can reach); empty: the bound
+    /// TLS address.
+    pub advertise: Vec<String>,
+    /// Lifetime of agent certificates.
+    pub leaf_ttl: Duration,
+    /// Default lifetime of join tokens.
+    pub token_ttl: Duration,
+    /// Operator-supplied CA (certificate PEM, key PEM), imported at first start when the
+    /// registry holds no CA yet.
+    pub ca_files: Option<(PathBuf, PathBuf)>,
+}
+
+impl TrustConfig {
+    /// Loopback defaults for tests: any free port, 24 h certificates, 15 min tokens, a
+    /// generated CA.
+    pub fn loopback() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: Vec::new(),
+            leaf_ttl: napalm_trust::ca::DEFAULT_LEAF_TTL,
+            token_ttl: napalm_trust::token::DEFAULT_TTL,
+            ca_files: None,
+        }
+    }
+}
+
+/// Why trust could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustSetupError {
+    /// Reading or writing the CA in the registry failed.
+    #[error("keeping the cluster CA in the registry")]
+    Store(#[source] crate::store::StoreError),
+    /// The stored or supplied CA is unusable, or signing the coordinator's certificate
+    /// failed.
+    #[error("the cluster CA")]
+    Ca(#[source] napalm_trust::TrustError),
+    /// The operator's CA files could not be read.
+    #[error("reading the CA file {path}: check --trust-ca-cert/--trust-ca-key")]
+    CaFile {
+        /// Which file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The CA, the coordinator's own TLS identity and the settings, shared by the services.
+#[derive(Clone)]
+pub struct Trust {
+    pub(crate) registry: Registry,
+    pub(crate) ca: Arc<ClusterCa>,
+    pub(crate) identity: Arc<CertSlot>,
+    pub(crate) cfg: TrustConfig,
+    /// Addresses join tokens carry.
+    pub(crate) addresses: Vec<String>,
+}
+
+/// Lifetime of the coordinator's own certificate (re-issued at every start).
+const COORDINATOR_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+pub(crate) fn unix_now(registry: &Registry) -> i64 {
+    i64::try_from(registry.clock().unix_ms() / 1000).unwrap_or(i64::MAX)
+}
+
+impl Trust {
+    /// Loads (or creates) the CA and issues this coordinator's certificate; `bound` is the
+    /// TLS listener's address.
+    pub async fn open(
+        registry: Registry,
+        cfg: TrustConfig,
+        bound: SocketAddr,
+    ) -> Result<Self, TrustSetupError> {
+        let ca = store::load_or_create_ca(&registry, cfg.ca_files.as_ref()).await?;
+        let now = unix_now(&registry);
+        let (cert, key) = ca
+            .issue_coordinator(&[], now, COORDINATOR_TTL)
+            .map_err(TrustSetupError::Ca)?;
+        // The chain carries the CA so a joining host can check it against its pin.
+        let chain = format!("{}{}", cert.cert_pem, ca.cert_pem());
+        let identity =
+            CertSlot::new(chain.as_bytes(), key.as_bytes()).map_err(TrustSetupError::Ca)?;
+        let addresses = if cfg.advertise.is_empty() {
+            vec![bound.to_string()]
+        } else {
+            cfg.advertise.clone()
+        };
+        tracing::info!(fingerprint = %ca.fingerprint(), "cluster CA ready");
+        Ok(Self {
+            registry,
+            ca: Arc::new(ca),
+            identity,
+            cfg,
+            addresses,
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        self.ca.cert_pem()
+    }
+
+    /// The CA fingerprint join tokens pin.
+    pub fn fingerprint(&self) -> String {
+        self.ca.fingerprint()
+    }
+
+    /// Addresses written into join tokens.
+    pub fn addresses(&self) -> &[String] {
+        &self.addresses
+    }
+}

@@ -1,0 +1,138 @@
+//! The TLS listener: `TrustService` (enroll with a join token, renew with the agent's
+//! certificate) and `CoordinatorService` for enrolled agents, whose every call must come
+//! with a client certificate chaining to the CA (rustls checks the chain in the
+//! handshake; [`require_agent`] checks one was presented and names an agent, and hands
+//! the id to the service as a [`PeerAgent`] extension so `RegisterAgent` and `Heartbeat`
+//! can refuse an agent speaking for another).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use napalm_proto::trust_v1::trust_service_server::TrustServiceServer;
+use napalm_proto::v1::coordinator_service_server::CoordinatorServiceServer;
+use napalm_trust::tls::{self, ClientAuth};
+use tokio::task::JoinHandle;
+
+use super::service::{peer_agent, Placement, TrustServer};
+use super::{Trust, TrustConfig, TrustSetupError};
+use crate::registry::Registry;
+use crate::service::Coordinator;
+
+/// The agent id a caller's verified certificate names, set on requests that arrived over
+/// the TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAgent(pub String);
+
+/// Interceptor of `CoordinatorService` on the TLS listener: no agent certificate, no call.
+#[allow(clippy::result_large_err)]
+pub fn require_agent(mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    let id = peer_agent(&r)?;
+    r.extensions_mut().insert(PeerAgent(id));
+    Ok(r)
+}
+
+/// Checks that a request naming agent `claimed` comes from that agent when it came over
+/// the TLS listener (requests over the plain listener carry no [`PeerAgent`]).
+#[allow(clippy::result_large_err)]
+pub fn check_peer<T>(r: &tonic::Request<T>, claimed: &str) -> Result<(), tonic::Status> {
+    match r.extensions().get::<PeerAgent>() {
+        Some(PeerAgent(id)) if id != claimed => Err(tonic::Status::permission_denied(format!(
+            "this connection's certificate names agent {id:?}, not {claimed:?}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The running TLS listener.
+pub struct TrustListener {
+    /// The trust state (CA, identity) shared with the API listener's token service.
+    pub trust: Trust,
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The server task.
+    pub task: JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl TrustListener {
+    /// Stops accepting connections.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for TrustListener {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        self.task.abort();
+    }
+}
+
+/// Binds `cfg.listen`, sets up the CA and serves. `coordinator` is the same service the
+/// API listener serves.
+pub async fn start(
+    registry: Registry,
+    cfg: TrustConfig,
+    coordinator: Coordinator,
+) -> Result<TrustListener, StartError> {
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    let trust = Trust::open(registry, cfg, addr).await?;
+    let server_cfg = tls::server_config(
+        trust.ca.cert_der(),
+        Arc::clone(&trust.identity),
+        ClientAuth::Optional,
+    )
+    .map_err(|e| StartError::Setup(TrustSetupError::Ca(e)))?;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let incoming = napalm_trust::channel::incoming(listener, server_cfg, stop_rx.clone());
+    let svc = TrustServer::new(trust.clone(), Placement::Tls);
+    let mut rx = stop_rx;
+    let task = tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .add_service(TrustServiceServer::new(svc))
+            .add_service(CoordinatorServiceServer::with_interceptor(
+                coordinator,
+                require_agent,
+            ))
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "TLS listener stopped");
+        }
+    });
+    tracing::info!(%addr, fingerprint = %trust.fingerprint(), "serving enrollment and mutual-TLS CoordinatorService");
+    Ok(TrustListener {
+        trust,
+        addr,
+        task,
+        stop,
+    })
+}
+
+/// Why the TLS listener did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The address could not be bound.
+    #[error("binding the TLS listener {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The CA or the coordinator's certificate.
+    #[error(transparent)]
+    Setup(#[from] TrustSetupError),
+}

@@ -1,0 +1,118 @@
+//! Trust records in the registry store: the CA under [`CA_KEY`] (certificate and key,
+//! JSON; the key never leaves the store but to sign) and join token records under
+//! [`TOKENS`]`<id>` (JSON [`napalm_trust::TokenRecord`]: hashes, never secrets). Changes
+//! are revision-checked like every registry change, so a token redeemed by two agents at
+//! once is redeemed by one.
+
+use napalm_trust::{ClusterCa, TokenRecord};
+use serde::{Deserialize, Serialize};
+
+use super::TrustSetupError;
+use crate::registry::Registry;
+use crate::store::{Check, StoreError, Txn};
+
+/// Key of the cluster CA.
+pub const CA_KEY: &str = "/napalm/trust/ca";
+/// Key prefix of join token records.
+pub const TOKENS: &str = "/napalm/trust/tokens/";
+
+#[derive(Serialize, Deserialize)]
+struct StoredCa {
+    cert_pem: String,
+    key_pem: String,
+}
+
+/// The CA in the registry; at first start the operator's files (when given) or a new one,
+/// stored only if no other coordinator stored one first.
+pub async fn load_or_create_ca(
+    registry: &Registry,
+    files: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+) -> Result<ClusterCa, TrustSetupError> {
+    let store = registry.store();
+    for _ in 0..3 {
+        if let Some(v) = store.get(CA_KEY).await.map_err(TrustSetupError::Store)? {
+            let s: StoredCa = serde_json::from_slice(&v.value).map_err(|e| {
+                TrustSetupError::Ca(napalm_trust::TrustError::Parse {
+                    what: "stored CA",
+                    detail: e.to_string(),
+                })
+            })?;
+            return ClusterCa::from_pem(&s.cert_pem, &s.key_pem).map_err(TrustSetupError::Ca);
+        }
+        let ca = match files {
+            Some((cert, key)) => {
+                let read = |p: &std::path::PathBuf| {
+                    std::fs::read_to_string(p).map_err(|source| TrustSetupError::CaFile {
+                        path: p.clone(),
+                        source,
+                    })
+                };
+                ClusterCa::from_pem(&read(cert)?, &read(key)?).map_err(TrustSetupError::Ca)?
+            }
+            None => ClusterCa::generate("napalm cluster CA", super::unix_now(registry))
+                .map_err(TrustSetupError::Ca)?,
+        };
+        let value = serde_json::to_vec(&StoredCa {
+            cert_pem: ca.cert_pem().to_owned(),
+            key_pem: ca.key_pem(),
+        })
+        .unwrap_or_default();
+        match store
+            .commit(Txn::new().check(CA_KEY, Check::Absent).put(CA_KEY, value))
+            .await
+        {
+            Ok(_) => return Ok(ca),
+            // Another coordinator stored its CA first: use that one.
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(TrustSetupError::Store(e)),
+        }
+    }
+    Err(TrustSetupError::Store(StoreError::Conflict {
+        key: CA_KEY.into(),
+        expected: "a CA".into(),
+        found: "none after three tries".into(),
+    }))
+}
+
+/// A token record and its revision.
+pub async fn token(
+    registry: &Registry,
+    id: &str,
+) -> Result<Option<(TokenRecord, u64)>, StoreError> {
+    let Some(v) = registry.store().get(&format!("{TOKENS}{id}")).await? else {
+        return Ok(None);
+    };
+    Ok(serde_json::from_slice(&v.value)
+        .ok()
+        .map(|r| (r, v.mod_revision)))
+}
+
+/// Every token record.
+pub async fn tokens(registry: &Registry) -> Result<Vec<TokenRecord>, StoreError> {
+    Ok(registry
+        .store()
+        .list(TOKENS)
+        .await?
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice(&v.value).ok())
+        .collect())
+}
+
+/// Stores `record`, which must still be at `revision` (`None`: must be new).
+pub async fn put_token(
+    registry: &Registry,
+    record: &TokenRecord,
+    revision: Option<u64>,
+) -> Result<(), StoreError> {
+    let key = format!("{TOKENS}{}", record.id);
+    let check = match revision {
+        Some(r) => Check::Revision(r),
+        None => Check::Absent,
+    };
+    let value = serde_json::to_vec(record).unwrap_or_default();
+    registry
+        .store()
+        .commit(Txn::new().check(key.clone(), check).put(key, value))
+        .await
+        .map(|_| ())
+}
