@@ -215,7 +215,10 @@ impl CoordinatorService for Coordinator {
         self.registry
             .get_deployment(&r.into_inner().name)
             .await
-            .map(Response::new)
+            .map(|d| {
+                let clones = d.clones.clone();
+                Response::new(crate::deploy::rollout::with_counts(d, &clones))
+            })
             .map_err(status)
     }
 
@@ -246,6 +249,19 @@ impl CoordinatorService for Coordinator {
             m.clone_booted(boot.and_then(|b| b.to_registered.as_ref()));
         }
         Ok(Response::new(r))
+    }
+
+    async fn rollout(&self, r: Request<RolloutRequest>) -> Res<Deployment> {
+        let req = r.into_inner();
+        // A status is a read any coordinator answers; a change goes to the leader.
+        if req.action != RolloutAction::Status as i32 {
+            self.leader_only()?;
+        }
+        self.deployer()?
+            .rollout(req)
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     type WatchEventsStream = BoxStream<Event>;

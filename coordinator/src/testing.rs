@@ -124,6 +124,7 @@ pub fn deploy_config(dir: &Path, opts: &GridOptions) -> Result<DeployConfig, Gri
         kernel_args: "console=ttyS0".into(),
         attempts: 2,
         lost_grace: Duration::from_secs(30),
+        restart_budget: 3,
         addresses: None,
         exports: None,
     })

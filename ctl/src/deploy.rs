@@ -21,15 +21,33 @@ use crate::{from_status, Failure};
 /// Arguments of `napalmctl deploy`.
 #[derive(clap::Args, Debug)]
 pub struct DeployArgs {
-    /// Number of clones.
-    #[arg(long)]
-    pub count: u32,
-    /// Deployment name; clones are NAME-01, NAME-02…
+    /// Number of clones (NAME-01, NAME-02…); not with --file, whose hosts are the clones.
+    #[arg(long, required_unless_present = "file")]
+    pub count: Option<u32>,
+    /// A clones.conf (the thesis's annex IV format) declaring the clones: their names,
+    /// their groups' and their own template sets and values. Deploying an edited file
+    /// again converges: added hosts are created, removed ones deleted, changed ones rolled.
+    #[arg(long, short = 'f', conflicts_with_all = ["count", "layers"])]
+    pub file: Option<std::path::PathBuf>,
+    /// Deployment name.
     #[arg(long, default_value = "napalm")]
     pub name: String,
-    /// Template sets stacked into each clone's layer.
-    #[arg(long, value_delimiter = ',', default_value = "base")]
-    pub layers: Vec<String>,
+    /// Template sets stacked into each clone's layer [default: base] (with --file, the
+    /// file's `layers:` decide).
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Option<Vec<String>>,
+    /// Clones a rolling update may have down at once (a changed spec replaces clones in
+    /// batches, each gated on the previous one registering).
+    #[arg(long, default_value_t = 1)]
+    pub max_unavailable: u32,
+    /// Seconds a started clone may take to register before it is failed [default: the
+    /// coordinator's --register-timeout].
+    #[arg(long)]
+    pub boot_timeout: Option<u64>,
+    /// Restarts on its agent of a clone that died before it is replaced elsewhere
+    /// [default: the coordinator's --restart-budget].
+    #[arg(long)]
+    pub restart_budget: Option<u32>,
     /// stateless (tmpfs upper) or stateful (upper kept on a disk).
     #[arg(long, default_value = "stateless")]
     pub mode: String,
@@ -114,10 +132,40 @@ impl DeployArgs {
             "binpack" => PlacementStrategy::Binpack,
             s => return Err(bad(format!("--strategy {s:?}: use spread or binpack"))),
         };
+        let (clones_conf, clones_conf_file) = match &self.file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    bad(format!(
+                        "--file {}: {e}; give the path of a clones.conf",
+                        path.display()
+                    ))
+                })?;
+                // Checked here too, so that a malformed file is refused before anything
+                // is contacted; the coordinator checks it again.
+                let label = path.display().to_string();
+                napalm_overlay::Config::parse(&label, &text, &napalm_overlay::Limits::default())
+                    .and_then(|c| c.resolve())
+                    .map_err(|e| bad(format!("{e}; fix the file and deploy again")))?;
+                (text, label)
+            }
+            None => (String::new(), String::new()),
+        };
         Ok(DeploymentSpec {
             name: self.name.clone(),
-            count: self.count,
-            layers: self.layers.clone(),
+            count: self.count.unwrap_or(0),
+            layers: if self.file.is_some() {
+                Vec::new()
+            } else {
+                self.layers.clone().unwrap_or_else(|| vec!["base".into()])
+            },
+            clones_conf,
+            clones_conf_file,
+            max_unavailable: self.max_unavailable,
+            boot_timeout: self.boot_timeout.map(|s| prost_types::Duration {
+                seconds: i64::try_from(s).unwrap_or(i64::MAX),
+                nanos: 0,
+            }),
+            restart_budget: self.restart_budget,
             mode: mode as i32,
             hypervisor: hypervisor as i32,
             resources: Some(Resources {

@@ -24,6 +24,7 @@ pub mod connect;
 pub mod deploy;
 pub mod domain;
 pub mod output;
+pub mod rollout;
 pub mod tables;
 pub mod watch;
 
@@ -65,8 +66,19 @@ pub struct Cli {
 pub enum Command {
     /// Agents known to the coordinator, with capacity and allocations (napalm-browse).
     Agents,
-    /// Deployments (napalm-list-deployments).
-    Deployments,
+    /// Deployments (napalm-list-deployments); `deployments show NAME` prints one's stored
+    /// spec and clones.conf with its revision.
+    Deployments {
+        /// What to do (default: list them).
+        #[command(subcommand)]
+        command: Option<rollout::DeploymentsCommand>,
+    },
+    /// A deployment's rolling update: status, pause, resume, undo.
+    Rollout {
+        /// What to do.
+        #[command(subcommand)]
+        command: rollout::RolloutCommand,
+    },
     /// Clones of one deployment or all, with agent, address and phase. With `--format`:
     /// a live deployment's cluster files from the registry (`--deployment NAME`: hosts,
     /// mpi, json), else those of a clones.conf (hosts, mpi, known-hosts, json, yaml, table).
@@ -193,7 +205,11 @@ async fn dispatch(cli: &Cli, settings: &Settings) -> Result<String, Failure> {
             .into_inner();
             Ok(tables::agents(output, &[a]))
         }
-        Command::Deployments => {
+        Command::Deployments {
+            command: Some(rollout::DeploymentsCommand::Show { name }),
+        } => rollout::show(settings, name, output).await,
+        Command::Rollout { command } => rollout::rollout(settings, command, output).await,
+        Command::Deployments { command: None } => {
             let mut c = client(settings).await?;
             let deployments = c
                 .list_deployments(ListDeploymentsRequest {})

@@ -86,6 +86,12 @@ pub fn duration(d: Duration) -> prost_types::Duration {
     }
 }
 
+/// The length a protobuf duration names (zero when negative).
+pub fn duration_from(d: prost_types::Duration) -> Duration {
+    Duration::from_secs(u64::try_from(d.seconds).unwrap_or(0))
+        + Duration::from_nanos(u64::try_from(d.nanos).unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -116,6 +116,12 @@ impl Agent {
         &self.blobs
     }
 
+    /// The hypervisor this agent drives: what tests use to change a domain behind the
+    /// agent's back (a guest that crashed, a QEMU that was killed).
+    pub fn hypervisor(&self) -> &Arc<dyn Hypervisor> {
+        &self.hv
+    }
+
     /// The configured shutdown deadline.
     pub fn shutdown_timeout(&self) -> Duration {
         self.cfg.shutdown_timeout

@@ -116,6 +116,11 @@ struct Cli {
     /// dead and its stateless clones boot on other agents.
     #[arg(long, default_value_t = 30)]
     agent_lost_grace: u64,
+    /// Restarts on the same agent of a clone whose domain died (QEMU killed, guest
+    /// crashed or powered off) before it is replaced on another agent; a deployment may
+    /// set its own. Restarts back off 2, 4, 8… s.
+    #[arg(long, default_value_t = 3)]
+    restart_budget: u32,
     /// Seconds between the leader's passes that converge every deployment to its spec
     /// with no client connected (0: only when a client deploys).
     #[arg(long, default_value_t = 2)]
@@ -239,6 +244,7 @@ async fn main() -> Result<()> {
                 kernel_args: cli.kernel_args.clone(),
                 attempts: 3,
                 lost_grace: Duration::from_secs(cli.agent_lost_grace),
+                restart_budget: cli.restart_budget,
                 addresses: cli.clone_addresses,
                 exports: None,
             })

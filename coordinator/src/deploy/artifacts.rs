@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use napalm_initramfs::image::{layer_segment, Compression};
-use napalm_overlay::{Config, Identity, LayerBuilder, Outputs, SetLibrary};
+use napalm_overlay::provenance::{Level, Origin, Resolved, Sourced};
+use napalm_overlay::{CloneSpec, Cluster, Config, Identity, LayerBuilder, Outputs, SetLibrary};
 use napalm_proto::v1::BlobRef;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -36,6 +37,46 @@ pub struct CloneInput {
     pub name: String,
     /// Values of its own level (token, register URL, index).
     pub values: Vec<(String, Value)>,
+}
+
+/// A clones.conf that declares a deployment's clones (names, groups, template sets,
+/// values), as the operator sent it.
+#[derive(Debug, Clone)]
+pub struct Declared<'a> {
+    /// The file's name as the operator gave it (provenance says `FILE:LINE`).
+    pub file: &'a str,
+    /// Its content.
+    pub text: &'a str,
+}
+
+impl Declared<'_> {
+    /// The file's clones after the cascade; errors quote the file and line.
+    pub fn resolve(&self) -> Result<Cluster, napalm_overlay::ConfigError> {
+        let limits = napalm_overlay::Limits::default();
+        Config::parse(self.file, self.text, &limits)?.resolve_with(&limits)
+    }
+}
+
+/// Sets `key` on `clone` at the coordinator's level: it wins over the file's value, which
+/// provenance keeps as overridden (`clone show --explain`).
+fn impose(clone: &mut CloneSpec, key: &str, value: Value, level: &Level) {
+    let origin = Origin::api("napalm-coordinator", level.clone());
+    let mut overridden = Vec::new();
+    if let Some(old) = clone.values.remove(key) {
+        overridden.extend(old.overridden);
+        overridden.push(Sourced {
+            value: old.value,
+            origin: old.origin,
+        });
+    }
+    clone.values.insert(
+        key.to_owned(),
+        Resolved {
+            value,
+            origin,
+            overridden,
+        },
+    );
 }
 
 /// A built clone layer.
@@ -134,27 +175,58 @@ impl Artifacts {
     /// Builds the layers and images of `clones` (blocking: run it off the async workers).
     /// `globals` are the deployment-wide values (server, mode…), `layers` the sets,
     /// `identity` the cluster secret clones' host keys and machine ids derive from.
+    /// With a `declared` clones.conf, each clone's sets and values come from its cascade
+    /// and `globals`, `layers` and the clones' own values are imposed over the file's.
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         &self,
         deployment: &str,
         globals: &[(String, Value)],
         layers: &[String],
         clones: &[CloneInput],
+        declared: Option<Declared<'_>>,
         over_nfs: bool,
         identity: Identity,
     ) -> Result<BuildResults, DeployError> {
-        let mut config = Config::new(&format!("deployment {deployment}"));
-        let g = config.global();
-        for (k, v) in globals {
-            g.set(k, v.clone());
-        }
-        g.set("layers", json!(layers));
-        for c in clones {
-            g.add_hosts(&c.name, c.values.clone());
-        }
-        let cluster = config
-            .resolve()
-            .map_err(|e| DeployError::Cluster(Arc::new(e)))?;
+        let cluster = match declared {
+            Some(file) => {
+                let mut cluster = file
+                    .resolve()
+                    .map_err(|e| DeployError::Cluster(Arc::new(e)))?;
+                for c in clones {
+                    let Some(spec) = cluster.clones.iter_mut().find(|s| s.name == c.name) else {
+                        continue;
+                    };
+                    for (k, v) in globals {
+                        impose(spec, k, v.clone(), &Level::Global);
+                    }
+                    let host = Level::Host(c.name.clone());
+                    for (k, v) in &c.values {
+                        if k == "address" {
+                            if let Some(a) = v.as_str().and_then(|a| a.parse().ok()) {
+                                spec.address = Some(a);
+                            }
+                        }
+                        impose(spec, k, v.clone(), &host);
+                    }
+                }
+                cluster
+            }
+            None => {
+                let mut config = Config::new(&format!("deployment {deployment}"));
+                let g = config.global();
+                for (k, v) in globals {
+                    g.set(k, v.clone());
+                }
+                g.set("layers", json!(layers));
+                for c in clones {
+                    g.add_hosts(&c.name, c.values.clone());
+                }
+                config
+                    .resolve()
+                    .map_err(|e| DeployError::Cluster(Arc::new(e)))?
+            }
+        };
         let sets = SetLibrary::new(self.cfg.sets.clone());
         let dir = self.cfg.layers_dir.join(deployment);
         // The cluster identity (from which clones' host keys derive) stays beside, not

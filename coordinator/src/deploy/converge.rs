@@ -9,12 +9,13 @@
 
 use std::time::Duration;
 
-use napalm_proto::v1::ClonePhase;
+use napalm_proto::v1::{Agent, Clone, ClonePhase, DeploymentSpec};
 
-use super::place;
-use super::reconcile::{Action, Reason};
+use super::reconcile::{self, Action, Death, Reason};
 use super::Deployer;
-use crate::registry::RegistryError;
+use super::{place, rollout};
+use crate::clock::timestamp;
+use crate::registry::{RegistryError, CLONES};
 
 /// How often the leader looks at every deployment by default.
 pub const EVERY: Duration = Duration::from_secs(2);
@@ -73,7 +74,16 @@ impl Deployer {
             let Some(guard) = self.try_hold(&spec.name) else {
                 continue;
             };
-            let (records, plan, strays) = self.observe(&spec, &agents, &lost).await?;
+            let super::Observed {
+                records,
+                plan,
+                strays,
+                running,
+            } = self.observe(&spec, &agents, &lost).await?;
+            if self.tend(&spec, &records, &running, &agents).await? {
+                // Restarted or failed clones: the next pass sees them as they are now.
+                continue;
+            }
             let placeable = || {
                 let to_place: Vec<String> = plan
                     .actions
@@ -95,7 +105,17 @@ impl Deployer {
                     .placed
                     .is_empty()
             };
-            let work = plan.actions.iter().any(beyond_placement)
+            // A rollout under way makes a run when a batch may start: fewer clones down
+            // than it allows, and some still on an older spec.
+            let rolling = rollout::progressing(&d)
+                && rollout::outdated(&d, &records).next().is_some()
+                && records
+                    .iter()
+                    .filter(|c| !rollout::available(c, |id| self.tests_on(&spec, &agents, id)))
+                    .count()
+                    < rollout::max_unavailable(&spec);
+            let work = rolling
+                || plan.actions.iter().any(beyond_placement)
                 || !strays.is_empty()
                 || records
                     .iter()
@@ -124,10 +144,134 @@ impl Deployer {
                 });
                 started.push(name_of(&d));
             } else {
-                self.record_state(&d, &records).await?;
+                self.record_state(&d, &records, &agents).await?;
             }
         }
         Ok(started)
+    }
+}
+
+impl Deployer {
+    /// The clones of `spec` that died or never registered: a dead clone (its domain
+    /// shut off, crashed or gone on an agent that answers) is started again on its agent
+    /// after a backoff, up to the restart budget, then failed with `restarts` kept so
+    /// that reconcile replaces it elsewhere ([`Reason::Died`]); a clone running past the
+    /// boot timeout without registering is failed with why. Returns whether it changed
+    /// anything.
+    async fn tend(
+        &self,
+        spec: &DeploymentSpec,
+        records: &[Clone],
+        running: &[(String, Vec<napalm_proto::v1::Domain>)],
+        agents: &[Agent],
+    ) -> Result<bool, RegistryError> {
+        let reg = &self.inner.registry;
+        let now = reg.clock().now();
+        let at = timestamp(now);
+        let budget = spec.restart_budget.unwrap_or(self.inner.cfg.restart_budget);
+        let mut changed = false;
+        for death in reconcile::died(records, running, now, budget) {
+            changed = true;
+            match death {
+                Death::Restart {
+                    clone,
+                    agent,
+                    attempt,
+                } => {
+                    let Some(a) = agents.iter().find(|a| a.id == agent) else {
+                        continue;
+                    };
+                    let started = self
+                        .inner
+                        .agents
+                        .start(
+                            &a.grpc_endpoint,
+                            &clone,
+                            format!("restart-{clone}-{}-{attempt}", at.seconds),
+                        )
+                        .await;
+                    self.inner.metrics.converge_action("restart");
+                    let action = format!(
+                        "restarted on {}: its domain died (restart {attempt} of {budget})",
+                        a.name
+                    );
+                    tracing::info!(clone = %clone, agent = %a.name, attempt, ok = started.is_ok(), "restarting a clone that died");
+                    self.set_clone(&clone, |k| {
+                        k.restarts = attempt;
+                        k.restarted_at = Some(at);
+                        k.last_action = action.clone();
+                        match &started {
+                            Ok(d) => {
+                                k.phase = ClonePhase::Running as i32;
+                                k.domain_state = d.state;
+                                k.started_at = Some(at);
+                                k.registered_at = None;
+                            }
+                            Err(e) => {
+                                k.last_error = format!("restart on {}: {}", a.name, e.message())
+                            }
+                        }
+                    })
+                    .await?;
+                }
+                Death::Replace { clone, agent } => {
+                    let name = agents
+                        .iter()
+                        .find(|a| a.id == agent)
+                        .map_or(agent.as_str(), |a| a.name.as_str());
+                    tracing::warn!(clone = %clone, agent = %name, budget, "a clone died past its restart budget: replacing it");
+                    let why = format!(
+                        "died {} time(s) on {name}, past its restart budget of {budget}",
+                        budget + 1
+                    );
+                    self.set_clone(&clone, |k| {
+                        k.phase = ClonePhase::Failed as i32;
+                        k.restarts = k.restarts.max(1);
+                        k.last_error = why.clone();
+                        k.last_action = format!("replacing: {why}");
+                        if !k.failed_agents.contains(&agent) {
+                            k.failed_agents.push(agent.clone());
+                        }
+                    })
+                    .await?;
+                }
+            }
+        }
+        // Clones that do not register in time.
+        let limit = self.inner.boot_timeout(spec);
+        for c in records.iter().filter(|c| {
+            c.phase == ClonePhase::Running as i32
+                && !self.tests_on(spec, agents, &c.agent_id)
+                && c.started_at.is_some()
+                && napalm_proto::time::from_timestamp(c.started_at.as_ref()) + limit <= now
+        }) {
+            changed = true;
+            let why = format!("did not register within {} s of starting", limit.as_secs());
+            tracing::warn!(clone = %c.name, "{why}");
+            self.set_clone(&c.name, |k| {
+                if k.phase == ClonePhase::Running as i32 {
+                    k.phase = ClonePhase::Failed as i32;
+                    k.last_error = why.clone();
+                    k.last_action = format!("failed: {why}");
+                }
+            })
+            .await?;
+        }
+        Ok(changed)
+    }
+
+    /// Changes clone `name`'s record with `f`.
+    async fn set_clone(&self, name: &str, f: impl Fn(&mut Clone)) -> Result<(), RegistryError> {
+        self.inner
+            .registry
+            .update::<Clone, _>(&format!("{CLONES}{name}"), |cur| {
+                Ok(cur.map(|mut c| {
+                    f(&mut c);
+                    c
+                }))
+            })
+            .await?;
+        Ok(())
     }
 }
 

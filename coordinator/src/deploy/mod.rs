@@ -23,6 +23,7 @@ pub mod nfs;
 mod place;
 pub mod reconcile;
 pub mod report;
+pub mod rollout;
 pub mod ship;
 pub mod xml;
 
@@ -73,6 +74,9 @@ pub struct DeployConfig {
     /// How long an agent stays down past its heartbeat TTL before its host is taken for
     /// dead and its stateless clones boot elsewhere.
     pub lost_grace: Duration,
+    /// Restarts on its agent of a clone that died before it is replaced elsewhere (a
+    /// deployment's `restart_budget` wins).
+    pub restart_budget: u32,
     /// Attempts per clone on different agents before it is reported failed.
     pub attempts: usize,
     /// Static clone addresses (`None`: clones use DHCP).
@@ -99,6 +103,28 @@ struct Inner {
     /// One lock per deployment: a run (a client's, or the control loop's) and an undeploy
     /// never work on the same deployment at once.
     holds: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A deployment as one control-loop pass sees it.
+struct Observed {
+    /// Its clone records.
+    records: Vec<napalm_proto::v1::Clone>,
+    /// What reconcile asks for.
+    plan: reconcile::Plan,
+    /// Domains agents run where the registry does not place them.
+    strays: Vec<reconcile::Action>,
+    /// Each answering agent's domains of the deployment.
+    running: Vec<(String, Vec<napalm_proto::v1::Domain>)>,
+}
+
+impl Inner {
+    /// How long a started clone of `spec` may take to register.
+    fn boot_timeout(&self, spec: &DeploymentSpec) -> Duration {
+        spec.boot_timeout
+            .map(napalm_proto::time::duration_from)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(self.cfg.register_timeout)
+    }
 }
 
 /// The right to work on one deployment, held by a run until it has brought its clones up
@@ -194,12 +220,14 @@ impl Deployer {
         &self,
         d: &Deployment,
         clones: &[napalm_proto::v1::Clone],
+        agents: &[napalm_proto::v1::Agent],
     ) -> Result<(), RegistryError> {
         let state = report::state_of(clones) as i32;
-        if d.state == state {
+        let Some(spec) = &d.spec else { return Ok(()) };
+        let complete = rollout::complete(d, clones, |id| self.tests_on(spec, agents, id));
+        if d.state == state && !complete {
             return Ok(());
         }
-        let Some(spec) = &d.spec else { return Ok(()) };
         let now = crate::clock::timestamp(self.inner.registry.clock().now());
         self.inner
             .registry
@@ -207,11 +235,28 @@ impl Deployer {
                 Ok(cur.map(|mut d| {
                     d.state = state;
                     d.updated_at = Some(now);
+                    if complete {
+                        rollout::mark_complete(&mut d, now);
+                    }
                     d
                 }))
             })
             .await?;
         Ok(())
+    }
+
+    /// Whether agent `id` runs `spec`'s clones on libvirt's test driver (no guest boots,
+    /// so none registers: running is as far as they go).
+    fn tests_on(
+        &self,
+        spec: &DeploymentSpec,
+        agents: &[napalm_proto::v1::Agent],
+        id: &str,
+    ) -> bool {
+        agents
+            .iter()
+            .find(|a| a.id == id)
+            .is_some_and(|a| place::hypervisor_on(spec, a) == napalm_proto::v1::Hypervisor::Test)
     }
 
     /// Writes the NFS exports for what the registry holds (at start-up, before clones
@@ -222,21 +267,15 @@ impl Deployer {
     }
 
     /// What reconcile sees for `spec` now: its clone records, the plan against `agents`
-    /// (of which `lost` are taken for dead), and the domains of the deployment that agents
-    /// run where the registry does not place them. Nothing is written.
+    /// (of which `lost` are taken for dead), the domains of the deployment that agents
+    /// run where the registry does not place them, and each answering agent's domains of
+    /// the deployment. Nothing is written.
     async fn observe(
         &self,
         spec: &DeploymentSpec,
         agents: &[napalm_proto::v1::Agent],
         lost: &std::collections::HashSet<String>,
-    ) -> Result<
-        (
-            Vec<napalm_proto::v1::Clone>,
-            reconcile::Plan,
-            Vec<reconcile::Action>,
-        ),
-        RegistryError,
-    > {
+    ) -> Result<Observed, RegistryError> {
         let records = self.inner.registry.list_clones(&spec.name).await?;
         let plan = reconcile::reconcile(spec, &records, agents, lost);
         let assigned: HashMap<String, String> = records
@@ -246,7 +285,12 @@ impl Deployer {
             .collect();
         let running = self.inner.agents.running(agents, &spec.name).await;
         let strays = reconcile::strays(&assigned, &running);
-        Ok((records, plan, strays))
+        Ok(Observed {
+            records,
+            plan,
+            strays,
+            running,
+        })
     }
 
     /// Checks and completes a spec with defaults; bad input is refused before anything is
@@ -254,6 +298,11 @@ impl Deployer {
     pub fn normalize(&self, spec: Option<DeploymentSpec>) -> Result<DeploymentSpec, ApiError> {
         let mut s = spec.ok_or_else(|| invalid("spec", "missing deployment spec".into()))?;
         check_name("spec.name", &s.name)?;
+        if s.clones_conf.is_empty() {
+            s.clone_names.clear();
+        } else {
+            self.declare(&mut s)?;
+        }
         if s.count == 0 || s.count > MAX_COUNT {
             return Err(invalid(
                 "spec.count",
@@ -337,6 +386,87 @@ impl Deployer {
         Ok(s)
     }
 
+    /// Takes the clones `s.clones_conf` declares: their names (checked, in the file's
+    /// order), their count, and the template sets they use (which must exist).
+    fn declare(&self, s: &mut DeploymentSpec) -> Result<(), ApiError> {
+        if s.clones_conf_file.is_empty() {
+            s.clones_conf_file = "clones.conf".into();
+        }
+        let declared = artifacts::Declared {
+            file: &s.clones_conf_file,
+            text: &s.clones_conf,
+        };
+        let cluster = declared
+            .resolve()
+            .map_err(|e| invalid("spec.clones_conf", e.to_string()))?;
+        if cluster.is_empty() {
+            return Err(invalid(
+                "spec.clones_conf",
+                format!(
+                    "{} declares no clone: add hosts under `hosts:` or a group's `hosts:`",
+                    s.clones_conf_file
+                ),
+            ));
+        }
+        let n = cluster.len();
+        if s.count != 0 && s.count as usize != n {
+            return Err(invalid(
+                "spec.count",
+                format!(
+                    "count \"{}\" but {} declares {n} clone(s): leave the count out with a \
+                     clones.conf, or edit the file",
+                    s.count, s.clones_conf_file
+                ),
+            ));
+        }
+        let mut sets: Vec<String> = Vec::new();
+        for c in &cluster.clones {
+            check_name("spec.clones_conf", &c.name)?;
+            for l in &c.layers {
+                if !sets.contains(l) {
+                    sets.push(l.clone());
+                }
+            }
+        }
+        self.inner
+            .artifacts
+            .check_sets(&sets)
+            .map_err(|e| invalid("spec.clones_conf", chain(&e)))?;
+        s.count = u32::try_from(n).unwrap_or(u32::MAX);
+        s.clone_names = cluster.clones.iter().map(|c| c.name.clone()).collect();
+        s.layers = sets;
+        Ok(())
+    }
+
+    /// Refuses clone names another deployment already holds (clones.conf names are the
+    /// operator's, and a clone name is a host name: it names one clone in the registry).
+    async fn check_names_free(&self, spec: &DeploymentSpec) -> Result<(), ApiError> {
+        if spec.clone_names.is_empty() {
+            return Ok(());
+        }
+        let registry = &self.inner.registry;
+        for n in &spec.clone_names {
+            if let Some((c, _)) = registry
+                .get::<napalm_proto::v1::Clone>(&format!("{CLONES}{n}"))
+                .await
+                .map_err(ApiError::from)?
+            {
+                if c.deployment != spec.name {
+                    return Err(invalid(
+                        "spec.clones_conf",
+                        format!(
+                            "clone {n:?} of {} is already a clone of deployment {:?}; \
+                             rename it in the file or undeploy {:?} first; nothing was \
+                             deployed",
+                            spec.clones_conf_file, c.deployment, c.deployment
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Deploys or converges; streams progress into `tx`; returns the summary.
     pub async fn deploy(
         &self,
@@ -345,6 +475,7 @@ impl Deployer {
     ) -> Result<DeploySummary, ApiError> {
         let started = Instant::now();
         let spec = self.normalize(req.spec)?;
+        self.check_names_free(&spec).await?;
         if req.dry_run {
             let agents = self
                 .inner
@@ -404,11 +535,38 @@ impl Deployer {
                 });
             }
         }
-        let hold = self.hold(&spec.name).await;
-        let p = apply::Run::new(Arc::clone(&self.inner), spec, tx);
-        let r = p.execute(started, hold).await.map_err(ApiError::from);
-        self.inner.metrics.run_finished("deploy", started.elapsed());
-        r
+        // One run per batch of a rolling update: each follows its clones until they
+        // register, and the next batch starts after it. A run that replaced nothing (the
+        // rollout paused, or clones down for other reasons) ends the client's part; the
+        // control loop carries on.
+        let key = format!("{DEPLOYMENTS}{}", spec.name);
+        let mut before = None;
+        loop {
+            let hold = self.hold(&spec.name).await;
+            let p = apply::Run::new(Arc::clone(&self.inner), spec.clone(), tx.clone());
+            let r = p.execute(started, hold).await.map_err(ApiError::from)?;
+            let registry = &self.inner.registry;
+            let d = registry
+                .get::<Deployment>(&key)
+                .await
+                .map_err(ApiError::from)?;
+            let Some((d, _)) = d.filter(|(d, _)| rollout::progressing(d)) else {
+                self.inner.metrics.run_finished("deploy", started.elapsed());
+                return Ok(r);
+            };
+            let clones = registry
+                .list_clones(&spec.name)
+                .await
+                .map_err(ApiError::from)?;
+            let left: Vec<String> = rollout::outdated(&d, &clones)
+                .map(|c| c.name.clone())
+                .collect();
+            if left.is_empty() || before.as_ref() == Some(&left) {
+                self.inner.metrics.run_finished("deploy", started.elapsed());
+                return Ok(r);
+            }
+            before = Some(left);
+        }
     }
 
     /// Removes a deployment's clones from their agents and the registry.

@@ -6,6 +6,7 @@ mod converge;
 mod crash;
 mod deploy;
 mod etcd_harness;
+mod lifecycle;
 mod mdns;
 mod observe;
 mod registry;

@@ -311,6 +311,12 @@ pub fn spec() -> DeploymentSpec {
         kernel_args: s("quiet"),
         kernel: Some(blob()),
         allow_pending: true,
+        clones_conf: s("groups: {g: {hosts: {clone01: }}}"),
+        clones_conf_file: s("clones.conf"),
+        clone_names: vec![s("clone01")],
+        max_unavailable: 2,
+        boot_timeout: dur(1_500),
+        restart_budget: Some(3),
     }
 }
 pub fn deploy_request() -> DeployRequest {
@@ -337,6 +343,10 @@ pub fn clone() -> Clone {
         failed_agents: vec![s("node2")],
         revision: 9,
         last_action: s("placed on node1: declared by the spec"),
+        spec_revision: 2,
+        restarts: 1,
+        started_at: ts(),
+        restarted_at: ts(),
     }
 }
 pub fn placement_failure() -> PlacementFailure {
@@ -389,6 +399,26 @@ pub fn deployment() -> Deployment {
         created_at: ts(),
         updated_at: ts(),
         revision: 10,
+        spec_revision: 2,
+        previous_spec: Some(DeploymentSpec {
+            name: s("grid1"),
+            count: 4,
+            ..Default::default()
+        }),
+        rollout: Some(Rollout {
+            state: RolloutState::Paused as i32,
+            revision: 2,
+            updated: 3,
+            total: 8,
+            message: s("clone04 did not register within 60 s"),
+            updated_at: ts(),
+        }),
+    }
+}
+pub fn rollout_request() -> RolloutRequest {
+    RolloutRequest {
+        name: s("grid1"),
+        action: RolloutAction::Pause as i32,
     }
 }
 pub fn list_deployments_response() -> ListDeploymentsResponse {

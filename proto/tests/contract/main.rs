@@ -193,6 +193,10 @@ impl CoordinatorService for Coordinator {
         check(r.get_ref(), fixtures::watch_events_request())?;
         Ok(Response::new(stream_of(fixtures::events())))
     }
+    async fn rollout(&self, r: Request<RolloutRequest>) -> Res<Deployment> {
+        check(r.get_ref(), fixtures::rollout_request())?;
+        Ok(Response::new(fixtures::deployment()))
+    }
 }
 
 /// Serves both services on an ephemeral loopback port; the server task ends with the test.
@@ -358,6 +362,10 @@ async fn every_message_of_both_services_round_trips_over_loopback() {
     );
     let events = collect(coord.watch_events(fixtures::watch_events_request()).await).await;
     assert_eq!(events, fixtures::events());
+    got(
+        coord.rollout(fixtures::rollout_request()).await,
+        fixtures::deployment(),
+    );
 
     let missing = coverage::missing();
     assert!(

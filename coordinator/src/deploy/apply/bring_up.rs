@@ -99,9 +99,11 @@ impl Run {
         // checks its domain is there and running (it will not boot, so not report, again).
         // A changed layer recreates the domain, so the clone boots and registers anew.
         let changed = c.layer_hash != built.hash;
+        let revision = self.stored.spec_revision;
         if let Some(u) = self
             .set_progress(&c.name, |k| {
                 k.layer_hash = built.hash.clone();
+                k.spec_revision = revision;
                 if k.phase < ClonePhase::Layer as i32
                     || (changed && k.phase == ClonePhase::Registered as i32)
                 {
@@ -232,7 +234,9 @@ impl Run {
                 },
             ],
             start: true,
-            restart_policy: RestartPolicy::OnFailure as i32,
+            // The control loop restarts a clone that died, with a budget and backoff,
+            // then replaces it elsewhere; an agent restarting it too would hide deaths.
+            restart_policy: RestartPolicy::Never as i32,
             labels: HashMap::from([
                 ("deployment".to_owned(), self.spec.name.clone()),
                 ("clone".to_owned(), c.name.clone()),
@@ -269,9 +273,18 @@ impl Run {
         };
         self.inner.metrics.phase("create", creating.elapsed());
         let running = domain.state == DomainState::Running as i32;
+        let now = crate::clock::timestamp(self.inner.registry.clock().now());
         if let Some(u) = self
             .set_progress(&c.name, |k| {
                 k.domain_state = domain.state;
+                // The boot timeout counts from the start that made it running.
+                if running
+                    && (k.started_at.is_none()
+                        || (k.phase != ClonePhase::Running as i32
+                            && k.phase != ClonePhase::Registered as i32))
+                {
+                    k.started_at = Some(now);
+                }
                 if k.phase != ClonePhase::Registered as i32 {
                     k.phase = if running {
                         ClonePhase::Running

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::Run;
 use crate::deploy::addresses::assigned;
-use crate::deploy::artifacts::{BuiltLayer, CloneInput};
+use crate::deploy::artifacts::{BuiltLayer, CloneInput, Declared};
 use crate::deploy::nfs::{layers_over_nfs, sync_exports};
 use crate::deploy::DeployError;
 
@@ -69,6 +69,12 @@ impl Run {
         let inner = Arc::clone(&self.inner);
         let deployment = self.spec.name.clone();
         let layers = self.spec.layers.clone();
+        let conf = (!self.spec.clones_conf.is_empty()).then(|| {
+            (
+                self.spec.clones_conf_file.clone(),
+                self.spec.clones_conf.clone(),
+            )
+        });
         let over_nfs = layers_over_nfs(cfg);
         let names: Vec<String> = clones.iter().map(|c| c.name.clone()).collect();
         // Derived from the coordinator's secret: coordinators sharing it (HA on etcd) build
@@ -80,9 +86,16 @@ impl Run {
                 .derive(&format!("cluster-identity/{deployment}")),
         );
         let result = tokio::task::spawn_blocking(move || {
-            inner
-                .artifacts
-                .build(&deployment, &globals, &layers, &inputs, over_nfs, identity)
+            let declared = conf.as_ref().map(|(file, text)| Declared { file, text });
+            inner.artifacts.build(
+                &deployment,
+                &globals,
+                &layers,
+                &inputs,
+                declared,
+                over_nfs,
+                identity,
+            )
         })
         .await
         .map_err(|_| DeployError::TaskPanicked("layer build"))

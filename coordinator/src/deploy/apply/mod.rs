@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use napalm_proto::v1::{
-    Agent, Clone, ClonePhase, DeploySummary, Deployment, DeploymentSpec, Hypervisor,
+    Agent, Clone, ClonePhase, DeploySummary, Deployment, DeploymentSpec, Hypervisor, Rollout,
+    RolloutState,
 };
 use tokio::sync::Semaphore;
 
@@ -19,9 +20,10 @@ use super::addresses::assigned;
 use super::place::{failure, hypervisor_on, place, unplaced};
 use super::reconcile::{self, Action, Plan};
 use super::report::{progress, send, state_of, Progress};
+use super::rollout;
 use super::ship::Agents;
 use super::xml::mac_for;
-use super::Inner;
+use super::{chain, Inner};
 use crate::clock::{duration, timestamp};
 use crate::registry::{RegistryError, CLONES, DEPLOYMENTS};
 use crate::store::{Check, Durability, Txn};
@@ -37,6 +39,8 @@ pub(super) struct Run {
     /// Distinguishes this incarnation of the deployment (its creation time): request ids
     /// of a redeploy after an undeploy must not replay the first incarnation's results.
     generation: String,
+    /// The deployment as stored by this run (spec revision, rollout).
+    stored: Deployment,
 }
 
 fn clone_key(name: &str) -> String {
@@ -51,6 +55,7 @@ impl Run {
             tx,
             follow: true,
             generation: String::new(),
+            stored: Deployment::default(),
         }
     }
 
@@ -113,16 +118,31 @@ impl Run {
             .update::<Deployment, _>(&format!("{DEPLOYMENTS}{}", spec.name), |cur| {
                 let mut d = cur.unwrap_or_else(|| Deployment {
                     created_at: Some(now),
+                    spec_revision: 1,
                     ..Default::default()
                 });
+                // A changed spec is a new revision, and its clones roll to it.
+                if d.spec.as_ref().is_some_and(|old| *old != spec) {
+                    d.previous_spec = d.spec.take();
+                    d.spec_revision += 1;
+                    d.rollout = Some(Rollout {
+                        state: RolloutState::Progressing as i32,
+                        revision: d.spec_revision,
+                        updated_at: Some(now),
+                        ..Default::default()
+                    });
+                }
+                d.spec_revision = d.spec_revision.max(1);
                 d.spec = Some(spec.clone());
                 d.state = napalm_proto::v1::DeploymentState::Progressing as i32;
                 d.updated_at = Some(now);
                 Ok(Some(d))
             })
-            .await?;
-        let created = stored.and_then(|d| d.created_at).unwrap_or_default();
+            .await?
+            .unwrap_or_default();
+        let created = stored.created_at.unwrap_or_default();
         self.generation = format!("{:x}{:x}", created.seconds, created.nanos);
+        self.stored = stored;
         let records = reg.list_clones(&self.spec.name).await?;
         let agents = reg.list_agents(&[]).await?;
         let lost = reconcile::lost_agents(&agents, reg.clock().now(), self.inner.cfg.lost_grace);
@@ -206,7 +226,7 @@ impl Run {
         hold: super::Hold,
     ) -> Result<DeploySummary, RegistryError> {
         let reg = self.inner.registry.clone();
-        let (plan, _) = self.apply_records().await?;
+        let (plan, plan_records) = self.apply_records().await?;
         let agents = reg.list_agents(&[]).await?;
         let by_id: HashMap<String, Agent> =
             agents.iter().map(|a| (a.id.clone(), a.clone())).collect();
@@ -224,7 +244,45 @@ impl Run {
             .collect();
         let held = plan.held;
         let placing = Instant::now();
-        let placement = place(&self.inner.cfg.policy, &self.spec, &needs, &agents, &held);
+        // A clone that died past its restart budget goes to another agent than those it
+        // died on, when there is one.
+        let (died, needs): (Vec<String>, Vec<String>) = needs
+            .into_iter()
+            .partition(|n| why.get(n) == Some(&reconcile::Reason::Died));
+        let mut placement = place(&self.inner.cfg.policy, &self.spec, &needs, &agents, &held);
+        let records: HashMap<String, &Clone> =
+            plan_records.iter().map(|c| (c.name.clone(), c)).collect();
+        for n in died {
+            let avoid = records
+                .get(&n)
+                .map(|c| c.failed_agents.clone())
+                .unwrap_or_default();
+            let elsewhere: Vec<usize> = (0..agents.len())
+                .filter(|i| !avoid.contains(&agents[*i].id))
+                .collect();
+            let pool: Vec<Agent> = elsewhere.iter().map(|i| agents[*i].clone()).collect();
+            let p = place(
+                &self.inner.cfg.policy,
+                &self.spec,
+                std::slice::from_ref(&n),
+                &pool,
+                &held,
+            );
+            match p.placed.first() {
+                Some((_, i)) => placement.placed.push((n, elsewhere[*i])),
+                None => {
+                    let p = place(
+                        &self.inner.cfg.policy,
+                        &self.spec,
+                        std::slice::from_ref(&n),
+                        &agents,
+                        &held,
+                    );
+                    placement.placed.extend(p.placed);
+                    placement.unplaced.extend(p.unplaced);
+                }
+            }
+        }
         let metrics = &self.inner.metrics;
         metrics.phase("place", placing.elapsed());
         metrics.placements(placement.placed.len(), placement.unplaced.len());
@@ -267,6 +325,8 @@ impl Run {
                     c.agent_id = agent.id.clone();
                     c.phase = ClonePhase::Scheduled as i32;
                     c.last_error.clear();
+                    c.restarts = 0;
+                    c.restarted_at = None;
                     c
                 }))
             })
@@ -301,6 +361,10 @@ impl Run {
         if !todo.is_empty() {
             self.inner.metrics.phase("layer", building.elapsed());
         }
+        for b in built.values_mut().flatten() {
+            b.hash = rollout::boot_hash(&self.spec, &b.hash);
+        }
+        let todo = self.gate(todo, &built, &clones, &by_id).await?;
         let kernel = self.inner.artifacts.kernel();
 
         // Ship and start, bounded in parallel.
@@ -333,10 +397,19 @@ impl Run {
         let clones = reg.list_clones(&this.spec.name).await?;
         let state = state_of(&clones);
         let now = timestamp(reg.clock().now());
+        let test = |id: &str| {
+            by_id
+                .get(id)
+                .is_some_and(|a| hypervisor_on(&this.spec, a) == Hypervisor::Test)
+        };
+        let complete = rollout::complete(&this.stored, &clones, test);
         reg.update::<Deployment, _>(&format!("{DEPLOYMENTS}{}", this.spec.name), |cur| {
             Ok(cur.map(|mut d| {
                 d.state = state as i32;
                 d.updated_at = Some(now);
+                if complete {
+                    rollout::mark_complete(&mut d, now);
+                }
                 d
             }))
         })
@@ -358,6 +431,94 @@ impl Run {
         })
     }
 
+    /// The rolling-update gate: of the clones to bring up, those running an older spec
+    /// (their boot hash changed) go only `max_unavailable` down at a time, in index order,
+    /// and not at all while the rollout is paused. A running clone whose new layer does
+    /// not build keeps running and pauses the rollout, as does a clone of the new revision
+    /// that failed. Returns the clones to bring up now.
+    async fn gate(
+        &self,
+        todo: Vec<Clone>,
+        built: &layers::Built,
+        all: &[Clone],
+        agents: &HashMap<String, Agent>,
+    ) -> Result<Vec<Clone>, RegistryError> {
+        let test = |id: &str| {
+            agents
+                .get(id)
+                .is_some_and(|a| hypervisor_on(&self.spec, a) == Hypervisor::Test)
+        };
+        let up = |c: &Clone| {
+            c.phase == ClonePhase::Registered as i32 || c.phase == ClonePhase::Running as i32
+        };
+        let rev = self.stored.spec_revision;
+        let mut pause_for = None;
+        if rollout::progressing(&self.stored) {
+            if let Some(c) = all
+                .iter()
+                .find(|c| c.phase == ClonePhase::Failed as i32 && c.spec_revision == rev)
+            {
+                pause_for = Some(format!("{} failed: {}", c.name, c.last_error));
+            }
+        }
+        let mut outdated = Vec::new();
+        let mut now = Vec::new();
+        for c in todo {
+            match built.get(&c.name) {
+                Some(Ok(b)) if up(&c) && !c.layer_hash.is_empty() && c.layer_hash != b.hash => {
+                    outdated.push(c)
+                }
+                Some(Err(e)) if up(&c) && !c.layer_hash.is_empty() => {
+                    pause_for.get_or_insert_with(|| {
+                        format!("the new layer of {} does not build: {}", c.name, chain(e))
+                    });
+                }
+                _ => now.push(c),
+            }
+        }
+        outdated.sort_by_key(|c| c.index);
+        let names: Vec<String> = outdated.iter().map(|c| c.name.clone()).collect();
+        let down = all.iter().filter(|c| !rollout::available(c, test)).count();
+        let go = if pause_for.is_some() || rollout::paused(&self.stored) {
+            0
+        } else {
+            rollout::batch(&names, down, rollout::max_unavailable(&self.spec)).len()
+        };
+        if !outdated.is_empty() {
+            tracing::info!(
+                deployment = %self.spec.name,
+                outdated = outdated.len(),
+                down,
+                replacing = go,
+                "rolling update"
+            );
+        }
+        now.extend(outdated.into_iter().take(go));
+        if let Some(why) = pause_for {
+            let message = format!(
+                "{why}; the clones of the older spec keep running: fix the spec and deploy \
+                 again, or `napalmctl rollout undo {}`",
+                self.spec.name
+            );
+            tracing::warn!(deployment = %self.spec.name, %message, "rollout paused");
+            let at = timestamp(self.inner.registry.clock().now());
+            self.inner
+                .registry
+                .update::<Deployment, _>(&format!("{DEPLOYMENTS}{}", self.spec.name), |cur| {
+                    Ok(cur.map(|mut d| {
+                        let r = d.rollout.get_or_insert_default();
+                        r.state = RolloutState::Paused as i32;
+                        r.revision = rev;
+                        r.message = message.clone();
+                        r.updated_at = Some(at);
+                        d
+                    }))
+                })
+                .await?;
+        }
+        Ok(now)
+    }
+
     fn is_test(&self, c: &Clone, agents: &HashMap<String, Agent>) -> bool {
         agents
             .get(&c.agent_id)
@@ -374,7 +535,8 @@ impl Run {
             .into_iter()
             .map(|a| (a.id.clone(), a))
             .collect();
-        let deadline = Instant::now() + self.inner.cfg.register_timeout;
+        let limit = self.inner.boot_timeout(&self.spec);
+        let deadline = Instant::now() + limit;
         let mut seen: HashSet<String> = HashSet::new();
         loop {
             let clones = reg.list_clones(&self.spec.name).await?;
@@ -392,7 +554,7 @@ impl Run {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                let secs = self.inner.cfg.register_timeout.as_secs();
+                let secs = limit.as_secs();
                 for c in waiting {
                     self.fail(&c, &format!("did not register within {secs} s of starting"))
                         .await?;
