@@ -26,6 +26,7 @@ pub mod domain;
 pub mod output;
 pub mod rollout;
 pub mod tables;
+pub mod token;
 pub mod watch;
 
 use std::process::ExitCode;
@@ -66,6 +67,12 @@ pub struct Cli {
 pub enum Command {
     /// Agents known to the coordinator, with capacity and allocations (napalm-browse).
     Agents,
+    /// Agent enrollment: `agent token create|list|revoke` (join tokens).
+    Agent {
+        /// What to do.
+        #[command(subcommand)]
+        command: token::AgentCommand,
+    },
     /// Deployments (napalm-list-deployments); `deployments show NAME` prints one's stored
     /// spec and clones.conf with its revision.
     Deployments {
@@ -259,6 +266,7 @@ async fn dispatch(cli: &Cli, settings: &Settings) -> Result<String, Failure> {
             // Whether any agent can take the clones is the coordinator's to say.
             deploy::deploy(settings, args, output).await
         }
+        Command::Agent { command } => token::run(settings, command, output).await,
         Command::Undeploy { name, purge } => deploy::undeploy(settings, name, *purge, output).await,
         Command::Domain(args) => domain::run(args, settings).await,
         Command::Watch(args) => {
