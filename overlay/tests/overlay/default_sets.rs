@@ -215,3 +215,106 @@ fn cluster_files_watcher_replaces_changed_files_and_keeps_local_lines() {
     pass();
     assert_eq!(read("etc/hosts"), hosts);
 }
+
+/// A stand-in wget like busybox's: `-O FILE`, `--header=H`, exit 1 on anything but 200
+/// (so on a 304) and on `-T`, which crashes busybox 1.35's static wget.
+const FAKE_WGET: &str = r#"#!/bin/sh
+out=""; inm=""; auth=""; url=""
+while [ $# -gt 0 ]; do
+	case "$1" in
+	-O) out="$2"; shift ;;
+	-T) echo "wget -T segfaults on busybox 1.35" >&2; exit 139 ;;
+	--header=If-None-Match:*) inm="${1#--header=If-None-Match: }" ;;
+	--header=Authorization:*) auth="${1#--header=Authorization: }" ;;
+	http*) url="$1" ;;
+	esac
+	shift
+done
+f="$SERVE/${url##*/}"
+if [ ! -f "$f" ]; then code=404
+elif [ "$inm" = "$(cat "$f.etag")" ]; then code=304
+else cp "$f" "$out"; code=200; fi
+echo "$url [$auth] $code" >>"$SERVE/requests"
+[ "$code" = 200 ]
+"#;
+
+#[test]
+fn cluster_files_watcher_works_with_wget_alone() {
+    let c = cluster(
+        "server: 10.0.0.1\nregister_url: 'http://10.0.0.1:7070/v1/clones/register?token=t0k'\nhosts: { node7: { address: 10.0.1.7 } }\n",
+    );
+    let lib = library(&[&napalm_overlay::default_sets_dir()]);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    LayerBuilder::new(&c, &lib, &out)
+        .identity(identity())
+        .build_all()
+        .unwrap()
+        .into_result()
+        .unwrap();
+    let root = out.join("node7/root");
+    let serve = tmp.path().join("serve");
+    std::fs::create_dir(&serve).unwrap();
+    let body = "# clones of deployment d (napalm registry)\n10.0.1.7\tnode7\n10.0.1.9\tnode9\n";
+    std::fs::write(serve.join("hosts"), body).unwrap();
+    std::fs::write(serve.join("hosts.etag"), napalm_overlay::live::etag(body)).unwrap();
+    // PATH: the fake wget and the few tools the watcher uses, no curl.
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(bin.join("wget"), FAKE_WGET).unwrap();
+    std::fs::set_permissions(bin.join("wget"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for tool in [
+        "sh",
+        "cat",
+        "cp",
+        "mv",
+        "rm",
+        "mkdir",
+        "chmod",
+        "cmp",
+        "grep",
+        "head",
+        "awk",
+        "cut",
+        "sha256sum",
+        "printf",
+        "timeout",
+    ] {
+        let found = ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(tool))
+            .find(|p| p.exists());
+        if let Some(p) = found {
+            std::os::unix::fs::symlink(p, bin.join(tool)).unwrap();
+        }
+    }
+    let pass = || {
+        crate::common::run(
+            Command::new(bin.join("sh"))
+                .arg(root.join("usr/local/sbin/napalm-cluster-files"))
+                .env("PATH", &bin)
+                .env("SERVE", &serve)
+                .env("NAPALM_ROOT", &root)
+                .env("NAPALM_CLUSTER_FILES_ONCE", "1"),
+        )
+    };
+    pass();
+    let hosts = std::fs::read_to_string(root.join("etc/hosts")).unwrap();
+    assert!(hosts.contains("10.0.1.9\tnode9\n"), "{hosts}");
+    assert!(hosts.starts_with("127.0.0.1\tlocalhost\n"), "{hosts}");
+    pass();
+    let requests = std::fs::read_to_string(serve.join("requests")).unwrap();
+    assert_eq!(
+        requests
+            .lines()
+            .filter(|l| l.contains("/cluster/hosts"))
+            .map(|l| l.rsplit(' ').next().unwrap_or_default())
+            .collect::<Vec<_>>(),
+        ["200", "304"],
+        "{requests}"
+    );
+    assert!(
+        requests.lines().all(|l| l.contains("[Bearer t0k]")),
+        "{requests}"
+    );
+}
