@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 
 use napalm_proto::v1::{
-    event, AgentState, ClonePhase, DeploymentState, Event, EventKind, WatchEventsRequest,
+    event, AgentState, ClonePhase, DeploymentState, Event, EventKind, RolloutState,
+    WatchEventsRequest,
 };
 use serde_json::{json, Value};
 use tokio_stream::StreamExt;
@@ -66,6 +67,7 @@ pub fn event_json(e: &Event) -> Value {
             "kind": "clone", "name": c.name, "deployment": c.deployment,
             "phase": state_name(ClonePhase::try_from(c.phase).unwrap_or_default().as_str_name(), "CLONE_PHASE_"),
             "agent": c.agent_id, "addresses": c.addresses, "error": c.last_error,
+            "action": c.last_action, "restarts": c.restarts, "spec_revision": c.spec_revision,
         }),
         Some(event::Payload::Agent(a)) => json!({
             "kind": "agent", "name": a.name, "id": a.id,
@@ -74,9 +76,13 @@ pub fn event_json(e: &Event) -> Value {
         }),
         Some(event::Payload::Deployment(d)) => {
             let spec = d.spec.clone().unwrap_or_default();
+            let rollout = d.rollout.clone().unwrap_or_default();
             json!({
                 "kind": "deployment", "name": spec.name, "count": spec.count,
                 "state": state_name(DeploymentState::try_from(d.state).unwrap_or_default().as_str_name(), "DEPLOYMENT_STATE_"),
+                "spec_revision": d.spec_revision,
+                "rollout": state_name(RolloutState::try_from(rollout.state).unwrap_or_default().as_str_name(), "ROLLOUT_STATE_"),
+                "rollout_message": rollout.message,
             })
         }
         None => json!({"kind": "unknown"}),
@@ -110,12 +116,29 @@ fn human(e: &Event, last: &mut HashMap<String, String>) -> String {
             None => now,
         }
     };
-    let extra = match kind.as_str() {
+    let mut extra = match kind.as_str() {
         "clone" if !s("error").is_empty() => format!("  error: {}", s("error")),
         "clone" if !s("agent").is_empty() => format!("  on {}", s("agent")),
         "agent" => format!("  {}", s("endpoint")),
         _ => String::new(),
     };
+    // The control loop's actions (placed, restarted, replaced… and why) show when they
+    // change, as do a rollout's state and why it paused.
+    let (said, note) = match kind.as_str() {
+        "clone" => (format!("action/{name}"), s("action")),
+        "deployment" => (
+            format!("rollout/{name}"),
+            match (s("rollout").as_str(), s("rollout_message")) {
+                ("unspecified", _) => String::new(),
+                (r, m) if m.is_empty() => format!("rollout {r}"),
+                (r, m) => format!("rollout {r}: {m}"),
+            },
+        ),
+        _ => (String::new(), String::new()),
+    };
+    if !note.is_empty() && !e.deleted && last.insert(said, note.clone()).as_ref() != Some(&note) {
+        extra += &format!("  [{note}]");
+    }
     format!(
         "{} {:>6} {:<10} {:<24} {change}{extra}",
         clock(e.at.as_ref()),
@@ -215,6 +238,17 @@ mod tests {
         );
         let second = human(&clone_event(ClonePhase::Running, false), &mut last);
         assert!(second.contains("scheduled -> running"), "{second}");
+        let mut restarted = clone_event(ClonePhase::Running, false);
+        if let Some(event::Payload::Clone(c)) = restarted.payload.as_mut() {
+            c.last_action = "restarted on a1: its domain died (restart 1 of 3)".into();
+        }
+        let line = human(&restarted, &mut last);
+        assert!(
+            line.ends_with("[restarted on a1: its domain died (restart 1 of 3)]"),
+            "the loop's action shows: {line}"
+        );
+        let again = human(&restarted, &mut last);
+        assert!(!again.contains("restarted on"), "once: {again}");
         let gone = human(&clone_event(ClonePhase::Running, true), &mut last);
         assert!(gone.contains("removed"), "{gone}");
         let v = event_json(&clone_event(ClonePhase::Layer, false));
