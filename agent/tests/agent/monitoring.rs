@@ -243,6 +243,12 @@ impl CoordinatorService for FakeCoordinator {
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         no()
     }
+    async fn rollout(
+        &self,
+        _: Request<pb::RolloutRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        no()
+    }
 }
 
 #[tokio::test]
