@@ -260,6 +260,132 @@ impl ServerCertVerifier for PinnedCa {
     }
 }
 
+/// Why the last server a config dialed failed verification, in words an operator can act
+/// on (filled in by the verifier of [`agent_client_config`]).
+#[derive(Debug, Default)]
+pub struct Diagnosis(std::sync::Mutex<Option<String>>);
+
+impl Diagnosis {
+    /// The reason of the last refusal, if any.
+    pub fn reason(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, reason: String) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    }
+}
+
+/// A client config for dialing agent `expected_id` (ask for server name
+/// [`crate::id::agent_dns`]`(expected_id)`): the agent must present a certificate chaining
+/// to `ca` that names it; `identity` is presented as client certificate. When the agent
+/// is refused, the returned [`Diagnosis`] says why (no chain to the CA, another agent's
+/// certificate, expired).
+pub fn agent_client_config(
+    ca: &CertificateDer<'_>,
+    identity: Option<Arc<CertSlot>>,
+    expected_id: &str,
+) -> Result<(Arc<ClientConfig>, Arc<Diagnosis>)> {
+    let p = provider();
+    let inner = WebPkiServerVerifier::builder_with_provider(roots(ca)?, Arc::clone(&p)).build()?;
+    let diagnosis = Arc::new(Diagnosis::default());
+    let verifier = Arc::new(Expecting {
+        inner,
+        ca: ca.clone().into_owned(),
+        expected: expected_id.to_owned(),
+        diagnosis: Arc::clone(&diagnosis),
+    });
+    Ok((finish_client(p, verifier, identity)?, diagnosis))
+}
+
+/// webpki verification against the CA, explaining refusals.
+#[derive(Debug)]
+struct Expecting {
+    inner: Arc<WebPkiServerVerifier>,
+    ca: CertificateDer<'static>,
+    expected: String,
+    diagnosis: Arc<Diagnosis>,
+}
+
+/// Words for why `chain` is not agent `expected`'s certificate from `ca`.
+pub fn explain(
+    ca: &CertificateDer<'_>,
+    chain: &[CertificateDer<'_>],
+    expected: &str,
+    now: i64,
+) -> String {
+    match verify_agent(ca, chain, expected, now) {
+        Ok(()) => "its certificate is valid for this agent, yet the handshake failed".into(),
+        Err(TrustError::WrongIdentity { found, .. }) if found.is_empty() => {
+            format!("its certificate names no agent (expected {expected:?})")
+        }
+        Err(TrustError::WrongIdentity { found, .. }) => {
+            format!("its certificate names agent {found:?}, not the advertised {expected:?}")
+        }
+        // Another CA with the same name as ours fails on the signature.
+        Err(TrustError::Untrusted(m))
+            if m.contains("UnknownIssuer") || m.contains("BadSignature") =>
+        {
+            "its certificate does not chain to the cluster CA (self-signed, or signed by \
+             another CA)"
+                .into()
+        }
+        Err(TrustError::Untrusted(m)) if m.contains("Expired") => {
+            "its certificate has expired".into()
+        }
+        Err(e) => e.to_string(),
+    }
+}
+
+impl ServerCertVerifier for Expecting {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let r = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
+        if r.is_err() {
+            let mut chain = vec![end_entity.clone()];
+            chain.extend(intermediates.iter().cloned());
+            let secs = i64::try_from(now.as_secs()).unwrap_or(0);
+            self.diagnosis
+                .set(explain(&self.ca, &chain, &self.expected, secs));
+        }
+        r
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// Checks a presented agent chain (leaf first) at `now` (Unix seconds): it chains to
 /// `ca`, is within its validity, is usable as a client certificate, and names agent
 /// `expected_id`. A self-signed certificate, one from a foreign CA, an expired one or one

@@ -11,6 +11,7 @@
 //! plain listeners' behaviour (nothing changes for a coordinator started without
 //! `--trust-listen`).
 
+pub mod agents;
 pub mod flags;
 pub mod serve;
 pub mod service;

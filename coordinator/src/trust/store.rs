@@ -49,8 +49,13 @@ pub async fn load_or_create_ca(
                 };
                 ClusterCa::from_pem(&read(cert)?, &read(key)?).map_err(TrustSetupError::Ca)?
             }
-            None => ClusterCa::generate("napalm cluster CA", super::unix_now(registry))
-                .map_err(TrustSetupError::Ca)?,
+            None => {
+                // A name of its own, so two clusters' CAs are told apart by name too.
+                let tag = napalm_trust::random_bytes(4).map_err(TrustSetupError::Ca)?;
+                let name = format!("napalm cluster CA {}", hex::encode(tag));
+                ClusterCa::generate(&name, super::unix_now(registry))
+                    .map_err(TrustSetupError::Ca)?
+            }
         };
         let value = serde_json::to_vec(&StoredCa {
             cert_pem: ca.cert_pem().to_owned(),

@@ -7,6 +7,8 @@
 //! clients without a CA-signed certificate; renewal with a 6 s lifetime while heartbeats
 //! go on.
 
+mod spoof;
+
 use std::path::Path;
 use std::time::Duration;
 
