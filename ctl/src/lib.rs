@@ -67,7 +67,7 @@ pub struct Cli {
 pub enum Command {
     /// Agents known to the coordinator, with capacity and allocations (napalm-browse).
     Agents,
-    /// Agent enrollment: `agent token create|list|revoke` (join tokens).
+    /// Agent identities: `agent token create|list|revoke` (join tokens), `agent revoke ID`.
     Agent {
         /// What to do.
         #[command(subcommand)]

@@ -5,7 +5,8 @@
 
 use napalm_proto::trust_v1::trust_service_client::TrustServiceClient;
 use napalm_proto::trust_v1::{
-    CreateJoinTokenRequest, JoinTokenInfo, ListJoinTokensRequest, RevokeJoinTokenRequest,
+    CreateJoinTokenRequest, JoinTokenInfo, ListJoinTokensRequest, RevokeAgentRequest,
+    RevokeJoinTokenRequest,
 };
 use serde_json::json;
 use tonic::transport::Channel;
@@ -22,6 +23,15 @@ pub enum AgentCommand {
         /// What to do.
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Revoke an enrolled agent's identity: its calls are refused from now on, it cannot
+    /// renew or enroll again under that id, and it is drained.
+    Revoke {
+        /// Agent id or name.
+        agent: String,
+        /// Why (kept with the record).
+        #[arg(long, default_value = "")]
+        reason: String,
     },
 }
 
@@ -161,8 +171,31 @@ pub async fn run(
     command: &AgentCommand,
     out: Output,
 ) -> Result<String, Failure> {
-    let AgentCommand::Token { command } = command;
     let mut c = client(settings).await?;
+    let command = match command {
+        AgentCommand::Token { command } => command,
+        AgentCommand::Revoke { agent, reason } => {
+            let r = c
+                .revoke_agent(RevokeAgentRequest {
+                    agent: agent.clone(),
+                    reason: reason.clone(),
+                })
+                .await
+                .map_err(unimplemented_hint)?
+                .into_inner();
+            let row = json!({
+                "agent": r.agent_id,
+                "state": "revoked",
+                "revoked": r.revoked_at,
+                "reason": r.reason,
+            });
+            return Ok(output::render(
+                out,
+                &["agent", "state", "revoked", "reason"],
+                &[row],
+            ));
+        }
+    };
     match command {
         TokenCommand::Create { ttl, name } => {
             let r = c

@@ -77,6 +77,25 @@ async fn tokens_are_created_listed_and_revoked_by_the_operator() {
     assert!(ok, "{err}");
     assert!(out.contains("revoked"), "{out}");
 
+    // An agent identity revoked by id.
+    let mut revoke = ctl(&home, &ep);
+    revoke.args([
+        "--token",
+        "op-token",
+        "agent",
+        "revoke",
+        "0123456789abcdef",
+        "--reason",
+        "host stolen",
+    ]);
+    let (ok, out, err) = run(revoke).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("0123456789abcdef") && out.contains("revoked"),
+        "{out}"
+    );
+    assert!(out.contains("host stolen"), "{out}");
+
     // Without the operator token: refused.
     let mut anon = ctl(&home, &ep);
     anon.args(["agent", "token", "list"]);

@@ -61,6 +61,21 @@ fn same<M: PartialEq + std::fmt::Debug>(got: &M, want: M) -> Result<(), Status> 
     Ok(())
 }
 
+fn revoked() -> RevokedAgent {
+    RevokedAgent {
+        agent_id: "0123456789abcdef".into(),
+        revoked_at: 1_790_000_100,
+        reason: "host stolen".into(),
+    }
+}
+
+fn revoke_agent_request() -> RevokeAgentRequest {
+    RevokeAgentRequest {
+        agent: "host1".into(),
+        reason: "host stolen".into(),
+    }
+}
+
 struct Server;
 
 #[tonic::async_trait]
@@ -103,6 +118,13 @@ impl TrustService for Server {
             },
         )?;
         Ok(Response::new(info()))
+    }
+    async fn revoke_agent(
+        &self,
+        r: Request<RevokeAgentRequest>,
+    ) -> Result<Response<RevokedAgent>, Status> {
+        same(r.get_ref(), revoke_agent_request())?;
+        Ok(Response::new(revoked()))
     }
 }
 
@@ -154,4 +176,10 @@ async fn every_trust_message_round_trips_over_loopback() {
         .expect("revoke")
         .into_inner();
     assert_eq!(got, info());
+    let got = c
+        .revoke_agent(revoke_agent_request())
+        .await
+        .expect("revoke agent")
+        .into_inner();
+    assert_eq!(got, revoked());
 }

@@ -13,6 +13,7 @@
 
 pub mod agents;
 pub mod flags;
+pub mod revoke;
 pub mod serve;
 pub mod service;
 pub mod store;
@@ -88,6 +89,8 @@ pub struct Trust {
     pub(crate) cfg: TrustConfig,
     /// Addresses join tokens carry.
     pub(crate) addresses: Vec<String>,
+    /// Revoked agent ids, as last read from the registry (see [`revoke`]).
+    pub(crate) revoked: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
 }
 
 /// Lifetime of the coordinator's own certificate (re-issued at every start).
@@ -126,6 +129,7 @@ impl Trust {
             identity,
             cfg,
             addresses,
+            revoked: Arc::default(),
         })
     }
 

@@ -23,10 +23,21 @@ use crate::service::Coordinator;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerAgent(pub String);
 
-/// Interceptor of `CoordinatorService` on the TLS listener: no agent certificate, no call.
+/// Interceptor of `CoordinatorService` on the TLS listener: no agent certificate, or a
+/// revoked agent's, no call.
 #[allow(clippy::result_large_err)]
-pub fn require_agent(mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+pub fn require_agent(
+    trust: &Trust,
+    mut r: tonic::Request<()>,
+) -> Result<tonic::Request<()>, tonic::Status> {
     let id = peer_agent(&r)?;
+    if trust.is_revoked(&id) {
+        return Err(tonic::Status::permission_denied(format!(
+            "agent {id} is revoked: the operator must enroll this host again under a new \
+             id (remove its state directory's tls/ and agent-id, then napalm-agent --join \
+             NEW_TOKEN)"
+        )));
+    }
     r.extensions_mut().insert(PeerAgent(id));
     Ok(r)
 }
@@ -95,13 +106,31 @@ pub async fn start(
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let incoming = napalm_trust::channel::incoming(listener, server_cfg, stop_rx.clone());
     let svc = TrustServer::new(trust.clone(), Placement::Tls);
+    if let Err(e) = trust.refresh_revoked().await {
+        tracing::warn!(error = %e, "reading revoked agents failed; retrying");
+    }
+    let refresher = trust.clone();
+    let mut refresh_stop = stop_rx.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(super::revoke::REFRESH) => {}
+                _ = refresh_stop.wait_for(|s| *s) => return,
+            }
+            if let Err(e) = refresher.refresh_revoked().await {
+                tracing::warn!(error = %e, "reading revoked agents failed; retrying");
+            }
+        }
+    });
+    let gate = trust.clone();
+    let require = move |r: tonic::Request<()>| require_agent(&gate, r);
     let mut rx = stop_rx;
     let task = tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
             .add_service(TrustServiceServer::new(svc))
             .add_service(CoordinatorServiceServer::with_interceptor(
                 coordinator,
-                require_agent,
+                require,
             ))
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = rx.wait_for(|s| *s).await;

@@ -108,6 +108,13 @@ impl TrustService for TrustServer {
         self.only(Placement::Tls)?;
         let req = r.into_inner();
         let token = JoinToken::decode(&req.token).map_err(refused)?;
+        if self.trust.is_revoked(&req.agent_id) {
+            return Err(Status::permission_denied(format!(
+                "agent id {} is revoked and cannot enroll again: remove the host's \
+                 agent-id and tls/ from its state directory to enroll under a new id",
+                req.agent_id
+            )));
+        }
         let registry = &self.trust.registry;
         let now = unix_now(registry);
         let (mut record, revision) = store::token(registry, &token.id())
@@ -141,6 +148,11 @@ impl TrustService for TrustServer {
     async fn renew(&self, r: Request<RenewRequest>) -> Res<Certificate> {
         self.only(Placement::Tls)?;
         let agent_id = peer_agent(&r)?;
+        if self.trust.is_revoked(&agent_id) {
+            return Err(Status::permission_denied(format!(
+                "agent {agent_id} is revoked: no new certificate"
+            )));
+        }
         let now = unix_now(&self.trust.registry);
         let issued = self
             .trust
@@ -226,5 +238,20 @@ impl TrustService for TrustServer {
             }
         }
         Err(Status::aborted("the token kept changing; try again"))
+    }
+
+    async fn revoke_agent(&self, r: Request<RevokeAgentRequest>) -> Res<RevokedAgent> {
+        self.only(Placement::Api)?;
+        let req = r.into_inner();
+        let rec = self
+            .trust
+            .revoke_agent(&req.agent, &req.reason)
+            .await
+            .map_err(|e| Status::from(napalm_proto::ApiError::from(e)))?;
+        Ok(Response::new(RevokedAgent {
+            agent_id: rec.agent_id,
+            revoked_at: rec.revoked_at,
+            reason: rec.reason,
+        }))
     }
 }

@@ -15,6 +15,49 @@ use crate::store::{Check, StoreError, Txn};
 pub const CA_KEY: &str = "/napalm/trust/ca";
 /// Key prefix of join token records.
 pub const TOKENS: &str = "/napalm/trust/tokens/";
+/// Key prefix of revoked agent identities.
+pub const REVOKED: &str = "/napalm/trust/revoked/";
+
+/// A revoked agent identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    /// The agent id.
+    pub agent_id: String,
+    /// When, Unix seconds.
+    pub revoked_at: i64,
+    /// Why (the operator's words).
+    pub reason: String,
+}
+
+/// Every revoked agent identity.
+pub async fn revoked(registry: &Registry) -> Result<Vec<Revoked>, StoreError> {
+    Ok(registry
+        .store()
+        .list(REVOKED)
+        .await?
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice(&v.value).ok())
+        .collect())
+}
+
+/// Records `r` (a second revocation keeps the first record).
+pub async fn put_revoked(registry: &Registry, r: &Revoked) -> Result<Revoked, StoreError> {
+    let key = format!("{REVOKED}{}", r.agent_id);
+    if let Some(v) = registry.store().get(&key).await? {
+        if let Ok(first) = serde_json::from_slice(&v.value) {
+            return Ok(first);
+        }
+    }
+    let value = serde_json::to_vec(r).unwrap_or_default();
+    match registry
+        .store()
+        .commit(Txn::new().check(key.clone(), Check::Absent).put(key, value))
+        .await
+    {
+        Ok(_) | Err(StoreError::Conflict { .. }) => Ok(r.clone()),
+        Err(e) => Err(e),
+    }
+}
 
 #[derive(Serialize, Deserialize)]
 struct StoredCa {
