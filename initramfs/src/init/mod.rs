@@ -39,13 +39,19 @@ pub fn run(sys: &dyn Syscall, cmdline: &Path, init_args: &[String]) -> Failure {
 }
 
 /// One boot: the syscall edge, the root everything happens under, what to do on failure
-/// (known once the command line is read) and the timings so far.
+/// (known once the command line is read), the timings so far and the boot's log.
 pub struct Boot<'a> {
     sys: &'a dyn Syscall,
     root: PathBuf,
     onfail: OnFail,
     t0: f64,
     tm: Timings,
+    /// The kernel's `quiet`: the log goes to boot.json only, not to the console. Under TCG
+    /// every byte on the emulated serial port costs the guest CPU, and on a busy host the
+    /// console is read by nobody; failures and the one-line summary are still printed.
+    quiet: bool,
+    /// Every line of the boot's log, printed or not; kept in `/run/napalm/boot.json`.
+    log: Vec<String>,
 }
 
 type Step<T> = Result<T, Failure>;
@@ -60,7 +66,17 @@ impl<'a> Boot<'a> {
             onfail: OnFail::Halt,
             t0,
             tm: Timings::new(t0),
+            quiet: false,
+            log: Vec::new(),
         }
+    }
+
+    /// Logs a line: kept for boot.json, and printed on the console unless `quiet`.
+    fn note(&mut self, line: String) {
+        if !self.quiet {
+            say(&line);
+        }
+        self.log.push(line);
     }
 
     /// Runs every step; returns only on failure, like [`run`].
@@ -72,12 +88,16 @@ impl<'a> Boot<'a> {
     }
 
     fn steps(&mut self, cmdline: &Path, init_args: &[String]) -> Step<Infallible> {
-        say(&format!(
+        // Logged before the command line says whether the console is quiet: printed then.
+        self.log.push(format!(
             "napalm-init: starting at {:.3}s after kernel start",
             self.t0
         ));
         self.early_mounts()?;
         let cfg = self.read_cmdline(cmdline)?;
+        if !self.quiet {
+            self.log.iter().for_each(|l| say(l));
+        }
         let root = self.root_spec(&cfg)?;
         self.load_modules(&cfg, &root)?;
         let net = self.bring_up_network(&cfg)?;
@@ -129,6 +149,7 @@ impl<'a> Boot<'a> {
         match BootConfig::from_cmdline(cmdline) {
             Ok(cfg) => {
                 self.onfail = cfg.onfail;
+                self.quiet = cfg.quiet;
                 if cfg.help {
                     say(&fsloader::help_text());
                 }
@@ -169,13 +190,14 @@ impl<'a> Boot<'a> {
         let dir = self.path("/lib/modules").join(&release);
         let loaded = modules::load_needed(self.sys, &dir, &wanted)
             .map_err(|e| self.fail("modules", e.to_string()))?;
-        say(&self
+        let line = self
             .tm
-            .record(&format!("modules: {} loaded", loaded.len()), s, uptime()));
+            .record(&format!("modules: {} loaded", loaded.len()), s, uptime());
+        self.note(line);
         let mut slow: Vec<&(String, f64)> = loaded.iter().filter(|m| m.1 > 0.05).collect();
         slow.sort_by(|a, b| b.1.total_cmp(&a.1));
         for (m, t) in slow {
-            say(&format!("napalm:   {t:.3}s {}", modules::module_name(m)));
+            self.note(format!("napalm:   {t:.3}s {}", modules::module_name(m)));
         }
         Ok(())
     }
@@ -197,15 +219,16 @@ impl<'a> Boot<'a> {
             return Ok(None);
         };
         let gw = n.gateway.map(|g| format!(", gw {g}")).unwrap_or_default();
-        say(&self.tm.record(
+        let line = self.tm.record(
             &format!("network: {} {} ({}{gw})", n.iface, n.addr, n.method),
             s,
             uptime(),
-        ));
+        );
+        self.note(line);
         if let Some(h) = &n.hostname {
             // As the kernel's own ip= does; the clone's layer may set it again later.
             if let Err(e) = self.sys.sethostname(h) {
-                say(&format!("napalm: warning: sethostname({h}): {e}"));
+                self.note(format!("napalm: warning: sethostname({h}): {e}"));
             }
         }
         let _ = self.sys.mkdir_all(&self.path("/run/napalm"));
@@ -229,16 +252,23 @@ impl<'a> Boot<'a> {
         let mut ctx = MountCtx::new(self.sys, &self.root, Duration::from_secs(cfg.timeout_secs));
         ctx.client_ip = net.map(|n| n.addr);
         let assembled = union::assemble(&mut ctx, root, &self.path(NEWROOT));
-        for p in &ctx.phases {
-            say(&self.tm.record(&format!("mount {}", p.0), p.1, p.2));
+        let (phases, log) = (
+            std::mem::take(&mut ctx.phases),
+            std::mem::take(&mut ctx.log),
+        );
+        drop(ctx);
+        for p in phases {
+            let line = self.tm.record(&format!("mount {}", p.0), p.1, p.2);
+            self.note(line);
         }
-        for l in &ctx.log {
-            say(&format!("napalm:   {l}"));
+        for l in log {
+            self.note(format!("napalm:   {l}"));
         }
         let assembled = assembled.map_err(|e| self.fail("root", e.to_string()))?;
-        say(&self.tm.record("union root assembled", s, uptime()));
+        let line = self.tm.record("union root assembled", s, uptime());
+        self.note(line);
         for (desc, at) in &assembled.participants {
-            say(&format!("napalm:   {at}  {desc}"));
+            self.note(format!("napalm:   {at}  {desc}"));
         }
         Ok(assembled)
     }
@@ -250,9 +280,10 @@ impl<'a> Boot<'a> {
             .map_err(|e| self.fail("unpack", e.to_string()))?;
         if !done.is_empty() {
             for (a, n) in &done {
-                say(&format!("napalm:   unpacked {} ({n} entries)", a.display()));
+                self.note(format!("napalm:   unpacked {} ({n} entries)", a.display()));
             }
-            say(&self.tm.record("unpack", s, uptime()));
+            let line = self.tm.record("unpack", s, uptime());
+            self.note(line);
         }
         Ok(())
     }
@@ -273,14 +304,15 @@ impl<'a> Boot<'a> {
         switch_root_under(self.sys, &self.root, &self.path(NEWROOT))
             .map_err(|e| self.fail("switch_root", e.to_string()))?;
         let end = uptime();
-        say(&self.tm.record("switch_root", s, end));
+        let line = self.tm.record("switch_root", s, end);
+        self.note(line);
         self.tm.exec_init = Some(end);
         Ok(())
     }
 
     /// `/run/napalm/boot.json` for the register hook; a failure is only a warning.
     fn write_report(&self, root: &RootSpec, assembled: &Assembled, net: Option<&NetState>) {
-        let json = report::boot_json(root, assembled, net, &self.tm);
+        let json = report::boot_json(root, assembled, net, &self.tm, &self.log);
         // After switch_root the boot's root is the new root, its /run the one moved there.
         let dir = self.path("/run/napalm");
         if self

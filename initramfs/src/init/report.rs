@@ -1,5 +1,5 @@
-//! `/run/napalm/boot.json`: what was mounted, the network and the timings, for the
-//! clone's register hook.
+//! `/run/napalm/boot.json`: what was mounted, the network, the timings and napalm-init's
+//! log, for the clone's register hook.
 
 use crate::net::NetState;
 use crate::rootspec::RootSpec;
@@ -14,6 +14,8 @@ struct BootReport<'a> {
     overlay_options: &'a str,
     network: Option<NetReport>,
     timings: &'a Timings,
+    /// napalm-init's console log, also when `quiet` kept it off the console.
+    log: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -43,6 +45,7 @@ pub(super) fn boot_json(
     assembled: &Assembled,
     net: Option<&NetState>,
     tm: &Timings,
+    log: &[String],
 ) -> String {
     let report = BootReport {
         root: Some(root.to_string()),
@@ -50,6 +53,7 @@ pub(super) fn boot_json(
         overlay_options: &assembled.overlay_options,
         network: net.map(net_report),
         timings: tm,
+        log,
     };
     serde_json::to_string_pretty(&report).unwrap_or_default()
 }

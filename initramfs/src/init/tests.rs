@@ -113,3 +113,27 @@ fn a_bad_command_line_stops_before_modules_with_its_onfail() {
         sys.calls()
     );
 }
+
+#[test]
+fn the_boot_report_keeps_the_log_a_quiet_console_did_not_print() {
+    let root = RootSpec::parse("nfs:10.0.2.100::ro;tmpfs:rw").unwrap();
+    let assembled = Assembled {
+        overlay_options: "lowerdir=/mnt/unions/0-nfs".into(),
+        participants: vec![("10.0.2.100:/ (ro)".into(), "/.unions/0-nfs".into())],
+        writable: true,
+    };
+    let mut tm = Timings::new(1.0);
+    let line = tm.record("modules: 17 loaded", 1.0, 1.5);
+    let log = vec![
+        "napalm-init: starting at 1.000s after kernel start".into(),
+        line,
+    ];
+    let json = report::boot_json(&root, &assembled, None, &tm, &log);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        v["log"][1],
+        "napalm: [   1.500] modules: 17 loaded (0.500s)"
+    );
+    assert_eq!(v["timings"]["phases"][0]["name"], "modules: 17 loaded");
+    assert_eq!(v["root"], "nfs:10.0.2.100::ro;tmpfs:rw");
+}

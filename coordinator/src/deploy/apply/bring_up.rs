@@ -9,7 +9,7 @@ use napalm_proto::v1::{
     Agent, Clone, ClonePhase, CreateDomainRequest, DomainState, Hypervisor, RestartPolicy,
 };
 
-use napalm_initramfs::cmdline::KernelCmdline;
+use napalm_initramfs::cmdline::{fast_boot_args, KernelCmdline};
 use napalm_initramfs::ip::{IpConfig, StaticIp};
 use napalm_initramfs::rootspec::{Device, Role, RootParseError, RootSpec};
 
@@ -22,7 +22,8 @@ use crate::deploy::{chain, DeployError};
 use crate::registry::RegistryError;
 
 impl Run {
-    /// The clone's kernel command line, as a value: the site's arguments, `root=` (the
+    /// The clone's kernel command line, as a value: the boot-speed defaults
+    /// ([`napalm_initramfs::cmdline::FAST_BOOT_ARGS`]), the site's arguments, `root=` (the
     /// spec's root, the clone's layer — over NFS or appended to its initramfs — and its
     /// upper layer: tmpfs, or its state image over NFS), `ip=` (its static address, or
     /// DHCP), then the deployment's own arguments and `napalm.agent=` naming the agent the
@@ -67,7 +68,10 @@ impl Run {
             }
             None => IpConfig::dhcp(),
         };
+        // The boot-speed defaults (each one's reason: `FAST_BOOT_ARGS`) go first, so the
+        // site's own arguments after them win; `napalm.fastboot=0` among those drops them.
         let mut line = KernelCmdline::new(RootSpec::new(devices).map_err(bad)?, ip)
+            .before(fast_boot_args(&cfg.kernel_args))
             .before(cfg.kernel_args.clone())
             .after(self.spec.kernel_args.clone());
         // Agent ids are names or hex fingerprints; one that a command line cannot carry
@@ -97,15 +101,18 @@ impl Run {
         let (built, kernel) = layer;
         // A registered clone whose layer did not change stays registered: a re-run only
         // checks its domain is there and running (it will not boot, so not report, again).
-        // A changed layer recreates the domain, so the clone boots and registers anew.
-        let changed = c.layer_hash != built.hash;
+        // A changed layer (or boot input) replaces the domain, so the clone boots and
+        // registers anew: its recorded hash changes only once the new domain is created,
+        // so a run that dies in between replaces it again.
+        let replace = !c.layer_hash.is_empty() && c.layer_hash != built.hash;
         let revision = self.stored.spec_revision;
         if let Some(u) = self
             .set_progress(&c.name, |k| {
-                k.layer_hash = built.hash.clone();
                 k.spec_revision = revision;
                 if k.phase < ClonePhase::Layer as i32
-                    || (changed && k.phase == ClonePhase::Registered as i32)
+                    || (replace
+                        && (k.phase == ClonePhase::Registered as i32
+                            || k.phase == ClonePhase::Running as i32))
                 {
                     k.phase = ClonePhase::Layer as i32;
                 }
@@ -121,7 +128,7 @@ impl Run {
                     .fail(&c, &DeployError::AgentGone(c.agent_id.clone()).to_string())
                     .await;
             };
-            match self.create_on(&c, agent, &built, &kernel).await {
+            match self.create_on(&c, agent, &built, &kernel, replace).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(clone = %c.name, agent = %agent.id, error = %e, "bring-up failed");
@@ -173,6 +180,7 @@ impl Run {
         agent: &Agent,
         built: &BuiltLayer,
         kernel: &Blob,
+        replace: bool,
     ) -> Result<(), DeployError> {
         let ep = &agent.grpc_endpoint;
         let shipping = std::time::Instant::now();
@@ -244,6 +252,25 @@ impl Run {
         };
         let agents = &self.inner.agents;
         let creating = std::time::Instant::now();
+        if replace {
+            // Its domain runs an older layer or spec. With layers over NFS the domain's
+            // definition may not change at all (same paths), so the agent would keep it
+            // running: delete it first so that the clone boots what it is now.
+            tracing::info!(clone = %c.name, agent = %agent.id, "replacing its domain of an older spec");
+            match agents
+                .delete(ep, &c.name, format!("replace-{}", request.request_id))
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.code() == tonic::Code::NotFound => {}
+                Err(e) => {
+                    return Err(DeployError::agent(
+                        "replacing its domain of an older spec",
+                        &e,
+                    ))
+                }
+            }
+        }
         let created = match agents.create(ep, request.clone()).await {
             // The agent holds this clone's domain from an older layer (its templates
             // changed, or another coordinator built it before a takeover): the registry
@@ -277,6 +304,7 @@ impl Run {
         if let Some(u) = self
             .set_progress(&c.name, |k| {
                 k.domain_state = domain.state;
+                k.layer_hash = built.hash.clone();
                 // The boot timeout counts from the start that made it running.
                 if running
                     && (k.started_at.is_none()
