@@ -93,8 +93,9 @@ pub struct Trust {
     pub(crate) revoked: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
 }
 
-/// Lifetime of the coordinator's own certificate (re-issued at every start).
-const COORDINATOR_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Lifetime of the coordinator's own certificate (re-issued at every start, and at two
+/// thirds of it while running: see [`serve`]).
+pub const COORDINATOR_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 pub(crate) fn unix_now(registry: &Registry) -> i64 {
     i64::try_from(registry.clock().unix_ms() / 1000).unwrap_or(i64::MAX)
@@ -131,6 +132,16 @@ impl Trust {
             addresses,
             revoked: Arc::default(),
         })
+    }
+
+    /// Issues this coordinator a fresh certificate and swaps it in: new connections (and
+    /// joining hosts) get it, open ones keep theirs. Returns its not-after.
+    pub fn renew_identity(&self) -> Result<i64, napalm_trust::TrustError> {
+        let now = unix_now(&self.registry);
+        let (cert, key) = self.ca.issue_coordinator(&[], now, COORDINATOR_TTL)?;
+        let chain = format!("{}{}", cert.cert_pem, self.ca.cert_pem());
+        self.identity.replace(chain.as_bytes(), key.as_bytes())?;
+        Ok(cert.not_after)
     }
 
     /// The CA certificate, PEM.

@@ -122,6 +122,24 @@ pub async fn start(
             }
         }
     });
+    // The coordinator's own certificate, renewed at two thirds of its lifetime.
+    let own = trust.clone();
+    let mut own_stop = stop_rx.clone();
+    tokio::spawn(async move {
+        let every = super::COORDINATOR_TTL * 2 / 3;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = own_stop.wait_for(|s| *s) => return,
+            }
+            match own.renew_identity() {
+                Ok(not_after) => tracing::info!(not_after, "coordinator certificate renewed"),
+                Err(e) => {
+                    tracing::error!(error = %e, "renewing the coordinator certificate failed")
+                }
+            }
+        }
+    });
     let gate = trust.clone();
     let require = move |r: tonic::Request<()>| require_agent(&gate, r);
     let mut rx = stop_rx;
