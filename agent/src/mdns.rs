@@ -76,6 +76,10 @@ pub struct Advert {
     pub fingerprint: String,
     /// Path prefix of the REST API (DNS-SD `path=` key, RFC 6763 section 6.4 style).
     pub path: String,
+    /// How the listeners are secured (`tls=` key): `none`, `server` (TLS from operator
+    /// files) or `mutual` (the cluster identity: clients need a CA-signed certificate, and
+    /// the agent's certificate names `id`, which is what a browser must verify).
+    pub tls: &'static str,
 }
 
 /// A running advertisement.
@@ -115,6 +119,7 @@ impl Advertiser {
             ("id", a.agent_id.clone()),
             ("fingerprint", a.fingerprint.clone()),
             ("path", a.path.clone()),
+            ("tls", a.tls.to_owned()),
         ];
         let host = format!("{}.local.", a.hostname);
         let mut fullnames = Vec::new();

@@ -376,6 +376,11 @@ pub async fn start_with_clock(
             agent_id: agent.id().to_owned(),
             fingerprint: fingerprint.clone().unwrap_or_else(|| "none".into()),
             path: cfg.rest.prefix.clone(),
+            tls: match (&mtls, &tls) {
+                (Some(_), _) => "mutual",
+                (None, Some(_)) => "server",
+                (None, None) => "none",
+            },
         };
         let ifs = cfg.mdns_interfaces.clone();
         advertiser = Some(

@@ -251,6 +251,8 @@ fn advertised_in_namespace_seen_from_another() {
     }
     assert_eq!(txt["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(txt["grpc_port"], "8481");
+    // Plain listeners (this agent has no TLS): a browser knows to dial http://.
+    assert_eq!(txt.get("tls").map(String::as_str), Some("none"), "{txt:?}");
     assert!(txt["hypervisors"].split(',').any(|h| h == "test"));
     assert!(txt["cpus"].parse::<u32>().expect("cpus") > 0);
     let (gport, _, _) = found.get("_napalm._tcp.local.").expect("gRPC service seen");
