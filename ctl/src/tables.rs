@@ -1,7 +1,7 @@
 //! Listing tables: `napalmctl agents`, `deployments` and `clones` (registry view), one
 //! row per record, rendered in the chosen [`Output`] format.
 
-use napalm_proto::v1::{AgentState, ClonePhase, DeploymentState, Hypervisor};
+use napalm_proto::v1::{AgentState, ClonePhase, DeploymentState, Hypervisor, RolloutState};
 use serde_json::{json, Value};
 
 use crate::output::{render, Output};
@@ -75,10 +75,19 @@ pub fn deployments(output: Output, deployments: &[napalm_proto::v1::Deployment])
                 "count": spec.count,
                 "layers": spec.layers,
                 "state": state_name(state.as_str_name(), "DEPLOYMENT_STATE_"),
+                "revision": d.spec_revision,
+                "rollout": d.rollout.as_ref().map(|r| state_name(
+                    RolloutState::try_from(r.state).unwrap_or_default().as_str_name(),
+                    "ROLLOUT_STATE_",
+                )),
             })
         })
         .collect();
-    render(output, &["name", "count", "layers", "state"], &rows)
+    render(
+        output,
+        &["name", "count", "layers", "state", "revision", "rollout"],
+        &rows,
+    )
 }
 
 /// `napalmctl clones`: agent, addresses, phase, boot time, error and the control plane's
@@ -108,6 +117,13 @@ pub fn clones(output: Output, clones: &[napalm_proto::v1::Clone]) -> String {
                 "error": (!k.last_error.is_empty()).then_some(&k.last_error),
                 // The control plane's last change to it and why.
                 "last_action": (!k.last_action.is_empty()).then_some(&k.last_action),
+                // Restarts after dying since it was placed, and the spec revision it runs.
+                "restarts": k.restarts,
+                "spec_revision": k.spec_revision,
+                "registered_at": k.registered_at.as_ref().map(|t| seconds(prost_types::Duration {
+                    seconds: t.seconds,
+                    nanos: t.nanos,
+                })),
             })
         })
         .collect();

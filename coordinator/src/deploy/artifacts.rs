@@ -177,6 +177,8 @@ impl Artifacts {
     /// `identity` the cluster secret clones' host keys and machine ids derive from.
     /// With a `declared` clones.conf, each clone's sets and values come from its cascade
     /// and `globals`, `layers` and the clones' own values are imposed over the file's.
+    /// `staged` builds beside the exported layers (nothing a clone mounts changes): to
+    /// learn which clones a new spec changes before replacing any.
     #[allow(clippy::too_many_arguments)]
     pub fn build(
         &self,
@@ -186,6 +188,7 @@ impl Artifacts {
         clones: &[CloneInput],
         declared: Option<Declared<'_>>,
         over_nfs: bool,
+        staged: bool,
         identity: Identity,
     ) -> Result<BuildResults, DeployError> {
         let cluster = match declared {
@@ -228,7 +231,11 @@ impl Artifacts {
             }
         };
         let sets = SetLibrary::new(self.cfg.sets.clone());
-        let dir = self.cfg.layers_dir.join(deployment);
+        let dir = if staged {
+            self.cfg.layers_dir.join(".staging").join(deployment)
+        } else {
+            self.cfg.layers_dir.join(deployment)
+        };
         // The cluster identity (from which clones' host keys derive) stays beside, not
         // inside, the directory whose per-clone subdirectories may be NFS-exported.
         std::fs::create_dir_all(&self.cfg.layers_dir)
@@ -262,7 +269,7 @@ impl Artifacts {
             .map(|(n, e)| (n, DeployError::Layer(Arc::new(e))))
             .collect();
         let layers_took = started.elapsed();
-        if over_nfs {
+        if over_nfs || staged {
             // Every clone boots the same image; its layer comes over NFS.
             let shared = Blob {
                 r: BlobRef {

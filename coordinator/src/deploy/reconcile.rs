@@ -9,9 +9,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use napalm_proto::time::from_timestamp;
-use napalm_proto::v1::{
-    Agent, AgentState, Clone, CloneMode, ClonePhase, DeploymentSpec, Domain, DomainState,
-};
+use napalm_proto::v1::{Agent, AgentState, Clone, ClonePhase, DeploymentSpec, Domain, DomainState};
 
 /// Clone names of a deployment: those its clones.conf declares, else `NAME-01` … (at
 /// least two digits).
@@ -38,8 +36,9 @@ pub enum Reason {
     Failed,
     /// Its agent is down (or gone) and the clone never came up there.
     AgentDown,
-    /// Its agent has been down past the grace period: the host is taken for dead, and a
-    /// stateless clone boots elsewhere.
+    /// Its agent has been down past the grace period: the host is taken for dead (the
+    /// grace is the fence), and the clone boots elsewhere (a stateful one with its state,
+    /// which is on NFS).
     AgentLost,
     /// Its agent is draining: the clone moves off cold (its domain there is stopped first,
     /// then it boots elsewhere; a stateful clone keeps its state, which is on NFS).
@@ -142,14 +141,11 @@ pub fn lost_agents(agents: &[Agent], now: SystemTime, grace: Duration) -> HashSe
 }
 
 /// Why `c` needs an agent, if it does: it has none, it failed, its agent is draining, its
-/// agent is down (or gone) while the clone never came up there, or its agent is lost and
-/// the clone keeps no state.
+/// agent is down (or gone) while the clone never came up there, or its agent is lost.
 /// A clone running or registered on an agent that went down stays where it is until the
-/// agent is lost; a stateful clone stays even then (it must never run twice, and nothing
-/// here can tell the old domain is gone).
+/// agent is lost (it must never run twice: only the grace period fences the old domain).
 fn needs_placement(
     c: &Clone,
-    stateless: bool,
     agents: &HashMap<&str, &Agent>,
     lost: &HashSet<String>,
 ) -> Option<Reason> {
@@ -165,7 +161,11 @@ fn needs_placement(
             Reason::Failed
         });
     }
-    if stateless && lost.contains(&c.agent_id) {
+    // Lost: down past the grace period, which stands for the fence (the host is taken for
+    // dead, so its domain is too). A stateful clone's state is reachable from any agent
+    // (its image is on the server, over NFS), so it moves as a stateless one does; its
+    // old domain, should the host come back, is a stray removed before anything else.
+    if lost.contains(&c.agent_id) {
         return Some(Reason::AgentLost);
     }
     let up = c.phase == ClonePhase::Registered as i32 || c.phase == ClonePhase::Running as i32;
@@ -185,7 +185,6 @@ pub fn reconcile(
     agents: &[Agent],
     lost: &HashSet<String>,
 ) -> Plan {
-    let stateless = spec.mode != CloneMode::Stateful as i32;
     let wanted = names(spec);
     let keep: HashSet<&str> = wanted.iter().map(String::as_str).collect();
     let recorded: HashMap<&str, &Clone> = records.iter().map(|c| (c.name.as_str(), c)).collect();
@@ -212,7 +211,7 @@ pub fn reconcile(
             });
             continue;
         }
-        match needs_placement(c, stateless, &by_id, lost) {
+        match needs_placement(c, &by_id, lost) {
             Some(reason) => place.push(Action::Place {
                 clone: c.name.clone(),
                 reason,
@@ -324,6 +323,7 @@ pub fn strays(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use napalm_proto::v1::CloneMode;
 
     fn spec(count: u32) -> DeploymentSpec {
         DeploymentSpec {
@@ -457,7 +457,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_agents_stateless_clones_go_elsewhere_stateful_ones_stay() {
+    fn a_lost_agents_clones_go_elsewhere_stateful_ones_too_once_fenced_by_the_grace() {
         let records = [
             clone("web-01", "lost", ClonePhase::Registered),
             clone("web-02", "a", ClonePhase::Registered),
@@ -475,9 +475,20 @@ mod tests {
                 reason: Reason::AgentLost
             }]
         );
+        // A stateful clone's state is on the server (NFS): it moves too once the agent is
+        // lost, the grace period standing for the fence; while the agent is merely down it
+        // stays (it must never run twice).
         let mut stateful = spec(2);
         stateful.mode = CloneMode::Stateful as i32;
         let p = reconcile(&stateful, &records, &agents, &lost);
+        assert_eq!(
+            p.actions,
+            [Action::Place {
+                clone: "web-01".into(),
+                reason: Reason::AgentLost
+            }]
+        );
+        let p = reconcile(&stateful, &records, &agents, &none());
         assert!(p.actions.is_empty(), "{:?}", p.actions);
     }
 

@@ -54,6 +54,12 @@ pub fn available(c: &Clone, test_agent: impl Fn(&str) -> bool) -> bool {
         || (c.phase == ClonePhase::Running as i32 && test_agent(&c.agent_id))
 }
 
+/// Whether a clone's domain runs (registered, or running and not yet registered): a
+/// change of its boot inputs replaces it.
+pub fn up(c: &Clone) -> bool {
+    c.phase == ClonePhase::Registered as i32 || c.phase == ClonePhase::Running as i32
+}
+
 /// Which of the `outdated` clones (in index order) to replace now, when `unavailable`
 /// clones of the deployment are down and at most `max` may be.
 pub fn batch(outdated: &[String], unavailable: usize, max: usize) -> &[String] {

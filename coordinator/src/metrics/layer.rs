@@ -28,6 +28,7 @@ pub const METHODS: &[&str] = &[
     "GetClone",
     "RegisterClone",
     "WatchEvents",
+    "Rollout",
 ];
 
 const SERVICE: &str = "napalm.v1.CoordinatorService";

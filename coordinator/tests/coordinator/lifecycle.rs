@@ -349,7 +349,10 @@ async fn a_changed_spec_rolls_in_batches_and_a_broken_one_pauses() {
         if d.rollout.as_ref().map(|r| r.state) == Some(RolloutState::Complete as i32) {
             break;
         }
-        assert!(Instant::now() < deadline, "the undo does not complete: {d:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the undo does not complete: {d:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for c in clones(&mut coord, "roll").await {

@@ -18,8 +18,11 @@ use crate::deploy::DeployError;
 pub(super) type Built = HashMap<String, Result<BuiltLayer, DeployError>>;
 
 impl Run {
-    /// Builds the layers (and, without NFS layers, the images) of `clones`.
-    pub(super) async fn build(&self, clones: &[Clone]) -> Built {
+    /// Builds the layers (and, without NFS layers, the images) of `clones`; `staged`:
+    /// beside the exported layers, only to learn their hashes (see [`Artifacts::build`]).
+    ///
+    /// [`Artifacts::build`]: crate::deploy::artifacts::Artifacts::build
+    pub(super) async fn build(&self, clones: &[Clone], staged: bool) -> Built {
         let cfg = &self.inner.cfg;
         let inputs: Vec<CloneInput> = clones
             .iter()
@@ -94,6 +97,7 @@ impl Run {
                 &inputs,
                 declared,
                 over_nfs,
+                staged,
                 identity,
             )
         })

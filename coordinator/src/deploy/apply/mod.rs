@@ -354,17 +354,31 @@ impl Run {
             .cloned()
             .collect();
         let building = Instant::now();
-        let mut built = self.build(&todo).await;
+        // Clones mount their layer over NFS from the directory a build writes: while some
+        // run, the new layers are first built aside, so that those the rollout gate holds
+        // back keep the layer they booted with; only the clones going now are built where
+        // they are exported.
+        let staged = crate::deploy::nfs::layers_over_nfs(&self.inner.cfg)
+            && todo
+                .iter()
+                .any(|c| rollout::up(c) && !c.layer_hash.is_empty());
+        let mut built = self.build(&todo, staged).await;
+        for b in built.values_mut().flatten() {
+            b.hash = rollout::boot_hash(&self.spec, &b.hash);
+        }
+        let todo = self.gate(todo, &built, &clones, &by_id).await?;
+        if staged {
+            built = self.build(&todo, false).await;
+            for b in built.values_mut().flatten() {
+                b.hash = rollout::boot_hash(&self.spec, &b.hash);
+            }
+        }
         for (name, why) in self.prepare_exports(&todo).await {
             built.insert(name, Err(why));
         }
         if !todo.is_empty() {
             self.inner.metrics.phase("layer", building.elapsed());
         }
-        for b in built.values_mut().flatten() {
-            b.hash = rollout::boot_hash(&self.spec, &b.hash);
-        }
-        let todo = self.gate(todo, &built, &clones, &by_id).await?;
         let kernel = self.inner.artifacts.kernel();
 
         // Ship and start, bounded in parallel.
@@ -448,9 +462,7 @@ impl Run {
                 .get(id)
                 .is_some_and(|a| hypervisor_on(&self.spec, a) == Hypervisor::Test)
         };
-        let up = |c: &Clone| {
-            c.phase == ClonePhase::Registered as i32 || c.phase == ClonePhase::Running as i32
-        };
+        let up = rollout::up;
         let rev = self.stored.spec_revision;
         let mut pause_for = None;
         if rollout::progressing(&self.stored) {
