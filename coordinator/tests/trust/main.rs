@@ -7,6 +7,7 @@
 //! clients without a CA-signed certificate; renewal with a 6 s lifetime while heartbeats
 //! go on.
 
+mod binary;
 mod ca;
 mod revoke;
 mod spoof;
