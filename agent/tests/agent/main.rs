@@ -8,6 +8,7 @@ mod client;
 mod common;
 mod grpc;
 mod hostile;
+mod join;
 mod mdns;
 mod monitoring;
 mod otlp;
