@@ -298,6 +298,105 @@ pub fn agent_client_config(
     Ok((finish_client(p, verifier, identity)?, diagnosis))
 }
 
+/// The agent id the last server a config dialed proved it is (see
+/// [`enrolled_agent_client_config`]).
+#[derive(Debug, Default)]
+pub struct Named(std::sync::Mutex<Option<String>>);
+
+impl Named {
+    /// The id the verified certificate names, once a handshake succeeded.
+    pub fn id(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A client config for dialing an agent whose id the caller does not know (only its
+/// endpoint): the agent must present a certificate chaining to `ca`, and it is verified
+/// for the agent id that certificate names (server name `<id>.agent.napalm`), which
+/// [`Named`] then holds so the caller can compare it with what it expected. Refusals are
+/// explained in the [`Diagnosis`].
+pub fn enrolled_agent_client_config(
+    ca: &CertificateDer<'_>,
+    identity: Option<Arc<CertSlot>>,
+) -> Result<(Arc<ClientConfig>, Arc<Diagnosis>, Arc<Named>)> {
+    let p = provider();
+    let inner = WebPkiServerVerifier::builder_with_provider(roots(ca)?, Arc::clone(&p)).build()?;
+    let diagnosis = Arc::new(Diagnosis::default());
+    let named = Arc::new(Named::default());
+    let verifier = Arc::new(AnyAgent {
+        inner,
+        ca: ca.clone().into_owned(),
+        diagnosis: Arc::clone(&diagnosis),
+        named: Arc::clone(&named),
+    });
+    Ok((finish_client(p, verifier, identity)?, diagnosis, named))
+}
+
+/// webpki verification against the CA for the agent id the certificate itself names.
+#[derive(Debug)]
+struct AnyAgent {
+    inner: Arc<WebPkiServerVerifier>,
+    ca: CertificateDer<'static>,
+    diagnosis: Arc<Diagnosis>,
+    named: Arc<Named>,
+}
+
+impl ServerCertVerifier for AnyAgent {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let id = match crate::id::agent_id_of(end_entity) {
+            Ok(Some(id)) if crate::id::check_agent_id(&id).is_ok() => id,
+            _ => {
+                self.diagnosis.set("its certificate names no agent".into());
+                return Err(rustls::Error::General("certificate names no agent".into()));
+            }
+        };
+        let name = ServerName::try_from(crate::id::agent_dns(&id))
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let r = self
+            .inner
+            .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now);
+        match &r {
+            Ok(_) => *self.named.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(id),
+            Err(_) => {
+                let mut chain = vec![end_entity.clone()];
+                chain.extend(intermediates.iter().cloned());
+                let secs = i64::try_from(now.as_secs()).unwrap_or(0);
+                self.diagnosis.set(explain(&self.ca, &chain, &id, secs));
+            }
+        }
+        r
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// webpki verification against the CA, explaining refusals.
 #[derive(Debug)]
 struct Expecting {

@@ -95,4 +95,24 @@ impl Trust {
             .await
             .map_err(|e| Self::untrusted(endpoint, diagnosis.reason().unwrap_or(e.to_string())))
     }
+
+    /// A gRPC channel over mutual TLS to whichever enrolled agent serves `endpoint`, for
+    /// callers that know only the endpoint (the deploy pipeline's connection pool): its
+    /// certificate must chain to the CA and is verified for the agent id it names, which
+    /// is returned so the caller can compare it with the registry's record. The channel
+    /// connects at once, so a refused agent is known before anything is sent.
+    pub async fn dial_enrolled(&self, endpoint: &str) -> Result<(Channel, String), Untrusted> {
+        let (cfg, diagnosis, named) = tls::enrolled_agent_client_config(
+            self.ca.cert_der(),
+            Some(std::sync::Arc::clone(&self.identity)),
+        )
+        .map_err(|e| Self::untrusted(endpoint, e.to_string()))?;
+        let channel = napalm_trust::channel::connect(endpoint, "agent.napalm", cfg, TIMEOUT)
+            .await
+            .map_err(|e| Self::untrusted(endpoint, diagnosis.reason().unwrap_or(e.to_string())))?;
+        let id = named
+            .id()
+            .ok_or_else(|| Self::untrusted(endpoint, "no verified certificate"))?;
+        Ok((channel, id))
+    }
 }

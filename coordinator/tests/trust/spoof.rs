@@ -119,6 +119,11 @@ async fn advertised_agents_are_trusted_only_with_a_cluster_certificate_naming_th
         .await
         .expect_err("no channel to a self-signed agent");
     assert!(e.reason.contains("does not chain to the cluster CA"), "{e}");
+    let e = trust
+        .dial_enrolled(&ep)
+        .await
+        .expect_err("no channel to a self-signed agent, by endpoint only");
+    assert!(e.reason.contains("does not chain to the cluster CA"), "{e}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         got.lock().expect("lock").is_empty(),
@@ -172,5 +177,12 @@ async fn advertised_agents_are_trusted_only_with_a_cluster_certificate_naming_th
         .expect("an enrolled agent answers the coordinator")
         .into_inner();
     assert_eq!(caps.agent_id, real_id);
+    // By endpoint only (the deploy pipeline's view): the id the certificate proves.
+    let (ch, named) = trust.dial_enrolled(&real).await.expect("mutual TLS");
+    assert_eq!(named, real_id);
+    AgentServiceClient::new(ch)
+        .get_capabilities(GetCapabilitiesRequest::default())
+        .await
+        .expect("answers");
     a.stop().await;
 }
