@@ -13,6 +13,7 @@ mod ca;
 #[allow(dead_code)]
 #[path = "../coordinator/etcd_harness.rs"]
 mod etcd_harness;
+mod impersonate;
 mod revoke;
 mod shared;
 mod spoof;
