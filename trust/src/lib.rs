@@ -8,13 +8,16 @@
 //! tokens ([`token`]: the `napalm-join-v1.` encoding, stored hashed, expiry, revocation),
 //! and the rustls plumbing every listener and client shares ([`tls`]: server and client
 //! configs verifying peers against the CA, a CA-fingerprint-pinned verifier for the first
-//! contact, a hot-swappable certificate slot, the peer-identity check) plus a tonic
-//! channel over such a connection ([`channel`]).
+//! contact, a hot-swappable certificate slot, the peer-identity check, verifiers that
+//! explain why a peer was refused) plus the transport glue ([`channel`]: a tonic channel
+//! over such a client connection, and a stream of accepted TLS connections for a tonic
+//! server).
 //!
 //! Must not touch: storage (the coordinator keeps the CA and token records in its
-//! registry; the agent keeps its key and certificate in its state directory), the network
-//! beyond the one connection [`channel`] dials, or the clock (every call that depends on
-//! time takes `now` in Unix seconds). No hand-written cryptography or ASN.1: rcgen signs,
+//! registry; the agent keeps its key and certificate in its state directory), any network
+//! but the connections its callers ask [`channel`] to dial or accept, or the clock (every
+//! call that depends on time takes `now` in Unix seconds; only rustls reads the system
+//! time while verifying a handshake). No hand-written cryptography or ASN.1: rcgen signs,
 //! x509-parser reads, rustls/webpki verify, ring supplies randomness and digests.
 
 pub mod ca;
