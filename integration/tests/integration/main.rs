@@ -6,6 +6,7 @@ mod debian;
 mod grid;
 mod host_setup;
 mod packaging;
+mod scale;
 
 /// Held by tests that install Debian packages or compare the machine's installed packages,
 /// so that one never sees the other's changes half-way.
