@@ -205,14 +205,16 @@ pub async fn start_with_clock(
     let mut rx = stop_rx.clone();
     if let Some(m) = mtls.clone() {
         let acceptor = tokio_rustls::TlsAcceptor::from(m);
+        let admit = Some(napalm_trust::channel::coordinator_or_operator());
         tasks.push(tokio::spawn(crate::tls::serve_https(
-            listener, app, acceptor, rx,
+            listener, app, acceptor, admit, rx,
         )));
     } else if let Some(t) = tls.clone() {
         tasks.push(tokio::spawn(crate::tls::serve_https(
             listener,
             app,
             t.acceptor.clone(),
+            None,
             rx,
         )));
     } else {
@@ -253,7 +255,8 @@ pub async fn start_with_clock(
             };
             let r = match mtls {
                 Some(m) => {
-                    let incoming = napalm_trust::channel::incoming(l, m, accept_stop);
+                    let admit = napalm_trust::channel::coordinator_or_operator();
+                    let incoming = napalm_trust::channel::incoming(l, m, Some(admit), accept_stop);
                     builder
                         .add_service(svc)
                         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -73,11 +73,13 @@ impl Tls {
     }
 }
 
-/// Serves an axum router over TLS until `stop` flips.
+/// Serves an axum router over TLS until `stop` flips; with `admit`, only to peers it
+/// lets in (see `napalm_trust::channel::coordinator_or_operator`).
 pub async fn serve_https(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     acceptor: tokio_rustls::TlsAcceptor,
+    admit: Option<napalm_trust::channel::Admit>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -92,9 +94,15 @@ pub async fn serve_https(
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let admit = admit.clone();
         tokio::spawn(async move {
             let stream = match acceptor.accept(tcp).await {
-                Ok(s) => s,
+                Ok(s) if napalm_trust::channel::admitted(admit.as_ref(), &s, peer) => s,
+                Ok(mut s) => {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = s.shutdown().await;
+                    return;
+                }
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;

@@ -223,6 +223,32 @@ impl ClusterCa {
     }
 }
 
+impl ClusterCa {
+    /// A key pair and client certificate for operator `name` (`spiffe://napalm/operator/
+    /// <name>`): what napalmctl presents to agents and coordinators that require cluster
+    /// certificates. Returns the certificate and the key, PEM.
+    pub fn issue_operator(
+        &self,
+        name: &str,
+        now: i64,
+        ttl: std::time::Duration,
+    ) -> Result<(Issued, String)> {
+        id::check_agent_id(name)?;
+        let key = KeyPair::generate().map_err(TrustError::generate("operator key"))?;
+        let uri = format!("{}{name}", id::OPERATOR_URI_PREFIX);
+        let sans = vec![SanType::URI(
+            uri.try_into()
+                .map_err(|e| TrustError::parse("operator URI", e))?,
+        )];
+        let mut params = leaf_params(name, sans, now, ttl)?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params
+            .signed_by(&key, &self.issuer, &self.key)
+            .map_err(TrustError::generate("operator certificate"))?;
+        Ok((issued(cert.der())?, key.serialize_pem()))
+    }
+}
+
 fn leaf_params(
     common_name: &str,
     sans: Vec<SanType>,

@@ -74,14 +74,59 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// Decides, after a handshake, whether a peer may use the connection, from the chain it
+/// presented (already verified against the CA by rustls; `None` when it presented none).
+/// `Err` says why not, for the log.
+pub type Admit = Arc<
+    dyn Fn(Option<&[rustls_pki_types::CertificateDer<'static>]>) -> Result<(), String>
+        + Send
+        + Sync,
+>;
+
+/// An [`Admit`] letting in only peers whose certificate names a coordinator or an
+/// operator: what an agent's listeners use, so that other agents (whose certificates
+/// also chain to the CA) cannot drive it.
+pub fn coordinator_or_operator() -> Admit {
+    Arc::new(|chain| {
+        let leaf = chain
+            .and_then(|c| c.first())
+            .ok_or_else(|| "no client certificate".to_owned())?;
+        match crate::id::role_of(leaf) {
+            Ok(Some(crate::id::Role::Coordinator | crate::id::Role::Operator(_))) => Ok(()),
+            Ok(Some(crate::id::Role::Agent(id))) => Err(format!(
+                "agent {id} may not drive another agent (only coordinators and operators)"
+            )),
+            Ok(None) => Err("the client certificate names no napalm identity".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+}
+
+/// Whether `stream`'s peer passes `admit` (always, without one); logs refusals.
+pub fn admitted<IO>(
+    admit: Option<&Admit>,
+    stream: &tokio_rustls::server::TlsStream<IO>,
+    peer: std::net::SocketAddr,
+) -> bool {
+    let Some(admit) = admit else { return true };
+    match admit(stream.get_ref().1.peer_certificates()) {
+        Ok(()) => true,
+        Err(why) => {
+            tracing::info!(%peer, reason = %why, "TLS peer refused after the handshake");
+            false
+        }
+    }
+}
+
 /// TLS connections accepted on `listener` with `cfg`, as a stream a tonic server takes
 /// (`serve_with_incoming`): each handshake runs in its own task, so a slow or failing
 /// client delays nobody; failed handshakes (no or a foreign client certificate when one
-/// is required) are logged and dropped. The accepting task ends when the stream is
-/// dropped or `stop` flips.
+/// is required) and peers `admit` refuses are logged and dropped. The accepting task ends
+/// when the stream is dropped or `stop` flips.
 pub fn incoming(
     listener: tokio::net::TcpListener,
     cfg: Arc<rustls::ServerConfig>,
+    admit: Option<Admit>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio_stream::wrappers::ReceiverStream<
     std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
@@ -103,11 +148,15 @@ pub fn incoming(
                     continue;
                 }
             };
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let (acceptor, tx, admit) = (acceptor.clone(), tx.clone(), admit.clone());
             tokio::spawn(async move {
                 match acceptor.accept(tcp).await {
-                    Ok(s) => {
+                    Ok(s) if admitted(admit.as_ref(), &s, peer) => {
                         let _ = tx.send(Ok(s)).await;
+                    }
+                    Ok(mut s) => {
+                        use tokio::io::AsyncWriteExt;
+                        let _ = s.shutdown().await;
                     }
                     Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake refused"),
                 }

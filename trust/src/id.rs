@@ -17,6 +17,34 @@ pub const AGENT_URI_PREFIX: &str = "spiffe://napalm/agent/";
 pub const COORDINATOR_URI: &str = "spiffe://napalm/coordinator";
 /// DNS name every coordinator certificate carries; clients ask for it as server name.
 pub const COORDINATOR_DNS: &str = "coordinator.napalm";
+/// URI prefix of an operator's identity (`spiffe://napalm/operator/<name>`).
+pub const OPERATOR_URI_PREFIX: &str = "spiffe://napalm/operator/";
+
+/// Who a (verified) certificate says its holder is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// A coordinator.
+    Coordinator,
+    /// An operator (napalmctl with a client certificate), by name.
+    Operator(String),
+    /// An enrolled agent, by id.
+    Agent(String),
+}
+
+/// The role a DER certificate names (its first napalm URI), if any. Only meaningful for
+/// a certificate already verified against the CA.
+pub fn role_of(cert: &CertificateDer<'_>) -> Result<Option<Role>> {
+    Ok(uris_of(cert)?.into_iter().find_map(|u| {
+        if u == COORDINATOR_URI {
+            Some(Role::Coordinator)
+        } else if let Some(n) = u.strip_prefix(OPERATOR_URI_PREFIX) {
+            Some(Role::Operator(n.to_owned()))
+        } else {
+            u.strip_prefix(AGENT_URI_PREFIX)
+                .map(|i| Role::Agent(i.to_owned()))
+        }
+    }))
+}
 
 /// Checks that `id` can be used in a DNS label and a URI path segment.
 pub fn check_agent_id(id: &str) -> Result<()> {

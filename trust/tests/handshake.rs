@@ -226,3 +226,34 @@ async fn a_replaced_certificate_is_served_to_new_connections() {
         .expect("second");
     assert_eq!(served, chain(&second)[0]);
 }
+
+#[test]
+fn agents_admit_only_coordinators_and_operators() {
+    let ca = ClusterCa::generate("cluster", now()).expect("ca");
+    let admit = napalm_trust::channel::coordinator_or_operator();
+    let (op, _) = ca
+        .issue_operator("alice", now(), Duration::from_secs(60))
+        .expect("operator");
+    let op = chain(&op.cert_pem);
+    assert_eq!(
+        id::role_of(&op[0]).expect("role"),
+        Some(id::Role::Operator("alice".into()))
+    );
+    admit(Some(&op)).expect("an operator is admitted");
+    let (co, _) = ca
+        .issue_coordinator(&[], now(), Duration::from_secs(60))
+        .expect("coordinator");
+    let co = chain(&co.cert_pem);
+    assert_eq!(
+        id::role_of(&co[0]).expect("role"),
+        Some(id::Role::Coordinator)
+    );
+    admit(Some(&co)).expect("a coordinator is admitted");
+    let (ag, _) = agent(&ca, "a1", Duration::from_secs(60));
+    let e = admit(Some(&chain(&ag))).expect_err("an agent is not");
+    assert!(e.contains("a1"), "{e}");
+    admit(None).expect_err("nobody is not");
+    // An operator certificate is for clients only.
+    let e = tls::verify_agent(ca.cert_der(), &op, "alice", now()).expect_err("not an agent");
+    assert!(e.to_string().contains("names"), "{e}");
+}

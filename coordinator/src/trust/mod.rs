@@ -144,6 +144,20 @@ impl Trust {
         Ok(cert.not_after)
     }
 
+    /// A client certificate (chain with the CA) and key, PEM, for operator `name`: what
+    /// an operator's tools present to agents, which admit only coordinators and operators.
+    /// The start of `napalmctl login`; tests use it as the outside client's identity.
+    pub fn issue_operator(
+        &self,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<(String, String), napalm_trust::TrustError> {
+        let (cert, key) = self
+            .ca
+            .issue_operator(name, unix_now(&self.registry), ttl)?;
+        Ok((format!("{}{}", cert.cert_pem, self.ca.cert_pem()), key))
+    }
+
     /// The CA certificate, PEM.
     pub fn ca_pem(&self) -> &str {
         self.ca.cert_pem()

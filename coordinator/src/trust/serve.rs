@@ -104,7 +104,7 @@ pub async fn start(
     )
     .map_err(|e| StartError::Setup(TrustSetupError::Ca(e)))?;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let incoming = napalm_trust::channel::incoming(listener, server_cfg, stop_rx.clone());
+    let incoming = napalm_trust::channel::incoming(listener, server_cfg, None, stop_rx.clone());
     let svc = TrustServer::new(trust.clone(), Placement::Tls);
     if let Err(e) = trust.refresh_revoked().await {
         tracing::warn!(error = %e, "reading revoked agents failed; retrying");

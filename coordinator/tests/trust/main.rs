@@ -141,15 +141,33 @@ async fn a_token_enrolls_an_agent_once_and_its_listeners_need_a_cluster_certific
     assert_eq!(list[0].used_by, id);
 
     // openssl as an outside client: the served chain verifies against the CA and names
-    // the agent; without a client certificate the agent's REST and gRPC listeners refuse.
+    // the agent; an operator's certificate gets an answer; another agent's certificate
+    // (chained to the CA too) gets none; without a client certificate the agent's REST
+    // and gRPC listeners refuse the handshake.
     let ca = tls_dir.join("ca.crt");
-    let rest = s_client(a.http_addr.port(), &ca, &id, Some(&tls_dir)).await;
+    let (op_cert, op_key) = c
+        .trust()
+        .expect("trust")
+        .issue_operator("alice", Duration::from_secs(3600))
+        .expect("operator certificate");
+    let (op_cert_file, op_key_file) = (dir.path().join("op.crt"), dir.path().join("op.key"));
+    std::fs::write(&op_cert_file, op_cert).expect("write");
+    std::fs::write(&op_key_file, op_key).expect("write");
+    let operator = Some((op_cert_file.as_path(), op_key_file.as_path()));
+    let (ag_cert, ag_key) = (tls_dir.join("agent.crt"), tls_dir.join("agent.key"));
+    let another_agent = Some((ag_cert.as_path(), ag_key.as_path()));
+    let rest = s_client(a.http_addr.port(), &ca, &id, operator).await;
     assert!(
         rest.contains("HTTP/1.1 200"),
-        "REST answers a cluster client:\n{rest}"
+        "REST answers an operator:\n{rest}"
+    );
+    let rest = s_client(a.http_addr.port(), &ca, &id, another_agent).await;
+    assert!(
+        rest.contains("Verify return code: 0 (ok)") && !rest.contains("HTTP/1.1"),
+        "an agent's certificate drove another agent:\n{rest}"
     );
     for port in [a.http_addr.port(), a.grpc_addr.expect("grpc").port()] {
-        let with = s_client(port, &ca, &id, Some(&tls_dir)).await;
+        let with = s_client(port, &ca, &id, operator).await;
         assert!(with.contains("Verify return code: 0 (ok)"), "{with}");
         let without = s_client(port, &ca, &id, None).await;
         assert!(
@@ -163,9 +181,9 @@ async fn a_token_enrolls_an_agent_once_and_its_listeners_need_a_cluster_certific
 }
 
 /// `openssl s_client` to 127.0.0.1:`port`, verifying against `ca` for the agent's DNS
-/// name, with the agent's own certificate as client certificate when `identity` is
-/// given; sends one HTTP request and returns stdout and stderr.
-async fn s_client(port: u16, ca: &Path, id: &str, identity: Option<&Path>) -> String {
+/// name, presenting `identity` (certificate and key files) when given; sends one HTTP
+/// request and returns stdout and stderr.
+async fn s_client(port: u16, ca: &Path, id: &str, identity: Option<(&Path, &Path)>) -> String {
     let mut cmd = tokio::process::Command::new("openssl");
     cmd.args(["s_client", "-connect"])
         .arg(format!("127.0.0.1:{port}"))
@@ -176,11 +194,8 @@ async fn s_client(port: u16, ca: &Path, id: &str, identity: Option<&Path>) -> St
         .args(["-verify_hostname"])
         .arg(napalm_trust::id::agent_dns(id))
         .args(["-alpn", "http/1.1"]);
-    if let Some(d) = identity {
-        cmd.arg("-cert")
-            .arg(d.join("agent.crt"))
-            .arg("-key")
-            .arg(d.join("agent.key"));
+    if let Some((cert, key)) = identity {
+        cmd.arg("-cert").arg(cert).arg("-key").arg(key);
     }
     cmd.stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
