@@ -1,0 +1,342 @@
+//! Benchmark of the deploy of real QEMU clones (ignored; prints figures): `deploy --count 8`
+//! to all registered, median of 3, against `deploy --count 1` measured in the same run, and
+//! where each clone's seconds go — the host side (when the coordinator reported each clone
+//! scheduled, layer built, shipped, defined, running, registered: napalmctl's JSON progress
+//! lines, stamped as they arrive) and the guest side (the napalm-init phases and the times
+//! to /sbin/init and to the register hook that each clone reported when it registered).
+//!
+//! `cargo test -p napalm-integration --test integration bench_deploy -- --ignored --nocapture`
+//! (`NAPALM_BENCH_RUNS=N` for N runs instead of 3; `NAPALM_BENCH_CONSOLES=DIR` copies every
+//! clone's serial console to `DIR/NAME.log` for the kernel's printk times).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use napalm_integration::grid::{Grid, GridOptions};
+use serde_json::Value;
+
+/// The host-side phases a clone goes through, in order, as napalmctl names them, and
+/// `qemu`: when libvirt started the domain's QEMU (its log under /var/log/libvirt/qemu).
+const HOST_PHASES: [&str; 7] = [
+    "scheduled",
+    "layer",
+    "shipped",
+    "defined",
+    "qemu",
+    "running",
+    "registered",
+];
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// One deploy: its wall time and, per clone, the seconds since the deploy started at which
+/// each host phase was first reported (and `qemu`: when libvirt started its QEMU).
+struct Deployed {
+    took: f64,
+    reached: BTreeMap<String, BTreeMap<String, f64>>,
+}
+
+/// When libvirt last started domain `name`'s QEMU (its log's `starting up` line), in seconds
+/// after `since`.
+fn qemu_started(name: &str, since: std::time::SystemTime) -> Option<f64> {
+    let log = std::fs::read_to_string(format!("/var/log/libvirt/qemu/{name}.log")).ok()?;
+    let line = log.lines().rev().find(|l| l.contains(": starting up"))?;
+    // `2026-11-30 16:24:53.605+0000: starting up ...`
+    let stamp = line.get(..23)?;
+    let out = Command::new("date")
+        .args(["-u", "-d", stamp, "+%s.%N"])
+        .output()
+        .ok()?;
+    let at: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    let since = since
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64();
+    Some(at - since)
+}
+
+/// Copies each of `names`' serial consoles (libvirt ptys) to `dir/NAME.log` from the moment
+/// its domain appears, for `within`, each line prefixed with the host's seconds since `t0`
+/// (when it was read): the firmware, the kernel's decompression and the kernel's own
+/// printk clock side by side.
+fn capture_consoles(dir: PathBuf, names: Vec<String>, within: Duration, t0: Instant) {
+    std::thread::spawn(move || {
+        let mut left = names;
+        while !left.is_empty() && t0.elapsed() < within {
+            left.retain(|name| {
+                let out = Command::new("virsh")
+                    .args(["-q", "-c", "qemu:///system", "ttyconsole", name])
+                    .output();
+                let pty = match out {
+                    Ok(o) if o.status.success() => {
+                        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+                    }
+                    _ => return true,
+                };
+                let (Ok(src), Ok(mut dst)) = (
+                    std::fs::File::open(&pty),
+                    std::fs::File::create(dir.join(format!("{name}.log"))),
+                ) else {
+                    return true;
+                };
+                // Ends when the domain goes (EIO on the pty).
+                std::thread::spawn(move || {
+                    use std::io::Write;
+                    for line in BufReader::new(src).split(b'\n').map_while(Result::ok) {
+                        let at = t0.elapsed().as_secs_f64();
+                        let text = String::from_utf8_lossy(&line).replace('\r', "");
+                        let _ = writeln!(dst, "{at:8.3} {text}");
+                    }
+                });
+                false
+            });
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+}
+
+/// `napalmctl deploy --count N --name NAME` with JSON progress, each line stamped on arrival.
+fn deploy(g: &Grid, name: &str, count: usize) -> Deployed {
+    let t = Instant::now();
+    if let Some(dir) = std::env::var_os("NAPALM_BENCH_CONSOLES") {
+        let dir = PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).expect("console directory");
+        let names = (1..=count).map(|i| format!("{name}-{i:02}")).collect();
+        capture_consoles(dir, names, Duration::from_secs(120), t);
+    }
+    let wall = std::time::SystemTime::now();
+    let mut child = g
+        .napalmctl_command()
+        .expect("napalmctl")
+        .args(["--output", "json", "deploy", "--memory", "256M"])
+        // KVM is listed by libvirt here but unusable (nested, no acceleration): TCG.
+        .args(["--hypervisor", "qemu", "--name", name])
+        .args(["--count", &count.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning napalmctl deploy");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut reached: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    let mut lines = Vec::new();
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        let at = t.elapsed().as_secs_f64();
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            if let (Some(c), Some(p)) = (v["clone"].as_str(), v["phase"].as_str()) {
+                reached
+                    .entry(c.to_owned())
+                    .or_default()
+                    .entry(p.to_owned())
+                    .or_insert(at);
+            }
+        }
+        lines.push(line);
+    }
+    let out = child.wait_with_output().expect("napalmctl deploy");
+    let took = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "deploy {name} failed ({:?}): {}\n{}\nlogs in {}",
+        out.status,
+        lines.join("\n"),
+        String::from_utf8_lossy(&out.stderr),
+        g.dir.display()
+    );
+    for (clone, phases) in reached.iter_mut() {
+        if let Some(q) = qemu_started(clone, wall) {
+            phases.insert("qemu".into(), q);
+        }
+    }
+    Deployed { took, reached }
+}
+
+/// Console lines that mark a clone's boot, by the host's clock (the guest's own clock is
+/// not trusted: without ACPI the kernel has no HPET or PM timer to calibrate the TSC and
+/// keeps time in jiffies, which a descheduled TCG vCPU loses), in boot order: the firmware
+/// starts, the kernel prints its first line (early: `[    0.0…]`), napalm-init hands over
+/// to /sbin/init, the root's rcS runs, the register hook has reported.
+const CONSOLE_MARKS: [(&str, &str); 5] = [
+    ("firmware", "SeaBIOS"),
+    ("kernel", "[    0.0"),
+    ("/sbin/init", "transferring control to"),
+    ("rcS", "napalm-clone: "),
+    ("hook done", " ready"),
+];
+
+/// When each of [`CONSOLE_MARKS`] first appears in a console captured by
+/// [`capture_consoles`] (seconds since the deploy started).
+fn console_marks(log: &str) -> BTreeMap<&'static str, f64> {
+    let mut at = BTreeMap::new();
+    for line in log.lines() {
+        let Some((t, text)) = line.trim_start().split_once(' ') else {
+            continue;
+        };
+        let Ok(t) = t.parse::<f64>() else { continue };
+        for (mark, needle) in CONSOLE_MARKS {
+            if text.contains(needle) {
+                at.entry(mark).or_insert(t);
+            }
+        }
+    }
+    at
+}
+
+/// Per-phase samples of the 8-clone runs, in seconds.
+#[derive(Default)]
+struct Samples {
+    /// Host phase → seconds from the deploy's start to the clone reaching it.
+    at: BTreeMap<&'static str, Vec<f64>>,
+    /// Host phase → seconds from the previous host phase to it.
+    step: BTreeMap<&'static str, Vec<f64>>,
+    /// Guest phase (napalm-init's, `to_init_s`, `boot_s`) → seconds.
+    guest: BTreeMap<String, Vec<f64>>,
+    /// Console mark → seconds from the previous mark (the first: from QEMU's start), by the
+    /// host's clock.
+    console: BTreeMap<&'static str, Vec<f64>>,
+    /// Registered − QEMU started − the clone's own kernel-start-to-hook time: QEMU's start,
+    /// the firmware and the kernel's decompression before the kernel's clock starts, and
+    /// the registration's way to the coordinator and back as an event.
+    outside: Vec<f64>,
+}
+
+impl Samples {
+    fn add(&mut self, g: &Grid, name: &str, d: &Deployed) {
+        let boots: BTreeMap<String, Value> = g
+            .clones(name)
+            .expect("clones")
+            .into_iter()
+            .filter_map(|c| Some((c["clone"].as_str()?.to_owned(), c)))
+            .collect();
+        for (clone, phases) in &d.reached {
+            let mut prev = 0.0;
+            for p in HOST_PHASES {
+                if let Some(&t) = phases.get(p) {
+                    self.at.entry(p).or_default().push(t);
+                    self.step.entry(p).or_default().push(t - prev);
+                    prev = t;
+                }
+            }
+            if let Some(dir) = std::env::var_os("NAPALM_BENCH_CONSOLES") {
+                let log = std::fs::read_to_string(PathBuf::from(dir).join(format!("{clone}.log")))
+                    .unwrap_or_default();
+                let marks = console_marks(&log);
+                let mut prev = phases.get("qemu").copied();
+                for (mark, _) in CONSOLE_MARKS {
+                    if let Some(&t) = marks.get(mark) {
+                        if let Some(p) = prev {
+                            self.console.entry(mark).or_default().push(t - p);
+                        }
+                        prev = Some(t);
+                    }
+                }
+            }
+            let Some(c) = boots.get(clone) else { continue };
+            for p in c["boot_phases"].as_array().into_iter().flatten() {
+                if let (Some(n), Some(s)) = (p["name"].as_str(), p["duration_s"].as_f64()) {
+                    let key = n.split(':').next().unwrap_or(n).to_owned();
+                    self.guest.entry(key).or_default().push(s);
+                }
+            }
+            for k in ["to_init_s", "boot_s"] {
+                if let Some(v) = c[k].as_f64() {
+                    self.guest.entry(k.to_owned()).or_default().push(v);
+                }
+            }
+            if let (Some(q), Some(reg), Some(boot)) = (
+                phases.get("qemu"),
+                phases.get("registered"),
+                c["boot_s"].as_f64(),
+            ) {
+                self.outside.push(reg - q - boot);
+            }
+        }
+    }
+
+    fn print(&self) {
+        println!("  host phase     reached at (median)   step from previous (median, max)");
+        for p in HOST_PHASES {
+            let (Some(at), Some(step)) = (self.at.get(p), self.step.get(p)) else {
+                continue;
+            };
+            let max = step.iter().copied().fold(f64::NAN, f64::max);
+            println!(
+                "  {p:<14} {:>8.2} s            {:>6.2} s  {max:>6.2} s",
+                median(at.clone()),
+                median(step.clone()),
+            );
+        }
+        println!(
+            "  outside guest  registered - qemu - boot_s: median {:.2} s",
+            median(self.outside.clone())
+        );
+        for (mark, _) in CONSOLE_MARKS {
+            if let Some(v) = self.console.get(mark) {
+                let max = v.iter().copied().fold(f64::NAN, f64::max);
+                println!(
+                    "  console {mark:<12} from the previous mark (host clock): median {:.2} s, max {max:.2} s",
+                    median(v.clone())
+                );
+            }
+        }
+        for (k, v) in &self.guest {
+            println!(
+                "  guest {k:<20} median {:.3} s over {} clone boots",
+                median(v.clone()),
+                v.len()
+            );
+        }
+    }
+}
+
+/// `deploy --count 8` to all registered, median of `NAPALM_BENCH_RUNS` (3), against
+/// `deploy --count 1` in the same run, with the per-phase table of the 8-clone runs.
+#[test]
+#[ignore]
+fn bench_deploy_8_median_of_3() {
+    let runs: usize = std::env::var("NAPALM_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let opts = GridOptions {
+        keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
+        ..Default::default()
+    };
+    let g = Grid::start(opts, "gridb").expect("starting the grid");
+    let (mut one, mut eight) = (Vec::new(), Vec::new());
+    let (mut s1, mut s8) = (Samples::default(), Samples::default());
+    for r in 0..runs {
+        for count in [1, 8] {
+            let name = format!("gridb{count}r{r}");
+            let d = deploy(&g, &name, count);
+            if count == 1 {
+                one.push(d.took);
+                s1.add(&g, &name, &d);
+            } else {
+                eight.push(d.took);
+                s8.add(&g, &name, &d);
+            }
+            let out = g.napalmctl(&["undeploy", &name]).expect("undeploy");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let (m1, m8) = (median(one.clone()), median(eight.clone()));
+    println!("deploy --count 1: runs {one:.1?} s, median {m1:.1} s (baseline)");
+    println!(
+        "deploy --count 8: runs {eight:.1?} s, median {m8:.1} s = {:.2}x the single clone",
+        m8 / m1
+    );
+    println!("per phase, deploy --count 1 ({runs} runs):");
+    s1.print();
+    println!("per phase, deploy --count 8 ({runs} runs x 8 clones):");
+    s8.print();
+}
