@@ -264,6 +264,38 @@ async fn expired_and_revoked_tokens_are_refused_with_what_to_do() {
         .expect("foreign CA refused");
     assert!(e.to_string().contains("pinned"), "{e}");
 
+    // A token made for another host is refused, naming both hosts; the token stays
+    // unspent.
+    let for_other = tokens(&c)
+        .await
+        .create_join_token(CreateJoinTokenRequest {
+            ttl_seconds: 0,
+            name: "some-other-host".into(),
+        })
+        .await
+        .expect("token")
+        .into_inner()
+        .token;
+    let e = agent(&dir.path().join("wrong-host"), &for_other)
+        .await
+        .err()
+        .expect("token of another host refused");
+    let msg = e.to_string();
+    assert!(msg.contains("some-other-host"), "{msg}");
+    assert!(msg.contains("--name"), "{msg}");
+    let listed = tokens(&c)
+        .await
+        .list_join_tokens(ListJoinTokensRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .tokens;
+    let id = napalm_trust::JoinToken::decode(&for_other)
+        .expect("decodes")
+        .id();
+    let state = listed.iter().find(|t| t.id == id).map(|t| t.state.clone());
+    assert_eq!(state.as_deref(), Some("active"), "{listed:?}");
+
     // Enrollment is not served in clear on the API listener.
     let e = TrustServiceClient::connect(c.endpoint())
         .await
