@@ -253,6 +253,9 @@ impl Deployer {
                     k.phase = ClonePhase::Failed as i32;
                     k.last_error = why.clone();
                     k.last_action = format!("failed: {why}");
+                    if !k.failed_agents.contains(&k.agent_id) {
+                        k.failed_agents.push(k.agent_id.clone());
+                    }
                 }
             })
             .await?;

@@ -263,7 +263,7 @@ impl Deployer {
     /// mount anything).
     pub async fn sync_exports(&self) -> Result<(), DeployError> {
         let i = &self.inner;
-        nfs::sync_exports(&i.cfg, &i.registry, &i.artifacts).await
+        nfs::sync_exports(&i.cfg, &i.registry, &i.artifacts, &HashMap::new()).await
     }
 
     /// What reconcile sees for `spec` now: its clone records, the plan against `agents`

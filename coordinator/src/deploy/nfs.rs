@@ -2,6 +2,7 @@
 //! travel over NFS) and each stateful clone's state, the last two restricted to the
 //! clone's address. Written through [`crate::exports::Exporter`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use napalm_proto::v1::CloneMode;
@@ -20,12 +21,15 @@ pub fn layers_over_nfs(cfg: &DeployConfig) -> bool {
     cfg.exports.is_some() && cfg.addresses.is_some()
 }
 
-/// Rewrites the NFS exports from the registry. A no-op when this coordinator manages no
+/// Rewrites the NFS exports from the registry; `versions` gives the boot hash of clones a
+/// run is about to bring up (their records still name the previous one), so that the
+/// layer version they will mount is exported. A no-op when this coordinator manages no
 /// exports.
 pub async fn sync_exports(
     cfg: &DeployConfig,
     registry: &Registry,
     artifacts: &Artifacts,
+    versions: &HashMap<String, String>,
 ) -> Result<(), DeployError> {
     let Some(x) = &cfg.exports else {
         return Ok(());
@@ -40,7 +44,8 @@ pub async fn sync_exports(
                 let Some(address) = assigned(&c) else {
                     continue;
                 };
-                let path = artifacts.layer_root(&spec.name, &c.name);
+                let hash = versions.get(&c.name).unwrap_or(&c.layer_hash);
+                let path = artifacts.layer_root(&spec.name, &c.name, hash);
                 if path.is_dir() {
                     layers.push(LayerExport {
                         clone: c.name.clone(),

@@ -29,7 +29,12 @@ impl Run {
     /// DHCP), then the deployment's own arguments and `napalm.agent=` naming the agent the
     /// domain is created on (the register hook reports it; the registry accepts only the
     /// domain it placed).
-    fn cmdline(&self, c: &Clone, agent: &Agent) -> Result<KernelCmdline, DeployError> {
+    fn cmdline(
+        &self,
+        c: &Clone,
+        agent: &Agent,
+        built: &BuiltLayer,
+    ) -> Result<KernelCmdline, DeployError> {
         let cfg = &self.inner.cfg;
         let bad = |e: RootParseError| DeployError::Cmdline(Arc::new(e));
         let mut devices: Vec<Device> = RootSpec::parse(&self.spec.root)
@@ -39,7 +44,10 @@ impl Run {
             .map(|d| d.with_role(Role::Ro))
             .collect();
         let layer = if crate::deploy::nfs::layers_over_nfs(cfg) {
-            let root = self.inner.artifacts.layer_root(&self.spec.name, &c.name);
+            let root = self
+                .inner
+                .artifacts
+                .layer_root(&self.spec.name, &c.name, &built.hash);
             Device::nfs(&cfg.server, &root.to_string_lossy())
         } else {
             Device::layer(&c.name)
@@ -203,7 +211,7 @@ impl Run {
         }
         let hv = hypervisor_on(&self.spec, agent);
         let r = self.spec.resources.unwrap_or_default();
-        let cmdline = self.cmdline(c, agent)?.to_string();
+        let cmdline = self.cmdline(c, agent, built)?.to_string();
         let xml = domain_xml(
             hv,
             &DomainParams {
@@ -221,11 +229,19 @@ impl Run {
             },
         );
         let request = CreateDomainRequest {
+            // Same clone, incarnation and boot inputs: a re-run replays the agent's answer.
+            // A clone placed again after it failed somewhere is a new attempt (the agent
+            // must not replay the one that failed).
             request_id: format!(
-                "{}-{}-{}",
+                "{}-{}-{}{}",
                 c.name,
                 self.generation,
-                &built.hash[..16.min(built.hash.len())]
+                &built.hash[..16.min(built.hash.len())],
+                if c.failed_agents.is_empty() {
+                    String::new()
+                } else {
+                    format!("-f{}", c.failed_agents.len())
+                }
             ),
             name: c.name.clone(),
             config_xml: xml,
@@ -337,11 +353,26 @@ impl Run {
     }
 
     pub(super) async fn fail(&self, c: &Clone, why: &str) -> Result<(), RegistryError> {
+        self.fail_on(c, why, false).await
+    }
+
+    /// Records `c` failed with `why`; `its_agent`: the failure was its agent's or its
+    /// domain's (it did not boot there), so a new placement avoids that agent and is a new
+    /// attempt for the agents' request ids.
+    pub(super) async fn fail_on(
+        &self,
+        c: &Clone,
+        why: &str,
+        its_agent: bool,
+    ) -> Result<(), RegistryError> {
         tracing::warn!(clone = %c.name, error = %why, "clone failed");
         if let Some(u) = self
             .set(&c.name, |k| {
                 k.phase = ClonePhase::Failed as i32;
                 k.last_error = why.to_owned();
+                if its_agent && !k.agent_id.is_empty() && !k.failed_agents.contains(&k.agent_id) {
+                    k.failed_agents.push(k.agent_id.clone());
+                }
             })
             .await?
         {

@@ -114,17 +114,64 @@ impl Run {
         self.spec.mode == CloneMode::Stateful as i32
     }
 
+    /// Keeps the layers built aside by a staged build as versions of their own for the
+    /// clones that run a new one (replaced or new), so that no build rewrites a layer a
+    /// clone mounts. Returns the clones whose layer could not be kept, with why.
+    pub(super) async fn keep_versions(
+        &self,
+        clones: &[Clone],
+        built: &Built,
+    ) -> Vec<(String, DeployError)> {
+        let todo: Vec<(String, String)> = clones
+            .iter()
+            .filter_map(|c| match built.get(&c.name) {
+                Some(Ok(b)) if b.hash != c.layer_hash => Some((c.name.clone(), b.hash.clone())),
+                _ => None,
+            })
+            .collect();
+        let inner = Arc::clone(&self.inner);
+        let deployment = self.spec.name.clone();
+        tokio::task::spawn_blocking(move || {
+            todo.into_iter()
+                .filter_map(|(n, h)| {
+                    inner
+                        .artifacts
+                        .keep_version(&deployment, &n, &h)
+                        .err()
+                        .map(|e| (n, e))
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
     /// Exports what the clones mount besides the root — their layers (over NFS) and, for
     /// stateful clones, their state (creating missing images) — each to its clone's
-    /// address. Returns the clones that cannot start, with why.
-    pub(super) async fn prepare_exports(&self, clones: &[Clone]) -> Vec<(String, DeployError)> {
+    /// address; `built` names the layer versions the clones will boot. Returns the clones
+    /// that cannot start, with why.
+    pub(super) async fn prepare_exports(
+        &self,
+        clones: &[Clone],
+        built: &Built,
+    ) -> Vec<(String, DeployError)> {
         let Some(x) = self.inner.cfg.exports.clone() else {
             return Vec::new();
         };
+        let versions: HashMap<String, String> = built
+            .iter()
+            .filter_map(|(n, b)| b.as_ref().ok().map(|b| (n.clone(), b.hash.clone())))
+            .collect();
+        let sync = || {
+            sync_exports(
+                &self.inner.cfg,
+                &self.inner.registry,
+                &self.inner.artifacts,
+                &versions,
+            )
+        };
         if !self.stateful() {
-            return match sync_exports(&self.inner.cfg, &self.inner.registry, &self.inner.artifacts)
-                .await
-            {
+            return match sync().await {
                 Ok(()) => Vec::new(),
                 Err(e) => clones.iter().map(|c| (c.name.clone(), e.clone())).collect(),
             };
@@ -147,9 +194,7 @@ impl Run {
                 .map(|c| (c.name.clone(), DeployError::TaskPanicked("state images")))
                 .collect()
         });
-        if let Err(e) =
-            sync_exports(&self.inner.cfg, &self.inner.registry, &self.inner.artifacts).await
-        {
+        if let Err(e) = sync().await {
             failed = clones.iter().map(|c| (c.name.clone(), e.clone())).collect();
         }
         failed

@@ -244,14 +244,14 @@ impl Run {
             .collect();
         let held = plan.held;
         let placing = Instant::now();
-        // A clone that died past its restart budget goes to another agent than those it
-        // died on, when there is one.
-        let (died, needs): (Vec<String>, Vec<String>) = needs
-            .into_iter()
-            .partition(|n| why.get(n) == Some(&reconcile::Reason::Died));
-        let mut placement = place(&self.inner.cfg.policy, &self.spec, &needs, &agents, &held);
+        // A clone that died past its restart budget, or did not boot, goes to another
+        // agent than those it failed on, when there is one.
         let records: HashMap<String, &Clone> =
             plan_records.iter().map(|c| (c.name.clone(), c)).collect();
+        let (died, needs): (Vec<String>, Vec<String>) = needs
+            .into_iter()
+            .partition(|n| records.get(n).is_some_and(|c| !c.failed_agents.is_empty()));
+        let mut placement = place(&self.inner.cfg.policy, &self.spec, &needs, &agents, &held);
         for n in died {
             let avoid = records
                 .get(&n)
@@ -368,12 +368,11 @@ impl Run {
         }
         let todo = self.gate(todo, &built, &clones, &by_id).await?;
         if staged {
-            built = self.build(&todo, false).await;
-            for b in built.values_mut().flatten() {
-                b.hash = rollout::boot_hash(&self.spec, &b.hash);
+            for (name, why) in self.keep_versions(&todo, &built).await {
+                built.insert(name, Err(why));
             }
         }
-        for (name, why) in self.prepare_exports(&todo).await {
+        for (name, why) in self.prepare_exports(&todo, &built).await {
             built.insert(name, Err(why));
         }
         if !todo.is_empty() {
@@ -400,6 +399,23 @@ impl Run {
             if let Ok(Err(e)) = r {
                 tracing::warn!(error = %e, "a clone's bring-up hit the registry");
             }
+        }
+        // Layer versions no clone mounts any more go.
+        if staged {
+            let now = reg.list_clones(&this.spec.name).await?;
+            let inner = Arc::clone(&this.inner);
+            let deployment = this.spec.name.clone();
+            let current: Vec<(String, String)> = now
+                .into_iter()
+                .filter(|c| !c.layer_hash.is_empty())
+                .map(|c| (c.name, c.layer_hash))
+                .collect();
+            let _ = tokio::task::spawn_blocking(move || {
+                for (n, h) in current {
+                    inner.artifacts.prune_versions(&deployment, &n, &h);
+                }
+            })
+            .await;
         }
         drop(hold);
         if this.follow {
@@ -568,8 +584,12 @@ impl Run {
             if Instant::now() >= deadline {
                 let secs = limit.as_secs();
                 for c in waiting {
-                    self.fail(&c, &format!("did not register within {secs} s of starting"))
-                        .await?;
+                    self.fail_on(
+                        &c,
+                        &format!("did not register within {secs} s of starting"),
+                        true,
+                    )
+                    .await?;
                 }
                 return Ok(());
             }
