@@ -14,6 +14,7 @@ mod ca;
 #[path = "../coordinator/etcd_harness.rs"]
 mod etcd_harness;
 mod impersonate;
+mod outage;
 mod revoke;
 mod shared;
 mod spoof;
