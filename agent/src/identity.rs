@@ -255,6 +255,11 @@ impl Identity {
         .await?)
     }
 
+    /// Seconds until the current certificate expires (negative once it has).
+    pub fn seconds_left(&self) -> Result<i64> {
+        Ok(id::not_after(&self.slot.leaf())? - unix_now())
+    }
+
     /// When the current certificate should be renewed: two thirds into its intended
     /// lifetime (the issuer back-dates not-before by a clock-skew allowance, left out).
     pub fn renew_at(&self) -> Result<i64> {
@@ -304,8 +309,15 @@ impl Identity {
                 _ = stop.wait_for(|s| *s) => return,
             }
             while let Err(e) = self.renew().await {
-                let left = self.slot.leaf();
-                let left = id::not_after(&left).map_or(0, |na| na - unix_now());
+                let left = id::not_after(&self.slot.leaf()).map_or(0, |na| na - unix_now());
+                if left <= 0 {
+                    tracing::error!(
+                        error = %e,
+                        "the certificate expired before it could be renewed: enroll this \
+                         agent again (remove STATE/tls/, then napalm-agent --join NEW_TOKEN)"
+                    );
+                    return;
+                }
                 let retry = Duration::from_secs(u64::try_from(left / 5).unwrap_or(0).max(1));
                 tracing::warn!(error = %e, retry_in = ?retry, "certificate renewal failed");
                 tokio::select! {

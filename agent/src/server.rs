@@ -418,6 +418,13 @@ async fn enrolled(agent: &Agent, cfg: &ServeConfig) -> Result<Option<crate::iden
     use crate::identity::Identity;
     let dir = &cfg.core.state_dir;
     if let Some(i) = Identity::load(dir, agent.id()).map_err(trust_err)? {
+        if i.seconds_left().map_err(trust_err)? <= 0 {
+            tracing::error!(
+                "the cluster certificate in {} has expired: peers will refuse this agent; \
+                 enroll it again (remove that directory, then --join NEW_TOKEN)",
+                crate::identity::dir_of(dir).display()
+            );
+        }
         if cfg.join.is_some() {
             tracing::info!(
                 coordinator = %i.coordinator,
