@@ -249,6 +249,13 @@ async fn cluster_files_of_a_live_deployment_follow_scaling() {
             .map(|i| format!("10.77.0.{}\tfiles-{i:02}", 100 + i))
             .collect();
         assert_eq!(hosts, expected, "hosts at count {count}");
+        // What running clones install comes from the coordinator by the same rules.
+        let served = clone_file(&grid, "files-01", "hosts").await;
+        assert_eq!(
+            served,
+            text(&o).0,
+            "the endpoint and napalmctl agree at {count}"
+        );
     }
     // The MPI hostfile by the coordinator's rules: only registered clones are hosts (on
     // the test driver none boots, so the one clone is a comment).
@@ -281,5 +288,27 @@ async fn cluster_files_of_a_live_deployment_follow_scaling() {
     let o = run(c).await;
     assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
     assert!(text(&o).1.contains("clones.conf"), "{}", text(&o).1);
-    assert!(text(&o).1.contains("/cluster/known-hosts"), "{}", text(&o).1);
+    assert!(
+        text(&o).1.contains("/cluster/known-hosts"),
+        "{}",
+        text(&o).1
+    );
+}
+
+/// Clone `name`'s cluster `file` as its watcher fetches it (HTTP/1.0, its own token).
+async fn clone_file(grid: &TestGrid, name: &str, file: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = grid.coordinator.http_addr();
+    let token = grid.coordinator.tokens().token(name);
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "GET /v1/clones/{name}/cluster/{file} HTTP/1.0\r\nHost: {addr}\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("send");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.expect("read");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    assert!(head.starts_with("HTTP/1.0 200"), "{raw}");
+    body.to_owned()
 }
