@@ -156,17 +156,23 @@ fn deploy(g: &Grid, name: &str, count: usize) -> Deployed {
     Deployed { took, reached }
 }
 
+/// A console mark: its name and whether a line (host time stripped) is it.
+type Mark = (&'static str, fn(&str) -> bool);
+
 /// Console lines that mark a clone's boot, by the host's clock (the guest's own clock is
 /// not trusted: without ACPI the kernel has no HPET or PM timer to calibrate the TSC and
 /// keeps time in jiffies, which a descheduled TCG vCPU loses), in boot order: the firmware
 /// starts, the kernel prints its first line (early: `[    0.0…]`), napalm-init hands over
 /// to /sbin/init, the root's rcS runs, the register hook has reported.
-const CONSOLE_MARKS: [(&str, &str); 5] = [
-    ("firmware", "SeaBIOS"),
-    ("kernel", "[    0.0"),
-    ("/sbin/init", "transferring control to"),
-    ("rcS", "napalm-clone: "),
-    ("hook done", " ready"),
+const CONSOLE_MARKS: [Mark; 5] = [
+    ("firmware", |l| l.contains("SeaBIOS")),
+    ("kernel", |l| l.starts_with("[    0.0")),
+    ("/sbin/init", |l| l.contains("transferring control to")),
+    ("rcS", |l| l.starts_with("napalm-clone: ")),
+    // The register hook's answer may share the line: `{…}napalm-clone: NAME ready`.
+    ("hook done", |l| {
+        l.contains("napalm-clone: ") && l.ends_with(" ready")
+    }),
 ];
 
 /// When each of [`CONSOLE_MARKS`] first appears in a console captured by
@@ -178,8 +184,8 @@ fn console_marks(log: &str) -> BTreeMap<&'static str, f64> {
             continue;
         };
         let Ok(t) = t.parse::<f64>() else { continue };
-        for (mark, needle) in CONSOLE_MARKS {
-            if text.contains(needle) {
+        for (mark, matches) in CONSOLE_MARKS {
+            if matches(text.trim_end()) {
                 at.entry(mark).or_insert(t);
             }
         }
