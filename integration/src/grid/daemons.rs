@@ -100,6 +100,7 @@ impl Grid {
                 "--agent-lost-grace",
                 &self.agent_lost_grace.as_secs().to_string(),
             ])
+            .args(&self.coordinator_args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -82,6 +82,8 @@ pub struct GridOptions {
     /// its host for dead and boots its stateless clones elsewhere (`--agent-lost-grace`).
     /// The default, 90 s, outlasts the fault test's 30 s cut of an agent's link.
     pub agent_lost_grace: std::time::Duration,
+    /// More arguments for `napalm-coordinator` (`--sets DIR`, `--restart-budget N`…).
+    pub coordinator_args: Vec<String>,
 }
 
 impl Default for GridOptions {
@@ -97,6 +99,7 @@ impl Default for GridOptions {
             keep: false,
             root: None,
             agent_lost_grace: std::time::Duration::from_secs(90),
+            coordinator_args: Vec::new(),
         }
     }
 }
@@ -125,6 +128,7 @@ pub struct Grid {
     agents: Vec<Option<Daemon>>,
     libvirt_net: Option<String>,
     agent_lost_grace: std::time::Duration,
+    coordinator_args: Vec<String>,
     keep: bool,
     net: Network,
     /// Held for a QEMU grid's life: those grids (tests, the demo) run one at a time.
@@ -222,6 +226,7 @@ impl Grid {
             agents: Vec::new(),
             libvirt_net: None,
             agent_lost_grace: opts.agent_lost_grace,
+            coordinator_args: opts.coordinator_args.clone(),
             keep: opts.keep,
             net,
             _lock: lock,

@@ -6,6 +6,7 @@ mod clients;
 mod debian;
 mod grid;
 mod host_setup;
+mod lifecycle;
 mod packaging;
 mod scale;
 
