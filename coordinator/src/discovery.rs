@@ -24,7 +24,7 @@ pub async fn register_static(
         registry,
         agents,
         endpoint,
-        None,
+        (None, None),
         AgentSource::Static,
         policy,
     )
@@ -103,33 +103,38 @@ pub async fn keep_registering_static(
     }
 }
 
-/// Records an agent found over mDNS (after it answered GetCapabilities).
+/// Records an agent found over mDNS (after it answered GetCapabilities), with the
+/// fingerprint of the certificate it presented when it was verified against the CA.
 pub async fn register_found(
     registry: &Registry,
     agents: &Agents,
     endpoint: &str,
     rest_endpoint: Option<String>,
+    cert_fingerprint: Option<String>,
     policy: &HeartbeatPolicy,
 ) -> Result<String, RegistryError> {
     record(
         registry,
         agents,
         endpoint,
-        rest_endpoint,
+        (rest_endpoint, cert_fingerprint),
         AgentSource::Mdns,
         policy,
     )
     .await
 }
 
+/// Asks the agent at `endpoint` for its capabilities and records it; `found` holds its
+/// REST endpoint and certificate fingerprint when known.
 async fn record(
     registry: &Registry,
     agents: &Agents,
     endpoint: &str,
-    rest_endpoint: Option<String>,
+    found: (Option<String>, Option<String>),
     source: AgentSource,
     policy: &HeartbeatPolicy,
 ) -> Result<String, RegistryError> {
+    let (rest_endpoint, cert_fingerprint) = found;
     let unreachable = |e: tonic::Status| ApiError::InvalidArgument {
         field: "agent".into(),
         description: format!(
@@ -145,6 +150,20 @@ async fn record(
         .await
         .map_err(unreachable)?
         .into_inner();
+    // Over mutual TLS the certificate proved an agent id: the agent must claim that one.
+    let proven = agents.proven_id(endpoint).await;
+    if let Some(proven) = &proven {
+        if caps.agent_id != *proven {
+            return Err(ApiError::InvalidArgument {
+                field: "agent".into(),
+                description: format!(
+                    "agent {endpoint:?} calls itself {:?} but its certificate names {proven:?}",
+                    caps.agent_id
+                ),
+            }
+            .into());
+        }
+    }
     let id = if caps.agent_id.is_empty() {
         endpoint
             .trim_start_matches("http://")
@@ -167,6 +186,7 @@ async fn record(
                 name,
                 grpc_endpoint: endpoint.to_owned(),
                 rest_endpoint: rest_endpoint.unwrap_or_default(),
+                cert_fingerprint: cert_fingerprint.unwrap_or_default(),
                 version: caps.agent_version.clone(),
                 capabilities: Some(caps),
                 ..Default::default()

@@ -3,6 +3,13 @@
 //! agent — after asking it for its capabilities, so only an agent that answers gRPC is
 //! recorded — and advertise the coordinator as `_napalm-coord._tcp`, so agents
 //! without a configured coordinator find it and register.
+//!
+//! With the cluster trust (the [`Agents`] given carry it), an advertisement is only a
+//! hint (thesis 4.7.3, mDNS spoofing): an agent advertising `tls=mutual` is checked with
+//! a TLS handshake alone ([`crate::trust::Trust::verify_advertised`]: a certificate that
+//! chains to the CA and names the advertised id) before GetCapabilities or anything else
+//! is sent; one that fails, or advertises no mutual TLS at all, is recorded as untrusted
+//! with the reason ([`Registry::record_untrusted`]) and receives nothing more.
 
 use std::sync::Arc;
 
@@ -68,21 +75,46 @@ impl Browser {
                 let Some(ip) = info.get_addresses_v4().into_iter().next() else {
                     continue;
                 };
-                let endpoint = format!("http://{ip}:{}", info.port);
-                let id = info
-                    .txt_properties
-                    .get_property_val_str("id")
-                    .unwrap_or_default()
-                    .to_owned();
+                let txt = |k| {
+                    info.txt_properties
+                        .get_property_val_str(k)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let id = txt("id");
+                // How the agent's listeners are secured (older agents: no key, plain).
+                let tls = txt("tls");
+                let scheme = if tls == "mutual" { "https" } else { "http" };
+                let endpoint = format!("{scheme}://{ip}:{}", info.port);
                 let http_port = info.txt_properties.get_property_val_str("http_port");
                 // The REST prefix is in `path=` (older agents: none advertised, no prefix).
-                let path = info
-                    .txt_properties
-                    .get_property_val_str("path")
-                    .unwrap_or_default()
-                    .to_owned();
-                let rest = http_port.map(|p| format!("http://{ip}:{p}{path}"));
-                match register_found(&registry, &agents, &endpoint, rest, &policy).await {
+                let path = txt("path");
+                let rest = http_port.map(|p| format!("{scheme}://{ip}:{p}{path}"));
+                let fingerprint = match check_advert(&agents, &endpoint, &id, &tls).await {
+                    Ok(fp) => fp,
+                    Err(reason) => {
+                        match registry
+                            .record_untrusted(&id, &endpoint, rest, &reason)
+                            .await
+                        {
+                            Ok(rec) => {
+                                tracing::warn!(%endpoint, advertised = %id, %reason, record = %rec, "advertised agent untrusted: nothing sent to it")
+                            }
+                            Err(e) => {
+                                tracing::warn!(%endpoint, advertised = %id, %reason, error = %e, "advertised agent untrusted; recording it failed")
+                            }
+                        }
+                        continue;
+                    }
+                };
+                if agents.trust().is_some() {
+                    if let Err(e) = registry.forget_untrusted(&endpoint).await {
+                        tracing::warn!(%endpoint, error = %e, "clearing an untrusted record failed");
+                    }
+                }
+                match register_found(&registry, &agents, &endpoint, rest, fingerprint, &policy)
+                    .await
+                {
                     Ok(got) => {
                         tracing::info!(%endpoint, id = %got, advertised = %id, "agent found over mDNS")
                     }
@@ -93,6 +125,34 @@ impl Browser {
             }
         });
         Ok(Self { daemon, task })
+    }
+}
+
+/// Whether the agent advertised as `id` at `endpoint` with `tls=` value `tls` may be
+/// contacted beyond a TLS handshake: `Ok` with its verified certificate's fingerprint
+/// (none without trust), `Err` with why not, for `napalmctl agents`. Without trust,
+/// plain agents are used as before (and mutual-TLS ones cannot be).
+async fn check_advert(
+    agents: &Agents,
+    endpoint: &str,
+    id: &str,
+    tls: &str,
+) -> Result<Option<String>, String> {
+    match (agents.trust(), tls) {
+        (Some(trust), "mutual") => trust
+            .verify_advertised(endpoint, id)
+            .await
+            .map(Some)
+            .map_err(|e| e.reason),
+        (Some(_), other) => Err(format!(
+            "advertises tls={}: this coordinator uses only agents enrolled in its cluster, \
+             over mutual TLS (join the agent with napalm-agent --join TOKEN)",
+            if other.is_empty() { "none" } else { other }
+        )),
+        (None, "mutual") => Err("advertises mutual TLS, but this coordinator has no \
+             cluster trust: start it with --trust-listen"
+            .into()),
+        (None, _) => Ok(None),
     }
 }
 

@@ -382,6 +382,19 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         election.as_ref().map(Election::subscribe),
     )];
 
+    // The trust (CA, this coordinator's certificate) comes before everything that dials
+    // agents: the deploy pipeline and discovery reach enrolled agents over mutual TLS.
+    // Its listener serves once the `CoordinatorService` exists, below.
+    let trust_bound = match cfg.trust.clone() {
+        Some(t) => Some(
+            crate::trust::serve::bind(registry.clone(), t)
+                .await
+                .map_err(ServeError::Trust)?,
+        ),
+        None => None,
+    };
+    let trust_state = trust_bound.as_ref().map(|b| b.trust().clone());
+
     let exporter = match cfg.exports.clone() {
         Some(x) => Some(Arc::new(
             Exporter::new(x, Box::new(SystemReload)).map_err(ServeError::Exports)?,
@@ -398,6 +411,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
             }
             d.agent_token = cfg.agent_token.clone();
             d.exports = exporter;
+            d.trust = trust_state.clone();
             let deployer =
                 Deployer::with_metrics(registry.clone(), d, Arc::clone(&tokens), metrics.clone());
             // The root (and any stateful clones' state) is exported before anything boots.
@@ -429,7 +443,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     }
 
     // Static agents may start after us: each is retried in the background until it answers.
-    let links = Agents::new(cfg.agent_token.clone());
+    let links = Agents::new(cfg.agent_token.clone()).with_trust(trust_state);
     for ep in &cfg.static_agents {
         let (registry, links, ep, policy) =
             (registry.clone(), links.clone(), ep.clone(), cfg.heartbeat);
@@ -481,12 +495,8 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     if let Some(e) = &election {
         svc = svc.with_election(e.subscribe());
     }
-    let trust = match cfg.trust.clone() {
-        Some(t) => Some(
-            crate::trust::serve::start(registry.clone(), t, svc.clone())
-                .await
-                .map_err(ServeError::Trust)?,
-        ),
+    let trust = match trust_bound {
+        Some(b) => Some(b.serve(svc.clone()).map_err(ServeError::Trust)?),
         None => None,
     };
     // Token administration for operators, on this listener behind its authentication.

@@ -127,6 +127,7 @@ pub fn deploy_config(dir: &Path, opts: &GridOptions) -> Result<DeployConfig, Gri
         restart_budget: 3,
         addresses: None,
         exports: None,
+        trust: None,
     })
 }
 

@@ -19,7 +19,21 @@ fn seconds(d: prost_types::Duration) -> f64 {
     d.seconds as f64 + f64::from(d.nanos) / 1e9
 }
 
-/// `napalmctl agents`: capacity and allocations of each agent.
+/// An agent's state for the table: `untrusted (REASON)` / `revoked (REASON)` when the
+/// coordinator recorded why, otherwise the state alone.
+fn agent_state_cell(a: &napalm_proto::v1::Agent) -> String {
+    let state = AgentState::try_from(a.state).unwrap_or_default();
+    let name = state_name(state.as_str_name(), "AGENT_STATE_");
+    if a.state_reason.is_empty() {
+        name
+    } else {
+        format!("{name} ({})", a.state_reason)
+    }
+}
+
+/// `napalmctl agents`: capacity and allocations of each agent. In a table an untrusted
+/// or revoked agent's state says why; JSON and YAML keep `state` and `state_reason`
+/// apart for scripts.
 pub fn agents(output: Output, agents: &[napalm_proto::v1::Agent]) -> String {
     let rows: Vec<Value> = agents
         .iter()
@@ -31,7 +45,12 @@ pub fn agents(output: Output, agents: &[napalm_proto::v1::Agent]) -> String {
             json!({
                 "name": a.name,
                 "id": a.id,
-                "state": state_name(state.as_str_name(), "AGENT_STATE_"),
+                "state": if matches!(output, Output::Table) {
+                    agent_state_cell(a)
+                } else {
+                    state_name(state.as_str_name(), "AGENT_STATE_")
+                },
+                "state_reason": a.state_reason,
                 "endpoint": a.grpc_endpoint,
                 "arch": host.arch,
                 "cpus": host.cpus,
@@ -141,4 +160,38 @@ pub fn clones(output: Output, clones: &[napalm_proto::v1::Clone]) -> String {
         ],
         &rows,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_untrusted_agent_shows_why_in_the_table_and_apart_in_json() {
+        let a = napalm_proto::v1::Agent {
+            id: "untrusted:10.0.0.9:7701".into(),
+            name: "0123456789abcdef".into(),
+            state: AgentState::Untrusted as i32,
+            state_reason: "its certificate does not chain to the cluster CA".into(),
+            ..Default::default()
+        };
+        let ready = napalm_proto::v1::Agent {
+            id: "b".into(),
+            name: "b".into(),
+            state: AgentState::Ready as i32,
+            ..Default::default()
+        };
+        let table = agents(Output::Table, &[a.clone(), ready]);
+        assert!(
+            table.contains("untrusted (its certificate does not chain to the cluster CA)"),
+            "{table}"
+        );
+        assert!(table.contains(" ready "), "{table}");
+        let json: Value = serde_json::from_str(&agents(Output::Json, &[a])).expect("json");
+        assert_eq!(json[0]["state"], "untrusted");
+        assert_eq!(
+            json[0]["state_reason"],
+            "its certificate does not chain to the cluster CA"
+        );
+    }
 }

@@ -247,6 +247,8 @@ async fn main() -> Result<()> {
                 restart_budget: cli.restart_budget,
                 addresses: cli.clone_addresses,
                 exports: None,
+                // Filled by `server::start` from --trust-listen.
+                trust: None,
             })
         }
         _ => None,

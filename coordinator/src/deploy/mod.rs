@@ -84,6 +84,9 @@ pub struct DeployConfig {
     /// The NFS exports this coordinator writes (`None`: the root is exported by hand and
     /// stateful clones are refused).
     pub exports: Option<Arc<Exporter>>,
+    /// The cluster trust (`None`: none): agents at `https://` endpoints are dialed over
+    /// mutual TLS and must prove the id the registry records for them.
+    pub trust: Option<crate::trust::Trust>,
 }
 
 /// Runs deployments.
@@ -154,7 +157,7 @@ impl Deployer {
         tokens: Arc<TokenKey>,
         metrics: Metrics,
     ) -> Self {
-        let agents = Agents::new(cfg.agent_token.clone());
+        let agents = Agents::new(cfg.agent_token.clone()).with_trust(cfg.trust.clone());
         let artifacts = Artifacts::new(cfg.artifacts.clone());
         Self {
             inner: Arc::new(Inner {

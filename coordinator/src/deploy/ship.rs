@@ -1,5 +1,11 @@
 //! The network edge to agents: a gRPC `AgentService` client with the bearer token, and
 //! content-addressed shipping (ask which blobs the agent lacks, upload only those).
+//!
+//! With the cluster trust ([`Agents::with_trust`]), an `https://` endpoint is dialed over
+//! mutual TLS only: the agent's certificate must chain to the CA, the agent id it names
+//! must be the one the registry records at that endpoint and must not be revoked, and the
+//! cached channel is then pinned to that id, so a reconnection to another host answering
+//! on the same address fails its handshake instead of receiving blobs or clones.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,7 +66,15 @@ impl tonic::service::Interceptor for Auth {
 #[derive(Clone, Default)]
 pub struct Agents {
     token: Option<String>,
-    conns: Arc<Mutex<HashMap<String, AgentServiceClient<Intercepted>>>>,
+    trust: Option<crate::trust::Trust>,
+    conns: Arc<Mutex<HashMap<String, Conn>>>,
+}
+
+/// A cached connection and, over mutual TLS, the agent id its certificate proved.
+#[derive(Clone)]
+struct Conn {
+    client: AgentServiceClient<Intercepted>,
+    proven: Option<String>,
 }
 
 /// Upload chunk size.
@@ -71,22 +85,64 @@ impl Agents {
     pub fn new(token: Option<String>) -> Self {
         Self {
             token,
+            trust: None,
             conns: Arc::default(),
         }
     }
 
-    /// The client for `endpoint`, connecting on first use.
+    /// The same connections, dialing `https://` agents over mutual TLS with `trust`'s CA
+    /// and certificate (`None`: no trust, `https://` endpoints are refused).
+    pub fn with_trust(mut self, trust: Option<crate::trust::Trust>) -> Self {
+        self.trust = trust;
+        self
+    }
+
+    /// The cluster trust these connections use, if any.
+    pub fn trust(&self) -> Option<&crate::trust::Trust> {
+        self.trust.as_ref()
+    }
+
+    /// The agent id the certificate of the agent at `endpoint` proved, once connected
+    /// over mutual TLS (`None`: not connected, or a plain connection).
+    pub async fn proven_id(&self, endpoint: &str) -> Option<String> {
+        self.conns
+            .lock()
+            .await
+            .get(endpoint)
+            .and_then(|c| c.proven.clone())
+    }
+
+    /// The client for `endpoint`, connecting on first use. `https://` endpoints need the
+    /// trust and are refused (`UNAVAILABLE`, with the reason) when the agent's certificate
+    /// does not chain to the CA, names another agent than the registry records there, or
+    /// names a revoked agent.
     pub async fn client(&self, endpoint: &str) -> Result<AgentServiceClient<Intercepted>, Status> {
         let mut conns = self.conns.lock().await;
         if let Some(c) = conns.get(endpoint) {
-            return Ok(c.clone());
+            // An open connection to an agent revoked since is dropped, not reused.
+            match (&self.trust, &c.proven) {
+                (Some(trust), Some(id)) if trust.is_revoked(id) => {
+                    let id = id.clone();
+                    conns.remove(endpoint);
+                    return Err(Status::unavailable(format!(
+                        "agent at {endpoint} untrusted: agent {id:?} is revoked"
+                    )));
+                }
+                _ => return Ok(c.client.clone()),
+            }
         }
-        let channel = Channel::from_shared(endpoint.to_owned())
-            .map_err(|e| Status::invalid_argument(format!("agent endpoint {endpoint:?}: {e}")))?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(format!("agent {endpoint} unreachable: {e}")))?;
+        let (channel, proven) = if endpoint.starts_with("https://") {
+            let (channel, id) = self.dial_trusted(endpoint).await?;
+            (channel, Some(id))
+        } else {
+            let channel = Channel::from_shared(endpoint.to_owned())
+                .map_err(|e| Status::invalid_argument(format!("agent endpoint {endpoint:?}: {e}")))?
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .connect()
+                .await
+                .map_err(|e| Status::unavailable(format!("agent {endpoint} unreachable: {e}")))?;
+            (channel, None)
+        };
         let auth = Auth(
             self.token
                 .as_ref()
@@ -94,8 +150,55 @@ impl Agents {
         );
         let client =
             AgentServiceClient::with_interceptor(channel, auth).max_decoding_message_size(64 << 20);
-        conns.insert(endpoint.to_owned(), client.clone());
+        conns.insert(
+            endpoint.to_owned(),
+            Conn {
+                client: client.clone(),
+                proven,
+            },
+        );
         Ok(client)
+    }
+
+    /// A mutual-TLS channel to the enrolled agent at `endpoint` and the id it proved.
+    async fn dial_trusted(&self, endpoint: &str) -> Result<(Channel, String), Status> {
+        let Some(trust) = &self.trust else {
+            return Err(Status::unavailable(format!(
+                "agent {endpoint} serves mutual TLS but this coordinator has no cluster \
+                 trust: start it with --trust-listen"
+            )));
+        };
+        let (_, proven) = trust
+            .dial_enrolled(endpoint)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        if trust.is_revoked(&proven) {
+            return Err(Status::unavailable(format!(
+                "agent at {endpoint} untrusted: its certificate names agent {proven:?}, \
+                 which is revoked"
+            )));
+        }
+        // First contact (discovery) has no record yet; afterwards the certificate must
+        // name an agent the registry records at this endpoint.
+        let recorded = trust
+            .recorded_at(endpoint)
+            .await
+            .map_err(|e| Status::unavailable(format!("reading the registry: {e}")))?;
+        if !recorded.is_empty() && !recorded.contains(&proven) {
+            return Err(Status::unavailable(format!(
+                "agent at {endpoint} untrusted: its certificate names agent {proven:?}, but \
+                 the registry records {} there",
+                recorded.join(", ")
+            )));
+        }
+        // Pinned to the proven id: a reconnection must present the same agent's
+        // certificate.
+        let channel = trust
+            .dial_agent(endpoint, &proven)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        tracing::debug!(%endpoint, agent = %proven, "agent connected over mutual TLS");
+        Ok((channel, proven))
     }
 
     /// Forgets a connection (after the agent failed), so the next call reconnects.
@@ -208,8 +311,8 @@ impl Agents {
             .domains)
     }
 
-    /// The domains of `deployment` each reachable, not-down agent runs (agent id → its
-    /// domains); agents that do not answer are left out.
+    /// The domains of `deployment` each agent that may be dialed (not down, untrusted or
+    /// revoked) runs (agent id → its domains); agents that do not answer are left out.
     pub async fn running(
         &self,
         agents: &[napalm_proto::v1::Agent],
@@ -218,7 +321,7 @@ impl Agents {
         let mut out = Vec::new();
         for a in agents
             .iter()
-            .filter(|a| a.state != napalm_proto::v1::AgentState::Down as i32)
+            .filter(|a| crate::registry::agents::reachable(a))
         {
             let labels = HashMap::from([("deployment".to_owned(), deployment.to_owned())]);
             if let Ok(domains) = self.domains_labelled(&a.grpc_endpoint, labels).await {

@@ -384,7 +384,13 @@ impl Metrics {
         }
 
         i.agents.clear();
-        for s in [AgentState::Ready, AgentState::Down, AgentState::Draining] {
+        for s in [
+            AgentState::Ready,
+            AgentState::Down,
+            AgentState::Draining,
+            AgentState::Untrusted,
+            AgentState::Revoked,
+        ] {
             let _ = i
                 .agents
                 .get_or_create(&one("state", agent_state_name(s as i32)));

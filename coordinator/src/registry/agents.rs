@@ -1,6 +1,11 @@
 //! Agents: registration, heartbeats with a TTL that grows with the number of agents (as
 //! Nomad does: at most `max_rate` heartbeats per second cluster-wide, never under
 //! `min_ttl`), ready/down/draining states, and allocations computed from the clones.
+//! Two states come from the trust layer and carry a `state_reason`: `untrusted` (an mDNS
+//! advertisement that failed the certificate check, recorded under an id of its own,
+//! `untrusted:HOST:PORT`, so a spoofer can never overwrite the agent it impersonates) and
+//! `revoked` (set by `Trust::revoke_agent`); neither is swept down, re-registered ready,
+//! set ready by hand, placed on or dialed ([`reachable`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -67,6 +72,37 @@ fn check_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Whether the coordinator may dial `a`: not down, and neither untrusted nor revoked.
+pub fn reachable(a: &Agent) -> bool {
+    ![
+        AgentState::Down as i32,
+        AgentState::Untrusted as i32,
+        AgentState::Revoked as i32,
+    ]
+    .contains(&a.state)
+}
+
+/// The registry id of what advertised itself at `endpoint` without passing the trust
+/// check: `untrusted:HOST:PORT`.
+pub fn untrusted_id(endpoint: &str) -> String {
+    let authority = endpoint
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
+    let safe: String = authority
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.:".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(110)
+        .collect();
+    format!("untrusted:{safe}")
+}
+
 fn check_endpoint(field: &str, url: &str) -> Result<(), ApiError> {
     if url.starts_with("http://") || url.starts_with("https://") {
         Ok(())
@@ -98,10 +134,14 @@ impl Registry {
         let stored = self
             .update::<Agent, _>(&agent_key(&req.id), |old| {
                 let old = old.unwrap_or_default();
-                let state = if old.state == AgentState::Draining as i32 {
-                    AgentState::Draining
+                // Revocation outlives re-registration (over the plain listener, or a
+                // static agent's probe): only re-enrollment under a new id undoes it.
+                let (state, state_reason) = if old.state == AgentState::Revoked as i32 {
+                    (AgentState::Revoked, old.state_reason.clone())
+                } else if old.state == AgentState::Draining as i32 {
+                    (AgentState::Draining, String::new())
                 } else {
-                    AgentState::Ready
+                    (AgentState::Ready, String::new())
                 };
                 Ok(Some(Agent {
                     id: req.id.clone(),
@@ -122,6 +162,7 @@ impl Registry {
                     last_heartbeat: Some(now),
                     heartbeat_ttl: Some(duration(ttl)),
                     labels: req.labels.clone(),
+                    state_reason: state_reason.clone(),
                 }))
             })
             .await?
@@ -164,6 +205,50 @@ impl Registry {
         })
     }
 
+    /// Records what advertised itself at `endpoint` as agent `advertised_id` and failed
+    /// the trust check, as untrusted with `reason`, under [`untrusted_id`] (never under
+    /// the advertised id: that agent's own record, if any, is left alone). Returns the
+    /// record's id.
+    pub async fn record_untrusted(
+        &self,
+        advertised_id: &str,
+        endpoint: &str,
+        rest_endpoint: Option<String>,
+        reason: &str,
+    ) -> Result<String, RegistryError> {
+        let id = untrusted_id(endpoint);
+        let now = timestamp(self.clock().now());
+        let name = if advertised_id.is_empty() {
+            id.clone()
+        } else {
+            advertised_id.chars().take(128).collect()
+        };
+        self.update::<Agent, _>(&agent_key(&id), |_| {
+            Ok(Some(Agent {
+                id: id.clone(),
+                name: name.clone(),
+                grpc_endpoint: endpoint.to_owned(),
+                rest_endpoint: rest_endpoint.clone().unwrap_or_default(),
+                state: AgentState::Untrusted as i32,
+                source: AgentSource::Mdns as i32,
+                last_heartbeat: Some(now),
+                state_reason: reason.to_owned(),
+                ..Default::default()
+            }))
+        })
+        .await?;
+        tracing::warn!(%endpoint, advertised = %advertised_id, %reason, "advertised agent untrusted");
+        Ok(id)
+    }
+
+    /// Removes the untrusted record of `endpoint`, once an agent there passed the trust
+    /// check. Absent is fine.
+    pub async fn forget_untrusted(&self, endpoint: &str) -> Result<(), RegistryError> {
+        self.update::<Agent, _>(&agent_key(&untrusted_id(endpoint)), |_| Ok(None))
+            .await?;
+        Ok(())
+    }
+
     /// Marks agents whose TTL expired as down; returns their ids.
     pub async fn sweep_agents(&self) -> Result<Vec<String>, RegistryError> {
         let now = self.clock().now();
@@ -171,7 +256,15 @@ impl Registry {
         let agents = self.list::<Agent>(AGENTS).await?;
         self.set_known_agents(agents.len());
         for a in agents {
-            if a.state == AgentState::Down as i32 {
+            // Untrusted and revoked agents keep their state (and reason): neither
+            // heartbeats, and down would hide why.
+            if [
+                AgentState::Down as i32,
+                AgentState::Untrusted as i32,
+                AgentState::Revoked as i32,
+            ]
+            .contains(&a.state)
+            {
                 continue;
             }
             let ttl = a.heartbeat_ttl.map_or(Duration::ZERO, |d| {
@@ -274,7 +367,29 @@ impl Registry {
             }
             .into());
         }
-        let id = self.get_agent(id_or_name).await?.id;
+        let found = self.get_agent(id_or_name).await?;
+        if found.state == AgentState::Untrusted as i32 || found.state == AgentState::Revoked as i32
+        {
+            return Err(ApiError::InvalidArgument {
+                field: "agent".into(),
+                description: format!(
+                    "agent {} is {}{}: it cannot be set ready or draining by hand",
+                    found.id,
+                    AgentState::try_from(found.state)
+                        .unwrap_or_default()
+                        .as_str_name()
+                        .trim_start_matches("AGENT_STATE_")
+                        .to_lowercase(),
+                    if found.state_reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", found.state_reason)
+                    }
+                ),
+            }
+            .into());
+        }
+        let id = found.id;
         self.update::<Agent, _>(&agent_key(&id), |cur| {
             Ok(cur.map(|mut a| {
                 a.state = state as i32;

@@ -27,6 +27,26 @@ pub struct Untrusted {
 }
 
 impl Trust {
+    /// Ids of the agents the registry records at gRPC `endpoint` (untrusted records,
+    /// which are only what an advertisement claimed, left out).
+    pub async fn recorded_at(
+        &self,
+        endpoint: &str,
+    ) -> Result<Vec<String>, crate::registry::RegistryError> {
+        let agents = self
+            .registry
+            .list::<napalm_proto::v1::Agent>(crate::registry::AGENTS)
+            .await?;
+        Ok(agents
+            .into_iter()
+            .filter(|a| {
+                a.grpc_endpoint == endpoint
+                    && a.state != napalm_proto::v1::AgentState::Untrusted as i32
+            })
+            .map(|a| a.id)
+            .collect())
+    }
+
     fn untrusted(endpoint: &str, reason: impl Into<String>) -> Untrusted {
         Untrusted {
             endpoint: endpoint.to_owned(),

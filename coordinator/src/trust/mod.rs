@@ -93,6 +93,16 @@ pub struct Trust {
     pub(crate) revoked: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
 }
 
+impl std::fmt::Debug for Trust {
+    /// The CA fingerprint and token addresses; never key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trust")
+            .field("fingerprint", &self.ca.fingerprint())
+            .field("addresses", &self.addresses)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Lifetime of the coordinator's own certificate (re-issued at every start, and at two
 /// thirds of it while running: see [`serve`]).
 pub const COORDINATOR_TTL: Duration = Duration::from_secs(30 * 24 * 3600);

@@ -1,8 +1,10 @@
 //! Revoked agent identities. Certificates are short-lived, so revocation is a list the
 //! coordinator checks rather than a CRL every party fetches: the TLS listener refuses
 //! every call of a revoked agent ([`super::serve::require_agent`]), renewal and
-//! re-enrollment under its id are refused, and the agent is drained and labelled
-//! `napalm.trust=revoked` so `napalmctl agents` shows it. The list lives in the registry
+//! re-enrollment under its id are refused, and the agent is marked revoked (state
+//! `AGENT_STATE_REVOKED` with the operator's reason, and the label `napalm.trust=revoked`)
+//! so `napalmctl agents` shows it, the scheduler places nothing on it and the deploy
+//! pipeline no longer dials it. The list lives in the registry
 //! (`/napalm/trust/revoked/<id>`, shared by coordinators on etcd) and each coordinator
 //! re-reads it every [`REFRESH`].
 
@@ -39,7 +41,7 @@ impl Trust {
     }
 
     /// Revokes `agent` (an id, or a name the registry knows): recorded, refused at once by
-    /// this coordinator, drained and labelled.
+    /// this coordinator, marked revoked with `reason` and labelled.
     pub async fn revoke_agent(&self, agent: &str, reason: &str) -> Result<Revoked, RegistryError> {
         let known = self.registry.get_agent(agent).await.ok();
         let agent_id = match &known {
@@ -72,9 +74,12 @@ impl Trust {
             self.registry
                 .update::<Agent, _>(&key, |cur| {
                     Ok(cur.map(|mut a| {
-                        if a.state == AgentState::Ready as i32 {
-                            a.state = AgentState::Draining as i32;
-                        }
+                        a.state = AgentState::Revoked as i32;
+                        a.state_reason = if reason.is_empty() {
+                            "revoked by an operator".into()
+                        } else {
+                            reason.to_owned()
+                        };
                         a.labels.insert(LABEL.0.into(), LABEL.1.into());
                         a
                     }))

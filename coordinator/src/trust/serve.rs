@@ -86,6 +86,43 @@ pub async fn start(
     cfg: TrustConfig,
     coordinator: Coordinator,
 ) -> Result<TrustListener, StartError> {
+    bind(registry, cfg).await?.serve(coordinator)
+}
+
+/// The TLS listener bound and the trust ready (CA loaded, this coordinator's certificate
+/// issued, revoked agents read), not serving yet: the daemon hands [`Bound::trust`] to
+/// the deploy pipeline and discovery, builds the `CoordinatorService` around them, then
+/// serves it with [`Bound::serve`].
+pub struct Bound {
+    trust: Trust,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+}
+
+impl Bound {
+    /// The trust state (CA, identity).
+    pub fn trust(&self) -> &Trust {
+        &self.trust
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves enrollment, renewal and `coordinator` on the bound listener.
+    pub fn serve(self, coordinator: Coordinator) -> Result<TrustListener, StartError> {
+        let Bound {
+            trust,
+            listener,
+            addr,
+        } = self;
+        serve(trust, listener, addr, coordinator)
+    }
+}
+
+/// Binds `cfg.listen` and sets up the CA; see [`Bound`].
+pub async fn bind(registry: Registry, cfg: TrustConfig) -> Result<Bound, StartError> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -97,6 +134,22 @@ pub async fn start(
         source,
     })?;
     let trust = Trust::open(registry, cfg, addr).await?;
+    if let Err(e) = trust.refresh_revoked().await {
+        tracing::warn!(error = %e, "reading revoked agents failed; retrying");
+    }
+    Ok(Bound {
+        trust,
+        listener,
+        addr,
+    })
+}
+
+fn serve(
+    trust: Trust,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    coordinator: Coordinator,
+) -> Result<TrustListener, StartError> {
     let server_cfg = tls::server_config(
         trust.ca.cert_der(),
         Arc::clone(&trust.identity),
@@ -106,9 +159,6 @@ pub async fn start(
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let incoming = napalm_trust::channel::incoming(listener, server_cfg, None, stop_rx.clone());
     let svc = TrustServer::new(trust.clone(), Placement::Tls);
-    if let Err(e) = trust.refresh_revoked().await {
-        tracing::warn!(error = %e, "reading revoked agents failed; retrying");
-    }
     let refresher = trust.clone();
     let mut refresh_stop = stop_rx.clone();
     tokio::spawn(async move {

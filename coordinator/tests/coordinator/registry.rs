@@ -173,6 +173,89 @@ fn heartbeat_ttl_grows_with_the_cluster() {
     assert_eq!(p.interval(5_000), Duration::from_secs(50));
 }
 
+/// Untrusted advertisements are recorded beside the agent they claim to be, never over
+/// it; untrusted and revoked agents keep their state and reason through the sweep and a
+/// re-registration, cannot be set ready by hand, and take no placements.
+#[tokio::test]
+async fn untrusted_and_revoked_agents_keep_their_state_and_reason() {
+    let f = fixture().await;
+    let policy = HeartbeatPolicy::default();
+    let r = &f.registry;
+    r.register_agent(req("a1"), AgentSource::Registration, &policy)
+        .await
+        .expect("a1");
+    let rec = r
+        .record_untrusted(
+            "a1",
+            "https://10.77.0.66:7701",
+            None,
+            "its certificate does not chain to the cluster CA",
+        )
+        .await
+        .expect("untrusted recorded");
+    assert_eq!(rec, "untrusted:10.77.0.66:7701");
+    let a1 = r.get_agent("a1").await.expect("a1");
+    assert_eq!(
+        a1.state,
+        AgentState::Ready as i32,
+        "the real record is left alone"
+    );
+    assert_eq!(a1.grpc_endpoint, "http://10.77.0.2:7701");
+    let u = r.get_agent(&rec).await.expect("untrusted record");
+    assert_eq!(u.state, AgentState::Untrusted as i32);
+    assert_eq!(u.name, "a1");
+    assert_eq!(
+        u.state_reason,
+        "its certificate does not chain to the cluster CA"
+    );
+
+    // Revoked (as Trust::revoke_agent marks it).
+    let key = format!("{}a1", napalm_coordinator::registry::AGENTS);
+    r.update::<Agent, _>(&key, |cur| {
+        Ok(cur.map(|mut a| {
+            a.state = AgentState::Revoked as i32;
+            a.state_reason = "host stolen".into();
+            a
+        }))
+    })
+    .await
+    .expect("revoked");
+    r.register_agent(req("a1"), AgentSource::Registration, &policy)
+        .await
+        .expect("re-registration");
+    let a1 = r.get_agent("a1").await.expect("a1");
+    assert_eq!(a1.state, AgentState::Revoked as i32, "{a1:?}");
+    assert_eq!(a1.state_reason, "host stolen");
+
+    // Long past every TTL: neither goes down (down would hide why).
+    f.clock.advance(Duration::from_secs(3600));
+    let downed = r.sweep_agents().await.expect("sweep");
+    assert!(downed.is_empty(), "{downed:?}");
+    assert_eq!(
+        r.get_agent(&rec).await.expect("u").state,
+        AgentState::Untrusted as i32
+    );
+
+    for id in ["a1", rec.as_str()] {
+        let e = api(r
+            .set_agent_state(id, AgentState::Ready)
+            .await
+            .expect_err("not settable by hand"));
+        assert!(e.to_string().contains("cannot be set ready"), "{e}");
+    }
+    assert!(r
+        .list_agents(&[AgentState::Ready])
+        .await
+        .expect("list")
+        .is_empty());
+
+    // An agent verified at that address clears the untrusted record.
+    r.forget_untrusted("https://10.77.0.66:7701")
+        .await
+        .expect("forget");
+    assert!(r.get_agent(&rec).await.is_err());
+}
+
 #[tokio::test]
 async fn a_clone_registers_only_with_its_own_token() {
     let f = fixture().await;

@@ -9,6 +9,7 @@
 
 mod binary;
 mod ca;
+mod deploy;
 // The coordinator tests' etcd harness, shared as is (this binary reads fewer of its fields).
 #[allow(dead_code)]
 #[path = "../coordinator/etcd_harness.rs"]

@@ -1,6 +1,6 @@
 //! A revoked agent is refused and marked: its heartbeats over mutual TLS stop being
 //! accepted, it cannot renew nor enroll again under its id, and the registry shows it
-//! drained with the `napalm.trust=revoked` label.
+//! revoked with the reason and the `napalm.trust=revoked` label.
 
 use std::time::Duration;
 
@@ -34,9 +34,10 @@ async fn a_revoked_agent_is_refused_and_marked() {
     assert_eq!(r.agent_id, id);
     assert_eq!(r.reason, "host stolen");
 
-    // Marked: drained and labelled.
+    // Marked: revoked with the reason, and labelled.
     let rec = c.registry().get_agent(&id).await.expect("agent");
-    assert_eq!(rec.state, AgentState::Draining as i32, "{rec:?}");
+    assert_eq!(rec.state, AgentState::Revoked as i32, "{rec:?}");
+    assert_eq!(rec.state_reason, "host stolen");
     assert_eq!(
         rec.labels.get("napalm.trust").map(String::as_str),
         Some("revoked")

@@ -253,6 +253,7 @@ pub fn register_agent_request() -> RegisterAgentRequest {
     }
 }
 pub fn register_agent_response() -> RegisterAgentResponse {
+        state_reason: s("certificate names another agent"),
     RegisterAgentResponse {
         agent: Some(agent()),
         heartbeat_interval: dur(0),
