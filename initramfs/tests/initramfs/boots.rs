@@ -33,17 +33,30 @@ fn a_tmpfs_root_from_appended_layer() {
          echo \"NAPALM-A-ARGS=$*\"\n\
          echo hello > /tmp/x && echo NAPALM-A-WRITABLE\n\
          $bb ls /.unions | $bb tr '\\n' ' '; echo\n\
-         $bb grep -q '\"exec_init\"' /run/napalm/boot.json && echo NAPALM-A-BOOTJSON",
+         $bb grep -q '\"exec_init\"' /run/napalm/boot.json && echo NAPALM-A-BOOTJSON\n\
+         $bb grep -q 'union root assembled' /run/napalm/boot.json && echo NAPALM-A-LOG-KEPT",
     );
     let (img, size) = initramfs(t.path(), &[("base", &layer)]);
     // `single` is a word the kernel hands to /init; napalm-init passes it on to the real init.
-    let out = Qemu::run(&img, "root=layer:base;tmpfs:rw single", None, None);
+    // napalm.quiet=1: the log stays in boot.json, only the summary line on the console.
+    let out = Qemu::run(
+        &img,
+        "root=layer:base;tmpfs:rw single napalm.quiet=1",
+        None,
+        None,
+    );
     assert_clean(&out);
     assert_has(&out, "NAPALM-A root=layer:base;tmpfs:rw");
     assert_has(&out, "NAPALM-A-WRITABLE");
     assert_has(&out, "NAPALM-A-ARGS=single");
     assert_has(&out, "0-layer 1-tmpfs");
     assert_has(&out, "NAPALM-A-BOOTJSON");
+    assert_has(&out, "NAPALM-A-LOG-KEPT");
+    assert_has(&out, "initramfs took");
+    assert!(
+        !out.contains("union root assembled"),
+        "a quiet napalm-init printed its log:\n{out}"
+    );
     eprintln!(
         "(a) image {size} bytes, initramfs phase {:?} s",
         initramfs_seconds(&out)

@@ -116,11 +116,14 @@ impl Drop for Qemu {
 }
 
 impl Qemu {
-    /// Boots `initrd` with `append`; `net_port` adds the restricted NFS forward, `disk` a virtio disk.
+    /// Boots `initrd` with `append` after a quiet kernel and a talkative napalm-init
+    /// (`napalm.quiet=1` in `append` quiets it too); `net_port` adds the restricted NFS
+    /// forward, `disk` a virtio disk.
     pub fn boot(initrd: &Path, append: &str, net_port: Option<u16>, disk: Option<&Path>) -> Qemu {
         Self::boot_cmdline(
             initrd,
-            &format!("console=ttyS0 quiet napalm.timeout=20 {append}"),
+            // The kernel quiet, napalm-init's log on the console: the tests read it.
+            &format!("console=ttyS0 quiet napalm.quiet=0 napalm.timeout=20 {append}"),
             net_port,
             disk,
         )
