@@ -13,6 +13,18 @@ use super::{Grid, GridOptions, Hypervisor};
 use crate::rootfs;
 
 /// `virsh -c qemu:///system ARGS`; a virsh that cannot run is a failed exit.
+/// The first address of a clone as `napalmctl clones --output json` prints it, without
+/// its prefix length (empty when it has none yet).
+pub fn clone_address(c: &serde_json::Value) -> String {
+    c["addresses"][0]
+        .as_str()
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 pub(super) fn virsh(args: &[&str]) -> Output {
     Command::new("virsh")
         .args(["-q", "-c", "qemu:///system"])

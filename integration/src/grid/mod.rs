@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+pub use clones::clone_address;
 pub use error::GridError;
 pub use guest::{base_image, guest_kernel};
 

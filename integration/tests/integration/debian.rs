@@ -8,22 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use napalm_integration::grid::{Grid, GridOptions};
+use napalm_integration::grid::{clone_address, Grid, GridOptions};
 use napalm_integration::{error_chain, rootfs};
 use serde_json::Value;
 
 fn phase(c: &Value) -> String {
     c["phase"].as_str().unwrap_or_default().to_lowercase()
-}
-
-fn address(c: &Value) -> String {
-    c["addresses"][0]
-        .as_str()
-        .unwrap_or_default()
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// Copies each clone's serial console (the libvirt pty, raw) to `dir/console-NAME.log`
@@ -157,7 +147,7 @@ fn debian_systemd_root_boots_two_clones_that_register_and_reach_each_other() {
             .and_then(|i| i.parse().ok())
             .expect("index");
         assert_eq!(
-            address(c),
+            clone_address(c),
             g.clone_addr(idx),
             "{name} registered its own address: {c}"
         );

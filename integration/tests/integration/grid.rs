@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use napalm_integration::grid::{Grid, GridOptions};
+use napalm_integration::grid::{clone_address, Grid, GridOptions};
 use serde_json::Value;
 
 fn grid(prefix: &str) -> Grid {
@@ -51,16 +51,6 @@ fn phase(c: &Value) -> String {
     c["phase"].as_str().unwrap_or_default().to_lowercase()
 }
 
-fn address(c: &Value) -> String {
-    c["addresses"][0]
-        .as_str()
-        .unwrap_or_default()
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 #[test]
 fn deploy_8_over_two_agents_found_by_mdns_boot_register_and_reach_each_other() {
     let g = grid("gridp");
@@ -81,7 +71,7 @@ fn deploy_8_over_two_agents_found_by_mdns_boot_register_and_reach_each_other() {
             .and_then(|i| i.parse().ok())
             .expect("index");
         assert_eq!(
-            address(c),
+            clone_address(c),
             g.clone_addr(idx),
             "{name} registered its own address"
         );
@@ -139,7 +129,7 @@ fn addr_of(g: &Grid, deployment: &str, clone: &str) -> String {
         .find(|c| c["clone"] == clone)
         .unwrap_or_else(|| panic!("{clone} not listed: {clones:?}"));
     assert_eq!(phase(c), "registered", "{c}");
-    address(c)
+    clone_address(c)
 }
 
 /// Every path and size under `dir` (what a clone could have polluted).
@@ -457,7 +447,7 @@ fn faults_agent_and_coordinator_killed_mid_deploy_agent_cut_off_nfs_restarted() 
                 })
             })
         })
-        .map(|c| address(&c))
+        .map(|c| clone_address(&c))
         .collect();
     assert!(!on_agent2.is_empty(), "spread put clones on agent 2");
     g.set_agent_link(1, false).expect("cut");
@@ -498,7 +488,7 @@ fn faults_agent_and_coordinator_killed_mid_deploy_agent_cut_off_nfs_restarted() 
     let all: Vec<String> = ["gridfa", "gridfb"]
         .iter()
         .flat_map(|d| g.clones(d).expect("clones"))
-        .map(|c| address(&c))
+        .map(|c| clone_address(&c))
         .collect();
     assert_eq!(all.len(), 6);
     for a in all {

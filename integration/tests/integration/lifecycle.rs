@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use napalm_integration::grid::{Grid, GridOptions};
+use napalm_integration::grid::{clone_address, Grid, GridOptions};
 use serde_json::Value;
 
 /// A template set `probe` whose one file, /etc/probe, holds the value `probe`.
@@ -81,16 +81,6 @@ fn s(v: &Value, k: &str) -> String {
     v[k].as_str().unwrap_or_default().to_owned()
 }
 
-fn addr_of(c: &Value) -> String {
-    c["addresses"][0]
-        .as_str()
-        .unwrap_or_default()
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 /// Waits until `ok` holds of the deployment's clones; panics with them after `within`.
 fn until(
     g: &Grid,
@@ -135,7 +125,7 @@ fn registered(c: &Value) -> bool {
 }
 
 fn sh(g: &Grid, c: &Value, script: &str) -> String {
-    g.clone_sh(&addr_of(c), script, Duration::from_secs(20))
+    g.clone_sh(&clone_address(c), script, Duration::from_secs(20))
         .unwrap_or_default()
         .trim()
         .to_owned()
