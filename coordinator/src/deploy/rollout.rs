@@ -98,37 +98,32 @@ impl Deployer {
         let now = crate::clock::timestamp(registry.clock().now());
         let name = req.name.clone();
         let clones = registry.list_clones(&name).await.map_err(ApiError::from)?;
-        let missing = || ApiError::NotFound {
-            kind: "deployment".into(),
-            name: name.clone(),
-        };
         let d = match action {
             RolloutAction::Status => {
                 let (d, _) = registry
                     .get::<Deployment>(&key)
                     .await
                     .map_err(ApiError::from)?
-                    .ok_or_else(missing)?;
+                    .ok_or_else(|| ApiError::NotFound {
+                        kind: "deployment".into(),
+                        name: name.clone(),
+                    })?;
                 d
             }
             RolloutAction::Pause | RolloutAction::Resume => {
                 let pause = action == RolloutAction::Pause;
-                let mut refused = None;
-                let d = registry
-                    .update::<Deployment, _>(&key, |cur| {
-                        let Some(mut d) = cur else { return Ok(None) };
+                let d = self
+                    .change(&name, |d| {
+                        let revision = d.spec_revision;
                         let r = d.rollout.get_or_insert_default();
-                        let complete = r.state != RolloutState::Progressing as i32
-                            && r.state != RolloutState::Paused as i32;
-                        if complete {
-                            refused = Some(format!(
-                                "deployment {:?} has no rollout under way (every clone runs \
-                                 spec revision {}); change its spec with `napalmctl deploy` \
-                                 to start one",
-                                d.spec.as_ref().map_or("", |s| s.name.as_str()),
-                                d.spec_revision
+                        if r.state != RolloutState::Progressing as i32
+                            && r.state != RolloutState::Paused as i32
+                        {
+                            return Err(format!(
+                                "deployment {name:?} has no rollout under way (every clone \
+                                 runs spec revision {revision}); change its spec with \
+                                 `napalmctl deploy` to start one"
                             ));
-                            return Ok(Some(d));
                         }
                         r.state = if pause {
                             RolloutState::Paused
@@ -141,14 +136,9 @@ impl Deployer {
                             String::new()
                         };
                         r.updated_at = Some(now);
-                        Ok(Some(d))
+                        Ok(())
                     })
-                    .await
-                    .map_err(ApiError::from)?
-                    .ok_or_else(missing)?;
-                if let Some(description) = refused {
-                    return Err(invalid("action", description));
-                }
+                    .await?;
                 if !pause {
                     self.retry_failed_of(&d, &clones).await?;
                 }
@@ -156,36 +146,19 @@ impl Deployer {
             }
             RolloutAction::Undo => {
                 let _hold = self.hold(&name).await;
-                let mut refused = None;
-                let d = registry
-                    .update::<Deployment, _>(&key, |cur| {
-                        let Some(mut d) = cur else { return Ok(None) };
-                        let Some(previous) = d.previous_spec.take() else {
-                            refused = Some(format!(
-                                "deployment {name:?} has no previous spec to go back to \
-                                 (it is at spec revision {}, its first)",
-                                d.spec_revision
-                            ));
-                            return Ok(Some(d));
-                        };
-                        d.previous_spec = d.spec.replace(previous);
-                        d.spec_revision += 1;
-                        d.rollout = Some(Rollout {
-                            state: RolloutState::Progressing as i32,
-                            revision: d.spec_revision,
-                            updated_at: Some(now),
-                            ..Default::default()
-                        });
-                        d.updated_at = Some(now);
-                        Ok(Some(d))
-                    })
-                    .await
-                    .map_err(ApiError::from)?
-                    .ok_or_else(missing)?;
-                if let Some(description) = refused {
-                    return Err(invalid("action", description));
-                }
-                d
+                self.change(&name, |d| {
+                    let Some(previous) = d.previous_spec.take() else {
+                        return Err(format!(
+                            "deployment {name:?} has no previous spec to go back to (it is \
+                             at spec revision {}, its first)",
+                            d.spec_revision
+                        ));
+                    };
+                    d.previous_spec = d.spec.replace(previous);
+                    begin(d, now);
+                    Ok(())
+                })
+                .await?
             }
             RolloutAction::Unspecified => {
                 return Err(invalid(
@@ -198,6 +171,40 @@ impl Deployer {
             }
         };
         Ok(with_counts(d, &clones))
+    }
+
+    /// Changes deployment `name`'s record with `f`, or refuses with what `f` says (the
+    /// record is then left as it was).
+    async fn change(
+        &self,
+        name: &str,
+        f: impl Fn(&mut Deployment) -> Result<(), String>,
+    ) -> Result<Deployment, ApiError> {
+        let mut refused = None;
+        let d = self
+            .inner
+            .registry
+            .update::<Deployment, _>(&format!("{DEPLOYMENTS}{name}"), |cur| {
+                let Some(mut d) = cur else { return Ok(None) };
+                let before = d.clone();
+                Ok(Some(match f(&mut d) {
+                    Ok(()) => d,
+                    Err(why) => {
+                        refused = Some(why);
+                        before
+                    }
+                }))
+            })
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound {
+                kind: "deployment".into(),
+                name: name.into(),
+            })?;
+        match refused {
+            Some(description) => Err(invalid("action", description)),
+            None => Ok(d),
+        }
     }
 
     /// On resume: the clones of the rollout's revision that failed are placed again (the
@@ -242,6 +249,18 @@ pub fn mark_complete(d: &mut Deployment, now: prost_types::Timestamp) {
             r.updated_at = Some(now);
         }
     }
+}
+
+/// Starts a rollout of `d`'s spec as its next revision, at `now`.
+pub fn begin(d: &mut Deployment, now: prost_types::Timestamp) {
+    d.spec_revision += 1;
+    d.rollout = Some(Rollout {
+        state: RolloutState::Progressing as i32,
+        revision: d.spec_revision,
+        updated_at: Some(now),
+        ..Default::default()
+    });
+    d.updated_at = Some(now);
 }
 
 /// `d` with its rollout's clone counts from `clones`.
