@@ -1,5 +1,5 @@
 //! Desired state of each domain, persisted in the agent's state directory:
-//! `STATE/domains/NAME/{record.json, config.xml, files/}`. Every write is atomic and
+//! `STATE/domains/NAME/{record.json, config.xml, console.log, files/}`. Every write is atomic and
 //! fsynced; a directory without `record.json` is an unfinished create and is discarded.
 
 use std::collections::BTreeMap;

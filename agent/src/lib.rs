@@ -19,7 +19,8 @@
 //! its state directory, or any other host's state. Scheduling is the coordinator's.
 //!
 //! Layout of the state directory:
-//! `agent-id`, `tls/` (identity: `ca.crt`, `agent.crt`, `agent.key`, `coordinator`; mode 0700), `blobs/sha256/HEX`, `domains/NAME/{record.json,config.xml,files/}`,
+//! `agent-id`, `tls/` (identity: `ca.crt`, `agent.crt`, `agent.key`, `coordinator`; mode 0700), `blobs/sha256/HEX`, `domains/NAME/{record.json,config.xml,console.log,files/}` (`console.log`: the guest's
+//! serial console, bounded),
 //! `requests/` (idempotency records), `staging/` (unfinished uploads, wiped at start),
 //! `kept/` (writable artifacts of deleted domains).
 

@@ -5,7 +5,13 @@ use std::path::{Component, Path, PathBuf};
 use crate::error::{AgentError, Result};
 
 /// Names under `/domain/NAME/` that are the agent's own resources, never domain files.
-pub const RESERVED_FILES: &[&str] = &["config.xml", "status.xml", "status.json", "archive.tar.gz"];
+pub const RESERVED_FILES: &[&str] = &[
+    "config.xml",
+    "status.xml",
+    "status.json",
+    "archive.tar.gz",
+    "console",
+];
 
 /// The domain name rule, shared by the agent and its clients: 1–64 characters of
 /// `[A-Za-z0-9._-]`, not starting with `.` or `-` — so a name is one path segment that

@@ -3,7 +3,11 @@
 //! host devices (`<hostdev>`, block disks, `<source dev>`), hypervisor pass-through
 //! (`qemu:commandline` and any other namespaced element), network interfaces and graphics
 //! are refused unless the operator's [`Policy`] allows them. The agent adds its own
-//! `<metadata>` (so it recognises its domains) and refuses one sent by a client.
+//! `<metadata>` (so it recognises its domains) and refuses one sent by a client, and it
+//! keeps the guest's console: the first `<serial>` (else the first `<console>`) gets a
+//! `<log file=… append='off'/>` naming a file of the agent's own in the domain directory
+//! (a `<log>` the client put there is replaced), so what a guest printed while booting can
+//! be read back (`Agent::console`).
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -68,6 +72,9 @@ struct Walk<'p> {
     policy: &'p Policy,
     edits: Vec<(Range<usize>, String)>,
     files: Vec<String>,
+    /// The character device whose `<log>` the agent writes (its own is not checked: it
+    /// is replaced).
+    console_dev: Option<roxmltree::NodeId>,
 }
 
 impl Walk<'_> {
@@ -110,6 +117,13 @@ impl Walk<'_> {
 
     fn element(&mut self, n: roxmltree::Node<'_, '_>) -> Result<()> {
         let tag = n.tag_name().name();
+        if tag == "log"
+            && self.console_dev.is_some()
+            && n.parent_element().map(|p| p.id()) == self.console_dev
+        {
+            // Replaced by the agent's console log (see `console_log_edit`).
+            return Ok(());
+        }
         if n.tag_name().namespace().is_some() {
             return Err(AgentError::Policy(format!(
                 "element <{}> in namespace {:?} (hypervisor pass-through such as qemu:commandline) is not allowed",
@@ -256,9 +270,62 @@ impl Walk<'_> {
     }
 }
 
+/// The device that carries the guest's console: the first `<serial>` of `<devices>`,
+/// else the first `<console>`.
+fn console_device<'a, 'i>(root: roxmltree::Node<'a, 'i>) -> Option<roxmltree::Node<'a, 'i>> {
+    let devices = root.children().find(|c| c.has_tag_name("devices"))?;
+    let no_ns = |c: &roxmltree::Node<'_, '_>, tag: &str| {
+        c.is_element() && c.tag_name().name() == tag && c.tag_name().namespace().is_none()
+    };
+    devices
+        .children()
+        .find(|c| no_ns(c, "serial"))
+        .or_else(|| devices.children().find(|c| no_ns(c, "console")))
+}
+
+/// The edit that makes `dev` log to `log` (truncated at each start of the domain): its
+/// `<log>` replaced, or one added (a self-closing `<serial …/>` is opened for it).
+fn console_log_edit(xml: &str, dev: roxmltree::Node<'_, '_>, log: &Path) -> (Range<usize>, String) {
+    let element = format!(
+        "<log file=\"{}\" append=\"off\"/>",
+        escape(&log.to_string_lossy())
+    );
+    if let Some(old) = dev.children().find(|c| c.has_tag_name("log")) {
+        return (old.range(), element);
+    }
+    let r = dev.range();
+    let text = &xml[r.clone()];
+    if text.ends_with("/>") {
+        let at = r.end - 2;
+        let tag = dev.tag_name().name();
+        return (at..r.end, format!(">{element}</{tag}>"));
+    }
+    let at = text.rfind("</").map_or(r.end, |i| r.start + i);
+    (at..at, element)
+}
+
+/// The file the agent keeps a domain's console in, as the libvirt XML names it (`None`
+/// when it keeps none: no serial or console device, or defined before consoles were kept).
+pub fn console_log_of(libvirt_xml: &str) -> Option<PathBuf> {
+    let doc = roxmltree::Document::parse(libvirt_xml).ok()?;
+    let dev = console_device(doc.root_element())?;
+    dev.children()
+        .find(|c| c.has_tag_name("log"))
+        .and_then(|l| l.attribute("file"))
+        .map(PathBuf::from)
+}
+
 /// Checks `xml` for the domain whose files live in `dir`, and prepares what libvirt gets.
-/// `metadata` is the agent's own element (already serialised) added under `<metadata>`.
-pub fn check(xml: &str, dir: &Path, policy: &Policy, metadata: &str) -> Result<CheckedConfig> {
+/// `metadata` is the agent's own element (already serialised) added under `<metadata>`;
+/// `console_log`, when given, is the file the guest's console is kept in (outside `dir`,
+/// so no client file can be it).
+pub fn check(
+    xml: &str,
+    dir: &Path,
+    policy: &Policy,
+    metadata: &str,
+    console_log: Option<&Path>,
+) -> Result<CheckedConfig> {
     let doc = parse("config.xml", xml)?;
     let root = doc.root_element();
     if root.tag_name().name() != "domain" || root.tag_name().namespace().is_some() {
@@ -280,15 +347,20 @@ pub fn check(xml: &str, dir: &Path, policy: &Policy, metadata: &str) -> Result<C
         child_text("name").ok_or_else(|| AgentError::invalid("config.xml", "no <name> element"))?;
     names::check_domain_name(&name)?;
     let canon_dir = dir.canonicalize().map_err(|e| AgentError::io(dir, e))?;
+    let console_dev = console_log.and_then(|_| console_device(root));
     let mut walk = Walk {
         dir,
         canon_dir,
         policy,
         edits: Vec::new(),
         files: Vec::new(),
+        console_dev: console_dev.map(|d| d.id()),
     };
     for n in root.descendants().filter(|n| n.is_element()) {
         walk.element(n)?;
+    }
+    if let (Some(dev), Some(log)) = (console_dev, console_log) {
+        walk.edits.push(console_log_edit(xml, dev, log));
     }
     let vcpus = child_text("vcpu").and_then(|v| v.parse().ok()).unwrap_or(1);
     let memory_bytes = root
@@ -365,4 +437,84 @@ pub fn owner_of(libvirt_xml: &str) -> Option<String> {
     doc.descendants()
         .find(|n| n.tag_name().namespace() == Some(NAPALM_NS) && n.tag_name().name() == "agent")
         .and_then(|n| n.attribute("id").map(str::to_owned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checked(devices: &str) -> Result<CheckedConfig> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = dir.path().join("files");
+        std::fs::create_dir(&files).expect("files");
+        let xml =
+            format!("<domain type='test'><name>d</name><devices>{devices}</devices></domain>");
+        let log = dir.path().join("console.log");
+        check(&xml, &files, &Policy::default(), "<x/>", Some(&log)).map(|mut c| {
+            // Paths are the temporary directory's: name them by what they are.
+            c.libvirt_xml = c
+                .libvirt_xml
+                .replace(&log.to_string_lossy().into_owned(), "LOG")
+                .replace(&files.to_string_lossy().into_owned(), "FILES");
+            c
+        })
+    }
+
+    #[test]
+    fn the_first_serial_logs_the_console_to_the_agents_file() {
+        let c = checked("<serial type='pty'><target port='0'/></serial><console type='pty'><target type='serial' port='0'/></console>").expect("ok");
+        assert!(
+            c.libvirt_xml.contains(
+                "<serial type='pty'><target port='0'/><log file=\"LOG\" append=\"off\"/></serial><console type='pty'>"
+            ),
+            "{}",
+            c.libvirt_xml
+        );
+        assert_eq!(console_log_of(&c.libvirt_xml), Some(PathBuf::from("LOG")));
+        // A self-closing serial is opened for it.
+        let c = checked("<serial type='pty'/>").expect("ok");
+        assert!(
+            c.libvirt_xml
+                .contains("<serial type='pty'><log file=\"LOG\" append=\"off\"/></serial>"),
+            "{}",
+            c.libvirt_xml
+        );
+        // Without a serial, the console device carries it (Xen PV).
+        let c = checked("<console type='pty'><target type='xen' port='0'/></console>").expect("ok");
+        assert_eq!(console_log_of(&c.libvirt_xml), Some(PathBuf::from("LOG")));
+        // No character device: nothing is kept.
+        let c = checked("<memballoon model='none'/>").expect("ok");
+        assert_eq!(console_log_of(&c.libvirt_xml), None);
+    }
+
+    #[test]
+    fn a_clients_console_log_is_replaced_and_other_logs_stay_confined() {
+        // The console device's own <log> may name anything: it is replaced, not followed.
+        let c = checked(
+            "<serial type='pty'><log file='/etc/shadow' append='on'/><target port='0'/></serial>",
+        )
+        .expect("replaced");
+        assert!(!c.libvirt_xml.contains("/etc/shadow"), "{}", c.libvirt_xml);
+        assert!(
+            c.libvirt_xml
+                .contains("<serial type='pty'><log file=\"LOG\" append=\"off\"/><target"),
+            "{}",
+            c.libvirt_xml
+        );
+        // A second serial's <log> is a host path like any other.
+        let e =
+            checked("<serial type='pty'/><serial type='pty'><log file='/etc/shadow'/></serial>")
+                .expect_err("outside the domain directory");
+        assert!(
+            e.to_string().contains("outside the domain directory"),
+            "{e}"
+        );
+        let c = checked("<serial type='pty'/><serial type='pty'><log file='second.log'/></serial>")
+            .expect("inside");
+        assert!(
+            c.libvirt_xml.contains("<log file='FILES/second.log'/>"),
+            "{}",
+            c.libvirt_xml
+        );
+    }
 }

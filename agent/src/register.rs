@@ -1,15 +1,18 @@
 //! Registration with a coordinator and heartbeats (`CoordinatorService.RegisterAgent`,
 //! `Heartbeat`): on boot the agent announces itself with its capabilities, then reports
 //! its domains and free resources at the interval the coordinator asks for, registering
-//! again when told to or when the coordinator was unreachable.
+//! again when told to or when the coordinator was unreachable. A heartbeat answer may
+//! name stale domains (clones the registry placed elsewhere while this agent was away):
+//! they go to the agent's reconcile ([`Agent::remove_stale`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use napalm_proto::v1 as pb;
 use pb::coordinator_service_client::CoordinatorServiceClient;
 
-use crate::core::Agent;
+use crate::core::{Agent, StaleDomain};
 use crate::grpc::convert;
 
 /// Where the agent is reachable, for the coordinator.
@@ -55,12 +58,17 @@ fn bearer<T>(req: &mut tonic::Request<T>, token: Option<&str>) {
     }
 }
 
+/// One heartbeat; returns the answer and the creation time of each domain it listed.
 async fn heartbeat(
     agent: &Agent,
     c: &mut CoordinatorServiceClient<tonic::transport::Channel>,
     token: Option<&str>,
-) -> Result<pb::HeartbeatResponse, tonic::Status> {
+) -> Result<(pb::HeartbeatResponse, HashMap<String, u64>), tonic::Status> {
     let domains = agent.list(false).await.map_err(tonic::Status::from)?;
+    let listed = domains
+        .iter()
+        .map(|d| (d.name.clone(), d.created_at_ms))
+        .collect();
     let caps = agent.capabilities().await.map_err(tonic::Status::from)?;
     let mut req = tonic::Request::new(pb::HeartbeatRequest {
         agent_id: agent.id().to_owned(),
@@ -78,7 +86,27 @@ async fn heartbeat(
         }),
     });
     bearer(&mut req, token);
-    Ok(c.heartbeat(req).await?.into_inner())
+    Ok((c.heartbeat(req).await?.into_inner(), listed))
+}
+
+/// Hands the stale domains of a heartbeat answer to the agent's reconcile, each with the
+/// creation time of the domain the heartbeat listed (one it did not list is left alone).
+async fn remove_stale(agent: &Agent, stale: &[pb::StaleDomain], listed: &HashMap<String, u64>) {
+    let stale: Vec<StaleDomain> = stale
+        .iter()
+        .filter_map(|s| {
+            Some(StaleDomain {
+                name: s.name.clone(),
+                reason: s.reason.clone(),
+                placed_on: s.placed_on_agent_id.clone(),
+                created_at_ms: *listed.get(&s.name)?,
+            })
+        })
+        .collect();
+    let rep = agent.remove_stale(&stale).await;
+    if !rep.removed.is_empty() || !rep.waiting.is_empty() || !rep.kept.is_empty() {
+        tracing::info!(removed = ?rep.removed, waiting = ?rep.waiting, kept = ?rep.kept, "stale domains from the coordinator");
+    }
 }
 
 /// How the agent reaches the coordinator.
@@ -145,7 +173,8 @@ pub async fn run(
                 }
             },
             (Some(c), Some(i)) => match heartbeat(&agent, c, token.as_deref()).await {
-                Ok(r) => {
+                Ok((r, listed)) => {
+                    remove_stale(&agent, &r.stale_domains, &listed).await;
                     if r.reregister {
                         interval = None;
                     } else if let Some(n) =

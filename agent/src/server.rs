@@ -286,6 +286,9 @@ pub async fn start_with_clock(
             if let Err(e) = a.watch_once().await {
                 tracing::debug!(error = %e, "state watcher pass failed");
             }
+            if let Err(e) = a.bound_consoles() {
+                tracing::warn!(error = %e, "bounding console files failed");
+            }
         }
     }));
     let a = Arc::clone(&agent);

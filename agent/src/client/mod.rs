@@ -12,6 +12,7 @@
 //! | [`AgentClient::set_state`] | PUT `/domain/NAME/status.xml` (`?timeout=S`) |
 //! | [`AgentClient::delete`] | DELETE `/domain/NAME` (`?purge=true`) |
 //! | [`AgentClient::archive`] | GET `/domain/NAME/archive.tar.gz` |
+//! | [`AgentClient::console`] | GET `/domain/NAME/console?lines=N` (JSON) |
 //!
 //! Names are checked with the agent's own rule ([`crate::names::is_domain_name`]) before
 //! any request, so a name never changes the request path. Plain HTTP only: the crate is
@@ -31,7 +32,7 @@ use reqwest::{Method, StatusCode, Url};
 pub use archive::build_archive;
 pub use error::{ClientError, ErrorClass, Transport, UrlProblem};
 
-use crate::core::DomainView;
+use crate::core::{ConsoleView, DomainView};
 use crate::hypervisor::RunState;
 
 /// How long connecting to the agent may take.
@@ -234,6 +235,15 @@ impl AgentClient {
             )
             .await?;
         Ok(data)
+    }
+
+    /// GET `/domain/NAME/console?lines=N`: the last `lines` non-empty lines of the
+    /// domain's serial console, oldest first (0: the agent's default of 20; it returns at
+    /// most 1000).
+    pub async fn console(&self, name: &str, lines: usize) -> Result<ConsoleView, ClientError> {
+        check_name(name)?;
+        self.json(&format!("/domain/{name}/console?lines={lines}"))
+            .await
     }
 
     /// GET of a JSON resource, decoded into `T`.

@@ -124,6 +124,18 @@ impl Agent {
         purge: bool,
         timeout: Duration,
     ) -> Result<()> {
+        self.finish_delete_because(name, purge, timeout, "deleted")
+            .await
+    }
+
+    /// [`Self::finish_delete`], with `why` as the detail of its `undefined` event.
+    pub(crate) async fn finish_delete_because(
+        &self,
+        name: &str,
+        purge: bool,
+        timeout: Duration,
+        why: &str,
+    ) -> Result<()> {
         let t0 = Instant::now();
         let r = self.store.load(name)?;
         let n = name.to_owned();
@@ -157,7 +169,7 @@ impl Agent {
             name,
             EventKind::Undefined,
             RunState::Nostate,
-            "deleted",
+            why,
             Some(t0.elapsed()),
         );
         Ok(())

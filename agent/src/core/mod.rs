@@ -2,6 +2,7 @@
 //! Each mutating operation takes the domain's lock, persists the desired state first,
 //! then acts on libvirt, so a crash at any point is finished by [`Agent::reconcile`].
 
+pub mod console;
 mod create;
 mod files;
 mod info;
@@ -12,8 +13,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use console::ConsoleView;
 pub use create::{ArtifactSpec, CreateSpec, Spooled};
 pub use info::{About, CapabilitiesView, DomainView, GuestView};
+pub use reconcile::StaleDomain;
 
 use crate::archive::Limits;
 use crate::blobs::BlobStore;
@@ -49,6 +52,10 @@ pub struct Agent {
     requests: RequestLog,
     locks: KeyedLocks,
     clock: Arc<dyn Clock>,
+    /// Domains the last heartbeat answer said no deployment declares any more, with the
+    /// creation time they were reported with: removed only when the next answer says so
+    /// again ([`Agent::remove_stale`]).
+    declared_nowhere: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// Lifecycle events: numbered, retained for replay, broadcast to watchers.
     pub events: EventHub,
 }
@@ -94,6 +101,7 @@ impl Agent {
             requests: RequestLog::open(&dir.join("requests"), clock.as_ref())?,
             locks: KeyedLocks::default(),
             events: EventHub::new(Arc::clone(&clock)),
+            declared_nowhere: Default::default(),
             clock,
             agent_id,
             hv,
@@ -168,6 +176,7 @@ impl Agent {
             &self.store.files_dir(name),
             &self.cfg.policy,
             &crate::policy::metadata_element(&self.agent_id),
+            Some(&self.console_log(name)),
         )?;
         if checked.name != name {
             return Err(AgentError::invalid(

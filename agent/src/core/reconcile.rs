@@ -1,7 +1,13 @@
 //! Reconciliation: at start and on a period the agent compares its persisted desired state
 //! with libvirt. It adopts its running domains (recognised by the napalm metadata carrying
 //! its id), redefines ones libvirt lost, restarts stopped ones per policy, finishes
-//! interrupted deletes, and never touches a domain that is not its own.
+//! interrupted deletes, and never touches a domain that is not its own. The coordinator's
+//! heartbeat answers add stale clone domains ([`Agent::remove_stale`]): clones the
+//! registry placed on another agent while this one was away, which this agent removes
+//! itself when it comes back.
+
+use std::collections::HashMap;
+use std::time::Duration;
 
 use super::Agent;
 use crate::domain_store::RestartPolicy;
@@ -147,3 +153,116 @@ impl Agent {
         Ok(rep)
     }
 }
+
+/// A domain a heartbeat answer says the registry does not place on this agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleDomain {
+    /// Domain (clone) name, as the coordinator sent it: checked before any use.
+    pub name: String,
+    /// Why, in the coordinator's words (`placed on AGENT (ID) by the registry`).
+    pub reason: String,
+    /// The agent the registry places the clone on instead; empty when no deployment
+    /// declares it any more.
+    pub placed_on: String,
+    /// When the domain the heartbeat listed was created (ms since epoch): a domain of
+    /// that name created since (placed back here meanwhile) is not the stale one.
+    pub created_at_ms: u64,
+}
+
+/// What [`Agent::remove_stale`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StaleReport {
+    /// Domains removed.
+    pub removed: Vec<String>,
+    /// Domains no deployment declares, reported once: removed if the next answer says so
+    /// again.
+    pub waiting: Vec<String>,
+    /// Domains left alone, each with why (not a napalm clone, created again since, not
+    /// ours any more…).
+    pub kept: Vec<(String, String)>,
+}
+
+/// Whether the labels are those of a napalm clone domain named `name` (what the
+/// coordinator creates: `deployment` and `clone` = the domain's name).
+fn is_clone_domain(name: &str, labels: &std::collections::BTreeMap<String, String>) -> bool {
+    labels.get("clone").map(String::as_str) == Some(name)
+        && labels.get("deployment").is_some_and(|d| !d.is_empty())
+}
+
+impl Agent {
+    /// Removes the clone domains a heartbeat answer says are stale: those the registry
+    /// placed on another agent (a returning agent must not keep running a clone that
+    /// moved) at once; those no deployment declares only when the previous answer said so
+    /// too (a record the coordinator is about to write never costs a domain). Only this
+    /// agent's own napalm clone domains, exactly as the heartbeat listed them (same
+    /// creation time), are touched; each removal destroys the domain at once, keeps its
+    /// writable files under `kept/`, and is an `undefined` event whose detail starts with
+    /// `stale: ` and says why.
+    pub async fn remove_stale(&self, stale: &[StaleDomain]) -> StaleReport {
+        let mut rep = StaleReport::default();
+        let previous = {
+            let mut g = self
+                .declared_nowhere
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let now: HashMap<String, u64> = stale
+                .iter()
+                .filter(|s| s.placed_on.is_empty())
+                .map(|s| (s.name.clone(), s.created_at_ms))
+                .collect();
+            std::mem::replace(&mut *g, now)
+        };
+        for s in stale {
+            match self.remove_one_stale(s, &previous).await {
+                Ok(None) => rep.removed.push(s.name.clone()),
+                Ok(Some(why)) if why == WAITING => rep.waiting.push(s.name.clone()),
+                Ok(Some(why)) => rep.kept.push((s.name.clone(), why)),
+                Err(e) => {
+                    tracing::warn!(domain = %s.name, error = %e, "removing a stale domain failed; the next heartbeat retries");
+                    rep.kept.push((s.name.clone(), e.to_string()));
+                }
+            }
+        }
+        rep
+    }
+
+    /// Removes one stale domain; `Ok(Some(why))` when it is left alone.
+    async fn remove_one_stale(
+        &self,
+        s: &StaleDomain,
+        previous: &HashMap<String, u64>,
+    ) -> Result<Option<String>> {
+        crate::names::check_domain_name(&s.name)?;
+        let _g = self.locks.lock(&s.name).await;
+        let Some(mut r) = self.store.load(&s.name)? else {
+            return Ok(Some("not a domain of this agent".into()));
+        };
+        if r.deleting {
+            return Ok(Some("already being deleted".into()));
+        }
+        if !is_clone_domain(&s.name, &r.labels) {
+            return Ok(Some(
+                "not a napalm clone domain (no deployment/clone labels)".into(),
+            ));
+        }
+        if r.created_at_ms != s.created_at_ms {
+            return Ok(Some("created again since the heartbeat listed it".into()));
+        }
+        if s.placed_on == self.agent_id {
+            return Ok(Some("the registry places it on this agent".into()));
+        }
+        if s.placed_on.is_empty() && previous.get(&s.name) != Some(&s.created_at_ms) {
+            return Ok(Some(WAITING.into()));
+        }
+        let why = format!("stale: {}; removed by the agent's reconcile", s.reason);
+        tracing::warn!(domain = %s.name, reason = %s.reason, "removing a stale clone domain the registry does not place here");
+        r.deleting = true;
+        self.store.save(&r)?;
+        self.finish_delete_because(&s.name, false, Duration::ZERO, &why)
+            .await?;
+        Ok(None)
+    }
+}
+
+/// [`Agent::remove_one_stale`]'s answer for a domain declared nowhere, reported once.
+const WAITING: &str = "declared nowhere: waiting for the next heartbeat to say so again";

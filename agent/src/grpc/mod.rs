@@ -288,4 +288,20 @@ impl AgentService for Service {
         });
         Ok(Response::new(Box::pin(replay.chain(live))))
     }
+
+    async fn get_domain_console(
+        &self,
+        req: Request<pb::GetDomainConsoleRequest>,
+    ) -> Result<Response<pb::DomainConsole>, Status> {
+        let r = req.get_ref();
+        let c = self
+            .agent
+            .console(&r.name, usize::try_from(r.lines).unwrap_or(usize::MAX))
+            .await?;
+        Ok(Response::new(pb::DomainConsole {
+            name: c.name,
+            lines: c.lines,
+            logged: c.logged,
+        }))
+    }
 }

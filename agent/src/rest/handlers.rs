@@ -373,6 +373,53 @@ pub(super) async fn archive(
     }
 }
 
+/// `GET /domain/NAME/console?lines=N`: the last N lines of the guest's serial console
+/// (default 20, at most 1000), as `text/plain` (one line each), JSON on request
+/// (`{"name", "lines": [...], "logged"}`) or an HTML page for browsers.
+pub(super) async fn console(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Q,
+    h: HeaderMap,
+) -> Response {
+    let lines = match q.get("lines").map(|l| l.parse::<usize>()) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => {
+            return fail(
+                &h,
+                AgentError::invalid("lines", "lines must be a whole number (0 for the default)"),
+            )
+        }
+    };
+    let c = match s.agent.console(&name, lines).await {
+        Ok(c) => c,
+        Err(e) => return fail(&h, e),
+    };
+    match Format::negotiate(&h) {
+        Format::Json => render::negotiated(Format::Json, &c, String::new, String::new, &h),
+        Format::Html => render::negotiated(
+            Format::Html,
+            &c,
+            String::new,
+            || {
+                render::page(
+                    &format!("Console of {name}"),
+                    &format!("<pre>{}</pre>", render::esc(&c.lines.join("\n"))),
+                )
+            },
+            &h,
+        ),
+        Format::Xml => {
+            let mut text = c.lines.join("\n");
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            render::body("text/plain; charset=utf-8", text, None)
+        }
+    }
+}
+
 /// Table 4.3 "get file": one GET of a file referenced by config.xml.
 pub(super) async fn file(
     State(s): State<AppState>,

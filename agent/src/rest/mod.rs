@@ -176,6 +176,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/domain/{name}/status.json", get(h::status_json))
         .route("/domain/{name}/archive.tar.gz", get(h::archive))
+        .route("/domain/{name}/console", get(h::console))
         .route(
             "/domain/{name}/{*file}",
             get(h::file)

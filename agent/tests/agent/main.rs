@@ -6,6 +6,7 @@
 mod bench;
 mod client;
 mod common;
+mod console;
 mod grpc;
 mod hostile;
 mod join;

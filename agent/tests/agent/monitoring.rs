@@ -172,6 +172,7 @@ impl CoordinatorService for FakeCoordinator {
         Ok(Response::new(pb::HeartbeatResponse {
             heartbeat_interval: None,
             reregister,
+            stale_domains: Vec::new(),
         }))
     }
     async fn list_agents(

@@ -330,4 +330,39 @@ impl Agents {
         }
         out
     }
+
+    /// The end of domain `name`'s serial console on the agent at `endpoint`, as a note
+    /// for a failure message: `console: LINE | LINE | …` (its last `lines` lines, each
+    /// cut at 200 characters), `console: (empty)` when the guest printed nothing,
+    /// `console: (not kept by the agent)` for a domain whose console the agent does not
+    /// keep, `console: (unavailable: WHY)` when the agent does not answer within 5 s.
+    pub async fn console_note(&self, endpoint: &str, name: &str, lines: u32) -> String {
+        let ask = async {
+            self.client(endpoint)
+                .await?
+                .get_domain_console(napalm_proto::v1::GetDomainConsoleRequest {
+                    name: name.to_owned(),
+                    lines,
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(5), ask).await {
+            Ok(Ok(c)) if !c.lines.is_empty() => {
+                let cut: Vec<String> = c
+                    .lines
+                    .iter()
+                    .map(|l| match l.char_indices().nth(200) {
+                        Some((i, _)) => format!("{}…", &l[..i]),
+                        None => l.clone(),
+                    })
+                    .collect();
+                format!("console: {}", cut.join(" | "))
+            }
+            Ok(Ok(c)) if !c.logged => "console: (not kept by the agent)".into(),
+            Ok(Ok(_)) => "console: (empty)".into(),
+            Ok(Err(e)) => format!("console: (unavailable: {})", e.message()),
+            Err(_) => "console: (unavailable: the agent did not answer within 5 s)".into(),
+        }
+    }
 }

@@ -174,7 +174,9 @@ impl Registry {
         })
     }
 
-    /// Records a heartbeat. An unknown agent is told to register again.
+    /// Records a heartbeat. An unknown agent is told to register again; a known one is
+    /// told which of the clone domains it runs the registry no longer places on it
+    /// ([`Self::stale_domains`]), which it then removes itself.
     pub async fn heartbeat(
         &self,
         req: HeartbeatRequest,
@@ -199,10 +201,85 @@ impl Registry {
                 }))
             })
             .await?;
+        let stale_domains = match known {
+            Some(_) => self
+                .stale_domains(&req.agent_id, &req.domains)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(agent = %req.agent_id, error = %e, "could not tell the agent its stale domains");
+                    Vec::new()
+                }),
+            None => Vec::new(),
+        };
         Ok(HeartbeatResponse {
             heartbeat_interval: Some(duration(policy.interval(count))),
             reregister: known.is_none(),
+            stale_domains,
         })
+    }
+
+    /// The clone domains among `domains` (what agent `agent_id` says it runs) that the
+    /// registry does not place on it: a clone whose record names another agent (`placed
+    /// on NAME (ID) by the registry`: it moved while this agent was away), and a clone
+    /// whose record is gone while its deployment still exists (`no longer declared by
+    /// deployment D`; the agent waits for a second heartbeat saying so). Left out: domains
+    /// without the `deployment` and `clone` labels of a napalm clone, clones not placed
+    /// anywhere yet, and domains whose deployment record is gone too, since a registry
+    /// that lost its records (a coordinator started on an empty store) must never make
+    /// agents remove what they run.
+    pub async fn stale_domains(
+        &self,
+        agent_id: &str,
+        domains: &[napalm_proto::v1::DomainSummary],
+    ) -> Result<Vec<napalm_proto::v1::StaleDomain>, RegistryError> {
+        use napalm_proto::v1::{Deployment, StaleDomain};
+        let mut out = Vec::new();
+        let mut names: HashMap<String, String> = HashMap::new();
+        for d in domains {
+            let (Some(dep), Some(clone)) = (d.labels.get("deployment"), d.labels.get("clone"))
+            else {
+                continue;
+            };
+            if *clone != d.name || dep.is_empty() {
+                continue;
+            }
+            let reason = match self.get::<Clone>(&format!("{CLONES}{clone}")).await? {
+                Some((c, _)) if c.agent_id.is_empty() || c.agent_id == agent_id => continue,
+                Some((c, _)) => {
+                    if !names.contains_key(&c.agent_id) {
+                        let name = self
+                            .get::<Agent>(&agent_key(&c.agent_id))
+                            .await?
+                            .map(|(a, _)| a.name)
+                            .unwrap_or_default();
+                        names.insert(c.agent_id.clone(), name);
+                    }
+                    let name = names.get(&c.agent_id).cloned().unwrap_or_default();
+                    out.push(StaleDomain {
+                        name: d.name.clone(),
+                        reason: format!("placed on {name} ({}) by the registry", c.agent_id),
+                        placed_on_agent_id: c.agent_id,
+                    });
+                    continue;
+                }
+                None => format!("no longer declared by deployment {dep}"),
+            };
+            if self
+                .get::<Deployment>(&format!("{}{dep}", super::DEPLOYMENTS))
+                .await?
+                .is_some()
+            {
+                out.push(StaleDomain {
+                    name: d.name.clone(),
+                    reason,
+                    placed_on_agent_id: String::new(),
+                });
+            }
+        }
+        if !out.is_empty() {
+            tracing::info!(agent = %agent_id, stale = ?out.iter().map(|s| &s.name).collect::<Vec<_>>(), "agent runs clone domains the registry places elsewhere");
+        }
+        Ok(out)
     }
 
     /// Records what advertised itself at `endpoint` as agent `advertised_id` and failed

@@ -11,4 +11,5 @@ mod mdns;
 mod observe;
 mod registry;
 mod scheduler;
+mod stale;
 mod store;

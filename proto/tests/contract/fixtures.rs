@@ -220,6 +220,22 @@ pub fn domain_event() -> DomainEvent {
         took: dur(120),
     }
 }
+pub fn get_domain_console_request() -> GetDomainConsoleRequest {
+    GetDomainConsoleRequest {
+        name: s("clone01"),
+        lines: 15,
+    }
+}
+pub fn domain_console() -> DomainConsole {
+    DomainConsole {
+        name: s("clone01"),
+        lines: vec![
+            s("[    0.000000] Linux version 6.1.0"),
+            s("VFS: Cannot open root device"),
+        ],
+        logged: true,
+    }
+}
 
 pub fn agent() -> Agent {
     Agent {
@@ -237,6 +253,7 @@ pub fn agent() -> Agent {
         last_heartbeat: ts(),
         heartbeat_ttl: dur(0),
         labels: labels(),
+        state_reason: s("certificate names another agent"),
     }
 }
 pub fn register_agent_request() -> RegisterAgentRequest {
@@ -253,7 +270,6 @@ pub fn register_agent_request() -> RegisterAgentRequest {
     }
 }
 pub fn register_agent_response() -> RegisterAgentResponse {
-        state_reason: s("certificate names another agent"),
     RegisterAgentResponse {
         agent: Some(agent()),
         heartbeat_interval: dur(0),
@@ -274,6 +290,11 @@ pub fn heartbeat_response() -> HeartbeatResponse {
     HeartbeatResponse {
         heartbeat_interval: dur(0),
         reregister: true,
+        stale_domains: vec![StaleDomain {
+            name: s("clone01"),
+            reason: s("placed on host2 (a1b2c3) by the registry"),
+            placed_on_agent_id: s("a1b2c3"),
+        }],
     }
 }
 pub fn list_agents_request() -> ListAgentsRequest {

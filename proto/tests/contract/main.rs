@@ -111,6 +111,10 @@ impl AgentService for Agent {
         check(r.get_ref(), fixtures::watch_domain_events_request())?;
         Ok(Response::new(stream_of(vec![fixtures::domain_event(); 3])))
     }
+    async fn get_domain_console(&self, r: Request<GetDomainConsoleRequest>) -> Res<DomainConsole> {
+        check(r.get_ref(), fixtures::get_domain_console_request())?;
+        Ok(Response::new(fixtures::domain_console()))
+    }
 }
 
 struct Coordinator;
@@ -297,6 +301,12 @@ async fn every_message_of_both_services_round_trips_over_loopback() {
     )
     .await;
     assert_eq!(events, vec![fixtures::domain_event(); 3]);
+    got(
+        agent
+            .get_domain_console(fixtures::get_domain_console_request())
+            .await,
+        fixtures::domain_console(),
+    );
 
     got(
         coord

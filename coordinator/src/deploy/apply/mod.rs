@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use napalm_proto::v1::{
-    Agent, Clone, ClonePhase, DeploySummary, Deployment, DeploymentSpec, Hypervisor, RolloutState,
+    Agent, Clone, ClonePhase, DeploySummary, Deployment, DeploymentSpec, Hypervisor, Rollout,
+    RolloutState,
 };
 use tokio::sync::Semaphore;
 
@@ -123,7 +124,13 @@ impl Run {
                 // A changed spec is a new revision, and its clones roll to it.
                 if d.spec.as_ref().is_some_and(|old| *old != spec) {
                     d.previous_spec = d.spec.take();
-                    rollout::begin(&mut d, now);
+                    d.spec_revision += 1;
+                    d.rollout = Some(Rollout {
+                        state: RolloutState::Progressing as i32,
+                        revision: d.spec_revision,
+                        updated_at: Some(now),
+                        ..Default::default()
+                    });
                 }
                 d.spec_revision = d.spec_revision.max(1);
                 d.spec = Some(spec.clone());
@@ -577,9 +584,19 @@ impl Run {
             if Instant::now() >= deadline {
                 let secs = limit.as_secs();
                 for c in waiting {
+                    // Its console's last 15 lines say why (no root, no network…).
+                    let console = match agents.get(&c.agent_id) {
+                        Some(a) => {
+                            self.inner
+                                .agents
+                                .console_note(&a.grpc_endpoint, &c.name, 15)
+                                .await
+                        }
+                        None => "console: (unavailable: its agent is unknown)".into(),
+                    };
                     self.fail_on(
                         &c,
-                        &format!("did not register within {secs} s of starting"),
+                        &format!("did not register within {secs} s of starting; {console}"),
                         true,
                     )
                     .await?;
