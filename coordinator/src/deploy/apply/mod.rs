@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use napalm_proto::v1::{
-    Agent, Clone, ClonePhase, DeploySummary, Deployment, DeploymentSpec, Hypervisor, Rollout,
-    RolloutState,
+    Agent, Clone, ClonePhase, DeploySummary, Deployment, DeploymentSpec, Hypervisor, RolloutState,
 };
 use tokio::sync::Semaphore;
 
@@ -124,13 +123,7 @@ impl Run {
                 // A changed spec is a new revision, and its clones roll to it.
                 if d.spec.as_ref().is_some_and(|old| *old != spec) {
                     d.previous_spec = d.spec.take();
-                    d.spec_revision += 1;
-                    d.rollout = Some(Rollout {
-                        state: RolloutState::Progressing as i32,
-                        revision: d.spec_revision,
-                        updated_at: Some(now),
-                        ..Default::default()
-                    });
+                    rollout::begin(&mut d, now);
                 }
                 d.spec_revision = d.spec_revision.max(1);
                 d.spec = Some(spec.clone());
