@@ -158,9 +158,14 @@ impl Run {
         let Some(x) = self.inner.cfg.exports.clone() else {
             return Vec::new();
         };
-        let versions: HashMap<String, String> = built
+        // Only the clones brought up now boot a new version: one the rollout holds back
+        // keeps the export of the layer it mounts.
+        let versions: HashMap<String, String> = clones
             .iter()
-            .filter_map(|(n, b)| b.as_ref().ok().map(|b| (n.clone(), b.hash.clone())))
+            .filter_map(|c| match built.get(&c.name) {
+                Some(Ok(b)) => Some((c.name.clone(), b.hash.clone())),
+                _ => None,
+            })
             .collect();
         let sync = || {
             sync_exports(
