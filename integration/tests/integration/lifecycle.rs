@@ -293,9 +293,19 @@ fn declared_clusters_roll_restart_and_survive_a_lost_host_on_real_clones() {
     for c in &after {
         assert_eq!(sh(&g, c, "cat /etc/probe"), "v2", "{}", s(c, "clone"));
     }
+    // A second rollout: the clones held back now mount the first rollout's versions.
+    let f = write(&g.dir, "roll.conf", &roll("v3"));
+    let took = deploy(&g, &["-f", &f, "--name", "roll", "--max-unavailable", "2"]);
+    let after = until(&g, "roll", Duration::from_secs(120), "roll v3", |c| {
+        c.len() == 8 && c.iter().all(|c| registered(c) && c["spec_revision"] == 3)
+    });
+    eprintln!("second rolling update of 8: {:.1} s", took.as_secs_f64());
+    for c in &after {
+        assert_eq!(sh(&g, c, "cat /etc/probe"), "v3", "{}", s(c, "clone"));
+    }
 
     // A broken template (the value it needs is gone): paused, the old clones run on.
-    let f = write(&g.dir, "roll.conf", &roll("v2").replace("probe: v2\n", ""));
+    let f = write(&g.dir, "roll.conf", &roll("v3").replace("probe: v3\n", ""));
     let _ = ctl(
         &g,
         &[
@@ -318,7 +328,7 @@ fn declared_clusters_roll_restart_and_survive_a_lost_host_on_real_clones() {
     );
     let still = g.clones("roll").expect("clones");
     assert!(still.iter().all(registered));
-    assert_eq!(sh(&g, &still[0], "cat /etc/probe"), "v2");
+    assert_eq!(sh(&g, &still[0], "cat /etc/probe"), "v3");
     let (ok, _, err) = ctl(&g, &["rollout", "undo", "roll"]);
     assert!(ok, "{err}");
 
