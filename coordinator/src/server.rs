@@ -61,6 +61,8 @@ pub struct ServeConfig {
     pub http_listen: SocketAddr,
     /// Registry: a file path (embedded redb store) or `etcd://host:port[,host:port…]`.
     pub store: String,
+    /// TLS (and client certificate) for etcd (`None`: plain `http://`).
+    pub etcd_tls: Option<crate::store::etcd::EtcdTls>,
     /// Where clone tokens derive from.
     pub secret: Secret,
     /// This coordinator's id in leader election (etcd) and in its mDNS record.
@@ -99,6 +101,7 @@ impl ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             store: dir.join("registry.redb").to_string_lossy().into_owned(),
+            etcd_tls: None,
             secret: Secret::Bytes(b"napalm-loopback-secret-0123456789".to_vec()),
             id: None,
             lease_ttl: Duration::from_secs(5),
@@ -323,7 +326,7 @@ fn spawn_sweeper(
 /// Starts the coordinator; returns once both listeners are bound and the NFS exports are
 /// written (static agents and mDNS peers are found in the background).
 pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
-    let store = store::open(&cfg.store)
+    let store = store::open_with(&cfg.store, cfg.etcd_tls.as_ref())
         .await
         .map_err(|source| ServeError::Store {
             store: cfg.store.clone(),
@@ -362,16 +365,14 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     let http_addr = bound(&http_listener, "HTTP", cfg.http_listen)?;
 
     // With etcd, only the elected leader writes scheduling decisions and sweeps agents.
-    let election = match cfg.store.strip_prefix("etcd://") {
-        Some(rest) => {
-            let endpoints: Vec<String> = rest.split(',').map(|e| format!("http://{e}")).collect();
-            let etcd =
-                EtcdStore::connect(&endpoints)
-                    .await
-                    .map_err(|source| ServeError::Store {
-                        store: cfg.store.clone(),
-                        source,
-                    })?;
+    let election = match store::etcd_endpoints(&cfg.store, cfg.etcd_tls.is_some()) {
+        Some(endpoints) => {
+            let etcd = EtcdStore::connect_with(&endpoints, cfg.etcd_tls.as_ref())
+                .await
+                .map_err(|source| ServeError::Store {
+                    store: cfg.store.clone(),
+                    source,
+                })?;
             let id = cfg.id.clone().unwrap_or_else(|| grpc_addr.to_string());
             Some(Election::start(etcd.client(), id, cfg.lease_ttl))
         }

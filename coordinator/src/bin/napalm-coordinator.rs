@@ -52,6 +52,17 @@ struct Cli {
         default_value = "/var/lib/napalm/registry.redb"
     )]
     store: String,
+    /// etcd over TLS: the CA (PEM) etcd's server certificate must chain to; endpoints are
+    /// then dialed https://.
+    #[arg(long, env = "NAPALM_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) presented to etcd started with --client-cert-auth; needs
+    /// --etcd-key and --etcd-ca.
+    #[arg(long, env = "NAPALM_ETCD_CERT", requires_all = ["etcd_key", "etcd_ca"])]
+    etcd_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, env = "NAPALM_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
     /// File holding the secret clone tokens derive from; created (mode 0600) if missing.
     #[arg(
         long,
@@ -257,6 +268,13 @@ async fn main() -> Result<()> {
         listen: cli.listen,
         http_listen: cli.http_listen,
         store: cli.store.clone(),
+        etcd_tls: cli
+            .etcd_ca
+            .clone()
+            .map(|ca| napalm_coordinator::store::etcd::EtcdTls {
+                ca,
+                identity: cli.etcd_cert.clone().zip(cli.etcd_key.clone()),
+            }),
         secret: Secret::File(cli.secret_file.clone()),
         id: cli.id.clone(),
         lease_ttl: Duration::from_secs(cli.lease_ttl),

@@ -21,13 +21,57 @@ pub struct EtcdStore {
     endpoints: Vec<String>,
 }
 
+/// TLS to etcd (issue 13): the CA that signed etcd's server certificate and, for etcd
+/// started with `--client-cert-auth`, this coordinator's client certificate and key (PEM
+/// files). With it, endpoints are dialed `https://`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// CA certificate(s) etcd's server certificate must chain to.
+    pub ca: std::path::PathBuf,
+    /// Client certificate and key presented to etcd (`None`: server TLS only).
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl EtcdTls {
+    /// The tonic TLS options these files make; a file that cannot be read is refused
+    /// naming it.
+    fn options(&self) -> Result<etcd_client::TlsOptions, StoreError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| StoreError::Unavailable {
+                backend: "etcd".into(),
+                message: format!(
+                    "reading the etcd TLS file {}: {e} (check --etcd-ca/--etcd-cert/--etcd-key)",
+                    p.display()
+                ),
+            })
+        };
+        let mut o = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca)?));
+        if let Some((cert, key)) = &self.identity {
+            o = o.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(o)
+    }
+}
+
 impl EtcdStore {
     /// Connects to the given endpoints (`http://host:port`); fails within a few seconds
     /// when none answers.
     pub async fn connect(endpoints: &[String]) -> Result<Self, StoreError> {
-        let options = ConnectOptions::new()
+        Self::connect_with(endpoints, None).await
+    }
+
+    /// [`Self::connect`], over TLS when `tls` is given (endpoints `https://host:port`).
+    pub async fn connect_with(
+        endpoints: &[String],
+        tls: Option<&EtcdTls>,
+    ) -> Result<Self, StoreError> {
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(5));
+        if let Some(t) = tls {
+            options = options.with_tls(t.options()?);
+        }
         let mut client = Client::connect(endpoints, Some(options))
             .await
             .map_err(|e| unavailable(endpoints, e))?;

@@ -155,16 +155,34 @@ pub trait Store: Send + Sync + 'static {
 /// Opens the store a `--store` argument names: `etcd://h1:2379,h2:2379` or a file path
 /// (optionally `file://PATH`) for the embedded store.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    if let Some(rest) = url.strip_prefix("etcd://") {
-        let endpoints: Vec<String> = rest
-            .split(',')
+    open_with(url, None).await
+}
+
+/// The etcd endpoints of an `etcd://h1:2379,h2:2379` URL, `https://` with TLS and
+/// `http://` without; `None` for a URL of another backend.
+pub fn etcd_endpoints(url: &str, tls: bool) -> Option<Vec<String>> {
+    let scheme = if tls { "https" } else { "http" };
+    url.strip_prefix("etcd://").map(|rest| {
+        rest.split(',')
             .filter(|e| !e.is_empty())
-            .map(|e| format!("http://{e}"))
-            .collect();
+            .map(|e| format!("{scheme}://{e}"))
+            .collect()
+    })
+}
+
+/// [`open`], reaching etcd over TLS with `etcd_tls` when given (ignored for the
+/// embedded store).
+pub async fn open_with(
+    url: &str,
+    etcd_tls: Option<&etcd::EtcdTls>,
+) -> Result<Arc<dyn Store>, StoreError> {
+    if let Some(endpoints) = etcd_endpoints(url, etcd_tls.is_some()) {
         if endpoints.is_empty() {
             return Err(StoreError::BadUrl { url: url.into() });
         }
-        return Ok(Arc::new(etcd::EtcdStore::connect(&endpoints).await?));
+        return Ok(Arc::new(
+            etcd::EtcdStore::connect_with(&endpoints, etcd_tls).await?,
+        ));
     }
     let path = url.strip_prefix("file://").unwrap_or(url);
     if path.is_empty() || path.contains("://") {

@@ -1,7 +1,8 @@
 //! The coordinator killed (SIGKILL) at several points of a deploy and restarted: re-running
 //! the deploy converges to exactly the requested clones, none lost or duplicated — with
 //! the embedded store and with etcd. Also: with two coordinators on one etcd, killing the
-//! leader lets the other take over and finish the deployment.
+//! leader lets the other take over and finish the deployment. The etcd cases run twice:
+//! plain, and with etcd serving TLS only and requiring client certificates (issue 13).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -67,7 +68,9 @@ struct Coord {
 }
 
 impl Coord {
-    fn new(dir: &Path, store: &str, agents: &[String], tag: &str) -> Self {
+    /// A coordinator daemon on the registry `store` names: its flags (`--store URL`, and
+    /// for etcd over TLS the `--etcd-*` files).
+    fn new(dir: &Path, store: &[String], agents: &[String], tag: &str) -> Self {
         let kernel = dir.join("vmlinuz");
         if !kernel.exists() {
             std::fs::write(&kernel, b"not booted by the test driver").expect("kernel");
@@ -79,14 +82,12 @@ impl Coord {
             std::fs::write(dir.join("base.img"), a.write(0)).expect("base");
         }
         let port = free_port();
-        let args = vec![
+        let mut args: Vec<String> = vec![
             "--insecure-no-auth".into(),
             "--listen".into(),
             format!("127.0.0.1:{port}"),
             "--http-listen".into(),
             format!("127.0.0.1:{}", free_port()),
-            "--store".into(),
-            store.into(),
             "--secret-file".into(),
             dir.join("secret").display().to_string(),
             "--agent".into(),
@@ -106,6 +107,7 @@ impl Coord {
             "--register-timeout".into(),
             "5".into(),
         ];
+        args.extend(store.iter().cloned());
         Self {
             grpc: format!("http://127.0.0.1:{port}"),
             daemon: None,
@@ -206,7 +208,7 @@ fn converges_by_itself(coord: &Coord, agents: &Agents, name: &str, within: Durat
 
 /// `prefix` keeps deployment names apart: every agent of this test process shares one
 /// `test:///default` driver state.
-fn kill_at_several_points(prefix: &str, store: &str, dir: &Path, agents: &Agents) {
+fn kill_at_several_points(prefix: &str, store: &[String], dir: &Path, agents: &Agents) {
     let mut coord = Coord::new(dir, store, &agents.endpoints, "c1");
     coord.start();
     let mut by_itself = 0;
@@ -282,7 +284,12 @@ fn coordinator_killed_mid_deploy_converges_with_the_embedded_store() {
     let dir = tempfile::tempdir().expect("temp dir");
     let agents = Agents::start(dir.path(), 2);
     let store = dir.path().join("registry.redb").display().to_string();
-    kill_at_several_points("kill-redb-", &store, dir.path(), &agents);
+    kill_at_several_points(
+        "kill-redb-",
+        &["--store".into(), store],
+        dir.path(),
+        &agents,
+    );
 }
 
 #[test]
@@ -290,22 +297,51 @@ fn coordinator_killed_mid_deploy_converges_with_etcd() {
     let dir = tempfile::tempdir().expect("temp dir");
     let etcd = Etcd::start();
     let agents = Agents::start(dir.path(), 2);
-    kill_at_several_points("kill-etcd-", &etcd.store_url(), dir.path(), &agents);
+    kill_at_several_points("kill-etcd-", &etcd.coordinator_args(), dir.path(), &agents);
+}
+
+#[test]
+fn coordinator_killed_mid_deploy_converges_with_etcd_over_tls() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etcd = Etcd::start_tls();
+    let agents = Agents::start(dir.path(), 2);
+    kill_at_several_points("kill-etcds-", &etcd.coordinator_args(), dir.path(), &agents);
 }
 
 #[test]
 fn with_two_coordinators_on_etcd_the_survivor_finishes_the_deployment() {
+    takeover(&Etcd::start(), "");
+}
+
+#[test]
+fn with_two_coordinators_on_etcd_over_tls_the_survivor_finishes_the_deployment() {
+    takeover(&Etcd::start_tls(), "tls");
+}
+
+/// Two coordinators on `etcd`; the leader is killed mid-deploy. Deployment names start
+/// with `prefix` (the test driver is shared by the tests of this binary).
+fn takeover(etcd: &Etcd, prefix: &str) {
+    let (takeover, hafollow) = (format!("{prefix}takeover"), format!("{prefix}hafollow"));
     let dir = tempfile::tempdir().expect("temp dir");
-    let etcd = Etcd::start();
     let agents = Agents::start(dir.path(), 2);
-    let mut a = Coord::new(dir.path(), &etcd.store_url(), &agents.endpoints, "ca");
+    let mut a = Coord::new(
+        dir.path(),
+        &etcd.coordinator_args(),
+        &agents.endpoints,
+        "ca",
+    );
     a.start();
     // a is first, so it leads; b follows and refuses to deploy.
     std::thread::sleep(Duration::from_millis(500));
-    let mut b = Coord::new(dir.path(), &etcd.store_url(), &agents.endpoints, "cb");
+    let mut b = Coord::new(
+        dir.path(),
+        &etcd.coordinator_args(),
+        &agents.endpoints,
+        "cb",
+    );
     b.start();
     let refused = wait_for(Duration::from_secs(10), || {
-        let o = b.deploy("takeover");
+        let o = b.deploy(&takeover);
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         (!o.status.success() && err.contains("not the leader")).then_some(err)
     });
@@ -319,7 +355,13 @@ fn with_two_coordinators_on_etcd_the_survivor_finishes_the_deployment() {
     let o = Command::new(napalm_integration::bins::napalmctl().expect("napalmctl"))
         .args(["--coordinator", &both, "--output", "json"])
         .args([
-            "deploy", "--count", "2", "--name", "hafollow", "--memory", "128M",
+            "deploy",
+            "--count",
+            "2",
+            "--name",
+            hafollow.as_str(),
+            "--memory",
+            "128M",
         ])
         .output()
         .expect("napalmctl runs");
@@ -328,11 +370,20 @@ fn with_two_coordinators_on_etcd_the_survivor_finishes_the_deployment() {
         "deploy through the follower's endpoint first: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert_eq!(agents.domains("hafollow"), ["hafollow-01", "hafollow-02"]);
+    assert_eq!(
+        agents.domains(&hafollow),
+        [format!("{hafollow}-01"), format!("{hafollow}-02")]
+    );
 
     let mut client = a
         .ctl(&[
-            "deploy", "--count", "8", "--name", "takeover", "--memory", "128M",
+            "deploy",
+            "--count",
+            "8",
+            "--name",
+            takeover.as_str(),
+            "--memory",
+            "128M",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -342,12 +393,12 @@ fn with_two_coordinators_on_etcd_the_survivor_finishes_the_deployment() {
     let killed = Instant::now();
     a.kill();
     let _ = client.wait();
-    if b.has_deployment("takeover") {
+    if b.has_deployment(&takeover) {
         assert!(
-            converges_by_itself(&b, &agents, "takeover", Duration::from_secs(30)),
+            converges_by_itself(&b, &agents, &takeover, Duration::from_secs(30)),
             "the survivor did not finish by itself: domains {:?}, phases {:?}\nlog:\n{}",
-            agents.domains("takeover"),
-            b.phases("takeover"),
+            agents.domains(&takeover),
+            b.phases(&takeover),
             b.log_text()
         );
         eprintln!(
@@ -356,15 +407,15 @@ fn with_two_coordinators_on_etcd_the_survivor_finishes_the_deployment() {
         );
     }
     let done = wait_for(Duration::from_secs(30), || {
-        let o = b.deploy("takeover");
+        let o = b.deploy(&takeover);
         o.status.success().then_some(o)
     });
-    let takeover = killed.elapsed();
+    let took = killed.elapsed();
     assert!(
         done.is_some(),
         "the survivor never finished; log:\n{}",
         b.log_text()
     );
-    eprintln!("leader killed -> survivor finished the deployment in {takeover:?} (lease TTL 2 s)");
-    assert_eq!(agents.domains("takeover"), expected("takeover"));
+    eprintln!("leader killed -> survivor finished the deployment in {took:?} (lease TTL 2 s)");
+    assert_eq!(agents.domains(&takeover), expected(&takeover));
 }

@@ -282,6 +282,62 @@ async fn etcd_store_semantics() {
     update_many(s).await;
 }
 
+/// etcd serving clients over TLS with `--client-cert-auth` (issue 13): the same
+/// semantics through a coordinator's client certificate; refused without TLS, without a
+/// client certificate, and with one from another CA.
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_over_tls_with_client_certificates() {
+    use napalm_coordinator::store::etcd::EtcdTls;
+    let etcd = Etcd::start_tls();
+    let tls = etcd.tls.clone().expect("tls");
+    let pki = etcd.pki().expect("pki");
+    let s = store::open_with(&etcd.store_url(), Some(&tls))
+        .await
+        .expect("connect etcd over TLS with the client certificate");
+    semantics(s.clone()).await;
+    eventual(s.clone()).await;
+    update_many(s).await;
+
+    let refused = |r: Result<Arc<dyn Store>, StoreError>, what: &str| {
+        let e = r.err().unwrap_or_else(|| panic!("{what}: accepted"));
+        assert!(matches!(e, StoreError::Unavailable { .. }), "{what}: {e}");
+    };
+    refused(store::open(&etcd.store_url()).await, "plain http");
+    refused(
+        store::open_with(
+            &etcd.store_url(),
+            Some(&EtcdTls {
+                ca: tls.ca.clone(),
+                identity: None,
+            }),
+        )
+        .await,
+        "no client certificate",
+    );
+    refused(
+        store::open_with(
+            &etcd.store_url(),
+            Some(&EtcdTls {
+                ca: tls.ca.clone(),
+                identity: Some(pki.foreign_client.clone()),
+            }),
+        )
+        .await,
+        "a client certificate of another CA",
+    );
+    let e = store::open_with(
+        &etcd.store_url(),
+        Some(&EtcdTls {
+            ca: tls.ca.with_file_name("missing.crt"),
+            identity: None,
+        }),
+    )
+    .await
+    .err()
+    .expect("missing CA file");
+    assert!(e.to_string().contains("missing.crt"), "{e}");
+}
+
 #[tokio::test]
 async fn bad_store_urls_and_unreachable_etcd_are_clear_errors() {
     let err = store::open("mysql://x").await.err().expect("refused");
