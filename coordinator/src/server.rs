@@ -73,6 +73,9 @@ pub struct ServeConfig {
     pub heartbeat: HeartbeatPolicy,
     /// How the gRPC API authenticates callers.
     pub api_auth: ApiAuth,
+    /// With [`ApiAuth::Token`] (the admin role): a second token with the viewer role,
+    /// which may only read (`crate::service::READ_METHODS`).
+    pub viewer_token: Option<String>,
     /// Bearer token presented to agents.
     pub agent_token: Option<String>,
     /// Agents used without discovery (gRPC endpoints), retried in the background.
@@ -107,6 +110,7 @@ impl ServeConfig {
             lease_ttl: Duration::from_secs(5),
             heartbeat: HeartbeatPolicy::default(),
             api_auth: ApiAuth::Insecure,
+            viewer_token: None,
             agent_token: None,
             static_agents: Vec::new(),
             mdns_interfaces: Vec::new(),
@@ -515,15 +519,20 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     let mut builder = tonic::transport::Server::builder()
         .layer(crate::metrics::layer::RpcMetricsLayer::new(metrics.clone()));
     let grpc = match cfg.api_auth.clone() {
-        ApiAuth::Token(t) => tokio::spawn(
-            builder
-                .add_service(RequireToken::new(
-                    CoordinatorServiceServer::new(svc),
-                    t.clone(),
-                ))
-                .add_optional_service(api_trust.map(|s| RequireToken::new(s, t)))
-                .serve_with_incoming_shutdown(incoming, shutdown),
-        ),
+        ApiAuth::Token(t) => {
+            let viewer = cfg.viewer_token.clone();
+            tokio::spawn(
+                builder
+                    .add_service(
+                        RequireToken::new(CoordinatorServiceServer::new(svc), t.clone())
+                            .with_viewer(viewer.clone()),
+                    )
+                    .add_optional_service(
+                        api_trust.map(|s| RequireToken::new(s, t).with_viewer(viewer)),
+                    )
+                    .serve_with_incoming_shutdown(incoming, shutdown),
+            )
+        }
         ApiAuth::Insecure => {
             tracing::warn!(
                 "serving the gRPC API WITHOUT authentication: anyone who reaches it can \

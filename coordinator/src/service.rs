@@ -285,40 +285,88 @@ pub const OPEN_METHODS: &[&str] = &["RegisterClone"];
 /// UNAUTHENTICATED with a `google.rpc.ErrorInfo` (reason `UNAUTHENTICATED`) before they
 /// reach the service. Operators (`napalmctl --token`) and agents (`RegisterAgent`,
 /// `Heartbeat`) present the same token.
+///
+/// Roles (issue 13): that token is the `admin` role (everything); a second, `viewer`
+/// token ([`Self::with_viewer`]) may call only [`READ_METHODS`], and any other call with
+/// it is answered PERMISSION_DENIED saying so.
 #[derive(Clone)]
 pub struct RequireToken<S> {
     inner: S,
     token: Arc<str>,
+    viewer: Option<Arc<str>>,
+}
+
+/// Methods the `viewer` role may call: listings, lookups and the event stream of
+/// `CoordinatorService`, and the join-token listing of `TrustService` (ids and states,
+/// never secrets). Nothing that changes the cluster.
+pub const READ_METHODS: &[&str] = &[
+    "ListAgents",
+    "GetAgent",
+    "ListDeployments",
+    "GetDeployment",
+    "ListClones",
+    "GetClone",
+    "WatchEvents",
+    "ListJoinTokens",
+];
+
+/// What a caller's bearer token lets it do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// The call proceeds.
+    Allowed,
+    /// No token, or a wrong one.
+    Unauthenticated,
+    /// The viewer token on a method that changes something.
+    ViewerWrite,
 }
 
 impl<S> RequireToken<S> {
-    /// Requires `token` in front of `inner`.
+    /// Requires `token` (the admin role) in front of `inner`.
     pub fn new(inner: S, token: impl Into<Arc<str>>) -> Self {
         Self {
             inner,
             token: token.into(),
+            viewer: None,
         }
     }
 
-    /// Whether a call to `path` (`/package.Service/Method`) with `headers` may proceed.
-    fn allows(&self, path: &str, headers: &tonic::codegen::http::HeaderMap) -> bool
+    /// Also accepts `viewer` (the viewer role), for [`READ_METHODS`] only.
+    pub fn with_viewer(mut self, viewer: Option<impl Into<Arc<str>>>) -> Self {
+        self.viewer = viewer.map(Into::into);
+        self
+    }
+
+    /// What a call to `path` (`/package.Service/Method`) with `headers` may do.
+    fn access(&self, path: &str, headers: &tonic::codegen::http::HeaderMap) -> Access
     where
         S: tonic::server::NamedService,
     {
-        let open = path
+        let method = path
             .strip_prefix('/')
             .and_then(|p| p.strip_prefix(S::NAME))
-            .and_then(|p| p.strip_prefix('/'))
-            .is_some_and(|m| OPEN_METHODS.contains(&m));
-        if open {
-            return true;
+            .and_then(|p| p.strip_prefix('/'));
+        if method.is_some_and(|m| OPEN_METHODS.contains(&m)) {
+            return Access::Allowed;
         }
         let given = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(napalm_proto::auth::bearer)
             .unwrap_or("");
-        napalm_proto::auth::token_matches(&self.token, given)
+        if napalm_proto::auth::token_matches(&self.token, given) {
+            return Access::Allowed;
+        }
+        match &self.viewer {
+            Some(v) if napalm_proto::auth::token_matches(v, given) => {
+                if method.is_some_and(|m| READ_METHODS.contains(&m)) {
+                    Access::Allowed
+                } else {
+                    Access::ViewerWrite
+                }
+            }
+            _ => Access::Unauthenticated,
+        }
     }
 }
 
@@ -347,16 +395,27 @@ where
     }
 
     fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
-        if self.allows(req.uri().path(), req.headers()) {
-            return Box::pin(self.inner.call(req));
-        }
-        tracing::debug!(path = %req.uri().path(), "refused: missing or wrong bearer token");
-        let refused = Status::from(ApiError::Unauthenticated {
-            description: "missing or wrong bearer token in `authorization` metadata; pass \
-                          napalmctl --token (or NAPALM_TOKEN), or napalm-agent \
-                          --coordinator-token-file"
-                .into(),
-        });
+        let refused = match self.access(req.uri().path(), req.headers()) {
+            Access::Allowed => return Box::pin(self.inner.call(req)),
+            Access::Unauthenticated => {
+                tracing::debug!(path = %req.uri().path(), "refused: missing or wrong bearer token");
+                Status::from(ApiError::Unauthenticated {
+                    description: "missing or wrong bearer token in `authorization` metadata; \
+                                  pass napalmctl --token (or NAPALM_TOKEN), or napalm-agent \
+                                  --coordinator-token-file"
+                        .into(),
+                })
+            }
+            Access::ViewerWrite => {
+                tracing::info!(path = %req.uri().path(), "refused: the viewer role only reads");
+                Status::permission_denied(format!(
+                    "{} changes the cluster, and this token has the viewer role, which only \
+                     reads ({}); use the admin token",
+                    req.uri().path().rsplit('/').next().unwrap_or_default(),
+                    READ_METHODS.join(", ")
+                ))
+            }
+        };
         Box::pin(std::future::ready(Ok(refused.into_http())))
     }
 }

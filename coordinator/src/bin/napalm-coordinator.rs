@@ -95,6 +95,11 @@ struct Cli {
     /// File holding the bearer token of the gRPC API.
     #[arg(long)]
     api_token_file: Option<PathBuf>,
+    /// File holding a second bearer token with the viewer role: it may list and watch
+    /// (agents, deployments, clones, events, join tokens) but change nothing. The
+    /// --api-token is the admin role.
+    #[arg(long, env = "NAPALM_VIEWER_TOKEN_FILE")]
+    api_viewer_token_file: Option<PathBuf>,
     /// Serve the gRPC API without authentication. Only for local trials: anyone who can
     /// reach --listen can then deploy and undeploy.
     #[arg(long)]
@@ -234,6 +239,25 @@ async fn main() -> Result<()> {
         Some(t) => ApiAuth::Token(t),
         None => ApiAuth::Insecure,
     };
+    let viewer_token = match &cli.api_viewer_token_file {
+        None => None,
+        Some(f) => {
+            if matches!(api_auth, ApiAuth::Insecure) {
+                anyhow::bail!(
+                    "--api-viewer-token-file needs an admin token (--api-token-file): \
+                     without one the API is open to everyone"
+                );
+            }
+            let t = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the viewer token file {}", f.display()))?
+                .trim()
+                .to_owned();
+            if t.is_empty() {
+                anyhow::bail!("the viewer token file {} is empty", f.display());
+            }
+            Some(t)
+        }
+    };
     let deploy = match (&cli.kernel, &cli.base_image) {
         (Some(kernel), Some(base)) => {
             let mut sets = cli.sets.clone();
@@ -276,6 +300,7 @@ async fn main() -> Result<()> {
                 identity: cli.etcd_cert.clone().zip(cli.etcd_key.clone()),
             }),
         secret: Secret::File(cli.secret_file.clone()),
+        viewer_token,
         id: cli.id.clone(),
         lease_ttl: Duration::from_secs(cli.lease_ttl),
         heartbeat: HeartbeatPolicy {

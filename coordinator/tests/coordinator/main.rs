@@ -10,6 +10,7 @@ mod lifecycle;
 mod mdns;
 mod observe;
 mod registry;
+mod roles;
 mod scheduler;
 mod stale;
 mod store;
