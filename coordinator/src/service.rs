@@ -83,6 +83,18 @@ impl Coordinator {
         }
     }
 
+    /// Fills each clone's public ssh host key (derived from its deployment's cluster
+    /// identity, as its layer got it), so that known_hosts files can be made from answers.
+    fn with_host_keys(&self, clones: &mut [Clone]) {
+        let mut identities = std::collections::HashMap::new();
+        for c in clones {
+            let id = identities
+                .entry(c.deployment.clone())
+                .or_insert_with(|| crate::cluster_files::identity(&self.tokens, &c.deployment));
+            c.ssh_host_key = id.ssh_public(&c.name);
+        }
+    }
+
     fn deployer(&self) -> Result<Deployer, Status> {
         self.deployer.clone().ok_or_else(|| {
             Status::unavailable(
@@ -226,7 +238,10 @@ impl CoordinatorService for Coordinator {
         self.registry
             .list_clones(&r.into_inner().deployment)
             .await
-            .map(|clones| Response::new(ListClonesResponse { clones }))
+            .map(|mut clones| {
+                self.with_host_keys(&mut clones);
+                Response::new(ListClonesResponse { clones })
+            })
             .map_err(status)
     }
 
@@ -234,7 +249,12 @@ impl CoordinatorService for Coordinator {
         self.registry
             .get_clone(&r.into_inner().name)
             .await
-            .map(Response::new)
+            .map(|c| {
+                let mut one = [c];
+                self.with_host_keys(&mut one);
+                let [c] = one;
+                Response::new(c)
+            })
             .map_err(status)
     }
 

@@ -1,5 +1,5 @@
 //! Cluster files of a live deployment, from the registry (the thesis's clone-list tools
-//! on what actually runs): `napalmctl clones --deployment NAME --format hosts|mpi|json`,
+//! on what actually runs): `napalmctl clones --deployment NAME --format hosts|mpi|known-hosts|json`,
 //! rendered by [`napalm_overlay::live`], the rules of the coordinator's cluster-file
 //! endpoint, so what napalmctl prints is what running clones install.
 //! A clones.conf gives the same files for what it declares (`napalmctl clones --format`
@@ -11,8 +11,8 @@ use napalm_proto::v1::{Clone, ClonePhase};
 use crate::tables::state_name;
 use crate::Failure;
 
-/// A registry record as the shared rendering rules ([`napalm_overlay::live`]) take it.
-/// The wire's `Clone` carries no host key, so `host_key` stays empty.
+/// A registry record as the shared rendering rules ([`napalm_overlay::live`]) take it,
+/// with the host key the coordinator derived for it.
 fn live_clone(c: &Clone) -> LiveClone {
     let p = ClonePhase::try_from(c.phase).unwrap_or_default();
     LiveClone {
@@ -22,7 +22,7 @@ fn live_clone(c: &Clone) -> LiveClone {
         phase: state_name(p.as_str_name(), "CLONE_PHASE_"),
         registered: c.phase == ClonePhase::Registered as i32,
         agent: c.agent_id.clone(),
-        host_key: None,
+        host_key: (!c.ssh_host_key.is_empty()).then(|| c.ssh_host_key.clone()),
     }
 }
 
@@ -33,18 +33,6 @@ pub fn render(deployment: &str, format: &str, clones: &[Clone]) -> Result<String
         code: 2,
         message: e.to_string(),
     })?;
-    if format == LiveFormat::KnownHosts {
-        return Err(Failure {
-            code: 2,
-            message: format!(
-                "--format known-hosts from the registry needs the clones' host keys, which \
-                 ListClones does not carry yet (running clones get them from the coordinator \
-                 at GET /v1/clones/NAME/cluster/known-hosts); for deployment {deployment:?} \
-                 give its clones.conf instead (napalmctl clones --config FILE --format \
-                 known-hosts)"
-            ),
-        });
-    }
     let live: Vec<LiveClone> = clones.iter().map(live_clone).collect();
     Ok(live::render(deployment, format, &live))
 }

@@ -274,8 +274,8 @@ async fn cluster_files_of_a_live_deployment_follow_scaling() {
         text(&o).0,
         "# clones of deployment files (napalm registry)\n# files-01 (running)\n"
     );
-    // known_hosts needs host keys ListClones does not carry: refused, saying where they
-    // are (the coordinator's clone endpoint, the clones.conf).
+    // known_hosts: the host keys the coordinator derives for each clone, the same lines
+    // the clone's watcher installs.
     let mut c = ctl(home.path());
     c.args([
         "--coordinator",
@@ -286,12 +286,16 @@ async fn cluster_files_of_a_live_deployment_follow_scaling() {
     ])
     .args(["--format", "known-hosts"]);
     let o = run(c).await;
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
-    assert!(text(&o).1.contains("clones.conf"), "{}", text(&o).1);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let served = clone_file(&grid, "files-01", "known-hosts").await;
     assert!(
-        text(&o).1.contains("/cluster/known-hosts"),
-        "{}",
-        text(&o).1
+        served.contains("files-01") && served.contains("ssh-ed25519 "),
+        "{served}"
+    );
+    assert_eq!(
+        text(&o).0,
+        served,
+        "napalmctl and the clone's endpoint agree"
     );
 }
 

@@ -369,6 +369,7 @@ pub fn clone() -> Clone {
         restarts: 1,
         started_at: ts(),
         restarted_at: ts(),
+        ssh_host_key: s("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfClone01"),
     }
 }
 pub fn placement_failure() -> PlacementFailure {
