@@ -256,3 +256,32 @@ fn matches_the_reference_scheduler_on_random_clusters() {
         );
     }
 }
+
+/// Untrusted (a spoofed advertisement) and revoked agents never take a clone, however
+/// much room they have, and each says why; the one ready agent takes them all.
+#[test]
+fn untrusted_and_revoked_agents_are_never_placed_on() {
+    let mut untrusted = agent(0, 64, 256 * GIB);
+    untrusted.state = AgentState::Untrusted;
+    let mut revoked = agent(1, 64, 256 * GIB);
+    revoked.state = AgentState::Revoked;
+    let ready = agent(2, 4, 8 * GIB);
+    let agents = [untrusted, revoked, ready];
+    let p = place(
+        &demand(PlacementStrategy::Spread),
+        &names(3),
+        &agents,
+        &policy(),
+    );
+    assert_eq!(per_agent(&p, 3), [0, 0, 3]);
+    // With no ready agent, nothing is placed and the reasons name the states.
+    let p = place(
+        &demand(PlacementStrategy::Spread),
+        &names(1),
+        &agents[..2],
+        &policy(),
+    );
+    assert!(p.placed.is_empty());
+    let reasons: Vec<&str> = p.unplaced[0].1.iter().map(|r| r.reason.as_str()).collect();
+    assert_eq!(reasons, ["agent is untrusted", "agent is revoked"]);
+}
