@@ -189,6 +189,15 @@ impl Walk<'_> {
                     self.policy.allow_interfaces
                 )))
             }
+            // An option ROM file is read by QEMU from the host: only turning the ROM off
+            // (or on) is accepted, never naming a file.
+            "rom" if !attr("file").is_empty() => {
+                return Err(AgentError::Policy(format!(
+                    "<rom file={:?}> would make QEMU read a host file as an option ROM; \
+                     use <rom bar='off'/> or leave <rom> out",
+                    attr("file")
+                )))
+            }
             "graphics" if !self.policy.allow_graphics => {
                 return Err(AgentError::Policy(
                     "<graphics> is not allowed on this agent".into(),
@@ -458,6 +467,16 @@ mod tests {
                 .replace(&files.to_string_lossy().into_owned(), "FILES");
             c
         })
+    }
+
+    #[test]
+    fn an_option_rom_may_be_turned_off_but_never_read_from_a_host_file() {
+        // The ROM is vetted wherever it stands (here a video device's).
+        let off = "<video><rom bar='off'/></video>";
+        assert!(checked(off).is_ok(), "{:?}", checked(off).err());
+        let file = "<video><rom file='/etc/shadow'/></video>";
+        let e = checked(file).expect_err("a host file as ROM");
+        assert!(e.to_string().contains("/etc/shadow"), "{e}");
     }
 
     #[test]
