@@ -45,6 +45,9 @@ pub enum Reason {
     Draining,
     /// An agent runs a domain of the deployment that the registry does not place there.
     NotPlacedHere,
+    /// Its agent is revoked or untrusted: nothing is sent to it any more, so the clone
+    /// boots elsewhere (its domain there is removed should the agent be trusted again).
+    Untrusted,
     /// The clone's domain stopped without being asked to (its QEMU died, the guest
     /// crashed or powered off, the domain vanished) more often than its restart budget:
     /// it is replaced on another agent.
@@ -63,6 +66,7 @@ impl fmt::Display for Reason {
             Reason::Draining => "its agent is draining",
             Reason::NotPlacedHere => "the registry does not place it here",
             Reason::Died => "it died past its restart budget",
+            Reason::Untrusted => "its agent is revoked or untrusted",
         })
     }
 }
@@ -172,6 +176,11 @@ fn needs_placement(
     match agents.get(c.agent_id.as_str()) {
         None => Some(Reason::AgentDown),
         Some(a) if a.state == AgentState::Draining as i32 => Some(Reason::Draining),
+        Some(a)
+            if a.state == AgentState::Revoked as i32 || a.state == AgentState::Untrusted as i32 =>
+        {
+            Some(Reason::Untrusted)
+        }
         Some(a) if a.state == AgentState::Down as i32 && !up => Some(Reason::AgentDown),
         Some(_) => None,
     }
@@ -630,6 +639,23 @@ mod tests {
                 reason: Reason::Died
             }]
         );
+    }
+
+    #[test]
+    fn a_revoked_or_untrusted_agents_clones_go_elsewhere() {
+        for state in [AgentState::Revoked, AgentState::Untrusted] {
+            let records = [clone("web-01", "bad", ClonePhase::Registered)];
+            let agents = [agent("a", AgentState::Ready), agent("bad", state)];
+            let p = reconcile(&spec(1), &records, &agents, &none());
+            assert_eq!(
+                p.actions,
+                [Action::Place {
+                    clone: "web-01".into(),
+                    reason: Reason::Untrusted
+                }],
+                "{state:?}"
+            );
+        }
     }
 
     #[test]
