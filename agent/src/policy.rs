@@ -8,6 +8,11 @@
 //! `<log file=… append='off'/>` naming a file of the agent's own in the domain directory
 //! (a `<log>` the client put there is replaced), so what a guest printed while booting can
 //! be read back (`Agent::console`).
+//!
+//! An interface may name one of libvirt's anti-spoofing network filters
+//! ([`ALLOWED_NWFILTERS`], e.g. `clean-traffic` binding it to its MAC and IP) in
+//! `<filterref>`; any other filter could be one the host defines to let traffic through,
+//! so it is refused.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -17,6 +22,18 @@ use crate::names;
 
 /// XML namespace of the agent's metadata element.
 pub const NAPALM_NS: &str = "https://napalm.invalid/ns/agent/1";
+
+/// The libvirt network filters an `<interface>`'s `<filterref>` may name: the stock
+/// filters that only take traffic away from the guest (spoofed MAC, IP or ARP).
+pub const ALLOWED_NWFILTERS: &[&str] = &[
+    "clean-traffic",
+    "clean-traffic-gateway",
+    "no-ip-spoofing",
+    "no-mac-spoofing",
+    "no-arp-spoofing",
+    "no-arp-ip-spoofing",
+    "no-arp-mac-spoofing",
+];
 
 /// Operator allow-list. The default refuses everything that reaches past the domain.
 #[derive(Debug, Clone, Default)]
@@ -187,6 +204,18 @@ impl Walk<'_> {
                     "<interface type={:?}> is not allowed on this agent (allowed: {:?})",
                     attr("type"),
                     self.policy.allow_interfaces
+                )))
+            }
+            "filterref" if parent != "interface" => {
+                return Err(AgentError::Policy(format!(
+                    "<filterref> in <{parent}>: network filters apply to an <interface> only"
+                )))
+            }
+            "filterref" if !ALLOWED_NWFILTERS.contains(&attr("filter")) => {
+                return Err(AgentError::Policy(format!(
+                    "<filterref filter={:?}> is not an allowed network filter (allowed: {})",
+                    attr("filter"),
+                    ALLOWED_NWFILTERS.join(", ")
                 )))
             }
             // An option ROM file is read by QEMU from the host: only turning the ROM off
@@ -467,6 +496,47 @@ mod tests {
                 .replace(&files.to_string_lossy().into_owned(), "FILES");
             c
         })
+    }
+
+    fn checked_with_interfaces(devices: &str) -> Result<CheckedConfig> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let xml =
+            format!("<domain type='qemu'><name>d</name><devices>{devices}</devices></domain>");
+        let policy = Policy {
+            allow_interfaces: vec!["network".into()],
+            ..Policy::default()
+        };
+        check(&xml, dir.path(), &policy, "<x/>", None)
+    }
+
+    #[test]
+    fn an_interface_may_name_only_anti_spoofing_network_filters() {
+        let iface = |filter: &str| {
+            format!(
+                "<interface type='network'><source network='n'/><mac address='52:54:00:00:00:01'/>\
+                 <filterref filter='{filter}'><parameter name='IP' value='10.0.0.5'/></filterref>\
+                 </interface>"
+            )
+        };
+        for f in ["clean-traffic", "no-ip-spoofing", "no-mac-spoofing"] {
+            let c = checked_with_interfaces(&iface(f)).expect(f);
+            assert!(
+                c.libvirt_xml.contains(&format!("<filterref filter='{f}'>")),
+                "{}",
+                c.libvirt_xml
+            );
+        }
+        for f in ["allow-ipv4", "my-open-filter", ""] {
+            let e = checked_with_interfaces(&iface(f)).expect_err(f);
+            let msg = e.to_string();
+            assert!(
+                msg.contains("not an allowed network filter") && msg.contains("clean-traffic"),
+                "{f}: {msg}"
+            );
+        }
+        // Only inside an interface.
+        let e = checked_with_interfaces("<filterref filter='clean-traffic'/>").expect_err("bare");
+        assert!(e.to_string().contains("<interface> only"), "{e}");
     }
 
     #[test]

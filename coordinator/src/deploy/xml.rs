@@ -2,6 +2,13 @@
 //! (`xen`, xen-netfront/blkfront), and libvirt's `test` driver. Paths are bare artifact
 //! names (`vmlinuz`, `initrd.img`, `state.img`): the agent maps them into the domain's own
 //! directory and refuses anything else.
+//!
+//! A QEMU/KVM clone with a static address gets libvirt's `clean-traffic` network filter
+//! on its interface, bound to its MAC and that address: the host drops frames it sends
+//! from another MAC or IP (and ARP claiming them), so it cannot take another clone's
+//! address and reach the NFS exports restricted to that address.
+
+use std::net::Ipv4Addr;
 
 use napalm_proto::v1::Hypervisor;
 
@@ -22,7 +29,14 @@ pub struct DomainParams<'a> {
     pub mac: &'a str,
     /// Network the interface joins: a libvirt network name, or `None` for no interface.
     pub network: Option<&'a str>,
+    /// The clone's static address (from the coordinator's address pool): on QEMU/KVM its
+    /// interface is filtered by `clean-traffic` to this address and `mac`. `None` (DHCP)
+    /// leaves the interface unfiltered, since the address is not known up front.
+    pub ip: Option<Ipv4Addr>,
 }
+
+/// The libvirt nwfilter a statically addressed clone's interface is bound by.
+pub const CLEAN_TRAFFIC: &str = "clean-traffic";
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -55,8 +69,17 @@ pub fn domain_xml(hv: Hypervisor, p: &DomainParams<'_>) -> String {
             Hypervisor::Xen => String::new(),
             _ => "<model type='virtio'/><rom bar='off'/>".into(),
         };
+        // Anti-spoofing: libvirt's nwfilter (ebtables on the host bridge) binds the
+        // interface to its MAC and this address. QEMU/KVM only: Xen's and the test
+        // driver's interfaces are not filtered by libvirt's nwfilter driver.
+        let filter = match (hv, p.ip) {
+            (Hypervisor::Qemu | Hypervisor::Kvm | Hypervisor::Unspecified, Some(ip)) => format!(
+                "<filterref filter='{CLEAN_TRAFFIC}'><parameter name='IP' value='{ip}'/></filterref>"
+            ),
+            _ => String::new(),
+        };
         devices += &format!(
-            "<interface type='network'><source network='{}'/><mac address='{}'/>{model}</interface>",
+            "<interface type='network'><source network='{}'/><mac address='{}'/>{model}{filter}</interface>",
             esc(net),
             esc(p.mac)
         );
@@ -98,7 +121,24 @@ mod tests {
             state_disk: None,
             mac: "52:54:00:00:00:01",
             network: Some("napalm"),
+            ip: None,
         }
+    }
+
+    #[test]
+    fn a_static_address_binds_the_qemu_interface_with_clean_traffic() {
+        let mut p = params();
+        p.ip = Some(Ipv4Addr::new(10, 77, 0, 101));
+        for hv in [Hypervisor::Qemu, Hypervisor::Kvm] {
+            let x = domain_xml(hv, &p);
+            assert!(
+                x.contains("<rom bar='off'/><filterref filter='clean-traffic'><parameter name='IP' value='10.77.0.101'/></filterref></interface>"),
+                "{x}"
+            );
+        }
+        // Not on Xen, and nothing to bind without a static address.
+        assert!(!domain_xml(Hypervisor::Xen, &p).contains("filterref"));
+        assert!(!domain_xml(Hypervisor::Qemu, &params()).contains("filterref"));
     }
 
     #[test]

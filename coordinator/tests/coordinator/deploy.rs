@@ -371,6 +371,7 @@ fn domain_xml_for_every_hypervisor_passes_libvirts_schema() {
                     state_disk: disk,
                     mac: "52:54:00:12:34:56",
                     network: Some("napalm"),
+                    ip: Some(std::net::Ipv4Addr::new(10, 77, 0, 101)),
                 },
             );
             // Validate what libvirt gets: the agent rewrites bare artifact names to files

@@ -226,6 +226,12 @@ impl Run {
                 } else {
                     self.inner.cfg.network.as_deref()
                 },
+                // Only a pool address is known before boot (a DHCP one may change).
+                ip: self
+                    .inner
+                    .cfg
+                    .addresses
+                    .and_then(|_| crate::deploy::addresses::assigned(c)),
             },
         );
         let request = CreateDomainRequest {
