@@ -383,25 +383,39 @@ fn declared_clusters_roll_restart_and_survive_a_lost_host_on_real_clones() {
         .map(|a| s(a, "id"))
         .expect("agent 0 is registered");
     let clones = g.clones("roll").expect("clones");
-    let doomed: Vec<String> = clones
+    let on_lost: Vec<String> = clones
         .iter()
         .filter(|c| s(c, "agent") == lost_id)
         .map(|c| s(c, "clone"))
         .collect();
-    assert!(!doomed.is_empty(), "agent 0 runs clones");
+    assert!(!on_lost.is_empty(), "agent 0 runs clones");
     g.kill_agent(index_of_lost);
-    // The host is gone with its hypervisor: its domains are destroyed and, since both
-    // agents of this grid share one libvirtd, undefined too (on separate hosts the
-    // survivor would not see them at all).
-    for d in &doomed {
+    // The host is gone with its hypervisor: every domain it owns (the napalm metadata
+    // names its agent id) is destroyed and, since both agents of this grid share one
+    // libvirtd, undefined too (on separate hosts the survivor would not see them at all).
+    let owner = lost_id.clone();
+    let mut doomed = Vec::new();
+    for d in g.domains() {
+        let xml = Command::new("virsh")
+            .args(["-q", "-c", "qemu:///system", "dumpxml", &d])
+            .output()
+            .expect("virsh");
+        if !String::from_utf8_lossy(&xml.stdout).contains(&owner) {
+            continue;
+        }
         for verb in ["destroy", "undefine"] {
             let out = Command::new("virsh")
-                .args(["-q", "-c", "qemu:///system", verb, d])
+                .args(["-q", "-c", "qemu:///system", verb, &d])
                 .output()
                 .expect("virsh");
-            assert!(out.status.success(), "virsh {verb} {d}: {out:?}");
+            assert!(
+                out.status.success() || verb == "destroy",
+                "virsh {verb} {d}: {out:?}"
+            );
         }
+        doomed.push(d);
     }
+    assert!(!doomed.is_empty(), "agent 0 owned domains");
     let lost = Instant::now();
     let survivors = until(
         &g,
@@ -415,7 +429,10 @@ fn declared_clusters_roll_restart_and_survive_a_lost_host_on_real_clones() {
         doomed.len(),
         lost.elapsed().as_secs_f64()
     );
-    for c in survivors.iter().filter(|c| doomed.contains(&s(c, "clone"))) {
+    for c in survivors
+        .iter()
+        .filter(|c| on_lost.contains(&s(c, "clone")))
+    {
         assert!(s(c, "last_action").contains("its agent is lost"), "{c}");
         assert_eq!(sh(&g, c, "hostname"), s(c, "clone"));
     }
