@@ -9,6 +9,7 @@ mod host_setup;
 mod lifecycle;
 mod packaging;
 mod scale;
+mod spoofing;
 
 /// Held by tests that install Debian packages or compare the machine's installed packages,
 /// so that one never sees the other's changes half-way.
