@@ -130,13 +130,32 @@ fn secs(what: &str, v: f64) -> anyhow::Result<Duration> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // Spans (the gRPC calls the agent serves, parented by the caller's traceparent) go to
+    // the same OTLP collector as the metrics.
+    let tracer = match cli.otlp_endpoint.as_deref().map(str::trim) {
+        Some(e) if !e.is_empty() => Some(
+            napalm_agent::otel::tracer_provider(e, napalm_agent::otel::SERVICE_NAME)
+                .context("starting the OTLP span exporter")?,
+        ),
+        _ => None,
+    };
+    {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(tracer.as_ref().map(|t| {
+                tracing_opentelemetry::layer()
+                    .with_tracer(t.tracer(napalm_agent::otel::SERVICE_NAME))
+            }))
+            .init();
+    }
     let token = match (&cli.token, &cli.token_file) {
         (Some(t), _) => Some(t.trim().to_owned()),
         (None, Some(f)) => Some(
@@ -253,5 +272,11 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("stopping; running domains are left running");
     running.stop().await;
+    if let Some(t) = tracer {
+        // Flushes the last batch of spans.
+        if let Err(e) = tokio::task::spawn_blocking(move || t.shutdown()).await? {
+            tracing::warn!(error = %e, "OTLP span exporter shutdown failed");
+        }
+    }
     Ok(())
 }

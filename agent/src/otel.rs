@@ -267,3 +267,32 @@ fn register(meter: &Meter, latest: &Arc<RwLock<Sample>>) {
         })
         .build();
 }
+
+/// A tracer provider that batches spans and exports them to the OTLP/gRPC collector at
+/// `endpoint` under the resource `service.name=service` (the agent's own is
+/// [`SERVICE_NAME`]); the gRPC spans of [`crate::grpc::trace`] go through it once a
+/// `tracing_opentelemetry` layer over one of its tracers is in the subscriber. Must be
+/// built inside a Tokio runtime (the exporter's channel is tonic's).
+pub fn tracer_provider(
+    endpoint: &str,
+    service: &'static str,
+) -> Result<opentelemetry_sdk::trace::SdkTracerProvider> {
+    let endpoint = endpoint.trim();
+    if endpoint.is_empty() {
+        return Err(AgentError::invalid("otlp-endpoint", "empty endpoint"));
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .with_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| AgentError::invalid("otlp-endpoint", format!("{endpoint:?}: {e}")))?;
+    let resource = Resource::builder()
+        .with_service_name(service)
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_batch_exporter(exporter)
+        .build())
+}

@@ -258,6 +258,7 @@ pub async fn start_with_clock(
                     let admit = napalm_trust::channel::coordinator_or_operator();
                     let incoming = napalm_trust::channel::incoming(l, m, Some(admit), accept_stop);
                     builder
+                        .layer(crate::grpc::trace::TraceLayer)
                         .add_service(svc)
                         .serve_with_incoming_shutdown(incoming, shutdown)
                         .await
@@ -265,6 +266,7 @@ pub async fn start_with_clock(
                 None => {
                     let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
                     builder
+                        .layer(crate::grpc::trace::TraceLayer)
                         .add_service(svc)
                         .serve_with_incoming_shutdown(incoming, shutdown)
                         .await

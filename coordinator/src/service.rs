@@ -191,9 +191,12 @@ impl CoordinatorService for Coordinator {
         let mut req = r.into_inner();
         // Bad input is refused before anything is written or streamed.
         req.spec = Some(deployer.normalize(req.spec.take()).map_err(Status::from)?);
-        tracing::info!(deployment = %req.spec.as_ref().map_or("", |s| s.name.as_str()), "Deploy");
-        Ok(Response::new(stream(move |tx| async move {
-            deployer.deploy(req, tx).await
+        let name = req.spec.as_ref().map_or("", |s| s.name.as_str());
+        tracing::info!(deployment = %name, "Deploy");
+        // The root of the deploy's trace (see crate::telemetry).
+        let span = tracing::info_span!("deploy", napalm.deployment = %name);
+        Ok(Response::new(stream(move |tx| {
+            tracing::Instrument::instrument(async move { deployer.deploy(req, tx).await }, span)
         })))
     }
 

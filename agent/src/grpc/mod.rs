@@ -3,6 +3,7 @@
 //! [`auth_interceptor`] unless the agent runs with `--insecure-no-auth`.
 
 pub mod convert;
+pub mod trace;
 
 use std::pin::Pin;
 use std::sync::Arc;

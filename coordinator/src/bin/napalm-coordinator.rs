@@ -26,6 +26,7 @@ use napalm_coordinator::exports::ExportConfig;
 use napalm_coordinator::registry::agents::HeartbeatPolicy;
 use napalm_coordinator::scheduler::Policy;
 use napalm_coordinator::server::{self, ApiAuth, Secret, ServeConfig};
+use napalm_coordinator::telemetry;
 
 /// Control plane: registry, discovery, scheduling and deployment of clones.
 #[derive(Parser)]
@@ -176,6 +177,12 @@ struct Cli {
     /// (e.g. /etc/exports.d/napalm.exports); `exportfs -ra` runs after a change.
     #[arg(long)]
     kernel_exports: Option<PathBuf>,
+    /// OpenTelemetry collector to export traces of deploys to over OTLP/gRPC
+    /// (http://host:4317): a `deploy` span per Deploy call, a `clone` span per clone with
+    /// its phases under it; the W3C traceparent goes to agents so their spans join.
+    /// Without it, no export.
+    #[arg(long, env = "NAPALM_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(flatten)]
     trust: napalm_coordinator::trust::flags::TrustFlags,
 }
@@ -228,13 +235,29 @@ async fn shutdown() {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let cli = Cli::parse();
+    let tracer = match cli.otlp_endpoint.as_deref().map(str::trim) {
+        Some(e) if !e.is_empty() => Some(
+            telemetry::tracer_provider(e, telemetry::SERVICE_NAME)
+                .context("starting the OTLP span exporter")?,
+        ),
+        _ => None,
+    };
+    {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(tracer.as_ref().map(|t| {
+                tracing_opentelemetry::layer().with_tracer(t.tracer(telemetry::SERVICE_NAME))
+            }))
+            .init();
+    }
     let api_auth = match api_token(&cli)? {
         Some(t) => ApiAuth::Token(t),
         None => ApiAuth::Insecure,
@@ -328,5 +351,11 @@ async fn main() -> Result<()> {
     let running = server::start(cfg).await?;
     shutdown().await;
     running.shutdown().await.context("gRPC server")?;
+    if let Some(t) = tracer {
+        // Flushes the last batch of spans.
+        if let Err(e) = tokio::task::spawn_blocking(move || t.shutdown()).await? {
+            tracing::warn!(error = %e, "OTLP span exporter shutdown failed");
+        }
+    }
     Ok(())
 }

@@ -49,7 +49,9 @@ impl Blob {
 
 type Intercepted = InterceptedService<Channel, Auth>;
 
-/// Adds `authorization: Bearer TOKEN` to every call.
+/// Adds `authorization: Bearer TOKEN` to every call, and the W3C `traceparent` of the
+/// span the call is made in (see [`crate::telemetry`]), so the agent's spans join the
+/// caller's trace.
 #[derive(Clone)]
 pub struct Auth(Option<MetadataValue<tonic::metadata::Ascii>>);
 
@@ -58,6 +60,7 @@ impl tonic::service::Interceptor for Auth {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
         }
+        crate::telemetry::inject_current(req.metadata_mut());
         Ok(req)
     }
 }

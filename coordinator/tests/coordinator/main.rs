@@ -14,3 +14,4 @@ mod roles;
 mod scheduler;
 mod stale;
 mod store;
+mod traces;

@@ -13,6 +13,8 @@ use napalm_initramfs::cmdline::{fast_boot_args, KernelCmdline};
 use napalm_initramfs::ip::{IpConfig, StaticIp};
 use napalm_initramfs::rootspec::{Device, Role, RootParseError, RootSpec};
 
+use tracing::Instrument as _;
+
 use super::Run;
 use crate::deploy::artifacts::BuiltLayer;
 use crate::deploy::place::{hypervisor_on, place};
@@ -195,6 +197,7 @@ impl Run {
         self.inner
             .agents
             .ship(ep, &[kernel, &built.image])
+            .instrument(tracing::info_span!("ship"))
             .await
             .map_err(|e| DeployError::agent("shipping", &e))?;
         self.inner.metrics.phase("ship", shipping.elapsed());
@@ -274,6 +277,8 @@ impl Run {
         };
         let agents = &self.inner.agents;
         let creating = std::time::Instant::now();
+        // Every call to the agent from here to the running domain is in it.
+        let create_span = tracing::info_span!("create");
         if replace {
             // Its domain runs an older layer or spec. With layers over NFS the domain's
             // definition may not change at all (same paths), so the agent would keep it
@@ -281,6 +286,7 @@ impl Run {
             tracing::info!(clone = %c.name, agent = %agent.id, "replacing its domain of an older spec");
             match agents
                 .delete(ep, &c.name, format!("replace-{}", request.request_id))
+                .instrument(create_span.clone())
                 .await
             {
                 Ok(_) => {}
@@ -293,7 +299,11 @@ impl Run {
                 }
             }
         }
-        let created = match agents.create(ep, request.clone()).await {
+        let created = match agents
+            .create(ep, request.clone())
+            .instrument(create_span.clone())
+            .await
+        {
             // The agent holds this clone's domain from an older layer (its templates
             // changed, or another coordinator built it before a takeover): the registry
             // places the clone here, so converge by replacing it. A domain the agent does
@@ -301,10 +311,17 @@ impl Run {
             Err(e) if e.code() == tonic::Code::AlreadyExists => {
                 tracing::info!(clone = %c.name, agent = %agent.id, "replacing its domain of an older layer");
                 let id = format!("replace-{}", request.request_id);
-                agents.delete(ep, &c.name, id).await.map_err(|e| {
-                    DeployError::agent("replacing its domain of an older layer", &e)
-                })?;
-                agents.create(ep, request).await
+                agents
+                    .delete(ep, &c.name, id)
+                    .instrument(create_span.clone())
+                    .await
+                    .map_err(|e| {
+                        DeployError::agent("replacing its domain of an older layer", &e)
+                    })?;
+                agents
+                    .create(ep, request)
+                    .instrument(create_span.clone())
+                    .await
             }
             r => r,
         };
@@ -317,10 +334,12 @@ impl Run {
             self.inner
                 .agents
                 .start(ep, &c.name, format!("start-{}-{}", c.name, self.generation))
+                .instrument(create_span.clone())
                 .await
                 .map_err(|e| DeployError::agent("starting the domain", &e))?
         };
         self.inner.metrics.phase("create", creating.elapsed());
+        drop(create_span);
         let running = domain.state == DomainState::Running as i32;
         let now = crate::clock::timestamp(self.inner.registry.clock().now());
         if let Some(u) = self

@@ -42,6 +42,19 @@ pub(super) struct Run {
     stored: Deployment,
 }
 
+/// The `clone` span of `name` under `deploy` (see [`crate::telemetry`]), made on first use
+/// and kept in `spans` until the run ends.
+fn clone_span(
+    deploy: &tracing::Span,
+    spans: &mut HashMap<String, tracing::Span>,
+    name: &str,
+) -> tracing::Span {
+    spans
+        .entry(name.to_owned())
+        .or_insert_with(|| tracing::info_span!(parent: deploy, "clone", napalm.clone = %name))
+        .clone()
+}
+
 fn clone_key(name: &str) -> String {
     format!("{CLONES}{name}")
 }
@@ -219,6 +232,8 @@ impl Run {
         hold: super::Hold,
     ) -> Result<DeploySummary, RegistryError> {
         let reg = self.inner.registry.clone();
+        let deploy_span = tracing::Span::current();
+        let mut clone_spans = HashMap::new();
         let (plan, plan_records) = self.apply_records().await?;
         let agents = reg.list_agents(&[]).await?;
         let by_id: HashMap<String, Agent> =
@@ -237,6 +252,13 @@ impl Run {
             .collect();
         let held = plan.held;
         let placing = Instant::now();
+        let place_spans: Vec<tracing::Span> = needs
+            .iter()
+            .map(|n| {
+                let parent = clone_span(&deploy_span, &mut clone_spans, n);
+                tracing::info_span!(parent: &parent, "place")
+            })
+            .collect();
         // A clone that died past its restart budget, or did not boot, goes to another
         // agent than those it failed on, when there is one.
         let records: HashMap<String, &Clone> =
@@ -278,6 +300,7 @@ impl Run {
         }
         let metrics = &self.inner.metrics;
         metrics.phase("place", placing.elapsed());
+        drop(place_spans);
         metrics.placements(placement.placed.len(), placement.unplaced.len());
         let mut unplaced_clones = Vec::new();
         for (clone, why) in &placement.unplaced {
@@ -347,6 +370,13 @@ impl Run {
             .cloned()
             .collect();
         let building = Instant::now();
+        let layer_spans: Vec<tracing::Span> = todo
+            .iter()
+            .map(|c| {
+                let parent = clone_span(&deploy_span, &mut clone_spans, &c.name);
+                tracing::info_span!(parent: &parent, "layer")
+            })
+            .collect();
         // Clones mount their layer over NFS from the directory a build writes: while some
         // run, the new layers are first built aside, so that those the rollout gate holds
         // back keep the layer they booted with; only the clones going now are built where
@@ -371,6 +401,7 @@ impl Run {
         if !todo.is_empty() {
             self.inner.metrics.phase("layer", building.elapsed());
         }
+        drop(layer_spans);
         let kernel = self.inner.artifacts.kernel();
 
         // Ship and start, bounded in parallel.
@@ -383,10 +414,14 @@ impl Run {
             let layer = built.get(&c.name).cloned();
             let kernel = kernel.clone();
             let agents = agents.clone();
-            tasks.spawn(async move {
-                let _permit = gate.acquire().await;
-                this.bring_up(c, layer, kernel, &agents).await
-            });
+            let span = clone_span(&deploy_span, &mut clone_spans, &c.name);
+            tasks.spawn(tracing::Instrument::instrument(
+                async move {
+                    let _permit = gate.acquire().await;
+                    this.bring_up(c, layer, kernel, &agents).await
+                },
+                span,
+            ));
         }
         while let Some(r) = tasks.join_next().await {
             if let Ok(Err(e)) = r {
