@@ -448,7 +448,7 @@ impl Run {
         drop(hold);
         if this.follow {
             let following = Instant::now();
-            this.follow().await?;
+            this.follow(&deploy_span, &mut clone_spans).await?;
             this.inner.metrics.phase("follow", following.elapsed());
         }
 
@@ -582,8 +582,15 @@ impl Run {
     }
 
     /// Waits until every running clone registered (or the timeout): clones on libvirt's
-    /// `test` driver run no guest, so they stop at RUNNING.
-    async fn follow(&self) -> Result<(), RegistryError> {
+    /// `test` driver run no guest, so they stop at RUNNING. A clone seen waiting gets a
+    /// `boot` span under its `clone` span (in `spans`, made under `deploy` if missing),
+    /// ended when it registers, and then a `register` span marking the registration.
+    async fn follow(
+        &self,
+        deploy: &tracing::Span,
+        spans: &mut HashMap<String, tracing::Span>,
+    ) -> Result<(), RegistryError> {
+        let mut booting: HashMap<String, tracing::Span> = HashMap::new();
         let reg = &self.inner.registry;
         let agents: HashMap<String, Agent> = reg
             .list_agents(&[])
@@ -600,9 +607,18 @@ impl Run {
             for c in &clones {
                 if c.phase == ClonePhase::Registered as i32 {
                     if seen.insert(c.name.clone()) {
+                        if booting.remove(&c.name).is_some() {
+                            let parent = clone_span(deploy, spans, &c.name);
+                            drop(tracing::info_span!(parent: &parent, "register"));
+                        }
                         self.report(c, "registered").await;
                     }
                 } else if c.phase == ClonePhase::Running as i32 && !self.is_test(c, &agents) {
+                    if !booting.contains_key(&c.name) {
+                        let parent = clone_span(deploy, spans, &c.name);
+                        booting
+                            .insert(c.name.clone(), tracing::info_span!(parent: &parent, "boot"));
+                    }
                     waiting.push(c.clone());
                 }
             }
