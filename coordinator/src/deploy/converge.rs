@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use napalm_proto::v1::{Agent, Clone, ClonePhase, DeploymentSpec};
 
-use super::reconcile::{self, Action, Death, Reason};
+use super::reconcile::{Action, Reason};
+use super::restart::{self, Death};
 use super::Deployer;
 use super::{place, rollout};
 use crate::clock::timestamp;
@@ -170,7 +171,7 @@ impl Deployer {
         let at = timestamp(now);
         let budget = spec.restart_budget.unwrap_or(self.inner.cfg.restart_budget);
         let mut changed = false;
-        for death in reconcile::died(records, running, now, budget) {
+        for death in restart::died(records, running, now, budget) {
             changed = true;
             match death {
                 Death::Restart {

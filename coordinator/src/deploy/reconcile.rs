@@ -9,7 +9,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use napalm_proto::time::from_timestamp;
-use napalm_proto::v1::{Agent, AgentState, Clone, ClonePhase, DeploymentSpec, Domain, DomainState};
+use napalm_proto::v1::{Agent, AgentState, Clone, ClonePhase, DeploymentSpec, Domain};
 
 /// Clone names of a deployment: those its clones.conf declares, else `NAME-01` … (at
 /// least two digits).
@@ -230,82 +230,6 @@ pub fn reconcile(
     }
     plan.actions.extend(place);
     plan
-}
-
-/// What to do about a clone whose domain died.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Death {
-    /// Start it again on its agent (the `attempt`-th restart).
-    Restart {
-        /// Clone name.
-        clone: String,
-        /// Its agent.
-        agent: String,
-        /// 1 for the first restart.
-        attempt: u32,
-    },
-    /// Its restart budget is spent: replace it elsewhere.
-    Replace {
-        /// Clone name.
-        clone: String,
-        /// The agent it kept dying on.
-        agent: String,
-    },
-}
-
-/// How long after its `restarts`-th restart a clone that dies again waits before the
-/// next: 2 s, 4 s, 8 s… up to a minute.
-pub fn backoff(restarts: u32) -> Duration {
-    Duration::from_secs(2u64.saturating_pow(restarts.min(5) + 1).min(60))
-}
-
-/// The clones that died: up (running or registered) in the registry, while their agent,
-/// which answered (`running`: agent id → its domains of the deployment), shows their
-/// domain shut off or crashed, or has none. Each is restarted on its agent once its
-/// backoff has passed, up to `budget` restarts, then replaced.
-pub fn died(
-    records: &[Clone],
-    running: &[(String, Vec<Domain>)],
-    now: SystemTime,
-    budget: u32,
-) -> Vec<Death> {
-    let answered: HashMap<&str, &Vec<Domain>> =
-        running.iter().map(|(a, d)| (a.as_str(), d)).collect();
-    let mut out = Vec::new();
-    for c in records {
-        let up = c.phase == ClonePhase::Registered as i32 || c.phase == ClonePhase::Running as i32;
-        let Some(domains) = answered.get(c.agent_id.as_str()) else {
-            continue;
-        };
-        if !up {
-            continue;
-        }
-        let dead = match domains.iter().find(|d| d.name == c.name) {
-            None => true,
-            Some(d) => {
-                d.state == DomainState::Shutoff as i32 || d.state == DomainState::Crashed as i32
-            }
-        };
-        if !dead {
-            continue;
-        }
-        if c.restarts >= budget {
-            out.push(Death::Replace {
-                clone: c.name.clone(),
-                agent: c.agent_id.clone(),
-            });
-            continue;
-        }
-        if c.restarts > 0 && from_timestamp(c.restarted_at.as_ref()) + backoff(c.restarts) > now {
-            continue;
-        }
-        out.push(Death::Restart {
-            clone: c.name.clone(),
-            agent: c.agent_id.clone(),
-            attempt: c.restarts + 1,
-        });
-    }
-    out
 }
 
 /// The domains of a deployment that agents run but the registry does not place there
@@ -576,54 +500,7 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_clone_is_restarted_with_backoff_then_replaced() {
-        let at = |s: u64| std::time::UNIX_EPOCH + Duration::from_secs(s);
-        let dom = |n: &str, st: DomainState| Domain {
-            name: n.into(),
-            state: st as i32,
-            ..Default::default()
-        };
-        let mut c = clone("web-01", "a", ClonePhase::Registered);
-        let running = |st| vec![("a".to_owned(), vec![dom("web-01", st)])];
-        // Alive: nothing.
-        assert!(died(&[c.clone()], &running(DomainState::Running), at(100), 3).is_empty());
-        // Shut off behind our back: first restart, at once.
-        let restart = |attempt| Death::Restart {
-            clone: "web-01".into(),
-            agent: "a".into(),
-            attempt,
-        };
-        assert_eq!(
-            died(&[c.clone()], &running(DomainState::Shutoff), at(100), 3),
-            [restart(1)]
-        );
-        // Crashed again 1 s after the first restart: waits for the 4 s backoff.
-        c.restarts = 1;
-        c.restarted_at = Some(napalm_proto::time::timestamp(at(100)));
-        assert!(died(&[c.clone()], &running(DomainState::Crashed), at(101), 3).is_empty());
-        assert_eq!(
-            died(&[c.clone()], &running(DomainState::Crashed), at(104), 3),
-            [restart(2)]
-        );
-        // Its domain vanished: dead too.
-        assert_eq!(
-            died(&[c.clone()], &[("a".to_owned(), vec![])], at(104), 3),
-            [restart(2)]
-        );
-        // Budget spent: replaced.
-        c.restarts = 3;
-        assert_eq!(
-            died(&[c.clone()], &running(DomainState::Shutoff), at(200), 3),
-            [Death::Replace {
-                clone: "web-01".into(),
-                agent: "a".into()
-            }]
-        );
-        // An agent that did not answer says nothing; a clone still coming up is not dead.
-        assert!(died(&[c.clone()], &[], at(200), 3).is_empty());
-        let booting = clone("web-01", "a", ClonePhase::Shipped);
-        assert!(died(&[booting], &running(DomainState::Shutoff), at(200), 3).is_empty());
-        // A failed clone that spent its budget is placed again by itself.
+    fn a_clone_that_spent_its_restart_budget_is_placed_again_by_itself() {
         let mut spent = clone("web-01", "a", ClonePhase::Failed);
         spent.restarts = 3;
         let plan = reconcile(
@@ -656,13 +533,5 @@ mod tests {
                 "{state:?}"
             );
         }
-    }
-
-    #[test]
-    fn restarts_back_off_up_to_a_minute() {
-        assert_eq!(backoff(0), Duration::from_secs(2));
-        assert_eq!(backoff(1), Duration::from_secs(4));
-        assert_eq!(backoff(2), Duration::from_secs(8));
-        assert_eq!(backoff(10), Duration::from_secs(60));
     }
 }
