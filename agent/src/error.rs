@@ -148,9 +148,9 @@ impl From<AgentError> for ApiError {
             AgentError::Digest { expected, actual } => {
                 ApiError::DigestMismatch { expected, actual }
             }
-            AgentError::RequestIdReused(_) | AgentError::Conflict(_) => {
-                ApiError::Conflict { description }
-            }
+            AgentError::RequestIdReused(_) => ApiError::Conflict { description },
+            // ApiError::Conflict says "conflicting change" itself.
+            AgentError::Conflict(d) => ApiError::Conflict { description: d },
             AgentError::Hypervisor(d) => ApiError::Hypervisor { description: d },
             AgentError::Io { .. } => ApiError::StoreUnavailable { description },
         }

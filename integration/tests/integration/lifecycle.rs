@@ -28,18 +28,23 @@ fn probe_sets() -> PathBuf {
     dir
 }
 
+/// The agents' heartbeat TTL (they beat every half of it).
+const TTL: Duration = Duration::from_secs(3);
+/// How long after its last heartbeat an agent is taken for lost: the TTL and the grace.
+const LOST_AFTER: Duration = Duration::from_secs(8);
+
 fn grid() -> Grid {
     let sets = probe_sets();
     let opts = GridOptions {
         keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
-        agent_lost_grace: Duration::from_secs(3),
+        agent_lost_grace: LOST_AFTER - TTL,
         coordinator_args: vec![
             "--sets".into(),
             sets.display().to_string(),
             "--restart-budget".into(),
             "1".into(),
             "--heartbeat-min-ttl".into(),
-            "3".into(),
+            TTL.as_secs().to_string(),
         ],
         ..Default::default()
     };
@@ -389,34 +394,62 @@ fn declared_clusters_roll_restart_and_survive_a_lost_host_on_real_clones() {
         .map(|c| s(c, "clone"))
         .collect();
     assert!(!on_lost.is_empty(), "agent 0 runs clones");
-    g.kill_agent(index_of_lost);
     // The host is gone with its hypervisor: every domain it owns (the napalm metadata
-    // names its agent id) is destroyed and, since both agents of this grid share one
-    // libvirtd, undefined too (on separate hosts the survivor would not see them at all).
-    let owner = lost_id.clone();
-    let mut doomed = Vec::new();
-    for d in g.domains() {
-        let xml = Command::new("virsh")
-            .args(["-q", "-c", "qemu:///system", "dumpxml", &d])
-            .output()
-            .expect("virsh");
-        if !String::from_utf8_lossy(&xml.stdout).contains(&owner) {
-            continue;
-        }
-        for verb in ["destroy", "undefine"] {
-            let out = Command::new("virsh")
-                .args(["-q", "-c", "qemu:///system", verb, &d])
-                .output()
-                .expect("virsh");
+    // names its agent id) vanishes with it. Both agents of this grid share one libvirtd,
+    // so the test destroys and undefines them (on separate hosts the survivor would not
+    // see them at all), all at once and before the coordinator may take the agent for
+    // lost (heartbeat TTL + grace): otherwise the survivor meets a domain of the same
+    // name that another agent owns, which no real pair of hosts can show.
+    let owned_by_lost = |g: &Grid| -> Vec<String> {
+        g.domains()
+            .into_iter()
+            .filter(|d| {
+                let xml = Command::new("virsh")
+                    .args(["-q", "-c", "qemu:///system", "dumpxml", d])
+                    .output()
+                    .expect("virsh");
+                assert!(xml.status.success(), "virsh dumpxml {d}: {xml:?}");
+                String::from_utf8_lossy(&xml.stdout).contains(&lost_id)
+            })
+            .collect()
+    };
+    let doomed = owned_by_lost(&g);
+    assert!(!doomed.is_empty(), "agent 0 owned domains");
+    g.kill_agent(index_of_lost);
+    let lost = Instant::now();
+    for verb in ["destroy", "undefine"] {
+        let runs: Vec<_> = doomed
+            .iter()
+            .map(|d| {
+                Command::new("virsh")
+                    .args(["-q", "-c", "qemu:///system", verb, d])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("virsh")
+            })
+            .collect();
+        for (d, run) in doomed.iter().zip(runs) {
+            let out = run.wait_with_output().expect("virsh");
             assert!(
                 out.status.success() || verb == "destroy",
                 "virsh {verb} {d}: {out:?}"
             );
         }
-        doomed.push(d);
     }
-    assert!(!doomed.is_empty(), "agent 0 owned domains");
-    let lost = Instant::now();
+    let vanished_in = lost.elapsed();
+    assert!(
+        owned_by_lost(&g).is_empty(),
+        "the lost host's domains are gone"
+    );
+    // The simulation holds only if its domains vanished before the agent could be lost:
+    // its last heartbeat was up to half a TTL before the kill.
+    assert!(
+        vanished_in + TTL / 2 < LOST_AFTER,
+        "destroying the lost host's {} domains took {vanished_in:?}: the coordinator may have \
+         taken the agent for lost ({LOST_AFTER:?} after its last heartbeat) before they vanished",
+        doomed.len()
+    );
     let survivors = until(
         &g,
         "roll",
@@ -425,8 +458,10 @@ fn declared_clusters_roll_restart_and_survive_a_lost_host_on_real_clones() {
         |c| c.len() == 8 && c.iter().all(|c| registered(c) && s(c, "agent") != lost_id),
     );
     eprintln!(
-        "agent host lost ({} clones): all 8 registered on the survivor {:.1} s after the kill",
+        "agent host lost ({} clones, gone {:.1} s after the kill): all 8 registered on the \
+         survivor {:.1} s after the kill",
         doomed.len(),
+        vanished_in.as_secs_f64(),
         lost.elapsed().as_secs_f64()
     );
     for c in survivors
