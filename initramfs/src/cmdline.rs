@@ -1,9 +1,11 @@
 //! The kernel command line as napalm-init reads it (Kata agent style: from a PATH, so tests
-//! feed a file): `root=`, `ip=`, `nameserver=`, `init=`, `unpack=`, `napalm.help`,
-//! `napalm.onfail=`, `napalm.timeout=`, and the kernel's `quiet`.
+//! feed a file): `root=`, `ip=`, `nameserver=`, `init=`, `unpack=`, `napalm.scratch=`
+//! ([`crate::scratch`]), `napalm.help`, `napalm.onfail=`, `napalm.timeout=`, and the
+//! kernel's `quiet`.
 
 use crate::ip::{parse_nameserver, IpConfig, IpParseError};
 use crate::rootspec::{RootParseError, RootSpec};
+use crate::scratch::{ScratchError, ScratchSpec};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -32,6 +34,9 @@ pub struct BootConfig {
     pub init: PathBuf,
     /// `unpack=`: `;`-separated archives or directories of archives, paths in the new root.
     pub unpack: Vec<PathBuf>,
+    /// `napalm.scratch=`: tmpfs paths mounted beside the union (empty when absent; a later
+    /// word replaces an earlier one).
+    pub scratch: ScratchSpec,
     /// `napalm.help`: print every fsloader's help on the console.
     pub help: bool,
     /// `napalm.onfail=`.
@@ -60,6 +65,9 @@ pub enum CmdlineError {
     /// `ip=` or `nameserver=` is malformed.
     #[error(transparent)]
     Ip(#[from] IpParseError),
+    /// `napalm.scratch=` is malformed.
+    #[error(transparent)]
+    Scratch(#[from] ScratchError),
     /// Another parameter is malformed.
     #[error("{param}: {what}")]
     Param {
@@ -124,6 +132,7 @@ impl BootConfig {
             nameservers: Vec::new(),
             init: PathBuf::from("/sbin/init"),
             unpack: Vec::new(),
+            scratch: ScratchSpec::default(),
             help: false,
             onfail: OnFail::Halt,
             timeout_secs: 10,
@@ -158,6 +167,7 @@ impl BootConfig {
                         return Err(bad(&format!("{} is not an absolute path", p.display())));
                     }
                 }
+                ("napalm.scratch", Some(v)) => cfg.scratch = ScratchSpec::parse(v)?,
                 ("napalm.help", None) | ("napalm.help", Some("1")) => cfg.help = true,
                 ("quiet", None) => cfg.quiet = true,
                 // Later words win: `quiet napalm.quiet=0` keeps the kernel quiet and
@@ -245,7 +255,7 @@ pub fn fast_boot_args(site_args: &str) -> String {
 }
 
 /// A clone's kernel command line built as values, for the host that boots it: the words
-/// before, `root=`, `ip=`, the words after. `Display` gives the line the kernel gets, and
+/// before, `root=`, `ip=`, `napalm.scratch=` (when there is scratch), the words after. `Display` gives the line the kernel gets, and
 /// [`BootConfig::parse`] of it gives back the same root and ip.
 ///
 /// ```
@@ -275,7 +285,9 @@ pub struct KernelCmdline {
     pub root: RootSpec,
     /// `ip=`.
     pub ip: IpConfig,
-    /// Words after `ip=` (e.g. a deployment's own kernel arguments), verbatim; empty ones
+    /// `napalm.scratch=`, written only when not empty.
+    pub scratch: ScratchSpec,
+    /// Words after `ip=` and `napalm.scratch=` (e.g. a deployment's own kernel arguments), verbatim; empty ones
     /// are skipped.
     pub after: Vec<String>,
 }
@@ -287,8 +299,15 @@ impl KernelCmdline {
             before: Vec::new(),
             root,
             ip,
+            scratch: ScratchSpec::default(),
             after: Vec::new(),
         }
+    }
+
+    /// Sets `napalm.scratch=` (an empty spec writes nothing).
+    pub fn scratch(mut self, scratch: ScratchSpec) -> KernelCmdline {
+        self.scratch = scratch;
+        self
     }
 
     /// Adds `words` (one or several, space-separated) before `root=`.
@@ -310,6 +329,9 @@ impl std::fmt::Display for KernelCmdline {
             write!(f, "{w} ")?;
         }
         write!(f, "root={} ip={}", self.root, self.ip)?;
+        if !self.scratch.is_empty() {
+            write!(f, " napalm.scratch={}", self.scratch)?;
+        }
         for w in self.after.iter().filter(|w| !w.is_empty()) {
             write!(f, " {w}")?;
         }
@@ -368,6 +390,14 @@ mod tests {
                     c.root.is_some() && c.unpack.len() == 2 && c.onfail == OnFail::Halt && c.quiet
                 },
             },
+            TestData {
+                line: "root=tmpfs:rw napalm.scratch=/scratch:tmpfs:256M,/var/tmp:tmpfs:64M",
+                check: |c| {
+                    c.scratch.mounts.len() == 2
+                        && c.scratch.mounts[1].path == "/var/tmp"
+                        && c.scratch.tmpfs_bytes() == 320 << 20
+                },
+            },
             // A later napalm.quiet=0 undoes quiet for napalm-init only.
             TestData { line: "quiet root=tmpfs:rw napalm.quiet=0", check: |c| !c.quiet },
             TestData {
@@ -406,6 +436,13 @@ mod tests {
             .to_string()
             .contains("absolute"));
         assert!(BootConfig::parse("napalm.onfail=explode").is_err());
+        let scratch = BootConfig::parse("root=tmpfs:rw napalm.scratch=/scratch:tmpfs:1Q")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            scratch.contains("\"/scratch:tmpfs:1Q\"") && scratch.contains("size \"1Q\""),
+            "{scratch}"
+        );
         assert!(matches!(
             BootConfig::parse("a=\"b"),
             Err(CmdlineError::Quote(2))

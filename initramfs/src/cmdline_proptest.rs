@@ -1,10 +1,11 @@
 //! Round trips: a root spec, an ip config and a whole command line built as values display
 //! to text that parses back to the same values (every fsloader type of `root=`, static and
-//! DHCP `ip=`).
+//! DHCP `ip=`, `napalm.scratch=`).
 
 use super::*;
 use crate::ip::StaticIp;
 use crate::rootspec::{Device, Role};
+use crate::scratch::{ScratchMount, ScratchSpec};
 use proptest::prelude::*;
 use proptest::strategy::Union;
 
@@ -143,6 +144,33 @@ fn ip_config() -> impl Strategy<Value = IpConfig> {
     ]
 }
 
+/// Scratch entries: paths that may collide or nest (refused by the builder, so dropped),
+/// sizes in any unit, default or explicit modes.
+fn scratch_spec() -> impl Strategy<Value = ScratchSpec> {
+    proptest::collection::vec(
+        (
+            "(/[a-zA-Z0-9_.+@-]{1,6}){1,3}",
+            1u64..(1 << 34),
+            proptest::option::of(0u32..=0o7777),
+        ),
+        0..4,
+    )
+    .prop_filter_map("paths that read as scratch paths, not nested", |entries| {
+        let mounts = entries
+            .into_iter()
+            .map(|(p, size, mode)| {
+                let m = ScratchMount::tmpfs(&p, size)?;
+                match mode {
+                    Some(mode) => m.with_mode(mode),
+                    None => Ok(m),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        ScratchSpec::new(mounts).ok()
+    })
+}
+
 fn words() -> impl Strategy<Value = Vec<String>> {
     proptest::collection::vec(
         prop_oneof![
@@ -170,19 +198,43 @@ proptest! {
     }
 
     #[test]
+    fn scratch_spec_round_trips(spec in scratch_spec()) {
+        let text = spec.to_string();
+        prop_assert_eq!(ScratchSpec::parse(&text), Ok(spec), "{}", text);
+    }
+
+    /// Whatever the text, parsing never panics, and what parses displays back to a value
+    /// that parses to the same spec.
+    #[test]
+    fn scratch_parse_never_panics(text in "[/a-z0-9:,.MGK]{0,30}") {
+        if let Ok(spec) = ScratchSpec::parse(&text) {
+            prop_assert_eq!(ScratchSpec::parse(&spec.to_string()), Ok(spec));
+        }
+    }
+
+    #[test]
     fn kernel_cmdline_round_trips(
         root in root_spec(),
         ip in ip_config(),
+        scratch in scratch_spec(),
         before in words(),
         after in words(),
     ) {
-        let line = KernelCmdline { before, root: root.clone(), ip: ip.clone(), after };
+        let line = KernelCmdline {
+            before,
+            root: root.clone(),
+            ip: ip.clone(),
+            scratch: scratch.clone(),
+            after,
+        };
         let text = line.to_string();
         let cfg = BootConfig::parse(&text);
         prop_assert!(cfg.is_ok(), "{}: {:?}", text, cfg);
         let cfg = cfg.unwrap_or_else(|e| panic!("{e}"));
         prop_assert_eq!(cfg.root, Some(root), "{}", text);
         prop_assert_eq!(cfg.ip, ip, "{}", text);
+        prop_assert_eq!(&cfg.scratch, &scratch, "{}", text);
+        prop_assert_eq!(text.contains("napalm.scratch="), !scratch.is_empty(), "{}", text);
         prop_assert!(!text.contains("  ") && !text.starts_with(' ') && !text.ends_with(' '));
     }
 }

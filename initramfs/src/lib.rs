@@ -12,7 +12,7 @@
 //!
 //! Features: `guest` (default) is the PID-1 code, needed by `napalm-init`. A host program
 //! (the coordinator) uses `default-features = false` and gets the grammar — `rootspec`
-//! (root=), `ip` (ip=, nameserver=), `cmdline` (the command line, parsed as `BootConfig`
+//! (root=), `ip` (ip=, nameserver=), `scratch` (napalm.scratch=), `cmdline` (the command line, parsed as `BootConfig`
 //! or built as `KernelCmdline`) — and the builder: `cpio`, `image`, `modules`
 //! (modules.dep). `testing` adds `testing::static_init`, the static napalm-init for QEMU
 //! tests.
@@ -29,6 +29,7 @@ pub mod image;
 pub mod ip;
 pub mod modules;
 pub mod rootspec;
+pub mod scratch;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -1,5 +1,6 @@
 //! The PID 1 flow of napalm-init, one named step each: early mounts, command line, modules,
-//! network, the union root, `unpack=`, switch_root semantics (empty the initramfs, move the
+//! network, the union root, `unpack=`, `napalm.scratch=` (tmpfs beside the union),
+//! switch_root semantics (empty the initramfs, move the
 //! new root onto `/`, chroot), the boot report, exec `init=`. Any failure stops with a
 //! message naming the step and its input, then does what `napalm.onfail=` says
 //! ([`handle_failure`]). Every call that touches the machine goes through [`Syscall`], and
@@ -28,6 +29,10 @@ use std::time::Duration;
 
 /// Where the new root is assembled.
 pub const NEWROOT: &str = "/rootfs";
+
+/// The source name of scratch tmpfs mounts, as `/proc/mounts` shows it (the union's own
+/// tmpfs layers are `tmpfs`).
+pub const SCRATCH_SOURCE: &str = "napalm-scratch";
 
 /// The modules the network needs besides those of the fsloaders.
 const NET_MODULES: [&str; 3] = ["virtio_pci", "virtio_net", "xen_netfront"];
@@ -103,6 +108,7 @@ impl<'a> Boot<'a> {
         let net = self.bring_up_network(&cfg)?;
         let assembled = self.assemble_root(&cfg, &root, net.as_ref())?;
         self.unpack(&cfg, &assembled)?;
+        self.mount_scratch(&cfg)?;
         self.switch_root(&cfg)?;
         self.write_report(&root, &assembled, net.as_ref());
         Err(self.exec_init(&cfg, init_args))
@@ -285,6 +291,42 @@ impl<'a> Boot<'a> {
             let line = self.tm.record("unpack", s, uptime());
             self.note(line);
         }
+        Ok(())
+    }
+
+    /// `napalm.scratch=`: a tmpfs of the given size and mode at each path of the new root,
+    /// mounted on the assembled union (not through it: writes there never reach
+    /// overlayfs); switch_root's move of the new root carries them along. The directory is
+    /// created in the union when missing, which needs a writable root.
+    fn mount_scratch(&mut self, cfg: &BootConfig) -> Step<()> {
+        if cfg.scratch.is_empty() {
+            return Ok(());
+        }
+        let s = uptime();
+        for m in &cfg.scratch.mounts {
+            let target = self.path(NEWROOT).join(m.path.trim_start_matches('/'));
+            let opts = m.mount_options();
+            self.sys
+                .mkdir_all(&target)
+                .map_err(|e| {
+                    format!(
+                        "{m}: creating {} in the new root: {e} (a read-only root needs the \
+                         directory in one of its layers)",
+                        m.path
+                    )
+                })
+                .and_then(|()| {
+                    self.sys
+                        .mount(SCRATCH_SOURCE, &target, "tmpfs", false, &opts)
+                        .map_err(|e| format!("{m}: mount -t tmpfs -o {opts} {}: {e}", m.path))
+                })
+                .map_err(|e| {
+                    self.fail("scratch", format!("napalm.scratch={}: {e}", cfg.scratch))
+                })?;
+            self.note(format!("napalm:   scratch {} tmpfs {opts}", m.path));
+        }
+        let line = self.tm.record("scratch mounted", s, uptime());
+        self.note(line);
         Ok(())
     }
 

@@ -137,3 +137,54 @@ fn the_boot_report_keeps_the_log_a_quiet_console_did_not_print() {
     assert_eq!(v["timings"]["phases"][0]["name"], "modules: 17 loaded");
     assert_eq!(v["root"], "nfs:10.0.2.100::ro;tmpfs:rw");
 }
+
+#[test]
+fn scratch_is_mounted_on_the_assembled_union_before_switch_root() {
+    let d = boot_root("root=tmpfs:rw napalm.scratch=/scratch:tmpfs:256M,/var/tmp:tmpfs:64M:0755");
+    let sys = RecordingSyscall::new(Some(d.path()));
+    let f = Boot::new(&sys, d.path()).run(&d.path().join("cmdline"), &[]);
+    assert_eq!(f.step, "exec init", "{f:?}");
+    let calls = sys.calls();
+    let at = |c: &str| {
+        calls
+            .iter()
+            .position(|x| x == c)
+            .unwrap_or_else(|| panic!("{c} not in {calls:?}"))
+    };
+    let overlay = calls
+        .iter()
+        .position(|c| c.starts_with("mount overlay /rootfs"))
+        .unwrap_or_else(|| panic!("{calls:?}"));
+    let scratch = at("mount napalm-scratch /rootfs/scratch tmpfs [size=268435456,mode=1777]");
+    let var_tmp = at("mount napalm-scratch /rootfs/var/tmp tmpfs [size=67108864,mode=755]");
+    assert_eq!(calls[scratch - 1], "mkdir /rootfs/scratch");
+    assert_eq!(calls[var_tmp - 1], "mkdir /rootfs/var/tmp");
+    assert!(overlay < scratch && scratch < var_tmp, "{calls:?}");
+    assert!(var_tmp < at("move /dev /rootfs/dev"), "{calls:?}");
+}
+
+#[test]
+fn a_scratch_mount_that_fails_names_the_step_and_the_entry() {
+    let d = boot_root("root=tmpfs:rw napalm.scratch=/scratch:tmpfs:1G napalm.onfail=shell");
+    let sys = RecordingSyscall::new(Some(d.path()));
+    sys.fail_on("mount napalm-scratch");
+    let f = Boot::new(&sys, d.path()).run(&d.path().join("cmdline"), &[]);
+    assert_eq!((f.step, f.onfail), ("scratch", OnFail::Shell), "{f:?}");
+    assert!(
+        f.error.contains("napalm.scratch=/scratch:tmpfs:1G")
+            && f.error
+                .contains("mount -t tmpfs -o size=1073741824,mode=1777 /scratch"),
+        "{}",
+        f.error
+    );
+    assert!(!sys.calls().iter().any(|c| c.starts_with("move /dev")));
+}
+
+#[test]
+fn a_malformed_scratch_stops_at_the_command_line() {
+    let d = boot_root("root=tmpfs:rw napalm.scratch=/scratch:tmpfs:256X");
+    let sys = RecordingSyscall::new(Some(d.path()));
+    let f = Boot::new(&sys, d.path()).run(&d.path().join("cmdline"), &[]);
+    assert_eq!(f.step, "cmdline", "{f:?}");
+    assert!(f.error.contains("\"/scratch:tmpfs:256X\""), "{}", f.error);
+}
