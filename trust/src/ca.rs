@@ -12,7 +12,7 @@ use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::FromDer;
 
 use crate::error::{Result, TrustError};
-use crate::id;
+use crate::id::{self, OperatorRole};
 
 /// Default lifetime of an agent certificate.
 pub const DEFAULT_LEAF_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -224,28 +224,57 @@ impl ClusterCa {
 }
 
 impl ClusterCa {
-    /// A key pair and client certificate for operator `name` (`spiffe://napalm/operator/
-    /// <name>`): what napalmctl presents to agents and coordinators that require cluster
-    /// certificates. Returns the certificate and the key, PEM.
+    /// A key pair and client certificate for operator `name` in `role`
+    /// ([`OperatorRole::uri`]): what napalmctl presents to agents and coordinators that
+    /// require cluster certificates. Returns the certificate and the key, PEM.
     pub fn issue_operator(
         &self,
         name: &str,
+        role: OperatorRole,
         now: i64,
         ttl: std::time::Duration,
     ) -> Result<(Issued, String)> {
-        id::check_agent_id(name)?;
         let key = KeyPair::generate().map_err(TrustError::generate("operator key"))?;
-        let uri = format!("{}{name}", id::OPERATOR_URI_PREFIX);
+        let issued = self.sign_operator(&key, name, role, now, ttl)?;
+        Ok((issued, key.serialize_pem()))
+    }
+
+    /// A client certificate for operator `name` in `role` over the public key of
+    /// `csr_pem` (`napalmctl login`: the key stays with the operator). As for agents,
+    /// the CSR's signature is checked and the names it asks for are ignored.
+    pub fn issue_operator_csr(
+        &self,
+        csr_pem: &str,
+        name: &str,
+        role: OperatorRole,
+        now: i64,
+        ttl: std::time::Duration,
+    ) -> Result<Issued> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| TrustError::parse("CSR", e))?;
+        self.sign_operator(&csr.public_key, name, role, now, ttl)
+    }
+
+    fn sign_operator(
+        &self,
+        key: &impl rcgen::PublicKeyData,
+        name: &str,
+        role: OperatorRole,
+        now: i64,
+        ttl: std::time::Duration,
+    ) -> Result<Issued> {
+        id::check_agent_id(name)?;
         let sans = vec![SanType::URI(
-            uri.try_into()
+            role.uri(name)
+                .try_into()
                 .map_err(|e| TrustError::parse("operator URI", e))?,
         )];
         let mut params = leaf_params(name, sans, now, ttl)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params
-            .signed_by(&key, &self.issuer, &self.key)
+            .signed_by(key, &self.issuer, &self.key)
             .map_err(TrustError::generate("operator certificate"))?;
-        Ok((issued(cert.der())?, key.serialize_pem()))
+        issued(cert.der())
     }
 }
 

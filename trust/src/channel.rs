@@ -93,6 +93,10 @@ pub fn coordinator_or_operator() -> Admit {
             .ok_or_else(|| "no client certificate".to_owned())?;
         match crate::id::role_of(leaf) {
             Ok(Some(crate::id::Role::Coordinator | crate::id::Role::Operator(_))) => Ok(()),
+            Ok(Some(crate::id::Role::Viewer(name))) => Err(format!(
+                "operator {name} has the viewer role: it may read the coordinator, not drive \
+                 an agent"
+            )),
             Ok(Some(crate::id::Role::Agent(id))) => Err(format!(
                 "agent {id} may not drive another agent (only coordinators and operators)"
             )),

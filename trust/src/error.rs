@@ -35,6 +35,12 @@ pub enum TrustError {
         /// The id given.
         id: String,
     },
+    /// An operator role other than `admin` or `viewer`.
+    #[error("role {role:?} is not one of admin, viewer")]
+    BadRole {
+        /// The role given.
+        role: String,
+    },
     /// A certificate that does not chain to the cluster CA, is expired, or is not usable
     /// for the purpose.
     #[error("certificate refused: {0}")]

@@ -17,16 +17,63 @@ pub const AGENT_URI_PREFIX: &str = "spiffe://napalm/agent/";
 pub const COORDINATOR_URI: &str = "spiffe://napalm/coordinator";
 /// DNS name every coordinator certificate carries; clients ask for it as server name.
 pub const COORDINATOR_DNS: &str = "coordinator.napalm";
-/// URI prefix of an operator's identity (`spiffe://napalm/operator/<name>`).
+/// URI prefix of an operator's identity (`spiffe://napalm/operator/<name>`): the
+/// `admin` role, allowed everything.
 pub const OPERATOR_URI_PREFIX: &str = "spiffe://napalm/operator/";
+/// URI prefix of a read-only operator's identity (`spiffe://napalm/viewer/<name>`): the
+/// `viewer` role, allowed listings, lookups and the event stream.
+pub const VIEWER_URI_PREFIX: &str = "spiffe://napalm/viewer/";
+
+/// What an operator's certificate lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorRole {
+    /// Everything.
+    Admin,
+    /// Read only.
+    Viewer,
+}
+
+impl OperatorRole {
+    /// `admin` or `viewer`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Viewer => "viewer",
+        }
+    }
+
+    /// The URI naming operator `name` in this role.
+    pub fn uri(self, name: &str) -> String {
+        match self {
+            Self::Admin => format!("{OPERATOR_URI_PREFIX}{name}"),
+            Self::Viewer => format!("{VIEWER_URI_PREFIX}{name}"),
+        }
+    }
+}
+
+impl std::str::FromStr for OperatorRole {
+    type Err = TrustError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "admin" => Ok(Self::Admin),
+            "viewer" => Ok(Self::Viewer),
+            other => Err(TrustError::BadRole {
+                role: other.to_owned(),
+            }),
+        }
+    }
+}
 
 /// Who a (verified) certificate says its holder is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
     /// A coordinator.
     Coordinator,
-    /// An operator (napalmctl with a client certificate), by name.
+    /// An operator with the `admin` role (napalmctl with a client certificate), by name.
     Operator(String),
+    /// An operator with the `viewer` role (read only), by name.
+    Viewer(String),
     /// An enrolled agent, by id.
     Agent(String),
 }
@@ -39,6 +86,8 @@ pub fn role_of(cert: &CertificateDer<'_>) -> Result<Option<Role>> {
             Some(Role::Coordinator)
         } else if let Some(n) = u.strip_prefix(OPERATOR_URI_PREFIX) {
             Some(Role::Operator(n.to_owned()))
+        } else if let Some(n) = u.strip_prefix(VIEWER_URI_PREFIX) {
+            Some(Role::Viewer(n.to_owned()))
         } else {
             u.strip_prefix(AGENT_URI_PREFIX)
                 .map(|i| Role::Agent(i.to_owned()))

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use napalm_trust::id::OperatorRole;
 use napalm_trust::tls::{self, CertSlot, ClientAuth};
 use napalm_trust::{csr, id, ClusterCa, TrustError};
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -232,7 +233,7 @@ fn agents_admit_only_coordinators_and_operators() {
     let ca = ClusterCa::generate("cluster", now()).expect("ca");
     let admit = napalm_trust::channel::coordinator_or_operator();
     let (op, _) = ca
-        .issue_operator("alice", now(), Duration::from_secs(60))
+        .issue_operator("alice", OperatorRole::Admin, now(), Duration::from_secs(60))
         .expect("operator");
     let op = chain(&op.cert_pem);
     assert_eq!(
@@ -240,6 +241,16 @@ fn agents_admit_only_coordinators_and_operators() {
         Some(id::Role::Operator("alice".into()))
     );
     admit(Some(&op)).expect("an operator is admitted");
+    let (viewer, _) = ca
+        .issue_operator("bob", OperatorRole::Viewer, now(), Duration::from_secs(60))
+        .expect("viewer");
+    let viewer = chain(&viewer.cert_pem);
+    assert_eq!(
+        id::role_of(&viewer[0]).expect("role"),
+        Some(id::Role::Viewer("bob".into()))
+    );
+    let refused = admit(Some(&viewer)).expect_err("a viewer may not drive an agent");
+    assert!(refused.contains("viewer role"), "{refused}");
     let (co, _) = ca
         .issue_coordinator(&[], now(), Duration::from_secs(60))
         .expect("coordinator");

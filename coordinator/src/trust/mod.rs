@@ -14,6 +14,7 @@
 pub mod agents;
 pub mod flags;
 pub mod revoke;
+pub mod roles;
 pub mod serve;
 pub mod service;
 pub mod store;
@@ -23,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use napalm_trust::id::OperatorRole;
 use napalm_trust::tls::CertSlot;
 use napalm_trust::ClusterCa;
 
@@ -154,18 +156,32 @@ impl Trust {
         Ok(cert.not_after)
     }
 
-    /// A client certificate (chain with the CA) and key, PEM, for operator `name`: what
-    /// an operator's tools present to agents, which admit only coordinators and operators.
-    /// The start of `napalmctl login`; tests use it as the outside client's identity.
+    /// A client certificate (chain with the CA) and key, PEM, for operator `name` in
+    /// `role`: what an operator's tools present to agents (which admit only coordinators
+    /// and admin operators) and to the TLS listener. Tests use it as the outside client's
+    /// identity; `napalmctl login` gets one over its own key ([`Self::issue_operator_csr`]).
     pub fn issue_operator(
         &self,
         name: &str,
+        role: OperatorRole,
         ttl: Duration,
     ) -> Result<(String, String), napalm_trust::TrustError> {
         let (cert, key) = self
             .ca
-            .issue_operator(name, unix_now(&self.registry), ttl)?;
+            .issue_operator(name, role, unix_now(&self.registry), ttl)?;
         Ok((format!("{}{}", cert.cert_pem, self.ca.cert_pem()), key))
+    }
+
+    /// A client certificate for operator `name` in `role` over the key of `csr_pem`.
+    pub fn issue_operator_csr(
+        &self,
+        csr_pem: &str,
+        name: &str,
+        role: OperatorRole,
+        ttl: Duration,
+    ) -> Result<napalm_trust::Issued, napalm_trust::TrustError> {
+        self.ca
+            .issue_operator_csr(csr_pem, name, role, unix_now(&self.registry), ttl)
     }
 
     /// The CA certificate, PEM.

@@ -1,6 +1,6 @@
 //! Revoked agent identities. Certificates are short-lived, so revocation is a list the
 //! coordinator checks rather than a CRL every party fetches: the TLS listener refuses
-//! every call of a revoked agent ([`super::serve::require_agent`]), renewal and
+//! every call of a revoked agent ([`super::roles`]), renewal and
 //! re-enrollment under its id are refused, and the agent is marked revoked (state
 //! `AGENT_STATE_REVOKED` with the operator's reason, and the label `napalm.trust=revoked`)
 //! so `napalmctl agents` shows it, the scheduler places nothing on it and the deploy

@@ -1,9 +1,9 @@
 //! The TLS listener: `TrustService` (enroll with a join token, renew with the agent's
-//! certificate) and `CoordinatorService` for enrolled agents, whose every call must come
-//! with a client certificate chaining to the CA (rustls checks the chain in the
-//! handshake; [`require_agent`] checks one was presented and names an agent, and hands
-//! the id to the service as a [`PeerAgent`] extension so `RegisterAgent` and `Heartbeat`
-//! can refuse an agent speaking for another).
+//! certificate, administration for admin operators) and `CoordinatorService` for
+//! enrolled agents and operators, every call behind the role gate ([`super::roles`]):
+//! rustls checks the chain in the handshake, the gate reads who the certificate names and
+//! what that caller may call, and hands an agent's id to the service as a [`PeerAgent`]
+//! extension so `RegisterAgent` and `Heartbeat` can refuse an agent speaking for another.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +13,8 @@ use napalm_proto::v1::coordinator_service_server::CoordinatorServiceServer;
 use napalm_trust::tls::{self, ClientAuth};
 use tokio::task::JoinHandle;
 
-use super::service::{peer_agent, Placement, TrustServer};
+use super::roles::{RequireRole, COORDINATOR_RULES, TRUST_RULES};
+use super::service::{Placement, TrustServer};
 use super::{Trust, TrustConfig, TrustSetupError};
 use crate::registry::Registry;
 use crate::service::Coordinator;
@@ -22,25 +23,6 @@ use crate::service::Coordinator;
 /// the TLS listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerAgent(pub String);
-
-/// Interceptor of `CoordinatorService` on the TLS listener: no agent certificate, or a
-/// revoked agent's, no call.
-#[allow(clippy::result_large_err)]
-pub fn require_agent(
-    trust: &Trust,
-    mut r: tonic::Request<()>,
-) -> Result<tonic::Request<()>, tonic::Status> {
-    let id = peer_agent(&r)?;
-    if trust.is_revoked(&id) {
-        return Err(tonic::Status::permission_denied(format!(
-            "agent {id} is revoked: the operator must enroll this host again under a new \
-             id (remove its state directory's tls/ and agent-id, then napalm-agent --join \
-             NEW_TOKEN)"
-        )));
-    }
-    r.extensions_mut().insert(PeerAgent(id));
-    Ok(r)
-}
 
 /// Checks that a request naming agent `claimed` comes from that agent when it came over
 /// the TLS listener (requests over the plain listener carry no [`PeerAgent`]).
@@ -190,15 +172,20 @@ fn serve(
             }
         }
     });
-    let gate = trust.clone();
-    let require = move |r: tonic::Request<()>| require_agent(&gate, r);
+    let gated = |rules| (trust.clone(), rules);
+    let (trust_gate, coordinator_gate) = (gated(TRUST_RULES), gated(COORDINATOR_RULES));
     let mut rx = stop_rx;
     let task = tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
-            .add_service(TrustServiceServer::new(svc))
-            .add_service(CoordinatorServiceServer::with_interceptor(
-                coordinator,
-                require,
+            .add_service(RequireRole::new(
+                TrustServiceServer::new(svc),
+                trust_gate.0,
+                trust_gate.1,
+            ))
+            .add_service(RequireRole::new(
+                CoordinatorServiceServer::new(coordinator),
+                coordinator_gate.0,
+                coordinator_gate.1,
             ))
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = rx.wait_for(|s| *s).await;

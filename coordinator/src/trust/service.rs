@@ -1,15 +1,22 @@
 //! `napalm.trust.v1.TrustService`. One implementation, two placements ([`Placement`]): on
 //! the TLS listener it enrolls (join token) and renews (the caller's verified client
-//! certificate names the agent) but refuses token administration; on the plain API
-//! listener, behind the operator's bearer token, it administers tokens but refuses to
-//! enroll or renew (a token secret or a certificate must not cross in clear).
+//! certificate names the agent), and administers join tokens and operator certificates
+//! for callers whose certificate names an admin operator (the role gate,
+//! [`super::roles`], let them through); on the plain API listener, behind the operator's
+//! bearer token, it administers but refuses to enroll or renew (a token secret must not
+//! cross in clear).
 
 use napalm_proto::trust_v1::trust_service_server::TrustService;
 use napalm_proto::trust_v1::*;
+use napalm_trust::id::OperatorRole;
 use napalm_trust::{JoinToken, TokenRecord, TrustError};
 use tonic::{Request, Response, Status};
 
+use super::roles::Caller;
 use super::{store, unix_now, Trust};
+
+/// Lifetime of an operator certificate unless the request asks for another.
+pub const OPERATOR_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 type Res<T> = Result<Response<T>, Status>;
 
@@ -51,6 +58,18 @@ impl TrustServer {
         }))
     }
 
+    /// Operator calls: on the API listener the bearer-token layer admitted the caller; on
+    /// the TLS listener the role gate must have named an admin operator.
+    fn operator<T>(&self, r: &Request<T>) -> Result<(), Status> {
+        match (self.placement, r.extensions().get::<Caller>()) {
+            (Placement::Api, _) | (Placement::Tls, Some(Caller::Admin(_))) => Ok(()),
+            _ => Err(Status::permission_denied(
+                "administering join tokens and certificates needs an admin operator's \
+                 certificate (napalmctl login) or the operator token on the API listener",
+            )),
+        }
+    }
+
     fn certificate(&self, issued: napalm_trust::Issued) -> Certificate {
         Certificate {
             cert_pem: issued.cert_pem,
@@ -68,9 +87,10 @@ fn store_err(e: crate::store::StoreError) -> Status {
 fn refused(e: TrustError) -> Status {
     match e {
         TrustError::Refused(r) => Status::permission_denied(r.to_string()),
-        TrustError::BadToken(_) | TrustError::Parse { .. } | TrustError::BadId { .. } => {
-            Status::invalid_argument(e.to_string())
-        }
+        TrustError::BadToken(_)
+        | TrustError::Parse { .. }
+        | TrustError::BadId { .. }
+        | TrustError::BadRole { .. } => Status::invalid_argument(e.to_string()),
         other => Status::internal(other.to_string()),
     }
 }
@@ -172,7 +192,7 @@ impl TrustService for TrustServer {
         &self,
         r: Request<CreateJoinTokenRequest>,
     ) -> Res<CreateJoinTokenResponse> {
-        self.only(Placement::Api)?;
+        self.operator(&r)?;
         let req = r.into_inner();
         let ttl = match req.ttl_seconds {
             0 => self.trust.cfg.token_ttl,
@@ -200,9 +220,12 @@ impl TrustService for TrustServer {
 
     async fn list_join_tokens(
         &self,
-        _r: Request<ListJoinTokensRequest>,
+        r: Request<ListJoinTokensRequest>,
     ) -> Res<ListJoinTokensResponse> {
-        self.only(Placement::Api)?;
+        // A viewer's certificate reads the list too (ids and states, never secrets).
+        if !matches!(r.extensions().get::<Caller>(), Some(Caller::Viewer(_))) {
+            self.operator(&r)?;
+        }
         let now = unix_now(&self.trust.registry);
         let mut tokens = store::tokens(&self.trust.registry)
             .await
@@ -214,7 +237,7 @@ impl TrustService for TrustServer {
     }
 
     async fn revoke_join_token(&self, r: Request<RevokeJoinTokenRequest>) -> Res<JoinTokenInfo> {
-        self.only(Placement::Api)?;
+        self.operator(&r)?;
         let id = r.into_inner().id;
         let registry = &self.trust.registry;
         for _ in 0..4 {
@@ -241,7 +264,7 @@ impl TrustService for TrustServer {
     }
 
     async fn revoke_agent(&self, r: Request<RevokeAgentRequest>) -> Res<RevokedAgent> {
-        self.only(Placement::Api)?;
+        self.operator(&r)?;
         let req = r.into_inner();
         let rec = self
             .trust
@@ -252,6 +275,28 @@ impl TrustService for TrustServer {
             agent_id: rec.agent_id,
             revoked_at: rec.revoked_at,
             reason: rec.reason,
+        }))
+    }
+
+    async fn issue_operator_certificate(
+        &self,
+        r: Request<IssueOperatorCertificateRequest>,
+    ) -> Res<OperatorCertificate> {
+        self.operator(&r)?;
+        let req = r.into_inner();
+        let role: OperatorRole = req.role.parse().map_err(refused)?;
+        let ttl = match req.ttl_seconds {
+            0 => OPERATOR_TTL,
+            s => std::time::Duration::from_secs(s),
+        };
+        let issued = self
+            .trust
+            .issue_operator_csr(&req.csr_pem, &req.name, role, ttl)
+            .map_err(refused)?;
+        tracing::info!(operator = %req.name, role = role.as_str(), not_after = issued.not_after, "operator certificate issued");
+        Ok(Response::new(OperatorCertificate {
+            certificate: Some(self.certificate(issued)),
+            endpoints: self.trust.addresses.clone(),
         }))
     }
 }

@@ -17,6 +17,7 @@ mod etcd_harness;
 mod impersonate;
 mod outage;
 mod revoke;
+mod roles;
 mod shared;
 mod spoof;
 
@@ -29,6 +30,7 @@ use napalm_proto::trust_v1::trust_service_client::TrustServiceClient;
 use napalm_proto::trust_v1::{
     CreateJoinTokenRequest, ListJoinTokensRequest, RevokeJoinTokenRequest,
 };
+use napalm_trust::id::OperatorRole;
 
 async fn coordinator(dir: &Path, leaf_ttl: Duration) -> Running {
     let mut cfg = ServeConfig::loopback(dir);
@@ -150,7 +152,7 @@ async fn a_token_enrolls_an_agent_once_and_its_listeners_need_a_cluster_certific
     let (op_cert, op_key) = c
         .trust()
         .expect("trust")
-        .issue_operator("alice", Duration::from_secs(3600))
+        .issue_operator("alice", OperatorRole::Admin, Duration::from_secs(3600))
         .expect("operator certificate");
     let (op_cert_file, op_key_file) = (dir.path().join("op.crt"), dir.path().join("op.key"));
     std::fs::write(&op_cert_file, op_cert).expect("write");
