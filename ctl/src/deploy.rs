@@ -8,7 +8,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use napalm_proto::v1::{
     deploy_progress, CloneMode, ClonePhase, DeployProgress, DeployRequest, DeploySummary,
-    DeploymentSpec, Hypervisor, PlacementStrategy, Resources, UndeployRequest,
+    DeploymentSpec, Hypervisor, PlacementStrategy, Resources, ScratchMount, UndeployRequest,
 };
 use serde_json::json;
 use tokio_stream::StreamExt;
@@ -76,6 +76,11 @@ pub struct DeployArgs {
     /// capacity appears (without it, a deploy that does not fit is refused whole).
     #[arg(long)]
     pub allow_pending: bool,
+    /// Scratch space beside the union root: PATH=SIZE[,PATH=SIZE…] (`/scratch=256M,
+    /// /var/tmp=64M`), each a tmpfs of that size (mode 1777) mounted at PATH before the
+    /// clone's init, so writes there skip overlayfs. The sizes add up within --memory.
+    #[arg(long, value_delimiter = ',')]
+    pub scratch: Vec<String>,
 }
 
 fn bad(message: String) -> Failure {
@@ -105,6 +110,29 @@ pub fn parse_size(s: &str) -> Result<u64, Failure> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .ok_or_else(|| bad(format!("size {s:?}: use a number with K, M or G (512M)")))
+}
+
+/// Parses one `--scratch` entry, `PATH=SIZE`; the coordinator checks the path rules and
+/// the total against the clone's memory.
+pub fn parse_scratch(entry: &str) -> Result<ScratchMount, Failure> {
+    let usage = "use PATH=SIZE, e.g. --scratch /scratch=256M,/var/tmp=64M";
+    let (path, size) = entry
+        .split_once('=')
+        .ok_or_else(|| bad(format!("--scratch {entry:?}: {usage}")))?;
+    if !path.starts_with('/') {
+        return Err(bad(format!(
+            "--scratch {entry:?}: {path:?} is not an absolute path; {usage}"
+        )));
+    }
+    let size_bytes = parse_size(size)
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| bad(format!("--scratch {entry:?}: size {size:?}: {usage}")))?;
+    Ok(ScratchMount {
+        path: path.to_owned(),
+        size_bytes,
+        mode: 0,
+    })
 }
 
 impl DeployArgs {
@@ -176,6 +204,12 @@ impl DeployArgs {
             strategy: strategy as i32,
             max_per_agent: self.max_per_agent,
             allow_pending: self.allow_pending,
+            scratch: self
+                .scratch
+                .iter()
+                .filter(|e| !e.is_empty())
+                .map(|e| parse_scratch(e))
+                .collect::<Result<_, _>>()?,
             ..Default::default()
         })
     }
@@ -357,5 +391,29 @@ mod tests {
             .map(|f| f.message)
             .unwrap_or_default();
         assert!(e.contains("\"12X\""), "{e}");
+    }
+
+    #[test]
+    fn scratch_entries() {
+        let m = parse_scratch("/scratch=256M").unwrap_or_else(|f| panic!("{}", f.message));
+        assert_eq!(
+            (m.path.as_str(), m.size_bytes, m.mode),
+            ("/scratch", 256 << 20, 0)
+        );
+        for (bad, what) in [
+            ("/scratch", "use PATH=SIZE"),
+            ("scratch=1M", "not an absolute path"),
+            ("/scratch=12X", "size \"12X\""),
+            ("/scratch=0", "size \"0\""),
+        ] {
+            let e = parse_scratch(bad)
+                .err()
+                .map(|f| f.message)
+                .unwrap_or_default();
+            assert!(
+                e.contains(&format!("{bad:?}")) && e.contains(what),
+                "{bad}: {e}"
+            );
+        }
     }
 }

@@ -94,6 +94,9 @@ pub enum DeployError {
     /// A clone's `ip=` would not read back.
     #[error("the clone's ip= cannot be written")]
     Ip(#[source] Arc<napalm_initramfs::ip::IpParseError>),
+    /// A clone's `napalm.scratch=` would not read back.
+    #[error("the clone's napalm.scratch= cannot be written")]
+    Scratch(#[source] Arc<napalm_initramfs::scratch::ScratchError>),
     /// The agent a clone is placed on left the registry.
     #[error("agent {0} is gone")]
     AgentGone(String),

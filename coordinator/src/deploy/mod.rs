@@ -26,6 +26,7 @@ pub mod reconcile;
 pub mod report;
 pub mod restart;
 pub mod rollout;
+pub mod scratch;
 pub mod ship;
 pub mod xml;
 
@@ -388,6 +389,8 @@ impl Deployer {
         }
         // The root is one or more read-only layers of the root= grammar.
         RootSpec::parse(&s.root).map_err(|e| invalid("spec.root", e.to_string()))?;
+        let memory = s.resources.map_or(0, |r| r.memory_bytes);
+        scratch::check(&s, memory)?;
         Ok(s)
     }
 

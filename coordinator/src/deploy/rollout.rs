@@ -19,8 +19,8 @@ use super::{invalid, Deployer};
 use crate::registry::{check_name, CLONES, DEPLOYMENTS};
 
 /// The hash of everything a clone boots from: its layer's input hash and the spec's boot
-/// inputs (resources, kernel, root, arguments, mode, hypervisor, arch). A clone whose
-/// recorded hash differs runs an older spec.
+/// inputs (resources, kernel, root, arguments, mode, hypervisor, arch, scratch paths). A
+/// clone whose recorded hash differs runs an older spec.
 pub fn boot_hash(spec: &DeploymentSpec, layer_hash: &str) -> String {
     let r = spec.resources.unwrap_or_default();
     let kernel = spec.kernel.as_ref().map_or("", |k| k.sha256.as_str());
@@ -37,6 +37,12 @@ pub fn boot_hash(spec: &DeploymentSpec, layer_hash: &str) -> String {
         &spec.arch,
     ] {
         h.update(part.as_bytes());
+        h.update([0]);
+    }
+    // Only when there are some, so that clones deployed before scratch existed keep
+    // their hash (and are not rolled by an upgrade of the coordinator).
+    for m in &spec.scratch {
+        h.update(format!("scratch {} {} {:o}", m.path, m.size_bytes, m.mode).as_bytes());
         h.update([0]);
     }
     hex::encode(h.finalize())

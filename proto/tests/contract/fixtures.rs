@@ -339,6 +339,11 @@ pub fn spec() -> DeploymentSpec {
         max_unavailable: 2,
         boot_timeout: dur(1_500),
         restart_budget: Some(3),
+        scratch: vec![ScratchMount {
+            path: s("/scratch"),
+            size_bytes: 256 << 20,
+            mode: 0o1777,
+        }],
     }
 }
 pub fn deploy_request() -> DeployRequest {

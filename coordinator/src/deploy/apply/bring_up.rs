@@ -28,7 +28,8 @@ impl Run {
     /// ([`napalm_initramfs::cmdline::FAST_BOOT_ARGS`]), the site's arguments, `root=` (the
     /// spec's root, the clone's layer — over NFS or appended to its initramfs — and its
     /// upper layer: tmpfs, or its state image over NFS), `ip=` (its static address, or
-    /// DHCP), then the deployment's own arguments and `napalm.agent=` naming the agent the
+    /// DHCP), `napalm.scratch=` (the spec's scratch paths, when any), then the
+    /// deployment's own arguments and `napalm.agent=` naming the agent the
     /// domain is created on (the register hook reports it; the registry accepts only the
     /// domain it placed).
     fn cmdline(
@@ -80,7 +81,12 @@ impl Run {
         };
         // The boot-speed defaults (each one's reason: `FAST_BOOT_ARGS`) go first, so the
         // site's own arguments after them win; `napalm.fastboot=0` among those drops them.
+        // Checked when the spec was normalized; a stored spec that no longer reads fails
+        // the clone rather than booting it without its scratch.
+        let scratch = crate::deploy::scratch::scratch_spec(&self.spec)
+            .map_err(|e| DeployError::Scratch(Arc::new(e)))?;
         let mut line = KernelCmdline::new(RootSpec::new(devices).map_err(bad)?, ip)
+            .scratch(scratch)
             .before(fast_boot_args(&cfg.kernel_args))
             .before(cfg.kernel_args.clone())
             .after(self.spec.kernel_args.clone());
