@@ -2,6 +2,16 @@
 //! `data_source` (thesis 3.3.4). The host is one `<HOST>` with the standard gmond metric
 //! names (`cpu_num`, `mem_total`, `mem_free`, ...); each running domain this agent owns is
 //! another `<HOST>` (the thesis's clones) with its CPU time, memory, I/O and state.
+//!
+//! The host is named as gmond names it, by this process's own host name (the agents of a
+//! grid on one machine share a libvirtd, and so libvirt's host name; each has its own UTS
+//! name), falling back to libvirt's. Each clone also carries OpenTelemetry's host resource
+//! attributes as constant string metrics (group `resource`), so a dashboard can tell the
+//! clones apart the way an OTel collector would: `host.name` (the clone's name), `host.id`
+//! (the domain's UUID, which the guest reads as its SMBIOS system UUID), `host.image.id`
+//! (the sha256 of the image the clone boots, its `initrd.img` artifact: the agent does not
+//! know the digest of an NFS root the image mounts), and Napalm's own `napalm.deployment`,
+//! `napalm.clone` (the domain's labels) and `napalm.agent` (this agent's id).
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -9,8 +19,9 @@ use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 
-use crate::core::Agent;
+use crate::core::{Agent, DomainView};
 use crate::error::{AgentError, Result};
+use crate::hypervisor::Stats;
 use crate::rest::render::esc;
 
 fn metric(
@@ -29,13 +40,92 @@ fn metric(
     );
 }
 
+/// A constant string metric (gmond's `TYPE="string"`, slope zero).
+fn string_metric(o: &mut String, name: &str, val: &str, group: &str) {
+    let _ = writeln!(
+        o,
+        "<METRIC NAME=\"{}\" VAL=\"{}\" TYPE=\"string\" UNITS=\"\" TN=\"0\" TMAX=\"60\" DMAX=\"0\" SLOPE=\"zero\" SOURCE=\"gmond\">\
+         <EXTRA_DATA><EXTRA_ELEMENT NAME=\"GROUP\" VAL=\"{group}\"/></EXTRA_DATA></METRIC>",
+        esc(name),
+        esc(val)
+    );
+}
+
+/// What the document says about the agent's own host.
+#[derive(Debug, Clone, Default)]
+pub struct HostPart {
+    /// The `<HOST NAME>`.
+    pub name: String,
+    /// Logical CPUs.
+    pub cpus: u32,
+    /// Memory, bytes.
+    pub memory_bytes: u64,
+    /// Free memory, bytes.
+    pub free_memory_bytes: u64,
+    /// Domains running.
+    pub running: usize,
+}
+
+/// This process's host name (its UTS namespace's), if it can be read.
+fn own_hostname() -> Option<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let h = h.trim();
+    (!h.is_empty()).then(|| h.to_owned())
+}
+
+/// The OpenTelemetry host resource attributes and Napalm's of domain `d` run by agent
+/// `agent_id`, in order.
+pub fn resource_attributes(d: &DomainView, agent_id: &str) -> Vec<(&'static str, String)> {
+    let mut a = vec![("host.name", d.name.clone()), ("host.id", d.uuid.clone())];
+    if let Some(img) = d.artifacts.iter().find(|x| x.name == "initrd.img") {
+        a.push(("host.image.id", format!("sha256:{}", img.blob.sha256)));
+    }
+    for (label, attr) in [
+        ("deployment", "napalm.deployment"),
+        ("clone", "napalm.clone"),
+    ] {
+        if let Some(v) = d.labels.get(label) {
+            a.push((attr, v.clone()));
+        }
+    }
+    a.push(("napalm.agent", agent_id.to_owned()));
+    a
+}
+
 /// The XML document gmetad reads.
 pub async fn document(agent: &Agent, cluster: &str, started: u64) -> String {
     let now = agent.clock().unix_ms() / 1000;
+    let host = match agent.host().await {
+        Ok(h) => Some(HostPart {
+            name: own_hostname().unwrap_or(h.hostname),
+            cpus: h.cpus,
+            memory_bytes: h.memory_bytes,
+            free_memory_bytes: h.free_memory_bytes,
+            running: agent
+                .list(false)
+                .await
+                .map(|l| l.iter().filter(|d| d.state.is_active()).count())
+                .unwrap_or(0),
+        }),
+        Err(_) => None,
+    };
+    let domains = agent.all_stats().await.unwrap_or_default();
+    render(cluster, now, started, host.as_ref(), &domains, agent.id())
+}
+
+/// The document for `host` and `domains` (inactive ones left out) at `now`.
+pub fn render(
+    cluster: &str,
+    now: u64,
+    started: u64,
+    host: Option<&HostPart>,
+    domains: &[(DomainView, Stats)],
+    agent_id: &str,
+) -> String {
     let mut o = String::from("<?xml version=\"1.0\" encoding=\"ISO-8859-1\" standalone=\"yes\"?>\n<GANGLIA_XML VERSION=\"3.7.2\" SOURCE=\"gmond\">\n");
     let _ = writeln!(o, "<CLUSTER NAME=\"{}\" LOCALTIME=\"{now}\" OWNER=\"napalm\" LATLONG=\"unspecified\" URL=\"unspecified\">", esc(cluster));
-    if let Ok(h) = agent.host().await {
-        let _ = writeln!(o, "<HOST NAME=\"{}\" IP=\"127.0.0.1\" TAGS=\"napalm-agent\" REPORTED=\"{now}\" TN=\"0\" TMAX=\"20\" DMAX=\"0\" LOCATION=\"unspecified\" GMOND_STARTED=\"{started}\">", esc(&h.hostname));
+    if let Some(h) = host {
+        let _ = writeln!(o, "<HOST NAME=\"{}\" IP=\"127.0.0.1\" TAGS=\"napalm-agent\" REPORTED=\"{now}\" TN=\"0\" TMAX=\"20\" DMAX=\"0\" LOCATION=\"unspecified\" GMOND_STARTED=\"{started}\">", esc(&h.name));
         metric(&mut o, "cpu_num", h.cpus, "uint16", "CPUs", "zero", "cpu");
         metric(
             &mut o,
@@ -55,23 +145,19 @@ pub async fn document(agent: &Agent, cluster: &str, started: u64) -> String {
             "both",
             "memory",
         );
-        let n = agent
-            .list(false)
-            .await
-            .map(|l| l.iter().filter(|d| d.state.is_active()).count())
-            .unwrap_or(0);
         metric(
             &mut o,
             "napalm_domains_running",
-            n,
+            h.running,
             "uint32",
             "domains",
             "both",
             "napalm",
         );
+        string_metric(&mut o, "napalm.agent", agent_id, "resource");
         o += "</HOST>\n";
     }
-    for (d, s) in agent.all_stats().await.unwrap_or_default() {
+    for (d, s) in domains {
         if !d.state.is_active() {
             continue;
         }
@@ -131,6 +217,9 @@ pub async fn document(agent: &Agent, cluster: &str, started: u64) -> String {
             "positive",
             "disk",
         );
+        for (k, v) in resource_attributes(d, agent_id) {
+            string_metric(&mut o, k, &v, "resource");
+        }
         let _ = writeln!(o, "<METRIC NAME=\"vm_state\" VAL=\"{}\" TYPE=\"string\" UNITS=\"\" TN=\"0\" TMAX=\"60\" DMAX=\"0\" SLOPE=\"zero\" SOURCE=\"gmond\"><EXTRA_DATA><EXTRA_ELEMENT NAME=\"GROUP\" VAL=\"napalm\"/></EXTRA_DATA></METRIC>", d.state.as_str());
         o += "</HOST>\n";
     }
@@ -166,4 +255,120 @@ pub async fn serve(
         }
     });
     Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blobs::BlobId;
+    use crate::domain_store::{ArtifactRecord, RestartPolicy};
+    use crate::hypervisor::RunState;
+
+    fn domain(name: &str, state: RunState) -> DomainView {
+        DomainView {
+            name: name.into(),
+            uuid: "6f1c2a0e-0000-4000-8000-00000000000a".into(),
+            state,
+            desired: Some(RunState::Running),
+            owned: true,
+            restart: RestartPolicy::Never,
+            labels: [
+                ("deployment".to_owned(), "dep".to_owned()),
+                ("clone".to_owned(), name.to_owned()),
+            ]
+            .into(),
+            files: vec![],
+            artifacts: vec![
+                ArtifactRecord {
+                    name: "vmlinuz".into(),
+                    blob: BlobId {
+                        sha256: "1".repeat(64),
+                        size: 1,
+                    },
+                    writable: false,
+                },
+                ArtifactRecord {
+                    name: "initrd.img".into(),
+                    blob: BlobId {
+                        sha256: "ab".repeat(32),
+                        size: 2,
+                    },
+                    writable: false,
+                },
+            ],
+            vcpus: 1,
+            memory_bytes: 256 << 20,
+            created_at_ms: 0,
+            libvirt_id: Some(3),
+            stats: None,
+        }
+    }
+
+    /// `host`'s string metrics (name → value) in `doc`, parsed as XML.
+    fn strings(doc: &str, host: &str) -> Vec<(String, String)> {
+        let x = roxmltree::Document::parse(doc).expect("the document is XML");
+        let h = x
+            .descendants()
+            .find(|n| n.has_tag_name("HOST") && n.attribute("NAME") == Some(host))
+            .unwrap_or_else(|| panic!("no HOST {host} in {doc}"));
+        h.children()
+            .filter(|m| m.has_tag_name("METRIC") && m.attribute("TYPE") == Some("string"))
+            .map(|m| {
+                (
+                    m.attribute("NAME").unwrap_or_default().to_owned(),
+                    m.attribute("VAL").unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn clones_carry_otel_host_attributes_and_napalm_ones() {
+        let host = HostPart {
+            name: "agent1".into(),
+            cpus: 2,
+            memory_bytes: 4 << 30,
+            free_memory_bytes: 1 << 30,
+            running: 1,
+        };
+        let domains = vec![
+            (domain("dep-01", RunState::Running), Stats::default()),
+            (domain("dep-02", RunState::Shutoff), Stats::default()),
+        ];
+        let doc = render("napalm", 100, 50, Some(&host), &domains, "agent-id-1");
+        let s = strings(&doc, "dep-01");
+        let want: Vec<(String, String)> = [
+            ("host.name", "dep-01".to_owned()),
+            ("host.id", "6f1c2a0e-0000-4000-8000-00000000000a".to_owned()),
+            ("host.image.id", format!("sha256:{}", "ab".repeat(32))),
+            ("napalm.deployment", "dep".to_owned()),
+            ("napalm.clone", "dep-01".to_owned()),
+            ("napalm.agent", "agent-id-1".to_owned()),
+            ("vm_state", "running".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        assert_eq!(s, want, "{doc}");
+        // The agent's host says which agent it is; a domain not running is not a node.
+        assert_eq!(
+            strings(&doc, "agent1"),
+            vec![("napalm.agent".to_owned(), "agent-id-1".to_owned())]
+        );
+        assert!(!doc.contains("dep-02"), "{doc}");
+        // Every attribute is in the `resource` group, as gmetad keeps it.
+        assert_eq!(doc.matches("VAL=\"resource\"").count(), 7, "{doc}");
+    }
+
+    #[test]
+    fn values_are_escaped() {
+        let mut d = domain("a<b", RunState::Running);
+        d.labels.insert("deployment".into(), "x\"&y".into());
+        let doc = render("c&d", 1, 1, None, &[(d, Stats::default())], "id");
+        let s = strings(&doc, "a<b");
+        assert!(
+            s.contains(&("napalm.deployment".into(), "x\"&y".into())),
+            "{doc}"
+        );
+    }
 }
