@@ -2,15 +2,17 @@
 //! on this machine (server namespace with napalm-coordinator and nfs-ganesha, two agent
 //! namespaces found by mDNS, a private bridge), runs `napalmctl deploy --count N` with its
 //! progress bars, prints the final table (clone, agent, address, phase, boot time) and the
-//! OpenMPI hostfile clone 1 was given, then tears everything down (`--keep` waits for
-//! Ctrl-C first).
+//! OpenMPI hostfile clone 1 was given and where to look (the coordinator's web view and
+//! Ganglia's web frontend over Debian's gmetad, both on the server inside the grid), then
+//! tears everything down (`--keep` waits for Enter first).
 
 use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use napalm_integration::grid::{Grid, GridOptions};
+use napalm_integration::ganglia::{Ganglia, CLUSTER};
+use napalm_integration::grid::{Grid, GridOptions, HTTP};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,6 +40,17 @@ fn main() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&grid.napalmctl(&["agents"])?.stdout)
     );
+    // Ganglia watches from before the deploy, so it sees the clones come.
+    let ganglia = match Ganglia::start(&grid) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            println!(
+                "napalm-demo: no Ganglia dashboard ({}); scripts/setup installs gmetad, php-cli and ganglia-webfrontend",
+                napalm_integration::error_chain(&e)
+            );
+            None
+        }
+    };
     let n = count.to_string();
     let t1 = Instant::now();
     println!("\n$ napalmctl deploy --count {n} --name demo --layers base,mpi --hypervisor qemu --memory 256M");
@@ -81,6 +94,25 @@ fn main() -> Result<()> {
             )?
         );
     }
+    let web = format!("http://{}:{HTTP}/", grid.server.addr);
+    println!(
+        "\nnapalm-demo: where to look (on the grid's private network, inside its namespaces):"
+    );
+    println!("  coordinator web view   {web}");
+    if let Some(g) = &ganglia {
+        println!(
+            "  Ganglia (gmetad + ganglia-webfrontend)   {}",
+            g.cluster_url(CLUSTER)
+        );
+    }
+    println!(
+        "  from this machine, e.g.: ip netns exec {} curl -s {web}v1/view.json",
+        grid.client.ns
+    );
+    println!(
+        "  or a screenshot:        ip netns exec {} chromium --headless --no-sandbox --screenshot=/tmp/napalm.png --window-size=1280,1800 URL",
+        grid.client.ns
+    );
     if keep {
         println!(
             "\nnapalm-demo: grid kept running (coordinator {}); press Enter to tear it down.",
@@ -91,6 +123,7 @@ fn main() -> Result<()> {
         std::io::stdin().read_line(&mut line).ok();
     }
     println!("napalm-demo: tearing down");
+    drop(ganglia);
     drop(grid);
     Ok(())
 }

@@ -3,12 +3,14 @@
 
 mod bench;
 mod clients;
+mod dashboards;
 mod debian;
 mod grid;
 mod host_setup;
 mod lifecycle;
 mod packaging;
 mod scale;
+mod scratch;
 mod spoofing;
 
 /// Held by tests that install Debian packages or compare the machine's installed packages,

@@ -1,0 +1,236 @@
+//! Issue #14, "watching the nodes" on a real grid: Ganglia as the thesis shows it. Eight
+//! QEMU clones boot on the two agents; Debian's `gmetad` polls both agents' gmond XML and
+//! Debian's `ganglia-webfrontend` (PHP's built-in server) renders it, both in the grid's
+//! server namespace ([`napalm_integration::ganglia`]); headless Chromium (Debian's
+//! `chromium`, in the server namespace too) loads the cluster page, and every clone must be
+//! on it with its graph. The screenshot is kept as an artifact.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use napalm_integration::ganglia::{Ganglia, CLUSTER};
+use napalm_integration::grid::{Grid, GridOptions};
+use napalm_integration::proc::{wait_for, Daemon};
+
+/// Where screenshots are copied for whoever looks at a run.
+const ARTIFACTS: &str = "/tmp/napalm-artifacts";
+
+/// Runs headless Chromium in `g`'s server namespace on `url` with `args` (`--dump-dom`,
+/// `--screenshot=FILE`…); its stdout goes to `out`. Killed by PID after 90 s.
+fn chromium(g: &Grid, url: &str, args: &[String], out: &Path) -> std::process::ExitStatus {
+    let profile = tempfile::Builder::new()
+        .prefix("chromium-")
+        .tempdir_in(&g.dir)
+        .expect("chromium profile dir");
+    let child = g
+        .server
+        .command("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--disable-crash-reporter",
+            "--disable-breakpad",
+            "--window-size=1280,1800",
+            // Time for the page's scripts and its graphs (rrdtool through graph.php).
+            "--virtual-time-budget=10000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(out).expect("chromium output file"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromium (Debian package chromium)");
+    let mut chromium = Daemon(child);
+    let status = wait_for(Duration::from_secs(90), || {
+        chromium.0.try_wait().ok().flatten()
+    });
+    match status {
+        Some(s) => s,
+        None => {
+            chromium.kill();
+            panic!("chromium did not finish within 90 s on {url}");
+        }
+    }
+}
+
+/// The first 3000 characters of `s`, for failure messages.
+fn head(s: &str) -> &str {
+    s.char_indices().nth(3000).map_or(s, |(i, _)| &s[..i])
+}
+
+/// `dom` without its `<script>` elements: what the page shows, not the code that built it.
+fn without_scripts(dom: &str) -> String {
+    let mut out = String::new();
+    let mut rest = dom;
+    while let Some(i) = rest.find("<script") {
+        out += &rest[..i];
+        match rest[i..].find("</script>") {
+            Some(j) => rest = &rest[i + j + "</script>".len()..],
+            None => return out,
+        }
+    }
+    out + rest
+}
+
+#[test]
+fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
+    let t0 = Instant::now();
+    let opts = GridOptions {
+        keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
+        ..Default::default()
+    };
+    let mut g = Grid::start(opts, "gweb").expect("starting the grid");
+    println!(
+        "dashboards: grid up in {:.1} s (dir {})",
+        t0.elapsed().as_secs_f64(),
+        g.dir.display()
+    );
+    // Ganglia first, as an operator would run it: it sees the clones come.
+    let ganglia = match Ganglia::start(&g) {
+        Ok(x) => x,
+        Err(e) => panic!(
+            "starting gmetad and the web frontend: {}",
+            napalm_integration::error_chain(&e)
+        ),
+    };
+
+    let t1 = Instant::now();
+    let out = g
+        .napalmctl(&[
+            "--output",
+            "json",
+            "deploy",
+            "--memory",
+            "256M",
+            "--hypervisor",
+            "qemu",
+            "--layers",
+            "base",
+            "--name",
+            "gweb",
+            "--count",
+            "8",
+        ])
+        .expect("napalmctl deploy");
+    assert!(
+        out.status.success(),
+        "deploy failed ({:?}): {}\n{}\nlogs in {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        g.dir.display()
+    );
+    println!(
+        "dashboards: 8 clones registered in {:.1} s",
+        t1.elapsed().as_secs_f64()
+    );
+    let clones = g.clones("gweb").expect("napalmctl clones");
+    let names: Vec<String> = (1..=8).map(|i| format!("gweb-{i:02}")).collect();
+    assert_eq!(clones.len(), 8, "{clones:#?}");
+    for c in &clones {
+        assert!(
+            c["phase"]
+                .as_str()
+                .is_some_and(|p| p.eq_ignore_ascii_case("registered")),
+            "{c}"
+        );
+        assert!(
+            names.iter().any(|n| c["clone"] == n.as_str()),
+            "unexpected clone {c}"
+        );
+    }
+
+    // gmetad's tree gets every clone from the agent that runs it (each polled every 1 s).
+    let seen = wait_for(Duration::from_secs(60), || {
+        let xml = ganglia.xml();
+        names
+            .iter()
+            .all(|n| xml.contains(&format!("<HOST NAME=\"{n}\"")))
+            .then_some(xml)
+    });
+    let Some(xml) = seen else {
+        let xml = ganglia.xml();
+        let logs = ganglia.logs();
+        panic!(
+            "gmetad never listed the 8 clones:\n{xml}\n{logs}\n{}",
+            g.logs()
+        );
+    };
+    assert!(
+        xml.contains(&format!("<CLUSTER NAME=\"{CLUSTER}\"")),
+        "{xml}"
+    );
+    for agent in ["agent1", "agent2"] {
+        assert!(
+            xml.contains(&format!("<HOST NAME=\"{agent}\"")),
+            "{agent} not in gmetad's tree: {xml}"
+        );
+    }
+    // gmetad writes an RRD per host and metric it graphs; give the clones' a few samples.
+    std::thread::sleep(Duration::from_secs(5));
+
+    // The cluster page in a real browser: every clone has its graph, named, linked.
+    let url = ganglia.cluster_url(CLUSTER);
+    let dom_file = ganglia.dir.join("cluster-dom.html");
+    let st = chromium(&g, &url, &["--dump-dom".into()], &dom_file);
+    let dom = std::fs::read_to_string(&dom_file).unwrap_or_default();
+    let shown = without_scripts(&dom);
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| {
+            !(shown.contains(&format!("h={n}&amp;")) && shown.contains(&format!("title=\"{n}\"")))
+        })
+        .collect();
+    if !missing.is_empty() || !st.success() {
+        let logs = ganglia.logs();
+        panic!(
+            "chromium ({st}) did not show {missing:?} on {url}; DOM in {}:\n{}\n{logs}\n{}",
+            dom_file.display(),
+            head(&dom),
+            g.logs()
+        );
+    }
+    assert!(
+        shown.contains(&format!("{CLUSTER} Cluster Report")),
+        "not the cluster page: {}",
+        head(&dom)
+    );
+    assert!(
+        !shown.contains("There was an error collecting ganglia data"),
+        "{shown}"
+    );
+
+    let shot = ganglia.dir.join("ganglia-cluster.png");
+    let st = chromium(
+        &g,
+        &url,
+        &[format!("--screenshot={}", shot.display())],
+        &ganglia.dir.join("screenshot.out"),
+    );
+    let png = std::fs::read(&shot).unwrap_or_default();
+    assert!(
+        st.success() && png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "chromium ({st}) left no screenshot of {url} ({} bytes)",
+        png.len()
+    );
+    let _ = std::fs::create_dir_all(ARTIFACTS);
+    let kept = PathBuf::from(ARTIFACTS).join("ganglia-cluster.png");
+    let _ = std::fs::copy(&shot, &kept);
+    println!(
+        "dashboards: Ganglia cluster page with the 8 clones: screenshot {} (copy {}), {:.1} s in all",
+        shot.display(),
+        kept.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    drop(ganglia);
+}
