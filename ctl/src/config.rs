@@ -4,8 +4,12 @@
 //! The file is the first that exists of `$NAPALM_CONFIG` (which must exist when set),
 //! `$XDG_CONFIG_HOME/napalm/napalmctl.yaml` (`~/.config/napalm/napalmctl.yaml` when
 //! `XDG_CONFIG_HOME` is unset) and `/etc/napalm/napalmctl.yaml`; only that one file is
-//! read. Keys: `coordinator`, `token`, `output`, `agent`, `agent_token`; any other key, or
-//! YAML that does not parse, is an error naming the file and line.
+//! read. Keys: `coordinator`, `token`, `identity`, `output`, `agent`, `agent_token`; any
+//! other key, or YAML that does not parse, is an error naming the file and line.
+//!
+//! `identity` is a directory `napalmctl login` wrote (`ca.crt`, `operator.crt`,
+//! `operator.key`): with it, `https://` coordinator endpoints are dialed with mutual TLS
+//! (the coordinator's TLS listener), the role in the certificate deciding what is allowed.
 //!
 //! The coordinator's token (`--token`, `NAPALM_TOKEN`, `token:`) is never sent to an agent:
 //! `napalmctl domain` takes `--token`, `NAPALM_AGENT_TOKEN` or `agent_token:`.
@@ -26,6 +30,8 @@ pub const PRECEDENCE_HELP: &str = "\
 Settings, first found wins:
   coordinator  --coordinator, NAPALM_COORDINATOR, `coordinator:` in the file, http://127.0.0.1:7700
   token        --token, NAPALM_TOKEN, `token:` (bearer token sent to the coordinator)
+  identity     --identity, NAPALM_IDENTITY, `identity:` (directory written by napalmctl
+               login: client certificate for https:// coordinator endpoints)
   output       --output, NAPALM_OUTPUT, `output:` (table, json, yaml), table
   agent        domain --agent, NAPALM_AGENT, `agent:` (agent REST URL or registered name)
   agent token  --token (with `domain`), NAPALM_AGENT_TOKEN, `agent_token:`
@@ -55,6 +61,8 @@ pub struct Settings {
     pub coordinator: Setting<String>,
     /// Bearer token for the coordinator.
     pub token: Option<Setting<String>>,
+    /// Directory of the operator's client certificate (`napalmctl login`).
+    pub identity: Option<Setting<String>>,
     /// Output format.
     pub output: Setting<Output>,
     /// Default agent for `domain`.
@@ -70,6 +78,8 @@ pub struct Flags {
     pub coordinator: Option<String>,
     /// `--token` of a coordinator command.
     pub token: Option<String>,
+    /// `--identity`.
+    pub identity: Option<String>,
     /// `--token` of `domain` (the agent's token; never sent to the coordinator).
     pub agent_token: Option<String>,
     /// `--output`.
@@ -84,6 +94,7 @@ pub struct Flags {
 struct FileConfig {
     coordinator: Option<String>,
     token: Option<String>,
+    identity: Option<String>,
     output: Option<String>,
     agent: Option<String>,
     agent_token: Option<String>,
@@ -128,7 +139,7 @@ impl File {
                     .map_or(String::new(), |l| format!(":{}:{}", l.line(), l.column()));
                 bad(format!(
                     "{}{at}: {e}; napalmctl's configuration takes the keys coordinator, token, \
-                     output, agent and agent_token (fix the file, or set NAPALM_CONFIG to \
+                     identity, output, agent and agent_token (fix the file, or set NAPALM_CONFIG to \
                      another one)",
                     path.display()
                 ))
@@ -189,6 +200,7 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
             let v = match key {
                 "coordinator" => f.cfg.coordinator.clone(),
                 "token" => f.cfg.token.clone(),
+                "identity" => f.cfg.identity.clone(),
                 "output" => f.cfg.output.clone(),
                 "agent" => f.cfg.agent.clone(),
                 _ => f.cfg.agent_token.clone(),
@@ -237,6 +249,12 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
         },
     };
     let token = pick(flags.token.as_ref(), "--token", "NAPALM_TOKEN", "token");
+    let identity = pick(
+        flags.identity.as_ref(),
+        "--identity",
+        "NAPALM_IDENTITY",
+        "identity",
+    );
     let agent = pick(flags.agent.as_ref(), "--agent", "NAPALM_AGENT", "agent");
     let agent_token = pick(
         flags.agent_token.as_ref(),
@@ -250,6 +268,7 @@ pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Se
     Ok(Settings {
         coordinator,
         token,
+        identity,
         output,
         agent,
         agent_token,
@@ -316,6 +335,7 @@ mod tests {
         let flags = Flags {
             coordinator: Some("http://flag:3".into()),
             token: None,
+            identity: None,
             agent_token: Some("flagtok".into()),
             output: Some(Output::Json),
             agent: None,

@@ -123,25 +123,124 @@ fn no_endpoint(settings: &Settings) -> Failure {
     }
 }
 
-/// Connects to one coordinator endpoint.
-async fn connect(settings: &Settings, endpoint: &str) -> Result<Client, Failure> {
-    let bearer = match &settings.token {
-        None => Bearer(None),
-        Some(t) => Bearer(Some(format!("Bearer {}", t.value).parse().map_err(
-            |_| Failure {
+/// The `authorization` header of the configured token (none without one).
+pub(crate) fn bearer(settings: &Settings) -> Result<Bearer, Failure> {
+    match &settings.token {
+        None => Ok(Bearer(None)),
+        Some(t) => Ok(Bearer(Some(
+            format!("Bearer {}", t.value).parse().map_err(|_| Failure {
                 code: 2,
                 message: format!(
                     "the token from {} is not usable in a header (printable ASCII only)",
                     t.origin
                 ),
-            },
-        )?)),
+            })?,
+        ))),
+    }
+}
+
+/// The files of an identity directory (`napalmctl login`).
+pub(crate) struct IdentityFiles {
+    /// The cluster CA certificate.
+    pub ca: std::path::PathBuf,
+    /// The operator's certificate chain.
+    pub cert: std::path::PathBuf,
+    /// Its key.
+    pub key: std::path::PathBuf,
+}
+
+impl IdentityFiles {
+    /// The files in `dir`.
+    pub fn in_dir(dir: &std::path::Path) -> Self {
+        Self {
+            ca: dir.join("ca.crt"),
+            cert: dir.join("operator.crt"),
+            key: dir.join("operator.key"),
+        }
+    }
+}
+
+/// A mutual-TLS client config from the configured identity directory.
+fn tls_config(
+    settings: &Settings,
+    endpoint: &str,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, Failure> {
+    let Some(dir) = &settings.identity else {
+        return Err(Failure {
+            code: 2,
+            message: format!(
+                "coordinator endpoint {endpoint:?} (from {}) is https:// and no identity is \
+                 configured: run napalmctl login (it writes one), or set --identity / \
+                 NAPALM_IDENTITY / `identity:` to its directory",
+                settings.coordinator.origin
+            ),
+        });
     };
+    let files = IdentityFiles::in_dir(std::path::Path::new(&dir.value));
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| Failure {
+            code: 2,
+            message: format!(
+                "identity {:?} (from {}): cannot read {}: {e}; run napalmctl login again",
+                dir.value,
+                dir.origin,
+                p.display()
+            ),
+        })
+    };
+    let unusable = |e: napalm_trust::TrustError| Failure {
+        code: 2,
+        message: format!(
+            "identity {:?} (from {}): {e}; run napalmctl login again",
+            dir.value, dir.origin
+        ),
+    };
+    let ca = napalm_trust::tls::certs_from_pem(&read(&files.ca)?)
+        .map_err(unusable)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Failure {
+            code: 2,
+            message: format!(
+                "{} holds no certificate; run napalmctl login again",
+                files.ca.display()
+            ),
+        })?;
+    let slot = napalm_trust::tls::CertSlot::new(&read(&files.cert)?, &read(&files.key)?)
+        .map_err(unusable)?;
+    napalm_trust::tls::client_config(&ca, Some(slot)).map_err(unusable)
+}
+
+/// A channel to one coordinator endpoint: plain HTTP/2 for `HOST:PORT` and `http://`,
+/// mutual TLS with the configured identity for `https://` (the coordinator's TLS
+/// listener, whose certificate must chain to the identity's CA).
+pub(crate) async fn channel(settings: &Settings, endpoint: &str) -> Result<Channel, Failure> {
+    let unreachable = |e: &dyn std::fmt::Display| Failure {
+        code: 3,
+        message: format!(
+            "cannot reach the coordinator at {endpoint:?} (from {}): {e}; start \
+             napalm-coordinator or set --coordinator / NAPALM_COORDINATOR / \
+             `coordinator:` in the config file",
+            settings.coordinator.origin
+        ),
+    };
+    if endpoint.starts_with("https://") {
+        let cfg = tls_config(settings, endpoint)?;
+        return napalm_trust::channel::connect_with(
+            endpoint,
+            napalm_trust::id::COORDINATOR_DNS,
+            cfg,
+            std::time::Duration::from_secs(10),
+            None,
+        )
+        .await
+        .map_err(|e| unreachable(&e));
+    }
     let invalid = |e: &dyn std::fmt::Display| Failure {
         code: 2,
         message: format!(
             "coordinator endpoint {endpoint:?} (from {}) is not a URL: {e}; use \
-             http://HOST:PORT",
+             http://HOST:PORT, or https://HOST:PORT with an identity",
             settings.coordinator.origin
         ),
     };
@@ -151,18 +250,16 @@ async fn connect(settings: &Settings, endpoint: &str) -> Result<Client, Failure>
     } else {
         format!("http://{endpoint}")
     };
-    let channel = Channel::from_shared(url)
+    Channel::from_shared(url)
         .map_err(|e| invalid(&e))?
         .connect()
         .await
-        .map_err(|e| Failure {
-            code: 3,
-            message: format!(
-                "cannot reach the coordinator at {endpoint:?} (from {}): {e}; start \
-                 napalm-coordinator or set --coordinator / NAPALM_COORDINATOR / \
-                 `coordinator:` in the config file",
-                settings.coordinator.origin
-            ),
-        })?;
+        .map_err(|e| unreachable(&e))
+}
+
+/// Connects to one coordinator endpoint.
+async fn connect(settings: &Settings, endpoint: &str) -> Result<Client, Failure> {
+    let bearer = bearer(settings)?;
+    let channel = channel(settings, endpoint).await?;
     Ok(CoordinatorServiceClient::with_interceptor(channel, bearer))
 }

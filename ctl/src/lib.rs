@@ -23,6 +23,7 @@ pub mod config;
 pub mod connect;
 pub mod deploy;
 pub mod domain;
+pub mod login;
 pub mod output;
 pub mod rollout;
 pub mod tables;
@@ -54,6 +55,11 @@ pub struct Cli {
     /// with `domain`, for the agent [else NAPALM_AGENT_TOKEN, `agent_token:`].
     #[arg(long, global = true)]
     pub token: Option<String>,
+    /// Directory of the client certificate `napalmctl login` wrote, presented to
+    /// `https://` coordinator endpoints [else NAPALM_IDENTITY, `identity:` in the config
+    /// file].
+    #[arg(long, global = true)]
+    pub identity: Option<String>,
     /// Output format of listings [else NAPALM_OUTPUT, the config file, table].
     #[arg(long, short, global = true, value_enum)]
     pub output: Option<Output>,
@@ -109,6 +115,9 @@ pub enum Command {
         #[command(subcommand)]
         command: clone::CloneCommand,
     },
+    /// A client certificate for this operator (admin or viewer) from the coordinator, over
+    /// a key made here: then https:// endpoints are dialed with mutual TLS.
+    Login(login::LoginArgs),
     /// Deploy N clones, or converge a deployment of that name (napalm-deploy).
     Deploy(deploy::DeployArgs),
     /// Domains of one agent through its REST API (the thesis's `napalm` tool).
@@ -152,6 +161,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     let flags = config::Flags {
         coordinator: cli.coordinator.clone(),
         token: cli.token.clone().filter(|_| domain.is_none()),
+        identity: cli.identity.clone(),
         agent_token: cli.token.clone().filter(|_| domain.is_some()),
         output: cli.output,
         agent: domain.and_then(|d| d.agent.clone()),
@@ -267,6 +277,7 @@ async fn dispatch(cli: &Cli, settings: &Settings) -> Result<String, Failure> {
             deploy::deploy(settings, args, output).await
         }
         Command::Agent { command } => token::run(settings, command, output).await,
+        Command::Login(args) => login::run(settings, args).await,
         Command::Undeploy { name, purge } => deploy::undeploy(settings, name, *purge, output).await,
         Command::Domain(args) => domain::run(args, settings).await,
         Command::Watch(args) => {

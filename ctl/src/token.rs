@@ -9,9 +9,11 @@ use napalm_proto::trust_v1::{
     RevokeJoinTokenRequest,
 };
 use serde_json::json;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::config::Settings;
+use crate::connect::Bearer;
 use crate::output::{self, Output};
 use crate::{from_status, Failure};
 
@@ -79,65 +81,30 @@ pub fn parse_ttl(s: &str) -> Result<u64, String> {
     }
 }
 
-/// Adds the operator's bearer token to each call.
-type AddBearer =
-    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+type Client = TrustServiceClient<InterceptedService<Channel, Bearer>>;
 
-type Client =
-    TrustServiceClient<tonic::service::interceptor::InterceptedService<Channel, AddBearer>>;
-
-/// A TrustService client on the first reachable configured coordinator, with the token.
-async fn client(settings: &Settings) -> Result<Client, Failure> {
-    let bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
-        match &settings.token {
-            None => None,
-            Some(t) => Some(format!("Bearer {}", t.value).parse().map_err(|_| Failure {
-                code: 2,
-                message: format!(
-                    "the token from {} is not usable in a header (printable ASCII only)",
-                    t.origin
-                ),
-            })?),
-        };
-    let mut last = String::new();
+/// A TrustService client on the first reachable configured coordinator, with the token
+/// (or over mutual TLS with the identity, for `https://` endpoints).
+pub(crate) async fn client(settings: &Settings) -> Result<Client, Failure> {
+    let bearer = crate::connect::bearer(settings)?;
+    let mut last = None;
     for endpoint in settings.coordinator.value.split(',').map(str::trim) {
         if endpoint.is_empty() {
             continue;
         }
-        let url = if endpoint.contains("://") {
-            endpoint.to_owned()
-        } else {
-            format!("http://{endpoint}")
-        };
-        let channel = match Channel::from_shared(url) {
-            Ok(c) => c,
-            Err(e) => {
-                return Err(Failure {
-                    code: 2,
-                    message: format!("coordinator endpoint {endpoint:?} is not a URL: {e}"),
-                })
-            }
-        };
-        match channel.connect().await {
-            Ok(ch) => {
-                let bearer = bearer.clone();
-                let add: AddBearer = Box::new(move |mut r: tonic::Request<()>| {
-                    if let Some(v) = &bearer {
-                        r.metadata_mut().insert("authorization", v.clone());
-                    }
-                    Ok(r)
-                });
-                return Ok(TrustServiceClient::with_interceptor(ch, add));
-            }
-            Err(e) => last = format!("{endpoint}: {e}"),
+        match crate::connect::channel(settings, endpoint).await {
+            Ok(ch) => return Ok(TrustServiceClient::with_interceptor(ch, bearer)),
+            Err(f) if f.code == 3 => last = Some(f),
+            Err(f) => return Err(f),
         }
     }
-    Err(Failure {
-        code: 3,
+    Err(last.unwrap_or_else(|| Failure {
+        code: 2,
         message: format!(
-            "cannot reach a coordinator ({last}); set --coordinator / NAPALM_COORDINATOR"
+            "no coordinator endpoint in {:?}; give --coordinator HOST:PORT",
+            settings.coordinator.value
         ),
-    })
+    }))
 }
 
 fn unimplemented_hint(s: tonic::Status) -> Failure {

@@ -126,3 +126,122 @@ async fn a_coordinator_without_trust_says_how_to_enable_it() {
     assert!(!ok);
     assert!(err.contains("--trust-listen"), "{err}");
 }
+
+/// napalmctl with only `NAPALM_CONFIG` (what `login` prints to export).
+fn ctl_with_config(home: &std::path::Path, config: &std::path::Path) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_napalmctl"));
+    for v in [
+        "NAPALM_COORDINATOR",
+        "NAPALM_TOKEN",
+        "NAPALM_OUTPUT",
+        "NAPALM_IDENTITY",
+    ] {
+        c.env_remove(v);
+    }
+    c.env("HOME", home)
+        .env("XDG_CONFIG_HOME", home)
+        .env("NAPALM_CONFIG", config)
+        .kill_on_drop(true);
+    c
+}
+
+#[tokio::test]
+async fn login_writes_a_client_certificate_whose_role_decides_over_mutual_tls() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = ServeConfig::loopback(dir.path());
+    cfg.api_auth = ApiAuth::Token("op-token".into());
+    cfg.trust = Some(TrustConfig::loopback());
+    let c = server::start(cfg).await.expect("coordinator");
+    let ep = c.endpoint();
+    let home = dir.path().join("home");
+    let tls_ep = c.trust_addr().expect("TLS listener").to_string();
+
+    // An admin logs in with the operator token; the key is written 0600 and never sent.
+    let admin_dir = dir.path().join("alice");
+    let mut login = ctl(&home, &ep);
+    login.args(["--token", "op-token", "login", "--name", "alice", "--dir"]);
+    login.arg(&admin_dir);
+    let (ok, out, err) = run(login).await;
+    assert!(ok, "{err}");
+    let config = admin_dir.join("napalmctl.yaml");
+    assert!(
+        out.contains(&format!("NAPALM_CONFIG={}", config.display())),
+        "{out}"
+    );
+    assert!(out.contains("alice (admin)"), "{out}");
+    let key = admin_dir.join("operator.key");
+    let mode = std::fs::metadata(&key).expect("key").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the key is the operator's alone");
+    let written = std::fs::read_to_string(&config).expect("config");
+    assert!(
+        written.contains(&format!("coordinator: https://{tls_ep}")),
+        "{written}"
+    );
+
+    // With only that config (no token anywhere): reads and changes over mutual TLS.
+    let mut agents = ctl_with_config(&home, &config);
+    agents.args(["-o", "json", "agents"]);
+    let (ok, out, err) = run(agents).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "[]", "{out}");
+    let mut create = ctl_with_config(&home, &config);
+    create.args(["agent", "token", "create", "--ttl", "5m"]);
+    let (ok, out, err) = run(create).await;
+    assert!(ok, "an admin mints join tokens over mutual TLS: {err}");
+    assert!(out.trim().starts_with("napalm-join-v1."), "{out}");
+
+    // A viewer reads and is refused changes, saying why.
+    let viewer_dir = dir.path().join("bob");
+    let mut login = ctl(&home, &ep);
+    login.args([
+        "--token", "op-token", "login", "--name", "bob", "--role", "viewer", "--dir",
+    ]);
+    login.arg(&viewer_dir);
+    let (ok, _, err) = run(login).await;
+    assert!(ok, "{err}");
+    let viewer = viewer_dir.join("napalmctl.yaml");
+    let mut list = ctl_with_config(&home, &viewer);
+    list.args(["deployments"]);
+    let (ok, _, err) = run(list).await;
+    assert!(ok, "a viewer lists deployments: {err}");
+    let mut undeploy = ctl_with_config(&home, &viewer);
+    undeploy.args(["undeploy", "web"]);
+    let (ok, _, err) = run(undeploy).await;
+    assert!(!ok);
+    assert!(err.contains("viewer role"), "{err}");
+    let mut create = ctl_with_config(&home, &viewer);
+    create.args(["agent", "token", "create"]);
+    let (ok, _, err) = run(create).await;
+    assert!(!ok);
+    assert!(
+        err.contains("CreateJoinToken") && err.contains("viewer role"),
+        "{err}"
+    );
+
+    // Without the operator token no certificate; a role that does not exist is quoted;
+    // an https:// endpoint without an identity says to log in.
+    let mut anon = ctl(&home, &ep);
+    anon.args(["login", "--name", "eve", "--dir"]);
+    anon.arg(dir.path().join("eve"));
+    let (ok, _, err) = run(anon).await;
+    assert!(!ok);
+    assert!(err.contains("bearer token"), "{err}");
+    assert!(
+        !dir.path().join("eve").exists(),
+        "nothing written when refused"
+    );
+    let mut bad = ctl(&home, &ep);
+    bad.args([
+        "--token", "op-token", "login", "--name", "eve", "--role", "root",
+    ]);
+    let (ok, _, err) = run(bad).await;
+    assert!(!ok);
+    assert!(err.contains("\"root\""), "{err}");
+    let mut bare = ctl(&home, &format!("https://{tls_ep}"));
+    bare.args(["agents"]);
+    let (ok, _, err) = run(bare).await;
+    assert!(!ok);
+    assert!(err.contains("napalmctl login"), "{err}");
+    drop(c);
+}

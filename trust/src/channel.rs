@@ -32,6 +32,19 @@ pub async fn connect(
     cfg: Arc<ClientConfig>,
     timeout: std::time::Duration,
 ) -> Result<Channel> {
+    let per_call = timeout.max(std::time::Duration::from_secs(30));
+    connect_with(endpoint, server_name, cfg, timeout, Some(per_call)).await
+}
+
+/// [`connect`] with each call bounded by `call_timeout`, or not at all (`None`: for
+/// clients whose calls include long event streams, such as napalmctl's).
+pub async fn connect_with(
+    endpoint: &str,
+    server_name: &str,
+    cfg: Arc<ClientConfig>,
+    timeout: std::time::Duration,
+    call_timeout: Option<std::time::Duration>,
+) -> Result<Channel> {
     let addr = authority(endpoint).to_owned();
     let err = |detail: String| TrustError::Connect {
         endpoint: endpoint.to_owned(),
@@ -40,10 +53,12 @@ pub async fn connect(
     let name = ServerName::try_from(server_name.to_owned())
         .map_err(|e| err(format!("server name {server_name:?}: {e}")))?;
     let uri = format!("http://{addr}");
-    let ep = Endpoint::from_shared(uri)
+    let mut ep = Endpoint::from_shared(uri)
         .map_err(|e| err(e.to_string()))?
-        .connect_timeout(timeout)
-        .timeout(timeout.max(std::time::Duration::from_secs(30)));
+        .connect_timeout(timeout);
+    if let Some(t) = call_timeout {
+        ep = ep.timeout(t);
+    }
     let connector = tower::service_fn(move |_: http::Uri| {
         let (addr, name, cfg) = (addr.clone(), name.clone(), Arc::clone(&cfg));
         async move {
