@@ -7,7 +7,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::error::{Ctx, GridError};
-use super::{socket, Grid, Hypervisor, AGENT_GANGLIA, AGENT_GRPC, AGENT_HTTP, GRPC, HTTP, TOKEN};
+use super::{
+    socket, Grid, Hypervisor, AGENT_GANGLIA, AGENT_GRPC, AGENT_HTTP, GRPC, HTTP, TOKEN, TRUST,
+};
 use crate::bins;
 use crate::netns::Host;
 use crate::proc::{wait_for, Daemon};
@@ -95,6 +97,10 @@ impl Grid {
                 .arg("--ganesha-pid-file")
                 .arg(d.join("ganesha/ganesha.pid"));
         }
+        if let Some(ttl) = self.trust_cert_ttl {
+            cmd.args(["--trust-listen", &format!("{}:{TRUST}", s.addr)])
+                .args(["--trust-cert-ttl", &ttl.as_secs().max(1).to_string()]);
+        }
         cmd.args(["--mdns-interface", &s.iface, "--register-timeout", "300"])
             .args([
                 "--agent-lost-grace",
@@ -166,11 +172,16 @@ impl Grid {
 
     /// Starts agent `i` (again) in its namespace, as host name `agentN` (N = i + 1).
     pub fn start_agent(&mut self, i: usize) -> Result<(), GridError> {
-        let h = &self.agent_hosts[i];
         let state = self.dir.join(format!("agent{i}"));
         std::fs::create_dir_all(&state).ctx(format!("creating {}", state.display()))?;
         let bin = bins::agent()?;
         let name = format!("agent{}", i + 1);
+        // With the PKI, a host not enrolled yet gets a join token of its own.
+        let join = match self.trust_cert_ttl {
+            Some(_) if !state.join("tls/agent.crt").exists() => Some(self.join_token(&name)?),
+            _ => None,
+        };
+        let h = &self.agent_hosts[i];
         let mut cmd = h.command("unshare");
         cmd.args([
             "--uts",
@@ -197,17 +208,39 @@ impl Grid {
             .args(["--grpc-listen", &format!("{}:{AGENT_GRPC}", h.addr)])
             .args(["--ganglia-listen", &format!("{}:{AGENT_GANGLIA}", h.addr)])
             .args(["--mdns-interface", &h.iface])
-            .env("NAPALM_AGENT_TOKEN", TOKEN)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log_file(&self.dir, &name)?)
             .stderr(log_file(&self.dir, &name)?);
+        match (&join, self.trust_cert_ttl) {
+            (Some(token), _) => {
+                cmd.env("NAPALM_JOIN_TOKEN", token);
+            }
+            (None, Some(_)) => {}
+            (None, None) => {
+                cmd.env("NAPALM_AGENT_TOKEN", TOKEN);
+            }
+        }
         let child = die_with_parent(&mut cmd)
             .spawn()
             .ctx("spawning napalm-agent")?;
         self.agents[i] = Some(Daemon(child));
         Ok(())
+    }
+
+    /// A single-use join token for host `name`, made as an operator would.
+    fn join_token(&self, name: &str) -> Result<String, GridError> {
+        let args = ["agent", "token", "create", "--ttl", "10m", "--name", name];
+        let out = self.napalmctl(&args)?;
+        if !out.status.success() {
+            return Err(GridError::CommandFailed {
+                command: format!("napalmctl {}", args.join(" ")),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
     /// Waits until agent `i`'s REST and gRPC ports listen, seen from the client host.

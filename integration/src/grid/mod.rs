@@ -45,6 +45,8 @@ pub const AGENT_HTTP: u16 = 8480;
 pub const AGENT_GRPC: u16 = 8481;
 /// Each agent's Ganglia (gmond-compatible XML) port.
 pub const AGENT_GANGLIA: u16 = 8649;
+/// The coordinator's TLS listener (enrollment, mutual TLS) when the grid runs the PKI.
+pub const TRUST: u16 = 7443;
 
 /// What the agents' libvirt drives, and so whether clones can boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,6 +87,11 @@ pub struct GridOptions {
     pub agent_lost_grace: std::time::Duration,
     /// More arguments for `napalm-coordinator` (`--sets DIR`, `--restart-budget N`…).
     pub coordinator_args: Vec<String>,
+    /// Run the cluster PKI with agent certificates of this lifetime: the coordinator
+    /// serves `--trust-listen` on PREFIX.1:[`TRUST`], and each agent, instead of the
+    /// shared token, enrolls with a join token `napalmctl agent token create` made for it
+    /// (`NAPALM_JOIN_TOKEN`), then serves and calls over mutual TLS only.
+    pub trust_cert_ttl: Option<std::time::Duration>,
 }
 
 impl Default for GridOptions {
@@ -101,6 +108,7 @@ impl Default for GridOptions {
             root: None,
             agent_lost_grace: std::time::Duration::from_secs(90),
             coordinator_args: Vec::new(),
+            trust_cert_ttl: None,
         }
     }
 }
@@ -130,6 +138,7 @@ pub struct Grid {
     libvirt_net: Option<String>,
     agent_lost_grace: std::time::Duration,
     coordinator_args: Vec<String>,
+    trust_cert_ttl: Option<std::time::Duration>,
     keep: bool,
     net: Network,
     /// Held for a QEMU grid's life: those grids (tests, the demo) run one at a time.
@@ -228,6 +237,7 @@ impl Grid {
             libvirt_net: None,
             agent_lost_grace: opts.agent_lost_grace,
             coordinator_args: opts.coordinator_args.clone(),
+            trust_cert_ttl: opts.trust_cert_ttl,
             keep: opts.keep,
             net,
             _lock: lock,
@@ -323,6 +333,11 @@ impl Grid {
             s += &format!("--- {name} ({state}) ---\n{text}\n");
         }
         s
+    }
+
+    /// The coordinator's TLS listener, `ADDR:PORT` (with [`GridOptions::trust_cert_ttl`]).
+    pub fn trust_addr(&self) -> String {
+        format!("{}:{TRUST}", self.server.addr)
     }
 
     /// The coordinator's gRPC address, `ADDR:PORT`.
