@@ -1,7 +1,9 @@
 //! Ganglia gmond-compatible XML on a TCP port: an unmodified `gmetad` polls the agent as a
 //! `data_source` (thesis 3.3.4). The host is one `<HOST>` with the standard gmond metric
 //! names (`cpu_num`, `mem_total`, `mem_free`, ...); each running domain this agent owns is
-//! another `<HOST>` (the thesis's clones) with its CPU time, memory, I/O and state.
+//! another `<HOST>` (the thesis's clones) with its CPU time, memory, I/O and state. Counters
+//! (slope `positive`: CPU time in ms, bytes) are whole numbers, as gmetad's RRD COUNTERs
+//! require (rrdtool refuses `5.53`: "not a simple unsigned integer").
 //!
 //! The host is named as gmond names it, by this process's own host name (the agents of a
 //! grid on one machine share a libvirtd, and so libvirt's host name; each has its own UTS
@@ -163,12 +165,14 @@ pub fn render(
         }
         let _ = writeln!(o, "<HOST NAME=\"{}\" IP=\"0.0.0.0\" TAGS=\"napalm-domain\" REPORTED=\"{now}\" TN=\"0\" TMAX=\"20\" DMAX=\"0\" LOCATION=\"unspecified\" GMOND_STARTED=\"{started}\">", esc(&d.name));
         metric(&mut o, "cpu_num", s.vcpus, "uint16", "CPUs", "zero", "cpu");
+        // Counters (slope positive) become RRD COUNTERs in gmetad, which take unsigned
+        // integers only: CPU time in whole milliseconds (graphed as ms per second).
         metric(
             &mut o,
             "vm_cpu_time",
-            s.cpu_time_ns as f64 / 1e9,
+            s.cpu_time_ns / 1_000_000,
             "double",
-            "s",
+            "ms",
             "positive",
             "cpu",
         );
@@ -358,6 +362,46 @@ mod tests {
         assert!(!doc.contains("dep-02"), "{doc}");
         // Every attribute is in the `resource` group, as gmetad keeps it.
         assert_eq!(doc.matches("VAL=\"resource\"").count(), 7, "{doc}");
+    }
+
+    #[test]
+    fn counters_are_unsigned_integers_as_rrd_counters_need() {
+        let stats = Stats {
+            cpu_time_ns: 5_530_000_123,
+            memory_bytes: 256 << 20,
+            vcpus: 1,
+            net_rx_bytes: 1_663_080,
+            net_tx_bytes: 7,
+            disk_read_bytes: 0,
+            disk_write_bytes: 9,
+        };
+        let doc = render(
+            "napalm",
+            1,
+            1,
+            None,
+            &[(domain("c", RunState::Running), stats)],
+            "id",
+        );
+        let x = roxmltree::Document::parse(&doc).expect("XML");
+        let counters: Vec<(&str, &str)> = x
+            .descendants()
+            .filter(|m| m.has_tag_name("METRIC") && m.attribute("SLOPE") == Some("positive"))
+            .map(|m| {
+                (
+                    m.attribute("NAME").unwrap_or_default(),
+                    m.attribute("VAL").unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(counters.len(), 5, "{doc}");
+        for (name, val) in &counters {
+            assert!(
+                val.parse::<u64>().is_ok(),
+                "{name}={val} is not an unsigned integer"
+            );
+        }
+        assert!(counters.contains(&("vm_cpu_time", "5530")), "{counters:?}");
     }
 
     #[test]

@@ -197,7 +197,7 @@ pub fn prepare_webfrontend(dir: &Path) -> Result<PathBuf, GangliaError> {
          $conf['dwoo_compiled_dir'] = '{d}/dwoo/compiled';\n$conf['dwoo_cache_dir'] = '{d}/dwoo/cache';\n\
          $conf['views_dir'] = '{d}/conf';\n$conf['conf_dir'] = '{d}/conf';\n\
          $conf['ganglia_ip'] = '127.0.0.1';\n$conf['ganglia_port'] = {GMETAD_INTERACTIVE};\n\
-         # What the agents report for each clone (CPU seconds, as a rate once in an RRD).\n\
+         # What the agents report for each clone: CPU time (ms, graphed per second).\n\
          $conf['default_metric'] = 'vm_cpu_time';\n"
     );
     std::fs::write(web.join("conf.php"), conf).map_err(io("writing conf.php"))?;

@@ -176,8 +176,38 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
             "{agent} not in gmetad's tree: {xml}"
         );
     }
-    // gmetad writes an RRD per host and metric it graphs; give the clones' a few samples.
-    std::thread::sleep(Duration::from_secs(5));
+    // gmetad writes an RRD per host and numeric metric (15 s steps): wait until every
+    // clone's CPU time has a value in it, so the page graphs measured data.
+    let rrd = |n: &str| {
+        ganglia
+            .dir
+            .join(format!("rrds/{CLUSTER}/{n}/vm_cpu_time.rrd"))
+    };
+    let measured = |n: &str| {
+        let out = std::process::Command::new("rrdtool")
+            .arg("fetch")
+            .arg(rrd(n))
+            .args(["AVERAGE", "--start", "-300"])
+            .output();
+        out.ok().is_some_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.split_once(": ").map(|(_, v)| v.trim()))
+                .any(|v| !v.is_empty() && !v.contains("nan"))
+        })
+    };
+    if wait_for(Duration::from_secs(90), || {
+        names.iter().all(|n| measured(n)).then_some(())
+    })
+    .is_none()
+    {
+        let unmeasured: Vec<&String> = names.iter().filter(|n| !measured(n)).collect();
+        panic!(
+            "no CPU time in the RRDs of {unmeasured:?} within 90 s ({}):\n{}",
+            rrd("NAME").display(),
+            ganglia.logs()
+        );
+    }
 
     // The cluster page in a real browser: every clone has its graph, named, linked.
     let url = ganglia.cluster_url(CLUSTER);
