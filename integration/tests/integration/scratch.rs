@@ -1,0 +1,380 @@
+//! Issue #15, "scratch space beside the union", on real QEMU clones: `napalmctl deploy
+//! --scratch /scratch=SIZE` gives each clone a tmpfs of that size at /scratch, mounted by
+//! napalm-init on the assembled union (not through overlayfs), writable by anyone, full at
+//! its size, and nothing of it in the union's upper layer; a clone deployed without it
+//! has none; a deploy whose scratch does not fit the clone's memory, or names `/`, is
+//! refused before anything is created.
+//!
+//! And the thesis's table 4.2 with our figures (ignored; prints them): dbench on the
+//! union's upper (overlayfs: tmpfs upper over the NFS root and the clone's layer), on the
+//! scratch tmpfs beside it, both inside one clone, and on a tmpfs of the host as the
+//! physical limit (the clones run under TCG, so only the ratio inside the clone compares
+//! with the thesis's). The clones export a root of their own: the cached busybox root with
+//! the host's dbench, its libraries and its loadfile added.
+//!
+//! `cargo test -p napalm-integration --test integration scratch::bench -- --ignored
+//! --nocapture` (`NAPALM_BENCH_RUNS=N` runs of each, default 3; `NAPALM_DBENCH_SECS`,
+//! default 10).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use napalm_integration::grid::{clone_address, Grid, GridOptions};
+use napalm_integration::rootfs;
+use serde_json::Value;
+
+fn grid(name: &str, root: Option<PathBuf>) -> Grid {
+    let opts = GridOptions {
+        keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
+        root,
+        ..Default::default()
+    };
+    Grid::start(opts, name).expect("starting the grid")
+}
+
+/// Runs napalmctl; its output (stdout, stderr) and whether it succeeded.
+fn ctl(g: &Grid, args: &[&str]) -> (bool, String) {
+    let out = g.napalmctl(args).expect("napalmctl runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Deploys `count` clones named `name` on QEMU with `extra` arguments; returns the clone.
+fn deploy(g: &Grid, name: &str, memory: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "--output",
+        "json",
+        "deploy",
+        "--hypervisor",
+        "qemu",
+        "--count",
+        "1",
+        "--memory",
+        memory,
+        "--name",
+        name,
+    ];
+    args.extend(extra);
+    let (ok, out) = ctl(g, &args);
+    assert!(
+        ok,
+        "napalmctl {args:?}:\n{out}\nlogs in {}",
+        g.dir.display()
+    );
+    let clones = g.clones(name).expect("clones");
+    let c = clones
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("{name} lists no clone"));
+    assert!(
+        g.wait_clone_shell(&clone_address(&c), Duration::from_secs(90)),
+        "the shell of {c}; logs in {}",
+        g.dir.display()
+    );
+    c
+}
+
+fn sh(g: &Grid, c: &Value, script: &str, timeout: Duration) -> String {
+    g.clone_sh(&clone_address(c), script, timeout)
+        .unwrap_or_else(|e| panic!("the shell of {c}: {e}"))
+}
+
+/// The `/proc/mounts` line mounted at `dir`, split in fields.
+fn mount_at<'a>(mounts: &'a str, dir: &str) -> Option<Vec<&'a str>> {
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(1) == Some(&dir))
+}
+
+#[test]
+fn a_clone_deployed_with_scratch_has_a_tmpfs_of_that_size_beside_the_union() {
+    let g = grid("scr", None);
+
+    // Refused before anything is created, quoting the input.
+    let (ok, out) = ctl(
+        &g,
+        &[
+            "deploy",
+            "--hypervisor",
+            "qemu",
+            "--count",
+            "1",
+            "--memory",
+            "256M",
+            "--name",
+            "toobig",
+            "--scratch",
+            "/scratch=200M,/var/tmp=100M",
+        ],
+    );
+    assert!(
+        !ok && out.contains("\"/scratch:tmpfs:200M,/var/tmp:tmpfs:100M\"")
+            && out.contains("300 MiB")
+            && out.contains("256 MiB"),
+        "{out}"
+    );
+    let (ok, out) = ctl(
+        &g,
+        &[
+            "deploy",
+            "--hypervisor",
+            "qemu",
+            "--count",
+            "1",
+            "--name",
+            "rootscratch",
+            "--scratch",
+            "/=1M",
+        ],
+    );
+    assert!(
+        !ok && out.contains("\"/:tmpfs:1M\"") && out.contains("root itself"),
+        "{out}"
+    );
+    assert!(
+        g.domains().is_empty(),
+        "a refused deploy created {:?}",
+        g.domains()
+    );
+
+    let with = deploy(&g, "scr", "256M", &["--scratch", "/scratch=64M"]);
+    let script = "cat /proc/cmdline; echo MOUNTS-BEGIN; cat /proc/mounts; echo MOUNTS-END\n\
+         echo MODE=$(stat -c %a /scratch)\n\
+         echo hello > /scratch/hello && echo WROTE=$(cat /scratch/hello)\n\
+         dd if=/dev/zero of=/scratch/fill bs=1M count=100 >/dd.log 2>&1; echo DD=$?; cat /dd.log\n\
+         echo FILLED=$(du -sk /scratch | cut -f1)\n\
+         echo UPPER-BEGIN; ls -a /.unions/*/upper/scratch 2>&1; echo UPPER-END\n\
+         rm /scratch/fill; echo CLEANED=$(du -sk /scratch | cut -f1)\n";
+    let out = sh(&g, &with, script, Duration::from_secs(60));
+    eprintln!("clone with scratch:\n{out}");
+    assert!(
+        out.contains("napalm.scratch=/scratch:tmpfs:64M"),
+        "the command line has no napalm.scratch=:\n{out}"
+    );
+    let mounts = out
+        .split("MOUNTS-BEGIN")
+        .nth(1)
+        .and_then(|m| m.split("MOUNTS-END").next())
+        .unwrap_or_default();
+    let scratch = mount_at(mounts, "/scratch").unwrap_or_else(|| panic!("no /scratch:\n{out}"));
+    let root = mount_at(mounts, "/").unwrap_or_else(|| panic!("no /:\n{out}"));
+    assert_eq!(root[2], "overlay", "/ is the union:\n{out}");
+    // Its own tmpfs (napalm-init's source name), not the overlay, of the size asked for.
+    assert_eq!(scratch[0], "napalm-scratch", "{scratch:?}");
+    assert_eq!(scratch[2], "tmpfs", "{scratch:?}");
+    let opts: Vec<&str> = scratch[3].split(',').collect();
+    assert!(
+        opts.contains(&"rw") && opts.contains(&"size=65536k"),
+        "{scratch:?}"
+    );
+    // 1777 is tmpfs's own default, which /proc/mounts leaves out: the directory says it.
+    assert!(out.contains("MODE=1777"), "{out}");
+    assert!(
+        out.contains("WROTE=hello"),
+        "/scratch is not writable:\n{out}"
+    );
+    // Full at 64 MiB: dd fails short of its 100 MiB.
+    assert!(
+        out.contains("DD=1") && out.contains("No space left on device"),
+        "{out}"
+    );
+    let filled: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("FILLED="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        (60 * 1024..=65536).contains(&filled),
+        "filled {filled} KiB:\n{out}"
+    );
+    // Nothing written there went to the union's upper layer: only the mount point is there.
+    let upper = out
+        .split("UPPER-BEGIN")
+        .nth(1)
+        .and_then(|m| m.split("UPPER-END").next())
+        .unwrap_or_default();
+    let entries: Vec<&str> = upper.split_whitespace().collect();
+    assert_eq!(
+        entries,
+        [".", ".."],
+        "the union's upper holds scratch files:\n{out}"
+    );
+    assert!(
+        out.contains("CLEANED=4") || out.contains("CLEANED=0"),
+        "{out}"
+    );
+
+    let without = deploy(&g, "plain", "256M", &[]);
+    let out = sh(
+        &g,
+        &without,
+        "cat /proc/cmdline; cat /proc/mounts",
+        Duration::from_secs(30),
+    );
+    assert!(
+        !out.contains("napalm.scratch") && !out.contains("napalm-scratch"),
+        "a clone without --scratch has scratch:\n{out}"
+    );
+    assert!(mount_at(&out, "/scratch").is_none(), "{out}");
+    assert!(
+        mount_at(&out, "/").is_some_and(|r| r[2] == "overlay"),
+        "{out}"
+    );
+}
+
+/// The busybox root with dbench added: the host's binary, the libraries `ldd` names and
+/// the loadfile, cached beside the busybox root.
+fn dbench_root(cache: &Path) -> PathBuf {
+    let busybox = rootfs::busybox_root(cache).expect("the busybox root");
+    let dbench = Path::new("/usr/bin/dbench");
+    let loadfile = Path::new("/usr/share/dbench/client.txt");
+    let bin = std::fs::read(dbench).expect("dbench is installed (scripts/setup)");
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        busybox.hash(&mut h);
+        bin.hash(&mut h);
+        h.finish()
+    };
+    let root = cache.join(format!("dbench-root-{key:016x}"));
+    if root.join(".complete").exists() {
+        return root;
+    }
+    let tmp = cache.join(format!(".dbench-root-{key:016x}.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().expect("runs");
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(Command::new("cp").arg("-a").arg(&busybox).arg(&tmp));
+    let _ = std::fs::remove_file(tmp.join(".complete"));
+    let ldd = run(Command::new("ldd").arg(dbench));
+    let mut files: Vec<PathBuf> = ldd
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(PathBuf::from)
+        .collect();
+    files.extend([dbench.to_path_buf(), loadfile.to_path_buf()]);
+    for f in files {
+        let dst = tmp.join(f.strip_prefix("/").expect("absolute"));
+        std::fs::create_dir_all(dst.parent().expect("has a parent")).expect("mkdir");
+        std::fs::copy(&f, &dst).unwrap_or_else(|e| panic!("copying {}: {e}", f.display()));
+    }
+    std::fs::write(tmp.join(".complete"), "").expect("marker");
+    std::fs::rename(&tmp, &root).expect("rename the dbench root in place");
+    root
+}
+
+/// dbench's throughput in MB/s from its last line (`Throughput 734.257 MB/sec  2 clients`).
+fn throughput(out: &str) -> Option<f64> {
+    out.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("Throughput "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+fn dbench_cmd(dir: &str, secs: u64) -> String {
+    format!(
+        "rm -rf {dir}/d; mkdir -p {dir}/d && dbench -t {secs} -c /usr/share/dbench/client.txt -D {dir}/d 2 2>&1 | tail -3; rm -rf {dir}/d"
+    )
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var.sqrt())
+}
+
+#[test]
+#[ignore = "benchmark: prints the thesis's table 4.2 with our figures"]
+fn bench_dbench_union_scratch_host() {
+    let runs: usize = std::env::var("NAPALM_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let secs: u64 = std::env::var("NAPALM_DBENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let root = dbench_root(&GridOptions::default().cache);
+    let g = grid("scrb", Some(root));
+    let c = deploy(&g, "scrb", "1G", &["--scratch", "/scratch=384M"]);
+
+    // The host's tmpfs: a fresh one, mounted for this run.
+    let host = tempfile::tempdir().expect("temp dir");
+    let hd = host.path().to_string_lossy().into_owned();
+    let m = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1G", "napalm-dbench", &hd])
+        .status()
+        .expect("mount");
+    assert!(m.success(), "mount -t tmpfs on {hd}");
+
+    let (mut union, mut scratch, mut direct) = (Vec::new(), Vec::new(), Vec::new());
+    // Interleaved, so that a change of the host's load touches every row alike.
+    for i in 0..runs {
+        for (what, dir, v) in [
+            ("union upper", "/bench", &mut union),
+            ("scratch tmpfs", "/scratch", &mut scratch),
+        ] {
+            let out = sh(
+                &g,
+                &c,
+                &dbench_cmd(dir, secs),
+                Duration::from_secs(secs * 6 + 120),
+            );
+            let t = throughput(&out).unwrap_or_else(|| panic!("{what}, run {i}:\n{out}"));
+            eprintln!("run {i}: {what}: {t:.2} MB/s");
+            v.push(t);
+        }
+        let out = Command::new("sh")
+            .args(["-c", &dbench_cmd(&hd, secs)])
+            .output()
+            .expect("dbench on the host");
+        let out = String::from_utf8_lossy(&out.stdout);
+        let t = throughput(&out).unwrap_or_else(|| panic!("host, run {i}:\n{out}"));
+        eprintln!("run {i}: host tmpfs: {t:.2} MB/s");
+        direct.push(t);
+    }
+    let _ = Command::new("umount").arg(&hd).status();
+
+    let (u, s, h) = (mean_sd(&union), mean_sd(&scratch), mean_sd(&direct));
+    let pct = |(m, sd): (f64, f64)| 100.0 * sd / m;
+    println!(
+        "\nTable 4.2 (thesis: dbench on tmpfs, Xen, UnionFS; here: dbench {secs} s, 2 clients, \
+         mean of {runs}; clone under QEMU TCG, 1 vCPU, 1 GiB, overlayfs)\n"
+    );
+    println!("| test | thesis MB/s | thesis sd % | ours MB/s | ours sd % | ours vs scratch |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| tmpfs rw direct (thesis) / host tmpfs, physical limit (ours) | 424.03 | 1.11 | {:.2} | {:.2} | {:.0} % |",
+        h.0, pct(h), 100.0 * h.0 / s.0
+    );
+    println!(
+        "| tmpfs rw direct in the clone: --scratch (ours) | — | — | {:.2} | {:.2} | 100 % |",
+        s.0,
+        pct(s)
+    );
+    println!(
+        "| one tmpfs rw in a union (thesis) / clone's union upper: tmpfs over NFS root + layer (ours) | 332.77 | 1.24 | {:.2} | {:.2} | {:.0} % |",
+        u.0, pct(u), 100.0 * u.0 / s.0
+    );
+    println!("| one tmpfs rw over 6 tmpfs ro (thesis) | 330.43 | 1.58 | — | — | — |");
+    println!(
+        "\nunion cost: thesis {:.1} % (UnionFS), ours {:.1} % (overlayfs, in the clone); \
+         scratch gains {:.1} % over the union",
+        100.0 * (1.0 - 332.77 / 424.03),
+        100.0 * (1.0 - u.0 / s.0),
+        100.0 * (s.0 / u.0 - 1.0)
+    );
+}
