@@ -1,13 +1,15 @@
 //! The control loop: the leader runs reconcile for every stored deployment, with no client
 //! connected, and applies what it finds (Nomad's evaluations, on a timer). A coordinator
 //! killed mid-deploy, a leader takeover or an agent that went down leaves clones missing,
-//! unplaced or half brought up; the next pass finishes them. Clones that failed are left
-//! to an explicit `napalmctl deploy` (no restart budget yet), clones of an agent that is
+//! unplaced or half brought up; the next pass finishes them. Clones that failed to come up
+//! are placed again after a backoff, up to the restart budget, then left to an explicit
+//! `napalmctl deploy`; clones of an agent that is
 //! down wait until it is lost (past the grace period), and the loop never follows
 //! clones until they register: registration arrives by itself, and the pass after it
 //! records the deployment's state.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
 
 use napalm_proto::v1::{Agent, Clone, ClonePhase, DeploymentSpec};
 
@@ -34,24 +36,37 @@ fn interrupted(phase: i32) -> bool {
     .any(|p| *p as i32 == phase)
 }
 
-/// What makes the loop act on its own: everything reconcile asks for but re-placing a
-/// failed clone (an operator's re-deploy does that) or a clone whose agent is merely down
-/// (a restarting agent is down for a moment; the loop waits until the agent is lost, past
-/// the grace period, so a clone never runs twice because an agent restarted).
-fn acts_on(action: &Action) -> bool {
-    !matches!(
-        action,
+/// What the control loop carries out by itself of what reconcile asks for: everything
+/// but placing a clone whose agent is merely down (a restarting agent is down for a
+/// moment; the loop waits until the agent is lost, past the grace period, so a clone
+/// never runs twice because an agent restarted), and a failed clone only once its retry
+/// is due ([`restart::retry_due`]: after a backoff, within the restart budget, `budget`;
+/// past it an operator's re-deploy places it). `records`: the deployment's clones.
+pub(super) fn acts_on(
+    action: &Action,
+    records: &HashMap<&str, &Clone>,
+    now: SystemTime,
+    budget: u32,
+) -> bool {
+    match action {
         Action::Place {
-            reason: Reason::Failed | Reason::AgentDown,
+            reason: Reason::AgentDown,
             ..
-        }
-    )
+        } => false,
+        Action::Place {
+            clone,
+            reason: Reason::Failed,
+        } => records
+            .get(clone.as_str())
+            .is_some_and(|c| restart::retry_due(c, now, budget)),
+        _ => true,
+    }
 }
 
 /// Whether `plan` asks for more than placements: those only make work when at least one
 /// clone can be placed now (clones waiting for capacity do not churn a run each pass).
 fn beyond_placement(action: &Action) -> bool {
-    acts_on(action) && !matches!(action, Action::Place { .. })
+    !matches!(action, Action::Place { .. })
 }
 
 impl Deployer {
@@ -85,6 +100,11 @@ impl Deployer {
                 // Restarted or failed clones: the next pass sees them as they are now.
                 continue;
             }
+            let now = reg.clock().now();
+            let budget = spec.restart_budget.unwrap_or(self.inner.cfg.restart_budget);
+            let by_name: HashMap<&str, &Clone> =
+                records.iter().map(|c| (c.name.as_str(), c)).collect();
+            let acts_on = |a: &Action| acts_on(a, &by_name, now, budget);
             let placeable = || {
                 let to_place: Vec<String> = plan
                     .actions
@@ -226,7 +246,7 @@ impl Deployer {
                         budget + 1
                     );
                     self.set_clone(&clone, |k| {
-                        k.phase = ClonePhase::Failed as i32;
+                        restart::mark_failed(k, now);
                         k.restarts = k.restarts.max(1);
                         k.last_error = why.clone();
                         k.last_action = format!("replacing: {why}");
@@ -265,7 +285,7 @@ impl Deployer {
             tracing::warn!(clone = %c.name, "{why}");
             self.set_clone(&c.name, |k| {
                 if k.phase == ClonePhase::Running as i32 {
-                    k.phase = ClonePhase::Failed as i32;
+                    restart::mark_failed(k, now);
                     k.last_error = why.clone();
                     k.last_action = format!("failed: {why}");
                     if !k.failed_agents.contains(&k.agent_id) {

@@ -207,7 +207,7 @@ impl Deployer {
         let (tx, _) = tokio::sync::mpsc::channel(1);
         let started = Instant::now();
         let r = apply::Run::new(Arc::clone(&self.inner), spec, tx)
-            .without_following()
+            .by_the_control_loop()
             .execute(started, hold)
             .await;
         self.inner

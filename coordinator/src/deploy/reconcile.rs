@@ -60,7 +60,7 @@ impl fmt::Display for Reason {
             Reason::Declared => "declared by the spec",
             Reason::BeyondCount => "beyond the requested count",
             Reason::Unplaced => "on no agent",
-            Reason::Failed => "failed",
+            Reason::Failed => "it failed to come up",
             Reason::AgentDown => "its agent is down",
             Reason::AgentLost => "its agent is lost (down past the grace period)",
             Reason::Draining => "its agent is draining",

@@ -84,6 +84,25 @@ pub fn died(
     out
 }
 
+/// Marks `k` failed at `now`: one failure more in a row (see [`retry_due`]).
+pub fn mark_failed(k: &mut Clone, now: SystemTime) {
+    k.phase = ClonePhase::Failed as i32;
+    k.failures = k.failures.saturating_add(1);
+    k.failed_at = Some(napalm_proto::time::timestamp(now));
+}
+
+/// Whether the control loop places failed clone `c` again now: it failed to come up
+/// (its create was refused, it did not boot or register in time, or it could not be
+/// placed; a clone that died past its restart budget is replaced at once instead), at
+/// most `budget` times in a row so far, and its backoff since the last failure (2 s,
+/// 4 s, 8 s… up to a minute) has passed. Past the budget it waits for an operator.
+pub fn retry_due(c: &Clone, now: SystemTime, budget: u32) -> bool {
+    c.phase == ClonePhase::Failed as i32
+        && c.restarts == 0
+        && c.failures <= budget
+        && from_timestamp(c.failed_at.as_ref()) + backoff(c.failures.saturating_sub(1)) <= now
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +114,29 @@ mod tests {
             phase: phase as i32,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_failed_clone_is_retried_with_backoff_within_the_budget() {
+        let at = |s: u64| std::time::UNIX_EPOCH + Duration::from_secs(s);
+        let mut c = clone("web-01", "a", ClonePhase::Running);
+        assert!(!retry_due(&c, at(100), 3), "not failed");
+        mark_failed(&mut c, at(100));
+        assert_eq!((c.phase, c.failures), (ClonePhase::Failed as i32, 1));
+        assert!(!retry_due(&c, at(101), 3), "2 s backoff after the first");
+        assert!(retry_due(&c, at(102), 3));
+        mark_failed(&mut c, at(102));
+        assert!(!retry_due(&c, at(105), 3), "4 s after the second");
+        assert!(retry_due(&c, at(106), 3));
+        mark_failed(&mut c, at(106));
+        mark_failed(&mut c, at(200));
+        assert_eq!(c.failures, 4);
+        assert!(!retry_due(&c, at(10_000), 3), "past the budget: the operator's");
+        // A clone that died past its restart budget is not this kind of retry.
+        let mut died = clone("web-02", "a", ClonePhase::Running);
+        mark_failed(&mut died, at(100));
+        died.restarts = 3;
+        assert!(!retry_due(&died, at(10_000), 3));
     }
 
     #[test]

@@ -176,6 +176,8 @@ impl Registry {
                 c.boot = req.boot.clone();
                 c.registered_at = Some(now);
                 c.phase = ClonePhase::Registered as i32;
+                // Up at last: the next failure starts a new count of retries.
+                c.failures = 0;
                 c.last_error.clear();
                 Ok(Some(c))
             })

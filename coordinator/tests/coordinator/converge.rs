@@ -314,3 +314,126 @@ async fn draining_an_agent_moves_its_clones_off() {
         a.stop().await;
     }
 }
+
+/// A clone whose bring-up failed everywhere (libvirt already had a domain of its name
+/// that no agent manages, as when a lost host's domain lingers) is placed again by the
+/// loop, with no client, once the obstacle is gone; its record counts the failures and
+/// says why it was placed again, and a clone that failed more often than the restart
+/// budget allows waits for an operator. Both agents share the process's
+/// `test:///default` driver, so the test can define the foreign domains itself.
+#[tokio::test]
+async fn a_clone_that_failed_to_come_up_is_retried_by_the_loop_after_a_backoff() {
+    use napalm_agent::hypervisor::libvirt::Libvirt;
+    use napalm_agent::hypervisor::Hypervisor;
+    let g = TestGrid::start_with(
+        GridOptions {
+            agent_token: Some(TOKEN.into()),
+            own_drivers: false,
+            ..Default::default()
+        },
+        |cfg| {
+            cfg.converge_every = Some(Duration::from_millis(200));
+            if let Some(d) = cfg.deploy.as_mut() {
+                d.restart_budget = 2;
+            }
+        },
+    )
+    .await
+    .expect("grid starts");
+    let coord = g.client().await.expect("connect");
+    let libvirt = Libvirt::open("test:///default").expect("the shared test driver");
+    let squat = |name: &str| {
+        libvirt
+            .define(&format!(
+                "<domain type='test'><name>{name}</name><memory unit='MiB'>64</memory>\
+                 <vcpu>1</vcpu><os><type arch='i686'>hvm</type></os></domain>"
+            ))
+            .expect("someone else's domain");
+    };
+    let get = |name: &'static str| {
+        let mut coord = coord.clone();
+        async move {
+            coord
+                .get_clone(GetCloneRequest { name: name.into() })
+                .await
+                .expect("clone")
+                .into_inner()
+        }
+    };
+    let deploy = |name: &'static str| {
+        let mut coord = coord.clone();
+        async move {
+            run(coord
+                .deploy(DeployRequest {
+                    request_id: name.into(),
+                    spec: Some(spec(name, 1)),
+                    dry_run: false,
+                })
+                .await)
+            .await
+            .1
+        }
+    };
+
+    squat("retry1-01");
+    let summary = deploy("retry1").await;
+    assert_eq!(summary.failed, 1, "{summary:?}");
+    let failed = get("retry1-01").await;
+    assert_eq!(failed.phase, ClonePhase::Failed as i32, "{failed:?}");
+    assert_eq!(failed.failures, 1, "{failed:?}");
+    assert!(failed.last_error.contains("does not manage"), "{failed:?}");
+
+    // The loop tries again (2 s, then 4 s later) within the budget of 2, then stops.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let spent = loop {
+        let c = get("retry1-01").await;
+        if c.failures >= 3 {
+            break c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the loop did not retry a failed clone: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(spent.phase, ClonePhase::Failed as i32, "{spent:?}");
+    assert_eq!(
+        spent.failures, 3,
+        "the first attempt and two retries: {spent:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        get("retry1-01").await.failures,
+        3,
+        "no retry past the budget"
+    );
+
+    // A second clone fails the same way; once the foreign domain is gone, the loop's
+    // next retry brings it up, and its record says why it was placed again.
+    squat("retry2-01");
+    let summary = deploy("retry2").await;
+    assert_eq!(summary.failed, 1, "{summary:?}");
+    libvirt
+        .undefine("retry2-01")
+        .expect("the foreign domain goes");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = get("retry2-01").await;
+        if c.phase == ClonePhase::Running as i32 {
+            assert!(
+                c.last_action.contains("it failed to come up"),
+                "the record says why it was placed again: {c:?}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the loop did not place the failed clone again: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = libvirt.undefine("retry1-01");
+    for a in g.agents {
+        a.stop().await;
+    }
+}

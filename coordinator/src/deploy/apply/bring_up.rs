@@ -397,9 +397,10 @@ impl Run {
         its_agent: bool,
     ) -> Result<(), RegistryError> {
         tracing::warn!(clone = %c.name, error = %why, "clone failed");
+        let now = self.inner.registry.clock().now();
         if let Some(u) = self
             .set(&c.name, |k| {
-                k.phase = ClonePhase::Failed as i32;
+                crate::deploy::restart::mark_failed(k, now);
                 k.last_error = why.to_owned();
                 if its_agent && !k.agent_id.is_empty() && !k.failed_agents.contains(&k.agent_id) {
                     k.failed_agents.push(k.agent_id.clone());

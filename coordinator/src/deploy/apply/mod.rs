@@ -36,6 +36,9 @@ pub(super) struct Run {
     /// Whether the run waits for its clones to register (a client's run does; the control
     /// loop's does not).
     follow: bool,
+    /// A run of the control loop: it places only what the loop acts on by itself
+    /// ([`super::converge::acts_on`]), not every clone reconcile would re-place.
+    control_loop: bool,
     /// Distinguishes this incarnation of the deployment (its creation time): request ids
     /// of a redeploy after an undeploy must not replay the first incarnation's results.
     generation: String,
@@ -67,6 +70,7 @@ impl Run {
             spec,
             tx,
             follow: true,
+            control_loop: false,
             generation: String::new(),
             stored: Deployment::default(),
         }
@@ -219,9 +223,11 @@ impl Run {
         Ok((plan, clones))
     }
 
-    /// A run that ends once its clones are brought up.
-    pub(super) fn without_following(mut self) -> Self {
+    /// A run of the control loop: it ends once its clones are brought up, and leaves
+    /// alone the clones the loop does not act on.
+    pub(super) fn by_the_control_loop(mut self) -> Self {
         self.follow = false;
+        self.control_loop = true;
         self
     }
 
@@ -242,7 +248,25 @@ impl Run {
 
         // Place what reconcile says needs an agent; agents already carry the others'
         // allocations, so the clones being re-placed are not counted twice.
-        let needs = plan.to_place();
+        let needs = if self.control_loop {
+            let now = reg.clock().now();
+            let budget = self
+                .spec
+                .restart_budget
+                .unwrap_or(self.inner.cfg.restart_budget);
+            let by_name: HashMap<&str, &Clone> =
+                plan_records.iter().map(|c| (c.name.as_str(), c)).collect();
+            plan.actions
+                .iter()
+                .filter(|a| super::converge::acts_on(a, &by_name, now, budget))
+                .filter_map(|a| match a {
+                    Action::Place { clone, .. } => Some(clone.clone()),
+                    _ => None,
+                })
+                .collect()
+        } else {
+            plan.to_place()
+        };
         let why: HashMap<String, reconcile::Reason> = plan
             .actions
             .iter()
@@ -315,6 +339,7 @@ impl Run {
             // A spec that allows pending clones keeps them waiting for capacity (the
             // control loop places them when some appears); otherwise they failed.
             let pending = self.spec.allow_pending;
+            let now = reg.clock().now();
             self.set(clone, |c| {
                 if pending {
                     c.phase = ClonePhase::Pending as i32;
@@ -322,7 +347,7 @@ impl Run {
                     c.last_error = format!("pending, waits for capacity: {reason}");
                     c.last_action = "pending: waits for capacity".into();
                 } else {
-                    c.phase = ClonePhase::Failed as i32;
+                    super::restart::mark_failed(c, now);
                     c.last_error = format!("cannot be placed: {reason}");
                     c.last_action = "failed: cannot be placed".into();
                 }
