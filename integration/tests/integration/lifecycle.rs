@@ -444,8 +444,14 @@ fn declared_clusters_roll_restart_and_survive_a_lost_host_on_real_clones() {
     let undefined_in = lost.elapsed();
     // An undefined domain whose QEMU libvirt has not reaped yet is transient for a moment.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !owned_by_lost(&g).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
+    let lingering = |g: &Grid| -> Vec<String> {
+        g.domains()
+            .into_iter()
+            .filter(|d| doomed.contains(d))
+            .collect()
+    };
+    while !lingering(&g).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
     }
     let vanished_in = lost.elapsed();
     assert!(
