@@ -46,7 +46,8 @@ fn ctl(g: &Grid, args: &[&str]) -> (bool, String) {
     )
 }
 
-/// Deploys `count` clones named `name` on QEMU with `extra` arguments; returns the clone.
+/// Deploys one clone of deployment `name` on QEMU with `extra` arguments; returns the
+/// clone. `name` starts with the grid's domain prefix, so the grid removes the domain.
 fn deploy(g: &Grid, name: &str, memory: &str, extra: &[&str]) -> Value {
     let mut args = vec![
         "--output",
@@ -110,7 +111,7 @@ fn a_clone_deployed_with_scratch_has_a_tmpfs_of_that_size_beside_the_union() {
             "--memory",
             "256M",
             "--name",
-            "toobig",
+            "scr-toobig",
             "--scratch",
             "/scratch=200M,/var/tmp=100M",
         ],
@@ -130,7 +131,7 @@ fn a_clone_deployed_with_scratch_has_a_tmpfs_of_that_size_beside_the_union() {
             "--count",
             "1",
             "--name",
-            "rootscratch",
+            "scr-root",
             "--scratch",
             "/=1M",
         ],
@@ -212,7 +213,7 @@ fn a_clone_deployed_with_scratch_has_a_tmpfs_of_that_size_beside_the_union() {
         "{out}"
     );
 
-    let without = deploy(&g, "plain", "256M", &[]);
+    let without = deploy(&g, "scr-plain", "256M", &[]);
     let out = sh(
         &g,
         &without,
