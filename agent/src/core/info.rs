@@ -147,7 +147,7 @@ impl Agent {
     /// What the host can run, and what is left after this agent's allocations.
     pub async fn capabilities(&self) -> Result<CapabilitiesView> {
         let (raw_xml, host) = self
-            .call(|h| Ok((h.capabilities_xml()?, h.host()?)))
+            .call(|h| Ok((h.capabilities_xml()?, named_by_uts(h.host()?))))
             .await?;
         let doc = crate::policy::parse("capabilities", &raw_xml)?;
         let arch = doc
@@ -303,7 +303,7 @@ impl Agent {
 
     /// Host facts (for metrics and advertisement).
     pub async fn host(&self) -> Result<HostFacts> {
-        self.call(|h| h.host()).await
+        self.call(|h| h.host().map(named_by_uts)).await
     }
 
     /// A domain must exist and be ours.
@@ -313,4 +313,19 @@ impl Agent {
             other => other,
         })
     }
+}
+
+/// The host an agent runs on goes by its own (UTS) host name: libvirt's on a host of its
+/// own, and the only right one where several agents share one libvirtd (each in its
+/// network and UTS namespace, as on the test grid). It names the agent when it
+/// registers, advertises itself and enrolls (a join token made with `--name` must
+/// match it). libvirt's name when the UTS one cannot be read.
+fn named_by_uts(mut host: HostFacts) -> HostFacts {
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let h = h.trim();
+        if !h.is_empty() {
+            h.clone_into(&mut host.hostname);
+        }
+    }
+    host
 }

@@ -1,0 +1,272 @@
+//! Issue #13 on a real grid: the cluster PKI across network namespaces with the real
+//! binaries. Each agent host enrolls with a join token an operator made for it (token →
+//! CSR → certificate, the key generated in the agent's state directory), then serves and
+//! calls over mutual TLS only; an operator logs in (`napalmctl login`) and deploys real
+//! QEMU clones over the coordinator's TLS listener; the agents' 45 s certificates renew
+//! while the clones keep running and every agent stays ready; an outsider in the client
+//! namespace without a cluster certificate gets nothing from an agent.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use napalm_integration::grid::{clone_address, Grid, GridOptions, AGENT_GRPC, AGENT_HTTP};
+use serde_json::Value;
+
+fn s(v: &Value, k: &str) -> String {
+    v[k].as_str().unwrap_or_default().to_owned()
+}
+
+/// The not-after of the certificate in `pem` (openssl, as an operator would read it).
+fn not_after(pem: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-enddate", "-in"])
+        .arg(pem)
+        .output()
+        .expect("openssl x509");
+    assert!(
+        out.status.success(),
+        "openssl x509 {}: {out:?}",
+        pem.display()
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `napalmctl ARGS` in the server namespace with only the config `login` wrote: no
+/// token anywhere, mutual TLS to the coordinator's TLS listener.
+fn as_operator(g: &Grid, config: &Path, args: &[&str]) -> (bool, String, String) {
+    let bin = napalm_integration::bins::napalmctl().expect("napalmctl");
+    let out = g
+        .server
+        .command(bin)
+        .env_remove("NAPALM_TOKEN")
+        .env_remove("NAPALM_COORDINATOR")
+        .env("NAPALM_CONFIG", config)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("napalmctl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn agents(g: &Grid) -> Vec<Value> {
+    let out = g
+        .napalmctl(&["--output", "json", "agents"])
+        .expect("napalmctl agents");
+    serde_json::from_slice::<Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// Boot id of each registered clone of `dep`, read inside the clone.
+fn boot_ids(g: &Grid, dep: &str) -> BTreeMap<String, String> {
+    g.clones(dep)
+        .expect("clones")
+        .iter()
+        .filter(|c| s(c, "phase") == "registered")
+        .map(|c| {
+            let id = g
+                .clone_sh(
+                    &clone_address(c),
+                    "cat /proc/sys/kernel/random/boot_id",
+                    Duration::from_secs(20),
+                )
+                .expect("the clone's shell answers");
+            (s(c, "clone"), id.trim().to_owned())
+        })
+        .collect()
+}
+
+fn wait_registered(g: &Grid, dep: &str, n: usize, within: Duration) {
+    let t = Instant::now();
+    loop {
+        let c = g.clones(dep).expect("clones");
+        if c.len() == n && c.iter().all(|c| s(c, "phase") == "registered") {
+            return;
+        }
+        assert!(
+            t.elapsed() < within,
+            "{n} clones of {dep} not registered within {within:?}: {c:#?}\nlogs in {}",
+            g.dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// What `openssl s_client` gets from `addr` without a client certificate, from the
+/// client namespace: the listener must close the handshake (or the connection) on it.
+fn outsider_refused(g: &Grid, addr: &str) -> String {
+    let out = g
+        .client
+        .command("sh")
+        .args([
+            "-c",
+            &format!(
+                "printf 'GET /domains HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' | \
+                 timeout 10 openssl s_client -connect {addr} -quiet -verify_quiet 2>&1"
+            ),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn agents_enroll_across_namespaces_and_renew_while_clones_run_over_mutual_tls() {
+    const TTL: Duration = Duration::from_secs(45);
+    let opts = GridOptions {
+        keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
+        trust_cert_ttl: Some(TTL),
+        ..Default::default()
+    };
+    // Grid::start returns once both agents are ready: each enrolled with its own token
+    // and registered over mutual TLS (they were given no shared token).
+    let g = Grid::start(opts, "trusted").expect("starting the grid with the PKI");
+
+    // Both join tokens were used, each by one agent, and are listed without secrets.
+    let out = g
+        .napalmctl(&["--output", "json", "agent", "token", "list"])
+        .expect("token list");
+    let tokens: Value = serde_json::from_slice(&out.stdout).expect("token list json");
+    let tokens = tokens.as_array().expect("array");
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
+    let ids: Vec<String> = agents(&g).iter().map(|a| s(a, "id")).collect();
+    for t in tokens {
+        assert_eq!(s(t, "state"), "used", "{t}");
+        assert!(ids.contains(&s(t, "used_by")), "{t} used by one of {ids:?}");
+    }
+    for i in 0..2 {
+        let key = g.dir.join(format!("agent{i}/tls/agent.key"));
+        assert!(key.exists(), "agent {i}'s key was made on its host");
+    }
+
+    // An operator logs in (key made here, certificate over the API with the token once)
+    // and from then on deploys with the certificate alone, over the TLS listener.
+    let login_dir = g.dir.join("ops-login");
+    let out = g
+        .napalmctl(&[
+            "login",
+            "--name",
+            "ops",
+            "--dir",
+            &login_dir.display().to_string(),
+        ])
+        .expect("napalmctl login");
+    assert!(out.status.success(), "login: {out:?}");
+    let config = login_dir.join("napalmctl.yaml");
+    let written = std::fs::read_to_string(&config).expect("config");
+    assert!(
+        written.contains(&format!("https://{}", g.trust_addr())),
+        "{written}"
+    );
+    let t = Instant::now();
+    let (ok, out, err) = as_operator(
+        &g,
+        &config,
+        &[
+            "deploy",
+            "--name",
+            "trusted",
+            "--count",
+            "4",
+            "--memory",
+            "128M",
+            "--hypervisor",
+            "qemu",
+        ],
+    );
+    assert!(
+        ok,
+        "deploy over mutual TLS: {out}\n{err}\nlogs in {}",
+        g.dir.display()
+    );
+    wait_registered(&g, "trusted", 4, Duration::from_secs(240));
+    eprintln!(
+        "4 clones deployed over mutual TLS, registered {:.1} s after the deploy began",
+        t.elapsed().as_secs_f64()
+    );
+    let before = boot_ids(&g, "trusted");
+    assert_eq!(before.len(), 4, "{before:?}");
+
+    // Renewal: each agent's certificate is replaced at two thirds of its 45 s while its
+    // clones run; every agent answers ready at every look meanwhile.
+    let certs: Vec<_> = (0..2)
+        .map(|i| g.dir.join(format!("agent{i}/tls/agent.crt")))
+        .collect();
+    let first: Vec<String> = certs.iter().map(|c| not_after(c)).collect();
+    let t = Instant::now();
+    let mut looks = 0;
+    loop {
+        let a = agents(&g);
+        assert_eq!(a.len(), 2, "{a:?}");
+        for a in &a {
+            assert!(
+                s(a, "state").eq_ignore_ascii_case("ready"),
+                "agent {} not ready during renewal: {a}\nlogs in {}",
+                s(a, "name"),
+                g.dir.display()
+            );
+        }
+        looks += 1;
+        let now: Vec<String> = certs.iter().map(|c| not_after(c)).collect();
+        if now.iter().zip(&first).all(|(n, f)| n != f) {
+            eprintln!(
+                "both agents renewed {:.1} s after the first look ({looks} looks, all ready): {first:?} -> {now:?}",
+                t.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        assert!(
+            t.elapsed() < TTL * 2,
+            "certificates not renewed within {:?}: {first:?} -> {now:?}\nlogs in {}",
+            TTL * 2,
+            g.dir.display()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // The clones never noticed: same boots, still registered.
+    assert_eq!(boot_ids(&g, "trusted"), before, "no clone rebooted");
+    // The coordinator reaches the renewed agents over new connections: one clone more.
+    let (ok, out, err) = as_operator(
+        &g,
+        &config,
+        &[
+            "deploy",
+            "--name",
+            "trusted",
+            "--count",
+            "5",
+            "--memory",
+            "128M",
+            "--hypervisor",
+            "qemu",
+        ],
+    );
+    assert!(ok, "scale to 5 after renewal: {out}\n{err}");
+    wait_registered(&g, "trusted", 5, Duration::from_secs(180));
+
+    // An outsider without a cluster certificate gets nothing from an agent: neither its
+    // REST API nor its gRPC answers (the handshake needs a client certificate).
+    for port in [AGENT_HTTP, AGENT_GRPC] {
+        let addr = format!("{}:{port}", g.agent_hosts[0].addr);
+        let said = outsider_refused(&g, &addr);
+        assert!(
+            !said.contains("HTTP/1.1 200") && !said.contains("\"domains\""),
+            "{addr} answered an outsider: {said}"
+        );
+        assert!(
+            said.contains("alert") || said.contains("error") || said.contains("errno"),
+            "{addr}: the handshake should be refused: {said}"
+        );
+    }
+
+    let (ok, _, err) = as_operator(&g, &config, &["undeploy", "trusted"]);
+    assert!(ok, "undeploy over mutual TLS: {err}");
+}
