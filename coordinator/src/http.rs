@@ -1,6 +1,9 @@
-//! The coordinator's plain HTTP endpoint, for booted clones that only have wget or curl:
-//! `POST /v1/clones/register?token=TOKEN` with `{"name", "address", "machine_id"?,
-//! "boot_id"?, "kernel"?}` is the HTTP twin of `RegisterClone` (same registry operation).
+//! The coordinator's HTTP endpoint, for booted clones that only have wget or curl:
+//! `POST /v1/clones/register` with the clone's token in `Authorization: Bearer TOKEN` (or
+//! `X-Napalm-Clone-Token: TOKEN`) and `{"name", "address", "machine_id"?, "boot_id"?,
+//! "kernel"?}` is the HTTP twin of `RegisterClone` (same registry operation). A token in
+//! the URL (`?token=`, what older hooks sent) is refused with 400 and says to send the
+//! header instead: proxies and access logs keep URLs.
 //! `GET /v1/clones/NAME/cluster/FILE` (FILE: `hosts`, `mpi`, `known-hosts`, `json`) gives
 //! clone NAME its deployment's cluster files from the live registry
 //! ([`crate::cluster_files`]), authenticated by the clone's own token in a header
@@ -10,10 +13,16 @@
 //! `GET /healthz` answers `ok`. The same listener serves what operators watch, read-only:
 //! `GET /metrics` ([`crate::metrics`], OpenMetrics text), `GET /` and `GET /v1/view.json`
 //! (the web view, [`crate::web`]).
+//!
+//! The same router is served in plain HTTP and, when the coordinator runs the cluster PKI
+//! and `--https-listen` is set, over TLS with the coordinator's own certificate
+//! ([`serve_tls`]; no client certificate asked: clones authenticate with their token, and
+//! verify the server with the cluster CA their layer carries).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -33,13 +42,6 @@ struct AppState {
     registry: Registry,
     tokens: Arc<TokenKey>,
     metrics: Metrics,
-}
-
-/// The query string of a registration.
-#[derive(Deserialize)]
-struct TokenQuery {
-    #[serde(default)]
-    token: String,
 }
 
 /// The body a clone's register hook posts.
@@ -234,9 +236,67 @@ async fn view(State(st): State<AppState>) -> Response {
     }
 }
 
+/// Whether a query string carries a `token` parameter (how older hooks sent the clone
+/// token).
+fn query_has_token(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv.split_once('=').map_or(kv, |(k, _)| k) == "token")
+    })
+}
+
+/// The query string with every value blanked, to quote in an answer or a log without
+/// repeating a secret: `token=…&x=…`.
+fn redacted(query: &str) -> String {
+    query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) => format!("{k}=…"),
+            None => kv.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// What a registration without a token in its headers is told.
+pub const NO_TOKEN: &str = "registration needs the clone's token in a header: \
+    \"Authorization: Bearer TOKEN\" (the base set's hook reads it from \
+    /etc/napalm/register-token)";
+
 async fn register(
     State(st): State<AppState>,
-    Query(q): Query<TokenQuery>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Json<RegisterBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if query_has_token(query.as_deref()) {
+        let q = redacted(query.as_deref().unwrap_or_default());
+        tracing::warn!(query = %q, "clone registration with its token in the URL refused");
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": format!(
+                "the clone token must not travel in the URL (got query {q:?}; proxies and \
+                 logs keep URLs): POST /v1/clones/register without a query and send the \
+                 token as \"Authorization: Bearer TOKEN\"; a clone whose hook puts it in \
+                 the URL has a layer from an older coordinator: deploy it again"
+            )})),
+        )
+            .into_response();
+    }
+    let Some(token) = clone_token(&headers).map(str::to_owned) else {
+        let mut resp = (StatusCode::UNAUTHORIZED, Json(json!({"error": NO_TOKEN}))).into_response();
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"napalm clone\""),
+        );
+        return resp;
+    };
+    registered(st, token, body).await.into_response()
+}
+
+async fn registered(
+    st: AppState,
+    token: String,
     body: Result<Json<RegisterBody>, axum::extract::rejection::JsonRejection>,
 ) -> (StatusCode, Json<Value>) {
     let Json(body) = match body {
@@ -250,7 +310,7 @@ async fn register(
     };
     let req = RegisterCloneRequest {
         name: body.name,
-        token: q.token,
+        token,
         addresses: if body.address.is_empty() {
             vec![]
         } else {
@@ -284,6 +344,71 @@ async fn register(
     }
 }
 
+/// TLS connections as a listener [`axum::serve`] takes: the accepting and the handshakes
+/// are [`napalm_trust::channel::incoming`]'s (each handshake in its own task, failed ones
+/// logged and dropped); this only hands the finished streams to axum.
+pub struct TlsListener {
+    streams: tokio_stream::wrappers::ReceiverStream<
+        std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    >,
+    addr: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use tokio_stream::StreamExt;
+        loop {
+            match self.streams.next().await {
+                Some(Ok(s)) => {
+                    let peer = s.get_ref().0.peer_addr().unwrap_or(self.addr);
+                    return (s, peer);
+                }
+                Some(Err(e)) => tracing::debug!(error = %e, "HTTPS connection dropped"),
+                // Stopped: no more connections, ever.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+}
+
+/// The TLS server configuration of the HTTPS listener: presents `identity` (swapped on
+/// renewal), asks no client certificate, speaks HTTP/1.1 (ALPN) as `axum::serve` does.
+pub fn tls_config(
+    identity: Arc<napalm_trust::tls::CertSlot>,
+) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, tokio_rustls::rustls::Error> {
+    let mut cfg =
+        tokio_rustls::rustls::ServerConfig::builder_with_provider(napalm_trust::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(identity);
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Serves `app` over TLS (`cfg`, see [`tls_config`]) on `listener` until `stop` flips or
+/// its sender is dropped.
+pub fn serve_tls(
+    listener: tokio::net::TcpListener,
+    cfg: Arc<tokio_rustls::rustls::ServerConfig>,
+    app: Router,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let addr = listener.local_addr()?;
+    let streams = napalm_trust::channel::incoming(listener, cfg, None, stop);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(TlsListener { streams, addr }, app).await {
+            tracing::error!(error = %e, "HTTPS endpoint stopped");
+        }
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +436,16 @@ mod tests {
         assert!(!not_modified(&h, "\"c\""));
         h.insert(header::IF_NONE_MATCH, "*".parse().expect("value"));
         assert!(not_modified(&h, "\"c\""));
+    }
+
+    #[test]
+    fn tokens_in_query_strings_are_found_and_never_quoted() {
+        assert!(query_has_token(Some("token=abc")));
+        assert!(query_has_token(Some("x=1&token=abc")));
+        assert!(query_has_token(Some("token")));
+        assert!(!query_has_token(Some("tokens=1&x=token")));
+        assert!(!query_has_token(None));
+        assert_eq!(redacted("x=1&token=s3cret&flag"), "x=…&token=…&flag");
     }
 
     #[test]

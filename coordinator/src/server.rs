@@ -59,6 +59,9 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// HTTP listen address of clone registration.
     pub http_listen: SocketAddr,
+    /// HTTPS listen address: the same endpoint over TLS with the coordinator's own
+    /// certificate (needs [`Self::trust`]; `None`: plain HTTP only).
+    pub https_listen: Option<SocketAddr>,
     /// Registry: a file path (embedded redb store) or `etcd://host:port[,host:port…]`.
     pub store: String,
     /// TLS (and client certificate) for etcd (`None`: plain `http://`).
@@ -83,8 +86,10 @@ pub struct ServeConfig {
     /// Browse for agents and advertise this coordinator over mDNS on these interfaces.
     pub mdns_interfaces: Vec<String>,
     /// The deploy pipeline (`None`: Deploy and Undeploy answer "unavailable"). An empty
-    /// `register_base` is filled with `http://` + the bound HTTP address; its `exports`
-    /// are taken from [`Self::exports`].
+    /// `register_base` is filled with `https://` + the bound HTTPS address when there is
+    /// one, else `http://` + the bound HTTP address; its `exports` are taken from
+    /// [`Self::exports`]. The host of an `https://` register base is named in the
+    /// coordinator's certificate, so clones verify it with the cluster CA.
     pub deploy: Option<DeployConfig>,
     /// NFS exports this coordinator writes (`None`: managed by hand).
     pub exports: Option<ExportConfig>,
@@ -103,6 +108,7 @@ impl ServeConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            https_listen: None,
             store: dir.join("registry.redb").to_string_lossy().into_owned(),
             etcd_tls: None,
             secret: Secret::Bytes(b"napalm-loopback-secret-0123456789".to_vec()),
@@ -166,6 +172,21 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// `--https-listen` without the cluster PKI: there is no certificate to serve.
+    #[error(
+        "--https-listen {0} needs the cluster PKI: add --trust-listen (the HTTPS endpoint \
+         presents the coordinator's certificate, signed by the cluster CA)"
+    )]
+    HttpsWithoutTrust(SocketAddr),
+    /// An `https://` register base without an HTTPS listener.
+    #[error(
+        "--register-base {0:?} is https:// but this coordinator serves no HTTPS: add \
+         --https-listen ADDR (and --trust-listen), or give an http:// base"
+    )]
+    HttpsBaseWithoutListener(String),
+    /// The HTTPS listener's TLS configuration.
+    #[error("setting up TLS for the HTTPS endpoint")]
+    Https(#[source] tokio_rustls::rustls::Error),
     /// The trust listener (CA, TLS) could not start.
     #[error("starting the trust listener")]
     Trust(#[source] crate::trust::serve::StartError),
@@ -184,6 +205,9 @@ pub enum ServeError {
 pub struct Running {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
+    /// Dropped with `Running`: the HTTPS listener stops accepting.
+    _https_stop: Option<tokio::sync::watch::Sender<bool>>,
     registry: Registry,
     tokens: Arc<TokenKey>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -204,6 +228,11 @@ impl Running {
     /// The bound HTTP (clone registration) address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The bound HTTPS address (the HTTP endpoint over TLS), when served.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
     }
 
     /// The gRPC endpoint clients dial: `http://ADDR`.
@@ -280,6 +309,34 @@ fn read_or_create_secret(path: &Path) -> std::io::Result<Vec<u8>> {
     std::io::Write::write_all(&mut f, &s)?;
     f.sync_all()?;
     Ok(s)
+}
+
+/// The names (beside `coordinator.napalm`) the coordinator's certificate carries so that
+/// clients verifying it with the cluster CA accept it: the host of an `https://` register
+/// base, and the HTTPS listener's address unless it is unspecified (0.0.0.0, ::).
+fn https_names(register_base: Option<&str>, https: Option<SocketAddr>) -> Vec<String> {
+    let mut names = Vec::new();
+    if https.is_none() {
+        return names;
+    }
+    if let Some(rest) = register_base.and_then(|b| b.strip_prefix("https://")) {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = match authority.strip_prefix('[') {
+            // [v6]:port
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+        };
+        if !host.is_empty() {
+            names.push(host.to_owned());
+        }
+    }
+    if let Some(a) = https.filter(|a| !a.ip().is_unspecified()) {
+        let ip = a.ip().to_string();
+        if !names.contains(&ip) {
+            names.push(ip);
+        }
+    }
+    names
 }
 
 /// This host's name, for the mDNS record.
@@ -367,6 +424,40 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     };
     let grpc_addr = bound(&grpc_listener, "gRPC", cfg.listen)?;
     let http_addr = bound(&http_listener, "HTTP", cfg.http_listen)?;
+    let https_listener = match cfg.https_listen {
+        None => None,
+        Some(addr) if cfg.trust.is_none() => return Err(ServeError::HttpsWithoutTrust(addr)),
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    what: "HTTPS",
+                    addr,
+                    source,
+                })?,
+        ),
+    };
+    let https_addr = match (&https_listener, cfg.https_listen) {
+        (Some(l), Some(addr)) => Some(bound(l, "HTTPS", addr)?),
+        _ => None,
+    };
+    // Where clones register: the operator's base, else this coordinator's HTTPS endpoint
+    // when it has one, else its HTTP endpoint.
+    let register_base = cfg.deploy.as_ref().map(|d| {
+        if !d.register_base.is_empty() {
+            d.register_base.clone()
+        } else if let Some(a) = https_addr {
+            format!("https://{a}")
+        } else {
+            format!("http://{http_addr}")
+        }
+    });
+    if let Some(base) = &register_base {
+        if base.starts_with("https://") && https_addr.is_none() {
+            return Err(ServeError::HttpsBaseWithoutListener(base.clone()));
+        }
+    }
+    let https_names = https_names(register_base.as_deref(), https_addr);
 
     // With etcd, only the elected leader writes scheduling decisions and sweeps agents.
     let election = match store::etcd_endpoints(&cfg.store, cfg.etcd_tls.is_some()) {
@@ -392,7 +483,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     // Its listener serves once the `CoordinatorService` exists, below.
     let trust_bound = match cfg.trust.clone() {
         Some(t) => Some(
-            crate::trust::serve::bind(registry.clone(), t)
+            crate::trust::serve::bind_with_names(registry.clone(), t, https_names)
                 .await
                 .map_err(ServeError::Trust)?,
         ),
@@ -411,9 +502,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     let metrics = crate::metrics::Metrics::new();
     let deployer = match cfg.deploy.clone() {
         Some(mut d) => {
-            if d.register_base.is_empty() {
-                d.register_base = format!("http://{http_addr}");
-            }
+            d.register_base = register_base.clone().unwrap_or_default();
             d.agent_token = cfg.agent_token.clone();
             d.exports = exporter;
             d.trust = trust_state.clone();
@@ -448,7 +537,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     }
 
     // Static agents may start after us: each is retried in the background until it answers.
-    let links = Agents::new(cfg.agent_token.clone()).with_trust(trust_state);
+    let links = Agents::new(cfg.agent_token.clone()).with_trust(trust_state.clone());
     for ep in &cfg.static_agents {
         let (registry, links, ep, policy) =
             (registry.clone(), links.clone(), ep.clone(), cfg.heartbeat);
@@ -484,6 +573,26 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     };
 
     let app = crate::http::router(registry.clone(), Arc::clone(&tokens), metrics.clone());
+    let mut https_stop = None;
+    if let (Some(listener), Some(t)) = (https_listener, &trust_state) {
+        let tls = crate::http::tls_config(t.identity()).map_err(ServeError::Https)?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task =
+            crate::http::serve_tls(listener, tls, app.clone(), stopped).map_err(|source| {
+                ServeError::Bind {
+                    what: "HTTPS",
+                    addr: https_addr.unwrap_or(http_addr),
+                    source,
+                }
+            })?;
+        tasks.push(task);
+        https_stop = Some(stop);
+        tracing::info!(
+            https = ?https_addr,
+            names = ?t.names(),
+            "serving clone registration over HTTPS"
+        );
+    }
     tasks.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(http_listener, app).await {
             tracing::error!(error = %e, "HTTP endpoint stopped");
@@ -568,6 +677,8 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     Ok(Running {
         grpc_addr,
         http_addr,
+        https_addr,
+        _https_stop: https_stop,
         registry,
         tokens,
         stop: Some(stop),
@@ -578,4 +689,35 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         _advertiser: advertiser,
         trust,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::https_names;
+
+    #[test]
+    fn the_certificate_names_the_register_base_host_and_the_https_address() {
+        let https = Some("10.0.0.1:7781".parse().expect("addr"));
+        assert_eq!(
+            https_names(Some("https://10.0.0.1:7781"), https),
+            ["10.0.0.1"]
+        );
+        assert_eq!(
+            https_names(Some("https://napalm-server:7781/"), https),
+            ["napalm-server", "10.0.0.1"]
+        );
+        assert_eq!(
+            https_names(
+                Some("https://[fd00::1]:7781"),
+                Some("[::]:7781".parse().expect("addr"))
+            ),
+            ["fd00::1"]
+        );
+        assert!(https_names(
+            Some("http://10.0.0.1:7780"),
+            Some("0.0.0.0:1".parse().expect("addr"))
+        )
+        .is_empty());
+        assert!(https_names(Some("https://10.0.0.1:7781"), None).is_empty());
+    }
 }

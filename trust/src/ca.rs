@@ -186,9 +186,10 @@ impl ClusterCa {
     }
 
     /// A key pair and certificate for a coordinator (its TLS listener and its calls to
-    /// agents): names [`id::COORDINATOR_DNS`], [`id::COORDINATOR_URI`] and `extra_dns`.
-    /// The coordinator holds the CA key, so it needs no CSR. Returns the certificate and
-    /// the key, PEM.
+    /// agents): names [`id::COORDINATOR_DNS`], [`id::COORDINATOR_URI`] and `extra_dns`
+    /// (an IP address there becomes an IP address name: what an HTTPS client dialing
+    /// `https://10.0.0.1:…`, such as a clone's curl, checks). The coordinator holds the CA
+    /// key, so it needs no CSR. Returns the certificate and the key, PEM.
     pub fn issue_coordinator(
         &self,
         extra_dns: &[String],
@@ -209,6 +210,10 @@ impl ClusterCa {
             ),
         ];
         for d in extra_dns {
+            if let Ok(ip) = d.parse::<std::net::IpAddr>() {
+                sans.push(SanType::IpAddress(ip));
+                continue;
+            }
             sans.push(SanType::DnsName(
                 d.clone()
                     .try_into()
@@ -346,6 +351,48 @@ mod tests {
         let chain = crate::tls::certs_from_pem(leaf.cert_pem.as_bytes()).expect("pem");
         crate::tls::verify_agent(ca.cert_der(), &chain, "abc", NOW + 10).expect("verifies");
         assert!(!key.is_empty());
+    }
+
+    #[test]
+    fn coordinator_names_given_as_addresses_are_ip_names() {
+        let ca = ClusterCa::generate("test", NOW).expect("ca");
+        let (cert, _) = ca
+            .issue_coordinator(
+                &["10.0.0.1".into(), "::1".into(), "server.example".into()],
+                NOW,
+                DEFAULT_LEAF_TTL,
+            )
+            .expect("issue");
+        let der = CertificateDer::from(cert.cert_der);
+        let (_, x) = x509_parser::certificate::X509Certificate::from_der(&der).expect("parse");
+        let san = x
+            .subject_alternative_name()
+            .expect("extension")
+            .expect("SANs");
+        let names: Vec<String> = san
+            .value
+            .general_names
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect();
+        assert!(
+            names.iter().any(|n| n.contains("IPAddress([10, 0, 0, 1])")),
+            "{names:?}"
+        );
+        assert!(
+            names
+                .iter()
+                .any(|n| n.contains("IPAddress([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])")),
+            "{names:?}"
+        );
+        assert!(
+            names.iter().any(|n| n == "DNSName(\"server.example\")"),
+            "{names:?}"
+        );
+        assert!(
+            names.iter().any(|n| n == "DNSName(\"coordinator.napalm\")"),
+            "{names:?}"
+        );
     }
 
     #[test]

@@ -83,7 +83,14 @@ struct Cli {
     /// HTTP listen address (clone registration).
     #[arg(long, env = "NAPALM_HTTP_LISTEN", default_value = "127.0.0.1:7780")]
     http_listen: SocketAddr,
-    /// Base URL clones use to reach the HTTP endpoint (default: http://HTTP_LISTEN).
+    /// HTTPS listen address: the HTTP endpoint (clone registration, cluster files,
+    /// /metrics, web view) over TLS with the coordinator's certificate, signed by the
+    /// cluster CA clones find in their layer (/etc/napalm/ca.crt). Needs --trust-listen.
+    #[arg(long, env = "NAPALM_HTTPS_LISTEN")]
+    https_listen: Option<SocketAddr>,
+    /// Base URL clones use to reach the HTTP endpoint, e.g. https://10.0.0.1:7781 (its
+    /// host is named in the coordinator's certificate); default: https://HTTPS_LISTEN
+    /// with --https-listen, else http://HTTP_LISTEN.
     #[arg(long, env = "NAPALM_REGISTER_BASE")]
     register_base: Option<String>,
     /// Agents to use without discovery (gRPC endpoints, repeatable).
@@ -314,6 +321,7 @@ async fn main() -> Result<()> {
     let cfg = ServeConfig {
         listen: cli.listen,
         http_listen: cli.http_listen,
+        https_listen: cli.https_listen,
         store: cli.store.clone(),
         etcd_tls: cli
             .etcd_ca

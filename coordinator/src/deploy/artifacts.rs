@@ -320,6 +320,7 @@ impl Artifacts {
         // inside, the directory whose per-clone subdirectories may be NFS-exported.
         std::fs::create_dir_all(&self.cfg.layers_dir)
             .map_err(|e| DeployError::io("creating", &self.cfg.layers_dir, e))?;
+        private_dir(&self.cfg.layers_dir)?;
         // A deployment made before identities were derived keeps the secret it was given
         // (and so its clones' host keys).
         let id_path = self.cfg.layers_dir.join(format!(".identity-{deployment}"));
@@ -422,6 +423,26 @@ impl Artifacts {
     }
 }
 
+/// Makes the layers directory `dir` the coordinator's alone (mode 0700, unless it is
+/// already closed to group and others): clones' layers hold their ssh host keys and
+/// register tokens, which only the clone (over its own NFS export, served by the root NFS
+/// server) may read, never another user of the server.
+fn private_dir(dir: &Path) -> Result<(), DeployError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir)
+        .map_err(|e| DeployError::io("reading", dir, e))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(
+            dir,
+            std::fs::Permissions::from_mode((mode & 0o7700) | 0o700),
+        )
+        .map_err(|e| DeployError::io("closing to other users", dir, e))?;
+    }
+    Ok(())
+}
+
 /// Copies the tree `from` to `to` with hard links for files (a layer is read-only once
 /// built: the builder writes new files, never into old ones), keeping directories' modes
 /// and owners and symbolic links as they are.
@@ -514,6 +535,23 @@ fn image(builder: &LayerBuilder<'_>, base: &Base, name: &str) -> Result<BuiltLay
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_layers_directory_is_closed_to_other_users() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().expect("tmp");
+        let dir = t.path().join("layers");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        super::private_dir(&dir).expect("close");
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777;
+        assert_eq!(mode(&dir), 0o700);
+        super::private_dir(&dir).expect("again");
+        assert_eq!(mode(&dir), 0o700);
+        let e = super::private_dir(&t.path().join("missing")).expect_err("no such dir");
+        assert!(e.to_string().contains("missing"), "{e}");
+    }
 
     #[test]
     fn a_kept_version_is_a_copy_no_later_build_touches() {

@@ -93,6 +93,9 @@ pub struct Trust {
     pub(crate) addresses: Vec<String>,
     /// Revoked agent ids, as last read from the registry (see [`revoke`]).
     pub(crate) revoked: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
+    /// Names (host names, IP addresses) the coordinator's certificate carries beside
+    /// `coordinator.napalm`: those clones dial its HTTPS listener by.
+    pub(crate) names: Vec<String>,
 }
 
 impl std::fmt::Debug for Trust {
@@ -121,10 +124,21 @@ impl Trust {
         cfg: TrustConfig,
         bound: SocketAddr,
     ) -> Result<Self, TrustSetupError> {
+        Self::open_with_names(registry, cfg, bound, Vec::new()).await
+    }
+
+    /// [`Self::open`], the coordinator's certificate also naming `names` (host names or
+    /// IP addresses; see [`Self::names`]).
+    pub async fn open_with_names(
+        registry: Registry,
+        cfg: TrustConfig,
+        bound: SocketAddr,
+        names: Vec<String>,
+    ) -> Result<Self, TrustSetupError> {
         let ca = store::load_or_create_ca(&registry, cfg.ca_files.as_ref()).await?;
         let now = unix_now(&registry);
         let (cert, key) = ca
-            .issue_coordinator(&[], now, COORDINATOR_TTL)
+            .issue_coordinator(&names, now, COORDINATOR_TTL)
             .map_err(TrustSetupError::Ca)?;
         // The chain carries the CA so a joining host can check it against its pin.
         let chain = format!("{}{}", cert.cert_pem, ca.cert_pem());
@@ -143,14 +157,29 @@ impl Trust {
             cfg,
             addresses,
             revoked: Arc::default(),
+            names,
         })
+    }
+
+    /// The names beside `coordinator.napalm` the coordinator's certificate carries (the
+    /// host of an `https://` register base, the HTTPS listener's address).
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The coordinator's TLS identity (certificate chain with the CA, and key), swapped
+    /// on renewal: what its HTTPS listener presents.
+    pub fn identity(&self) -> Arc<CertSlot> {
+        Arc::clone(&self.identity)
     }
 
     /// Issues this coordinator a fresh certificate and swaps it in: new connections (and
     /// joining hosts) get it, open ones keep theirs. Returns its not-after.
     pub fn renew_identity(&self) -> Result<i64, napalm_trust::TrustError> {
         let now = unix_now(&self.registry);
-        let (cert, key) = self.ca.issue_coordinator(&[], now, COORDINATOR_TTL)?;
+        let (cert, key) = self
+            .ca
+            .issue_coordinator(&self.names, now, COORDINATOR_TTL)?;
         let chain = format!("{}{}", cert.cert_pem, self.ca.cert_pem());
         self.identity.replace(chain.as_bytes(), key.as_bytes())?;
         Ok(cert.not_after)

@@ -105,6 +105,16 @@ impl Bound {
 
 /// Binds `cfg.listen` and sets up the CA; see [`Bound`].
 pub async fn bind(registry: Registry, cfg: TrustConfig) -> Result<Bound, StartError> {
+    bind_with_names(registry, cfg, Vec::new()).await
+}
+
+/// [`bind`], the coordinator's certificate also naming `names` (host names or IP
+/// addresses clones reach its HTTPS listener by; see [`Trust::open_with_names`]).
+pub async fn bind_with_names(
+    registry: Registry,
+    cfg: TrustConfig,
+    names: Vec<String>,
+) -> Result<Bound, StartError> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -115,7 +125,7 @@ pub async fn bind(registry: Registry, cfg: TrustConfig) -> Result<Bound, StartEr
         addr: cfg.listen,
         source,
     })?;
-    let trust = Trust::open(registry, cfg, addr).await?;
+    let trust = Trust::open_with_names(registry, cfg, addr, names).await?;
     if let Err(e) = trust.refresh_revoked().await {
         tracing::warn!(error = %e, "reading revoked agents failed; retrying");
     }

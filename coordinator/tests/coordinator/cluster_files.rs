@@ -60,7 +60,8 @@ async fn register(grid: &TestGrid, name: &str, address: &str) {
     let addr = grid.coordinator.http_addr();
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let req = format!(
-        "POST /v1/clones/register?token={token} HTTP/1.0\r\nHost: {addr}\r\n\
+        "POST /v1/clones/register HTTP/1.0\r\nHost: {addr}\r\n\
+         Authorization: Bearer {token}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );

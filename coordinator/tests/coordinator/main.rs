@@ -9,6 +9,7 @@ mod etcd_harness;
 mod lifecycle;
 mod mdns;
 mod observe;
+mod register;
 mod registry;
 mod roles;
 mod scheduler;

@@ -55,15 +55,22 @@ fn spawn(what: &'static str, cmd: &mut tokio::process::Command) -> (tokio::proce
 
 /// GET over HTTP/1.0 (no chunking): status and body.
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    request(addr, "GET", path, "").await
+    request(addr, "GET", path, "", "").await
 }
 
-async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+/// `method path` with `headers` (`Name: value\r\n` lines) and `body`.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     let head = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}Content-Type: application/json\r\n\
          Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -208,7 +215,8 @@ async fn deploy_and_register(grid: &TestGrid) {
             let (status, answer) = request(
                 http,
                 "POST",
-                &format!("/v1/clones/register?token={token}"),
+                "/v1/clones/register",
+                &format!("Authorization: Bearer {token}\r\n"),
                 &body.to_string(),
             )
             .await;

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::error::{Ctx, GridError};
 use super::{
-    socket, Grid, Hypervisor, AGENT_GANGLIA, AGENT_GRPC, AGENT_HTTP, GRPC, HTTP, TOKEN, TRUST,
+    socket, Grid, Hypervisor, AGENT_GANGLIA, AGENT_GRPC, AGENT_HTTP, GRPC, HTTP, HTTPS, TOKEN,
+    TRUST,
 };
 use crate::bins;
 use crate::netns::Host;
@@ -98,8 +99,12 @@ impl Grid {
                 .arg(d.join("ganesha/ganesha.pid"));
         }
         if let Some(ttl) = self.trust_cert_ttl {
+            // The HTTP endpoint over TLS too; clones keep registering over HTTP: the
+            // grid's busybox root has only busybox wget, whose TLS (no
+            // signature_algorithms) the coordinator's rustls refuses.
             cmd.args(["--trust-listen", &format!("{}:{TRUST}", s.addr)])
-                .args(["--trust-cert-ttl", &ttl.as_secs().max(1).to_string()]);
+                .args(["--trust-cert-ttl", &ttl.as_secs().max(1).to_string()])
+                .args(["--https-listen", &format!("{}:{HTTPS}", s.addr)]);
         }
         cmd.args(["--mdns-interface", &s.iface, "--register-timeout", "300"])
             .args([

@@ -47,6 +47,9 @@ pub const AGENT_GRPC: u16 = 8481;
 pub const AGENT_GANGLIA: u16 = 8649;
 /// The coordinator's TLS listener (enrollment, mutual TLS) when the grid runs the PKI.
 pub const TRUST: u16 = 7443;
+/// The coordinator's HTTPS endpoint (registration, cluster files, /metrics over TLS with
+/// its CA-signed certificate) when the grid runs the PKI.
+pub const HTTPS: u16 = 7781;
 
 /// What the agents' libvirt drives, and so whether clones can boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

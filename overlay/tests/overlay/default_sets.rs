@@ -11,11 +11,12 @@ use crate::common::{cluster, identity, library};
 #[test]
 fn register_clone_script_posts_the_clone_as_json() {
     let c = cluster(
-        "server: 10.0.0.1\nregister_url: 'http://10.0.0.1:7070/v1/clones/register?token=t0k'\nhosts: { node7: { address: 10.0.1.7 } }\n",
+        "server: 10.0.0.1\nregister_url: 'https://10.0.0.1:7071/v1/clones/register'\nregister_token: t0k\nca_pem: \"-----BEGIN CERTIFICATE-----\\nQ0E=\\n-----END CERTIFICATE-----\\n\"\nhosts: { node7: { address: 10.0.1.7 } }\n",
     );
     let lib = library(&[&napalm_overlay::default_sets_dir()]);
     let tmp = tempfile::tempdir().unwrap();
-    let layer = LayerBuilder::new(&c, &lib, tmp.path().join("o"))
+    let out = tmp.path().join("o");
+    let layer = LayerBuilder::new(&c, &lib, &out)
         .identity(identity())
         .render("node7")
         .unwrap();
@@ -23,15 +24,58 @@ fn register_clone_script_posts_the_clone_as_json() {
         panic!("script missing")
     };
     assert_eq!(meta.mode, 0o755);
+    let script_text = String::from_utf8(data.to_vec()).unwrap();
+    assert!(
+        !script_text.contains("t0k"),
+        "no token in the script: {script_text}"
+    );
+    // The secrets are root-only files; the CA certificate is public.
+    let file = |p: &str| match &layer.entries[p] {
+        Entry::File { data, meta } => (
+            String::from_utf8(data.to_vec()).unwrap(),
+            meta.mode,
+            meta.uid,
+        ),
+        _ => panic!("{p} is not a file"),
+    };
+    assert_eq!(
+        file("etc/napalm/register-token"),
+        ("t0k\n".into(), 0o600, 0)
+    );
+    assert_eq!(file("etc/ssh/ssh_host_ed25519_key").1, 0o600);
+    let (ca, ca_mode, _) = file("etc/napalm/ca.crt");
+    assert_eq!(
+        ca,
+        "-----BEGIN CERTIFICATE-----\nQ0E=\n-----END CERTIFICATE-----\n"
+    );
+    assert_eq!(ca_mode, 0o644);
+    // The same on disk, as NFS serves it.
+    LayerBuilder::new(&c, &lib, &out)
+        .identity(identity())
+        .build_all()
+        .unwrap()
+        .into_result()
+        .unwrap();
+    let root = out.join("node7/root");
+    let disk_mode = |p: &str| {
+        std::fs::metadata(root.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(disk_mode("etc/napalm/register-token"), 0o600);
+    assert_eq!(disk_mode("etc/napalm"), 0o755);
     let script = tmp.path().join("register");
     std::fs::write(&script, &data[..]).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    // A stand-in curl that prints the body and the URL it was given.
+    // A stand-in curl that prints the body, the headers from stdin (-H @-), the CA file
+    // and the URL it was given.
     let bin = tmp.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     std::fs::write(
         bin.join("curl"),
-        "#!/bin/sh\nwhile [ $# -gt 0 ]; do case \"$1\" in -d) echo \"$2\"; shift;; http*) echo \"$1\";; esac; shift; done\n",
+        "#!/bin/sh\nwhile [ $# -gt 0 ]; do case \"$1\" in -d) echo \"$2\"; shift;; --cacert) echo \"cacert $2\"; shift;; -H) [ \"$2\" = @- ] && while read -r h; do echo \"header $h\"; done; shift;; http*) echo \"$1\";; esac; shift; done\n",
     )
     .unwrap();
     std::fs::set_permissions(bin.join("curl"), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -44,9 +88,15 @@ fn register_clone_script_posts_the_clone_as_json() {
         Command::new("sh")
             .arg(&script)
             .env("PATH", path)
+            .env("NAPALM_ROOT", &root)
             .env("NAPALM_NO_WATCHER", "1"),
     );
     let mut lines = out.lines();
+    assert_eq!(
+        lines.next(),
+        Some(format!("cacert {}", root.join("etc/napalm/ca.crt").display()).as_str())
+    );
+    assert_eq!(lines.next(), Some("header Authorization: Bearer t0k"));
     let body: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
     assert_eq!(body["name"], "node7");
     assert!(
@@ -55,7 +105,7 @@ fn register_clone_script_posts_the_clone_as_json() {
     );
     assert_eq!(
         lines.next(),
-        Some("http://10.0.0.1:7070/v1/clones/register?token=t0k")
+        Some("https://10.0.0.1:7071/v1/clones/register")
     );
     let net = match &layer.entries["etc/systemd/network/10-napalm.network"] {
         Entry::File { data, .. } => String::from_utf8(data.to_vec()).unwrap(),
@@ -74,7 +124,8 @@ while [ $# -gt 0 ]; do
 	-w|-m) shift ;;
 	-H) case "$2" in
 		"If-None-Match: "*) inm="${2#If-None-Match: }" ;;
-		"Authorization: "*) auth="${2#Authorization: }" ;;
+		"Authorization: "*) auth="argv! ${2#Authorization: }" ;;
+		@-) read -r h; auth="${h#Authorization: }" ;;
 		esac; shift ;;
 	http*) url="$1" ;;
 	esac
@@ -91,7 +142,7 @@ printf %s "$code"
 #[test]
 fn cluster_files_watcher_replaces_changed_files_and_keeps_local_lines() {
     let c = cluster(
-        "server: 10.0.0.1\nlayers: [base, mpi]\nregister_url: 'http://10.0.0.1:7070/v1/clones/register?token=t0k'\nhosts: { node7: { address: 10.0.1.7 }, node8: { address: 10.0.1.8 } }\n",
+        "server: 10.0.0.1\nlayers: [base, mpi]\nregister_url: 'http://10.0.0.1:7070/v1/clones/register'\nregister_token: t0k\nhosts: { node7: { address: 10.0.1.7 }, node8: { address: 10.0.1.8 } }\n",
     );
     let lib = library(&[&napalm_overlay::default_sets_dir()]);
     let tmp = tempfile::tempdir().unwrap();
@@ -241,7 +292,7 @@ echo "$url [$auth] $code" >>"$SERVE/requests"
 #[test]
 fn cluster_files_watcher_works_with_wget_alone() {
     let c = cluster(
-        "server: 10.0.0.1\nregister_url: 'http://10.0.0.1:7070/v1/clones/register?token=t0k'\nhosts: { node7: { address: 10.0.1.7 } }\n",
+        "server: 10.0.0.1\nregister_url: 'http://10.0.0.1:7070/v1/clones/register'\nregister_token: t0k\nhosts: { node7: { address: 10.0.1.7 } }\n",
     );
     let lib = library(&[&napalm_overlay::default_sets_dir()]);
     let tmp = tempfile::tempdir().unwrap();

@@ -32,13 +32,15 @@ impl Run {
                     ("clone_index".into(), json!(c.index)),
                     ("mac".into(), json!(c.mac)),
                     ("interface".into(), json!("eth0")),
+                    // The URL carries no secret; the token goes in a header (the base
+                    // set writes it to a root-only file).
                     (
                         "register_url".into(),
-                        json!(format!(
-                            "{}/v1/clones/register?token={}",
-                            cfg.register_base,
-                            self.inner.tokens.token(&c.name)
-                        )),
+                        json!(format!("{}/v1/clones/register", cfg.register_base)),
+                    ),
+                    (
+                        "register_token".into(),
+                        json!(self.inner.tokens.token(&c.name)),
                     ),
                 ]
                 .into_iter()
@@ -57,7 +59,7 @@ impl Run {
                 .collect(),
             })
             .collect();
-        let globals = vec![
+        let mut globals = vec![
             ("server".to_owned(), json!(cfg.server)),
             ("deployment".to_owned(), json!(self.spec.name)),
             (
@@ -69,6 +71,10 @@ impl Run {
                 }),
             ),
         ];
+        // The cluster CA, with which clones verify the coordinator's HTTPS endpoint.
+        if let Some(t) = &cfg.trust {
+            globals.push(("ca_pem".to_owned(), json!(t.ca_pem())));
+        }
         let inner = Arc::clone(&self.inner);
         let deployment = self.spec.name.clone();
         let layers = self.spec.layers.clone();
