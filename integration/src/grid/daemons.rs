@@ -213,6 +213,7 @@ impl Grid {
             .args(["--grpc-listen", &format!("{}:{AGENT_GRPC}", h.addr)])
             .args(["--ganglia-listen", &format!("{}:{AGENT_GANGLIA}", h.addr)])
             .args(["--mdns-interface", &h.iface])
+            .args(&self.agent_args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

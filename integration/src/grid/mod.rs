@@ -95,6 +95,8 @@ pub struct GridOptions {
     /// shared token, enrolls with a join token `napalmctl agent token create` made for it
     /// (`NAPALM_JOIN_TOKEN`), then serves and calls over mutual TLS only.
     pub trust_cert_ttl: Option<std::time::Duration>,
+    /// More arguments for every `napalm-agent` (`--otlp-endpoint URL`…).
+    pub agent_args: Vec<String>,
 }
 
 impl Default for GridOptions {
@@ -112,6 +114,7 @@ impl Default for GridOptions {
             agent_lost_grace: std::time::Duration::from_secs(90),
             coordinator_args: Vec::new(),
             trust_cert_ttl: None,
+            agent_args: Vec::new(),
         }
     }
 }
@@ -142,6 +145,7 @@ pub struct Grid {
     agent_lost_grace: std::time::Duration,
     coordinator_args: Vec<String>,
     trust_cert_ttl: Option<std::time::Duration>,
+    agent_args: Vec<String>,
     keep: bool,
     net: Network,
     /// Held for a QEMU grid's life: those grids (tests, the demo) run one at a time.
@@ -241,6 +245,7 @@ impl Grid {
             agent_lost_grace: opts.agent_lost_grace,
             coordinator_args: opts.coordinator_args.clone(),
             trust_cert_ttl: opts.trust_cert_ttl,
+            agent_args: opts.agent_args.clone(),
             keep: opts.keep,
             net,
             _lock: lock,
