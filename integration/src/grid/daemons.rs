@@ -111,7 +111,7 @@ impl Grid {
                 "--agent-lost-grace",
                 &self.agent_lost_grace.as_secs().to_string(),
             ])
-            .args(&self.coordinator_args)
+            .args(self.coordinator_args.iter().map(|a| a.replace("{server}", &s.addr)))
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -213,7 +213,11 @@ impl Grid {
             .args(["--grpc-listen", &format!("{}:{AGENT_GRPC}", h.addr)])
             .args(["--ganglia-listen", &format!("{}:{AGENT_GANGLIA}", h.addr)])
             .args(["--mdns-interface", &h.iface])
-            .args(&self.agent_args)
+            .args(
+                self.agent_args
+                    .iter()
+                    .map(|a| a.replace("{server}", &self.server.addr)),
+            )
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

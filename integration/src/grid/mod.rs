@@ -88,14 +88,16 @@ pub struct GridOptions {
     /// its host for dead and boots its stateless clones elsewhere (`--agent-lost-grace`).
     /// The default, 90 s, outlasts the fault test's 30 s cut of an agent's link.
     pub agent_lost_grace: std::time::Duration,
-    /// More arguments for `napalm-coordinator` (`--sets DIR`, `--restart-budget N`…).
+    /// More arguments for `napalm-coordinator` (`--sets DIR`, `--restart-budget N`…);
+    /// `{server}` in them stands for the server's address, which the grid picks.
     pub coordinator_args: Vec<String>,
     /// Run the cluster PKI with agent certificates of this lifetime: the coordinator
     /// serves `--trust-listen` on PREFIX.1:[`TRUST`], and each agent, instead of the
     /// shared token, enrolls with a join token `napalmctl agent token create` made for it
     /// (`NAPALM_JOIN_TOKEN`), then serves and calls over mutual TLS only.
     pub trust_cert_ttl: Option<std::time::Duration>,
-    /// More arguments for every `napalm-agent` (`--otlp-endpoint URL`…).
+    /// More arguments for every `napalm-agent` (`--otlp-endpoint URL`…), with `{server}`
+    /// as for the coordinator's.
     pub agent_args: Vec<String>,
 }
 
