@@ -213,6 +213,8 @@ pub struct Ganglia {
     /// Their directory (config, RRDs, logs `gmetad.log` and `php.log`).
     pub dir: PathBuf,
     server: Host,
+    /// When it started (Unix seconds).
+    started: u64,
 }
 
 impl Ganglia {
@@ -267,11 +269,15 @@ impl Ganglia {
         )
         .spawn()
         .map_err(io("spawning php -S (Debian package php-cli)"))?;
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let g = Ganglia {
             gmetad,
             web: Daemon(web),
             dir,
             server: grid.server.clone(),
+            started,
         };
         let web_sock: SocketAddr = web_addr.parse().expect("the server's address is IPv4");
         let xml_sock = SocketAddr::from(([127, 0, 0, 1], GMETAD_XML));
@@ -305,6 +311,16 @@ impl Ganglia {
     /// The page of cluster `cluster` (its hosts, each with a graph).
     pub fn cluster_url(&self, cluster: &str) -> String {
         format!("{}?c={cluster}", self.url())
+    }
+
+    /// The page of cluster `cluster` with its graphs from a minute before Ganglia started
+    /// to now (custom range `cs`), rather than the last hour: a short run's data fills them.
+    pub fn cluster_url_since_start(&self, cluster: &str) -> String {
+        format!(
+            "{}&cs={}",
+            self.cluster_url(cluster),
+            self.started.saturating_sub(60)
+        )
     }
 
     /// gmetad's whole XML tree, read on its XML port; empty when it does not answer.
