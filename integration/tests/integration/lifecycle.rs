@@ -31,7 +31,9 @@ fn probe_sets() -> PathBuf {
 /// The agents' heartbeat TTL (they beat every half of it).
 const TTL: Duration = Duration::from_secs(3);
 /// How long after its last heartbeat an agent is taken for lost: the TTL and the grace.
-const LOST_AFTER: Duration = Duration::from_secs(12);
+// libvirt takes about a second per domain to reap SIGKILLed QEMUs (5.5 s for 5 here
+// under load); the grace leaves room for that.
+const LOST_AFTER: Duration = Duration::from_secs(15);
 
 fn grid() -> Grid {
     let sets = probe_sets();

@@ -12,6 +12,7 @@ mod packaging;
 mod scale;
 mod scratch;
 mod spoofing;
+mod traces;
 mod trust;
 
 /// Held by tests that install Debian packages or compare the machine's installed packages,
