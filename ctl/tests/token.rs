@@ -7,21 +7,28 @@ use std::time::Duration;
 use napalm_coordinator::server::{self, ApiAuth, ServeConfig};
 use napalm_coordinator::trust::TrustConfig;
 
-fn ctl(home: &std::path::Path, endpoint: &str) -> tokio::process::Command {
+/// napalmctl with none of the caller's settings, `home` as its home.
+fn bare(home: &std::path::Path) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_napalmctl"));
     for v in [
         "NAPALM_COORDINATOR",
         "NAPALM_TOKEN",
         "NAPALM_OUTPUT",
         "NAPALM_CONFIG",
+        "NAPALM_IDENTITY",
         "XDG_CONFIG_HOME",
     ] {
         c.env_remove(v);
     }
     c.env("XDG_CONFIG_HOME", home)
         .env("HOME", home)
-        .args(["--coordinator", endpoint])
         .kill_on_drop(true);
+    c
+}
+
+fn ctl(home: &std::path::Path, endpoint: &str) -> tokio::process::Command {
+    let mut c = bare(home);
+    c.args(["--coordinator", endpoint]);
     c
 }
 
@@ -129,19 +136,8 @@ async fn a_coordinator_without_trust_says_how_to_enable_it() {
 
 /// napalmctl with only `NAPALM_CONFIG` (what `login` prints to export).
 fn ctl_with_config(home: &std::path::Path, config: &std::path::Path) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_napalmctl"));
-    for v in [
-        "NAPALM_COORDINATOR",
-        "NAPALM_TOKEN",
-        "NAPALM_OUTPUT",
-        "NAPALM_IDENTITY",
-    ] {
-        c.env_remove(v);
-    }
-    c.env("HOME", home)
-        .env("XDG_CONFIG_HOME", home)
-        .env("NAPALM_CONFIG", config)
-        .kill_on_drop(true);
+    let mut c = bare(home);
+    c.env("NAPALM_CONFIG", config);
     c
 }
 

@@ -7,17 +7,12 @@ use std::time::Duration;
 use napalm_proto::v1::coordinator_service_client::CoordinatorServiceClient;
 use napalm_proto::v1::{HeartbeatRequest, ListAgentsRequest, RegisterAgentRequest};
 
-use super::{agent, coordinator, create, wait_registered};
+use super::enrolled;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_speaks_only_for_itself_and_strangers_not_at_all() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = coordinator(&dir.path().join("coord"), Duration::from_secs(3600)).await;
-    let a = agent(&dir.path().join("a"), &create(&c, 0).await)
-        .await
-        .expect("joins");
-    let id = a.agent.id().to_owned();
-    wait_registered(&c, &id).await;
+    let (c, a, id) = enrolled(dir.path()).await;
     let identity = a.identity.clone().expect("identity");
 
     let mut mine =

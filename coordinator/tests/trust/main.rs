@@ -73,6 +73,18 @@ async fn agent(
     napalm_agent::server::start(cfg).await
 }
 
+/// A coordinator with the PKI (agent certificates of an hour) and one agent enrolled with
+/// a token of its own and registered, under `dir`; the agent's id.
+async fn enrolled(dir: &Path) -> (Running, napalm_agent::server::Running, String) {
+    let c = coordinator(&dir.join("coord"), Duration::from_secs(3600)).await;
+    let a = agent(&dir.join("a"), &create(&c, 0).await)
+        .await
+        .expect("joins");
+    let id = a.agent.id().to_owned();
+    wait_registered(&c, &id).await;
+    (c, a, id)
+}
+
 async fn wait_registered(c: &Running, id: &str) -> napalm_proto::v1::Agent {
     for _ in 0..100 {
         if let Ok(a) = c.registry().get_agent(id).await {

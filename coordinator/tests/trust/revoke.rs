@@ -8,18 +8,13 @@ use napalm_proto::trust_v1::trust_service_client::TrustServiceClient;
 use napalm_proto::trust_v1::RevokeAgentRequest;
 use napalm_proto::v1::AgentState;
 
-use super::{agent, coordinator, create, wait_registered};
+use super::{create, enrolled};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_agent_is_refused_and_marked() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = coordinator(&dir.path().join("coord"), Duration::from_secs(3600)).await;
-    let a = agent(&dir.path().join("a"), &create(&c, 0).await)
-        .await
-        .expect("joins");
-    let id = a.agent.id().to_owned();
+    let (c, a, id) = enrolled(dir.path()).await;
     let identity = a.identity.clone().expect("identity");
-    wait_registered(&c, &id).await;
 
     let r = TrustServiceClient::connect(c.endpoint())
         .await

@@ -16,7 +16,7 @@ use napalm_proto::v1::{DeployRequest, DeploymentSpec, ListAgentsRequest, Undeplo
 use napalm_trust::tls::CertSlot;
 use tonic::transport::Channel;
 
-use super::{agent, coordinator, create, tokens, wait_registered};
+use super::{enrolled, tokens};
 
 /// A mutual-TLS channel to `c`'s TLS listener presenting `identity`.
 async fn tls(c: &Running, identity: Option<Arc<CertSlot>>) -> Channel {
@@ -71,12 +71,7 @@ fn dry_run(name: &str) -> DeployRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_only_heartbeat_viewers_only_read_admins_do_everything() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = coordinator(&dir.path().join("coord"), Duration::from_secs(3600)).await;
-    let a = agent(&dir.path().join("a"), &create(&c, 0).await)
-        .await
-        .expect("joins");
-    let id = a.agent.id().to_owned();
-    wait_registered(&c, &id).await;
+    let (c, a, id) = enrolled(dir.path()).await;
 
     // The agent's own certificate: registration and heartbeats only.
     let agent_ch = a

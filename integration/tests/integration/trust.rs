@@ -54,6 +54,23 @@ fn as_operator(g: &Grid, config: &Path, args: &[&str]) -> (bool, String, String)
     )
 }
 
+/// `napalmctl deploy` of `count` small QEMU clones of "trusted", as the operator.
+fn deploy_as_operator(g: &Grid, config: &Path, count: u32) -> (bool, String, String) {
+    let count = count.to_string();
+    let args = [
+        "deploy",
+        "--name",
+        "trusted",
+        "--count",
+        &count,
+        "--memory",
+        "128M",
+        "--hypervisor",
+        "qemu",
+    ];
+    as_operator(g, config, &args)
+}
+
 fn agents(g: &Grid) -> Vec<Value> {
     let out = g
         .napalmctl(&["--output", "json", "agents"])
@@ -167,21 +184,7 @@ fn agents_enroll_across_namespaces_and_renew_while_clones_run_over_mutual_tls() 
         "{written}"
     );
     let t = Instant::now();
-    let (ok, out, err) = as_operator(
-        &g,
-        &config,
-        &[
-            "deploy",
-            "--name",
-            "trusted",
-            "--count",
-            "4",
-            "--memory",
-            "128M",
-            "--hypervisor",
-            "qemu",
-        ],
-    );
+    let (ok, out, err) = deploy_as_operator(&g, &config, 4);
     assert!(
         ok,
         "deploy over mutual TLS: {out}\n{err}\nlogs in {}",
@@ -234,21 +237,7 @@ fn agents_enroll_across_namespaces_and_renew_while_clones_run_over_mutual_tls() 
     // The clones never noticed: same boots, still registered.
     assert_eq!(boot_ids(&g, "trusted"), before, "no clone rebooted");
     // The coordinator reaches the renewed agents over new connections: one clone more.
-    let (ok, out, err) = as_operator(
-        &g,
-        &config,
-        &[
-            "deploy",
-            "--name",
-            "trusted",
-            "--count",
-            "5",
-            "--memory",
-            "128M",
-            "--hypervisor",
-            "qemu",
-        ],
-    );
+    let (ok, out, err) = deploy_as_operator(&g, &config, 5);
     assert!(ok, "scale to 5 after renewal: {out}\n{err}");
     wait_registered(&g, "trusted", 5, Duration::from_secs(180));
 
