@@ -80,6 +80,9 @@ pub enum RootError {
         #[source]
         source: std::io::Error,
     },
+    /// `ldd` could not list a program's libraries.
+    #[error("ldd {} failed: {stderr}", .program.display())]
+    Ldd { program: PathBuf, stderr: String },
     /// `systemctl enable` ran in the new root and failed.
     #[error("systemctl enable {units} failed: {stderr}")]
     Enable { units: String, stderr: String },
@@ -88,6 +91,82 @@ pub enum RootError {
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RootError {
     let what = what.into();
     move |source| RootError::Io { what, source }
+}
+
+/// The busybox root with host programs added, cached beside it as `NAME-root-HASH`: each
+/// of `programs` (absolute paths) with the libraries `ldd` names, and `files` as they are
+/// (data a program needs), at the same paths.
+pub fn busybox_root_with(
+    cache: &Path,
+    name: &str,
+    programs: &[&Path],
+    files: &[&Path],
+) -> Result<PathBuf, RootError> {
+    let busybox = busybox_root(cache)?;
+    let mut copy: Vec<PathBuf> = files.iter().map(|f| f.to_path_buf()).collect();
+    for p in programs {
+        let out = Command::new("ldd")
+            .arg(p)
+            .output()
+            .map_err(io(format!("running ldd {}", p.display())))?;
+        if !out.status.success() {
+            return Err(RootError::Ldd {
+                program: p.to_path_buf(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        copy.push(p.to_path_buf());
+        copy.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter(|w| w.starts_with('/'))
+                .map(PathBuf::from),
+        );
+    }
+    copy.sort();
+    copy.dedup();
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        busybox.hash(&mut h);
+        for f in &copy {
+            f.hash(&mut h);
+            std::fs::read(f)
+                .map_err(io(format!("reading {}", f.display())))?
+                .hash(&mut h);
+        }
+        h.finish()
+    };
+    let root = cache.join(format!("{name}-root-{key:016x}"));
+    if root.join(".complete").exists() {
+        return Ok(root);
+    }
+    let tmp = cache.join(format!(".{name}-root-{key:016x}.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(&busybox)
+        .arg(&tmp)
+        .status()
+        .map_err(io("running cp -a"))?;
+    if !status.success() {
+        return Err(RootError::Io {
+            what: format!("cp -a {} {}", busybox.display(), tmp.display()),
+            source: std::io::Error::other(status.to_string()),
+        });
+    }
+    let _ = std::fs::remove_file(tmp.join(".complete"));
+    for f in &copy {
+        let rel = f.strip_prefix("/").unwrap_or(f);
+        let dst = tmp.join(rel);
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent).map_err(io(format!("mkdir {}", parent.display())))?;
+        }
+        std::fs::copy(f, &dst).map_err(io(format!("copying {}", f.display())))?;
+    }
+    std::fs::write(tmp.join(".complete"), "").map_err(io("writing .complete"))?;
+    std::fs::rename(&tmp, &root).map_err(io(format!("renaming {}", tmp.display())))?;
+    Ok(root)
 }
 
 /// The cached reference root under `cache` (built if missing or outdated).

@@ -69,7 +69,14 @@ impl Grid {
         .arg(bin)
         .args(["--listen", &format!("{}:{GRPC}", s.addr)])
         .args(["--http-listen", &format!("{}:{HTTP}", s.addr)])
-        .args(["--register-base", &format!("http://{}:{HTTP}", s.addr)])
+        .args([
+            "--register-base",
+            &if self.register_over_https {
+                format!("https://{}:{HTTPS}", s.addr)
+            } else {
+                format!("http://{}:{HTTP}", s.addr)
+            },
+        ])
         .arg("--store")
         .arg(d.join("registry.redb"))
         .arg("--secret-file")
@@ -99,9 +106,9 @@ impl Grid {
                 .arg(d.join("ganesha/ganesha.pid"));
         }
         if let Some(ttl) = self.trust_cert_ttl {
-            // The HTTP endpoint over TLS too; clones keep registering over HTTP: the
-            // grid's busybox root has only busybox wget, whose TLS (no
-            // signature_algorithms) the coordinator's rustls refuses.
+            // The HTTP endpoint over TLS too; clones register there only with
+            // `register_over_https` (a root with curl): busybox wget's TLS (no
+            // signature_algorithms) is refused by the coordinator's rustls.
             cmd.args(["--trust-listen", &format!("{}:{TRUST}", s.addr)])
                 .args(["--trust-cert-ttl", &ttl.as_secs().max(1).to_string()])
                 .args(["--https-listen", &format!("{}:{HTTPS}", s.addr)]);

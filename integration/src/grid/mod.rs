@@ -96,6 +96,11 @@ pub struct GridOptions {
     /// shared token, enrolls with a join token `napalmctl agent token create` made for it
     /// (`NAPALM_JOIN_TOKEN`), then serves and calls over mutual TLS only.
     pub trust_cert_ttl: Option<std::time::Duration>,
+    /// Clones register (and fetch their cluster files) over HTTPS, verifying the
+    /// coordinator with the CA in their layer: needs [`Self::trust_cert_ttl`] and a root
+    /// with curl (busybox's wget cannot speak TLS to rustls), e.g.
+    /// [`crate::rootfs::busybox_root_with`].
+    pub register_over_https: bool,
     /// More arguments for every `napalm-agent` (`--otlp-endpoint URL`…), with `{server}`
     /// as for the coordinator's.
     pub agent_args: Vec<String>,
@@ -116,6 +121,7 @@ impl Default for GridOptions {
             agent_lost_grace: std::time::Duration::from_secs(90),
             coordinator_args: Vec::new(),
             trust_cert_ttl: None,
+            register_over_https: false,
             agent_args: Vec::new(),
         }
     }
@@ -147,6 +153,7 @@ pub struct Grid {
     agent_lost_grace: std::time::Duration,
     coordinator_args: Vec<String>,
     trust_cert_ttl: Option<std::time::Duration>,
+    register_over_https: bool,
     agent_args: Vec<String>,
     keep: bool,
     net: Network,
@@ -247,6 +254,7 @@ impl Grid {
             agent_lost_grace: opts.agent_lost_grace,
             coordinator_args: opts.coordinator_args.clone(),
             trust_cert_ttl: opts.trust_cert_ttl,
+            register_over_https: opts.register_over_https,
             agent_args: opts.agent_args.clone(),
             keep: opts.keep,
             net,

@@ -2,16 +2,18 @@
 //! binaries. Each agent host enrolls with a join token an operator made for it (token →
 //! CSR → certificate, the key generated in the agent's state directory), then serves and
 //! calls over mutual TLS only; an operator logs in (`napalmctl login`) and deploys real
-//! QEMU clones over the coordinator's TLS listener; the agents' 45 s certificates renew
-//! while the clones keep running and every agent stays ready; an outsider in the client
-//! namespace without a cluster certificate gets nothing from an agent.
+//! QEMU clones over the coordinator's TLS listener, which register over HTTPS verifying
+//! the coordinator with the CA their layer carries (a busybox root with the host's curl);
+//! the agents' 45 s certificates renew while the clones keep running and every agent
+//! stays ready; an outsider in the client namespace without a cluster certificate gets
+//! nothing from an agent.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use napalm_integration::grid::{clone_address, Grid, GridOptions, AGENT_GRPC, AGENT_HTTP};
+use napalm_integration::grid::{clone_address, Grid, GridOptions, AGENT_GRPC, AGENT_HTTP, HTTPS};
 use serde_json::Value;
 
 fn s(v: &Value, k: &str) -> String {
@@ -138,9 +140,21 @@ fn outsider_refused(g: &Grid, addr: &str) -> String {
 #[test]
 fn agents_enroll_across_namespaces_and_renew_while_clones_run_over_mutual_tls() {
     const TTL: Duration = Duration::from_secs(45);
+    // Clones register over HTTPS, verifying the coordinator with the CA their layer
+    // carries: the busybox root with the host's curl (busybox wget cannot).
+    let cache = GridOptions::default().cache;
+    let root = napalm_integration::rootfs::busybox_root_with(
+        &cache,
+        "curl",
+        &[Path::new("/usr/bin/curl")],
+        &[],
+    )
+    .expect("the busybox root with curl");
     let opts = GridOptions {
         keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
         trust_cert_ttl: Some(TTL),
+        register_over_https: true,
+        root: Some(root),
         ..Default::default()
     };
     // Grid::start returns once both agents are ready: each enrolled with its own token
@@ -197,6 +211,28 @@ fn agents_enroll_across_namespaces_and_renew_while_clones_run_over_mutual_tls() 
     );
     let before = boot_ids(&g, "trusted");
     assert_eq!(before.len(), 4, "{before:?}");
+    // They registered over HTTPS (their hook knows no other URL), and the coordinator's
+    // certificate verifies inside a clone against the CA in its layer, and only so.
+    let first = g.clones("trusted").expect("clones").remove(0);
+    let https = format!("https://{}", g.server.addr);
+    let seen = g
+        .clone_sh(
+            &clone_address(&first),
+            &format!(
+                "grep -c '^URL=\"{https}' /usr/local/sbin/napalm-register-clone; \
+                 curl -sS --cacert /etc/napalm/ca.crt {https}:{HTTPS}/healthz; \
+                 curl -sS -o /dev/null {https}:{HTTPS}/healthz; echo \"without the CA: $?\""
+            ),
+            Duration::from_secs(30),
+        )
+        .expect("the clone's shell");
+    assert!(
+        // Without the layer's CA curl refuses: 60 (not verified) or 77 (this root has no
+        // CA bundle of its own to try).
+        seen.starts_with("1\nok\n")
+            && (seen.contains("without the CA: 60") || seen.contains("without the CA: 77")),
+        "registration over HTTPS, verified with the layer's CA: {seen}"
+    );
 
     // Renewal: each agent's certificate is replaced at two thirds of its 45 s while its
     // clones run; every agent answers ready at every look meanwhile.
