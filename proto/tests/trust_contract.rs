@@ -76,6 +76,22 @@ fn revoke_agent_request() -> RevokeAgentRequest {
     }
 }
 
+fn issue_operator_request() -> IssueOperatorCertificateRequest {
+    IssueOperatorCertificateRequest {
+        name: "alice".into(),
+        role: "viewer".into(),
+        csr_pem: "-----BEGIN CERTIFICATE REQUEST-----\nalice".into(),
+        ttl_seconds: 3600,
+    }
+}
+
+fn operator_certificate() -> OperatorCertificate {
+    OperatorCertificate {
+        certificate: Some(certificate()),
+        endpoints: vec!["10.0.0.1:7443".into(), "coord.example:7443".into()],
+    }
+}
+
 struct Server;
 
 #[tonic::async_trait]
@@ -125,6 +141,13 @@ impl TrustService for Server {
     ) -> Result<Response<RevokedAgent>, Status> {
         same(r.get_ref(), revoke_agent_request())?;
         Ok(Response::new(revoked()))
+    }
+    async fn issue_operator_certificate(
+        &self,
+        r: Request<IssueOperatorCertificateRequest>,
+    ) -> Result<Response<OperatorCertificate>, Status> {
+        same(r.get_ref(), issue_operator_request())?;
+        Ok(Response::new(operator_certificate()))
     }
 }
 
@@ -182,4 +205,10 @@ async fn every_trust_message_round_trips_over_loopback() {
         .expect("revoke agent")
         .into_inner();
     assert_eq!(got, revoked());
+    let got = c
+        .issue_operator_certificate(issue_operator_request())
+        .await
+        .expect("issue operator certificate")
+        .into_inner();
+    assert_eq!(got, operator_certificate());
 }

@@ -407,6 +407,22 @@ async fn a_clone_that_failed_to_come_up_is_retried_by_the_loop_after_a_backoff()
         3,
         "no retry past the budget"
     );
+    // An operator's deploy starts the count over: it fails again here, and the loop
+    // retries twice more (without the reset it would stay at 4).
+    let summary = deploy("retry1").await;
+    assert_eq!(summary.failed, 1, "{summary:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let c = get("retry1-01").await;
+        if c.failures == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && c.failures < 3,
+            "the count did not start over: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // A second clone fails the same way; once the foreign domain is gone, the loop's
     // next retry brings it up, and its record says why it was placed again.

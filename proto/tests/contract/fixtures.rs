@@ -375,6 +375,8 @@ pub fn clone() -> Clone {
         started_at: ts(),
         restarted_at: ts(),
         ssh_host_key: s("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfClone01"),
+        failures: 2,
+        failed_at: ts(),
     }
 }
 pub fn placement_failure() -> PlacementFailure {

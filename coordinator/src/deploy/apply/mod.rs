@@ -356,6 +356,7 @@ impl Run {
         }
         // Placements are durable, in batches (one commit per 64 clones, not per clone).
         let keys: Vec<String> = placement.placed.iter().map(|(n, _)| clone_key(n)).collect();
+        let control_loop = self.control_loop;
         let scheduled = reg
             .update_many::<Clone, _>(&keys, Durability::Immediate, |j, cur| {
                 let agent = &agents[placement.placed[j].1];
@@ -369,6 +370,10 @@ impl Run {
                     c.last_error.clear();
                     c.restarts = 0;
                     c.restarted_at = None;
+                    // An operator's deploy starts the count of retries over.
+                    if !control_loop {
+                        c.failures = 0;
+                    }
                     c
                 }))
             })
