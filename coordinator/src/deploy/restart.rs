@@ -131,7 +131,10 @@ mod tests {
         mark_failed(&mut c, at(106));
         mark_failed(&mut c, at(200));
         assert_eq!(c.failures, 4);
-        assert!(!retry_due(&c, at(10_000), 3), "past the budget: the operator's");
+        assert!(
+            !retry_due(&c, at(10_000), 3),
+            "past the budget: the operator's"
+        );
         // A clone that died past its restart budget is not this kind of retry.
         let mut died = clone("web-02", "a", ClonePhase::Running);
         mark_failed(&mut died, at(100));

@@ -118,7 +118,11 @@ impl Grid {
                 "--agent-lost-grace",
                 &self.agent_lost_grace.as_secs().to_string(),
             ])
-            .args(self.coordinator_args.iter().map(|a| a.replace("{server}", &s.addr)))
+            .args(
+                self.coordinator_args
+                    .iter()
+                    .map(|a| a.replace("{server}", &s.addr)),
+            )
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
