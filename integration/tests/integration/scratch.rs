@@ -234,45 +234,13 @@ fn a_clone_deployed_with_scratch_has_a_tmpfs_of_that_size_beside_the_union() {
 /// The busybox root with dbench added: the host's binary, the libraries `ldd` names and
 /// the loadfile, cached beside the busybox root.
 fn dbench_root(cache: &Path) -> PathBuf {
-    let busybox = rootfs::busybox_root(cache).expect("the busybox root");
-    let dbench = Path::new("/usr/bin/dbench");
-    let loadfile = Path::new("/usr/share/dbench/client.txt");
-    let bin = std::fs::read(dbench).expect("dbench is installed (scripts/setup)");
-    let key = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        busybox.hash(&mut h);
-        bin.hash(&mut h);
-        h.finish()
-    };
-    let root = cache.join(format!("dbench-root-{key:016x}"));
-    if root.join(".complete").exists() {
-        return root;
-    }
-    let tmp = cache.join(format!(".dbench-root-{key:016x}.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let run = |cmd: &mut Command| {
-        let out = cmd.output().expect("runs");
-        assert!(out.status.success(), "{cmd:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    run(Command::new("cp").arg("-a").arg(&busybox).arg(&tmp));
-    let _ = std::fs::remove_file(tmp.join(".complete"));
-    let ldd = run(Command::new("ldd").arg(dbench));
-    let mut files: Vec<PathBuf> = ldd
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-        .map(PathBuf::from)
-        .collect();
-    files.extend([dbench.to_path_buf(), loadfile.to_path_buf()]);
-    for f in files {
-        let dst = tmp.join(f.strip_prefix("/").expect("absolute"));
-        std::fs::create_dir_all(dst.parent().expect("has a parent")).expect("mkdir");
-        std::fs::copy(&f, &dst).unwrap_or_else(|e| panic!("copying {}: {e}", f.display()));
-    }
-    std::fs::write(tmp.join(".complete"), "").expect("marker");
-    std::fs::rename(&tmp, &root).expect("rename the dbench root in place");
-    root
+    rootfs::busybox_root_with(
+        cache,
+        "dbench",
+        &[Path::new("/usr/bin/dbench")],
+        &[Path::new("/usr/share/dbench/client.txt")],
+    )
+    .expect("the busybox root with dbench (scripts/setup installs dbench)")
 }
 
 /// dbench's throughput in MB/s from its last line (`Throughput 734.257 MB/sec  2 clients`).
