@@ -182,7 +182,8 @@ impl Run {
                                     .await;
                             }
                         }
-                        _ => return self.fail(&c, &msg).await,
+                        // Its agent refused or failed it: the next placement avoids it.
+                        _ => return self.fail_on(&c, &msg, true).await,
                     }
                 }
             }

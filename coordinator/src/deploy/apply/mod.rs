@@ -285,7 +285,8 @@ impl Run {
             })
             .collect();
         // A clone that died past its restart budget, or did not boot, goes to another
-        // agent than those it failed on, when there is one.
+        // agent than those it failed on, when there is one; else to another than the one
+        // it failed on last (the first may be back); else anywhere.
         let records: HashMap<String, &Clone> =
             plan_records.iter().map(|c| (c.name.clone(), c)).collect();
         let (died, needs): (Vec<String>, Vec<String>) = needs
@@ -293,34 +294,33 @@ impl Run {
             .partition(|n| records.get(n).is_some_and(|c| !c.failed_agents.is_empty()));
         let mut placement = place(&self.inner.cfg.policy, &self.spec, &needs, &agents, &held);
         for n in died {
-            let avoid = records
+            let failed = records
                 .get(&n)
                 .map(|c| c.failed_agents.clone())
                 .unwrap_or_default();
-            let elsewhere: Vec<usize> = (0..agents.len())
-                .filter(|i| !avoid.contains(&agents[*i].id))
-                .collect();
-            let pool: Vec<Agent> = elsewhere.iter().map(|i| agents[*i].clone()).collect();
-            let p = place(
-                &self.inner.cfg.policy,
-                &self.spec,
-                std::slice::from_ref(&n),
-                &pool,
-                &held,
-            );
-            match p.placed.first() {
-                Some((_, i)) => placement.placed.push((n, elsewhere[*i])),
-                None => {
-                    let p = place(
-                        &self.inner.cfg.policy,
-                        &self.spec,
-                        std::slice::from_ref(&n),
-                        &agents,
-                        &held,
-                    );
-                    placement.placed.extend(p.placed);
-                    placement.unplaced.extend(p.unplaced);
+            let last: Vec<String> = failed.last().cloned().into_iter().collect();
+            let mut last_try = None;
+            for avoid in [&failed, &last, &Vec::new()] {
+                let pool_of: Vec<usize> = (0..agents.len())
+                    .filter(|i| !avoid.contains(&agents[*i].id))
+                    .collect();
+                let pool: Vec<Agent> = pool_of.iter().map(|i| agents[*i].clone()).collect();
+                let p = place(
+                    &self.inner.cfg.policy,
+                    &self.spec,
+                    std::slice::from_ref(&n),
+                    &pool,
+                    &held,
+                );
+                if let Some((_, i)) = p.placed.first() {
+                    placement.placed.push((n.clone(), pool_of[*i]));
+                    last_try = None;
+                    break;
                 }
+                last_try = Some(p);
+            }
+            if let Some(p) = last_try {
+                placement.unplaced.extend(p.unplaced);
             }
         }
         let metrics = &self.inner.metrics;
