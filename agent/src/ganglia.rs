@@ -68,13 +68,6 @@ pub struct HostPart {
     pub running: usize,
 }
 
-/// This process's host name (its UTS namespace's), if it can be read.
-fn own_hostname() -> Option<String> {
-    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
-    let h = h.trim();
-    (!h.is_empty()).then(|| h.to_owned())
-}
-
 /// The OpenTelemetry host resource attributes and Napalm's of domain `d` run by agent
 /// `agent_id`, in order.
 pub fn resource_attributes(d: &DomainView, agent_id: &str) -> Vec<(&'static str, String)> {
@@ -99,7 +92,8 @@ pub async fn document(agent: &Agent, cluster: &str, started: u64) -> String {
     let now = agent.clock().unix_ms() / 1000;
     let host = match agent.host().await {
         Ok(h) => Some(HostPart {
-            name: own_hostname().unwrap_or(h.hostname),
+            // The UTS host name (`Agent::host`), so agents sharing a libvirtd are apart.
+            name: h.hostname,
             cpus: h.cpus,
             memory_bytes: h.memory_bytes,
             free_memory_bytes: h.free_memory_bytes,

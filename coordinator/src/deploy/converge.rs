@@ -63,6 +63,25 @@ pub(super) fn acts_on(
     }
 }
 
+/// The clones of `plan` the control loop places by itself ([`acts_on`]), given the
+/// deployment's `records`.
+pub(super) fn loop_placements(
+    plan: &super::reconcile::Plan,
+    records: &[Clone],
+    now: SystemTime,
+    budget: u32,
+) -> Vec<String> {
+    let by_name: HashMap<&str, &Clone> = records.iter().map(|c| (c.name.as_str(), c)).collect();
+    plan.actions
+        .iter()
+        .filter(|a| acts_on(a, &by_name, now, budget))
+        .filter_map(|a| match a {
+            Action::Place { clone, .. } => Some(clone.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Whether `plan` asks for more than placements: those only make work when at least one
 /// clone can be placed now (clones waiting for capacity do not churn a run each pass).
 fn beyond_placement(action: &Action) -> bool {
@@ -106,15 +125,7 @@ impl Deployer {
                 records.iter().map(|c| (c.name.as_str(), c)).collect();
             let acts_on = |a: &Action| acts_on(a, &by_name, now, budget);
             let placeable = || {
-                let to_place: Vec<String> = plan
-                    .actions
-                    .iter()
-                    .filter(|a| acts_on(a))
-                    .filter_map(|a| match a {
-                        Action::Place { clone, .. } => Some(clone.clone()),
-                        _ => None,
-                    })
-                    .collect();
+                let to_place = loop_placements(&plan, &records, now, budget);
                 !to_place.is_empty()
                     && !place::place(
                         &self.inner.cfg.policy,

@@ -42,6 +42,34 @@ pub(super) fn hypervisor_on(spec: &DeploymentSpec, a: &Agent) -> Hypervisor {
     .unwrap_or(Hypervisor::Qemu)
 }
 
+/// Places clone `c`, which failed on the agents it lists (`failed_agents`), on another
+/// agent when there is one; else on another than the one it failed on last (the first
+/// may be back); else anywhere.
+pub(super) fn place_failed(
+    policy: &scheduler::Policy,
+    spec: &DeploymentSpec,
+    c: &napalm_proto::v1::Clone,
+    agents: &[Agent],
+    held: &HashMap<String, u32>,
+) -> Placement {
+    let last: Vec<String> = c.failed_agents.last().cloned().into_iter().collect();
+    let mut tried = Placement::default();
+    for avoid in [&c.failed_agents, &last, &Vec::new()] {
+        let pool_of: Vec<usize> = (0..agents.len())
+            .filter(|i| !avoid.contains(&agents[*i].id))
+            .collect();
+        let pool: Vec<Agent> = pool_of.iter().map(|i| agents[*i].clone()).collect();
+        tried = place(policy, spec, std::slice::from_ref(&c.name), &pool, held);
+        if let Some((name, i)) = tried.placed.pop() {
+            return Placement {
+                placed: vec![(name, pool_of[i])],
+                ..Placement::default()
+            };
+        }
+    }
+    tried
+}
+
 /// Places `clones` on `agents`; `avoid` lists agents each clone already failed on.
 pub(super) fn place(
     policy: &scheduler::Policy,

@@ -249,21 +249,11 @@ impl Run {
         // Place what reconcile says needs an agent; agents already carry the others'
         // allocations, so the clones being re-placed are not counted twice.
         let needs = if self.control_loop {
-            let now = reg.clock().now();
             let budget = self
                 .spec
                 .restart_budget
                 .unwrap_or(self.inner.cfg.restart_budget);
-            let by_name: HashMap<&str, &Clone> =
-                plan_records.iter().map(|c| (c.name.as_str(), c)).collect();
-            plan.actions
-                .iter()
-                .filter(|a| super::converge::acts_on(a, &by_name, now, budget))
-                .filter_map(|a| match a {
-                    Action::Place { clone, .. } => Some(clone.clone()),
-                    _ => None,
-                })
-                .collect()
+            super::converge::loop_placements(&plan, &plan_records, reg.clock().now(), budget)
         } else {
             plan.to_place()
         };
@@ -284,44 +274,26 @@ impl Run {
                 tracing::info_span!(parent: &parent, "place")
             })
             .collect();
-        // A clone that died past its restart budget, or did not boot, goes to another
-        // agent than those it failed on, when there is one; else to another than the one
-        // it failed on last (the first may be back); else anywhere.
+        // A clone that died past its restart budget, or did not boot, avoids the agents it
+        // failed on (`place::place_failed`).
         let records: HashMap<String, &Clone> =
             plan_records.iter().map(|c| (c.name.clone(), c)).collect();
-        let (died, needs): (Vec<String>, Vec<String>) = needs
-            .into_iter()
-            .partition(|n| records.get(n).is_some_and(|c| !c.failed_agents.is_empty()));
+        let (failed, needs): (Vec<&Clone>, Vec<String>) =
+            needs
+                .into_iter()
+                .fold((Vec::new(), Vec::new()), |(mut f, mut n), name| {
+                    match records.get(&name) {
+                        Some(c) if !c.failed_agents.is_empty() => f.push(*c),
+                        _ => n.push(name),
+                    }
+                    (f, n)
+                });
         let mut placement = place(&self.inner.cfg.policy, &self.spec, &needs, &agents, &held);
-        for n in died {
-            let failed = records
-                .get(&n)
-                .map(|c| c.failed_agents.clone())
-                .unwrap_or_default();
-            let last: Vec<String> = failed.last().cloned().into_iter().collect();
-            let mut last_try = None;
-            for avoid in [&failed, &last, &Vec::new()] {
-                let pool_of: Vec<usize> = (0..agents.len())
-                    .filter(|i| !avoid.contains(&agents[*i].id))
-                    .collect();
-                let pool: Vec<Agent> = pool_of.iter().map(|i| agents[*i].clone()).collect();
-                let p = place(
-                    &self.inner.cfg.policy,
-                    &self.spec,
-                    std::slice::from_ref(&n),
-                    &pool,
-                    &held,
-                );
-                if let Some((_, i)) = p.placed.first() {
-                    placement.placed.push((n.clone(), pool_of[*i]));
-                    last_try = None;
-                    break;
-                }
-                last_try = Some(p);
-            }
-            if let Some(p) = last_try {
-                placement.unplaced.extend(p.unplaced);
-            }
+        for c in failed {
+            let p =
+                super::place::place_failed(&self.inner.cfg.policy, &self.spec, c, &agents, &held);
+            placement.placed.extend(p.placed);
+            placement.unplaced.extend(p.unplaced);
         }
         let metrics = &self.inner.metrics;
         metrics.phase("place", placing.elapsed());
