@@ -2,8 +2,8 @@
 //! connected, and applies what it finds (Nomad's evaluations, on a timer). A coordinator
 //! killed mid-deploy, a leader takeover or an agent that went down leaves clones missing,
 //! unplaced or half brought up; the next pass finishes them. Clones that failed to come up
-//! are placed again after a backoff, up to the restart budget, then left to an explicit
-//! `napalmctl deploy`; clones of an agent that is
+//! are placed again after a backoff that grows with each failure in a row (never given
+//! up: what stopped them may be gone at the next try); clones of an agent that is
 //! down wait until it is lost (past the grace period), and the loop never follows
 //! clones until they register: registration arrives by itself, and the pass after it
 //! records the deployment's state.
@@ -40,14 +40,9 @@ fn interrupted(phase: i32) -> bool {
 /// but placing a clone whose agent is merely down (a restarting agent is down for a
 /// moment; the loop waits until the agent is lost, past the grace period, so a clone
 /// never runs twice because an agent restarted), and a failed clone only once its retry
-/// is due ([`restart::retry_due`]: after a backoff, within the restart budget, `budget`;
-/// past it an operator's re-deploy places it). `records`: the deployment's clones.
-pub(super) fn acts_on(
-    action: &Action,
-    records: &HashMap<&str, &Clone>,
-    now: SystemTime,
-    budget: u32,
-) -> bool {
+/// is due ([`restart::retry_due`]: after a backoff that grows with each failure in a
+/// row). `records`: the deployment's clones.
+pub(super) fn acts_on(action: &Action, records: &HashMap<&str, &Clone>, now: SystemTime) -> bool {
     match action {
         Action::Place {
             reason: Reason::AgentDown,
@@ -58,7 +53,7 @@ pub(super) fn acts_on(
             reason: Reason::Failed,
         } => records
             .get(clone.as_str())
-            .is_some_and(|c| restart::retry_due(c, now, budget)),
+            .is_some_and(|c| restart::retry_due(c, now)),
         _ => true,
     }
 }
@@ -69,12 +64,11 @@ pub(super) fn loop_placements(
     plan: &super::reconcile::Plan,
     records: &[Clone],
     now: SystemTime,
-    budget: u32,
 ) -> Vec<String> {
     let by_name: HashMap<&str, &Clone> = records.iter().map(|c| (c.name.as_str(), c)).collect();
     plan.actions
         .iter()
-        .filter(|a| acts_on(a, &by_name, now, budget))
+        .filter(|a| acts_on(a, &by_name, now))
         .filter_map(|a| match a {
             Action::Place { clone, .. } => Some(clone.clone()),
             _ => None,
@@ -120,12 +114,11 @@ impl Deployer {
                 continue;
             }
             let now = reg.clock().now();
-            let budget = spec.restart_budget.unwrap_or(self.inner.cfg.restart_budget);
             let by_name: HashMap<&str, &Clone> =
                 records.iter().map(|c| (c.name.as_str(), c)).collect();
-            let acts_on = |a: &Action| acts_on(a, &by_name, now, budget);
+            let acts_on = |a: &Action| acts_on(a, &by_name, now);
             let placeable = || {
-                let to_place = loop_placements(&plan, &records, now, budget);
+                let to_place = loop_placements(&plan, &records, now);
                 !to_place.is_empty()
                     && !place::place(
                         &self.inner.cfg.policy,

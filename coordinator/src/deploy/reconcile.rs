@@ -157,8 +157,8 @@ fn needs_placement(
         return Some(Reason::Unplaced);
     }
     if c.phase == ClonePhase::Failed as i32 {
-        // A clone that spent its restart budget is replaced by itself; any other failure
-        // waits for an operator.
+        // A clone that spent its restart budget is replaced at once; any other failure
+        // is placed again once its backoff has passed (`restart::retry_due`).
         return Some(if c.restarts > 0 {
             Reason::Died
         } else {

@@ -91,16 +91,29 @@ pub fn mark_failed(k: &mut Clone, now: SystemTime) {
     k.failed_at = Some(napalm_proto::time::timestamp(now));
 }
 
+/// The longest wait between two placements of a clone that keeps failing to come up:
+/// like kubelet's crash-loop back-off, retries never stop, but a clone that cannot boot
+/// costs a boot every five minutes at most.
+pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(300);
+
+/// How long after its `failures`-th failure in a row a clone is placed again: 2 s, 4 s,
+/// 8 s… up to [`MAX_RETRY_BACKOFF`].
+pub fn retry_backoff(failures: u32) -> Duration {
+    Duration::from_secs(2u64.saturating_pow(failures.clamp(1, 16))).min(MAX_RETRY_BACKOFF)
+}
+
 /// Whether the control loop places failed clone `c` again now: it failed to come up
 /// (its create was refused, it did not boot or register in time, or it could not be
-/// placed; a clone that died past its restart budget is replaced at once instead), at
-/// most `budget` times in a row so far, and its backoff since the last failure (2 s,
-/// 4 s, 8 s… up to a minute) has passed. Past the budget it waits for an operator.
-pub fn retry_due(c: &Clone, now: SystemTime, budget: u32) -> bool {
+/// placed; a clone that died past its restart budget is replaced at once instead) and
+/// its backoff since the last failure ([`retry_backoff`]) has passed. There is no
+/// budget: what stopped it (another agent's stale domain of the same name, a host
+/// short of memory, an image fixed since) may be gone at the next try, and declared
+/// clones converge with no operator re-running anything; an operator's deploy starts
+/// the backoff over.
+pub fn retry_due(c: &Clone, now: SystemTime) -> bool {
     c.phase == ClonePhase::Failed as i32
         && c.restarts == 0
-        && c.failures <= budget
-        && from_timestamp(c.failed_at.as_ref()) + backoff(c.failures.saturating_sub(1)) <= now
+        && from_timestamp(c.failed_at.as_ref()) + retry_backoff(c.failures) <= now
 }
 
 #[cfg(test)]
@@ -117,29 +130,31 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_clone_is_retried_with_backoff_within_the_budget() {
+    fn a_failed_clone_is_retried_with_a_growing_backoff_and_never_given_up() {
         let at = |s: u64| std::time::UNIX_EPOCH + Duration::from_secs(s);
         let mut c = clone("web-01", "a", ClonePhase::Running);
-        assert!(!retry_due(&c, at(100), 3), "not failed");
+        assert!(!retry_due(&c, at(100)), "not failed");
         mark_failed(&mut c, at(100));
         assert_eq!((c.phase, c.failures), (ClonePhase::Failed as i32, 1));
-        assert!(!retry_due(&c, at(101), 3), "2 s backoff after the first");
-        assert!(retry_due(&c, at(102), 3));
+        assert!(!retry_due(&c, at(101)), "2 s backoff after the first");
+        assert!(retry_due(&c, at(102)));
         mark_failed(&mut c, at(102));
-        assert!(!retry_due(&c, at(105), 3), "4 s after the second");
-        assert!(retry_due(&c, at(106), 3));
+        assert!(!retry_due(&c, at(105)), "4 s after the second");
+        assert!(retry_due(&c, at(106)));
         mark_failed(&mut c, at(106));
-        mark_failed(&mut c, at(200));
-        assert_eq!(c.failures, 4);
-        assert!(
-            !retry_due(&c, at(10_000), 3),
-            "past the budget: the operator's"
-        );
+        assert!(!retry_due(&c, at(113)), "8 s after the third");
+        assert!(retry_due(&c, at(114)));
+        for _ in 0..40 {
+            mark_failed(&mut c, at(1_000));
+        }
+        assert!(!retry_due(&c, at(1_299)), "capped, not shorter");
+        assert!(retry_due(&c, at(1_300)), "five minutes at most, then again");
+        assert_eq!(retry_backoff(u32::MAX), MAX_RETRY_BACKOFF);
         // A clone that died past its restart budget is not this kind of retry.
         let mut died = clone("web-02", "a", ClonePhase::Running);
         mark_failed(&mut died, at(100));
         died.restarts = 3;
-        assert!(!retry_due(&died, at(10_000), 3));
+        assert!(!retry_due(&died, at(10_000)));
     }
 
     #[test]

@@ -318,8 +318,8 @@ async fn draining_an_agent_moves_its_clones_off() {
 /// A clone whose bring-up failed everywhere (libvirt already had a domain of its name
 /// that no agent manages, as when a lost host's domain lingers) is placed again by the
 /// loop, with no client, once the obstacle is gone; its record counts the failures and
-/// says why it was placed again, and a clone that failed more often than the restart
-/// budget allows waits for an operator. Both agents share the process's
+/// says why it was placed again; the waits between tries double and never stop, and an
+/// operator's deploy starts them over. Both agents share the process's
 /// `test:///default` driver, so the test can define the foreign domains itself.
 #[tokio::test]
 async fn a_clone_that_failed_to_come_up_is_retried_by_the_loop_after_a_backoff() {
@@ -331,12 +331,7 @@ async fn a_clone_that_failed_to_come_up_is_retried_by_the_loop_after_a_backoff()
             own_drivers: false,
             ..Default::default()
         },
-        |cfg| {
-            cfg.converge_every = Some(Duration::from_millis(200));
-            if let Some(d) = cfg.deploy.as_mut() {
-                d.restart_budget = 2;
-            }
-        },
+        |cfg| cfg.converge_every = Some(Duration::from_millis(200)),
     )
     .await
     .expect("grid starts");
@@ -383,46 +378,42 @@ async fn a_clone_that_failed_to_come_up_is_retried_by_the_loop_after_a_backoff()
     assert_eq!(failed.failures, 1, "{failed:?}");
     assert!(failed.last_error.contains("does not manage"), "{failed:?}");
 
-    // The loop tries again (2 s, then 4 s later) within the budget of 2, then stops.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let spent = loop {
+    // The loop tries again and again, each wait twice the one before (2 s, 4 s, 8 s,
+    // from each failure's `failed_at`), past any restart budget: a failed clone is never
+    // left for an operator.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut seen = vec![failed.clone()];
+    while seen.len() < 4 {
         let c = get("retry1-01").await;
-        if c.failures >= 3 {
-            break c;
+        if c.failures != seen[seen.len() - 1].failures {
+            seen.push(c);
+            continue;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "the loop did not retry a failed clone: {c:?}"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(spent.phase, ClonePhase::Failed as i32, "{spent:?}");
-    assert_eq!(
-        spent.failures, 3,
-        "the first attempt and two retries: {spent:?}"
-    );
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(
-        get("retry1-01").await.failures,
-        3,
-        "no retry past the budget"
-    );
-    // An operator's deploy starts the count over: it fails again here, and the loop
-    // retries twice more (without the reset it would stay at 4).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (n, pair) in seen.windows(2).enumerate() {
+        let (before, after) = (&pair[0], &pair[1]);
+        assert_eq!(after.failures, before.failures + 1, "one retry at a time: {after:?}");
+        assert_eq!(after.phase, ClonePhase::Failed as i32, "{after:?}");
+        let waited = napalm_proto::time::from_timestamp(after.failed_at.as_ref())
+            .duration_since(napalm_proto::time::from_timestamp(before.failed_at.as_ref()))
+            .expect("failed_at moves forward");
+        let backoff = Duration::from_secs(2 << n);
+        assert!(
+            waited >= backoff,
+            "retry {} came {waited:?} after the failure before it, not after {backoff:?}",
+            n + 1
+        );
+    }
+    // An operator's deploy starts the backoff over: the count is 1 again at once.
     let summary = deploy("retry1").await;
     assert_eq!(summary.failed, 1, "{summary:?}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let c = get("retry1-01").await;
-        if c.failures == 3 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline && c.failures < 3,
-            "the count did not start over: {c:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let again = get("retry1-01").await;
+    assert_eq!(again.failures, 1, "the count did not start over: {again:?}");
 
     // A second clone fails the same way; once the foreign domain is gone, the loop's
     // next retry brings it up, and its record says why it was placed again.

@@ -246,10 +246,12 @@ impl Run {
         );
         let request = CreateDomainRequest {
             // Same clone, incarnation and boot inputs: a re-run replays the agent's answer.
-            // A clone placed again after it failed somewhere is a new attempt (the agent
-            // must not replay the one that failed).
+            // A clone placed again after it failed somewhere is a new attempt: the agent
+            // must not replay an earlier answer, not even a success on the same agent
+            // whose domain has since been removed. Within a deploy each retry adds a
+            // failed agent; each failure the loop retries has its own `failed_at`.
             request_id: format!(
-                "{}-{}-{}{}",
+                "{}-{}-{}{}{}",
                 c.name,
                 self.generation,
                 &built.hash[..16.min(built.hash.len())],
@@ -257,7 +259,10 @@ impl Run {
                     String::new()
                 } else {
                     format!("-f{}", c.failed_agents.len())
-                }
+                },
+                c.failed_at
+                    .map(|t| format!("-t{:x}{:x}", t.seconds, t.nanos))
+                    .unwrap_or_default()
             ),
             name: c.name.clone(),
             config_xml: xml,

@@ -249,11 +249,7 @@ impl Run {
         // Place what reconcile says needs an agent; agents already carry the others'
         // allocations, so the clones being re-placed are not counted twice.
         let needs = if self.control_loop {
-            let budget = self
-                .spec
-                .restart_budget
-                .unwrap_or(self.inner.cfg.restart_budget);
-            super::converge::loop_placements(&plan, &plan_records, reg.clock().now(), budget)
+            super::converge::loop_placements(&plan, &plan_records, reg.clock().now())
         } else {
             plan.to_place()
         };
