@@ -397,10 +397,16 @@ async fn a_clone_that_failed_to_come_up_is_retried_by_the_loop_after_a_backoff()
     }
     for (n, pair) in seen.windows(2).enumerate() {
         let (before, after) = (&pair[0], &pair[1]);
-        assert_eq!(after.failures, before.failures + 1, "one retry at a time: {after:?}");
+        assert_eq!(
+            after.failures,
+            before.failures + 1,
+            "one retry at a time: {after:?}"
+        );
         assert_eq!(after.phase, ClonePhase::Failed as i32, "{after:?}");
         let waited = napalm_proto::time::from_timestamp(after.failed_at.as_ref())
-            .duration_since(napalm_proto::time::from_timestamp(before.failed_at.as_ref()))
+            .duration_since(napalm_proto::time::from_timestamp(
+                before.failed_at.as_ref(),
+            ))
             .expect("failed_at moves forward");
         let backoff = Duration::from_secs(2 << n);
         assert!(
