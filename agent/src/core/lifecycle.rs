@@ -60,30 +60,48 @@ impl Agent {
             .await?
             .ok_or_else(|| AgentError::no_domain(name))?;
         let n = name.to_owned();
-        let done = match (target, cur) {
-            (RunState::Running, RunState::Paused) => {
-                self.call(move |h| h.resume(&n)).await?;
-                Some((EventKind::Resumed, RunState::Running))
-            }
+        let acted = match (target, cur) {
+            (RunState::Running, RunState::Paused) => self
+                .call(move |h| h.resume(&n))
+                .await
+                .map(|()| Some((EventKind::Resumed, RunState::Running))),
             (RunState::Running | RunState::Paused, c) if !c.is_active() => {
-                self.call(move |h| h.start(&n)).await?;
-                if target == RunState::Paused {
-                    let n = name.to_owned();
-                    self.call(move |h| h.suspend(&n)).await?;
-                    Some((EventKind::Suspended, RunState::Paused))
-                } else {
-                    Some((EventKind::Started, RunState::Running))
+                match self.call(move |h| h.start(&n)).await {
+                    Ok(()) if target == RunState::Paused => {
+                        let n = name.to_owned();
+                        self.call(move |h| h.suspend(&n))
+                            .await
+                            .map(|()| Some((EventKind::Suspended, RunState::Paused)))
+                    }
+                    Ok(()) => Ok(Some((EventKind::Started, RunState::Running))),
+                    Err(e) => Err(e),
                 }
             }
-            (RunState::Paused, RunState::Running | RunState::Blocked) => {
-                self.call(move |h| h.suspend(&n)).await?;
-                Some((EventKind::Suspended, RunState::Paused))
+            (RunState::Paused, RunState::Running | RunState::Blocked) => self
+                .call(move |h| h.suspend(&n))
+                .await
+                .map(|()| Some((EventKind::Suspended, RunState::Paused))),
+            (RunState::Shutoff, c) if c.is_active() => self
+                .call(move |h| h.shutdown(&n, timeout))
+                .await
+                .map(|()| Some((EventKind::Stopped, RunState::Shutoff))),
+            _ => Ok(None),
+        };
+        let done = match acted {
+            Ok(done) => done,
+            // The domain moved under us: libvirt finishing a start an agent killed
+            // mid-create had asked for (QEMU is paused until libvirt resumes it), or the
+            // guest powering off. Reached anyway: nothing to do.
+            Err(e) => {
+                let n = name.to_owned();
+                match self.call(move |h| h.state(&n)).await {
+                    Ok(Some(now)) if reached(target, now) => {
+                        tracing::info!(domain = %name, state = now.as_str(), error = %e, "the domain reached its state by itself meanwhile");
+                        None
+                    }
+                    _ => return Err(e),
+                }
             }
-            (RunState::Shutoff, c) if c.is_active() => {
-                self.call(move |h| h.shutdown(&n, timeout)).await?;
-                Some((EventKind::Stopped, RunState::Shutoff))
-            }
-            _ => None,
         };
         Ok(done.map(|(kind, state)| {
             self.events
@@ -173,5 +191,15 @@ impl Agent {
             Some(t0.elapsed()),
         );
         Ok(())
+    }
+}
+
+/// Whether a domain in state `now` is where [`Agent::converge`] takes it for `target`.
+fn reached(target: RunState, now: RunState) -> bool {
+    match target {
+        RunState::Running => matches!(now, RunState::Running | RunState::Blocked),
+        RunState::Paused => now == RunState::Paused,
+        RunState::Shutoff => !now.is_active(),
+        _ => false,
     }
 }

@@ -31,6 +31,9 @@ pub struct Report {
     pub discarded: Vec<String>,
     /// Domains of our names that libvirt holds for someone else (left alone).
     pub foreign_conflicts: Vec<String>,
+    /// Domains libvirt refused to bring where their record says, with why (the next
+    /// pass retries).
+    pub failed: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -60,90 +63,17 @@ impl Agent {
         })
     }
 
-    /// One reconciliation pass. `first` is the pass at agent start.
+    /// One reconciliation pass. `first` is the pass at agent start. A domain that cannot
+    /// be brought where its record says (libvirt refused) is reported in
+    /// [`Report::failed`] and retried by the next pass; it never stops the others, nor
+    /// the agent from starting.
     pub async fn reconcile(&self, first: bool) -> Result<Report> {
         let mut rep = Report::default();
         let live = self.call(|h| h.list()).await?;
         for name in self.store.names()? {
-            let _g = self.locks.lock(&name).await;
-            let Some(r) = self.store.load(&name)? else {
-                if first {
-                    self.store.remove(&name)?;
-                    rep.discarded.push(name);
-                }
-                continue;
-            };
-            if r.deleting {
-                self.finish_delete(&name, true, self.cfg.shutdown_timeout)
-                    .await?;
-                rep.deleted.push(name);
-                continue;
-            }
-            let l = live.iter().find(|d| d.name == name);
-            let state = match l {
-                Some(_) if !self.owns(&name).await? => {
-                    tracing::error!(domain = %name, "libvirt's domain of this name is not ours; not touching it");
-                    rep.foreign_conflicts.push(name);
-                    continue;
-                }
-                Some(l) => l.state,
-                None => {
-                    let xml = r.libvirt_xml.clone();
-                    self.call(move |h| h.define(&xml)).await?;
-                    self.events.emit(
-                        &name,
-                        EventKind::Defined,
-                        RunState::Shutoff,
-                        "redefined: libvirt had lost it",
-                        None,
-                    );
-                    rep.redefined.push(name.clone());
-                    RunState::Shutoff
-                }
-            };
-            if first && state.is_active() {
-                self.events.emit(
-                    &name,
-                    EventKind::Adopted,
-                    state,
-                    "running when the agent started",
-                    None,
-                );
-                rep.adopted.push(name.clone());
-            } else {
-                self.events.observe(&name, state);
-            }
-            let stopped = matches!(
-                state,
-                RunState::Shutoff | RunState::Crashed | RunState::Nostate
-            );
-            let restart = match r.desired {
-                RunState::Running | RunState::Paused => {
-                    stopped && r.restart != RestartPolicy::Never
-                }
-                _ => false,
-            };
-            if restart {
-                self.converge(&name, r.desired, self.cfg.shutdown_timeout)
-                    .await?;
-                self.events.emit(
-                    &name,
-                    EventKind::Restarted,
-                    r.desired,
-                    "restart policy",
-                    None,
-                );
-                rep.restarted.push(name);
-            } else if !stopped
-                && r.desired != state
-                && matches!(
-                    r.desired,
-                    RunState::Shutoff | RunState::Paused | RunState::Running
-                )
-            {
-                // A change the agent was asked for but did not finish (killed mid-way).
-                self.converge(&name, r.desired, self.cfg.shutdown_timeout)
-                    .await?;
+            if let Err(e) = self.reconcile_one(&name, first, &live, &mut rep).await {
+                tracing::warn!(domain = %name, error = %e, "reconciling a domain failed; the next pass retries");
+                rep.failed.push((name, e.to_string()));
             }
         }
         if first {
@@ -151,6 +81,97 @@ impl Agent {
             let _ = std::fs::remove_dir_all(&staging);
         }
         Ok(rep)
+    }
+
+    /// [`Self::reconcile`] of domain `name`, given libvirt's `live` listing.
+    async fn reconcile_one(
+        &self,
+        name: &str,
+        first: bool,
+        live: &[crate::hypervisor::DomainSummary],
+        rep: &mut Report,
+    ) -> Result<()> {
+        let _g = self.locks.lock(name).await;
+        let Some(r) = self.store.load(name)? else {
+            if first {
+                self.store.remove(name)?;
+                rep.discarded.push(name.to_owned());
+            }
+            return Ok(());
+        };
+        if r.deleting {
+            self.finish_delete(name, true, self.cfg.shutdown_timeout)
+                .await?;
+            rep.deleted.push(name.to_owned());
+            return Ok(());
+        }
+        let l = live.iter().find(|d| d.name == name);
+        let state = match l {
+            Some(_) if !self.owns(name).await? => {
+                tracing::error!(domain = %name, "libvirt's domain of this name is not ours; not touching it");
+                rep.foreign_conflicts.push(name.to_owned());
+                return Ok(());
+            }
+            Some(l) => l.state,
+            None => {
+                let xml = r.libvirt_xml.clone();
+                self.call(move |h| h.define(&xml)).await?;
+                self.events.emit(
+                    name,
+                    EventKind::Defined,
+                    RunState::Shutoff,
+                    "redefined: libvirt had lost it",
+                    None,
+                );
+                rep.redefined.push(name.to_owned());
+                RunState::Shutoff
+            }
+        };
+        if first && state.is_active() {
+            self.events.emit(
+                name,
+                EventKind::Adopted,
+                state,
+                "running when the agent started",
+                None,
+            );
+            rep.adopted.push(name.to_owned());
+        } else {
+            self.events.observe(name, state);
+        }
+        let stopped = matches!(
+            state,
+            RunState::Shutoff | RunState::Crashed | RunState::Nostate
+        );
+        let restart = match r.desired {
+            RunState::Running | RunState::Paused => {
+                stopped && r.restart != RestartPolicy::Never
+            }
+            _ => false,
+        };
+        if restart {
+            self.converge(name, r.desired, self.cfg.shutdown_timeout)
+                .await?;
+            self.events.emit(
+                name,
+                EventKind::Restarted,
+                r.desired,
+                "restart policy",
+                None,
+            );
+            rep.restarted.push(name.to_owned());
+        } else if !stopped
+            && r.desired != state
+            && matches!(
+                r.desired,
+                RunState::Shutoff | RunState::Paused | RunState::Running
+            )
+        {
+            // A change the agent was asked for but did not finish (killed mid-way).
+            self.converge(name, r.desired, self.cfg.shutdown_timeout)
+                .await?;
+        }
+        Ok(())
     }
 }
 

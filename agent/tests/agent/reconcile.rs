@@ -117,3 +117,116 @@ async fn changes_behind_the_agents_back_become_events() {
     );
     assert!(rx.try_recv().is_err(), "one change, one event");
 }
+
+/// libvirt's test driver, except that `resume` behaves as when libvirtd finishes a start
+/// an agent killed mid-create had asked for: the domain resumes by itself, then the
+/// agent's own resume is refused (`already running`). With `stuck`, resume is refused
+/// and the domain stays paused.
+struct ResumedBehindTheAgent {
+    inner: std::sync::Arc<dyn napalm_agent::hypervisor::Hypervisor>,
+    stuck: bool,
+}
+
+impl napalm_agent::hypervisor::Hypervisor for ResumedBehindTheAgent {
+    fn define(&self, xml: &str) -> napalm_agent::error::Result<String> {
+        self.inner.define(xml)
+    }
+    fn start(&self, name: &str) -> napalm_agent::error::Result<()> {
+        self.inner.start(name)
+    }
+    fn shutdown(
+        &self,
+        name: &str,
+        deadline: std::time::Duration,
+    ) -> napalm_agent::error::Result<()> {
+        self.inner.shutdown(name, deadline)
+    }
+    fn suspend(&self, name: &str) -> napalm_agent::error::Result<()> {
+        self.inner.suspend(name)
+    }
+    fn resume(&self, name: &str) -> napalm_agent::error::Result<()> {
+        if !self.stuck {
+            self.inner.resume(name)?;
+        }
+        Err(napalm_agent::error::AgentError::Hypervisor(
+            "Requested operation is not valid: domain is already running".into(),
+        ))
+    }
+    fn undefine(&self, name: &str) -> napalm_agent::error::Result<bool> {
+        self.inner.undefine(name)
+    }
+    fn state(&self, name: &str) -> napalm_agent::error::Result<Option<RunState>> {
+        self.inner.state(name)
+    }
+    fn list(&self) -> napalm_agent::error::Result<Vec<napalm_agent::hypervisor::DomainSummary>> {
+        self.inner.list()
+    }
+    fn find(
+        &self,
+        name: &str,
+    ) -> napalm_agent::error::Result<Option<(napalm_agent::hypervisor::DomainSummary, String)>>
+    {
+        self.inner.find(name)
+    }
+    fn capabilities_xml(&self) -> napalm_agent::error::Result<String> {
+        self.inner.capabilities_xml()
+    }
+    fn host(&self) -> napalm_agent::error::Result<napalm_agent::hypervisor::HostFacts> {
+        self.inner.host()
+    }
+    fn stats(&self, name: &str) -> napalm_agent::error::Result<napalm_agent::hypervisor::Stats> {
+        self.inner.stats(name)
+    }
+}
+
+/// An agent killed while libvirt started one of its domains finds it paused (QEMU starts
+/// paused until libvirt resumes it) and, as it resumes it, libvirt has done so already:
+/// the agent starts, the domain counts as adopted and running. A domain libvirt really
+/// refuses to resume is reported as failed, and the agent still starts with the others.
+#[tokio::test]
+async fn a_domain_libvirt_finishes_starting_behind_a_restarted_agent_does_not_stop_it() {
+    let mut a = TestAgent::start(None).await;
+    for n in ["c-midstart", "c-stuck", "c-fine"] {
+        a.put(&format!("/domain/{n}"), test_archive(n)).await;
+    }
+    let dir = a.stop().await;
+    let hv = test_driver();
+    hv.suspend("c-midstart").expect("paused as mid-start");
+    let cfg = config(&dir.path().join("state"), None);
+    let racing = std::sync::Arc::new(ResumedBehindTheAgent {
+        inner: hv.clone(),
+        stuck: false,
+    });
+    let agent = napalm_agent::core::Agent::open(cfg.core, racing)
+        .await
+        .expect("open");
+    let rep = agent.reconcile(true).await.expect("the first pass");
+    assert!(rep.failed.is_empty(), "{rep:?}");
+    assert!(rep.adopted.contains(&"c-midstart".to_owned()), "{rep:?}");
+    assert_eq!(hv.state("c-midstart").expect("s"), Some(RunState::Running));
+
+    hv.suspend("c-stuck").expect("paused");
+    let cfg = config(&dir.path().join("state"), None);
+    let stuck = std::sync::Arc::new(ResumedBehindTheAgent {
+        inner: hv.clone(),
+        stuck: true,
+    });
+    let agent = napalm_agent::core::Agent::open(cfg.core, stuck)
+        .await
+        .expect("open");
+    let rep = agent
+        .reconcile(true)
+        .await
+        .expect("one refusal is not the pass's");
+    assert_eq!(rep.failed.len(), 1, "{rep:?}");
+    assert_eq!(rep.failed[0].0, "c-stuck", "{rep:?}");
+    assert!(rep.failed[0].1.contains("already running"), "{rep:?}");
+    assert!(
+        rep.adopted.contains(&"c-fine".to_owned()),
+        "the others: {rep:?}"
+    );
+    for n in ["c-midstart", "c-stuck", "c-fine"] {
+        let _ = hv.shutdown(n, std::time::Duration::from_secs(1));
+        let _ = hv.undefine(n);
+    }
+}
