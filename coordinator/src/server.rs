@@ -55,6 +55,12 @@ pub enum Secret {
 /// Everything the daemon needs; `main` fills it from flags.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    /// Serve the plain (unencrypted) gRPC API on [`Self::listen`] and the HTTP endpoint
+    /// on [`Self::http_listen`]: trials and tests (`--insecure-plain`). Without it only
+    /// the TLS listeners serve ([`Self::trust`] is then required): the API to
+    /// certificate holders on the trust listener, clone registration on
+    /// [`Self::https_listen`].
+    pub plain: bool,
     /// gRPC listen address (port 0: any free port, see [`Running::grpc_addr`]).
     pub listen: SocketAddr,
     /// HTTP listen address of clone registration.
@@ -106,6 +112,7 @@ impl ServeConfig {
     /// deploy pipeline (set [`Self::deploy`], or use `crate::testing`).
     pub fn loopback(dir: &Path) -> Self {
         Self {
+            plain: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             https_listen: None,
@@ -172,6 +179,25 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The admin identity could not be written.
+    #[error("writing the admin identity (--trust-admin-dir)")]
+    Admin(#[source] crate::trust::admin::AdminError),
+    /// Neither the plain listeners nor the cluster PKI: nothing would serve the API.
+    #[error(
+        "no listener to serve: start with --trust-listen ADDR (the API over mutual TLS; \
+         clones register on --https-listen ADDR; the admin identity is written to \
+         --trust-admin-dir), or add --insecure-plain to serve the plain gRPC API and HTTP \
+         on --listen and --http-listen for a trial"
+    )]
+    NoListener,
+    /// Without the plain listeners and without `--https-listen`: clones could not
+    /// register, nor anyone scrape `/metrics`.
+    #[error(
+        "no HTTP endpoint (clone registration, /metrics, the web view): without \
+         --insecure-plain there is no plain one, so add --https-listen ADDR (clones then \
+         register over HTTPS with the cluster CA their layer carries)"
+    )]
+    NoRegistration,
     /// `--https-listen` without the cluster PKI: there is no certificate to serve.
     #[error(
         "--https-listen {0} needs the cluster PKI: add --trust-listen (the HTTPS endpoint \
@@ -235,9 +261,13 @@ impl Running {
         self.https_addr
     }
 
-    /// The gRPC endpoint clients dial: `http://ADDR`.
+    /// The gRPC endpoint clients dial: `http://ADDR` on the plain listener, else
+    /// `https://ADDR` (the trust listener: mutual TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        match self.stop {
+            Some(_) => format!("http://{}", self.grpc_addr),
+            None => format!("https://{}", self.grpc_addr),
+        }
     }
 
     /// The TLS listener's address (enrollment, mutual-TLS agents), when trust is on.
@@ -404,26 +434,31 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     };
     let tokens = Arc::new(TokenKey::new(&secret).map_err(ServeError::TokenKey)?);
 
-    let grpc_listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            what: "gRPC",
-            addr: cfg.listen,
-            source,
-        })?;
-    let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            what: "HTTP",
-            addr: cfg.http_listen,
-            source,
-        })?;
+    if !cfg.plain && cfg.trust.is_none() {
+        return Err(ServeError::NoListener);
+    }
+    if !cfg.plain && cfg.https_listen.is_none() {
+        return Err(ServeError::NoRegistration);
+    }
+    let bind = |what, addr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .and_then(|l| l.local_addr().map(|a| (l, a)))
+            .map_err(|source| ServeError::Bind { what, addr, source })
+    };
+    // The plain listeners, only with `plain` (`--insecure-plain`).
+    let (grpc_plain, http_plain) = if cfg.plain {
+        (
+            Some(bind("gRPC", cfg.listen).await?),
+            Some(bind("HTTP", cfg.http_listen).await?),
+        )
+    } else {
+        (None, None)
+    };
     let bound = |l: &tokio::net::TcpListener, what, addr| {
         l.local_addr()
             .map_err(|source| ServeError::Bind { what, addr, source })
     };
-    let grpc_addr = bound(&grpc_listener, "gRPC", cfg.listen)?;
-    let http_addr = bound(&http_listener, "HTTP", cfg.http_listen)?;
     let https_listener = match cfg.https_listen {
         None => None,
         Some(addr) if cfg.trust.is_none() => return Err(ServeError::HttpsWithoutTrust(addr)),
@@ -441,6 +476,12 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         (Some(l), Some(addr)) => Some(bound(l, "HTTPS", addr)?),
         _ => None,
     };
+    // The HTTP endpoint's address: plain, else HTTPS (one of them exists, checked above).
+    let http_addr = http_plain
+        .as_ref()
+        .map(|(_, a)| *a)
+        .or(https_addr)
+        .ok_or(ServeError::NoRegistration)?;
     // Where clones register: the operator's base, else this coordinator's HTTPS endpoint
     // when it has one, else its HTTP endpoint.
     let register_base = cfg.deploy.as_ref().map(|d| {
@@ -468,7 +509,14 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
                     store: cfg.store.clone(),
                     source,
                 })?;
-            let id = cfg.id.clone().unwrap_or_else(|| grpc_addr.to_string());
+            let id = cfg
+                .id
+                .clone()
+                .unwrap_or_else(|| match (&grpc_plain, &cfg.trust) {
+                    (Some((_, a)), _) => a.to_string(),
+                    (None, Some(t)) => t.listen.to_string(),
+                    (None, None) => "napalm-coordinator".into(),
+                });
             Some(Election::start(etcd.client(), id, cfg.lease_ttl))
         }
         None => None,
@@ -490,6 +538,30 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         None => None,
     };
     let trust_state = trust_bound.as_ref().map(|b| b.trust().clone());
+    // Where the API is served: the plain listener, else the trust listener (mutual TLS).
+    let grpc_addr = match (&grpc_plain, &trust_bound) {
+        (Some((_, a)), _) => *a,
+        (None, Some(b)) => b.addr(),
+        (None, None) => return Err(ServeError::NoListener),
+    };
+    if let (Some(b), Some(dir)) = (
+        &trust_bound,
+        cfg.trust.as_ref().and_then(|t| t.admin_dir.as_ref()),
+    ) {
+        let t = b.trust();
+        let now = crate::trust::unix_now(&registry);
+        match crate::trust::admin::ensure(t, dir, t.addresses(), now).map_err(ServeError::Admin)? {
+            crate::trust::admin::Outcome::Written { not_after } => tracing::info!(
+                dir = %dir.display(),
+                not_after,
+                "admin identity written: export NAPALM_CONFIG={}/napalmctl.yaml",
+                dir.display()
+            ),
+            crate::trust::admin::Outcome::Kept { not_after } => {
+                tracing::info!(dir = %dir.display(), not_after, "admin identity kept")
+            }
+        }
+    }
 
     let exporter = match cfg.exports.clone() {
         Some(x) => Some(Arc::new(
@@ -593,11 +665,20 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
             "serving clone registration over HTTPS"
         );
     }
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(http_listener, app).await {
-            tracing::error!(error = %e, "HTTP endpoint stopped");
+    if let Some((http_listener, _)) = http_plain {
+        if !http_addr.ip().is_loopback() {
+            tracing::warn!(
+                http = %http_addr,
+                "serving the HTTP endpoint WITHOUT TLS (--insecure-plain): clone tokens \
+                 travel in clear"
+            );
         }
-    }));
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(http_listener, app).await {
+                tracing::error!(error = %e, "HTTP endpoint stopped");
+            }
+        }));
+    }
 
     let mut svc = Coordinator::new(
         registry.clone(),
@@ -620,14 +701,62 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
             crate::trust::service::Placement::Api,
         ))
     });
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let incoming = TcpListenerStream::new(grpc_listener);
-    let shutdown = async move {
-        let _ = stopped.await;
+    let (stop, grpc) = match grpc_plain {
+        Some((listener, _)) => {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let grpc = serve_plain(
+                listener,
+                svc,
+                api_trust,
+                &cfg,
+                metrics.clone(),
+                async move {
+                    let _ = stopped.await;
+                },
+            );
+            (Some(stop), Some(grpc))
+        }
+        // The API is served on the trust listener only, to certificate holders.
+        None => (None, None),
     };
+    tracing::info!(listen = %grpc_addr, http = %http_addr, "serving napalm.v1.CoordinatorService");
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        https_addr,
+        _https_stop: https_stop,
+        registry,
+        tokens,
+        stop,
+        grpc,
+        tasks,
+        _election: election,
+        _browser: browser,
+        _advertiser: advertiser,
+        trust,
+    })
+}
+
+/// Serves the API on the plain gRPC listener (`--insecure-plain`), behind the bearer
+/// token of [`ServeConfig::api_auth`].
+fn serve_plain(
+    grpc_listener: tokio::net::TcpListener,
+    svc: Coordinator,
+    api_trust: Option<TrustServiceServer<crate::trust::service::TrustServer>>,
+    cfg: &ServeConfig,
+    metrics: crate::metrics::Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<Result<(), tonic::transport::Error>> {
+    if !cfg.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %cfg.listen,
+            "serving the gRPC API WITHOUT TLS (--insecure-plain): tokens travel in clear"
+        );
+    }
+    let incoming = TcpListenerStream::new(grpc_listener);
     let mut builder = tonic::transport::Server::builder()
-        .layer(crate::metrics::layer::RpcMetricsLayer::new(metrics.clone()));
-    let grpc = match cfg.api_auth.clone() {
+        .layer(crate::metrics::layer::RpcMetricsLayer::new(metrics));
+    match cfg.api_auth.clone() {
         ApiAuth::Token(t) => {
             let viewer = cfg.viewer_token.clone();
             tokio::spawn(
@@ -672,23 +801,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
                     .serve_with_incoming_shutdown(incoming, shutdown),
             )
         }
-    };
-    tracing::info!(listen = %grpc_addr, http = %http_addr, "serving napalm.v1.CoordinatorService");
-    Ok(Running {
-        grpc_addr,
-        http_addr,
-        https_addr,
-        _https_stop: https_stop,
-        registry,
-        tokens,
-        stop: Some(stop),
-        grpc: Some(grpc),
-        tasks,
-        _election: election,
-        _browser: browser,
-        _advertiser: advertiser,
-        trust,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -144,9 +144,7 @@ impl Agent {
             RunState::Shutoff | RunState::Crashed | RunState::Nostate
         );
         let restart = match r.desired {
-            RunState::Running | RunState::Paused => {
-                stopped && r.restart != RestartPolicy::Never
-            }
+            RunState::Running | RunState::Paused => stopped && r.restart != RestartPolicy::Never,
             _ => false,
         };
         if restart {

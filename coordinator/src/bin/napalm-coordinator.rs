@@ -112,6 +112,12 @@ struct Cli {
     /// reach --listen can then deploy and undeploy.
     #[arg(long)]
     insecure_no_auth: bool,
+    /// Also serve the plain listeners: the gRPC API on --listen (bearer token in clear)
+    /// and the HTTP endpoint on --http-listen (clone registration, /metrics, the web
+    /// view). For trials; without it only the TLS listeners serve (--trust-listen: the
+    /// API to certificate holders, --https-listen: the HTTP endpoint).
+    #[arg(long, env = "NAPALM_INSECURE_PLAIN")]
+    insecure_plain: bool,
     /// Bearer token presented to agents.
     #[arg(long, env = "NAPALM_AGENT_TOKEN")]
     agent_token: Option<String>,
@@ -319,6 +325,7 @@ async fn main() -> Result<()> {
         _ => None,
     };
     let cfg = ServeConfig {
+        plain: cli.insecure_plain,
         listen: cli.listen,
         http_listen: cli.http_listen,
         https_listen: cli.https_listen,
@@ -343,7 +350,12 @@ async fn main() -> Result<()> {
         static_agents: cli.agents.clone(),
         mdns_interfaces: cli.mdns_interfaces.clone(),
         deploy,
-        trust: cli.trust.config(),
+        trust: cli.trust.config(
+            cli.secret_file
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("admin"),
+        ),
         converge_every: (cli.converge_every > 0).then(|| Duration::from_secs(cli.converge_every)),
         exports: cli.export_root.as_ref().map(|root| ExportConfig {
             root: root.clone(),

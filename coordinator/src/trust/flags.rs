@@ -30,11 +30,17 @@ pub struct TrustFlags {
     /// Key of --trust-ca-cert (PEM).
     #[arg(long, requires = "trust_ca_cert")]
     pub trust_ca_key: Option<PathBuf>,
+    /// Directory the admin identity is written to at start (ca.crt, operator.crt,
+    /// operator.key, napalmctl.yaml: `export NAPALM_CONFIG=DIR/napalmctl.yaml`), when
+    /// missing or past two thirds of its year; default: `admin/` beside --secret-file.
+    #[arg(long, env = "NAPALM_TRUST_ADMIN_DIR")]
+    pub trust_admin_dir: Option<PathBuf>,
 }
 
 impl TrustFlags {
-    /// The configuration the flags ask for, `None` without `--trust-listen`.
-    pub fn config(&self) -> Option<TrustConfig> {
+    /// The configuration the flags ask for, `None` without `--trust-listen`;
+    /// `default_admin_dir` unless `--trust-admin-dir` names another.
+    pub fn config(&self, default_admin_dir: PathBuf) -> Option<TrustConfig> {
         let listen = self.trust_listen?;
         Some(TrustConfig {
             listen,
@@ -42,6 +48,7 @@ impl TrustFlags {
             leaf_ttl: Duration::from_secs(self.trust_cert_ttl.max(1)),
             token_ttl: Duration::from_secs(self.trust_token_ttl.max(1)),
             ca_files: self.trust_ca_cert.clone().zip(self.trust_ca_key.clone()),
+            admin_dir: Some(self.trust_admin_dir.clone().unwrap_or(default_admin_dir)),
         })
     }
 }

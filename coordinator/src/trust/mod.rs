@@ -5,12 +5,14 @@
 //! agents on a TLS listener of its own ([`serve`]): enrollment with a join token over TLS
 //! that the joining host pins to the CA fingerprint of its token, renewal and the agents'
 //! registration and heartbeats over mutual TLS. The token calls for operators are served
-//! on the ordinary API listener, behind the operator's bearer token.
+//! there to admin certificates, and on the plain API listener (`--insecure-plain`) behind
+//! the operator's bearer token; [`admin`] writes the first admin identity at start.
 //!
 //! Must not touch: agents' keys (only CSRs cross), the registry's other records, or the
 //! plain listeners' behaviour (nothing changes for a coordinator started without
 //! `--trust-listen`).
 
+pub mod admin;
 pub mod agents;
 pub mod flags;
 pub mod revoke;
@@ -45,6 +47,8 @@ pub struct TrustConfig {
     /// Operator-supplied CA (certificate PEM, key PEM), imported at first start when the
     /// registry holds no CA yet.
     pub ca_files: Option<(PathBuf, PathBuf)>,
+    /// Where the admin identity is written at start ([`admin`]; `None`: not written).
+    pub admin_dir: Option<PathBuf>,
 }
 
 impl TrustConfig {
@@ -57,6 +61,7 @@ impl TrustConfig {
             leaf_ttl: napalm_trust::ca::DEFAULT_LEAF_TTL,
             token_ttl: napalm_trust::token::DEFAULT_TTL,
             ca_files: None,
+            admin_dir: None,
         }
     }
 }

@@ -119,8 +119,9 @@ impl<S> RequireRole<S> {
                 return Err(ApiError::Unauthenticated {
                     description: format!(
                         "{method} needs a client certificate of the cluster CA: an agent \
-                         enrolls with napalm-agent --join TOKEN, an operator gets one with \
-                         napalmctl login"
+                         enrolls with napalm-agent --join TOKEN; an operator uses the admin \
+                         identity the coordinator writes at start (--trust-admin-dir, \
+                         NAPALM_CONFIG=DIR/napalmctl.yaml) or one from napalmctl login"
                     ),
                 }
                 .into())

@@ -84,6 +84,7 @@ impl Coord {
         let port = free_port();
         let mut args: Vec<String> = vec![
             "--insecure-no-auth".into(),
+            "--insecure-plain".into(),
             "--listen".into(),
             format!("127.0.0.1:{port}"),
             "--http-listen".into(),

@@ -126,7 +126,8 @@ fn an_unreachable_etcd_stops_the_coordinator_with_a_clear_message() {
     // Nothing listens on port 9 of loopback.
     let o = Command::new(coordinator_bin())
         .args(["--store", "etcd://127.0.0.1:9", "--insecure-no-auth"])
-        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--insecure-plain", "--listen", "127.0.0.1:0"])
+        .args(["--http-listen", "127.0.0.1:0"])
         .arg("--secret-file")
         .arg(dir.path().join("secret"))
         .arg("--layers-dir")
@@ -163,6 +164,7 @@ impl CoordProc {
         let port = free_port();
         let log = dir.path().join("coordinator.log");
         let child = Command::new(coordinator_bin())
+            .arg("--insecure-plain")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
             .arg("--store")

@@ -67,6 +67,7 @@ impl Grid {
             "sh",
         ])
         .arg(bin)
+        .args(self.insecure_plain.then_some("--insecure-plain"))
         .args(["--listen", &format!("{}:{GRPC}", s.addr)])
         .args(["--http-listen", &format!("{}:{HTTP}", s.addr)])
         .args([
@@ -132,11 +133,13 @@ impl Grid {
             .spawn()
             .ctx("spawning napalm-coordinator")?;
         self.coordinator = Some(Daemon(child));
-        if !listens(&self.server, &self.server, GRPC, 30)? {
+        // The API: on the plain listener, else on the TLS one.
+        let api = if self.insecure_plain { GRPC } else { TRUST };
+        if !listens(&self.server, &self.server, api, 30)? {
             return Err(self.timeout(
                 format!(
-                    "napalm-coordinator did not listen on {}",
-                    self.coordinator_addr()
+                    "napalm-coordinator did not listen on {}:{api}",
+                    self.server.addr
                 ),
                 30,
             ));

@@ -104,6 +104,13 @@ pub struct GridOptions {
     /// More arguments for every `napalm-agent` (`--otlp-endpoint URL`…), with `{server}`
     /// as for the coordinator's.
     pub agent_args: Vec<String>,
+    /// Serve the coordinator's plain listeners (`--insecure-plain`, the default here):
+    /// the gRPC API napalmctl reaches with the shared token and plain HTTP, where busybox
+    /// roots register. Off: only its TLS listeners serve, which needs
+    /// [`Self::trust_cert_ttl`] and [`Self::register_over_https`]; [`Grid::napalmctl`]
+    /// then speaks mutual TLS with the admin identity the coordinator wrote at start
+    /// ([`Grid::admin_identity`]).
+    pub insecure_plain: bool,
 }
 
 impl Default for GridOptions {
@@ -123,6 +130,7 @@ impl Default for GridOptions {
             trust_cert_ttl: None,
             register_over_https: false,
             agent_args: Vec::new(),
+            insecure_plain: true,
         }
     }
 }
@@ -153,6 +161,7 @@ pub struct Grid {
     agent_lost_grace: std::time::Duration,
     coordinator_args: Vec<String>,
     trust_cert_ttl: Option<std::time::Duration>,
+    insecure_plain: bool,
     register_over_https: bool,
     agent_args: Vec<String>,
     keep: bool,
@@ -254,6 +263,7 @@ impl Grid {
             agent_lost_grace: opts.agent_lost_grace,
             coordinator_args: opts.coordinator_args.clone(),
             trust_cert_ttl: opts.trust_cert_ttl,
+            insecure_plain: opts.insecure_plain,
             register_over_https: opts.register_over_https,
             agent_args: opts.agent_args.clone(),
             keep: opts.keep,
@@ -358,7 +368,15 @@ impl Grid {
         format!("{}:{TRUST}", self.server.addr)
     }
 
-    /// The coordinator's gRPC address, `ADDR:PORT`.
+    /// The admin identity the coordinator writes at start (`--trust-admin-dir`'s default
+    /// beside its secret file): what [`Self::napalmctl`] presents without
+    /// [`GridOptions::insecure_plain`].
+    pub fn admin_identity(&self) -> PathBuf {
+        self.dir.join("admin")
+    }
+
+    /// The coordinator's gRPC address, `ADDR:PORT` (plain; see
+    /// [`GridOptions::insecure_plain`]).
     pub fn coordinator_addr(&self) -> String {
         format!("{}:{GRPC}", self.server.addr)
     }
@@ -441,8 +459,15 @@ impl Grid {
     pub fn napalmctl_command(&self) -> Result<Command, GridError> {
         let bin = bins::napalmctl()?;
         let mut c = self.server.command(bin);
-        c.args(["--coordinator", &self.coordinator_addr()])
-            .args(["--token", TOKEN])
+        if self.insecure_plain {
+            c.args(["--coordinator", &self.coordinator_addr()])
+                .args(["--token", TOKEN]);
+        } else {
+            c.args(["--coordinator", &format!("https://{}", self.trust_addr())])
+                .arg("--identity")
+                .arg(self.admin_identity());
+        }
+        c
             // `domain --agent ID` asks the coordinator (NAPALM_TOKEN) for the agent's REST
             // endpoint and calls the agent with --token.
             .env("NAPALM_TOKEN", TOKEN)

@@ -1,7 +1,9 @@
 //! Issue #13 on a real grid: the cluster PKI across network namespaces with the real
 //! binaries. Each agent host enrolls with a join token an operator made for it (token →
 //! CSR → certificate, the key generated in the agent's state directory), then serves and
-//! calls over mutual TLS only; an operator logs in (`napalmctl login`) and deploys real
+//! calls over mutual TLS only; the coordinator serves no plain listener (no
+//! `--insecure-plain`): its admin identity, written at first start, makes the join tokens,
+//! and an operator logs in with it (`napalmctl login`) and deploys real
 //! QEMU clones over the coordinator's TLS listener, which register over HTTPS verifying
 //! the coordinator with the CA their layer carries (a busybox root with the host's curl);
 //! the agents' 45 s certificates renew while the clones keep running and every agent
@@ -13,7 +15,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use napalm_integration::grid::{clone_address, Grid, GridOptions, AGENT_GRPC, AGENT_HTTP, HTTPS};
+use napalm_integration::grid::{
+    clone_address, Grid, GridOptions, AGENT_GRPC, AGENT_HTTP, GRPC, HTTP, HTTPS, TRUST,
+};
 use serde_json::Value;
 
 fn s(v: &Value, k: &str) -> String {
@@ -155,11 +159,84 @@ fn agents_enroll_across_namespaces_and_renew_while_clones_run_over_mutual_tls() 
         trust_cert_ttl: Some(TTL),
         register_over_https: true,
         root: Some(root),
+        insecure_plain: false,
         ..Default::default()
     };
     // Grid::start returns once both agents are ready: each enrolled with its own token
-    // and registered over mutual TLS (they were given no shared token).
+    // (made by napalmctl with the admin identity) and registered over mutual TLS (they
+    // were given no shared token).
     let g = Grid::start(opts, "trusted").expect("starting the grid with the PKI");
+
+    // No plain listener: from the client namespace, the coordinator's plain gRPC and HTTP
+    // ports refuse the connection (curl's 7).
+    for port in [GRPC, HTTP] {
+        let out = g
+            .client
+            .command("sh")
+            .args([
+                "-c",
+                &format!(
+                    "curl -sS -m 5 http://{}:{port}/healthz; echo \"exit $?\"",
+                    g.server.addr
+                ),
+            ])
+            .output()
+            .expect("curl");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains("exit 7"),
+            "plain port {port} answered without --insecure-plain: {said}"
+        );
+    }
+    assert!(
+        g.admin_identity().join("operator.key").exists(),
+        "the admin identity written at first start"
+    );
+    // The API on the TLS listener, called by curl as an outside gRPC client: it verifies
+    // the coordinator with the CA, but without a certificate of its own it gets
+    // UNAUTHENTICATED (16), whatever token it sends.
+    let empty = g.dir.join("empty.grpc");
+    std::fs::write(&empty, [0u8; 5]).expect("an empty gRPC message");
+    let list_agents = |extra: &[&Path]| {
+        let mut c = g.client.command("curl");
+        c.args(["-sS", "-i", "-m", "10", "--http2", "--cacert"])
+            .arg(g.admin_identity().join("ca.crt"));
+        if let [cert, key] = extra {
+            c.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        let out = c
+            .args([
+                "--resolve",
+                &format!("coordinator.napalm:{TRUST}:{}", g.server.addr),
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+                "-H",
+                "authorization: Bearer napalm-grid-token",
+                "--data-binary",
+            ])
+            .arg(format!("@{}", empty.display()))
+            .arg(format!(
+                "https://coordinator.napalm:{TRUST}/napalm.v1.CoordinatorService/ListAgents"
+            ))
+            .output()
+            .expect("curl");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout).to_ascii_lowercase(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let said = list_agents(&[]);
+    assert!(
+        said.contains("grpc-status: 16"),
+        "an outsider's gRPC call on the TLS listener: {said}"
+    );
+    // The same call with the admin identity's certificate is answered (status 0).
+    let admin = g.admin_identity();
+    let said = list_agents(&[&admin.join("operator.crt"), &admin.join("operator.key")]);
+    assert!(said.contains("grpc-status: 0"), "the admin's call: {said}");
 
     // Both join tokens were used, each by one agent, and are listed without secrets.
     let out = g
@@ -178,8 +255,8 @@ fn agents_enroll_across_namespaces_and_renew_while_clones_run_over_mutual_tls() 
         assert!(key.exists(), "agent {i}'s key was made on its host");
     }
 
-    // An operator logs in (key made here, certificate over the API with the token once)
-    // and from then on deploys with the certificate alone, over the TLS listener.
+    // An operator logs in (key made here, certificate over mutual TLS with the admin
+    // identity) and from then on deploys with that certificate alone.
     let login_dir = g.dir.join("ops-login");
     let out = g
         .napalmctl(&[

@@ -195,7 +195,7 @@ fn oci_images_build_inspect_and_run_the_agent_registering_with_the_coordinator()
     let _coord = run_image(
         &coord_root,
         &coordinator,
-        &["--insecure-no-auth".into()],
+        &["--insecure-no-auth".into(), "--insecure-plain".into()],
         &[
             ("NAPALM_LISTEN", format!("127.0.0.1:{grpc}")),
             ("NAPALM_HTTP_LISTEN", format!("127.0.0.1:{http}")),
