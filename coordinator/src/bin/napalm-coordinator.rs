@@ -96,8 +96,9 @@ struct Cli {
     /// Agents to use without discovery (gRPC endpoints, repeatable).
     #[arg(long = "agent", env = "NAPALM_AGENTS", value_delimiter = ',')]
     agents: Vec<String>,
-    /// Bearer token every gRPC client (napalmctl, registering agents) must present;
-    /// prefer --api-token-file or the environment.
+    /// Bearer token every client of the plain gRPC API (--insecure-plain: napalmctl,
+    /// agents registering without a certificate) must present; prefer --api-token-file or
+    /// the environment. Not needed without --insecure-plain.
     #[arg(long, env = "NAPALM_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
     /// File holding the bearer token of the gRPC API.
@@ -222,6 +223,8 @@ fn api_token(cli: &Cli) -> Result<Option<String>> {
         (Some(t), _) => Ok(Some(t)),
         // The server warns that it serves without authentication.
         (None, true) => Ok(None),
+        // No plain API to guard: callers of the TLS listener present certificates.
+        (None, false) if !cli.insecure_plain => Ok(None),
         (None, false) => anyhow::bail!(
             "an API token is required: pass --api-token-file FILE or set NAPALM_API_TOKEN \
              (or --insecure-no-auth for a local trial)"

@@ -172,8 +172,9 @@ async fn as_admin(admin: &std::path::Path, port: u16) -> tonic::transport::Chann
     .expect("the TLS listener takes the admin identity")
 }
 
-/// Without `--insecure-plain` the daemon refuses to start with no TLS listener to serve
-/// (saying what to add), serves neither `--listen` nor `--http-listen`, writes an admin
+/// Without `--insecure-plain` the daemon needs no API token (there is no plain API to
+/// guard), refuses to start with no TLS listener to serve (saying what to add), serves
+/// neither `--listen` nor `--http-listen`, writes an admin
 /// identity at first start (key 0600 in a 0700 directory, a napalmctl.yaml naming the TLS
 /// endpoint) that the API on the TLS listener accepts while a client without a
 /// certificate gets nothing, and keeps that identity across a restart.
@@ -187,8 +188,6 @@ async fn without_insecure_plain_only_tls_serves_and_the_admin_identity_is_writte
         format!("127.0.0.1:{api}"),
         "--http-listen".to_owned(),
         format!("127.0.0.1:{http}"),
-        "--api-token".to_owned(),
-        "op-token".to_owned(),
     ];
 
     // Nothing to serve: refused, with what to do.

@@ -262,7 +262,8 @@ async fn wait_listed(c: &CoordProc, token: &str, id: &str, timeout: std::time::D
 fn the_coordinator_refuses_to_start_without_a_token_unless_told_to() {
     let dir = tempfile::tempdir().expect("temp dir");
     let o = Command::new(coordinator_bin())
-        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--insecure-plain", "--listen", "127.0.0.1:0"])
+        .args(["--http-listen", "127.0.0.1:0"])
         .arg("--store")
         .arg(dir.path().join("registry.redb"))
         .arg("--secret-file")
@@ -280,6 +281,7 @@ fn the_coordinator_refuses_to_start_without_a_token_unless_told_to() {
     let empty = dir.path().join("empty.token");
     std::fs::write(&empty, "\n").expect("token file");
     let o = Command::new(coordinator_bin())
+        .arg("--insecure-plain")
         .arg("--api-token-file")
         .arg(&empty)
         .env_remove("NAPALM_API_TOKEN")
