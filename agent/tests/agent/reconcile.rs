@@ -192,28 +192,23 @@ async fn a_domain_libvirt_finishes_starting_behind_a_restarted_agent_does_not_st
     let dir = a.stop().await;
     let hv = test_driver();
     hv.suspend("c-midstart").expect("paused as mid-start");
-    let cfg = config(&dir.path().join("state"), None);
-    let racing = std::sync::Arc::new(ResumedBehindTheAgent {
-        inner: hv.clone(),
-        stuck: false,
-    });
-    let agent = napalm_agent::core::Agent::open(cfg.core, racing)
-        .await
-        .expect("open");
+    // The agent started again on its state, over libvirt as `ResumedBehindTheAgent`.
+    let restarted = |stuck: bool| {
+        let cfg = config(&dir.path().join("state"), None);
+        let hv = std::sync::Arc::new(ResumedBehindTheAgent {
+            inner: test_driver(),
+            stuck,
+        });
+        napalm_agent::core::Agent::open(cfg.core, hv)
+    };
+    let agent = restarted(false).await.expect("open");
     let rep = agent.reconcile(true).await.expect("the first pass");
     assert!(rep.failed.is_empty(), "{rep:?}");
     assert!(rep.adopted.contains(&"c-midstart".to_owned()), "{rep:?}");
     assert_eq!(hv.state("c-midstart").expect("s"), Some(RunState::Running));
 
     hv.suspend("c-stuck").expect("paused");
-    let cfg = config(&dir.path().join("state"), None);
-    let stuck = std::sync::Arc::new(ResumedBehindTheAgent {
-        inner: hv.clone(),
-        stuck: true,
-    });
-    let agent = napalm_agent::core::Agent::open(cfg.core, stuck)
-        .await
-        .expect("open");
+    let agent = restarted(true).await.expect("open");
     let rep = agent
         .reconcile(true)
         .await

@@ -7,225 +7,32 @@
 //! never wired by hand anywhere else.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use napalm_proto::trust_v1::trust_service_server::TrustServiceServer;
-use napalm_proto::v1::coordinator_service_server::CoordinatorServiceServer;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::clock::SystemClock;
 use crate::deploy::ship::Agents;
-use crate::deploy::{DeployConfig, DeployError, Deployer};
+use crate::deploy::Deployer;
 use crate::discovery::{keep_registering_static, Backoff};
-use crate::exports::{ExportConfig, ExportError, Exporter, SystemReload};
-use crate::mdns::{Advert, Advertiser, BrowseError, Browser};
-use crate::registry::agents::HeartbeatPolicy;
+use crate::exports::{Exporter, SystemReload};
+use crate::mdns::{Advert, Advertiser, Browser};
 use crate::registry::clones::TokenKey;
 use crate::registry::Registry;
-use crate::service::{Coordinator, RequireToken};
+use crate::service::Coordinator;
+use crate::store;
 use crate::store::election::{Election, Role};
 use crate::store::etcd::EtcdStore;
-use crate::store::{self, StoreError};
 
-/// How the gRPC API authenticates its callers (booted clones always use their own clone
-/// tokens, see [`crate::service::OPEN_METHODS`]).
-#[derive(Debug, Clone)]
-pub enum ApiAuth {
-    /// Every call but the open ones needs `authorization: Bearer TOKEN`.
-    Token(String),
-    /// No authentication: anyone who reaches the listener may deploy (local trials only).
-    Insecure,
-    /// Tests: accept every call and record its `authorization` value ("" when absent), in
-    /// order, so a test can check what a client sent.
-    Record(Arc<Mutex<Vec<String>>>),
-}
+mod config;
+mod error;
+mod plain;
 
-/// Where the secret clone tokens and cluster identities derive from.
-#[derive(Debug, Clone)]
-pub enum Secret {
-    /// A file, created (32 random bytes, mode 0600) when missing.
-    File(PathBuf),
-    /// Given bytes (tests).
-    Bytes(Vec<u8>),
-}
-
-/// Everything the daemon needs; `main` fills it from flags.
-#[derive(Debug, Clone)]
-pub struct ServeConfig {
-    /// Serve the plain (unencrypted) gRPC API on [`Self::listen`] and the HTTP endpoint
-    /// on [`Self::http_listen`]: trials and tests (`--insecure-plain`). Without it only
-    /// the TLS listeners serve ([`Self::trust`] is then required): the API to
-    /// certificate holders on the trust listener, clone registration on
-    /// [`Self::https_listen`].
-    pub plain: bool,
-    /// gRPC listen address (port 0: any free port, see [`Running::grpc_addr`]).
-    pub listen: SocketAddr,
-    /// HTTP listen address of clone registration.
-    pub http_listen: SocketAddr,
-    /// HTTPS listen address: the same endpoint over TLS with the coordinator's own
-    /// certificate (needs [`Self::trust`]; `None`: plain HTTP only).
-    pub https_listen: Option<SocketAddr>,
-    /// Registry: a file path (embedded redb store) or `etcd://host:port[,host:port…]`.
-    pub store: String,
-    /// TLS (and client certificate) for etcd (`None`: plain `http://`).
-    pub etcd_tls: Option<crate::store::etcd::EtcdTls>,
-    /// Where clone tokens derive from.
-    pub secret: Secret,
-    /// This coordinator's id in leader election (etcd) and in its mDNS record.
-    pub id: Option<String>,
-    /// Leader lease TTL (etcd only).
-    pub lease_ttl: Duration,
-    /// Agents' heartbeat TTL policy.
-    pub heartbeat: HeartbeatPolicy,
-    /// How the gRPC API authenticates callers.
-    pub api_auth: ApiAuth,
-    /// With [`ApiAuth::Token`] (the admin role): a second token with the viewer role,
-    /// which may only read (`crate::service::READ_METHODS`).
-    pub viewer_token: Option<String>,
-    /// Bearer token presented to agents.
-    pub agent_token: Option<String>,
-    /// Agents used without discovery (gRPC endpoints), retried in the background.
-    pub static_agents: Vec<String>,
-    /// Browse for agents and advertise this coordinator over mDNS on these interfaces.
-    pub mdns_interfaces: Vec<String>,
-    /// The deploy pipeline (`None`: Deploy and Undeploy answer "unavailable"). An empty
-    /// `register_base` is filled with `https://` + the bound HTTPS address when there is
-    /// one, else `http://` + the bound HTTP address; its `exports` are taken from
-    /// [`Self::exports`]. The host of an `https://` register base is named in the
-    /// coordinator's certificate, so clones verify it with the cluster CA.
-    pub deploy: Option<DeployConfig>,
-    /// NFS exports this coordinator writes (`None`: managed by hand).
-    pub exports: Option<ExportConfig>,
-    /// How often the leader converges every deployment to its spec with no client
-    /// connected (`None`: only when a client deploys).
-    pub converge_every: Option<Duration>,
-    /// The cluster PKI and its TLS listener (`None`: no enrollment, no mutual TLS).
-    pub trust: Option<crate::trust::TrustConfig>,
-}
-
-impl ServeConfig {
-    /// A coordinator on loopback for tests and benches: any free ports, an embedded store
-    /// and a fixed secret under `dir`, no API authentication, no agents, no mDNS and no
-    /// deploy pipeline (set [`Self::deploy`], or use `crate::testing`).
-    pub fn loopback(dir: &Path) -> Self {
-        Self {
-            plain: true,
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            https_listen: None,
-            store: dir.join("registry.redb").to_string_lossy().into_owned(),
-            etcd_tls: None,
-            secret: Secret::Bytes(b"napalm-loopback-secret-0123456789".to_vec()),
-            id: None,
-            lease_ttl: Duration::from_secs(5),
-            heartbeat: HeartbeatPolicy::default(),
-            api_auth: ApiAuth::Insecure,
-            viewer_token: None,
-            agent_token: None,
-            static_agents: Vec::new(),
-            mdns_interfaces: Vec::new(),
-            deploy: None,
-            exports: None,
-            converge_every: Some(crate::deploy::converge::EVERY),
-            trust: None,
-        }
-    }
-}
-
-/// Why the daemon could not start. Each message says what to check.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The registry store did not open.
-    #[error(
-        "opening the registry store {store:?}: check that it is reachable from here \
-         (etcd started, the address right) or pass another --store"
-    )]
-    Store {
-        /// The `--store` value.
-        store: String,
-        /// What the store said.
-        #[source]
-        source: StoreError,
-    },
-    /// The secret file could not be read or created.
-    #[error("the secret file {path}")]
-    Secret {
-        /// Its path.
-        path: PathBuf,
-        /// What went wrong.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The secret is unusable as a token key.
-    #[error("the secret cannot key clone tokens")]
-    TokenKey(#[source] napalm_proto::ApiError),
-    /// The export settings are inconsistent.
-    #[error("NFS export settings")]
-    Exports(#[source] ExportError),
-    /// Writing the exports at start-up failed.
-    #[error("writing the NFS exports")]
-    SyncExports(#[source] DeployError),
-    /// A listener could not be bound.
-    #[error("binding {what} {addr}")]
-    Bind {
-        /// Which listener.
-        what: &'static str,
-        /// Its address.
-        addr: SocketAddr,
-        /// What the OS said.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The admin identity could not be written.
-    #[error("writing the admin identity (--trust-admin-dir)")]
-    Admin(#[source] crate::trust::admin::AdminError),
-    /// Neither the plain listeners nor the cluster PKI: nothing would serve the API.
-    #[error(
-        "no listener to serve: start with --trust-listen ADDR (the API over mutual TLS; \
-         clones register on --https-listen ADDR; the admin identity is written to \
-         --trust-admin-dir), or add --insecure-plain to serve the plain gRPC API and HTTP \
-         on --listen and --http-listen for a trial"
-    )]
-    NoListener,
-    /// Without the plain listeners and without `--https-listen`: clones could not
-    /// register, nor anyone scrape `/metrics`.
-    #[error(
-        "no HTTP endpoint (clone registration, /metrics, the web view): without \
-         --insecure-plain there is no plain one, so add --https-listen ADDR (clones then \
-         register over HTTPS with the cluster CA their layer carries)"
-    )]
-    NoRegistration,
-    /// `--https-listen` without the cluster PKI: there is no certificate to serve.
-    #[error(
-        "--https-listen {0} needs the cluster PKI: add --trust-listen (the HTTPS endpoint \
-         presents the coordinator's certificate, signed by the cluster CA)"
-    )]
-    HttpsWithoutTrust(SocketAddr),
-    /// An `https://` register base without an HTTPS listener.
-    #[error(
-        "--register-base {0:?} is https:// but this coordinator serves no HTTPS: add \
-         --https-listen ADDR (and --trust-listen), or give an http:// base"
-    )]
-    HttpsBaseWithoutListener(String),
-    /// The HTTPS listener's TLS configuration.
-    #[error("setting up TLS for the HTTPS endpoint")]
-    Https(#[source] tokio_rustls::rustls::Error),
-    /// The trust listener (CA, TLS) could not start.
-    #[error("starting the trust listener")]
-    Trust(#[source] crate::trust::serve::StartError),
-    /// mDNS could not start.
-    #[error("starting mDNS on {interfaces:?}")]
-    Mdns {
-        /// The interfaces asked for.
-        interfaces: Vec<String>,
-        /// What went wrong.
-        #[source]
-        source: BrowseError,
-    },
-}
+pub use config::{ApiAuth, Secret, ServeConfig};
+pub use error::ServeError;
 
 /// A running coordinator; [`Running::shutdown`] stops it (dropping it aborts its tasks).
 pub struct Running {
@@ -704,7 +511,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     let (stop, grpc) = match grpc_plain {
         Some((listener, _)) => {
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let grpc = serve_plain(
+            let grpc = plain::serve_plain(
                 listener,
                 svc,
                 api_trust,
@@ -735,73 +542,6 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         _advertiser: advertiser,
         trust,
     })
-}
-
-/// Serves the API on the plain gRPC listener (`--insecure-plain`), behind the bearer
-/// token of [`ServeConfig::api_auth`].
-fn serve_plain(
-    grpc_listener: tokio::net::TcpListener,
-    svc: Coordinator,
-    api_trust: Option<TrustServiceServer<crate::trust::service::TrustServer>>,
-    cfg: &ServeConfig,
-    metrics: crate::metrics::Metrics,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> JoinHandle<Result<(), tonic::transport::Error>> {
-    if !cfg.listen.ip().is_loopback() {
-        tracing::warn!(
-            listen = %cfg.listen,
-            "serving the gRPC API WITHOUT TLS (--insecure-plain): tokens travel in clear"
-        );
-    }
-    let incoming = TcpListenerStream::new(grpc_listener);
-    let mut builder = tonic::transport::Server::builder()
-        .layer(crate::metrics::layer::RpcMetricsLayer::new(metrics));
-    match cfg.api_auth.clone() {
-        ApiAuth::Token(t) => {
-            let viewer = cfg.viewer_token.clone();
-            tokio::spawn(
-                builder
-                    .add_service(
-                        RequireToken::new(CoordinatorServiceServer::new(svc), t.clone())
-                            .with_viewer(viewer.clone()),
-                    )
-                    .add_optional_service(
-                        api_trust.map(|s| RequireToken::new(s, t).with_viewer(viewer)),
-                    )
-                    .serve_with_incoming_shutdown(incoming, shutdown),
-            )
-        }
-        ApiAuth::Insecure => {
-            tracing::warn!(
-                "serving the gRPC API WITHOUT authentication: anyone who reaches it can \
-                 deploy and undeploy"
-            );
-            tokio::spawn(
-                builder
-                    .add_service(CoordinatorServiceServer::new(svc))
-                    .add_optional_service(api_trust)
-                    .serve_with_incoming_shutdown(incoming, shutdown),
-            )
-        }
-        ApiAuth::Record(seen) => {
-            let record = move |r: tonic::Request<()>| {
-                let v = r
-                    .metadata()
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned();
-                seen.lock().unwrap_or_else(|p| p.into_inner()).push(v);
-                Ok(r)
-            };
-            tokio::spawn(
-                builder
-                    .add_service(CoordinatorServiceServer::with_interceptor(svc, record))
-                    .add_optional_service(api_trust)
-                    .serve_with_incoming_shutdown(incoming, shutdown),
-            )
-        }
-    }
 }
 
 #[cfg(test)]
