@@ -46,6 +46,11 @@ struct Cli {
     /// ports can then start VMs on this host.
     #[arg(long)]
     insecure_no_auth: bool,
+    /// Serve REST and gRPC in plain text (no TLS): for trials only. Without it the agent
+    /// serves only over TLS: enrolled in the cluster (--join TOKEN, then mutual TLS with
+    /// the cluster CA) or with --tls-cert and --tls-key.
+    #[arg(long, env = "NAPALM_INSECURE_PLAIN")]
+    insecure_plain: bool,
     /// Seconds a guest gets to shut down gracefully before it is destroyed.
     #[arg(long, default_value_t = 30.0)]
     shutdown_timeout: f64,
@@ -181,6 +186,13 @@ async fn main() -> anyhow::Result<()> {
         || napalm_agent::identity::dir_of(&cli.state_dir)
             .join("agent.crt")
             .exists();
+    if !mutual_tls && cli.tls_cert.is_none() && !cli.insecure_plain {
+        bail!(
+            "napalm-agent would serve REST and gRPC in plain text: enroll with --join TOKEN \
+             (`napalmctl agent token create`; then mutual TLS with the cluster CA), or give \
+             --tls-cert and --tls-key, or add --insecure-plain for a trial"
+        );
+    }
     let token = match (token, cli.insecure_no_auth || mutual_tls) {
         (Some(t), _) if t.is_empty() => bail!("the API token is empty"),
         (Some(t), _) => Some(t),

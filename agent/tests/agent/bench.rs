@@ -37,6 +37,7 @@ async fn spawn() -> Agent {
             "--uri",
             "test:///default",
             "--insecure-no-auth",
+            "--insecure-plain",
             "--http-listen",
             &format!("127.0.0.1:{port}"),
             "--grpc-listen",

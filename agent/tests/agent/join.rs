@@ -64,10 +64,17 @@ async fn an_unreachable_coordinator_is_named() {
     assert!(err.contains(&closed.to_string()), "{err}");
 }
 
+/// With neither TLS nor `--insecure-plain` the agent refuses to serve in plain text and
+/// names the ways to TLS; in plain text it wants a token, or a join.
 #[tokio::test]
-async fn without_a_token_or_a_join_the_agent_says_both_ways() {
+async fn without_tls_or_a_token_the_agent_says_what_to_do() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (ok, err) = agent(dir.path(), &[]).await;
+    assert!(!ok);
+    for way in ["--join TOKEN", "--tls-cert", "--insecure-plain"] {
+        assert!(err.contains(way), "{way}: {err}");
+    }
+    let (ok, err) = agent(dir.path(), &["--insecure-plain"]).await;
     assert!(!ok);
     assert!(err.contains("--join TOKEN"), "{err}");
     assert!(err.contains("--token-file"), "{err}");

@@ -145,6 +145,7 @@ fn advertised_in_namespace_seen_from_another() {
             "--uri",
             "test:///default",
             "--insecure-no-auth",
+            "--insecure-plain",
             "--http-listen",
             "10.213.7.1:8480",
             "--grpc-listen",

@@ -132,6 +132,7 @@ impl AgentProc {
             .args([
                 "--uri",
                 "qemu:///system",
+                "--insecure-plain",
                 "--shutdown-timeout",
                 "2",
                 "--reconcile-every",

@@ -243,7 +243,8 @@ impl Grid {
             }
             (None, Some(_)) => {}
             (None, None) => {
-                cmd.env("NAPALM_AGENT_TOKEN", TOKEN);
+                // Neither enrolled nor enrolling: plain text, the grid's shared token.
+                cmd.env("NAPALM_AGENT_TOKEN", TOKEN).arg("--insecure-plain");
             }
         }
         let child = die_with_parent(&mut cmd)

@@ -216,7 +216,7 @@ fn oci_images_build_inspect_and_run_the_agent_registering_with_the_coordinator()
     let mut agent_proc = run_image(
         &agent_root,
         &agent,
-        &["--insecure-no-auth".into()],
+        &["--insecure-no-auth".into(), "--insecure-plain".into()],
         &[
             ("NAPALM_HTTP_LISTEN", format!("127.0.0.1:{}", free_port())),
             ("NAPALM_GRPC_LISTEN", format!("127.0.0.1:{}", free_port())),
