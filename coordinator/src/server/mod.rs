@@ -58,7 +58,8 @@ impl Running {
         self.grpc_addr
     }
 
-    /// The bound HTTP (clone registration) address.
+    /// The bound address of the HTTP endpoint (clone registration, `/metrics`, the web
+    /// view): the plain one, else (without [`ServeConfig::plain`]) the HTTPS one.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
     }

@@ -80,7 +80,10 @@ pub fn ensure(
     write(&dir.join("operator.key"), &key, 0o600)?;
     write(&dir.join("operator.crt"), &chain, 0o644)?;
     write(&dir.join("ca.crt"), trust.ca_pem(), 0o644)?;
-    let urls: Vec<String> = endpoints.iter().map(|e| format!("https://{e}")).collect();
+    let urls: Vec<String> = endpoints
+        .iter()
+        .map(|e| format!("https://{}", local(e)))
+        .collect();
     write(
         &dir.join("napalmctl.yaml"),
         &format!(
@@ -111,6 +114,17 @@ fn still_good(trust: &Trust, dir: &Path, now: i64) -> Option<i64> {
     (now < from + (to - from) * 2 / 3).then_some(to)
 }
 
+/// `endpoint` as this host dials it: a listener bound to every address (`0.0.0.0:P`,
+/// `[::]:P`) is reached on loopback.
+fn local(endpoint: &str) -> String {
+    match endpoint.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => {
+            std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, a.port())).to_string()
+        }
+        _ => endpoint.to_owned(),
+    }
+}
+
 fn leaf_not_after(chain: &str) -> Option<i64> {
     let certs = napalm_trust::tls::certs_from_pem(chain.as_bytes()).ok()?;
     napalm_trust::id::not_after(certs.first()?).ok()
@@ -133,4 +147,20 @@ fn write(path: &Path, text: &str, mode: u32) -> Result<(), AdminError> {
     f.write_all(text.as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local;
+
+    #[test]
+    fn a_listener_on_every_address_is_dialed_on_loopback() {
+        assert_eq!(local("0.0.0.0:8490"), "127.0.0.1:8490");
+        assert_eq!(local("[::]:8490"), "127.0.0.1:8490");
+        assert_eq!(local("10.0.0.1:8490"), "10.0.0.1:8490");
+        assert_eq!(
+            local("coordinator.example:8490"),
+            "coordinator.example:8490"
+        );
+    }
 }
