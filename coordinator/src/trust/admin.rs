@@ -151,7 +151,75 @@ fn write(path: &Path, text: &str, mode: u32) -> Result<(), AdminError> {
 
 #[cfg(test)]
 mod tests {
-    use super::local;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{ensure, local, Outcome};
+    use crate::clock::{Clock, ManualClock};
+    use crate::registry::Registry;
+    use crate::trust::{Trust, TrustConfig};
+
+    async fn trust(dir: &std::path::Path, clock: Arc<ManualClock>) -> Trust {
+        let store = crate::store::open(&dir.join("r.redb").to_string_lossy())
+            .await
+            .expect("store");
+        let registry = Registry::new(store, clock);
+        Trust::open(
+            registry,
+            TrustConfig::loopback(),
+            "127.0.0.1:8490".parse().expect("addr"),
+        )
+        .await
+        .expect("the CA")
+    }
+
+    /// Written once, kept while good, written again past two thirds of its year or when
+    /// another CA runs the cluster.
+    #[tokio::test]
+    async fn the_admin_identity_is_kept_while_good_and_replaced_when_not() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let admin = tmp.path().join("admin");
+        let clock = Arc::new(ManualClock::at(1_795_000_000_000));
+        let t = trust(&tmp.path().join("a"), clock.clone()).await;
+        let now = |c: &ManualClock| i64::try_from(c.unix_ms() / 1000).expect("secs");
+        let ep = ["0.0.0.0:8490".to_owned()];
+        assert!(matches!(
+            ensure(&t, &admin, &ep, now(&clock)).expect("first"),
+            Outcome::Written { .. }
+        ));
+        let first = std::fs::read(admin.join("operator.crt")).expect("cert");
+        let yaml = std::fs::read_to_string(admin.join("napalmctl.yaml")).expect("yaml");
+        assert!(
+            yaml.contains("coordinator: https://127.0.0.1:8490"),
+            "{yaml}"
+        );
+        clock.advance(Duration::from_secs(200 * 24 * 3600));
+        assert!(matches!(
+            ensure(&t, &admin, &ep, now(&clock)).expect("kept"),
+            Outcome::Kept { .. }
+        ));
+        assert_eq!(
+            std::fs::read(admin.join("operator.crt")).expect("cert"),
+            first
+        );
+        clock.advance(Duration::from_secs(50 * 24 * 3600));
+        assert!(matches!(
+            ensure(&t, &admin, &ep, now(&clock)).expect("renewed"),
+            Outcome::Written { .. }
+        ));
+        let renewed = std::fs::read(admin.join("operator.crt")).expect("cert");
+        assert_ne!(renewed, first, "past two thirds of its year");
+        let other = trust(&tmp.path().join("b"), clock.clone()).await;
+        assert!(matches!(
+            ensure(&other, &admin, &ep, now(&clock)).expect("other CA"),
+            Outcome::Written { .. }
+        ));
+        assert_eq!(
+            std::fs::read_to_string(admin.join("ca.crt")).expect("ca"),
+            other.ca_pem(),
+            "the identity follows the cluster's CA"
+        );
+    }
 
     #[test]
     fn a_listener_on_every_address_is_dialed_on_loopback() {
