@@ -11,8 +11,9 @@
 //! attributes as constant string metrics (group `resource`), so a dashboard can tell the
 //! clones apart the way an OTel collector would: `host.name` (the clone's name), `host.id`
 //! (the domain's UUID, which the guest reads as its SMBIOS system UUID), `host.image.id`
-//! (the sha256 of the image the clone boots, its `initrd.img` artifact: the agent does not
-//! know the digest of an NFS root the image mounts), and Napalm's own `napalm.deployment`,
+//! (the digest of the shared root the clone mounts, from the domain's `root` label, which
+//! the coordinator computes beside the NFS server; without it the sha256 of the image the
+//! clone boots, its `initrd.img` artifact), and Napalm's own `napalm.deployment`,
 //! `napalm.clone` (the domain's labels) and `napalm.agent` (this agent's id).
 
 use std::fmt::Write;
@@ -72,7 +73,9 @@ pub struct HostPart {
 /// `agent_id`, in order.
 pub fn resource_attributes(d: &DomainView, agent_id: &str) -> Vec<(&'static str, String)> {
     let mut a = vec![("host.name", d.name.clone()), ("host.id", d.uuid.clone())];
-    if let Some(img) = d.artifacts.iter().find(|x| x.name == "initrd.img") {
+    if let Some(root) = d.labels.get("root").filter(|r| !r.is_empty()) {
+        a.push(("host.image.id", root.clone()));
+    } else if let Some(img) = d.artifacts.iter().find(|x| x.name == "initrd.img") {
         a.push(("host.image.id", format!("sha256:{}", img.blob.sha256)));
     }
     for (label, attr) in [
@@ -356,6 +359,13 @@ mod tests {
         assert!(!doc.contains("dep-02"), "{doc}");
         // Every attribute is in the `resource` group, as gmetad keeps it.
         assert_eq!(doc.matches("VAL=\"resource\"").count(), 7, "{doc}");
+        // A domain whose shared root the coordinator digested: that is its image.
+        let mut rooted = domain("dep-03", RunState::Running);
+        let root = format!("sha256:{}", "cd".repeat(32));
+        rooted.labels.insert("root".to_owned(), root.clone());
+        let attrs = resource_attributes(&rooted, "agent-id-1");
+        assert!(attrs.contains(&("host.image.id", root)), "{attrs:?}");
+        assert_eq!(attrs.iter().filter(|(k, _)| *k == "host.image.id").count(), 1);
     }
 
     #[test]

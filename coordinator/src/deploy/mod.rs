@@ -25,6 +25,7 @@ mod place;
 pub mod reconcile;
 pub mod report;
 pub mod restart;
+pub mod root_digest;
 pub mod rollout;
 pub mod scratch;
 pub mod ship;
@@ -103,6 +104,8 @@ struct Inner {
     cfg: DeployConfig,
     agents: Agents,
     artifacts: Artifacts,
+    /// The shared roots' digests, which clones' domains carry as their `root` label.
+    roots: root_digest::RootDigests,
     tokens: Arc<TokenKey>,
     /// Placements, runs and phase durations go here.
     metrics: Metrics,
@@ -168,6 +171,7 @@ impl Deployer {
                 cfg,
                 agents,
                 artifacts,
+                roots: Default::default(),
                 tokens,
                 metrics,
                 holds: Default::default(),

@@ -176,6 +176,36 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
             "{agent} not in gmetad's tree: {xml}"
         );
     }
+    // Each clone's host.image.id (OpenTelemetry's host resource) is the shared root's
+    // digest: one value for the 8, and not the image they boot (base.img, with layers
+    // over NFS).
+    let image_id = |n: &str| {
+        let host = xml.split(&format!("<HOST NAME=\"{n}\"")).nth(1)?;
+        let host = host.split("</HOST>").next()?;
+        let v = host.split("NAME=\"host.image.id\" VAL=\"").nth(1)?;
+        v.split('"').next().map(str::to_owned)
+    };
+    let ids: std::collections::BTreeSet<Option<String>> =
+        names.iter().map(|n| image_id(n)).collect();
+    let base = std::process::Command::new("sha256sum")
+        .arg(g.dir.join("base.img"))
+        .output()
+        .expect("sha256sum");
+    let base = String::from_utf8_lossy(&base.stdout)
+        .split_whitespace()
+        .next()
+        .map(|h| format!("sha256:{h}"));
+    assert_eq!(ids.len(), 1, "one root, one host.image.id: {ids:?}");
+    let id = ids.into_iter().next().flatten();
+    assert!(
+        id.as_deref()
+            .is_some_and(|i| i.starts_with("sha256:") && i.len() == 71),
+        "host.image.id: {id:?}"
+    );
+    assert_ne!(
+        id, base,
+        "host.image.id is the root's digest, not the boot image's"
+    );
     // gmetad writes an RRD per host and numeric metric (15 s steps): wait until every
     // clone's CPU time has a value in it, so the page graphs measured data.
     let rrd = |n: &str| {

@@ -244,7 +244,7 @@ impl Run {
                     .and_then(|_| crate::deploy::addresses::assigned(c)),
             },
         );
-        let request = CreateDomainRequest {
+        let mut request = CreateDomainRequest {
             // Same clone, incarnation and boot inputs: a re-run replays the agent's answer.
             // A clone placed again after it failed somewhere is a new attempt: the agent
             // must not replay an earlier answer, not even a success on the same agent
@@ -287,6 +287,10 @@ impl Run {
                 ("clone".to_owned(), c.name.clone()),
             ]),
         };
+        // The shared root's digest: the agent reports it as the clone's host.image.id.
+        if let Some(d) = self.inner.roots.of(&self.spec.root, &self.inner.cfg.server).await {
+            request.labels.insert("root".to_owned(), d);
+        }
         let agents = &self.inner.agents;
         let creating = std::time::Instant::now();
         // Every call to the agent from here to the running domain is in it.
