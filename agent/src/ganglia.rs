@@ -365,7 +365,10 @@ mod tests {
         rooted.labels.insert("root".to_owned(), root.clone());
         let attrs = resource_attributes(&rooted, "agent-id-1");
         assert!(attrs.contains(&("host.image.id", root)), "{attrs:?}");
-        assert_eq!(attrs.iter().filter(|(k, _)| *k == "host.image.id").count(), 1);
+        assert_eq!(
+            attrs.iter().filter(|(k, _)| *k == "host.image.id").count(),
+            1
+        );
     }
 
     #[test]

@@ -127,7 +127,10 @@ mod tests {
         std::fs::write(root.join("bin/busybox"), "ELF").expect("busybox");
         std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("link");
         let first = tree_digest(root).expect("digest");
-        assert!(first.starts_with("sha256:") && first.len() == 7 + 64, "{first}");
+        assert!(
+            first.starts_with("sha256:") && first.len() == 7 + 64,
+            "{first}"
+        );
         assert_eq!(tree_digest(root).expect("again"), first, "stable");
 
         std::fs::write(root.join("etc/motd"), "napalm reference root, v2\n").expect("write");
@@ -135,7 +138,11 @@ mod tests {
         assert_ne!(written, first, "a file written");
         std::fs::remove_file(root.join("bin/sh")).expect("rm");
         std::os::unix::fs::symlink("/bin/busybox", root.join("bin/sh")).expect("relink");
-        assert_ne!(tree_digest(root).expect("digest"), written, "a link retargeted");
+        assert_ne!(
+            tree_digest(root).expect("digest"),
+            written,
+            "a link retargeted"
+        );
     }
 
     #[test]
@@ -146,8 +153,14 @@ mod tests {
             root_dir(&format!("nfs:10.0.2.100:{dir}:ro"), "10.0.2.100"),
             Some(tmp.path().to_path_buf())
         );
-        assert_eq!(root_dir(&format!("nfs:10.0.2.9:{dir}:ro"), "10.0.2.100"), None);
-        assert_eq!(root_dir("nfs:10.0.2.100:/no/such/root:ro", "10.0.2.100"), None);
+        assert_eq!(
+            root_dir(&format!("nfs:10.0.2.9:{dir}:ro"), "10.0.2.100"),
+            None
+        );
+        assert_eq!(
+            root_dir("nfs:10.0.2.100:/no/such/root:ro", "10.0.2.100"),
+            None
+        );
         assert_eq!(root_dir("/dev/vda:ro", "10.0.2.100"), None);
     }
 }

@@ -288,7 +288,12 @@ impl Run {
             ]),
         };
         // The shared root's digest: the agent reports it as the clone's host.image.id.
-        if let Some(d) = self.inner.roots.of(&self.spec.root, &self.inner.cfg.server).await {
+        if let Some(d) = self
+            .inner
+            .roots
+            .of(&self.spec.root, &self.inner.cfg.server)
+            .await
+        {
             request.labels.insert("root".to_owned(), d);
         }
         let agents = &self.inner.agents;
