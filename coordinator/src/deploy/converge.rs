@@ -271,21 +271,10 @@ impl Deployer {
                 && napalm_proto::time::from_timestamp(c.started_at.as_ref()) + limit <= now
         }) {
             changed = true;
-            // What the guest printed says why it did not register (no kernel, no root, no
-            // network…): its console's last 15 lines, from its agent.
-            let console = match agents.iter().find(|a| a.id == c.agent_id) {
-                Some(a) => {
-                    self.inner
-                        .agents
-                        .console_note(&a.grpc_endpoint, &c.name, 15)
-                        .await
-                }
-                None => "console: (unavailable: its agent is unknown)".into(),
-            };
-            let why = format!(
-                "did not register within {} s of starting; {console}",
-                limit.as_secs()
-            );
+            let why = self
+                .inner
+                .not_registered(agents.iter().find(|a| a.id == c.agent_id), &c.name, limit)
+                .await;
             tracing::warn!(clone = %c.name, "{why}");
             self.set_clone(&c.name, |k| {
                 if k.phase == ClonePhase::Running as i32 {

@@ -129,6 +129,25 @@ struct Observed {
 }
 
 impl Inner {
+    /// Why clone `clone` failed when it did not register within `limit` of starting:
+    /// what the guest printed says why (no kernel, no root, no network…), so its
+    /// console's last 15 lines from its `agent` go with it.
+    async fn not_registered(
+        &self,
+        agent: Option<&napalm_proto::v1::Agent>,
+        clone: &str,
+        limit: Duration,
+    ) -> String {
+        let console = match agent {
+            Some(a) => self.agents.console_note(&a.grpc_endpoint, clone, 15).await,
+            None => "console: (unavailable: its agent is unknown)".into(),
+        };
+        format!(
+            "did not register within {} s of starting; {console}",
+            limit.as_secs()
+        )
+    }
+
     /// How long a started clone of `spec` may take to register.
     fn boot_timeout(&self, spec: &DeploymentSpec) -> Duration {
         spec.boot_timeout
