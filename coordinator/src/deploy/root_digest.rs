@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -77,10 +76,11 @@ pub fn root_dir(root: &str, server: &str) -> Option<PathBuf> {
     (host == server && dir.is_absolute() && dir.is_dir()).then_some(dir)
 }
 
-/// Digests of roots, each reused for [`REUSE_FOR`].
+/// Digests of roots, each reused for [`REUSE_FOR`]. One walk at a time: the clones of a
+/// deploy ask together, and all but the first get its result.
 #[derive(Default)]
 pub struct RootDigests {
-    known: Mutex<HashMap<PathBuf, (Instant, String)>>,
+    known: tokio::sync::Mutex<HashMap<PathBuf, (Instant, String)>>,
 }
 
 impl RootDigests {
@@ -88,12 +88,10 @@ impl RootDigests {
     /// is not a directory here or cannot be read (the clone is labelled without it).
     pub async fn of(&self, root: &str, server: &str) -> Option<String> {
         let dir = root_dir(root, server)?;
-        {
-            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((at, d)) = known.get(&dir) {
-                if at.elapsed() < REUSE_FOR {
-                    return Some(d.clone());
-                }
+        let mut known = self.known.lock().await;
+        if let Some((at, d)) = known.get(&dir) {
+            if at.elapsed() < REUSE_FOR {
+                return Some(d.clone());
             }
         }
         let walked = dir.clone();
@@ -105,10 +103,7 @@ impl RootDigests {
             }
             Err(_) => return None,
         };
-        self.known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(dir, (Instant::now(), digest.clone()));
+        known.insert(dir, (Instant::now(), digest.clone()));
         Some(digest)
     }
 }

@@ -263,27 +263,12 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     } else {
         (None, None)
     };
-    let bound = |l: &tokio::net::TcpListener, what, addr| {
-        l.local_addr()
-            .map_err(|source| ServeError::Bind { what, addr, source })
-    };
-    let https_listener = match cfg.https_listen {
+    let https = match cfg.https_listen {
         None => None,
         Some(addr) if cfg.trust.is_none() => return Err(ServeError::HttpsWithoutTrust(addr)),
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Bind {
-                    what: "HTTPS",
-                    addr,
-                    source,
-                })?,
-        ),
+        Some(addr) => Some(bind("HTTPS", addr).await?),
     };
-    let https_addr = match (&https_listener, cfg.https_listen) {
-        (Some(l), Some(addr)) => Some(bound(l, "HTTPS", addr)?),
-        _ => None,
-    };
+    let https_addr = https.as_ref().map(|(_, a)| *a);
     // The HTTP endpoint's address: plain, else HTTPS (one of them exists, checked above).
     let http_addr = http_plain
         .as_ref()
@@ -454,7 +439,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
 
     let app = crate::http::router(registry.clone(), Arc::clone(&tokens), metrics.clone());
     let mut https_stop = None;
-    if let (Some(listener), Some(t)) = (https_listener, &trust_state) {
+    if let (Some((listener, _)), Some(t)) = (https, &trust_state) {
         let tls = crate::http::tls_config(t.identity()).map_err(ServeError::Https)?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let task =
