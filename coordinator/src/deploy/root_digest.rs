@@ -65,15 +65,17 @@ pub fn tree_digest(dir: &Path) -> std::io::Result<String> {
     Ok(format!("sha256:{}", hex::encode(h.finalize())))
 }
 
-/// The server-side directory of the root= value `root` when it is an NFS export of
-/// `server` present on this host (the coordinator runs beside the NFS server), else
-/// `None`: the first read-only `nfs` device (the shared root; layers come after it).
-pub fn root_dir(root: &str, server: &str) -> Option<PathBuf> {
+/// The directory of the root= value `root` when it is `exported`, the root this
+/// coordinator exports from `server` (only that one is known to be the clones' root and
+/// a tree worth reading; never `/` or another of the host's directories), else `None`:
+/// the first `nfs` device (the shared root; layers come after it).
+pub fn root_dir(root: &str, server: &str, exported: Option<&Path>) -> Option<PathBuf> {
+    let exported = exported?;
     let spec = napalm_initramfs::rootspec::RootSpec::parse(root).ok()?;
     let d = spec.devices.into_iter().find(|d| d.kind == "nfs")?;
     let (host, path) = (d.params.first()?, d.params.get(1)?);
     let dir = PathBuf::from(path);
-    (host == server && dir.is_absolute() && dir.is_dir()).then_some(dir)
+    (host == server && dir == exported && dir.is_dir()).then_some(dir)
 }
 
 /// Digests of roots, each reused for [`REUSE_FOR`]. One walk at a time: the clones of a
@@ -85,9 +87,9 @@ pub struct RootDigests {
 
 impl RootDigests {
     /// The digest of the root `root` (a root= value) served by `server`, `None` when it
-    /// is not a directory here or cannot be read (the clone is labelled without it).
-    pub async fn of(&self, root: &str, server: &str) -> Option<String> {
-        let dir = root_dir(root, server)?;
+    /// is not the `exported` root or cannot be read (the clone is labelled without it).
+    pub async fn of(&self, root: &str, server: &str, exported: Option<&Path>) -> Option<String> {
+        let dir = root_dir(root, server, exported)?;
         let mut known = self.known.lock().await;
         if let Some((at, d)) = known.get(&dir) {
             if at.elapsed() < REUSE_FOR {
@@ -141,21 +143,23 @@ mod tests {
     }
 
     #[test]
-    fn only_an_nfs_root_of_this_server_that_exists_here_has_a_directory() {
+    fn only_the_root_this_coordinator_exports_is_read() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().display().to_string();
+        let ours = Some(tmp.path());
+        let s = "10.0.2.100";
         assert_eq!(
-            root_dir(&format!("nfs:10.0.2.100:{dir}:ro"), "10.0.2.100"),
+            root_dir(&format!("nfs:{s}:{dir}:ro"), s, ours),
             Some(tmp.path().to_path_buf())
         );
+        assert_eq!(root_dir(&format!("nfs:10.0.2.9:{dir}:ro"), s, ours), None);
         assert_eq!(
-            root_dir(&format!("nfs:10.0.2.9:{dir}:ro"), "10.0.2.100"),
-            None
+            root_dir(&format!("nfs:{s}:{dir}:ro"), s, None),
+            None,
+            "no export"
         );
-        assert_eq!(
-            root_dir("nfs:10.0.2.100:/no/such/root:ro", "10.0.2.100"),
-            None
-        );
-        assert_eq!(root_dir("/dev/vda:ro", "10.0.2.100"), None);
+        // The default root without exports is the server's `/`: never walked.
+        assert_eq!(root_dir(&format!("nfs:{s}:/:ro"), s, ours), None);
+        assert_eq!(root_dir("/dev/vda:ro", s, ours), None);
     }
 }

@@ -287,11 +287,18 @@ impl Run {
                 ("clone".to_owned(), c.name.clone()),
             ]),
         };
-        // The shared root's digest: the agent reports it as the clone's host.image.id.
+        // The digest of the root this coordinator exports, when the clone boots it: the
+        // agent reports it as the clone's host.image.id.
+        let exported = self
+            .inner
+            .cfg
+            .exports
+            .as_ref()
+            .map(|x| x.config().root.clone());
         if let Some(d) = self
             .inner
             .roots
-            .of(&self.spec.root, &self.inner.cfg.server)
+            .of(&self.spec.root, &self.inner.cfg.server, exported.as_deref())
             .await
         {
             request.labels.insert("root".to_owned(), d);
