@@ -1,0 +1,78 @@
+//! Following a client's run until its clones register: progress reports and `boot` and
+//! `register` spans as they come up, and the clones still not registered at the
+//! deployment's boot timeout failed with their console's last lines.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use napalm_proto::v1::{Agent, Clone, ClonePhase, Hypervisor};
+
+use super::{clone_span, Run};
+use crate::deploy::place::hypervisor_on;
+use crate::registry::RegistryError;
+
+impl Run {
+    pub(super) fn is_test(&self, c: &Clone, agents: &HashMap<String, Agent>) -> bool {
+        agents
+            .get(&c.agent_id)
+            .is_some_and(|a| hypervisor_on(&self.spec, a) == Hypervisor::Test)
+    }
+
+    /// Waits until every running clone registered (or the timeout): clones on libvirt's
+    /// `test` driver run no guest, so they stop at RUNNING. A clone seen waiting gets a
+    /// `boot` span under its `clone` span (in `spans`, made under `deploy` if missing),
+    /// ended when it registers, and then a `register` span marking the registration.
+    pub(super) async fn follow(
+        &self,
+        deploy: &tracing::Span,
+        spans: &mut HashMap<String, tracing::Span>,
+    ) -> Result<(), RegistryError> {
+        let mut booting: HashMap<String, tracing::Span> = HashMap::new();
+        let reg = &self.inner.registry;
+        let agents: HashMap<String, Agent> = reg
+            .list_agents(&[])
+            .await?
+            .into_iter()
+            .map(|a| (a.id.clone(), a))
+            .collect();
+        let limit = self.inner.boot_timeout(&self.spec);
+        let deadline = Instant::now() + limit;
+        let mut seen: HashSet<String> = HashSet::new();
+        loop {
+            let clones = reg.list_clones(&self.spec.name).await?;
+            let mut waiting = Vec::new();
+            for c in &clones {
+                if c.phase == ClonePhase::Registered as i32 {
+                    if seen.insert(c.name.clone()) {
+                        if booting.remove(&c.name).is_some() {
+                            let parent = clone_span(deploy, spans, &c.name);
+                            drop(tracing::info_span!(parent: &parent, "register"));
+                        }
+                        self.report(c, "registered").await;
+                    }
+                } else if c.phase == ClonePhase::Running as i32 && !self.is_test(c, &agents) {
+                    if !booting.contains_key(&c.name) {
+                        let parent = clone_span(deploy, spans, &c.name);
+                        booting
+                            .insert(c.name.clone(), tracing::info_span!(parent: &parent, "boot"));
+                    }
+                    waiting.push(c.clone());
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                for c in waiting {
+                    let why = self
+                        .inner
+                        .not_registered(agents.get(&c.agent_id), &c.name, limit)
+                        .await;
+                    self.fail_on(&c, &why, true).await?;
+                }
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
