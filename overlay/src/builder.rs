@@ -277,7 +277,7 @@ impl<'a> LayerBuilder<'a> {
             .ok_or_else(|| BuildError::UnknownClone(name.to_string()))?;
         let prep = self.prepare(&[clone])?;
         let cluster_out = self.cluster_outputs(&prep)?;
-        self.render_clone(&prep, &cluster_out, clone, None)
+        self.render_clone(&prep, &cluster_out, clone, None, None)
     }
 
     /// Render every clone's layer in memory, in parallel, writing nothing (hooks, if any, run
@@ -290,7 +290,7 @@ impl<'a> LayerBuilder<'a> {
             Ok(all
                 .par_iter()
                 .map(|c| {
-                    let r = self.render_clone(&prep, &cluster_out, c, None);
+                    let r = self.render_clone(&prep, &cluster_out, c, None, None);
                     (c.name.clone(), r)
                 })
                 .collect())
@@ -429,14 +429,17 @@ impl<'a> LayerBuilder<'a> {
         )?)
     }
 
-    /// Render `clone`; with `root`, also write the directory form there. Hooks run on `root`
-    /// (or on a temporary directory when there is none) and the result is read back.
+    /// Render `clone`; with `root`, also write the directory form there, linking the files
+    /// it shares with the build's other layers from `links` (unless hooks will edit it).
+    /// Hooks run on `root` (or on a temporary directory when there is none) and the result
+    /// is read back.
     pub(crate) fn render_clone(
         &self,
         prep: &Prepared,
         cluster_out: &HashMap<PathBuf, Arc<[u8]>>,
         clone: &CloneSpec,
         root: Option<&Path>,
+        links: Option<&dir_output::Links>,
     ) -> Result<Layer, BuildError> {
         let plan = prep
             .plans
@@ -457,13 +460,13 @@ impl<'a> LayerBuilder<'a> {
             !self.shared_cluster,
             &clone.name,
         )?;
-        let write = |layer: &Layer, dir: &Path| {
-            dir_output::write(layer, dir)
+        let write = |layer: &Layer, dir: &Path, links| {
+            dir_output::write_linked(layer, dir, links)
                 .map_err(|e| self.io(&clone.name, "write the layer directory", dir, e))
         };
         if plan.hooks.is_empty() {
             if let Some(root) = root {
-                write(&layer, root)?;
+                write(&layer, root, links)?;
             }
             return Ok(layer);
         }
@@ -482,7 +485,8 @@ impl<'a> LayerBuilder<'a> {
                 tmp.path()
             }
         };
-        write(&layer, dir)?;
+        // Hooks edit files in place: this layer's are its own.
+        write(&layer, dir, None)?;
         let timeout = self.sets.limits().hook_timeout;
         for hook in &plan.hooks {
             hooks::run(hook, &clone.name, &stdin, dir, timeout)?;
@@ -551,15 +555,17 @@ impl<'a> LayerBuilder<'a> {
         let write_start = Instant::now();
         let cluster_out = self.cluster_outputs(&prep)?;
         let tails = self.shared_tails(&prep, &cluster_out)?;
+        let links = dir_output::Links::new(crate::scratch::tmp_dir(&self.out, "links"));
         let results: Vec<(String, Result<(), BuildError>)> = todo
             .par_iter()
             .map(|(c, hash, _)| {
                 (
                     c.name.clone(),
-                    self.build_one(&prep, &cluster_out, &tails, c, hash),
+                    self.build_one(&prep, &cluster_out, &tails, &links, c, hash),
                 )
             })
             .collect();
+        drop(links);
         for (name, r) in results {
             match r {
                 Ok(()) => report.built.push(name),

@@ -55,12 +55,13 @@ impl LayerBuilder<'_> {
         prep: &Prepared,
         cluster_out: &HashMap<PathBuf, Arc<[u8]>>,
         tails: &HashMap<Vec<String>, SharedTail>,
+        links: &crate::dir_output::Links,
         clone: &CloneSpec,
         hash: &str,
     ) -> Result<(), BuildError> {
         let tmp = scratch::tmp_dir(&self.out, &clone.name);
         let tail = tails.get(&clone.layers);
-        let result = self.write_tmp(prep, cluster_out, tail, clone, hash, &tmp);
+        let result = self.write_tmp(prep, cluster_out, tail, links, clone, hash, &tmp);
         let result = result.and_then(|()| self.swap(&clone.name, &tmp));
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -73,6 +74,7 @@ impl LayerBuilder<'_> {
         prep: &Prepared,
         cluster_out: &HashMap<PathBuf, Arc<[u8]>>,
         tail: Option<&SharedTail>,
+        links: &crate::dir_output::Links,
         clone: &CloneSpec,
         hash: &str,
         tmp: &Path,
@@ -86,9 +88,9 @@ impl LayerBuilder<'_> {
             .is_some_and(|p| !p.hooks.is_empty());
         let layer = if self.outputs.dir || plan_has_hooks {
             std::fs::create_dir(&root).map_err(|e| self.io(name, "create", &root, e))?;
-            self.render_clone(prep, cluster_out, clone, Some(&root))?
+            self.render_clone(prep, cluster_out, clone, Some(&root), Some(links))?
         } else {
-            self.render_clone(prep, cluster_out, clone, None)?
+            self.render_clone(prep, cluster_out, clone, None, None)?
         };
         if self.shared_cluster {
             if let Some(plan) = prep.plans.get(&clone.layers) {

@@ -307,3 +307,66 @@ fn clones_with_live_cluster_files_are_not_rebuilt_when_the_cluster_changes() {
         "{seed}"
     );
 }
+
+#[test]
+fn files_the_layers_share_are_written_once_and_linked_into_each() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = library(&[&napalm_overlay::default_sets_dir()]);
+    let conf = "server: 10.0.0.1\nlayers: [base, mpi]\naddress_pool: 10.0.1.1\nhosts:\n  c[1-4]:\n";
+    let out = tmp.path().join("out");
+    let build = |conf: &str| {
+        LayerBuilder::new(&cluster(conf), &lib, &out)
+            .identity(identity())
+            .build_all()
+            .unwrap()
+            .into_result()
+            .unwrap()
+    };
+    assert_eq!(build(conf).built.len(), 4);
+    let md = |clone: &str, file: &str| std::fs::metadata(out.join(clone).join(file)).unwrap();
+    // The cluster files (listing every clone) and a set's static file: one inode for all 4.
+    for f in [
+        "root/etc/hosts",
+        "root/etc/ssh/ssh_known_hosts",
+        "root/etc/openmpi/openmpi-default-hostfile",
+        "root/etc/systemd/system/napalm-register-clone.service",
+        "root/etc/profile.d/napalm-mpi.sh",
+    ] {
+        let (a, b) = (md("c1", f), md("c4", f));
+        assert_eq!(a.ino(), b.ino(), "{f} shared");
+        assert_eq!(
+            a.nlink(),
+            4,
+            "{f}: one link per layer, the build's own name gone"
+        );
+    }
+    // Each clone's own files are its own.
+    for f in ["root/etc/hostname", "root/etc/ssh/ssh_host_ed25519_key"] {
+        let (a, b) = (md("c1", f), md("c2", f));
+        assert_ne!(a.ino(), b.ino(), "{f} is per clone");
+        assert_eq!(a.nlink(), 1, "{f}");
+    }
+    let key = md("c1", "root/etc/ssh/ssh_host_ed25519_key");
+    assert_eq!(key.mode() & 0o777, 0o600);
+    // A new clone: every layer's cluster files change, and the old layers' links (as a kept
+    // version holds them) still read the old content: no file was changed in place.
+    let kept = tmp.path().join("kept-hosts");
+    std::fs::hard_link(out.join("c1/root/etc/hosts"), &kept).unwrap();
+    assert_eq!(build(&format!("{conf}  c5:\n")).built.len(), 5);
+    let now = std::fs::read_to_string(out.join("c1/root/etc/hosts")).unwrap();
+    assert!(now.contains("\tc5"), "{now}");
+    let old = std::fs::read_to_string(&kept).unwrap();
+    assert!(!old.contains("\tc5") && old.contains("\tc4"), "{old}");
+    assert_eq!(
+        md("c5", "root/etc/hosts").ino(),
+        md("c1", "root/etc/hosts").ino()
+    );
+    // No scratch name of the build is left in the output directory.
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') && n != ".napalm-manifest")
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}
