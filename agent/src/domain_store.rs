@@ -2,8 +2,10 @@
 //! `STATE/domains/NAME/{record.json, config.xml, console.log, files/}`. Every write is atomic and
 //! fsynced; a directory without `record.json` is an unfinished create and is discarded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::blobs::BlobId;
 use crate::durable;
@@ -68,6 +70,29 @@ pub struct DomainRecord {
 #[derive(Debug, Clone)]
 pub struct DomainStore {
     root: PathBuf,
+    /// Records as last parsed, with the stamp of the file they were parsed from. The
+    /// state watcher reads every record each second; a stat instead of a read and a JSON
+    /// parse makes that pass cost a listing and one stat per domain.
+    parsed: Arc<Mutex<HashMap<String, (Stamp, DomainRecord)>>>,
+}
+
+/// What identifies one version of a `record.json`: a save renames a new file over it (a new
+/// inode), and an edit in place changes its size or modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+impl Stamp {
+    fn of(md: &std::fs::Metadata) -> Self {
+        Self {
+            ino: md.ino(),
+            len: md.len(),
+            mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
+        }
+    }
 }
 
 impl DomainStore {
@@ -76,6 +101,7 @@ impl DomainStore {
         durable::create_dir(root)?;
         Ok(Self {
             root: root.to_owned(),
+            parsed: Arc::default(),
         })
     }
 
@@ -92,13 +118,44 @@ impl DomainStore {
     /// The record, if the domain is complete.
     pub fn load(&self, name: &str) -> Result<Option<DomainRecord>> {
         let p = self.dir(name).join("record.json");
-        match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| AgentError::io(&p, std::io::Error::other(e))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(AgentError::io(&p, e)),
+        let mut f = match std::fs::File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.forget(name);
+                return Ok(None);
+            }
+            Err(e) => return Err(AgentError::io(&p, e)),
+        };
+        let stamp = Stamp::of(&f.metadata().map_err(|e| AgentError::io(&p, e))?);
+        if let Some((s, r)) = self.cached(name) {
+            if s == stamp {
+                return Ok(Some(r));
+            }
         }
+        let mut b = Vec::with_capacity(stamp.len as usize);
+        std::io::Read::read_to_end(&mut f, &mut b).map_err(|e| AgentError::io(&p, e))?;
+        let r: DomainRecord =
+            serde_json::from_slice(&b).map_err(|e| AgentError::io(&p, std::io::Error::other(e)))?;
+        self.parsed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), (stamp, r.clone()));
+        Ok(Some(r))
+    }
+
+    fn cached(&self, name: &str) -> Option<(Stamp, DomainRecord)> {
+        self.parsed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    fn forget(&self, name: &str) {
+        self.parsed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
     }
 
     /// Persists a record (atomically).
@@ -146,10 +203,62 @@ impl DomainStore {
     /// Removes a domain's directory.
     pub fn remove(&self, name: &str) -> Result<()> {
         let d = self.dir(name);
+        self.forget(name);
         match std::fs::remove_dir_all(&d) {
             Ok(()) => durable::sync_dir(&self.root),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(AgentError::io(&d, e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str) -> DomainRecord {
+        DomainRecord {
+            name: name.into(),
+            uuid: String::new(),
+            desired: RunState::Running,
+            restart: RestartPolicy::OnFailure,
+            labels: BTreeMap::new(),
+            files: Vec::new(),
+            artifacts: Vec::new(),
+            vcpus: 1,
+            memory_bytes: 1 << 20,
+            created_at_ms: 0,
+            libvirt_xml: "<domain/>".into(),
+            deleting: false,
+        }
+    }
+
+    #[test]
+    fn a_parsed_record_is_reused_only_while_its_file_is_unchanged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = DomainStore::open(&dir.path().join("domains")).expect("open");
+        std::fs::create_dir_all(s.dir("d1")).expect("mkdir");
+        let mut r = record("d1");
+        s.save(&r).expect("save");
+        assert_eq!(s.load("d1").expect("load"), Some(r.clone()));
+        // A save (rename over) is seen.
+        r.desired = RunState::Shutoff;
+        s.save(&r).expect("save");
+        assert_eq!(
+            s.load("d1").expect("load").map(|r| r.desired),
+            Some(RunState::Shutoff)
+        );
+        // So is an edit in place by someone else (what a crash mid-delete leaves).
+        let p = s.dir("d1").join("record.json");
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&p).expect("read")).expect("json");
+        v["deleting"] = true.into();
+        std::fs::write(&p, serde_json::to_vec(&v).expect("ser")).expect("write");
+        assert!(s.load("d1").expect("load").is_some_and(|r| r.deleting));
+        // A clone of the store shares what was parsed; a removed record is gone for both.
+        let other = s.clone();
+        s.remove("d1").expect("remove");
+        assert_eq!(other.load("d1").expect("load"), None);
+        assert!(other.records().expect("records").is_empty());
     }
 }

@@ -12,11 +12,22 @@
 //!
 //! Each agent runs on a libvirt test driver of its own (`test:///…/node.xml`), as real
 //! hosts each have their own libvirtd. Each run ends with an untimed undeploy.
+//!
+//! `NAPALM_BENCH_STORES=redb,etcd` runs the deploy on each registry store in turn (etcd: a
+//! real single-member etcd on loopback, started for the run). After each run the bench
+//! prints the registry's size, the process's peak RSS so far (coordinator and agents
+//! together: an upper bound of the coordinator's), and how long `ListClones` of the
+//! deployment takes over gRPC and, when `target/release/napalmctl` is built, as
+//! `napalmctl clones` run by a user.
 
 // A benchmark harness: a failed step should stop it loudly.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
+
+#[path = "../tests/coordinator/etcd_harness.rs"]
+#[allow(dead_code)]
+mod etcd_harness;
 
 use napalm_coordinator::exports::ExportConfig;
 use napalm_coordinator::testing::{GridOptions, TestGrid};
@@ -54,13 +65,89 @@ impl Phases {
     }
 }
 
+/// The process's peak resident set so far (`VmHWM`), MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Times listing the deployment's clones: over gRPC, then with `napalmctl clones` as a
+/// user runs it (when built beside this bench, in `target/release`).
+async fn time_listing(
+    c: &mut napalm_proto::v1::coordinator_service_client::CoordinatorServiceClient<
+        tonic::transport::Channel,
+    >,
+    endpoint: &str,
+    tag: &str,
+    clones: u32,
+) {
+    let t = Instant::now();
+    let listed = c
+        .list_clones(ListClonesRequest {
+            deployment: tag.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .clones
+        .len();
+    assert_eq!(listed, clones as usize);
+    println!(
+        "    ListClones of {listed} clones over gRPC: {:.3} s",
+        t.elapsed().as_secs_f64()
+    );
+    let ctl = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.parent()?.join("napalmctl")))
+        .filter(|p| p.is_file());
+    let Some(ctl) = ctl else {
+        println!("    napalmctl clones: not timed (cargo build --release -p napalm-ctl first)");
+        return;
+    };
+    let t = Instant::now();
+    let out = tokio::process::Command::new(&ctl)
+        .args(["--coordinator", endpoint, "clones", "--deployment", tag])
+        .output()
+        .await
+        .unwrap();
+    let took = t.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "    napalmctl clones --deployment {tag} ({} lines, {} bytes): {:.3} s",
+        out.stdout.iter().filter(|b| **b == b'\n').count(),
+        out.stdout.len(),
+        took.as_secs_f64()
+    );
+}
+
+/// Where the registry lives.
+#[derive(Clone, Copy, PartialEq)]
+enum Store {
+    /// The embedded redb file.
+    Redb,
+    /// A real etcd on loopback, started for the run.
+    Etcd,
+}
+
 async fn run(
     clones: u32,
     agents: usize,
     concurrency: usize,
     tag: &str,
     over_nfs: bool,
+    store: Store,
 ) -> (Duration, Phases, Leftovers) {
+    let etcd = (store == Store::Etcd).then(etcd_harness::Etcd::start);
     // Agents' blob stores and domain records (each fsynced by the agent) share this
     // machine's one disk; NAPALM_BENCH_AGENT_DIR=/dev/shm puts them on tmpfs, as if every
     // agent had a disk of its own, leaving the registry (and layers) on disk.
@@ -77,9 +164,15 @@ async fn run(
         // Each agent on its own test driver, as each real host has its own libvirtd.
         own_drivers: true,
     };
+    let store_url = etcd.as_ref().map(|e| e.store_url());
+    let mut redb = None;
     let grid = TestGrid::start_with(opts, |cfg| {
         let root = cfg.store.clone();
         let dir = std::path::Path::new(&root).parent().unwrap().to_owned();
+        match store_url {
+            Some(url) => cfg.store = url,
+            None => redb = Some(std::path::PathBuf::from(&root)),
+        }
         let d = cfg.deploy.as_mut().unwrap();
         d.concurrency = concurrency;
         d.kernel_args = String::new();
@@ -135,6 +228,19 @@ async fn run(
     let took = t.elapsed();
     let summary = summary.unwrap();
     assert_eq!(summary.succeeded, clones, "{summary:?}");
+    // Untimed figures of the deployed state.
+    match &redb {
+        Some(file) => println!(
+            "    registry: redb, {:.1} MiB on disk",
+            std::fs::metadata(file).map_or(0, |m| m.len()) as f64 / f64::from(1 << 20)
+        ),
+        None => println!("    registry: etcd"),
+    }
+    println!(
+        "    peak RSS of coordinator and agents so far: {:.0} MiB",
+        peak_rss_mib()
+    );
+    time_listing(&mut c, &grid.coordinator.endpoint(), tag, clones).await;
     // Untimed (see the header).
     let mut u = c
         .undeploy(UndeployRequest {
@@ -190,7 +296,7 @@ fn main() {
     let baseline = env("NAPALM_BENCH_BASELINE", 1) != 0;
     let rt = tokio::runtime::Runtime::new().unwrap();
     println!(
-        "deploy: {clones} clones over {agents} agents on test:///default, end to end over gRPC"
+        "deploy: {clones} clones over {agents} agents, each on a libvirt test driver of its own, end to end over gRPC"
     );
     // NAPALM_BENCH_LAYERS=initramfs|nfs|both (default both): each clone's layer appended
     // to its own initramfs, or served over NFS with one shared image per agent.
@@ -203,16 +309,38 @@ fn main() {
     let mut fast_nfs = false;
     let mut by_mode = Vec::new();
     let mut keep = Vec::new();
-    for over_nfs in modes {
-        let label = if over_nfs {
-            "layers over NFS"
-        } else {
-            "layers in initramfs"
+    // NAPALM_BENCH_STORES=redb|etcd|redb,etcd (default redb): the registry's store.
+    let stores: Vec<(Store, &str)> = std::env::var("NAPALM_BENCH_STORES")
+        .unwrap_or_else(|_| "redb".into())
+        .split(',')
+        .map(|s| match s.trim() {
+            "etcd" => (Store::Etcd, "etcd"),
+            "redb" | "" => (Store::Redb, "redb"),
+            other => {
+                panic!("NAPALM_BENCH_STORES: unknown store {other:?}; use redb, etcd or redb,etcd")
+            }
+        })
+        .collect();
+    let runs_of = stores
+        .iter()
+        .flat_map(|s| modes.iter().map(move |m| (*s, *m)));
+    for ((store, store_name), over_nfs) in runs_of {
+        let label = match (over_nfs, stores.len()) {
+            (true, 1) => "layers over NFS".to_owned(),
+            (false, 1) => "layers in initramfs".to_owned(),
+            (true, _) => format!("layers over NFS, {store_name}"),
+            (false, _) => format!("layers in initramfs, {store_name}"),
         };
         let mut times = Vec::new();
         for i in 0..runs {
-            let (took, phases, dirs) =
-                rt.block_on(run(clones, agents, 32, &format!("benchfast{i}"), over_nfs));
+            let (took, phases, dirs) = rt.block_on(run(
+                clones,
+                agents,
+                32,
+                &format!("benchfast{i}"),
+                over_nfs,
+                store,
+            ));
             keep.push(dirs);
             println!(
                 "  run {i}, {label}, concurrency 32: {:.2} s",
@@ -230,15 +358,18 @@ fn main() {
         );
         by_mode.push((label, fast));
     }
-    if let [(a, ta), (b, tb)] = by_mode.as_slice() {
-        println!(
-            "  {a} is {:.1}x faster than {b} (same run)",
-            tb.as_secs_f64() / ta.as_secs_f64()
-        );
+    if let [(a, ta), rest @ ..] = by_mode.as_slice() {
+        for (b, tb) in rest {
+            println!(
+                "  {b} takes {:.2}x the time of {a} (same run)",
+                tb.as_secs_f64() / ta.as_secs_f64()
+            );
+        }
     }
     if baseline {
         // The baseline ships the last mode measured above one clone at a time.
-        let (base, _, dirs) = rt.block_on(run(clones, agents, 1, "benchseq", fast_nfs));
+        let (base, _, dirs) =
+            rt.block_on(run(clones, agents, 1, "benchseq", fast_nfs, Store::Redb));
         keep.push(dirs);
         println!(
             "  concurrency 1, same layers: {:>7.2} s  ({:>6.0} clones/s, baseline; concurrency 32 is {:.1}x)",

@@ -219,19 +219,22 @@ impl Agent {
     /// The domains this agent owns, and with `include_foreign` the others (read-only).
     pub async fn list(&self, include_foreign: bool) -> Result<Vec<DomainView>> {
         let live = self.call(|h| h.list()).await?;
+        let by_name: std::collections::HashMap<&str, &crate::hypervisor::DomainSummary> =
+            live.iter().map(|d| (d.name.as_str(), d)).collect();
         let mut out = Vec::new();
         for r in self.store.records()? {
             if r.deleting {
                 continue;
             }
-            let l = live.iter().find(|d| d.name == r.name);
+            let l = by_name.get(r.name.as_str());
             let (state, id) = l
                 .map(|d| (d.state, d.id))
                 .unwrap_or((RunState::Nostate, None));
             out.push(DomainView::from_record(&r, state, id));
         }
         if include_foreign {
-            let owned: Vec<String> = out.iter().map(|o| o.name.clone()).collect();
+            let owned: std::collections::HashSet<String> =
+                out.iter().map(|o| o.name.clone()).collect();
             for d in live.iter().filter(|d| !owned.contains(&d.name)) {
                 out.push(DomainView {
                     name: d.name.clone(),

@@ -39,16 +39,22 @@ pub struct Report {
 impl Agent {
     /// Reports state changes of this agent's domains that it did not cause (a guest that
     /// shut itself down, crashed, or was paused by someone else) as events. Cheap: one
-    /// libvirt listing, no locks, no action.
+    /// libvirt listing of names and states, a stat of each record (parsed again only when
+    /// it changed), a domain's XML only when its state changed; no locks, no action.
     pub async fn watch_once(&self) -> Result<()> {
-        let live = self.call(|h| h.list()).await?;
+        let live: HashMap<String, RunState> = self
+            .call(|h| h.list())
+            .await?
+            .into_iter()
+            .map(|d| (d.name, d.state))
+            .collect();
         for r in self.store.records()?.into_iter().filter(|r| !r.deleting) {
-            let Some(l) = live.iter().find(|d| d.name == r.name) else {
+            let Some(&state) = live.get(&r.name) else {
                 continue;
             };
             // Only a change needs the domain's XML, to be sure it is still ours.
-            if self.events.last_state(&r.name) != Some(l.state) && self.owns(&r.name).await? {
-                self.events.observe(&r.name, l.state);
+            if self.events.last_state(&r.name) != Some(state) && self.owns(&r.name).await? {
+                self.events.observe(&r.name, state);
             }
         }
         Ok(())
@@ -69,7 +75,12 @@ impl Agent {
     /// the agent from starting.
     pub async fn reconcile(&self, first: bool) -> Result<Report> {
         let mut rep = Report::default();
-        let live = self.call(|h| h.list()).await?;
+        let live: HashMap<String, crate::hypervisor::DomainSummary> = self
+            .call(|h| h.list())
+            .await?
+            .into_iter()
+            .map(|d| (d.name.clone(), d))
+            .collect();
         for name in self.store.names()? {
             if let Err(e) = self.reconcile_one(&name, first, &live, &mut rep).await {
                 tracing::warn!(domain = %name, error = %e, "reconciling a domain failed; the next pass retries");
@@ -88,7 +99,7 @@ impl Agent {
         &self,
         name: &str,
         first: bool,
-        live: &[crate::hypervisor::DomainSummary],
+        live: &HashMap<String, crate::hypervisor::DomainSummary>,
         rep: &mut Report,
     ) -> Result<()> {
         let _g = self.locks.lock(name).await;
@@ -105,7 +116,7 @@ impl Agent {
             rep.deleted.push(name.to_owned());
             return Ok(());
         }
-        let l = live.iter().find(|d| d.name == name);
+        let l = live.get(name);
         let state = match l {
             Some(_) if !self.owns(name).await? => {
                 tracing::error!(domain = %name, "libvirt's domain of this name is not ours; not touching it");
