@@ -19,6 +19,11 @@
 //! together: an upper bound of the coordinator's), and how long `ListClones` of the
 //! deployment takes over gRPC and, when `target/release/napalmctl` is built, as
 //! `napalmctl clones` run by a user.
+//!
+//! `NAPALM_BENCH_AGENTS_APART=1` runs the agents in a child process (this bench started
+//! again in agent mode), so that the figures are the coordinator's alone: its peak RSS,
+//! and its CPU and memory while idle (`NAPALM_BENCH_IDLE` seconds, default 10) with the
+//! agents and no clone, then with the deployed clones: per agent and per idle clone.
 
 // A benchmark harness: a failed step should stop it loudly.
 #![allow(clippy::unwrap_used)]
@@ -65,16 +70,106 @@ impl Phases {
     }
 }
 
-/// The process's peak resident set so far (`VmHWM`), MiB.
-fn peak_rss_mib() -> f64 {
+/// A field of this process's `/proc/self/status` in kB, as MiB.
+fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The process's peak resident set so far (`VmHWM`), MiB.
+fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+/// CPU time (user + system) this process has used.
+fn cpu_used() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// CPU per second of wall time and resident set after idling `secs`.
+async fn idle(secs: u64) -> (f64, f64) {
+    let (c, t) = (cpu_used(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    (
+        (cpu_used() - c).as_secs_f64() / t.elapsed().as_secs_f64(),
+        status_mib("VmRSS:"),
+    )
+}
+
+fn idle_secs() -> u64 {
+    env("NAPALM_BENCH_IDLE", 10) as u64
+}
+
+/// Agent mode (the child of `NAPALM_BENCH_AGENTS_APART=1`): starts the agents, prints their
+/// endpoints one per line, and stops them when stdin closes.
+fn agents_child(dir: &str) {
+    use std::io::{BufRead, Write};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let opts = GridOptions {
+        agents: env("NAPALM_BENCH_AGENTS", 50),
+        agent_token: None,
+        ..Default::default()
+    };
+    let agents = rt
+        .block_on(napalm_coordinator::testing::start_agents(
+            &opts,
+            std::path::Path::new(dir),
+        ))
+        .unwrap();
+    let mut out = std::io::stdout().lock();
+    for a in &agents {
+        writeln!(out, "http://{}", a.grpc_addr.unwrap()).unwrap();
+    }
+    out.flush().unwrap();
+    drop(out);
+    for _ in std::io::stdin().lock().lines() {}
+    rt.block_on(async {
+        for a in agents {
+            a.stop().await;
+        }
+    });
+}
+
+/// The agents' child process; stopped when dropped (its stdin closes).
+struct AgentsApart {
+    child: std::process::Child,
+    endpoints: Vec<String>,
+}
+
+impl AgentsApart {
+    fn start(agents: usize, dir: &std::path::Path) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .env("NAPALM_BENCH_AGENTS_CHILD", dir)
+            .env("NAPALM_BENCH_AGENTS", agents.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let endpoints: Vec<String> = out.lines().take(agents).map(Result::unwrap).collect();
+        assert_eq!(endpoints.len(), agents, "the agents' process started them all");
+        Self { child, endpoints }
+    }
+}
+
+impl Drop for AgentsApart {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
 }
 
 /// Times listing the deployment's clones: over gRPC, then with `napalmctl clones` as a
@@ -155,6 +250,8 @@ async fn run(
         Ok(d) if !d.is_empty() => tempfile::tempdir_in(d).unwrap(),
         _ => tempfile::tempdir().unwrap(),
     };
+    let apart = (env("NAPALM_BENCH_AGENTS_APART", 0) != 0)
+        .then(|| AgentsApart::start(agents, agent_dir.path()));
     let opts = GridOptions {
         agents,
         agent_token: None,
@@ -163,6 +260,10 @@ async fn run(
         base_bytes: 1 << 20,
         // Each agent on its own test driver, as each real host has its own libvirtd.
         own_drivers: true,
+        external_agents: apart
+            .as_ref()
+            .map(|a| a.endpoints.clone())
+            .unwrap_or_default(),
     };
     let store_url = etcd.as_ref().map(|e| e.store_url());
     let mut redb = None;
@@ -194,6 +295,10 @@ async fn run(
     .await
     .unwrap();
     let mut c = grid.client().await.unwrap();
+    let idle_agents = match &apart {
+        Some(_) => Some(idle(idle_secs()).await),
+        None => None,
+    };
     let t = Instant::now();
     let mut s = c
         .deploy(DeployRequest {
@@ -236,11 +341,27 @@ async fn run(
         ),
         None => println!("    registry: etcd"),
     }
-    println!(
-        "    peak RSS of coordinator and agents so far: {:.0} MiB",
-        peak_rss_mib()
-    );
+    match apart {
+        Some(_) => println!("    peak RSS of the coordinator so far: {:.0} MiB", peak_rss_mib()),
+        None => println!(
+            "    peak RSS of coordinator and agents so far: {:.0} MiB",
+            peak_rss_mib()
+        ),
+    }
     time_listing(&mut c, &grid.coordinator.endpoint(), tag, clones).await;
+    if let Some((cpu0, rss0)) = idle_agents {
+        let (cpu1, rss1) = idle(idle_secs()).await;
+        println!(
+            "    coordinator idle, {agents} agents and no clone: {:.1} ms CPU/s, {rss0:.0} MiB \
+             ({:.1} us CPU/s per agent); with {clones} clones: {:.1} ms CPU/s, {rss1:.0} MiB \
+             (per idle clone {:.2} us CPU/s, {:.1} KiB)",
+            cpu0 * 1e3,
+            cpu0 * 1e6 / agents as f64,
+            cpu1 * 1e3,
+            (cpu1 - cpu0) * 1e6 / f64::from(clones),
+            (rss1 - rss0) * 1024.0 / f64::from(clones),
+        );
+    }
     // Untimed (see the header).
     let mut u = c
         .undeploy(UndeployRequest {
@@ -290,6 +411,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
+    if let Ok(dir) = std::env::var("NAPALM_BENCH_AGENTS_CHILD") {
+        return agents_child(&dir);
+    }
     let clones = env("NAPALM_BENCH_CLONES", 1000) as u32;
     let agents = env("NAPALM_BENCH_AGENTS", 50);
     let runs = env("NAPALM_BENCH_RUNS", 1).max(1);

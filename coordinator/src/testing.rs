@@ -34,6 +34,10 @@ pub struct GridOptions {
     /// Each agent on a libvirt test driver of its own (`test:///STATE/node.xml`), as on
     /// separate hosts; otherwise all share the process's `test:///default`.
     pub own_drivers: bool,
+    /// gRPC endpoints (`http://ADDR`) of agents running elsewhere (another process, as
+    /// the deploy bench runs them to measure the coordinator alone); when not empty, no
+    /// agent is started here and `agents` is ignored.
+    pub external_agents: Vec<String>,
 }
 
 impl Default for GridOptions {
@@ -45,6 +49,7 @@ impl Default for GridOptions {
             kernel_bytes: 64,
             base_bytes: 64,
             own_drivers: true,
+            external_agents: Vec::new(),
         }
     }
 }
@@ -126,6 +131,7 @@ pub fn deploy_config(dir: &Path, opts: &GridOptions) -> Result<DeployConfig, Gri
         lost_grace: Duration::from_secs(30),
         restart_budget: 3,
         addresses: None,
+        layers_in_initramfs: false,
         exports: None,
         trust: None,
     })
@@ -171,6 +177,27 @@ pub fn own_driver(state: &Path) -> Result<String, GridError> {
     Ok(format!("test://{}", node.display()))
 }
 
+/// Starts `opts.agents` agents keeping their state under `agent_dir` (`agentN`), each on
+/// its own test driver with `opts.own_drivers`.
+pub async fn start_agents(
+    opts: &GridOptions,
+    agent_dir: &Path,
+) -> Result<Vec<napalm_agent::server::Running>, GridError> {
+    let mut agents = Vec::new();
+    for index in 0..opts.agents {
+        let state = agent_dir.join(format!("agent{index}"));
+        let mut cfg = agent_config(&state, opts.agent_token.clone());
+        if opts.own_drivers {
+            cfg.rest.libvirt_uri = own_driver(&state)?;
+        }
+        let a = napalm_agent::server::start(cfg)
+            .await
+            .map_err(|source| GridError::Agent { index, source })?;
+        agents.push(a);
+    }
+    Ok(agents)
+}
+
 /// Running agents and a coordinator that knows them (as static agents, all ready).
 pub struct TestGrid {
     /// The coordinator.
@@ -201,22 +228,16 @@ impl TestGrid {
             source,
         })?;
         let agent_dir = opts.agent_dir.clone().unwrap_or_else(|| dir.path().into());
-        let mut agents = Vec::new();
-        for index in 0..opts.agents {
-            let state = agent_dir.join(format!("agent{index}"));
-            let mut cfg = agent_config(&state, opts.agent_token.clone());
-            if opts.own_drivers {
-                cfg.rest.libvirt_uri = own_driver(&state)?;
-            }
-            let a = napalm_agent::server::start(cfg)
-                .await
-                .map_err(|source| GridError::Agent { index, source })?;
-            agents.push(a);
-        }
-        let endpoints: Vec<String> = agents
-            .iter()
-            .filter_map(|a| a.grpc_addr.map(|g| format!("http://{g}")))
-            .collect();
+        let (agents, endpoints) = if opts.external_agents.is_empty() {
+            let agents = start_agents(&opts, &agent_dir).await?;
+            let endpoints = agents
+                .iter()
+                .filter_map(|a| a.grpc_addr.map(|g| format!("http://{g}")))
+                .collect();
+            (agents, endpoints)
+        } else {
+            (Vec::new(), opts.external_agents.clone())
+        };
         let mut cfg = ServeConfig::loopback(dir.path());
         cfg.agent_token = opts.agent_token.clone();
         cfg.static_agents = endpoints.clone();

@@ -167,6 +167,11 @@ struct Cli {
     /// (ip= on its command line, /etc/hosts); unset: clones use DHCP.
     #[arg(long, env = "NAPALM_CLONE_ADDRESSES")]
     clone_addresses: Option<AddressPool>,
+    /// Append each clone's layer to its own initramfs, even with --export-root and
+    /// --clone-addresses (where layers are otherwise NFS exports): to compare the two, or
+    /// where the NFS server should serve the root only.
+    #[arg(long, env = "NAPALM_LAYERS_IN_INITRAMFS")]
+    layers_in_initramfs: bool,
     /// Server-side directory of the reference root: the coordinator writes its NFS export
     /// (read-only) and clones mount nfs:SERVER:DIR. Unset: exports are managed by hand.
     #[arg(long, env = "NAPALM_EXPORT_ROOT")]
@@ -320,6 +325,7 @@ async fn main() -> Result<()> {
                 lost_grace: Duration::from_secs(cli.agent_lost_grace),
                 restart_budget: cli.restart_budget,
                 addresses: cli.clone_addresses,
+                layers_in_initramfs: cli.layers_in_initramfs,
                 exports: None,
                 // Filled by `server::start` from --trust-listen.
                 trust: None,

@@ -87,6 +87,10 @@ pub struct DeployConfig {
     pub attempts: usize,
     /// Static clone addresses (`None`: clones use DHCP).
     pub addresses: Option<AddressPool>,
+    /// Append each clone's layer to its own initramfs even when the coordinator exports
+    /// NFS with static addresses (where layers are otherwise served over NFS): no layer
+    /// export, one image per clone shipped to its agent.
+    pub layers_in_initramfs: bool,
     /// The NFS exports this coordinator writes (`None`: the root is exported by hand and
     /// stateful clones are refused).
     pub exports: Option<Arc<Exporter>>,

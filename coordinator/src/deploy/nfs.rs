@@ -15,10 +15,10 @@ use crate::registry::Registry;
 
 /// Whether clones get their layer over NFS (an export restricted to the clone's address)
 /// rather than appended to their initramfs: when this coordinator writes the exports and
-/// knows clone addresses up front. Then every clone of an agent boots the same image,
-/// shipped once.
+/// knows clone addresses up front, unless told to append layers to the initramfs. Then
+/// every clone of an agent boots the same image, shipped once.
 pub fn layers_over_nfs(cfg: &DeployConfig) -> bool {
-    cfg.exports.is_some() && cfg.addresses.is_some()
+    cfg.exports.is_some() && cfg.addresses.is_some() && !cfg.layers_in_initramfs
 }
 
 /// Rewrites the NFS exports from the registry; `versions` gives the boot hash of clones a

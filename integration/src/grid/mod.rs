@@ -409,6 +409,24 @@ impl Grid {
         socket(&self.agent_hosts[i], AGENT_GANGLIA)
     }
 
+    /// The grid's daemons that run now, by role (`coordinator`, `ganesha`, `agentI`), with
+    /// their process ids (for `/proc/PID`: peak RSS, CPU).
+    pub fn daemon_pids(&self) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        if let Some(c) = &self.coordinator {
+            out.push(("coordinator".to_owned(), c.pid()));
+        }
+        if let Some(g) = &self.ganesha {
+            out.push(("ganesha".to_owned(), g.pid()));
+        }
+        for (i, a) in self.agents.iter().enumerate() {
+            if let Some(a) = a {
+                out.push((format!("agent{i}"), a.pid()));
+            }
+        }
+        out
+    }
+
     /// Kills nfs-ganesha (SIGKILL, as a crash).
     pub fn kill_ganesha(&mut self) {
         if let Some(mut g) = self.ganesha.take() {

@@ -37,9 +37,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// One deploy: its wall time and, per clone, the seconds since the deploy started at which
 /// each host phase was first reported (and `qemu`: when libvirt started its QEMU).
-struct Deployed {
-    took: f64,
-    reached: BTreeMap<String, BTreeMap<String, f64>>,
+pub(crate) struct Deployed {
+    pub(crate) took: f64,
+    pub(crate) reached: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 /// When libvirt last started domain `name`'s QEMU (its log's `starting up` line), in seconds
@@ -103,6 +103,11 @@ fn capture_consoles(dir: PathBuf, names: Vec<String>, within: Duration, t0: Inst
 
 /// `napalmctl deploy --count N --name NAME` with JSON progress, each line stamped on arrival.
 fn deploy(g: &Grid, name: &str, count: usize) -> Deployed {
+    deploy_with(g, name, count, "256M")
+}
+
+/// [`deploy`] with clones of `memory` (`--memory`).
+pub(crate) fn deploy_with(g: &Grid, name: &str, count: usize, memory: &str) -> Deployed {
     let t = Instant::now();
     if let Some(dir) = std::env::var_os("NAPALM_BENCH_CONSOLES") {
         let dir = PathBuf::from(dir);
@@ -114,7 +119,7 @@ fn deploy(g: &Grid, name: &str, count: usize) -> Deployed {
     let mut child = g
         .napalmctl_command()
         .expect("napalmctl")
-        .args(["--output", "json", "deploy", "--memory", "256M"])
+        .args(["--output", "json", "deploy", "--memory", memory])
         // KVM is listed by libvirt here but unusable (nested, no acceleration): TCG.
         .args(["--hypervisor", "qemu", "--name", name])
         .args(["--count", &count.to_string()])

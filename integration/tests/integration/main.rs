@@ -12,6 +12,7 @@ mod packaging;
 mod scale;
 mod scratch;
 mod spoofing;
+mod storm;
 mod traces;
 mod trust;
 
