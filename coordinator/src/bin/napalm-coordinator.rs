@@ -167,6 +167,10 @@ struct Cli {
     /// (ip= on its command line, /etc/hosts); unset: clones use DHCP.
     #[arg(long, env = "NAPALM_CLONE_ADDRESSES")]
     clone_addresses: Option<AddressPool>,
+    /// vCPUs the scheduler offers per host CPU (clones mostly idle, or a boot storm under
+    /// TCG, take more; CPU-bound ones fewer).
+    #[arg(long, env = "NAPALM_CPU_OVERCOMMIT", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    cpu_overcommit: u64,
     /// Append each clone's layer to its own initramfs, even with --export-root and
     /// --clone-addresses (where layers are otherwise NFS exports): to compare the two, or
     /// where the NFS server should serve the root only.
@@ -318,7 +322,10 @@ async fn main() -> Result<()> {
                 agent_token: None,
                 register_timeout: Duration::from_secs(cli.register_timeout),
                 concurrency: 8,
-                policy: Policy::default(),
+                policy: Policy {
+                    cpu_overcommit: cli.cpu_overcommit,
+                    ..Policy::default()
+                },
                 network: cli.network.clone(),
                 kernel_args: cli.kernel_args.clone(),
                 attempts: 3,

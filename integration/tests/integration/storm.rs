@@ -71,11 +71,17 @@ fn storm(count: usize, initramfs: bool) {
     };
     let opts = GridOptions {
         keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
-        coordinator_args: if initramfs {
-            vec!["--layers-in-initramfs".into()]
-        } else {
-            Vec::new()
-        },
+        // Two agents on this machine's 2 cores offer 8 vCPUs each by default; a storm of
+        // TCG guests waits on the CPU rather than being refused.
+        coordinator_args: [
+            vec!["--cpu-overcommit".to_owned(), "32".to_owned()],
+            if initramfs {
+                vec!["--layers-in-initramfs".to_owned()]
+            } else {
+                Vec::new()
+            },
+        ]
+        .concat(),
         ..Default::default()
     };
     let g = Grid::start(opts, "grids").expect("starting the grid");
