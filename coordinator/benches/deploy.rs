@@ -160,7 +160,11 @@ impl AgentsApart {
             .unwrap();
         let out = std::io::BufReader::new(child.stdout.take().unwrap());
         let endpoints: Vec<String> = out.lines().take(agents).map(Result::unwrap).collect();
-        assert_eq!(endpoints.len(), agents, "the agents' process started them all");
+        assert_eq!(
+            endpoints.len(),
+            agents,
+            "the agents' process started them all"
+        );
         Self { child, endpoints }
     }
 }
@@ -342,7 +346,10 @@ async fn run(
         None => println!("    registry: etcd"),
     }
     match apart {
-        Some(_) => println!("    peak RSS of the coordinator so far: {:.0} MiB", peak_rss_mib()),
+        Some(_) => println!(
+            "    peak RSS of the coordinator so far: {:.0} MiB",
+            peak_rss_mib()
+        ),
         None => println!(
             "    peak RSS of coordinator and agents so far: {:.0} MiB",
             peak_rss_mib()

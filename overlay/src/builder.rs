@@ -556,14 +556,14 @@ impl<'a> LayerBuilder<'a> {
         let cluster_out = self.cluster_outputs(&prep)?;
         let tails = self.shared_tails(&prep, &cluster_out)?;
         let links = dir_output::Links::new(crate::scratch::tmp_dir(&self.out, "links"));
+        let shared = crate::emit::Shared {
+            cluster_out: &cluster_out,
+            tails: &tails,
+            links: &links,
+        };
         let results: Vec<(String, Result<(), BuildError>)> = todo
             .par_iter()
-            .map(|(c, hash, _)| {
-                (
-                    c.name.clone(),
-                    self.build_one(&prep, &cluster_out, &tails, &links, c, hash),
-                )
-            })
+            .map(|(c, hash, _)| (c.name.clone(), self.build_one(&prep, &shared, c, hash)))
             .collect();
         drop(links);
         for (name, r) in results {

@@ -15,6 +15,14 @@ use crate::tarball::{self, SharedTail};
 use crate::template_set::SetEntry;
 use crate::{cluster_layer, cpio, scratch};
 
+/// What every clone's layer of one build shares: the cluster files rendered once, the
+/// archive tails of each set stack, and the files written once and linked into each layer.
+pub(crate) struct Shared<'a> {
+    pub(crate) cluster_out: &'a HashMap<PathBuf, Arc<[u8]>>,
+    pub(crate) tails: &'a HashMap<Vec<String>, SharedTail>,
+    pub(crate) links: &'a crate::dir_output::Links,
+}
+
 impl LayerBuilder<'_> {
     /// Per plan without hooks, its cluster files tarred and deflated once (see `tarball`).
     pub(crate) fn shared_tails(
@@ -53,15 +61,12 @@ impl LayerBuilder<'_> {
     pub(crate) fn build_one(
         &self,
         prep: &Prepared,
-        cluster_out: &HashMap<PathBuf, Arc<[u8]>>,
-        tails: &HashMap<Vec<String>, SharedTail>,
-        links: &crate::dir_output::Links,
+        shared: &Shared<'_>,
         clone: &CloneSpec,
         hash: &str,
     ) -> Result<(), BuildError> {
         let tmp = scratch::tmp_dir(&self.out, &clone.name);
-        let tail = tails.get(&clone.layers);
-        let result = self.write_tmp(prep, cluster_out, tail, links, clone, hash, &tmp);
+        let result = self.write_tmp(prep, shared, clone, hash, &tmp);
         let result = result.and_then(|()| self.swap(&clone.name, &tmp));
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -72,13 +77,13 @@ impl LayerBuilder<'_> {
     fn write_tmp(
         &self,
         prep: &Prepared,
-        cluster_out: &HashMap<PathBuf, Arc<[u8]>>,
-        tail: Option<&SharedTail>,
-        links: &crate::dir_output::Links,
+        shared: &Shared<'_>,
         clone: &CloneSpec,
         hash: &str,
         tmp: &Path,
     ) -> Result<(), BuildError> {
+        let (cluster_out, links) = (shared.cluster_out, shared.links);
+        let tail = shared.tails.get(&clone.layers);
         let name = &clone.name;
         std::fs::create_dir(tmp).map_err(|e| self.io(name, "create", tmp, e))?;
         let root = tmp.join("root");

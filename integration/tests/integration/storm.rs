@@ -28,7 +28,10 @@ fn link(g: &Grid) -> Link {
     let read = |what: &str| -> u64 {
         let out = std::process::Command::new("ip")
             .args(["netns", "exec", &g.server.ns, "cat"])
-            .arg(format!("/sys/class/net/{}/statistics/{what}", g.server.iface))
+            .arg(format!(
+                "/sys/class/net/{}/statistics/{what}",
+                g.server.iface
+            ))
             .output()
             .expect("ip netns exec");
         String::from_utf8_lossy(&out.stdout)
@@ -147,7 +150,9 @@ fn storm_of_clones_from_one_nfs_server() {
         match m.trim() {
             "nfs" => storm(count, false),
             "initramfs" => storm(count, true),
-            other => panic!("NAPALM_STORM_MODES: unknown mode {other:?}; use nfs, initramfs or both"),
+            other => {
+                panic!("NAPALM_STORM_MODES: unknown mode {other:?}; use nfs, initramfs or both")
+            }
         }
     }
 }
