@@ -123,7 +123,9 @@ impl Agents {
     /// does not chain to the CA, names another agent than the registry records there, or
     /// names a revoked agent.
     pub async fn client(&self, endpoint: &str) -> Result<AgentServiceClient<Intercepted>, Status> {
-        if let Some(c) = self.conns.lock().await.get(endpoint).cloned() {
+        // Its own statement: the guard goes at the `;`, not at the end of an `if let`.
+        let cached = self.conns.lock().await.get(endpoint).cloned();
+        if let Some(c) = cached {
             // An open connection to an agent revoked since is dropped, not reused.
             match (&self.trust, &c.proven) {
                 (Some(trust), Some(id)) if trust.is_revoked(id) => {
