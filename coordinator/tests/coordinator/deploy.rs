@@ -495,8 +495,23 @@ async fn a_changed_layer_replaces_each_clones_domain_where_it_is() {
     // layers directory: with them gone (or on another coordinator sharing the secret) the
     // layers are the same and nothing is touched.
     std::fs::remove_dir_all(g._dir.path().join("layers")).expect("remove layers");
-    let (_, same) = run(g.coord.deploy(deploy("r2", &["base"])).await).await;
+    let (progress, same) = run(g.coord.deploy(deploy("r2", &["base"])).await).await;
     assert_eq!((same.succeeded, same.failed), (4, 0), "{same:?}");
+    // Checking an unchanged running clone never shows it down, not even for a moment (a
+    // rollout's progress and `napalmctl watch` read these phases).
+    let backwards: Vec<(String, i32)> = progress
+        .iter()
+        .filter_map(|m| match &m.event {
+            Some(deploy_progress::Event::Clone(p)) => p.clone.as_ref(),
+            _ => None,
+        })
+        .filter(|c| c.phase < ClonePhase::Running as i32)
+        .map(|c| (c.name.clone(), c.phase))
+        .collect();
+    assert!(
+        backwards.is_empty(),
+        "running clones reported down: {backwards:?}"
+    );
     assert_eq!(layer_hashes(&mut g, "relayer").await, before, "same layers");
     assert_eq!(domain_ids(&g).await, ids_before, "no domain recreated");
 

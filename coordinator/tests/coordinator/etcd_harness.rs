@@ -150,8 +150,14 @@ impl Etcd {
         };
         let addr: SocketAddr = etcd.endpoint.parse().expect("socket addr");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        // Ours serves, not merely something on the port: `free_port` lets the port go
+        // before etcd binds it, and another test's etcd may take it meanwhile (then ours
+        // exits with "address already in use" and a TLS client meets a plain server).
+        // etcd 3.4: "serving [insecure ]client requests on 127.0.0.1:PORT".
+        let serving_line = format!("client requests on {addr}");
+        let serving = || log().contains(&serving_line);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() || !serving() {
             if let Ok(Some(status)) = etcd.child.try_wait() {
                 return Err(format!("etcd exited ({status}):\n{}", log()));
             }

@@ -210,7 +210,10 @@ impl Run {
         self.inner.metrics.phase("ship", shipping.elapsed());
         if let Some(u) = self
             .set_progress(&c.name, |k| {
-                if k.phase != ClonePhase::Registered as i32 {
+                // Forward only: a re-run that checks an unchanged running clone must not
+                // show it down (a rollout's gate, `napalmctl watch` and operators read
+                // these phases); a replaced one went back to `Layer` above.
+                if k.phase < ClonePhase::Shipped as i32 {
                     k.phase = ClonePhase::Shipped as i32;
                 }
             })
