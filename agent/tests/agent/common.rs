@@ -192,3 +192,12 @@ pub fn raw_tar(entries: &[Raw<'_>]) -> Vec<u8> {
 pub fn libvirt_has(name: &str) -> bool {
     test_driver().state(name).ok().flatten().is_some()
 }
+
+/// A loopback port free now (another process may take it before it is bound).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}

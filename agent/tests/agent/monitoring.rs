@@ -52,14 +52,6 @@ impl Drop for Gmetad {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 #[tokio::test]
 async fn gmetad_polls_the_agent_and_shows_its_hosts() {
     let a = TestAgent::start(None).await;
@@ -81,11 +73,11 @@ async fn gmetad_polls_the_agent_and_shows_its_hosts() {
 
     let dir = a.dir.path().join("gmetad");
     std::fs::create_dir_all(dir.join("rrds")).expect("mkdir");
-    let xml_port = free_port();
+    let xml_port = crate::common::free_port();
     let conf = format!(
         "data_source \"napalm\" 1 {gaddr}\ngridname \"napalm-test\"\nsetuid off\nrrd_rootdir \"{}\"\nxml_port {xml_port}\ninteractive_port {}\n",
         dir.join("rrds").display(),
-        free_port()
+        crate::common::free_port()
     );
     std::fs::write(dir.join("gmetad.conf"), conf).expect("conf");
     let child = Command::new("gmetad")

@@ -30,6 +30,14 @@ const HOST_PHASES: [&str; 7] = [
     "registered",
 ];
 
+/// A count from the environment, `default` when unset or not a number.
+pub(crate) fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -310,10 +318,7 @@ impl Samples {
 #[test]
 #[ignore]
 fn bench_deploy_8_median_of_3() {
-    let runs: usize = std::env::var("NAPALM_BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let runs = env_usize("NAPALM_BENCH_RUNS", 3);
     let opts = GridOptions {
         keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
         ..Default::default()

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use napalm_integration::grid::{Grid, GridOptions};
 
-use crate::bench::deploy_with;
+use crate::bench::{deploy_with, env_usize};
 
 /// Bytes and packets through the server's interface, as counted in its namespace.
 #[derive(Default, Clone, Copy)]
@@ -141,10 +141,7 @@ fn storm(count: usize, initramfs: bool) {
 #[test]
 #[ignore]
 fn storm_of_clones_from_one_nfs_server() {
-    let count: usize = std::env::var("NAPALM_STORM_CLONES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(32);
+    let count = env_usize("NAPALM_STORM_CLONES", 32);
     let modes = std::env::var("NAPALM_STORM_MODES").unwrap_or_else(|_| "nfs,initramfs".into());
     for m in modes.split(',') {
         match m.trim() {

@@ -47,10 +47,7 @@ fn wait_console_marker(a: &AgentProc, name: &str) -> Duration {
 fn a_pty_consoles_output_is_kept_in_the_domain_dir_and_served() {
     ensure_libvirtd();
     let dir = workdir();
-    let arts = Artifacts {
-        kernel: kernel(),
-        initrd: initramfs(dir.path()),
-    };
+    let arts = Artifacts::built_in(dir.path());
     let xml = pty_domain_xml("q-console");
     let ar = dir.path().join("q-console.tar.gz");
     std::fs::write(
@@ -63,17 +60,7 @@ fn a_pty_consoles_output_is_kept_in_the_domain_dir_and_served() {
     )
     .expect("archive");
     let a = AgentProc::spawn(dir.path());
-    let (code, err) = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-X",
-        "PUT",
-        "--data-binary",
-        &format!("@{}", ar.display()),
-        &a.url("/domain/q-console"),
-    ]);
+    let (code, err) = put_code(&format!("@{}", ar.display()), &a.url("/domain/q-console"));
     assert_eq!(code, "201", "create: {err}");
     let took = wait_console_marker(&a, "q-console");
     eprintln!("q-console: the initramfs's marker served from the kept console after {took:?}");
@@ -113,21 +100,15 @@ fn a_pty_consoles_output_is_kept_in_the_domain_dir_and_served() {
     );
 
     // A new start begins a new console: the previous boot's lines are gone.
-    let (s, _) = curl(&[
-        "-X",
-        "PUT",
-        "--data-binary",
+    let (s, _) = put(
         "<status><state>shutoff</state></status>",
         &a.url("/domain/q-console/status.xml?timeout=0"),
-    ]);
+    );
     assert!(s.contains("<state>shutoff</state>"), "{s}");
-    let (s, _) = curl(&[
-        "-X",
-        "PUT",
-        "--data-binary",
+    let (s, _) = put(
         "<status><state>running</state></status>",
         &a.url("/domain/q-console/status.xml"),
-    ]);
+    );
     assert!(s.contains("<state>running</state>"), "{s}");
     wait_console_marker(&a, "q-console");
     let text = String::from_utf8_lossy(&std::fs::read(&file).expect("console file")).into_owned();

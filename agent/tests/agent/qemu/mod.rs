@@ -83,6 +83,16 @@ struct Artifacts {
     initrd: Vec<u8>,
 }
 
+impl Artifacts {
+    /// The host's kernel and an initramfs built under `dir`.
+    fn built_in(dir: &Path) -> Self {
+        Self {
+            kernel: kernel(),
+            initrd: initramfs(dir),
+        }
+    }
+}
+
 fn archive(name: &str, a: &Artifacts) -> Vec<u8> {
     let xml = domain_xml(name);
     crate::common::tar_gz(&[
@@ -101,21 +111,13 @@ struct AgentProc {
     log: PathBuf,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 impl AgentProc {
     fn spawn(dir: &Path) -> Self {
         let mut a = Self {
             child: None,
             state: dir.join("state"),
-            port: free_port(),
-            grpc_port: free_port(),
+            port: crate::common::free_port(),
+            grpc_port: crate::common::free_port(),
             log: dir.join("agent.log"),
         };
         a.start();
@@ -215,6 +217,26 @@ fn curl(args: &[&str]) -> (String, String) {
     )
 }
 
+/// `curl -X PUT --data-binary DATA URL` (`DATA` may be `@FILE`): the body and stderr.
+fn put(data: &str, url: &str) -> (String, String) {
+    curl(&["-X", "PUT", "--data-binary", data, url])
+}
+
+/// [`put`], answering the HTTP status code instead of the body.
+fn put_code(data: &str, url: &str) -> (String, String) {
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "PUT",
+        "--data-binary",
+        data,
+        url,
+    ])
+}
+
 /// [GET, PUT, DELETE] served so far, from /metrics (the read itself is one GET).
 fn served(a: &AgentProc) -> [i64; 3] {
     let (m, _) = curl(&[&a.url("/metrics")]);
@@ -265,10 +287,7 @@ fn workdir() -> tempfile::TempDir {
 fn boot_stop_delete_with_table_4_3_counts_via_curl() {
     ensure_libvirtd();
     let dir = workdir();
-    let arts = Artifacts {
-        kernel: kernel(),
-        initrd: initramfs(dir.path()),
-    };
+    let arts = Artifacts::built_in(dir.path());
     let ar = dir.path().join("q-boot.tar.gz");
     std::fs::write(&ar, archive("q-boot", &arts)).expect("archive");
     let a = AgentProc::spawn(dir.path());
@@ -277,17 +296,7 @@ fn boot_stop_delete_with_table_4_3_counts_via_curl() {
 
     let t0 = Instant::now();
     let n = op_requests(&a, || {
-        let (code, err) = curl(&[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            "PUT",
-            "--data-binary",
-            &arg,
-            &a.url("/domain/q-boot"),
-        ]);
+        let (code, err) = put_code(&arg, &a.url("/domain/q-boot"));
         assert_eq!(code, "201", "create: {err}");
     });
     assert_eq!(n, [0, 1, 0], "create = 1 PUT");
@@ -330,13 +339,10 @@ fn boot_stop_delete_with_table_4_3_counts_via_curl() {
     assert_eq!(n, [1, 0, 0], "get file = 1 GET");
 
     let n = op_requests(&a, || {
-        let (s, _) = curl(&[
-            "-X",
-            "PUT",
-            "--data-binary",
+        let (s, _) = put(
             "<status><state>shutoff</state></status>",
             &a.url("/domain/q-boot/status.xml"),
-        ]);
+        );
         assert!(s.contains("<state>shutoff</state>"), "{s}");
     });
     assert_eq!(n, [0, 1, 0], "change state = 1 PUT");
@@ -344,17 +350,7 @@ fn boot_stop_delete_with_table_4_3_counts_via_curl() {
 
     let initrd = format!("@{}", dir.path().join("initramfs-root/init").display());
     let n = op_requests(&a, || {
-        let (code, _) = curl(&[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            "PUT",
-            "--data-binary",
-            &initrd,
-            &a.url("/domain/q-boot/initrd.img"),
-        ]);
+        let (code, _) = put_code(&initrd, &a.url("/domain/q-boot/initrd.img"));
         assert_eq!(code, "204");
     });
     assert_eq!(n, [0, 1, 0], "send file = 1 PUT");
@@ -428,27 +424,17 @@ fn owned_live(hv: &Libvirt, id: &str) -> Vec<(String, RunState, Option<u32>)> {
 fn kill_9_ten_times_keeps_every_domain_running_once() {
     ensure_libvirtd();
     let dir = workdir();
-    let arts = Artifacts {
-        kernel: kernel(),
-        initrd: initramfs(dir.path()),
-    };
+    let arts = Artifacts::built_in(dir.path());
     let mut a = AgentProc::spawn(dir.path());
     let hv = Libvirt::open("qemu:///system").expect("libvirt");
     let mut expected: Vec<String> = vec!["k9-a".into(), "k9-b".into(), "k9-c".into()];
     for n in &expected {
         let p = dir.path().join(format!("{n}.tar.gz"));
         std::fs::write(&p, archive(n, &arts)).expect("write");
-        let (code, err) = curl(&[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            "PUT",
-            "--data-binary",
+        let (code, err) = put_code(
             &format!("@{}", p.display()),
             &a.url(&format!("/domain/{n}")),
-        ]);
+        );
         assert_eq!(code, "201", "{err}");
     }
     for n in &expected {
