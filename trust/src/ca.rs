@@ -95,7 +95,8 @@ impl ClusterCa {
     /// Loads a CA from PEM (the operator's files, or what the coordinator stored). The
     /// certificate must be a CA certificate and the key must be its key.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
-        let key = KeyPair::from_pem(key_pem).map_err(|e| TrustError::parse("CA key", e))?;
+        let key =
+            KeyPair::from_pem(&pkcs8_pem(key_pem)?).map_err(|e| TrustError::parse("CA key", e))?;
         let cert_der = crate::tls::certs_from_pem(cert_pem.as_bytes())?
             .into_iter()
             .next()
@@ -318,6 +319,28 @@ fn issued(der: &CertificateDer<'_>) -> Result<Issued> {
     })
 }
 
+/// `key_pem` as PKCS#8, the form rcgen reads: a SEC1 `EC PRIVATE KEY` (P-256, what Go's
+/// x509 and so Helm's `genPrivateKey "ecdsa"` write) is converted; anything else is
+/// returned as it is.
+fn pkcs8_pem(key_pem: &str) -> Result<String> {
+    if !key_pem.contains("-----BEGIN EC PRIVATE KEY-----") {
+        return Ok(key_pem.to_owned());
+    }
+    use p256::pkcs8::EncodePrivateKey as _;
+    let key = p256::SecretKey::from_sec1_pem(key_pem.trim()).map_err(|e| {
+        TrustError::parse(
+            "CA key",
+            format!(
+                "a SEC1 EC PRIVATE KEY that is not a P-256 key ({e}): give a P-256 or PKCS#8 key"
+            ),
+        )
+    })?;
+    let pem = key
+        .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
+        .map_err(|e| TrustError::parse("CA key", e))?;
+    Ok(pem.as_str().to_owned())
+}
+
 /// PEM text of a DER certificate.
 pub fn pem_of(der: &CertificateDer<'_>) -> String {
     use base64::Engine;
@@ -351,6 +374,25 @@ mod tests {
         let chain = crate::tls::certs_from_pem(leaf.cert_pem.as_bytes()).expect("pem");
         crate::tls::verify_agent(ca.cert_der(), &chain, "abc", NOW + 10).expect("verifies");
         assert!(!key.is_empty());
+    }
+
+    /// The Helm chart generates its cluster CA with Sprig's `genCAWithKey` and
+    /// `genPrivateKey "ecdsa"` (Go's x509: a SEC1 `EC PRIVATE KEY`); the fixture is one
+    /// such pair, rendered by `charts/napalm`'s template.
+    #[test]
+    fn a_ca_made_by_the_helm_chart_loads_and_signs() {
+        let cert = include_str!("../tests/fixtures/helm-ca.crt");
+        let key = include_str!("../tests/fixtures/helm-ca.key");
+        assert!(key.starts_with("-----BEGIN EC PRIVATE KEY-----"));
+        let ca = ClusterCa::from_pem(cert, key).expect("a Helm-made CA loads");
+        let (_, csr) = crate::csr::generate("abc").expect("csr");
+        let leaf = ca
+            .issue_agent(&csr, "abc", NOW, DEFAULT_LEAF_TTL)
+            .expect("issue");
+        let chain = crate::tls::certs_from_pem(leaf.cert_pem.as_bytes()).expect("pem");
+        crate::tls::verify_agent(ca.cert_der(), &chain, "abc", NOW + 10).expect("verifies");
+        // The key round-trips in the form the registry stores.
+        ClusterCa::from_pem(ca.cert_pem(), &ca.key_pem()).expect("reload");
     }
 
     #[test]

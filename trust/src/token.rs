@@ -67,6 +67,8 @@ impl JoinToken {
             used_at: None,
             used_by: None,
             revoked_at: None,
+            reusable: false,
+            uses: 0,
         };
         Ok((token, record))
     }
@@ -139,6 +141,18 @@ pub struct TokenRecord {
     pub used_by: Option<String>,
     /// When it was revoked, if it was.
     pub revoked_at: Option<i64>,
+    /// A bootstrap token ([`TokenRecord::bootstrap`]): it enrolls any number of new
+    /// agents until it expires or is revoked, like kubeadm's bootstrap tokens. What a
+    /// DaemonSet's hosts share; each still gets its own key and certificate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reusable: bool,
+    /// How many agents a bootstrap token enrolled (`used_by` names the last).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub uses: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A token's state at a given time, for listings.
@@ -222,6 +236,25 @@ pub enum TokenRefused {
 }
 
 impl TokenRecord {
+    /// The record of a bootstrap token made outside the coordinator (the Helm chart
+    /// renders one into a Secret its agents share): reusable until `token` expires or
+    /// is revoked. The caller checks the token pins this cluster's CA.
+    pub fn bootstrap(token: &JoinToken, now: i64) -> Self {
+        let hash = hash_secret(&token.secret);
+        Self {
+            id: id_of_hash(&hash),
+            hash,
+            name: None,
+            created_at: now,
+            expires_at: token.expires_at,
+            used_at: None,
+            used_by: None,
+            revoked_at: None,
+            reusable: true,
+            uses: 0,
+        }
+    }
+
     /// The state at `now`. Revoked wins over used, used over expired.
     pub fn state(&self, now: i64) -> TokenState {
         if self.revoked_at.is_some() {
@@ -280,7 +313,11 @@ impl TokenRecord {
                 });
             }
         }
-        self.used_at = Some(now);
+        if self.reusable {
+            self.uses = self.uses.saturating_add(1);
+        } else {
+            self.used_at = Some(now);
+        }
         self.used_by = Some(agent_id.to_owned());
         Ok(())
     }
@@ -351,6 +388,33 @@ mod tests {
             .expect_err("reuse");
         assert!(matches!(e, TokenRefused::Used { ref used_by, .. } if used_by == "agent1"));
         assert!(e.to_string().contains("single use"), "{e}");
+    }
+
+    #[test]
+    fn a_bootstrap_token_enrolls_many_until_it_expires_or_is_revoked() {
+        let (t, _) = fresh(None);
+        let mut r = TokenRecord::bootstrap(&t, NOW);
+        assert_eq!((r.id.clone(), r.expires_at), (t.id(), t.expires_at));
+        for (i, agent) in ["a1", "a2", "a3"].into_iter().enumerate() {
+            r.redeem(&t.secret, agent, "h", NOW + 1 + i as i64)
+                .expect("reusable");
+        }
+        assert_eq!((r.uses, r.used_by.as_deref()), (3, Some("a3")));
+        assert_eq!(r.state(NOW + 5), TokenState::Active);
+        // A record written before the field existed reads as single use.
+        let old: TokenRecord =
+            serde_json::from_str(&serde_json::to_string(&fresh(None).1).expect("json"))
+                .expect("parse");
+        assert!(!old.reusable);
+        let e = r
+            .redeem(&t.secret, "a4", "h", t.expires_at)
+            .expect_err("expired");
+        assert!(matches!(e, TokenRefused::Expired { .. }), "{e}");
+        r.revoke(NOW + 6);
+        let e = r
+            .redeem(&t.secret, "a5", "h", NOW + 7)
+            .expect_err("revoked");
+        assert!(matches!(e, TokenRefused::Revoked { .. }), "{e}");
     }
 
     #[test]

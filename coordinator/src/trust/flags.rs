@@ -35,6 +35,12 @@ pub struct TrustFlags {
     /// missing or past two thirds of its year; default: `admin/` beside --secret-file.
     #[arg(long, env = "NAPALM_TRUST_ADMIN_DIR")]
     pub trust_admin_dir: Option<PathBuf>,
+    /// File holding a join token made outside the coordinator (the Helm chart renders one
+    /// pinning the CA it gives --trust-ca-cert): accepted as a reusable bootstrap token
+    /// that enrolls any number of NEW agents until it expires or is revoked
+    /// (`napalmctl agent token revoke ID`).
+    #[arg(long, env = "NAPALM_TRUST_BOOTSTRAP_TOKEN_FILE")]
+    pub trust_bootstrap_token_file: Option<PathBuf>,
 }
 
 impl TrustFlags {
@@ -49,6 +55,7 @@ impl TrustFlags {
             token_ttl: Duration::from_secs(self.trust_token_ttl.max(1)),
             ca_files: self.trust_ca_cert.clone().zip(self.trust_ca_key.clone()),
             admin_dir: Some(self.trust_admin_dir.clone().unwrap_or(default_admin_dir)),
+            bootstrap_token: self.trust_bootstrap_token_file.clone(),
         })
     }
 }

@@ -49,6 +49,10 @@ pub struct TrustConfig {
     pub ca_files: Option<(PathBuf, PathBuf)>,
     /// Where the admin identity is written at start ([`admin`]; `None`: not written).
     pub admin_dir: Option<PathBuf>,
+    /// A file holding a bootstrap join token made outside the coordinator (the Helm
+    /// chart's, shared by its agent DaemonSet): recorded at start as a reusable token
+    /// ([`store::ensure_bootstrap`]).
+    pub bootstrap_token: Option<PathBuf>,
 }
 
 impl TrustConfig {
@@ -62,6 +66,7 @@ impl TrustConfig {
             token_ttl: napalm_trust::token::DEFAULT_TTL,
             ca_files: None,
             admin_dir: None,
+            bootstrap_token: None,
         }
     }
 }
@@ -76,6 +81,14 @@ pub enum TrustSetupError {
     /// failed.
     #[error("the cluster CA")]
     Ca(#[source] napalm_trust::TrustError),
+    /// The bootstrap token file could not be read or is not a join token.
+    #[error("the bootstrap join token in {path}: {reason}")]
+    Bootstrap {
+        /// The file (`--trust-bootstrap-token-file`).
+        path: PathBuf,
+        /// What is wrong with it and what to do.
+        reason: String,
+    },
     /// The operator's CA files could not be read.
     #[error("reading the CA file {path}: check --trust-ca-cert/--trust-ca-key")]
     CaFile {
@@ -141,6 +154,9 @@ impl Trust {
         names: Vec<String>,
     ) -> Result<Self, TrustSetupError> {
         let ca = store::load_or_create_ca(&registry, cfg.ca_files.as_ref()).await?;
+        if let Some(path) = &cfg.bootstrap_token {
+            store::ensure_bootstrap(&registry, path, &ca.fingerprint()).await?;
+        }
         let now = unix_now(&registry);
         let (cert, key) = ca
             .issue_coordinator(&names, now, COORDINATOR_TTL)

@@ -70,6 +70,17 @@ impl TrustServer {
         }
     }
 
+    /// Whether the registry knows an agent with exactly this id.
+    async fn known_agent(&self, agent_id: &str) -> Result<bool, Status> {
+        let agents = self
+            .trust
+            .registry
+            .list_agents(&[])
+            .await
+            .map_err(|e| Status::unavailable(format!("registry: {e}")))?;
+        Ok(agents.iter().any(|a| a.id == agent_id))
+    }
+
     fn certificate(&self, issued: napalm_trust::Issued) -> Certificate {
         Certificate {
             cert_pem: issued.cert_pem,
@@ -136,31 +147,51 @@ impl TrustService for TrustServer {
             )));
         }
         let registry = &self.trust.registry;
-        let now = unix_now(registry);
-        let (mut record, revision) = store::token(registry, &token.id())
-            .await
-            .map_err(store_err)?
-            .ok_or_else(|| refused(napalm_trust::TokenRefused::Unknown.into()))?;
-        record
-            .redeem(&token.secret, &req.agent_id, &req.hostname, now)
-            .map_err(|e| refused(e.into()))?;
-        // Sign before spending the token: a bad CSR must not burn it.
-        let issued = self
-            .trust
-            .ca
-            .issue_agent(&req.csr_pem, &req.agent_id, now, self.trust.cfg.leaf_ttl)
-            .map_err(refused)?;
-        match store::put_token(registry, &record, Some(revision)).await {
-            Ok(()) => {}
-            Err(crate::store::StoreError::Conflict { .. }) => {
+        // Agents of a DaemonSet enroll at once with one bootstrap token: a lost race on
+        // its use count is retried; a single-use token lost to another agent is refused.
+        let mut tries = 0;
+        let (record, issued) = loop {
+            tries += 1;
+            let now = unix_now(registry);
+            let (mut record, revision) = store::token(registry, &token.id())
+                .await
+                .map_err(store_err)?
+                .ok_or_else(|| refused(napalm_trust::TokenRefused::Unknown.into()))?;
+            if record.reusable && self.known_agent(&req.agent_id).await? {
+                // A token the hosts of a DaemonSet share must not let one of them take
+                // another's identity (and so its clones).
                 return Err(Status::permission_denied(format!(
-                    "join token {} was used by another agent at the same moment: tokens \
-                     are single use; create a new one with `napalmctl agent token create`",
-                    record.id
-                )))
+                    "agent id {} is already registered: bootstrap token {} enrolls only \
+                     new agents; renew over mutual TLS with the certificate in the host's \
+                     state directory, or remove its agent-id and tls/ to enroll under a \
+                     new id",
+                    req.agent_id, record.id
+                )));
             }
-            Err(e) => return Err(store_err(e)),
-        }
+            record
+                .redeem(&token.secret, &req.agent_id, &req.hostname, now)
+                .map_err(|e| refused(e.into()))?;
+            // Sign before spending the token: a bad CSR must not burn it.
+            let issued = self
+                .trust
+                .ca
+                .issue_agent(&req.csr_pem, &req.agent_id, now, self.trust.cfg.leaf_ttl)
+                .map_err(refused)?;
+            match store::put_token(registry, &record, Some(revision)).await {
+                Ok(()) => break (record, issued),
+                Err(crate::store::StoreError::Conflict { .. }) if record.reusable && tries < 16 => {
+                    continue
+                }
+                Err(crate::store::StoreError::Conflict { .. }) => {
+                    return Err(Status::permission_denied(format!(
+                        "join token {} was used by another agent at the same moment: tokens \
+                         are single use; create a new one with `napalmctl agent token create`",
+                        record.id
+                    )))
+                }
+                Err(e) => return Err(store_err(e)),
+            }
+        };
         tracing::info!(agent_id = %req.agent_id, token = %record.id, not_after = issued.not_after, "agent enrolled");
         Ok(Response::new(self.certificate(issued)))
     }

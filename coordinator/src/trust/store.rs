@@ -164,3 +164,35 @@ pub async fn put_token(
         .await
         .map(|_| ())
 }
+
+/// Records the bootstrap token in `path` as a reusable token unless a record of it exists
+/// (one a coordinator stored before, or an operator revoked: a revocation stays). The
+/// token must pin `fingerprint`, this cluster's CA.
+pub async fn ensure_bootstrap(
+    registry: &Registry,
+    path: &std::path::Path,
+    fingerprint: &str,
+) -> Result<(), TrustSetupError> {
+    let bad = |reason: String| TrustSetupError::Bootstrap {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let token = napalm_trust::JoinToken::decode(&text).map_err(|e| bad(e.to_string()))?;
+    if token.ca_fingerprint != fingerprint {
+        return Err(bad(format!(
+            "it pins the CA {} but this cluster's CA is {fingerprint}: render the token \
+             from the CA given to --trust-ca-cert (a registry that already holds a CA keeps it)",
+            token.ca_fingerprint
+        )));
+    }
+    let record = TokenRecord::bootstrap(&token, super::unix_now(registry));
+    match put_token(registry, &record, None).await {
+        Ok(()) => {
+            tracing::info!(token = %record.id, expires_at = record.expires_at, "bootstrap join token recorded");
+            Ok(())
+        }
+        Err(StoreError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(TrustSetupError::Store(e)),
+    }
+}

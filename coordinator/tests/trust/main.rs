@@ -8,6 +8,7 @@
 //! go on.
 
 mod binary;
+mod bootstrap;
 mod ca;
 mod deploy;
 // The coordinator tests' etcd harness, shared as is (this binary reads fewer of its fields).
