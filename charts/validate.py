@@ -10,15 +10,24 @@ kubernetes-validate:
   manifest (unknown fields are errors);
 - the schema and the templates refuse what they must: a misspelt key, a wrong type, two
   coordinators on the embedded store;
-- a dashboard JSON dropped into dashboards/ renders as a Grafana sidecar ConfigMap.
+- a dashboard JSON dropped into dashboards/ renders as a Grafana sidecar ConfigMap;
+- the cluster PKI as rendered: the CA Secret holds a P-256 CA, the bootstrap join token
+  pins that CA's SHA-256 and names the coordinator's TLS Service, the coordinator imports
+  both, and the agents mount nothing but the token and run no plain listener.
 
-    charts/validate.py CHART_DIR [--json]
+    charts/validate.py CHART_DIR [--json] [--dump-trust DIR]
+
+--dump-trust writes the default render's ca.crt, ca.key, join-token and the coordinator's
+and the agent's container args (coordinator-args.json, agent-args.json) to DIR, for a test
+that runs the real daemons on them.
 
 Prints one line per check and, with --json, a last line of JSON: for each value set the
 kinds and container images rendered. Exits 1 on the first failure, saying which.
 """
 
+import base64
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -113,6 +122,86 @@ def must_refuse(chart, what, values, render_too=False):
     raise Failure(f"the chart accepted {what}: {values}")
 
 
+def objects(docs):
+    import yaml  # kubernetes-validate's own dependency
+
+    return [yaml.safe_load(doc) for _, doc in docs]
+
+
+def find(objs, kind, suffix):
+    for o in objs:
+        if o["kind"] == kind and o["metadata"]["name"].endswith(suffix):
+            return o
+    return None
+
+
+def container(obj):
+    return obj["spec"]["template"]["spec"]["containers"][0]
+
+
+def decode_token(text):
+    prefix = "napalm-join-v1."
+    if not text.startswith(prefix):
+        raise Failure(f"the join token does not start with {prefix}: {text[:40]!r}")
+    body = text[len(prefix):]
+    return json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+
+
+def check_trust(name, objs, values):
+    """The PKI as rendered for one value set (see the module's docstring)."""
+    coord = find(objs, "StatefulSet", "-coordinator")
+    agent = find(objs, "DaemonSet", "-agent")
+    pki = coord is not None and not values.get("coordinator", {}).get("insecurePlain", False)
+    out = {}
+    if pki:
+        ca_secret = find(objs, "Secret", "-ca")
+        join_secret = find(objs, "Secret", "-join")
+        if ca_secret is None or join_secret is None:
+            raise Failure(f"{name}: the PKI's CA or join Secret is missing")
+        crt = base64.b64decode(ca_secret["data"]["tls.crt"]).decode()
+        key = base64.b64decode(ca_secret["data"]["tls.key"]).decode()
+        token = base64.b64decode(join_secret["data"]["join-token"]).decode()
+        text = subprocess.run(
+            ["openssl", "x509", "-noout", "-text"], input=crt, capture_output=True, text=True, check=True
+        ).stdout
+        if "CA:TRUE" not in text or "prime256v1" not in text:
+            raise Failure(f"{name}: the chart's CA is not a P-256 CA certificate:\n{text}")
+        der = base64.b64decode("".join(l for l in crt.splitlines() if not l.startswith("-----")))
+        body = decode_token(token)
+        if body["f"] != hashlib.sha256(der).hexdigest():
+            raise Failure(f"{name}: the join token pins {body['f']}, the CA is {hashlib.sha256(der).hexdigest()}")
+        svc = find(objs, "Service", "-coordinator")
+        port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "tls")
+        want = f"{svc['metadata']['name']}.{NAMESPACE}.svc:{port}"
+        if body["a"] != [want]:
+            raise Failure(f"{name}: the join token names {body['a']}, the TLS Service is {want}")
+        args = container(coord)["args"]
+        for flag in ["--trust-listen=", "--https-listen=", "--trust-ca-cert=", "--trust-ca-key=",
+                     "--trust-bootstrap-token-file=", f"--trust-advertise={want}"]:
+            if not any(a.startswith(flag) for a in args):
+                raise Failure(f"{name}: the coordinator lacks {flag}: {args}")
+        env = [e["name"] for e in container(coord).get("env", [])]
+        if "NAPALM_INSECURE_PLAIN" in env:
+            raise Failure(f"{name}: the coordinator runs plain with the PKI on")
+        out = {"ca.crt": crt, "ca.key": key, "join-token": token, "coordinator-args.json": json.dumps(args)}
+        print(f"ok   {name}: the CA is P-256, the join token pins it ({body['f'][:16]}…) and names {want}")
+    if agent is not None and not values.get("agent", {}).get("insecurePlain", False) \
+            and not values.get("agent", {}).get("tls", {}).get("secretName"):
+        c = container(agent)
+        args = c["args"]
+        if "--join-file=/etc/napalm/join/join-token" not in args or any("token-file" in a for a in args):
+            raise Failure(f"{name}: the agent does not enroll with the join token alone: {args}")
+        secrets = [v["secret"]["secretName"] for v in agent["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+        want_join = values.get("trust", {}).get("existingJoinTokenSecret") or f"{RELEASE}-join"
+        if secrets != [want_join]:
+            raise Failure(f"{name}: agents mount the Secrets {secrets}; only {want_join} (the join token) is theirs")
+        if any(e["name"] in ("NAPALM_INSECURE_PLAIN", "NAPALM_COORDINATOR") for e in c.get("env", [])):
+            raise Failure(f"{name}: the enrolling agent has a plain or token setting: {c.get('env')}")
+        out["agent-args.json"] = json.dumps(args)
+        print(f"ok   {name}: agents enroll with {want_join} and mount no other Secret")
+    return out
+
+
 def check_dashboard(chart_dir, workdir):
     """A dashboards/*.json file becomes a labelled ConfigMap that validates."""
     copy = os.path.join(workdir, "chart")
@@ -135,6 +224,13 @@ def main(argv):
         return 2
     chart_dir = os.path.abspath(argv[1])
     want_json = "--json" in argv[2:]
+    dump_dir = None
+    if "--dump-trust" in argv[2:]:
+        i = argv.index("--dump-trust")
+        if i + 1 >= len(argv):
+            print("--dump-trust needs a directory", file=sys.stderr)
+            return 2
+        dump_dir = argv[i + 1]
     chart = helm_python.Chart.load(chart_dir)
     print(f"chart {chart.name} {chart.version} (helm SDK {helm_python.helm_sdk_version()})")
     result = {}
@@ -146,6 +242,12 @@ def main(argv):
             with tempfile.TemporaryDirectory() as work:
                 kube_validate(docs, work, name)
             result[name] = summary(docs)
+            trust = check_trust(name, objects(docs), values)
+            if name == "default" and dump_dir:
+                os.makedirs(dump_dir, exist_ok=True)
+                for f, text in trust.items():
+                    with open(os.path.join(dump_dir, f), "w", encoding="utf-8") as out:
+                        out.write(text)
             print(
                 f"ok   {name}: lint --strict ({infos} info), schema, {len(docs)} manifests "
                 f"valid (kubernetes-validate --strict): {', '.join(result[name]['kinds'])}"
@@ -154,6 +256,12 @@ def main(argv):
         must_refuse(chart, "a port as a string", {"agent": {"grpcPort": "8481"}})
         must_refuse(chart, "a CIDR without a prefix", {"networkPolicy": {"agentCIDRs": ["10.0.0.1"]}})
         must_refuse(chart, "two coordinators on the embedded store", {"coordinator": {"replicas": 2}}, render_too=True)
+        must_refuse(
+            chart,
+            "enrolling agents beside a plain coordinator",
+            {"coordinator": {"insecurePlain": True}},
+            render_too=True,
+        )
         with tempfile.TemporaryDirectory() as work:
             check_dashboard(chart_dir, work)
     except (Failure, helm_python.HelmError) as e:

@@ -54,3 +54,23 @@ app.kubernetes.io/component: {{ .component }}
 /var/lib/napalm/registry.redb
 {{- end -}}
 {{- end -}}
+
+{{/* The Secret holding the cluster CA (tls.crt, tls.key): the coordinator's only. */}}
+{{- define "napalm.trust.caSecret" -}}
+{{- printf "%s-ca" (include "napalm.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The Secret holding the agents' bootstrap join token (join-token). */}}
+{{- define "napalm.trust.joinSecret" -}}
+{{- .Values.trust.existingJoinTokenSecret | default (printf "%s-join" (include "napalm.fullname" .) | trunc 63 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/* host:port of the coordinator's TLS listener (enrollment, mutual-TLS API) in the cluster. */}}
+{{- define "napalm.coordinator.tlsAddress" -}}
+{{- printf "%s.%s.svc:%d" (include "napalm.coordinator.name" .) .Release.Namespace (int .Values.coordinator.service.tlsPort) -}}
+{{- end -}}
+
+{{/* Whether the agents enroll with the bootstrap join token (neither plain nor given TLS files). */}}
+{{- define "napalm.agent.joins" -}}
+{{- if and (not .Values.agent.insecurePlain) (not .Values.agent.tls.secretName) -}}true{{- end -}}
+{{- end -}}
