@@ -1,6 +1,7 @@
 //! `napalm-demo`: the README's main job. Builds the grid of [`napalm_integration::grid`]
 //! on this machine (server namespace with napalm-coordinator and nfs-ganesha, two agent
-//! namespaces found by mDNS, a private bridge), runs `napalmctl deploy --count N` with its
+//! namespaces found by mDNS, a private bridge) on the cluster PKI (agents enrolled with
+//! join tokens, mutual TLS, clones registering over HTTPS), runs `napalmctl deploy --count N` with its
 //! progress bars, prints the final table (clone, agent, address, phase, boot time) and the
 //! OpenMPI hostfile clone 1 was given and where to look (the coordinator's web view and
 //! Ganglia's web frontend over Debian's gmetad, both on the server inside the grid), then
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use napalm_integration::ganglia::{Ganglia, CLUSTER};
-use napalm_integration::grid::{Grid, GridOptions, HTTP};
+use napalm_integration::grid::{Grid, GridOptions, HTTPS};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -31,7 +32,26 @@ fn main() -> Result<()> {
     println!(
         "napalm-demo: starting the grid (coordinator + nfs-ganesha, 2 agents, private bridge)..."
     );
-    let grid = Grid::start(GridOptions::default(), "demo").context("starting the grid")?;
+    // The cluster PKI, as an operator runs it: agents enroll with join tokens and speak
+    // mutual TLS only, napalmctl uses the admin identity the coordinator wrote, clones
+    // register over HTTPS verifying the coordinator with the CA in their layer (the
+    // busybox root plus the host's curl: busybox's wget cannot speak TLS to rustls).
+    let defaults = GridOptions::default();
+    let root = napalm_integration::rootfs::busybox_root_with(
+        &defaults.cache,
+        "curl",
+        &[std::path::Path::new("/usr/bin/curl")],
+        &[],
+    )
+    .context("building the busybox root with curl")?;
+    let opts = GridOptions {
+        trust_cert_ttl: Some(Duration::from_secs(24 * 3600)),
+        register_over_https: true,
+        insecure_plain: false,
+        root: Some(root),
+        ..defaults
+    };
+    let grid = Grid::start(opts, "demo").context("starting the grid")?;
     println!(
         "napalm-demo: grid up in {:.1} s; agents found by mDNS:",
         t0.elapsed().as_secs_f64()
@@ -94,7 +114,8 @@ fn main() -> Result<()> {
             )?
         );
     }
-    let web = format!("http://{}:{HTTP}/", grid.server.addr);
+    let web = format!("https://{}:{HTTPS}/", grid.server.addr);
+    let ca = grid.admin_identity().join("ca.crt");
     println!(
         "\nnapalm-demo: where to look (on the grid's private network, inside its namespaces):"
     );
@@ -106,11 +127,12 @@ fn main() -> Result<()> {
         );
     }
     println!(
-        "  from this machine, e.g.: ip netns exec {} curl -s {web}v1/view.json",
-        grid.client.ns
+        "  from this machine, e.g.: ip netns exec {} curl -s --cacert {} {web}v1/view.json",
+        grid.client.ns,
+        ca.display()
     );
     println!(
-        "  or a screenshot:        ip netns exec {} chromium --headless --no-sandbox --screenshot=/tmp/napalm.png --window-size=1280,1800 URL",
+        "  or a screenshot:        ip netns exec {} chromium --headless --no-sandbox --ignore-certificate-errors --screenshot=/tmp/napalm.png --window-size=1280,1800 URL",
         grid.client.ns
     );
     if keep {
