@@ -5,7 +5,13 @@
 //! by PHP's built-in server (`php -S`), so no Apache runs.
 //!
 //! The agents all report the cluster `napalm`; gmetad keeps one cluster per cluster name, so
-//! the page `?c=napalm` lists the agents and every clone of the grid together.
+//! the page `?c=napalm` lists the agents and every clone of the grid together, as the
+//! hypervisors see them.
+//!
+//! Clones that run gmond themselves (the `ganglia` template set on a root with gmond)
+//! report their own metrics, as in the thesis's figure: to a collector gmond on the server
+//! ([`COLLECTOR_PORT`], UDP in, XML out over TCP) that gmetad polls as the data source
+//! [`CLONES_CLUSTER`], the cluster name the set gives them.
 //!
 //! Debian 12's `ganglia-webfrontend` 3.7.5 was written for PHP 7 and fails under its PHP 8.2
 //! (every page ends in a fatal error). The frontend is therefore served from a copy in the
@@ -33,6 +39,12 @@ pub const GMETAD_INTERACTIVE: u16 = 8652;
 pub const WEB_PORT: u16 = 8680;
 /// The cluster name the agents report (`napalm-agent`'s gmond XML).
 pub const CLUSTER: &str = "napalm";
+/// The cluster the clones' own gmonds report (the `ganglia` set's default
+/// `ganglia_cluster`).
+pub const CLONES_CLUSTER: &str = "napalm-clones";
+/// The collector gmond's port on the server (UDP from the clones, TCP to gmetad): the
+/// `ganglia` set's default `ganglia_port`.
+pub const COLLECTOR_PORT: u16 = 8649;
 /// Where Debian installs the web frontend.
 const WEBFRONTEND: &str = "/usr/share/ganglia-webfrontend";
 
@@ -209,6 +221,7 @@ pub fn prepare_webfrontend(dir: &Path) -> Result<PathBuf, GangliaError> {
 /// gmetad and the web frontend running in a grid's server namespace.
 pub struct Ganglia {
     gmetad: Daemon,
+    collector: Daemon,
     web: Daemon,
     /// Their directory (config, RRDs, logs `gmetad.log` and `php.log`).
     pub dir: PathBuf,
@@ -234,6 +247,10 @@ impl Ganglia {
             );
         }
         conf += &format!(
+            "data_source \"{CLONES_CLUSTER}\" 15 {}:{COLLECTOR_PORT}\n",
+            grid.server.addr
+        );
+        conf += &format!(
             "gridname \"napalm grid\"\nsetuid off\nrrd_rootdir \"{}\"\n\
              xml_port {GMETAD_XML}\ninteractive_port {GMETAD_INTERACTIVE}\n",
             dir.join("rrds").display()
@@ -242,6 +259,31 @@ impl Ganglia {
         let log = |name: &str| {
             std::fs::File::create(dir.join(name)).map_err(io(format!("creating {name}")))
         };
+        // The collector: receives the clones' metrics, reports no host of its own, and
+        // serves the tree it heard to gmetad (hosts silent for 5 minutes are dropped).
+        let collector_conf = format!(
+            "globals {{\n  daemonize = no\n  setuid = no\n  mute = yes\n  deaf = no\n  \
+             host_dmax = 300\n  cleanup_threshold = 60\n}}\n\
+             cluster {{\n  name = \"{CLONES_CLUSTER}\"\n  owner = \"napalm\"\n}}\n\
+             udp_recv_channel {{\n  port = {COLLECTOR_PORT}\n  bind = {addr}\n}}\n\
+             tcp_accept_channel {{\n  port = {COLLECTOR_PORT}\n  bind = {addr}\n}}\n",
+            addr = grid.server.addr
+        );
+        std::fs::write(dir.join("collector.conf"), collector_conf)
+            .map_err(io("writing collector.conf"))?;
+        let mut cmd = grid.server.command("gmond");
+        let collector = die_with_parent(
+            cmd.arg("-c")
+                .arg(dir.join("collector.conf"))
+                .arg("-p")
+                .arg(dir.join("collector.pid"))
+                .stdin(Stdio::null())
+                .stdout(log("collector.log")?)
+                .stderr(log("collector.log")?),
+        )
+        .spawn()
+        .map_err(io("spawning gmond (Debian package ganglia-monitor)"))?;
+        let collector = Daemon(collector);
         let mut cmd = grid.server.command("gmetad");
         // -d 1: in the foreground (debug level 1), so the PID is gmetad's.
         let gmetad = die_with_parent(
@@ -274,6 +316,7 @@ impl Ganglia {
             .map_or(0, |d| d.as_secs());
         let g = Ganglia {
             gmetad,
+            collector,
             web: Daemon(web),
             dir,
             server: grid.server.clone(),
@@ -281,7 +324,12 @@ impl Ganglia {
         };
         let web_sock: SocketAddr = web_addr.parse().expect("the server's address is IPv4");
         let xml_sock = SocketAddr::from(([127, 0, 0, 1], GMETAD_XML));
-        for (what, sock) in [("php -S", web_sock), ("gmetad", xml_sock)] {
+        let collector_sock = SocketAddr::new(web_sock.ip(), COLLECTOR_PORT);
+        for (what, sock) in [
+            ("php -S", web_sock),
+            ("gmetad", xml_sock),
+            ("the collector gmond", collector_sock),
+        ] {
             let up = g
                 .server
                 .spawn(move || {
@@ -343,7 +391,7 @@ impl Ganglia {
     /// gmetad's and PHP's logs, each headed by whether it still runs: for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
-        for name in ["gmetad.log", "php.log"] {
+        for name in ["gmetad.log", "php.log", "collector.log"] {
             let text = std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
             // The last 4 kB: PHP logs every request.
             let mut from = text.len().saturating_sub(4096);
@@ -360,5 +408,6 @@ impl Ganglia {
     pub fn stop(&mut self) {
         self.web.stop(Duration::from_secs(1));
         self.gmetad.stop(Duration::from_secs(1));
+        self.collector.stop(Duration::from_secs(1));
     }
 }

@@ -37,13 +37,33 @@ fn main() -> Result<()> {
     // register over HTTPS verifying the coordinator with the CA in their layer (the
     // busybox root plus the host's curl: busybox's wget cannot speak TLS to rustls).
     let defaults = GridOptions::default();
+    // gmond and its metric modules too: with the `ganglia` layer each clone reports its
+    // own metrics to the server's collector, as in the thesis's figure.
+    let modules: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/x86_64-linux-gnu/ganglia")
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "so"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut programs = vec![std::path::Path::new("/usr/bin/curl")];
+    let mut layers = "base,mpi";
+    if !modules.is_empty() {
+        programs.push(std::path::Path::new("/usr/sbin/gmond"));
+        layers = "base,mpi,ganglia";
+    }
+    let module_refs: Vec<&std::path::Path> = modules.iter().map(|p| p.as_path()).collect();
     let root = napalm_integration::rootfs::busybox_root_with(
         &defaults.cache,
-        "curl",
-        &[std::path::Path::new("/usr/bin/curl")],
-        &[],
+        if modules.is_empty() {
+            "curl"
+        } else {
+            "curl-gmond"
+        },
+        &programs,
+        &module_refs,
     )
-    .context("building the busybox root with curl")?;
+    .context("building the busybox root with curl and gmond")?;
     let opts = GridOptions {
         trust_cert_ttl: Some(Duration::from_secs(24 * 3600)),
         register_over_https: true,
@@ -73,11 +93,11 @@ fn main() -> Result<()> {
     };
     let n = count.to_string();
     let t1 = Instant::now();
-    println!("\n$ napalmctl deploy --count {n} --name demo --layers base,mpi --hypervisor qemu --memory 256M");
+    println!("\n$ napalmctl deploy --count {n} --name demo --layers {layers} --hypervisor qemu --memory 256M");
     let st = grid
         .napalmctl_command()?
         .args([
-            "deploy", "--count", &n, "--name", "demo", "--layers", "base,mpi",
+            "deploy", "--count", &n, "--name", "demo", "--layers", layers,
         ])
         .args(["--hypervisor", "qemu", "--memory", "256M"])
         .stdin(Stdio::null())
@@ -124,6 +144,10 @@ fn main() -> Result<()> {
         println!(
             "  Ganglia (gmetad + ganglia-webfrontend)   {}",
             g.cluster_url(CLUSTER)
+        );
+        println!(
+            "  the clones' own gmonds (through the server's collector)   {}",
+            g.cluster_url(napalm_integration::ganglia::CLONES_CLUSTER)
         );
     }
     println!(

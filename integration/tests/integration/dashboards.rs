@@ -4,12 +4,18 @@
 //! server namespace ([`napalm_integration::ganglia`]); headless Chromium (Debian's
 //! `chromium`, in the server namespace too) loads the cluster page, and every clone must be
 //! on it with its graph. The screenshot is kept as an artifact.
+//!
+//! The clones also report themselves, as the thesis's figure has it: the root is the busybox
+//! root with Debian's gmond and its metric modules added, the deploy stacks the `ganglia`
+//! template set, and each clone's gmond sends to the server's collector, which gmetad polls
+//! as the cluster `napalm-clones`: every clone is listed there under its own name, from its
+//! own address, with the memory and boot time it measured inside.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use napalm_integration::ganglia::{Ganglia, CLUSTER};
+use napalm_integration::ganglia::{Ganglia, CLONES_CLUSTER, CLUSTER};
 use napalm_integration::grid::{Grid, GridOptions};
 use napalm_integration::proc::{wait_for, Daemon};
 
@@ -85,9 +91,26 @@ fn without_scripts(dom: &str) -> String {
 #[test]
 fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
     let t0 = Instant::now();
+    // The busybox root with gmond (its libraries follow by ldd) and the metric modules
+    // it loads at start.
+    let modules: Vec<PathBuf> = std::fs::read_dir("/usr/lib/x86_64-linux-gnu/ganglia")
+        .expect("Debian's ganglia-monitor modules (scripts/setup installs it)")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "so"))
+        .collect();
+    let module_refs: Vec<&Path> = modules.iter().map(PathBuf::as_path).collect();
+    let defaults = GridOptions::default();
+    let root = napalm_integration::rootfs::busybox_root_with(
+        &defaults.cache,
+        "gmond",
+        &[Path::new("/usr/sbin/gmond")],
+        &module_refs,
+    )
+    .expect("the busybox root with gmond");
     let opts = GridOptions {
         keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
-        ..Default::default()
+        root: Some(root),
+        ..defaults
     };
     let mut g = Grid::start(opts, "gweb").expect("starting the grid");
     println!(
@@ -115,7 +138,7 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
             "--hypervisor",
             "qemu",
             "--layers",
-            "base",
+            "base,ganglia",
             "--name",
             "gweb",
             "--count",
@@ -176,11 +199,89 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
             "{agent} not in gmetad's tree: {xml}"
         );
     }
+    // The clones' own gmonds, through the collector: each clone under its own name, from
+    // its own address, with what it measured inside (its memory, not the host's 24 GB; its
+    // boot, after the deploy began).
+    let deploy_began = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        .saturating_sub(t1.elapsed().as_secs() + 5);
+    let cluster_of = |xml: &str, cluster: &str| -> Option<String> {
+        let c = xml.split(&format!("<CLUSTER NAME=\"{cluster}\"")).nth(1)?;
+        Some(c.split("</CLUSTER>").next()?.to_owned())
+    };
+    let host_of = |tree: &str, n: &str| -> Option<String> {
+        let h = tree.split(&format!("<HOST NAME=\"{n}\"")).nth(1)?;
+        Some(h.split("</HOST>").next()?.to_owned())
+    };
+    let metric = |host: &str, m: &str| -> Option<String> {
+        let v = host.split(&format!("<METRIC NAME=\"{m}\" VAL=\"")).nth(1)?;
+        v.split('"').next().map(str::to_owned)
+    };
+    let reported = wait_for(Duration::from_secs(120), || {
+        let xml = ganglia.xml();
+        let tree = cluster_of(&xml, CLONES_CLUSTER)?;
+        names
+            .iter()
+            .all(|n| {
+                host_of(&tree, n).is_some_and(|h| {
+                    metric(&h, "mem_total").is_some() && metric(&h, "boottime").is_some()
+                })
+            })
+            .then_some(tree)
+    });
+    let Some(tree) = reported else {
+        let xml = ganglia.xml();
+        panic!(
+            "the clones' own gmonds did not all report to the collector within 120 s:\n{}\n{}",
+            cluster_of(&xml, CLONES_CLUSTER)
+                .unwrap_or_else(|| format!("no {CLONES_CLUSTER} in {xml}")),
+            ganglia.logs()
+        );
+    };
+    for c in &clones {
+        let name = c["clone"].as_str().expect("clone name");
+        let host = host_of(&tree, name).expect("listed");
+        let addr = c["addresses"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|a| a.as_str())
+            .or_else(|| c["addresses"].as_str())
+            .unwrap_or_default()
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            host.contains(&format!("IP=\"{addr}\"")),
+            "{name} reported from another address than {addr}: {host}"
+        );
+        let mem_kb: f64 = metric(&host, "mem_total")
+            .and_then(|v| v.parse().ok())
+            .expect("mem_total");
+        assert!(
+            (100_000.0..=262_144.0).contains(&mem_kb),
+            "{name}'s own mem_total is {mem_kb} KiB: not a 256 MiB guest"
+        );
+        let boot: u64 = metric(&host, "boottime")
+            .and_then(|v| v.parse().ok())
+            .expect("boottime");
+        assert!(
+            boot >= deploy_began,
+            "{name} says it booted at {boot}, before the deploy began ({deploy_began})"
+        );
+    }
+    println!(
+        "dashboards: the 8 clones report their own metrics through the collector ({CLONES_CLUSTER})"
+    );
     // Each clone's host.image.id (OpenTelemetry's host resource) is the shared root's
     // digest: one value for the 8, and not the image they boot (base.img, with layers
     // over NFS).
+    // (in the agents' cluster: the clones' own gmonds send no such attribute)
+    let agents_tree = cluster_of(&xml, CLUSTER).unwrap_or_default();
     let image_id = |n: &str| {
-        let host = xml.split(&format!("<HOST NAME=\"{n}\"")).nth(1)?;
+        let host = agents_tree.split(&format!("<HOST NAME=\"{n}\"")).nth(1)?;
         let host = host.split("</HOST>").next()?;
         let v = host.split("NAME=\"host.image.id\" VAL=\"").nth(1)?;
         v.split('"').next().map(str::to_owned)
@@ -269,6 +370,23 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
     assert!(
         !shown.contains("There was an error collecting ganglia data"),
         "{shown}"
+    );
+
+    // The clones' own cluster page lists the 8 too, as reported by themselves.
+    let own_url = ganglia.cluster_url_since_start(CLONES_CLUSTER);
+    let own_file = ganglia.dir.join("clones-dom.html");
+    let st = chromium(&g, &own_url, &["--dump-dom".into()], &own_file);
+    let own = without_scripts(&std::fs::read_to_string(&own_file).unwrap_or_default());
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !own.contains(&format!("h={n}&amp;")))
+        .collect();
+    assert!(
+        st.success()
+            && missing.is_empty()
+            && own.contains(&format!("{CLONES_CLUSTER} Cluster Report")),
+        "chromium ({st}) did not show {missing:?} on {own_url}: {}",
+        head(&own)
     );
 
     let shot = ganglia.dir.join("ganglia-cluster.png");
