@@ -216,11 +216,13 @@ fn the_charts_pki_runs_the_real_daemons(dump: &Path) {
     let mut last = String::new();
     let listed = napalm_integration::proc::wait_for(Duration::from_secs(60), || {
         let out = Command::new(bins.join("napalmctl"))
-            // The written config names the Service (the advertised address); dial the
-            // loopback listener, as NOTES.txt's port-forward does.
+            // As NOTES.txt says: the identity directory, and the listener the
+            // port-forward reaches (the written config names the Service).
+            .arg("--identity")
+            .arg(d.join("admin"))
             .args(["--coordinator", &format!("https://127.0.0.1:{tls}")])
             .args(["-o", "json", "agents"])
-            .env("NAPALM_CONFIG", &config)
+            .env_remove("NAPALM_CONFIG")
             .stdin(Stdio::null())
             .output()
             .ok()?;
