@@ -48,8 +48,8 @@ pub const COLLECTOR_PORT: u16 = 8649;
 /// Where Debian installs the web frontend.
 const WEBFRONTEND: &str = "/usr/share/ganglia-webfrontend";
 
-/// PHP 8 fixes for Debian 12's ganglia-webfrontend 3.7.5: (file, text, replacement), each
-/// text replaced wherever it occurs, with why.
+/// Fixes for Debian 12's ganglia-webfrontend 3.7.5, mostly for PHP 8: (file, text,
+/// replacement), each text replaced wherever it occurs, with why.
 pub const PHP8_FIXES: &[(&str, &str, &str)] = &[
     // PHP 8 calls error handlers with 4 arguments; the handler requires 5, so the first
     // warning of any page is a fatal ArgumentCountError.
@@ -88,6 +88,46 @@ pub const PHP8_FIXES: &[(&str, &str, &str)] = &[
         "graph.d/metric.php",
         "number_format($value, 2)",
         "number_format((float) $value, 2)",
+    ),
+    // A cluster summary RRD without data averages to "nan", a string, which PHP 8 no
+    // longer takes for 0 (`"nan" == 0` is false): the page then divides by it and dies
+    // with a TypeError halfway (a cluster whose hosts sent cpu_num once, as gmond's
+    // collect_once group does, shows it).
+    (
+        "cluster_view.php",
+        "if ($avg_cpu_num == 0)",
+        "if (!is_numeric($avg_cpu_num) || $avg_cpu_num == 0)",
+    ),
+    // The cluster page's stacked graph (not a PHP 8 matter): stacked.php passes the whole
+    // rrdtool command it built through sanitize(), whose htmlentities(ENT_QUOTES) turns
+    // the command's own quotes into `&#039;`, so rrdtool refuses every call ("start
+    // time: unparsable time") and the image is broken. The request's values are filtered
+    // where they are read instead, and the command is left as built (its other parts are
+    // escapeshellarg()ed or come from gmetad).
+    (
+        "stacked.php",
+        "$clustername = $_REQUEST['c'];",
+        "$clustername = preg_replace('/[^A-Za-z0-9_.:-]/', '', $_REQUEST['c']);",
+    ),
+    (
+        "stacked.php",
+        "$metricname = $_REQUEST['m'];",
+        "$metricname = preg_replace('/[^A-Za-z0-9_.:-]/', '', $_REQUEST['m']);",
+    ),
+    (
+        "stacked.php",
+        "$range = $_REQUEST['r'];",
+        "$range = preg_replace('/[^A-Za-z0-9_]/', '', $_REQUEST['r']);",
+    ),
+    (
+        "stacked.php",
+        "$command .= \"TZ='\" . $_SESSION['tz'] . \"' \";",
+        "$command .= \"TZ='\" . preg_replace('/[^A-Za-z0-9_\\/+-]/', '', $_SESSION['tz']) . \"' \";",
+    ),
+    (
+        "stacked.php",
+        "$command = sanitize($command);",
+        "// sanitize() would HTML-encode the command's own quotes (napalm fix).",
     ),
 ];
 

@@ -46,6 +46,20 @@ async fn coordinator(
     server::start(cfg).await
 }
 
+/// A token for 127.0.0.1:`port` pinning `fingerprint`, valid an hour from `now`, as the
+/// chart renders one.
+fn bootstrap_token(port: u16, fingerprint: &str, now: i64) -> JoinToken {
+    JoinToken::create(
+        vec![format!("127.0.0.1:{port}")],
+        fingerprint.to_owned(),
+        None,
+        now,
+        Duration::from_secs(3600),
+    )
+    .expect("token")
+    .0
+}
+
 /// An error and its sources, joined.
 fn chain(e: &dyn std::error::Error) -> String {
     let mut all = e.to_string();
@@ -67,14 +81,7 @@ async fn a_bootstrap_token_enrolls_a_fleet_of_new_agents_until_revoked() {
         .expect("clock")
         .as_secs() as i64;
     let ca = ClusterCa::from_pem(CERT, KEY).expect("the Helm-made CA loads");
-    let (token, _) = JoinToken::create(
-        vec![format!("127.0.0.1:{port}")],
-        ca.fingerprint(),
-        None,
-        now,
-        Duration::from_secs(3600),
-    )
-    .expect("token");
+    let token = bootstrap_token(port, &ca.fingerprint(), now);
     let token_file = dir.path().join("join-token");
     std::fs::write(&token_file, format!("{}\n", token.encode())).expect("write");
     let c = coordinator(&dir.path().join("coord"), port, &token_file)
@@ -167,14 +174,7 @@ async fn a_bootstrap_token_enrolls_a_fleet_of_new_agents_until_revoked() {
 
     // A token pinning another CA stops a coordinator at start, saying what to do.
     let other = ClusterCa::generate("other", now).expect("ca");
-    let (foreign, _) = JoinToken::create(
-        vec![format!("127.0.0.1:{port}")],
-        other.fingerprint(),
-        None,
-        now,
-        Duration::from_secs(3600),
-    )
-    .expect("token");
+    let foreign = bootstrap_token(port, &other.fingerprint(), now);
     let bad = dir.path().join("foreign-token");
     std::fs::write(&bad, foreign.encode()).expect("write");
     let e = coordinator(&dir.path().join("coord2"), free_port(), &bad)

@@ -372,8 +372,38 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
         "{shown}"
     );
 
-    // The clones' own cluster page lists the 8 too, as reported by themselves.
-    let own_url = ganglia.cluster_url_since_start(CLONES_CLUSTER);
+    // The stacked graph of the page is an image rrdtool drew.
+    let stacked = shown
+        .split("src=\"stacked.php?")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .map(|q| format!("{}stacked.php?{}", ganglia.url(), q.replace("&amp;", "&")))
+        .expect("the cluster page has its stacked graph");
+    let stacked_png = ganglia.dir.join("stacked.png");
+    let st = g
+        .server
+        .command("curl")
+        .args(["-s", "--max-time", "60", "-o"])
+        .arg(&stacked_png)
+        .arg(&stacked)
+        .stdin(Stdio::null())
+        .status()
+        .expect("curl runs");
+    let png = std::fs::read(&stacked_png).unwrap_or_default();
+    assert!(
+        st.success() && png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 5_000,
+        "the stacked graph {stacked} is not an image (curl {st}, {} bytes: {:?}):\n{}",
+        png.len(),
+        String::from_utf8_lossy(&png[..png.len().min(300)]),
+        ganglia.logs()
+    );
+
+    // The clones' own cluster page lists the 8 too, as reported by themselves, graphed by
+    // a metric they report (load_one, Ganglia's usual one).
+    let own_url = format!(
+        "{}&m=load_one",
+        ganglia.cluster_url_since_start(CLONES_CLUSTER)
+    );
     let own_file = ganglia.dir.join("clones-dom.html");
     let st = chromium(&g, &own_url, &["--dump-dom".into()], &own_file);
     let own = without_scripts(&std::fs::read_to_string(&own_file).unwrap_or_default());
@@ -381,12 +411,33 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
         .iter()
         .filter(|n| !own.contains(&format!("h={n}&amp;")))
         .collect();
+    if !(st.success() && missing.is_empty()) {
+        let body = own.split("<body").nth(1).unwrap_or(&own);
+        panic!(
+            "chromium ({st}) did not show {missing:?} on {own_url} (DOM in {}):\n{}\n\
+             gmetad's {CLONES_CLUSTER}:\n{}\n{}",
+            own_file.display(),
+            &body[..body.len().min(6000)],
+            cluster_of(&ganglia.xml(), CLONES_CLUSTER).unwrap_or_default(),
+            ganglia.logs()
+        );
+    }
     assert!(
-        st.success()
-            && missing.is_empty()
-            && own.contains(&format!("{CLONES_CLUSTER} Cluster Report")),
-        "chromium ({st}) did not show {missing:?} on {own_url}: {}",
+        own.contains(&format!("{CLONES_CLUSTER} Cluster Report"))
+            && !own.contains("There was an error collecting ganglia data"),
+        "{}",
         head(&own)
+    );
+    let own_shot = ganglia.dir.join("ganglia-clones.png");
+    let st = chromium(
+        &g,
+        &own_url,
+        &[format!("--screenshot={}", own_shot.display())],
+        &ganglia.dir.join("screenshot-clones.out"),
+    );
+    assert!(
+        st.success() && own_shot.exists(),
+        "chromium ({st}) left no screenshot of {own_url}"
     );
 
     let shot = ganglia.dir.join("ganglia-cluster.png");
@@ -405,6 +456,10 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
     let _ = std::fs::create_dir_all(ARTIFACTS);
     let kept = PathBuf::from(ARTIFACTS).join("ganglia-cluster.png");
     let _ = std::fs::copy(&shot, &kept);
+    let _ = std::fs::copy(
+        &own_shot,
+        PathBuf::from(ARTIFACTS).join("ganglia-clones.png"),
+    );
     println!(
         "dashboards: Ganglia cluster page with the 8 clones: screenshot {} (copy {}), {:.1} s in all",
         shot.display(),
