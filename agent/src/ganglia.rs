@@ -227,6 +227,9 @@ pub fn render(
     o + "</CLUSTER>\n</GANGLIA_XML>\n"
 }
 
+/// The cluster name reported unless `--ganglia-cluster` names another.
+pub const DEFAULT_CLUSTER: &str = "napalm";
+
 /// Serves the document to every connection, as gmond's `tcp_accept_channel` does.
 pub async fn serve(
     agent: Arc<Agent>,

@@ -84,6 +84,11 @@ struct Cli {
     /// Ganglia gmond-compatible XML listen address (gmetad `data_source`), e.g. 127.0.0.1:8649.
     #[arg(long, env = "NAPALM_GANGLIA_LISTEN")]
     ganglia_listen: Option<SocketAddr>,
+    /// The Ganglia cluster name that XML reports. One gmetad polling several agents needs
+    /// a name per agent (e.g. its host name): gmetad merges the data sources of one
+    /// cluster name and their summary writes collide.
+    #[arg(long, env = "NAPALM_GANGLIA_CLUSTER", default_value = napalm_agent::ganglia::DEFAULT_CLUSTER)]
+    ganglia_cluster: String,
     /// Advertise over mDNS/DNS-SD on this interface (repeatable). Without it, no mDNS.
     #[arg(long = "mdns-interface")]
     mdns_interfaces: Vec<String>,
@@ -220,6 +225,9 @@ async fn main() -> anyhow::Result<()> {
     if coordinator_token.as_deref() == Some("") {
         bail!("the coordinator token is empty");
     }
+    if cli.ganglia_cluster.trim().is_empty() {
+        bail!("--ganglia-cluster is empty: give the cluster name gmetad should show (e.g. this host's name)");
+    }
     let prefix = cli.prefix.trim_end_matches('/').to_owned();
     if !prefix.is_empty() && !prefix.starts_with('/') {
         bail!("--prefix must start with '/', got {prefix:?}");
@@ -252,6 +260,7 @@ async fn main() -> anyhow::Result<()> {
         grpc_listen: Some(cli.grpc_listen),
         reconcile_every: secs("reconcile-every", cli.reconcile_every)?,
         ganglia_listen: cli.ganglia_listen,
+        ganglia_cluster: cli.ganglia_cluster.clone(),
         mdns_interfaces: cli.mdns_interfaces.clone(),
         coordinator: cli.coordinator.clone(),
         coordinator_token,

@@ -27,6 +27,10 @@ pub struct ServeConfig {
     pub reconcile_every: Duration,
     /// Ganglia gmond-compatible XML listen address (`None`: off).
     pub ganglia_listen: Option<SocketAddr>,
+    /// The cluster name that XML reports ([`crate::ganglia::DEFAULT_CLUSTER`] by default).
+    /// gmetad merges every data source reporting one name into one cluster and writes its
+    /// summary from each, so agents polled by one gmetad need a name each (their host's).
+    pub ganglia_cluster: String,
     /// mDNS: interfaces to advertise on (empty: no mDNS at all).
     pub mdns_interfaces: Vec<String>,
     /// Coordinator gRPC endpoint to register with (`None`: none).
@@ -76,6 +80,7 @@ impl ServeConfig {
             grpc_listen: Some(any_port),
             reconcile_every: Duration::from_secs(3600),
             ganglia_listen: Some(any_port),
+            ganglia_cluster: crate::ganglia::DEFAULT_CLUSTER.into(),
             mdns_interfaces: Vec::new(),
             coordinator: None,
             coordinator_token: None,
@@ -309,9 +314,13 @@ pub async fn start_with_clock(
     }));
     let mut ganglia_addr = None;
     if let Some(addr) = cfg.ganglia_listen {
-        let (bound, t) =
-            crate::ganglia::serve(Arc::clone(&agent), addr, "napalm".into(), stop.subscribe())
-                .await?;
+        let (bound, t) = crate::ganglia::serve(
+            Arc::clone(&agent),
+            addr,
+            cfg.ganglia_cluster.clone(),
+            stop.subscribe(),
+        )
+        .await?;
         ganglia_addr = Some(bound);
         tasks.push(t);
     }

@@ -4,9 +4,13 @@
 //! gmetad's tree and RRDs, both in the grid's server namespace. The web frontend is served
 //! by PHP's built-in server (`php -S`), so no Apache runs.
 //!
-//! The agents all report the cluster `napalm`; gmetad keeps one cluster per cluster name, so
-//! the page `?c=napalm` lists the agents and every clone of the grid together, as the
-//! hypervisors see them.
+//! Each agent reports a cluster of its own, named after its host (`--ganglia-cluster
+//! agentN`): the hypervisor and the clones it runs, as it sees them. gmetad merges every
+//! data source that reports one cluster name into one cluster and writes that cluster's
+//! summary RRDs from each, once per poll: with the agents under one name their writes
+//! collided every second ("illegal attempt to update … minimum one second step") and
+//! the summary graphs alternated between the agents. [`Ganglia::start`]'s data source for
+//! agent `i` is named after its cluster.
 //!
 //! Clones that run gmond themselves (the `ganglia` template set on a root with gmond)
 //! report their own metrics, as in the thesis's figure: to a collector gmond on the server
@@ -37,8 +41,6 @@ pub const GMETAD_XML: u16 = 8651;
 pub const GMETAD_INTERACTIVE: u16 = 8652;
 /// The web frontend's port on the server host.
 pub const WEB_PORT: u16 = 8680;
-/// The cluster name the agents report (`napalm-agent`'s gmond XML).
-pub const CLUSTER: &str = "napalm";
 /// The cluster the clones' own gmonds report (the `ganglia` set's default
 /// `ganglia_cluster`).
 pub const CLONES_CLUSTER: &str = "napalm-clones";
@@ -248,6 +250,13 @@ pub fn prepare_webfrontend(dir: &Path) -> Result<PathBuf, GangliaError> {
          $conf['gmetad_root'] = '{d}';\n$conf['rrds'] = '{d}/rrds';\n\
          $conf['dwoo_compiled_dir'] = '{d}/dwoo/compiled';\n$conf['dwoo_cache_dir'] = '{d}/dwoo/cache';\n\
          $conf['views_dir'] = '{d}/conf';\n$conf['conf_dir'] = '{d}/conf';\n\
+         # Paths Debian's defaults derived from its own conf_dir before this file moved\n\
+         # it: the metrics cache (20 minutes) was shared by every run on the machine, so a\n\
+         # run within 20 minutes of another read the other's hosts (stacked graph empty).\n\
+         $conf['cachefile'] = '{d}/conf/ganglia_metrics.cache';\n\
+         $conf['nagios_cache_file'] = '{d}/conf/nagios_ganglia.cache';\n\
+         $conf['overlay_events_file'] = '{d}/conf/events.json';\n\
+         $conf['overlay_events_color_map_file'] = '{d}/conf/event_color.json';\n\
          $conf['ganglia_ip'] = '127.0.0.1';\n$conf['ganglia_port'] = {GMETAD_INTERACTIVE};\n\
          # What the agents report for each clone: CPU time (ms, graphed per second).\n\
          $conf['default_metric'] = 'vm_cpu_time';\n"
@@ -281,8 +290,8 @@ impl Ganglia {
         let mut conf = String::new();
         for (i, _) in grid.agent_hosts.iter().enumerate() {
             conf += &format!(
-                "data_source \"agent{}\" 1 {}\n",
-                i + 1,
+                "data_source \"{}\" 5 {}\n",
+                grid.agent_cluster(i),
                 grid.agent_ganglia(i)
             );
         }

@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use napalm_integration::ganglia::{Ganglia, CLUSTER};
+use napalm_integration::ganglia::{Ganglia, CLONES_CLUSTER};
 use napalm_integration::grid::{Grid, GridOptions, HTTPS};
 
 fn main() -> Result<()> {
@@ -141,14 +141,18 @@ fn main() -> Result<()> {
     );
     println!("  coordinator web view   {web}");
     if let Some(g) = &ganglia {
+        println!("  Ganglia (gmetad + ganglia-webfrontend)   {}", g.url());
         println!(
-            "  Ganglia (gmetad + ganglia-webfrontend)   {}",
-            g.cluster_url(CLUSTER)
+            "    the clones, as their own gmonds report them   {}&m=load_one",
+            g.cluster_url(CLONES_CLUSTER)
         );
-        println!(
-            "  the clones' own gmonds (through the server's collector)   {}",
-            g.cluster_url(napalm_integration::ganglia::CLONES_CLUSTER)
-        );
+        for i in 0..grid.agent_hosts.len() {
+            println!(
+                "    {} and its clones, as the hypervisor sees them   {}",
+                grid.agent_cluster(i),
+                g.cluster_url(&grid.agent_cluster(i))
+            );
+        }
     }
     println!(
         "  from this machine, e.g.: ip netns exec {} curl -s --cacert {} {web}v1/view.json",

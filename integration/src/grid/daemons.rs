@@ -226,6 +226,8 @@ impl Grid {
             .args(["--http-listen", &format!("{}:{AGENT_HTTP}", h.addr)])
             .args(["--grpc-listen", &format!("{}:{AGENT_GRPC}", h.addr)])
             .args(["--ganglia-listen", &format!("{}:{AGENT_GANGLIA}", h.addr)])
+            // A Ganglia cluster per agent: one gmetad polls them all (see ganglia.rs).
+            .args(["--ganglia-cluster", &name])
             .args(["--mdns-interface", &h.iface])
             .args(
                 self.agent_args

@@ -409,6 +409,12 @@ impl Grid {
         socket(&self.agent_hosts[i], AGENT_GANGLIA)
     }
 
+    /// The Ganglia cluster agent `i` reports (`--ganglia-cluster`): its host name,
+    /// `agentN`.
+    pub fn agent_cluster(&self, i: usize) -> String {
+        format!("agent{}", i + 1)
+    }
+
     /// The grid's daemons that run now, by role (`coordinator`, `ganesha`, `agentI`), with
     /// their process ids (for `/proc/PID`: peak RSS, CPU).
     pub fn daemon_pids(&self) -> Vec<(String, u32)> {

@@ -51,7 +51,12 @@ fn gmetad_polls_the_agent_ganglia_xml() {
         ));
     };
     assert!(xml.contains("<GRID NAME=\"napalm-clients\""), "{xml}");
-    assert!(xml.contains("<CLUSTER NAME=\"napalm\""), "{xml}");
+    // The grid names each agent's cluster after its host (`--ganglia-cluster`).
+    let cluster = g.agent_cluster(0);
+    assert!(
+        xml.contains(&format!("<CLUSTER NAME=\"{cluster}\"")),
+        "{xml}"
+    );
     // The agent's own host carries the standard gmond metrics; the domain its own.
     assert!(xml.contains("TAGS=\"napalm-agent\""), "{xml}");
     assert!(xml.contains("TAGS=\"napalm-domain\""), "{xml}");
@@ -63,8 +68,9 @@ fn gmetad_polls_the_agent_ganglia_xml() {
     );
     // gmetad's interactive port answers a query for just that host.
     let client = g.client.clone();
+    let query = format!("/{cluster}/c-gmond\n");
     let q = client
-        .spawn(|| {
+        .spawn(move || {
             use std::io::Write;
             let mut s = TcpStream::connect_timeout(
                 &"127.0.0.1:8652".parse().expect("addr"),
@@ -72,7 +78,7 @@ fn gmetad_polls_the_agent_ganglia_xml() {
             )
             .ok()?;
             s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-            s.write_all(b"/napalm/c-gmond\n").ok()?;
+            s.write_all(query.as_bytes()).ok()?;
             let mut out = String::new();
             s.read_to_string(&mut out).ok()?;
             Some(out)
