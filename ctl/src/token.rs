@@ -124,13 +124,18 @@ fn row(t: &JoinTokenInfo) -> serde_json::Value {
         "id": t.id,
         "name": t.name,
         "state": t.state,
+        // single: one agent; bootstrap: any number of new agents (a fleet's token).
+        "kind": if t.reusable { "bootstrap" } else { "single" },
+        "uses": if t.reusable { t.uses } else { u64::from(!t.used_by.is_empty()) },
         "created": t.created_at,
         "expires": t.expires_at,
         "used_by": t.used_by,
     })
 }
 
-const COLUMNS: &[&str] = &["id", "name", "state", "created", "expires", "used_by"];
+const COLUMNS: &[&str] = &[
+    "id", "name", "state", "kind", "uses", "created", "expires", "used_by",
+];
 
 /// Runs one `agent` subcommand; returns what to print.
 pub async fn run(

@@ -75,6 +75,10 @@ async fn tokens_are_created_listed_and_revoked_by_the_operator() {
     assert_eq!(rows.len(), 1, "{out}");
     assert_eq!(rows[0]["state"], "active");
     assert_eq!(rows[0]["name"], "host1");
+    assert_eq!(
+        (&rows[0]["kind"], &rows[0]["uses"]),
+        (&"single".into(), &0.into())
+    );
     assert!(!out.contains(token), "the secret is never listed");
     let id = rows[0]["id"].as_str().expect("id").to_owned();
 

@@ -42,6 +42,8 @@ fn info() -> JoinTokenInfo {
         expires_at: 1_790_000_900,
         state: "used".into(),
         used_by: "0123456789abcdef".into(),
+        reusable: true,
+        uses: 3,
     }
 }
 

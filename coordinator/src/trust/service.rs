@@ -114,6 +114,8 @@ fn info(r: &TokenRecord, now: i64) -> JoinTokenInfo {
         expires_at: r.expires_at,
         state: r.state(now).as_str().into(),
         used_by: r.used_by.clone().unwrap_or_default(),
+        reusable: r.reusable,
+        uses: r.uses,
     }
 }
 

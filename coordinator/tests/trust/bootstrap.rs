@@ -127,6 +127,21 @@ async fn a_bootstrap_token_enrolls_a_fleet_of_new_agents_until_revoked() {
     assert!(rec.reusable);
     assert_eq!(rec.uses, 3, "{rec:?}");
     assert!(rec.used_at.is_none(), "still active: {rec:?}");
+    // Listed as an operator sees it: active, reusable, 3 uses, the last agent.
+    let listed = tokens(&c)
+        .await
+        .list_join_tokens(napalm_proto::trust_v1::ListJoinTokensRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .tokens;
+    let t = listed.iter().find(|t| t.id == token.id()).expect("listed");
+    assert_eq!(
+        (t.state.as_str(), t.reusable, t.uses),
+        ("active", true, 3),
+        "{t:?}"
+    );
+    assert!(ids.contains(&t.used_by), "{t:?}");
 
     // The token cannot take a registered agent's identity: a host that kept a1's
     // agent-id but not its certificate is refused.

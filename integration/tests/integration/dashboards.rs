@@ -2,8 +2,9 @@
 //! QEMU clones boot on the two agents; Debian's `gmetad` polls both agents' gmond XML and
 //! Debian's `ganglia-webfrontend` (PHP's built-in server) renders it, both in the grid's
 //! server namespace ([`napalm_integration::ganglia`]); headless Chromium (Debian's
-//! `chromium`, in the server namespace too) loads the cluster page, and every clone must be
-//! on it with its graph. The screenshot is kept as an artifact.
+//! `chromium`, in the server namespace too) loads each agent's cluster page, and every clone
+//! must be on its agent's with its graph; then the coordinator's own web view of the same
+//! run, with every clone, its phase and address. Screenshots are kept as artifacts.
 //!
 //! The clones also report themselves, as the thesis's figure has it: the root is the busybox
 //! root with Debian's gmond and its metric modules added, the deploy stacks the `ganglia`
@@ -16,7 +17,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use napalm_integration::ganglia::{Ganglia, CLONES_CLUSTER};
-use napalm_integration::grid::{Grid, GridOptions};
+use napalm_integration::grid::{Grid, GridOptions, HTTP};
 use napalm_integration::proc::{wait_for, Daemon};
 
 /// Where screenshots are copied for whoever looks at a run.
@@ -516,9 +517,53 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
         PathBuf::from(ARTIFACTS).join("ganglia-clones.png"),
     );
     println!(
-        "dashboards: Ganglia cluster page with the 8 clones: screenshot {} (copy {}), {:.1} s in all",
+        "dashboards: Ganglia cluster page with the 8 clones: screenshot {} (copy {})",
         shot.display(),
         kept.display(),
+    );
+
+    // The coordinator's own web view of the same run, in the same browser: every clone
+    // with its phase and address (the page polls the coordinator's view.json).
+    let web = format!("http://{}:{HTTP}/", g.server.addr);
+    let web_file = ganglia.dir.join("web-view-dom.html");
+    let st = chromium(&g, &web, &["--dump-dom".into()], &web_file);
+    let dom = std::fs::read_to_string(&web_file).unwrap_or_default();
+    for c in &clones {
+        let name = c["clone"].as_str().expect("clone name");
+        let addr = c["addresses"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|a| a.as_str())
+            .unwrap_or_default();
+        assert!(
+            st.success() && dom.contains(&format!("data-clone=\"{name}\"")) && dom.contains(addr),
+            "chromium ({st}): {name} ({addr}) is not in the coordinator's web view {web} \
+             (DOM in {}):\n{}",
+            web_file.display(),
+            head(&dom)
+        );
+    }
+    assert!(dom.contains("registered"), "{}", head(&dom));
+    let web_shot = ganglia.dir.join("coordinator-web-view.png");
+    let st = chromium(
+        &g,
+        &web,
+        &[format!("--screenshot={}", web_shot.display())],
+        &ganglia.dir.join("screenshot-web.out"),
+    );
+    let png = std::fs::read(&web_shot).unwrap_or_default();
+    assert!(
+        st.success() && png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "chromium ({st}) left no screenshot of {web} ({} bytes)",
+        png.len()
+    );
+    let _ = std::fs::copy(
+        &web_shot,
+        PathBuf::from(ARTIFACTS).join("coordinator-web-view-grid.png"),
+    );
+    println!(
+        "dashboards: the coordinator's web view lists the 8 clones: screenshot {}, {:.1} s in all",
+        web_shot.display(),
         t0.elapsed().as_secs_f64()
     );
     drop(ganglia);
