@@ -41,9 +41,10 @@ pub struct AgentView {
     pub state: String,
     /// Clones placed on it.
     pub clones: u32,
-    /// vCPUs allocated / offered.
+    /// vCPUs allocated / the host's CPUs (more allocated than the host has is the
+    /// scheduler's overcommit, `--cpu-overcommit`).
     pub vcpus: (u32, u32),
-    /// Memory allocated / offered, bytes.
+    /// Memory allocated / the host's memory, bytes.
     pub memory_bytes: (u64, u64),
     /// napalm-agent version.
     pub version: String,
@@ -117,10 +118,12 @@ pub async fn view(registry: &Registry) -> Result<View, RegistryError> {
             .iter()
             .map(|a| {
                 let alloc = a.allocated.unwrap_or_default();
-                let cap = a
+                // The host's own size, not `available` (what was free when the agent
+                // last reported: 0 CPUs once its guests outnumber them).
+                let host = a
                     .capabilities
                     .as_ref()
-                    .and_then(|c| c.available)
+                    .and_then(|c| c.host.clone())
                     .unwrap_or_default();
                 AgentView {
                     id: a.id.clone(),
@@ -128,8 +131,8 @@ pub async fn view(registry: &Registry) -> Result<View, RegistryError> {
                     label: label(a),
                     state: agent_state_name(a.state),
                     clones: a.clone_count,
-                    vcpus: (alloc.vcpus, cap.vcpus),
-                    memory_bytes: (alloc.memory_bytes, cap.memory_bytes),
+                    vcpus: (alloc.vcpus, host.cpus),
+                    memory_bytes: (alloc.memory_bytes, host.memory_bytes),
                     version: a.version.clone(),
                 }
             })

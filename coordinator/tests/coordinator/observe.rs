@@ -465,7 +465,23 @@ async fn metrics_prometheus_and_web_view_show_the_clones() {
     );
     eprintln!("observe: {} dashboard queries returned data", queries.len());
 
-    // (c) the web view in a real browser.
+    // (c) the web view: its data first. Each agent shows the vCPUs placed on it against
+    // the host's CPUs (not what the agent last found free), the clones adding up to the
+    // deployment's.
+    let (code, body) = get(http, "/v1/view.json").await;
+    assert_eq!(code, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).expect("view.json");
+    let agents = view["agents"].as_array().expect("agents");
+    let placed: u64 = agents
+        .iter()
+        .map(|a| a["vcpus"][0].as_u64().expect("allocated vCPUs"))
+        .sum();
+    assert_eq!(placed, u64::from(CLONES), "{body}");
+    for a in agents {
+        assert_eq!(a["vcpus"][1], 8, "the test driver's hosts have 8 CPUs: {a}");
+        assert_eq!(a["memory_bytes"][1], 16u64 << 30, "and 16 GiB: {a}");
+    }
+    // Then in a real browser.
     let url = format!("http://{http}/");
     let dom = chromium(&url, &["--dump-dom".to_owned()]).await;
     let artifacts = artifacts_dir();
