@@ -71,6 +71,28 @@ fn chromium(g: &Grid, url: &str, args: &[String], out: &Path) -> std::process::E
 }
 
 /// The first 3000 characters of `s`, for failure messages.
+/// A screenshot of `url` by headless Chromium in `g`'s server namespace, written to
+/// `dir/name`, which must be a PNG of some size; copied to [`ARTIFACTS`]. Returns the copy.
+fn screenshot(g: &Grid, url: &str, dir: &Path, name: &str) -> PathBuf {
+    let shot = dir.join(name);
+    let st = chromium(
+        g,
+        url,
+        &[format!("--screenshot={}", shot.display())],
+        &dir.join(format!("{name}.out")),
+    );
+    let png = std::fs::read(&shot).unwrap_or_default();
+    assert!(
+        st.success() && png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "chromium ({st}) left no screenshot of {url} ({} bytes)",
+        png.len()
+    );
+    let _ = std::fs::create_dir_all(ARTIFACTS);
+    let kept = PathBuf::from(ARTIFACTS).join(name);
+    let _ = std::fs::copy(&shot, &kept);
+    kept
+}
+
 fn head(s: &str) -> &str {
     s.char_indices().nth(3000).map_or(s, |(i, _)| &s[..i])
 }
@@ -484,41 +506,10 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
         "{}",
         head(&own)
     );
-    let own_shot = ganglia.dir.join("ganglia-clones.png");
-    let st = chromium(
-        &g,
-        &own_url,
-        &[format!("--screenshot={}", own_shot.display())],
-        &ganglia.dir.join("screenshot-clones.out"),
-    );
-    assert!(
-        st.success() && own_shot.exists(),
-        "chromium ({st}) left no screenshot of {own_url}"
-    );
-
-    let shot = ganglia.dir.join("ganglia-cluster.png");
-    let st = chromium(
-        &g,
-        &url,
-        &[format!("--screenshot={}", shot.display())],
-        &ganglia.dir.join("screenshot.out"),
-    );
-    let png = std::fs::read(&shot).unwrap_or_default();
-    assert!(
-        st.success() && png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
-        "chromium ({st}) left no screenshot of {url} ({} bytes)",
-        png.len()
-    );
-    let _ = std::fs::create_dir_all(ARTIFACTS);
-    let kept = PathBuf::from(ARTIFACTS).join("ganglia-cluster.png");
-    let _ = std::fs::copy(&shot, &kept);
-    let _ = std::fs::copy(
-        &own_shot,
-        PathBuf::from(ARTIFACTS).join("ganglia-clones.png"),
-    );
+    screenshot(&g, &own_url, &ganglia.dir, "ganglia-clones.png");
+    let kept = screenshot(&g, &url, &ganglia.dir, "ganglia-cluster.png");
     println!(
-        "dashboards: Ganglia cluster page with the 8 clones: screenshot {} (copy {})",
-        shot.display(),
+        "dashboards: Ganglia's pages with the 8 clones: screenshots {} and ganglia-clones.png",
         kept.display(),
     );
 
@@ -544,23 +535,7 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
         );
     }
     assert!(dom.contains("registered"), "{}", head(&dom));
-    let web_shot = ganglia.dir.join("coordinator-web-view.png");
-    let st = chromium(
-        &g,
-        &web,
-        &[format!("--screenshot={}", web_shot.display())],
-        &ganglia.dir.join("screenshot-web.out"),
-    );
-    let png = std::fs::read(&web_shot).unwrap_or_default();
-    assert!(
-        st.success() && png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
-        "chromium ({st}) left no screenshot of {web} ({} bytes)",
-        png.len()
-    );
-    let _ = std::fs::copy(
-        &web_shot,
-        PathBuf::from(ARTIFACTS).join("coordinator-web-view-grid.png"),
-    );
+    let web_shot = screenshot(&g, &web, &ganglia.dir, "coordinator-web-view-grid.png");
     println!(
         "dashboards: the coordinator's web view lists the 8 clones: screenshot {}, {:.1} s in all",
         web_shot.display(),
