@@ -28,8 +28,6 @@ fn probe_set(dir: &Path) -> PathBuf {
 /// Two agents, a loop every 200 ms, the `probe` set beside the shipped ones; returns the
 /// grid, a client and the directory layers are written to.
 async fn grid(budget: u32) -> (TestGrid, Client, PathBuf) {
-    let extra = tempfile::tempdir().expect("tempdir").keep();
-    let sets = probe_set(&extra);
     let mut layers = PathBuf::new();
     let g = TestGrid::start_with(
         GridOptions {
@@ -39,7 +37,13 @@ async fn grid(budget: u32) -> (TestGrid, Client, PathBuf) {
         |cfg| {
             cfg.converge_every = Some(Duration::from_millis(200));
             if let Some(d) = cfg.deploy.as_mut() {
-                d.artifacts.sets.push(sets);
+                // Inside the grid's own directory, removed with it.
+                let dir = d
+                    .artifacts
+                    .layers_dir
+                    .parent()
+                    .expect("the grid's directory");
+                d.artifacts.sets.push(probe_set(dir));
                 d.restart_budget = budget;
                 layers = d.artifacts.layers_dir.clone();
             }

@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 use napalm_integration::grid::{clone_address, Grid, GridOptions};
 use serde_json::Value;
 
-/// A template set `probe` whose one file, /etc/probe, holds the value `probe`.
-fn probe_sets() -> PathBuf {
+/// A template set `probe` whose one file, /etc/probe, holds the value `probe`; removed
+/// when the returned directory is dropped (the test keeps it while its grid runs).
+fn probe_sets() -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("napalm-probe-sets-")
         .tempdir()
-        .expect("tempdir")
-        .keep();
-    let etc = dir.join("probe/root/etc");
+        .expect("tempdir");
+    let etc = dir.path().join("probe/root/etc");
     std::fs::create_dir_all(&etc).expect("mkdir");
     std::fs::write(etc.join("probe.tmpl"), "{{probe}}\n").expect("template");
     dir
@@ -35,14 +35,15 @@ const TTL: Duration = Duration::from_secs(3);
 // under load); the grace leaves room for that.
 const LOST_AFTER: Duration = Duration::from_secs(15);
 
-fn grid() -> Grid {
+/// The grid and the `probe` set it reads (drop the set after the grid).
+fn grid() -> (Grid, tempfile::TempDir) {
     let sets = probe_sets();
     let opts = GridOptions {
         keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
         agent_lost_grace: LOST_AFTER - TTL,
         coordinator_args: vec![
             "--sets".into(),
-            sets.display().to_string(),
+            sets.path().display().to_string(),
             "--restart-budget".into(),
             "1".into(),
             "--heartbeat-min-ttl".into(),
@@ -50,7 +51,7 @@ fn grid() -> Grid {
         ],
         ..Default::default()
     };
-    Grid::start(opts, "clone").expect("starting the grid")
+    (Grid::start(opts, "clone").expect("starting the grid"), sets)
 }
 
 fn ctl(g: &Grid, args: &[&str]) -> (bool, String, String) {
@@ -237,7 +238,7 @@ fn kill9(pid: i32) {
 
 #[test]
 fn declared_clusters_roll_restart_and_survive_a_lost_host_on_real_clones() {
-    let mut g = grid();
+    let (mut g, _sets) = grid();
 
     // Annex IV as written, its first 8 hosts, 8 × 128 MiB.
     let conf = write(&g.dir, "clones.conf", &annex_iv(8));
