@@ -81,13 +81,37 @@ pub enum TrustSetupError {
     /// failed.
     #[error("the cluster CA")]
     Ca(#[source] napalm_trust::TrustError),
-    /// The bootstrap token file could not be read or is not a join token.
-    #[error("the bootstrap join token in {path}: {reason}")]
-    Bootstrap {
+    /// The bootstrap token file could not be read.
+    #[error("reading the bootstrap join token {path}: check --trust-bootstrap-token-file")]
+    BootstrapFile {
         /// The file (`--trust-bootstrap-token-file`).
         path: PathBuf,
-        /// What is wrong with it and what to do.
-        reason: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bootstrap token file does not hold a join token.
+    #[error("the bootstrap join token in {path}")]
+    BootstrapToken {
+        /// The file.
+        path: PathBuf,
+        /// Why it is not a token.
+        #[source]
+        source: napalm_trust::TrustError,
+    },
+    /// The bootstrap token pins another CA than the cluster's.
+    #[error(
+        "the bootstrap join token in {path} pins the CA {pinned} but this cluster's CA is \
+         {ours}: render the token from the CA given to --trust-ca-cert (a registry that \
+         already holds a CA keeps it)"
+    )]
+    BootstrapForeignCa {
+        /// The file.
+        path: PathBuf,
+        /// The fingerprint the token pins.
+        pinned: String,
+        /// The cluster CA's fingerprint.
+        ours: String,
     },
     /// The operator's CA files could not be read.
     #[error("reading the CA file {path}: check --trust-ca-cert/--trust-ca-key")]

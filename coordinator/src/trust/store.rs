@@ -173,18 +173,22 @@ pub async fn ensure_bootstrap(
     path: &std::path::Path,
     fingerprint: &str,
 ) -> Result<(), TrustSetupError> {
-    let bad = |reason: String| TrustSetupError::Bootstrap {
+    let text = std::fs::read_to_string(path).map_err(|source| TrustSetupError::BootstrapFile {
         path: path.to_owned(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let token = napalm_trust::JoinToken::decode(&text).map_err(|e| bad(e.to_string()))?;
+        source,
+    })?;
+    let token = napalm_trust::JoinToken::decode(&text).map_err(|source| {
+        TrustSetupError::BootstrapToken {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
     if token.ca_fingerprint != fingerprint {
-        return Err(bad(format!(
-            "it pins the CA {} but this cluster's CA is {fingerprint}: render the token \
-             from the CA given to --trust-ca-cert (a registry that already holds a CA keeps it)",
-            token.ca_fingerprint
-        )));
+        return Err(TrustSetupError::BootstrapForeignCa {
+            path: path.to_owned(),
+            pinned: token.ca_fingerprint,
+            ours: fingerprint.to_owned(),
+        });
     }
     let record = TokenRecord::bootstrap(&token, super::unix_now(registry));
     match put_token(registry, &record, None).await {
