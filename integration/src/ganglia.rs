@@ -192,6 +192,22 @@ fn die_with_parent(cmd: &mut Command) -> &mut Command {
     }
 }
 
+/// Spawns `cmd` dying with this process, its stdout and stderr both into `dir/log`
+/// (one file, opened once); `what` names the program in errors.
+fn spawn_logged(
+    cmd: &mut Command,
+    dir: &Path,
+    log: &str,
+    what: &str,
+) -> Result<Daemon, GangliaError> {
+    let out = std::fs::File::create(dir.join(log)).map_err(io(format!("creating {log}")))?;
+    let err = out.try_clone().map_err(io(format!("opening {log}")))?;
+    let child = die_with_parent(cmd.stdin(Stdio::null()).stdout(out).stderr(err))
+        .spawn()
+        .map_err(io(format!("spawning {what}")))?;
+    Ok(Daemon(child))
+}
+
 /// Copies `from` to `to` recursively (files, directories and symlinks as links).
 fn copy_tree(from: &Path, to: &Path) -> Result<(), GangliaError> {
     std::fs::create_dir_all(to).map_err(io(format!("creating {}", to.display())))?;
@@ -305,9 +321,6 @@ impl Ganglia {
             dir.join("rrds").display()
         );
         std::fs::write(dir.join("gmetad.conf"), conf).map_err(io("writing gmetad.conf"))?;
-        let log = |name: &str| {
-            std::fs::File::create(dir.join(name)).map_err(io(format!("creating {name}")))
-        };
         // The collector: receives the clones' metrics, reports no host of its own, and
         // serves the tree it heard to gmetad (hosts silent for 5 minutes are dropped).
         let collector_conf = format!(
@@ -320,53 +333,48 @@ impl Ganglia {
         );
         std::fs::write(dir.join("collector.conf"), collector_conf)
             .map_err(io("writing collector.conf"))?;
-        let mut cmd = grid.server.command("gmond");
-        let collector = die_with_parent(
-            cmd.arg("-c")
+        let collector = spawn_logged(
+            grid.server
+                .command("gmond")
+                .arg("-c")
                 .arg(dir.join("collector.conf"))
                 .arg("-p")
-                .arg(dir.join("collector.pid"))
-                .stdin(Stdio::null())
-                .stdout(log("collector.log")?)
-                .stderr(log("collector.log")?),
-        )
-        .spawn()
-        .map_err(io("spawning gmond (Debian package ganglia-monitor)"))?;
-        let collector = Daemon(collector);
-        let mut cmd = grid.server.command("gmetad");
+                .arg(dir.join("collector.pid")),
+            &dir,
+            "collector.log",
+            "gmond (Debian package ganglia-monitor)",
+        )?;
         // -d 1: in the foreground (debug level 1), so the PID is gmetad's.
-        let gmetad = die_with_parent(
-            cmd.args(["-d", "1", "-c"])
+        let gmetad = spawn_logged(
+            grid.server
+                .command("gmetad")
+                .args(["-d", "1", "-c"])
                 .arg(dir.join("gmetad.conf"))
                 .arg("-p")
-                .arg(dir.join("gmetad.pid"))
-                .stdin(Stdio::null())
-                .stdout(log("gmetad.log")?)
-                .stderr(log("gmetad.log")?),
-        )
-        .spawn()
-        .map_err(io("spawning gmetad (Debian package gmetad)"))?;
-        let gmetad = Daemon(gmetad);
+                .arg(dir.join("gmetad.pid")),
+            &dir,
+            "gmetad.log",
+            "gmetad (Debian package gmetad)",
+        )?;
         let web_addr = format!("{}:{WEB_PORT}", grid.server.addr);
-        let mut cmd = grid.server.command("php");
-        let web = die_with_parent(
-            cmd.arg("-d")
+        let web = spawn_logged(
+            grid.server
+                .command("php")
+                .arg("-d")
                 .arg(format!("auto_prepend_file={}", prepend.display()))
                 .args(["-S", &web_addr, "-t"])
-                .arg(dir.join("www"))
-                .stdin(Stdio::null())
-                .stdout(log("php.log")?)
-                .stderr(log("php.log")?),
-        )
-        .spawn()
-        .map_err(io("spawning php -S (Debian package php-cli)"))?;
+                .arg(dir.join("www")),
+            &dir,
+            "php.log",
+            "php -S (Debian package php-cli)",
+        )?;
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let g = Ganglia {
             gmetad,
             collector,
-            web: Daemon(web),
+            web,
             dir,
             server: grid.server.clone(),
             started,

@@ -93,6 +93,24 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RootError {
     move |source| RootError::Io { what, source }
 }
 
+/// Where Debian's ganglia-monitor installs gmond's metric modules (the `ganglia` template
+/// set's default `module_dir`).
+pub const GMOND_MODULES: &str = "/usr/lib/x86_64-linux-gnu/ganglia";
+
+/// gmond's metric modules (the `*.so` of [`GMOND_MODULES`]): what a root running gmond
+/// carries beside `/usr/sbin/gmond` ([`busybox_root_with`]'s `files`).
+pub fn gmond_modules() -> Result<Vec<PathBuf>, RootError> {
+    let dir = std::fs::read_dir(GMOND_MODULES).map_err(io(format!(
+        "reading {GMOND_MODULES} (install ganglia-monitor: scripts/setup does)"
+    )))?;
+    let mut modules: Vec<PathBuf> = dir
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "so"))
+        .collect();
+    modules.sort();
+    Ok(modules)
+}
+
 /// The busybox root with host programs added, cached beside it as `NAME-root-HASH`: each
 /// of `programs` (absolute paths) with the libraries `ldd` names, and `files` as they are
 /// (data a program needs), at the same paths.

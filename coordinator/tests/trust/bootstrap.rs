@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use napalm_coordinator::deploy::chain;
 use napalm_coordinator::server::{self, Running, ServeConfig};
 use napalm_coordinator::trust::TrustConfig;
 use napalm_proto::trust_v1::RevokeJoinTokenRequest;
@@ -60,16 +61,14 @@ fn bootstrap_token(port: u16, fingerprint: &str, now: i64) -> JoinToken {
     .0
 }
 
-/// An error and its sources, joined.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut all = e.to_string();
-    let mut s = e.source();
-    while let Some(x) = s {
-        all.push_str(": ");
-        all.push_str(&x.to_string());
-        s = x.source();
-    }
-    all
+/// Why a coordinator under `dir` with the bootstrap token in `token` refuses to start (it
+/// must), with the error's sources.
+async fn refused_start(dir: &std::path::Path, token: &std::path::Path) -> String {
+    let e = coordinator(dir, free_port(), token)
+        .await
+        .err()
+        .expect("the coordinator refuses to start");
+    chain(&e)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,20 +191,12 @@ async fn a_bootstrap_token_enrolls_a_fleet_of_new_agents_until_revoked() {
     let foreign = bootstrap_token(port, &other.fingerprint(), now);
     let bad = dir.path().join("foreign-token");
     std::fs::write(&bad, foreign.encode()).expect("write");
-    let e = coordinator(&dir.path().join("coord2"), free_port(), &bad)
-        .await
-        .err()
-        .expect("refused");
-    let all = chain(&e);
+    let all = refused_start(&dir.path().join("coord2"), &bad).await;
     assert!(all.contains("pins the CA"), "{all}");
     assert!(all.contains("--trust-ca-cert"), "{all}");
     // Not a token at all: the file is named.
     std::fs::write(&bad, "hello\n").expect("write");
-    let e = coordinator(&dir.path().join("coord3"), free_port(), &bad)
-        .await
-        .err()
-        .expect("refused");
-    let all = chain(&e);
+    let all = refused_start(&dir.path().join("coord3"), &bad).await;
     assert!(all.contains("napalm-join-v1."), "{all}");
     assert!(all.contains("foreign-token"), "{all}");
 }

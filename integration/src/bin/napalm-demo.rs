@@ -39,13 +39,7 @@ fn main() -> Result<()> {
     let defaults = GridOptions::default();
     // gmond and its metric modules too: with the `ganglia` layer each clone reports its
     // own metrics to the server's collector, as in the thesis's figure.
-    let modules: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/x86_64-linux-gnu/ganglia")
-        .map(|d| {
-            d.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "so"))
-                .collect()
-        })
-        .unwrap_or_default();
+    let modules = napalm_integration::rootfs::gmond_modules().unwrap_or_default();
     let mut programs = vec![std::path::Path::new("/usr/bin/curl")];
     let mut layers = "base,mpi";
     if !modules.is_empty() {

@@ -17,7 +17,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use napalm_integration::ganglia::{Ganglia, CLONES_CLUSTER};
-use napalm_integration::grid::{Grid, GridOptions, HTTP};
+use napalm_integration::grid::{clone_address, Grid, GridOptions, HTTP};
 use napalm_integration::proc::{wait_for, Daemon};
 
 /// Where screenshots are copied for whoever looks at a run.
@@ -116,11 +116,8 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
     let t0 = Instant::now();
     // The busybox root with gmond (its libraries follow by ldd) and the metric modules
     // it loads at start.
-    let modules: Vec<PathBuf> = std::fs::read_dir("/usr/lib/x86_64-linux-gnu/ganglia")
-        .expect("Debian's ganglia-monitor modules (scripts/setup installs it)")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "so"))
-        .collect();
+    let modules = napalm_integration::rootfs::gmond_modules()
+        .unwrap_or_else(|e| panic!("{}", napalm_integration::error_chain(&e)));
     let module_refs: Vec<&Path> = modules.iter().map(PathBuf::as_path).collect();
     let defaults = GridOptions::default();
     let root = napalm_integration::rootfs::busybox_root_with(
@@ -283,16 +280,7 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
     for c in &clones {
         let name = c["clone"].as_str().expect("clone name");
         let host = host_of(&tree, name).expect("listed");
-        let addr = c["addresses"]
-            .as_array()
-            .and_then(|a| a.first())
-            .and_then(|a| a.as_str())
-            .or_else(|| c["addresses"].as_str())
-            .unwrap_or_default()
-            .split(',')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let addr = clone_address(c);
         assert!(
             host.contains(&format!("IP=\"{addr}\"")),
             "{name} reported from another address than {addr}: {host}"
@@ -521,13 +509,9 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
     let dom = std::fs::read_to_string(&web_file).unwrap_or_default();
     for c in &clones {
         let name = c["clone"].as_str().expect("clone name");
-        let addr = c["addresses"]
-            .as_array()
-            .and_then(|a| a.first())
-            .and_then(|a| a.as_str())
-            .unwrap_or_default();
+        let addr = clone_address(c);
         assert!(
-            st.success() && dom.contains(&format!("data-clone=\"{name}\"")) && dom.contains(addr),
+            st.success() && dom.contains(&format!("data-clone=\"{name}\"")) && dom.contains(&addr),
             "chromium ({st}): {name} ({addr}) is not in the coordinator's web view {web} \
              (DOM in {}):\n{}",
             web_file.display(),

@@ -5,7 +5,9 @@
 //! TLS, and the admin identity the coordinator writes lists them.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use napalm_integration::proc::Daemon;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -71,16 +73,6 @@ fn helm_chart_lints_strict_renders_and_validates_for_every_values_file() {
         );
     }
     the_charts_pki_runs_the_real_daemons(dump.path());
-}
-
-/// A child process killed (and reaped) when dropped, also when an assertion fails.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The chart's container `args` (a JSON list in `dump`) with its in-pod paths mapped to
