@@ -357,12 +357,24 @@ async fn a_short_lived_certificate_is_renewed_while_heartbeats_go_on() {
         seen.len() >= 3,
         "renewals seen (not-after values): {seen:?}"
     );
-    let on_disk = std::fs::read(dir.path().join("a/state/tls/agent.crt")).expect("cert file");
-    let disk_leaf = napalm_trust::tls::certs_from_pem(&on_disk).expect("pem")[0].clone();
-    assert_eq!(
-        disk_leaf,
-        identity.slot.leaf(),
-        "renewed certificate written"
+    // The agent swaps the certificate it serves, then writes it: renewals go on every 4 s,
+    // so the file may trail the served one by one write (one read of each could straddle
+    // a renewal, as one suite run did). It must catch up at once.
+    let mut last = None;
+    for _ in 0..20 {
+        let served = identity.slot.leaf();
+        let on_disk = std::fs::read(dir.path().join("a/state/tls/agent.crt")).expect("cert file");
+        let disk_leaf = napalm_trust::tls::certs_from_pem(&on_disk).expect("pem")[0].clone();
+        if disk_leaf == served {
+            last = None;
+            break;
+        }
+        last = Some((disk_leaf, served));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        last.is_none(),
+        "renewed certificate not written within 2 s: {last:?}"
     );
     assert!(
         beats.len() >= 8,
