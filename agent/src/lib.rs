@@ -6,7 +6,7 @@
 //! ([`blobs`]), the domain store: per-domain directories and their persisted desired state
 //! ([`domain_store`]), durable (atomic, fsynced) file writes ([`durable`]), confined
 //! archive extraction ([`archive`]), domain and file name rules ([`names`]), the domain
-//! XML policy ([`policy`]), request-id idempotency ([`idempotency`]), lifecycle events
+//! XML policy ([`policy`]), blank scratch disks made with the host's mkfs.ext4 ([`scratch_disk`]), request-id idempotency ([`idempotency`]), lifecycle events
 //! ([`events`]) and reconciliation ([`core::reconcile`]); metrics as Prometheus text
 //! ([`metrics`]), Ganglia gmond XML ([`ganglia`]) and OTLP/gRPC pushes when an endpoint is
 //! configured ([`otel`]), mDNS/DNS-SD advertisement ([`mdns`]) and coordinator
@@ -46,6 +46,7 @@ pub mod otel;
 pub mod policy;
 pub mod register;
 pub mod rest;
+pub mod scratch_disk;
 pub mod server;
 pub mod tls;
 

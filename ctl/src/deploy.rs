@@ -8,7 +8,8 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use napalm_proto::v1::{
     deploy_progress, CloneMode, ClonePhase, DeployProgress, DeployRequest, DeploySummary,
-    DeploymentSpec, Hypervisor, PlacementStrategy, Resources, ScratchMount, UndeployRequest,
+    DeploymentSpec, Hypervisor, PlacementStrategy, Resources, ScratchKind, ScratchMount,
+    UndeployRequest,
 };
 use serde_json::json;
 use tokio_stream::StreamExt;
@@ -76,9 +77,12 @@ pub struct DeployArgs {
     /// capacity appears (without it, a deploy that does not fit is refused whole).
     #[arg(long)]
     pub allow_pending: bool,
-    /// Scratch space beside the union root: PATH=SIZE[,PATH=SIZE…] (`/scratch=256M,
-    /// /var/tmp=64M`), each a tmpfs of that size (mode 1777) mounted at PATH before the
-    /// clone's init, so writes there skip overlayfs. The sizes add up within --memory.
+    /// Scratch space beside the union root: PATH=[disk:]SIZE[,…] (`/scratch=256M,
+    /// /var/tmp=64M`, `/scratch=disk:4G`), mounted at PATH (mode 1777) before the clone's
+    /// init, so writes there skip overlayfs. A tmpfs of that size by default (the tmpfs
+    /// sizes add up within --memory); `disk:` a virtio disk of that size each agent makes
+    /// with a fresh ext4 (16M to 1T, sparse), fresh at every start of a stateless clone,
+    /// kept by a stateful one.
     #[arg(long, value_delimiter = ',')]
     pub scratch: Vec<String>,
 }
@@ -112,10 +116,11 @@ pub fn parse_size(s: &str) -> Result<u64, Failure> {
         .ok_or_else(|| bad(format!("size {s:?}: use a number with K, M or G (512M)")))
 }
 
-/// Parses one `--scratch` entry, `PATH=SIZE`; the coordinator checks the path rules and
-/// the total against the clone's memory.
+/// Parses one `--scratch` entry, `PATH=[tmpfs:|disk:]SIZE`; the coordinator checks the
+/// path rules, the disk sizes and the tmpfs total against the clone's memory.
 pub fn parse_scratch(entry: &str) -> Result<ScratchMount, Failure> {
-    let usage = "use PATH=SIZE, e.g. --scratch /scratch=256M,/var/tmp=64M";
+    let usage =
+        "use PATH=SIZE (tmpfs) or PATH=disk:SIZE, e.g. --scratch /scratch=256M,/var/tmp=64M";
     let (path, size) = entry
         .split_once('=')
         .ok_or_else(|| bad(format!("--scratch {entry:?}: {usage}")))?;
@@ -124,6 +129,16 @@ pub fn parse_scratch(entry: &str) -> Result<ScratchMount, Failure> {
             "--scratch {entry:?}: {path:?} is not an absolute path; {usage}"
         )));
     }
+    let (kind, size) = match size.split_once(':') {
+        Some(("disk", s)) => (ScratchKind::Disk, s),
+        Some(("tmpfs", s)) => (ScratchKind::Tmpfs, s),
+        Some((k, _)) => {
+            return Err(bad(format!(
+                "--scratch {entry:?}: unknown kind {k:?} (tmpfs or disk); {usage}"
+            )))
+        }
+        None => (ScratchKind::Tmpfs, size),
+    };
     let size_bytes = parse_size(size)
         .ok()
         .filter(|&n| n > 0)
@@ -132,6 +147,7 @@ pub fn parse_scratch(entry: &str) -> Result<ScratchMount, Failure> {
         path: path.to_owned(),
         size_bytes,
         mode: 0,
+        kind: kind as i32,
     })
 }
 
@@ -397,10 +413,14 @@ mod tests {
     fn scratch_entries() {
         let m = parse_scratch("/scratch=256M").unwrap_or_else(|f| panic!("{}", f.message));
         assert_eq!(
-            (m.path.as_str(), m.size_bytes, m.mode),
-            ("/scratch", 256 << 20, 0)
+            (m.path.as_str(), m.size_bytes, m.mode, m.kind),
+            ("/scratch", 256 << 20, 0, ScratchKind::Tmpfs as i32)
         );
+        let m = parse_scratch("/scratch=disk:4G").unwrap_or_else(|f| panic!("{}", f.message));
+        assert_eq!((m.size_bytes, m.kind), (4 << 30, ScratchKind::Disk as i32));
         for (bad, what) in [
+            ("/scratch=nvme:4G", "unknown kind \"nvme\""),
+            ("/scratch=disk:", "size \"\""),
             ("/scratch", "use PATH=SIZE"),
             ("scratch=1M", "not an absolute path"),
             ("/scratch=12X", "size \"12X\""),

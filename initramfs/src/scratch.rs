@@ -1,18 +1,25 @@
 //! `napalm.scratch=`: scratch space mounted BESIDE the union, not through it (thesis 4.2:
-//! the union cost 22 % under dbench, so /home left it). Each entry is a tmpfs of a given
-//! size mounted at a path of the new root after the union is assembled and before
-//! switch_root, so writes there never go through overlayfs.
+//! the union cost 22 % under dbench, so /home left it). Each entry is mounted at a path of
+//! the new root after the union is assembled and before switch_root, so writes there never
+//! go through overlayfs. An entry is either a tmpfs of a given size (in the clone's RAM), or
+//! a disk: a filesystem the host made on a virtual disk of that size and attached to the
+//! clone, found by its label ([`disk_label`]: the `n`th disk entry is `napalm-scratchN`).
+//! A disk follows the clone's mode: on a stateless root (its union's upper is a tmpfs)
+//! napalm-init empties it at every boot ([`empty_dir`]: all but `lost+found`), and the host
+//! gives it fresh at every start of the domain; on a stateful root it is kept.
 //!
 //! Grammar (one kernel word, entries separated by `,`):
 //!
 //! ```text
 //! napalm.scratch = Entry { "," Entry }
-//! Entry          = Path ":" "tmpfs" ":" Size [ ":" Mode ]
+//! Entry          = Path ":" Kind ":" Size [ ":" Mode ]
+//! Kind           = "tmpfs" | "disk"
 //! Size           = Digits [ "K" | "M" | "G" ]        (binary units; > 0)
 //! Mode           = 3 or 4 octal digits              (default 1777, as /tmp)
 //! ```
 //!
-//! e.g. `napalm.scratch=/scratch:tmpfs:256M,/var/tmp:tmpfs:64M:1777`. Paths are absolute,
+//! e.g. `napalm.scratch=/scratch:tmpfs:256M,/var/tmp:tmpfs:64M:1777` or
+//! `napalm.scratch=/scratch:disk:4G`. At most [`MAX_DISKS`] disk entries. Paths are absolute,
 //! normalized (no `.`, `..`, empty components or trailing `/`), made of
 //! `[A-Za-z0-9._+@-]` components, not `/`, not under `/proc`, `/sys`, `/dev`, `/run`
 //! (the initramfs moves its own there at switch_root) or `/.unions`, and no entry is the
@@ -29,6 +36,19 @@ pub const DEFAULT_MODE: u32 = 0o1777;
 /// switch_root (and would hide it), and `/.unions` holds the union's layers.
 pub const RESERVED: [&str; 5] = ["/proc", "/sys", "/dev", "/run", "/.unions"];
 
+/// At most this many disk entries: their labels (`napalm-scratch0`…`napalm-scratch15`)
+/// must fit ext4's 16-byte volume label, and each is a virtio disk of the clone.
+pub const MAX_DISKS: usize = 16;
+
+/// The smallest scratch disk: ext4's journal and metadata alone take a few MiB.
+pub const MIN_DISK: u64 = 16 << 20;
+
+/// The filesystem label of the `index`th disk entry of a spec (0-based, counting disk
+/// entries only), which the host gives the filesystem it makes and napalm-init looks for.
+pub fn disk_label(index: usize) -> String {
+    format!("napalm-scratch{index}")
+}
+
 /// What backs a scratch path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScratchKind {
@@ -37,6 +57,21 @@ pub enum ScratchKind {
         /// `size=` of the tmpfs, in bytes.
         size: u64,
     },
+    /// A filesystem on a virtual disk of `size` bytes that the host attaches.
+    Disk {
+        /// Size of the disk, in bytes.
+        size: u64,
+    },
+}
+
+impl ScratchKind {
+    /// The word of the grammar (`tmpfs`, `disk`).
+    pub fn word(self) -> &'static str {
+        match self {
+            ScratchKind::Tmpfs { .. } => "tmpfs",
+            ScratchKind::Disk { .. } => "disk",
+        }
+    }
 }
 
 /// One scratch path.
@@ -154,6 +189,17 @@ impl ScratchMount {
         Ok(m)
     }
 
+    /// A disk of `size` bytes at `path`, mode [`DEFAULT_MODE`].
+    pub fn disk(path: &str, size: u64) -> Result<ScratchMount, ScratchError> {
+        let m = ScratchMount {
+            path: path.to_owned(),
+            kind: ScratchKind::Disk { size },
+            mode: DEFAULT_MODE,
+        };
+        m.check()?;
+        Ok(m)
+    }
+
     /// The same with `mode` (at most 0o7777).
     pub fn with_mode(mut self, mode: u32) -> Result<ScratchMount, ScratchError> {
         self.mode = mode;
@@ -161,16 +207,25 @@ impl ScratchMount {
         Ok(self)
     }
 
-    /// The tmpfs size, in bytes.
+    /// The size of the tmpfs or of the disk, in bytes.
     pub fn size(&self) -> u64 {
         match self.kind {
-            ScratchKind::Tmpfs { size } => size,
+            ScratchKind::Tmpfs { size } | ScratchKind::Disk { size } => size,
         }
     }
 
-    /// The mount options napalm-init passes (`size=268435456,mode=1777`).
+    /// Whether this entry is a disk.
+    pub fn is_disk(&self) -> bool {
+        matches!(self.kind, ScratchKind::Disk { .. })
+    }
+
+    /// The tmpfs mount options napalm-init passes (`size=268435456,mode=1777`); a disk's
+    /// filesystem takes none (its root directory is given `mode` once mounted).
     pub fn mount_options(&self) -> String {
-        format!("size={},mode={:o}", self.size(), self.mode)
+        match self.kind {
+            ScratchKind::Tmpfs { size } => format!("size={size},mode={:o}", self.mode),
+            ScratchKind::Disk { .. } => String::new(),
+        }
     }
 
     fn check(&self) -> Result<(), ScratchError> {
@@ -181,6 +236,15 @@ impl ScratchMount {
         }
         if self.mode > 0o7777 {
             return Err(err(&me, format!("mode {:o} is more than 7777", self.mode)));
+        }
+        if self.is_disk() && self.size() < MIN_DISK {
+            return Err(err(
+                &me,
+                format!(
+                    "a scratch disk needs at least {} (its filesystem's own metadata); give 64M or more",
+                    format_size(MIN_DISK)
+                ),
+            ));
         }
         Ok(())
     }
@@ -193,26 +257,36 @@ impl ScratchMount {
             _ => {
                 return Err(err(
                     entry,
-                    "expected PATH:tmpfs:SIZE[:MODE] (e.g. /scratch:tmpfs:256M)",
+                    "expected PATH:tmpfs|disk:SIZE[:MODE] (e.g. /scratch:tmpfs:256M)",
                 ))
             }
         };
         check_path(path).map_err(|w| err(entry, w))?;
-        if kind != "tmpfs" {
-            return Err(err(
-                entry,
-                format!("unknown scratch type {kind:?}; known: tmpfs"),
-            ));
-        }
-        let size = parse_size(size).ok_or_else(|| {
-            err(
-                entry,
-                format!("size {size:?}: use a number with K, M or G (256M)"),
-            )
-        })?;
+        let size_of = |size: &str| {
+            parse_size(size).ok_or_else(|| {
+                err(
+                    entry,
+                    format!("size {size:?}: use a number with K, M or G (256M)"),
+                )
+            })
+        };
+        let kind = match kind {
+            "tmpfs" => ScratchKind::Tmpfs {
+                size: size_of(size)?,
+            },
+            "disk" => ScratchKind::Disk {
+                size: size_of(size)?,
+            },
+            other => {
+                return Err(err(
+                    entry,
+                    format!("unknown scratch type {other:?}; known: tmpfs, disk"),
+                ))
+            }
+        };
         let mut m = ScratchMount {
             path: path.to_owned(),
-            kind: ScratchKind::Tmpfs { size },
+            kind,
             mode: DEFAULT_MODE,
         };
         if let Some(mode) = mode {
@@ -235,9 +309,13 @@ impl ScratchMount {
 
 impl fmt::Display for ScratchMount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
-            ScratchKind::Tmpfs { size } => write!(f, "{}:tmpfs:{}", self.path, format_size(size))?,
-        }
+        write!(
+            f,
+            "{}:{}:{}",
+            self.path,
+            self.kind.word(),
+            format_size(self.size())
+        )?;
         if self.mode != DEFAULT_MODE {
             write!(f, ":{:04o}", self.mode)?;
         }
@@ -280,17 +358,63 @@ impl ScratchSpec {
         self.mounts.is_empty()
     }
 
-    /// The tmpfs sizes added up, in bytes (saturating).
+    /// The tmpfs sizes added up, in bytes (saturating); disks take no RAM.
     pub fn tmpfs_bytes(&self) -> u64 {
         self.mounts
             .iter()
+            .filter(|m| !m.is_disk())
             .fold(0u64, |a, m| a.saturating_add(m.size()))
+    }
+
+    /// The disk entries in order, each with its filesystem label ([`disk_label`]).
+    pub fn disks(&self) -> impl Iterator<Item = (String, &ScratchMount)> {
+        self.mounts
+            .iter()
+            .filter(|m| m.is_disk())
+            .enumerate()
+            .map(|(i, m)| (disk_label(i), m))
+    }
+
+    /// The label of `m`'s disk, when `m` is a disk entry of this spec.
+    pub fn label_of(&self, m: &ScratchMount) -> Option<String> {
+        self.disks().find(|(_, d)| *d == m).map(|(l, _)| l)
     }
 }
 
-/// No two entries at the same path, none inside another; errors quote `written[i]`, the
-/// later entry of the pair as the operator wrote it.
+/// Removes everything in `dir` but `lost+found` (a stateless clone's scratch disk at
+/// boot); returns how many entries it removed. Does not cross into other mounts.
+pub fn empty_dir(dir: &std::path::Path) -> std::io::Result<usize> {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_name() == "lost+found" {
+            continue;
+        }
+        let p = e.path();
+        if e.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&p)?;
+        } else {
+            std::fs::remove_file(&p)?;
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// No two entries at the same path, none inside another, at most [`MAX_DISKS`] disks;
+/// errors quote `written[i]`, the later entry of the pair as the operator wrote it.
 fn check_collisions(mounts: &[ScratchMount], written: &[String]) -> Result<(), ScratchError> {
+    if let Some((i, _)) = mounts
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.is_disk())
+        .nth(MAX_DISKS)
+    {
+        return Err(err(
+            &written[i],
+            format!("more than {MAX_DISKS} disk entries: put several paths on one disk's directories, or use tmpfs"),
+        ));
+    }
     for (i, m) in mounts.iter().enumerate() {
         for o in &mounts[..i] {
             if o.path == m.path {
@@ -371,15 +495,18 @@ mod tests {
                 "/.unions/0:tmpfs:1M",
                 "under /.unions",
             ),
-            ("/s:disk:1M", "/s:disk:1M", "unknown scratch type \"disk\""),
+            ("/s:nvme:1M", "/s:nvme:1M", "unknown scratch type \"nvme\""),
+            ("/s:disk:0", "/s:disk:0", "size 0"),
+            ("/s:disk:1T", "/s:disk:1T", "size \"1T\""),
+            ("/s:disk:1M", "/s:disk:1M", "at least 16M"),
             ("/s:tmpfs:1Q", "/s:tmpfs:1Q", "size \"1Q\""),
             ("/s:tmpfs:", "/s:tmpfs:", "size \"\""),
             ("/s:tmpfs:0", "/s:tmpfs:0", "size 0"),
             ("/s:tmpfs:99999999999G", "/s:tmpfs:99999999999G", "size"),
             ("/s:tmpfs:1M:17777", "/s:tmpfs:1M:17777", "mode \"17777\""),
             ("/s:tmpfs:1M:0o755", "/s:tmpfs:1M:0o755", "octal"),
-            ("/s:tmpfs", "/s:tmpfs", "expected PATH:tmpfs:SIZE"),
-            ("/s", "/s", "expected PATH:tmpfs:SIZE"),
+            ("/s:tmpfs", "/s:tmpfs", "expected PATH:tmpfs|disk:SIZE"),
+            ("/s", "/s", "expected PATH:tmpfs|disk:SIZE"),
             ("/s:tmpfs:1M,/s:tmpfs:2M", "/s:tmpfs:2M", "given twice"),
             (
                 "/s:tmpfs:1M,/s/x:tmpfs:2M",
@@ -407,7 +534,40 @@ mod tests {
     }
 
     #[test]
+    fn disks_are_labelled_in_order_and_take_no_ram() {
+        let s =
+            ScratchSpec::parse("/scratch:disk:4G,/tmp:tmpfs:64M,/var/tmp:disk:1G:0755").unwrap();
+        assert_eq!(
+            s.to_string(),
+            "/scratch:disk:4G,/tmp:tmpfs:64M,/var/tmp:disk:1G:0755"
+        );
+        assert_eq!(s.tmpfs_bytes(), 64 << 20);
+        let disks: Vec<(String, &str, u64)> = s
+            .disks()
+            .map(|(l, m)| (l, m.path.as_str(), m.size()))
+            .collect();
+        assert_eq!(
+            disks,
+            vec![
+                ("napalm-scratch0".to_owned(), "/scratch", 4 << 30),
+                ("napalm-scratch1".to_owned(), "/var/tmp", 1 << 30)
+            ]
+        );
+        assert_eq!(s.label_of(&s.mounts[2]).as_deref(), Some("napalm-scratch1"));
+        assert_eq!(s.label_of(&s.mounts[1]), None);
+        assert_eq!(s.mounts[0].mount_options(), "");
+        assert!(disk_label(MAX_DISKS - 1).len() <= 16);
+        let many: Vec<String> = (0..=MAX_DISKS).map(|i| format!("/d{i}:disk:16M")).collect();
+        let e = ScratchSpec::parse(&many.join(",")).unwrap_err();
+        assert_eq!(e.entry, format!("/d{MAX_DISKS}:disk:16M"), "{e}");
+        assert!(e.to_string().contains("more than 16 disk entries"), "{e}");
+        assert!(ScratchSpec::parse(&many[..MAX_DISKS].join(",")).is_ok());
+    }
+
+    #[test]
     fn builders_check_the_same_rules() {
+        assert!(ScratchMount::disk("/scratch", 1 << 30).is_ok_and(|m| m.is_disk()));
+        assert!(ScratchMount::disk("/proc/x", 1 << 30).is_err());
         assert!(ScratchMount::tmpfs("/scratch", 1 << 20).is_ok());
         assert!(ScratchMount::tmpfs("/", 1 << 20).is_err());
         assert!(ScratchMount::tmpfs("/x", 0).is_err());

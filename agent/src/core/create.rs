@@ -16,6 +16,7 @@ use crate::error::{AgentError, Result};
 use crate::events::EventKind;
 use crate::hypervisor::RunState;
 use crate::policy;
+use crate::scratch_disk::{self, ScratchDiskSpec};
 
 /// A file to take from the blob store.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -43,6 +44,8 @@ pub struct CreateSpec {
     pub restart: RestartPolicy,
     /// Key/value labels kept with the domain.
     pub labels: BTreeMap<String, String>,
+    /// Blank disks to make in the domain directory (scratch space), named by the XML.
+    pub scratch_disks: Vec<ScratchDiskSpec>,
 }
 
 struct Staged {
@@ -196,13 +199,25 @@ impl Agent {
         request_id: Option<&str>,
     ) -> Result<DomainView> {
         crate::names::check_domain_name(&spec.name)?;
+        // Scratch disks join the digest only when asked for, so a create sent before they
+        // existed replays to the same digest.
         let digest = hex::encode(Sha256::digest(
-            serde_json::to_vec(&(
-                &spec.config_xml,
-                &spec.artifacts,
-                &spec.labels,
-                spec.restart,
-            ))
+            if spec.scratch_disks.is_empty() {
+                serde_json::to_vec(&(
+                    &spec.config_xml,
+                    &spec.artifacts,
+                    &spec.labels,
+                    spec.restart,
+                ))
+            } else {
+                serde_json::to_vec(&(
+                    &spec.config_xml,
+                    &spec.artifacts,
+                    &spec.labels,
+                    spec.restart,
+                    &spec.scratch_disks,
+                ))
+            }
             .unwrap_or_default(),
         ));
         let name = spec.name.clone();
@@ -239,6 +254,35 @@ impl Agent {
                         blob: a.blob.clone(),
                         writable: a.writable,
                     });
+                }
+                for d in &spec.scratch_disks {
+                    d.check()?;
+                    if spec.artifacts.iter().any(|a| a.name == d.name)
+                        || spec
+                            .scratch_disks
+                            .iter()
+                            .filter(|o| o.name == d.name)
+                            .count()
+                            > 1
+                    {
+                        return Err(AgentError::invalid(
+                            "scratch_disk.name",
+                            format!("{:?} names two files of the domain", d.name),
+                        ));
+                    }
+                }
+                if !spec.scratch_disks.is_empty() {
+                    let files = staging.0.join("files");
+                    let disks = spec.scratch_disks.clone();
+                    tokio::task::spawn_blocking(move || {
+                        disks
+                            .iter()
+                            .try_for_each(|d| scratch_disk::make(&files, d).map(drop))
+                    })
+                    .await
+                    .map_err(|e| {
+                        AgentError::invalid("scratch_disks", format!("making them failed: {e}"))
+                    })??;
                 }
                 let staged = Staged {
                     dir: staging.0.clone(),

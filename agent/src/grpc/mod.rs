@@ -179,6 +179,15 @@ impl AgentService for Service {
             start: r.start,
             restart: convert::restart(r.restart_policy),
             labels: r.labels.into_iter().collect(),
+            scratch_disks: r
+                .scratch_disks
+                .into_iter()
+                .map(|d| crate::scratch_disk::ScratchDiskSpec {
+                    name: d.name,
+                    size_bytes: d.size_bytes,
+                    label: d.label,
+                })
+                .collect(),
         };
         let d = self
             .agent

@@ -182,6 +182,7 @@ async fn create(agent: &Agent, name: &str, labels: &[(&str, &str)]) -> u64 {
         start: true,
         restart: RestartPolicy::Never,
         labels,
+        scratch_disks: Vec::new(),
     };
     agent
         .create_from_blobs(spec, None)

@@ -128,7 +128,10 @@ async fn blobs_domains_events_over_grpc() {
     let req = pb::CreateDomainRequest {
         request_id: "create-g-one".into(),
         name: "g-one".into(),
-        config_xml: test_xml("g-one"),
+        config_xml: test_xml("g-one").replace(
+            "<devices>",
+            "<devices><disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='scratch0.img'/><target dev='vda' bus='virtio'/></disk>",
+        ),
         artifacts: vec![
             pb::Artifact {
                 name: "vmlinuz".into(),
@@ -144,6 +147,11 @@ async fn blobs_domains_events_over_grpc() {
         start: true,
         restart_policy: pb::RestartPolicy::Always as i32,
         labels: HashMap::from([("deployment".to_owned(), "d1".to_owned())]),
+        scratch_disks: vec![pb::ScratchDisk {
+            name: "scratch0.img".into(),
+            size_bytes: 64 << 20,
+            label: "napalm-scratch0".into(),
+        }],
     };
     let d = c
         .create_domain(req.clone())
@@ -172,6 +180,21 @@ async fn blobs_domains_events_over_grpc() {
             .nlink(),
         1
     );
+    // The scratch disk was made in the domain's directory: sparse, ext4, its label.
+    let disk = std::fs::metadata(files.join("scratch0.img")).expect("scratch disk");
+    assert_eq!(disk.len(), 64 << 20);
+    assert!(
+        disk.blocks() * 512 < 8 << 20,
+        "{} bytes used",
+        disk.blocks() * 512
+    );
+    let mut sb = vec![0u8; 2048];
+    use std::io::Read as _;
+    std::fs::File::open(files.join("scratch0.img"))
+        .and_then(|mut f| f.read_exact(&mut sb))
+        .expect("read superblock");
+    assert_eq!(&sb[1024 + 56..1024 + 58], &[0x53, 0xEF], "ext4 magic");
+    assert_eq!(&sb[1024 + 120..1024 + 135], b"napalm-scratch0");
     // Served by REST too: one core.
     let r = reqwest::Client::new()
         .get(a.url("/domain/g-one/vmlinuz"))
@@ -248,8 +271,43 @@ async fn blobs_domains_events_over_grpc() {
         start: false,
         restart_policy: 0,
         labels: HashMap::new(),
+        scratch_disks: vec![],
     };
     let e = c.create_domain(bad).await.expect_err("policy");
+    // A scratch disk the agent will not make is refused, quoting it, and leaves nothing.
+    for (disk, what) in [
+        (("../s.img", 64 << 20, "l"), "'/'"),
+        (("s.img", 1 << 20, "l"), "16 MiB to 1 TiB"),
+        (
+            ("s.img", 64 << 20, "a label too long!"),
+            "\"a label too long!\"",
+        ),
+        (("vmlinuz", 64 << 20, "l"), "names two files"),
+    ] {
+        let e = c
+            .create_domain(pb::CreateDomainRequest {
+                request_id: String::new(),
+                name: "g-disk".into(),
+                config_xml: test_xml("g-disk"),
+                artifacts: vec![pb::Artifact {
+                    name: "vmlinuz".into(),
+                    blob: Some(kref.clone()),
+                    writable: false,
+                }],
+                start: false,
+                restart_policy: 0,
+                labels: HashMap::new(),
+                scratch_disks: vec![pb::ScratchDisk {
+                    name: disk.0.into(),
+                    size_bytes: disk.1,
+                    label: disk.2.into(),
+                }],
+            })
+            .await
+            .expect_err("bad scratch disk");
+        assert!(e.message().contains(what), "{disk:?}: {e:?}");
+    }
+    assert!(!a.dir.path().join("state/domains/g-disk").exists());
     assert!(
         matches!(
             ApiError::from_status(&e),
@@ -272,6 +330,7 @@ async fn blobs_domains_events_over_grpc() {
         start: false,
         restart_policy: 0,
         labels: HashMap::new(),
+        scratch_disks: vec![],
     };
     let e = c.create_domain(missing).await.expect_err("blob missing");
     assert!(

@@ -42,7 +42,9 @@ pub fn boot_hash(spec: &DeploymentSpec, layer_hash: &str) -> String {
     // Only when there are some, so that clones deployed before scratch existed keep
     // their hash (and are not rolled by an upgrade of the coordinator).
     for m in &spec.scratch {
-        h.update(format!("scratch {} {} {:o}", m.path, m.size_bytes, m.mode).as_bytes());
+        // A disk entry says so (a tmpfs one hashes as before kinds existed).
+        let kind = if m.kind == 0 { "" } else { " disk" };
+        h.update(format!("scratch {} {} {:o}{kind}", m.path, m.size_bytes, m.mode).as_bytes());
         h.update([0]);
     }
     hex::encode(h.finalize())

@@ -25,6 +25,13 @@ pub struct DomainParams<'a> {
     pub cmdline: &'a str,
     /// A writable disk artifact for a stateful upper layer.
     pub state_disk: Option<&'a str>,
+    /// Scratch disks the agent makes (file names in the domain directory), attached after
+    /// `state_disk` in order.
+    pub scratch_disks: &'a [String],
+    /// Whether the scratch disks start fresh at every start of the domain (a stateless
+    /// clone): libvirt's `<transient/>` sends the guest's writes to an overlay it drops
+    /// when the domain stops (QEMU/KVM; other hypervisors keep them).
+    pub transient_scratch: bool,
     /// MAC address of the first interface.
     pub mac: &'a str,
     /// Network the interface joins: a libvirt network name, or `None` for no interface.
@@ -59,6 +66,27 @@ pub fn domain_xml(hv: Hypervisor, p: &DomainParams<'_>) -> String {
     if let Some(disk) = p.state_disk {
         devices += &format!(
             "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='{dev_prefix}a' bus='{disk_bus}'/></disk>",
+            esc(disk)
+        );
+    }
+    let first = u8::from(p.state_disk.is_some());
+    let transient = p.transient_scratch
+        && matches!(
+            hv,
+            Hypervisor::Qemu | Hypervisor::Kvm | Hypervisor::Unspecified
+        );
+    for (i, disk) in p.scratch_disks.iter().enumerate() {
+        // Scratch is disposable: a transient one is dropped at the next stop anyway, so
+        // its overlay's flushes are not waited for (`cache='unsafe'`); a kept one is
+        // flushed when the guest asks.
+        let (cache, transient) = if transient {
+            (" cache='unsafe'", "<transient/>")
+        } else {
+            ("", "")
+        };
+        let letter = char::from(b'a' + first + i.min(24) as u8);
+        devices += &format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='raw'{cache}/><source file='{}'/><target dev='{dev_prefix}{letter}' bus='{disk_bus}'/>{transient}</disk>",
             esc(disk)
         );
     }
@@ -119,6 +147,8 @@ mod tests {
             memory: 512 << 20,
             cmdline: "console=ttyS0 root=nfs:10.77.0.1::ro;layer:grid1-01;tmpfs:rw",
             state_disk: None,
+            scratch_disks: &[],
+            transient_scratch: false,
             mac: "52:54:00:00:00:01",
             network: Some("napalm"),
             ip: None,
@@ -161,6 +191,35 @@ mod tests {
         assert!(x.contains("<domain type='xen'>"));
         assert!(x.contains("<type arch='x86_64'>xen</type>"));
         assert!(x.contains("bus='xen'") && x.contains("dev='xvda'"));
+    }
+
+    #[test]
+    fn scratch_disks_follow_the_state_disk_and_are_transient_when_stateless() {
+        let disks = ["scratch0.img".to_owned(), "scratch1.img".to_owned()];
+        let mut p = params();
+        p.scratch_disks = &disks;
+        p.transient_scratch = true;
+        let x = domain_xml(Hypervisor::Qemu, &p);
+        assert!(
+            x.contains("<disk type='file' device='disk'><driver name='qemu' type='raw' cache='unsafe'/><source file='scratch0.img'/><target dev='vda' bus='virtio'/><transient/></disk>"),
+            "{x}"
+        );
+        assert!(
+            x.contains("<source file='scratch1.img'/><target dev='vdb' bus='virtio'/><transient/>"),
+            "{x}"
+        );
+        // Kept (stateful), after a state disk: vdb, vdc, no overlay.
+        p.transient_scratch = false;
+        p.state_disk = Some("state.img");
+        let x = domain_xml(Hypervisor::Qemu, &p);
+        assert!(
+            x.contains("<driver name='qemu' type='raw'/><source file='scratch0.img'/><target dev='vdb' bus='virtio'/></disk>"),
+            "{x}"
+        );
+        assert!(x.contains("dev='vdc'") && !x.contains("transient"), "{x}");
+        // Xen has no transient disks: kept there.
+        p.transient_scratch = true;
+        assert!(!domain_xml(Hypervisor::Xen, &p).contains("transient"));
     }
 
     #[test]

@@ -369,6 +369,8 @@ fn domain_xml_for_every_hypervisor_passes_libvirts_schema() {
                     cmdline:
                         "console=ttyS0 root=nfs:10.77.0.1:/:ro;layer:grid1-01:ro;tmpfs:rw ip=dhcp",
                     state_disk: disk,
+                    scratch_disks: &[],
+                    transient_scratch: false,
                     mac: "52:54:00:12:34:56",
                     network: Some("napalm"),
                     ip: Some(std::net::Ipv4Addr::new(10, 77, 0, 101)),

@@ -306,6 +306,7 @@ async fn a_failure_note_carries_the_end_of_the_clones_console() {
                 start: true,
                 restart: napalm_agent::domain_store::RestartPolicy::Never,
                 labels: Default::default(),
+                scratch_disks: Vec::new(),
             },
             None,
         )

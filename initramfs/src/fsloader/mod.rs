@@ -206,6 +206,19 @@ pub fn modules_for(spec: &crate::rootspec::RootSpec) -> Vec<&'static str> {
     m
 }
 
+/// The device holding the filesystem labelled `label` (e.g. a scratch disk), waiting up
+/// to `timeout` for it to appear, and its filesystem type read from the superblock.
+pub(crate) fn wait_for_label(
+    base: &Path,
+    label: &str,
+    timeout: Duration,
+) -> io::Result<(PathBuf, String)> {
+    let spec = format!("LABEL={label}");
+    let path = retry(timeout, device_not_ready, || block::resolve(base, &spec))?;
+    let fstype = block::probe(&path)?;
+    Ok((path, fstype))
+}
+
 /// Helpers shared by the loaders.
 pub(crate) fn params_err(l: &dyn Fsloader, dev: &Device, what: impl Into<String>) -> LoadError {
     LoadError::Params {
@@ -277,4 +290,4 @@ pub(crate) fn read_only(dev: &Device) -> bool {
 
 #[cfg(test)]
 #[path = "tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -5,7 +5,8 @@ use crate::rootspec::RootSpec;
 use crate::syscall::RecordingSyscall;
 use crate::union::{assemble, validate, UnionError};
 
-fn ext4_image(label: &str) -> Vec<u8> {
+/// The first 4 KiB of an ext4 filesystem labelled `label` (magic, label, a fixed UUID).
+pub(crate) fn ext4_image(label: &str) -> Vec<u8> {
     let mut b = vec![0u8; 4096];
     b[1024 + 56] = 0x53;
     b[1024 + 57] = 0xEF;

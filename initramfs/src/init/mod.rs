@@ -36,6 +36,9 @@ pub const SCRATCH_SOURCE: &str = "napalm-scratch";
 
 /// The modules the network needs besides those of the fsloaders.
 const NET_MODULES: [&str; 3] = ["virtio_pci", "virtio_net", "xen_netfront"];
+/// The modules scratch disks need (the filesystem the host makes, ext4, is built into
+/// Debian's kernels; a kernel with it as a module lists it in the image).
+const DISK_MODULES: [&str; 4] = ["virtio_pci", "virtio_blk", "xen_blkfront", "ext4"];
 
 /// Runs the whole boot on the real root `/`; returns only on failure (success execs the
 /// real init with `init_args`, the words the kernel passed to us, e.g. `single`).
@@ -108,7 +111,7 @@ impl<'a> Boot<'a> {
         let net = self.bring_up_network(&cfg)?;
         let assembled = self.assemble_root(&cfg, &root, net.as_ref())?;
         self.unpack(&cfg, &assembled)?;
-        self.mount_scratch(&cfg)?;
+        self.mount_scratch(&cfg, stateless(&root))?;
         self.switch_root(&cfg)?;
         self.write_report(&root, &assembled, net.as_ref());
         Err(self.exec_init(&cfg, init_args))
@@ -192,6 +195,13 @@ impl<'a> Boot<'a> {
         let mut wanted = fsloader::modules_for(root);
         if cfg.ip != IpConfig::Off {
             wanted.extend(NET_MODULES);
+        }
+        if cfg.scratch.disks().next().is_some() {
+            for m in DISK_MODULES {
+                if !wanted.contains(&m) {
+                    wanted.push(m);
+                }
+            }
         }
         let dir = self.path("/lib/modules").join(&release);
         let loaded = modules::load_needed(self.sys, &dir, &wanted)
@@ -294,40 +304,99 @@ impl<'a> Boot<'a> {
         Ok(())
     }
 
-    /// `napalm.scratch=`: a tmpfs of the given size and mode at each path of the new root,
-    /// mounted on the assembled union (not through it: writes there never reach
-    /// overlayfs); switch_root's move of the new root carries them along. The directory is
-    /// created in the union when missing, which needs a writable root.
-    fn mount_scratch(&mut self, cfg: &BootConfig) -> Step<()> {
+    /// `napalm.scratch=`: at each path of the new root, a tmpfs of the given size and mode,
+    /// or the filesystem labelled for that disk entry (waiting `napalm.timeout=` for the
+    /// device) with its root directory given the mode; mounted on the assembled union (not
+    /// through it: writes there never reach overlayfs); switch_root's move of the new root
+    /// carries them along. The directory is created in the union when missing, which needs
+    /// a writable root. A disk follows the clone's mode: on a `stateless` root (its upper
+    /// is a tmpfs) it is emptied, so a reboot from inside the guest finds it as fresh as the
+    /// upper (a new start of the domain already gets a fresh one from the host).
+    fn mount_scratch(&mut self, cfg: &BootConfig, stateless: bool) -> Step<()> {
         if cfg.scratch.is_empty() {
             return Ok(());
         }
         let s = uptime();
+        let timeout = Duration::from_secs(cfg.timeout_secs);
         for m in &cfg.scratch.mounts {
             let target = self.path(NEWROOT).join(m.path.trim_start_matches('/'));
-            let opts = m.mount_options();
-            self.sys
-                .mkdir_all(&target)
-                .map_err(|e| {
-                    format!(
-                        "{m}: creating {} in the new root: {e} (a read-only root needs the \
-                         directory in one of its layers)",
-                        m.path
-                    )
-                })
-                .and_then(|()| {
+            let made = self.sys.mkdir_all(&target).map_err(|e| {
+                format!(
+                    "{m}: creating {} in the new root: {e} (a read-only root needs the \
+                     directory in one of its layers)",
+                    m.path
+                )
+            });
+            let done = made.and_then(|()| match cfg.scratch.label_of(m) {
+                None => {
+                    let opts = m.mount_options();
                     self.sys
                         .mount(SCRATCH_SOURCE, &target, "tmpfs", false, &opts)
+                        .map(|()| format!("tmpfs {opts}"))
                         .map_err(|e| format!("{m}: mount -t tmpfs -o {opts} {}: {e}", m.path))
-                })
-                .map_err(|e| {
-                    self.fail("scratch", format!("napalm.scratch={}: {e}", cfg.scratch))
-                })?;
-            self.note(format!("napalm:   scratch {} tmpfs {opts}", m.path));
+                }
+                Some(label) => self.mount_scratch_disk(m, &label, &target, timeout, stateless),
+            });
+            let what = done.map_err(|e| {
+                self.fail("scratch", format!("napalm.scratch={}: {e}", cfg.scratch))
+            })?;
+            self.note(format!("napalm:   scratch {} {what}", m.path));
         }
         let line = self.tm.record("scratch mounted", s, uptime());
         self.note(line);
         Ok(())
+    }
+
+    /// One disk entry: finds the filesystem labelled `label`, mounts it at `target`,
+    /// empties it when `stateless` (all but `lost+found`) and gives its root directory the
+    /// entry's mode; says what it mounted.
+    fn mount_scratch_disk(
+        &self,
+        m: &crate::scratch::ScratchMount,
+        label: &str,
+        target: &Path,
+        timeout: Duration,
+        stateless: bool,
+    ) -> Result<String, String> {
+        let (dev, fstype) = fsloader::wait_for_label(&self.root, label, timeout).map_err(|e| {
+            format!(
+                "{m}: no disk with the filesystem label {label} after {}s: {e} (the host \
+                 attaches it; `napalm.timeout=` waits longer)",
+                timeout.as_secs()
+            )
+        })?;
+        let shown = format!(
+            "/{}",
+            dev.strip_prefix(&self.root).unwrap_or(&dev).display()
+        );
+        // The host made it with lazy inode tables: no kernel thread zeroes them in the
+        // background (CPU a TCG guest would pay for nothing; the tables are valid unzeroed).
+        let opts = if fstype == "ext4" {
+            "noinit_itable"
+        } else {
+            ""
+        };
+        self.sys
+            .mount(&shown, target, &fstype, false, opts)
+            .map_err(|e| format!("{m}: mount -t {fstype} -o {opts} {shown} {}: {e}", m.path))?;
+        let emptied = if stateless {
+            crate::scratch::empty_dir(target)
+                .map_err(|e| format!("{m}: emptying {} (a stateless clone's): {e}", m.path))?
+        } else {
+            0
+        };
+        self.sys
+            .chmod(target, m.mode)
+            .map_err(|e| format!("{m}: chmod {:o} {}: {e}", m.mode, m.path))?;
+        let kept = if stateless {
+            format!("emptied ({emptied} entries)")
+        } else {
+            "kept".into()
+        };
+        Ok(format!(
+            "{shown} ({fstype}, {label}) mode {:o}, {kept}",
+            m.mode
+        ))
     }
 
     /// Checks `init=` exists in the new root, then switches to it ([`switch_root`]).
@@ -381,6 +450,16 @@ impl<'a> Boot<'a> {
         let err = self.sys.exec(&cfg.init, init_args);
         self.fail("exec init", format!("exec {}: {err}", cfg.init.display()))
     }
+}
+
+/// Whether the root's writable layer is a tmpfs: a stateless clone, whose writes vanish at
+/// every boot.
+fn stateless(root: &RootSpec) -> bool {
+    root.upper()
+        .ok()
+        .flatten()
+        .and_then(|i| root.devices.get(i))
+        .is_some_and(|d| d.kind == "tmpfs")
 }
 
 fn needs_network(cfg: &BootConfig) -> bool {

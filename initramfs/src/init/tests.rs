@@ -164,6 +164,113 @@ fn scratch_is_mounted_on_the_assembled_union_before_switch_root() {
 }
 
 #[test]
+fn a_scratch_disk_is_found_by_its_label_mounted_and_given_its_mode() {
+    let d = boot_root(
+        "root=tmpfs:rw napalm.scratch=/tmp:tmpfs:64M,/scratch:disk:4G,/var/tmp:disk:1G:0755",
+    );
+    let base = d.path();
+    std::fs::create_dir_all(base.join("dev")).unwrap();
+    for (dev, label) in [
+        ("vda", "other"),
+        ("vdb", "napalm-scratch1"),
+        ("vdc", "napalm-scratch0"),
+    ] {
+        std::fs::create_dir_all(base.join("sys/class/block").join(dev)).unwrap();
+        std::fs::write(
+            base.join("dev").join(dev),
+            crate::fsloader::tests::ext4_image(label),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        base.join("lib/modules")
+            .join(RECORDED_RELEASE)
+            .join("modules.dep"),
+        "kernel/fs/overlayfs/overlay.ko:\nkernel/drivers/block/virtio_blk.ko:\n",
+    )
+    .unwrap();
+    // What an earlier boot left on the disks (the recorded mounts leave these directories
+    // as they are): a stateless root empties them, keeping lost+found.
+    for dir in ["scratch", "var/tmp"] {
+        let d = base.join("rootfs").join(dir);
+        std::fs::create_dir_all(d.join("lost+found")).unwrap();
+        std::fs::create_dir_all(d.join("old/deep")).unwrap();
+        std::fs::write(d.join("old/deep/f"), "x").unwrap();
+        std::fs::write(d.join("left"), "x").unwrap();
+    }
+    let sys = RecordingSyscall::new(Some(base));
+    let f = Boot::new(&sys, base).run(&base.join("cmdline"), &[]);
+    assert_eq!(f.step, "exec init", "{f:?}");
+    for dir in ["scratch", "var/tmp"] {
+        let left: Vec<String> = std::fs::read_dir(base.join("rootfs").join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["lost+found"], "{dir}");
+    }
+    let calls = sys.calls();
+    let at = |c: &str| {
+        calls
+            .iter()
+            .position(|x| x == c)
+            .unwrap_or_else(|| panic!("{c} not in {calls:?}"))
+    };
+    let blk = at("finit_module /lib/modules/6.1.0-test/kernel/drivers/block/virtio_blk.ko []");
+    let tmp = at("mount napalm-scratch /rootfs/tmp tmpfs [size=67108864,mode=1777]");
+    let scratch = at("mount /dev/vdc /rootfs/scratch ext4 [noinit_itable]");
+    let var_tmp = at("mount /dev/vdb /rootfs/var/tmp ext4 [noinit_itable]");
+    assert_eq!(calls[scratch + 1], "chmod /rootfs/scratch 1777");
+    assert_eq!(calls[var_tmp + 1], "chmod /rootfs/var/tmp 755");
+    assert!(blk < tmp && tmp < scratch && scratch < var_tmp, "{calls:?}");
+    assert!(var_tmp < at("move /dev /rootfs/dev"), "{calls:?}");
+}
+
+#[test]
+fn a_stateful_root_keeps_what_its_scratch_disk_holds() {
+    let d = boot_root("root=tmpfs:ro;block:/dev/vdz:ext4:rw napalm.scratch=/scratch:disk:1G");
+    let base = d.path();
+    std::fs::create_dir_all(base.join("dev")).unwrap();
+    std::fs::write(
+        base.join("dev/vdz"),
+        crate::fsloader::tests::ext4_image("state"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(base.join("sys/class/block/vdb")).unwrap();
+    std::fs::write(
+        base.join("dev/vdb"),
+        crate::fsloader::tests::ext4_image("napalm-scratch0"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(base.join("rootfs/scratch")).unwrap();
+    std::fs::write(base.join("rootfs/scratch/kept"), "x").unwrap();
+    let sys = RecordingSyscall::new(Some(base));
+    let f = Boot::new(&sys, base).run(&base.join("cmdline"), &[]);
+    assert_eq!(f.step, "exec init", "{f:?}");
+    assert!(base.join("rootfs/scratch/kept").exists());
+    assert!(
+        sys.calls()
+            .contains(&"mount /dev/vdb /rootfs/scratch ext4 [noinit_itable]".to_owned()),
+        "{:?}",
+        sys.calls()
+    );
+}
+
+#[test]
+fn a_missing_scratch_disk_fails_the_boot_naming_its_label() {
+    let d = boot_root("root=tmpfs:rw napalm.scratch=/scratch:disk:4G napalm.timeout=0");
+    std::fs::create_dir_all(d.path().join("sys/class/block")).unwrap();
+    let sys = RecordingSyscall::new(Some(d.path()));
+    let f = Boot::new(&sys, d.path()).run(&d.path().join("cmdline"), &[]);
+    assert_eq!(f.step, "scratch", "{f:?}");
+    assert!(
+        f.error.contains("napalm.scratch=/scratch:disk:4G")
+            && f.error.contains("filesystem label napalm-scratch0"),
+        "{}",
+        f.error
+    );
+}
+
+#[test]
 fn a_scratch_mount_that_fails_names_the_step_and_the_entry() {
     let d = boot_root("root=tmpfs:rw napalm.scratch=/scratch:tmpfs:1G napalm.onfail=shell");
     let sys = RecordingSyscall::new(Some(d.path()));

@@ -53,6 +53,11 @@ impl Syscall for LinuxSyscall {
         std::fs::create_dir_all(path)
     }
 
+    fn chmod(&self, path: &Path, mode: u32) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    }
+
     fn mknod_char(&self, path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()> {
         use rustix::fs::{makedev, mknodat, FileType, Mode, CWD};
         mknodat(

@@ -46,6 +46,8 @@ pub trait Syscall {
     fn umount(&self, target: &Path) -> io::Result<()>;
     /// `mkdir -p` with mode 0755.
     fn mkdir_all(&self, path: &Path) -> io::Result<()>;
+    /// `chmod` (permission bits and set-id/sticky bits of `mode`).
+    fn chmod(&self, path: &Path, mode: u32) -> io::Result<()>;
     /// `mknod(path, S_IFCHR | mode, makedev(major, minor))`.
     fn mknod_char(&self, path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()>;
     /// `lsetxattr(path, name, value)`.

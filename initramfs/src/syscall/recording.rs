@@ -99,6 +99,9 @@ impl Syscall for RecordingSyscall {
         }
         Ok(())
     }
+    fn chmod(&self, path: &Path, mode: u32) -> io::Result<()> {
+        self.record(format!("chmod {} {mode:o}", self.p(path)))
+    }
     fn mknod_char(&self, path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()> {
         self.record(format!("mknod {} c {major} {minor} {mode:o}", self.p(path)))
     }

@@ -231,6 +231,182 @@ fn a_clone_deployed_with_scratch_has_a_tmpfs_of_that_size_beside_the_union() {
     );
 }
 
+/// `virsh` on the grid's libvirtd; its stdout (the test fails when it fails).
+fn virsh(args: &[&str]) -> String {
+    let out = Command::new("virsh")
+        .args(["-q", "-c", "qemu:///system"])
+        .args(args)
+        .output()
+        .expect("virsh runs");
+    assert!(
+        out.status.success(),
+        "virsh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The host file of a domain's scratch disk, from its inactive XML.
+fn scratch_file(domain: &str) -> PathBuf {
+    let xml = virsh(&["dumpxml", "--inactive", domain]);
+    xml.split("<source file='")
+        .skip(1)
+        .filter_map(|r| r.split('\'').next())
+        .find(|f| f.ends_with("/scratch0.img"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no scratch0.img in {domain}'s XML:\n{xml}"))
+}
+
+/// Bytes the host's file system holds for `path` (a sparse file holds less than its size).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn a_scratch_disk_is_an_ext4_beside_the_union_fresh_when_stateless_kept_when_stateful() {
+    let g = grid("scrd", None);
+    let (ok, out) = ctl(
+        &g,
+        &[
+            "deploy",
+            "--hypervisor",
+            "qemu",
+            "--count",
+            "1",
+            "--name",
+            "scrd-small",
+            "--scratch",
+            "/scratch=disk:1M",
+        ],
+    );
+    assert!(
+        !ok && out.contains("\"/scratch:disk:1M\"") && out.contains("at least 16M"),
+        "{out}"
+    );
+    assert!(g.domains().is_empty(), "refused, yet {:?}", g.domains());
+
+    let disk = ["--scratch", "/scratch=disk:256M,/tmp=32M"];
+    let less = deploy(&g, "scrd", "256M", &disk);
+    let full = deploy(
+        &g,
+        "scrdk",
+        "256M",
+        &[&disk[..], &["--mode", "stateful"]].concat(),
+    );
+    let write = "cat /proc/cmdline; echo MOUNTS-BEGIN; cat /proc/mounts; echo MOUNTS-END\n\
+         echo MODE=$(stat -c %a /scratch)\n\
+         echo marker > /scratch/marker && sync && echo WROTE=$(cat /scratch/marker)\n\
+         dd if=/dev/zero of=/scratch/fill bs=1M count=300 >/dd.log 2>&1; echo DD=$?; cat /dd.log\n\
+         echo FILLED=$(du -sk /scratch | cut -f1)\n\
+         echo UPPER-BEGIN; ls -a /.unions/*/upper/scratch 2>&1; echo UPPER-END\n\
+         rm /scratch/fill; sync; cat /proc/sys/kernel/random/boot_id\n";
+    let mut boots = Vec::new();
+    for c in [&less, &full] {
+        let out = sh(&g, c, write, Duration::from_secs(120));
+        eprintln!("{c}:\n{out}");
+        assert!(
+            out.contains("napalm.scratch=/scratch:disk:256M,/tmp:tmpfs:32M"),
+            "{out}"
+        );
+        let mounts = out
+            .split("MOUNTS-BEGIN")
+            .nth(1)
+            .and_then(|m| m.split("MOUNTS-END").next())
+            .unwrap_or_default();
+        let m = mount_at(mounts, "/scratch").unwrap_or_else(|| panic!("no /scratch:\n{out}"));
+        // The agent's disk, an ext4 of its own, not the union; /tmp stays a tmpfs.
+        assert!(m[0].starts_with("/dev/vd") && m[2] == "ext4", "{m:?}");
+        assert!(m[3].split(',').any(|o| o == "rw"), "{m:?}");
+        assert_eq!(
+            mount_at(mounts, "/tmp").map(|t| t[2]),
+            Some("tmpfs"),
+            "{out}"
+        );
+        assert_eq!(
+            mount_at(mounts, "/").map(|r| r[2]),
+            Some("overlay"),
+            "{out}"
+        );
+        assert!(
+            out.contains("MODE=1777") && out.contains("WROTE=marker"),
+            "{out}"
+        );
+        // Full at its size, less ext4's own metadata and journal.
+        assert!(
+            out.contains("DD=1") && out.contains("No space left on device"),
+            "{out}"
+        );
+        let filled: u64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("FILLED="))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(
+            (200 << 10..=256 << 10).contains(&filled),
+            "filled {filled} KiB:\n{out}"
+        );
+        let upper = out
+            .split("UPPER-BEGIN")
+            .nth(1)
+            .and_then(|m| m.split("UPPER-END").next())
+            .unwrap_or_default();
+        assert_eq!(
+            upper.split_whitespace().collect::<Vec<_>>(),
+            [".", ".."],
+            "the union's upper holds scratch files:\n{out}"
+        );
+        boots.push(out.lines().last().unwrap_or_default().trim().to_owned());
+    }
+    // On the host: the stateless clone's writes went to libvirt's transient overlay, so its
+    // disk file is still the blank, sparse one the agent made; the stateful one holds them.
+    let (less_file, full_file) = (scratch_file("scrd-01"), scratch_file("scrdk-01"));
+    assert!(virsh(&["dumpxml", "scrd-01"]).contains("<transient/>"));
+    assert!(!virsh(&["dumpxml", "scrdk-01"]).contains("<transient/>"));
+    assert!(
+        allocated(&less_file) < 16 << 20,
+        "{} holds {} bytes: the stateless clone wrote through its transient disk",
+        less_file.display(),
+        allocated(&less_file)
+    );
+    assert!(
+        allocated(&full_file) > 128 << 20,
+        "{} holds {} bytes after the clone filled it",
+        full_file.display(),
+        allocated(&full_file)
+    );
+
+    // A reboot from inside: napalm-init empties the stateless clone's disk, keeps the other's.
+    for c in [&less, &full] {
+        sh(
+            &g,
+            c,
+            "sync; (sleep 1; reboot -f) >/dev/null 2>&1 &",
+            Duration::from_secs(10),
+        );
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let look = "cat /scratch/marker 2>/dev/null || echo absent; ls /scratch; \
+                grep ' /scratch ' /proc/mounts; cat /proc/sys/kernel/random/boot_id";
+    for (c, boot, want) in [(&less, &boots[0], "absent"), (&full, &boots[1], "marker")] {
+        assert!(
+            g.wait_clone_shell(&clone_address(c), Duration::from_secs(180)),
+            "{c} back after reboot; logs in {}",
+            g.dir.display()
+        );
+        let out = sh(&g, c, look, Duration::from_secs(30));
+        assert_ne!(
+            out.lines().last().map(str::trim),
+            Some(boot.as_str()),
+            "{c} did not reboot"
+        );
+        assert!(out.lines().next() == Some(want), "{c} after reboot:\n{out}");
+        assert!(out.contains(" ext4 "), "{out}");
+    }
+}
+
 /// The busybox root with dbench added: the host's binary, the libraries `ldd` names and
 /// the loadfile, cached beside the busybox root.
 fn dbench_root(cache: &Path) -> PathBuf {

@@ -146,6 +146,11 @@ pub fn create_domain_request() -> CreateDomainRequest {
         start: true,
         restart_policy: RestartPolicy::OnFailure as i32,
         labels: labels(),
+        scratch_disks: vec![ScratchDisk {
+            name: s("scratch0.img"),
+            size_bytes: 4 << 30,
+            label: s("napalm-scratch0"),
+        }],
     }
 }
 pub fn domain() -> Domain {
@@ -339,11 +344,20 @@ pub fn spec() -> DeploymentSpec {
         max_unavailable: 2,
         boot_timeout: dur(1_500),
         restart_budget: Some(3),
-        scratch: vec![ScratchMount {
-            path: s("/scratch"),
-            size_bytes: 256 << 20,
-            mode: 0o1777,
-        }],
+        scratch: vec![
+            ScratchMount {
+                path: s("/scratch"),
+                size_bytes: 256 << 20,
+                mode: 0o1777,
+                kind: ScratchKind::Tmpfs as i32,
+            },
+            ScratchMount {
+                path: s("/var/tmp"),
+                size_bytes: 4 << 30,
+                mode: 0o1777,
+                kind: ScratchKind::Disk as i32,
+            },
+        ],
     }
 }
 pub fn deploy_request() -> DeployRequest {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use napalm_proto::v1::{
     Agent, Clone, ClonePhase, CreateDomainRequest, DomainState, Hypervisor, RestartPolicy,
+    ScratchDisk,
 };
 
 use napalm_initramfs::cmdline::{fast_boot_args, KernelCmdline};
@@ -225,6 +226,18 @@ impl Run {
         let hv = hypervisor_on(&self.spec, agent);
         let r = self.spec.resources.unwrap_or_default();
         let cmdline = self.cmdline(c, agent, built)?.to_string();
+        // Scratch disks: the agent makes each with the label napalm-init looks for.
+        let scratch_disks: Vec<ScratchDisk> = crate::deploy::scratch::scratch_spec(&self.spec)
+            .map_err(|e| DeployError::Scratch(Arc::new(e)))?
+            .disks()
+            .enumerate()
+            .map(|(i, (label, m))| ScratchDisk {
+                name: format!("scratch{i}.img"),
+                size_bytes: m.size(),
+                label,
+            })
+            .collect();
+        let disk_names: Vec<String> = scratch_disks.iter().map(|d| d.name.clone()).collect();
         let xml = domain_xml(
             hv,
             &DomainParams {
@@ -233,6 +246,8 @@ impl Run {
                 memory: r.memory_bytes,
                 cmdline: &cmdline,
                 state_disk: None,
+                scratch_disks: &disk_names,
+                transient_scratch: !self.stateful(),
                 mac: &c.mac,
                 network: if hv == Hypervisor::Test {
                     None
@@ -289,6 +304,7 @@ impl Run {
                 ("deployment".to_owned(), self.spec.name.clone()),
                 ("clone".to_owned(), c.name.clone()),
             ]),
+            scratch_disks,
         };
         // The digest of the root this coordinator exports, when the clone boots it: the
         // agent reports it as the clone's host.image.id.
