@@ -196,6 +196,12 @@ fn the_installed_guest_kernel_extracts_with_a_pvh_entry() {
         bz.len()
     );
     let entry = pvh_entry(&path, &elf).expect("elf").expect("PVH note");
+    eprintln!(
+        "{}: {} bytes, ELF {} bytes, PVH entry {entry:#x}",
+        path.display(),
+        bz.len(),
+        elf.len()
+    );
     // A physical address below 4 GiB (the kernel loads at 16 MiB on x86_64).
     assert!(entry > 0x10_0000 && entry < 1 << 32, "{entry:#x}");
 }
