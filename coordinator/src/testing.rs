@@ -115,6 +115,7 @@ pub fn deploy_config(dir: &Path, opts: &GridOptions) -> Result<DeployConfig, Gri
     Ok(DeployConfig {
         artifacts: ArtifactConfig {
             kernel,
+            kernel_entry: crate::deploy::artifacts::KernelEntry::default(),
             base_image: base,
             sets: vec![napalm_overlay::default_sets_dir()],
             layers_dir: dir.join("layers"),

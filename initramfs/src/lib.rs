@@ -3,7 +3,8 @@
 //! Owns: `napalm-init`, the static PID 1 of a clone's initramfs (kernel command line,
 //! modules, network, the `root=` grammar and its fsloaders, union assembly with overlayfs,
 //! switch_root, boot timings) and `napalm-mkinitramfs`, which builds the reproducible newc
-//! cpio image and appends differentiation layers.
+//! cpio image and appends differentiation layers; for the host, `kernel`: the guest
+//! kernel's uncompressed ELF taken out of its bzImage, booted through its PVH entry.
 //!
 //! Must not touch: anything on the host at run time when it runs as PID 1 in the guest.
 //! Mounts, the network, hostname, `uname` and `/run/napalm` go through `syscall::Syscall`
@@ -14,7 +15,7 @@
 //! (the coordinator) uses `default-features = false` and gets the grammar — `rootspec`
 //! (root=), `ip` (ip=, nameserver=), `scratch` (napalm.scratch=), `cmdline` (the command line, parsed as `BootConfig`
 //! or built as `KernelCmdline`) — and the builder: `cpio`, `image`, `modules`
-//! (modules.dep). `testing` adds `testing::static_init`, the static napalm-init for QEMU
+//! (modules.dep), `kernel` (bzImage → vmlinux with its PVH note). `testing` adds `testing::static_init`, the static napalm-init for QEMU
 //! tests.
 //!
 //! Guest map: `fsloader` (one module per root type), `whiteout` (portable → overlayfs
@@ -27,6 +28,7 @@ pub mod cmdline;
 pub mod cpio;
 pub mod image;
 pub mod ip;
+pub mod kernel;
 pub mod modules;
 pub mod rootspec;
 pub mod scratch;

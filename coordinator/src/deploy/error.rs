@@ -28,6 +28,19 @@ pub enum DeployError {
         #[source]
         source: Arc<std::io::Error>,
     },
+    /// The kernel could not be turned into the ELF QEMU boots through PVH.
+    #[error("the kernel cannot be booted through its PVH entry")]
+    Kernel(#[source] Arc<napalm_initramfs::kernel::KernelError>),
+    /// `--kernel-entry pvh` with a kernel built without `CONFIG_PVH`.
+    #[error(
+        "{} has no PVH entry (no Xen note of type 18, XEN_ELFNOTE_PHYS32_ENTRY): give a \
+         kernel built with CONFIG_PVH=y, or boot the bzImage (--kernel-entry bzimage or auto)",
+        path.display()
+    )]
+    NoPvhEntry {
+        /// The kernel.
+        path: PathBuf,
+    },
     /// A named template set is in none of the set directories.
     #[error("unknown layer set {name:?}: no directory {name}/ in {searched}")]
     UnknownSet {

@@ -284,6 +284,22 @@ impl Deployer {
             .is_some_and(|a| place::hypervisor_on(spec, a) == napalm_proto::v1::Hypervisor::Test)
     }
 
+    /// Reads the kernel and, unless `--kernel-entry bzimage`, extracts the ELF QEMU/KVM
+    /// clones boot through PVH (off the async workers; kept for every later deploy). An
+    /// error with `--kernel-entry pvh` means that kernel cannot boot so: the coordinator
+    /// refuses to start rather than failing each deploy.
+    pub async fn load_kernel(&self) -> Result<(), DeployError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.artifacts.kernels().map(drop))
+            .await
+            .map_err(|_| DeployError::TaskPanicked("kernel extraction"))?
+    }
+
+    /// Whether QEMU/KVM clones must boot through the PVH entry (`--kernel-entry pvh`).
+    pub fn requires_pvh(&self) -> bool {
+        self.inner.cfg.artifacts.kernel_entry == artifacts::KernelEntry::Pvh
+    }
+
     /// Writes the NFS exports for what the registry holds (at start-up, before clones
     /// mount anything).
     pub async fn sync_exports(&self) -> Result<(), DeployError> {

@@ -18,10 +18,11 @@ use sha2::{Digest, Sha256};
 use super::{invalid, Deployer};
 use crate::registry::{check_name, CLONES, DEPLOYMENTS};
 
-/// The hash of everything a clone boots from: its layer's input hash and the spec's boot
-/// inputs (resources, kernel, root, arguments, mode, hypervisor, arch, scratch paths). A
-/// clone whose recorded hash differs runs an older spec.
-pub fn boot_hash(spec: &DeploymentSpec, layer_hash: &str) -> String {
+/// The hash of everything a clone boots from: its layer's input hash, the digest of the
+/// kernel artifact it boots (`served_kernel`: the bzImage, or its ELF entered through
+/// PVH) and the spec's boot inputs (resources, kernel, root, arguments, mode, hypervisor,
+/// arch, scratch paths). A clone whose recorded hash differs runs an older spec.
+pub fn boot_hash(spec: &DeploymentSpec, served_kernel: &str, layer_hash: &str) -> String {
     let r = spec.resources.unwrap_or_default();
     let kernel = spec.kernel.as_ref().map_or("", |k| k.sha256.as_str());
     let mut h = Sha256::new();
@@ -30,6 +31,7 @@ pub fn boot_hash(spec: &DeploymentSpec, layer_hash: &str) -> String {
         &r.vcpus.to_string(),
         &r.memory_bytes.to_string(),
         kernel,
+        served_kernel,
         &spec.root,
         &spec.kernel_args,
         &spec.mode.to_string(),
@@ -305,22 +307,31 @@ mod tests {
             count: 2,
             ..Default::default()
         };
-        let h = boot_hash(&spec, "layer");
+        let h = boot_hash(&spec, "k", "layer");
         let more = DeploymentSpec {
             count: 9,
             max_unavailable: 3,
             allow_pending: true,
             ..spec.clone()
         };
-        assert_eq!(boot_hash(&more, "layer"), h, "scaling is not an update");
-        assert_ne!(boot_hash(&spec, "other layer"), h);
+        assert_eq!(
+            boot_hash(&more, "k", "layer"),
+            h,
+            "scaling is not an update"
+        );
+        assert_ne!(boot_hash(&spec, "k", "other layer"), h);
+        assert_ne!(
+            boot_hash(&spec, "pvh", "layer"),
+            h,
+            "another kernel artifact"
+        );
         let mut bigger = spec.clone();
         bigger.resources.get_or_insert_default().memory_bytes = 256 << 20;
-        assert_ne!(boot_hash(&bigger, "layer"), h);
+        assert_ne!(boot_hash(&bigger, "k", "layer"), h);
         let args = DeploymentSpec {
             kernel_args: "quiet".into(),
             ..spec
         };
-        assert_ne!(boot_hash(&args, "layer"), h);
+        assert_ne!(boot_hash(&args, "k", "layer"), h);
     }
 }

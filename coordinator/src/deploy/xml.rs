@@ -1,7 +1,9 @@
 //! libvirt domain XML for one clone, per hypervisor: QEMU/KVM (`hvm`, virtio), Xen PV
 //! (`xen`, xen-netfront/blkfront), and libvirt's `test` driver. Paths are bare artifact
-//! names (`vmlinuz`, `initrd.img`, `state.img`): the agent maps them into the domain's own
-//! directory and refuses anything else.
+//! names (`vmlinuz` or `vmlinux`, `initrd.img`, `state.img`): the agent maps them into the
+//! domain's own directory and refuses anything else. QEMU's `-kernel` boots a bzImage
+//! through its setup code and an ELF with a PVH note through that entry, so the same
+//! `<kernel>` element serves both (`artifacts::Kernels` chooses).
 //!
 //! A QEMU/KVM clone with a static address gets libvirt's `clean-traffic` network filter
 //! on its interface, bound to its MAC and that address: the host drops frames it sends
@@ -21,6 +23,8 @@ pub struct DomainParams<'a> {
     pub vcpus: u32,
     /// Memory, bytes.
     pub memory: u64,
+    /// Artifact name of the kernel (`vmlinuz`: the bzImage, `vmlinux`: its ELF).
+    pub kernel: &'a str,
     /// Kernel command line.
     pub cmdline: &'a str,
     /// A writable disk artifact for a stateful upper layer.
@@ -118,11 +122,12 @@ pub fn domain_xml(hv: Hypervisor, p: &DomainParams<'_>) -> String {
 <name>{name}</name>\
 <memory unit='KiB'>{kib}</memory>\
 <vcpu>{vcpus}</vcpu>\
-<os><type arch='x86_64'{machine}>{os_type}</type><kernel>vmlinuz</kernel><initrd>initrd.img</initrd><cmdline>{cmdline}</cmdline></os>\
+<os><type arch='x86_64'{machine}>{os_type}</type><kernel>{kernel}</kernel><initrd>initrd.img</initrd><cmdline>{cmdline}</cmdline></os>\
 <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>\
 <devices>{devices}</devices>\
 </domain>",
         name = esc(p.name),
+        kernel = esc(p.kernel),
         vcpus = p.vcpus,
         cmdline = esc(p.cmdline),
     )
@@ -145,6 +150,7 @@ mod tests {
             name: "grid1-01",
             vcpus: 1,
             memory: 512 << 20,
+            kernel: "vmlinuz",
             cmdline: "console=ttyS0 root=nfs:10.77.0.1::ro;layer:grid1-01;tmpfs:rw",
             state_disk: None,
             scratch_disks: &[],
@@ -178,6 +184,9 @@ mod tests {
         assert!(x.contains("<kernel>vmlinuz</kernel><initrd>initrd.img</initrd>"));
         assert!(x.contains("root=nfs:10.77.0.1::ro;layer:grid1-01;tmpfs:rw"));
         assert!(x.contains("<memory unit='KiB'>524288</memory>"));
+        let mut p = params();
+        p.kernel = "vmlinux";
+        assert!(domain_xml(Hypervisor::Qemu, &p).contains("<kernel>vmlinux</kernel>"));
         let mut p = params();
         p.cmdline = "a<b&'c'";
         assert!(domain_xml(Hypervisor::Qemu, &p).contains("a&lt;b&amp;&apos;c&apos;"));

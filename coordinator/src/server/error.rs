@@ -41,6 +41,9 @@ pub enum ServeError {
     /// Writing the exports at start-up failed.
     #[error("writing the NFS exports")]
     SyncExports(#[source] DeployError),
+    /// `--kernel-entry pvh` with a kernel that cannot be booted through PVH.
+    #[error("the kernel with --kernel-entry pvh")]
+    Kernel(#[source] DeployError),
     /// A listener could not be bound.
     #[error("binding {what} {addr}")]
     Bind {

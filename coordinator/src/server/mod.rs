@@ -378,6 +378,16 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
                 .sync_exports()
                 .await
                 .map_err(ServeError::SyncExports)?;
+            // Extracted now rather than at the first deploy; only `pvh` makes a kernel
+            // that cannot boot through PVH an error (otherwise the first deploy reports it).
+            match deployer.load_kernel().await {
+                Ok(()) => {}
+                Err(e) if deployer.requires_pvh() => return Err(ServeError::Kernel(e)),
+                Err(e) => tracing::warn!(
+                    error = %crate::deploy::chain(&e),
+                    "the kernel does not load: deploys will fail until it does"
+                ),
+            }
             Some(deployer)
         }
         None => {

@@ -366,6 +366,7 @@ fn domain_xml_for_every_hypervisor_passes_libvirts_schema() {
                     name: "grid1-01",
                     vcpus: 2,
                     memory: 512 << 20,
+                    kernel: "vmlinuz",
                     cmdline:
                         "console=ttyS0 root=nfs:10.77.0.1:/:ro;layer:grid1-01:ro;tmpfs:rw ip=dhcp",
                     state_disk: disk,

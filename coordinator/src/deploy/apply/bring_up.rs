@@ -17,9 +17,8 @@ use napalm_initramfs::rootspec::{Device, Role, RootParseError, RootSpec};
 use tracing::Instrument as _;
 
 use super::Run;
-use crate::deploy::artifacts::BuiltLayer;
+use crate::deploy::artifacts::{BuiltLayer, Kernels};
 use crate::deploy::place::{hypervisor_on, place};
-use crate::deploy::ship::Blob;
 use crate::deploy::xml::{domain_xml, DomainParams};
 use crate::deploy::{chain, DeployError};
 use crate::registry::RegistryError;
@@ -105,17 +104,15 @@ impl Run {
         &self,
         mut c: Clone,
         layer: Option<Result<BuiltLayer, DeployError>>,
-        kernel: Result<Blob, DeployError>,
+        kernel: Result<Kernels, DeployError>,
         agents: &[Agent],
     ) -> Result<(), RegistryError> {
-        let layer = match (layer, kernel) {
+        let (built, kernel) = match (layer, kernel) {
             (Some(Ok(l)), Ok(k)) => (l, k),
-            (Some(Err(e)), _) | (_, Err(e)) => {
-                return self.fail(&c, &format!("layer: {}", chain(&e))).await
-            }
-            (None, _) => return self.fail(&c, "layer was not built").await,
+            (Some(Err(e)), _) => return self.fail(&c, &format!("layer: {}", chain(&e))).await,
+            (_, Err(e)) => return self.fail(&c, &format!("kernel: {}", chain(&e))).await,
+            (None, Ok(_)) => return self.fail(&c, "layer was not built").await,
         };
-        let (built, kernel) = layer;
         // A registered clone whose layer did not change stays registered: a re-run only
         // checks its domain is there and running (it will not boot, so not report, again).
         // A changed layer (or boot input) replaces the domain, so the clone boots and
@@ -197,10 +194,12 @@ impl Run {
         c: &Clone,
         agent: &Agent,
         built: &BuiltLayer,
-        kernel: &Blob,
+        kernels: &Kernels,
         replace: bool,
     ) -> Result<(), DeployError> {
         let ep = &agent.grpc_endpoint;
+        let hv = hypervisor_on(&self.spec, agent);
+        let kernel = kernels.for_hypervisor(hv);
         let shipping = std::time::Instant::now();
         self.inner
             .agents
@@ -223,7 +222,6 @@ impl Run {
             self.report(&u, &format!("artifacts on {}", agent.name))
                 .await;
         }
-        let hv = hypervisor_on(&self.spec, agent);
         let r = self.spec.resources.unwrap_or_default();
         let cmdline = self.cmdline(c, agent, built)?.to_string();
         // Scratch disks: the agent makes each with the label napalm-init looks for.
@@ -244,6 +242,7 @@ impl Run {
                 name: &c.name,
                 vcpus: r.vcpus,
                 memory: r.memory_bytes,
+                kernel: &kernel.name,
                 cmdline: &cmdline,
                 state_disk: None,
                 scratch_disks: &disk_names,
@@ -286,7 +285,7 @@ impl Run {
             config_xml: xml,
             artifacts: vec![
                 napalm_proto::v1::Artifact {
-                    name: "vmlinuz".into(),
+                    name: kernel.name.clone(),
                     blob: Some(kernel.r.clone()),
                     writable: false,
                 },

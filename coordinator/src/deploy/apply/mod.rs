@@ -386,8 +386,26 @@ impl Run {
                 .iter()
                 .any(|c| rollout::up(c) && !c.layer_hash.is_empty());
         let mut built = self.build(&todo, staged).await;
-        for b in built.values_mut().flatten() {
-            b.hash = rollout::boot_hash(&self.spec, &b.hash);
+        // Loaded at start (`Deployer::load_kernel`); a failure fails each clone below.
+        let kernels = self.inner.artifacts.kernels();
+        // The kernel artifact each clone boots is a boot input: a clone whose agent's
+        // hypervisor, or `--kernel-entry`, changes what it boots is rolled.
+        let hv_of: HashMap<&str, Hypervisor> = todo
+            .iter()
+            .filter_map(|c| Some((c.name.as_str(), by_id.get(&c.agent_id)?)))
+            .map(|(n, a)| (n, hypervisor_on(&self.spec, a)))
+            .collect();
+        for (name, b) in built.iter_mut() {
+            if let Ok(b) = b {
+                let hv = hv_of
+                    .get(name.as_str())
+                    .copied()
+                    .unwrap_or(Hypervisor::Unspecified);
+                let kernel = kernels
+                    .as_ref()
+                    .map_or("", |k| k.for_hypervisor(hv).r.sha256.as_str());
+                b.hash = rollout::boot_hash(&self.spec, kernel, &b.hash);
+            }
         }
         let todo = self.gate(todo, &built, &clones, &by_id).await?;
         if staged {
@@ -402,7 +420,6 @@ impl Run {
             self.inner.metrics.phase("layer", building.elapsed());
         }
         drop(layer_spans);
-        let kernel = self.inner.artifacts.kernel();
 
         // Ship and start, bounded in parallel.
         let gate = Arc::new(Semaphore::new(self.inner.cfg.concurrency.max(1)));
@@ -415,7 +432,7 @@ impl Run {
             let this = Arc::clone(&this);
             let gate = Arc::clone(&gate);
             let layer = built.get(&c.name).cloned();
-            let kernel = kernel.clone();
+            let kernel = kernels.clone();
             let agents = Arc::clone(&agents);
             let span = clone_span(&deploy_span, &mut clone_spans, &c.name);
             tasks.spawn(tracing::Instrument::instrument(

@@ -1,4 +1,5 @@
-//! What a clone boots: the shared kernel, and its own initramfs = the base image
+//! What a clone boots: the shared kernel (`kernel`: the bzImage, or for QEMU/KVM its ELF
+//! entered through PVH), and its own initramfs = the base image
 //! (napalm-init + modules, built once by `napalm-mkinitramfs`) followed by one more cpio
 //! segment holding its differentiation layer (built by napalm-overlay from the deployment's
 //! template sets). Everything is content-addressed, so an unchanged clone ships nothing.
@@ -17,13 +18,18 @@ use sha2::{Digest, Sha256};
 use super::ship::Blob;
 use super::DeployError;
 
+mod kernel;
 mod versions;
+
+pub use kernel::{KernelEntry, Kernels, BZIMAGE, VMLINUX};
 
 /// Where the inputs and outputs of clone artifacts are.
 #[derive(Debug, Clone)]
 pub struct ArtifactConfig {
     /// The guest kernel (`/boot/vmlinuz-*-cloud-amd64`).
     pub kernel: PathBuf,
+    /// Which entry QEMU/KVM clones boot it through (`--kernel-entry`).
+    pub kernel_entry: KernelEntry,
     /// The base initramfs built by `napalm-mkinitramfs`.
     pub base_image: PathBuf,
     /// Directories of template sets, searched in order.
@@ -96,7 +102,7 @@ pub type BuildResults = Vec<(String, Result<BuiltLayer, DeployError>)>;
 /// Builds kernels, layers and images.
 pub struct Artifacts {
     cfg: ArtifactConfig,
-    kernel: OnceLock<Blob>,
+    kernels: OnceLock<Kernels>,
     base: OnceLock<Arc<Vec<u8>>>,
 }
 
@@ -113,18 +119,18 @@ impl Artifacts {
     pub fn new(cfg: ArtifactConfig) -> Self {
         Self {
             cfg,
-            kernel: OnceLock::new(),
+            kernels: OnceLock::new(),
             base: OnceLock::new(),
         }
     }
 
-    /// The kernel blob.
-    pub fn kernel(&self) -> Result<Blob, DeployError> {
-        if let Some(k) = self.kernel.get() {
+    /// The kernel in the forms clones boot it (read, and its ELF extracted, once).
+    pub fn kernels(&self) -> Result<Kernels, DeployError> {
+        if let Some(k) = self.kernels.get() {
             return Ok(k.clone());
         }
-        let k = Blob::new("vmlinuz", read(&self.cfg.kernel, "kernel")?);
-        Ok(self.kernel.get_or_init(|| k).clone())
+        let k = Kernels::load(&self.cfg.kernel, self.cfg.kernel_entry)?;
+        Ok(self.kernels.get_or_init(|| k).clone())
     }
 
     fn base(&self) -> Result<Arc<Vec<u8>>, DeployError> {

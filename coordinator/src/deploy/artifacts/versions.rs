@@ -141,6 +141,7 @@ mod tests {
         let t = tempfile::tempdir().expect("tmp");
         let a = Artifacts::new(ArtifactConfig {
             kernel: t.path().join("k"),
+            kernel_entry: crate::deploy::artifacts::KernelEntry::default(),
             base_image: t.path().join("b"),
             sets: Vec::new(),
             layers_dir: t.path().to_owned(),
