@@ -10,6 +10,11 @@
 //! At two thirds of the certificate's lifetime a new key and CSR go to
 //! `TrustService.Renew` over mutual TLS; the new pair is written and swapped into the
 //! [`CertSlot`] both listeners and the coordinator client present, with no restart.
+//!
+//! The pair is two files, so a renewal first writes both, as one file, to
+//! `agent.pending.json` (atomically), then `agent.key` and `agent.crt`, then removes it: an
+//! agent that dies between the two writes finds the pending pair at its next start and
+//! finishes the swap ([`Identity::load`]), instead of a new key beside the old certificate.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -114,10 +119,64 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// A renewed pair on its way to `agent.key` and `agent.crt` (see the module's doc).
+const PENDING: &str = "agent.pending.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PendingPair {
+    key: String,
+    chain: String,
+}
+
+/// Writes `key` and `chain` as the pair, crash-safely: pending file, both files, removal.
+fn write_pair(dir: &Path, key: &str, chain: &str) -> Result<()> {
+    let pending = serde_json::to_string(&PendingPair {
+        key: key.to_owned(),
+        chain: chain.to_owned(),
+    })
+    .map_err(|e| IdentityError::Io {
+        path: dir.join(PENDING),
+        source: std::io::Error::other(e),
+    })?;
+    write(dir, PENDING, &pending)?;
+    finish_pair(dir, key, chain)
+}
+
+/// The last two steps of [`write_pair`], also what a restart does with a pending pair.
+fn finish_pair(dir: &Path, key: &str, chain: &str) -> Result<()> {
+    write(dir, "agent.key", key)?;
+    write(dir, "agent.crt", chain)?;
+    let p = dir.join(PENDING);
+    std::fs::remove_file(&p).map_err(io(&p))
+}
+
+/// Finishes a renewal an earlier run wrote to [`PENDING`] but did not see through. A
+/// pending pair that does not load is dropped (the pair in place was never touched).
+fn recover_pending(dir: &Path) -> Result<()> {
+    let p = dir.join(PENDING);
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(&p)(e)),
+    };
+    match serde_json::from_str::<PendingPair>(&text) {
+        Ok(pair) if CertSlot::new(pair.chain.as_bytes(), pair.key.as_bytes()).is_ok() => {
+            tracing::warn!(path = %p.display(), "finishing a certificate renewal an earlier run left half-written");
+            finish_pair(dir, &pair.key, &pair.chain)
+        }
+        _ => {
+            tracing::warn!(path = %p.display(), "dropping an unusable pending certificate pair");
+            std::fs::remove_file(&p).map_err(io(&p))
+        }
+    }
+}
+
 impl Identity {
-    /// The identity stored under `state_dir`, if the agent enrolled before.
+    /// The identity stored under `state_dir`, if the agent enrolled before (finishing a
+    /// renewal an earlier run left half-written first).
     pub fn load(state_dir: &Path, agent_id: &str) -> Result<Option<Self>> {
         let dir = dir_of(state_dir);
+        recover_pending(&dir)?;
         let cert = dir.join("agent.crt");
         if !cert.exists() {
             return Ok(None);
@@ -287,8 +346,7 @@ impl Identity {
         let chain = format!("{}{}", cert.cert_pem, cert.ca_pem);
         // Check before writing: a pair that does not load must not replace a good one.
         self.slot.replace(chain.as_bytes(), key.as_bytes())?;
-        write(&self.dir, "agent.key", &key)?;
-        write(&self.dir, "agent.crt", &chain)?;
+        write_pair(&self.dir, &key, &chain)?;
         tracing::info!(agent_id = %self.agent_id, not_after = cert.not_after, "certificate renewed");
         Ok(cert.not_after)
     }
@@ -336,4 +394,78 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .map_err(io(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key and its certificate chain (leaf + CA) for `agent`, issued by `ca`.
+    fn pair(ca: &napalm_trust::ClusterCa, agent: &str) -> (String, String) {
+        let (key, csr) = napalm_trust::csr::generate(agent).expect("key and CSR");
+        let leaf = ca
+            .issue_agent(&csr, agent, unix_now(), Duration::from_secs(3600))
+            .expect("issued");
+        (key, format!("{}{}", leaf.cert_pem, ca.cert_pem()))
+    }
+
+    fn stored(state: &Path, ca: &napalm_trust::ClusterCa, key: &str, chain: &str) -> PathBuf {
+        let dir = dir_of(state);
+        create_private_dir(&dir).expect("tls dir");
+        write(&dir, "ca.crt", ca.cert_pem()).expect("ca");
+        write(&dir, "agent.key", key).expect("key");
+        write(&dir, "agent.crt", chain).expect("crt");
+        write(&dir, "coordinator", "127.0.0.1:7443").expect("coordinator");
+        dir
+    }
+
+    #[test]
+    fn a_renewal_cut_between_its_two_files_is_finished_at_the_next_load() {
+        let ca = napalm_trust::ClusterCa::generate("test CA", unix_now()).expect("CA");
+        let (old_key, old_chain) = pair(&ca, "agent-a");
+        let (new_key, new_chain) = pair(&ca, "agent-a");
+        let state = tempfile::tempdir().expect("tmp");
+        // The crash the pending file exists for: the new key is written, the certificate
+        // is still the old one. Alone, that pair does not load.
+        let dir = stored(state.path(), &ca, &new_key, &old_chain);
+        assert!(Identity::load(state.path(), "agent-a").is_err());
+        // With the pending pair (written before either file), the load finishes the swap.
+        let pending = serde_json::to_string(&PendingPair {
+            key: new_key.clone(),
+            chain: new_chain.clone(),
+        })
+        .expect("json");
+        write(&dir, PENDING, &pending).expect("pending");
+        let id = Identity::load(state.path(), "agent-a")
+            .expect("loads")
+            .expect("enrolled");
+        let read = |n: &str| std::fs::read_to_string(dir.join(n)).expect(n);
+        assert_eq!((read("agent.key"), read("agent.crt")), (new_key, new_chain.clone()));
+        assert!(!dir.join(PENDING).exists());
+        let served = tls::certs_from_pem(new_chain.as_bytes()).expect("pem");
+        assert_eq!(id.slot.leaf().as_ref(), served[0].as_ref());
+
+        // A pending file that is not a usable pair is dropped; the pair in place stays.
+        let state = tempfile::tempdir().expect("tmp");
+        let dir = stored(state.path(), &ca, &old_key, &old_chain);
+        write(&dir, PENDING, "{\"key\":\"torn\",\"chain\":\"\"}").expect("pending");
+        assert!(Identity::load(state.path(), "agent-a")
+            .expect("loads")
+            .is_some());
+        assert!(!dir.join(PENDING).exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("agent.key")).expect("key"),
+            old_key
+        );
+
+        // A whole renewal's write leaves the new pair in place and nothing pending.
+        let (key, chain) = pair(&ca, "agent-a");
+        write_pair(&dir, &key, &chain).expect("written");
+        assert!(!dir.join(PENDING).exists());
+        let id = Identity::load(state.path(), "agent-a")
+            .expect("loads")
+            .expect("enrolled");
+        let leaf = tls::certs_from_pem(chain.as_bytes()).expect("pem");
+        assert_eq!(id.slot.leaf().as_ref(), leaf[0].as_ref());
+    }
 }
