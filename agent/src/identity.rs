@@ -440,7 +440,10 @@ mod tests {
             .expect("loads")
             .expect("enrolled");
         let read = |n: &str| std::fs::read_to_string(dir.join(n)).expect(n);
-        assert_eq!((read("agent.key"), read("agent.crt")), (new_key, new_chain.clone()));
+        assert_eq!(
+            (read("agent.key"), read("agent.crt")),
+            (new_key, new_chain.clone())
+        );
         assert!(!dir.join(PENDING).exists());
         let served = tls::certs_from_pem(new_chain.as_bytes()).expect("pem");
         assert_eq!(id.slot.leaf().as_ref(), served[0].as_ref());
