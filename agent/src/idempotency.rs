@@ -20,16 +20,22 @@ pub struct KeyedLocks {
 }
 
 impl KeyedLocks {
+    fn entry(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 4096 {
+            map.retain(|_, v| Arc::strong_count(v) > 1);
+        }
+        Arc::clone(map.entry(key.to_owned()).or_default())
+    }
+
     /// Locks `key` until the guard drops.
     pub async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let m = {
-            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            if map.len() > 4096 {
-                map.retain(|_, v| Arc::strong_count(v) > 1);
-            }
-            Arc::clone(map.entry(key.to_owned()).or_default())
-        };
-        m.lock_owned().await
+        self.entry(key).lock_owned().await
+    }
+
+    /// Locks `key` if nobody holds it.
+    pub fn try_lock(&self, key: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.entry(key).try_lock_owned().ok()
     }
 }
 

@@ -1,6 +1,6 @@
 //! # napalm-agent — one per hypervisor host (thesis 2.3, 3.3, table 4.3, annex V)
 //!
-//! Owns: the libvirt connection of its host ([`hypervisor`]), the thesis's REST/CRUD
+//! Owns: the libvirt connection of its host and its lifecycle events ([`hypervisor`]), the thesis's REST/CRUD
 //! contract ([`rest`]), the `napalm.v1.AgentService` gRPC server ([`grpc`]) — both thin
 //! transports over the same core operations ([`core`]) — the content-addressed blob store
 //! ([`blobs`]), the domain store: per-domain directories and their persisted desired state

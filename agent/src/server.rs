@@ -283,21 +283,8 @@ pub async fn start_with_clock(
         }));
     }
     let a = Arc::clone(&agent);
-    let mut rx = stop_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = rx.wait_for(|s| *s) => break,
-            }
-            if let Err(e) = a.watch_once().await {
-                tracing::debug!(error = %e, "state watcher pass failed");
-            }
-            if let Err(e) = a.bound_consoles() {
-                tracing::warn!(error = %e, "bounding console files failed");
-            }
-        }
-    }));
+    let rx = stop_rx.clone();
+    tasks.push(tokio::spawn(watch_states(a, rx)));
     let a = Arc::clone(&agent);
     let mut rx = stop_rx;
     let every = cfg.reconcile_every;
@@ -456,6 +443,75 @@ async fn enrolled(agent: &Agent, cfg: &ServeConfig) -> Result<Option<crate::iden
         .await
         .map(Some)
         .map_err(trust_err)
+}
+
+/// With libvirt's lifecycle events, a full pass of every domain's state this often (a
+/// safety net for an event lost in a reconnect); without them, every second.
+const FULL_PASS_WITH_EVENTS: Duration = Duration::from_secs(30);
+
+/// The state watcher: changes nobody asked the agent for (a guest that powered off,
+/// crashed, was paused) become events. With libvirt's lifecycle events it looks only at
+/// the domains they name, as they come, plus a full pass every [`FULL_PASS_WITH_EVENTS`];
+/// without, it lists every domain's state each second. Console files are bounded each
+/// second either way.
+async fn watch_states(a: Arc<Agent>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut events = a.lifecycle_events().await;
+    tracing::info!(
+        lifecycle_events = events.is_some(),
+        "state watcher started (libvirt lifecycle events, or a poll each second)"
+    );
+    let mut last_full: Option<std::time::Instant> = None;
+    let mut last_consoles = std::time::Instant::now();
+    // Domains the agent was acting on at the last look: looked at again next time.
+    let mut busy: Vec<String> = Vec::new();
+    loop {
+        let mut changed: std::collections::BTreeSet<String> = busy.drain(..).collect();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            n = async {
+                match events.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match n {
+                Some(n) => {
+                    changed.insert(n);
+                }
+                None => {
+                    tracing::warn!("libvirt dropped the lifecycle event registration; polling each second");
+                    events = None;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        if let Some(rx) = events.as_mut() {
+            while let Ok(n) = rx.try_recv() {
+                changed.insert(n);
+            }
+        }
+        let every = if events.is_some() {
+            FULL_PASS_WITH_EVENTS
+        } else {
+            Duration::from_secs(1)
+        };
+        let r = if last_full.is_none_or(|t| t.elapsed() >= every) {
+            last_full = Some(std::time::Instant::now());
+            a.watch_once().await.map(|b| busy = b)
+        } else if !changed.is_empty() {
+            a.watch_names(changed).await.map(|b| busy = b)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "state watcher pass failed");
+        }
+        if last_consoles.elapsed() >= Duration::from_secs(1) {
+            last_consoles = std::time::Instant::now();
+            if let Err(e) = a.bound_consoles() {
+                tracing::warn!(error = %e, "bounding console files failed");
+            }
+        }
+    }
 }
 
 /// Runs until `shutdown` resolves.

@@ -58,6 +58,18 @@ pub struct Agent {
     declared_nowhere: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// Lifecycle events: numbered, retained for replay, broadcast to watchers.
     pub events: EventHub,
+    /// How the state watcher has looked at libvirt so far.
+    pub watch_counts: WatchCounts,
+}
+
+/// The state watcher's passes: full listings ([`Agent::watch_once`]) and looks at the
+/// domains libvirt reported events for ([`Agent::watch_names`]).
+#[derive(Debug, Default)]
+pub struct WatchCounts {
+    /// Full passes (every domain's state).
+    pub full: std::sync::atomic::AtomicU64,
+    /// Looks at named domains after lifecycle events.
+    pub looks: std::sync::atomic::AtomicU64,
 }
 
 impl Agent {
@@ -102,6 +114,7 @@ impl Agent {
             locks: KeyedLocks::default(),
             events: EventHub::new(Arc::clone(&clock)),
             declared_nowhere: Default::default(),
+            watch_counts: WatchCounts::default(),
             clock,
             agent_id,
             hv,

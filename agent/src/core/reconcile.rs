@@ -7,6 +7,8 @@
 //! itself when it comes back.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::Agent;
@@ -40,24 +42,90 @@ impl Agent {
     /// Reports state changes of this agent's domains that it did not cause (a guest that
     /// shut itself down, crashed, or was paused by someone else) as events. Cheap: one
     /// libvirt listing of names and states, a stat of each record (parsed again only when
-    /// it changed), a domain's XML only when its state changed; no locks, no action.
-    pub async fn watch_once(&self) -> Result<()> {
+    /// it changed), a domain's XML only when its state changed; no action. A domain the
+    /// agent is acting on is skipped (the change is its own, which it reports itself: a
+    /// look in the middle would report it twice); its name is returned for a later look.
+    pub async fn watch_once(&self) -> Result<Vec<String>> {
+        self.watch_counts.full.fetch_add(1, Ordering::Relaxed);
         let live: HashMap<String, RunState> = self
             .call(|h| h.list())
             .await?
             .into_iter()
             .map(|d| (d.name, d.state))
             .collect();
+        let mut busy = Vec::new();
         for r in self.store.records()?.into_iter().filter(|r| !r.deleting) {
             let Some(&state) = live.get(&r.name) else {
                 continue;
             };
-            // Only a change needs the domain's XML, to be sure it is still ours.
-            if self.events.last_state(&r.name) != Some(state) && self.owns(&r.name).await? {
-                self.events.observe(&r.name, state);
+            if self.events.last_state(&r.name) == Some(state) {
+                continue;
+            }
+            let Some(_g) = self.locks.try_lock(&r.name) else {
+                busy.push(r.name);
+                continue;
+            };
+            // The listing may predate the agent's own action that just released the
+            // lock: read the state again under it. Only a change needs the domain's XML,
+            // to be sure it is still ours.
+            let n = r.name.clone();
+            let Some(now) = self.call(move |h| h.state(&n)).await? else {
+                continue;
+            };
+            if self.events.last_state(&r.name) != Some(now) && self.owns(&r.name).await? {
+                self.events.observe(&r.name, now);
             }
         }
-        Ok(())
+        Ok(busy)
+    }
+
+    /// Names of domains whose lifecycle state libvirt says changed, as they happen; `None`
+    /// when the hypervisor reports no events (the watcher then polls with
+    /// [`Self::watch_once`] every second). The channel closes when libvirt drops the
+    /// registration.
+    pub async fn lifecycle_events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let sub: crate::hypervisor::lifecycle::Subscriber = Arc::new(move |name| {
+            let _ = tx.send(name);
+        });
+        match self.call(move |h| h.subscribe(sub)).await {
+            Ok(true) => Some(rx),
+            Ok(false) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "subscribing to libvirt's lifecycle events failed; polling instead");
+                None
+            }
+        }
+    }
+
+    /// [`Self::watch_once`] for the named domains only (those libvirt reported events
+    /// for): one state query each, the XML only when the state changed. A domain the agent
+    /// is acting on (creating, starting, stopping it) is not looked at: the events are its
+    /// own, which it reports itself; its name is returned for a look once it is done.
+    pub async fn watch_names(
+        &self,
+        names: impl IntoIterator<Item = String>,
+    ) -> Result<Vec<String>> {
+        self.watch_counts.looks.fetch_add(1, Ordering::Relaxed);
+        let mut busy = Vec::new();
+        for name in names {
+            let Some(_g) = self.locks.try_lock(&name) else {
+                busy.push(name);
+                continue;
+            };
+            match self.store.load(&name) {
+                Ok(Some(r)) if !r.deleting => {}
+                _ => continue,
+            }
+            let n = name.clone();
+            let Some(state) = self.call(move |h| h.state(&n)).await? else {
+                continue;
+            };
+            if self.events.last_state(&name) != Some(state) && self.owns(&name).await? {
+                self.events.observe(&name, state);
+            }
+        }
+        Ok(busy)
     }
 
     /// Whether libvirt's domain of this name carries this agent's id in its metadata.

@@ -1,6 +1,7 @@
 //! [`Hypervisor`] on libvirt through the `virt` crate. One connection, shared: libvirt
 //! connections are thread-safe; each call runs on a blocking thread.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virt::connect::Connect;
@@ -14,6 +15,12 @@ use crate::error::{AgentError, Result};
 pub struct Libvirt {
     conn: std::sync::RwLock<Connect>,
     uri: String,
+    /// Who gets lifecycle events. One libvirt registration per connection hands each event
+    /// to all of them (libvirt refuses the same callback twice on a connection), made
+    /// again on a new connection after a reconnect.
+    subscribers: Arc<std::sync::Mutex<Vec<super::lifecycle::Subscriber>>>,
+    /// Whether the fan-out is registered on the current connection.
+    registered: std::sync::Mutex<bool>,
 }
 
 fn hv(e: virt::error::Error) -> AgentError {
@@ -45,10 +52,14 @@ impl Libvirt {
         // "Domain not found" of a lookup; errors reach our callers (and logs) as values.
         static QUIET: std::sync::Once = std::sync::Once::new();
         QUIET.call_once(virt::error::clear_error_callback);
+        // Before the connection opens: events only flow on connections opened after it.
+        super::lifecycle::ensure_event_loop();
         let conn = Connect::open(Some(uri)).map_err(hv)?;
         Ok(Self {
             conn: std::sync::RwLock::new(conn),
             uri: uri.to_owned(),
+            subscribers: Default::default(),
+            registered: std::sync::Mutex::new(false),
         })
     }
 
@@ -61,7 +72,24 @@ impl Libvirt {
         tracing::warn!(uri = %self.uri, "libvirt connection lost; reconnecting");
         let fresh = Connect::open(Some(&self.uri)).map_err(hv)?;
         *self.conn.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+        let mut registered = self.registered.lock().unwrap_or_else(|p| p.into_inner());
+        if *registered {
+            *registered = super::lifecycle::subscribe(&fresh, self.fan_out()).is_some();
+            if !*registered {
+                tracing::warn!(uri = %self.uri, "lifecycle events not registered again after the reconnect; the agent's full pass still sees changes");
+            }
+        }
         Ok(fresh)
+    }
+
+    /// One subscriber that hands each event to every subscriber of this connection.
+    fn fan_out(&self) -> super::lifecycle::Subscriber {
+        let all = Arc::clone(&self.subscribers);
+        Arc::new(move |name: String| {
+            for s in all.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                s(name.clone());
+            }
+        })
     }
 
     fn lookup(&self, name: &str) -> Result<Option<Domain>> {
@@ -188,6 +216,22 @@ impl Hypervisor for Libvirt {
 
     fn capabilities_xml(&self) -> Result<String> {
         self.c()?.capabilities().map_err(hv)
+    }
+
+    fn subscribe(&self, changed: super::lifecycle::Subscriber) -> Result<bool> {
+        if !super::lifecycle::ensure_event_loop() {
+            return Ok(false);
+        }
+        let conn = self.c()?;
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(changed);
+        let mut registered = self.registered.lock().unwrap_or_else(|p| p.into_inner());
+        if !*registered {
+            *registered = super::lifecycle::subscribe(&conn, self.fan_out()).is_some();
+        }
+        Ok(*registered)
     }
 
     fn host(&self) -> Result<HostFacts> {

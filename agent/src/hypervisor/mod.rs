@@ -4,6 +4,7 @@
 //! with `test:///default`, `qemu:///system` and `xen:///system`.
 
 pub mod libvirt;
+pub mod lifecycle;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,6 +159,14 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn host(&self) -> Result<HostFacts>;
     /// Counters of a domain (zeros for a stopped one).
     fn stats(&self, name: &str) -> Result<Stats>;
+    /// Calls `changed` with a domain's name at each lifecycle event libvirt reports for it
+    /// (started, stopped, crashed, suspended…), from libvirt's event thread, so it must only
+    /// hand the name on; `false` when this hypervisor reports none (the agent then polls
+    /// every domain's state each second).
+    fn subscribe(&self, changed: lifecycle::Subscriber) -> Result<bool> {
+        let _ = changed;
+        Ok(false)
+    }
 }
 
 /// Runs a blocking hypervisor call on tokio's blocking pool.

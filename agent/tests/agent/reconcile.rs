@@ -118,6 +118,60 @@ async fn changes_behind_the_agents_back_become_events() {
     assert!(rx.try_recv().is_err(), "one change, one event");
 }
 
+#[tokio::test]
+async fn the_watcher_looks_at_what_libvirt_reports_changed_instead_of_polling_every_domain() {
+    let a = TestAgent::start(None).await;
+    a.put("/domain/c-event", test_archive("c-event")).await;
+    let agent = &a.running().agent;
+    let (_, mut rx) = agent.events.subscribe(0);
+    let full = || {
+        agent
+            .watch_counts
+            .full
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // The running server's watcher subscribed to libvirt's events and made its first
+    // full pass at start; the next is 30 s away.
+    let t = std::time::Instant::now();
+    while full() == 0 && t.elapsed() < std::time::Duration::from_secs(10) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let before = full();
+    assert!(before >= 1, "the watcher made no pass");
+    test_driver().suspend("c-event").expect("suspend");
+    let ev = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match rx.recv().await {
+                Ok(e)
+                    if e.name == "c-event"
+                        && e.kind == napalm_agent::events::EventKind::Suspended =>
+                {
+                    break e
+                }
+                Ok(_) => continue,
+                Err(e) => panic!("events: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the suspension became an event");
+    assert_eq!(ev.state, RunState::Paused);
+    // Seen through an event-driven look, not a full pass.
+    assert_eq!(
+        full(),
+        before,
+        "a full pass ran: the change was polled, not reported"
+    );
+    assert!(
+        agent
+            .watch_counts
+            .looks
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    test_driver().resume("c-event").expect("resume");
+}
+
 /// libvirt's test driver, except that `resume` behaves as when libvirtd finishes a start
 /// an agent killed mid-create had asked for: the domain resumes by itself, then the
 /// agent's own resume is refused (`already running`). With `stuck`, resume is refused
