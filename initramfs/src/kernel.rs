@@ -130,6 +130,21 @@ fn le64(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
+/// The newest guest kernel installed on this host (`/boot/vmlinuz-*`, by name), if any:
+/// what the test grids and the demo boot their clones with.
+pub fn installed_guest_kernel() -> Option<PathBuf> {
+    std::fs::read_dir("/boot")
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
+        .max()
+}
+
 /// Reads the kernel at `path` and extracts its ELF ([`extract_elf`]).
 pub fn extract_elf_file(path: &Path) -> Result<Vec<u8>, KernelError> {
     let bytes = std::fs::read(path).map_err(|source| KernelError::Read {

@@ -172,15 +172,7 @@ fn a_payload_that_is_not_elf_is_refused() {
 /// The host's guest kernel (Debian's cloud kernel: LZ4, CONFIG_PVH=y), when installed.
 #[test]
 fn the_installed_guest_kernel_extracts_with_a_pvh_entry() {
-    let Some(path) = std::fs::read_dir("/boot").ok().and_then(|d| {
-        d.flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-            })
-            .max()
-    }) else {
+    let Some(path) = installed_guest_kernel() else {
         eprintln!("no /boot/vmlinuz-*: skipped");
         return;
     };

@@ -22,6 +22,14 @@ fn boot_root(cmdline: &str) -> tempfile::TempDir {
     d
 }
 
+/// Where call `c` is in `calls` (the test fails when it is not there).
+fn position(calls: &[String], c: &str) -> usize {
+    calls
+        .iter()
+        .position(|x| x == c)
+        .unwrap_or_else(|| panic!("{c} not in {calls:?}"))
+}
+
 #[test]
 fn a_whole_boot_calls_the_machine_in_order() {
     let d = boot_root(
@@ -145,12 +153,7 @@ fn scratch_is_mounted_on_the_assembled_union_before_switch_root() {
     let f = Boot::new(&sys, d.path()).run(&d.path().join("cmdline"), &[]);
     assert_eq!(f.step, "exec init", "{f:?}");
     let calls = sys.calls();
-    let at = |c: &str| {
-        calls
-            .iter()
-            .position(|x| x == c)
-            .unwrap_or_else(|| panic!("{c} not in {calls:?}"))
-    };
+    let at = |c: &str| position(&calls, c);
     let overlay = calls
         .iter()
         .position(|c| c.starts_with("mount overlay /rootfs"))
@@ -209,12 +212,7 @@ fn a_scratch_disk_is_found_by_its_label_mounted_and_given_its_mode() {
         assert_eq!(left, ["lost+found"], "{dir}");
     }
     let calls = sys.calls();
-    let at = |c: &str| {
-        calls
-            .iter()
-            .position(|x| x == c)
-            .unwrap_or_else(|| panic!("{c} not in {calls:?}"))
-    };
+    let at = |c: &str| position(&calls, c);
     let blk = at("finit_module /lib/modules/6.1.0-test/kernel/drivers/block/virtio_blk.ko []");
     let tmp = at("mount napalm-scratch /rootfs/tmp tmpfs [size=67108864,mode=1777]");
     let scratch = at("mount /dev/vdc /rootfs/scratch ext4 [noinit_itable]");

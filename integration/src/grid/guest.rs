@@ -7,18 +7,7 @@ use super::error::{Ctx, GridError};
 
 /// The guest kernel (`/boot/vmlinuz-*`, the newest) and its version.
 pub fn guest_kernel() -> Result<(PathBuf, String), GridError> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/boot")
-        .ctx("reading /boot")?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinuz-"))
-        })
-        .collect();
-    found.sort();
-    let k = found.pop().ok_or(GridError::NoKernel)?;
+    let k = napalm_initramfs::kernel::installed_guest_kernel().ok_or(GridError::NoKernel)?;
     let ver = k
         .file_name()
         .and_then(|n| n.to_str())

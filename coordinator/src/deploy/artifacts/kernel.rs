@@ -125,15 +125,7 @@ mod tests {
 
     #[test]
     fn qemu_boots_the_elf_and_xen_the_bzimage() {
-        let Some(path) = std::fs::read_dir("/boot").ok().and_then(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-                })
-                .max()
-        }) else {
+        let Some(path) = napalm_initramfs::kernel::installed_guest_kernel() else {
             eprintln!("no /boot/vmlinuz-*: skipped");
             return;
         };
