@@ -64,6 +64,10 @@ pub struct DomainRecord {
     /// Set while a delete is in progress, so a crash finishes it rather than undoing it.
     #[serde(default)]
     pub deleting: bool,
+    /// Files of `files` that are scratch disks the agent made (the guest's data, sparse
+    /// and possibly huge): left out of the domain's archive.
+    #[serde(default)]
+    pub scratch_disks: Vec<String>,
 }
 
 /// The domains directory.
@@ -218,6 +222,7 @@ mod tests {
 
     fn record(name: &str) -> DomainRecord {
         DomainRecord {
+            scratch_disks: Vec::new(),
             name: name.into(),
             uuid: String::new(),
             desired: RunState::Running,

@@ -147,7 +147,11 @@ fn finish_pair(dir: &Path, key: &str, chain: &str) -> Result<()> {
     write(dir, "agent.key", key)?;
     write(dir, "agent.crt", chain)?;
     let p = dir.join(PENDING);
-    std::fs::remove_file(&p).map_err(io(&p))
+    std::fs::remove_file(&p).map_err(io(&p))?;
+    crate::durable::sync_dir(dir).map_err(|e| IdentityError::Io {
+        path: dir.to_owned(),
+        source: std::io::Error::other(e.to_string()),
+    })
 }
 
 /// Finishes a renewal an earlier run wrote to [`PENDING`] but did not see through. A

@@ -95,13 +95,17 @@ fn mkfs_program() -> PathBuf {
 /// `spec.label`, its root directory owned by root (the guest's napalm-init gives it the
 /// scratch entry's mode). Blocking (run it off the async workers).
 pub fn make(dir: &Path, spec: &ScratchDiskSpec) -> Result<PathBuf> {
+    make_with(&mkfs_program(), dir, spec)
+}
+
+/// [`make`] with `program` as mkfs.ext4.
+fn make_with(program: &Path, dir: &Path, spec: &ScratchDiskSpec) -> Result<PathBuf> {
     spec.check()?;
     let path = dir.join(&spec.name);
     std::fs::File::create(&path)
         .and_then(|f| f.set_len(spec.size_bytes))
         .map_err(|e| AgentError::io(&path, e))?;
-    let program = mkfs_program();
-    let out = Command::new(&program)
+    let out = Command::new(program)
         .args(["-q", "-F", "-m", "0", "-L", &spec.label])
         .args([
             "-E",
@@ -109,7 +113,10 @@ pub fn make(dir: &Path, spec: &ScratchDiskSpec) -> Result<PathBuf> {
         ])
         .arg(&path)
         .output()
-        .map_err(|e| AgentError::io(&program, e))?;
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&path);
+            AgentError::io(program, e)
+        })?;
     if !out.status.success() {
         let _ = std::fs::remove_file(&path);
         return Err(AgentError::io(
@@ -205,6 +212,20 @@ mod tests {
             let e = make(d.path(), &s).expect_err(&s.name).to_string();
             assert!(e.contains(what), "{s:?}: {e}");
         }
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        // A mkfs that fails (or is missing) leaves no file behind and says why.
+        let s = spec("s.img", 64 << 20, "napalm-scratch0");
+        let e = make_with(Path::new("/bin/false"), d.path(), &s)
+            .expect_err("mkfs fails")
+            .to_string();
+        assert!(
+            e.contains("/bin/false -L napalm-scratch0") && e.contains("failed"),
+            "{e}"
+        );
+        let e = make_with(Path::new("/nonexistent/mkfs.ext4"), d.path(), &s)
+            .expect_err("no mkfs")
+            .to_string();
+        assert!(e.contains("/nonexistent/mkfs.ext4"), "{e}");
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
     }
 }

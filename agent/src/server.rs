@@ -455,7 +455,10 @@ const FULL_PASS_WITH_EVENTS: Duration = Duration::from_secs(30);
 /// without, it lists every domain's state each second. Console files are bounded each
 /// second either way.
 async fn watch_states(a: Arc<Agent>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut events = a.lifecycle_events().await;
+    // A libvirt that hangs at start must not hold the console bounding and the shutdown.
+    let mut events = tokio::time::timeout(Duration::from_secs(10), a.lifecycle_events())
+        .await
+        .unwrap_or(None);
     tracing::info!(
         lifecycle_events = events.is_some(),
         "state watcher started (libvirt lifecycle events, or a poll each second)"
@@ -494,16 +497,19 @@ async fn watch_states(a: Arc<Agent>, mut stop: tokio::sync::watch::Receiver<bool
         } else {
             Duration::from_secs(1)
         };
-        let r = if last_full.is_none_or(|t| t.elapsed() >= every) {
+        if last_full.is_none_or(|t| t.elapsed() >= every) {
             last_full = Some(std::time::Instant::now());
-            a.watch_once().await.map(|b| busy = b)
+            match a.watch_once().await {
+                Ok(b) => busy = b,
+                Err(e) => {
+                    // The listing failed: the next turn makes a full pass again.
+                    tracing::debug!(error = %e, "state watcher pass failed");
+                    last_full = None;
+                    busy = changed.into_iter().collect();
+                }
+            }
         } else if !changed.is_empty() {
-            a.watch_names(changed).await.map(|b| busy = b)
-        } else {
-            Ok(())
-        };
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "state watcher pass failed");
+            busy = a.watch_names(changed).await;
         }
         if last_consoles.elapsed() >= Duration::from_secs(1) {
             last_consoles = std::time::Instant::now();

@@ -81,7 +81,7 @@ pub struct DeployArgs {
     /// /var/tmp=64M`, `/scratch=disk:4G`), mounted at PATH (mode 1777) before the clone's
     /// init, so writes there skip overlayfs. A tmpfs of that size by default (the tmpfs
     /// sizes add up within --memory); `disk:` a virtio disk of that size each agent makes
-    /// with a fresh ext4 (16M to 1T, sparse), fresh at every start of a stateless clone,
+    /// with a fresh ext4 (16M to 1T, sparse), emptied at every boot of a stateless clone,
     /// kept by a stateful one.
     #[arg(long, value_delimiter = ',')]
     pub scratch: Vec<String>,

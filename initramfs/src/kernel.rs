@@ -306,7 +306,11 @@ fn elf_extent(file: &Path, elf: &[u8]) -> Result<usize, KernelError> {
     let shentsize = le16(elf, 0x3a).unwrap_or(0) as usize;
     let shnum = le16(elf, 0x3c).unwrap_or(0) as usize;
     if shoff != 0 {
-        end = end.max(shoff + shentsize * shnum);
+        let table = shentsize
+            .checked_mul(shnum)
+            .and_then(|n| n.checked_add(shoff))
+            .ok_or_else(|| bad(format!("section header table at {shoff} overflows")))?;
+        end = end.max(table);
     }
     if end > elf.len() {
         return Err(KernelError::BadElf {
@@ -335,7 +339,13 @@ fn program_headers(elf: &[u8]) -> Result<(usize, Vec<Segment>), String> {
         ));
     }
     let mut all = Vec::with_capacity(phnum);
+    let table_end = phentsize
+        .checked_mul(phnum)
+        .and_then(|n| n.checked_add(phoff))
+        .filter(|&e| e <= elf.len())
+        .ok_or_else(|| format!("the program header table at byte {phoff} is past the end"))?;
     for i in 0..phnum {
+        // Within the table, which is within the file: no overflow.
         let at = phoff + i * phentsize;
         let ph = elf
             .get(at..at + phentsize)
@@ -351,7 +361,7 @@ fn program_headers(elf: &[u8]) -> Result<(usize, Vec<Segment>), String> {
         }
         all.push(Segment { kind, offset, size });
     }
-    Ok((phoff + phentsize * phnum, all))
+    Ok((table_end, all))
 }
 
 /// The PVH entry point of the ELF64 `elf` (read from `file`): the 32-bit physical address

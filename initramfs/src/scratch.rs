@@ -382,7 +382,7 @@ impl ScratchSpec {
 }
 
 /// Removes everything in `dir` but `lost+found` (a stateless clone's scratch disk at
-/// boot); returns how many entries it removed. Does not cross into other mounts.
+/// boot, before anything is mounted inside it); returns how many entries it removed.
 pub fn empty_dir(dir: &std::path::Path) -> std::io::Result<usize> {
     let mut n = 0;
     for e in std::fs::read_dir(dir)? {

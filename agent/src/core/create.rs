@@ -50,6 +50,7 @@ pub struct CreateSpec {
 
 struct Staged {
     dir: PathBuf,
+    scratch_disks: Vec<String>,
     config_xml: String,
     artifacts: Vec<ArtifactRecord>,
     digest: String,
@@ -180,6 +181,7 @@ impl Agent {
                 std::fs::remove_file(&cfg_path).map_err(|e| AgentError::io(&cfg_path, e))?;
                 let staged = Staged {
                     dir: staging.0.clone(),
+                    scratch_disks: Vec::new(),
                     config_xml,
                     artifacts: Vec::new(),
                     digest,
@@ -281,11 +283,12 @@ impl Agent {
                     })
                     .await
                     .map_err(|e| {
-                        AgentError::invalid("scratch_disks", format!("making them failed: {e}"))
+                        AgentError::Hypervisor(format!("the scratch disk task failed: {e}"))
                     })??;
                 }
                 let staged = Staged {
                     dir: staging.0.clone(),
+                    scratch_disks: spec.scratch_disks.iter().map(|d| d.name.clone()).collect(),
                     config_xml: spec.config_xml.clone(),
                     artifacts,
                     digest,
@@ -358,6 +361,7 @@ impl Agent {
             created_at_ms: self.clock.unix_ms(),
             libvirt_xml: checked.libvirt_xml.clone(),
             deleting: false,
+            scratch_disks: s.scratch_disks,
         };
         durable::atomic_write(&dest.join("source.sha256"), s.digest.as_bytes())?;
         self.store.save_config(name, &s.config_xml)?;

@@ -100,12 +100,19 @@ impl Agent {
         .map_err(|e| AgentError::Hypervisor(format!("write task failed: {e}")))?
     }
 
-    /// The whole domain as a tar.gz: config.xml and every referenced file present.
+    /// The whole domain as a tar.gz: config.xml and every referenced file present, but its
+    /// scratch disks (the guest's data, up to a TiB: `GET /domain/NAME/FILE` streams one).
     pub async fn archive(&self, name: &str) -> Result<Vec<u8>> {
         let r = self.require(name)?;
         let cfg = self.store.config(name)?;
         let dir = self.store.files_dir(name);
-        tokio::task::spawn_blocking(move || crate::archive::build(cfg.as_bytes(), &dir, &r.files))
+        let files: Vec<String> = r
+            .files
+            .iter()
+            .filter(|f| !r.scratch_disks.contains(f))
+            .cloned()
+            .collect();
+        tokio::task::spawn_blocking(move || crate::archive::build(cfg.as_bytes(), &dir, &files))
             .await
             .map_err(|e| AgentError::Hypervisor(format!("archive task failed: {e}")))?
     }

@@ -68,21 +68,15 @@ impl Agent {
             // The listing may predate the agent's own action that just released the
             // lock: read the state again under it. Only a change needs the domain's XML,
             // to be sure it is still ours.
-            let n = r.name.clone();
-            let Some(now) = self.call(move |h| h.state(&n)).await? else {
-                continue;
-            };
-            if self.events.last_state(&r.name) != Some(now) && self.owns(&r.name).await? {
-                self.events.observe(&r.name, now);
-            }
+            self.look(&r.name).await?;
         }
         Ok(busy)
     }
 
     /// Names of domains whose lifecycle state libvirt says changed, as they happen; `None`
     /// when the hypervisor reports no events (the watcher then polls with
-    /// [`Self::watch_once`] every second). The channel closes when libvirt drops the
-    /// registration.
+    /// [`Self::watch_once`] every second). The channel closes when the events stop (a
+    /// reconnect that could not register again).
     pub async fn lifecycle_events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let sub: crate::hypervisor::lifecycle::Subscriber = Arc::new(move |name| {
@@ -101,31 +95,38 @@ impl Agent {
     /// [`Self::watch_once`] for the named domains only (those libvirt reported events
     /// for): one state query each, the XML only when the state changed. A domain the agent
     /// is acting on (creating, starting, stopping it) is not looked at: the events are its
-    /// own, which it reports itself; its name is returned for a look once it is done.
-    pub async fn watch_names(
-        &self,
-        names: impl IntoIterator<Item = String>,
-    ) -> Result<Vec<String>> {
+    /// own, which it reports itself. Returns the names to look at again: those, and those
+    /// libvirt did not answer for.
+    pub async fn watch_names(&self, names: impl IntoIterator<Item = String>) -> Vec<String> {
         self.watch_counts.looks.fetch_add(1, Ordering::Relaxed);
-        let mut busy = Vec::new();
+        let mut again = Vec::new();
         for name in names {
             let Some(_g) = self.locks.try_lock(&name) else {
-                busy.push(name);
+                again.push(name);
                 continue;
             };
             match self.store.load(&name) {
                 Ok(Some(r)) if !r.deleting => {}
                 _ => continue,
             }
-            let n = name.clone();
-            let Some(state) = self.call(move |h| h.state(&n)).await? else {
-                continue;
-            };
-            if self.events.last_state(&name) != Some(state) && self.owns(&name).await? {
-                self.events.observe(&name, state);
+            if let Err(e) = self.look(&name).await {
+                tracing::debug!(domain = %name, error = %e, "looking at a domain after its event failed");
+                again.push(name);
             }
         }
-        Ok(busy)
+        again
+    }
+
+    /// Reports `name`'s state when it is not the last one seen and the domain is ours.
+    async fn look(&self, name: &str) -> Result<()> {
+        let n = name.to_owned();
+        let Some(state) = self.call(move |h| h.state(&n)).await? else {
+            return Ok(());
+        };
+        if self.events.last_state(name) != Some(state) && self.owns(name).await? {
+            self.events.observe(name, state);
+        }
+        Ok(())
     }
 
     /// Whether libvirt's domain of this name carries this agent's id in its metadata.

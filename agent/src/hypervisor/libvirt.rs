@@ -17,10 +17,27 @@ pub struct Libvirt {
     uri: String,
     /// Who gets lifecycle events. One libvirt registration per connection hands each event
     /// to all of them (libvirt refuses the same callback twice on a connection), made
-    /// again on a new connection after a reconnect.
+    /// again on a new connection after a reconnect; when that fails the list is emptied,
+    /// which closes the subscribers' channels (they go back to polling).
     subscribers: Arc<std::sync::Mutex<Vec<super::lifecycle::Subscriber>>>,
-    /// Whether the fan-out is registered on the current connection.
-    registered: std::sync::Mutex<bool>,
+    /// The fan-out's registration id on the current connection.
+    registration: std::sync::Mutex<Option<std::os::raw::c_int>>,
+}
+
+impl Drop for Libvirt {
+    fn drop(&mut self) {
+        // The registration holds a reference to the connection: end it, or neither is
+        // ever freed.
+        let id = self
+            .registration
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(id) = id {
+            let conn = self.conn.read().unwrap_or_else(|p| p.into_inner());
+            super::lifecycle::unsubscribe(&conn, id);
+        }
+    }
 }
 
 fn hv(e: virt::error::Error) -> AgentError {
@@ -59,26 +76,36 @@ impl Libvirt {
             conn: std::sync::RwLock::new(conn),
             uri: uri.to_owned(),
             subscribers: Default::default(),
-            registered: std::sync::Mutex::new(false),
+            registration: std::sync::Mutex::new(None),
         })
     }
 
-    /// The connection, reopened first if it died.
+    /// The connection, reopened first if it died (once: a thread that finds it already
+    /// reopened uses that), with the lifecycle event registration moved over.
     fn c(&self) -> Result<Connect> {
         let cur = self.conn.read().unwrap_or_else(|p| p.into_inner()).clone();
         if cur.is_alive().unwrap_or(false) {
             return Ok(cur);
         }
+        let mut conn = self.conn.write().unwrap_or_else(|p| p.into_inner());
+        if conn.is_alive().unwrap_or(false) {
+            return Ok(conn.clone());
+        }
         tracing::warn!(uri = %self.uri, "libvirt connection lost; reconnecting");
         let fresh = Connect::open(Some(&self.uri)).map_err(hv)?;
-        *self.conn.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
-        let mut registered = self.registered.lock().unwrap_or_else(|p| p.into_inner());
-        if *registered {
-            *registered = super::lifecycle::subscribe(&fresh, self.fan_out()).is_some();
-            if !*registered {
-                tracing::warn!(uri = %self.uri, "lifecycle events not registered again after the reconnect; the agent's full pass still sees changes");
+        let mut reg = self.registration.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = reg.take() {
+            super::lifecycle::unsubscribe(&conn, id);
+            *reg = super::lifecycle::subscribe(&fresh, self.fan_out());
+            if reg.is_none() {
+                tracing::warn!(uri = %self.uri, "lifecycle events not registered again after the reconnect; the watcher polls");
+                self.subscribers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
             }
         }
+        *conn = fresh.clone();
         Ok(fresh)
     }
 
@@ -223,15 +250,17 @@ impl Hypervisor for Libvirt {
             return Ok(false);
         }
         let conn = self.c()?;
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(changed);
-        let mut registered = self.registered.lock().unwrap_or_else(|p| p.into_inner());
-        if !*registered {
-            *registered = super::lifecycle::subscribe(&conn, self.fan_out()).is_some();
+        let mut reg = self.registration.lock().unwrap_or_else(|p| p.into_inner());
+        if reg.is_none() {
+            *reg = super::lifecycle::subscribe(&conn, self.fan_out());
         }
-        Ok(*registered)
+        if reg.is_some() {
+            self.subscribers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(changed);
+        }
+        Ok(reg.is_some())
     }
 
     fn host(&self) -> Result<HostFacts> {

@@ -116,6 +116,17 @@ pub fn subscribe(conn: &Connect, subscriber: Subscriber) -> Option<c_int> {
     Some(id)
 }
 
+/// Ends registration `id` on `conn` (libvirt then frees its subscriber and its own
+/// reference to the connection); an error is only logged (a dead connection has nothing
+/// left to end).
+pub fn unsubscribe(conn: &Connect, id: c_int) {
+    // SAFETY: `conn` is a connection object (alive or not); libvirt checks `id`.
+    let r = unsafe { sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), id) };
+    if r < 0 {
+        tracing::debug!(id, "ending a lifecycle event registration failed");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -274,6 +274,13 @@ async fn blobs_domains_events_over_grpc() {
         scratch_disks: vec![],
     };
     let e = c.create_domain(bad).await.expect_err("policy");
+    assert!(
+        matches!(
+            ApiError::from_status(&e),
+            Some(ApiError::PolicyDenied { .. })
+        ),
+        "{e:?}"
+    );
     // A scratch disk the agent will not make is refused, quoting it, and leaves nothing.
     for (disk, what) in [
         (("../s.img", 64 << 20, "l"), "'/'"),
@@ -307,14 +314,31 @@ async fn blobs_domains_events_over_grpc() {
             .expect_err("bad scratch disk");
         assert!(e.message().contains(what), "{disk:?}: {e:?}");
     }
+    // Disks made, then the create refused (the XML names another domain): nothing is left,
+    // in staging or under the domain's name.
+    let e = c
+        .create_domain(pb::CreateDomainRequest {
+            request_id: String::new(),
+            name: "g-disk".into(),
+            config_xml: test_xml("g-other"),
+            artifacts: vec![],
+            start: false,
+            restart_policy: 0,
+            labels: HashMap::new(),
+            scratch_disks: vec![pb::ScratchDisk {
+                name: "s.img".into(),
+                size_bytes: 64 << 20,
+                label: "napalm-scratch0".into(),
+            }],
+        })
+        .await
+        .expect_err("a config naming another domain");
+    assert!(e.message().contains("g-other"), "{e:?}");
+    let staging: Vec<_> = std::fs::read_dir(a.dir.path().join("state/staging"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(staging.is_empty(), "left in staging: {staging:?}");
     assert!(!a.dir.path().join("state/domains/g-disk").exists());
-    assert!(
-        matches!(
-            ApiError::from_status(&e),
-            Some(ApiError::PolicyDenied { .. })
-        ),
-        "{e:?}"
-    );
     let missing = pb::CreateDomainRequest {
         request_id: String::new(),
         name: "g-miss".into(),
