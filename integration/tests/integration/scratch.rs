@@ -108,6 +108,22 @@ fn sh(g: &Grid, c: &Value, script: &str, timeout: Duration) -> String {
         .unwrap_or_else(|e| panic!("the shell of {c}: {e}"))
 }
 
+/// What a clone script printed between `TAG-BEGIN` and `TAG-END` (empty when absent).
+fn section<'a>(out: &'a str, tag: &str) -> &'a str {
+    out.split(&format!("{tag}-BEGIN"))
+        .nth(1)
+        .and_then(|m| m.split(&format!("{tag}-END")).next())
+        .unwrap_or_default()
+}
+
+/// The KiB a clone script printed as `FILLED=` (`du -sk` of the scratch path).
+fn filled_kib(out: &str) -> u64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix("FILLED="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no FILLED= in:\n{out}"))
+}
+
 /// The `/proc/mounts` line mounted at `dir`, split in fields.
 fn mount_at<'a>(mounts: &'a str, dir: &str) -> Option<Vec<&'a str>> {
     mounts
@@ -153,11 +169,7 @@ fn a_clone_deployed_with_scratch_has_a_tmpfs_of_that_size_beside_the_union() {
         out.contains("napalm.scratch=/scratch:tmpfs:64M"),
         "the command line has no napalm.scratch=:\n{out}"
     );
-    let mounts = out
-        .split("MOUNTS-BEGIN")
-        .nth(1)
-        .and_then(|m| m.split("MOUNTS-END").next())
-        .unwrap_or_default();
+    let mounts = section(&out, "MOUNTS");
     let scratch = mount_at(mounts, "/scratch").unwrap_or_else(|| panic!("no /scratch:\n{out}"));
     let root = mount_at(mounts, "/").unwrap_or_else(|| panic!("no /:\n{out}"));
     assert_eq!(root[2], "overlay", "/ is the union:\n{out}");
@@ -180,21 +192,13 @@ fn a_clone_deployed_with_scratch_has_a_tmpfs_of_that_size_beside_the_union() {
         out.contains("DD=1") && out.contains("No space left on device"),
         "{out}"
     );
-    let filled: u64 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("FILLED="))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{out}"));
+    let filled: u64 = filled_kib(&out);
     assert!(
         (60 * 1024..=65536).contains(&filled),
         "filled {filled} KiB:\n{out}"
     );
     // Nothing written there went to the union's upper layer: only the mount point is there.
-    let upper = out
-        .split("UPPER-BEGIN")
-        .nth(1)
-        .and_then(|m| m.split("UPPER-END").next())
-        .unwrap_or_default();
+    let upper = section(&out, "UPPER");
     let entries: Vec<&str> = upper.split_whitespace().collect();
     assert_eq!(
         entries,
@@ -291,11 +295,7 @@ fn a_scratch_disk_is_an_ext4_beside_the_union_fresh_when_stateless_kept_when_sta
             out.contains("napalm.scratch=/scratch:disk:256M,/tmp:tmpfs:32M"),
             "{out}"
         );
-        let mounts = out
-            .split("MOUNTS-BEGIN")
-            .nth(1)
-            .and_then(|m| m.split("MOUNTS-END").next())
-            .unwrap_or_default();
+        let mounts = section(&out, "MOUNTS");
         let m = mount_at(mounts, "/scratch").unwrap_or_else(|| panic!("no /scratch:\n{out}"));
         // The agent's disk, an ext4 of its own, not the union; /tmp stays a tmpfs.
         assert!(m[0].starts_with("/dev/vd") && m[2] == "ext4", "{m:?}");
@@ -319,20 +319,12 @@ fn a_scratch_disk_is_an_ext4_beside_the_union_fresh_when_stateless_kept_when_sta
             out.contains("DD=1") && out.contains("No space left on device"),
             "{out}"
         );
-        let filled: u64 = out
-            .lines()
-            .find_map(|l| l.strip_prefix("FILLED="))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{out}"));
+        let filled: u64 = filled_kib(&out);
         assert!(
             (200 << 10..=256 << 10).contains(&filled),
             "filled {filled} KiB:\n{out}"
         );
-        let upper = out
-            .split("UPPER-BEGIN")
-            .nth(1)
-            .and_then(|m| m.split("UPPER-END").next())
-            .unwrap_or_default();
+        let upper = section(&out, "UPPER");
         assert_eq!(
             upper.split_whitespace().collect::<Vec<_>>(),
             [".", ".."],
