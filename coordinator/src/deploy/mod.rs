@@ -403,8 +403,9 @@ impl Deployer {
             }
         }
         // One run per batch of a rolling update: each follows its clones until they
-        // register, and the next batch starts after it. A run that replaced nothing (the
-        // rollout paused, or clones down for other reasons) ends the client's part; the
+        // register, and the next batch starts after it. The client's part ends when no
+        // clone is left on an older revision or on its way up, or when a run changed
+        // none of them (the rollout paused, or clones down for other reasons); the
         // control loop carries on.
         let key = format!("{DEPLOYMENTS}{}", spec.name);
         let mut before = None;
@@ -425,7 +426,10 @@ impl Deployer {
                 .list_clones(&spec.name)
                 .await
                 .map_err(ApiError::from)?;
-            let left: Vec<String> = rollout::outdated(&d, &clones)
+            // The control loop may be bringing up the next batch (the hold is let go of
+            // while following): those clones are on their way with the new revision, and
+            // the next run follows them too.
+            let left: Vec<String> = rollout::unsettled(&d, &clones)
                 .map(|c| c.name.clone())
                 .collect();
             if left.is_empty() || before.as_ref() == Some(&left) {

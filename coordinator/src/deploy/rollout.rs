@@ -70,6 +70,19 @@ pub fn up(c: &Clone) -> bool {
     c.phase == ClonePhase::Registered as i32 || c.phase == ClonePhase::Running as i32
 }
 
+/// Whether a clone is placed and not yet running: a run is bringing it up (its spec
+/// revision is already the one it is brought up with).
+pub fn on_its_way(c: &Clone) -> bool {
+    [
+        ClonePhase::Scheduled,
+        ClonePhase::Layer,
+        ClonePhase::Shipped,
+        ClonePhase::Defined,
+    ]
+    .iter()
+    .any(|p| *p as i32 == c.phase)
+}
+
 /// Which of the `outdated` clones (in index order) to replace now, when `unavailable`
 /// clones of the deployment are down and at most `max` may be.
 pub fn batch(outdated: &[String], unavailable: usize, max: usize) -> &[String] {
@@ -95,6 +108,14 @@ pub fn paused(d: &Deployment) -> bool {
 pub fn outdated<'a>(d: &Deployment, clones: &'a [Clone]) -> impl Iterator<Item = &'a Clone> {
     let rev = d.spec_revision;
     clones.iter().filter(move |c| c.spec_revision < rev)
+}
+
+/// Clones of `d` still on an older spec revision or on their way up on the new one.
+pub fn unsettled<'a>(d: &Deployment, clones: &'a [Clone]) -> impl Iterator<Item = &'a Clone> {
+    let rev = d.spec_revision;
+    clones
+        .iter()
+        .filter(move |c| c.spec_revision < rev || on_its_way(c))
 }
 
 impl Deployer {
@@ -298,6 +319,31 @@ mod tests {
         assert!(batch(&o, 2, 2).is_empty());
         assert!(batch(&o, 5, 2).is_empty());
         assert_eq!(batch(&o[..1], 0, 3).len(), 1);
+    }
+
+    #[test]
+    fn a_clone_brought_up_by_another_run_is_unsettled_until_it_runs() {
+        let d = Deployment {
+            spec_revision: 3,
+            ..Default::default()
+        };
+        let clone = |name: &str, rev: u64, phase: ClonePhase| Clone {
+            name: name.into(),
+            spec_revision: rev,
+            phase: phase as i32,
+            ..Default::default()
+        };
+        let clones = [
+            clone("old", 2, ClonePhase::Registered),
+            clone("shipping", 3, ClonePhase::Shipped),
+            clone("placed", 3, ClonePhase::Scheduled),
+            clone("booting", 3, ClonePhase::Running),
+            clone("up", 3, ClonePhase::Registered),
+            clone("waits", 3, ClonePhase::Pending),
+            clone("failed", 3, ClonePhase::Failed),
+        ];
+        let names: Vec<&str> = unsettled(&d, &clones).map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["old", "shipping", "placed"]);
     }
 
     #[test]

@@ -281,7 +281,9 @@ async fn a_changed_spec_rolls_in_batches_and_a_broken_one_pauses() {
     });
     s.clones_conf = conf("v2");
     let summary = deploy(&mut coord, s.clone()).await;
-    assert_eq!(summary.failed, 0, "{summary:?}");
+    // The control loop replaces batches beside the client's runs; the client's answer
+    // still waits for every clone.
+    assert_eq!((summary.succeeded, summary.failed), (6, 0), "{summary:?}");
     let done = until(&mut coord, "roll", Duration::from_secs(20), "rolled", |c| {
         c.len() == 6
             && c.iter()

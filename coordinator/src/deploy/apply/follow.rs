@@ -9,6 +9,7 @@ use napalm_proto::v1::{Agent, Clone, ClonePhase, Hypervisor};
 
 use super::{clone_span, Run};
 use crate::deploy::place::hypervisor_on;
+use crate::deploy::rollout;
 use crate::registry::RegistryError;
 
 impl Run {
@@ -19,9 +20,11 @@ impl Run {
     }
 
     /// Waits until every running clone registered (or the timeout): clones on libvirt's
-    /// `test` driver run no guest, so they stop at RUNNING. A clone seen waiting gets a
-    /// `boot` span under its `clone` span (in `spans`, made under `deploy` if missing),
-    /// ended when it registers, and then a `register` span marking the registration.
+    /// `test` driver run no guest, so they stop at RUNNING. Clones on their way up
+    /// (placed, not yet running) are waited for too: another run brings them up. A
+    /// booting clone gets a `boot` span under its `clone` span (in `spans`, made under
+    /// `deploy` if missing), ended when it registers, and then a `register` span marking
+    /// the registration.
     pub(super) async fn follow(
         &self,
         deploy: &tracing::Span,
@@ -57,13 +60,22 @@ impl Run {
                             .insert(c.name.clone(), tracing::info_span!(parent: &parent, "boot"));
                     }
                     waiting.push(c.clone());
+                } else if rollout::on_its_way(c) {
+                    // Brought up by another run meanwhile (the hold is let go of while
+                    // following): the control loop replacing the next batch of a rollout.
+                    waiting.push(c.clone());
                 }
             }
             if waiting.is_empty() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                for c in waiting {
+                // Only a booting clone is this run's to fail: the run bringing up the
+                // others fails them if it must.
+                let booted = waiting
+                    .into_iter()
+                    .filter(|c| c.phase == ClonePhase::Running as i32);
+                for c in booted {
                     let why = self
                         .inner
                         .not_registered(agents.get(&c.agent_id), &c.name, limit)
