@@ -4,7 +4,8 @@
 //! their own namespaces, QEMU clones or libvirt's test driver), [`netns`] (test hosts in
 //! network namespaces on a private bridge), [`proc`] (daemons started by tests and killed
 //! by PID on drop), [`rootfs`] (the cached reference roots clones boot), [`bins`] (the
-//! workspace's binaries), [`ganglia`] (Debian's gmetad and ganglia-webfrontend over a grid) — and the tests in `tests/`: the grid, a Debian systemd root, real
+//! workspace's binaries), [`ganglia`] (Debian's gmetad and ganglia-webfrontend over a grid),
+//! [`ganesha`] (nfs-ganesha on a private D-Bus, and its NFS counters) — and the tests in `tests/`: the grid, a Debian systemd root, real
 //! clients of every interface, and the host setup the README describes. Other crates'
 //! tests use the harness as a dev-dependency.
 //!
@@ -15,6 +16,7 @@
 //! the `#[source]`, so [`error_chain`] prints each cause once.
 
 pub mod bins;
+pub mod ganesha;
 pub mod ganglia;
 pub mod grid;
 pub mod netns;

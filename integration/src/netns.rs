@@ -220,6 +220,29 @@ impl Host {
         c
     }
 
+    /// Whether `addr` accepts TCP connections within `timeout`, tried from this host's
+    /// namespace every 100 ms.
+    pub fn listens(
+        &self,
+        addr: std::net::SocketAddr,
+        timeout: std::time::Duration,
+    ) -> Result<bool, NetError> {
+        let up = self
+            .spawn(move || {
+                crate::proc::wait_for(timeout, || {
+                    std::net::TcpStream::connect_timeout(
+                        &addr,
+                        std::time::Duration::from_millis(200),
+                    )
+                    .ok()
+                })
+                .is_some()
+            })?
+            .join()
+            .unwrap_or(false);
+        Ok(up)
+    }
+
     /// Runs `f` on a new thread that has entered this host's namespace (threads it spawns
     /// inherit it).
     pub fn spawn<T: Send + 'static>(

@@ -3,7 +3,7 @@
 //! `DIR/log/NAME.log`, dies with the test process and is killed by PID on drop.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use super::error::{Ctx, GridError};
@@ -12,8 +12,9 @@ use super::{
     TRUST,
 };
 use crate::bins;
+use crate::ganesha::{self, NfsStats};
 use crate::netns::Host;
-use crate::proc::{wait_for, Daemon};
+use crate::proc::{die_with_parent, Daemon};
 
 fn log_file(dir: &Path, name: &str) -> Result<std::fs::File, GridError> {
     let path = dir.join("log").join(format!("{name}.log"));
@@ -24,32 +25,10 @@ fn log_file(dir: &Path, name: &str) -> Result<std::fs::File, GridError> {
         .ctx(format!("opening {}", path.display()))
 }
 
-/// The daemon dies with the test process even if that is killed before drop runs.
-fn die_with_parent(cmd: &mut Command) -> &mut Command {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no Rust state.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        })
-    }
-}
-
 /// Whether `port` on `host` accepts TCP connections within `secs`, tried from `from`'s
 /// namespace.
 fn listens(from: &Host, host: &Host, port: u16, secs: u64) -> Result<bool, GridError> {
-    let addr = socket(host, port);
-    let up = from
-        .spawn(move || {
-            wait_for(Duration::from_secs(secs), || {
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
-            })
-            .is_some()
-        })?
-        .join()
-        .unwrap_or(false);
-    Ok(up)
+    Ok(from.listens(socket(host, port), Duration::from_secs(secs))?)
 }
 
 impl Grid {
@@ -147,46 +126,39 @@ impl Grid {
         Ok(())
     }
 
-    /// Starts (or restarts) nfs-ganesha in the server namespace.
+    /// Starts (or restarts: the running one is killed first, as it holds the port and the
+    /// bus name) nfs-ganesha in the server namespace, on the grid's private bus, which is
+    /// started with the first ganesha and outlives restarts. Fails, quoting the command,
+    /// if ganesha does not listen or does not register on the bus.
     pub fn start_ganesha(&mut self) -> Result<(), GridError> {
+        self.kill_ganesha();
         let g = self.dir.join("ganesha");
-        let conf = g.join("ganesha.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "NFS_CORE_PARAM {{ Protocols = 4; Bind_addr = {}; Enable_NLM = false; Enable_RQUOTA = false; Enable_UDP = false; }}\n\
-                 NFSV4 {{ Graceless = true; Lease_Lifetime = 10; Only_Numeric_Owners = true; }}\n\
-                 NFS_KRB5 {{ Active_krb5 = false; }}\n\
-                 %include \"{}\"\n",
-                self.server.addr,
-                g.join("napalm-exports.conf").display()
-            ),
-        )
-        .ctx(format!("writing {}", conf.display()))?;
-        let _ = std::fs::remove_file(g.join("ganesha.pid"));
-        let mut cmd = self.server.command("ganesha.nfsd");
-        let child = die_with_parent(&mut cmd)
-            .arg("-F")
-            .arg("-f")
-            .arg(&conf)
-            .arg("-L")
-            .arg(self.dir.join("log/ganesha.log"))
-            .arg("-p")
-            .arg(g.join("ganesha.pid"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file(&self.dir, "ganesha-stderr")?)
-            .spawn()
-            .ctx("spawning ganesha.nfsd (packages nfs-ganesha, nfs-ganesha-vfs)")?;
-        self.ganesha = Some(Daemon(child));
-        if listens(&self.server, &self.server, 2049, 30)? {
-            Ok(())
-        } else {
-            Err(self.timeout(
-                format!("ganesha did not listen on {}:2049", self.server.addr),
-                30,
-            ))
-        }
+        let log_dir = self.dir.join("log");
+        let bus = match self.ganesha_bus.take() {
+            Some(bus) => bus,
+            None => ganesha::PrivateBus::start(&self.server, &g, &log_dir)?,
+        };
+        let started = ganesha::start(&ganesha::Server {
+            host: &self.server,
+            dir: &g,
+            log_dir: &log_dir,
+            exports: &g.join("napalm-exports.conf"),
+            bus: &bus,
+        });
+        self.ganesha_bus = Some(bus);
+        self.ganesha = Some(started?);
+        Ok(())
+    }
+
+    /// nfs-ganesha's counters now (NFSv4 operations by name and by minor version, READ and
+    /// WRITE bytes per export), read over its private bus; [`NfsStats::since`] gives what
+    /// happened between two snapshots.
+    pub fn nfs_stats(&self) -> Result<NfsStats, GridError> {
+        let bus = self
+            .ganesha_bus
+            .as_ref()
+            .ok_or(ganesha::GaneshaError::NotRunning)?;
+        Ok(NfsStats::query(bus)?)
     }
 
     /// Starts agent `i` (again) in its namespace, as host name `agentN` (N = i + 1).

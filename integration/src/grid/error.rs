@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 
 use crate::bins::BinError;
+use crate::ganesha::GaneshaError;
 use crate::netns::NetError;
 use crate::rootfs::RootError;
 
@@ -57,6 +58,9 @@ pub enum GridError {
     /// The private network (namespaces, bridges, veths) could not be set up or entered.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// nfs-ganesha or its private bus did not start, or its counters could not be read.
+    #[error(transparent)]
+    Ganesha(#[from] GaneshaError),
     /// A workspace binary is missing and could not be built.
     #[error(transparent)]
     Bin(#[from] BinError),

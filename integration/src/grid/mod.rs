@@ -156,6 +156,8 @@ pub struct Grid {
     kernel: Option<PathBuf>,
     coordinator: Option<Daemon>,
     ganesha: Option<Daemon>,
+    /// ganesha's private D-Bus, started with the first ganesha (QEMU grids).
+    ganesha_bus: Option<crate::ganesha::PrivateBus>,
     agents: Vec<Option<Daemon>>,
     libvirt_net: Option<String>,
     agent_lost_grace: std::time::Duration,
@@ -258,6 +260,7 @@ impl Grid {
             kernel: None,
             coordinator: None,
             ganesha: None,
+            ganesha_bus: None,
             agents: Vec::new(),
             libvirt_net: None,
             agent_lost_grace: opts.agent_lost_grace,
@@ -521,6 +524,7 @@ impl Drop for Grid {
             let _ = virsh(&["undefine", &d]);
         }
         self.kill_ganesha();
+        drop(self.ganesha_bus.take());
         if let Some(net) = &self.libvirt_net {
             let _ = virsh(&["net-destroy", net]);
         }

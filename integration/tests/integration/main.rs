@@ -8,6 +8,7 @@ mod debian;
 mod grid;
 mod host_setup;
 mod lifecycle;
+mod nfs_stats;
 mod packaging;
 mod scale;
 mod scratch;
