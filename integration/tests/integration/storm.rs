@@ -3,7 +3,10 @@
 //! fresh grid, the same storm with each clone's layer appended to its initramfs
 //! (`--layers-in-initramfs`), the baseline. For each: the time to the last clone
 //! registered, what went through the server's interface (the root, the layers and the
-//! state over NFS, registrations), and the peak RSS and CPU of the coordinator, the agents
+//! state over NFS, registrations), what nfs-ganesha itself counted over the storm (NFSv4
+//! operations in all, per clone and the most frequent, bytes READ from the root export and
+//! from the others, bytes written; read over its private D-Bus,
+//! `napalm_integration::ganesha`), and the peak RSS and CPU of the coordinator, the agents
 //! and ganesha. Every clone must register: a storm that loses one fails.
 //!
 //! `cargo test -p napalm-integration --test integration storm -- --ignored --nocapture`
@@ -11,6 +14,7 @@
 
 use std::collections::BTreeMap;
 
+use napalm_integration::ganesha::NfsStats;
 use napalm_integration::grid::{Grid, GridOptions};
 
 use crate::bench::{deploy_with, env_usize};
@@ -66,6 +70,54 @@ fn usage(pid: u32) -> (f64, f64) {
     (hwm / 1024.0, (ticks(11) + ticks(12)) / tick)
 }
 
+/// The export the coordinator gives the reference root (`coordinator/src/exports.rs`).
+const ROOT_EXPORT: u16 = 1;
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1 << 20)
+}
+
+/// ganesha's counters now; the storm's figures are the difference of two.
+fn nfs(g: &Grid) -> NfsStats {
+    g.nfs_stats()
+        .unwrap_or_else(|e| panic!("{}", napalm_integration::error_chain(&e)))
+}
+
+/// What ganesha counted over the storm: its NFSv4 operations in all and per clone (by
+/// minor version), the most frequent, and the bytes READ (root export and the others:
+/// layers and state) and written.
+fn print_nfs(d: &NfsStats, count: usize) {
+    let ops = d.nfs4_ops_total();
+    let versions: Vec<String> = d
+        .nfs4_ops_by_version()
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(v, n)| format!("{v} {n}"))
+        .collect();
+    println!(
+        "  server NFS (ganesha): {ops} NFSv4 operations ({:.0} per clone; {})",
+        ops as f64 / count as f64,
+        versions.join(", ")
+    );
+    let top: Vec<String> = d
+        .top_nfs4_ops(8)
+        .into_iter()
+        .map(|(op, n)| format!("{op} {n} ({:.0}%)", n as f64 * 100.0 / ops.max(1) as f64))
+        .collect();
+    println!("    top operations: {}", top.join(", "));
+    let (read, root, write) = (d.read(), d.read_of(ROOT_EXPORT), d.write());
+    println!(
+        "    READ {:.1} MiB in {} READs ({:.2} MiB per clone): {:.1} MiB of the root, {:.1} MiB of layers and state; WRITE {:.1} MiB in {} WRITEs",
+        mib(read.transferred),
+        read.ops,
+        mib(read.transferred) / count as f64,
+        mib(root.transferred),
+        mib(read.transferred.saturating_sub(root.transferred)),
+        mib(write.transferred),
+        write.ops,
+    );
+}
+
 fn storm(count: usize, initramfs: bool) {
     let mode = if initramfs {
         "layers in initramfs"
@@ -94,8 +146,10 @@ fn storm(count: usize, initramfs: bool) {
         .map(|(role, pid)| (role, usage(pid)))
         .collect();
     let l0 = link(&g);
+    let n0 = nfs(&g);
     let d = deploy_with(&g, "grids", count, "128M");
     let l1 = link(&g);
+    let n1 = nfs(&g);
     let registered: Vec<f64> = d
         .reached
         .values()
@@ -122,6 +176,7 @@ fn storm(count: usize, initramfs: bool) {
         l1.rx_packets - l0.rx_packets,
         (l1.tx_bytes - l0.tx_bytes) as f64 / f64::from(1 << 20) / count as f64,
     );
+    print_nfs(&n1.since(&n0), count);
     for (role, pid) in g.daemon_pids() {
         let (hwm, cpu) = usage(pid);
         let cpu0 = before.get(&role).map_or(0.0, |b| b.1);
