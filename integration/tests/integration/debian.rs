@@ -2,6 +2,9 @@
 //! Debian bookworm root (`rootfs::debian_root`); two QEMU clones boot it through
 //! napalm-init (NFS root + their layer), systemd runs as PID 1, the base set's
 //! `napalm-register-clone.service` registers them, and they reach each other by name.
+//! Then issue #12 on them: the deployment scales 2 → 3 → 1 and the survivors' cluster
+//! files follow without a reboot, their watcher running as its systemd unit (GNU wget).
+//! One grid for both: Debian clones are the slowest boots of the suite.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -11,6 +14,8 @@ use std::time::{Duration, Instant};
 use napalm_integration::grid::{clone_address, Grid, GridOptions};
 use napalm_integration::{error_chain, rootfs};
 use serde_json::Value;
+
+use crate::scale::{files_list, scale_steps, Dep};
 
 fn phase(c: &Value) -> String {
     c["phase"].as_str().unwrap_or_default().to_lowercase()
@@ -79,7 +84,7 @@ fn diagnose(g: &Grid) -> String {
 }
 
 #[test]
-fn debian_systemd_root_boots_two_clones_that_register_and_reach_each_other() {
+fn debian_systemd_clones_boot_register_reach_each_other_and_follow_a_scale_2_3_1() {
     let cache = GridOptions::default().cache;
     let t = Instant::now();
     let root = rootfs::debian_root(&cache).expect("the Debian reference root");
@@ -102,8 +107,8 @@ fn debian_systemd_root_boots_two_clones_that_register_and_reach_each_other() {
     let g = Grid::start(opts, "debsd").expect("starting the grid");
     capture_consoles(
         g.dir.join("log"),
-        vec!["debsd-01".into(), "debsd-02".into()],
-        Duration::from_secs(120),
+        vec!["debsd-01".into(), "debsd-02".into(), "debsd-03".into()],
+        Duration::from_secs(300),
     );
     let t = Instant::now();
     let out = g
@@ -115,6 +120,9 @@ fn debian_systemd_root_boots_two_clones_that_register_and_reach_each_other() {
             "256M",
             "--hypervisor",
             "qemu",
+            // As `scale::scale_steps` deploys: the same spec, so a scale, not an update.
+            "--layers",
+            "base,mpi",
             "--count",
             "2",
             "--name",
@@ -215,4 +223,19 @@ stat -c 'root owner seen over NFS: %u:%g (/usr/bin/mount %A)' /usr/bin/mount
         out.contains(&format!("inet {first}/")),
         "eth0 kept napalm-init's address under systemd-networkd:\n{out}"
     );
+
+    // Scale 2 → 3 → 1: survivors keep running, their cluster files follow.
+    let dep = Dep("debsd");
+    files_list(&g, dep, 2);
+    scale_steps(&g, dep, &[2, 3, 1]);
+    let out = g
+        .clone_sh(
+            &first,
+            "echo unit=$(systemctl is-active napalm-cluster-files.service)\n\
+             echo pid1=$(cat /proc/1/comm)",
+            Duration::from_secs(30),
+        )
+        .expect("clone 1 shell");
+    assert!(out.contains("pid1=systemd"), "{out}");
+    assert!(out.contains("unit=active"), "the watcher's unit: {out}");
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 /// One scaled deployment: its name (also the grid's domain prefix).
 #[derive(Clone, Copy)]
-struct Dep(&'static str);
+pub(crate) struct Dep(pub(crate) &'static str);
 
 impl Dep {
     fn clone_name(self, i: u32) -> String {
@@ -210,8 +210,24 @@ fn scale_through(g: &Grid, dep: Dep, counts: &[u32]) -> Vec<(u32, u32, Duration,
         counts[0],
         took.as_secs_f64()
     );
-    let first = wait_files(g, dep, counts[0], counts[0], Duration::from_secs(120));
+    files_list(g, dep, counts[0]);
+    scale_steps(g, dep, counts)
+}
+
+/// Waits until each of the `count` clones of `dep` lists exactly those clones in its
+/// cluster files (after the first deploy).
+pub(crate) fn files_list(g: &Grid, dep: Dep, count: u32) {
+    let first = wait_files(g, dep, count, count, Duration::from_secs(120));
     assert!(first.values().all(|s| !s.boot_id.is_empty()));
+}
+
+/// The scale steps of [`scale_through`] from a deployment of `counts[0]` clones already
+/// there (deployed with `--layers base,mpi`).
+pub(crate) fn scale_steps(
+    g: &Grid,
+    dep: Dep,
+    counts: &[u32],
+) -> Vec<(u32, u32, Duration, Duration)> {
     let mut figures = Vec::new();
     for w in counts.windows(2) {
         let (from, to) = (w[0], w[1]);
@@ -270,32 +286,4 @@ fn scale_8_12_4_keeps_survivors_running_and_their_cluster_files_follow() {
     )
     .expect("starting the grid");
     scale_through(&g, dep, &[8, 12, 4]);
-}
-
-/// The same on Debian clones: the watcher runs as its systemd unit (GNU wget).
-#[test]
-fn debian_systemd_clones_follow_a_scale_2_3_1_without_a_reboot() {
-    let dep = Dep("gscdeb");
-    let cache = GridOptions::default().cache;
-    let root = napalm_integration::rootfs::debian_root(&cache).expect("the Debian reference root");
-    let g = Grid::start(
-        GridOptions {
-            root: Some(root),
-            keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
-            ..Default::default()
-        },
-        dep.0,
-    )
-    .expect("starting the grid");
-    scale_through(&g, dep, &[2, 3, 1]);
-    let out = g
-        .clone_sh(
-            &g.clone_addr(1),
-            "echo unit=$(systemctl is-active napalm-cluster-files.service)\n\
-             echo pid1=$(cat /proc/1/comm)",
-            Duration::from_secs(30),
-        )
-        .expect("clone 1 shell");
-    assert!(out.contains("pid1=systemd"), "{out}");
-    assert!(out.contains("unit=active"), "the watcher's unit: {out}");
 }
