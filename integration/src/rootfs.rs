@@ -33,12 +33,13 @@ ip link set lo up
 read up _ < /proc/uptime
 read host < /proc/sys/kernel/hostname
 echo "napalm-clone: $host up at $up s" > /dev/console
+# The tests' way in: a shell per connection, on the private network only. Listening before
+# the register hook runs, so a registered clone's shell always answers.
+nc -ll -p 5000 -e /bin/sh &
 for s in /etc/rc2.d/S*; do
 	[ -x "$s" ] && "$s" start > /dev/console 2>&1
 done
 echo "napalm-clone: $host ready" > /dev/console
-# The tests' way in: a shell per connection, on the private network only.
-nc -ll -p 5000 -e /bin/sh &
 "#;
 
 /// Errors building a reference root.
