@@ -68,6 +68,10 @@ pub struct DomainRecord {
     /// and possibly huge): left out of the domain's archive.
     #[serde(default)]
     pub scratch_disks: Vec<String>,
+    /// The interfaces' anti-spoofing rules the agent installs itself before every start
+    /// (taken out of the XML's `clean-traffic` filterrefs, [`crate::port_filter`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_filters: Vec<crate::port_filter::PortFilter>,
 }
 
 /// The domains directory.
@@ -223,6 +227,7 @@ mod tests {
     fn record(name: &str) -> DomainRecord {
         DomainRecord {
             scratch_disks: Vec::new(),
+            port_filters: Vec::new(),
             name: name.into(),
             uuid: String::new(),
             desired: RunState::Running,

@@ -54,6 +54,9 @@ pub enum AgentError {
     /// libvirt refused or failed.
     #[error("hypervisor error: {0}")]
     Hypervisor(String),
+    /// A port filter (anti-spoofing on the host bridge) could not be installed or removed.
+    #[error("port filter: {0}")]
+    PortFilter(String),
     /// The agent's own storage failed.
     #[error("agent storage error at {path}: {source}")]
     Io {
@@ -102,7 +105,7 @@ impl AgentError {
             Self::AlreadyExists { .. } | Self::RequestIdReused(_) | Self::Conflict(_) => 409,
             Self::BlobMissing(_) => 412,
             Self::TooLarge(_) => 413,
-            Self::Hypervisor(_) => 502,
+            Self::Hypervisor(_) | Self::PortFilter(_) => 502,
             Self::Io { .. } => 500,
         }
     }
@@ -117,7 +120,7 @@ impl AgentError {
             Self::BlobMissing(_) => "BLOB_MISSING",
             Self::Digest { .. } => "DIGEST_MISMATCH",
             Self::RequestIdReused(_) | Self::Conflict(_) => "CONFLICT",
-            Self::Hypervisor(_) => "HYPERVISOR",
+            Self::Hypervisor(_) | Self::PortFilter(_) => "HYPERVISOR",
             Self::Io { .. } => "STORE_UNAVAILABLE",
         }
     }
@@ -152,6 +155,7 @@ impl From<AgentError> for ApiError {
             // ApiError::Conflict says "conflicting change" itself.
             AgentError::Conflict(d) => ApiError::Conflict { description: d },
             AgentError::Hypervisor(d) => ApiError::Hypervisor { description: d },
+            AgentError::PortFilter(_) => ApiError::Hypervisor { description },
             AgentError::Io { .. } => ApiError::StoreUnavailable { description },
         }
     }

@@ -6,7 +6,7 @@
 //! ([`blobs`]), the domain store: per-domain directories and their persisted desired state
 //! ([`domain_store`]), durable (atomic, fsynced) file writes ([`durable`]), confined
 //! archive extraction ([`archive`]), domain and file name rules ([`names`]), the domain
-//! XML policy ([`policy`]), blank scratch disks made with the host's mkfs.ext4 ([`scratch_disk`]), request-id idempotency ([`idempotency`]), lifecycle events
+//! XML policy ([`policy`]), anti-spoofing on the host bridge with nftables ([`port_filter`]), blank scratch disks made with the host's mkfs.ext4 ([`scratch_disk`]), request-id idempotency ([`idempotency`]), lifecycle events
 //! ([`events`]) and reconciliation ([`core::reconcile`]); metrics as Prometheus text
 //! ([`metrics`]), Ganglia gmond XML ([`ganglia`]) and OTLP/gRPC pushes when an endpoint is
 //! configured ([`otel`]), mDNS/DNS-SD advertisement ([`mdns`]) and coordinator
@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod names;
 pub mod otel;
 pub mod policy;
+pub mod port_filter;
 pub mod register;
 pub mod rest;
 pub mod scratch_disk;

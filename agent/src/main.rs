@@ -10,6 +10,7 @@ use clap::Parser;
 use napalm_agent::archive::Limits;
 use napalm_agent::core::CoreConfig;
 use napalm_agent::policy::Policy;
+use napalm_agent::port_filter::PortFilterMode;
 use napalm_agent::rest::RestConfig;
 use napalm_agent::server::{self, ServeConfig};
 
@@ -72,6 +73,17 @@ struct Cli {
     /// Interface types guests may have (`user`, `network`, `bridge`...); none by default.
     #[arg(long = "allow-interface")]
     allow_interfaces: Vec<String>,
+    /// Who enforces the `clean-traffic` filter an interface names (anti-spoofing on the
+    /// host bridge): `nftables`, the agent itself, one atomic nft batch per start; or
+    /// `libvirt`, its nwfilter driver (about 126 ebtables/iptables commands per start,
+    /// under one lock for the whole host).
+    #[arg(long, value_enum, default_value = "nftables")]
+    port_filter: PortFilterArg,
+    /// With --port-filter nftables: the network namespace the hypervisor's tap devices
+    /// live in, when it is not the agent's own (e.g. /proc/1/ns/net for an agent in a
+    /// namespace of its own beside the host's libvirtd). Unused with --port-filter libvirt.
+    #[arg(long)]
+    port_filter_netns: Option<PathBuf>,
     /// Allow host device pass-through (`<hostdev>`).
     #[arg(long)]
     allow_hostdev: bool,
@@ -129,6 +141,13 @@ struct Cli {
     /// File holding the join token.
     #[arg(long)]
     join_file: Option<PathBuf>,
+}
+
+/// `--port-filter`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum PortFilterArg {
+    Nftables,
+    Libvirt,
 }
 
 fn secs(what: &str, v: f64) -> anyhow::Result<Duration> {
@@ -247,6 +266,12 @@ async fn main() -> anyhow::Result<()> {
                 max_total_bytes: cli.max_unpacked_bytes,
             },
             shutdown_timeout: secs("shutdown-timeout", cli.shutdown_timeout)?,
+            port_filter: match cli.port_filter {
+                PortFilterArg::Libvirt => PortFilterMode::Libvirt,
+                PortFilterArg::Nftables => PortFilterMode::Nftables {
+                    netns: cli.port_filter_netns.clone(),
+                },
+            },
         },
         rest: RestConfig {
             prefix,

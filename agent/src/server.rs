@@ -53,7 +53,7 @@ impl ServeConfig {
     /// An agent for tests and benches on one machine: libvirt's `test:///default`, the
     /// REST prefix `/napalm` without a token, REST, gRPC and Ganglia on ephemeral
     /// `127.0.0.1` ports, no mDNS, no coordinator, no TLS, reconciliation only at start
-    /// (hourly), a 200 ms shutdown timeout, 1 MiB request bodies and archives unpacking to
+    /// (hourly), a 200 ms shutdown timeout, `clean-traffic` left to libvirt (the test driver ignores it), 1 MiB request bodies and archives unpacking to
     /// at most 64 entries and 16 MiB. Every field is public: set `rest.token`,
     /// `coordinator`, `core.limits`… on the result.
     pub fn loopback(state_dir: impl Into<std::path::PathBuf>) -> Self {
@@ -67,6 +67,7 @@ impl ServeConfig {
                     max_total_bytes: 16 << 20,
                 },
                 shutdown_timeout: Duration::from_millis(200),
+                port_filter: crate::port_filter::PortFilterMode::Libvirt,
             },
             rest: RestConfig {
                 prefix: "/napalm".into(),

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -336,14 +336,36 @@ impl Agent {
         self.store.remove(name)?;
         std::fs::rename(&s.dir, &dest).map_err(|e| AgentError::io(&dest, e))?;
         let result = self.commit(name, &dest, s, t0).await;
-        if result.is_err() {
+        if let Err(e) = &result {
+            // A create that failed leaves nothing behind: not its record, nor a libvirt
+            // definition (which would block the same name here, and on a host whose
+            // libvirtd another agent shares, there too), nor its port filters.
+            let n = name.to_owned();
+            let id = self.agent_id.clone();
+            let undo = self
+                .call(move |h| {
+                    if let Some((_, xml)) = h.find(&n)? {
+                        if policy::owner_of(&xml).as_deref() == Some(id.as_str()) {
+                            h.shutdown(&n, Duration::ZERO)?;
+                            h.undefine(&n)?;
+                        }
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Some(r) = self.store.load(name).ok().flatten() {
+                let _ = self.remove_port_filters(&r.port_filters).await;
+            }
+            if let Err(u) = undo {
+                tracing::warn!(domain = %name, error = %e, undo = %u, "a failed create left its libvirt definition");
+            }
             let _ = self.store.remove(name);
         }
         result
     }
 
     async fn commit(&self, name: &str, dest: &Path, s: Staged, t0: Instant) -> Result<DomainView> {
-        let checked = self.check_config(name, &s.config_xml)?;
+        let (checked, port_filters) = self.check_config(name, &s.config_xml)?;
         let mut record = DomainRecord {
             name: name.to_owned(),
             uuid: String::new(),
@@ -362,10 +384,14 @@ impl Agent {
             libvirt_xml: checked.libvirt_xml.clone(),
             deleting: false,
             scratch_disks: s.scratch_disks,
+            port_filters,
         };
         durable::atomic_write(&dest.join("source.sha256"), s.digest.as_bytes())?;
         self.store.save_config(name, &s.config_xml)?;
         self.store.save(&record)?;
+        // The port filters exist before libvirt knows the domain: its tap is filtered from
+        // the moment QEMU creates it, and a host that cannot filter gets no domain.
+        self.apply_port_filters(&record.port_filters).await?;
         let xml = checked.libvirt_xml;
         let uuid = self.call(move |h| h.define(&xml)).await?;
         record.libvirt_xml = policy::with_uuid(&record.libvirt_xml, &uuid);

@@ -21,8 +21,15 @@ impl Agent {
     pub async fn put_config(&self, name: &str, xml: &str) -> Result<DomainView> {
         let _g = self.locks.lock(name).await;
         let mut r = self.require(name)?;
-        let checked = self.check_config(name, xml)?;
+        let (checked, port_filters) = self.check_config(name, xml)?;
         self.store.save_config(name, xml)?;
+        let gone: Vec<_> = r
+            .port_filters
+            .iter()
+            .filter(|f| !port_filters.iter().any(|n| n.port == f.port))
+            .cloned()
+            .collect();
+        r.port_filters = port_filters;
         r.files = checked.files;
         r.vcpus = checked.vcpus;
         r.memory_bytes = checked.memory_bytes;
@@ -31,6 +38,9 @@ impl Agent {
         let x = r.libvirt_xml.clone();
         r.uuid = self.call(move |h| h.define(&x)).await?;
         self.store.save(&r)?;
+        // The running domain keeps its tap until it stops; its next start gets the new
+        // filters. A port the new XML no longer has goes now.
+        self.remove_port_filters(&gone).await?;
         self.events.emit(
             name,
             EventKind::Defined,

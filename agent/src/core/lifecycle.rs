@@ -66,6 +66,9 @@ impl Agent {
                 .await
                 .map(|()| Some((EventKind::Resumed, RunState::Running))),
             (RunState::Running | RunState::Paused, c) if !c.is_active() => {
+                if let Some(r) = self.store.load(name)? {
+                    self.apply_port_filters(&r.port_filters).await?;
+                }
                 match self.call(move |h| h.start(&n)).await {
                     Ok(()) if target == RunState::Paused => {
                         let n = name.to_owned();
@@ -170,6 +173,9 @@ impl Agent {
             Ok(())
         })
         .await?;
+        if let Some(r) = &r {
+            self.remove_port_filters(&r.port_filters).await?;
+        }
         if !purge {
             if let Some(r) = &r {
                 let keep = self.cfg.state_dir.join("kept").join(name);

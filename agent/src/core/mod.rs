@@ -27,6 +27,7 @@ use crate::events::EventHub;
 use crate::hypervisor::{self, Hypervisor};
 use crate::idempotency::{KeyedLocks, RequestLog};
 use crate::policy::Policy;
+use crate::port_filter::{Firewall, PortFilter, PortFilterMode};
 
 /// Settings of the core.
 #[derive(Debug, Clone)]
@@ -40,6 +41,8 @@ pub struct CoreConfig {
     pub limits: Limits,
     /// Graceful shutdown deadline before a domain is destroyed.
     pub shutdown_timeout: Duration,
+    /// Who enforces `clean-traffic` filterrefs: libvirt, or the agent with nftables.
+    pub port_filter: PortFilterMode,
 }
 
 /// The agent's core: hypervisor, stores, events.
@@ -52,6 +55,8 @@ pub struct Agent {
     requests: RequestLog,
     locks: KeyedLocks,
     clock: Arc<dyn Clock>,
+    /// Installs the port filters the agent enforces itself (`None`: libvirt does).
+    firewall: Option<Arc<dyn Firewall>>,
     /// Domains the last heartbeat answer said no deployment declares any more, with the
     /// creation time they were reported with: removed only when the next answer says so
     /// again ([`Agent::remove_stale`]).
@@ -115,6 +120,7 @@ impl Agent {
             events: EventHub::new(Arc::clone(&clock)),
             declared_nowhere: Default::default(),
             watch_counts: WatchCounts::default(),
+            firewall: crate::port_filter::firewall(&cfg.port_filter),
             clock,
             agent_id,
             hv,
@@ -179,12 +185,14 @@ fn new_agent_id() -> String {
 impl Agent {
     /// Checks `xml` against the operator policy for domain `name` (paths confined to its
     /// `files/` directory, our metadata element) and that its `<name>` is `name`.
+    /// The policy's check of `xml` for domain `name`, with the `clean-traffic` filterrefs
+    /// the agent enforces itself taken out (and returned as port filters).
     pub(crate) fn check_config(
         &self,
         name: &str,
         xml: &str,
-    ) -> Result<crate::policy::CheckedConfig> {
-        let checked = crate::policy::check(
+    ) -> Result<(crate::policy::CheckedConfig, Vec<PortFilter>)> {
+        let mut checked = crate::policy::check(
             xml,
             &self.store.files_dir(name),
             &self.cfg.policy,
@@ -200,6 +208,41 @@ impl Agent {
                 ),
             ));
         }
-        Ok(checked)
+        if self.firewall.is_none() {
+            return Ok((checked, Vec::new()));
+        }
+        let (xml, filters) = crate::port_filter::take_clean_traffic(name, &checked.libvirt_xml)?;
+        checked.libvirt_xml = xml;
+        Ok((checked, filters))
+    }
+
+    /// Installs `filters` (before the domain they protect starts).
+    pub(crate) async fn apply_port_filters(&self, filters: &[PortFilter]) -> Result<()> {
+        self.firewall_call(filters, |fw, f| fw.apply(f)).await
+    }
+
+    /// Removes `filters` (once their domain is gone).
+    pub(crate) async fn remove_port_filters(&self, filters: &[PortFilter]) -> Result<()> {
+        self.firewall_call(filters, |fw, f| {
+            fw.remove(&f.iter().map(|f| f.port.as_str()).collect::<Vec<_>>())
+        })
+        .await
+    }
+
+    async fn firewall_call(
+        &self,
+        filters: &[PortFilter],
+        op: fn(&dyn Firewall, &[PortFilter]) -> Result<()>,
+    ) -> Result<()> {
+        let Some(fw) = self.firewall.clone() else {
+            return Ok(());
+        };
+        if filters.is_empty() {
+            return Ok(());
+        }
+        let filters = filters.to_vec();
+        tokio::task::spawn_blocking(move || op(fw.as_ref(), &filters))
+            .await
+            .map_err(|e| AgentError::PortFilter(format!("the nft task failed: {e}")))?
     }
 }

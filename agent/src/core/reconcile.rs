@@ -185,6 +185,11 @@ impl Agent {
             rep.deleted.push(name.to_owned());
             return Ok(());
         }
+        if first {
+            // A running domain keeps its protection across an agent restart even if the
+            // host's rules were lost meanwhile (they are installed again; idempotent).
+            self.apply_port_filters(&r.port_filters).await?;
+        }
         let l = live.get(name);
         let state = match l {
             Some(_) if !self.owns(name).await? => {

@@ -13,6 +13,7 @@ mod join;
 mod mdns;
 mod monitoring;
 mod otlp;
+mod port_filter;
 mod qemu;
 mod reconcile;
 mod rest;

@@ -8,7 +8,9 @@
 //! A QEMU/KVM clone with a static address gets libvirt's `clean-traffic` network filter
 //! on its interface, bound to its MAC and that address: the host drops frames it sends
 //! from another MAC or IP (and ARP claiming them), so it cannot take another clone's
-//! address and reach the NFS exports restricted to that address.
+//! address and reach the NFS exports restricted to that address. The agent enforces it
+//! (by default with its own nftables port filter, `napalm_agent::port_filter`; or
+//! libvirt's nwfilter driver).
 
 use std::net::Ipv4Addr;
 
@@ -101,8 +103,8 @@ pub fn domain_xml(hv: Hypervisor, p: &DomainParams<'_>) -> String {
             Hypervisor::Xen => String::new(),
             _ => "<model type='virtio'/><rom bar='off'/>".into(),
         };
-        // Anti-spoofing: libvirt's nwfilter (ebtables on the host bridge) binds the
-        // interface to its MAC and this address. QEMU/KVM only: Xen's and the test
+        // Anti-spoofing: clean-traffic binds the interface to its MAC and this address
+        // (the agent's nftables port filter, or libvirt's nwfilter). QEMU/KVM only: Xen's and the test
         // driver's interfaces are not filtered by libvirt's nwfilter driver.
         let filter = match (hv, p.ip) {
             (Hypervisor::Qemu | Hypervisor::Kvm | Hypervisor::Unspecified, Some(ip)) => format!(

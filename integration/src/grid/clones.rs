@@ -12,7 +12,6 @@ use super::guest::{base_image, guest_kernel};
 use super::{Grid, GridOptions, Hypervisor};
 use crate::rootfs;
 
-/// `virsh -c qemu:///system ARGS`; a virsh that cannot run is a failed exit.
 /// The first address of a clone as `napalmctl clones --output json` prints it, without
 /// its prefix length (empty when it has none yet).
 pub fn clone_address(c: &serde_json::Value) -> String {
@@ -25,6 +24,7 @@ pub fn clone_address(c: &serde_json::Value) -> String {
         .to_owned()
 }
 
+/// `virsh -q -c qemu:///system ARGS`; a virsh that cannot run is a failed exit.
 pub(super) fn virsh(args: &[&str]) -> Output {
     Command::new("virsh")
         .args(["-q", "-c", "qemu:///system"])
@@ -156,4 +156,15 @@ impl Grid {
             .map(str::to_owned)
             .collect()
     }
+}
+
+/// The tap devices of domain `d`'s interfaces (`virsh domiflist`; a running domain's, or
+/// the names its definition gives).
+pub(crate) fn taps(d: &str) -> Vec<String> {
+    String::from_utf8_lossy(&virsh(&["domiflist", d]).stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|t| *t != "-")
+        .map(str::to_owned)
+        .collect()
 }

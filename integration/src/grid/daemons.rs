@@ -183,9 +183,13 @@ impl Grid {
         ])
         .arg(bin);
         match self.hypervisor {
+            // The clones' taps are made by the host's one libvirtd, in the namespace
+            // this test runs in, not in the agent's: its port filters go there.
             Hypervisor::Qemu => cmd
                 .args(["--uri", "qemu:///system", "--reconcile-every", "2"])
-                .args(["--allow-interface", "network"]),
+                .args(["--allow-interface", "network"])
+                .arg("--port-filter-netns")
+                .arg(format!("/proc/{}/ns/net", std::process::id())),
             Hypervisor::Test => cmd
                 .args(["--uri", "test:///default"])
                 .args(["--shutdown-timeout", "1"]),

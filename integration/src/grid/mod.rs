@@ -519,9 +519,20 @@ impl Drop for Grid {
             }
         }
         self.kill_coordinator();
-        for d in self.domains() {
-            let _ = virsh(&["destroy", &d]);
-            let _ = virsh(&["undefine", &d]);
+        let domains = self.domains();
+        // The agents are gone: the port filters they installed for these clones' taps
+        // go with the domains.
+        let ports: Vec<String> = domains.iter().flat_map(|d| clones::taps(d)).collect();
+        for d in &domains {
+            let _ = virsh(&["destroy", d]);
+            let _ = virsh(&["undefine", d]);
+        }
+        let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
+        if let Err(e) = napalm_agent::port_filter::Firewall::remove(
+            &napalm_agent::port_filter::nft::Nft { netns: None },
+            &ports,
+        ) {
+            eprintln!("grid: removing the clones' port filters: {e}");
         }
         self.kill_ganesha();
         drop(self.ganesha_bus.take());

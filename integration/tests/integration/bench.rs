@@ -7,7 +7,8 @@
 //!
 //! `cargo test -p napalm-integration --test integration bench_deploy -- --ignored --nocapture`
 //! (`NAPALM_BENCH_RUNS=N` for N runs instead of 3; `NAPALM_BENCH_CONSOLES=DIR` copies every
-//! clone's serial console to `DIR/NAME.log` for the kernel's printk times).
+//! clone's serial console to `DIR/NAME.log` for the kernel's printk times;
+//! `NAPALM_BENCH_PORT_FILTER=libvirt` for the agents' `--port-filter libvirt`).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -319,8 +320,15 @@ impl Samples {
 #[ignore]
 fn bench_deploy_8_median_of_3() {
     let runs = env_usize("NAPALM_BENCH_RUNS", 3);
+    // `NAPALM_BENCH_PORT_FILTER=libvirt`: the agents leave clean-traffic to libvirt's
+    // nwfilter, the baseline of their own nftables port filters.
+    let agent_args = match std::env::var("NAPALM_BENCH_PORT_FILTER") {
+        Ok(mode) => vec!["--port-filter".to_owned(), mode],
+        Err(_) => Vec::new(),
+    };
     let opts = GridOptions {
         keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
+        agent_args,
         ..Default::default()
     };
     let g = Grid::start(opts, "gridb").expect("starting the grid");

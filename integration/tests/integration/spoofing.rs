@@ -1,5 +1,6 @@
 //! Issue #13, "clones that cannot impersonate each other", on real QEMU clones: each clone's
-//! interface carries libvirt's `clean-traffic` filter bound to its MAC and pool address, so a
+//! interface is bound to its MAC and pool address (the coordinator asks for libvirt's
+//! `clean-traffic`; the agent enforces it with its own nftables port filter), so a
 //! clone that takes another clone's address reaches nothing with it — not the server, not
 //! the other clone's layer or state export (restricted to that address) — while it still
 //! works with its own address, and the clone it impersonated is undisturbed.
@@ -111,17 +112,46 @@ fn a_clone_that_takes_anothers_address_reaches_neither_the_server_nor_its_export
     assert!(!a1.is_empty() && !a2.is_empty() && a1 != a2, "{a1} {a2}");
     let server = g.server.addr.clone();
 
-    // Each clone's interface is bound to its MAC and address by clean-traffic.
+    // Each clone's interface is bound to its MAC and address: the coordinator asks for
+    // clean-traffic, and the agent enforces it with its own nftables port filter (the
+    // domain's tap, named by the agent, has a chain in the host's `bridge napalm` table).
+    let table = std::process::Command::new("nft")
+        .args(["list", "table", "bridge", "napalm"])
+        .output()
+        .expect("nft list table");
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
     for (name, a) in [("spoof-01", &a1), ("spoof-02", &a2)] {
         let out = std::process::Command::new("virsh")
             .args(["-q", "-c", "qemu:///system", "dumpxml", name])
             .output()
             .expect("virsh dumpxml");
         let xml = String::from_utf8_lossy(&out.stdout);
+        let field = |pat: &str| {
+            xml.split(pat)
+                .nth(1)
+                .and_then(|r| r.split('\'').next())
+                .unwrap_or_else(|| panic!("{name}: no {pat} in\n{xml}"))
+                .to_owned()
+        };
+        let (port, mac) = (field("<target dev='"), field("<mac address='"));
         assert!(
-            xml.contains("<filterref filter='clean-traffic'>")
-                && xml.contains(&format!("<parameter name='IP' value='{a}'/>")),
-            "{name} has no clean-traffic filter bound to {a}:\n{xml}"
+            port.starts_with("np"),
+            "{name}'s tap {port} is not the agent's"
+        );
+        assert!(
+            !xml.contains("<filterref"),
+            "{name} left to libvirt's nwfilter:\n{xml}"
+        );
+        let chain = table
+            .split(&format!("chain port-{port} {{"))
+            .nth(1)
+            .and_then(|r| r.split('}').next())
+            .unwrap_or_else(|| panic!("{name}: no chain for {port} in\n{table}"));
+        assert!(
+            chain.contains(&format!("ether saddr != {mac} drop"))
+                && chain.contains(&format!("ip saddr != {a} drop"))
+                && table.contains(&format!("\"{port}\" : jump port-{port}")),
+            "{name} ({port}, {mac}, {a}) is not bound by the table:\n{table}"
         );
     }
 
