@@ -252,7 +252,8 @@ fn e_onfail_shell_gives_a_rescue_shell() {
     );
     seg.add("bin/sh", Entry::Symlink("busybox".into()));
     let img = t.path().join("rescue.img");
-    // Compressed: after a compressed segment the kernel only takes compressed ones.
+    // Compressed, as a clone's layer segment is (after a compressed base the kernel
+    // takes only compressed segments).
     let seg = napalm_initramfs::image::compress(
         &seg.write(0),
         napalm_initramfs::image::Compression::Gzip,

@@ -80,7 +80,9 @@ pub fn base_image() -> &'static [u8] {
             optional_modules: optional,
             busybox: None,
             layers: Vec::new(),
-            compression: Compression::Zstd,
+            // As the grid's and napalm-mkinitramfs's default: uncompressed, with the
+            // clones' layers appended compressed after it.
+            compression: Compression::None,
             mtime: 0,
         };
         build(&spec).expect("building the initramfs").bytes
