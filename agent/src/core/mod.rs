@@ -184,9 +184,9 @@ fn new_agent_id() -> String {
 
 impl Agent {
     /// Checks `xml` against the operator policy for domain `name` (paths confined to its
-    /// `files/` directory, our metadata element) and that its `<name>` is `name`.
-    /// The policy's check of `xml` for domain `name`, with the `clean-traffic` filterrefs
-    /// the agent enforces itself taken out (and returned as port filters).
+    /// `files/` directory, our metadata element) and that its `<name>` is `name`; the
+    /// `clean-traffic` filterrefs the agent enforces itself are taken out of the checked
+    /// XML and returned as port filters.
     pub(crate) fn check_config(
         &self,
         name: &str,
