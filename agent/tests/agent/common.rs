@@ -8,6 +8,15 @@ use napalm_agent::server::{self, Running, ServeConfig};
 
 pub const TOKEN: &str = "test-token-0123456789";
 
+/// `ip ARGS` (iproute2), which must succeed: the network namespaces tests build.
+pub fn ip(args: &[&str]) {
+    let st = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .expect("ip");
+    assert!(st.success(), "ip {args:?} failed");
+}
+
 /// `test:///default` keeps its state only while a connection is open: tests hold one.
 pub fn test_driver() -> Arc<dyn Hypervisor> {
     use std::sync::OnceLock;

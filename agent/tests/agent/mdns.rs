@@ -10,10 +10,7 @@ use std::time::{Duration, Instant};
 
 use mdns_sd::{ServiceDaemon, ServiceEvent};
 
-fn ip(args: &[&str]) {
-    let st = Command::new("ip").args(args).status().expect("ip");
-    assert!(st.success(), "ip {args:?} failed");
-}
+use crate::common::ip;
 
 /// Two namespaces and a veth pair; deleted on drop.
 struct Netns {

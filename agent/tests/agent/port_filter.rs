@@ -11,10 +11,7 @@ use std::process::Command;
 use napalm_agent::port_filter::nft::Nft;
 use napalm_agent::port_filter::{Firewall, PortFilter};
 
-fn ip(args: &[&str]) {
-    let st = Command::new("ip").args(args).status().expect("ip");
-    assert!(st.success(), "ip {args:?} failed");
-}
+use crate::common::ip;
 
 /// The host, A and B namespaces; deleted on drop.
 struct Lan {
