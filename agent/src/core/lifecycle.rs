@@ -66,8 +66,10 @@ impl Agent {
                 .await
                 .map(|()| Some((EventKind::Resumed, RunState::Running))),
             (RunState::Running | RunState::Paused, c) if !c.is_active() => {
-                if let Some(r) = self.store.load(name)? {
-                    self.apply_port_filters(&r.port_filters).await?;
+                if self.filters_ports() {
+                    if let Some(r) = self.store.load(name)? {
+                        self.apply_port_filters(&r.port_filters).await?;
+                    }
                 }
                 match self.call(move |h| h.start(&n)).await {
                     Ok(()) if target == RunState::Paused => {

@@ -208,12 +208,17 @@ impl Agent {
                 ),
             ));
         }
-        if self.firewall.is_none() {
+        if !self.filters_ports() {
             return Ok((checked, Vec::new()));
         }
         let (xml, filters) = crate::port_filter::take_clean_traffic(name, &checked.libvirt_xml)?;
         checked.libvirt_xml = xml;
         Ok((checked, filters))
+    }
+
+    /// Whether this agent enforces port filters itself (else libvirt does, from the XML).
+    pub(crate) fn filters_ports(&self) -> bool {
+        self.firewall.is_some()
     }
 
     /// Installs `filters` (before the domain they protect starts).

@@ -150,7 +150,11 @@ impl Agent {
             .into_iter()
             .map(|d| (d.name.clone(), d))
             .collect();
-        for name in self.store.names()? {
+        let names = self.store.names()?;
+        if first {
+            self.restore_port_filters(&names, &mut rep).await;
+        }
+        for name in names {
             if let Err(e) = self.reconcile_one(&name, first, &live, &mut rep).await {
                 tracing::warn!(domain = %name, error = %e, "reconciling a domain failed; the next pass retries");
                 rep.failed.push((name, e.to_string()));
@@ -161,6 +165,31 @@ impl Agent {
             let _ = std::fs::remove_dir_all(&staging);
         }
         Ok(rep)
+    }
+
+    /// At agent start: installs again the port filters of every domain, in one batch, so
+    /// a running domain keeps its protection across an agent restart even if the host's
+    /// rules were lost meanwhile (idempotent). If that fails, each domain with filters is
+    /// reported failed; its next start installs them before QEMU runs.
+    async fn restore_port_filters(&self, names: &[String], rep: &mut Report) {
+        if !self.filters_ports() {
+            return;
+        }
+        let mut owners = Vec::new();
+        let mut filters = Vec::new();
+        for name in names {
+            if let Ok(Some(r)) = self.store.load(name) {
+                if !r.deleting && !r.port_filters.is_empty() {
+                    owners.push(name.clone());
+                    filters.extend(r.port_filters);
+                }
+            }
+        }
+        if let Err(e) = self.apply_port_filters(&filters).await {
+            tracing::warn!(error = %e, "installing the domains' port filters again failed");
+            rep.failed
+                .extend(owners.into_iter().map(|n| (n, e.to_string())));
+        }
     }
 
     /// [`Self::reconcile`] of domain `name`, given libvirt's `live` listing.
@@ -184,11 +213,6 @@ impl Agent {
                 .await?;
             rep.deleted.push(name.to_owned());
             return Ok(());
-        }
-        if first {
-            // A running domain keeps its protection across an agent restart even if the
-            // host's rules were lost meanwhile (they are installed again; idempotent).
-            self.apply_port_filters(&r.port_filters).await?;
         }
         let l = live.get(name);
         let state = match l {
