@@ -8,6 +8,14 @@
 //! cluster identity, itself derived from the coordinator's secret and the deployment name
 //! (as the layer builder does, `deploy::apply::layers`), so every coordinator sharing the
 //! secret renders the same known_hosts.
+//!
+//! A watcher need not poll: the *index* of a clone's files (`GET
+//! /v1/clones/NAME/cluster?files=…`, [`wait_index`]) lists each file's entity tag, and a
+//! request that names the index it already has (`index=ETAG&wait=60s`) is held until one of
+//! the files changes or the wait ends, like Consul's blocking queries. A clone that idles
+//! then costs one held connection instead of a round of requests every few seconds.
+
+use std::time::Duration;
 
 use napalm_overlay::live::{self, LiveClone, LiveFormat};
 use napalm_overlay::Identity;
@@ -37,6 +45,9 @@ pub enum ClusterFilesError {
     /// Not a cluster file name.
     #[error(transparent)]
     Format(#[from] live::UnknownFormat),
+    /// A `wait` that is not a duration within [`MAX_WAIT`].
+    #[error("wait={0:?} is not a wait this endpoint takes: give seconds (`60`, `60s`) or minutes (`2m`), at most 5m")]
+    Wait(String),
     /// The registry could not be read.
     #[error("reading the registry: {0}")]
     Registry(#[source] RegistryError),
@@ -47,6 +58,16 @@ impl From<RegistryError> for ClusterFilesError {
         ClusterFilesError::Registry(e)
     }
 }
+
+/// The longest a request may be held by [`wait_index`].
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// How often a held request re-reads the registry even without a local write: another
+/// coordinator sharing the store may have changed it.
+const RECHECK: Duration = Duration::from_secs(5);
+
+/// How long a held request waits after a local write before it reads again.
+const SETTLE: Duration = Duration::from_millis(250);
 
 /// One rendered file with its entity tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,21 +138,160 @@ pub async fn for_clone(
     token: Option<&str>,
     file: &str,
 ) -> Result<Rendered, ClusterFilesError> {
-    if !token.is_some_and(|t| tokens.verify(name, t)) {
-        return Err(ClusterFilesError::Unauthenticated {
-            clone: name.to_owned(),
-        });
-    }
+    authenticate(tokens, name, token)?;
     let format: LiveFormat = file.parse()?;
-    let clone = match registry.get_clone(name).await {
-        Ok(c) => c,
-        Err(RegistryError::Api(ApiError::NotFound { .. })) => {
-            return Err(ClusterFilesError::NotFound {
-                kind: "clone",
-                name: name.to_owned(),
-            })
-        }
-        Err(e) => return Err(e.into()),
+    let deployment = deployment_of(registry, name).await?;
+    render(registry, tokens, &deployment, format).await
+}
+
+fn authenticate(
+    tokens: &TokenKey,
+    name: &str,
+    token: Option<&str>,
+) -> Result<(), ClusterFilesError> {
+    if token.is_some_and(|t| tokens.verify(name, t)) {
+        Ok(())
+    } else {
+        Err(ClusterFilesError::Unauthenticated {
+            clone: name.to_owned(),
+        })
+    }
+}
+
+/// The deployment clone `name` belongs to.
+async fn deployment_of(registry: &Registry, name: &str) -> Result<String, ClusterFilesError> {
+    match registry.get_clone(name).await {
+        Ok(c) => Ok(c.deployment),
+        Err(RegistryError::Api(ApiError::NotFound { .. })) => Err(ClusterFilesError::NotFound {
+            kind: "clone",
+            name: name.to_owned(),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A held request's `wait`: `60`, `60s` or `2m`, at most [`MAX_WAIT`].
+pub fn parse_wait(value: &str) -> Result<Duration, ClusterFilesError> {
+    let v = value.trim();
+    let (digits, unit) = match v.strip_suffix('m') {
+        Some(d) => (d, 60),
+        None => (v.strip_suffix('s').unwrap_or(v), 1),
     };
-    render(registry, tokens, &clone.deployment, format).await
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .map(Duration::from_secs)
+        .filter(|d| *d <= MAX_WAIT)
+        .ok_or_else(|| ClusterFilesError::Wait(value.to_owned()))
+}
+
+/// `hosts,known-hosts`: the files an index covers; empty means all of them.
+pub fn parse_files(value: &str) -> Result<Vec<LiveFormat>, ClusterFilesError> {
+    let mut out = Vec::new();
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let f: LiveFormat = name.parse()?;
+        if !out.contains(&f) {
+            out.push(f);
+        }
+    }
+    if out.is_empty() {
+        out = LiveFormat::ALL.iter().map(|(_, f)| *f).collect();
+    }
+    Ok(out)
+}
+
+/// The index of `files` for `deployment`: a header line, then `FILE ETAG` per file in the
+/// order given. Its own entity tag changes exactly when one of the files does.
+pub async fn index(
+    registry: &Registry,
+    tokens: &TokenKey,
+    deployment: &str,
+    files: &[LiveFormat],
+) -> Result<Rendered, ClusterFilesError> {
+    let clones = registry.list_clones(deployment).await?;
+    let identity = files
+        .iter()
+        .any(|f| f.needs_host_keys())
+        .then(|| identity(tokens, deployment));
+    let live: Vec<LiveClone> = clones
+        .iter()
+        .map(|c| live_clone(c, identity.as_ref()))
+        .collect();
+    let mut body = format!("# cluster files of deployment {deployment} (napalm registry)\n");
+    for f in files {
+        let etag = live::etag(&live::render(deployment, *f, &live));
+        body.push_str(&format!("{} {etag}\n", f.name()));
+    }
+    Ok(Rendered {
+        deployment: deployment.to_owned(),
+        etag: live::etag(&body),
+        body,
+    })
+}
+
+/// Clone `name`'s index of `files` ([`index`]), authenticated by `token`. With `seen`
+/// (the entity tag of the index the caller has, quoted or not), the answer is held while the index still
+/// has that tag, for at most `wait` (capped at [`MAX_WAIT`]): it comes as soon as a file
+/// changes, else when the wait ends, unchanged. The registry is re-read on each of its
+/// writes and every few seconds. A clone removed meanwhile ends the wait with
+/// [`ClusterFilesError::NotFound`].
+pub async fn wait_index(
+    registry: &Registry,
+    tokens: &TokenKey,
+    name: &str,
+    token: Option<&str>,
+    files: &[LiveFormat],
+    seen: Option<&str>,
+    wait: Duration,
+) -> Result<Rendered, ClusterFilesError> {
+    authenticate(tokens, name, token)?;
+    let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+    let mut changes = registry.changes();
+    loop {
+        changes.borrow_and_update();
+        let deployment = deployment_of(registry, name).await?;
+        let now = index(registry, tokens, &deployment, files).await?;
+        let current = seen.is_some_and(|s| s.trim_matches('"') == now.etag.trim_matches('"'));
+        if !current || tokio::time::Instant::now() >= deadline {
+            return Ok(now);
+        }
+        let next = deadline.min(tokio::time::Instant::now() + RECHECK);
+        tokio::select! {
+            woke = changes.changed() => match woke {
+                // Writes come in bursts (a deployment's records, a batch of phases): let
+                // the burst settle so the watcher makes one round for it, not one per write.
+                Ok(()) => tokio::time::sleep(SETTLE).await,
+                Err(_) => tokio::time::sleep_until(next).await,
+            },
+            _ = tokio::time::sleep_until(next) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_are_seconds_or_minutes_up_to_five_minutes() {
+        assert_eq!(parse_wait("60").ok(), Some(Duration::from_secs(60)));
+        assert_eq!(parse_wait("45s").ok(), Some(Duration::from_secs(45)));
+        assert_eq!(parse_wait("5m").ok(), Some(MAX_WAIT));
+        for bad in ["6m", "301", "-1", "1h", "soon", ""] {
+            let e = parse_wait(bad).expect_err(bad).to_string();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_index_names_known_files_once_and_all_by_default() {
+        assert_eq!(
+            parse_files("hosts, mpi,hosts").ok(),
+            Some(vec![LiveFormat::Hosts, LiveFormat::Mpi])
+        );
+        assert_eq!(parse_files("").map(|f| f.len()).ok(), Some(4));
+        let e = parse_files("hosts,passwd").expect_err("passwd").to_string();
+        assert!(e.contains("\"passwd\"") && e.contains("known-hosts"), "{e}");
+    }
 }

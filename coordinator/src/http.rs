@@ -10,6 +10,12 @@
 //! (`Authorization: Bearer TOKEN` or `X-Napalm-Clone-Token: TOKEN`, never the URL: 401
 //! without one, 403 with another clone's), with a strong `ETag` from the content so a
 //! watcher's `If-None-Match` gets `304 Not Modified` while nothing changed.
+//! `GET /v1/clones/NAME/cluster?files=hosts,known-hosts` gives the same clone the index of
+//! those files (`FILE ETAG` lines; all four without `files`), and with
+//! `index=ETAG&wait=60s` (ETAG: the index's own tag, which the caller has) holds the
+//! answer until one of them changes or the wait (at most 5m) ends: a watcher sleeps in one
+//! request instead of polling ([`crate::cluster_files::wait_index`]). Bad `files` or
+//! `wait`: 400, quoting them.
 //! `GET /healthz` answers `ok`. The same listener serves what operators watch, read-only:
 //! `GET /metrics` ([`crate::metrics`], OpenMetrics text), `GET /` and `GET /v1/view.json`
 //! (the web view, [`crate::web`]).
@@ -22,7 +28,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -113,6 +119,7 @@ pub fn router(registry: Registry, tokens: Arc<TokenKey>, metrics: Metrics) -> Ro
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/clones/register", post(register))
+        .route("/v1/clones/{name}/cluster", get(cluster_index))
         .route("/v1/clones/{name}/cluster/{file}", get(cluster_file))
         .route("/metrics", get(metrics_page))
         .route("/", get(|| async { Html(crate::web::INDEX_HTML) }))
@@ -180,32 +187,93 @@ async fn cluster_file(
             r.body,
         )
             .into_response(),
-        Err(e) => {
-            let code = match &e {
-                // A token was sent but is not this clone's: forbidden; none at all: 401.
-                ClusterFilesError::Unauthenticated { .. } if token.is_some() => {
-                    StatusCode::FORBIDDEN
-                }
-                ClusterFilesError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
-                ClusterFilesError::NotFound { .. } => StatusCode::NOT_FOUND,
-                ClusterFilesError::Format(_) => StatusCode::NOT_FOUND,
-                ClusterFilesError::Registry(_) => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            if code == StatusCode::SERVICE_UNAVAILABLE {
-                tracing::warn!(clone = %name, file = %file, error = %e, "cluster file failed");
-            } else {
-                tracing::debug!(clone = %name, file = %file, error = %e, "cluster file refused");
-            }
-            let mut resp = (code, format!("{e}\n")).into_response();
-            if code == StatusCode::UNAUTHORIZED {
-                resp.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    header::HeaderValue::from_static("Bearer realm=\"napalm clone\""),
-                );
-            }
-            resp
-        }
+        Err(e) => refusal(e, token.is_some(), &name, Some(&file)),
     }
+}
+
+/// The query of `GET /v1/clones/NAME/cluster`.
+#[derive(Deserialize)]
+struct IndexQuery {
+    /// Comma-separated file names; all when absent.
+    #[serde(default)]
+    files: String,
+    /// The entity tag of the index the caller has: hold the answer while it is current.
+    index: Option<String>,
+    /// How long to hold it (`60`, `60s`, `2m`); 60 s when `index` is given without it.
+    wait: Option<String>,
+}
+
+/// How long an index request with `index=` and no `wait=` is held.
+const DEFAULT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn cluster_index(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<IndexQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let token = clone_token(&headers);
+    let answer = async {
+        let files = crate::cluster_files::parse_files(&q.files)?;
+        let wait = match (&q.index, &q.wait) {
+            (None, _) => std::time::Duration::ZERO,
+            (Some(_), None) => DEFAULT_WAIT,
+            (Some(_), Some(w)) => crate::cluster_files::parse_wait(w)?,
+        };
+        crate::cluster_files::wait_index(
+            &st.registry,
+            &st.tokens,
+            &name,
+            token,
+            &files,
+            q.index.as_deref(),
+            wait,
+        )
+        .await
+    };
+    match answer.await {
+        Ok(r) => (
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+                (header::ETAG, r.etag),
+                (header::CACHE_CONTROL, "no-cache".into()),
+            ],
+            r.body,
+        )
+            .into_response(),
+        Err(e) => refusal(e, token.is_some(), &name, None),
+    }
+}
+
+/// The answer to a cluster file request that failed: 401/403 for tokens, 404 for what is
+/// not there, 400 for a bad query, 503 when the registry cannot be read. `file` is `None`
+/// for the index.
+fn refusal(e: ClusterFilesError, had_token: bool, name: &str, file: Option<&str>) -> Response {
+    let code = match &e {
+        // A token was sent but is not this clone's: forbidden; none at all: 401.
+        ClusterFilesError::Unauthenticated { .. } if had_token => StatusCode::FORBIDDEN,
+        ClusterFilesError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+        ClusterFilesError::NotFound { .. } => StatusCode::NOT_FOUND,
+        // An unknown file in the path is a resource that does not exist; in the query of
+        // the index, a bad request.
+        ClusterFilesError::Format(_) if file.is_some() => StatusCode::NOT_FOUND,
+        ClusterFilesError::Format(_) | ClusterFilesError::Wait(_) => StatusCode::BAD_REQUEST,
+        ClusterFilesError::Registry(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let file = file.unwrap_or("(index)");
+    if code == StatusCode::SERVICE_UNAVAILABLE {
+        tracing::warn!(clone = %name, file = %file, error = %e, "cluster file failed");
+    } else {
+        tracing::debug!(clone = %name, file = %file, error = %e, "cluster file refused");
+    }
+    let mut resp = (code, format!("{e}\n")).into_response();
+    if code == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"napalm clone\""),
+        );
+    }
+    resp
 }
 
 async fn metrics_page(State(st): State<AppState>) -> Response {

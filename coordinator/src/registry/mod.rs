@@ -66,6 +66,10 @@ pub struct Registry {
     /// Agents seen by the last full listing (sweep or list), for heartbeat TTLs: reading
     /// every agent record on each heartbeat would make heartbeats O(agents).
     agent_count: Arc<std::sync::atomic::AtomicUsize>,
+    /// Bumped after every write this registry commits, so long polls (a clone's cluster
+    /// files) wake on a change instead of re-reading on a timer. Writes by another
+    /// coordinator sharing the store do not bump it: waiters re-read now and then too.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Registry {
@@ -76,7 +80,14 @@ impl Registry {
             clock,
             fence: Arc::new(RwLock::new(None)),
             agent_count: Arc::default(),
+            changes: Arc::new(tokio::sync::watch::channel(0).0),
         }
+    }
+
+    /// A receiver that sees [`Self::commit`]'s successful writes (a counter; only the
+    /// change matters).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The number of agents at the last full listing.
@@ -116,7 +127,9 @@ impl Registry {
 
     /// Commits `txn` with the fencing check added.
     pub async fn commit(&self, txn: Txn) -> Result<u64, RegistryError> {
-        Ok(self.store.commit(self.fenced(txn)).await?)
+        let rev = self.store.commit(self.fenced(txn)).await?;
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(rev)
     }
 
     /// One record and its revision.

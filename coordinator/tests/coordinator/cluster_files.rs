@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 
 use napalm_coordinator::testing::{spec, GridOptions, TestGrid};
 use napalm_proto::v1::*;
@@ -244,4 +245,279 @@ async fn cluster_files_follow_scaling_with_the_clones_token_and_cost_a_304_when_
     let bad = file(&grid, &name(1), "passwd").await;
     assert_eq!(bad.status, 404, "{}", bad.body);
     assert!(bad.body.contains("known-hosts"), "{}", bad.body);
+}
+
+/// `GET /v1/clones/NAME/cluster?files=…` as clone `of`, with its own token.
+async fn index(grid: &TestGrid, of: &str, query: &str) -> Answer {
+    let bearer = format!("Bearer {}", grid.coordinator.tokens().token(of));
+    get(
+        grid.coordinator.http_addr(),
+        &format!("/v1/clones/{of}/cluster?{query}"),
+        &[("Authorization", &bearer)],
+    )
+    .await
+}
+
+/// A grid with one agent, deployment `cfiles` of `count` registered clones.
+async fn registered_grid(count: u32) -> TestGrid {
+    let grid = TestGrid::start_with(
+        GridOptions {
+            agents: 1,
+            agent_token: Some(TOKEN.into()),
+            ..Default::default()
+        },
+        |c| {
+            if let Some(d) = c.deploy.as_mut() {
+                d.addresses = Some("10.77.0.101/24".parse().expect("pool"));
+            }
+        },
+    )
+    .await
+    .expect("grid starts");
+    scale(&grid, count).await;
+    grid
+}
+
+/// Deploys `cfiles` at `count` clones and registers them all.
+async fn scale(grid: &TestGrid, count: u32) {
+    let mut coord = grid.client().await.expect("connect");
+    let (_, summary) = run(coord
+        .deploy(DeployRequest {
+            request_id: format!("scale-{count}"),
+            spec: Some(spec(DEPLOYMENT, count)),
+            dry_run: false,
+        })
+        .await)
+    .await;
+    assert_eq!(summary.requested, count, "{summary:?}");
+    for i in 1..=count {
+        register(grid, &name(i), &address(i)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_held_index_request_answers_when_a_file_changes_and_not_before() {
+    let grid = registered_grid(2).await;
+    let first = index(&grid, &name(1), "files=hosts,known-hosts").await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let lines: Vec<&str> = first.body.lines().collect();
+    assert_eq!(
+        lines[0],
+        "# cluster files of deployment cfiles (napalm registry)"
+    );
+    let hosts = file(&grid, &name(1), "hosts").await;
+    assert_eq!(
+        lines[1],
+        format!("hosts {}", hosts.headers["etag"]),
+        "the index names each file's entity tag"
+    );
+    assert!(lines[2].starts_with("known-hosts \""), "{}", first.body);
+    assert_eq!(lines.len(), 3, "only the files asked for: {}", first.body);
+    let tag = first.headers.get("etag").cloned().expect("an ETag");
+    let bare = tag.trim_matches('"').to_owned();
+
+    // Nothing changes: held for the whole wait, then the same index.
+    let started = std::time::Instant::now();
+    let same = index(
+        &grid,
+        &name(1),
+        &format!("files=hosts,known-hosts&index={bare}&wait=2s"),
+    )
+    .await;
+    let held = started.elapsed();
+    assert_eq!(same.status, 200, "{}", same.body);
+    assert_eq!(same.headers.get("etag"), Some(&tag));
+    assert!(held >= std::time::Duration::from_secs(2), "held {held:?}");
+
+    // A third clone changes both files: a request held for a minute answers at once.
+    let quoted = tag.clone();
+    let held = {
+        let bearer = format!("Bearer {}", grid.coordinator.tokens().token(&name(1)));
+        let addr = grid.coordinator.http_addr();
+        let path = format!(
+            "/v1/clones/{}/cluster?files=hosts,known-hosts&index={}&wait=60s",
+            name(1),
+            urlencode(&quoted)
+        );
+        tokio::spawn(async move { get(addr, &path, &[("Authorization", &bearer)]).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!held.is_finished(), "answered with nothing changed");
+    let started = std::time::Instant::now();
+    scale(&grid, 3).await;
+    let changed = tokio::time::timeout(std::time::Duration::from_secs(10), held)
+        .await
+        .expect("the held request answers once the files change")
+        .expect("request task");
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    assert_ne!(changed.headers.get("etag"), Some(&tag));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let hosts = file(&grid, &name(1), "hosts").await;
+    assert!(
+        changed
+            .body
+            .contains(&format!("hosts {}", hosts.headers["etag"])),
+        "{}",
+        changed.body
+    );
+
+    // All four files without `files`; refusals quote what was wrong.
+    let all = index(&grid, &name(1), "").await;
+    assert_eq!(all.body.lines().count(), 5, "{}", all.body);
+    let bad = index(&grid, &name(1), "files=hosts,passwd").await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body.contains("\"passwd\""), "{}", bad.body);
+    let bad = index(&grid, &name(1), &format!("index={bare}&wait=1h")).await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(
+        bad.body.contains("\"1h\"") && bad.body.contains("5m"),
+        "{}",
+        bad.body
+    );
+    let none = get(
+        grid.coordinator.http_addr(),
+        &format!("/v1/clones/{}/cluster?files=hosts", name(1)),
+        &[],
+    )
+    .await;
+    assert_eq!(none.status, 401, "{}", none.body);
+    let other = format!("Bearer {}", grid.coordinator.tokens().token(&name(2)));
+    let wrong = get(
+        grid.coordinator.http_addr(),
+        &format!("/v1/clones/{}/cluster?files=hosts", name(1)),
+        &[("Authorization", &other)],
+    )
+    .await;
+    assert_eq!(wrong.status, 403, "{}", wrong.body);
+}
+
+/// `"` and anything else outside unreserved characters, percent-encoded.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A process group killed when dropped: the watcher and the curl it waits on.
+struct Group(std::process::Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits up to `secs` for `path` to contain `needle`.
+async fn until_contains(path: &std::path::Path, needle: &str, secs: u64) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let now = std::fs::read_to_string(path).unwrap_or_default();
+        if now.contains(needle) || std::time::Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_clones_watcher_sleeps_in_one_request_and_follows_a_scale() {
+    let grid = registered_grid(2).await;
+    // Clone 1's layer as the builder made it, pointed at this coordinator.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("root");
+    let layer = grid
+        .dir
+        .path()
+        .join("layers")
+        .join(DEPLOYMENT)
+        .join(name(1))
+        .join("root");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&layer)
+        .arg(&root)
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+    let watcher = root.join("usr/local/sbin/napalm-cluster-files");
+    let script = std::fs::read_to_string(&watcher).expect("the base set's watcher");
+    let url = "URL=\"http://10.77.0.1:7780/v1/clones/register\"";
+    assert!(script.contains(url), "{script}");
+    let here = format!(
+        "URL=\"http://{}/v1/clones/register\"",
+        grid.coordinator.http_addr()
+    );
+    std::fs::write(&watcher, script.replace(url, &here)).expect("write watcher");
+    // curl as found on PATH, every call logged.
+    let curl = ["/usr/bin/curl", "/bin/curl"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("curl on this machine (scripts/setup installs it)");
+    let bin = tmp.path().join("bin");
+    let log = tmp.path().join("requests");
+    std::fs::create_dir(&bin).expect("bin");
+    std::fs::write(
+        bin.join("curl"),
+        format!(
+            "#!/bin/sh\nfor a; do case $a in http*) echo \"$a\" >>{log};; esac; done\nexec {curl} \"$@\"\n",
+            log = log.display()
+        ),
+    )
+    .expect("curl wrapper");
+    std::fs::set_permissions(
+        bin.join("curl"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let child = std::process::Command::new("sh")
+        .arg(&watcher)
+        .env("PATH", path)
+        .env("NAPALM_ROOT", &root)
+        .env("NAPALM_CLUSTER_FILES_WAIT", "2")
+        .process_group(0)
+        .spawn()
+        .expect("start the watcher");
+    let _group = Group(child);
+    let hosts = root.join("etc/hosts");
+    let line = |i: u32| format!("{}\t{}", address(i), name(i));
+    let now = until_contains(&hosts, &line(2), 15).await;
+    assert!(now.contains(&line(2)), "the first round: {now}");
+
+    // Idle: only held index requests (one per 2 s wait), no file fetched.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    std::fs::write(&log, "").expect("clear log");
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let idle = std::fs::read_to_string(&log).expect("log");
+    let index_requests = idle.lines().filter(|l| l.contains("/cluster?")).count();
+    assert!(
+        (1..=4).contains(&index_requests) && idle.lines().count() == index_requests,
+        "idle for 5 s: {idle}"
+    );
+    assert!(idle.contains("&index="), "held requests: {idle}");
+
+    // The deployment grows: the file follows within moments.
+    let started = std::time::Instant::now();
+    scale(&grid, 3).await;
+    let now = until_contains(&hosts, &line(3), 10).await;
+    assert!(now.contains(&line(3)), "after the scale: {now}");
+    tracing::info!(took = ?started.elapsed(), "the watcher followed the scale");
+    let after = std::fs::read_to_string(&log).expect("log");
+    assert!(after.contains("/cluster/hosts"), "{after}");
 }

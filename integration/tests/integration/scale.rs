@@ -1,8 +1,10 @@
 //! Issue #12, "Scale 8 → 12 → 4": real QEMU clones (busybox root over NFS, `base` + `mpi`
 //! sets) keep running while their deployment grows and shrinks — each survivor keeps its
 //! libvirt domain id, its boot id and its uptime — and their /etc/hosts, MPI hostfile and
-//! ssh known_hosts follow every scale without a reboot: the base set's watcher polls the
-//! coordinator's `GET /v1/clones/NAME/cluster/FILE` with the clone's token.
+//! ssh known_hosts follow every scale without a reboot: the base set's watcher holds one
+//! request on the coordinator's index of those files (`GET /v1/clones/NAME/cluster?…`),
+//! which answers when they change, then fetches them (`…/cluster/FILE`) with the clone's
+//! token.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
