@@ -21,6 +21,7 @@ use napalm_overlay::live::{self, LiveClone, LiveFormat};
 use napalm_overlay::Identity;
 use napalm_proto::v1::{Clone, ClonePhase};
 use napalm_proto::ApiError;
+use sha2::Digest as _;
 
 use crate::registry::clones::TokenKey;
 use crate::registry::{Registry, RegistryError};
@@ -201,8 +202,11 @@ pub fn parse_files(value: &str) -> Result<Vec<LiveFormat>, ClusterFilesError> {
     Ok(out)
 }
 
-/// The index of `files` for `deployment`: a header line, then `FILE ETAG` per file in the
-/// order given. Its own entity tag changes exactly when one of the files does.
+/// The index of `files` for `deployment`: a header line, then `FILE TAG` per file in the
+/// order given, TAG being a tag of the file's lines other than comments (for files with
+/// host keys, of what the keys derive from rather than the keys). The
+/// index's own entity tag changes exactly when one of those does: when a clone comes,
+/// goes, gets an address or registers, not at every phase of a booting clone.
 pub async fn index(
     registry: &Registry,
     tokens: &TokenKey,
@@ -210,24 +214,44 @@ pub async fn index(
     files: &[LiveFormat],
 ) -> Result<Rendered, ClusterFilesError> {
     let clones = registry.list_clones(deployment).await?;
-    let identity = files
-        .iter()
-        .any(|f| f.needs_host_keys())
-        .then(|| identity(tokens, deployment));
+    // No host key is derived for the tags (an ed25519 key per clone, for each waiting
+    // clone at each change): known_hosts is tagged with a stand-in key on every line
+    // and the secret the real keys derive from, which together decide them.
     let live: Vec<LiveClone> = clones
         .iter()
-        .map(|c| live_clone(c, identity.as_ref()))
+        .map(|c| LiveClone {
+            host_key: Some("ssh-ed25519 KEY".to_owned()),
+            ..live_clone(c, None)
+        })
         .collect();
+    let keys_from = hex::encode(sha2::Sha256::digest(
+        tokens.derive(&format!("cluster-identity/{deployment}")),
+    ));
     let mut body = format!("# cluster files of deployment {deployment} (napalm registry)\n");
     for f in files {
-        let etag = live::etag(&live::render(deployment, *f, &live));
-        body.push_str(&format!("{} {etag}\n", f.name()));
+        let mut text = live::render(deployment, *f, &live);
+        if f.needs_host_keys() {
+            text.push_str(&keys_from);
+        }
+        body.push_str(&format!("{} {}\n", f.name(), content_tag(&text)));
     }
     Ok(Rendered {
         deployment: deployment.to_owned(),
         etag: live::etag(&body),
         body,
     })
+}
+
+/// The entity tag of `text`'s lines other than comments. Comments say a clone's passing
+/// phase (`# web-03 (pending)`): following them would wake every watcher at each step of
+/// every booting clone, for nothing a program reads. A watcher's round fetches them too.
+fn content_tag(text: &str) -> String {
+    let content: String = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    live::etag(&content)
 }
 
 /// Clone `name`'s index of `files` ([`index`]), authenticated by `token`. With `seen`
@@ -282,6 +306,15 @@ mod tests {
             let e = parse_wait(bad).expect_err(bad).to_string();
             assert!(e.contains(&format!("{bad:?}")), "{e}");
         }
+    }
+
+    #[test]
+    fn a_files_tag_follows_its_lines_but_not_its_comments() {
+        let pending = "# clones of deployment web (napalm registry)\nweb-01\n# web-02 (pending)\n";
+        let running = pending.replace("pending", "running");
+        let registered = pending.replace("# web-02 (pending)", "web-02");
+        assert_eq!(content_tag(pending), content_tag(&running));
+        assert_ne!(content_tag(pending), content_tag(&registered));
     }
 
     #[test]

@@ -66,8 +66,9 @@ pub struct Registry {
     /// Agents seen by the last full listing (sweep or list), for heartbeat TTLs: reading
     /// every agent record on each heartbeat would make heartbeats O(agents).
     agent_count: Arc<std::sync::atomic::AtomicUsize>,
-    /// Bumped after every write this registry commits, so long polls (a clone's cluster
-    /// files) wake on a change instead of re-reading on a timer. Writes by another
+    /// Bumped after every write of clone or deployment records this registry commits (not
+    /// agents' heartbeats), so long polls (a clone's cluster files) wake on a change
+    /// instead of re-reading on a timer. Writes by another
     /// coordinator sharing the store do not bump it: waiters re-read now and then too.
     changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
@@ -84,8 +85,8 @@ impl Registry {
         }
     }
 
-    /// A receiver that sees [`Self::commit`]'s successful writes (a counter; only the
-    /// change matters).
+    /// A receiver that sees [`Self::commit`]'s successful writes of clone and deployment
+    /// records (a counter; only the change matters).
     pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
     }
@@ -127,8 +128,16 @@ impl Registry {
 
     /// Commits `txn` with the fencing check added.
     pub async fn commit(&self, txn: Txn) -> Result<u64, RegistryError> {
+        let watched = txn
+            .puts
+            .iter()
+            .map(|(k, _)| k)
+            .chain(&txn.deletes)
+            .any(|k| k.starts_with(CLONES) || k.starts_with(DEPLOYMENTS));
         let rev = self.store.commit(self.fenced(txn)).await?;
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        if watched {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
         Ok(rev)
     }
 

@@ -8,7 +8,10 @@
 //! `cargo test -p napalm-integration --test integration bench_deploy -- --ignored --nocapture`
 //! (`NAPALM_BENCH_RUNS=N` for N runs instead of 3; `NAPALM_BENCH_CONSOLES=DIR` copies every
 //! clone's serial console to `DIR/NAME.log` for the kernel's printk times;
-//! `NAPALM_BENCH_PORT_FILTER=libvirt` for the agents' `--port-filter libvirt`).
+//! `NAPALM_BENCH_PORT_FILTER=libvirt` for the agents' `--port-filter libvirt`;
+//! `NAPALM_BENCH_SETS=DIR` puts DIR's template sets before the shipped ones, e.g. a `base`
+//! set with another watcher, for a baseline). After each 8-clone deploy, the CPU its
+//! registered clones' QEMUs use while idle (`NAPALM_BENCH_IDLE_S`, 10 s).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -37,6 +40,36 @@ pub(crate) fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
+}
+
+/// `--sets DIR` for the coordinator when `NAPALM_BENCH_SETS=DIR`.
+pub(crate) fn sets_args() -> Vec<String> {
+    match std::env::var("NAPALM_BENCH_SETS") {
+        Ok(dir) if !dir.is_empty() => vec!["--sets".to_owned(), dir],
+        _ => Vec::new(),
+    }
+}
+
+/// CPU seconds per second used by the QEMU of each clone `NAME-01`… of `name` over `secs`
+/// (the clones idle: registered, nothing deployed beside them).
+fn idle_cpu(name: &str, count: usize, secs: u64) -> Vec<f64> {
+    let pids: Vec<u32> = (1..=count)
+        .filter_map(|i| {
+            std::fs::read_to_string(format!("/run/libvirt/qemu/{name}-{i:02}.pid"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect();
+    let before: Vec<f64> = pids.iter().map(|p| crate::storm::usage(*p).1).collect();
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let dt = t.elapsed().as_secs_f64();
+    pids.iter()
+        .zip(before)
+        .map(|(p, b)| (crate::storm::usage(*p).1 - b) / dt)
+        .collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -329,9 +362,12 @@ fn bench_deploy_8_median_of_3() {
     let opts = GridOptions {
         keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
         agent_args,
+        coordinator_args: sets_args(),
         ..Default::default()
     };
+    let idle_s = env_usize("NAPALM_BENCH_IDLE_S", 10) as u64;
     let g = Grid::start(opts, "gridb").expect("starting the grid");
+    let mut idle = Vec::new();
     let (mut one, mut eight) = (Vec::new(), Vec::new());
     let (mut s1, mut s8) = (Samples::default(), Samples::default());
     for r in 0..runs {
@@ -344,6 +380,7 @@ fn bench_deploy_8_median_of_3() {
             } else {
                 eight.push(d.took);
                 s8.add(&g, &name, &d);
+                idle.extend(idle_cpu(&name, count, idle_s));
             }
             let out = g.napalmctl(&["undeploy", &name]).expect("undeploy");
             assert!(
@@ -359,6 +396,14 @@ fn bench_deploy_8_median_of_3() {
         "deploy --count 8: runs {eight:.1?} s, median {m8:.1} s = {:.2}x the single clone",
         m8 / m1
     );
+    if !idle.is_empty() {
+        let max = idle.iter().copied().fold(f64::NAN, f64::max);
+        println!(
+            "idle registered clones, QEMU CPU over {idle_s} s after each 8-clone deploy: median {:.3} CPU-s/s, max {max:.3} ({} clones)",
+            median(idle.clone()),
+            idle.len()
+        );
+    }
     println!("per phase, deploy --count 1 ({runs} runs):");
     s1.print();
     println!("per phase, deploy --count 8 ({runs} runs x 8 clones):");

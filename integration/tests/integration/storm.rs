@@ -10,7 +10,8 @@
 //! and ganesha. Every clone must register: a storm that loses one fails.
 //!
 //! `cargo test -p napalm-integration --test integration storm -- --ignored --nocapture`
-//! (`NAPALM_STORM_MODES=nfs` or `initramfs` runs one of the two).
+//! (`NAPALM_STORM_MODES=nfs` or `initramfs` runs one of the two; `NAPALM_BENCH_SETS=DIR`
+//! as for `bench_deploy_8_median_of_3`).
 
 use std::collections::BTreeMap;
 
@@ -52,7 +53,7 @@ fn link(g: &Grid) -> Link {
 }
 
 /// Peak RSS (MiB) and CPU seconds used so far of process `pid`.
-fn usage(pid: u32) -> (f64, f64) {
+pub(crate) fn usage(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let hwm = status
         .lines()
@@ -130,6 +131,7 @@ fn storm(count: usize, initramfs: bool) {
         // TCG guests waits on the CPU rather than being refused.
         coordinator_args: [
             vec!["--cpu-overcommit".to_owned(), "32".to_owned()],
+            crate::bench::sets_args(),
             if initramfs {
                 vec!["--layers-in-initramfs".to_owned()]
             } else {
