@@ -14,8 +14,9 @@
 //! those files (`FILE ETAG` lines; all four without `files`), and with
 //! `index=ETAG&wait=60s` (ETAG: the index's own tag, which the caller has) holds the
 //! answer until one of them changes or the wait (at most 5m) ends: a watcher sleeps in one
-//! request instead of polling ([`crate::cluster_files::wait_index`]). Bad `files` or
-//! `wait`: 400, quoting them.
+//! request instead of polling ([`crate::cluster_index`]). Bad `files` or `wait`: 400,
+//! quoting them (after the token is checked); more than a few held at once by one clone:
+//! 429.
 //! `GET /healthz` answers `ok`. The same listener serves what operators watch, read-only:
 //! `GET /metrics` ([`crate::metrics`], OpenMetrics text), `GET /` and `GET /v1/view.json`
 //! (the web view, [`crate::web`]).
@@ -48,6 +49,7 @@ struct AppState {
     registry: Registry,
     tokens: Arc<TokenKey>,
     metrics: Metrics,
+    indexes: Arc<crate::cluster_index::Indexes>,
 }
 
 /// The body a clone's register hook posts.
@@ -128,6 +130,7 @@ pub fn router(registry: Registry, tokens: Arc<TokenKey>, metrics: Metrics) -> Ro
             registry,
             tokens,
             metrics,
+            indexes: Arc::default(),
         })
         .layer(axum::extract::DefaultBodyLimit::max(64 << 10))
 }
@@ -197,14 +200,11 @@ struct IndexQuery {
     /// Comma-separated file names; all when absent.
     #[serde(default)]
     files: String,
-    /// The entity tag of the index the caller has: hold the answer while it is current.
+    /// The tag of the index the caller has: hold the answer while it is current.
     index: Option<String>,
-    /// How long to hold it (`60`, `60s`, `2m`); 60 s when `index` is given without it.
+    /// How long to hold it (`60`, `60s`, `2m`).
     wait: Option<String>,
 }
-
-/// How long an index request with `index=` and no `wait=` is held.
-const DEFAULT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn cluster_index(
     State(st): State<AppState>,
@@ -213,25 +213,19 @@ async fn cluster_index(
     headers: HeaderMap,
 ) -> Response {
     let token = clone_token(&headers);
-    let answer = async {
-        let files = crate::cluster_files::parse_files(&q.files)?;
-        let wait = match (&q.index, &q.wait) {
-            (None, _) => std::time::Duration::ZERO,
-            (Some(_), None) => DEFAULT_WAIT,
-            (Some(_), Some(w)) => crate::cluster_files::parse_wait(w)?,
-        };
-        crate::cluster_files::wait_index(
+    let answer = st
+        .indexes
+        .wait(
             &st.registry,
             &st.tokens,
             &name,
             token,
-            &files,
+            &q.files,
             q.index.as_deref(),
-            wait,
+            q.wait.as_deref(),
         )
-        .await
-    };
-    match answer.await {
+        .await;
+    match answer {
         Ok(r) => (
             [
                 (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
@@ -246,7 +240,8 @@ async fn cluster_index(
 }
 
 /// The answer to a cluster file request that failed: 401/403 for tokens, 404 for what is
-/// not there, 400 for a bad query, 503 when the registry cannot be read. `file` is `None`
+/// not there, 400 for a bad query, 429 for a clone holding too many requests, 503 when the
+/// registry cannot be read. `file` is `None`
 /// for the index.
 fn refusal(e: ClusterFilesError, had_token: bool, name: &str, file: Option<&str>) -> Response {
     let code = match &e {
@@ -258,6 +253,7 @@ fn refusal(e: ClusterFilesError, had_token: bool, name: &str, file: Option<&str>
         // the index, a bad request.
         ClusterFilesError::Format(_) if file.is_some() => StatusCode::NOT_FOUND,
         ClusterFilesError::Format(_) | ClusterFilesError::Wait(_) => StatusCode::BAD_REQUEST,
+        ClusterFilesError::TooManyHeld { .. } => StatusCode::TOO_MANY_REQUESTS,
         ClusterFilesError::Registry(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     let file = file.unwrap_or("(index)");

@@ -26,6 +26,7 @@
 
 pub mod clock;
 pub mod cluster_files;
+pub mod cluster_index;
 pub mod deploy;
 pub mod discovery;
 pub mod events;

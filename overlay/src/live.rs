@@ -1,7 +1,8 @@
 //! Cluster files of a *live* deployment: what the registry says runs now, rendered by one
-//! set of rules for everyone who asks — the coordinator's HTTP endpoint that running clones
-//! poll (so their `/etc/hosts`, MPI hostfile and ssh known_hosts follow a scale without a
-//! reboot; the thesis's clone-update-hosts-file and clone-update-known-hosts) and
+//! set of rules for everyone who asks — the coordinator's HTTP endpoint from which running
+//! clones fetch them when they change (so their `/etc/hosts`, MPI hostfile and ssh
+//! known_hosts follow a scale without a reboot; the thesis's clone-update-hosts-file and
+//! clone-update-known-hosts) and
 //! `napalmctl clones --deployment NAME --format …`.
 //!
 //! [`crate::cluster_files`] renders the same files for what a clones.conf *declares*; this

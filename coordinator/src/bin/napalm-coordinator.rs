@@ -268,6 +268,37 @@ async fn shutdown() {
     tracing::info!("shutting down");
 }
 
+/// Raises the soft limit on open files to the hard one: every running clone holds an HTTP
+/// request open on its cluster files, and each agent a connection, so the common soft
+/// limit of 1024 would refuse connections past a thousand clones.
+fn raise_open_files() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if got != 0 || lim.rlim_cur >= lim.rlim_max {
+        return;
+    }
+    let soft = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+        tracing::debug!(
+            from = soft,
+            to = lim.rlim_max,
+            "raised the open files limit"
+        );
+    } else {
+        tracing::warn!(
+            limit = soft,
+            error = %std::io::Error::last_os_error(),
+            "could not raise the open files limit; clones past it cannot connect"
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -293,6 +324,7 @@ async fn main() -> Result<()> {
             }))
             .init();
     }
+    raise_open_files();
     let api_auth = match api_token(&cli)? {
         Some(t) => ApiAuth::Token(t),
         None => ApiAuth::Insecure,

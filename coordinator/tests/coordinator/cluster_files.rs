@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
+use std::sync::Arc;
 
 use napalm_coordinator::testing::{spec, GridOptions, TestGrid};
 use napalm_proto::v1::*;
@@ -435,8 +436,28 @@ async fn until_contains(path: &std::path::Path, needle: &str, secs: u64) -> Stri
     }
 }
 
+/// The HTTP client a clone's watcher finds: curl, or busybox's wget (with its ash and
+/// `timeout`, and nothing else, as in the grid's busybox clones).
+#[derive(Clone, Copy, PartialEq)]
+enum Client {
+    Curl,
+    Busybox,
+}
+
 #[tokio::test]
-async fn the_clones_watcher_sleeps_in_one_request_and_follows_a_scale() {
+async fn the_clones_watcher_sleeps_in_one_request_and_follows_a_scale_with_curl() {
+    watcher_follows_a_scale(Client::Curl).await;
+}
+
+#[tokio::test]
+async fn the_clones_watcher_sleeps_in_one_request_and_follows_a_scale_with_busybox_wget() {
+    watcher_follows_a_scale(Client::Busybox).await;
+}
+
+/// Clone 1's real watcher, on a copy of its layer, against the coordinator of a grid of 2
+/// registered clones: idle, it only holds index requests; when a third clone comes, its
+/// /etc/hosts follows within moments.
+async fn watcher_follows_a_scale(client: Client) {
     let grid = registered_grid(2).await;
     // Clone 1's layer as the builder made it, pointed at this coordinator.
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -459,56 +480,83 @@ async fn the_clones_watcher_sleeps_in_one_request_and_follows_a_scale() {
     let script = std::fs::read_to_string(&watcher).expect("the base set's watcher");
     let url = "URL=\"http://10.77.0.1:7780/v1/clones/register\"";
     assert!(script.contains(url), "{script}");
-    let here = format!(
-        "URL=\"http://{}/v1/clones/register\"",
-        grid.coordinator.http_addr()
-    );
+    // The watcher talks to the coordinator through a proxy that logs each request.
+    let requests: Requests = Arc::default();
+    let proxy = logging_proxy(grid.coordinator.http_addr(), Arc::clone(&requests)).await;
+    let here = format!("URL=\"http://{proxy}/v1/clones/register\"");
     std::fs::write(&watcher, script.replace(url, &here)).expect("write watcher");
-    // curl as found on PATH, every call logged.
-    let curl = ["/usr/bin/curl", "/bin/curl"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("curl on this machine (scripts/setup installs it)");
-    let bin = tmp.path().join("bin");
-    let log = tmp.path().join("requests");
-    std::fs::create_dir(&bin).expect("bin");
-    std::fs::write(
-        bin.join("curl"),
-        format!(
-            "#!/bin/sh\nfor a; do case $a in http*) echo \"$a\" >>{log};; esac; done\nexec {curl} \"$@\"\n",
-            log = log.display()
+    let (shell, path) = match client {
+        Client::Curl => (
+            std::path::PathBuf::from("sh"),
+            std::env::var("PATH").unwrap_or_default(),
         ),
-    )
-    .expect("curl wrapper");
-    std::fs::set_permissions(
-        bin.join("curl"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let child = std::process::Command::new("sh")
+        Client::Busybox => {
+            let busybox = ["/usr/bin/busybox", "/bin/busybox"]
+                .into_iter()
+                .find(|p| std::path::Path::new(p).exists())
+                .expect("busybox on this machine (scripts/setup installs it)");
+            let bin = tmp.path().join("bin");
+            std::fs::create_dir(&bin).expect("bin");
+            for applet in [
+                "sh",
+                "wget",
+                "sha256sum",
+                "cut",
+                "head",
+                "grep",
+                "cmp",
+                "mv",
+                "rm",
+                "cp",
+                "cat",
+                "mkdir",
+                "chmod",
+                "sleep",
+                "timeout",
+                "awk",
+            ] {
+                std::os::unix::fs::symlink(busybox, bin.join(applet)).expect("applet");
+            }
+            (bin.join("sh"), bin.display().to_string())
+        }
+    };
+    let stderr = tmp.path().join("stderr");
+    let child = std::process::Command::new(&shell)
         .arg(&watcher)
         .env("PATH", path)
         .env("NAPALM_ROOT", &root)
         .env("NAPALM_CLUSTER_FILES_WAIT", "2")
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
         .process_group(0)
         .spawn()
         .expect("start the watcher");
     let _group = Group(child);
     let hosts = root.join("etc/hosts");
     let line = |i: u32| format!("{}\t{}", address(i), name(i));
-    let now = until_contains(&hosts, &line(2), 15).await;
-    assert!(now.contains(&line(2)), "the first round: {now}");
+    let said = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    let log = || requests.lock().expect("log").join("\n");
+    let until_logged = |needle: &'static str| {
+        let log = &log;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            while !log().contains(needle) && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            log()
+        }
+    };
 
-    // Idle: only held index requests (one per 2 s wait), no file fetched.
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    std::fs::write(&log, "").expect("clear log");
+    // A first round, then held requests only (one per 2 s wait): no file fetched while
+    // nothing changes.
+    let seen = until_logged("&index=").await;
+    assert!(
+        seen.contains("/cluster/hosts ") && seen.contains("&index="),
+        "a round, then a held request: {seen}\nwatcher said: {}",
+        said()
+    );
+    requests.lock().expect("log").clear();
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-    let idle = std::fs::read_to_string(&log).expect("log");
+    let idle = log();
     let index_requests = idle.lines().filter(|l| l.contains("/cluster?")).count();
     assert!(
         (1..=4).contains(&index_requests) && idle.lines().count() == index_requests,
@@ -520,8 +568,48 @@ async fn the_clones_watcher_sleeps_in_one_request_and_follows_a_scale() {
     let started = std::time::Instant::now();
     scale(&grid, 3).await;
     let now = until_contains(&hosts, &line(3), 10).await;
-    assert!(now.contains(&line(3)), "after the scale: {now}");
+    assert!(
+        now.contains(&line(3)),
+        "after the scale: {now}\nwatcher said: {}",
+        said()
+    );
     tracing::info!(took = ?started.elapsed(), "the watcher followed the scale");
-    let after = std::fs::read_to_string(&log).expect("log");
-    assert!(after.contains("/cluster/hosts"), "{after}");
+    assert!(log().contains("/cluster/hosts "), "{}", log());
+}
+
+/// Request lines seen by [`logging_proxy`].
+type Requests = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A TCP proxy to `to` on loopback that logs the request line of each connection (the
+/// watcher's clients make one request per connection).
+async fn logging_proxy(to: SocketAddr, requests: Requests) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let addr = listener.local_addr().expect("proxy address");
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let requests = Arc::clone(&requests);
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(to).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n") && head.len() < 8192 {
+                    match client.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                if let Ok(mut r) = requests.lock() {
+                    r.push(String::from_utf8_lossy(&head).trim_end().to_owned());
+                }
+                if server.write_all(&head).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    addr
 }

@@ -261,9 +261,18 @@ fn cluster_files_watcher_replaces_changed_files_and_keeps_local_lines() {
         "{hosts}"
     );
     assert!(hosts.contains("10.0.1.7\tnode7\n"), "{hosts}");
-    // A body without the coordinator's header (cut short, an error page) is ignored.
+    // A body without the coordinator's header (cut short, an error page) is ignored, and
+    // the round says it failed (the watcher does it again later).
     publish("hosts", "<html>proxy error</html>\n");
-    pass();
+    let failed = Command::new("sh")
+        .arg(&watcher)
+        .env("PATH", &path)
+        .env("SERVE", &serve)
+        .env("NAPALM_ROOT", &root)
+        .env("NAPALM_CLUSTER_FILES_ONCE", "1")
+        .status()
+        .unwrap();
+    assert!(!failed.success(), "a round with a bad body fails");
     assert_eq!(read("etc/hosts"), hosts);
 }
 
@@ -309,6 +318,13 @@ fn cluster_files_watcher_works_with_wget_alone() {
     let body = "# clones of deployment d (napalm registry)\n10.0.1.7\tnode7\n10.0.1.9\tnode9\n";
     std::fs::write(serve.join("hosts"), body).unwrap();
     std::fs::write(serve.join("hosts.etag"), napalm_overlay::live::etag(body)).unwrap();
+    let known = "# clones of deployment d (napalm registry)\nnode7,10.0.1.7 ssh-ed25519 AAAA7\n";
+    std::fs::write(serve.join("known-hosts"), known).unwrap();
+    std::fs::write(
+        serve.join("known-hosts.etag"),
+        napalm_overlay::live::etag(known),
+    )
+    .unwrap();
     // PATH: the fake wget and the few tools the watcher uses, no curl.
     let bin = tmp.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
@@ -353,15 +369,25 @@ fn cluster_files_watcher_works_with_wget_alone() {
     let hosts = std::fs::read_to_string(root.join("etc/hosts")).unwrap();
     assert!(hosts.contains("10.0.1.9\tnode9\n"), "{hosts}");
     assert!(hosts.starts_with("127.0.0.1\tlocalhost\n"), "{hosts}");
+    let modified = || {
+        std::fs::metadata(root.join("etc/hosts"))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    let stamp = modified();
     pass();
+    assert_eq!(modified(), stamp, "an unchanged file is not rewritten");
     let requests = std::fs::read_to_string(serve.join("requests")).unwrap();
+    // wget fails on a 304 as on an error, so it asks for whole files (a round only
+    // follows a change); an unchanged file is not rewritten.
     assert_eq!(
         requests
             .lines()
             .filter(|l| l.contains("/cluster/hosts"))
             .map(|l| l.rsplit(' ').next().unwrap_or_default())
             .collect::<Vec<_>>(),
-        ["200", "304"],
+        ["200", "200"],
         "{requests}"
     );
     assert!(
