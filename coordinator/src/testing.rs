@@ -133,6 +133,7 @@ pub fn deploy_config(dir: &Path, opts: &GridOptions) -> Result<DeployConfig, Gri
         restart_budget: 3,
         addresses: None,
         layers_in_initramfs: false,
+        guest_acpi: true,
         exports: None,
         trust: None,
     })

@@ -228,8 +228,10 @@ pub const FAST_BOOT_ARGS: [(&str, &str); 5] = [
         "lpj=1000000",
         "no delay-loop calibration: without ACPI the guest has no HPET or PM timer, so \
          the TSC cannot be calibrated and the kernel times a busy loop against jiffies \
-         (0.1-0.6 s under TCG, and a different value every boot: 0.4-2.2 M); with a \
-         usable TSC (KVM, Xen) udelay uses the TSC and this value is unused",
+         (0.1-0.6 s under TCG, and a different value every boot: 0.4-2.2 M). Only for \
+         such guests: where the TSC is calibrated (ACPI, KVM's clock, Xen) udelay counts \
+         TSC cycles per jiffy from this value, and a preset would override the TSC's own \
+         and shorten every delay (fast_boot_args leaves it out there)",
     ),
     (
         "no_timer_check",
@@ -242,14 +244,16 @@ pub const FAST_BOOT_ARGS: [(&str, &str); 5] = [
 pub const FAST_BOOT_OFF: &str = "napalm.fastboot=0";
 
 /// [`FAST_BOOT_ARGS`]' words, space-separated, unless `site_args` contains
-/// [`FAST_BOOT_OFF`] (then empty).
-pub fn fast_boot_args(site_args: &str) -> String {
+/// [`FAST_BOOT_OFF`] (then empty). `calibrated_tsc`: the guest can calibrate its TSC (it
+/// has ACPI's timers, or KVM's or Xen's clock), so `lpj=` is left out.
+pub fn fast_boot_args(site_args: &str, calibrated_tsc: bool) -> String {
     if site_args.split_whitespace().any(|w| w == FAST_BOOT_OFF) {
         return String::new();
     }
     FAST_BOOT_ARGS
         .iter()
         .map(|(w, _)| *w)
+        .filter(|w| !(calibrated_tsc && w.starts_with("lpj=")))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -416,11 +420,15 @@ mod tests {
 
     #[test]
     fn fast_boot_args_unless_the_site_says_no() {
-        let on = fast_boot_args("console=ttyS0 napalm.onfail=halt");
+        let on = fast_boot_args("console=ttyS0 napalm.onfail=halt", false);
         assert!(on.starts_with("quiet cryptomgr.notests "), "{on}");
         assert_eq!(on.split(' ').count(), FAST_BOOT_ARGS.len());
+        assert!(on.contains(" lpj=1000000 "), "{on}");
         assert!(BootConfig::parse(&on).unwrap().quiet);
-        assert_eq!(fast_boot_args("console=ttyS0 napalm.fastboot=0"), "");
+        let calibrated = fast_boot_args("console=ttyS0", true);
+        assert_eq!(calibrated.split(' ').count(), FAST_BOOT_ARGS.len() - 1);
+        assert!(!calibrated.contains("lpj="), "{calibrated}");
+        assert_eq!(fast_boot_args("console=ttyS0 napalm.fastboot=0", false), "");
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct DomainParams<'a> {
     /// interface is filtered by `clean-traffic` to this address and `mac`. `None` (DHCP)
     /// leaves the interface unfiltered, since the address is not known up front.
     pub ip: Option<Ipv4Addr>,
+    /// ACPI and the APIC for QEMU/KVM guests (see `DeployConfig::guest_acpi`).
+    pub acpi: bool,
 }
 
 /// The libvirt nwfilter a statically addressed clone's interface is bound by.
@@ -119,13 +121,19 @@ pub fn domain_xml(hv: Hypervisor, p: &DomainParams<'_>) -> String {
         );
     }
     devices += console;
+    let features = match hv {
+        Hypervisor::Qemu | Hypervisor::Kvm | Hypervisor::Unspecified if p.acpi => {
+            "<features><acpi/><apic/></features>"
+        }
+        _ => "",
+    };
     format!(
         "<domain type='{dtype}'>\
 <name>{name}</name>\
 <memory unit='KiB'>{kib}</memory>\
 <vcpu>{vcpus}</vcpu>\
 <os><type arch='x86_64'{machine}>{os_type}</type><kernel>{kernel}</kernel><initrd>initrd.img</initrd><cmdline>{cmdline}</cmdline></os>\
-<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>\
+{features}<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>\
 <devices>{devices}</devices>\
 </domain>",
         name = esc(p.name),
@@ -160,6 +168,26 @@ mod tests {
             mac: "52:54:00:00:00:01",
             network: Some("napalm"),
             ip: None,
+            acpi: false,
+        }
+    }
+
+    #[test]
+    fn acpi_is_asked_for_qemu_and_kvm_guests_only() {
+        let with = DomainParams {
+            acpi: true,
+            ..params()
+        };
+        for hv in [Hypervisor::Qemu, Hypervisor::Kvm] {
+            let xml = domain_xml(hv, &with);
+            assert!(
+                xml.contains("</os><features><acpi/><apic/></features><on_poweroff>"),
+                "{xml}"
+            );
+            assert!(!domain_xml(hv, &params()).contains("<features>"));
+        }
+        for hv in [Hypervisor::Xen, Hypervisor::Test] {
+            assert!(!domain_xml(hv, &with).contains("<features>"), "{hv:?}");
         }
     }
 

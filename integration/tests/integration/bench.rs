@@ -10,7 +10,8 @@
 //! clone's serial console to `DIR/NAME.log` for the kernel's printk times;
 //! `NAPALM_BENCH_PORT_FILTER=libvirt` for the agents' `--port-filter libvirt`;
 //! `NAPALM_BENCH_SETS=DIR` puts DIR's template sets before the shipped ones, e.g. a `base`
-//! set with another watcher, for a baseline). After each 8-clone deploy, the CPU its
+//! set with another watcher, for a baseline; `NAPALM_BENCH_COORDINATOR_ARGS` adds words to
+//! the coordinator's command line). After each 8-clone deploy, the CPU its
 //! registered clones' QEMUs use while idle (`NAPALM_BENCH_IDLE_S`, 10 s).
 
 use std::collections::BTreeMap;
@@ -42,12 +43,17 @@ pub(crate) fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// `--sets DIR` for the coordinator when `NAPALM_BENCH_SETS=DIR`.
+/// `--sets DIR` for the coordinator when `NAPALM_BENCH_SETS=DIR`, then the words of
+/// `NAPALM_BENCH_COORDINATOR_ARGS`.
 pub(crate) fn sets_args() -> Vec<String> {
-    match std::env::var("NAPALM_BENCH_SETS") {
+    let mut args = match std::env::var("NAPALM_BENCH_SETS") {
         Ok(dir) if !dir.is_empty() => vec!["--sets".to_owned(), dir],
         _ => Vec::new(),
+    };
+    if let Ok(more) = std::env::var("NAPALM_BENCH_COORDINATOR_ARGS") {
+        args.extend(more.split_whitespace().map(str::to_owned));
     }
+    args
 }
 
 /// CPU seconds per second used by the QEMU of each clone `NAME-01`… of `name` over `secs`
@@ -82,6 +88,33 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub(crate) struct Deployed {
     pub(crate) took: f64,
     pub(crate) reached: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Per clone registered at least 2 s before the deploy ended: the CPU its QEMU used
+    /// per second from its registration to the end, while the others still booted.
+    pub(crate) registered_cpu: Vec<f64>,
+}
+
+/// Samples the CPU seconds of the QEMU of each of `names` every 250 ms until `stop`:
+/// (seconds since `t`, clone index in `names`, CPU seconds so far).
+fn sample_qemu_cpu(
+    names: Vec<String>,
+    t: Instant,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(f64, usize, f64)>> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for (i, n) in names.iter().enumerate() {
+                let pid = std::fs::read_to_string(format!("/run/libvirt/qemu/{n}.pid"))
+                    .ok()
+                    .and_then(|p| p.trim().parse::<u32>().ok());
+                if let Some(pid) = pid {
+                    out.push((t.elapsed().as_secs_f64(), i, crate::storm::usage(pid).1));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        out
+    })
 }
 
 /// When libvirt last started domain `name`'s QEMU (its log's `starting up` line), in seconds
@@ -158,6 +191,9 @@ pub(crate) fn deploy_with(g: &Grid, name: &str, count: usize, memory: &str) -> D
         capture_consoles(dir, names, Duration::from_secs(120), t);
     }
     let wall = std::time::SystemTime::now();
+    let names: Vec<String> = (1..=count).map(|i| format!("{name}-{i:02}")).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = sample_qemu_cpu(names.clone(), t, std::sync::Arc::clone(&stop));
     let mut child = g
         .napalmctl_command()
         .expect("napalmctl")
@@ -187,6 +223,8 @@ pub(crate) fn deploy_with(g: &Grid, name: &str, count: usize, memory: &str) -> D
     }
     let out = child.wait_with_output().expect("napalmctl deploy");
     let took = t.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = sampler.join().unwrap_or_default();
     assert!(
         out.status.success(),
         "deploy {name} failed ({:?}): {}\n{}\nlogs in {}",
@@ -200,7 +238,27 @@ pub(crate) fn deploy_with(g: &Grid, name: &str, count: usize, memory: &str) -> D
             phases.insert("qemu".into(), q);
         }
     }
-    Deployed { took, reached }
+    let mut registered_cpu = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let Some(&at) = reached.get(n).and_then(|p| p.get("registered")) else {
+            continue;
+        };
+        let mine: Vec<(f64, f64)> = samples
+            .iter()
+            .filter(|s| s.1 == i && s.0 >= at)
+            .map(|s| (s.0, s.2))
+            .collect();
+        if let (Some(first), Some(last)) = (mine.first(), mine.last()) {
+            if last.0 - first.0 >= 2.0 {
+                registered_cpu.push((last.1 - first.1) / (last.0 - first.0));
+            }
+        }
+    }
+    Deployed {
+        took,
+        reached,
+        registered_cpu,
+    }
 }
 
 /// A console mark: its name and whether a line (host time stripped) is it.
@@ -368,6 +426,7 @@ fn bench_deploy_8_median_of_3() {
     let idle_s = env_usize("NAPALM_BENCH_IDLE_S", 10) as u64;
     let g = Grid::start(opts, "gridb").expect("starting the grid");
     let mut idle = Vec::new();
+    let mut while_booting = Vec::new();
     let (mut one, mut eight) = (Vec::new(), Vec::new());
     let (mut s1, mut s8) = (Samples::default(), Samples::default());
     for r in 0..runs {
@@ -380,6 +439,7 @@ fn bench_deploy_8_median_of_3() {
             } else {
                 eight.push(d.took);
                 s8.add(&g, &name, &d);
+                while_booting.extend(d.registered_cpu.iter().copied());
                 idle.extend(idle_cpu(&name, count, idle_s));
             }
             let out = g.napalmctl(&["undeploy", &name]).expect("undeploy");
@@ -396,6 +456,14 @@ fn bench_deploy_8_median_of_3() {
         "deploy --count 8: runs {eight:.1?} s, median {m8:.1} s = {:.2}x the single clone",
         m8 / m1
     );
+    if !while_booting.is_empty() {
+        let max = while_booting.iter().copied().fold(f64::NAN, f64::max);
+        println!(
+            "registered clones while the others still booted, QEMU CPU: median {:.3} CPU-s/s, max {max:.3} ({} clones)",
+            median(while_booting.clone()),
+            while_booting.len()
+        );
+    }
     if !idle.is_empty() {
         let max = idle.iter().copied().fold(f64::NAN, f64::max);
         println!(
@@ -408,4 +476,44 @@ fn bench_deploy_8_median_of_3() {
     s1.print();
     println!("per phase, deploy --count 8 ({runs} runs x 8 clones):");
     s8.print();
+}
+
+/// What idle registered clones cost and why (ignored; prints figures): two clones deployed
+/// and left alone for `NAPALM_BENCH_IDLE_S` (20 s) after they registered, then their QEMU
+/// CPU over the same time, and inside the first one the interrupts, context switches and
+/// processes over 10 s.
+#[test]
+#[ignore]
+fn bench_idle_clones() {
+    let secs = env_usize("NAPALM_BENCH_IDLE_S", 20) as u64;
+    let opts = GridOptions {
+        keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
+        coordinator_args: sets_args(),
+        ..Default::default()
+    };
+    let g = Grid::start(opts, "gridi").expect("starting the grid");
+    let name = "gridi";
+    deploy(&g, name, 2);
+    std::thread::sleep(Duration::from_secs(secs));
+    let cpu = idle_cpu(name, 2, secs);
+    println!("idle clones, QEMU CPU over {secs} s, {secs} s after registering: {cpu:.3?} CPU-s/s");
+    let clones = g.clones(name).expect("napalmctl clones");
+    let addr = napalm_integration::grid::clone_address(&clones[0]);
+    let script = "cat /proc/interrupts >/tmp/i1; grep -E '^(ctxt|processes)' /proc/stat >/tmp/s1\n\
+                  sleep 10\n\
+                  cat /proc/interrupts >/tmp/i2; grep -E '^(ctxt|processes)' /proc/stat >/tmp/s2\n\
+                  echo '--- interrupts before, after'; cat /tmp/i1 /tmp/i2\n\
+                  echo '--- ctxt and processes before, after'; cat /tmp/s1 /tmp/s2\n\
+                  echo '--- ps'; ps\n\
+                  echo '--- uptime'; cat /proc/uptime /proc/loadavg";
+    let out = g
+        .clone_sh(&addr, script, Duration::from_secs(60))
+        .expect("the clone's shell");
+    println!("inside {addr}:\n{out}");
+    let out = g.napalmctl(&["undeploy", name]).expect("undeploy");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

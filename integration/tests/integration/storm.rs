@@ -178,6 +178,16 @@ fn storm(count: usize, initramfs: bool) {
         l1.rx_packets - l0.rx_packets,
         (l1.tx_bytes - l0.tx_bytes) as f64 / f64::from(1 << 20) / count as f64,
     );
+    if !d.registered_cpu.is_empty() {
+        let mut v = d.registered_cpu.clone();
+        v.sort_by(f64::total_cmp);
+        println!(
+            "  registered clones while the others still booted: QEMU CPU median {:.3} CPU-s/s, max {:.3} ({} clones)",
+            v[v.len() / 2],
+            v[v.len() - 1],
+            v.len()
+        );
+    }
     print_nfs(&n1.since(&n0), count);
     for (role, pid) in g.daemon_pids() {
         let (hwm, cpu) = usage(pid);

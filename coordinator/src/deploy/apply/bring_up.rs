@@ -85,9 +85,15 @@ impl Run {
         // the clone rather than booting it without its scratch.
         let scratch = crate::deploy::scratch::scratch_spec(&self.spec)
             .map_err(|e| DeployError::Scratch(Arc::new(e)))?;
+        // Only a QEMU guest without ACPI cannot calibrate its TSC (TCG: no HPET, no PM
+        // timer, no paravirtual clock).
+        let calibrated_tsc = match hypervisor_on(&self.spec, agent) {
+            Hypervisor::Qemu | Hypervisor::Unspecified => cfg.guest_acpi,
+            Hypervisor::Kvm | Hypervisor::Xen | Hypervisor::Test => true,
+        };
         let mut line = KernelCmdline::new(RootSpec::new(devices).map_err(bad)?, ip)
             .scratch(scratch)
-            .before(fast_boot_args(&cfg.kernel_args))
+            .before(fast_boot_args(&cfg.kernel_args, calibrated_tsc))
             .before(cfg.kernel_args.clone())
             .after(self.spec.kernel_args.clone());
         // Agent ids are names or hex fingerprints; one that a command line cannot carry
@@ -259,6 +265,7 @@ impl Run {
                     .cfg
                     .addresses
                     .and_then(|_| crate::deploy::addresses::assigned(c)),
+                acpi: self.inner.cfg.guest_acpi,
             },
         );
         let mut request = CreateDomainRequest {
