@@ -375,6 +375,7 @@ fn domain_xml_for_every_hypervisor_passes_libvirts_schema() {
                     mac: "52:54:00:12:34:56",
                     network: Some("napalm"),
                     ip: Some(std::net::Ipv4Addr::new(10, 77, 0, 101)),
+                    acpi: true,
                 },
             );
             // Validate what libvirt gets: the agent rewrites bare artifact names to files
