@@ -193,8 +193,8 @@ impl BootConfig {
 }
 
 /// Kernel arguments that shorten a clone's boot, with why each is there. Measured on this
-/// project's guests (Debian cloud kernel 6.1 under QEMU TCG, libvirt's `-no-acpi` domain of
-/// the coordinator's XML, 1 vCPU; README "Figures" has the table), CPU seconds of a whole
+/// project's guests (Debian cloud kernel 6.1 under QEMU TCG, libvirt's `-no-acpi` domain the
+/// coordinator's XML then gave, 1 vCPU; README "Figures" has the table), CPU seconds of a whole
 /// boot to /sbin/init, medians of 3 interleaved boots on a loaded 2-core host:
 /// 2.87 s with none of them, 2.10 s with all.
 ///

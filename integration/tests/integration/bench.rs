@@ -43,15 +43,20 @@ pub(crate) fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// `--sets DIR` for the coordinator when `NAPALM_BENCH_SETS=DIR`, then the words of
-/// `NAPALM_BENCH_COORDINATOR_ARGS`.
+/// `--sets DIR` for the coordinator when `NAPALM_BENCH_SETS=DIR`, then the words (or the
+/// lines) of `NAPALM_BENCH_COORDINATOR_ARGS`.
 pub(crate) fn sets_args() -> Vec<String> {
     let mut args = match std::env::var("NAPALM_BENCH_SETS") {
         Ok(dir) if !dir.is_empty() => vec!["--sets".to_owned(), dir],
         _ => Vec::new(),
     };
+    // Words, or lines when there is a newline (an argument with spaces).
     if let Ok(more) = std::env::var("NAPALM_BENCH_COORDINATOR_ARGS") {
-        args.extend(more.split_whitespace().map(str::to_owned));
+        if more.contains('\n') {
+            args.extend(more.lines().filter(|l| !l.is_empty()).map(str::to_owned));
+        } else {
+            args.extend(more.split_whitespace().map(str::to_owned));
+        }
     }
     args
 }
