@@ -10,9 +10,9 @@
 //!
 //! Held requests wake on the registry's writes of clone and deployment records
 //! ([`Registry::changes`]) and re-read every few seconds (another coordinator sharing the
-//! store may have written). All the requests of one deployment share one index per change:
-//! the first to wake computes it, the others take it ([`Indexes`]), so a change costs one
-//! registry listing per deployment, not one per waiting clone.
+//! store may have written). All held requests share one listing of the registry's clones
+//! per change, and one index per (deployment, files) rendered from it ([`Indexes`]): a
+//! change costs one registry listing, not one per waiting clone or per deployment.
 //!
 //! Must not: render the files themselves (that is [`crate::cluster_files`]), or change
 //! anything in the registry.
@@ -46,10 +46,6 @@ const RECHECK: Duration = Duration::from_secs(5);
 /// in bursts (a deployment's records, a batch of phases), and one round per burst is
 /// enough for the watcher.
 const SETTLE: Duration = Duration::from_millis(250);
-
-/// Indexes computed since the last few minutes are kept; older ones (of deployments
-/// nobody waits on any more) are dropped.
-const KEEP: Duration = Duration::from_secs(600);
 
 /// A `wait`: `60`, `60s` or `2m`, at most [`MAX_WAIT`].
 pub fn parse_wait(value: &str) -> Result<Duration, ClusterFilesError> {
@@ -103,20 +99,19 @@ pub struct Index {
     pub clones: HashSet<String>,
 }
 
-/// The index of `files` for `deployment` now: a header line, then `FILE TAG` per file in
-/// the order given, TAG being a tag of the file's lines other than comments. For files
-/// with host keys, the tag covers what the keys derive from (the coordinator's secret, by
-/// a derivation of its own) rather than the keys, so no key is derived. The index's own
-/// entity tag changes exactly when one of those does: when a clone comes, goes, gets an
-/// address or registers, not at every phase of a booting clone (`json`, whose rows carry
-/// phases, excepted).
-pub async fn index(
-    registry: &Registry,
+/// The index of `files` for `deployment`, whose clones are `records`: a header line, then
+/// `FILE TAG` per file in the order given, TAG being a tag of the file's lines other than
+/// comments. For files with host keys, the tag covers what the keys derive from (the
+/// coordinator's secret, by a derivation of its own) rather than the keys, so no key is
+/// derived. The index's own entity tag changes exactly when one of those does: when a
+/// clone comes, goes, gets an address or registers, not at every phase of a booting clone
+/// (`json`, whose rows carry phases, excepted).
+pub fn index(
     tokens: &TokenKey,
     deployment: &str,
+    records: &[napalm_proto::v1::Clone],
     files: &[LiveFormat],
-) -> Result<Index, ClusterFilesError> {
-    let records = registry.list_clones(deployment).await?;
+) -> Index {
     let live: Vec<LiveClone> = records
         .iter()
         .map(|c| LiveClone {
@@ -135,29 +130,40 @@ pub async fn index(
         }
         body.push_str(&format!("{} {}\n", f.name(), content_tag(&text)));
     }
-    Ok(Index {
+    Index {
         rendered: Rendered {
             deployment: deployment.to_owned(),
             etag: live::etag(&body),
             body,
         },
-        clones: records.into_iter().map(|c| c.name).collect(),
-    })
+        clones: records.iter().map(|c| c.name.clone()).collect(),
+    }
 }
 
-/// An index computed at a registry change.
-struct Computed {
-    /// [`Registry::changes`]' value it was computed at.
+/// A deployment and the files of its index.
+type IndexKey = (String, Vec<LiveFormat>);
+
+/// Every clone record, by deployment, as listed at a registry change.
+struct Listing {
+    /// This listing among the ones this [`Indexes`] made.
+    serial: u64,
+    /// [`Registry::changes`]' value read before the listing: a write during it makes the
+    /// next request list again.
     generation: u64,
     at: Instant,
-    index: Arc<Index>,
+    by_deployment: HashMap<String, Vec<napalm_proto::v1::Clone>>,
 }
 
-/// The state held requests share: the last index of each (deployment, files), and how
-/// many requests each clone holds.
+/// The state held requests share: one listing of the registry's clones per change (all
+/// deployments' requests use it), the indexes rendered from it, and how many requests
+/// each clone holds.
 pub struct Indexes {
     recheck: Duration,
-    computed: tokio::sync::Mutex<HashMap<(String, Vec<LiveFormat>), Computed>>,
+    listing: tokio::sync::Mutex<Option<Arc<Listing>>>,
+    listings: std::sync::atomic::AtomicU64,
+    /// Per (deployment, files): the serial of the listing it was rendered from, and the
+    /// index.
+    rendered: Mutex<HashMap<IndexKey, (u64, Arc<Index>)>>,
     held: Arc<Mutex<HashMap<String, usize>>>,
 }
 
@@ -175,12 +181,14 @@ struct Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if let Ok(mut h) = self.held.lock() {
-            if let Some(n) = h.get_mut(&self.clone) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    h.remove(&self.clone);
-                }
+        let mut h = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = h.get_mut(&self.clone) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                h.remove(&self.clone);
             }
         }
     }
@@ -192,7 +200,9 @@ impl Indexes {
     pub fn with_recheck(recheck: Duration) -> Self {
         Self {
             recheck,
-            computed: tokio::sync::Mutex::default(),
+            listing: tokio::sync::Mutex::default(),
+            listings: std::sync::atomic::AtomicU64::default(),
+            rendered: Mutex::default(),
             held: Arc::default(),
         }
     }
@@ -216,38 +226,73 @@ impl Indexes {
         })
     }
 
-    /// The index of `files` for `deployment` as of registry change `generation`: the one
-    /// another request computed at that change (and not longer than the re-read period
-    /// ago), else a new one.
-    async fn at(
+    /// The registry's clones as of change `generation` or later and not older than the
+    /// re-read period (or listed now when `fresh`): one listing for every request.
+    async fn listing(
         &self,
         registry: &Registry,
-        tokens: &TokenKey,
-        deployment: &str,
-        files: &[LiveFormat],
         generation: u64,
-    ) -> Result<Arc<Index>, ClusterFilesError> {
-        let key = (deployment.to_owned(), files.to_vec());
-        // Held across the computation: requests waking together wait for the first one's
-        // index instead of each listing the deployment.
-        let mut computed = self.computed.lock().await;
-        if let Some(c) = computed.get(&key) {
-            if c.generation == generation && c.at.elapsed() < self.recheck {
-                return Ok(Arc::clone(&c.index));
+        fresh: bool,
+    ) -> Result<Arc<Listing>, ClusterFilesError> {
+        // Held across the listing: requests waking together wait for the first one's
+        // listing instead of each reading the registry.
+        let mut slot = self.listing.lock().await;
+        if let Some(l) = slot.as_ref() {
+            if !fresh && l.generation >= generation && l.at.elapsed() < self.recheck {
+                return Ok(Arc::clone(l));
             }
         }
-        let index = Arc::new(index(registry, tokens, deployment, files).await?);
-        let now = Instant::now();
-        computed.retain(|_, c| now.duration_since(c.at) < KEEP);
-        computed.insert(
-            key,
-            Computed {
-                generation,
-                at: now,
-                index: Arc::clone(&index),
-            },
-        );
-        Ok(index)
+        let now_generation = *registry.changes().borrow();
+        let mut by_deployment: HashMap<String, Vec<napalm_proto::v1::Clone>> = HashMap::new();
+        for c in registry.list_clones("").await? {
+            by_deployment
+                .entry(c.deployment.clone())
+                .or_default()
+                .push(c);
+        }
+        let l = Arc::new(Listing {
+            serial: self
+                .listings
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            generation: now_generation,
+            at: Instant::now(),
+            by_deployment,
+        });
+        *slot = Some(Arc::clone(&l));
+        Ok(l)
+    }
+
+    /// The index of `files` for `deployment` from `listing`, rendered once per listing.
+    fn index_from(
+        &self,
+        tokens: &TokenKey,
+        listing: &Arc<Listing>,
+        deployment: &str,
+        files: &[LiveFormat],
+    ) -> Arc<Index> {
+        let id = listing.serial;
+        let key = (deployment.to_owned(), files.to_vec());
+        let mut rendered = self
+            .rendered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((from, index)) = rendered.get(&key) {
+            if *from == id {
+                return Arc::clone(index);
+            }
+        }
+        let records = listing
+            .by_deployment
+            .get(deployment)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let index = Arc::new(index(tokens, deployment, records, files));
+        // Indexes of deployments nobody asked about since this listing's predecessors go.
+        if rendered.len() > 4 * listing.by_deployment.len() + 64 {
+            rendered.retain(|(d, _), _| listing.by_deployment.contains_key(d));
+        }
+        rendered.insert(key, (id, Arc::clone(&index)));
+        index
     }
 
     /// Clone `name`'s index of `files` (comma-separated names, all when empty),
@@ -269,26 +314,32 @@ impl Indexes {
     ) -> Result<Rendered, ClusterFilesError> {
         authenticate(tokens, name, token)?;
         let files = parse_files(files)?;
-        let wait = match (seen, wait) {
-            (None, _) => Duration::ZERO,
-            (Some(_), None) => DEFAULT_WAIT,
-            (Some(_), Some(w)) => parse_wait(w)?,
+        let wait = match wait.map(parse_wait).transpose()? {
+            _ if seen.is_none() => Duration::ZERO,
+            Some(w) => w,
+            None => DEFAULT_WAIT,
         };
         let _held = self.hold(name)?;
         let deployment = deployment_of(registry, name).await?;
         let deadline = Instant::now() + wait;
         let mut changes = registry.changes();
+        let mut fresh = false;
         loop {
             let generation = *changes.borrow_and_update();
-            let now = self
-                .at(registry, tokens, &deployment, &files, generation)
-                .await?;
+            let listing = self.listing(registry, generation, fresh).await?;
+            let now = self.index_from(tokens, &listing, &deployment, &files);
             if !now.clones.contains(name) {
+                if !fresh {
+                    // A listing from before the clone was written: read again first.
+                    fresh = true;
+                    continue;
+                }
                 return Err(ClusterFilesError::NotFound {
                     kind: "clone",
                     name: name.to_owned(),
                 });
             }
+            fresh = false;
             let current =
                 seen.is_some_and(|s| s.trim_matches('"') == now.rendered.etag.trim_matches('"'));
             if !current || Instant::now() >= deadline {
@@ -361,14 +412,20 @@ mod tests {
         );
     }
 
-    async fn put(registry: &Registry, name: &str, index: u32, address: Option<&str>) {
-        use napalm_proto::v1::{Clone, ClonePhase};
+    async fn put(
+        registry: &Registry,
+        name: &str,
+        index: u32,
+        address: Option<&str>,
+        phase: napalm_proto::v1::ClonePhase,
+    ) {
+        use napalm_proto::v1::Clone;
         let c = Clone {
             name: name.into(),
             deployment: "web".into(),
             index,
             addresses: address.into_iter().map(str::to_owned).collect(),
-            phase: ClonePhase::Running as i32,
+            phase: phase as i32,
             ..Default::default()
         };
         registry
@@ -388,7 +445,15 @@ mod tests {
             .expect("open the store");
         let registry = Registry::new(store, Arc::new(crate::clock::SystemClock));
         let tokens = Arc::new(TokenKey::new(&[7; 32]).expect("key"));
-        put(&registry, "web-01", 1, Some("10.0.0.1/24")).await;
+        use napalm_proto::v1::ClonePhase;
+        put(
+            &registry,
+            "web-01",
+            1,
+            Some("10.0.0.1/24"),
+            ClonePhase::Running,
+        )
+        .await;
         // Re-reads on the timer only hourly: an answer within seconds comes from the write.
         let idx = Arc::new(Indexes::with_recheck(Duration::from_secs(3600)));
         let token = tokens.token("web-01");
@@ -405,8 +470,29 @@ mod tests {
             .await
             .expect("the index");
         assert!(first.body.starts_with("# cluster files of deployment web "));
+        // Requests at the same registry change share its listing.
+        for _ in 0..2 {
+            let again = idx
+                .wait(
+                    &registry,
+                    &tokens,
+                    "web-01",
+                    Some(&token),
+                    "hosts",
+                    None,
+                    None,
+                )
+                .await
+                .expect("the index");
+            assert_eq!(again.etag, first.etag);
+        }
+        assert_eq!(
+            idx.listings.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "one listing for the three requests"
+        );
 
-        // Unchanged: held for its whole wait. A phase alone changes no line of hosts.
+        // Unchanged: held for its whole wait. A new phase changes no line of hosts.
         let t = Instant::now();
         let held = {
             let (idx, registry, tokens, token, tag) = (
@@ -429,7 +515,15 @@ mod tests {
                 .await
             })
         };
-        put(&registry, "web-01", 1, Some("10.0.0.1/24")).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        put(
+            &registry,
+            "web-01",
+            1,
+            Some("10.0.0.1/24"),
+            ClonePhase::Registered,
+        )
+        .await;
         let same = held.await.expect("task").expect("answer");
         assert_eq!(same.etag, first.etag);
         assert!(t.elapsed() >= Duration::from_secs(1), "{:?}", t.elapsed());
@@ -459,7 +553,14 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!held.is_finished(), "answered before anything changed");
         let t = Instant::now();
-        put(&registry, "web-02", 2, Some("10.0.0.2/24")).await;
+        put(
+            &registry,
+            "web-02",
+            2,
+            Some("10.0.0.2/24"),
+            ClonePhase::Running,
+        )
+        .await;
         let changed = tokio::time::timeout(Duration::from_secs(5), held)
             .await
             .expect("answered within seconds of the write")

@@ -289,7 +289,15 @@ fn raise_open_files() {
         return;
     }
     let soft = lim.rlim_cur;
-    lim.rlim_cur = lim.rlim_max;
+    // An unlimited hard limit cannot be the soft one: the kernel's ceiling is nr_open.
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|v| v.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(1 << 20);
+    lim.rlim_cur = lim.rlim_max.min(ceiling);
+    if lim.rlim_cur <= soft {
+        return;
+    }
     // SAFETY: as above.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
         tracing::debug!(

@@ -61,17 +61,20 @@ pub(crate) fn sets_args() -> Vec<String> {
     args
 }
 
+/// The pid of domain `name`'s QEMU, from libvirt's pid file.
+fn qemu_pid(name: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/run/libvirt/qemu/{name}.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// CPU seconds per second used by the QEMU of each clone `NAME-01`… of `name` over `secs`
 /// (the clones idle: registered, nothing deployed beside them).
 fn idle_cpu(name: &str, count: usize, secs: u64) -> Vec<f64> {
     let pids: Vec<u32> = (1..=count)
-        .filter_map(|i| {
-            std::fs::read_to_string(format!("/run/libvirt/qemu/{name}-{i:02}.pid"))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
-        })
+        .filter_map(|i| qemu_pid(&format!("{name}-{i:02}")))
         .collect();
     let before: Vec<f64> = pids.iter().map(|p| crate::storm::usage(*p).1).collect();
     let t = Instant::now();
@@ -83,7 +86,7 @@ fn idle_cpu(name: &str, count: usize, secs: u64) -> Vec<f64> {
         .collect()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
@@ -109,11 +112,12 @@ fn sample_qemu_cpu(
         let mut out = Vec::new();
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             for (i, n) in names.iter().enumerate() {
-                let pid = std::fs::read_to_string(format!("/run/libvirt/qemu/{n}.pid"))
-                    .ok()
-                    .and_then(|p| p.trim().parse::<u32>().ok());
-                if let Some(pid) = pid {
-                    out.push((t.elapsed().as_secs_f64(), i, crate::storm::usage(pid).1));
+                // A QEMU gone between its pid file and its stat reads as 0: left out.
+                if let Some(cpu) = qemu_pid(n)
+                    .map(|pid| crate::storm::usage(pid).1)
+                    .filter(|c| *c > 0.0)
+                {
+                    out.push((t.elapsed().as_secs_f64(), i, cpu));
                 }
             }
             std::thread::sleep(Duration::from_millis(250));

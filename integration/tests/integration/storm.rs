@@ -179,12 +179,11 @@ fn storm(count: usize, initramfs: bool) {
         (l1.tx_bytes - l0.tx_bytes) as f64 / f64::from(1 << 20) / count as f64,
     );
     if !d.registered_cpu.is_empty() {
-        let mut v = d.registered_cpu.clone();
-        v.sort_by(f64::total_cmp);
+        let v = &d.registered_cpu;
         println!(
             "  registered clones while the others still booted: QEMU CPU median {:.3} CPU-s/s, max {:.3} ({} clones)",
-            v[v.len() / 2],
-            v[v.len() - 1],
+            crate::bench::median(v.clone()),
+            v.iter().copied().fold(f64::NAN, f64::max),
             v.len()
         );
     }
