@@ -436,14 +436,35 @@ mod tests {
             .expect("write the clone");
     }
 
+    /// `web-01`'s index request held on `tag` for `wait`, in a task of its own.
+    fn hold_on(
+        idx: &Arc<Indexes>,
+        registry: &Registry,
+        tokens: &Arc<TokenKey>,
+        token: &str,
+        tag: &str,
+        wait: &'static str,
+    ) -> tokio::task::JoinHandle<Result<Rendered, ClusterFilesError>> {
+        let (idx, registry, tokens) = (Arc::clone(idx), registry.clone(), Arc::clone(tokens));
+        let (token, tag) = (token.to_owned(), tag.to_owned());
+        tokio::spawn(async move {
+            idx.wait(
+                &registry,
+                &tokens,
+                "web-01",
+                Some(&token),
+                "hosts",
+                Some(&tag),
+                Some(wait),
+            )
+            .await
+        })
+    }
+
     #[tokio::test]
     async fn a_held_request_wakes_on_a_write_and_ends_when_its_clone_goes() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("registry.redb");
-        let store = crate::store::open(&path.to_string_lossy())
-            .await
-            .expect("open the store");
-        let registry = Registry::new(store, Arc::new(crate::clock::SystemClock));
+        let registry = crate::registry::temp_registry(dir.path()).await;
         let tokens = Arc::new(TokenKey::new(&[7; 32]).expect("key"));
         use napalm_proto::v1::ClonePhase;
         put(
@@ -494,27 +515,7 @@ mod tests {
 
         // Unchanged: held for its whole wait. A new phase changes no line of hosts.
         let t = Instant::now();
-        let held = {
-            let (idx, registry, tokens, token, tag) = (
-                Arc::clone(&idx),
-                registry.clone(),
-                Arc::clone(&tokens),
-                token.clone(),
-                first.etag.clone(),
-            );
-            tokio::spawn(async move {
-                idx.wait(
-                    &registry,
-                    &tokens,
-                    "web-01",
-                    Some(&token),
-                    "hosts",
-                    Some(&tag),
-                    Some("1s"),
-                )
-                .await
-            })
-        };
+        let held = hold_on(&idx, &registry, &tokens, &token, &first.etag, "1s");
         tokio::time::sleep(Duration::from_millis(300)).await;
         put(
             &registry,
@@ -529,27 +530,7 @@ mod tests {
         assert!(t.elapsed() >= Duration::from_secs(1), "{:?}", t.elapsed());
 
         // A second clone: a request held for a minute answers at once.
-        let held = {
-            let (idx, registry, tokens, token, tag) = (
-                Arc::clone(&idx),
-                registry.clone(),
-                Arc::clone(&tokens),
-                token.clone(),
-                first.etag.clone(),
-            );
-            tokio::spawn(async move {
-                idx.wait(
-                    &registry,
-                    &tokens,
-                    "web-01",
-                    Some(&token),
-                    "hosts",
-                    Some(&tag),
-                    Some("60"),
-                )
-                .await
-            })
-        };
+        let held = hold_on(&idx, &registry, &tokens, &token, &first.etag, "60");
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!held.is_finished(), "answered before anything changed");
         let t = Instant::now();
@@ -570,27 +551,7 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(5));
 
         // Its clone removed: the held request ends with not found.
-        let held = {
-            let (idx, registry, tokens, token, tag) = (
-                Arc::clone(&idx),
-                registry.clone(),
-                Arc::clone(&tokens),
-                token.clone(),
-                changed.etag.clone(),
-            );
-            tokio::spawn(async move {
-                idx.wait(
-                    &registry,
-                    &tokens,
-                    "web-01",
-                    Some(&token),
-                    "hosts",
-                    Some(&tag),
-                    Some("60"),
-                )
-                .await
-            })
-        };
+        let held = hold_on(&idx, &registry, &tokens, &token, &changed.etag, "60");
         tokio::time::sleep(Duration::from_millis(300)).await;
         registry
             .update::<napalm_proto::v1::Clone, _>(

@@ -181,17 +181,22 @@ async fn cluster_file(
             ],
         )
             .into_response(),
-        Ok(r) => (
-            [
-                (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
-                (header::ETAG, r.etag),
-                (header::CACHE_CONTROL, "no-cache".into()),
-            ],
-            r.body,
-        )
-            .into_response(),
+        Ok(r) => rendered(r),
         Err(e) => refusal(e, token.is_some(), &name, Some(&file)),
     }
+}
+
+/// A cluster file or index: plain text with its entity tag, to be revalidated.
+fn rendered(r: crate::cluster_files::Rendered) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+            (header::ETAG, r.etag),
+            (header::CACHE_CONTROL, "no-cache".into()),
+        ],
+        r.body,
+    )
+        .into_response()
 }
 
 /// The query of `GET /v1/clones/NAME/cluster`.
@@ -226,15 +231,7 @@ async fn cluster_index(
         )
         .await;
     match answer {
-        Ok(r) => (
-            [
-                (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
-                (header::ETAG, r.etag),
-                (header::CACHE_CONTROL, "no-cache".into()),
-            ],
-            r.body,
-        )
-            .into_response(),
+        Ok(r) => rendered(r),
         Err(e) => refusal(e, token.is_some(), &name, None),
     }
 }

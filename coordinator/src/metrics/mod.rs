@@ -450,11 +450,7 @@ mod tests {
     #[tokio::test]
     async fn an_empty_registry_renders_every_series_at_zero() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("registry.redb");
-        let store = crate::store::open(&path.to_string_lossy())
-            .await
-            .expect("open the store");
-        let registry = Registry::new(store, Arc::new(crate::clock::SystemClock));
+        let registry = crate::registry::temp_registry(dir.path()).await;
         let m = Metrics::new();
         m.rpc("Deploy", "OK", Duration::from_millis(3));
         let page = m.render(&registry).await.expect("render");

@@ -294,3 +294,13 @@ pub fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
         })
     }
 }
+
+/// A registry on an embedded store in `dir`, for unit tests.
+#[cfg(test)]
+pub(crate) async fn temp_registry(dir: &std::path::Path) -> Registry {
+    let path = dir.join("registry.redb");
+    let store = crate::store::open(&path.to_string_lossy())
+        .await
+        .expect("open the store");
+    Registry::new(store, Arc::new(crate::clock::SystemClock))
+}

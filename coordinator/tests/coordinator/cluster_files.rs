@@ -114,9 +114,9 @@ async fn domains(grid: &TestGrid) -> HashMap<String, (String, Option<prost_types
     out
 }
 
-#[tokio::test]
-async fn cluster_files_follow_scaling_with_the_clones_token_and_cost_a_304_when_unchanged() {
-    let grid = TestGrid::start_with(
+/// A grid with one agent and a pool of static addresses for the clones.
+async fn grid() -> TestGrid {
+    TestGrid::start_with(
         GridOptions {
             agents: 1,
             agent_token: Some(TOKEN.into()),
@@ -129,7 +129,12 @@ async fn cluster_files_follow_scaling_with_the_clones_token_and_cost_a_304_when_
         },
     )
     .await
-    .expect("grid starts");
+    .expect("grid starts")
+}
+
+#[tokio::test]
+async fn cluster_files_follow_scaling_with_the_clones_token_and_cost_a_304_when_unchanged() {
+    let grid = grid().await;
     let mut coord = grid.client().await.expect("connect");
     let http = grid.coordinator.http_addr();
     let mut last_etag = String::new();
@@ -261,20 +266,7 @@ async fn index(grid: &TestGrid, of: &str, query: &str) -> Answer {
 
 /// A grid with one agent, deployment `cfiles` of `count` registered clones.
 async fn registered_grid(count: u32) -> TestGrid {
-    let grid = TestGrid::start_with(
-        GridOptions {
-            agents: 1,
-            agent_token: Some(TOKEN.into()),
-            ..Default::default()
-        },
-        |c| {
-            if let Some(d) = c.deploy.as_mut() {
-                d.addresses = Some("10.77.0.101/24".parse().expect("pool"));
-            }
-        },
-    )
-    .await
-    .expect("grid starts");
+    let grid = grid().await;
     scale(&grid, count).await;
     grid
 }
@@ -344,7 +336,7 @@ async fn a_held_index_request_answers_when_a_file_changes_and_not_before() {
         let path = format!(
             "/v1/clones/{}/cluster?files=hosts,known-hosts&index={}&wait=60s",
             name(1),
-            urlencode(&quoted)
+            crate::common::percent_encode(&quoted)
         );
         tokio::spawn(async move { get(addr, &path, &[("Authorization", &bearer)]).await })
     };
@@ -393,7 +385,7 @@ async fn a_held_index_request_answers_when_a_file_changes_and_not_before() {
             let path = format!(
                 "/v1/clones/{}/cluster?files=hosts&index={}&wait=3s",
                 name(2),
-                urlencode(&tag2)
+                crate::common::percent_encode(&tag2)
             );
             tokio::spawn(async move { get(addr, &path, &[("Authorization", &bearer)]).await })
         })
@@ -402,7 +394,10 @@ async fn a_held_index_request_answers_when_a_file_changes_and_not_before() {
     let fifth = index(
         &grid,
         &name(2),
-        &format!("files=hosts&index={}&wait=3s", urlencode(&tag2)),
+        &format!(
+            "files=hosts&index={}&wait=3s",
+            crate::common::percent_encode(&tag2)
+        ),
     )
     .await;
     assert_eq!(fifth.status, 429, "{}", fifth.body);
@@ -425,18 +420,6 @@ async fn a_held_index_request_answers_when_a_file_changes_and_not_before() {
     )
     .await;
     assert_eq!(wrong.status, 403, "{}", wrong.body);
-}
-
-/// `"` and anything else outside unreserved characters, percent-encoded.
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// A process group killed when dropped: the watcher and the curl it waits on.

@@ -20,3 +20,15 @@ pub async fn serve(svc: Coordinator) -> CoordinatorServiceClient<Channel> {
         .await
         .expect("connect to the coordinator")
 }
+
+/// `s` with every byte outside URL-unreserved characters percent-encoded.
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

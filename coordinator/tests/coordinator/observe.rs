@@ -87,17 +87,6 @@ async fn request(
     (status, body.to_owned())
 }
 
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// The value of the sample `name{labels…}` whose labels include `want`.
 fn sample(page: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
     page.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
@@ -139,7 +128,10 @@ fn dashboard_queries(v: &serde_json::Value, out: &mut Vec<String>) {
 async fn query(prom: SocketAddr, expr: &str) -> Result<Vec<f64>, String> {
     let (status, body) = get(
         prom,
-        &format!("/api/v1/query?query={}", percent_encode(expr)),
+        &format!(
+            "/api/v1/query?query={}",
+            crate::common::percent_encode(expr)
+        ),
     )
     .await;
     let v: serde_json::Value = serde_json::from_str(&body)
