@@ -135,24 +135,12 @@ async fn grid() -> TestGrid {
 #[tokio::test]
 async fn cluster_files_follow_scaling_with_the_clones_token_and_cost_a_304_when_unchanged() {
     let grid = grid().await;
-    let mut coord = grid.client().await.expect("connect");
     let http = grid.coordinator.http_addr();
     let mut last_etag = String::new();
     let mut before: HashMap<String, (String, Option<prost_types::Timestamp>)> = HashMap::new();
     for count in [2u32, 3, 1] {
         let started = std::time::Instant::now();
-        let (_, summary) = run(coord
-            .deploy(DeployRequest {
-                request_id: format!("scale-{count}"),
-                spec: Some(spec(DEPLOYMENT, count)),
-                dry_run: false,
-            })
-            .await)
-        .await;
-        assert_eq!(summary.requested, count, "{summary:?}");
-        for i in 1..=count {
-            register(&grid, &name(i), &address(i)).await;
-        }
+        scale(&grid, count).await;
         // Every clone's files list exactly the clones there are now.
         for i in 1..=count {
             let a = file(&grid, &name(i), "hosts").await;
