@@ -436,7 +436,20 @@ mod tests {
             .expect("write the clone");
     }
 
-    /// `web-01`'s index request held on `tag` for `wait`, in a task of its own.
+    /// `web-01`'s index of `hosts`, held on `seen` for `wait`.
+    async fn ask(
+        idx: &Indexes,
+        registry: &Registry,
+        tokens: &TokenKey,
+        token: &str,
+        seen: Option<&str>,
+        wait: Option<&str>,
+    ) -> Result<Rendered, ClusterFilesError> {
+        idx.wait(registry, tokens, "web-01", Some(token), "hosts", seen, wait)
+            .await
+    }
+
+    /// [`ask`] held on `tag` for `wait`, in a task of its own.
     fn hold_on(
         idx: &Arc<Indexes>,
         registry: &Registry,
@@ -447,18 +460,9 @@ mod tests {
     ) -> tokio::task::JoinHandle<Result<Rendered, ClusterFilesError>> {
         let (idx, registry, tokens) = (Arc::clone(idx), registry.clone(), Arc::clone(tokens));
         let (token, tag) = (token.to_owned(), tag.to_owned());
-        tokio::spawn(async move {
-            idx.wait(
-                &registry,
-                &tokens,
-                "web-01",
-                Some(&token),
-                "hosts",
-                Some(&tag),
-                Some(wait),
-            )
-            .await
-        })
+        tokio::spawn(
+            async move { ask(&idx, &registry, &tokens, &token, Some(&tag), Some(wait)).await },
+        )
     }
 
     #[tokio::test]
@@ -478,17 +482,7 @@ mod tests {
         // Re-reads on the timer only hourly: an answer within seconds comes from the write.
         let idx = Arc::new(Indexes::with_recheck(Duration::from_secs(3600)));
         let token = tokens.token("web-01");
-        let now = || {
-            idx.wait(
-                &registry,
-                &tokens,
-                "web-01",
-                Some(&token),
-                "hosts",
-                None,
-                None,
-            )
-        };
+        let now = || ask(&idx, &registry, &tokens, &token, None, None);
         let first = now().await.expect("the index");
         assert!(first.body.starts_with("# cluster files of deployment web "));
         // Requests at the same registry change share its listing.

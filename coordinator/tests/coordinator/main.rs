@@ -1,6 +1,7 @@
 //! The coordinator's one integration test binary.
 
 mod cluster_files;
+mod cluster_watcher;
 mod common;
 mod converge;
 mod crash;
