@@ -24,6 +24,10 @@
 //! again in agent mode), so that the figures are the coordinator's alone: its peak RSS,
 //! and its CPU and memory while idle (`NAPALM_BENCH_IDLE` seconds, default 10) with the
 //! agents and no clone, then with the deployed clones: per agent and per idle clone.
+//!
+//! `NAPALM_BENCH_PERF_CTL=FIFO` profiles the timed deploys alone: `mkfifo FIFO; perf record
+//! -a -D -1 --control fifo:FIFO -- sleep 600 &` before the bench, which writes `enable`
+//! and `disable` to FIFO around each timed deploy.
 
 // A benchmark harness: a failed step should stop it loudly.
 #![allow(clippy::unwrap_used)]
@@ -303,6 +307,7 @@ async fn run(
         Some(_) => Some(idle(idle_secs()).await),
         None => None,
     };
+    perf_control("enable");
     let t = Instant::now();
     let mut s = c
         .deploy(DeployRequest {
@@ -335,6 +340,7 @@ async fn run(
         }
     }
     let took = t.elapsed();
+    perf_control("disable");
     let summary = summary.unwrap();
     assert_eq!(summary.succeeded, clones, "{summary:?}");
     // Untimed figures of the deployed state.
@@ -403,6 +409,15 @@ async fn run(
             _dirs: [dir, agent_dir],
         },
     )
+}
+
+/// With `NAPALM_BENCH_PERF_CTL=FIFO`, tells a `perf record -D -1 --control fifo:FIFO`
+/// started beside the bench to `enable` or `disable` its sampling: a profile of the timed
+/// deploy alone, without the agents' start or the idle and listing figures.
+fn perf_control(command: &str) {
+    if let Ok(fifo) = std::env::var("NAPALM_BENCH_PERF_CTL") {
+        std::fs::write(&fifo, format!("{command}\n")).unwrap();
+    }
 }
 
 /// A run's directories, removed when dropped. `main` keeps them until the end: removing

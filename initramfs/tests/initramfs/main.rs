@@ -18,6 +18,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod bench;
+mod boot_variants;
 mod boots;
 mod cli;
 mod support;

@@ -149,7 +149,18 @@ impl Qemu {
         disk: Option<&Path>,
         extra: &[String],
     ) -> Qemu {
-        let (kernel, _) = kernel();
+        Self::boot_kernel(&kernel().0, initrd, cmdline, net_port, disk, extra)
+    }
+
+    /// Like [`Qemu::boot_full`] with another kernel file (the ELF for a PVH boot).
+    pub fn boot_kernel(
+        kernel: &Path,
+        initrd: &Path,
+        cmdline: &str,
+        net_port: Option<u16>,
+        disk: Option<&Path>,
+        extra: &[String],
+    ) -> Qemu {
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args([
             "-machine",
@@ -163,7 +174,7 @@ impl Qemu {
             "stdio",
         ])
         .arg("-kernel")
-        .arg(&kernel)
+        .arg(kernel)
         .arg("-initrd")
         .arg(initrd)
         .args(["-append", cmdline]);
@@ -228,6 +239,11 @@ impl Qemu {
             lines: rx,
             output: String::new(),
         }
+    }
+
+    /// QEMU's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Types `text` on the guest's serial console.

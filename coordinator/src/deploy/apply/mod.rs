@@ -177,10 +177,15 @@ impl Run {
                 _ => None,
             })
             .collect();
+        let mut cursor = 0;
         for chunk in adds.chunks(64) {
             let mut txn = Txn::new();
             for (n, index) in chunk {
-                let address = self.inner.cfg.addresses.and_then(|p| p.next_free(&used));
+                let address = self
+                    .inner
+                    .cfg
+                    .addresses
+                    .and_then(|p| p.next_free(&used, &mut cursor));
                 if let Some(a) = address {
                     used.insert(a);
                 }

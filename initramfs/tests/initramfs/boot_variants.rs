@@ -1,0 +1,353 @@
+//! What a clone's machine and kernel arguments cost its boot: the same initramfs and NFS
+//! root booted as the coordinator's QEMU domains are (128 MiB, `qemu64`, the kernel's ELF
+//! through PVH, virtio-net without its ROM), one variant at a time, interleaved: the PC
+//! (i440FX or Q35), ACPI or not, libvirt's default USB controller and memory balloon or
+//! not, where the NIC sits, kernel arguments.
+//!
+//! For each variant, medians over `NAPALM_BENCH_BOOTS` boots (default 3): the host's time
+//! from QEMU's start to /sbin/init's first line, QEMU's CPU time by then, the guest's own
+//! uptime at /sbin/init (only honest with ACPI: without it the guest counts PIT ticks a
+//! descheduled vCPU loses), napalm-init's phases from its boot.json and the modules it
+//! names as slow, and the guest's interrupts (that the devices still get MSI-X).
+//!
+//! `cargo test -p napalm-initramfs --test initramfs -- --ignored boot_variants --nocapture`
+//! (`NAPALM_BENCH_VARIANTS=1,3` picks variants by number; `NAPALM_BENCH_KERNEL_ARGS="…"`
+//! adds one: the deployed machine plus these kernel arguments).
+
+use super::support::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// One way to boot a clone.
+struct Variant {
+    name: String,
+    /// QEMU's machine: `pc` (i440FX) or `q35`.
+    machine: &'static str,
+    acpi: bool,
+    /// libvirt's default USB controller and memory balloon on the PCI bus.
+    default_devices: bool,
+    /// The NIC behind a PCIe root port (where libvirt puts a device on a Q35 unless told
+    /// otherwise) rather than on the root bus.
+    root_port: bool,
+    kernel_args: String,
+}
+
+#[derive(Default)]
+struct Samples {
+    host_s: Vec<f64>,
+    cpu_s: Vec<f64>,
+    guest_s: Vec<f64>,
+    /// napalm-init's phases by name: durations by the guest's clock.
+    phases: std::collections::BTreeMap<String, Vec<f64>>,
+    /// The ACPI and virtio lines of /proc/interrupts, and the input devices, at the last
+    /// boot: that the variant still routes the devices' interrupts and the power button.
+    irqs: String,
+    inputs: String,
+    /// The modules napalm-init named as slow at the last boot, with their load times.
+    slow_modules: String,
+    /// With `initcall_debug` among the kernel arguments: the kernel's init calls that took
+    /// 10 ms or more, at the last boot.
+    initcalls: String,
+    /// With `initcall_debug`: the pauses of 20 ms or more in the kernel's log.
+    gaps: Vec<String>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// utime + stime of `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command's closing parenthesis; utime and stime are the 14th and
+    // 15th fields of the whole line.
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn variants() -> Vec<Variant> {
+    let fast_acpi = napalm_initramfs::cmdline::fast_boot_args("", true);
+    let fast_pit = napalm_initramfs::cmdline::fast_boot_args("", false);
+    let v = |name: &str, machine, acpi, default_devices, extra: &str| Variant {
+        name: name.to_owned(),
+        machine,
+        acpi,
+        default_devices,
+        root_port: false,
+        kernel_args: format!("{} {extra}", if acpi { &fast_acpi } else { &fast_pit }),
+    };
+    let mut all = vec![
+        v(
+            "i440FX, ACPI, USB and balloon (deployed until December 1)",
+            "pc",
+            true,
+            true,
+            "",
+        ),
+        v(
+            "i440FX, no ACPI, USB and balloon (--guest-acpi false until December 1)",
+            "pc",
+            false,
+            true,
+            "",
+        ),
+        v("i440FX, ACPI, no USB or balloon", "pc", true, false, ""),
+        v(
+            "Q35, ACPI, no USB or balloon, NIC on the root bus (deployed)",
+            "q35",
+            true,
+            false,
+            "",
+        ),
+        v(
+            "i440FX, no ACPI, no USB or balloon (--guest-acpi false)",
+            "pc",
+            false,
+            false,
+            "",
+        ),
+        Variant {
+            root_port: true,
+            ..v(
+                "Q35, ACPI, no USB or balloon, NIC behind a PCIe root port",
+                "q35",
+                true,
+                false,
+                "",
+            )
+        },
+        v(
+            "i440FX, ACPI, USB and balloon, acpi=noirq pnpacpi=off",
+            "pc",
+            true,
+            true,
+            "acpi=noirq pnpacpi=off",
+        ),
+    ];
+    if let Ok(extra) = std::env::var("NAPALM_BENCH_KERNEL_ARGS") {
+        all.push(v(
+            &format!("Q35, ACPI, no USB or balloon, {extra}"),
+            "q35",
+            true,
+            false,
+            &extra,
+        ));
+    }
+    match std::env::var("NAPALM_BENCH_VARIANTS") {
+        Ok(pick) => {
+            let pick: Vec<usize> = pick
+                .split(',')
+                .map(|n| {
+                    n.trim()
+                        .parse()
+                        .expect("NAPALM_BENCH_VARIANTS: numbers from 1")
+                })
+                .collect();
+            all.into_iter()
+                .enumerate()
+                .filter(|(i, _)| pick.contains(&(i + 1)))
+                .map(|(_, v)| v)
+                .collect()
+        }
+        Err(_) => all,
+    }
+}
+
+fn boot(kernel: &Path, img: &Path, port: u16, v: &Variant, into: &mut Samples) {
+    let cmdline = format!(
+        "{} console=ttyS0 napalm.onfail=halt root=nfs:10.0.2.100::ro;tmpfs:rw \
+         ip=10.0.2.15:10.0.2.100::255.255.255.0:clone:eth0:off",
+        v.kernel_args
+    );
+    let mut extra: Vec<String> = vec![
+        "-machine".into(),
+        format!(
+            "{},usb=off,acpi={}",
+            v.machine,
+            if v.acpi { "on" } else { "off" }
+        ),
+        "-m".into(),
+        "128".into(),
+        "-cpu".into(),
+        "qemu64".into(),
+    ];
+    let mut nic = "virtio-net-pci,netdev=n1,rombar=0".to_owned();
+    if v.root_port {
+        extra.extend([
+            "-device".into(),
+            "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,port=8".into(),
+        ]);
+        nic += ",bus=rp1";
+    }
+    extra.extend([
+        "-netdev".into(),
+        format!("user,id=n1,restrict=on,guestfwd=tcp:10.0.2.100:2049-tcp:127.0.0.1:{port}"),
+        "-device".into(),
+        nic,
+    ]);
+    if v.default_devices {
+        for d in ["piix3-usb-uhci", "virtio-balloon-pci"] {
+            extra.extend(["-device".to_owned(), d.to_owned()]);
+        }
+    }
+    let started = Instant::now();
+    let mut q = Qemu::boot_kernel(kernel, img, &cmdline, None, None, &extra);
+    assert!(
+        q.wait_for("NAPALM-UPTIME", Duration::from_secs(240)),
+        "{}: no /sbin/init:\n{}",
+        v.name,
+        q.output
+    );
+    into.host_s.push(started.elapsed().as_secs_f64());
+    into.cpu_s.push(cpu_seconds(q.pid()));
+    // Without ACPI `poweroff -f` only halts: QEMU is killed when `q` drops.
+    assert!(
+        q.wait_for("NAPALM-INITCALLS", Duration::from_secs(60)),
+        "{}: no boot.json or interrupts:\n{}",
+        v.name,
+        q.output
+    );
+    let field = |marker: &str| {
+        q.output
+            .lines()
+            .find_map(|l| l.split_once(marker).map(|(_, r)| r.trim().to_owned()))
+            .unwrap_or_else(|| panic!("{}: no {marker}:\n{}", v.name, q.output))
+    };
+    let uptime: f64 = field("NAPALM-UPTIME ")
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    into.guest_s.push(uptime);
+    into.irqs = field("NAPALM-IRQ ");
+    into.inputs = field("NAPALM-INPUT ");
+    // With initcall_debug: where the kernel's log pauses 20 ms or more (early boot has no
+    // init calls to name), the line that ends each pause.
+    let (mut last, mut before) = (0.0, "");
+    into.gaps.clear();
+    for l in q
+        .output
+        .lines()
+        .filter_map(|l| l.strip_prefix("NAPALM-DMESG "))
+    {
+        let Some(t) = l
+            .strip_prefix('[')
+            .and_then(|r| r.split_once(']'))
+            .and_then(|(t, _)| t.trim().parse::<f64>().ok())
+        else {
+            continue;
+        };
+        if t - last >= 0.02 {
+            into.gaps
+                .push(format!("{before}\n     +{:.0} ms → {l}", (t - last) * 1e3));
+        }
+        (last, before) = (t, l);
+    }
+    into.initcalls = q
+        .output
+        .lines()
+        .find_map(|l| {
+            l.split_once("NAPALM-INITCALLS")
+                .map(|(_, r)| r.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(&field("NAPALM-BOOTJSON ")).unwrap();
+    into.slow_modules = json["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str()?.strip_prefix("napalm:   "))
+        .filter(|l| !l.starts_with('/'))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let t = &json["timings"];
+    let mut at = |name: &str, d: f64| into.phases.entry(name.to_owned()).or_default().push(d);
+    at("kernel → napalm-init", t["init_start"].as_f64().unwrap());
+    for p in t["phases"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        // "modules: 17 loaded" and "mount nfs:10.0.2.100:…" keep their first word.
+        let key = name.split([':', ' ']).next().unwrap_or(name);
+        at(
+            key,
+            p["end"].as_f64().unwrap() - p["start"].as_f64().unwrap(),
+        );
+    }
+}
+
+#[test]
+#[ignore = "benchmark: boots every variant several times under TCG"]
+fn bench_boot_variants() {
+    let _g = serial();
+    let boots: usize = std::env::var("NAPALM_BENCH_BOOTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let t = tempfile::tempdir().unwrap();
+    let export = t.path().join("export");
+    busybox_root(&export, "");
+    std::fs::write(
+        export.join("sbin/init"),
+        "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\n\
+         echo \"NAPALM-UPTIME $(/bin/busybox cat /proc/uptime)\"\n\
+         echo \"NAPALM-BOOTJSON $(/bin/busybox tr -d '\\n' < /run/napalm/boot.json)\"\n\
+         echo \"NAPALM-IRQ $(/bin/busybox grep -E 'acpi|virtio' /proc/interrupts | /bin/busybox tr -s ' \\n' ' ')\"\n\
+         echo \"NAPALM-INPUT $(/bin/busybox grep -h Name= /proc/bus/input/devices | /bin/busybox tr '\\n' ' ')\"\n\
+         if /bin/busybox grep -q initcall_debug /proc/cmdline; then /bin/busybox dmesg | /bin/busybox sed 's/^/NAPALM-DMESG /'; fi\n\
+         echo \"NAPALM-INITCALLS $(/bin/busybox dmesg | /bin/busybox grep -E 'after [0-9]{5,} usecs' | /bin/busybox tr -s ' \\n' ' ')\"\n\
+         /bin/busybox poweroff -f\n",
+    )
+    .unwrap();
+    // The coordinator boots QEMU/KVM clones through the kernel's PVH entry.
+    let (bz, ver) = kernel();
+    let elf = t.path().join("vmlinux");
+    std::fs::write(
+        &elf,
+        napalm_initramfs::kernel::extract_elf_file(&bz).expect("the kernel's ELF"),
+    )
+    .unwrap();
+    let (img, _) = initramfs(t.path(), &[]);
+    let nfs = Ganesha::start(&export);
+    let variants = variants();
+    let mut samples: Vec<Samples> = variants.iter().map(|_| Samples::default()).collect();
+    for _ in 0..boots {
+        for (v, s) in variants.iter().zip(samples.iter_mut()) {
+            boot(&elf, &img, nfs.port, v, s);
+        }
+    }
+    eprintln!(
+        "\n== one clone's boot to /sbin/init by variant ({ver}, PVH, QEMU TCG, 128 MiB, \
+         root over NFS; medians of {boots}, interleaved)"
+    );
+    let base_cpu = median(&samples[0].cpu_s);
+    for (i, (v, s)) in variants.iter().zip(&samples).enumerate() {
+        eprintln!(
+            "{}. {}\n   host {:.2} s (runs {}), QEMU CPU {:.2} s ({:.2}x the first), guest uptime {:.2} s",
+            i + 1,
+            v.name,
+            median(&s.host_s),
+            s.host_s.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", "),
+            median(&s.cpu_s),
+            median(&s.cpu_s) / base_cpu,
+            median(&s.guest_s),
+        );
+        let phases: Vec<String> = s
+            .phases
+            .iter()
+            .map(|(k, d)| format!("{k} {:.3}", median(d)))
+            .collect();
+        eprintln!("   guest phases (s): {}", phases.join(", "));
+        eprintln!("   slow modules (last boot): {}", s.slow_modules);
+        for g in &s.gaps {
+            eprintln!("   pause {g}");
+        }
+        if !s.initcalls.is_empty() {
+            eprintln!("   initcalls over 10 ms (last boot): {}", s.initcalls);
+        }
+        eprintln!("   interrupts: {}\n   inputs: {}", s.irqs, s.inputs);
+    }
+}
