@@ -186,10 +186,10 @@ struct Cli {
     /// where the NFS server should serve the root only.
     #[arg(long, env = "NAPALM_LAYERS_IN_INITRAMFS")]
     layers_in_initramfs: bool,
-    /// Give QEMU/KVM clones ACPI and the APIC, on a Q35 machine (`true`, the default, or
-    /// `false`: an i440FX PC without ACPI): their kernel then stops ticking while idle (an
-    /// idle TCG clone here: 0.009 CPU-s a second against 0.06-0.09) and keeps honest time
-    /// (HPET, calibrated TSC). Without, it ticks the PIT 250 times a second, idle or not,
+    /// Give QEMU/KVM clones ACPI and the APIC (`true`, the default, or `false`): their
+    /// kernel then stops ticking while idle (an idle TCG clone here: 0.009 CPU-s a second
+    /// against 0.06-0.09) and keeps honest time (HPET, calibrated TSC), for about 1 s
+    /// more of boot under TCG. Without, it ticks the PIT 250 times a second, idle or not,
     /// and its clock falls behind whenever its vCPU waits for the host's CPU.
     #[arg(long, env = "NAPALM_GUEST_ACPI", default_value_t = true, action = clap::ArgAction::Set)]
     guest_acpi: bool,

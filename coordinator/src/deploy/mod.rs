@@ -91,10 +91,10 @@ pub struct DeployConfig {
     /// NFS with static addresses (where layers are otherwise served over NFS): no layer
     /// export, one image per clone shipped to its agent.
     pub layers_in_initramfs: bool,
-    /// Give QEMU/KVM clones ACPI (`<features><acpi/><apic/></features>`, on a Q35
-    /// machine: `xml::domain_xml`): the guest kernel finds its local APIC timer and the
-    /// HPET, calibrates its TSC and stops ticking while idle; without it (an i440FX), it
-    /// keeps time with the PIT at 250 interrupts a second, idle or not.
+    /// Give QEMU/KVM clones ACPI (`<features><acpi/><apic/></features>`): the guest
+    /// kernel finds its local APIC timer and the HPET, calibrates its TSC and stops
+    /// ticking while idle; without it, it keeps time with the PIT at 250 interrupts a
+    /// second, idle or not.
     pub guest_acpi: bool,
     /// The NFS exports this coordinator writes (`None`: the root is exported by hand and
     /// stateful clones are refused).

@@ -46,29 +46,8 @@ pub struct DomainParams<'a> {
     /// interface is filtered by `clean-traffic` to this address and `mac`. `None` (DHCP)
     /// leaves the interface unfiltered, since the address is not known up front.
     pub ip: Option<Ipv4Addr>,
-    /// ACPI and the APIC for QEMU/KVM guests, on a Q35 machine (see
-    /// `DeployConfig::guest_acpi`); without, an i440FX.
+    /// ACPI and the APIC for QEMU/KVM guests (see `DeployConfig::guest_acpi`).
     pub acpi: bool,
-}
-
-/// The PCI slot of a QEMU/KVM clone's NIC on the root bus.
-const NIC_SLOT: u8 = 2;
-/// The PCI slot of its first disk; the others follow (at most 26 disks: slot 0x1c, below
-/// the chipset's functions at 0x1f).
-const DISK_SLOT: u8 = 3;
-
-/// The PC a QEMU/KVM clone boots: with ACPI, the Q35 chipset (PCI Express, interrupts
-/// routed by fixed GSIs); without, the i440FX (`pc`), which QEMU boots without ACPI
-/// (given `acpi=off`, QEMU 7.2 still gave a Q35 guest its ACPI tables here).
-/// With ACPI, an i440FX routes each PCI device's interrupt through link devices whose AML
-/// the guest evaluates as the driver binds: 0.3-0.6 s of guest time for virtio_pci under
-/// TCG, against nothing on a Q35 (`bench_boot_variants` in the initramfs tests).
-fn pc_machine(acpi: bool) -> &'static str {
-    if acpi {
-        " machine='q35'"
-    } else {
-        " machine='pc'"
-    }
 }
 
 /// The libvirt nwfilter a statically addressed clone's interface is bound by.
@@ -88,31 +67,14 @@ pub fn domain_xml(hv: Hypervisor, p: &DomainParams<'_>) -> String {
     let (dtype, os_type, machine, disk_bus, dev_prefix, console) = match hv {
         Hypervisor::Xen => ("xen", "xen", "", "xen", "xvd", "<console type='pty'><target type='xen' port='0'/></console>"),
         Hypervisor::Test => ("test", "hvm", "", "virtio", "vd", ""),
-        Hypervisor::Kvm => ("kvm", "hvm", pc_machine(p.acpi), "virtio", "vd", "<serial type='pty'><target port='0'/></serial><console type='pty'><target type='serial' port='0'/></console>"),
-        Hypervisor::Qemu | Hypervisor::Unspecified => ("qemu", "hvm", pc_machine(p.acpi), "virtio", "vd", "<serial type='pty'><target port='0'/></serial><console type='pty'><target type='serial' port='0'/></console>"),
-    };
-    let pci = matches!(
-        hv,
-        Hypervisor::Qemu | Hypervisor::Kvm | Hypervisor::Unspecified
-    );
-    // On a PC the NIC and the disks sit on the root bus at fixed slots: libvirt would
-    // put each behind a PCIe root port of its own on q35, which the guest probes (with
-    // its hotplug service) at every boot.
-    let slot = |n: u8| {
-        if pci {
-            format!(
-                "<address type='pci' domain='0x0000' bus='0x00' slot='{n:#04x}' function='0x0'/>"
-            )
-        } else {
-            String::new()
-        }
+        Hypervisor::Kvm => ("kvm", "hvm", " machine='pc'", "virtio", "vd", "<serial type='pty'><target port='0'/></serial><console type='pty'><target type='serial' port='0'/></console>"),
+        Hypervisor::Qemu | Hypervisor::Unspecified => ("qemu", "hvm", " machine='pc'", "virtio", "vd", "<serial type='pty'><target port='0'/></serial><console type='pty'><target type='serial' port='0'/></console>"),
     };
     let mut devices = String::new();
     if let Some(disk) = p.state_disk {
         devices += &format!(
-            "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='{dev_prefix}a' bus='{disk_bus}'/>{}</disk>",
-            esc(disk),
-            slot(DISK_SLOT)
+            "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='{dev_prefix}a' bus='{disk_bus}'/></disk>",
+            esc(disk)
         );
     }
     let first = u8::from(p.state_disk.is_some());
@@ -130,12 +92,10 @@ pub fn domain_xml(hv: Hypervisor, p: &DomainParams<'_>) -> String {
         } else {
             ("", "")
         };
-        let n = first + i.min(24) as u8;
-        let letter = char::from(b'a' + n);
+        let letter = char::from(b'a' + first + i.min(24) as u8);
         devices += &format!(
-            "<disk type='file' device='disk'><driver name='qemu' type='raw'{cache}/><source file='{}'/><target dev='{dev_prefix}{letter}' bus='{disk_bus}'/>{transient}{}</disk>",
-            esc(disk),
-            slot(DISK_SLOT + n)
+            "<disk type='file' device='disk'><driver name='qemu' type='raw'{cache}/><source file='{}'/><target dev='{dev_prefix}{letter}' bus='{disk_bus}'/>{transient}</disk>",
+            esc(disk)
         );
     }
     if let Some(net) = p.network {
@@ -155,16 +115,20 @@ pub fn domain_xml(hv: Hypervisor, p: &DomainParams<'_>) -> String {
             _ => String::new(),
         };
         devices += &format!(
-            "<interface type='network'><source network='{}'/><mac address='{}'/>{model}{filter}{}</interface>",
+            "<interface type='network'><source network='{}'/><mac address='{}'/>{model}{filter}</interface>",
             esc(net),
-            esc(p.mac),
-            slot(NIC_SLOT)
+            esc(p.mac)
         );
     }
     devices += console;
-    if pci {
+    if matches!(
+        hv,
+        Hypervisor::Qemu | Hypervisor::Kvm | Hypervisor::Unspecified
+    ) {
         // Nothing a clone uses: libvirt's default USB controller and memory balloon are
-        // PCI devices the guest kernel enumerates, and (with ACPI) routes, at every boot.
+        // PCI devices the guest enumerates at every boot, and with ACPI routes the
+        // interrupt of (the balloon's virtio_pci probe: 0.3 s of guest time under TCG,
+        // `bench_boot_variants` in the initramfs tests).
         devices += "<controller type='usb' model='none'/><memballoon model='none'/>";
     }
     let features = match hv {
@@ -230,13 +194,7 @@ mod tests {
                 xml.contains("</os><features><acpi/><apic/></features><on_poweroff>"),
                 "{xml}"
             );
-            assert!(
-                xml.contains("<type arch='x86_64' machine='q35'>hvm</type>"),
-                "{xml}"
-            );
-            let without = domain_xml(hv, &params());
-            assert!(!without.contains("<features>"));
-            assert!(without.contains("machine='pc'"), "{without}");
+            assert!(!domain_xml(hv, &params()).contains("<features>"));
         }
         for hv in [Hypervisor::Xen, Hypervisor::Test] {
             assert!(!domain_xml(hv, &with).contains("<features>"), "{hv:?}");
@@ -250,7 +208,7 @@ mod tests {
         for hv in [Hypervisor::Qemu, Hypervisor::Kvm] {
             let x = domain_xml(hv, &p);
             assert!(
-                x.contains("<rom bar='off'/><filterref filter='clean-traffic'><parameter name='IP' value='10.77.0.101'/></filterref><address type='pci'"),
+                x.contains("<rom bar='off'/><filterref filter='clean-traffic'><parameter name='IP' value='10.77.0.101'/></filterref></interface>"),
                 "{x}"
             );
         }
@@ -292,11 +250,11 @@ mod tests {
         p.transient_scratch = true;
         let x = domain_xml(Hypervisor::Qemu, &p);
         assert!(
-            x.contains("<disk type='file' device='disk'><driver name='qemu' type='raw' cache='unsafe'/><source file='scratch0.img'/><target dev='vda' bus='virtio'/><transient/><address type='pci' domain='0x0000' bus='0x00' slot='0x03' function='0x0'/></disk>"),
+            x.contains("<disk type='file' device='disk'><driver name='qemu' type='raw' cache='unsafe'/><source file='scratch0.img'/><target dev='vda' bus='virtio'/><transient/></disk>"),
             "{x}"
         );
         assert!(
-            x.contains("<source file='scratch1.img'/><target dev='vdb' bus='virtio'/><transient/><address type='pci' domain='0x0000' bus='0x00' slot='0x04' function='0x0'/>"),
+            x.contains("<source file='scratch1.img'/><target dev='vdb' bus='virtio'/><transient/>"),
             "{x}"
         );
         // Kept (stateful), after a state disk: vdb, vdc, no overlay.
@@ -304,7 +262,7 @@ mod tests {
         p.state_disk = Some("state.img");
         let x = domain_xml(Hypervisor::Qemu, &p);
         assert!(
-            x.contains("<driver name='qemu' type='raw'/><source file='scratch0.img'/><target dev='vdb' bus='virtio'/><address type='pci' domain='0x0000' bus='0x00' slot='0x04' function='0x0'/></disk>"),
+            x.contains("<driver name='qemu' type='raw'/><source file='scratch0.img'/><target dev='vdb' bus='virtio'/></disk>"),
             "{x}"
         );
         assert!(x.contains("dev='vdc'") && !x.contains("transient"), "{x}");
@@ -314,28 +272,9 @@ mod tests {
     }
 
     #[test]
-    fn qemu_devices_sit_on_the_root_bus_without_usb_or_balloon() {
-        let disks = ["scratch0.img".to_owned()];
-        let mut p = params();
-        p.state_disk = Some("state.img");
-        p.scratch_disks = &disks;
+    fn qemu_clones_have_no_usb_controller_or_balloon() {
         for hv in [Hypervisor::Qemu, Hypervisor::Kvm] {
-            let x = domain_xml(hv, &p);
-            for (what, slot) in [
-                ("<source file='state.img'/>", 3),
-                ("<source file='scratch0.img'/>", 4),
-                ("<mac address=", 2),
-            ] {
-                let at = x.find(what).unwrap_or_else(|| panic!("{what} in {x}"));
-                let address = format!("<address type='pci' domain='0x0000' bus='0x00' slot='{slot:#04x}' function='0x0'/>");
-                assert!(
-                    x[at..]
-                        .find(&address)
-                        .is_some_and(|a| !x[at..at + a].contains("</disk>")
-                            && !x[at..at + a].contains("</interface>")),
-                    "{what} at slot {slot}: {x}"
-                );
-            }
+            let x = domain_xml(hv, &params());
             assert!(
                 x.contains(
                     "<controller type='usb' model='none'/><memballoon model='none'/></devices>"
@@ -344,11 +283,7 @@ mod tests {
             );
         }
         for hv in [Hypervisor::Xen, Hypervisor::Test] {
-            let x = domain_xml(hv, &p);
-            assert!(
-                !x.contains("<address") && !x.contains("memballoon"),
-                "{hv:?}: {x}"
-            );
+            assert!(!domain_xml(hv, &params()).contains("memballoon"), "{hv:?}");
         }
     }
 

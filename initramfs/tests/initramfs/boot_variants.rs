@@ -71,35 +71,45 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn variants() -> Vec<Variant> {
-    let fast_acpi = napalm_initramfs::cmdline::fast_boot_args("", true);
-    let fast_pit = napalm_initramfs::cmdline::fast_boot_args("", false);
+    let fast = |acpi| napalm_initramfs::cmdline::fast_boot_args("", acpi);
     let v = |name: &str, machine, acpi, default_devices, extra: &str| Variant {
         name: name.to_owned(),
         machine,
         acpi,
         default_devices,
         root_port: false,
-        kernel_args: format!("{} {extra}", if acpi { &fast_acpi } else { &fast_pit }),
+        kernel_args: format!("{} {extra}", fast(acpi)),
+    };
+    // The arguments before `noreplace-smp` came.
+    let old = |v: Variant| Variant {
+        kernel_args: v.kernel_args.replace("noreplace-smp", ""),
+        ..v
     };
     let mut all = vec![
-        v(
-            "i440FX, ACPI, USB and balloon (deployed until December 1)",
+        old(v(
+            "i440FX, ACPI, USB and balloon, no noreplace-smp (deployed until December 1)",
             "pc",
             true,
             true,
             "",
-        ),
-        v(
-            "i440FX, no ACPI, USB and balloon (--guest-acpi false until December 1)",
+        )),
+        old(v(
+            "i440FX, no ACPI, USB and balloon, no noreplace-smp (--guest-acpi false until then)",
             "pc",
             false,
             true,
             "",
-        ),
-        v("i440FX, ACPI, no USB or balloon", "pc", true, false, ""),
+        )),
+        old(v(
+            "i440FX, ACPI, no USB or balloon, no noreplace-smp",
+            "pc",
+            true,
+            false,
+            "",
+        )),
         v(
-            "Q35, ACPI, no USB or balloon, NIC on the root bus (deployed)",
-            "q35",
+            "i440FX, ACPI, no USB or balloon (deployed)",
+            "pc",
             true,
             false,
             "",
@@ -108,6 +118,13 @@ fn variants() -> Vec<Variant> {
             "i440FX, no ACPI, no USB or balloon (--guest-acpi false)",
             "pc",
             false,
+            false,
+            "",
+        ),
+        v(
+            "Q35, ACPI, no USB or balloon, NIC on the root bus",
+            "q35",
+            true,
             false,
             "",
         ),
@@ -121,18 +138,18 @@ fn variants() -> Vec<Variant> {
                 "",
             )
         },
-        v(
-            "i440FX, ACPI, USB and balloon, acpi=noirq pnpacpi=off",
+        old(v(
+            "i440FX, ACPI, USB and balloon, no noreplace-smp, acpi=noirq pnpacpi=off",
             "pc",
             true,
             true,
             "acpi=noirq pnpacpi=off",
-        ),
+        )),
     ];
     if let Ok(extra) = std::env::var("NAPALM_BENCH_KERNEL_ARGS") {
         all.push(v(
-            &format!("Q35, ACPI, no USB or balloon, {extra}"),
-            "q35",
+            &format!("i440FX, ACPI, no USB or balloon, {extra}"),
+            "pc",
             true,
             false,
             &extra,
