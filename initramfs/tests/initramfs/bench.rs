@@ -63,19 +63,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[ignore = "slow: boots dracut several times under TCG"]
 fn bench_vs_dracut() {
     let _g = serial();
-    let boots: usize = std::env::var("NAPALM_BENCH_BOOTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let boots = bench_boots();
     let t = tempfile::tempdir().unwrap();
     let export = t.path().join("export");
-    busybox_root(&export, "");
     // The first thing /sbin/init does is report the uptime.
-    std::fs::write(
-        export.join("sbin/init"),
-        "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\necho \"NAPALM-UPTIME $(/bin/busybox cat /proc/uptime)\"\n/bin/busybox poweroff -f\n",
-    )
-    .unwrap();
+    uptime_root(&export, "");
     let (_, ver) = kernel();
     let dracut_img = t.path().join("dracut.img");
     sh(Command::new("dracut")

@@ -300,25 +300,17 @@ fn boot(kernel: &Path, img: &Path, port: u16, v: &Variant, into: &mut Samples) {
 #[ignore = "benchmark: boots every variant several times under TCG"]
 fn bench_boot_variants() {
     let _g = serial();
-    let boots: usize = std::env::var("NAPALM_BENCH_BOOTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let boots = bench_boots();
     let t = tempfile::tempdir().unwrap();
     let export = t.path().join("export");
-    busybox_root(&export, "");
-    std::fs::write(
-        export.join("sbin/init"),
-        "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\n\
-         echo \"NAPALM-UPTIME $(/bin/busybox cat /proc/uptime)\"\n\
-         echo \"NAPALM-BOOTJSON $(/bin/busybox tr -d '\\n' < /run/napalm/boot.json)\"\n\
+    uptime_root(
+        &export,
+        "echo \"NAPALM-BOOTJSON $(/bin/busybox tr -d '\\n' < /run/napalm/boot.json)\"\n\
          echo \"NAPALM-IRQ $(/bin/busybox grep -E 'acpi|virtio' /proc/interrupts | /bin/busybox tr -s ' \\n' ' ')\"\n\
          echo \"NAPALM-INPUT $(/bin/busybox grep -h Name= /proc/bus/input/devices | /bin/busybox tr '\\n' ' ')\"\n\
          if /bin/busybox grep -q initcall_debug /proc/cmdline; then /bin/busybox dmesg | /bin/busybox sed 's/^/NAPALM-DMESG /'; fi\n\
-         echo \"NAPALM-INITCALLS $(/bin/busybox dmesg | /bin/busybox grep -E 'after [0-9]{5,} usecs' | /bin/busybox tr -s ' \\n' ' ')\"\n\
-         /bin/busybox poweroff -f\n",
-    )
-    .unwrap();
+         echo \"NAPALM-INITCALLS $(/bin/busybox dmesg | /bin/busybox grep -E 'after [0-9]{5,} usecs' | /bin/busybox tr -s ' \\n' ' ')\"\n",
+    );
     // The coordinator boots QEMU/KVM clones through the kernel's PVH entry.
     let (bz, ver) = kernel();
     let elf = t.path().join("vmlinux");

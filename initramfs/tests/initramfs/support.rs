@@ -65,6 +65,28 @@ pub fn busybox_root(dir: &Path, script: &str) {
         .unwrap();
 }
 
+/// The boot benches' number of boots per side or variant: `NAPALM_BENCH_BOOTS` (3).
+pub fn bench_boots() -> usize {
+    std::env::var("NAPALM_BENCH_BOOTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+}
+
+/// A busybox root for the boot benches in `dir`, whose /sbin/init first reports the
+/// kernel's uptime (`NAPALM-UPTIME`), then runs `then` (sh lines) and powers off.
+pub fn uptime_root(dir: &Path, then: &str) {
+    busybox_root(dir, "");
+    std::fs::write(
+        dir.join("sbin/init"),
+        format!(
+            "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\n\
+             echo \"NAPALM-UPTIME $(/bin/busybox cat /proc/uptime)\"\n{then}/bin/busybox poweroff -f\n"
+        ),
+    )
+    .unwrap();
+}
+
 /// The base image (static init + default modules), built once per test process.
 pub fn base_image() -> &'static [u8] {
     static BASE: OnceLock<Vec<u8>> = OnceLock::new();
