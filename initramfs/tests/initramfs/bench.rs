@@ -4,7 +4,7 @@
 //! (from the kernel's "Run /init" line to /sbin/init), median of several boots.
 //!
 //! Slow (dracut needs ~40 s per TCG boot), so ignored by default:
-//! `cargo test -p napalm-initramfs --test initramfs -- --ignored bench --nocapture`
+//! `cargo test -p napalm-initramfs --test initramfs -- --ignored bench_vs_dracut --nocapture`
 //! (`NAPALM_BENCH_BOOTS=5` sets the number of boots per side, default 3).
 
 use super::support::*;
