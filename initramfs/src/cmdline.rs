@@ -243,9 +243,9 @@ pub const FAST_BOOT_ARGS: [(&str, &str); 6] = [
         "a one-vCPU kernel keeps its SMP instructions: by default it rewrites every LOCK \
          prefix in its text to the uniprocessor form at boot, and again in each module it \
          loads, and under TCG each rewrite of code already run throws its translation \
-         away (Q35 clone to /sbin/init: 4.50 -> 3.51 CPU-s, 0.78x, modules 1.03 -> 0.82 s, \
-         medians of 10 interleaved boots, `bench_boot_variants`). An atomic's LOCK costs \
-         a uniprocessor guest a few cycles",
+         away (QEMU CPU to /sbin/init 0.78x and 0.96x, medians of 10 interleaved boots in \
+         two series, `bench_boot_variants`; the kernel's log pauses 0.27-0.55 s at the \
+         rewrite). An atomic's LOCK costs a uniprocessor guest a few cycles",
     ),
 ];
 

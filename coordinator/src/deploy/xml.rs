@@ -126,9 +126,10 @@ pub fn domain_xml(hv: Hypervisor, p: &DomainParams<'_>) -> String {
         Hypervisor::Qemu | Hypervisor::Kvm | Hypervisor::Unspecified
     ) {
         // Nothing a clone uses: libvirt's default USB controller and memory balloon are
-        // PCI devices the guest enumerates at every boot, and with ACPI routes the
-        // interrupt of (the balloon's virtio_pci probe: 0.3 s of guest time under TCG,
-        // `bench_boot_variants` in the initramfs tests).
+        // PCI devices the guest enumerates at every boot and, with ACPI, whose interrupt
+        // it routes through the chipset's AML as a driver binds (virtio_pci's probe of
+        // the balloon: 0.3 s of guest time under TCG; `bench_boot_variants` in the
+        // initramfs tests).
         devices += "<controller type='usb' model='none'/><memballoon model='none'/>";
     }
     let features = match hv {
