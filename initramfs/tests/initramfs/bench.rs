@@ -54,11 +54,6 @@ fn measure(img: &Path, cmdline: &str, port: u16) -> Sample {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 #[test]
 #[ignore = "slow: boots dracut several times under TCG"]
 fn bench_vs_dracut() {
@@ -104,12 +99,12 @@ fn bench_vs_dracut() {
         ));
     }
     let (n_init, d_init) = (
-        median(n.iter().map(|s| s.to_init).collect()),
-        median(d.iter().map(|s| s.to_init).collect()),
+        median(&n.iter().map(|s| s.to_init).collect::<Vec<_>>()),
+        median(&d.iter().map(|s| s.to_init).collect::<Vec<_>>()),
     );
     let (n_ir, d_ir) = (
-        median(n.iter().map(|s| s.initramfs).collect()),
-        median(d.iter().map(|s| s.initramfs).collect()),
+        median(&n.iter().map(|s| s.initramfs).collect::<Vec<_>>()),
+        median(&d.iter().map(|s| s.initramfs).collect::<Vec<_>>()),
     );
     eprintln!("\n== napalm-initramfs vs dracut ({ver}, QEMU TCG, nfs-ganesha NFSv4, {boots} boots each, medians)");
     eprintln!(

@@ -65,6 +65,13 @@ pub fn busybox_root(dir: &Path, script: &str) {
         .unwrap();
 }
 
+/// The median of the boot benches' samples (the upper one of an even count; NaN for none).
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// The boot benches' number of boots per side or variant: `NAPALM_BENCH_BOOTS` (3).
 pub fn bench_boots() -> usize {
     std::env::var("NAPALM_BENCH_BOOTS")
