@@ -23,7 +23,10 @@
 //! `NAPALM_BENCH_AGENTS_APART=1` runs the agents in a child process (this bench started
 //! again in agent mode), so that the figures are the coordinator's alone: its peak RSS,
 //! and its CPU and memory while idle (`NAPALM_BENCH_IDLE` seconds, default 10) with the
-//! agents and no clone, then with the deployed clones: per agent and per idle clone.
+//! agents and no clone, then with the deployed clones: per agent and per idle clone; then
+//! (unless `NAPALM_BENCH_HELD=0`) with one cluster-index request held per clone, as each
+//! running clone's watcher holds one, and what one change that answers them all costs
+//! (`deploy/held.rs`).
 //!
 //! `NAPALM_BENCH_PERF_CTL=FIFO` profiles the timed deploys alone: `mkfifo FIFO; perf record
 //! -a -D -1 --control fifo:FIFO -- sleep 600 &` before the bench, which writes `enable`
@@ -37,6 +40,9 @@ use std::time::{Duration, Instant};
 #[path = "../tests/coordinator/etcd_harness.rs"]
 #[allow(dead_code)]
 mod etcd_harness;
+
+#[path = "deploy/held.rs"]
+mod held;
 
 use napalm_coordinator::exports::ExportConfig;
 use napalm_coordinator::testing::{GridOptions, TestGrid};
@@ -374,6 +380,9 @@ async fn run(
             (cpu1 - cpu0) * 1e6 / f64::from(clones),
             (rss1 - rss0) * 1024.0 / f64::from(clones),
         );
+        if env("NAPALM_BENCH_HELD", 1) != 0 {
+            held::measure(&grid, &mut c, tag, (cpu1, rss1)).await;
+        }
     }
     // Untimed (see the header).
     let mut u = c
@@ -435,6 +444,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn main() {
     if let Ok(dir) = std::env::var("NAPALM_BENCH_AGENTS_CHILD") {
         return agents_child(&dir);
+    }
+    if let Ok(addr) = std::env::var("NAPALM_BENCH_HOLDERS_CHILD") {
+        return held::child(&addr);
     }
     let clones = env("NAPALM_BENCH_CLONES", 1000) as u32;
     let agents = env("NAPALM_BENCH_AGENTS", 50);
