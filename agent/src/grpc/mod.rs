@@ -219,7 +219,7 @@ impl AgentService for Service {
                     .all(|(k, v)| d.labels.get(k) == Some(v))
             })
             .map(|d| {
-                if d.owned {
+                if d.owned && !r.omit_config {
                     self.domain(d)
                 } else {
                     convert::domain(d, String::new(), self.agent.clock().unix_ms())

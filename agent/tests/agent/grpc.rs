@@ -218,6 +218,7 @@ async fn blobs_domains_events_over_grpc() {
         .list_domains(pb::ListDomainsRequest {
             include_foreign: true,
             label_selector: HashMap::new(),
+            omit_config: false,
         })
         .await
         .expect("list")
@@ -227,11 +228,37 @@ async fn blobs_domains_events_over_grpc() {
         .list_domains(pb::ListDomainsRequest {
             include_foreign: false,
             label_selector: HashMap::from([("deployment".to_owned(), "d1".to_owned())]),
+            omit_config: false,
         })
         .await
         .expect("list")
         .into_inner();
     assert_eq!(l.domains.len(), 1);
+    assert!(
+        l.domains[0].config_xml.contains("<name>g-one</name>"),
+        "a listing carries each owned domain's config: {:?}",
+        l.domains[0].config_xml
+    );
+    // Without the config (what the coordinator's control loop asks for): the same
+    // domain, state and labels, no XML.
+    let bare = c
+        .list_domains(pb::ListDomainsRequest {
+            include_foreign: false,
+            label_selector: HashMap::from([("deployment".to_owned(), "d1".to_owned())]),
+            omit_config: true,
+        })
+        .await
+        .expect("list without config")
+        .into_inner();
+    assert_eq!(bare.domains.len(), 1);
+    assert_eq!(bare.domains[0].config_xml, "");
+    assert_eq!(
+        pb::Domain {
+            config_xml: String::new(),
+            ..l.domains[0].clone()
+        },
+        bare.domains[0]
+    );
 
     let s = c
         .set_domain_state(pb::SetDomainStateRequest {

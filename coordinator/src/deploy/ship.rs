@@ -302,7 +302,8 @@ impl Agents {
         Ok(())
     }
 
-    /// Domains on an agent carrying all of `labels`.
+    /// Domains on an agent carrying all of `labels`, without their configuration (their
+    /// names, states and labels are what the callers compare with the registry).
     pub async fn domains_labelled(
         &self,
         endpoint: &str,
@@ -314,6 +315,7 @@ impl Agents {
             .list_domains(ListDomainsRequest {
                 include_foreign: false,
                 label_selector: labels,
+                omit_config: true,
             })
             .await?
             .into_inner()
