@@ -179,6 +179,7 @@ pub fn list_domains_request() -> ListDomainsRequest {
     ListDomainsRequest {
         include_foreign: true,
         label_selector: labels(),
+        omit_config: true,
     }
 }
 pub fn list_domains_response() -> ListDomainsResponse {
