@@ -99,13 +99,13 @@ pub fn child(addr: &str) {
         })
         .collect();
     let sent = Arc::new(AtomicUsize::new(0));
-    // Answers that came before the change, with the first one's head.
-    let early = Arc::new(std::sync::Mutex::new((0usize, String::new())));
+    // Answers so far, with the first one's head (none should come before the change).
+    let so_far = Arc::new(std::sync::Mutex::new((0usize, String::new())));
     let tasks: Vec<_> = clones
         .iter()
         .map(|(name, token)| {
             let (path, token) = (index_path(name, Some(&tag)), token.clone());
-            let (sent, early) = (sent.clone(), early.clone());
+            let (sent, so_far) = (sent.clone(), so_far.clone());
             rt.spawn(async move {
                 let got = request(addr, "GET", &path, &token, "", || {
                     sent.fetch_add(1, Ordering::Relaxed);
@@ -114,7 +114,7 @@ pub fn child(addr: &str) {
                 let at = Instant::now();
                 let status = match got {
                     Ok((status, head)) => {
-                        let mut e = early.lock().unwrap();
+                        let mut e = so_far.lock().unwrap();
                         e.0 += 1;
                         if e.1.is_empty() {
                             e.1 = head.replace("\r\n", " | ");
@@ -137,7 +137,7 @@ pub fn child(addr: &str) {
     if lines.next().is_none() {
         return;
     }
-    let (n, first) = early.lock().unwrap().clone();
+    let (n, first) = so_far.lock().unwrap().clone();
     writeln!(out, "{n} {first}").unwrap();
     out.flush().unwrap();
     if lines.next().is_none() {
@@ -158,16 +158,12 @@ pub fn child(addr: &str) {
     });
     let early = answers.iter().filter(|(at, _)| *at < woke).count();
     let ok = answers.iter().filter(|(_, s)| *s == 200).count();
-    let last = answers
+    let after: Vec<Duration> = answers
         .iter()
         .map(|(at, _)| at.saturating_duration_since(woke))
-        .max()
-        .unwrap_or_default();
-    let first = answers
-        .iter()
-        .map(|(at, _)| at.saturating_duration_since(woke))
-        .min()
-        .unwrap_or_default();
+        .collect();
+    let first = after.iter().min().copied().unwrap_or_default();
+    let last = after.iter().max().copied().unwrap_or_default();
     writeln!(
         out,
         "answered {} {ok} {early} {:.3} {:.3}",
