@@ -78,10 +78,11 @@ pub struct DomainRecord {
 #[derive(Debug, Clone)]
 pub struct DomainStore {
     root: PathBuf,
-    /// Records as last parsed, with the stamp of the file they were parsed from. The
-    /// state watcher reads every record each second; a stat instead of a read and a JSON
-    /// parse makes that pass cost a listing and one stat per domain.
-    parsed: Arc<Mutex<HashMap<String, (Stamp, DomainRecord)>>>,
+    /// Records as last parsed, with the stamp of the file they were parsed from. Listings
+    /// (the coordinator's every 2 s, its capability probes, the state watcher's passes)
+    /// read every record; a stat instead of an open, a read and a JSON parse makes that
+    /// cost one stat per domain, and sharing the parsed record spares a copy of its XML.
+    parsed: Arc<Mutex<HashMap<String, (Stamp, Arc<DomainRecord>)>>>,
 }
 
 /// What identifies one version of a `record.json`: a save renames a new file over it (a new
@@ -125,7 +126,28 @@ impl DomainStore {
 
     /// The record, if the domain is complete.
     pub fn load(&self, name: &str) -> Result<Option<DomainRecord>> {
+        Ok(self.shared(name)?.map(Arc::unwrap_or_clone))
+    }
+
+    /// [`Self::load`] without a copy: the parsed record this store keeps.
+    pub fn shared(&self, name: &str) -> Result<Option<Arc<DomainRecord>>> {
         let p = self.dir(name).join("record.json");
+        // A stat by path first: an unchanged record costs no open. A save renamed in
+        // between is read below with its own stamp; one renamed after the stat makes
+        // the next look read it again (a new inode).
+        let md = match std::fs::metadata(&p) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.forget(name);
+                return Ok(None);
+            }
+            Err(e) => return Err(AgentError::io(&p, e)),
+        };
+        if let Some((s, r)) = self.cached(name) {
+            if s == Stamp::of(&md) {
+                return Ok(Some(r));
+            }
+        }
         let mut f = match std::fs::File::open(&p) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -135,23 +157,19 @@ impl DomainStore {
             Err(e) => return Err(AgentError::io(&p, e)),
         };
         let stamp = Stamp::of(&f.metadata().map_err(|e| AgentError::io(&p, e))?);
-        if let Some((s, r)) = self.cached(name) {
-            if s == stamp {
-                return Ok(Some(r));
-            }
-        }
         let mut b = Vec::with_capacity(stamp.len as usize);
         std::io::Read::read_to_end(&mut f, &mut b).map_err(|e| AgentError::io(&p, e))?;
-        let r: DomainRecord =
-            serde_json::from_slice(&b).map_err(|e| AgentError::io(&p, std::io::Error::other(e)))?;
+        let r: Arc<DomainRecord> = Arc::new(
+            serde_json::from_slice(&b).map_err(|e| AgentError::io(&p, std::io::Error::other(e)))?,
+        );
         self.parsed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned(), (stamp, r.clone()));
+            .insert(name.to_owned(), (stamp, Arc::clone(&r)));
         Ok(Some(r))
     }
 
-    fn cached(&self, name: &str) -> Option<(Stamp, DomainRecord)> {
+    fn cached(&self, name: &str) -> Option<(Stamp, Arc<DomainRecord>)> {
         self.parsed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -186,10 +204,12 @@ impl DomainStore {
 
     /// Names of all directories, complete or not.
     pub fn names(&self) -> Result<Vec<String>> {
+        // The entry's type from the directory listing itself (no stat per domain; std
+        // stats only where the file system does not say).
         let mut v: Vec<String> = std::fs::read_dir(&self.root)
             .map_err(|e| AgentError::io(&self.root, e))?
             .filter_map(|e| e.ok())
-            .filter(|e| e.path().is_dir())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| crate::names::check_domain_name(n).is_ok())
             .collect();
@@ -197,11 +217,11 @@ impl DomainStore {
         Ok(v)
     }
 
-    /// All complete records.
-    pub fn records(&self) -> Result<Vec<DomainRecord>> {
+    /// All complete records, as parsed and shared by this store.
+    pub fn records(&self) -> Result<Vec<Arc<DomainRecord>>> {
         let mut out = Vec::new();
         for n in self.names()? {
-            if let Some(r) = self.load(&n)? {
+            if let Some(r) = self.shared(&n)? {
                 out.push(r);
             }
         }

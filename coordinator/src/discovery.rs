@@ -62,9 +62,18 @@ impl Backoff {
     }
 }
 
+/// How often the coordinator probes each static agent: a third of the heartbeat TTL it
+/// records for a cluster of `agents`, so a probe lost or late twice is not yet a miss.
+/// The TTL grows with the cluster ([`HeartbeatPolicy::ttl`]), so all static agents
+/// together cost at most three probes per TTL each, not a rate that grows with their
+/// number (at 5,000 agents: 150 a second instead of 1,500).
+pub fn probe_interval(policy: &HeartbeatPolicy, agents: usize) -> Duration {
+    policy.ttl(agents.max(1)) / 3
+}
+
 /// Keeps the static agent at `endpoint` registered ([`register_static`]): tries with
-/// `backoff` until it answers, then probes it every third of the smallest heartbeat TTL
-/// so it stays ready while it answers. Runs forever: spawn it, abort the task to stop.
+/// `backoff` until it answers, then probes it every [`probe_interval`] so it stays
+/// ready while it answers. Runs forever: spawn it, abort the task to stop.
 pub async fn keep_registering_static(
     registry: Registry,
     agents: Agents,
@@ -75,7 +84,6 @@ pub async fn keep_registering_static(
     // A static agent may never heartbeat itself (it need not know the coordinator): the
     // coordinator probes it (GetCapabilities) often enough to keep it within its TTL, and
     // a silent one goes down like any agent that misses its heartbeats.
-    let probe_every = policy.min_ttl / 3;
     let mut failures = 0u32;
     let mut known = false;
     loop {
@@ -86,7 +94,7 @@ pub async fn keep_registering_static(
                 }
                 known = true;
                 failures = 0;
-                tokio::time::sleep(probe_every).await;
+                tokio::time::sleep(probe_interval(&policy, registry.known_agents())).await;
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -201,6 +209,26 @@ async fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn static_probes_stay_within_the_ttl_and_their_rate_is_bounded() {
+        let p = HeartbeatPolicy::default();
+        for agents in [0, 1, 500, 5_000, 50_000] {
+            let every = probe_interval(&p, agents);
+            let ttl = p.ttl(agents.max(1));
+            assert!(
+                every * 3 <= ttl,
+                "{agents} agents: every {every:?}, ttl {ttl:?}"
+            );
+            let per_second = agents as f64 / every.as_secs_f64();
+            assert!(
+                per_second <= 3.0 * p.max_rate + 1e-6,
+                "{agents} agents: {per_second:.0} probes/s"
+            );
+        }
+        assert_eq!(probe_interval(&p, 500), Duration::from_secs(10) / 3);
+        assert_eq!(probe_interval(&p, 5_000), Duration::from_secs(100) / 3);
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_maximum() {

@@ -62,7 +62,7 @@ impl Agent {
                 continue;
             }
             let Some(_g) = self.locks.try_lock(&r.name) else {
-                busy.push(r.name);
+                busy.push(r.name.clone());
                 continue;
             };
             // The listing may predate the agent's own action that just released the

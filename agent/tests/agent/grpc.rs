@@ -223,7 +223,14 @@ async fn blobs_domains_events_over_grpc() {
         .await
         .expect("list")
         .into_inner();
-    assert!(l.domains.iter().any(|d| d.name == "test" && !d.owned));
+    let foreign = l.domains.iter().find(|d| d.name == "test" && !d.owned);
+    // Its UUID as libvirt's own string form writes it (the listing formats the bytes).
+    let uuid = std::process::Command::new("virsh")
+        .args(["-c", "test:///default", "domuuid", "test"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .expect("virsh domuuid");
+    assert_eq!(foreign.map(|d| d.uuid.as_str()), Some(uuid.as_str()));
     let l = c
         .list_domains(pb::ListDomainsRequest {
             include_foreign: false,
