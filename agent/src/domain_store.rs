@@ -82,8 +82,11 @@ pub struct DomainStore {
     /// (the coordinator's every 2 s, its capability probes, the state watcher's passes)
     /// read every record; a stat instead of an open, a read and a JSON parse makes that
     /// cost one stat per domain, and sharing the parsed record spares a copy of its XML.
-    parsed: Arc<Mutex<HashMap<String, (Stamp, Arc<DomainRecord>)>>>,
+    parsed: Arc<Mutex<Parsed>>,
 }
+
+/// Each record's name, the stamp of the file it was parsed from, and the parsed record.
+type Parsed = HashMap<String, (Stamp, Arc<DomainRecord>)>;
 
 /// What identifies one version of a `record.json`: a save renames a new file over it (a new
 /// inode), and an edit in place changes its size or modification time.
