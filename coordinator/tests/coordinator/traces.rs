@@ -101,11 +101,34 @@ async fn a_deploy_is_one_trace_with_agent_spans_under_the_coordinators() {
     );
     let guard = tracing::subscriber::set_default(subscriber);
 
-    let grid = TestGrid::start(GridOptions {
-        agents: 2,
-        agent_token: Some("trace-token".into()),
-        ..Default::default()
-    })
+    // Layers over NFS (a ganesha exports file nobody reloads): every clone boots the same
+    // image, so each agent is shipped to once.
+    let grid = TestGrid::start_with(
+        GridOptions {
+            agents: 2,
+            agent_token: Some("trace-token".into()),
+            ..Default::default()
+        },
+        |cfg| {
+            let dir = std::path::Path::new(&cfg.store)
+                .parent()
+                .expect("the store's directory")
+                .to_owned();
+            if let Some(d) = cfg.deploy.as_mut() {
+                d.addresses = Some("10.64.0.1/16".parse().expect("pool"));
+            }
+            cfg.exports = Some(napalm_coordinator::exports::ExportConfig {
+                root: dir.join("root"),
+                root_clients: "*".into(),
+                state_dir: dir.join("state"),
+                state_size: 16 << 20,
+                ganesha_file: Some(dir.join("ganesha-exports.conf")),
+                ganesha_pid_file: None,
+                exports_file: None,
+                exportfs: false,
+            });
+        },
+    )
     .await
     .expect("grid starts");
     let mut client = grid.client().await.expect("connect to the coordinator");
@@ -125,6 +148,17 @@ async fn a_deploy_is_one_trace_with_agent_spans_under_the_coordinators() {
     }
     let summary = summary.expect("a summary");
     assert_eq!(summary.succeeded, CLONES, "{summary:?}");
+    let used: HashSet<String> = client
+        .list_clones(ListClonesRequest {
+            deployment: "traced".into(),
+        })
+        .await
+        .expect("list clones")
+        .into_inner()
+        .clones
+        .into_iter()
+        .map(|c| c.agent_id)
+        .collect();
 
     // Flush on a blocking thread while this runtime serves the exporter's channel.
     let p = provider.clone();
@@ -223,6 +257,14 @@ async fn a_deploy_is_one_trace_with_agent_spans_under_the_coordinators() {
             "no {method} span in the trace: {agent:#?}"
         );
     }
+    // One shipment per agent and run: the clones of an agent wait for it rather than
+    // each asking the agent what it has.
+    let asked = agent.iter().filter(|s| s.name == "agent HasBlobs").count();
+    assert_eq!(
+        asked,
+        used.len(),
+        "HasBlobs calls against agents used: {used:?}"
+    );
     for a in &agent {
         let parent = by_id[a.parent.as_str()];
         assert!(

@@ -153,6 +153,7 @@ impl Run {
                 Err(e) => {
                     tracing::warn!(clone = %c.name, agent = %agent.id, error = %e, "bring-up failed");
                     self.inner.agents.forget(&agent.grpc_endpoint).await;
+                    self.forget_shipped(&agent.grpc_endpoint);
                     let failed_on = agent.id.clone();
                     let mut avoid = c.failed_agents.clone();
                     avoid.push(failed_on.clone());
@@ -195,6 +196,15 @@ impl Run {
         Ok(())
     }
 
+    /// Forgets what this run shipped to the agent at `endpoint`.
+    fn forget_shipped(&self, endpoint: &str) {
+        let prefix = format!("{endpoint} ");
+        self.shipped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| !k.starts_with(&prefix));
+    }
+
     async fn create_on(
         &self,
         c: &Clone,
@@ -207,12 +217,23 @@ impl Run {
         let hv = hypervisor_on(&self.spec, agent);
         let kernel = kernels.for_hypervisor(hv);
         let shipping = std::time::Instant::now();
-        self.inner
-            .agents
-            .ship(ep, &[kernel, &built.image])
-            .instrument(tracing::info_span!("ship"))
-            .await
-            .map_err(|e| DeployError::agent("shipping", &e))?;
+        let once = {
+            let key = format!("{ep} {} {}", kernel.r.sha256, built.image.r.sha256);
+            let mut shipped = self.shipped.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(shipped.entry(key).or_default())
+        };
+        // Each clone's ship span covers its wait; the agent's calls hang under the span of
+        // the clone whose bring-up made them.
+        once.get_or_try_init(|| async {
+            self.inner
+                .agents
+                .ship(ep, &[kernel, &built.image])
+                .await
+                .map(drop)
+        })
+        .instrument(tracing::info_span!("ship"))
+        .await
+        .map_err(|e| DeployError::agent("shipping", &e))?;
         self.inner.metrics.phase("ship", shipping.elapsed());
         if let Some(u) = self
             .set_progress(&c.name, |k| {

@@ -45,6 +45,12 @@ pub(super) struct Run {
     generation: String,
     /// The deployment as stored by this run (spec revision, rollout).
     stored: Deployment,
+    /// What this run shipped, or found, on each agent (`ENDPOINT KERNEL-DIGEST
+    /// IMAGE-DIGEST`): every clone of an agent waits for that agent's one shipment
+    /// instead of asking it again (one `HasBlobs` per agent, not per clone, and no two
+    /// uploads of one blob at once). A bring-up that fails on an agent forgets its
+    /// entries, so a retry there asks again.
+    shipped: std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<()>>>>,
 }
 
 /// The `clone` span of `name` under `deploy` (see [`crate::telemetry`]), made on first use
@@ -74,6 +80,7 @@ impl Run {
             control_loop: false,
             generation: String::new(),
             stored: Deployment::default(),
+            shipped: std::sync::Mutex::default(),
         }
     }
 
