@@ -264,7 +264,7 @@ impl Agent {
         let n = name.to_owned();
         let (state, id, stats) = self
             .call(move |h| {
-                let l = h.find(&n)?.map(|(d, _)| d);
+                let l = h.summary(&n)?;
                 let stats = if with_stats && l.is_some() {
                     h.stats(&n).ok()
                 } else {

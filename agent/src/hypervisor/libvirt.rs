@@ -243,6 +243,12 @@ impl Hypervisor for Libvirt {
         Ok(summary(&d).map(|s| (s, xml)))
     }
 
+    fn summary(&self, name: &str) -> Result<Option<DomainSummary>> {
+        // Not `find`: formatting the domain's XML costs more than the lookup, and a
+        // create's answer and `GetDomain` need only the state.
+        Ok(self.lookup(name)?.as_ref().and_then(summary))
+    }
+
     fn capabilities_xml(&self) -> Result<String> {
         self.c()?.capabilities().map_err(hv)
     }

@@ -153,6 +153,10 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// One domain by name with its current XML (live when running), without listing the
     /// others; `None` when libvirt does not know it.
     fn find(&self, name: &str) -> Result<Option<(DomainSummary, String)>>;
+    /// One domain's summary by name, without its XML; `None` when libvirt does not know it.
+    fn summary(&self, name: &str) -> Result<Option<DomainSummary>> {
+        Ok(self.find(name)?.map(|(d, _)| d))
+    }
     /// libvirt's capabilities XML (host CPU, guest kinds, emulators; thesis annex V).
     fn capabilities_xml(&self) -> Result<String>;
     /// The host's name, CPUs, memory and versions.
