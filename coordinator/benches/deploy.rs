@@ -44,7 +44,6 @@ mod etcd_harness;
 #[path = "deploy/held.rs"]
 mod held;
 
-use napalm_coordinator::exports::ExportConfig;
 use napalm_coordinator::testing::{GridOptions, TestGrid};
 use napalm_proto::v1::*;
 use tokio_stream::StreamExt;
@@ -282,8 +281,13 @@ async fn run(
     let store_url = etcd.as_ref().map(|e| e.store_url());
     let mut redb = None;
     let grid = TestGrid::start_with(opts, |cfg| {
+        // Layers over NFS: the coordinator writes one export per clone (a ganesha file
+        // beside the registry's directory, nobody to reload) and every clone ships the
+        // same image. Before an etcd URL replaces the registry's path.
+        if over_nfs {
+            napalm_coordinator::testing::layers_over_nfs(cfg);
+        }
         let root = cfg.store.clone();
-        let dir = std::path::Path::new(&root).parent().unwrap().to_owned();
         match store_url {
             Some(url) => cfg.store = url,
             None => redb = Some(std::path::PathBuf::from(&root)),
@@ -292,19 +296,6 @@ async fn run(
         d.concurrency = concurrency;
         d.kernel_args = String::new();
         d.attempts = 1;
-        // Layers over NFS: the coordinator writes one export per clone (a ganesha file
-        // here, nobody to reload) and every clone ships the same image.
-        d.addresses = over_nfs.then(|| "10.64.0.1/16".parse().unwrap());
-        cfg.exports = over_nfs.then(|| ExportConfig {
-            root: dir.join("root"),
-            root_clients: "*".into(),
-            state_dir: dir.join("state"),
-            state_size: 16 << 20,
-            ganesha_file: Some(dir.join("ganesha-exports.conf")),
-            ganesha_pid_file: None,
-            exports_file: None,
-            exportfs: false,
-        });
     })
     .await
     .unwrap();

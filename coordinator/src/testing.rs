@@ -149,6 +149,28 @@ pub fn agent_config(state: &Path, token: Option<String>) -> napalm_agent::server
     c
 }
 
+/// Puts a grid's layers over NFS (for [`TestGrid::start_with`]): a pool of clone addresses
+/// and one export per clone, written to a ganesha file beside the registry that nobody
+/// reloads. Every clone then boots the same image, so each agent is shipped to once.
+pub fn layers_over_nfs(cfg: &mut ServeConfig) {
+    let Some(dir) = Path::new(&cfg.store).parent().map(Path::to_owned) else {
+        return;
+    };
+    if let Some(d) = cfg.deploy.as_mut() {
+        d.addresses = "10.64.0.1/16".parse().ok();
+    }
+    cfg.exports = Some(crate::exports::ExportConfig {
+        root: dir.join("root"),
+        root_clients: "*".into(),
+        state_dir: dir.join("state"),
+        state_size: 16 << 20,
+        ganesha_file: Some(dir.join("ganesha-exports.conf")),
+        ganesha_pid_file: None,
+        exports_file: None,
+        exportfs: false,
+    });
+}
+
 /// A deployment of `count` small clones (1 vCPU, 128 MiB) named `name`, for tests.
 pub fn spec(name: &str, count: u32) -> DeploymentSpec {
     DeploymentSpec {

@@ -18,7 +18,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use napalm_coordinator::testing::{spec, GridOptions, TestGrid};
+use napalm_coordinator::testing::{layers_over_nfs, spec, GridOptions, TestGrid};
 use napalm_proto::v1::*;
 use opentelemetry::trace::TracerProvider as _;
 use tokio_stream::StreamExt;
@@ -101,33 +101,14 @@ async fn a_deploy_is_one_trace_with_agent_spans_under_the_coordinators() {
     );
     let guard = tracing::subscriber::set_default(subscriber);
 
-    // Layers over NFS (a ganesha exports file nobody reloads): every clone boots the same
-    // image, so each agent is shipped to once.
+    // Layers over NFS: every clone boots the same image, so each agent is shipped to once.
     let grid = TestGrid::start_with(
         GridOptions {
             agents: 2,
             agent_token: Some("trace-token".into()),
             ..Default::default()
         },
-        |cfg| {
-            let dir = std::path::Path::new(&cfg.store)
-                .parent()
-                .expect("the store's directory")
-                .to_owned();
-            if let Some(d) = cfg.deploy.as_mut() {
-                d.addresses = Some("10.64.0.1/16".parse().expect("pool"));
-            }
-            cfg.exports = Some(napalm_coordinator::exports::ExportConfig {
-                root: dir.join("root"),
-                root_clients: "*".into(),
-                state_dir: dir.join("state"),
-                state_size: 16 << 20,
-                ganesha_file: Some(dir.join("ganesha-exports.conf")),
-                ganesha_pid_file: None,
-                exports_file: None,
-                exportfs: false,
-            });
-        },
+        layers_over_nfs,
     )
     .await
     .expect("grid starts");
