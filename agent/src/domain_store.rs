@@ -138,13 +138,17 @@ impl DomainStore {
         // A stat by path first: an unchanged record costs no open. A save renamed in
         // between is read below with its own stamp; one renamed after the stat makes
         // the next look read it again (a new inode).
+        let gone = |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                self.forget(name);
+                Ok(None)
+            } else {
+                Err(AgentError::io(&p, e))
+            }
+        };
         let md = match std::fs::metadata(&p) {
             Ok(md) => md,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.forget(name);
-                return Ok(None);
-            }
-            Err(e) => return Err(AgentError::io(&p, e)),
+            Err(e) => return gone(e),
         };
         if let Some((s, r)) = self.cached(name) {
             if s == Stamp::of(&md) {
@@ -153,11 +157,7 @@ impl DomainStore {
         }
         let mut f = match std::fs::File::open(&p) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.forget(name);
-                return Ok(None);
-            }
-            Err(e) => return Err(AgentError::io(&p, e)),
+            Err(e) => return gone(e),
         };
         let stamp = Stamp::of(&f.metadata().map_err(|e| AgentError::io(&p, e))?);
         let mut b = Vec::with_capacity(stamp.len as usize);

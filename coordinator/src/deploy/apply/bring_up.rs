@@ -198,11 +198,10 @@ impl Run {
 
     /// Forgets what this run shipped to the agent at `endpoint`.
     fn forget_shipped(&self, endpoint: &str) {
-        let prefix = format!("{endpoint} ");
         self.shipped
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, _| !k.starts_with(&prefix));
+            .retain(|(ep, _, _), _| ep != endpoint);
     }
 
     async fn create_on(
@@ -218,7 +217,11 @@ impl Run {
         let kernel = kernels.for_hypervisor(hv);
         let shipping = std::time::Instant::now();
         let once = {
-            let key = format!("{ep} {} {}", kernel.r.sha256, built.image.r.sha256);
+            let key = (
+                ep.clone(),
+                kernel.r.sha256.clone(),
+                built.image.r.sha256.clone(),
+            );
             let mut shipped = self.shipped.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(shipped.entry(key).or_default())
         };

@@ -45,13 +45,16 @@ pub(super) struct Run {
     generation: String,
     /// The deployment as stored by this run (spec revision, rollout).
     stored: Deployment,
-    /// What this run shipped, or found, on each agent (`ENDPOINT KERNEL-DIGEST
-    /// IMAGE-DIGEST`): every clone of an agent waits for that agent's one shipment
+    /// What this run shipped, or found, on each agent (endpoint, kernel digest, image
+    /// digest): every clone of an agent waits for that agent's one shipment
     /// instead of asking it again (one `HasBlobs` per agent, not per clone, and no two
     /// uploads of one blob at once). A bring-up that fails on an agent forgets its
     /// entries, so a retry there asks again.
-    shipped: std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<()>>>>,
+    shipped: std::sync::Mutex<Shipments>,
 }
+
+/// One shipment per (agent endpoint, kernel digest, image digest), done once.
+type Shipments = HashMap<(String, String, String), Arc<tokio::sync::OnceCell<()>>>;
 
 /// The `clone` span of `name` under `deploy` (see [`crate::telemetry`]), made on first use
 /// and kept in `spans` until the run ends.
