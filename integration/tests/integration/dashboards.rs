@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use napalm_integration::ganglia::{Ganglia, CLONES_CLUSTER};
 use napalm_integration::grid::{clone_address, Grid, GridOptions, HTTP};
@@ -148,6 +148,9 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
     };
 
     let t1 = Instant::now();
+    // The wall clock when the deploy began, read then: the clones' boot times are wall
+    // clock readings too (the RTC QEMU gives them is the host's).
+    let began_wall = unix_seconds(SystemTime::now());
     let out = g
         .napalmctl(&[
             "--output",
@@ -243,11 +246,8 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
     // The clones' own gmonds, through the collector: each clone under its own name, from
     // its own address, with what it measured inside (its memory, not the host's 24 GB; its
     // boot, after the deploy began).
-    let deploy_began = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-        .saturating_sub(t1.elapsed().as_secs() + 5);
+    // 5 s of slack: the RTC counts whole seconds and btime is rounded down.
+    let deploy_began = began_wall as u64 - 5;
     let host_of = |tree: &str, n: &str| -> Option<String> {
         let h = tree.split(&format!("<HOST NAME=\"{n}\"")).nth(1)?;
         Some(h.split("</HOST>").next()?.to_owned())
@@ -277,6 +277,7 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
             ganglia.logs()
         );
     };
+    let mut boots = Vec::new();
     for c in &clones {
         let name = c["clone"].as_str().expect("clone name");
         let host = host_of(&tree, name).expect("listed");
@@ -295,13 +296,44 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
         let boot: u64 = metric(&host, "boottime")
             .and_then(|v| v.parse().ok())
             .expect("boottime");
-        assert!(
-            boot >= deploy_began,
-            "{name} says it booted at {boot}, before the deploy began ({deploy_began})"
+        boots.push((name.to_owned(), boot));
+    }
+    if let Some((name, boot)) = boots.iter().find(|(_, b)| *b < deploy_began) {
+        // How far the host's wall clock moved apart from its monotonic clock since the
+        // deploy began (0 unless something stepped it).
+        let step = unix_seconds(SystemTime::now()) - began_wall - t1.elapsed().as_secs_f64();
+        // The clone's own view of its clock: what the kernel said when it set it.
+        let addr = clones
+            .iter()
+            .find(|c| c["clone"] == name.as_str())
+            .map(clone_address)
+            .unwrap_or_default();
+        let inside = g
+            .clone_sh(
+                &addr,
+                "date +%s; cat /proc/uptime; grep btime /proc/stat; \
+                 dmesg | grep -i -E 'clock|rtc|tsc|jiffies'",
+                Duration::from_secs(20),
+            )
+            .unwrap_or_else(|e| napalm_integration::error_chain(&e));
+        let all: Vec<String> = boots
+            .iter()
+            .map(|(n, b)| format!("{n} {:+.0} s", *b as f64 - began_wall))
+            .collect();
+        panic!(
+            "{name} says it booted at {boot}, before the deploy began ({began_wall:.0}, less \
+             5 s); the clones' boot times from the deploy's start: {}; the host's wall clock \
+             stepped by {step:+.1} s since (host now {:.0}); inside {name}:\n{inside}",
+            all.join(", "),
+            unix_seconds(SystemTime::now())
         );
     }
+    let after: Vec<f64> = boots.iter().map(|(_, b)| *b as f64 - began_wall).collect();
     println!(
-        "dashboards: the 8 clones report their own metrics through the collector ({CLONES_CLUSTER})"
+        "dashboards: the 8 clones report their own metrics through the collector \
+         ({CLONES_CLUSTER}); they booted {:+.0} to {:+.0} s after the deploy began",
+        after.iter().copied().fold(f64::INFINITY, f64::min),
+        after.iter().copied().fold(f64::NEG_INFINITY, f64::max)
     );
     // Each clone's host.image.id (OpenTelemetry's host resource) is the shared root's
     // digest: one value for the 8, and not the image they boot (base.img, with layers
@@ -526,4 +558,11 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
         t0.elapsed().as_secs_f64()
     );
     drop(ganglia);
+}
+
+/// `t` as seconds since the Unix epoch.
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs_f64()
 }
