@@ -100,6 +100,13 @@ async fn a_deploy_is_one_trace_with_agent_spans_under_the_coordinators() {
             .with_filter(filter),
     );
     let guard = tracing::subscriber::set_default(subscriber);
+    // A second registered dispatcher, held for the test. With exactly one registered,
+    // tracing-core computes a callsite's interest from the default of whichever thread
+    // reaches it first (tokio-rs/tracing#3611): when another test of this binary deploys
+    // on another thread (no subscriber there) and reaches `ship` or `create` first, the
+    // callsite is cached as never and this thread's deploy loses those spans. With two,
+    // interest is the union over every registered dispatcher, this one's included.
+    let _second_dispatcher = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
 
     // Layers over NFS: every clone boots the same image, so each agent is shipped to once.
     let grid = TestGrid::start_with(
