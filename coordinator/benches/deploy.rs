@@ -28,6 +28,12 @@
 //! running clone's watcher holds one, and what one change that answers them all costs
 //! (`deploy/held.rs`).
 //!
+//! `NAPALM_BENCH_WARM=1` deploys and removes one clone per agent before the timed deploy
+//! (untimed), so that it ships nothing: the control plane's figure without the agents
+//! filling their blob stores (see `warm`). After each deploy the bench also writes what the
+//! agents stored to a new file beside them and prints how long that took: the machine's
+//! cost of filling fresh memory, in the same run (see `fresh_memory`).
+//!
 //! `NAPALM_BENCH_PERF_CTL=FIFO` profiles the timed deploys alone: `mkfifo FIFO; perf record
 //! -a -D -1 --control fifo:FIFO -- sleep 600 &` before the bench, which writes `enable`
 //! and `disable` to FIFO around each timed deploy.
@@ -278,6 +284,8 @@ async fn run(
             .map(|a| a.endpoints.clone())
             .unwrap_or_default(),
     };
+    // What each agent stores: the kernel and the base image, once.
+    let shipped = agents as u64 * (opts.kernel_bytes + opts.base_bytes) as u64;
     let store_url = etcd.as_ref().map(|e| e.store_url());
     let mut redb = None;
     let grid = TestGrid::start_with(opts, |cfg| {
@@ -304,7 +312,11 @@ async fn run(
         Some(_) => Some(idle(idle_secs()).await),
         None => None,
     };
+    if env("NAPALM_BENCH_WARM", 0) != 0 {
+        warm(&mut c, tag, agents).await;
+    }
     perf_control("enable");
+    let cpu = cpu_used();
     let t = Instant::now();
     let mut s = c
         .deploy(DeployRequest {
@@ -337,9 +349,17 @@ async fn run(
         }
     }
     let took = t.elapsed();
+    let cpu = cpu_used() - cpu;
     perf_control("disable");
     let summary = summary.unwrap();
     assert_eq!(summary.succeeded, clones, "{summary:?}");
+    if apart.is_some() {
+        println!(
+            "    the coordinator's CPU during the deploy: {:.1} s ({:.2} ms per clone)",
+            cpu.as_secs_f64(),
+            cpu.as_secs_f64() * 1e3 / f64::from(clones)
+        );
+    }
     // Untimed figures of the deployed state.
     match &redb {
         Some(file) => println!(
@@ -359,6 +379,14 @@ async fn run(
         ),
     }
     time_listing(&mut c, &grid.coordinator.endpoint(), tag, clones).await;
+    let fill = fresh_memory(agent_dir.path(), shipped);
+    println!(
+        "    for scale, the machine: {:.2} GiB (what the agents stored) written to a new file \
+         beside them: {:.2} s, {:.2} GiB/s",
+        shipped as f64 / f64::from(1 << 30),
+        fill.as_secs_f64(),
+        shipped as f64 / f64::from(1 << 30) / fill.as_secs_f64()
+    );
     if let Some((cpu0, rss0)) = idle_agents {
         let (cpu1, rss1) = idle(idle_secs()).await;
         println!(
@@ -409,6 +437,93 @@ async fn run(
             _dirs: [dir, agent_dir],
         },
     )
+}
+
+/// `NAPALM_BENCH_WARM=1`: before the timed deploy, an untimed one of one clone per agent
+/// (spread), then its undeploy, so that every agent already holds the kernel and the base
+/// image, as hosts keep them from one deployment to the next. The timed deploy then ships
+/// nothing and measures the control plane without filling the agents' blob stores.
+async fn warm(
+    c: &mut napalm_proto::v1::coordinator_service_client::CoordinatorServiceClient<
+        tonic::transport::Channel,
+    >,
+    tag: &str,
+    agents: usize,
+) {
+    let name = format!("{tag}-warm");
+    for (verb, rid) in [("deploy", "warm"), ("undeploy", "warm-undeploy")] {
+        let mut s = if verb == "deploy" {
+            c.deploy(DeployRequest {
+                request_id: format!("{tag}-{rid}"),
+                spec: Some(DeploymentSpec {
+                    name: name.clone(),
+                    count: agents as u32,
+                    resources: Some(Resources {
+                        vcpus: 1,
+                        memory_bytes: 64 << 20,
+                    }),
+                    ..Default::default()
+                }),
+                dry_run: false,
+            })
+            .await
+        } else {
+            c.undeploy(UndeployRequest {
+                request_id: format!("{tag}-{rid}"),
+                name: name.clone(),
+                purge: true,
+            })
+            .await
+        }
+        .unwrap()
+        .into_inner();
+        let mut done = None;
+        while let Some(m) = s.next().await {
+            if let Some(deploy_progress::Event::Summary(x)) = m.unwrap().event {
+                done = Some(x.succeeded);
+            }
+        }
+        assert_eq!(done, Some(agents as u32), "warm-up {verb}");
+        if verb == "deploy" {
+            // Every agent got one (and so its blobs), or the timed deploy would ship.
+            let on: std::collections::HashSet<String> = c
+                .list_clones(ListClonesRequest {
+                    deployment: name.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .clones
+                .into_iter()
+                .map(|k| k.agent_id)
+                .collect();
+            assert_eq!(on.len(), agents, "the warm-up reached every agent");
+        }
+    }
+    println!("    agents warmed (untimed): each holds the kernel and the base image");
+}
+
+/// How long writing `bytes` to a new file in `dir` takes (then removed). On tmpfs this is
+/// the cost of filling fresh memory, which is most of what storing the agents' blobs
+/// costs; on a virtual machine whose host backs memory lazily and takes freed pages back
+/// (free page reporting) it is several times the cost of a copy, and it moves from one
+/// hour to the next (2 GiB took 0.7 s, 4 GiB 6.7 s on this machine on December 2).
+fn fresh_memory(dir: &std::path::Path, bytes: u64) -> Duration {
+    use std::io::Write;
+    let path = dir.join("fresh-memory");
+    let chunk = vec![0x5a_u8; 1 << 20];
+    let t = Instant::now();
+    let mut f = std::fs::File::create(&path).unwrap();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n]).unwrap();
+        left -= n as u64;
+    }
+    drop(f);
+    let took = t.elapsed();
+    std::fs::remove_file(&path).unwrap();
+    took
 }
 
 /// With `NAPALM_BENCH_PERF_CTL=FIFO`, tells a `perf record -D -1 --control fifo:FIFO`
