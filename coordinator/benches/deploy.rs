@@ -321,15 +321,7 @@ async fn run(
     let mut s = c
         .deploy(DeployRequest {
             request_id: tag.into(),
-            spec: Some(DeploymentSpec {
-                name: tag.into(),
-                count: clones,
-                resources: Some(Resources {
-                    vcpus: 1,
-                    memory_bytes: 64 << 20,
-                }),
-                ..Default::default()
-            }),
+            spec: Some(spec(tag, clones)),
             dry_run: false,
         })
         .await
@@ -404,22 +396,11 @@ async fn run(
         }
     }
     // Untimed (see the header).
-    let mut u = c
-        .undeploy(UndeployRequest {
-            request_id: format!("{tag}-undeploy"),
-            name: tag.into(),
-            purge: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut removed = None;
-    while let Some(m) = u.next().await {
-        if let Some(deploy_progress::Event::Summary(x)) = m.unwrap().event {
-            removed = Some(x.succeeded);
-        }
-    }
-    assert_eq!(removed, Some(clones), "undeploy after the run");
+    assert_eq!(
+        undeploy(&mut c, format!("{tag}-undeploy"), tag).await,
+        Some(clones),
+        "undeploy after the run"
+    );
     let TestGrid {
         coordinator,
         agents,
@@ -439,6 +420,50 @@ async fn run(
     )
 }
 
+/// The deployment every deploy of this bench asks for: `count` clones of 1 vCPU, 64 MiB.
+fn spec(name: &str, count: u32) -> DeploymentSpec {
+    DeploymentSpec {
+        name: name.into(),
+        count,
+        resources: Some(Resources {
+            vcpus: 1,
+            memory_bytes: 64 << 20,
+        }),
+        ..Default::default()
+    }
+}
+
+/// How many clones a deploy's or undeploy's summary says succeeded, once its stream ends.
+async fn succeeded(mut s: tonic::Streaming<DeployProgress>) -> Option<u32> {
+    let mut done = None;
+    while let Some(m) = s.next().await {
+        if let Some(deploy_progress::Event::Summary(x)) = m.unwrap().event {
+            done = Some(x.succeeded);
+        }
+    }
+    done
+}
+
+/// Removes deployment `name` and its records; how many clones it removed.
+async fn undeploy(
+    c: &mut napalm_proto::v1::coordinator_service_client::CoordinatorServiceClient<
+        tonic::transport::Channel,
+    >,
+    request_id: String,
+    name: &str,
+) -> Option<u32> {
+    let s = c
+        .undeploy(UndeployRequest {
+            request_id,
+            name: name.into(),
+            purge: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    succeeded(s).await
+}
+
 /// `NAPALM_BENCH_WARM=1`: before the timed deploy, an untimed one of one clone per agent
 /// (spread), then its undeploy, so that every agent already holds the kernel and the base
 /// image, as hosts keep them from one deployment to the next. The timed deploy then ships
@@ -451,55 +476,34 @@ async fn warm(
     agents: usize,
 ) {
     let name = format!("{tag}-warm");
-    for (verb, rid) in [("deploy", "warm"), ("undeploy", "warm-undeploy")] {
-        let mut s = if verb == "deploy" {
-            c.deploy(DeployRequest {
-                request_id: format!("{tag}-{rid}"),
-                spec: Some(DeploymentSpec {
-                    name: name.clone(),
-                    count: agents as u32,
-                    resources: Some(Resources {
-                        vcpus: 1,
-                        memory_bytes: 64 << 20,
-                    }),
-                    ..Default::default()
-                }),
-                dry_run: false,
-            })
-            .await
-        } else {
-            c.undeploy(UndeployRequest {
-                request_id: format!("{tag}-{rid}"),
-                name: name.clone(),
-                purge: true,
-            })
-            .await
-        }
+    let deployed = c
+        .deploy(DeployRequest {
+            request_id: name.clone(),
+            spec: Some(spec(&name, agents as u32)),
+            dry_run: false,
+        })
+        .await
         .unwrap()
         .into_inner();
-        let mut done = None;
-        while let Some(m) = s.next().await {
-            if let Some(deploy_progress::Event::Summary(x)) = m.unwrap().event {
-                done = Some(x.succeeded);
-            }
-        }
-        assert_eq!(done, Some(agents as u32), "warm-up {verb}");
-        if verb == "deploy" {
-            // Every agent got one (and so its blobs), or the timed deploy would ship.
-            let on: std::collections::HashSet<String> = c
-                .list_clones(ListClonesRequest {
-                    deployment: name.clone(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .clones
-                .into_iter()
-                .map(|k| k.agent_id)
-                .collect();
-            assert_eq!(on.len(), agents, "the warm-up reached every agent");
-        }
-    }
+    assert_eq!(succeeded(deployed).await, Some(agents as u32), "warm-up");
+    // Every agent got one (and so its blobs), or the timed deploy would ship.
+    let on: std::collections::HashSet<String> = c
+        .list_clones(ListClonesRequest {
+            deployment: name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .clones
+        .into_iter()
+        .map(|k| k.agent_id)
+        .collect();
+    assert_eq!(on.len(), agents, "the warm-up reached every agent");
+    assert_eq!(
+        undeploy(c, format!("{name}-undeploy"), &name).await,
+        Some(agents as u32),
+        "warm-up's undeploy"
+    );
     println!("    agents warmed (untimed): each holds the kernel and the base image");
 }
 
