@@ -249,6 +249,21 @@ pub const FAST_BOOT_ARGS: [(&str, &str); 6] = [
     ),
 ];
 
+/// The argument a QEMU TCG guest always gets, and why: its clock must not run on its TSC.
+///
+/// Under TCG the guest's TSC is the host's, and the kernel calibrates its frequency by
+/// timing emulated timers in busy loops. On a loaded host the vCPU is descheduled inside
+/// those loops: one clone of an 8-clone deploy measured `PIT calibration deviates from
+/// HPET: 63156 2297697` (kHz), and the kernel, which trusts the PIT then, took its TSC for
+/// 63 MHz. Its clock then ran 36 times fast from 3 s of boot until the clocksource watchdog
+/// caught it, 160 s later by the guest's count: the RTC set the wall clock right in between
+/// (`rtc_cmos: setting system clock`), so the guest believed it had booted 96 s before its
+/// QEMU started, and every timeout in it ran short. With the TSC marked unstable from the
+/// start the kernel keeps time with the HPET (or the PM timer; jiffies without ACPI), which
+/// QEMU drives from the host's clock. Not a boot-speed argument: `napalm.fastboot=0` keeps
+/// it. KVM and Xen guests have their paravirtual clocks and do not get it.
+pub const TCG_CLOCK_ARG: &str = "tsc=unstable";
+
 /// Among a host's own kernel arguments, this word leaves [`FAST_BOOT_ARGS`] out.
 pub const FAST_BOOT_OFF: &str = "napalm.fastboot=0";
 

@@ -328,6 +328,24 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
             unix_seconds(SystemTime::now())
         );
     }
+    // Whatever the load during its boot, a TCG clone keeps time off its TSC, whose
+    // calibration a descheduled vCPU can throw off by 36x (`TCG_CLOCK_ARG`).
+    let first = clone_address(&clones[0]);
+    let clock = g
+        .clone_sh(
+            &first,
+            "cat /sys/devices/system/clocksource/clocksource0/current_clocksource; \
+             dmesg | grep -c 'Marking TSC unstable due to boot parameter'",
+            Duration::from_secs(20),
+        )
+        .expect("the clone's clocksource");
+    let mut lines = clock.lines().map(str::trim);
+    let (source, marked) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    assert!(
+        !source.starts_with("tsc") && marked == "1",
+        "{first} keeps time on {source:?} (TSC marked unstable by the boot parameter: \
+         {marked:?}): {clock}"
+    );
     let after: Vec<f64> = boots.iter().map(|(_, b)| *b as f64 - began_wall).collect();
     println!(
         "dashboards: the 8 clones report their own metrics through the collector \

@@ -10,7 +10,7 @@ use napalm_proto::v1::{
     ScratchDisk,
 };
 
-use napalm_initramfs::cmdline::{fast_boot_args, KernelCmdline};
+use napalm_initramfs::cmdline::{fast_boot_args, KernelCmdline, TCG_CLOCK_ARG};
 use napalm_initramfs::ip::{IpConfig, StaticIp};
 use napalm_initramfs::rootspec::{Device, Role, RootParseError, RootSpec};
 
@@ -86,13 +86,14 @@ impl Run {
         let scratch = crate::deploy::scratch::scratch_spec(&self.spec)
             .map_err(|e| DeployError::Scratch(Arc::new(e)))?;
         // Only a QEMU guest without ACPI cannot calibrate its TSC (TCG: no HPET, no PM
-        // timer, no paravirtual clock).
-        let calibrated_tsc = match hypervisor_on(&self.spec, agent) {
-            Hypervisor::Qemu | Hypervisor::Unspecified => cfg.guest_acpi,
-            Hypervisor::Kvm | Hypervisor::Xen | Hypervisor::Test => true,
+        // timer, no paravirtual clock); no TCG guest keeps time on its TSC (`TCG_CLOCK_ARG`).
+        let (calibrated_tsc, tcg) = match hypervisor_on(&self.spec, agent) {
+            Hypervisor::Qemu | Hypervisor::Unspecified => (cfg.guest_acpi, true),
+            Hypervisor::Kvm | Hypervisor::Xen | Hypervisor::Test => (true, false),
         };
         let mut line = KernelCmdline::new(RootSpec::new(devices).map_err(bad)?, ip)
             .scratch(scratch)
+            .before(if tcg { TCG_CLOCK_ARG } else { "" })
             .before(fast_boot_args(&cfg.kernel_args, calibrated_tsc))
             .before(cfg.kernel_args.clone())
             .after(self.spec.kernel_args.clone());
