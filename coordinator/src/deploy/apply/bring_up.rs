@@ -24,7 +24,8 @@ use crate::deploy::{chain, DeployError};
 use crate::registry::RegistryError;
 
 impl Run {
-    /// The clone's kernel command line, as a value: the boot-speed defaults
+    /// The clone's kernel command line, as a value: for a QEMU TCG guest
+    /// [`napalm_initramfs::cmdline::TCG_CLOCK_ARG`], the boot-speed defaults
     /// ([`napalm_initramfs::cmdline::FAST_BOOT_ARGS`]), the site's arguments, `root=` (the
     /// spec's root, the clone's layer — over NFS or appended to its initramfs — and its
     /// upper layer: tmpfs, or its state image over NFS), `ip=` (its static address, or
