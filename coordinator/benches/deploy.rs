@@ -47,8 +47,15 @@ use std::time::{Duration, Instant};
 #[allow(dead_code)]
 mod etcd_harness;
 
+#[path = "deploy/agents.rs"]
+mod agents;
 #[path = "deploy/held.rs"]
 mod held;
+#[path = "deploy/machine.rs"]
+mod machine;
+
+use agents::{agents_child, AgentsApart};
+use machine::{cpu_used, fresh_memory, idle, idle_secs, peak_rss_mib};
 
 use napalm_coordinator::testing::{GridOptions, TestGrid};
 use napalm_proto::v1::*;
@@ -82,112 +89,6 @@ impl Phases {
                 last.as_secs_f64()
             );
         }
-    }
-}
-
-/// A field of this process's `/proc/self/status` in kB, as MiB.
-fn status_mib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-/// The process's peak resident set so far (`VmHWM`), MiB.
-fn peak_rss_mib() -> f64 {
-    status_mib("VmHWM:")
-}
-
-/// CPU time (user + system) this process has used.
-fn cpu_used() -> Duration {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-    };
-    tv(u.ru_utime) + tv(u.ru_stime)
-}
-
-/// CPU per second of wall time and resident set after idling `secs`.
-async fn idle(secs: u64) -> (f64, f64) {
-    let (c, t) = (cpu_used(), Instant::now());
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    (
-        (cpu_used() - c).as_secs_f64() / t.elapsed().as_secs_f64(),
-        status_mib("VmRSS:"),
-    )
-}
-
-fn idle_secs() -> u64 {
-    env("NAPALM_BENCH_IDLE", 10) as u64
-}
-
-/// Agent mode (the child of `NAPALM_BENCH_AGENTS_APART=1`): starts the agents, prints their
-/// endpoints one per line, and stops them when stdin closes.
-fn agents_child(dir: &str) {
-    use std::io::{BufRead, Write};
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let opts = GridOptions {
-        agents: env("NAPALM_BENCH_AGENTS", 50),
-        agent_token: None,
-        ..Default::default()
-    };
-    let agents = rt
-        .block_on(napalm_coordinator::testing::start_agents(
-            &opts,
-            std::path::Path::new(dir),
-        ))
-        .unwrap();
-    let mut out = std::io::stdout().lock();
-    for a in &agents {
-        writeln!(out, "http://{}", a.grpc_addr.unwrap()).unwrap();
-    }
-    out.flush().unwrap();
-    drop(out);
-    for _ in std::io::stdin().lock().lines() {}
-    rt.block_on(async {
-        for a in agents {
-            a.stop().await;
-        }
-    });
-}
-
-/// The agents' child process; stopped when dropped (its stdin closes).
-struct AgentsApart {
-    child: std::process::Child,
-    endpoints: Vec<String>,
-}
-
-impl AgentsApart {
-    fn start(agents: usize, dir: &std::path::Path) -> Self {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .env("NAPALM_BENCH_AGENTS_CHILD", dir)
-            .env("NAPALM_BENCH_AGENTS", agents.to_string())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = std::io::BufReader::new(child.stdout.take().unwrap());
-        let endpoints: Vec<String> = out.lines().take(agents).map(Result::unwrap).collect();
-        assert_eq!(
-            endpoints.len(),
-            agents,
-            "the agents' process started them all"
-        );
-        Self { child, endpoints }
-    }
-}
-
-impl Drop for AgentsApart {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
     }
 }
 
@@ -505,29 +406,6 @@ async fn warm(
         "warm-up's undeploy"
     );
     println!("    agents warmed (untimed): each holds the kernel and the base image");
-}
-
-/// How long writing `bytes` to a new file in `dir` takes (then removed). On tmpfs this is
-/// the cost of filling fresh memory, which is most of what storing the agents' blobs
-/// costs; on a virtual machine whose host backs memory lazily and takes freed pages back
-/// (free page reporting) it is several times the cost of a copy, and it moves from one
-/// hour to the next (2 GiB took 0.7 s, 4 GiB 6.7 s on this machine on December 2).
-fn fresh_memory(dir: &std::path::Path, bytes: u64) -> Duration {
-    use std::io::Write;
-    let path = dir.join("fresh-memory");
-    let chunk = vec![0x5a_u8; 1 << 20];
-    let t = Instant::now();
-    let mut f = std::fs::File::create(&path).unwrap();
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
-        f.write_all(&chunk[..n]).unwrap();
-        left -= n as u64;
-    }
-    drop(f);
-    let took = t.elapsed();
-    std::fs::remove_file(&path).unwrap();
-    took
 }
 
 /// With `NAPALM_BENCH_PERF_CTL=FIFO`, tells a `perf record -D -1 --control fifo:FIFO`

@@ -238,7 +238,7 @@ pub async fn measure(
         answered.starts_with("0 "),
         "held requests answered with nothing changed (how many, the first's head): {answered}"
     );
-    let (cpu, rss) = super::idle(super::idle_secs()).await;
+    let (cpu, rss) = super::machine::idle(super::machine::idle_secs()).await;
     let n = clones.len() as f64;
     println!(
         "    {} held index requests (sent and parked in {:.1} s): coordinator idle {:.1} ms CPU/s, \
@@ -252,7 +252,7 @@ pub async fn measure(
     // One clone registers with an address other than the one it was given (as a clone
     // on DHCP would; 198.51.100.0/24 is for documentation): its line in every clone's
     // hosts changes, so every held request answers.
-    let cpu0 = super::cpu_used();
+    let cpu0 = super::machine::cpu_used();
     let woke = Instant::now();
     writeln!(to_child, "wake").unwrap();
     to_child.flush().unwrap();
@@ -269,7 +269,7 @@ pub async fn measure(
     .unwrap();
     assert_eq!(status, 200, "registering {}: {head}", first.name);
     let answered = from_child.next().unwrap().unwrap();
-    let cpu = (super::cpu_used() - cpu0).as_secs_f64();
+    let cpu = (super::machine::cpu_used() - cpu0).as_secs_f64();
     let f: Vec<&str> = answered.split_whitespace().collect();
     assert_eq!(f.first(), Some(&"answered"), "{answered}");
     println!(
