@@ -11,8 +11,8 @@
 //! names as slow, and the guest's interrupts (that the devices still get MSI-X).
 //!
 //! `cargo test -p napalm-initramfs --test initramfs -- --ignored boot_variants --nocapture`
-//! (`NAPALM_BENCH_VARIANTS=1,3` picks variants by number; `NAPALM_BENCH_KERNEL_ARGS="…"`
-//! adds one: the deployed machine plus these kernel arguments).
+//! (`NAPALM_BENCH_VARIANTS=4,9` picks variants by number; `NAPALM_BENCH_KERNEL_ARGS="a|b"`
+//! adds one per `|`-separated alternative: the deployed machine and arguments plus these).
 
 use super::support::*;
 use std::path::Path;
@@ -48,7 +48,8 @@ struct Samples {
     /// With `initcall_debug` among the kernel arguments: the kernel's init calls that took
     /// 10 ms or more, at the last boot.
     initcalls: String,
-    /// With `initcall_debug`: the pauses of 20 ms or more in the kernel's log.
+    /// With `initcall_debug`: the pauses of 20 ms (`NAPALM_BENCH_GAP_MS`) or more in the
+    /// kernel's log.
     gaps: Vec<String>,
 }
 
@@ -102,7 +103,7 @@ fn variants() -> Vec<Variant> {
             "",
         )),
         v(
-            "i440FX, ACPI, no USB or balloon (deployed)",
+            "i440FX, ACPI, no USB or balloon, no tsc=unstable (deployed until December 2)",
             "pc",
             true,
             false,
@@ -140,14 +141,27 @@ fn variants() -> Vec<Variant> {
             "acpi=noirq pnpacpi=off",
         )),
     ];
-    if let Ok(extra) = std::env::var("NAPALM_BENCH_KERNEL_ARGS") {
-        all.push(v(
-            &format!("i440FX, ACPI, no USB or balloon, {extra}"),
-            "pc",
-            true,
-            false,
-            &extra,
-        ));
+    // What the coordinator deploys on a QEMU TCG host: the clock argument, then the
+    // boot-speed ones.
+    let tcg = napalm_initramfs::cmdline::TCG_CLOCK_ARG;
+    all.push(v(
+        &format!("i440FX, ACPI, no USB or balloon, {tcg} (deployed)"),
+        "pc",
+        true,
+        false,
+        tcg,
+    ));
+    // One more variant per `|`-separated alternative.
+    if let Ok(extras) = std::env::var("NAPALM_BENCH_KERNEL_ARGS") {
+        for extra in extras.split('|').map(str::trim) {
+            all.push(v(
+                &format!("i440FX, ACPI, no USB or balloon, {tcg} {extra}"),
+                "pc",
+                true,
+                false,
+                &format!("{tcg} {extra}"),
+            ));
+        }
     }
     match std::env::var("NAPALM_BENCH_VARIANTS") {
         Ok(pick) => {
@@ -238,7 +252,12 @@ fn boot(kernel: &Path, img: &Path, port: u16, v: &Variant, into: &mut Samples) {
     into.irqs = field("NAPALM-IRQ ");
     into.inputs = field("NAPALM-INPUT ");
     // With initcall_debug: where the kernel's log pauses 20 ms or more (early boot has no
-    // init calls to name), the line that ends each pause.
+    // init calls to name), the line that ends each pause. `NAPALM_BENCH_GAP_MS` changes the
+    // threshold.
+    let gap_s = std::env::var("NAPALM_BENCH_GAP_MS")
+        .ok()
+        .and_then(|ms| ms.parse::<f64>().ok())
+        .map_or(0.02, |ms| ms / 1e3);
     let (mut last, mut before) = (0.0, "");
     into.gaps.clear();
     for l in q
@@ -253,7 +272,7 @@ fn boot(kernel: &Path, img: &Path, port: u16, v: &Variant, into: &mut Samples) {
         else {
             continue;
         };
-        if t - last >= 0.02 {
+        if t - last >= gap_s {
             into.gaps
                 .push(format!("{before}\n     +{:.0} ms → {l}", (t - last) * 1e3));
         }
