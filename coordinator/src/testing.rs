@@ -116,6 +116,7 @@ pub fn deploy_config(dir: &Path, opts: &GridOptions) -> Result<DeployConfig, Gri
         artifacts: ArtifactConfig {
             kernel,
             kernel_entry: crate::deploy::artifacts::KernelEntry::default(),
+            firmware: crate::deploy::artifacts::GuestFirmware::Default,
             base_image: base,
             sets: vec![napalm_overlay::default_sets_dir()],
             layers_dir: dir.join("layers"),

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use napalm_coordinator::deploy::addresses::AddressPool;
-use napalm_coordinator::deploy::artifacts::{ArtifactConfig, KernelEntry};
+use napalm_coordinator::deploy::artifacts::{ArtifactConfig, GuestFirmware, KernelEntry};
 use napalm_coordinator::deploy::DeployConfig;
 use napalm_coordinator::exports::ExportConfig;
 use napalm_coordinator::registry::agents::HeartbeatPolicy;
@@ -135,6 +135,13 @@ struct Cli {
     /// clones.
     #[arg(long, value_enum, default_value_t, env = "NAPALM_KERNEL_ENTRY")]
     kernel_entry: KernelEntry,
+    /// The firmware QEMU TCG clones booting through PVH start with. `auto`: qboot from
+    /// /usr/share/qemu/qboot.rom when this host has it (Debian's qemu-system-data), a BIOS
+    /// that only loads the kernel QEMU hands it (0.86x QEMU's CPU to /sbin/init against
+    /// SeaBIOS here), else libvirt's default; `default`: libvirt's SeaBIOS; or the path of
+    /// a ROM. Shipped to agents like the kernel. KVM and Xen clones keep their default.
+    #[arg(long, default_value_t, env = "NAPALM_GUEST_FIRMWARE")]
+    guest_firmware: GuestFirmware,
     /// Base initramfs built by napalm-mkinitramfs.
     #[arg(long, env = "NAPALM_BASE_IMAGE")]
     base_image: Option<PathBuf>,
@@ -371,6 +378,7 @@ async fn main() -> Result<()> {
                 artifacts: ArtifactConfig {
                     kernel: kernel.clone(),
                     kernel_entry: cli.kernel_entry,
+                    firmware: cli.guest_firmware.clone(),
                     base_image: base.clone(),
                     sets,
                     layers_dir: cli.layers_dir.clone(),

@@ -89,6 +89,7 @@ impl Deployer {
     pub async fn converge_all(&self) -> Result<Vec<String>, RegistryError> {
         let reg = &self.inner.registry;
         let agents = reg.list_agents(&[]).await?;
+        self.prefetch(&agents);
         let lost = self.lost(&agents);
         // A clone left half brought up on an agent that is down waits for the agent to come
         // back (the pass after picks it up) or to be lost.

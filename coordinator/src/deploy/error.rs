@@ -14,6 +14,18 @@ use crate::registry::RegistryError;
 /// A step of the deploy pipeline that failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DeployError {
+    /// The ROM `--guest-firmware` names is unreadable.
+    #[error(
+        "cannot read the guest firmware {} (--guest-firmware): give a readable ROM file, `auto` (qboot when installed) or `default` (libvirt's SeaBIOS)",
+        path.display()
+    )]
+    Firmware {
+        /// The ROM's path.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
     /// An input file of every clone (kernel, base initramfs) is unreadable.
     #[error(
         "cannot read the {what} {}; build it with napalm-mkinitramfs or pass another path",

@@ -23,6 +23,7 @@ mod error;
 pub mod nfs;
 mod normalize;
 mod place;
+mod prefetch;
 pub mod reconcile;
 pub mod report;
 pub mod restart;
@@ -123,6 +124,8 @@ struct Inner {
     /// One lock per deployment: a run (a client's, or the control loop's) and an undeploy
     /// never work on the same deployment at once.
     holds: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Boot artifacts shipped to agents ahead of their clones.
+    prefetch: prefetch::Prefetch,
 }
 
 /// A deployment as one control-loop pass sees it.
@@ -195,6 +198,7 @@ impl Deployer {
                 tokens,
                 metrics,
                 holds: Default::default(),
+                prefetch: prefetch::Prefetch::new(),
             }),
         }
     }

@@ -12,7 +12,7 @@ use napalm_proto::v1::{
 
 use crate::scheduler::{self, Amount, Candidate, Demand, Placement, Rejection};
 
-fn hypervisors(a: &Agent) -> Vec<Hypervisor> {
+pub(super) fn hypervisors(a: &Agent) -> Vec<Hypervisor> {
     a.capabilities
         .as_ref()
         .map(|c| {

@@ -71,7 +71,13 @@ pub struct Agents {
     token: Option<String>,
     trust: Option<crate::trust::Trust>,
     conns: Arc<Mutex<HashMap<String, Conn>>>,
+    /// Shipments in progress by (endpoint, blob digest): a second shipment of a blob to
+    /// the same agent (a deploy meeting the prefetch of its kernel) waits for the first,
+    /// then finds it present, instead of uploading the same bytes beside it.
+    uploads: Arc<std::sync::Mutex<Uploads>>,
 }
+
+type Uploads = HashMap<(String, String), Arc<Mutex<()>>>;
 
 /// A cached connection and, over mutual TLS, the agent id its certificate proved.
 #[derive(Clone)]
@@ -93,6 +99,7 @@ impl Agents {
             token,
             trust: None,
             conns: Arc::default(),
+            uploads: Arc::default(),
         }
     }
 
@@ -215,8 +222,42 @@ impl Agents {
         self.conns.lock().await.remove(endpoint);
     }
 
-    /// Sends the blobs the agent lacks; returns how many bytes were uploaded.
+    /// Sends the blobs the agent lacks; returns how many bytes were uploaded. Waits for
+    /// any other shipment of the same blobs to the same agent first.
     pub async fn ship(&self, endpoint: &str, blobs: &[&Blob]) -> Result<u64, Status> {
+        let mut digests: Vec<&str> = blobs.iter().map(|b| b.r.sha256.as_str()).collect();
+        // One order for every caller: two shipments of overlapping sets cannot deadlock.
+        digests.sort_unstable();
+        digests.dedup();
+        let locks: Vec<Arc<Mutex<()>>> = {
+            let mut uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+            digests
+                .iter()
+                .map(|d| {
+                    Arc::clone(
+                        uploads
+                            .entry((endpoint.to_owned(), (*d).to_owned()))
+                            .or_default(),
+                    )
+                })
+                .collect()
+        };
+        let mut held = Vec::with_capacity(locks.len());
+        for l in &locks {
+            held.push(l.lock().await);
+        }
+        let r = self.ship_held(endpoint, blobs).await;
+        drop(held);
+        drop(locks);
+        // Forget the locks no other shipment holds or waits for.
+        self.uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, l| Arc::strong_count(l) > 1);
+        r
+    }
+
+    async fn ship_held(&self, endpoint: &str, blobs: &[&Blob]) -> Result<u64, Status> {
         let mut c = self.client(endpoint).await?;
         let missing = c
             .has_blobs(HasBlobsRequest {

@@ -27,6 +27,9 @@ pub struct DomainParams<'a> {
     pub memory: u64,
     /// Artifact name of the kernel (`vmlinuz`: the bzImage, `vmlinux`: its ELF).
     pub kernel: &'a str,
+    /// Artifact name of a firmware ROM (`<loader type='rom'>`, QEMU's `-bios`) instead of
+    /// the hypervisor's default.
+    pub firmware: Option<&'a str>,
     /// Kernel command line.
     pub cmdline: &'a str,
     /// A writable disk artifact for a stateful upper layer.
@@ -143,12 +146,16 @@ pub fn domain_xml(hv: Hypervisor, p: &DomainParams<'_>) -> String {
 <name>{name}</name>\
 <memory unit='KiB'>{kib}</memory>\
 <vcpu>{vcpus}</vcpu>\
-<os><type arch='x86_64'{machine}>{os_type}</type><kernel>{kernel}</kernel><initrd>initrd.img</initrd><cmdline>{cmdline}</cmdline></os>\
+<os><type arch='x86_64'{machine}>{os_type}</type>{loader}<kernel>{kernel}</kernel><initrd>initrd.img</initrd><cmdline>{cmdline}</cmdline></os>\
 {features}<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>\
 <devices>{devices}</devices>\
 </domain>",
         name = esc(p.name),
         kernel = esc(p.kernel),
+        loader = p
+            .firmware
+            .map(|f| format!("<loader type='rom'>{}</loader>", esc(f)))
+            .unwrap_or_default(),
         vcpus = p.vcpus,
         cmdline = esc(p.cmdline),
     )
@@ -172,6 +179,7 @@ mod tests {
             vcpus: 1,
             memory: 512 << 20,
             kernel: "vmlinuz",
+            firmware: None,
             cmdline: "console=ttyS0 root=nfs:10.77.0.1::ro;layer:grid1-01;tmpfs:rw",
             state_disk: None,
             scratch_disks: &[],
@@ -181,6 +189,22 @@ mod tests {
             ip: None,
             acpi: false,
         }
+    }
+
+    #[test]
+    fn a_firmware_rom_is_the_loader_before_the_kernel() {
+        let with = DomainParams {
+            firmware: Some("firmware.rom"),
+            ..params()
+        };
+        let xml = domain_xml(Hypervisor::Qemu, &with);
+        assert!(
+            xml.contains(
+                "hvm</type><loader type='rom'>firmware.rom</loader><kernel>vmlinuz</kernel>"
+            ),
+            "{xml}"
+        );
+        assert!(!domain_xml(Hypervisor::Qemu, &params()).contains("<loader"));
     }
 
     #[test]

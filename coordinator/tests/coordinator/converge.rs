@@ -450,3 +450,52 @@ async fn a_clone_that_failed_to_come_up_is_retried_by_the_loop_after_a_backoff()
         a.stop().await;
     }
 }
+
+/// Whether the agent at `ep` holds the blob `sha256` of `size` bytes, by its own answer.
+async fn agent_has(ep: &str, sha256: &str, size: u64) -> bool {
+    let channel = tonic::transport::Channel::from_shared(ep.to_owned())
+        .expect("uri")
+        .connect()
+        .await
+        .expect("agent");
+    let mut c = napalm_proto::v1::agent_service_client::AgentServiceClient::with_interceptor(
+        channel,
+        |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {TOKEN}").parse().expect("ascii"),
+            );
+            Ok(r)
+        },
+    );
+    let blob = BlobRef {
+        sha256: sha256.to_owned(),
+        size,
+    };
+    let r = c
+        .has_blobs(HasBlobsRequest { blobs: vec![blob] })
+        .await
+        .expect("HasBlobs")
+        .into_inner();
+    r.missing.is_empty() && r.present.len() == 1
+}
+
+/// The control loop ships the kernel to every ready agent before any deploy asks for it,
+/// and the agents' own answers say they hold it.
+#[tokio::test]
+async fn agents_hold_the_kernel_before_the_first_deploy() {
+    use sha2::{Digest, Sha256};
+    let (g, _coord) = grid_with_a_fast_loop(|_| {}).await;
+    let kernel = std::fs::read(g.dir.path().join("vmlinuz")).expect("the grid's kernel");
+    let sha = hex::encode(Sha256::digest(&kernel));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for ep in &g.endpoints {
+        while !agent_has(ep, &sha, kernel.len() as u64).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agent {ep} still lacks the kernel 20 s after the grid started, with no deploy"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -359,7 +359,9 @@ fn domain_xml_for_every_hypervisor_passes_libvirts_schema() {
         Hypervisor::Xen,
         Hypervisor::Test,
     ] {
+        // A firmware ROM with the state disk, libvirt's default without.
         for disk in [None, Some("state.img")] {
+            let firmware = disk.map(|_| "firmware.rom");
             let xml = domain_xml(
                 hv,
                 &DomainParams {
@@ -367,6 +369,7 @@ fn domain_xml_for_every_hypervisor_passes_libvirts_schema() {
                     vcpus: 2,
                     memory: 512 << 20,
                     kernel: "vmlinuz",
+                    firmware,
                     cmdline:
                         "console=ttyS0 root=nfs:10.77.0.1:/:ro;layer:grid1-01:ro;tmpfs:rw ip=dhcp",
                     state_disk: disk,
@@ -384,6 +387,7 @@ fn domain_xml_for_every_hypervisor_passes_libvirts_schema() {
             let xml = xml
                 .replace(">vmlinuz<", &format!(">{files}/vmlinuz<"))
                 .replace(">initrd.img<", &format!(">{files}/initrd.img<"))
+                .replace(">firmware.rom<", &format!(">{files}/firmware.rom<"))
                 .replace("file='state.img'", &format!("file='{files}/state.img'"));
             let path = dir.path().join(format!("{hv:?}.xml"));
             std::fs::write(&path, &xml).expect("write xml");

@@ -29,6 +29,8 @@ struct Variant {
     /// The NIC behind a PCIe root port (where libvirt puts a device on a Q35 unless told
     /// otherwise) rather than on the root bus.
     root_port: bool,
+    /// QEMU's `-bios`: another firmware than its default SeaBIOS.
+    firmware: Option<&'static str>,
     kernel_args: String,
 }
 
@@ -73,6 +75,7 @@ fn variants() -> Vec<Variant> {
         acpi,
         default_devices,
         root_port: false,
+        firmware: None,
         kernel_args: format!("{} {extra}", fast(acpi)),
     };
     // The arguments before `noreplace-smp` came.
@@ -151,6 +154,18 @@ fn variants() -> Vec<Variant> {
         false,
         tcg,
     ));
+    // qboot: a firmware that only loads a kernel from fw_cfg (PVH included), without
+    // SeaBIOS's device and option ROM setup.
+    all.push(Variant {
+        firmware: Some("/usr/share/qemu/qboot.rom"),
+        ..v(
+            &format!("i440FX, ACPI, no USB or balloon, {tcg}, qboot"),
+            "pc",
+            true,
+            false,
+            tcg,
+        )
+    });
     // One more variant per `|`-separated alternative.
     if let Ok(extras) = std::env::var("NAPALM_BENCH_KERNEL_ARGS") {
         for extra in extras.split('|').map(str::trim) {
@@ -215,6 +230,9 @@ fn boot(kernel: &Path, img: &Path, port: u16, v: &Variant, into: &mut Samples) {
         "-device".into(),
         nic,
     ]);
+    if let Some(f) = v.firmware {
+        extra.extend(["-bios".to_owned(), f.to_owned()]);
+    }
     if v.default_devices {
         for d in ["piix3-usb-uhci", "virtio-balloon-pci"] {
             extra.extend(["-device".to_owned(), d.to_owned()]);

@@ -203,7 +203,7 @@ impl Run {
         self.shipped
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|(ep, _, _), _| ep != endpoint);
+            .retain(|(ep, ..), _| ep != endpoint);
     }
 
     async fn create_on(
@@ -217,12 +217,14 @@ impl Run {
         let ep = &agent.grpc_endpoint;
         let hv = hypervisor_on(&self.spec, agent);
         let kernel = kernels.for_hypervisor(hv);
+        let firmware = kernels.firmware_for(hv);
         let shipping = std::time::Instant::now();
         let once = {
             let key = (
                 ep.clone(),
                 kernel.r.sha256.clone(),
                 built.image.r.sha256.clone(),
+                firmware.map(|f| f.r.sha256.clone()),
             );
             let mut shipped = self.shipped.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(shipped.entry(key).or_default())
@@ -232,7 +234,13 @@ impl Run {
         once.get_or_try_init(|| async {
             self.inner
                 .agents
-                .ship(ep, &[kernel, &built.image])
+                .ship(
+                    ep,
+                    &std::iter::once(kernel)
+                        .chain(firmware)
+                        .chain([&built.image])
+                        .collect::<Vec<_>>(),
+                )
                 .await
                 .map(drop)
         })
@@ -275,6 +283,7 @@ impl Run {
                 vcpus: r.vcpus,
                 memory: r.memory_bytes,
                 kernel: &kernel.name,
+                firmware: firmware.map(|f| f.name.as_str()),
                 cmdline: &cmdline,
                 state_disk: None,
                 scratch_disks: &disk_names,
@@ -327,7 +336,14 @@ impl Run {
                     blob: Some(built.image.r.clone()),
                     writable: false,
                 },
-            ],
+            ]
+            .into_iter()
+            .chain(firmware.map(|f| napalm_proto::v1::Artifact {
+                name: f.name.clone(),
+                blob: Some(f.r.clone()),
+                writable: false,
+            }))
+            .collect(),
             start: true,
             // The control loop restarts a clone that died, with a budget and backoff,
             // then replaces it elsewhere; an agent restarting it too would hide deaths.

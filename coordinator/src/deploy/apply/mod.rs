@@ -53,8 +53,9 @@ pub(super) struct Run {
     shipped: std::sync::Mutex<Shipments>,
 }
 
-/// One shipment per (agent endpoint, kernel digest, image digest), done once.
-type Shipments = HashMap<(String, String, String), Arc<tokio::sync::OnceCell<()>>>;
+/// One shipment per (agent endpoint, kernel digest, image digest, firmware digest), done
+/// once.
+type Shipments = HashMap<(String, String, String, Option<String>), Arc<tokio::sync::OnceCell<()>>>;
 
 /// The `clone` span of `name` under `deploy` (see [`crate::telemetry`]), made on first use
 /// and kept in `spans` until the run ends.

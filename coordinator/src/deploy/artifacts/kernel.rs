@@ -42,6 +42,9 @@ pub struct Kernels {
     pub bzimage: Blob,
     /// Its uncompressed ELF, when QEMU/KVM clones boot it through PVH.
     pub pvh: Option<Blob>,
+    /// The firmware QEMU TCG clones start with instead of libvirt's default
+    /// (`super::firmware`).
+    pub firmware: Option<Blob>,
 }
 
 impl Kernels {
@@ -80,6 +83,7 @@ impl Kernels {
         Ok(Self {
             bzimage: Blob::new(BZIMAGE, bytes),
             pvh,
+            firmware: None,
         })
     }
 
@@ -101,6 +105,15 @@ impl Kernels {
         match (hv, &self.pvh) {
             (Hypervisor::Qemu | Hypervisor::Kvm | Hypervisor::Unspecified, Some(elf)) => elf,
             _ => &self.bzimage,
+        }
+    }
+
+    /// The firmware a clone on `hv` starts with, when not libvirt's default: QEMU TCG
+    /// clones that boot the kernel's ELF through PVH (what qboot was measured with).
+    pub fn firmware_for(&self, hv: Hypervisor) -> Option<&Blob> {
+        match (hv, &self.pvh) {
+            (Hypervisor::Qemu | Hypervisor::Unspecified, Some(_)) => self.firmware.as_ref(),
+            _ => None,
         }
     }
 }
@@ -139,5 +152,24 @@ mod tests {
         let bz = Kernels::load(&path, KernelEntry::Bzimage).expect("loads");
         assert_eq!(bz.for_hypervisor(Hypervisor::Qemu).name, BZIMAGE);
         assert_eq!(bz.bzimage.r, k.bzimage.r);
+    }
+
+    #[test]
+    fn only_qemu_tcg_clones_booting_through_pvh_get_the_firmware() {
+        let rom = Some(Blob::new(super::super::FIRMWARE, b"rom".to_vec()));
+        let elf = Blob::new(VMLINUX, b"elf".to_vec());
+        let pvh = Kernels {
+            bzimage: Blob::new(BZIMAGE, b"bz".to_vec()),
+            pvh: Some(elf),
+            firmware: rom.clone(),
+        };
+        for hv in [Hypervisor::Qemu, Hypervisor::Unspecified] {
+            assert!(pvh.firmware_for(hv).is_some(), "{hv:?}");
+        }
+        for hv in [Hypervisor::Kvm, Hypervisor::Xen, Hypervisor::Test] {
+            assert!(pvh.firmware_for(hv).is_none(), "{hv:?}");
+        }
+        let bz = Kernels { pvh: None, ..pvh };
+        assert!(bz.firmware_for(Hypervisor::Qemu).is_none());
     }
 }

@@ -18,9 +18,11 @@ use sha2::{Digest, Sha256};
 use super::ship::Blob;
 use super::DeployError;
 
+mod firmware;
 mod kernel;
 mod versions;
 
+pub use firmware::{GuestFirmware, FIRMWARE, QBOOT};
 pub use kernel::{KernelEntry, Kernels, BZIMAGE, VMLINUX};
 
 /// Where the inputs and outputs of clone artifacts are.
@@ -30,6 +32,8 @@ pub struct ArtifactConfig {
     pub kernel: PathBuf,
     /// Which entry QEMU/KVM clones boot it through (`--kernel-entry`).
     pub kernel_entry: KernelEntry,
+    /// Which firmware QEMU TCG clones start with (`--guest-firmware`).
+    pub firmware: GuestFirmware,
     /// The base initramfs built by `napalm-mkinitramfs`.
     pub base_image: PathBuf,
     /// Directories of template sets, searched in order.
@@ -103,7 +107,7 @@ pub type BuildResults = Vec<(String, Result<BuiltLayer, DeployError>)>;
 pub struct Artifacts {
     cfg: ArtifactConfig,
     kernels: OnceLock<Kernels>,
-    base: OnceLock<Arc<Vec<u8>>>,
+    base: OnceLock<Blob>,
 }
 
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, DeployError> {
@@ -124,21 +128,29 @@ impl Artifacts {
         }
     }
 
-    /// The kernel in the forms clones boot it (read, and its ELF extracted, once).
+    /// The kernel in the forms clones boot it, with the firmware that loads it (read, and
+    /// the kernel's ELF extracted, once).
     pub fn kernels(&self) -> Result<Kernels, DeployError> {
         if let Some(k) = self.kernels.get() {
             return Ok(k.clone());
         }
-        let k = Kernels::load(&self.cfg.kernel, self.cfg.kernel_entry)?;
+        let mut k = Kernels::load(&self.cfg.kernel, self.cfg.kernel_entry)?;
+        k.firmware = self.cfg.firmware.load(std::path::Path::new(QBOOT))?;
         Ok(self.kernels.get_or_init(|| k).clone())
     }
 
     fn base(&self) -> Result<Arc<Vec<u8>>, DeployError> {
+        Ok(self.base_blob()?.bytes)
+    }
+
+    /// The base initramfs as clones with their layer over NFS boot it (read and hashed
+    /// once).
+    pub fn base_blob(&self) -> Result<Blob, DeployError> {
         if let Some(b) = self.base.get() {
-            return Ok(Arc::clone(b));
+            return Ok(b.clone());
         }
-        let b = Arc::new(read(&self.cfg.base_image, "base initramfs")?);
-        Ok(Arc::clone(self.base.get_or_init(|| b)))
+        let b = Blob::new("initrd-base", read(&self.cfg.base_image, "base initramfs")?);
+        Ok(self.base.get_or_init(|| b).clone())
     }
 
     /// Whether every named template set exists; the error names the missing one and where
@@ -271,14 +283,7 @@ impl Artifacts {
         let layers_took = started.elapsed();
         if over_nfs || staged {
             // Every clone boots the same image; its layer comes over NFS.
-            let shared = Blob {
-                r: BlobRef {
-                    sha256: hex::encode(Sha256::digest(self.base()?.as_slice())),
-                    size: self.base()?.len() as u64,
-                },
-                bytes: self.base()?,
-                name: "initrd-base".into(),
-            };
+            let shared = self.base_blob()?;
             return Ok(clones
                 .iter()
                 .map(|c| {

@@ -142,6 +142,7 @@ mod tests {
         let a = Artifacts::new(ArtifactConfig {
             kernel: t.path().join("k"),
             kernel_entry: crate::deploy::artifacts::KernelEntry::default(),
+            firmware: crate::deploy::artifacts::GuestFirmware::Default,
             base_image: t.path().join("b"),
             sets: Vec::new(),
             layers_dir: t.path().to_owned(),
