@@ -28,6 +28,11 @@
 //! running clone's watcher holds one, and what one change that answers them all costs
 //! (`deploy/held.rs`).
 //!
+//! The coordinator's control loop ships the kernel and the base image to every agent as
+//! it registers (`deploy/prefetch.rs`); the bench waits until every agent holds them (and
+//! prints how long that took) before the timed deploy, which then ships nothing.
+//! `NAPALM_BENCH_PREFETCH=0` runs without the control loop: the timed deploy ships them.
+//!
 //! `NAPALM_BENCH_WARM=1` deploys and removes one clone per agent before the timed deploy
 //! (untimed), so that it ships nothing: the control plane's figure without the agents
 //! filling their blob stores (see `warm`). After each deploy the bench also writes what the
@@ -53,6 +58,8 @@ mod agents;
 mod held;
 #[path = "deploy/machine.rs"]
 mod machine;
+#[path = "deploy/prefetched.rs"]
+mod prefetched;
 
 use agents::{agents_child, AgentsApart};
 use machine::{cpu_used, fresh_memory, idle, idle_secs, peak_rss_mib};
@@ -189,6 +196,7 @@ async fn run(
     let shipped = agents as u64 * (opts.kernel_bytes + opts.base_bytes) as u64;
     let store_url = etcd.as_ref().map(|e| e.store_url());
     let mut redb = None;
+    let prefetch = env("NAPALM_BENCH_PREFETCH", 1) != 0;
     let grid = TestGrid::start_with(opts, |cfg| {
         // Layers over NFS: the coordinator writes one export per clone (a ganesha file
         // beside the registry's directory, nobody to reload) and every clone ships the
@@ -201,6 +209,10 @@ async fn run(
             Some(url) => cfg.store = url,
             None => redb = Some(std::path::PathBuf::from(&root)),
         }
+        // Without the control loop nothing ships ahead: the deploy ships it all.
+        if !prefetch {
+            cfg.converge_every = None;
+        }
         let d = cfg.deploy.as_mut().unwrap();
         d.concurrency = concurrency;
         d.kernel_args = String::new();
@@ -209,6 +221,15 @@ async fn run(
     .await
     .unwrap();
     let mut c = grid.client().await.unwrap();
+    if prefetch {
+        let endpoints = apart.as_ref().map_or(&grid.endpoints, |a| &a.endpoints);
+        let took = prefetched::wait(&grid, endpoints, over_nfs).await;
+        println!(
+            "    boot artifacts on all {agents} agents ahead of the deploy (the control loop, \
+             untimed): {:.1} s after the grid was up",
+            took.as_secs_f64()
+        );
+    }
     let idle_agents = match &apart {
         Some(_) => Some(idle(idle_secs()).await),
         None => None,

@@ -346,6 +346,27 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
         "{first} keeps time on {source:?} (TSC marked unstable by the boot parameter: \
          {marked:?}): {clock}"
     );
+    // And it started with qboot, shipped by the coordinator (`--guest-firmware auto`), not
+    // SeaBIOS: what its QEMU process was actually given.
+    if std::path::Path::new("/usr/share/qemu/qboot.rom").exists() {
+        let pid = std::fs::read_to_string(format!("/run/libvirt/qemu/{}.pid", names[0]))
+            .expect("the clone's QEMU pid file");
+        let argv = std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
+            .expect("the clone's QEMU command line");
+        let argv: Vec<String> = argv
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let bios = argv
+            .iter()
+            .position(|a| a == "-bios")
+            .and_then(|i| argv.get(i + 1));
+        assert!(
+            bios.is_some_and(|b| b.ends_with("/firmware.rom")),
+            "{} runs QEMU without the shipped qboot: -bios {bios:?}",
+            names[0]
+        );
+    }
     let after: Vec<f64> = boots.iter().map(|(_, b)| *b as f64 - began_wall).collect();
     println!(
         "dashboards: the 8 clones report their own metrics through the collector \
