@@ -151,17 +151,6 @@ impl Deployer {
             });
         }
     }
-
-    /// Whether the boot artifacts have been shipped to agent `id` ahead of its clones.
-    pub fn prefetched(&self, id: &str) -> bool {
-        self.inner
-            .prefetch
-            .by_agent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .is_some_and(|s| matches!(s.state, State::Done))
-    }
 }
 
 #[cfg(test)]
