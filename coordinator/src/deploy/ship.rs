@@ -222,39 +222,35 @@ impl Agents {
         self.conns.lock().await.remove(endpoint);
     }
 
-    /// Sends the blobs the agent lacks; returns how many bytes were uploaded. Waits for
-    /// any other shipment of the same blobs to the same agent first.
+    /// Sends the blobs the agent lacks; returns how many bytes were uploaded. Each blob
+    /// waits for any other shipment of it to the same agent first; one at a time, so that
+    /// a clone's own image never waits behind another's.
     pub async fn ship(&self, endpoint: &str, blobs: &[&Blob]) -> Result<u64, Status> {
-        let mut digests: Vec<&str> = blobs.iter().map(|b| b.r.sha256.as_str()).collect();
-        // One order for every caller: two shipments of overlapping sets cannot deadlock.
-        digests.sort_unstable();
-        digests.dedup();
-        let locks: Vec<Arc<Mutex<()>>> = {
-            let mut uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
-            digests
-                .iter()
-                .map(|d| {
-                    Arc::clone(
-                        uploads
-                            .entry((endpoint.to_owned(), (*d).to_owned()))
-                            .or_default(),
-                    )
-                })
-                .collect()
-        };
-        let mut held = Vec::with_capacity(locks.len());
-        for l in &locks {
-            held.push(l.lock().await);
+        let mut sent = 0;
+        for (i, blob) in blobs.iter().enumerate() {
+            if blobs[..i].iter().any(|b| b.r.sha256 == blob.r.sha256) {
+                continue;
+            }
+            let key = (endpoint.to_owned(), blob.r.sha256.clone());
+            let lock = Arc::clone(
+                self.uploads
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(key)
+                    .or_default(),
+            );
+            let held = lock.lock().await;
+            let r = self.ship_held(endpoint, &[blob]).await;
+            drop(held);
+            drop(lock);
+            // Forget the locks no other shipment holds or waits for.
+            self.uploads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|_, l| Arc::strong_count(l) > 1);
+            sent += r?;
         }
-        let r = self.ship_held(endpoint, blobs).await;
-        drop(held);
-        drop(locks);
-        // Forget the locks no other shipment holds or waits for.
-        self.uploads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, l| Arc::strong_count(l) > 1);
-        r
+        Ok(sent)
     }
 
     async fn ship_held(&self, endpoint: &str, blobs: &[&Blob]) -> Result<u64, Status> {

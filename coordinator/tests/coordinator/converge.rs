@@ -453,21 +453,7 @@ async fn a_clone_that_failed_to_come_up_is_retried_by_the_loop_after_a_backoff()
 
 /// Whether the agent at `ep` holds the blob `sha256` of `size` bytes, by its own answer.
 async fn agent_has(ep: &str, sha256: &str, size: u64) -> bool {
-    let channel = tonic::transport::Channel::from_shared(ep.to_owned())
-        .expect("uri")
-        .connect()
-        .await
-        .expect("agent");
-    let mut c = napalm_proto::v1::agent_service_client::AgentServiceClient::with_interceptor(
-        channel,
-        |mut r: tonic::Request<()>| {
-            r.metadata_mut().insert(
-                "authorization",
-                format!("Bearer {TOKEN}").parse().expect("ascii"),
-            );
-            Ok(r)
-        },
-    );
+    let mut c = crate::deploy::agent_client(ep).await;
     let blob = BlobRef {
         sha256: sha256.to_owned(),
         size,

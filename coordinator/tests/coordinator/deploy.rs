@@ -73,21 +73,37 @@ pub(crate) async fn refusal(
     err.expect("the stream ends with an error")
 }
 
-/// The running domains an agent owns, from the agent itself.
-pub(crate) async fn running_on(ep: &str) -> Vec<Domain> {
+/// Adds the agents' bearer token to a request.
+fn bearer(mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {TOKEN}").parse().expect("ascii"),
+    );
+    Ok(r)
+}
+
+/// A client of the agent at `ep`, with the agents' token.
+pub(crate) async fn agent_client(
+    ep: &str,
+) -> AgentServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+    >,
+> {
     let channel = tonic::transport::Channel::from_shared(ep.to_owned())
         .expect("uri")
         .connect()
         .await
         .expect("agent");
-    let mut c = AgentServiceClient::with_interceptor(channel, |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {TOKEN}").parse().expect("ascii"),
-        );
-        Ok(r)
-    });
-    c.list_domains(ListDomainsRequest::default())
+    AgentServiceClient::with_interceptor(channel, bearer as fn(_) -> _)
+}
+
+/// The running domains an agent owns, from the agent itself.
+pub(crate) async fn running_on(ep: &str) -> Vec<Domain> {
+    agent_client(ep)
+        .await
+        .list_domains(ListDomainsRequest::default())
         .await
         .expect("list")
         .into_inner()
@@ -542,4 +558,20 @@ async fn a_changed_layer_replaces_each_clones_domain_where_it_is() {
     for (name, id) in &ids_after {
         assert_ne!(id, &ids_before[name], "{name}'s domain was recreated");
     }
+}
+
+/// Two shipments of one blob to one agent at once (a deploy meeting the control loop's
+/// prefetch of the kernel) upload it once: the second waits, then finds it present.
+#[tokio::test]
+async fn one_blob_shipped_twice_at_once_to_an_agent_is_uploaded_once() {
+    use napalm_coordinator::deploy::ship::{Agents, Blob};
+    let g = grid().await;
+    let agents = Agents::new(Some(TOKEN.into()));
+    let blob = Blob::new("kernel", vec![9u8; 16 << 20]);
+    let ep = &g.endpoints[0];
+    let blobs = [&blob];
+    let (a, b) = tokio::join!(agents.ship(ep, &blobs), agents.ship(ep, &blobs));
+    let mut sent = [a.expect("first shipment"), b.expect("second shipment")];
+    sent.sort_unstable();
+    assert_eq!(sent, [0, 16 << 20], "bytes uploaded by each shipment");
 }
