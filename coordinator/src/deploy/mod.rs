@@ -7,6 +7,9 @@
 //! 3. [`apply`]: record, build layers ([`artifacts`]), export ([`nfs`]), ship and create
 //!    ([`ship`], [`xml`]), follow until each clone registers.
 //!
+//! Beside them, `prefetch`: the leader's control loop ships the boot artifacts every clone
+//! boots (kernel, firmware, base initramfs) to each ready agent before any deploy needs them.
+//!
 //! Re-running a deployment of the same name converges on the stored spec: clones already
 //! recorded keep their names and agents, missing ones are added, surplus ones removed, and
 //! domains an agent runs for this deployment that the registry does not assign to it are
