@@ -375,7 +375,8 @@ fn domain_xml_for_every_hypervisor_passes_libvirts_schema() {
         Hypervisor::Xen,
         Hypervisor::Test,
     ] {
-        // A firmware ROM with the state disk, libvirt's default without.
+        // A firmware ROM with the state disk, libvirt's default without (the XML carries
+        // it for QEMU/KVM only).
         for disk in [None, Some("state.img")] {
             let firmware = disk.map(|_| "firmware.rom");
             let xml = domain_xml(

@@ -246,11 +246,12 @@ async fn a_deploy_is_one_trace_with_agent_spans_under_the_coordinators() {
         );
     }
     // One shipment per agent and run: the clones of an agent wait for it rather than
-    // each asking the agent what it has.
+    // each asking the agent what it has. A shipment asks once per blob (the kernel and the
+    // image), each under its own upload lock (`Agents::ship`).
     let asked = agent.iter().filter(|s| s.name == "agent HasBlobs").count();
     assert_eq!(
         asked,
-        used.len(),
+        2 * used.len(),
         "HasBlobs calls against agents used: {used:?}"
     );
     for a in &agent {
