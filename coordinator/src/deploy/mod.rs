@@ -299,12 +299,17 @@ impl Deployer {
     /// Reads the kernel and, unless `--kernel-entry bzimage`, extracts the ELF QEMU/KVM
     /// clones boot through PVH (off the async workers; kept for every later deploy). An
     /// error with `--kernel-entry pvh` means that kernel cannot boot so: the coordinator
-    /// refuses to start rather than failing each deploy.
+    /// refuses to start rather than failing each deploy. Also reads and hashes the base
+    /// initramfs, which the control loop ships ahead (`prefetch`); a missing one is left
+    /// for the first deploy to report.
     pub async fn load_kernel(&self) -> Result<(), DeployError> {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || inner.artifacts.kernels().map(drop))
-            .await
-            .map_err(|_| DeployError::TaskPanicked("kernel extraction"))?
+        tokio::task::spawn_blocking(move || {
+            let _ = inner.artifacts.base_blob();
+            inner.artifacts.kernels().map(drop)
+        })
+        .await
+        .map_err(|_| DeployError::TaskPanicked("kernel extraction"))?
     }
 
     /// Whether QEMU/KVM clones must boot through the PVH entry (`--kernel-entry pvh`).
