@@ -74,11 +74,32 @@ impl EtcdPki {
     }
 }
 
+/// A loopback port free now, for a daemon started later (and restarted on it). Picked
+/// below the kernel's ephemeral range (`ip_local_port_range`), which the kernel hands to
+/// every `bind(:0)` and outgoing connection of the parallel tests: a port taken from that
+/// range could be given to one of them before the daemon binds it ("Address already in
+/// use", seen once in the coordinator's `crash::` tests). Below it only an explicit bind
+/// to the same number collides, and each call moves on to the next number.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    const FIRST: u32 = 10_000;
+    let span = ephemeral_low.saturating_sub(FIRST).max(1);
+    // Test processes that run at once start at different places.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = FIRST + (start + n) % span;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            drop(l);
+            return port as u16;
+        }
+    }
+    panic!("no free loopback port between {FIRST} and {ephemeral_low}")
 }
 
 impl Etcd {

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::etcd_harness::free_port;
 use napalm_coordinator::testing::{GridOptions, TestGrid};
 use napalm_proto::v1::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -149,13 +150,6 @@ async fn query(prom: SocketAddr, expr: &str) -> Result<Vec<f64>, String> {
                 .unwrap_or(f64::NAN)
         })
         .collect())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 fn artifacts_dir() -> PathBuf {

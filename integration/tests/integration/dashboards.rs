@@ -328,45 +328,9 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
             unix_seconds(SystemTime::now())
         );
     }
-    // Whatever the load during its boot, a TCG clone keeps time off its TSC, whose
-    // calibration a descheduled vCPU can throw off by 36x (`TCG_CLOCK_ARG`).
     let first = clone_address(&clones[0]);
-    let clock = g
-        .clone_sh(
-            &first,
-            "cat /sys/devices/system/clocksource/clocksource0/current_clocksource; \
-             dmesg | grep -c 'Marking TSC unstable due to boot parameter'",
-            Duration::from_secs(20),
-        )
-        .expect("the clone's clocksource");
-    let mut lines = clock.lines().map(str::trim);
-    let (source, marked) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-    assert!(
-        !source.starts_with("tsc") && marked == "1",
-        "{first} keeps time on {source:?} (TSC marked unstable by the boot parameter: \
-         {marked:?}): {clock}"
-    );
-    // And it started with qboot, shipped by the coordinator (`--guest-firmware auto`), not
-    // SeaBIOS: what its QEMU process was actually given.
-    if std::path::Path::new("/usr/share/qemu/qboot.rom").exists() {
-        let pid = std::fs::read_to_string(format!("/run/libvirt/qemu/{}.pid", names[0]))
-            .expect("the clone's QEMU pid file");
-        let argv = std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
-            .expect("the clone's QEMU command line");
-        let argv: Vec<String> = argv
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let bios = argv
-            .iter()
-            .position(|a| a == "-bios")
-            .and_then(|i| argv.get(i + 1));
-        assert!(
-            bios.is_some_and(|b| b.ends_with("/firmware.rom")),
-            "{} runs QEMU without the shipped qboot: -bios {bios:?}",
-            names[0]
-        );
-    }
+    crate::clone_machine::keeps_time_off_its_tsc(&g, &first);
+    crate::clone_machine::runs_the_shipped_qboot(&names[0]);
     let after: Vec<f64> = boots.iter().map(|(_, b)| *b as f64 - began_wall).collect();
     println!(
         "dashboards: the 8 clones report their own metrics through the collector \

@@ -3,6 +3,7 @@
 
 mod bench;
 mod clients;
+mod clone_machine;
 mod dashboards;
 mod debian;
 mod grid;
