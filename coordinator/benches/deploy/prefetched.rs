@@ -4,17 +4,14 @@
 
 use std::time::{Duration, Instant};
 
+use napalm_coordinator::deploy::ship::Blob;
 use napalm_coordinator::testing::TestGrid;
 use napalm_proto::v1::agent_service_client::AgentServiceClient;
 use napalm_proto::v1::{BlobRef, HasBlobsRequest};
-use sha2::{Digest, Sha256};
 
+/// The reference the coordinator ships the file at `path` under.
 fn blob(path: &std::path::Path) -> BlobRef {
-    let bytes = std::fs::read(path).unwrap();
-    BlobRef {
-        sha256: hex::encode(Sha256::digest(&bytes)),
-        size: bytes.len() as u64,
-    }
+    Blob::new("", std::fs::read(path).unwrap()).r
 }
 
 /// Waits until every agent of `grid` (at `endpoints`) holds the grid's kernel, and its

@@ -451,13 +451,10 @@ async fn a_clone_that_failed_to_come_up_is_retried_by_the_loop_after_a_backoff()
     }
 }
 
-/// Whether the agent at `ep` holds the blob `sha256` of `size` bytes, by its own answer.
-async fn agent_has(ep: &str, sha256: &str, size: u64) -> bool {
+/// Whether the agent at `ep` holds `blob`, by its own answer.
+async fn agent_has(ep: &str, blob: &BlobRef) -> bool {
     let mut c = crate::deploy::agent_client(ep).await;
-    let blob = BlobRef {
-        sha256: sha256.to_owned(),
-        size,
-    };
+    let blob = blob.clone();
     let r = c
         .has_blobs(HasBlobsRequest { blobs: vec![blob] })
         .await
@@ -470,13 +467,15 @@ async fn agent_has(ep: &str, sha256: &str, size: u64) -> bool {
 /// and the agents' own answers say they hold it.
 #[tokio::test]
 async fn agents_hold_the_kernel_before_the_first_deploy() {
-    use sha2::{Digest, Sha256};
     let (g, _coord) = grid_with_a_fast_loop(|_| {}).await;
-    let kernel = std::fs::read(g.dir.path().join("vmlinuz")).expect("the grid's kernel");
-    let sha = hex::encode(Sha256::digest(&kernel));
+    let kernel = napalm_coordinator::deploy::ship::Blob::new(
+        "vmlinuz",
+        std::fs::read(g.dir.path().join("vmlinuz")).expect("the grid's kernel"),
+    )
+    .r;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     for ep in &g.endpoints {
-        while !agent_has(ep, &sha, kernel.len() as u64).await {
+        while !agent_has(ep, &kernel).await {
             assert!(
                 std::time::Instant::now() < deadline,
                 "agent {ep} still lacks the kernel 20 s after the grid started, with no deploy"
