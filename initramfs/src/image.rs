@@ -4,6 +4,7 @@
 //! busybox for the rescue shell, then one appended segment per differentiation layer.
 
 use crate::cpio::{Archive, Entry};
+use crate::modsig::{self, ModuleSignatures, SignatureError};
 use crate::modules::{ModDep, ModuleError, ORDER_FILE};
 use sha2::{Digest, Sha256};
 use std::io::{self, Write};
@@ -53,6 +54,14 @@ pub enum ImageError {
     /// A layer name is unusable.
     #[error("layer name {0:?} must be non-empty and contain no `/`")]
     LayerName(String),
+    /// A module's signature could not be cut off.
+    #[error("module {path}: {source}")]
+    Signature {
+        /// The module file.
+        path: PathBuf,
+        /// What is wrong with its trailer.
+        source: SignatureError,
+    },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
@@ -83,6 +92,8 @@ pub struct ImageSpec {
     pub layers: Vec<(String, PathBuf)>,
     /// Compression of every segment.
     pub compression: Compression,
+    /// Whether modules keep their appended signatures (see [`crate::modsig`]).
+    pub module_signatures: ModuleSignatures,
     /// The fixed mtime of every entry.
     pub mtime: u32,
 }
@@ -244,13 +255,16 @@ pub fn build(spec: &ImageSpec) -> Result<Built, ImageError> {
         .as_ref()
         .and_then(|p| std::fs::read_to_string(p).ok())
         .is_some_and(|c| c.lines().any(|l| l == "CONFIG_MODULE_DECOMPRESS=y"));
+    let strip = spec.module_signatures == ModuleSignatures::Strip;
     let mut stored = Vec::new();
     for rel in &order {
         let src = kdir.join(rel);
         let compressed = [".ko.zst", ".ko.xz", ".ko.gz"]
             .iter()
             .any(|s| rel.ends_with(s));
-        let (dest, data) = if compressed && !kernel_decompresses {
+        // A signature is inside the compressed file: cutting it off means storing the
+        // module decompressed.
+        let (dest, mut data) = if compressed && (!kernel_decompresses || strip) {
             let plain = rel
                 .rsplit_once(".ko")
                 .map(|(b, _)| format!("{b}.ko"))
@@ -259,6 +273,12 @@ pub fn build(spec: &ImageSpec) -> Result<Built, ImageError> {
         } else {
             (rel.clone(), std::fs::read(&src).map_err(io_at(&src))?)
         };
+        if strip {
+            modsig::strip(&mut data).map_err(|source| ImageError::Signature {
+                path: src.clone(),
+                source,
+            })?;
+        }
         a.add(
             &format!("lib/modules/{}/{dest}", spec.kernel_version),
             Entry::File(0o644, data),
@@ -349,8 +369,83 @@ mod tests {
             busybox: None,
             layers: vec![("clone01".into(), layer)],
             compression: c,
+            module_signatures: ModuleSignatures::Keep,
             mtime: 0,
         }
+    }
+
+    /// `body` with a PKCS#7-typed signature trailer of `sig` bytes, as sign-file appends.
+    fn signed(body: &[u8], sig: usize) -> Vec<u8> {
+        let mut m = body.to_vec();
+        m.extend(std::iter::repeat_n(0x30, sig));
+        m.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0]);
+        m.extend_from_slice(&(sig as u32).to_be_bytes());
+        m.extend_from_slice(modsig::MARKER);
+        m
+    }
+
+    fn unpacked(bytes: &[u8], file: &str) -> Vec<u8> {
+        let t = tempfile::tempdir().unwrap();
+        let out = t.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let mut child = std::process::Command::new("cpio")
+            .args(["-i", "-d", "--quiet"])
+            .current_dir(&out)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+        assert!(child.wait().unwrap().success());
+        std::fs::read(out.join(file)).unwrap()
+    }
+
+    #[test]
+    fn strips_module_signatures_when_told_and_keeps_them_otherwise() {
+        let t = tempfile::tempdir().unwrap();
+        let mut s = spec(t.path(), Compression::None);
+        s.layers.clear();
+        let k = t.path().join("lib/modules/6.1.0-test/kernel/fs");
+        std::fs::write(k.join("sunrpc.ko"), signed(b"\x7fELF sunrpc", 600)).unwrap();
+        std::fs::write(
+            k.join("nfsv4.ko.zst"),
+            zstd::encode_all(&signed(b"\x7fELF nfsv4", 500)[..], 3).unwrap(),
+        )
+        .unwrap();
+        let at = |m: &str| format!("lib/modules/6.1.0-test/kernel/fs/{m}");
+        let kept = build(&s).unwrap();
+        assert_eq!(
+            unpacked(&kept.bytes, &at("sunrpc.ko")),
+            signed(b"\x7fELF sunrpc", 600)
+        );
+        s.module_signatures = ModuleSignatures::Strip;
+        let stripped = build(&s).unwrap();
+        assert_eq!(
+            unpacked(&stripped.bytes, &at("sunrpc.ko")),
+            b"\x7fELF sunrpc"
+        );
+        assert_eq!(unpacked(&stripped.bytes, &at("nfsv4.ko")), b"\x7fELF nfsv4");
+        // An unsigned module goes in as it is.
+        assert_eq!(
+            unpacked(&stripped.bytes, &at("overlay.ko")),
+            b"overlay-module"
+        );
+        // Where the kernel decompresses modules itself, stripping stores them decompressed.
+        let cfg = t.path().join("config");
+        std::fs::write(&cfg, "CONFIG_MODULE_DECOMPRESS=y\n").unwrap();
+        s.kernel_config = Some(cfg);
+        let b = build(&s).unwrap();
+        assert!(b.modules.contains(&"kernel/fs/nfsv4.ko".to_string()));
+        assert_eq!(unpacked(&b.bytes, &at("nfsv4.ko")), b"\x7fELF nfsv4");
+        // A trailer that lies is an error naming the module, not a truncated module.
+        let mut lying = signed(b"\x7fELF sunrpc", 10);
+        let n = lying.len() - modsig::MARKER.len();
+        lying[n - 4..n].copy_from_slice(&u32::MAX.to_be_bytes());
+        std::fs::write(k.join("sunrpc.ko"), lying).unwrap();
+        let e = build(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("sunrpc.ko") && e.contains("--module-signatures keep"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! (the coordinator) uses `default-features = false` and gets the grammar — `rootspec`
 //! (root=), `ip` (ip=, nameserver=), `scratch` (napalm.scratch=), `cmdline` (the command line, parsed as `BootConfig`
 //! or built as `KernelCmdline`) — and the builder: `cpio`, `image`, `modules`
-//! (modules.dep), `kernel` (bzImage → vmlinux with its PVH note). `testing` adds `testing::static_init`, the static napalm-init for QEMU
+//! (modules.dep), `modsig` (modules' appended signatures), `kernel` (bzImage → vmlinux with its PVH note). `testing` adds `testing::static_init`, the static napalm-init for QEMU
 //! tests.
 //!
 //! Guest map: `fsloader` (one module per root type), `whiteout` (portable → overlayfs
@@ -29,6 +29,7 @@ pub mod cpio;
 pub mod image;
 pub mod ip;
 pub mod kernel;
+pub mod modsig;
 pub mod modules;
 pub mod rootspec;
 pub mod scratch;

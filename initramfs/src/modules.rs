@@ -34,6 +34,28 @@ pub enum ModuleError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The kernel refused the module for its signature: it enforces signatures
+    /// (`module.sig_enforce=1`, a lockdown) and the module carries none it accepts.
+    #[error(
+        "loading module {path}: {source}: this kernel enforces module signatures \
+         (module.sig_enforce=1 or a lockdown) and napalm-mkinitramfs strips them by \
+         default; build the image with `napalm-mkinitramfs build --module-signatures keep`"
+    )]
+    Refused {
+        /// The module file.
+        path: PathBuf,
+        /// EKEYREJECTED (enforced) or EPERM (lockdown).
+        source: std::io::Error,
+    },
+}
+
+#[cfg(feature = "guest")]
+/// finit_module's error for `path`, telling a refused signature from other failures.
+fn load_error(path: PathBuf, source: std::io::Error) -> ModuleError {
+    match source.raw_os_error() {
+        Some(libc::EKEYREJECTED) | Some(libc::EPERM) => ModuleError::Refused { path, source },
+        _ => ModuleError::Load { path, source },
+    }
 }
 
 /// A module's canonical name: `kernel/fs/nfs/nfsv4.ko.zst` → `nfsv4`, `-` → `_`.
@@ -145,10 +167,7 @@ pub fn load_needed(
         let path = dir.join(&rel);
         let start = crate::timings::uptime();
         sys.finit_module(&path, "")
-            .map_err(|source| ModuleError::Load {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(|source| load_error(path.clone(), source))?;
         loaded.push((rel, crate::timings::uptime() - start));
     }
     Ok(loaded)
@@ -172,10 +191,7 @@ pub fn load_all(sys: &dyn Syscall, dir: &Path) -> Result<usize, ModuleError> {
     for rel in text.lines().filter(|l| !l.is_empty()) {
         let path = dir.join(rel);
         sys.finit_module(&path, "")
-            .map_err(|source| ModuleError::Load {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(|source| load_error(path.clone(), source))?;
         n += 1;
     }
     Ok(n)
@@ -268,5 +284,28 @@ kernel/fs/overlayfs/overlay.ko:
         sys.fail_on("finit_module /kernel/b.ko");
         let e = load_all(&sys, d.path()).unwrap_err().to_string();
         assert!(e.contains("kernel/b.ko"), "{e}");
+        assert!(!e.contains("--module-signatures"), "{e}");
+    }
+
+    #[cfg(feature = "guest")]
+    #[test]
+    fn a_refused_signature_says_how_to_build_the_image() {
+        for errno in [libc::EKEYREJECTED, libc::EPERM] {
+            let e = load_error(
+                PathBuf::from("/lib/modules/v/kernel/fs/nfs/nfsv4.ko"),
+                std::io::Error::from_raw_os_error(errno),
+            );
+            assert!(matches!(e, ModuleError::Refused { .. }));
+            let e = e.to_string();
+            assert!(
+                e.contains("nfsv4.ko") && e.contains("--module-signatures keep"),
+                "{e}"
+            );
+        }
+        let e = load_error(
+            PathBuf::from("x.ko"),
+            std::io::Error::from_raw_os_error(libc::ENOEXEC),
+        );
+        assert!(matches!(e, ModuleError::Load { .. }));
     }
 }

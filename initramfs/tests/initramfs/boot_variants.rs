@@ -2,7 +2,8 @@
 //! root booted as the coordinator's QEMU domains are (128 MiB, `qemu64`, the kernel's ELF
 //! through PVH, virtio-net without its ROM), one variant at a time, interleaved: the PC
 //! (i440FX or Q35), ACPI or not, libvirt's default USB controller and memory balloon or
-//! not, where the NIC sits, kernel arguments.
+//! not, where the NIC sits, the firmware, the modules' signatures kept or cut off, kernel
+//! arguments.
 //!
 //! For each variant, medians over `NAPALM_BENCH_BOOTS` boots (default 3): the host's time
 //! from QEMU's start to /sbin/init's first line, QEMU's CPU time by then, the guest's own
@@ -31,6 +32,9 @@ struct Variant {
     root_port: bool,
     /// QEMU's `-bios`: another firmware than its default SeaBIOS.
     firmware: Option<&'static str>,
+    /// The image's modules keep their signatures (napalm-mkinitramfs's
+    /// `--module-signatures keep`): each load hashes and verifies the module.
+    signed_modules: bool,
     kernel_args: String,
 }
 
@@ -76,6 +80,7 @@ fn variants() -> Vec<Variant> {
         default_devices,
         root_port: false,
         firmware: None,
+        signed_modules: false,
         kernel_args: format!("{} {extra}", fast(acpi)),
     };
     // The arguments before `noreplace-smp` came.
@@ -160,6 +165,21 @@ fn variants() -> Vec<Variant> {
         firmware: Some("/usr/share/qemu/qboot.rom"),
         ..v(
             &format!("i440FX, ACPI, no USB or balloon, {tcg}, qboot"),
+            "pc",
+            true,
+            false,
+            tcg,
+        )
+    });
+    // The same with the modules' signatures kept, as images were built until then.
+    all.push(Variant {
+        firmware: Some("/usr/share/qemu/qboot.rom"),
+        signed_modules: true,
+        ..v(
+            &format!(
+                "i440FX, ACPI, no USB or balloon, {tcg}, qboot, signed modules \
+                 (deployed until December 2)"
+            ),
             "pc",
             true,
             false,
@@ -351,12 +371,19 @@ fn bench_boot_variants() {
     )
     .unwrap();
     let (img, _) = initramfs(t.path(), &[]);
+    let signed = t.path().join("signed.img");
+    std::fs::write(
+        &signed,
+        base_image_with(napalm_initramfs::modsig::ModuleSignatures::Keep),
+    )
+    .unwrap();
     let nfs = Ganesha::start(&export);
     let variants = variants();
     let mut samples: Vec<Samples> = variants.iter().map(|_| Samples::default()).collect();
     for _ in 0..boots {
         for (v, s) in variants.iter().zip(samples.iter_mut()) {
-            boot(&elf, &img, nfs.port, v, s);
+            let img = if v.signed_modules { &signed } else { &img };
+            boot(&elf, img, nfs.port, v, s);
         }
     }
     eprintln!(

@@ -76,6 +76,7 @@ fn b_nfs_root_with_layer_and_tmpfs_upper() {
          echo from-clone > /etc/written-by-clone\n\
          [ -e /.unions/2-tmpfs/upper/etc/written-by-clone ] && echo NAPALM-WRITE-IN-UPPER\n\
          $bb grep -q '\"method\": \"dhcp\"' /run/napalm/boot.json && echo NAPALM-DHCP\n\
+         echo \"NAPALM-TAINTED=$($bb cat /proc/sys/kernel/tainted)\"\n\
          [ -e /.unions/2-tmpfs/upper/opt/pkg1/README ] && echo \"NAPALM-UNPACKED=$($bb cat /opt/pkg1/README)\"",
     );
     // Thesis 3.2.6: packages unpacked onto the tmpfs layer at boot.
@@ -114,6 +115,15 @@ fn b_nfs_root_with_layer_and_tmpfs_upper() {
     assert_has(&out, "NAPALM-OPAQUE-OK");
     assert_has(&out, "NAPALM-WRITE-IN-UPPER");
     assert_has(&out, "NAPALM-DHCP");
+    // The NFS client's modules were loaded without their signatures (cut off by the image
+    // builder): the kernel marks itself tainted E (unsigned module, 1 << 13).
+    let tainted: u64 = out
+        .split("NAPALM-TAINTED=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no taint line:\n{out}"));
+    assert_ne!(tainted & (1 << 13), 0, "modules loaded verified: {tainted}");
     assert_has(&out, "NAPALM-UNPACKED=pkg1");
     assert!(
         !export.join("etc/written-by-clone").exists(),
@@ -237,6 +247,17 @@ fn e_malformed_root_is_a_clear_error_not_a_panic() {
         assert_has(&out, &format!("== {name} ("));
     }
     assert_has(&out, "loop+nfs");
+    // The image's modules carry no signatures: a kernel that enforces them refuses the
+    // first, and napalm-init says how to build an image it takes.
+    let out = Qemu::run(
+        &img,
+        "root=nfs:10.0.2.100::ro;tmpfs:rw module.sig_enforce=1",
+        None,
+        None,
+    );
+    assert!(!out.contains("Kernel panic"), "{out}");
+    assert_has(&out, "FAILED at step 'modules'");
+    assert_has(&out, "--module-signatures keep");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Harness: static init build, image build, QEMU and ganesha guards that always clean up.
 
 use napalm_initramfs::image::{build, default_modules, layer_segment, Compression, ImageSpec};
+use napalm_initramfs::modsig::ModuleSignatures;
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -94,10 +95,21 @@ pub fn uptime_root(dir: &Path, then: &str) {
     .unwrap();
 }
 
-/// The base image (static init + default modules), built once per test process.
+/// The base image (static init + default modules, their signatures cut off as
+/// napalm-mkinitramfs and the grid build it), built once per test process.
 pub fn base_image() -> &'static [u8] {
-    static BASE: OnceLock<Vec<u8>> = OnceLock::new();
-    BASE.get_or_init(|| {
+    base_image_with(ModuleSignatures::Strip)
+}
+
+/// The base image with the modules' signatures kept or cut off.
+pub fn base_image_with(signatures: ModuleSignatures) -> &'static [u8] {
+    static STRIPPED: OnceLock<Vec<u8>> = OnceLock::new();
+    static SIGNED: OnceLock<Vec<u8>> = OnceLock::new();
+    let once = match signatures {
+        ModuleSignatures::Strip => &STRIPPED,
+        ModuleSignatures::Keep => &SIGNED,
+    };
+    once.get_or_init(|| {
         let (_, ver) = kernel();
         let (modules, optional) = default_modules(false);
         let spec = ImageSpec {
@@ -112,6 +124,7 @@ pub fn base_image() -> &'static [u8] {
             // As the grid's and napalm-mkinitramfs's default: uncompressed, with the
             // clones' layers appended compressed after it.
             compression: Compression::None,
+            module_signatures: signatures,
             mtime: 0,
         };
         build(&spec).expect("building the initramfs").bytes
