@@ -51,7 +51,7 @@ impl Grid {
             })?,
         });
         let (kernel, kver) = guest_kernel()?;
-        base_image(&self.dir.join("base.img"), &kver)?;
+        base_image(&self.dir.join("base.img"), &kver, opts.module_signatures)?;
         self.kernel = Some(kernel);
         let bridge = self.net.root_bridge()?;
         let name = format!("napalm-{bridge}");

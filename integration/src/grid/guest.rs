@@ -18,8 +18,12 @@ pub fn guest_kernel() -> Result<(PathBuf, String), GridError> {
 }
 
 /// Writes the base initramfs for `kernel_version`: the static napalm-init (built once by
-/// `napalm_initramfs::testing`) and the default modules.
-pub fn base_image(out: &Path, kernel_version: &str) -> Result<(), GridError> {
+/// `napalm_initramfs::testing`) and the default modules, their signatures kept or not.
+pub fn base_image(
+    out: &Path,
+    kernel_version: &str,
+    module_signatures: napalm_initramfs::modsig::ModuleSignatures,
+) -> Result<(), GridError> {
     use napalm_initramfs::image::{build, default_modules, Compression, ImageSpec};
     let (modules, optional) = default_modules(false);
     let spec = ImageSpec {
@@ -34,8 +38,7 @@ pub fn base_image(out: &Path, kernel_version: &str) -> Result<(), GridError> {
         // Uncompressed: a TCG guest spends 0.2-0.3 s of CPU decompressing 10 MB of zstd
         // (and building it at level 19 cost every grid seconds); shipped once per agent.
         compression: Compression::None,
-        // As napalm-mkinitramfs builds it by default: no module hashed at every load.
-        module_signatures: napalm_initramfs::modsig::ModuleSignatures::Strip,
+        module_signatures,
         mtime: 0,
     };
     let img = build(&spec).map_err(GridError::Image)?;

@@ -111,6 +111,9 @@ pub struct GridOptions {
     /// then speaks mutual TLS with the admin identity the coordinator wrote at start
     /// ([`Grid::admin_identity`]).
     pub insecure_plain: bool,
+    /// Whether the base initramfs's modules keep their signatures (napalm-mkinitramfs's
+    /// `--module-signatures`); cut off by default, as napalm-mkinitramfs builds it.
+    pub module_signatures: napalm_initramfs::modsig::ModuleSignatures,
 }
 
 impl Default for GridOptions {
@@ -131,6 +134,7 @@ impl Default for GridOptions {
             register_over_https: false,
             agent_args: Vec::new(),
             insecure_plain: true,
+            module_signatures: napalm_initramfs::modsig::ModuleSignatures::Strip,
         }
     }
 }
