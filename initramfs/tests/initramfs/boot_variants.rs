@@ -186,6 +186,18 @@ fn variants() -> Vec<Variant> {
             tcg,
         )
     });
+    // A Q35 with qboot: its _PRT is a fixed table (the i440FX's is an AML loop the guest
+    // interprets when virtio_pci enables the NIC's interrupt).
+    all.push(Variant {
+        firmware: Some("/usr/share/qemu/qboot.rom"),
+        ..v(
+            &format!("Q35, ACPI, no USB or balloon, {tcg}, qboot, NIC on the root bus"),
+            "q35",
+            true,
+            false,
+            tcg,
+        )
+    });
     // One more variant per `|`-separated alternative.
     if let Ok(extras) = std::env::var("NAPALM_BENCH_KERNEL_ARGS") {
         for extra in extras.split('|').map(str::trim) {
