@@ -160,44 +160,32 @@ fn variants() -> Vec<Variant> {
         tcg,
     ));
     // qboot: a firmware that only loads a kernel from fw_cfg (PVH included), without
-    // SeaBIOS's device and option ROM setup.
-    all.push(Variant {
+    // SeaBIOS's device and option ROM setup; with the deployed arguments.
+    let qboot = |name: &str, machine| Variant {
         firmware: Some("/usr/share/qemu/qboot.rom"),
-        ..v(
-            &format!("i440FX, ACPI, no USB or balloon, {tcg}, qboot"),
-            "pc",
-            true,
-            false,
-            tcg,
-        )
-    });
+        ..v(name, machine, true, false, tcg)
+    };
+    all.push(qboot(
+        &format!("i440FX, ACPI, no USB or balloon, {tcg}, qboot"),
+        "pc",
+    ));
     // The same with the modules' signatures kept, as images were built until then.
     all.push(Variant {
-        firmware: Some("/usr/share/qemu/qboot.rom"),
         signed_modules: true,
-        ..v(
+        ..qboot(
             &format!(
                 "i440FX, ACPI, no USB or balloon, {tcg}, qboot, signed modules \
                  (deployed until December 2)"
             ),
             "pc",
-            true,
-            false,
-            tcg,
         )
     });
     // A Q35 with qboot: its _PRT is a fixed table (the i440FX's is an AML loop the guest
     // interprets when virtio_pci enables the NIC's interrupt).
-    all.push(Variant {
-        firmware: Some("/usr/share/qemu/qboot.rom"),
-        ..v(
-            &format!("Q35, ACPI, no USB or balloon, {tcg}, qboot, NIC on the root bus"),
-            "q35",
-            true,
-            false,
-            tcg,
-        )
-    });
+    all.push(qboot(
+        &format!("Q35, ACPI, no USB or balloon, {tcg}, qboot, NIC on the root bus"),
+        "q35",
+    ));
     // One more variant per `|`-separated alternative.
     if let Ok(extras) = std::env::var("NAPALM_BENCH_KERNEL_ARGS") {
         for extra in extras.split('|').map(str::trim) {
