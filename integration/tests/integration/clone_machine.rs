@@ -1,6 +1,6 @@
 //! Checks on a running clone's machine, from inside it and from its QEMU process: what the
-//! coordinator's kernel arguments and domain promise (under TCG a clock off the TSC, and
-//! the firmware it shipped).
+//! coordinator's kernel arguments and domain promise (under TCG a clock off the TSC, the
+//! firmware it shipped, a Q35 whose NIC keeps MSI-X).
 
 use std::time::Duration;
 
@@ -26,6 +26,43 @@ pub(crate) fn keeps_time_off_its_tsc(g: &Grid, address: &str) {
     );
 }
 
+/// The TCG clone `domain` at `address` is a Q35 (`xml::TCG_MACHINE`) and its NIC still
+/// takes its interrupts as MSI-X there, not through the legacy PIC: what its QEMU process
+/// was given, and the guest's /proc/interrupts.
+pub(crate) fn is_a_q35_with_msix(g: &Grid, address: &str, domain: &str) {
+    let argv = qemu_argv(domain);
+    let machine = argv
+        .iter()
+        .position(|a| a == "-machine")
+        .and_then(|i| argv.get(i + 1));
+    assert!(
+        machine.is_some_and(|m| m.starts_with("pc-q35")),
+        "{domain} runs QEMU as -machine {machine:?}, not a Q35"
+    );
+    let irqs = g
+        .clone_sh(
+            address,
+            "grep virtio /proc/interrupts",
+            Duration::from_secs(20),
+        )
+        .expect("the clone's interrupts");
+    assert!(
+        irqs.contains("PCI-MSI") && irqs.contains("input.0") && !irqs.contains("XT-PIC"),
+        "{address}'s NIC without MSI-X:\n{irqs}"
+    );
+}
+
+/// QEMU's arguments for the running domain `domain`.
+fn qemu_argv(domain: &str) -> Vec<String> {
+    let pid = std::fs::read_to_string(format!("/run/libvirt/qemu/{domain}.pid"))
+        .expect("the clone's QEMU pid file");
+    let argv = std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
+        .expect("the clone's QEMU command line");
+    argv.split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
 /// The clone `domain` started with qboot, which the coordinator shipped
 /// (`--guest-firmware auto`), not SeaBIOS: what its QEMU process was actually given. On a
 /// host without qboot there is nothing to ship and nothing to check.
@@ -33,14 +70,7 @@ pub(crate) fn runs_the_shipped_qboot(domain: &str) {
     if !std::path::Path::new("/usr/share/qemu/qboot.rom").exists() {
         return;
     }
-    let pid = std::fs::read_to_string(format!("/run/libvirt/qemu/{domain}.pid"))
-        .expect("the clone's QEMU pid file");
-    let argv = std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
-        .expect("the clone's QEMU command line");
-    let argv: Vec<String> = argv
-        .split(|b| *b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
+    let argv = qemu_argv(domain);
     let bios = argv
         .iter()
         .position(|a| a == "-bios")

@@ -331,6 +331,7 @@ fn ganglia_web_frontend_shows_the_8_clones_in_chromium() {
     let first = clone_address(&clones[0]);
     crate::clone_machine::keeps_time_off_its_tsc(&g, &first);
     crate::clone_machine::runs_the_shipped_qboot(&names[0]);
+    crate::clone_machine::is_a_q35_with_msix(&g, &first, &names[0]);
     let after: Vec<f64> = boots.iter().map(|(_, b)| *b as f64 - began_wall).collect();
     println!(
         "dashboards: the 8 clones report their own metrics through the collector \
