@@ -183,7 +183,7 @@ fn variants() -> Vec<Variant> {
     // A Q35 with qboot: its _PRT is a fixed table (the i440FX's is an AML loop the guest
     // interprets when virtio_pci enables the NIC's interrupt).
     all.push(qboot(
-        &format!("Q35, ACPI, no USB or balloon, {tcg}, qboot, NIC on the root bus"),
+        &format!("Q35, ACPI, no USB or balloon, {tcg}, qboot, NIC on the root bus (deployed)"),
         "q35",
     ));
     // One more variant per `|`-separated alternative.
