@@ -374,14 +374,9 @@ mod tests {
         }
     }
 
-    /// `body` with a PKCS#7-typed signature trailer of `sig` bytes, as sign-file appends.
+    /// `body` with a PKCS#7 signature trailer of `sig` bytes.
     fn signed(body: &[u8], sig: usize) -> Vec<u8> {
-        let mut m = body.to_vec();
-        m.extend(std::iter::repeat_n(0x30, sig));
-        m.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0]);
-        m.extend_from_slice(&(sig as u32).to_be_bytes());
-        m.extend_from_slice(modsig::MARKER);
-        m
+        modsig::signed(body, sig, 2)
     }
 
     fn unpacked(bytes: &[u8], file: &str) -> Vec<u8> {

@@ -116,12 +116,14 @@ pub fn domain_xml(hv: Hypervisor, p: &DomainParams<'_>) -> String {
     if let Some(net) = p.network {
         // Clones boot their kernel directly: the NIC's option ROM (iPXE) would only cost
         // firmware time, which is seconds under TCG.
+        let address = if machine == TCG_MACHINE {
+            ROOT_BUS_NIC
+        } else {
+            ""
+        };
         let model = match hv {
             Hypervisor::Xen => String::new(),
-            Hypervisor::Qemu | Hypervisor::Unspecified => {
-                format!("<model type='virtio'/><rom bar='off'/>{ROOT_BUS_NIC}")
-            }
-            _ => "<model type='virtio'/><rom bar='off'/>".into(),
+            _ => format!("<model type='virtio'/><rom bar='off'/>{address}"),
         };
         // Anti-spoofing: clean-traffic binds the interface to its MAC and this address
         // (the agent's nftables port filter, or libvirt's nwfilter). QEMU/KVM only: Xen's and the test

@@ -58,15 +58,8 @@ fn main() -> Result<()> {
         &module_refs,
     )
     .context("building the busybox root with curl and gmond")?;
-    // `NAPALM_MODULE_SIGNATURES=keep`: the base image's modules keep their signatures
-    // (napalm-mkinitramfs's `--module-signatures`), the baseline of cutting them off.
-    let module_signatures = match std::env::var("NAPALM_MODULE_SIGNATURES") {
-        Ok(s) => s
-            .parse()
-            .map_err(anyhow::Error::msg)
-            .context("NAPALM_MODULE_SIGNATURES")?,
-        Err(_) => defaults.module_signatures,
-    };
+    let module_signatures =
+        napalm_integration::grid::module_signatures_from_env().map_err(anyhow::Error::msg)?;
     let opts = GridOptions {
         trust_cert_ttl: Some(Duration::from_secs(24 * 3600)),
         module_signatures,

@@ -116,6 +116,18 @@ pub struct GridOptions {
     pub module_signatures: napalm_initramfs::modsig::ModuleSignatures,
 }
 
+/// `NAPALM_MODULE_SIGNATURES` (`keep` or `strip`): the base image's modules with their
+/// signatures (the baseline the benches and the demo measure against) or, by default as
+/// [`GridOptions::default`], without.
+pub fn module_signatures_from_env() -> Result<napalm_initramfs::modsig::ModuleSignatures, String> {
+    match std::env::var("NAPALM_MODULE_SIGNATURES") {
+        Ok(s) => s
+            .parse()
+            .map_err(|e| format!("NAPALM_MODULE_SIGNATURES: {e}")),
+        Err(_) => Ok(napalm_initramfs::modsig::ModuleSignatures::Strip),
+    }
+}
+
 impl Default for GridOptions {
     fn default() -> Self {
         Self {

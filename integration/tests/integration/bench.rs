@@ -43,17 +43,6 @@ pub(crate) fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// The grid's base image modules' signatures: `NAPALM_BENCH_MODULE_SIGNATURES=keep` for
-/// the images built until December 2 (cut off by default, as napalm-mkinitramfs does).
-pub(crate) fn module_signatures() -> napalm_initramfs::modsig::ModuleSignatures {
-    match std::env::var("NAPALM_BENCH_MODULE_SIGNATURES") {
-        Ok(s) => s
-            .parse()
-            .unwrap_or_else(|e| panic!("NAPALM_BENCH_MODULE_SIGNATURES: {e}")),
-        Err(_) => napalm_initramfs::modsig::ModuleSignatures::Strip,
-    }
-}
-
 /// `--sets DIR` for the coordinator when `NAPALM_BENCH_SETS=DIR`, then the words (or the
 /// lines) of `NAPALM_BENCH_COORDINATOR_ARGS`.
 pub(crate) fn sets_args() -> Vec<String> {
@@ -441,7 +430,8 @@ fn bench_deploy_8_median_of_3() {
         keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
         agent_args,
         coordinator_args: sets_args(),
-        module_signatures: module_signatures(),
+        module_signatures: napalm_integration::grid::module_signatures_from_env()
+            .unwrap_or_else(|e| panic!("{e}")),
         ..Default::default()
     };
     let idle_s = env_usize("NAPALM_BENCH_IDLE_S", 10) as u64;

@@ -30,13 +30,9 @@ pub(crate) fn keeps_time_off_its_tsc(g: &Grid, address: &str) {
 /// takes its interrupts as MSI-X there, not through the legacy PIC: what its QEMU process
 /// was given, and the guest's /proc/interrupts.
 pub(crate) fn is_a_q35_with_msix(g: &Grid, address: &str, domain: &str) {
-    let argv = qemu_argv(domain);
-    let machine = argv
-        .iter()
-        .position(|a| a == "-machine")
-        .and_then(|i| argv.get(i + 1));
+    let machine = qemu_arg(domain, "-machine");
     assert!(
-        machine.is_some_and(|m| m.starts_with("pc-q35")),
+        machine.as_deref().is_some_and(|m| m.starts_with("pc-q35")),
         "{domain} runs QEMU as -machine {machine:?}, not a Q35"
     );
     let irqs = g
@@ -52,15 +48,18 @@ pub(crate) fn is_a_q35_with_msix(g: &Grid, address: &str, domain: &str) {
     );
 }
 
-/// QEMU's arguments for the running domain `domain`.
-fn qemu_argv(domain: &str) -> Vec<String> {
+/// The value after `flag` in the running domain `domain`'s QEMU command line.
+fn qemu_arg(domain: &str, flag: &str) -> Option<String> {
     let pid = std::fs::read_to_string(format!("/run/libvirt/qemu/{domain}.pid"))
         .expect("the clone's QEMU pid file");
     let argv = std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
         .expect("the clone's QEMU command line");
-    argv.split(|b| *b == 0)
+    let argv: Vec<String> = argv
+        .split(|b| *b == 0)
         .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
+        .collect();
+    let at = argv.iter().position(|a| a == flag)?;
+    argv.get(at + 1).cloned()
 }
 
 /// The clone `domain` started with qboot, which the coordinator shipped
@@ -70,13 +69,9 @@ pub(crate) fn runs_the_shipped_qboot(domain: &str) {
     if !std::path::Path::new("/usr/share/qemu/qboot.rom").exists() {
         return;
     }
-    let argv = qemu_argv(domain);
-    let bios = argv
-        .iter()
-        .position(|a| a == "-bios")
-        .and_then(|i| argv.get(i + 1));
+    let bios = qemu_arg(domain, "-bios");
     assert!(
-        bios.is_some_and(|b| b.ends_with("/firmware.rom")),
+        bios.as_deref().is_some_and(|b| b.ends_with("/firmware.rom")),
         "{domain} runs QEMU without the shipped qboot: -bios {bios:?}"
     );
 }
