@@ -71,7 +71,8 @@ pub(crate) fn runs_the_shipped_qboot(domain: &str) {
     }
     let bios = qemu_arg(domain, "-bios");
     assert!(
-        bios.as_deref().is_some_and(|b| b.ends_with("/firmware.rom")),
+        bios.as_deref()
+            .is_some_and(|b| b.ends_with("/firmware.rom")),
         "{domain} runs QEMU without the shipped qboot: -bios {bios:?}"
     );
 }
