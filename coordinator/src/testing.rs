@@ -135,6 +135,7 @@ pub fn deploy_config(dir: &Path, opts: &GridOptions) -> Result<DeployConfig, Gri
         addresses: None,
         layers_in_initramfs: false,
         guest_acpi: true,
+        boot_concurrency: Default::default(),
         exports: None,
         trust: None,
     })

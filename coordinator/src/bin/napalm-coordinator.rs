@@ -200,6 +200,13 @@ struct Cli {
     /// and its clock falls behind whenever its vCPU waits for the host's CPU.
     #[arg(long, env = "NAPALM_GUEST_ACPI", default_value_t = true, action = clap::ArgAction::Set)]
     guest_acpi: bool,
+    /// How many clones boot at once on one agent: `auto` (the default: as many as its host
+    /// has CPUs for QEMU/TCG guests, no limit for KVM and Xen), `off`, or a number. A
+    /// clone's domain is created once a slot is free; the slot is held until it registers,
+    /// fails or its boot timeout passes. Under TCG a boot's cost grows with its length, so
+    /// booting more guests than CPUs stretches them all.
+    #[arg(long, env = "NAPALM_BOOT_CONCURRENCY", default_value = "auto")]
+    boot_concurrency: napalm_coordinator::deploy::admission::BootConcurrency,
     /// Server-side directory of the reference root: the coordinator writes its NFS export
     /// (read-only) and clones mount nfs:SERVER:DIR. Unset: exports are managed by hand.
     #[arg(long, env = "NAPALM_EXPORT_ROOT")]
@@ -400,6 +407,7 @@ async fn main() -> Result<()> {
                 addresses: cli.clone_addresses,
                 layers_in_initramfs: cli.layers_in_initramfs,
                 guest_acpi: cli.guest_acpi,
+                boot_concurrency: cli.boot_concurrency,
                 exports: None,
                 // Filled by `server::start` from --trust-listen.
                 trust: None,

@@ -18,6 +18,7 @@
 //! a request id derived from the clone's layer hash, blobs are content-addressed.
 
 pub mod addresses;
+pub mod admission;
 mod apply;
 pub mod artifacts;
 pub mod converge;
@@ -106,6 +107,8 @@ pub struct DeployConfig {
     /// The cluster trust (`None`: none): agents at `https://` endpoints are dialed over
     /// mutual TLS and must prove the id the registry records for them.
     pub trust: Option<crate::trust::Trust>,
+    /// How many clones boot at once per agent ([`admission`]).
+    pub boot_concurrency: admission::BootConcurrency,
 }
 
 /// Runs deployments.
@@ -129,6 +132,8 @@ struct Inner {
     holds: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Boot artifacts shipped to agents ahead of their clones.
     prefetch: prefetch::Prefetch,
+    /// Each agent's boot slots, shared by every run.
+    admission: admission::Admission,
 }
 
 /// A deployment as one control-loop pass sees it.
@@ -191,6 +196,7 @@ impl Deployer {
     ) -> Self {
         let agents = Agents::new(cfg.agent_token.clone()).with_trust(cfg.trust.clone());
         let artifacts = Artifacts::new(cfg.artifacts.clone());
+        let admission = admission::Admission::new(cfg.boot_concurrency);
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -202,6 +208,7 @@ impl Deployer {
                 metrics,
                 holds: Default::default(),
                 prefetch: prefetch::Prefetch::new(),
+                admission,
             }),
         }
     }

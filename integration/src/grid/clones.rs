@@ -144,15 +144,23 @@ impl Grid {
         false
     }
 
-    /// Names of libvirt domains of this grid (none with [`Hypervisor::Test`]).
+    /// Names of libvirt domains of this grid (none with [`Hypervisor::Test`]): those named
+    /// with its prefix, and any other one its agents created (each keeps a directory per
+    /// domain in its state directory), so that a deployment named without the prefix does
+    /// not outlive the grid.
     pub fn domains(&self) -> Vec<String> {
         if self.hypervisor != Hypervisor::Qemu {
             return Vec::new();
         }
+        let recorded: std::collections::HashSet<String> = (0..self.agent_hosts.len())
+            .filter_map(|i| std::fs::read_dir(self.dir.join(format!("agent{i}/domains"))).ok())
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
         String::from_utf8_lossy(&virsh(&["list", "--all", "--name"]).stdout)
             .lines()
             .map(str::trim)
-            .filter(|n| n.starts_with(&self.domain_prefix))
+            .filter(|n| n.starts_with(&self.domain_prefix) || recorded.contains(*n))
             .map(str::to_owned)
             .collect()
     }

@@ -99,6 +99,8 @@ pub(crate) struct Deployed {
     /// Per clone registered at least 2 s before the deploy ended: the CPU its QEMU used
     /// per second from its registration to the end, while the others still booted.
     pub(crate) registered_cpu: Vec<f64>,
+    /// Per clone: the messages of its progress events, in order.
+    pub(crate) messages: BTreeMap<String, Vec<String>>,
 }
 
 /// Samples the CPU seconds of the QEMU of each of `names` every 250 ms until `stop`:
@@ -216,6 +218,7 @@ pub(crate) fn deploy_with(g: &Grid, name: &str, count: usize, memory: &str) -> D
         .expect("spawning napalmctl deploy");
     let stdout = child.stdout.take().expect("piped stdout");
     let mut reached: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    let mut messages: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut lines = Vec::new();
     for line in BufReader::new(stdout).lines().map_while(Result::ok) {
         let at = t.elapsed().as_secs_f64();
@@ -226,6 +229,9 @@ pub(crate) fn deploy_with(g: &Grid, name: &str, count: usize, memory: &str) -> D
                     .or_default()
                     .entry(p.to_owned())
                     .or_insert(at);
+                if let Some(m) = v["message"].as_str() {
+                    messages.entry(c.to_owned()).or_default().push(m.to_owned());
+                }
             }
         }
         lines.push(line);
@@ -267,6 +273,7 @@ pub(crate) fn deploy_with(g: &Grid, name: &str, count: usize, memory: &str) -> D
         took,
         reached,
         registered_cpu,
+        messages,
     }
 }
 

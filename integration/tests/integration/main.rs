@@ -2,6 +2,7 @@
 //! Each module is one capability checked end to end against the real machine.
 
 mod bench;
+mod boot_slots;
 mod clients;
 mod clone_machine;
 mod dashboards;

@@ -370,6 +370,27 @@ impl Run {
         {
             request.labels.insert("root".to_owned(), d);
         }
+        // A boot slot on the agent first (an older domain it replaces keeps running
+        // meanwhile): booting more TCG guests than the host has CPUs stretches every boot.
+        let admission = &self.inner.admission;
+        let slot = match admission.try_admit(agent, hv) {
+            Some(Err((booting, slots))) => {
+                self.report(
+                    c,
+                    &format!(
+                        "waiting to boot: {booting} clones booting on {} ({slots} at once)",
+                        agent.name
+                    ),
+                )
+                .await;
+                admission
+                    .admit(agent, hv)
+                    .instrument(tracing::info_span!("admit"))
+                    .await
+            }
+            Some(Ok(slot)) => Some(slot),
+            None => None,
+        };
         let agents = &self.inner.agents;
         let creating = std::time::Instant::now();
         // Every call to the agent from here to the running domain is in it.
@@ -436,6 +457,7 @@ impl Run {
         self.inner.metrics.phase("create", creating.elapsed());
         drop(create_span);
         let running = domain.state == DomainState::Running as i32;
+
         let now = crate::clock::timestamp(self.inner.registry.clock().now());
         if let Some(u) = self
             .set_progress(&c.name, |k| {
@@ -468,6 +490,16 @@ impl Run {
                 ),
             )
             .await;
+        }
+        // The slot stays taken while the clone boots, which its record now says (a domain
+        // only defined lets it go here).
+        if let (Some(slot), true) = (slot, running) {
+            tokio::spawn(crate::deploy::admission::hold_while_booting(
+                slot,
+                self.inner.registry.clone(),
+                c.name.clone(),
+                self.inner.boot_timeout(&self.spec),
+            ));
         }
         Ok(())
     }

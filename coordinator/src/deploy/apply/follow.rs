@@ -19,16 +19,19 @@ impl Run {
             .is_some_and(|a| hypervisor_on(&self.spec, a) == Hypervisor::Test)
     }
 
-    /// Waits until every running clone registered (or the timeout): clones on libvirt's
-    /// `test` driver run no guest, so they stop at RUNNING. Clones on their way up
-    /// (placed, not yet running) are waited for too: another run brings them up. A
-    /// booting clone gets a `boot` span under its `clone` span (in `spans`, made under
-    /// `deploy` if missing), ended when it registers, and then a `register` span marking
-    /// the registration.
+    /// Waits until every running clone registered: clones on libvirt's `test` driver run
+    /// no guest, so they stop at RUNNING. A clone that does not register within the boot
+    /// timeout of its start fails. Clones on their way up (placed, not yet running) are
+    /// waited for too: this run's bring-ups, still going until `brought_up` says when they
+    /// ended, or another run's, waited for until the boot timeout after that. A booting
+    /// clone gets a `boot` span under its `clone` span (in `spans`, made under `deploy` if
+    /// missing), ended when it registers, and then a `register` span marking the
+    /// registration.
     pub(super) async fn follow(
         &self,
         deploy: &tracing::Span,
         spans: &mut HashMap<String, tracing::Span>,
+        brought_up: &std::sync::OnceLock<Instant>,
     ) -> Result<(), RegistryError> {
         let mut booting: HashMap<String, tracing::Span> = HashMap::new();
         let reg = &self.inner.registry;
@@ -39,7 +42,6 @@ impl Run {
             .map(|a| (a.id.clone(), a))
             .collect();
         let limit = self.inner.boot_timeout(&self.spec);
-        let deadline = Instant::now() + limit;
         let mut seen: HashSet<String> = HashSet::new();
         loop {
             let clones = reg.list_clones(&self.spec.name).await?;
@@ -66,25 +68,40 @@ impl Run {
                     waiting.push(c.clone());
                 }
             }
-            if waiting.is_empty() {
+            if waiting.is_empty() && brought_up.get().is_some() {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
-                // Only a booting clone is this run's to fail: the run bringing up the
-                // others fails them if it must.
-                let booted = waiting
-                    .into_iter()
-                    .filter(|c| c.phase == ClonePhase::Running as i32);
-                for c in booted {
-                    let why = self
-                        .inner
-                        .not_registered(agents.get(&c.agent_id), &c.name, limit)
-                        .await;
-                    self.fail_on(&c, &why, true).await?;
-                }
+            // Only a booting clone is this run's to fail (the run bringing up the others
+            // fails them if it must): once its boot timeout passed since its start, or at
+            // the end of the wait for the others.
+            let now = reg.clock().now();
+            let over = brought_up.get().is_some_and(|at| at.elapsed() >= limit);
+            let late = |c: &&Clone| {
+                over || (c.started_at.is_some()
+                    && napalm_proto::time::from_timestamp(c.started_at.as_ref()) + limit <= now)
+            };
+            for c in waiting
+                .iter()
+                .filter(|c| c.phase == ClonePhase::Running as i32)
+                .filter(late)
+            {
+                let why = self
+                    .inner
+                    .not_registered(agents.get(&c.agent_id), &c.name, limit)
+                    .await;
+                self.fail_on(c, &why, true).await?;
+            }
+            if over {
                 return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            // While the bring-ups go on (a deploy of thousands of clones on the test
+            // driver), a listing a second: a registration waits for its clone's slot anyway.
+            let every = if brought_up.get().is_some() {
+                250
+            } else {
+                1000
+            };
+            tokio::time::sleep(Duration::from_millis(every)).await;
         }
     }
 }

@@ -248,8 +248,9 @@ impl Run {
         self
     }
 
-    /// Carries out the run; `hold` is let go of before following the clones, so the
-    /// control loop or an undeploy may act on the deployment meanwhile.
+    /// Carries out the run; `hold` is let go of once its clones are brought up (following
+    /// them goes on), so the control loop or an undeploy may act on the deployment
+    /// meanwhile.
     pub(super) async fn execute(
         mut self,
         started: Instant,
@@ -459,10 +460,29 @@ impl Run {
                 span,
             ));
         }
-        while let Some(r) = tasks.join_next().await {
-            if let Ok(Err(e)) = r {
-                tracing::warn!(error = %e, "a clone's bring-up hit the registry");
+        // Following starts with the bring-ups: with boot slots (`admission`) a clone
+        // registers while others still wait for theirs, and is reported as it does.
+        let brought_up = std::sync::OnceLock::new();
+        let bringing_up = async {
+            while let Some(r) = tasks.join_next().await {
+                if let Ok(Err(e)) = r {
+                    tracing::warn!(error = %e, "a clone's bring-up hit the registry");
+                }
             }
+            // The control loop or an undeploy may act on the deployment from here on.
+            drop(hold);
+            let _ = brought_up.set(Instant::now());
+        };
+        if this.follow {
+            let following = Instant::now();
+            let (_, followed) = tokio::join!(
+                bringing_up,
+                this.follow(&deploy_span, &mut clone_spans, &brought_up)
+            );
+            followed?;
+            this.inner.metrics.phase("follow", following.elapsed());
+        } else {
+            bringing_up.await;
         }
         // Layer versions no clone mounts any more go.
         if staged {
@@ -480,12 +500,6 @@ impl Run {
                 }
             })
             .await;
-        }
-        drop(hold);
-        if this.follow {
-            let following = Instant::now();
-            this.follow(&deploy_span, &mut clone_spans).await?;
-            this.inner.metrics.phase("follow", following.elapsed());
         }
 
         let clones = reg.list_clones(&this.spec.name).await?;

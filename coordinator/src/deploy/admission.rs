@@ -1,0 +1,297 @@
+//! Boot admission: how many clones boot at once on one agent.
+//!
+//! Under QEMU's TCG every booting guest is a CPU-bound process, and what a boot costs grows
+//! with how long it lasts: the guest's timer ticks, QEMU's main loop and the caches it
+//! shares with the others all count per second of wall time, not per instruction of the
+//! boot. Booting more guests at once than the host has CPUs only stretches every boot:
+//! one clone alone needed 3.7 CPU-s here to register, each of 8 at once 4.2 CPU-s, each
+//! of 32 at once about 6.7 (README, "A boot storm"). So a clone's domain is created only
+//! when its agent has a boot slot free, and the slot is held until the clone registers,
+//! fails, goes, or its boot timeout passes (a root without the register hook never
+//! registers). Clones on hypervisors that boot natively (KVM, Xen) and on libvirt's test
+//! driver (no guest) boot without a slot unless the operator sets a number.
+//!
+//! The slots are this coordinator's: runs of every deployment and the control loop share
+//! them; a clone a takeover's new leader brings up counts only there.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use napalm_proto::v1::{Agent, ClonePhase, Hypervisor};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::registry::Registry;
+
+/// How many clones boot at once per agent (`napalm-coordinator --boot-concurrency`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BootConcurrency {
+    /// As many as the agent's host has CPUs for QEMU (TCG) guests; no limit for the others.
+    #[default]
+    Auto,
+    /// No limit: every clone's domain is created as soon as its artifacts are shipped.
+    Unlimited,
+    /// At most this many per agent, whatever the hypervisor.
+    PerAgent(u32),
+}
+
+impl std::str::FromStr for BootConcurrency {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "off" | "0" => Ok(Self::Unlimited),
+            n => n.parse::<u32>().map(Self::PerAgent).map_err(|_| {
+                format!("--boot-concurrency {s:?} is not auto, off or a number of clones per agent")
+            }),
+        }
+    }
+}
+
+impl BootConcurrency {
+    /// The slots of `agent` for clones booting on `hv`, `None` when unlimited.
+    pub fn slots(self, agent: &Agent, hv: Hypervisor) -> Option<u32> {
+        match self {
+            Self::Unlimited => None,
+            Self::PerAgent(n) => Some(n.max(1)),
+            Self::Auto if hv == Hypervisor::Qemu => {
+                let cpus = agent
+                    .capabilities
+                    .as_ref()
+                    .and_then(|c| c.host.as_ref())
+                    .map_or(0, |h| h.cpus);
+                Some(cpus.max(1))
+            }
+            Self::Auto => None,
+        }
+    }
+}
+
+/// A boot slot on one agent, held from the domain's creation until the clone booted.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Every agent's boot slots.
+#[derive(Default)]
+pub struct Admission {
+    mode: BootConcurrency,
+    /// Per agent id: its slots, and how many there are (a host whose CPU count changed
+    /// gets a new set; slots held on the old one run out as their clones boot).
+    agents: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
+}
+
+impl Admission {
+    /// Slots as `mode` says.
+    pub fn new(mode: BootConcurrency) -> Self {
+        Self {
+            mode,
+            agents: Mutex::default(),
+        }
+    }
+
+    fn semaphore(&self, agent: &Agent, slots: u32) -> Arc<Semaphore> {
+        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = agents
+            .entry(agent.id.clone())
+            .or_insert_with(|| (slots, Arc::new(Semaphore::new(slots as usize))));
+        if entry.0 != slots {
+            *entry = (slots, Arc::new(Semaphore::new(slots as usize)));
+        }
+        Arc::clone(&entry.1)
+    }
+
+    /// A boot slot on `agent` for a clone booting on `hv` if one is free now: `None` when
+    /// no limit applies, `Some(Err((booting, slots)))` when all are taken.
+    pub fn try_admit(&self, agent: &Agent, hv: Hypervisor) -> Option<Result<Slot, (u32, u32)>> {
+        let slots = self.mode.slots(agent, hv)?;
+        let sem = self.semaphore(agent, slots);
+        Some(match Arc::clone(&sem).try_acquire_owned() {
+            Ok(p) => Ok(Slot { _permit: p }),
+            Err(_) => Err((slots.saturating_sub(sem.available_permits() as u32), slots)),
+        })
+    }
+
+    /// A boot slot on `agent` for a clone booting on `hv`, once one is free (`None`: no
+    /// limit applies).
+    pub async fn admit(&self, agent: &Agent, hv: Hypervisor) -> Option<Slot> {
+        let slots = self.mode.slots(agent, hv)?;
+        // Never closed: a semaphore nobody can acquire would be no limit.
+        self.semaphore(agent, slots)
+            .acquire_owned()
+            .await
+            .ok()
+            .map(|p| Slot { _permit: p })
+    }
+}
+
+/// How often a held slot looks at its clone's record besides this coordinator's own
+/// writes (a registration another coordinator sharing the store recorded).
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Holds `slot` until clone `clone` is no longer booting: registered, failed, stopped or
+/// gone from the registry, or `bound` has passed. A registry that cannot be read lets it
+/// go (a slot never outlives what it guards by more than a recheck).
+pub async fn hold_while_booting(slot: Slot, registry: Registry, clone: String, bound: Duration) {
+    let until = tokio::time::Instant::now() + bound;
+    let mut changes = registry.changes();
+    loop {
+        match registry.get_clone(&clone).await {
+            Ok(c) if c.phase == ClonePhase::Running as i32 => {}
+            _ => break,
+        }
+        let wake = tokio::time::Instant::now() + RECHECK;
+        if wake >= until {
+            tokio::time::sleep_until(until).await;
+            tracing::info!(clone = %clone, bound_s = bound.as_secs(), "boot slot let go: the clone did not register in time");
+            break;
+        }
+        // A write of this coordinator's (a registration) or the recheck, whichever first.
+        let _ = tokio::time::timeout_at(wake, changes.changed()).await;
+    }
+    drop(slot);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use napalm_proto::v1::{Capabilities, Clone, HostInfo};
+
+    fn agent(id: &str, cpus: u32) -> Agent {
+        Agent {
+            id: id.into(),
+            capabilities: Some(Capabilities {
+                host: Some(HostInfo {
+                    cpus,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn auto_gives_tcg_guests_a_slot_per_cpu_and_native_ones_no_limit() {
+        let a = agent("a", 2);
+        let auto = BootConcurrency::Auto;
+        assert_eq!(auto.slots(&a, Hypervisor::Qemu), Some(2));
+        assert_eq!(auto.slots(&a, Hypervisor::Kvm), None);
+        assert_eq!(auto.slots(&a, Hypervisor::Test), None);
+        // An agent that reported no CPUs still boots one at a time.
+        assert_eq!(auto.slots(&agent("b", 0), Hypervisor::Qemu), Some(1));
+        assert_eq!(
+            BootConcurrency::PerAgent(3).slots(&a, Hypervisor::Kvm),
+            Some(3)
+        );
+        assert_eq!(BootConcurrency::Unlimited.slots(&a, Hypervisor::Qemu), None);
+    }
+
+    #[test]
+    fn the_flag_takes_auto_off_or_a_number_and_quotes_anything_else() {
+        assert_eq!("auto".parse(), Ok(BootConcurrency::Auto));
+        assert_eq!("off".parse(), Ok(BootConcurrency::Unlimited));
+        assert_eq!("0".parse(), Ok(BootConcurrency::Unlimited));
+        assert_eq!("4".parse(), Ok(BootConcurrency::PerAgent(4)));
+        let e = "four".parse::<BootConcurrency>().unwrap_err();
+        assert!(e.contains("\"four\"") && e.contains("auto, off"), "{e}");
+    }
+
+    async fn put(reg: &Registry, name: &str, phase: ClonePhase) {
+        use prost::Message as _;
+        let c = Clone {
+            name: name.into(),
+            deployment: "d".into(),
+            phase: phase as i32,
+            ..Default::default()
+        };
+        let key = format!("{}{name}", crate::registry::CLONES);
+        reg.commit(crate::store::Txn::new().put(key, c.encode_to_vec()))
+            .await
+            .expect("writing the clone");
+    }
+
+    #[tokio::test]
+    async fn a_slot_is_held_until_its_clone_registers_then_the_next_clone_boots() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reg = crate::registry::temp_registry(dir.path()).await;
+        let admission = Arc::new(Admission::new(BootConcurrency::PerAgent(1)));
+        let a = agent("a", 8);
+        put(&reg, "c1", ClonePhase::Running).await;
+        let slot = admission
+            .admit(&a, Hypervisor::Qemu)
+            .await
+            .expect("a limit applies");
+        let held = tokio::spawn(hold_while_booting(
+            slot,
+            reg.clone(),
+            "c1".into(),
+            Duration::from_secs(60),
+        ));
+        assert!(matches!(
+            admission.try_admit(&a, Hypervisor::Qemu),
+            Some(Err((1, 1)))
+        ));
+        // The second clone waits while the first boots...
+        let next = {
+            let admission = Arc::clone(&admission);
+            let a = a.clone();
+            tokio::spawn(async move { admission.admit(&a, Hypervisor::Qemu).await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!next.is_finished(), "a second clone got the only slot");
+        // ... and gets the slot once the first registered.
+        put(&reg, "c1", ClonePhase::Registered).await;
+        let got = tokio::time::timeout(Duration::from_secs(5), next)
+            .await
+            .expect("the slot was let go when the clone registered")
+            .expect("admit");
+        assert!(got.is_some());
+        held.await.expect("hold");
+        // Another agent's slots are its own.
+        assert!(tokio::time::timeout(
+            Duration::from_secs(1),
+            admission.admit(&agent("b", 8), Hypervisor::Qemu)
+        )
+        .await
+        .expect("agent b's slot is free")
+        .is_some());
+    }
+
+    #[tokio::test]
+    async fn a_clone_that_never_registers_lets_its_slot_go_at_its_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reg = crate::registry::temp_registry(dir.path()).await;
+        put(&reg, "silent", ClonePhase::Running).await;
+        let admission = Admission::new(BootConcurrency::PerAgent(1));
+        let a = agent("a", 1);
+        let slot = admission
+            .admit(&a, Hypervisor::Qemu)
+            .await
+            .expect("a limit applies");
+        let t = tokio::time::Instant::now();
+        hold_while_booting(
+            slot,
+            reg.clone(),
+            "silent".into(),
+            Duration::from_millis(400),
+        )
+        .await;
+        assert!(t.elapsed() >= Duration::from_millis(400));
+        assert!(matches!(
+            admission.try_admit(&a, Hypervisor::Qemu),
+            Some(Ok(_))
+        ));
+        // A clone gone from the registry lets it go at once.
+        let slot = admission
+            .admit(&a, Hypervisor::Qemu)
+            .await
+            .expect("a limit applies");
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            hold_while_booting(slot, reg, "gone".into(), Duration::from_secs(60)),
+        )
+        .await
+        .expect("a clone not in the registry holds no slot");
+    }
+}
