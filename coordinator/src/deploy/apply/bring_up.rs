@@ -457,7 +457,6 @@ impl Run {
         self.inner.metrics.phase("create", creating.elapsed());
         drop(create_span);
         let running = domain.state == DomainState::Running as i32;
-
         let now = crate::clock::timestamp(self.inner.registry.clock().now());
         if let Some(u) = self
             .set_progress(&c.name, |k| {

@@ -469,37 +469,46 @@ impl Run {
                     tracing::warn!(error = %e, "a clone's bring-up hit the registry");
                 }
             }
-            // The control loop or an undeploy may act on the deployment from here on.
+            // Layer versions no clone mounts any more go, while the run still holds the
+            // deployment (another run may be building new ones).
+            let pruned = async {
+                if !staged {
+                    return Ok(());
+                }
+                let now = reg.list_clones(&this.spec.name).await?;
+                let inner = Arc::clone(&this.inner);
+                let deployment = this.spec.name.clone();
+                let current: Vec<(String, String)> = now
+                    .into_iter()
+                    .filter(|c| !c.layer_hash.is_empty())
+                    .map(|c| (c.name, c.layer_hash))
+                    .collect();
+                let _ = tokio::task::spawn_blocking(move || {
+                    for (n, h) in current {
+                        inner.artifacts.prune_versions(&deployment, &n, &h);
+                    }
+                })
+                .await;
+                Ok::<(), RegistryError>(())
+            }
+            .await;
+            // The control loop or an undeploy may act on the deployment from here on;
+            // following ends with the wait for the others (always set, or it never would).
             drop(hold);
             let _ = brought_up.set(Instant::now());
+            pruned
         };
         if this.follow {
             let following = Instant::now();
-            let (_, followed) = tokio::join!(
+            let (brought, followed) = tokio::join!(
                 bringing_up,
                 this.follow(&deploy_span, &mut clone_spans, &brought_up)
             );
+            brought?;
             followed?;
             this.inner.metrics.phase("follow", following.elapsed());
         } else {
-            bringing_up.await;
-        }
-        // Layer versions no clone mounts any more go.
-        if staged {
-            let now = reg.list_clones(&this.spec.name).await?;
-            let inner = Arc::clone(&this.inner);
-            let deployment = this.spec.name.clone();
-            let current: Vec<(String, String)> = now
-                .into_iter()
-                .filter(|c| !c.layer_hash.is_empty())
-                .map(|c| (c.name, c.layer_hash))
-                .collect();
-            let _ = tokio::task::spawn_blocking(move || {
-                for (n, h) in current {
-                    inner.artifacts.prune_versions(&deployment, &n, &h);
-                }
-            })
-            .await;
+            bringing_up.await?;
         }
 
         let clones = reg.list_clones(&this.spec.name).await?;
