@@ -4,8 +4,9 @@
 //!    and the agents' domains → a list of [`reconcile::Action`]s with a reason each
 //!    (pure; [`converge`] runs it for every deployment with no client attached);
 //! 2. [`place`]: the clones to place go to agents through the pure scheduler;
-//! 3. [`apply`]: record, build layers ([`artifacts`]), export ([`nfs`]), ship and create
-//!    ([`ship`], [`xml`]), follow until each clone registers.
+//! 3. [`apply`]: record, build layers ([`artifacts`]), export ([`nfs`]), ship, wait for a
+//!    boot slot on the agent ([`admission`]) and create ([`ship`], [`xml`]), follow until
+//!    each clone registers.
 //!
 //! Beside them, `prefetch`: the leader's control loop ships the boot artifacts every clone
 //! boots (kernel, firmware, base initramfs) to each ready agent before any deploy needs them.
