@@ -206,7 +206,7 @@ struct Cli {
     /// fails or its boot timeout passes. Under TCG a boot's cost grows with its length, so
     /// booting more guests than CPUs stretches them all.
     #[arg(long, env = "NAPALM_BOOT_CONCURRENCY", default_value = "auto")]
-    boot_concurrency: napalm_coordinator::deploy::admission::BootConcurrency,
+    boot_concurrency: napalm_coordinator::deploy::boot_slots::BootConcurrency,
     /// Server-side directory of the reference root: the coordinator writes its NFS export
     /// (read-only) and clones mount nfs:SERVER:DIR. Unset: exports are managed by hand.
     #[arg(long, env = "NAPALM_EXPORT_ROOT")]

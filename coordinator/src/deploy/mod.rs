@@ -5,7 +5,7 @@
 //!    (pure; [`converge`] runs it for every deployment with no client attached);
 //! 2. [`place`]: the clones to place go to agents through the pure scheduler;
 //! 3. [`apply`]: record, build layers ([`artifacts`]), export ([`nfs`]), ship, wait for a
-//!    boot slot on the agent ([`admission`]) and create ([`ship`], [`xml`]), follow until
+//!    boot slot on the agent ([`boot_slots`]) and create ([`ship`], [`xml`]), follow until
 //!    each clone registers.
 //!
 //! Beside them, `prefetch`: the leader's control loop ships the boot artifacts every clone
@@ -19,9 +19,9 @@
 //! a request id derived from the clone's layer hash, blobs are content-addressed.
 
 pub mod addresses;
-pub mod admission;
 mod apply;
 pub mod artifacts;
+pub mod boot_slots;
 pub mod converge;
 mod declare;
 mod error;
@@ -108,8 +108,8 @@ pub struct DeployConfig {
     /// The cluster trust (`None`: none): agents at `https://` endpoints are dialed over
     /// mutual TLS and must prove the id the registry records for them.
     pub trust: Option<crate::trust::Trust>,
-    /// How many clones boot at once per agent ([`admission`]).
-    pub boot_concurrency: admission::BootConcurrency,
+    /// How many clones boot at once per agent ([`boot_slots`]).
+    pub boot_concurrency: boot_slots::BootConcurrency,
 }
 
 /// Runs deployments.
@@ -134,7 +134,7 @@ struct Inner {
     /// Boot artifacts shipped to agents ahead of their clones.
     prefetch: prefetch::Prefetch,
     /// Each agent's boot slots, shared by every run.
-    admission: admission::Admission,
+    boot_slots: boot_slots::BootSlots,
 }
 
 /// A deployment as one control-loop pass sees it.
@@ -197,7 +197,7 @@ impl Deployer {
     ) -> Self {
         let agents = Agents::new(cfg.agent_token.clone()).with_trust(cfg.trust.clone());
         let artifacts = Artifacts::new(cfg.artifacts.clone());
-        let admission = admission::Admission::new(cfg.boot_concurrency);
+        let boot_slots = boot_slots::BootSlots::new(cfg.boot_concurrency);
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -209,7 +209,7 @@ impl Deployer {
                 metrics,
                 holds: Default::default(),
                 prefetch: prefetch::Prefetch::new(),
-                admission,
+                boot_slots,
             }),
         }
     }

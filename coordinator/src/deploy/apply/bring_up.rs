@@ -372,18 +372,18 @@ impl Run {
         }
         // A boot slot on the agent first (an older domain it replaces keeps running
         // meanwhile): booting more TCG guests than the host has CPUs stretches every boot.
-        let admission = &self.inner.admission;
-        let slot = match admission.try_admit(agent, hv) {
-            Some(Err((booting, slots))) => {
+        let boot_slots = &self.inner.boot_slots;
+        let slot = match boot_slots.try_admit(agent, hv) {
+            Some(Err(slots)) => {
                 self.report(
                     c,
                     &format!(
-                        "waiting to boot: {booting} clones booting on {} ({slots} at once)",
+                        "waiting to boot: {slots} clones booting on {} ({slots} at once)",
                         agent.name
                     ),
                 )
                 .await;
-                admission
+                boot_slots
                     .admit(agent, hv)
                     .instrument(tracing::info_span!("admit"))
                     .await
@@ -493,7 +493,7 @@ impl Run {
         // The slot stays taken while the clone boots, which its record now says (a domain
         // only defined lets it go here).
         if let (Some(slot), true) = (slot, running) {
-            tokio::spawn(crate::deploy::admission::hold_while_booting(
+            tokio::spawn(crate::deploy::boot_slots::hold_while_booting(
                 slot,
                 self.inner.registry.clone(),
                 c.name.clone(),

@@ -460,7 +460,7 @@ impl Run {
                 span,
             ));
         }
-        // Following starts with the bring-ups: with boot slots (`admission`) a clone
+        // Following starts with the bring-ups: with boot slots (`boot_slots`) a clone
         // registers while others still wait for theirs, and is reported as it does.
         let brought_up = std::sync::OnceLock::new();
         let bringing_up = async {

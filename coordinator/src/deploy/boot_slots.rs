@@ -1,4 +1,5 @@
-//! Boot admission: how many clones boot at once on one agent.
+//! Boot slots: how many clones boot at once on one agent (not to be confused with the
+//! deploy's capacity admission, which refuses what does not fit).
 //!
 //! Under QEMU's TCG every booting guest is a CPU-bound process, and what a boot costs grows
 //! with how long it lasts: the guest's timer ticks, QEMU's main loop and the caches it
@@ -73,15 +74,14 @@ pub struct Slot {
 }
 
 /// Every agent's boot slots.
-#[derive(Default)]
-pub struct Admission {
+pub struct BootSlots {
     mode: BootConcurrency,
     /// Per agent id: its slots, and how many there are (a host whose CPU count changed
     /// gets a new set; slots held on the old one run out as their clones boot).
     agents: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
 }
 
-impl Admission {
+impl BootSlots {
     /// Slots as `mode` says.
     pub fn new(mode: BootConcurrency) -> Self {
         Self {
@@ -102,13 +102,12 @@ impl Admission {
     }
 
     /// A boot slot on `agent` for a clone booting on `hv` if one is free now: `None` when
-    /// no limit applies, `Some(Err((booting, slots)))` when all are taken.
-    pub fn try_admit(&self, agent: &Agent, hv: Hypervisor) -> Option<Result<Slot, (u32, u32)>> {
+    /// no limit applies, `Some(Err(slots))` when all `slots` are taken.
+    pub fn try_admit(&self, agent: &Agent, hv: Hypervisor) -> Option<Result<Slot, u32>> {
         let slots = self.mode.slots(agent, hv)?;
-        let sem = self.semaphore(agent, slots);
-        Some(match Arc::clone(&sem).try_acquire_owned() {
+        Some(match self.semaphore(agent, slots).try_acquire_owned() {
             Ok(p) => Ok(Slot { _permit: p }),
-            Err(_) => Err((slots.saturating_sub(sem.available_permits() as u32), slots)),
+            Err(_) => Err(slots),
         })
     }
 
@@ -215,10 +214,10 @@ mod tests {
     async fn a_slot_is_held_until_its_clone_registers_then_the_next_clone_boots() {
         let dir = tempfile::tempdir().expect("tempdir");
         let reg = crate::registry::temp_registry(dir.path()).await;
-        let admission = Arc::new(Admission::new(BootConcurrency::PerAgent(1)));
+        let slots = Arc::new(BootSlots::new(BootConcurrency::PerAgent(1)));
         let a = agent("a", 8);
         put(&reg, "c1", ClonePhase::Running).await;
-        let slot = admission
+        let slot = slots
             .admit(&a, Hypervisor::Qemu)
             .await
             .expect("a limit applies");
@@ -229,14 +228,14 @@ mod tests {
             Duration::from_secs(60),
         ));
         assert!(matches!(
-            admission.try_admit(&a, Hypervisor::Qemu),
-            Some(Err((1, 1)))
+            slots.try_admit(&a, Hypervisor::Qemu),
+            Some(Err(1))
         ));
         // The second clone waits while the first boots...
         let next = {
-            let admission = Arc::clone(&admission);
+            let slots = Arc::clone(&slots);
             let a = a.clone();
-            tokio::spawn(async move { admission.admit(&a, Hypervisor::Qemu).await })
+            tokio::spawn(async move { slots.admit(&a, Hypervisor::Qemu).await })
         };
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!next.is_finished(), "a second clone got the only slot");
@@ -251,7 +250,7 @@ mod tests {
         // Another agent's slots are its own.
         assert!(tokio::time::timeout(
             Duration::from_secs(1),
-            admission.admit(&agent("b", 8), Hypervisor::Qemu)
+            slots.admit(&agent("b", 8), Hypervisor::Qemu)
         )
         .await
         .expect("agent b's slot is free")
@@ -263,9 +262,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let reg = crate::registry::temp_registry(dir.path()).await;
         put(&reg, "silent", ClonePhase::Running).await;
-        let admission = Admission::new(BootConcurrency::PerAgent(1));
+        let slots = BootSlots::new(BootConcurrency::PerAgent(1));
         let a = agent("a", 1);
-        let slot = admission
+        let slot = slots
             .admit(&a, Hypervisor::Qemu)
             .await
             .expect("a limit applies");
@@ -278,12 +277,9 @@ mod tests {
         )
         .await;
         assert!(t.elapsed() >= Duration::from_millis(400));
-        assert!(matches!(
-            admission.try_admit(&a, Hypervisor::Qemu),
-            Some(Ok(_))
-        ));
+        assert!(matches!(slots.try_admit(&a, Hypervisor::Qemu), Some(Ok(_))));
         // A clone gone from the registry lets it go at once.
-        let slot = admission
+        let slot = slots
             .admit(&a, Hypervisor::Qemu)
             .await
             .expect("a limit applies");
