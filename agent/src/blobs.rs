@@ -88,7 +88,7 @@ impl BlobStore {
         let tmp = self
             .root
             .join("tmp")
-            .join(format!("{}.{}", id.sha256, unique()));
+            .join(format!("{}.{}", id.sha256, durable::unique()));
         let file = std::fs::File::create(&tmp).map_err(|e| AgentError::io(&tmp, e))?;
         Ok(BlobWriter {
             final_path: self.path(&id),
@@ -180,17 +180,6 @@ fn set_read_only(p: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o444))
         .map_err(|e| AgentError::io(p, e))
-}
-
-/// A process-unique suffix for temporary names.
-pub fn unique() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 #[cfg(test)]

@@ -5,6 +5,17 @@ use std::path::Path;
 
 use crate::error::{AgentError, Result};
 
+/// A process-unique suffix for temporary names (the process id and a counter).
+pub fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// Atomically replaces `path` with `data`: a crash leaves either the old or the new content.
 pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path
@@ -14,13 +25,21 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| AgentError::io(&tmp, e))?;
-        f.write_all(data).map_err(|e| AgentError::io(&tmp, e))?;
-        f.sync_all().map_err(|e| AgentError::io(&tmp, e))?;
+    // One temporary name per call, not per process: two writers of one file in this
+    // process (a renewal beside another) would otherwise truncate and rename each
+    // other's temporary file.
+    let tmp = dir.join(format!(".{file_name}.tmp{}", unique()));
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(data)?;
+            f.sync_all()
+        })
+        .map_err(|e| AgentError::io(&tmp, e))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| AgentError::io(path, e)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path).map_err(|e| AgentError::io(path, e))?;
+    written?;
     sync_dir(dir)
 }
 
@@ -53,6 +72,32 @@ mod tests {
         atomic_write(&p, b"one")?;
         atomic_write(&p, b"two")?;
         assert_eq!(std::fs::read(&p).ok().as_deref(), Some(&b"two"[..]));
+        assert_eq!(std::fs::read_dir(d.path()).map(|r| r.count()).ok(), Some(1));
+        Ok(())
+    }
+
+    /// Two writers of one file in one process (an agent's renewal beside another) must
+    /// not share a temporary file: each write lands whole, and none fails.
+    #[test]
+    fn concurrent_writers_in_one_process_each_land_whole() -> Result<()> {
+        let d = tempfile::tempdir().map_err(|e| AgentError::io("tmp", e))?;
+        let p = d.path().join("agent.crt");
+        let bodies: Vec<Vec<u8>> = (0..8u8).map(|i| vec![b'a' + i; 64 * 1024]).collect();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = bodies
+                .iter()
+                .map(|b| {
+                    let p = &p;
+                    s.spawn(move || (0..20).try_for_each(|_| atomic_write(p, b)))
+                })
+                .collect();
+            for h in handles {
+                h.join().expect("writer thread")?;
+            }
+            Ok::<(), AgentError>(())
+        })?;
+        let got = std::fs::read(&p).map_err(|e| AgentError::io(&p, e))?;
+        assert!(bodies.contains(&got), "a torn write: {} bytes", got.len());
         assert_eq!(std::fs::read_dir(d.path()).map(|r| r.count()).ok(), Some(1));
         Ok(())
     }

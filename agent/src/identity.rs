@@ -82,6 +82,10 @@ pub struct Identity {
     /// The coordinator's TLS address (`host:port`).
     pub coordinator: String,
     dir: PathBuf,
+    /// Held for a whole renewal: two at once (the background loop and a caller) would
+    /// interleave their writes and could leave one pair's key beside the other's
+    /// certificate, or serve one pair and store the other.
+    renewing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -214,6 +218,7 @@ impl Identity {
             slot,
             coordinator: read("coordinator")?.trim().to_owned(),
             dir,
+            renewing: Arc::default(),
         }))
     }
 
@@ -335,8 +340,9 @@ impl Identity {
     }
 
     /// Renews now: new key and CSR, `Renew` over mutual TLS, files and slot replaced.
-    /// Returns the new not-after.
+    /// Returns the new not-after. Renewals of one identity take turns.
     pub async fn renew(&self) -> Result<i64> {
+        let _turn = self.renewing.lock().await;
         let (key, csr) = napalm_trust::csr::generate(&self.agent_id)?;
         let channel = self.coordinator_channel().await?;
         let cert = TrustServiceClient::new(channel)

@@ -98,7 +98,7 @@ impl Agent {
             .cfg
             .state_dir
             .join("staging")
-            .join(crate::blobs::unique());
+            .join(crate::durable::unique());
         durable::create_dir(&dir.join("files"))?;
         Ok(StagingGuard(dir))
     }
@@ -115,7 +115,7 @@ impl Agent {
         use tokio::io::AsyncWriteExt;
         let dir = self.cfg.state_dir.join("staging");
         durable::create_dir(&dir)?;
-        let guard = StagingGuard(dir.join(format!("upload-{}", crate::blobs::unique())));
+        let guard = StagingGuard(dir.join(format!("upload-{}", crate::durable::unique())));
         let path = guard.0.clone();
         let mut f = tokio::fs::File::create(&path)
             .await

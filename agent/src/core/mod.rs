@@ -177,7 +177,7 @@ fn new_agent_id() -> String {
         "{:?}{}{}",
         std::time::SystemTime::now(),
         std::process::id(),
-        crate::blobs::unique()
+        crate::durable::unique()
     );
     hex::encode(&Sha256::digest(seed.as_bytes())[..8])
 }

@@ -395,5 +395,23 @@ async fn a_short_lived_certificate_is_renewed_while_heartbeats_go_on() {
         .renew()
         .await
         .expect("renewal over a fresh mutual-TLS connection");
+    // Renewals at once on different threads (a caller's beside the background one, as
+    // this test's own renewal above may have been): all succeed, and what is stored is
+    // what is served.
+    let renewals: Vec<_> = (0..4)
+        .map(|_| {
+            let identity = identity.clone();
+            tokio::spawn(async move { identity.renew().await })
+        })
+        .collect();
+    for (i, r) in renewals.into_iter().enumerate() {
+        r.await
+            .expect("renewal task")
+            .unwrap_or_else(|e| panic!("renewal {i} of 4 at once: {e}"));
+    }
+    let stored = napalm_agent::identity::Identity::load(&dir.path().join("a/state"), &id)
+        .expect("the stored pair loads")
+        .expect("enrolled");
+    assert_eq!(stored.slot.leaf(), identity.slot.leaf());
     a.stop().await;
 }
