@@ -25,6 +25,7 @@ pub mod boot_slots;
 pub mod converge;
 mod declare;
 mod error;
+mod holds;
 pub mod nfs;
 mod normalize;
 mod place;
@@ -128,9 +129,8 @@ struct Inner {
     tokens: Arc<TokenKey>,
     /// Placements, runs and phase durations go here.
     metrics: Metrics,
-    /// One lock per deployment: a run (a client's, or the control loop's) and an undeploy
-    /// never work on the same deployment at once.
-    holds: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One hold per deployment, and the undeploy's withdrawal ([`holds`]).
+    holds: holds::Holds,
     /// Boot artifacts shipped to agents ahead of their clones.
     prefetch: prefetch::Prefetch,
     /// Each agent's boot slots, shared by every run.
@@ -178,9 +178,7 @@ impl Inner {
     }
 }
 
-/// The right to work on one deployment, held by a run until it has brought its clones up
-/// (it lets go before following them) and by an undeploy until it is done.
-type Hold = tokio::sync::OwnedMutexGuard<()>;
+use holds::Hold;
 
 impl Deployer {
     /// A pipeline over `registry`, with metrics of its own.
@@ -214,11 +212,6 @@ impl Deployer {
         }
     }
 
-    fn lock_of(&self, deployment: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut holds = self.inner.holds.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(holds.entry(deployment.to_owned()).or_default())
-    }
-
     /// The agents taken for dead now.
     fn lost(&self, agents: &[napalm_proto::v1::Agent]) -> std::collections::HashSet<String> {
         let now = self.inner.registry.clock().now();
@@ -227,12 +220,12 @@ impl Deployer {
 
     /// Waits for the right to work on `deployment`.
     async fn hold(&self, deployment: &str) -> Hold {
-        self.lock_of(deployment).lock_owned().await
+        self.inner.holds.hold(deployment).await
     }
 
     /// The right to work on `deployment`, unless someone else has it.
     fn try_hold(&self, deployment: &str) -> Option<Hold> {
-        self.lock_of(deployment).try_lock_owned().ok()
+        self.inner.holds.try_hold(deployment)
     }
 
     /// Brings a stored deployment to its spec with nobody connected: one run that does
@@ -473,6 +466,9 @@ impl Deployer {
     ) -> Result<DeploySummary, ApiError> {
         let started = Instant::now();
         check_name("name", &req.name)?;
+        // A run bringing the deployment up starts no more clones: those waiting for a
+        // boot slot (a storm takes a minute to get them all) are not started at all.
+        self.inner.holds.withdraw(&req.name);
         let _hold = self.hold(&req.name).await;
         let registry = &self.inner.registry;
         let Some((_deployment, _)) = registry

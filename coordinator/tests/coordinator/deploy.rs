@@ -576,3 +576,127 @@ async fn one_blob_shipped_twice_at_once_to_an_agent_is_uploaded_once() {
     sent.sort_unstable();
     assert_eq!(sent, [0, 16 << 20], "bytes uploaded by each shipment");
 }
+
+/// Clones of a deployment waiting for a boot slot are not started once an undeploy of it
+/// comes: the undeploy does not wait for them to get their slots (a storm of 32 TCG
+/// clones takes a minute to), and every clone, started or not, is gone after it.
+#[tokio::test]
+async fn an_undeploy_during_a_boot_storm_withdraws_the_clones_waiting_for_a_slot() {
+    let t = TestGrid::start_with(
+        GridOptions {
+            agent_token: Some(TOKEN.into()),
+            ..Default::default()
+        },
+        |cfg| {
+            if let Some(d) = cfg.deploy.as_mut() {
+                d.boot_concurrency =
+                    napalm_coordinator::deploy::boot_slots::BootConcurrency::PerAgent(1);
+            }
+        },
+    )
+    .await
+    .expect("grid starts");
+    let mut coord = t.client().await.expect("connect to the coordinator");
+    // Clones on the test driver never register: each holds its agent's one slot for the
+    // whole boot timeout, so without the withdrawal the undeploy would wait 2 × 300 s.
+    let mut s = spec("storm", 6);
+    s.boot_timeout = Some(napalm_proto::time::duration(
+        std::time::Duration::from_secs(300),
+    ));
+    let mut c = coord.clone();
+    let deploy = tokio::spawn(async move {
+        run(c
+            .deploy(DeployRequest {
+                request_id: "storm-d".into(),
+                spec: Some(s),
+                dry_run: false,
+            })
+            .await)
+        .await
+    });
+    // One clone started on each agent, the four others waiting.
+    let started = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            let running: usize = {
+                let mut n = 0;
+                for ep in &t.endpoints {
+                    n += running_on(ep).await.len();
+                }
+                n
+            };
+            if running == 2 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(started.is_ok(), "two clones never started");
+
+    let undeploy = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        run(coord
+            .undeploy(UndeployRequest {
+                request_id: "storm-u".into(),
+                name: "storm".into(),
+                purge: true,
+            })
+            .await),
+    )
+    .await;
+    let (_, gone) = undeploy.expect("the undeploy waited for the clones' boot slots");
+    assert_eq!(
+        (gone.requested, gone.succeeded, gone.failed),
+        (6, 6, 0),
+        "{gone:?}"
+    );
+    let (events, summary) = tokio::time::timeout(std::time::Duration::from_secs(60), deploy)
+        .await
+        .expect("the deploy ends after the undeploy")
+        .expect("deploy task");
+    let withdrawn: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(deploy_progress::Event::Clone(p))
+                if p.message
+                    .contains("not started: the deployment is being removed") =>
+            {
+                p.clone.as_ref().map(|c| c.name.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        withdrawn.len(),
+        4,
+        "withdrawn: {withdrawn:?}; summary {summary:?}"
+    );
+    let started: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(deploy_progress::Event::Clone(p))
+                if p.clone.as_ref().map(|c| c.phase) == Some(ClonePhase::Running as i32) =>
+            {
+                p.clone.as_ref().map(|c| c.name.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started.len(), 2, "started: {started:?}");
+    assert!(started.iter().all(|s| !withdrawn.contains(s)));
+    for ep in &t.endpoints {
+        assert!(
+            running_on(ep).await.is_empty(),
+            "a domain outlived the undeploy on {ep}"
+        );
+    }
+    let clones = coord
+        .list_clones(ListClonesRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(clones.clones.is_empty(), "{:?}", clones.clones);
+    for a in t.agents {
+        a.stop().await;
+    }
+}

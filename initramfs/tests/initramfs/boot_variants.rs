@@ -13,7 +13,8 @@
 //!
 //! `cargo test -p napalm-initramfs --test initramfs -- --ignored boot_variants --nocapture`
 //! (`NAPALM_BENCH_VARIANTS=4,9` picks variants by number; `NAPALM_BENCH_KERNEL_ARGS="a|b"`
-//! adds one per `|`-separated alternative: the deployed machine and arguments plus these).
+//! adds one per `|`-separated alternative: the deployed machine and arguments plus these;
+//! `NAPALM_BENCH_CPUS="max|…"` one per CPU model: the deployed Q35 with qboot and that `-cpu`).
 
 use super::support::*;
 use std::path::Path;
@@ -35,6 +36,8 @@ struct Variant {
     /// The image's modules keep their signatures (napalm-mkinitramfs's
     /// `--module-signatures keep`): each load hashes and verifies the module.
     signed_modules: bool,
+    /// QEMU's `-cpu` (libvirt gives a domain without `<cpu>` QEMU's default, `qemu64`).
+    cpu: String,
     kernel_args: String,
 }
 
@@ -81,6 +84,7 @@ fn variants() -> Vec<Variant> {
         root_port: false,
         firmware: None,
         signed_modules: false,
+        cpu: "qemu64".into(),
         kernel_args: format!("{} {extra}", fast(acpi)),
     };
     // The arguments before `noreplace-smp` came.
@@ -186,6 +190,19 @@ fn variants() -> Vec<Variant> {
         &format!("Q35, ACPI, no USB or balloon, {tcg}, qboot, NIC on the root bus (deployed)"),
         "q35",
     ));
+    // The deployed machine with another CPU model, one variant per `|`-separated model
+    // (`NAPALM_BENCH_CPUS="max|max,la57=off"`).
+    if let Ok(cpus) = std::env::var("NAPALM_BENCH_CPUS") {
+        for cpu in cpus.split('|').map(str::trim) {
+            all.push(Variant {
+                cpu: cpu.to_owned(),
+                ..qboot(
+                    &format!("Q35, ACPI, no USB or balloon, {tcg}, qboot, NIC on the root bus, -cpu {cpu}"),
+                    "q35",
+                )
+            });
+        }
+    }
     // One more variant per `|`-separated alternative.
     if let Ok(extras) = std::env::var("NAPALM_BENCH_KERNEL_ARGS") {
         for extra in extras.split('|').map(str::trim) {
@@ -234,7 +251,7 @@ fn boot(kernel: &Path, img: &Path, port: u16, v: &Variant, into: &mut Samples) {
         "-m".into(),
         "128".into(),
         "-cpu".into(),
-        "qemu64".into(),
+        v.cpu.clone(),
     ];
     let mut nic = "virtio-net-pci,netdev=n1,rombar=0".to_owned();
     if v.root_port {

@@ -145,6 +145,12 @@ impl Run {
             self.report(&c, "layer built").await;
         }
         for attempt in 0..self.inner.cfg.attempts.max(1) {
+            // An undeploy came while this clone waited for a shipping place: the undeploy
+            // removes its record.
+            if self.withdrawn.is_cancelled() {
+                self.report(&c, &DeployError::Withdrawn.to_string()).await;
+                return Ok(());
+            }
             let Some(agent) = agents.iter().find(|a| a.id == c.agent_id) else {
                 return self
                     .fail(&c, &DeployError::AgentGone(c.agent_id.clone()).to_string())
@@ -152,6 +158,10 @@ impl Run {
             };
             match self.create_on(&c, agent, &built, &kernel, replace).await {
                 Ok(()) => return Ok(()),
+                Err(e @ DeployError::Withdrawn) => {
+                    self.report(&c, &e.to_string()).await;
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::warn!(clone = %c.name, agent = %agent.id, error = %e, "bring-up failed");
                     self.inner.agents.forget(&agent.grpc_endpoint).await;
@@ -383,10 +393,11 @@ impl Run {
                     ),
                 )
                 .await;
-                boot_slots
-                    .admit(agent, hv)
-                    .instrument(tracing::info_span!("admit"))
-                    .await
+                // An undeploy does not wait for this clone's slot: it is not started.
+                tokio::select! {
+                    slot = boot_slots.admit(agent, hv).instrument(tracing::info_span!("admit")) => slot,
+                    () = self.withdrawn.cancelled() => return Err(DeployError::Withdrawn),
+                }
             }
             Some(Ok(slot)) => Some(slot),
             None => None,

@@ -51,6 +51,9 @@ pub(super) struct Run {
     /// uploads of one blob at once). A bring-up that fails on an agent forgets its
     /// entries, so a retry there asks again.
     shipped: std::sync::Mutex<Shipments>,
+    /// Cancelled when an undeploy of the deployment asks for it: clones not yet started
+    /// are not started (taken from the run's hold in [`Run::execute`]).
+    withdrawn: tokio_util::sync::CancellationToken,
 }
 
 /// One shipment per (agent endpoint, kernel digest, image digest, firmware digest), done
@@ -85,6 +88,7 @@ impl Run {
             generation: String::new(),
             stored: Deployment::default(),
             shipped: std::sync::Mutex::default(),
+            withdrawn: Default::default(),
         }
     }
 
@@ -256,6 +260,7 @@ impl Run {
         started: Instant,
         hold: super::Hold,
     ) -> Result<DeploySummary, RegistryError> {
+        self.withdrawn = hold.withdrawn();
         let reg = self.inner.registry.clone();
         let deploy_span = tracing::Span::current();
         let mut clone_spans = HashMap::new();
