@@ -76,7 +76,8 @@ pub struct DeployConfig {
     pub agent_token: Option<String>,
     /// How long a clone may take from start to registration.
     pub register_timeout: Duration,
-    /// Clones shipped in parallel.
+    /// Clones of a run shipping or being created at once (a clone waiting for a boot
+    /// slot holds no place).
     pub concurrency: usize,
     /// Capacity policy.
     pub policy: Policy,

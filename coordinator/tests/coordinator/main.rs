@@ -1,5 +1,6 @@
 //! The coordinator's one integration test binary.
 
+mod boot_slots;
 mod cluster_files;
 mod cluster_watcher;
 mod common;

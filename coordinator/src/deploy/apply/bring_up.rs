@@ -145,12 +145,6 @@ impl Run {
             self.report(&c, "layer built").await;
         }
         for attempt in 0..self.inner.cfg.attempts.max(1) {
-            // An undeploy came while this clone waited for a shipping place: the undeploy
-            // removes its record.
-            if self.withdrawn.is_cancelled() {
-                self.report(&c, &DeployError::Withdrawn.to_string()).await;
-                return Ok(());
-            }
             let Some(agent) = agents.iter().find(|a| a.id == c.agent_id) else {
                 return self
                     .fail(&c, &DeployError::AgentGone(c.agent_id.clone()).to_string())
@@ -228,6 +222,15 @@ impl Run {
         let hv = hypervisor_on(&self.spec, agent);
         let kernel = kernels.for_hypervisor(hv);
         let firmware = kernels.firmware_for(hv);
+        // A place among the clones shipping or being created (`Run::places`), let go of
+        // while waiting for a boot slot; an undeploy does not wait for one either.
+        let place = || async {
+            tokio::select! {
+                p = self.places.acquire() => Ok(p.ok()),
+                () = self.withdrawn.cancelled() => Err(DeployError::Withdrawn),
+            }
+        };
+        let shipping_place = place().await?;
         let shipping = std::time::Instant::now();
         let once = {
             let key = (
@@ -380,6 +383,7 @@ impl Run {
         {
             request.labels.insert("root".to_owned(), d);
         }
+        drop(shipping_place);
         // A boot slot on the agent first (an older domain it replaces keeps running
         // meanwhile): booting more TCG guests than the host has CPUs stretches every boot.
         let boot_slots = &self.inner.boot_slots;
@@ -402,6 +406,7 @@ impl Run {
             Some(Ok(slot)) => Some(slot),
             None => None,
         };
+        let _creating_place = place().await?;
         let agents = &self.inner.agents;
         let creating = std::time::Instant::now();
         // Every call to the agent from here to the running domain is in it.

@@ -54,6 +54,10 @@ pub(super) struct Run {
     /// Cancelled when an undeploy of the deployment asks for it: clones not yet started
     /// are not started (taken from the run's hold in [`Run::execute`]).
     withdrawn: tokio_util::sync::CancellationToken,
+    /// Places for the clones shipping or being created at once (`DeployConfig::concurrency`);
+    /// a clone waiting for its boot slot holds none, so a busy agent does not keep the
+    /// others' clones from shipping.
+    places: Semaphore,
 }
 
 /// One shipment per (agent endpoint, kernel digest, image digest, firmware digest), done
@@ -79,6 +83,7 @@ fn clone_key(name: &str) -> String {
 
 impl Run {
     pub(super) fn new(inner: Arc<Inner>, spec: DeploymentSpec, tx: Progress) -> Self {
+        let places = Semaphore::new(inner.cfg.concurrency.max(1));
         Self {
             inner,
             spec,
@@ -89,6 +94,7 @@ impl Run {
             stored: Deployment::default(),
             shipped: std::sync::Mutex::default(),
             withdrawn: Default::default(),
+            places,
         }
     }
 
@@ -443,8 +449,7 @@ impl Run {
         }
         drop(layer_spans);
 
-        // Ship and start, bounded in parallel.
-        let gate = Arc::new(Semaphore::new(self.inner.cfg.concurrency.max(1)));
+        // Ship and start, bounded in parallel (`Run::places`).
         let mut tasks = tokio::task::JoinSet::new();
         let this = Arc::new(self);
         // One list for every clone's task: a copy each was clones × agents records (GBs
@@ -452,16 +457,12 @@ impl Run {
         let agents = Arc::new(agents);
         for c in todo {
             let this = Arc::clone(&this);
-            let gate = Arc::clone(&gate);
             let layer = built.get(&c.name).cloned();
             let kernel = kernels.clone();
             let agents = Arc::clone(&agents);
             let span = clone_span(&deploy_span, &mut clone_spans, &c.name);
             tasks.spawn(tracing::Instrument::instrument(
-                async move {
-                    let _permit = gate.acquire().await;
-                    this.bring_up(c, layer, kernel, &agents).await
-                },
+                async move { this.bring_up(c, layer, kernel, &agents).await },
                 span,
             ));
         }

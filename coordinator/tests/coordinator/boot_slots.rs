@@ -1,0 +1,228 @@
+//! Boot slots (`deploy::boot_slots`) seen from a client, on real agents over libvirt's
+//! `test:///default` driver, where a clone never registers and so holds its agent's slot
+//! for its whole boot timeout: an undeploy during a storm withdraws the clones still
+//! waiting, and a clone waiting for a slot holds none of the run's shipping places.
+
+use napalm_coordinator::deploy::boot_slots::BootConcurrency;
+use napalm_coordinator::testing::{spec, GridOptions, TestGrid};
+use napalm_proto::v1::*;
+
+use crate::deploy::{run, running_on, TOKEN};
+
+/// Clones of a deployment waiting for a boot slot are not started once an undeploy of it
+/// comes: the undeploy does not wait for them to get their slots (a storm of 32 TCG
+/// clones takes a minute to), and every clone, started or not, is gone after it.
+#[tokio::test]
+async fn an_undeploy_during_a_boot_storm_withdraws_the_clones_waiting_for_a_slot() {
+    let t = TestGrid::start_with(
+        GridOptions {
+            agent_token: Some(TOKEN.into()),
+            ..Default::default()
+        },
+        |cfg| {
+            if let Some(d) = cfg.deploy.as_mut() {
+                d.boot_concurrency = BootConcurrency::PerAgent(1);
+            }
+        },
+    )
+    .await
+    .expect("grid starts");
+    let mut coord = t.client().await.expect("connect to the coordinator");
+    // Clones on the test driver never register: each holds its agent's one slot for the
+    // whole boot timeout, so without the withdrawal the undeploy would wait 2 × 300 s.
+    let mut s = spec("storm", 6);
+    s.boot_timeout = Some(napalm_proto::time::duration(
+        std::time::Duration::from_secs(300),
+    ));
+    let mut c = coord.clone();
+    let deploy = tokio::spawn(async move {
+        run(c
+            .deploy(DeployRequest {
+                request_id: "storm-d".into(),
+                spec: Some(s),
+                dry_run: false,
+            })
+            .await)
+        .await
+    });
+    // One clone started on each agent, the four others waiting.
+    let started = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            let running: usize = {
+                let mut n = 0;
+                for ep in &t.endpoints {
+                    n += running_on(ep).await.len();
+                }
+                n
+            };
+            if running == 2 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(started.is_ok(), "two clones never started");
+
+    let undeploy = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        run(coord
+            .undeploy(UndeployRequest {
+                request_id: "storm-u".into(),
+                name: "storm".into(),
+                purge: true,
+            })
+            .await),
+    )
+    .await;
+    let (_, gone) = undeploy.expect("the undeploy waited for the clones' boot slots");
+    assert_eq!(
+        (gone.requested, gone.succeeded, gone.failed),
+        (6, 6, 0),
+        "{gone:?}"
+    );
+    let (events, summary) = tokio::time::timeout(std::time::Duration::from_secs(60), deploy)
+        .await
+        .expect("the deploy ends after the undeploy")
+        .expect("deploy task");
+    let withdrawn: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(deploy_progress::Event::Clone(p))
+                if p.message
+                    .contains("not started: the deployment is being removed") =>
+            {
+                p.clone.as_ref().map(|c| c.name.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        withdrawn.len(),
+        4,
+        "withdrawn: {withdrawn:?}; summary {summary:?}"
+    );
+    let started: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(deploy_progress::Event::Clone(p))
+                if p.clone.as_ref().map(|c| c.phase) == Some(ClonePhase::Running as i32) =>
+            {
+                p.clone.as_ref().map(|c| c.name.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started.len(), 2, "started: {started:?}");
+    assert!(started.iter().all(|s| !withdrawn.contains(s)));
+    for ep in &t.endpoints {
+        assert!(
+            running_on(ep).await.is_empty(),
+            "a domain outlived the undeploy on {ep}"
+        );
+    }
+    let clones = coord
+        .list_clones(ListClonesRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(clones.clones.is_empty(), "{:?}", clones.clones);
+    for a in t.agents {
+        a.stop().await;
+    }
+}
+
+/// A clone waiting for its agent's boot slot holds none of the run's shipping places: with
+/// one place, the clones of a busy agent queue for its slot while a clone placed on an idle
+/// agent ships and starts there.
+#[tokio::test]
+async fn a_clone_waiting_for_a_boot_slot_holds_no_shipping_place() {
+    let t = TestGrid::start_with(
+        GridOptions {
+            agent_token: Some(TOKEN.into()),
+            ..Default::default()
+        },
+        |cfg| {
+            if let Some(d) = cfg.deploy.as_mut() {
+                d.boot_concurrency = BootConcurrency::PerAgent(1);
+                d.concurrency = 1;
+            }
+        },
+    )
+    .await
+    .expect("grid starts");
+    let mut coord = t.client().await.expect("connect to the coordinator");
+    // Clones on the test driver never register: each holds its slot 300 s.
+    let long = Some(napalm_proto::time::duration(
+        std::time::Duration::from_secs(300),
+    ));
+    let mut busy = spec("busy", 1);
+    busy.boot_timeout = long;
+    let (_, s) = run(coord
+        .deploy(DeployRequest {
+            request_id: "busy-d".into(),
+            spec: Some(busy),
+            dry_run: false,
+        })
+        .await)
+    .await;
+    assert_eq!(s.succeeded, 1, "{s:?}");
+    let mut per_agent = Vec::new();
+    for ep in &t.endpoints {
+        per_agent.push(running_on(ep).await.len());
+    }
+    let idle = match per_agent.as_slice() {
+        [1, 0] => &t.endpoints[1],
+        [0, 1] => &t.endpoints[0],
+        other => panic!("one busy agent expected: {other:?}"),
+    };
+    // Two clones on the busy agent (binpack fills it first, two at most), the third on
+    // the idle one; the first two are brought up first and wait for the busy slot.
+    let mut next = spec("next", 3);
+    next.boot_timeout = long;
+    next.strategy = PlacementStrategy::Binpack as i32;
+    next.max_per_agent = 2;
+    let mut c = coord.clone();
+    let deploy = tokio::spawn(async move {
+        run(c
+            .deploy(DeployRequest {
+                request_id: "next-d".into(),
+                spec: Some(next),
+                dry_run: false,
+            })
+            .await)
+        .await
+    });
+    let started = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            let on_idle: Vec<String> = running_on(idle).await.into_iter().map(|d| d.name).collect();
+            if !on_idle.is_empty() {
+                return on_idle;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let on_idle = started.expect("the idle agent's clone waited behind the busy agent's");
+    assert_eq!(on_idle.len(), 1, "{on_idle:?}");
+    assert!(on_idle[0].starts_with("next-"), "{on_idle:?}");
+
+    for name in ["next", "busy"] {
+        let (_, gone) = run(coord
+            .undeploy(UndeployRequest {
+                request_id: format!("{name}-u"),
+                name: name.into(),
+                purge: true,
+            })
+            .await)
+        .await;
+        assert_eq!(gone.failed, 0, "{gone:?}");
+    }
+    deploy.await.expect("deploy task");
+    for ep in &t.endpoints {
+        assert!(running_on(ep).await.is_empty(), "left on {ep}");
+    }
+    for a in t.agents {
+        a.stop().await;
+    }
+}
