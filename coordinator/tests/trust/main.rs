@@ -409,9 +409,10 @@ async fn a_short_lived_certificate_is_renewed_while_heartbeats_go_on() {
             .expect("renewal task")
             .unwrap_or_else(|e| panic!("renewal {i} of 4 at once: {e}"));
     }
+    // Read once the agent stopped: its own renewals, every 4 s, write these files too.
+    a.stop().await;
     let stored = napalm_agent::identity::Identity::load(&dir.path().join("a/state"), &id)
         .expect("the stored pair loads")
         .expect("enrolled");
     assert_eq!(stored.slot.leaf(), identity.slot.leaf());
-    a.stop().await;
 }
