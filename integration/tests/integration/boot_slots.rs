@@ -1,8 +1,12 @@
 //! Boot slots (`napalm-coordinator --boot-concurrency`): a clone's domain is created only
-//! when its agent has a slot free, and the slot is held until the clone registers. Real
-//! QEMU (TCG) clones on the grid's two agents, one slot each.
+//! when its agent has a slot free, and the slot is held until the clone registers; an
+//! undeploy meanwhile withdraws the clones still waiting. Real QEMU (TCG) clones on the
+//! grid's two agents, one slot each.
 
 use std::collections::BTreeMap;
+use std::io::Read;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use napalm_integration::grid::{Grid, GridOptions};
 
@@ -61,4 +65,66 @@ fn with_one_slot_per_agent_each_clone_boots_once_the_one_before_registered() {
             );
         }
     }
+
+    // An undeploy while clones wait for their slots: they are not started, and the
+    // undeploy does not wait for them to get slots (coordinator test
+    // `boot_slots::an_undeploy_during_a_boot_storm…` has the same on the test driver).
+    let mut deploy = g
+        .napalmctl_command()
+        .expect("napalmctl")
+        .args(["--output", "json", "deploy", "--memory", "128M"])
+        .args(["--hypervisor", "qemu", "--name", "gridq-w", "--count", "4"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning napalmctl deploy");
+    let withdrawn_domains = || -> Vec<String> {
+        g.domains()
+            .into_iter()
+            .filter(|d| d.starts_with("gridq-w-"))
+            .collect()
+    };
+    let t = Instant::now();
+    let mut seen = Vec::new();
+    while seen.len() < 2 && t.elapsed() < Duration::from_secs(120) {
+        seen = withdrawn_domains();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "one clone per agent should have started: {seen:?}"
+    );
+    let undeploy = Instant::now();
+    let out = g.napalmctl(&["undeploy", "gridq-w"]).expect("undeploy");
+    let took = undeploy.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "undeploy failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut stdout = String::new();
+    deploy
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_string(&mut stdout)
+        .expect("deploy output");
+    let _ = deploy.wait();
+    let not_started: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("not started: the deployment is being removed"))
+        .collect();
+    assert_eq!(
+        not_started.len(),
+        2,
+        "the two waiting clones were not withdrawn (undeploy took {took:.1} s):\n{stdout}"
+    );
+    assert!(
+        withdrawn_domains().is_empty(),
+        "domains outlived the undeploy: {:?}",
+        withdrawn_domains()
+    );
+    eprintln!("undeploy with 2 clones booting and 2 waiting for a slot: {took:.1} s");
 }
