@@ -200,11 +200,11 @@ struct Cli {
     /// and its clock falls behind whenever its vCPU waits for the host's CPU.
     #[arg(long, env = "NAPALM_GUEST_ACPI", default_value_t = true, action = clap::ArgAction::Set)]
     guest_acpi: bool,
-    /// How many clones boot at once on one agent: `auto` (the default: as many as its host
-    /// has CPUs for QEMU/TCG guests, no limit for KVM and Xen), `off`, or a number. A
+    /// How many clones boot at once on one agent: `auto` (the default: twice as many as its
+    /// host has CPUs for QEMU/TCG guests, no limit for KVM and Xen), `off`, or a number. A
     /// clone's domain is created once a slot is free; the slot is held until it registers,
     /// fails or its boot timeout passes. Under TCG a boot's cost grows with its length, so
-    /// booting more guests than CPUs stretches them all.
+    /// booting many more guests than CPUs stretches them all.
     #[arg(long, env = "NAPALM_BOOT_CONCURRENCY", default_value = "auto")]
     boot_concurrency: napalm_coordinator::deploy::boot_slots::BootConcurrency,
     /// Server-side directory of the reference root: the coordinator writes its NFS export
