@@ -5,16 +5,15 @@
 
 use napalm_coordinator::deploy::boot_slots::BootConcurrency;
 use napalm_coordinator::testing::{spec, GridOptions, TestGrid};
+use napalm_proto::v1::coordinator_service_client::CoordinatorServiceClient;
 use napalm_proto::v1::*;
 
 use crate::deploy::{run, running_on, TOKEN};
 
-/// Clones of a deployment waiting for a boot slot are not started once an undeploy of it
-/// comes: the undeploy does not wait for them to get their slots (a storm of 32 TCG
-/// clones takes a minute to), and every clone, started or not, is gone after it.
-#[tokio::test]
-async fn an_undeploy_during_a_boot_storm_withdraws_the_clones_waiting_for_a_slot() {
-    let t = TestGrid::start_with(
+/// Two agents on the test driver whose coordinator gives each one boot slot, and `places`
+/// places for shipping and creating (its default with `None`).
+async fn one_slot_per_agent(places: Option<usize>) -> TestGrid {
+    TestGrid::start_with(
         GridOptions {
             agent_token: Some(TOKEN.into()),
             ..Default::default()
@@ -22,29 +21,49 @@ async fn an_undeploy_during_a_boot_storm_withdraws_the_clones_waiting_for_a_slot
         |cfg| {
             if let Some(d) = cfg.deploy.as_mut() {
                 d.boot_concurrency = BootConcurrency::PerAgent(1);
+                if let Some(p) = places {
+                    d.concurrency = p;
+                }
             }
         },
     )
     .await
-    .expect("grid starts");
-    let mut coord = t.client().await.expect("connect to the coordinator");
-    // Clones on the test driver never register: each holds its agent's one slot for the
-    // whole boot timeout, so without the withdrawal the undeploy would wait 2 × 300 s.
-    let mut s = spec("storm", 6);
+    .expect("grid starts")
+}
+
+/// Deploys `s` in a task, its clones given 300 s to boot: on the test driver a clone never
+/// registers, so each holds its agent's slot that long.
+fn spawn_deploy(
+    coord: &CoordinatorServiceClient<tonic::transport::Channel>,
+    mut s: DeploymentSpec,
+) -> tokio::task::JoinHandle<(Vec<DeployProgress>, DeploySummary)> {
     s.boot_timeout = Some(napalm_proto::time::duration(
         std::time::Duration::from_secs(300),
     ));
     let mut c = coord.clone();
-    let deploy = tokio::spawn(async move {
+    tokio::spawn(async move {
+        let request_id = format!("{}-d", s.name);
         run(c
             .deploy(DeployRequest {
-                request_id: "storm-d".into(),
+                request_id,
                 spec: Some(s),
                 dry_run: false,
             })
             .await)
         .await
-    });
+    })
+}
+
+/// Clones of a deployment waiting for a boot slot are not started once an undeploy of it
+/// comes: the undeploy does not wait for them to get their slots (a storm of 32 TCG
+/// clones takes a minute to), and every clone, started or not, is gone after it.
+#[tokio::test]
+async fn an_undeploy_during_a_boot_storm_withdraws_the_clones_waiting_for_a_slot() {
+    let t = one_slot_per_agent(None).await;
+    let mut coord = t.client().await.expect("connect to the coordinator");
+    // Clones on the test driver never register: each holds its agent's one slot for the
+    // whole boot timeout, so without the withdrawal the undeploy would wait 2 × 300 s.
+    let deploy = spawn_deploy(&coord, spec("storm", 6));
     // One clone started on each agent, the four others waiting.
     let started = tokio::time::timeout(std::time::Duration::from_secs(60), async {
         loop {
@@ -137,35 +156,11 @@ async fn an_undeploy_during_a_boot_storm_withdraws_the_clones_waiting_for_a_slot
 /// agent ships and starts there.
 #[tokio::test]
 async fn a_clone_waiting_for_a_boot_slot_holds_no_shipping_place() {
-    let t = TestGrid::start_with(
-        GridOptions {
-            agent_token: Some(TOKEN.into()),
-            ..Default::default()
-        },
-        |cfg| {
-            if let Some(d) = cfg.deploy.as_mut() {
-                d.boot_concurrency = BootConcurrency::PerAgent(1);
-                d.concurrency = 1;
-            }
-        },
-    )
-    .await
-    .expect("grid starts");
+    let t = one_slot_per_agent(Some(1)).await;
     let mut coord = t.client().await.expect("connect to the coordinator");
-    // Clones on the test driver never register: each holds its slot 300 s.
-    let long = Some(napalm_proto::time::duration(
-        std::time::Duration::from_secs(300),
-    ));
-    let mut busy = spec("busy", 1);
-    busy.boot_timeout = long;
-    let (_, s) = run(coord
-        .deploy(DeployRequest {
-            request_id: "busy-d".into(),
-            spec: Some(busy),
-            dry_run: false,
-        })
-        .await)
-    .await;
+    let (_, s) = spawn_deploy(&coord, spec("busy", 1))
+        .await
+        .expect("deploy task");
     assert_eq!(s.succeeded, 1, "{s:?}");
     let mut per_agent = Vec::new();
     for ep in &t.endpoints {
@@ -179,20 +174,9 @@ async fn a_clone_waiting_for_a_boot_slot_holds_no_shipping_place() {
     // Two clones on the busy agent (binpack fills it first, two at most), the third on
     // the idle one; the first two are brought up first and wait for the busy slot.
     let mut next = spec("next", 3);
-    next.boot_timeout = long;
     next.strategy = PlacementStrategy::Binpack as i32;
     next.max_per_agent = 2;
-    let mut c = coord.clone();
-    let deploy = tokio::spawn(async move {
-        run(c
-            .deploy(DeployRequest {
-                request_id: "next-d".into(),
-                spec: Some(next),
-                dry_run: false,
-            })
-            .await)
-        .await
-    });
+    let deploy = spawn_deploy(&coord, next);
     let started = tokio::time::timeout(std::time::Duration::from_secs(30), async {
         loop {
             let on_idle: Vec<String> = running_on(idle).await.into_iter().map(|d| d.name).collect();
