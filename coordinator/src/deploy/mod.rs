@@ -58,6 +58,7 @@ use crate::scheduler::Policy;
 use addresses::AddressPool;
 use artifacts::{ArtifactConfig, Artifacts};
 pub use error::{chain, DeployError};
+use holds::Hold;
 use normalize::invalid;
 pub use normalize::MAX_COUNT;
 use report::{progress, send, Progress};
@@ -178,8 +179,6 @@ impl Inner {
             .unwrap_or(self.cfg.register_timeout)
     }
 }
-
-use holds::Hold;
 
 impl Deployer {
     /// A pipeline over `registry`, with metrics of its own.

@@ -78,7 +78,7 @@ fn with_one_slot_per_agent_each_clone_boots_once_the_one_before_registered() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning napalmctl deploy");
-    let withdrawn_domains = || -> Vec<String> {
+    let domains_of_gridq_w = || -> Vec<String> {
         g.domains()
             .into_iter()
             .filter(|d| d.starts_with("gridq-w-"))
@@ -87,7 +87,7 @@ fn with_one_slot_per_agent_each_clone_boots_once_the_one_before_registered() {
     let t = Instant::now();
     let mut seen = Vec::new();
     while seen.len() < 2 && t.elapsed() < Duration::from_secs(120) {
-        seen = withdrawn_domains();
+        seen = domains_of_gridq_w();
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(
@@ -122,9 +122,9 @@ fn with_one_slot_per_agent_each_clone_boots_once_the_one_before_registered() {
         "the two waiting clones were not withdrawn (undeploy took {took:.1} s):\n{stdout}"
     );
     assert!(
-        withdrawn_domains().is_empty(),
+        domains_of_gridq_w().is_empty(),
         "domains outlived the undeploy: {:?}",
-        withdrawn_domains()
+        domains_of_gridq_w()
     );
     eprintln!("undeploy with 2 clones booting and 2 waiting for a slot: {took:.1} s");
 }

@@ -385,7 +385,8 @@ impl Run {
         }
         drop(shipping_place);
         // A boot slot on the agent first (an older domain it replaces keeps running
-        // meanwhile): booting more TCG guests than the host has CPUs stretches every boot.
+        // meanwhile): booting many more TCG guests than the host has CPUs stretches every
+        // boot.
         let boot_slots = &self.inner.boot_slots;
         let slot = match boot_slots.try_admit(agent, hv) {
             Some(Err(slots)) => {
