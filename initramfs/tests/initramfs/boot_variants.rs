@@ -14,7 +14,9 @@
 //! `cargo test -p napalm-initramfs --test initramfs -- --ignored boot_variants --nocapture`
 //! (`NAPALM_BENCH_VARIANTS=4,9` picks variants by number; `NAPALM_BENCH_KERNEL_ARGS="a|b"`
 //! adds one per `|`-separated alternative: the deployed machine and arguments plus these;
-//! `NAPALM_BENCH_CPUS="max|…"` one per CPU model: the deployed Q35 with qboot and that `-cpu`).
+//! `NAPALM_BENCH_CPUS="max|…"` one per CPU model: the deployed Q35 with qboot and that `-cpu`;
+//! `NAPALM_BENCH_MACHINE_OPTS="hpet=off|…"` one per set of `-machine` options on that Q35;
+//! `NAPALM_BENCH_DEPLOYED_ARGS="a|b"` one per set of kernel arguments added on that Q35).
 
 use super::support::*;
 use std::path::Path;
@@ -38,6 +40,8 @@ struct Variant {
     signed_modules: bool,
     /// QEMU's `-cpu` (libvirt gives a domain without `<cpu>` QEMU's default, `qemu64`).
     cpu: String,
+    /// More of `-machine`'s options, after `usb=off,acpi=…` (`hpet=off`, `i8042=off`).
+    machine_opts: String,
     kernel_args: String,
 }
 
@@ -85,6 +89,7 @@ fn variants() -> Vec<Variant> {
         firmware: None,
         signed_modules: false,
         cpu: "qemu64".into(),
+        machine_opts: String::new(),
         kernel_args: format!("{} {extra}", fast(acpi)),
     };
     // The arguments before `noreplace-smp` came.
@@ -203,6 +208,37 @@ fn variants() -> Vec<Variant> {
             });
         }
     }
+    // The deployed machine with more machine options, one variant per `|`-separated set
+    // (`NAPALM_BENCH_MACHINE_OPTS="hpet=off|i8042=off,sata=off"`).
+    if let Ok(sets) = std::env::var("NAPALM_BENCH_MACHINE_OPTS") {
+        for opts in sets.split('|').map(str::trim) {
+            all.push(Variant {
+                machine_opts: format!(",{opts}"),
+                ..qboot(
+                    &format!(
+                        "Q35, ACPI, no USB or balloon, {tcg}, qboot, NIC on the root bus, {opts}"
+                    ),
+                    "q35",
+                )
+            });
+        }
+    }
+    // The deployed machine with more kernel arguments, one variant per `|`-separated set
+    // (`NAPALM_BENCH_DEPLOYED_ARGS="i8042.noaux|…"`).
+    if let Ok(extras) = std::env::var("NAPALM_BENCH_DEPLOYED_ARGS") {
+        for extra in extras.split('|').map(str::trim) {
+            let q = qboot(
+                &format!(
+                    "Q35, ACPI, no USB or balloon, {tcg}, qboot, NIC on the root bus, {extra}"
+                ),
+                "q35",
+            );
+            all.push(Variant {
+                kernel_args: format!("{} {extra}", q.kernel_args),
+                ..q
+            });
+        }
+    }
     // One more variant per `|`-separated alternative.
     if let Ok(extras) = std::env::var("NAPALM_BENCH_KERNEL_ARGS") {
         for extra in extras.split('|').map(str::trim) {
@@ -244,9 +280,10 @@ fn boot(kernel: &Path, img: &Path, port: u16, v: &Variant, into: &mut Samples) {
     let mut extra: Vec<String> = vec![
         "-machine".into(),
         format!(
-            "{},usb=off,acpi={}",
+            "{},usb=off,acpi={}{}",
             v.machine,
-            if v.acpi { "on" } else { "off" }
+            if v.acpi { "on" } else { "off" },
+            v.machine_opts
         ),
         "-m".into(),
         "128".into(),
@@ -332,6 +369,19 @@ fn boot(kernel: &Path, img: &Path, port: u16, v: &Variant, into: &mut Samples) {
                 .push(format!("{before}\n     +{:.0} ms → {l}", (t - last) * 1e3));
         }
         (last, before) = (t, l);
+    }
+    // `NAPALM_BENCH_EACH=1`: every boot's times and pauses as it ends (the summary has the
+    // last boot's only), to tell a slow boot's pauses from a fast one's.
+    if std::env::var_os("NAPALM_BENCH_EACH").is_some() {
+        eprintln!(
+            "-- {}: host {:.2} s, QEMU CPU {:.2} s, guest uptime {uptime:.2} s",
+            v.name,
+            into.host_s.last().copied().unwrap_or_default(),
+            into.cpu_s.last().copied().unwrap_or_default(),
+        );
+        for g in &into.gaps {
+            eprintln!("   pause {g}");
+        }
     }
     into.initcalls = q
         .output
