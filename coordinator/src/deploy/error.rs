@@ -14,9 +14,10 @@ use crate::registry::RegistryError;
 /// A step of the deploy pipeline that failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DeployError {
-    /// An undeploy of the deployment came while the clone waited to start.
-    #[error("not started: the deployment is being removed (undeploy)")]
-    Withdrawn,
+    /// An undeploy or a newer deploy of the deployment came while the clone waited to
+    /// start.
+    #[error("not started: {0}")]
+    Withdrawn(super::holds::WithdrawnBy),
     /// The ROM `--guest-firmware` names is unreadable.
     #[error(
         "cannot read the guest firmware {} (--guest-firmware): give a readable ROM file, `auto` (qboot when installed) or `default` (libvirt's SeaBIOS)",

@@ -59,6 +59,7 @@ use addresses::AddressPool;
 use artifacts::{ArtifactConfig, Artifacts};
 pub use error::{chain, DeployError};
 use holds::Hold;
+pub use holds::WithdrawnBy;
 use normalize::invalid;
 pub use normalize::MAX_COUNT;
 use report::{progress, send, Progress};
@@ -427,10 +428,24 @@ impl Deployer {
         // control loop carries on.
         let key = format!("{DEPLOYMENTS}{}", spec.name);
         let mut before = None;
+        // This deploy takes over from a run still starting the deployment's clones (an
+        // earlier client's, or the control loop's): those waiting for a boot slot are not
+        // started, so a corrected spec does not wait for a storm of the old one to get its
+        // slots. Its clones go on under this deploy's spec.
+        self.inner
+            .holds
+            .withdraw(&spec.name, WithdrawnBy::NewerDeploy);
         loop {
             let hold = self.hold(&spec.name).await;
+            let withdrawal = hold.withdrawn();
             let p = apply::Run::new(Arc::clone(&self.inner), spec.clone(), tx.clone());
             let r = p.execute(started, hold).await.map_err(ApiError::from)?;
+            // A newer deploy took over: another run of this one would store the older spec
+            // again. (After an undeploy the deployment is gone, below.)
+            if withdrawal.by() == Some(WithdrawnBy::NewerDeploy) {
+                self.inner.metrics.run_finished("deploy", started.elapsed());
+                return Ok(r);
+            }
             let registry = &self.inner.registry;
             let d = registry
                 .get::<Deployment>(&key)
@@ -468,7 +483,7 @@ impl Deployer {
         check_name("name", &req.name)?;
         // A run bringing the deployment up starts no more clones: those waiting for a
         // boot slot (a storm takes a minute to get them all) are not started at all.
-        self.inner.holds.withdraw(&req.name);
+        self.inner.holds.withdraw(&req.name, WithdrawnBy::Undeploy);
         let _hold = self.hold(&req.name).await;
         let registry = &self.inner.registry;
         let Some((_deployment, _)) = registry

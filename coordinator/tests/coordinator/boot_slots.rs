@@ -1,7 +1,8 @@
 //! Boot slots (`deploy::boot_slots`) seen from a client, on real agents over libvirt's
 //! `test:///default` driver, where a clone never registers and so holds its agent's slot
-//! for its whole boot timeout: an undeploy during a storm withdraws the clones still
-//! waiting, and a clone waiting for a slot holds none of the run's shipping places.
+//! for its whole boot timeout: an undeploy or a corrected deploy during a storm withdraws
+//! the clones still waiting, and a clone waiting for a slot holds none of the run's
+//! shipping places.
 
 use napalm_coordinator::deploy::boot_slots::BootConcurrency;
 use napalm_coordinator::testing::{spec, GridOptions, TestGrid};
@@ -42,7 +43,8 @@ fn spawn_deploy(
     ));
     let mut c = coord.clone();
     tokio::spawn(async move {
-        let request_id = format!("{}-d", s.name);
+        // Two deploys of one deployment are two requests.
+        let request_id = format!("{}-{}-d", s.name, s.count);
         run(c
             .deploy(DeployRequest {
                 request_id,
@@ -52,6 +54,37 @@ fn spawn_deploy(
             .await)
         .await
     })
+}
+
+/// Until `n` of the deployment's domains run on the agents at `endpoints`, at most 60 s.
+async fn until_running(endpoints: &[String], n: usize) {
+    let started = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            let mut running = 0;
+            for ep in endpoints {
+                running += running_on(ep).await.len();
+            }
+            if running == n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(started.is_ok(), "{n} clones never ran");
+}
+
+/// The clones `events` reports with a message containing `says`.
+fn told(events: &[DeployProgress], says: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(deploy_progress::Event::Clone(p)) if p.message.contains(says) => {
+                p.clone.as_ref().map(|c| c.name.clone())
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Clones of a deployment waiting for a boot slot are not started once an undeploy of it
@@ -65,23 +98,7 @@ async fn an_undeploy_during_a_boot_storm_withdraws_the_clones_waiting_for_a_slot
     // whole boot timeout, so without the withdrawal the undeploy would wait 2 × 300 s.
     let deploy = spawn_deploy(&coord, spec("storm", 6));
     // One clone started on each agent, the four others waiting.
-    let started = tokio::time::timeout(std::time::Duration::from_secs(60), async {
-        loop {
-            let running: usize = {
-                let mut n = 0;
-                for ep in &t.endpoints {
-                    n += running_on(ep).await.len();
-                }
-                n
-            };
-            if running == 2 {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    assert!(started.is_ok(), "two clones never started");
+    until_running(&t.endpoints, 2).await;
 
     let undeploy = tokio::time::timeout(
         std::time::Duration::from_secs(60),
@@ -104,18 +121,7 @@ async fn an_undeploy_during_a_boot_storm_withdraws_the_clones_waiting_for_a_slot
         .await
         .expect("the deploy ends after the undeploy")
         .expect("deploy task");
-    let withdrawn: Vec<String> = events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Some(deploy_progress::Event::Clone(p))
-                if p.message
-                    .contains("not started: the deployment is being removed") =>
-            {
-                p.clone.as_ref().map(|c| c.name.clone())
-            }
-            _ => None,
-        })
-        .collect();
+    let withdrawn = told(&events, "not started: the deployment is being removed");
     assert_eq!(
         withdrawn.len(),
         4,
@@ -146,6 +152,81 @@ async fn an_undeploy_during_a_boot_storm_withdraws_the_clones_waiting_for_a_slot
         .expect("list")
         .into_inner();
     assert!(clones.clones.is_empty(), "{:?}", clones.clones);
+    for a in t.agents {
+        a.stop().await;
+    }
+}
+
+/// A client deploy during a storm takes over from the run still starting the deployment's
+/// clones: the clones waiting for a boot slot are not started by that run, and the newer
+/// spec (here fewer clones, as an operator corrects a count too large) is carried out at
+/// once instead of after the old run's last slot.
+#[tokio::test]
+async fn a_corrected_deploy_during_a_boot_storm_does_not_wait_for_the_old_runs_slots() {
+    let t = one_slot_per_agent(None).await;
+    let mut coord = t.client().await.expect("connect to the coordinator");
+    let first = spawn_deploy(&coord, spec("storm", 6));
+    until_running(&t.endpoints, 2).await;
+
+    // Without the withdrawal this deploy waits for the first run's hold, which waits for
+    // the four clones' slots: 2 × 300 s.
+    let corrected = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        spawn_deploy(&coord, spec("storm", 2)),
+    )
+    .await
+    .expect("the corrected deploy waited for the first run's boot slots")
+    .expect("deploy task");
+    let (_, summary) = corrected;
+    assert_eq!(
+        (summary.requested, summary.succeeded, summary.failed),
+        (2, 2, 0),
+        "{summary:?}"
+    );
+    let (events, first) = tokio::time::timeout(std::time::Duration::from_secs(60), first)
+        .await
+        .expect("the first deploy ends once the corrected one is done")
+        .expect("deploy task");
+    let withdrawn = told(
+        &events,
+        "not started: a newer deploy of the deployment took over",
+    );
+    assert_eq!(
+        withdrawn.len(),
+        4,
+        "withdrawn: {withdrawn:?}; first {first:?}"
+    );
+    // Two clones in all, both running; the four withdrawn were never started anywhere.
+    let clones = coord
+        .list_clones(ListClonesRequest {
+            deployment: "storm".into(),
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .clones;
+    assert_eq!(clones.len(), 2, "{clones:?}");
+    assert!(
+        clones.iter().all(|c| c.phase == ClonePhase::Running as i32),
+        "{clones:?}"
+    );
+    let mut domains = Vec::new();
+    for ep in &t.endpoints {
+        domains.extend(running_on(ep).await.into_iter().map(|d| d.name));
+    }
+    domains.sort();
+    let mut names: Vec<String> = clones.iter().map(|c| c.name.clone()).collect();
+    names.sort();
+    assert_eq!(domains, names);
+    let (_, gone) = run(coord
+        .undeploy(UndeployRequest {
+            request_id: "storm-u".into(),
+            name: "storm".into(),
+            purge: true,
+        })
+        .await)
+    .await;
+    assert_eq!(gone.failed, 0, "{gone:?}");
     for a in t.agents {
         a.stop().await;
     }

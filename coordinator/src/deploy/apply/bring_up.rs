@@ -152,7 +152,7 @@ impl Run {
             };
             match self.create_on(&c, agent, &built, &kernel, replace).await {
                 Ok(()) => return Ok(()),
-                Err(e @ DeployError::Withdrawn) => {
+                Err(e @ DeployError::Withdrawn(_)) => {
                     self.report(&c, &e.to_string()).await;
                     return Ok(());
                 }
@@ -223,11 +223,11 @@ impl Run {
         let kernel = kernels.for_hypervisor(hv);
         let firmware = kernels.firmware_for(hv);
         // A place among the clones shipping or being created (`Run::places`), let go of
-        // while waiting for a boot slot; an undeploy does not wait for one either.
+        // while waiting for a boot slot; a withdrawal does not wait for one either.
         let place = || async {
             tokio::select! {
                 p = self.places.acquire() => Ok(p.ok()),
-                () = self.withdrawn.cancelled() => Err(DeployError::Withdrawn),
+                by = self.withdrawn.signalled() => Err(DeployError::Withdrawn(by)),
             }
         };
         let shipping_place = place().await?;
@@ -387,8 +387,17 @@ impl Run {
         // A boot slot on the agent first (an older domain it replaces keeps running
         // meanwhile): booting many more TCG guests than the host has CPUs stretches every
         // boot.
+        // A clone already up whose domain stays (a re-run checking it, such as a newer
+        // deploy's while the clone still boots) boots nothing here: the create below finds
+        // its domain running. It takes no slot; if it still boots, it holds the one the run
+        // that started it took.
+        let checking = !replace
+            && (c.phase == ClonePhase::Running as i32 || c.phase == ClonePhase::Registered as i32);
         let boot_slots = &self.inner.boot_slots;
-        let slot = match boot_slots.try_admit(agent, hv) {
+        let slot = match (!checking)
+            .then(|| boot_slots.try_admit(agent, hv))
+            .flatten()
+        {
             Some(Err(slots)) => {
                 self.report(
                     c,
@@ -398,10 +407,11 @@ impl Run {
                     ),
                 )
                 .await;
-                // An undeploy does not wait for this clone's slot: it is not started.
+                // An undeploy or a newer deploy does not wait for this clone's slot: it is
+                // not started.
                 tokio::select! {
                     slot = boot_slots.admit(agent, hv).instrument(tracing::info_span!("admit")) => slot,
-                    () = self.withdrawn.cancelled() => return Err(DeployError::Withdrawn),
+                    by = self.withdrawn.signalled() => return Err(DeployError::Withdrawn(by)),
                 }
             }
             Some(Ok(slot)) => Some(slot),

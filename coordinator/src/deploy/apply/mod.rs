@@ -51,9 +51,10 @@ pub(super) struct Run {
     /// uploads of one blob at once). A bring-up that fails on an agent forgets its
     /// entries, so a retry there asks again.
     shipped: std::sync::Mutex<Shipments>,
-    /// Cancelled when an undeploy of the deployment asks for it: clones not yet started
-    /// are not started (taken from the run's hold in [`Run::execute`]).
-    withdrawn: tokio_util::sync::CancellationToken,
+    /// Signalled when an undeploy or a newer client deploy of the deployment asks for it:
+    /// clones not yet started are not started (taken from the run's hold in
+    /// [`Run::execute`]).
+    withdrawn: super::holds::Withdrawal,
     /// Places for the clones shipping or being created at once (`DeployConfig::concurrency`);
     /// a clone waiting for its boot slot holds none, so a busy agent does not keep the
     /// others' clones from shipping.
