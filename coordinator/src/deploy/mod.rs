@@ -221,7 +221,7 @@ impl Deployer {
 
     /// Waits for the right to work on `deployment`.
     async fn hold(&self, deployment: &str) -> Hold {
-        self.inner.holds.hold(deployment).await
+        self.inner.holds.hold(deployment, None).await
     }
 
     /// The right to work on `deployment`, unless someone else has it.
@@ -432,11 +432,9 @@ impl Deployer {
         // earlier client's, or the control loop's): those waiting for a boot slot are not
         // started, so a corrected spec does not wait for a storm of the old one to get its
         // slots. Its clones go on under this deploy's spec.
-        self.inner
-            .holds
-            .withdraw(&spec.name, WithdrawnBy::NewerDeploy);
+        let mut taking_over = Some(WithdrawnBy::NewerDeploy);
         loop {
-            let hold = self.hold(&spec.name).await;
+            let hold = self.inner.holds.hold(&spec.name, taking_over.take()).await;
             let withdrawal = hold.withdrawn();
             let p = apply::Run::new(Arc::clone(&self.inner), spec.clone(), tx.clone());
             let r = p.execute(started, hold).await.map_err(ApiError::from)?;
@@ -483,8 +481,11 @@ impl Deployer {
         check_name("name", &req.name)?;
         // A run bringing the deployment up starts no more clones: those waiting for a
         // boot slot (a storm takes a minute to get them all) are not started at all.
-        self.inner.holds.withdraw(&req.name, WithdrawnBy::Undeploy);
-        let _hold = self.hold(&req.name).await;
+        let _hold = self
+            .inner
+            .holds
+            .hold(&req.name, Some(WithdrawnBy::Undeploy))
+            .await;
         let registry = &self.inner.registry;
         let Some((_deployment, _)) = registry
             .get::<Deployment>(&format!("{DEPLOYMENTS}{}", req.name))

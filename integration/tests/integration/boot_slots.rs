@@ -1,7 +1,7 @@
 //! Boot slots (`napalm-coordinator --boot-concurrency`): a clone's domain is created only
 //! when its agent has a slot free, and the slot is held until the clone registers; an
-//! undeploy meanwhile withdraws the clones still waiting. Real QEMU (TCG) clones on the
-//! grid's two agents, one slot each.
+//! undeploy, or a corrected deploy, meanwhile withdraws the clones still waiting. Real
+//! QEMU (TCG) clones on the grid's two agents, one slot each.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -66,35 +66,59 @@ fn with_one_slot_per_agent_each_clone_boots_once_the_one_before_registered() {
         }
     }
 
+    // A corrected deploy while clones wait for their slots (4 asked, then 2): the waiting
+    // ones are not started by the first run, and the corrected deploy does not wait for
+    // them to get slots (coordinator test `boot_slots::a_corrected_deploy_during…`).
+    let (mut first, domains_of) = storm_of_4(&g, "gridq-c");
+    let corrected = Instant::now();
+    let out = g
+        .napalmctl(&[
+            "deploy",
+            "--memory",
+            "128M",
+            "--hypervisor",
+            "qemu",
+            "--name",
+            "gridq-c",
+            "--count",
+            "2",
+        ])
+        .expect("corrected deploy");
+    let took = corrected.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "the corrected deploy failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = output_of(&mut first);
+    let not_started = stdout
+        .lines()
+        .filter(|l| l.contains("not started: a newer deploy of the deployment took over"))
+        .count();
+    assert_eq!(
+        not_started, 2,
+        "the two waiting clones were not withdrawn (the corrected deploy took {took:.1} s):\n{stdout}"
+    );
+    let registered = g.clones("gridq-c").expect("napalmctl clones");
+    assert_eq!(registered.len(), 2, "{registered:?}");
+    assert!(
+        registered.iter().all(|c| c["phase"]
+            .as_str()
+            .is_some_and(|p| p.eq_ignore_ascii_case("registered"))),
+        "{registered:?}"
+    );
+    assert_eq!(domains_of().len(), 2, "{:?}", domains_of());
+    eprintln!(
+        "corrected deploy (4 → 2) with 2 clones booting and 2 waiting for a slot: {took:.1} s"
+    );
+    let out = g.napalmctl(&["undeploy", "gridq-c"]).expect("undeploy");
+    assert!(out.status.success(), "{out:?}");
+
     // An undeploy while clones wait for their slots: they are not started, and the
     // undeploy does not wait for them to get slots (coordinator test
     // `boot_slots::an_undeploy_during_a_boot_storm…` has the same on the test driver).
-    let mut deploy = g
-        .napalmctl_command()
-        .expect("napalmctl")
-        .args(["--output", "json", "deploy", "--memory", "128M"])
-        .args(["--hypervisor", "qemu", "--name", "gridq-w", "--count", "4"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning napalmctl deploy");
-    let domains_of_gridq_w = || -> Vec<String> {
-        g.domains()
-            .into_iter()
-            .filter(|d| d.starts_with("gridq-w-"))
-            .collect()
-    };
-    let t = Instant::now();
-    let mut seen = Vec::new();
-    while seen.len() < 2 && t.elapsed() < Duration::from_secs(120) {
-        seen = domains_of_gridq_w();
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(
-        seen.len(),
-        2,
-        "one clone per agent should have started: {seen:?}"
-    );
+    let (mut deploy, domains_of_gridq_w) = storm_of_4(&g, "gridq-w");
     let undeploy = Instant::now();
     let out = g.napalmctl(&["undeploy", "gridq-w"]).expect("undeploy");
     let took = undeploy.elapsed().as_secs_f64();
@@ -104,14 +128,7 @@ fn with_one_slot_per_agent_each_clone_boots_once_the_one_before_registered() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut stdout = String::new();
-    deploy
-        .stdout
-        .take()
-        .expect("piped stdout")
-        .read_to_string(&mut stdout)
-        .expect("deploy output");
-    let _ = deploy.wait();
+    let stdout = output_of(&mut deploy);
     let not_started: Vec<&str> = stdout
         .lines()
         .filter(|l| l.contains("not started: the deployment is being removed"))
@@ -127,4 +144,54 @@ fn with_one_slot_per_agent_each_clone_boots_once_the_one_before_registered() {
         domains_of_gridq_w()
     );
     eprintln!("undeploy with 2 clones booting and 2 waiting for a slot: {took:.1} s");
+}
+
+/// `napalmctl deploy` of 4 QEMU clones named `name` in the background, once the first two
+/// run (one per agent, the two others waiting for a slot); with a listing of the
+/// deployment's domains.
+fn storm_of_4<'g>(
+    g: &'g Grid,
+    name: &'g str,
+) -> (std::process::Child, impl Fn() -> Vec<String> + 'g) {
+    let deploy = g
+        .napalmctl_command()
+        .expect("napalmctl")
+        .args(["--output", "json", "deploy", "--memory", "128M"])
+        .args(["--hypervisor", "qemu", "--name", name, "--count", "4"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning napalmctl deploy");
+    let prefix = format!("{name}-");
+    let domains_of = move || -> Vec<String> {
+        g.domains()
+            .into_iter()
+            .filter(|d| d.starts_with(&prefix))
+            .collect()
+    };
+    let t = Instant::now();
+    let mut seen = Vec::new();
+    while seen.len() < 2 && t.elapsed() < Duration::from_secs(120) {
+        seen = domains_of();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "one clone per agent should have started: {seen:?}"
+    );
+    (deploy, domains_of)
+}
+
+/// What the background `napalmctl` printed, once it ended.
+fn output_of(child: &mut std::process::Child) -> String {
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_string(&mut stdout)
+        .expect("deploy output");
+    let _ = child.wait();
+    stdout
 }
