@@ -76,6 +76,19 @@ pub(super) fn loop_placements(
         .collect()
 }
 
+/// Whether a run the loop started for `spec` may go on once it has the deployment's hold,
+/// given the deployment as stored then: the pass read `spec` before it had the hold, and an
+/// undeploy, or a client's deploy of another spec, may have finished in between. Such a run
+/// would store `spec` again: bring back the deployment an undeploy just removed, or roll
+/// the clones back to the older spec. It stops instead; the next pass converges what is
+/// stored.
+pub(super) fn still_stored(
+    stored: Option<&napalm_proto::v1::Deployment>,
+    spec: &DeploymentSpec,
+) -> bool {
+    stored.and_then(|d| d.spec.as_ref()) == Some(spec)
+}
+
 /// Whether `plan` asks for more than placements: those only make work when at least one
 /// clone can be placed now (clones waiting for capacity do not churn a run each pass).
 fn beyond_placement(action: &Action) -> bool {
@@ -350,5 +363,30 @@ pub async fn run(deployer: Deployer, every: Duration, leads: impl Fn() -> bool +
         if let Err(e) = pass {
             tracing::warn!(error = %e, "a converge pass failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use napalm_proto::v1::Deployment;
+
+    #[test]
+    fn a_loop_run_goes_on_only_for_the_spec_still_stored() {
+        let spec = crate::testing::spec("d", 4);
+        let stored = |spec: &DeploymentSpec| Deployment {
+            spec: Some(spec.clone()),
+            ..Default::default()
+        };
+        assert!(still_stored(Some(&stored(&spec)), &spec));
+        // Undeployed since the pass read it.
+        assert!(!still_stored(None, &spec));
+        // Deployed anew with another spec since.
+        let newer = DeploymentSpec {
+            count: 2,
+            ..spec.clone()
+        };
+        assert!(!still_stored(Some(&stored(&newer)), &spec));
+        assert!(!still_stored(Some(&Deployment::default()), &spec));
     }
 }

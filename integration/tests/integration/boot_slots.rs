@@ -18,7 +18,7 @@ fn with_one_slot_per_agent_each_clone_boots_once_the_one_before_registered() {
         coordinator_args: vec!["--boot-concurrency".into(), "1".into()],
         ..Default::default()
     };
-    let g = Grid::start(opts, "gridq").expect("starting the grid");
+    let mut g = Grid::start(opts, "gridq").expect("starting the grid");
     let d = deploy_with(&g, "gridq", 4, "128M");
     // Per agent, its clones as (QEMU started, registered), in the order they started
     // (seconds since the deploy began).
@@ -112,6 +112,7 @@ fn with_one_slot_per_agent_each_clone_boots_once_the_one_before_registered() {
     eprintln!(
         "corrected deploy (4 → 2) with 2 clones booting and 2 waiting for a slot: {took:.1} s"
     );
+    drop(domains_of);
     let out = g.napalmctl(&["undeploy", "gridq-c"]).expect("undeploy");
     assert!(out.status.success(), "{out:?}");
 
@@ -138,10 +139,12 @@ fn with_one_slot_per_agent_each_clone_boots_once_the_one_before_registered() {
         2,
         "the two waiting clones were not withdrawn (undeploy took {took:.1} s):\n{stdout}"
     );
+    let left = domains_of_gridq_w();
+    drop(domains_of_gridq_w);
     assert!(
-        domains_of_gridq_w().is_empty(),
-        "domains outlived the undeploy: {:?}",
-        domains_of_gridq_w()
+        left.is_empty(),
+        "domains outlived the undeploy: {left:?}\nthe deploy's output:\n{stdout}\n{}",
+        g.logs()
     );
     eprintln!("undeploy with 2 clones booting and 2 waiting for a slot: {took:.1} s");
 }

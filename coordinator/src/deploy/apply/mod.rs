@@ -149,11 +149,22 @@ impl Run {
 
     /// Records the deployment, then applies reconcile's adds (each new clone gets the
     /// pool's lowest free address) and removes (domain, then record). Returns the plan
-    /// and the deployment's clones after it.
-    async fn apply_records(&mut self) -> Result<(Plan, Vec<Clone>), RegistryError> {
+    /// and the deployment's clones after it; nothing for a run of the control loop whose
+    /// spec is no longer the one stored ([`super::converge::still_stored`]).
+    async fn apply_records(&mut self) -> Result<Option<(Plan, Vec<Clone>)>, RegistryError> {
         let reg = &self.inner.registry;
         let now = timestamp(reg.clock().now());
         let spec = self.spec.clone();
+        // Nobody else writes the deployment while this run has its hold.
+        if self.control_loop {
+            let stored = reg
+                .get::<Deployment>(&format!("{DEPLOYMENTS}{}", spec.name))
+                .await?;
+            if !super::converge::still_stored(stored.as_ref().map(|(d, _)| d), &spec) {
+                tracing::info!(deployment = %spec.name, "not converged: undeployed or deployed anew since the pass read it");
+                return Ok(None);
+            }
+        }
         let stored = reg
             .update::<Deployment, _>(&format!("{DEPLOYMENTS}{}", spec.name), |cur| {
                 let mut d = cur.unwrap_or_else(|| Deployment {
@@ -248,7 +259,7 @@ impl Run {
             .await;
         }
         let clones = reg.list_clones(&self.spec.name).await?;
-        Ok((plan, clones))
+        Ok(Some((plan, clones)))
     }
 
     /// A run of the control loop: it ends once its clones are brought up, and leaves
@@ -271,7 +282,12 @@ impl Run {
         let reg = self.inner.registry.clone();
         let deploy_span = tracing::Span::current();
         let mut clone_spans = HashMap::new();
-        let (plan, plan_records) = self.apply_records().await?;
+        let Some((plan, plan_records)) = self.apply_records().await? else {
+            return Ok(DeploySummary {
+                deployment: self.spec.name.clone(),
+                ..Default::default()
+            });
+        };
         let agents = reg.list_agents(&[]).await?;
         let by_id: HashMap<String, Agent> =
             agents.iter().map(|a| (a.id.clone(), a.clone())).collect();
