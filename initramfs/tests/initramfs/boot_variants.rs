@@ -195,49 +195,39 @@ fn variants() -> Vec<Variant> {
         &format!("Q35, ACPI, no USB or balloon, {tcg}, qboot, NIC on the root bus (deployed)"),
         "q35",
     ));
-    // The deployed machine with another CPU model, one variant per `|`-separated model
-    // (`NAPALM_BENCH_CPUS="max|max,la57=off"`).
-    if let Ok(cpus) = std::env::var("NAPALM_BENCH_CPUS") {
-        for cpu in cpus.split('|').map(str::trim) {
-            all.push(Variant {
-                cpu: cpu.to_owned(),
-                ..qboot(
-                    &format!("Q35, ACPI, no USB or balloon, {tcg}, qboot, NIC on the root bus, -cpu {cpu}"),
-                    "q35",
-                )
-            });
-        }
+    // The deployed machine changed one way per `|`-separated item of a variable:
+    // `NAPALM_BENCH_CPUS="max|max,la57=off"` (another CPU model),
+    // `NAPALM_BENCH_MACHINE_OPTS="hpet=off|i8042=off,sata=off"` (more machine options),
+    // `NAPALM_BENCH_DEPLOYED_ARGS="i8042.noaux|…"` (more kernel arguments).
+    let each = |var: &str| -> Vec<String> {
+        std::env::var(var)
+            .map(|s| s.split('|').map(|x| x.trim().to_owned()).collect())
+            .unwrap_or_default()
+    };
+    let deployed = |what: &str| {
+        qboot(
+            &format!("Q35, ACPI, no USB or balloon, {tcg}, qboot, NIC on the root bus, {what}"),
+            "q35",
+        )
+    };
+    for cpu in each("NAPALM_BENCH_CPUS") {
+        all.push(Variant {
+            cpu: cpu.clone(),
+            ..deployed(&format!("-cpu {cpu}"))
+        });
     }
-    // The deployed machine with more machine options, one variant per `|`-separated set
-    // (`NAPALM_BENCH_MACHINE_OPTS="hpet=off|i8042=off,sata=off"`).
-    if let Ok(sets) = std::env::var("NAPALM_BENCH_MACHINE_OPTS") {
-        for opts in sets.split('|').map(str::trim) {
-            all.push(Variant {
-                machine_opts: format!(",{opts}"),
-                ..qboot(
-                    &format!(
-                        "Q35, ACPI, no USB or balloon, {tcg}, qboot, NIC on the root bus, {opts}"
-                    ),
-                    "q35",
-                )
-            });
-        }
+    for opts in each("NAPALM_BENCH_MACHINE_OPTS") {
+        all.push(Variant {
+            machine_opts: format!(",{opts}"),
+            ..deployed(&opts)
+        });
     }
-    // The deployed machine with more kernel arguments, one variant per `|`-separated set
-    // (`NAPALM_BENCH_DEPLOYED_ARGS="i8042.noaux|…"`).
-    if let Ok(extras) = std::env::var("NAPALM_BENCH_DEPLOYED_ARGS") {
-        for extra in extras.split('|').map(str::trim) {
-            let q = qboot(
-                &format!(
-                    "Q35, ACPI, no USB or balloon, {tcg}, qboot, NIC on the root bus, {extra}"
-                ),
-                "q35",
-            );
-            all.push(Variant {
-                kernel_args: format!("{} {extra}", q.kernel_args),
-                ..q
-            });
-        }
+    for extra in each("NAPALM_BENCH_DEPLOYED_ARGS") {
+        let q = deployed(&extra);
+        all.push(Variant {
+            kernel_args: format!("{} {extra}", q.kernel_args),
+            ..q
+        });
     }
     // One more variant per `|`-separated alternative.
     if let Ok(extras) = std::env::var("NAPALM_BENCH_KERNEL_ARGS") {

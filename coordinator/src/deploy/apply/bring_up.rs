@@ -386,11 +386,10 @@ impl Run {
         drop(shipping_place);
         // A boot slot on the agent first (an older domain it replaces keeps running
         // meanwhile): booting many more TCG guests than the host has CPUs stretches every
-        // boot.
-        // A clone already up whose domain stays (a re-run checking it, such as a newer
-        // deploy's while the clone still boots) boots nothing here: the create below finds
-        // its domain running. It takes no slot; if it still boots, it holds the one the run
-        // that started it took.
+        // boot. Not for a clone already up whose domain stays (a re-run checking it, such
+        // as a newer deploy's while the clone still boots): the create below only finds
+        // its domain running; if it still boots, it holds the slot of the run that
+        // started it.
         let checking = !replace
             && (c.phase == ClonePhase::Running as i32 || c.phase == ClonePhase::Registered as i32);
         let boot_slots = &self.inner.boot_slots;
