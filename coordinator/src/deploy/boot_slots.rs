@@ -19,15 +19,23 @@
 //! 28.6–30.9 s with no limit (3 runs); a storm of 32 took 102.1 s with one per CPU and
 //! 92.3 s with two (one run each), against 117 s with no limit (README).
 //!
+//! A slot is held for one boot of one clone: when that boot ends otherwise than by the
+//! clone's record (its domain died or is gone, which the control loop or a re-run finds),
+//! [`BootSlots::let_go`] frees it at once, so that starting the clone again does not wait
+//! for the slot of the boot that failed.
+//!
 //! The slots are this coordinator's: runs of every deployment and the control loop share
-//! them; a clone a takeover's new leader brings up counts only there.
+//! them (the loop's restart of a clone that died takes one too, or waits for a later
+//! pass); a clone a takeover's new leader brings up counts only there.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use napalm_proto::v1::{Agent, ClonePhase, Hypervisor};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::registry::Registry;
 
@@ -81,12 +89,26 @@ pub struct Slot {
     _permit: OwnedSemaphorePermit,
 }
 
+/// The slot of a clone's boot under way, and what stops its watch.
+struct Held {
+    /// Which boot: a later boot of the same clone replaces the entry, and the earlier
+    /// boot's watch must then not remove it.
+    boot: u64,
+    _slot: Slot,
+    stop: CancellationToken,
+}
+
+/// Clone name → the slot its boot under way holds.
+type Booting = Arc<Mutex<HashMap<String, Held>>>;
+
 /// Every agent's boot slots.
 pub struct BootSlots {
     mode: BootConcurrency,
     /// Per agent id: its slots, and how many there are (a host whose CPU count changed
     /// gets a new set; slots held on the old one run out as their clones boot).
     agents: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
+    booting: Booting,
+    boots: AtomicU64,
 }
 
 impl BootSlots {
@@ -95,6 +117,56 @@ impl BootSlots {
         Self {
             mode,
             agents: Mutex::default(),
+            booting: Booting::default(),
+            boots: AtomicU64::new(0),
+        }
+    }
+
+    /// Holds `slot` for clone `clone`'s boot, which just started, until the clone is no
+    /// longer booting by its record ([`booting_until`]: registered, failed, gone, or
+    /// `bound` passed) or [`Self::let_go`] says the boot ended. A slot still held for an
+    /// earlier boot of the clone is let go.
+    pub fn hold_while_booting(
+        &self,
+        slot: Slot,
+        registry: Registry,
+        clone: String,
+        bound: Duration,
+    ) {
+        let boot = self.boots.fetch_add(1, Ordering::Relaxed);
+        let stop = CancellationToken::new();
+        let held = Held {
+            boot,
+            _slot: slot,
+            stop: stop.clone(),
+        };
+        let earlier = lock(&self.booting).insert(clone.clone(), held);
+        if let Some(e) = earlier {
+            e.stop.cancel();
+        }
+        let booting = Arc::clone(&self.booting);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = booting_until(&registry, &clone, bound) => {}
+                _ = stop.cancelled() => {}
+            }
+            let mut held = lock(&booting);
+            if held.get(&clone).is_some_and(|h| h.boot == boot) {
+                held.remove(&clone);
+            }
+        });
+    }
+
+    /// Frees at once the slot clone `clone`'s boot holds, if any: that boot ended while
+    /// the record still says running (its domain died, or its agent lost it).
+    pub fn let_go(&self, clone: &str) {
+        let held = lock(&self.booting).remove(clone);
+        if let Some(h) = held {
+            tracing::info!(
+                clone,
+                "boot slot let go: the clone's domain is no longer running"
+            );
+            h.stop.cancel();
         }
     }
 
@@ -136,14 +208,18 @@ impl BootSlots {
 /// writes (a registration another coordinator sharing the store recorded).
 const RECHECK: Duration = Duration::from_secs(1);
 
-/// Holds `slot` until clone `clone` is no longer booting: registered, failed, stopped or
-/// gone from the registry, or `bound` has passed. A registry that cannot be read lets it
-/// go (a slot never outlives what it guards by more than a recheck).
-pub async fn hold_while_booting(slot: Slot, registry: Registry, clone: String, bound: Duration) {
+fn lock(booting: &Booting) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+    booting.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Returns once clone `clone` is no longer booting by its record: registered, failed,
+/// stopped or gone from the registry, or `bound` has passed. A registry that cannot be
+/// read ends it too (a slot never outlives what it guards by more than a recheck).
+async fn booting_until(registry: &Registry, clone: &str, bound: Duration) {
     let until = tokio::time::Instant::now() + bound;
     let mut changes = registry.changes();
     loop {
-        match registry.get_clone(&clone).await {
+        match registry.get_clone(clone).await {
             Ok(c) if c.phase == ClonePhase::Running as i32 => {}
             _ => break,
         }
@@ -156,7 +232,6 @@ pub async fn hold_while_booting(slot: Slot, registry: Registry, clone: String, b
         // A write of this coordinator's (a registration) or the recheck, whichever first.
         let _ = tokio::time::timeout_at(wake, changes.changed()).await;
     }
-    drop(slot);
 }
 
 #[cfg(test)]
@@ -229,12 +304,7 @@ mod tests {
             .admit(&a, Hypervisor::Qemu)
             .await
             .expect("a limit applies");
-        let held = tokio::spawn(hold_while_booting(
-            slot,
-            reg.clone(),
-            "c1".into(),
-            Duration::from_secs(60),
-        ));
+        slots.hold_while_booting(slot, reg.clone(), "c1".into(), Duration::from_secs(60));
         assert!(matches!(
             slots.try_admit(&a, Hypervisor::Qemu),
             Some(Err(1))
@@ -254,7 +324,6 @@ mod tests {
             .expect("the slot was let go when the clone registered")
             .expect("admit");
         assert!(got.is_some());
-        held.await.expect("hold");
         // Another agent's slots are its own.
         assert!(tokio::time::timeout(
             Duration::from_secs(1),
@@ -263,6 +332,21 @@ mod tests {
         .await
         .expect("agent b's slot is free")
         .is_some());
+    }
+
+    /// Until a slot of agent `a` is free, at most 5 s; how long that took.
+    async fn until_free(slots: &BootSlots, a: &Agent) -> Duration {
+        let t = tokio::time::Instant::now();
+        loop {
+            if let Some(Ok(_)) = slots.try_admit(a, Hypervisor::Qemu) {
+                return t.elapsed();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "the slot was never let go"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]
@@ -276,26 +360,55 @@ mod tests {
             .admit(&a, Hypervisor::Qemu)
             .await
             .expect("a limit applies");
-        let t = tokio::time::Instant::now();
-        hold_while_booting(
+        slots.hold_while_booting(
             slot,
             reg.clone(),
             "silent".into(),
             Duration::from_millis(400),
-        )
-        .await;
-        assert!(t.elapsed() >= Duration::from_millis(400));
-        assert!(matches!(slots.try_admit(&a, Hypervisor::Qemu), Some(Ok(_))));
+        );
+        assert!(until_free(&slots, &a).await >= Duration::from_millis(380));
         // A clone gone from the registry lets it go at once.
         let slot = slots
             .admit(&a, Hypervisor::Qemu)
             .await
             .expect("a limit applies");
-        tokio::time::timeout(
-            Duration::from_secs(2),
-            hold_while_booting(slot, reg, "gone".into(), Duration::from_secs(60)),
-        )
-        .await
-        .expect("a clone not in the registry holds no slot");
+        slots.hold_while_booting(slot, reg, "gone".into(), Duration::from_secs(60));
+        assert!(until_free(&slots, &a).await < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_boot_that_ended_behind_the_record_lets_its_slot_go_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reg = crate::registry::temp_registry(dir.path()).await;
+        put(&reg, "c1", ClonePhase::Running).await;
+        put(&reg, "c2", ClonePhase::Running).await;
+        let slots = BootSlots::new(BootConcurrency::PerAgent(2));
+        let a = agent("a", 1);
+        let admit = || async {
+            slots
+                .admit(&a, Hypervisor::Qemu)
+                .await
+                .expect("a limit applies")
+        };
+        // c1 boots, then boots again (a restart) while the first boot's watch still
+        // runs: the later boot holds one slot, the first boot's slot is let go, and the
+        // first boot's watch, as it ends, leaves the later boot's slot alone.
+        let hold = |clone: &str, slot| {
+            slots.hold_while_booting(slot, reg.clone(), clone.into(), Duration::from_secs(60))
+        };
+        hold("c1", admit().await);
+        hold("c1", admit().await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        hold("c2", admit().await);
+        assert!(
+            matches!(slots.try_admit(&a, Hypervisor::Qemu), Some(Err(2))),
+            "c1's later boot and c2 should hold both slots"
+        );
+        // c1's domain died while its record says running: its slot is free at once.
+        slots.let_go("c1");
+        assert!(matches!(slots.try_admit(&a, Hypervisor::Qemu), Some(Ok(_))));
+        slots.let_go("c1");
+        slots.let_go("unknown");
+        assert!(matches!(slots.try_admit(&a, Hypervisor::Qemu), Some(Ok(_))));
     }
 }

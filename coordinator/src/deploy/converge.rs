@@ -193,10 +193,11 @@ impl Deployer {
 impl Deployer {
     /// The clones of `spec` that died or never registered: a dead clone (its domain
     /// shut off, crashed or gone on an agent that answers) is started again on its agent
-    /// after a backoff, up to the restart budget, then failed with `restarts` kept so
-    /// that reconcile replaces it elsewhere ([`Reason::Died`]); a clone running past the
-    /// boot timeout without registering is failed with why. Returns whether it changed
-    /// anything.
+    /// after a backoff, once the agent has a boot slot free (until then it is left for a
+    /// later pass, and says so), up to the restart budget, then failed with `restarts`
+    /// kept so that reconcile replaces it elsewhere ([`Reason::Died`]); a clone running
+    /// past the boot timeout without registering is failed with why. Returns whether it
+    /// changed anything (a restart left for later is no change).
     async fn tend(
         &self,
         spec: &DeploymentSpec,
@@ -210,7 +211,6 @@ impl Deployer {
         let budget = spec.restart_budget.unwrap_or(self.inner.cfg.restart_budget);
         let mut changed = false;
         for death in restart::died(records, running, now, budget) {
-            changed = true;
             match death {
                 Death::Restart {
                     clone,
@@ -220,6 +220,35 @@ impl Deployer {
                     let Some(a) = agents.iter().find(|a| a.id == agent) else {
                         continue;
                     };
+                    // A restart is a boot like any other: on an agent whose slots are
+                    // all taken it waits for a later pass (clones whose host restarted
+                    // all die at once, and would otherwise all boot at once). The boot
+                    // that died holds no slot any more.
+                    self.inner.boot_slots.let_go(&clone);
+                    let slot = match self
+                        .inner
+                        .boot_slots
+                        .try_admit(a, super::place::hypervisor_on(spec, a))
+                    {
+                        Some(Err(slots)) => {
+                            let action = format!(
+                                "waiting to restart: {slots} clones booting on {} ({slots} at once)",
+                                a.name
+                            );
+                            if records
+                                .iter()
+                                .any(|c| c.name == clone && c.last_action != action)
+                            {
+                                tracing::info!(clone = %clone, agent = %a.name, "{action}");
+                                self.set_clone(&clone, |k| k.last_action = action.clone())
+                                    .await?;
+                            }
+                            continue;
+                        }
+                        Some(Ok(slot)) => Some(slot),
+                        None => None,
+                    };
+                    changed = true;
                     let started = self
                         .inner
                         .agents
@@ -252,8 +281,17 @@ impl Deployer {
                         }
                     })
                     .await?;
+                    if let (Some(slot), Ok(_)) = (slot, &started) {
+                        self.inner.boot_slots.hold_while_booting(
+                            slot,
+                            reg.clone(),
+                            clone.clone(),
+                            self.inner.boot_timeout(spec),
+                        );
+                    }
                 }
                 Death::Replace { clone, agent } => {
+                    changed = true;
                     let name = agents
                         .iter()
                         .find(|a| a.id == agent)

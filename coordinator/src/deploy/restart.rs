@@ -35,6 +35,14 @@ pub fn backoff(restarts: u32) -> Duration {
     Duration::from_secs(2u64.saturating_pow(restarts.min(5) + 1).min(60))
 }
 
+/// Whether a clone recorded up is dead by what its agent listed: no domain, or one shut
+/// off or crashed.
+pub fn dead(domain: Option<&Domain>) -> bool {
+    domain.is_none_or(|d| {
+        d.state == DomainState::Shutoff as i32 || d.state == DomainState::Crashed as i32
+    })
+}
+
 /// The clones that died: up (running or registered) in the registry, while their agent,
 /// which answered (`running`: agent id → its domains of the deployment), shows their
 /// domain shut off or crashed, or has none. Each is restarted on its agent once its
@@ -56,13 +64,7 @@ pub fn died(
         if !up {
             continue;
         }
-        let dead = match domains.iter().find(|d| d.name == c.name) {
-            None => true,
-            Some(d) => {
-                d.state == DomainState::Shutoff as i32 || d.state == DomainState::Crashed as i32
-            }
-        };
-        if !dead {
+        if !dead(domains.iter().find(|d| d.name == c.name)) {
             continue;
         }
         if c.restarts >= budget {

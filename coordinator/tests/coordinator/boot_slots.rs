@@ -1,8 +1,8 @@
 //! Boot slots (`deploy::boot_slots`) seen from a client, on real agents over libvirt's
 //! `test:///default` driver, where a clone never registers and so holds its agent's slot
 //! for its whole boot timeout: an undeploy or a corrected deploy during a storm withdraws
-//! the clones still waiting, and a clone waiting for a slot holds none of the run's
-//! shipping places.
+//! the clones still waiting, a clone waiting for a slot holds none of the run's shipping
+//! places, and the control loop restarts clones that died together a slot at a time.
 
 use napalm_coordinator::deploy::boot_slots::BootConcurrency;
 use napalm_coordinator::testing::{spec, GridOptions, TestGrid};
@@ -287,6 +287,287 @@ async fn a_clone_waiting_for_a_boot_slot_holds_no_shipping_place() {
     for ep in &t.endpoints {
         assert!(running_on(ep).await.is_empty(), "left on {ep}");
     }
+    for a in t.agents {
+        a.stop().await;
+    }
+}
+
+/// Clones that die together on one agent (its host restarted, say) are started again by
+/// the control loop one boot slot at a time: restarting them all at once would be the very
+/// storm the slots keep off. A clone waiting for the slot says so.
+#[tokio::test]
+async fn clones_that_die_together_restart_a_boot_slot_at_a_time() {
+    use std::time::{Duration, Instant};
+    let t = TestGrid::start_with(
+        GridOptions {
+            agent_token: Some(TOKEN.into()),
+            ..Default::default()
+        },
+        |cfg| {
+            cfg.converge_every = Some(Duration::from_millis(200));
+            if let Some(d) = cfg.deploy.as_mut() {
+                d.boot_concurrency = BootConcurrency::PerAgent(1);
+            }
+        },
+    )
+    .await
+    .expect("grid starts");
+    let mut coord = t.client().await.expect("connect to the coordinator");
+    // A clone on the test driver never registers: each start holds its agent's one slot
+    // for the whole boot timeout, 2 s here.
+    let boot_timeout = Duration::from_secs(2);
+    let mut s = spec("phoenix", 4);
+    s.boot_timeout = Some(napalm_proto::time::duration(boot_timeout));
+    let (_, summary) = run(coord
+        .deploy(DeployRequest {
+            request_id: "phoenix-d".into(),
+            spec: Some(s),
+            dry_run: false,
+        })
+        .await)
+    .await;
+    assert_eq!(summary.succeeded, 4, "{summary:?}");
+    // The last clones' slots are free once their boot timeout passed.
+    tokio::time::sleep(boot_timeout + Duration::from_millis(500)).await;
+
+    // Both clones of one agent die at once, behind everyone's back.
+    let home = 0;
+    let dead: Vec<String> = running_on(&t.endpoints[home])
+        .await
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(
+        dead.len(),
+        2,
+        "spread places two clones per agent: {dead:?}"
+    );
+    for name in &dead {
+        let hv = std::sync::Arc::clone(t.agents[home].agent.hypervisor());
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || hv.shutdown(&name, Duration::ZERO))
+            .await
+            .expect("join")
+            .expect("destroy behind the agent's back");
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut waited = Vec::new();
+    let restarted = loop {
+        let clones: Vec<Clone> = coord
+            .list_clones(ListClonesRequest {
+                deployment: "phoenix".into(),
+            })
+            .await
+            .expect("list")
+            .into_inner()
+            .clones
+            .into_iter()
+            .filter(|c| dead.contains(&c.name))
+            .collect();
+        for c in &clones {
+            if c.last_action
+                .starts_with("waiting to restart: 1 clones booting on")
+                && !waited.contains(&c.name)
+            {
+                waited.push(c.name.clone());
+            }
+        }
+        if clones
+            .iter()
+            .all(|c| c.restarts == 1 && c.phase == ClonePhase::Running as i32)
+        {
+            break clones;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not both restarted within 20 s: {:#?}",
+            clones
+                .iter()
+                .map(|c| (&c.name, c.phase, c.restarts, &c.last_action, &c.last_error))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let at: Vec<std::time::SystemTime> = restarted
+        .iter()
+        .map(|c| napalm_proto::time::from_timestamp(c.restarted_at.as_ref()))
+        .collect();
+    let apart = at[0]
+        .duration_since(at[1])
+        .or_else(|_| at[1].duration_since(at[0]))
+        .unwrap_or_default();
+    eprintln!("restarts {apart:?} apart; told to wait: {waited:?}");
+    // The second restart waited for the first one's slot: its boot timeout, less a pass.
+    assert!(
+        apart >= boot_timeout - Duration::from_millis(300),
+        "both restarted {apart:?} apart, within one agent's single boot slot"
+    );
+    assert_eq!(waited.len(), 1, "told to wait: {waited:?}");
+    assert_eq!(running_on(&t.endpoints[home]).await.len(), 2);
+    for a in t.agents {
+        a.stop().await;
+    }
+}
+
+/// A re-run of a deploy finds a clone recorded up whose domain died behind everyone's back
+/// (no control loop here to restart it): the clone boots again as a new boot, not a replay
+/// of the agent's answers to the boot that died, with a fresh boot timeout, counted as a
+/// restart, and on the boot slot its dead boot held.
+#[tokio::test]
+async fn a_rerun_boots_a_clone_whose_domain_died_on_the_slot_its_dead_boot_held() {
+    use std::time::Duration;
+    let t = TestGrid::start_with(
+        GridOptions {
+            agent_token: Some(TOKEN.into()),
+            ..Default::default()
+        },
+        |cfg| {
+            cfg.converge_every = None;
+            if let Some(d) = cfg.deploy.as_mut() {
+                d.boot_concurrency = BootConcurrency::PerAgent(1);
+            }
+        },
+    )
+    .await
+    .expect("grid starts");
+    let mut coord = t.client().await.expect("connect to the coordinator");
+    // One clone per agent, each holding its agent's one slot for 300 s.
+    let (_, s) = spawn_deploy(&coord, spec("lazarus", 2))
+        .await
+        .expect("deploy task");
+    assert_eq!(s.succeeded, 2, "{s:?}");
+    let list = |mut coord: CoordinatorServiceClient<tonic::transport::Channel>| async move {
+        let mut c = coord
+            .list_clones(ListClonesRequest {
+                deployment: "lazarus".into(),
+            })
+            .await
+            .expect("list")
+            .into_inner()
+            .clones;
+        c.sort_by(|a, b| a.name.cmp(&b.name));
+        c
+    };
+    let before = list(coord.clone()).await;
+    let home = 0;
+    let dead = running_on(&t.endpoints[home])
+        .await
+        .pop()
+        .expect("a clone on the first agent")
+        .name;
+    let hv = std::sync::Arc::clone(t.agents[home].agent.hypervisor());
+    let name = dead.clone();
+    tokio::task::spawn_blocking(move || hv.shutdown(&name, Duration::ZERO))
+        .await
+        .expect("join")
+        .expect("destroy behind the agent's back");
+    assert!(running_on(&t.endpoints[home]).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // Without the dead boot's slot let go this waits 300 s for it.
+    let (events, s) = tokio::time::timeout(
+        Duration::from_secs(60),
+        spawn_deploy(&coord, spec("lazarus", 2)),
+    )
+    .await
+    .expect("the re-run waited for the slot of the boot that died")
+    .expect("deploy task");
+    assert_eq!((s.succeeded, s.failed), (2, 0), "{s:?}");
+    assert_eq!(
+        told(&events, "its domain was not running: it boots again"),
+        vec![dead.clone()]
+    );
+    assert_eq!(running_on(&t.endpoints[home]).await.len(), 1);
+    let after = list(coord.clone()).await;
+    for (b, a) in before.iter().zip(&after) {
+        let renewed = napalm_proto::time::from_timestamp(a.started_at.as_ref())
+            > napalm_proto::time::from_timestamp(b.started_at.as_ref());
+        assert_eq!(
+            renewed,
+            a.name == dead,
+            "only the clone that died boots again, with a fresh boot timeout: {a:?}"
+        );
+        // A restart like the control loop's: it counts against the restart budget.
+        assert_eq!(a.restarts, u32::from(a.name == dead), "{a:?}");
+    }
+    let (_, gone) = run(coord
+        .undeploy(UndeployRequest {
+            request_id: "lazarus-u".into(),
+            name: "lazarus".into(),
+            purge: true,
+        })
+        .await)
+    .await;
+    assert_eq!(gone.failed, 0, "{gone:?}");
+    for a in t.agents {
+        a.stop().await;
+    }
+}
+
+/// A clone that dies while it still boots holds its agent's only slot by its record; the
+/// control loop's restart lets that boot's slot go and takes it, instead of waiting for
+/// the dead boot's timeout (300 s here).
+#[tokio::test]
+async fn a_clone_that_dies_while_booting_restarts_on_its_own_slot() {
+    use std::time::{Duration, Instant};
+    let t = TestGrid::start_with(
+        GridOptions {
+            agent_token: Some(TOKEN.into()),
+            ..Default::default()
+        },
+        |cfg| {
+            cfg.converge_every = Some(Duration::from_millis(200));
+            if let Some(d) = cfg.deploy.as_mut() {
+                d.boot_concurrency = BootConcurrency::PerAgent(1);
+            }
+        },
+    )
+    .await
+    .expect("grid starts");
+    let mut coord = t.client().await.expect("connect to the coordinator");
+    let (_, s) = spawn_deploy(&coord, spec("icarus", 2))
+        .await
+        .expect("deploy task");
+    assert_eq!(s.succeeded, 2, "{s:?}");
+    let home = 0;
+    let dead = running_on(&t.endpoints[home])
+        .await
+        .pop()
+        .expect("a clone on the first agent")
+        .name;
+    let hv = std::sync::Arc::clone(t.agents[home].agent.hypervisor());
+    let name = dead.clone();
+    tokio::task::spawn_blocking(move || hv.shutdown(&name, Duration::ZERO))
+        .await
+        .expect("join")
+        .expect("destroy behind the agent's back");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let c = coord
+            .list_clones(ListClonesRequest {
+                deployment: "icarus".into(),
+            })
+            .await
+            .expect("list")
+            .into_inner()
+            .clones
+            .into_iter()
+            .find(|c| c.name == dead)
+            .expect("the clone stays recorded");
+        if c.restarts == 1 && c.phase == ClonePhase::Running as i32 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not restarted within 20 s: {:?} {:?} {:?}",
+            c.phase,
+            c.last_action,
+            c.last_error
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(running_on(&t.endpoints[home]).await.len(), 1);
     for a in t.agents {
         a.stop().await;
     }

@@ -127,22 +127,52 @@ impl Run {
         // registers anew: its recorded hash changes only once the new domain is created,
         // so a run that dies in between replaces it again.
         let replace = !c.layer_hash.is_empty() && c.layer_hash != built.hash;
+        // A clone recorded up whose agent, when the run began, had its domain dead (shut
+        // off, crashed, or lost) boots again: a new boot, with a boot slot (its dead
+        // boot's is let go) and a fresh boot timeout, and it registers anew.
+        let up = |phase: i32| {
+            phase == ClonePhase::Registered as i32 || phase == ClonePhase::Running as i32
+        };
+        let lost = up(c.phase)
+            && self
+                .listed
+                .get()
+                .and_then(|l| l.get(&c.agent_id))
+                .is_some_and(|running| !running.contains(&c.name));
+        let now = crate::clock::timestamp(self.inner.registry.clock().now());
+        if lost {
+            tracing::info!(clone = %c.name, agent = %c.agent_id, "its domain is not running on its agent: booting it again");
+            self.inner.boot_slots.let_go(&c.name);
+        }
         let revision = self.stored.spec_revision;
         if let Some(u) = self
             .set_progress(&c.name, |k| {
                 k.spec_revision = revision;
-                if k.phase < ClonePhase::Layer as i32
-                    || (replace
-                        && (k.phase == ClonePhase::Registered as i32
-                            || k.phase == ClonePhase::Running as i32))
-                {
+                let was_up = up(k.phase);
+                if k.phase < ClonePhase::Layer as i32 || ((replace || lost) && was_up) {
                     k.phase = ClonePhase::Layer as i32;
+                }
+                // A restart, as the control loop's are: it counts against the restart
+                // budget, and its agent requests are new ones ([`boot_again`]), not
+                // replays of the boot that died.
+                if lost && was_up {
+                    k.restarts = k.restarts.saturating_add(1);
+                    k.restarted_at = Some(now);
+                    k.last_action = "restarted by a deploy: its domain was not running".into();
                 }
             })
             .await?
         {
             c = u;
-            self.report(&c, "layer built").await;
+            self.report(
+                &c,
+                if lost {
+                    "layer built; its domain was not running: it boots again"
+                } else {
+                    "layer built"
+                },
+            )
+            .await;
         }
         for attempt in 0..self.inner.cfg.attempts.max(1) {
             let Some(agent) = agents.iter().find(|a| a.id == c.agent_id) else {
@@ -321,9 +351,10 @@ impl Run {
             // A clone placed again after it failed somewhere is a new attempt: the agent
             // must not replay an earlier answer, not even a success on the same agent
             // whose domain has since been removed. Within a deploy each retry adds a
-            // failed agent; each failure the loop retries has its own `failed_at`.
+            // failed agent; each failure the loop retries has its own `failed_at`; each
+            // boot again of a clone whose domain died, its own `restarted_at`.
             request_id: format!(
-                "{}-{}-{}{}{}",
+                "{}-{}-{}{}{}{}",
                 c.name,
                 self.generation,
                 &built.hash[..16.min(built.hash.len())],
@@ -334,7 +365,8 @@ impl Run {
                 },
                 c.failed_at
                     .map(|t| format!("-t{:x}{:x}", t.seconds, t.nanos))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                boot_again(c),
             ),
             name: c.name.clone(),
             config_xml: xml,
@@ -389,7 +421,7 @@ impl Run {
         // boot. Not for a clone already up whose domain stays (a re-run checking it, such
         // as a newer deploy's while the clone still boots): the create below only finds
         // its domain running; if it still boots, it holds the slot of the run that
-        // started it.
+        // started it. (One whose domain was not running is back at `Layer`, above.)
         let checking = !replace
             && (c.phase == ClonePhase::Running as i32 || c.phase == ClonePhase::Registered as i32);
         let boot_slots = &self.inner.boot_slots;
@@ -475,7 +507,11 @@ impl Run {
         } else {
             self.inner
                 .agents
-                .start(ep, &c.name, format!("start-{}-{}", c.name, self.generation))
+                .start(
+                    ep,
+                    &c.name,
+                    format!("start-{}-{}{}", c.name, self.generation, boot_again(c)),
+                )
                 .instrument(create_span.clone())
                 .await
                 .map_err(|e| DeployError::agent("starting the domain", &e))?
@@ -519,12 +555,12 @@ impl Run {
         // The slot stays taken while the clone boots, which its record now says (a domain
         // only defined lets it go here).
         if let (Some(slot), true) = (slot, running) {
-            tokio::spawn(crate::deploy::boot_slots::hold_while_booting(
+            self.inner.boot_slots.hold_while_booting(
                 slot,
                 self.inner.registry.clone(),
                 c.name.clone(),
                 self.inner.boot_timeout(&self.spec),
-            ));
+            );
         }
         Ok(())
     }
@@ -558,4 +594,12 @@ impl Run {
         }
         Ok(())
     }
+}
+
+/// What sets apart the agent requests of a clone's boot again after its domain died
+/// (`restarted_at`): without it a re-run would replay the answers of the boot that died.
+fn boot_again(c: &Clone) -> String {
+    c.restarted_at
+        .map(|t| format!("-r{:x}{:x}", t.seconds, t.nanos))
+        .unwrap_or_default()
 }

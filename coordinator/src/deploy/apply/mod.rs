@@ -59,6 +59,11 @@ pub(super) struct Run {
     /// a clone waiting for its boot slot holds none, so a busy agent does not keep the
     /// others' clones from shipping.
     places: Semaphore,
+    /// What the agents that answered ran of the deployment when the run began (agent id
+    /// → names of its domains not dead by [`super::restart::dead`]): a clone recorded up
+    /// whose domain is not among them boots again, as a new boot (a slot, a boot
+    /// timeout, a registration).
+    listed: std::sync::OnceLock<HashMap<String, std::collections::HashSet<String>>>,
 }
 
 /// One shipment per (agent endpoint, kernel digest, image digest, firmware digest), done
@@ -96,6 +101,7 @@ impl Run {
             shipped: std::sync::Mutex::default(),
             withdrawn: Default::default(),
             places,
+            listed: Default::default(),
         }
     }
 
@@ -291,7 +297,19 @@ impl Run {
             .filter(|c| !c.agent_id.is_empty())
             .map(|c| (c.name.clone(), c.agent_id.clone()))
             .collect();
-        stop_strays(&self.inner.agents, &agents, &self.spec.name, &assigned).await;
+        let listed = stop_strays(&self.inner.agents, &agents, &self.spec.name, &assigned).await;
+        let _ = self.listed.set(
+            listed
+                .into_iter()
+                .map(|(agent, domains)| {
+                    let up = domains
+                        .into_iter()
+                        .filter(|d| !super::restart::dead(Some(d)))
+                        .map(|d| d.name);
+                    (agent, up.collect())
+                })
+                .collect(),
+        );
 
         // Build layers and images of every placed clone.
         let todo: Vec<Clone> = clones
@@ -458,15 +476,16 @@ impl Run {
 }
 
 /// Deletes the domains of `deployment` that agents run but the registry does not place
-/// there (`assigned`: clone → agent id). Unreachable agents are skipped.
+/// there (`assigned`: clone → agent id). Unreachable agents are skipped. Returns what the
+/// agents that answered listed (agent id → its domains of the deployment, strays
+/// included).
 pub(super) async fn stop_strays(
     agents: &Agents,
     all: &[Agent],
     deployment: &str,
     assigned: &HashMap<String, String>,
-) -> usize {
+) -> Vec<(String, Vec<napalm_proto::v1::Domain>)> {
     let running = agents.running(all, deployment).await;
-    let mut removed = 0;
     for action in reconcile::strays(assigned, &running) {
         let Action::Stop {
             agent,
@@ -480,17 +499,16 @@ pub(super) async fn stop_strays(
             continue;
         };
         tracing::warn!(domain = %domain, agent = %agent, %reason, "removing a domain");
-        if agents
+        if let Err(e) = agents
             .delete(
                 &a.grpc_endpoint,
                 &domain,
                 format!("orphan-{agent}-{domain}"),
             )
             .await
-            .is_ok()
         {
-            removed += 1;
+            tracing::warn!(domain = %domain, agent = %agent, error = %e.message(), "could not remove a domain");
         }
     }
-    removed
+    running
 }
