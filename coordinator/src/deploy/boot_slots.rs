@@ -26,7 +26,8 @@
 //!
 //! The slots are this coordinator's: runs of every deployment and the control loop share
 //! them (the loop's restart of a clone that died takes one too, or waits for a later
-//! pass); a clone a takeover's new leader brings up counts only there.
+//! pass). A coordinator that restarts, or takes over as leader, first counts the clones
+//! its predecessor left booting ([`super::Inner::adopt_boots`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,7 +38,7 @@ use napalm_proto::v1::{Agent, ClonePhase, Hypervisor};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::registry::Registry;
+use crate::registry::{Registry, RegistryError};
 
 /// How many clones boot at once per agent (`napalm-coordinator --boot-concurrency`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -109,6 +110,9 @@ pub struct BootSlots {
     agents: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
     booting: Booting,
     boots: AtomicU64,
+    /// Set once the clones that were booting when this coordinator began to deploy hold
+    /// slots ([`super::Inner::adopt_boots`]).
+    adopted: tokio::sync::OnceCell<()>,
 }
 
 impl BootSlots {
@@ -119,7 +123,13 @@ impl BootSlots {
             agents: Mutex::default(),
             booting: Booting::default(),
             boots: AtomicU64::new(0),
+            adopted: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// Whether clone `clone`'s boot holds a slot here.
+    pub fn holds(&self, clone: &str) -> bool {
+        lock(&self.booting).contains_key(clone)
     }
 
     /// Holds `slot` for clone `clone`'s boot, which just started, until the clone is no
@@ -207,6 +217,68 @@ impl BootSlots {
 /// How often a held slot looks at its clone's record besides this coordinator's own
 /// writes (a registration another coordinator sharing the store recorded).
 const RECHECK: Duration = Duration::from_secs(1);
+
+impl super::Inner {
+    /// Once per process, before its first run or control-loop pass: the clones booting by
+    /// their record (running, not registered, within their boot timeout) that a process
+    /// before this one started (this coordinator restarted, or took over as leader) each
+    /// take a slot of their agent for what is left of their boot timeout, as far as the
+    /// slots go. Otherwise the first runs here would start a full set of boots beside
+    /// them. A registry that cannot be read leaves it for the next call.
+    pub(super) async fn adopt_boots(&self) {
+        let adopted = self
+            .boot_slots
+            .adopted
+            .get_or_try_init(|| async {
+                let n = self.adopt().await?;
+                if n > 0 {
+                    tracing::info!(
+                        clones = n,
+                        "clones still booting from before this coordinator started hold boot slots"
+                    );
+                }
+                Ok::<(), RegistryError>(())
+            })
+            .await;
+        if let Err(e) = adopted {
+            tracing::warn!(error = %e, "could not count the clones still booting against the boot slots");
+        }
+    }
+
+    async fn adopt(&self) -> Result<usize, RegistryError> {
+        let reg = &self.registry;
+        let agents = reg.list_agents(&[]).await?;
+        let now = reg.clock().now();
+        let mut adopted = 0;
+        for d in reg.list_deployments().await? {
+            let Some(spec) = d.spec else { continue };
+            let bound = self.boot_timeout(&spec);
+            for c in reg.list_clones(&spec.name).await? {
+                if c.phase != ClonePhase::Running as i32 || self.boot_slots.holds(&c.name) {
+                    continue;
+                }
+                let Some(started) = c.started_at.as_ref() else {
+                    continue;
+                };
+                let Ok(left) =
+                    (napalm_proto::time::from_timestamp(Some(started)) + bound).duration_since(now)
+                else {
+                    continue;
+                };
+                let Some(a) = agents.iter().find(|a| a.id == c.agent_id) else {
+                    continue;
+                };
+                let hv = super::place::hypervisor_on(&spec, a);
+                if let Some(Ok(slot)) = self.boot_slots.try_admit(a, hv) {
+                    self.boot_slots
+                        .hold_while_booting(slot, reg.clone(), c.name, left);
+                    adopted += 1;
+                }
+            }
+        }
+        Ok(adopted)
+    }
+}
 
 fn lock(booting: &Booting) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
     booting.lock().unwrap_or_else(|p| p.into_inner())

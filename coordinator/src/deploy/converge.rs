@@ -101,6 +101,7 @@ impl Deployer {
     /// deployments it started a run for.
     pub async fn converge_all(&self) -> Result<Vec<String>, RegistryError> {
         let reg = &self.inner.registry;
+        self.inner.adopt_boots().await;
         let agents = reg.list_agents(&[]).await?;
         self.prefetch(&agents);
         let lost = self.lost(&agents);

@@ -293,6 +293,74 @@ fn coordinator_killed_mid_deploy_converges_with_the_embedded_store() {
     );
 }
 
+/// A coordinator restarted while clones boot counts them against their agents' boot
+/// slots, for what is left of their boot timeout: its first deploy does not start a full
+/// set of boots beside them.
+#[test]
+fn a_restarted_coordinator_counts_the_clones_still_booting_against_the_slots() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agents = Agents::start(dir.path(), 2);
+    let store = dir.path().join("registry.redb").display().to_string();
+    let mut coord = Coord::new(
+        dir.path(),
+        &["--store".into(), store],
+        &agents.endpoints,
+        "s",
+    );
+    coord.args.extend(["--boot-concurrency".into(), "1".into()]);
+    coord.start();
+    // One clone on each agent, holding its agent's one slot while it boots: on the test
+    // driver it never registers, so for its whole boot timeout.
+    let boot_timeout = Duration::from_secs(15);
+    let deploy = |coord: &Coord, name: &str| {
+        let t = Instant::now();
+        let out = coord
+            .ctl(&[
+                "deploy",
+                "--count",
+                "2",
+                "--name",
+                name,
+                "--memory",
+                "128M",
+                "--boot-timeout",
+                &boot_timeout.as_secs().to_string(),
+            ])
+            .output()
+            .expect("napalmctl deploy");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "deploy {name}: {said}\nlog:\n{}",
+            coord.log_text()
+        );
+        (t.elapsed(), said)
+    };
+    let (_, _) = deploy(&coord, "slots-first");
+    let first_started = Instant::now();
+    coord.kill();
+    coord.start();
+    let (took, said) = deploy(&coord, "slots-second");
+    let waited = first_started.elapsed();
+    eprintln!("the second deploy took {took:?}, {waited:?} after the first clones started");
+    assert!(
+        said.contains("waiting to boot"),
+        "the second deploy's clones did not wait for a slot: {said}\nlog:\n{}",
+        coord.log_text()
+    );
+    // Its clones started once the first ones' boot timeout had passed, not at once.
+    assert!(
+        waited >= boot_timeout - Duration::from_secs(5),
+        "started {waited:?} after the first clones, within their boot timeout of {boot_timeout:?}"
+    );
+    assert_eq!(agents.domains("slots-first").len(), 2);
+    assert_eq!(agents.domains("slots-second").len(), 2);
+}
+
 #[test]
 fn coordinator_killed_mid_deploy_converges_with_etcd() {
     let dir = tempfile::tempdir().expect("temp dir");

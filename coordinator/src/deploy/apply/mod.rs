@@ -170,6 +170,7 @@ impl Run {
         hold: super::Hold,
     ) -> Result<DeploySummary, RegistryError> {
         self.withdrawn = hold.withdrawn();
+        self.inner.adopt_boots().await;
         let reg = self.inner.registry.clone();
         let deploy_span = tracing::Span::current();
         let mut clone_spans = HashMap::new();
