@@ -181,9 +181,10 @@ impl Registry {
     ///
     /// Committed [`Durability::Eventual`]: the next heartbeat says it all again, so a crash
     /// that loses the last second's beats loses nothing (an agent marked down comes back
-    /// ready on its next beat), while a durable commit for each (about 100 a second at
-    /// 500 agents) would queue every other durable change behind their disk flushes
-    /// (`cargo bench -p napalm-coordinator --bench heartbeats`).
+    /// ready on its next beat). A disk flush for each (about 100 a second at 500 agents)
+    /// cost four times the CPU per heartbeat, and on a disk with slow flushes would hold
+    /// every other durable change behind them (`cargo bench -p napalm-coordinator
+    /// --bench heartbeats`).
     pub async fn heartbeat(
         &self,
         req: HeartbeatRequest,
