@@ -14,6 +14,19 @@ use crate::deploy::{run, running_on, TOKEN};
 /// Two agents on the test driver whose coordinator gives each one boot slot, and `places`
 /// places for shipping and creating (its default with `None`).
 async fn one_slot_per_agent(places: Option<usize>) -> TestGrid {
+    one_slot_per_agent_and(|cfg| {
+        if let (Some(d), Some(p)) = (cfg.deploy.as_mut(), places) {
+            d.concurrency = p;
+        }
+    })
+    .await
+}
+
+/// Two agents on the test driver whose coordinator gives each one boot slot; `tune`
+/// changes the rest.
+async fn one_slot_per_agent_and(
+    tune: impl FnOnce(&mut napalm_coordinator::server::ServeConfig),
+) -> TestGrid {
     TestGrid::start_with(
         GridOptions {
             agent_token: Some(TOKEN.into()),
@@ -22,14 +35,65 @@ async fn one_slot_per_agent(places: Option<usize>) -> TestGrid {
         |cfg| {
             if let Some(d) = cfg.deploy.as_mut() {
                 d.boot_concurrency = BootConcurrency::PerAgent(1);
-                if let Some(p) = places {
-                    d.concurrency = p;
-                }
             }
+            tune(cfg);
         },
     )
     .await
     .expect("grid starts")
+}
+
+/// A grid of [`one_slot_per_agent_and`] whose control loop runs every `every` (never with
+/// `None`).
+async fn one_slot_per_agent_looping(every: Option<std::time::Duration>) -> TestGrid {
+    one_slot_per_agent_and(|cfg| cfg.converge_every = every).await
+}
+
+/// Destroys domain `name` on agent `i` of `t` behind everyone's back.
+async fn kill(t: &TestGrid, i: usize, name: &str) {
+    let hv = std::sync::Arc::clone(t.agents[i].agent.hypervisor());
+    let name = name.to_owned();
+    tokio::task::spawn_blocking(move || hv.shutdown(&name, std::time::Duration::ZERO))
+        .await
+        .expect("join")
+        .expect("destroy behind the agent's back");
+}
+
+/// Undeploys `deployment` (every clone gone), then stops `t`'s agents.
+async fn undeploy_and_stop(
+    t: TestGrid,
+    coord: &mut CoordinatorServiceClient<tonic::transport::Channel>,
+    deployment: &str,
+) {
+    let (_, gone) = run(coord
+        .undeploy(UndeployRequest {
+            request_id: format!("{deployment}-u"),
+            name: deployment.into(),
+            purge: true,
+        })
+        .await)
+    .await;
+    assert_eq!(gone.failed, 0, "{gone:?}");
+    for a in t.agents {
+        a.stop().await;
+    }
+}
+
+/// The clone records of `deployment`, by name.
+async fn clones_of(
+    coord: &mut CoordinatorServiceClient<tonic::transport::Channel>,
+    deployment: &str,
+) -> Vec<Clone> {
+    let mut c = coord
+        .list_clones(ListClonesRequest {
+            deployment: deployment.into(),
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .clones;
+    c.sort_by(|a, b| a.name.cmp(&b.name));
+    c
 }
 
 /// Deploys `s` in a task, its clones given 300 s to boot: on the test driver a clone never
@@ -197,14 +261,7 @@ async fn a_corrected_deploy_during_a_boot_storm_does_not_wait_for_the_old_runs_s
         "withdrawn: {withdrawn:?}; first {first:?}"
     );
     // Two clones in all, both running; the four withdrawn were never started anywhere.
-    let clones = coord
-        .list_clones(ListClonesRequest {
-            deployment: "storm".into(),
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .clones;
+    let clones = clones_of(&mut coord, "storm").await;
     assert_eq!(clones.len(), 2, "{clones:?}");
     assert!(
         clones.iter().all(|c| c.phase == ClonePhase::Running as i32),
@@ -218,18 +275,7 @@ async fn a_corrected_deploy_during_a_boot_storm_does_not_wait_for_the_old_runs_s
     let mut names: Vec<String> = clones.iter().map(|c| c.name.clone()).collect();
     names.sort();
     assert_eq!(domains, names);
-    let (_, gone) = run(coord
-        .undeploy(UndeployRequest {
-            request_id: "storm-u".into(),
-            name: "storm".into(),
-            purge: true,
-        })
-        .await)
-    .await;
-    assert_eq!(gone.failed, 0, "{gone:?}");
-    for a in t.agents {
-        a.stop().await;
-    }
+    undeploy_and_stop(t, &mut coord, "storm").await;
 }
 
 /// A clone waiting for its agent's boot slot holds none of the run's shipping places: with
@@ -298,20 +344,7 @@ async fn a_clone_waiting_for_a_boot_slot_holds_no_shipping_place() {
 #[tokio::test]
 async fn clones_that_die_together_restart_a_boot_slot_at_a_time() {
     use std::time::{Duration, Instant};
-    let t = TestGrid::start_with(
-        GridOptions {
-            agent_token: Some(TOKEN.into()),
-            ..Default::default()
-        },
-        |cfg| {
-            cfg.converge_every = Some(Duration::from_millis(200));
-            if let Some(d) = cfg.deploy.as_mut() {
-                d.boot_concurrency = BootConcurrency::PerAgent(1);
-            }
-        },
-    )
-    .await
-    .expect("grid starts");
+    let t = one_slot_per_agent_looping(Some(Duration::from_millis(200))).await;
     let mut coord = t.client().await.expect("connect to the coordinator");
     // A clone on the test driver never registers: each start holds its agent's one slot
     // for the whole boot timeout, 2 s here.
@@ -343,25 +376,14 @@ async fn clones_that_die_together_restart_a_boot_slot_at_a_time() {
         "spread places two clones per agent: {dead:?}"
     );
     for name in &dead {
-        let hv = std::sync::Arc::clone(t.agents[home].agent.hypervisor());
-        let name = name.clone();
-        tokio::task::spawn_blocking(move || hv.shutdown(&name, Duration::ZERO))
-            .await
-            .expect("join")
-            .expect("destroy behind the agent's back");
+        kill(&t, home, name).await;
     }
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut waited = Vec::new();
     let restarted = loop {
-        let clones: Vec<Clone> = coord
-            .list_clones(ListClonesRequest {
-                deployment: "phoenix".into(),
-            })
+        let clones: Vec<Clone> = clones_of(&mut coord, "phoenix")
             .await
-            .expect("list")
-            .into_inner()
-            .clones
             .into_iter()
             .filter(|c| dead.contains(&c.name))
             .collect();
@@ -417,51 +439,21 @@ async fn clones_that_die_together_restart_a_boot_slot_at_a_time() {
 #[tokio::test]
 async fn a_rerun_boots_a_clone_whose_domain_died_on_the_slot_its_dead_boot_held() {
     use std::time::Duration;
-    let t = TestGrid::start_with(
-        GridOptions {
-            agent_token: Some(TOKEN.into()),
-            ..Default::default()
-        },
-        |cfg| {
-            cfg.converge_every = None;
-            if let Some(d) = cfg.deploy.as_mut() {
-                d.boot_concurrency = BootConcurrency::PerAgent(1);
-            }
-        },
-    )
-    .await
-    .expect("grid starts");
+    let t = one_slot_per_agent_looping(None).await;
     let mut coord = t.client().await.expect("connect to the coordinator");
     // One clone per agent, each holding its agent's one slot for 300 s.
     let (_, s) = spawn_deploy(&coord, spec("lazarus", 2))
         .await
         .expect("deploy task");
     assert_eq!(s.succeeded, 2, "{s:?}");
-    let list = |mut coord: CoordinatorServiceClient<tonic::transport::Channel>| async move {
-        let mut c = coord
-            .list_clones(ListClonesRequest {
-                deployment: "lazarus".into(),
-            })
-            .await
-            .expect("list")
-            .into_inner()
-            .clones;
-        c.sort_by(|a, b| a.name.cmp(&b.name));
-        c
-    };
-    let before = list(coord.clone()).await;
+    let before = clones_of(&mut coord, "lazarus").await;
     let home = 0;
     let dead = running_on(&t.endpoints[home])
         .await
         .pop()
         .expect("a clone on the first agent")
         .name;
-    let hv = std::sync::Arc::clone(t.agents[home].agent.hypervisor());
-    let name = dead.clone();
-    tokio::task::spawn_blocking(move || hv.shutdown(&name, Duration::ZERO))
-        .await
-        .expect("join")
-        .expect("destroy behind the agent's back");
+    kill(&t, home, &dead).await;
     assert!(running_on(&t.endpoints[home]).await.is_empty());
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
@@ -479,7 +471,7 @@ async fn a_rerun_boots_a_clone_whose_domain_died_on_the_slot_its_dead_boot_held(
         vec![dead.clone()]
     );
     assert_eq!(running_on(&t.endpoints[home]).await.len(), 1);
-    let after = list(coord.clone()).await;
+    let after = clones_of(&mut coord, "lazarus").await;
     for (b, a) in before.iter().zip(&after) {
         let renewed = napalm_proto::time::from_timestamp(a.started_at.as_ref())
             > napalm_proto::time::from_timestamp(b.started_at.as_ref());
@@ -491,18 +483,7 @@ async fn a_rerun_boots_a_clone_whose_domain_died_on_the_slot_its_dead_boot_held(
         // A restart like the control loop's: it counts against the restart budget.
         assert_eq!(a.restarts, u32::from(a.name == dead), "{a:?}");
     }
-    let (_, gone) = run(coord
-        .undeploy(UndeployRequest {
-            request_id: "lazarus-u".into(),
-            name: "lazarus".into(),
-            purge: true,
-        })
-        .await)
-    .await;
-    assert_eq!(gone.failed, 0, "{gone:?}");
-    for a in t.agents {
-        a.stop().await;
-    }
+    undeploy_and_stop(t, &mut coord, "lazarus").await;
 }
 
 /// A clone that dies while it still boots holds its agent's only slot by its record; the
@@ -511,20 +492,7 @@ async fn a_rerun_boots_a_clone_whose_domain_died_on_the_slot_its_dead_boot_held(
 #[tokio::test]
 async fn a_clone_that_dies_while_booting_restarts_on_its_own_slot() {
     use std::time::{Duration, Instant};
-    let t = TestGrid::start_with(
-        GridOptions {
-            agent_token: Some(TOKEN.into()),
-            ..Default::default()
-        },
-        |cfg| {
-            cfg.converge_every = Some(Duration::from_millis(200));
-            if let Some(d) = cfg.deploy.as_mut() {
-                d.boot_concurrency = BootConcurrency::PerAgent(1);
-            }
-        },
-    )
-    .await
-    .expect("grid starts");
+    let t = one_slot_per_agent_looping(Some(Duration::from_millis(200))).await;
     let mut coord = t.client().await.expect("connect to the coordinator");
     let (_, s) = spawn_deploy(&coord, spec("icarus", 2))
         .await
@@ -536,22 +504,11 @@ async fn a_clone_that_dies_while_booting_restarts_on_its_own_slot() {
         .pop()
         .expect("a clone on the first agent")
         .name;
-    let hv = std::sync::Arc::clone(t.agents[home].agent.hypervisor());
-    let name = dead.clone();
-    tokio::task::spawn_blocking(move || hv.shutdown(&name, Duration::ZERO))
-        .await
-        .expect("join")
-        .expect("destroy behind the agent's back");
+    kill(&t, home, &dead).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let c = coord
-            .list_clones(ListClonesRequest {
-                deployment: "icarus".into(),
-            })
+        let c = clones_of(&mut coord, "icarus")
             .await
-            .expect("list")
-            .into_inner()
-            .clones
             .into_iter()
             .find(|c| c.name == dead)
             .expect("the clone stays recorded");
