@@ -564,36 +564,6 @@ impl Run {
         }
         Ok(())
     }
-
-    pub(super) async fn fail(&self, c: &Clone, why: &str) -> Result<(), RegistryError> {
-        self.fail_on(c, why, false).await
-    }
-
-    /// Records `c` failed with `why`; `its_agent`: the failure was its agent's or its
-    /// domain's (it did not boot there), so a new placement avoids that agent and is a new
-    /// attempt for the agents' request ids.
-    pub(super) async fn fail_on(
-        &self,
-        c: &Clone,
-        why: &str,
-        its_agent: bool,
-    ) -> Result<(), RegistryError> {
-        tracing::warn!(clone = %c.name, error = %why, "clone failed");
-        let now = self.inner.registry.clock().now();
-        if let Some(u) = self
-            .set(&c.name, |k| {
-                crate::deploy::restart::mark_failed(k, now);
-                k.last_error = why.to_owned();
-                if its_agent && !k.agent_id.is_empty() && !k.failed_agents.contains(&k.agent_id) {
-                    k.failed_agents.push(k.agent_id.clone());
-                }
-            })
-            .await?
-        {
-            self.report(&u, why).await;
-        }
-        Ok(())
-    }
 }
 
 /// What sets apart the agent requests of a clone's boot again after its domain died
