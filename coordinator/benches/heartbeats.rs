@@ -29,6 +29,20 @@ use napalm_coordinator::store::{Durability, Txn};
 use napalm_proto::v1::{Agent, HeartbeatRequest, RegisterAgentRequest};
 use prost::Message as _;
 
+// The deploy bench's measures of this process (CPU time by getrusage); it also has
+// others this bench does not use.
+#[allow(dead_code)]
+#[path = "deploy/machine.rs"]
+mod machine;
+
+/// `name` from the environment as a number, `default` when unset or not a number.
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 const AGENT_COUNT: usize = 500;
 const FLAT_OUT: usize = 20_000;
 const AT_ONCE: usize = 32;
@@ -91,21 +105,10 @@ async fn beat(reg: &Registry, policy: &HeartbeatPolicy, i: usize, how: Beats) {
     }
 }
 
-/// This process's CPU time so far (user and system), from `/proc/self/stat`.
-fn cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    // The fields after the command name, which ends with the last ')'.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf reads a constant of the system; it has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_micros(ticks * 1_000_000 / hz)
-}
-
 /// Heartbeats a second with `AT_ONCE` callers beating flat out, and the CPU time each
 /// took.
 async fn flat_out(reg: &Registry, policy: &HeartbeatPolicy, how: Beats) -> (f64, Duration) {
-    let c = cpu();
+    let c = machine::cpu_used();
     let t = Instant::now();
     let tasks: Vec<_> = (0..AT_ONCE)
         .map(|k| {
@@ -123,7 +126,7 @@ async fn flat_out(reg: &Registry, policy: &HeartbeatPolicy, how: Beats) -> (f64,
     }
     (
         FLAT_OUT as f64 / t.elapsed().as_secs_f64(),
-        (cpu() - c) / FLAT_OUT as u32,
+        (machine::cpu_used() - c) / FLAT_OUT as u32,
     )
 }
 
@@ -187,14 +190,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let seconds: u64 = std::env::var("NAPALM_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    let runs: usize = std::env::var("NAPALM_BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let seconds = env("NAPALM_BENCH_SECONDS", 10) as u64;
+    let runs = env("NAPALM_BENCH_RUNS", 3);
     let base = std::env::var_os("NAPALM_BENCH_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);

@@ -136,8 +136,7 @@ impl Run {
         let lost = up(c.phase)
             && self
                 .listed
-                .get()
-                .and_then(|l| l.get(&c.agent_id))
+                .get(&c.agent_id)
                 .is_some_and(|running| !running.contains(&c.name));
         let now = crate::clock::timestamp(self.inner.registry.clock().now());
         if lost {

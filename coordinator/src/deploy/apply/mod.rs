@@ -63,7 +63,7 @@ pub(super) struct Run {
     /// → names of its domains not dead by [`super::restart::dead`]): a clone recorded up
     /// whose domain is not among them boots again, as a new boot (a slot, a boot
     /// timeout, a registration).
-    listed: std::sync::OnceLock<HashMap<String, std::collections::HashSet<String>>>,
+    listed: HashMap<String, std::collections::HashSet<String>>,
 }
 
 /// One shipment per (agent endpoint, kernel digest, image digest, firmware digest), done
@@ -329,18 +329,16 @@ impl Run {
             .map(|c| (c.name.clone(), c.agent_id.clone()))
             .collect();
         let listed = stop_strays(&self.inner.agents, &agents, &self.spec.name, &assigned).await;
-        let _ = self.listed.set(
-            listed
-                .into_iter()
-                .map(|(agent, domains)| {
-                    let up = domains
-                        .into_iter()
-                        .filter(|d| !super::restart::dead(Some(d)))
-                        .map(|d| d.name);
-                    (agent, up.collect())
-                })
-                .collect(),
-        );
+        self.listed = listed
+            .into_iter()
+            .map(|(agent, domains)| {
+                let up = domains
+                    .into_iter()
+                    .filter(|d| !super::restart::dead(Some(d)))
+                    .map(|d| d.name);
+                (agent, up.collect())
+            })
+            .collect();
 
         // Build layers and images of every placed clone.
         let todo: Vec<Clone> = clones
