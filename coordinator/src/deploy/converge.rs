@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use napalm_proto::v1::{Agent, Clone, ClonePhase, DeploymentSpec};
 
 use super::reconcile::{Action, Reason};
-use super::restart::{self, Death};
+use super::restart::{self, Death, Fate};
 use super::Deployer;
 use super::{place, rollout};
 use crate::clock::timestamp;
@@ -194,11 +194,13 @@ impl Deployer {
 impl Deployer {
     /// The clones of `spec` that died or never registered: a dead clone (its domain
     /// shut off, crashed or gone on an agent that answers) is started again on its agent
-    /// after a backoff, once the agent has a boot slot free (until then it is left for a
-    /// later pass, and says so), up to the restart budget, then failed with `restarts`
-    /// kept so that reconcile replaces it elsewhere ([`Reason::Died`]); a clone running
-    /// past the boot timeout without registering is failed with why. Returns whether it
-    /// changed anything (a restart left for later is no change).
+    /// after a backoff, once the agent has a boot slot free (until then it is recorded
+    /// [`Died`](ClonePhase::Died), with what it waits for), up to the restart budget, then
+    /// failed with `restarts` kept so that reconcile replaces it elsewhere
+    /// ([`Reason::Died`]); a clone running past the boot timeout without registering is
+    /// failed with why; a live domain's state is recorded as its agent lists it. Returns
+    /// whether it changed a clone's phase (a clone still waiting as recorded is no
+    /// change).
     async fn tend(
         &self,
         spec: &DeploymentSpec,
@@ -211,13 +213,30 @@ impl Deployer {
         let at = timestamp(now);
         let budget = spec.restart_budget.unwrap_or(self.inner.cfg.restart_budget);
         let mut changed = false;
-        for death in restart::died(records, running, now, budget) {
-            match death {
-                Death::Restart {
-                    clone,
-                    agent,
-                    attempt,
-                } => {
+        let deaths = restart::died(records, running, now, budget);
+        // A clone dealt with as dead is not also timed out below.
+        let dead: std::collections::HashSet<String> =
+            deaths.iter().map(|d| d.clone.clone()).collect();
+        for Death {
+            clone,
+            agent,
+            state,
+            fate,
+        } in deaths
+        {
+            let on = agents
+                .iter()
+                .find(|a| a.id == agent)
+                .map_or(agent.as_str(), |a| a.name.as_str());
+            match fate {
+                Fate::BackOff { attempt, wait } => {
+                    let action = format!(
+                        "died on {on}: restarts {} s after its last restart (restart {attempt} of {budget})",
+                        wait.as_secs()
+                    );
+                    changed |= self.mark_died(records, &clone, state, &action).await?;
+                }
+                Fate::Restart { attempt } => {
                     let Some(a) = agents.iter().find(|a| a.id == agent) else {
                         continue;
                     };
@@ -236,14 +255,7 @@ impl Deployer {
                                 "waiting to restart: {slots} clones booting on {} ({slots} at once)",
                                 a.name
                             );
-                            if records
-                                .iter()
-                                .any(|c| c.name == clone && c.last_action != action)
-                            {
-                                tracing::info!(clone = %clone, agent = %a.name, "{action}");
-                                self.set_clone(&clone, |k| k.last_action = action.clone())
-                                    .await?;
-                            }
+                            changed |= self.mark_died(records, &clone, state, &action).await?;
                             continue;
                         }
                         Some(Ok(slot)) => Some(slot),
@@ -277,6 +289,9 @@ impl Deployer {
                                 k.registered_at = None;
                             }
                             Err(e) => {
+                                // Still dead: the next pass tries again.
+                                k.phase = ClonePhase::Died as i32;
+                                k.domain_state = state;
                                 k.last_error = format!("restart on {}: {}", a.name, e.message())
                             }
                         }
@@ -291,34 +306,38 @@ impl Deployer {
                         );
                     }
                 }
-                Death::Replace { clone, agent } => {
+                Fate::Replace => {
                     changed = true;
-                    let name = agents
-                        .iter()
-                        .find(|a| a.id == agent)
-                        .map_or(agent.as_str(), |a| a.name.as_str());
-                    tracing::warn!(clone = %clone, agent = %name, budget, "a clone died past its restart budget: replacing it");
-                    let why = format!(
-                        "died {} time(s) on {name}, past its restart budget of {budget}",
-                        budget + 1
-                    );
+                    tracing::warn!(clone = %clone, agent = %on, budget, "a clone died past its restart budget: replacing it");
                     self.set_clone(&clone, |k| {
-                        restart::mark_failed(k, now);
-                        k.restarts = k.restarts.max(1);
-                        k.last_error = why.clone();
-                        k.last_action = format!("replacing: {why}");
-                        if !k.failed_agents.contains(&agent) {
-                            k.failed_agents.push(agent.clone());
-                        }
+                        restart::mark_replaced(k, &agent, on, state, budget, now);
                     })
                     .await?;
                 }
             }
         }
+        // Domains alive in another state than recorded: paused, say, or started again by
+        // someone else after they died (they boot, and register or time out as any boot).
+        for (clone, state) in restart::drifted(records, running) {
+            let listed = napalm_proto::v1::DomainState::try_from(state).unwrap_or_default();
+            tracing::info!(clone = %clone, state = listed.as_str_name(), "its domain's state changed behind the control plane");
+            self.set_clone(clone, |k| {
+                k.domain_state = state;
+                if k.phase == ClonePhase::Died as i32 {
+                    k.phase = ClonePhase::Running as i32;
+                    k.started_at = Some(at);
+                    k.registered_at = None;
+                    k.last_action =
+                        "its domain runs again: started outside the control plane".into();
+                }
+            })
+            .await?;
+        }
         // Clones that do not register in time.
         let limit = self.inner.boot_timeout(spec);
         for c in records.iter().filter(|c| {
             c.phase == ClonePhase::Running as i32
+                && !dead.contains(&c.name)
                 && !self.tests_on(spec, agents, &c.agent_id)
                 && c.started_at.is_some()
                 && napalm_proto::time::from_timestamp(c.started_at.as_ref()) + limit <= now
@@ -342,6 +361,35 @@ impl Deployer {
             .await?;
         }
         Ok(changed)
+    }
+
+    /// Records clone `name` died (its domain listed in `state`) and waiting, as `action`
+    /// says, unless its record (one of `records`) says so already. Returns whether it
+    /// changed the record.
+    async fn mark_died(
+        &self,
+        records: &[Clone],
+        name: &str,
+        state: i32,
+        action: &str,
+    ) -> Result<bool, RegistryError> {
+        let same = records.iter().any(|c| {
+            c.name == name
+                && c.phase == ClonePhase::Died as i32
+                && c.domain_state == state
+                && c.last_action == action
+        });
+        if same {
+            return Ok(false);
+        }
+        tracing::info!(clone = %name, "{action}");
+        self.set_clone(name, |k| {
+            k.phase = ClonePhase::Died as i32;
+            k.domain_state = state;
+            k.last_action = action.to_owned();
+        })
+        .await?;
+        Ok(true)
     }
 
     /// Changes clone `name`'s record with `f`.

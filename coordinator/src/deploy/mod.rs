@@ -538,7 +538,8 @@ impl Deployer {
         }
         // Domains of this deployment the registry did not know about (a crash between
         // create and record) go too.
-        apply::stop_strays(&self.inner.agents, &agents, &req.name, &HashMap::new()).await;
+        let running = self.inner.agents.running(&agents, &req.name).await;
+        apply::stop_strays(&self.inner.agents, &agents, &HashMap::new(), &running).await;
         if failed == 0 {
             registry
                 .commit(crate::store::Txn::new().delete(format!("{DEPLOYMENTS}{}", req.name)))

@@ -172,7 +172,8 @@ fn needs_placement(
     if lost.contains(&c.agent_id) {
         return Some(Reason::AgentLost);
     }
-    let up = c.phase == ClonePhase::Registered as i32 || c.phase == ClonePhase::Running as i32;
+    // A clone that died waits on its agent for its restart as a running one does.
+    let up = super::restart::started(c.phase);
     match agents.get(c.agent_id.as_str()) {
         None => Some(Reason::AgentDown),
         Some(a) if a.state == AgentState::Draining as i32 => Some(Reason::Draining),

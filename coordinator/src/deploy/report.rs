@@ -25,9 +25,12 @@ pub fn progress(c: &Clone, phase: ClonePhase, message: &str) -> deploy_progress:
     })
 }
 
-/// Summary state of a deployment from its clones.
+/// Summary state of a deployment from its clones: degraded while one failed or died
+/// (until it is restarted or replaced).
 pub fn state_of(clones: &[Clone]) -> DeploymentState {
-    if clones.iter().any(|c| c.phase == ClonePhase::Failed as i32) {
+    let down =
+        |c: &Clone| c.phase == ClonePhase::Failed as i32 || c.phase == ClonePhase::Died as i32;
+    if clones.iter().any(down) {
         DeploymentState::Degraded
     } else if clones
         .iter()

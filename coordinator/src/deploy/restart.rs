@@ -8,25 +8,36 @@ use std::time::{Duration, SystemTime};
 use napalm_proto::time::from_timestamp;
 use napalm_proto::v1::{Clone, ClonePhase, Domain, DomainState};
 
-/// What to do about a clone whose domain died.
+/// A clone whose domain died, as its agent listed it, and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Death {
-    /// Start it again on its agent (the `attempt`-th restart).
+pub struct Death {
+    /// Clone name.
+    pub clone: String,
+    /// Its agent.
+    pub agent: String,
+    /// Its domain's state as listed: shut off or crashed, unspecified when it is gone.
+    pub state: i32,
+    /// What to do.
+    pub fate: Fate,
+}
+
+/// What the control loop does about a [`Death`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// Start it again on its agent now (the `attempt`-th restart).
     Restart {
-        /// Clone name.
-        clone: String,
-        /// Its agent.
-        agent: String,
         /// 1 for the first restart.
         attempt: u32,
     },
-    /// Its restart budget is spent: replace it elsewhere.
-    Replace {
-        /// Clone name.
-        clone: String,
-        /// The agent it kept dying on.
-        agent: String,
+    /// Start it again once its backoff since its last restart ([`backoff`]) has passed.
+    BackOff {
+        /// The restart it waits for.
+        attempt: u32,
+        /// The backoff it waits out, counted from its last restart.
+        wait: Duration,
     },
+    /// Its restart budget is spent: replace it elsewhere.
+    Replace,
 }
 
 /// How long after its `restarts`-th restart a clone that dies again waits before the
@@ -43,10 +54,18 @@ pub fn dead(domain: Option<&Domain>) -> bool {
     })
 }
 
-/// The clones that died: up (running or registered) in the registry, while their agent,
-/// which answered (`running`: agent id → its domains of the deployment), shows their
-/// domain shut off or crashed, or has none. Each is restarted on its agent once its
-/// backoff has passed, up to `budget` restarts, then replaced.
+/// Whether a clone's record says its domain was started and has not been stopped since:
+/// running, registered, or died behind our back and not yet restarted or replaced.
+pub fn started(phase: i32) -> bool {
+    phase == ClonePhase::Registered as i32
+        || phase == ClonePhase::Running as i32
+        || phase == ClonePhase::Died as i32
+}
+
+/// The clones that died: started ([`started`]) in the registry, while their agent, which
+/// answered (`running`: agent id → its domains of the deployment), shows their domain
+/// shut off or crashed, or has none. Each is restarted on its agent once its backoff has
+/// passed, up to `budget` restarts, then replaced.
 pub fn died(
     records: &[Clone],
     running: &[(String, Vec<Domain>)],
@@ -57,33 +76,87 @@ pub fn died(
         running.iter().map(|(a, d)| (a.as_str(), d)).collect();
     let mut out = Vec::new();
     for c in records {
-        let up = c.phase == ClonePhase::Registered as i32 || c.phase == ClonePhase::Running as i32;
         let Some(domains) = answered.get(c.agent_id.as_str()) else {
             continue;
         };
-        if !up {
+        if !started(c.phase) {
             continue;
         }
-        if !dead(domains.iter().find(|d| d.name == c.name)) {
+        let domain = domains.iter().find(|d| d.name == c.name);
+        if !dead(domain) {
             continue;
         }
-        if c.restarts >= budget {
-            out.push(Death::Replace {
-                clone: c.name.clone(),
-                agent: c.agent_id.clone(),
-            });
-            continue;
-        }
-        if c.restarts > 0 && from_timestamp(c.restarted_at.as_ref()) + backoff(c.restarts) > now {
-            continue;
-        }
-        out.push(Death::Restart {
+        let wait = backoff(c.restarts);
+        let fate = if c.restarts >= budget {
+            Fate::Replace
+        } else if c.restarts > 0 && from_timestamp(c.restarted_at.as_ref()) + wait > now {
+            Fate::BackOff {
+                attempt: c.restarts + 1,
+                wait,
+            }
+        } else {
+            Fate::Restart {
+                attempt: c.restarts + 1,
+            }
+        };
+        out.push(Death {
             clone: c.name.clone(),
             agent: c.agent_id.clone(),
-            attempt: c.restarts + 1,
+            state: domain.map_or(DomainState::Unspecified as i32, |d| d.state),
+            fate,
         });
     }
     out
+}
+
+/// The clones started ([`started`]) whose domain is alive on an agent that answered, in
+/// another state than recorded (paused, say), or recorded died while it runs again
+/// (started by someone else): clone name → the state listed.
+pub fn drifted<'a>(
+    records: &'a [Clone],
+    running: &'a [(String, Vec<Domain>)],
+) -> impl Iterator<Item = (&'a str, i32)> {
+    let listed: HashMap<(&str, &str), i32> = running
+        .iter()
+        .flat_map(|(a, ds)| {
+            ds.iter()
+                .map(move |d| ((a.as_str(), d.name.as_str()), d.state))
+        })
+        .collect();
+    records.iter().filter_map(move |c| {
+        let state = *listed.get(&(c.agent_id.as_str(), c.name.as_str()))?;
+        let alive = !dead(Some(&Domain {
+            state,
+            ..Default::default()
+        }));
+        let differs = state != c.domain_state || c.phase == ClonePhase::Died as i32;
+        (alive && started(c.phase) && differs).then_some((c.name.as_str(), state))
+    })
+}
+
+/// Marks `k`, which died on agent `agent` (named `on`) past its restart `budget`, failed
+/// at `now` to be replaced elsewhere ([`super::reconcile::Reason::Died`]: at once, away
+/// from that agent), with `state` its domain's state as listed; `last_error` says why.
+pub fn mark_replaced(
+    k: &mut Clone,
+    agent: &str,
+    on: &str,
+    state: i32,
+    budget: u32,
+    now: SystemTime,
+) {
+    let why = format!(
+        "died {} time(s) on {on}, past its restart budget of {budget}",
+        budget + 1
+    );
+    mark_failed(k, now);
+    k.domain_state = state;
+    k.restarts = k.restarts.max(1);
+    k.last_action = format!("replacing: {why}");
+    k.last_error = why;
+    if !k.failed_agents.iter().any(|a| a == agent) {
+        k.failed_agents.push(agent.to_owned());
+    }
 }
 
 /// Marks `k` failed at `now`: one failure more in a row (see [`retry_due`]).
@@ -169,44 +242,100 @@ mod tests {
         };
         let mut c = clone("web-01", "a", ClonePhase::Registered);
         let running = |st| vec![("a".to_owned(), vec![dom("web-01", st)])];
+        let death = |state: DomainState, fate| Death {
+            clone: "web-01".into(),
+            agent: "a".into(),
+            state: state as i32,
+            fate,
+        };
         // Alive: nothing.
         assert!(died(&[c.clone()], &running(DomainState::Running), at(100), 3).is_empty());
         // Shut off behind our back: first restart, at once.
-        let restart = |attempt| Death::Restart {
-            clone: "web-01".into(),
-            agent: "a".into(),
-            attempt,
-        };
         assert_eq!(
             died(&[c.clone()], &running(DomainState::Shutoff), at(100), 3),
-            [restart(1)]
+            [death(DomainState::Shutoff, Fate::Restart { attempt: 1 })]
         );
-        // Crashed again 1 s after the first restart: waits for the 4 s backoff.
+        // Crashed again 1 s after the first restart: waits for the 4 s backoff, and says
+        // so (recorded as died meanwhile).
         c.restarts = 1;
         c.restarted_at = Some(napalm_proto::time::timestamp(at(100)));
-        assert!(died(&[c.clone()], &running(DomainState::Crashed), at(101), 3).is_empty());
+        let waits = Fate::BackOff {
+            attempt: 2,
+            wait: Duration::from_secs(4),
+        };
+        assert_eq!(
+            died(&[c.clone()], &running(DomainState::Crashed), at(101), 3),
+            [death(DomainState::Crashed, waits.clone())]
+        );
+        c.phase = ClonePhase::Died as i32;
+        assert_eq!(
+            died(&[c.clone()], &running(DomainState::Crashed), at(103), 3),
+            [death(DomainState::Crashed, waits)]
+        );
         assert_eq!(
             died(&[c.clone()], &running(DomainState::Crashed), at(104), 3),
-            [restart(2)]
+            [death(DomainState::Crashed, Fate::Restart { attempt: 2 })]
         );
         // Its domain vanished: dead too.
         assert_eq!(
             died(&[c.clone()], &[("a".to_owned(), vec![])], at(104), 3),
-            [restart(2)]
+            [death(
+                DomainState::Unspecified,
+                Fate::Restart { attempt: 2 }
+            )]
         );
         // Budget spent: replaced.
         c.restarts = 3;
         assert_eq!(
             died(&[c.clone()], &running(DomainState::Shutoff), at(200), 3),
-            [Death::Replace {
-                clone: "web-01".into(),
-                agent: "a".into()
-            }]
+            [death(DomainState::Shutoff, Fate::Replace)]
         );
         // An agent that did not answer says nothing; a clone still coming up is not dead.
         assert!(died(&[c.clone()], &[], at(200), 3).is_empty());
         let booting = clone("web-01", "a", ClonePhase::Shipped);
         assert!(died(&[booting], &running(DomainState::Shutoff), at(200), 3).is_empty());
+    }
+
+    #[test]
+    fn a_started_clone_whose_domain_changed_state_is_drifted() {
+        let dom = |n: &str, st: DomainState| Domain {
+            name: n.into(),
+            state: st as i32,
+            ..Default::default()
+        };
+        let mut up = clone("web-01", "a", ClonePhase::Registered);
+        up.domain_state = DomainState::Running as i32;
+        let mut paused = up.clone();
+        paused.name = "web-02".into();
+        let mut died = up.clone();
+        died.name = "web-03".into();
+        died.phase = ClonePhase::Died as i32;
+        died.domain_state = DomainState::Shutoff as i32;
+        let mut elsewhere = up.clone();
+        elsewhere.name = "web-04".into();
+        elsewhere.agent_id = "b".into();
+        let booting = clone("web-05", "a", ClonePhase::Defined);
+        let running = vec![(
+            "a".to_owned(),
+            vec![
+                dom("web-01", DomainState::Running),
+                dom("web-02", DomainState::Paused),
+                // Started again by someone else (`virsh start`): it boots, and is
+                // recorded running again.
+                dom("web-03", DomainState::Running),
+                // Another agent's clone of the same name is not this one.
+                dom("web-04", DomainState::Paused),
+                dom("web-05", DomainState::Shutoff),
+            ],
+        )];
+        let records = [up, paused, died, elsewhere, booting];
+        assert_eq!(
+            drifted(&records, &running).collect::<Vec<_>>(),
+            [
+                ("web-02", DomainState::Paused as i32),
+                ("web-03", DomainState::Running as i32)
+            ]
+        );
     }
 
     #[test]

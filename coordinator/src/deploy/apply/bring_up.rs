@@ -130,9 +130,7 @@ impl Run {
         // A clone recorded up whose agent, when the run began, had its domain dead (shut
         // off, crashed, or lost) boots again: a new boot, with a boot slot (its dead
         // boot's is let go) and a fresh boot timeout, and it registers anew.
-        let up = |phase: i32| {
-            phase == ClonePhase::Registered as i32 || phase == ClonePhase::Running as i32
-        };
+        let up = crate::deploy::restart::started;
         let lost = up(c.phase)
             && self
                 .listed

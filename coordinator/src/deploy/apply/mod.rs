@@ -64,6 +64,10 @@ pub(super) struct Run {
     /// whose domain is not among them boots again, as a new boot (a slot, a boot
     /// timeout, a registration).
     listed: HashMap<String, std::collections::HashSet<String>>,
+    /// What the agents that answered ran of the deployment when the run began (agent id
+    /// → its domains), listed once ([`Run::apply_records`]) for the run's dead clones and
+    /// strays.
+    running: Vec<(String, Vec<napalm_proto::v1::Domain>)>,
 }
 
 /// One shipment per (agent endpoint, kernel digest, image digest, firmware digest), done
@@ -102,6 +106,7 @@ impl Run {
             withdrawn: Default::default(),
             places,
             listed: Default::default(),
+            running: Vec::new(),
         }
     }
 
@@ -328,7 +333,8 @@ impl Run {
             .filter(|c| !c.agent_id.is_empty())
             .map(|c| (c.name.clone(), c.agent_id.clone()))
             .collect();
-        let listed = stop_strays(&self.inner.agents, &agents, &self.spec.name, &assigned).await;
+        let listed = std::mem::take(&mut self.running);
+        stop_strays(&self.inner.agents, &agents, &assigned, &listed).await;
         self.listed = listed
             .into_iter()
             .map(|(agent, domains)| {
@@ -504,18 +510,16 @@ impl Run {
     }
 }
 
-/// Deletes the domains of `deployment` that agents run but the registry does not place
-/// there (`assigned`: clone → agent id). Unreachable agents are skipped. Returns what the
-/// agents that answered listed (agent id → its domains of the deployment, strays
-/// included).
+/// Deletes the domains of a deployment that agents run (`running`: agent id → its domains
+/// of the deployment, as the agents that answered listed them) but the registry does not
+/// place there (`assigned`: clone → agent id).
 pub(super) async fn stop_strays(
     agents: &Agents,
     all: &[Agent],
-    deployment: &str,
     assigned: &HashMap<String, String>,
-) -> Vec<(String, Vec<napalm_proto::v1::Domain>)> {
-    let running = agents.running(all, deployment).await;
-    for action in reconcile::strays(assigned, &running) {
+    running: &[(String, Vec<napalm_proto::v1::Domain>)],
+) {
+    for action in reconcile::strays(assigned, running) {
         let Action::Stop {
             agent,
             domain,
@@ -539,5 +543,4 @@ pub(super) async fn stop_strays(
             tracing::warn!(domain = %domain, agent = %agent, error = %e.message(), "could not remove a domain");
         }
     }
-    running
 }

@@ -3,13 +3,14 @@
 
 use std::collections::HashSet;
 
-use napalm_proto::v1::{Clone, ClonePhase, Deployment};
+use napalm_proto::v1::{Agent, Clone, ClonePhase, Deployment};
 
 use super::{clone_key, Run};
 use crate::clock::timestamp;
 use crate::deploy::addresses::assigned;
 use crate::deploy::reconcile::{self, Action, Plan};
 use crate::deploy::report::{progress, send};
+use crate::deploy::restart;
 use crate::deploy::rollout;
 use crate::deploy::xml::mac_for;
 use crate::registry::{RegistryError, DEPLOYMENTS};
@@ -59,8 +60,15 @@ impl Run {
         let created = stored.created_at.unwrap_or_default();
         self.generation = format!("{:x}{:x}", created.seconds, created.nanos);
         self.stored = stored;
-        let records = reg.list_clones(&self.spec.name).await?;
+        let mut records = reg.list_clones(&self.spec.name).await?;
         let agents = reg.list_agents(&[]).await?;
+        // What the agents run of the deployment, listed once for the whole run: a clone
+        // whose domain died past its restart budget is replaced here, as the control loop
+        // would (a deploy must not start it again on the agent it keeps dying on).
+        self.running = self.inner.agents.running(&agents, &spec.name).await;
+        if self.replace_dead(&records, &agents).await? {
+            records = reg.list_clones(&self.spec.name).await?;
+        }
         let lost = reconcile::lost_agents(&agents, reg.clock().now(), self.inner.cfg.lost_grace);
         let plan = reconcile::reconcile(&self.spec, &records, &agents, &lost);
         // Static addresses: the pool's lowest ones no clone of any deployment holds.
@@ -122,6 +130,9 @@ impl Run {
                     .delete(&a.grpc_endpoint, &c.name, format!("shrink-{}", c.name))
                     .await;
             }
+            for (_, domains) in &mut self.running {
+                domains.retain(|d| d.name != c.name);
+            }
             reg.commit(Txn::new().delete(clone_key(&c.name))).await?;
             send(
                 &self.tx,
@@ -131,5 +142,43 @@ impl Run {
         }
         let clones = reg.list_clones(&self.spec.name).await?;
         Ok(Some((plan, clones)))
+    }
+
+    /// Fails the clones of `records` whose domain died past their restart budget, by
+    /// what the agents listed ([`Run::running`]), to be replaced away from their agent
+    /// ([`restart::mark_replaced`]), as the control loop does. Those within their budget
+    /// are left to [`Run::bring_up`], which boots them again. Returns whether it failed
+    /// any.
+    async fn replace_dead(
+        &self,
+        records: &[Clone],
+        agents: &[Agent],
+    ) -> Result<bool, RegistryError> {
+        let now = self.inner.registry.clock().now();
+        let budget = self
+            .spec
+            .restart_budget
+            .unwrap_or(self.inner.cfg.restart_budget);
+        let mut any = false;
+        for d in restart::died(records, &self.running, now, budget) {
+            if d.fate != restart::Fate::Replace {
+                continue;
+            }
+            let on = agents
+                .iter()
+                .find(|a| a.id == d.agent)
+                .map_or(d.agent.as_str(), |a| a.name.as_str());
+            if let Some(u) = self
+                .set(&d.clone, |k| {
+                    restart::mark_replaced(k, &d.agent, on, d.state, budget, now);
+                })
+                .await?
+            {
+                tracing::warn!(clone = %d.clone, agent = %on, budget, "a clone died past its restart budget: replacing it");
+                self.report(&u, &u.last_action).await;
+            }
+            any = true;
+        }
+        Ok(any)
     }
 }
