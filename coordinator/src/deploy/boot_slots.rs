@@ -27,7 +27,7 @@
 //! The slots are this coordinator's: runs of every deployment and the control loop share
 //! them (the loop's restart of a clone that died takes one too, or waits for a later
 //! pass). A coordinator that restarts, or takes over as leader, first counts the clones
-//! its predecessor left booting ([`super::Inner::adopt_boots`]).
+//! another process left booting ([`super::Inner::adopt_boots`], once per lead term).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -110,9 +110,10 @@ pub struct BootSlots {
     agents: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
     booting: Booting,
     boots: AtomicU64,
-    /// Set once the clones that were booting when this coordinator began to deploy hold
-    /// slots ([`super::Inner::adopt_boots`]).
-    adopted: tokio::sync::OnceCell<()>,
+    /// The lead term (the registry's fence, none without election) in which the clones
+    /// that were booting hold slots ([`super::Inner::adopt_boots`]); none before the
+    /// first adoption.
+    adopted: tokio::sync::Mutex<Option<Option<u64>>>,
 }
 
 impl BootSlots {
@@ -123,7 +124,7 @@ impl BootSlots {
             agents: Mutex::default(),
             booting: Booting::default(),
             boots: AtomicU64::new(0),
-            adopted: tokio::sync::OnceCell::new(),
+            adopted: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -219,29 +220,33 @@ impl BootSlots {
 const RECHECK: Duration = Duration::from_secs(1);
 
 impl super::Inner {
-    /// Once per process, before its first run or control-loop pass: the clones booting by
-    /// their record (running, not registered, within their boot timeout) that a process
-    /// before this one started (this coordinator restarted, or took over as leader) each
-    /// take a slot of their agent for what is left of their boot timeout, as far as the
-    /// slots go. Otherwise the first runs here would start a full set of boots beside
-    /// them. A registry that cannot be read leaves it for the next call.
+    /// Once per process and lead term (the registry's fence), before its first run or
+    /// control-loop pass in it: the clones booting by their record (running, not
+    /// registered, within their boot timeout) each take a slot of their agent for what is
+    /// left of their boot timeout, as far as the slots go; boots this process holds slots
+    /// for already are not counted twice. So the boots another process started (before
+    /// this coordinator restarted, or while another led) count here: otherwise the first
+    /// runs here would start a full set of boots beside them. A registry that cannot be
+    /// read leaves it for the next call.
     pub(super) async fn adopt_boots(&self) {
-        let adopted = self
-            .boot_slots
-            .adopted
-            .get_or_try_init(|| async {
-                let n = self.adopt().await?;
+        let term = self.registry.fence();
+        let mut adopted = self.boot_slots.adopted.lock().await;
+        if *adopted == Some(term) {
+            return;
+        }
+        match self.adopt().await {
+            Ok(n) => {
+                *adopted = Some(term);
                 if n > 0 {
                     tracing::info!(
                         clones = n,
-                        "clones still booting from before this coordinator started hold boot slots"
+                        "clones another coordinator left booting hold boot slots here"
                     );
                 }
-                Ok::<(), RegistryError>(())
-            })
-            .await;
-        if let Err(e) = adopted {
-            tracing::warn!(error = %e, "could not count the clones still booting against the boot slots");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not count the clones still booting against the boot slots");
+            }
         }
     }
 

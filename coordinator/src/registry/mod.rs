@@ -111,6 +111,12 @@ impl Registry {
         &self.store
     }
 
+    /// The fence writes check ([`Self::set_fence`]): it names the lead term; none
+    /// without election.
+    pub fn fence(&self) -> Option<u64> {
+        self.fence.read().ok().and_then(|f| *f)
+    }
+
     /// Sets the leader's fencing token: from now on every write also checks that the
     /// leader key still has this revision. `None` for a store with a single writer.
     pub fn set_fence(&self, fence: Option<u64>) {
@@ -120,7 +126,7 @@ impl Registry {
     }
 
     fn fenced(&self, txn: Txn) -> Txn {
-        match self.fence.read().ok().and_then(|f| *f) {
+        match self.fence() {
             Some(rev) => txn.check(LEADER_KEY, Check::Revision(rev)),
             None => txn,
         }

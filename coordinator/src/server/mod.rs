@@ -399,10 +399,16 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     // The control loop: the leader converges every deployment with nobody connected.
     if let (Some(d), Some(every)) = (&deployer, cfg.converge_every) {
         let roles = election.as_ref().map(Election::subscribe);
-        let leads = move || {
-            roles
-                .as_ref()
-                .is_none_or(|r| matches!(*r.borrow(), Role::Leader { .. }))
+        let registry = registry.clone();
+        // A pass writes, so it fences its writes with the term it leads in (as the
+        // sweeper and the service do), not only within the sweeper's next second.
+        let leads = move || match roles.as_ref().map(|r| r.borrow().clone()) {
+            None => true,
+            Some(Role::Leader { fence }) => {
+                registry.set_fence(Some(fence));
+                true
+            }
+            Some(Role::Follower { .. }) => false,
         };
         tasks.push(tokio::spawn(crate::deploy::converge::run(
             d.clone(),

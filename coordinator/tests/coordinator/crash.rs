@@ -313,32 +313,8 @@ fn a_restarted_coordinator_counts_the_clones_still_booting_against_the_slots() {
     // driver it never registers, so for its whole boot timeout.
     let boot_timeout = Duration::from_secs(15);
     let deploy = |coord: &Coord, name: &str| {
-        let t = Instant::now();
-        let out = coord
-            .ctl(&[
-                "deploy",
-                "--count",
-                "2",
-                "--name",
-                name,
-                "--memory",
-                "128M",
-                "--boot-timeout",
-                &boot_timeout.as_secs().to_string(),
-            ])
-            .output()
-            .expect("napalmctl deploy");
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "deploy {name}: {said}\nlog:\n{}",
-            coord.log_text()
-        );
-        (t.elapsed(), said)
+        deploy_booting(coord, name, boot_timeout)
+            .unwrap_or_else(|said| panic!("deploy {name}: {said}\nlog:\n{}", coord.log_text()))
     };
     let (_, _) = deploy(&coord, "slots-first");
     let first_started = Instant::now();
@@ -359,6 +335,126 @@ fn a_restarted_coordinator_counts_the_clones_still_booting_against_the_slots() {
     );
     assert_eq!(agents.domains("slots-first").len(), 2);
     assert_eq!(agents.domains("slots-second").len(), 2);
+}
+
+/// Deploys `name`, 2 clones of 128 MiB booting for at most `boot_timeout`, on `coord`:
+/// how long it took and what napalmctl said, or what it said when it failed.
+fn deploy_booting(
+    coord: &Coord,
+    name: &str,
+    boot_timeout: Duration,
+) -> Result<(Duration, String), String> {
+    let t = Instant::now();
+    let out = coord
+        .ctl(&[
+            "deploy",
+            "--count",
+            "2",
+            "--name",
+            name,
+            "--memory",
+            "128M",
+            "--boot-timeout",
+            &boot_timeout.as_secs().to_string(),
+        ])
+        .output()
+        .expect("napalmctl deploy");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok((t.elapsed(), said))
+    } else {
+        Err(said)
+    }
+}
+
+/// Two coordinators on etcd, one boot slot per agent. Whoever begins to lead counts the
+/// clones the other left booting against the slots: the follower taking over from a
+/// leader that stopped answering (SIGSTOP, its lease lapsing), and that first leader
+/// again once it is back, a follower, and the second is killed. Each time a new
+/// deployment's clones wait for the slots of those still booting, in the same process
+/// as before (a lead term, not a process, is what adopts).
+#[test]
+fn with_two_coordinators_on_etcd_each_new_leader_counts_the_clones_left_booting() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agents = Agents::start(dir.path(), 2);
+    let boot_timeout = Duration::from_secs(12);
+    let coordinator = |tag: &str| {
+        let mut c = Coord::new(dir.path(), &etcd.coordinator_args(), &agents.endpoints, tag);
+        c.args.extend(["--boot-concurrency".into(), "1".into()]);
+        c.start();
+        c
+    };
+    let mut a = coordinator("adopt-a");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut b = coordinator("adopt-b");
+    let signal = |c: &Coord, sig: &str| {
+        let pid = c.daemon.as_ref().expect("running").pid().to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(ok.success(), "kill {sig} {pid}");
+    };
+    // Deploys `name` on `c` once it leads (a follower refuses), within 30 s.
+    let deploy_once_leading = |c: &Coord, name: &str| {
+        let mut said = String::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            match deploy_booting(c, name, boot_timeout) {
+                Ok(done) => return done,
+                Err(s) if s.contains("not the leader") => said = s,
+                Err(s) => panic!("deploy {name}: {s}\nlog:\n{}", c.log_text()),
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        panic!("{name}: never led: {said}\nlog:\n{}", c.log_text());
+    };
+    let wait_check = |name: &str, said: &str, since: Instant, c: &Coord| {
+        let waited = since.elapsed();
+        eprintln!("{name}: started {waited:?} after the clones left booting");
+        assert!(
+            said.contains("waiting to boot"),
+            "{name}'s clones did not wait for a slot: {said}\nlog:\n{}",
+            c.log_text()
+        );
+        assert!(
+            waited >= boot_timeout - Duration::from_secs(4),
+            "{name} started {waited:?} after the clones left booting, within their boot timeout of {boot_timeout:?}\nlog:\n{}",
+            c.log_text()
+        );
+    };
+
+    let _ = deploy_once_leading(&a, "adopt-first");
+    let first = Instant::now();
+    // a stops answering; its lease lapses and b leads.
+    signal(&a, "-STOP");
+    let (_, said) = deploy_once_leading(&b, "adopt-second");
+    wait_check("adopt-second", &said, first, &b);
+    let second = Instant::now();
+    // a is back, and follows; b dies: a leads again, in the same process.
+    signal(&a, "-CONT");
+    let followed = wait_for(Duration::from_secs(15), || {
+        deploy_booting(&a, "adopt-refused", boot_timeout)
+            .err()
+            .filter(|s| s.contains("not the leader"))
+    });
+    assert!(
+        followed.is_some(),
+        "a, back, did not follow b; log:\n{}",
+        a.log_text()
+    );
+    b.kill();
+    let (_, said) = deploy_once_leading(&a, "adopt-third");
+    wait_check("adopt-third", &said, second, &a);
+    for name in ["adopt-first", "adopt-second", "adopt-third"] {
+        assert_eq!(agents.domains(name).len(), 2, "{name}");
+    }
+    a.kill();
 }
 
 #[test]
