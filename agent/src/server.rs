@@ -242,7 +242,7 @@ pub async fn start_with_clock(
             .await
             .map_err(|e| AgentError::io(addr.to_string(), e))?;
         grpc_addr = Some(l.local_addr().map_err(|e| AgentError::io("grpc", e))?);
-        let svc = crate::grpc::server(Arc::clone(&agent));
+        let svc = crate::grpc::server(Arc::clone(&agent), stop_rx.clone());
         let intercept = crate::grpc::auth_interceptor(cfg.rest.token.clone());
         let mut builder = tonic::transport::Server::builder();
         if let Some(t) = &tls {

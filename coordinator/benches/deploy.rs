@@ -33,6 +33,10 @@
 //! prints how long that took) before the timed deploy, which then ships nothing.
 //! `NAPALM_BENCH_PREFETCH=0` runs without the control loop: the timed deploy ships them.
 //!
+//! `NAPALM_BENCH_INFORMER=0` has the control loop list every agent at every pass instead of
+//! keeping what they run from their domain events (`deploy/informer.rs`): the baseline of
+//! its idle figures.
+//!
 //! `NAPALM_BENCH_WARM=1` deploys and removes one clone per agent before the timed deploy
 //! (untimed), so that it ships nothing: the control plane's figure without the agents
 //! filling their blob stores (see `warm`). After each deploy the bench also writes what the
@@ -215,6 +219,7 @@ async fn run(
         }
         let d = cfg.deploy.as_mut().unwrap();
         d.concurrency = concurrency;
+        d.informer = env("NAPALM_BENCH_INFORMER", 1) != 0;
         d.kernel_args = String::new();
         d.attempts = 1;
     })

@@ -136,6 +136,7 @@ pub fn deploy_config(dir: &Path, opts: &GridOptions) -> Result<DeployConfig, Gri
         layers_in_initramfs: false,
         guest_acpi: true,
         boot_concurrency: Default::default(),
+        informer: true,
         exports: None,
         trust: None,
     })

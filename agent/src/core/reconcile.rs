@@ -56,6 +56,14 @@ impl Agent {
         let mut busy = Vec::new();
         for r in self.store.records()?.into_iter().filter(|r| !r.deleting) {
             let Some(&state) = live.get(&r.name) else {
+                // Gone from libvirt behind our back (undefined by someone else): said once,
+                // as its undefinition, so that watchers keeping a listing drop it.
+                if self.events.last_state(&r.name).is_some() {
+                    match self.locks.try_lock(&r.name) {
+                        Some(_g) => self.look(&r.name).await?,
+                        None => busy.push(r.name.clone()),
+                    }
+                }
                 continue;
             };
             if self.events.last_state(&r.name) == Some(state) {
@@ -117,10 +125,21 @@ impl Agent {
         again
     }
 
-    /// Reports `name`'s state when it is not the last one seen and the domain is ours.
+    /// Reports `name`'s state when it is not the last one seen and the domain is ours;
+    /// its undefinition when libvirt has no domain of that name any more though one was
+    /// seen (undefined behind our back: watchers keeping a listing drop it).
     async fn look(&self, name: &str) -> Result<()> {
         let n = name.to_owned();
         let Some(state) = self.call(move |h| h.state(&n)).await? else {
+            if self.events.last_state(name).is_some() {
+                self.events.emit(
+                    name,
+                    crate::events::EventKind::Undefined,
+                    crate::hypervisor::RunState::Shutoff,
+                    "gone from libvirt: seen by the agent's watcher",
+                    None,
+                );
+            }
             return Ok(());
         };
         if self.events.last_state(name) != Some(state) && self.owns(name).await? {

@@ -22,18 +22,25 @@ use crate::error::AgentError;
 /// operation and converts back.
 pub struct Service {
     agent: Arc<Agent>,
+    /// Turns true as the agent stops: event streams end then, or the server's graceful
+    /// shutdown would wait for watchers that never hang up.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Service {
-    /// Serves `agent`.
-    pub fn new(agent: Arc<Agent>) -> Self {
-        Self { agent }
+    /// Serves `agent` until `stopping` turns true.
+    pub fn new(agent: Arc<Agent>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self { agent, stopping }
     }
 }
 
-/// The tonic server (wrap it with [`auth_interceptor`]).
-pub fn server(agent: Arc<Agent>) -> pb::agent_service_server::AgentServiceServer<Service> {
-    pb::agent_service_server::AgentServiceServer::new(Service::new(agent))
+/// The tonic server (wrap it with [`auth_interceptor`]); its event streams end once
+/// `stopping` turns true.
+pub fn server(
+    agent: Arc<Agent>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> pb::agent_service_server::AgentServiceServer<Service> {
+    pb::agent_service_server::AgentServiceServer::new(Service::new(agent, stopping))
         .max_decoding_message_size(16 << 20)
 }
 
@@ -296,7 +303,13 @@ impl AgentService for Service {
                 "the watcher fell behind; resume with since_sequence",
             ))),
         });
-        Ok(Response::new(Box::pin(replay.chain(live))))
+        let mut stopping = self.stopping.clone();
+        let stopped = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        Ok(Response::new(Box::pin(
+            futures_util::StreamExt::take_until(replay.chain(live), stopped),
+        )))
     }
 
     async fn get_domain_console(

@@ -67,6 +67,27 @@ async fn upload(
         .map(|r| r.into_inner())
 }
 
+/// An agent stopping ends the event streams its watchers hold open (a coordinator keeps
+/// one per agent): its gRPC server's graceful shutdown does not wait on them.
+#[tokio::test]
+async fn an_agent_stops_at_once_with_a_watcher_connected() {
+    let mut a = TestAgent::start(Some(TOKEN)).await;
+    let mut c = client(&a).await;
+    let mut events = c
+        .watch_domain_events(pb::WatchDomainEventsRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    // Without the end of the stream, the stop never returns.
+    tokio::time::timeout(std::time::Duration::from_secs(10), a.stop())
+        .await
+        .expect("the agent stops with a watcher connected");
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), events.message())
+        .await
+        .expect("the stream ended");
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+}
+
 #[tokio::test]
 async fn blobs_domains_events_over_grpc() {
     let a = TestAgent::start(Some(TOKEN)).await;

@@ -118,6 +118,43 @@ async fn changes_behind_the_agents_back_become_events() {
     assert!(rx.try_recv().is_err(), "one change, one event");
 }
 
+/// A domain undefined behind the agent's back becomes one `undefined` event, seen by the
+/// running watcher: a watcher keeping the agent's listing (the coordinator's informer)
+/// must not keep a domain that is gone.
+#[tokio::test]
+async fn a_domain_undefined_behind_the_agents_back_becomes_an_undefined_event() {
+    use napalm_agent::events::EventKind;
+    let a = TestAgent::start(None).await;
+    a.put("/domain/c-gone", test_archive("c-gone")).await;
+    let agent = &a.running().agent;
+    let (_, mut rx) = agent.events.subscribe(0);
+    let hv = test_driver();
+    hv.shutdown("c-gone", std::time::Duration::ZERO)
+        .expect("destroy");
+    hv.undefine("c-gone").expect("undefine");
+    let gone = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match rx.recv().await {
+                Ok(e) if e.name == "c-gone" && e.kind == EventKind::Undefined => break e,
+                Ok(_) => continue,
+                Err(e) => panic!("events: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the undefinition became an event");
+    assert!(gone.detail.contains("gone from libvirt"), "{gone:?}");
+    // Said once.
+    agent.watch_once().await.expect("watch");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    while let Ok(e) = rx.try_recv() {
+        assert!(
+            !(e.name == "c-gone" && e.kind == EventKind::Undefined),
+            "said twice: {e:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_watcher_looks_at_what_libvirt_reports_changed_instead_of_polling_every_domain() {
     let a = TestAgent::start(None).await;

@@ -408,6 +408,7 @@ async fn main() -> Result<()> {
                 layers_in_initramfs: cli.layers_in_initramfs,
                 guest_acpi: cli.guest_acpi,
                 boot_concurrency: cli.boot_concurrency,
+                informer: true,
                 exports: None,
                 // Filled by `server::start` from --trust-listen.
                 trust: None,

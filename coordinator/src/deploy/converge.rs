@@ -289,9 +289,13 @@ impl Deployer {
                                 k.registered_at = None;
                             }
                             Err(e) => {
-                                // Still dead: the next pass tries again.
+                                // Still dead: tried again after its backoff.
                                 k.phase = ClonePhase::Died as i32;
                                 k.domain_state = state;
+                                k.last_action = format!(
+                                    "died on {}: restart {attempt} of {budget} refused",
+                                    a.name
+                                );
                                 k.last_error = format!("restart on {}: {}", a.name, e.message())
                             }
                         }

@@ -9,7 +9,9 @@
 //!    each clone registers.
 //!
 //! Beside them, `prefetch`: the leader's control loop ships the boot artifacts every clone
-//! boots (kernel, firmware, base initramfs) to each ready agent before any deploy needs them.
+//! boots (kernel, firmware, base initramfs) to each ready agent before any deploy needs them;
+//! and [`informer`]: what each agent runs, kept from its domain events between the loop's
+//! passes.
 //!
 //! Re-running a deployment of the same name converges on the stored spec: clones already
 //! recorded keep their names and agents, missing ones are added, surplus ones removed, and
@@ -26,6 +28,7 @@ pub mod converge;
 mod declare;
 mod error;
 mod holds;
+pub mod informer;
 pub mod nfs;
 mod normalize;
 mod place;
@@ -114,6 +117,10 @@ pub struct DeployConfig {
     pub trust: Option<crate::trust::Trust>,
     /// How many clones boot at once per agent ([`boot_slots`]).
     pub boot_concurrency: boot_slots::BootConcurrency,
+    /// Keep what each agent runs from its domain events between the control loop's
+    /// passes ([`informer`]); off, every pass lists every agent for every deployment (the
+    /// benches' baseline).
+    pub informer: bool,
 }
 
 /// Runs deployments.
@@ -138,6 +145,8 @@ struct Inner {
     prefetch: prefetch::Prefetch,
     /// Each agent's boot slots, shared by every run.
     boot_slots: boot_slots::BootSlots,
+    /// What each agent runs, kept from its domain events for the control loop.
+    informer: informer::Informer,
 }
 
 /// A deployment as one control-loop pass sees it.
@@ -195,6 +204,7 @@ impl Deployer {
         metrics: Metrics,
     ) -> Self {
         let agents = Agents::new(cfg.agent_token.clone()).with_trust(cfg.trust.clone());
+        let informer = informer::Informer::new(agents.clone(), metrics.clone());
         let artifacts = Artifacts::new(cfg.artifacts.clone());
         let boot_slots = boot_slots::BootSlots::new(cfg.boot_concurrency);
         Self {
@@ -209,6 +219,7 @@ impl Deployer {
                 holds: Default::default(),
                 prefetch: prefetch::Prefetch::new(),
                 boot_slots,
+                informer,
             }),
         }
     }
@@ -343,7 +354,11 @@ impl Deployer {
             .filter(|c| !c.agent_id.is_empty())
             .map(|c| (c.name.clone(), c.agent_id.clone()))
             .collect();
-        let running = self.inner.agents.running(agents, &spec.name).await;
+        let running = if self.inner.cfg.informer {
+            self.inner.informer.running(agents, &spec.name).await
+        } else {
+            self.inner.agents.running(agents, &spec.name).await
+        };
         let strays = reconcile::strays(&assigned, &running);
         Ok(Observed {
             records,

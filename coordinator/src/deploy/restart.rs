@@ -46,11 +46,14 @@ pub fn backoff(restarts: u32) -> Duration {
     Duration::from_secs(2u64.saturating_pow(restarts.min(5) + 1).min(60))
 }
 
-/// Whether a clone recorded up is dead by what its agent listed: no domain, or one shut
-/// off or crashed.
+/// Whether a clone recorded up is dead by what its agent listed: no domain, one shut off
+/// or crashed, or one libvirt no longer knows (the agent still has its record, in no
+/// state: undefined behind its back).
 pub fn dead(domain: Option<&Domain>) -> bool {
     domain.is_none_or(|d| {
-        d.state == DomainState::Shutoff as i32 || d.state == DomainState::Crashed as i32
+        d.state == DomainState::Shutoff as i32
+            || d.state == DomainState::Crashed as i32
+            || d.state == DomainState::Unspecified as i32
     })
 }
 
@@ -276,9 +279,17 @@ mod tests {
             died(&[c.clone()], &running(DomainState::Crashed), at(104), 3),
             [death(DomainState::Crashed, Fate::Restart { attempt: 2 })]
         );
-        // Its domain vanished: dead too.
+        // Its domain vanished: dead too, whether the agent lists it no more or, keeping
+        // its record, in no state (libvirt no longer knows it).
         assert_eq!(
             died(&[c.clone()], &[("a".to_owned(), vec![])], at(104), 3),
+            [death(
+                DomainState::Unspecified,
+                Fate::Restart { attempt: 2 }
+            )]
+        );
+        assert_eq!(
+            died(&[c.clone()], &running(DomainState::Unspecified), at(104), 3),
             [death(
                 DomainState::Unspecified,
                 Fate::Restart { attempt: 2 }

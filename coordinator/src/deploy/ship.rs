@@ -90,7 +90,7 @@ struct Conn {
 const CHUNK: usize = 1 << 20;
 
 /// How many agents a question to all of them ([`Agents::running`]) asks at once.
-const ASK_AT_ONCE: usize = 64;
+pub(super) const ASK_AT_ONCE: usize = 64;
 
 impl Agents {
     /// Connections that present `token` to agents.

@@ -87,6 +87,7 @@ struct Inner {
     converge_passes: Family<Labels, Counter>,
     converge_runs: Counter,
     converge_actions: Family<Labels, Counter>,
+    agent_looks: Family<Labels, Counter>,
     rpc_requests: Family<Labels, Counter>,
     rpc_duration: HistogramFamily,
     run_duration: HistogramFamily,
@@ -160,6 +161,7 @@ impl Metrics {
             converge_passes: Family::default(),
             converge_runs: Counter::default(),
             converge_actions: Family::default(),
+            agent_looks: Family::default(),
             rpc_requests: Family::default(),
             rpc_duration: histograms(latency_buckets),
             run_duration: histograms(run_buckets),
@@ -228,6 +230,13 @@ impl Metrics {
             i.converge_actions.clone(),
         );
         r.register(
+            "converge_agent_looks",
+            "The control loop's looks at what an agent runs of a deployment: answered \
+             from a listing kept from the agent's domain events (kept), or by listing the \
+             agent (listed).",
+            i.agent_looks.clone(),
+        );
+        r.register(
             "grpc_requests",
             "gRPC requests served, by method and status code.",
             i.rpc_requests.clone(),
@@ -262,6 +271,9 @@ impl Metrics {
         }
         for a in ACTIONS {
             let _ = i.converge_actions.get_or_create(&one("action", *a));
+        }
+        for answer in ["kept", "listed"] {
+            let _ = i.agent_looks.get_or_create(&one("answer", answer));
         }
         for result in ["ok", "error"] {
             let _ = i.converge_passes.get_or_create(&one("result", result));
@@ -309,6 +321,16 @@ impl Metrics {
         self.inner
             .converge_actions
             .get_or_create(&one("action", kind))
+            .inc();
+    }
+
+    /// The control loop looked at what an agent runs: from a `kept` listing, or by
+    /// listing the agent.
+    pub fn agent_look(&self, kept: bool) {
+        let answer = if kept { "kept" } else { "listed" };
+        self.inner
+            .agent_looks
+            .get_or_create(&one("answer", answer))
             .inc();
     }
 

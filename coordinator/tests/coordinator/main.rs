@@ -7,6 +7,7 @@ mod common;
 mod converge;
 mod crash;
 mod deploy;
+mod died;
 mod etcd_harness;
 mod lifecycle;
 mod mdns;

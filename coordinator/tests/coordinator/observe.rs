@@ -55,7 +55,7 @@ fn spawn(what: &'static str, cmd: &mut tokio::process::Command) -> (tokio::proce
 }
 
 /// GET over HTTP/1.0 (no chunking): status and body.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     request(addr, "GET", path, "", "").await
 }
 
