@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use napalm_proto::v1::{Agent, Clone, ClonePhase, DeploymentSpec};
 
-use super::reconcile::{Action, Reason};
+use super::reconcile::{self, Action, Reason};
 use super::restart::{self, Death, Fate};
 use super::Deployer;
 use super::{place, rollout};
@@ -95,7 +95,50 @@ fn beyond_placement(action: &Action) -> bool {
     !matches!(action, Action::Place { .. })
 }
 
+/// A deployment as one control-loop pass sees it.
+pub(super) struct Observed {
+    /// Its clone records.
+    records: Vec<napalm_proto::v1::Clone>,
+    /// What reconcile asks for.
+    plan: reconcile::Plan,
+    /// Domains agents run where the registry does not place them.
+    strays: Vec<reconcile::Action>,
+    /// Each answering agent's domains of the deployment.
+    running: Vec<(String, Vec<napalm_proto::v1::Domain>)>,
+}
+
 impl Deployer {
+    /// What reconcile sees for `spec` now: its clone records, the plan against `agents`
+    /// (of which `lost` are taken for dead), the domains of the deployment that agents
+    /// run where the registry does not place them, and each answering agent's domains of
+    /// the deployment. Nothing is written.
+    async fn observe(
+        &self,
+        spec: &DeploymentSpec,
+        agents: &[napalm_proto::v1::Agent],
+        lost: &std::collections::HashSet<String>,
+    ) -> Result<Observed, RegistryError> {
+        let records = self.inner.registry.list_clones(&spec.name).await?;
+        let plan = reconcile::reconcile(spec, &records, agents, lost);
+        let assigned: HashMap<String, String> = records
+            .iter()
+            .filter(|c| !c.agent_id.is_empty())
+            .map(|c| (c.name.clone(), c.agent_id.clone()))
+            .collect();
+        let running = if self.inner.cfg.informer {
+            self.inner.informer.running(agents, &spec.name).await
+        } else {
+            self.inner.agents.running(agents, &spec.name).await
+        };
+        let strays = reconcile::strays(&assigned, &running);
+        Ok(Observed {
+            records,
+            plan,
+            strays,
+            running,
+        })
+    }
+
     /// One pass over every stored deployment: those that need work and that no run holds
     /// get a run in the background; the others get their state recorded. Returns the
     /// deployments it started a run for.
@@ -118,7 +161,7 @@ impl Deployer {
             let Some(guard) = self.try_hold(&spec.name) else {
                 continue;
             };
-            let super::Observed {
+            let Observed {
                 records,
                 plan,
                 strays,

@@ -149,18 +149,6 @@ struct Inner {
     informer: informer::Informer,
 }
 
-/// A deployment as one control-loop pass sees it.
-struct Observed {
-    /// Its clone records.
-    records: Vec<napalm_proto::v1::Clone>,
-    /// What reconcile asks for.
-    plan: reconcile::Plan,
-    /// Domains agents run where the registry does not place them.
-    strays: Vec<reconcile::Action>,
-    /// Each answering agent's domains of the deployment.
-    running: Vec<(String, Vec<napalm_proto::v1::Domain>)>,
-}
-
 impl Inner {
     /// Why clone `clone` failed when it did not register within `limit` of starting:
     /// what the guest printed says why (no kernel, no root, no network…), so its
@@ -335,37 +323,6 @@ impl Deployer {
     pub async fn sync_exports(&self) -> Result<(), DeployError> {
         let i = &self.inner;
         nfs::sync_exports(&i.cfg, &i.registry, &i.artifacts, &HashMap::new()).await
-    }
-
-    /// What reconcile sees for `spec` now: its clone records, the plan against `agents`
-    /// (of which `lost` are taken for dead), the domains of the deployment that agents
-    /// run where the registry does not place them, and each answering agent's domains of
-    /// the deployment. Nothing is written.
-    async fn observe(
-        &self,
-        spec: &DeploymentSpec,
-        agents: &[napalm_proto::v1::Agent],
-        lost: &std::collections::HashSet<String>,
-    ) -> Result<Observed, RegistryError> {
-        let records = self.inner.registry.list_clones(&spec.name).await?;
-        let plan = reconcile::reconcile(spec, &records, agents, lost);
-        let assigned: HashMap<String, String> = records
-            .iter()
-            .filter(|c| !c.agent_id.is_empty())
-            .map(|c| (c.name.clone(), c.agent_id.clone()))
-            .collect();
-        let running = if self.inner.cfg.informer {
-            self.inner.informer.running(agents, &spec.name).await
-        } else {
-            self.inner.agents.running(agents, &spec.name).await
-        };
-        let strays = reconcile::strays(&assigned, &running);
-        Ok(Observed {
-            records,
-            plan,
-            strays,
-            running,
-        })
     }
 
     /// Deploys or converges; streams progress into `tx`; returns the summary.
