@@ -267,10 +267,8 @@ impl Deployer {
             fate,
         } in deaths
         {
-            let on = agents
-                .iter()
-                .find(|a| a.id == agent)
-                .map_or(agent.as_str(), |a| a.name.as_str());
+            let its = agents.iter().find(|a| a.id == agent);
+            let on = its.map_or(agent.as_str(), |a| a.name.as_str());
             match fate {
                 Fate::BackOff { attempt, wait } => {
                     let action = format!(
@@ -280,7 +278,7 @@ impl Deployer {
                     changed |= self.mark_died(records, &clone, state, &action).await?;
                 }
                 Fate::Restart { attempt } => {
-                    let Some(a) = agents.iter().find(|a| a.id == agent) else {
+                    let Some(a) = its else {
                         continue;
                     };
                     // A restart is a boot like any other: on an agent whose slots are

@@ -27,13 +27,11 @@ use tokio::time::Instant;
 use tokio_stream::StreamExt as _;
 
 use super::ship::Agents;
+use crate::discovery::Backoff;
 use crate::metrics::Metrics;
 
 /// How old a listing may grow before it is taken again, events or not.
 pub const RELIST: Duration = Duration::from_secs(60);
-
-/// The longest wait before a watch that failed is opened again.
-const MAX_RETRY: Duration = Duration::from_secs(30);
 
 /// Agents' domains, kept from their events.
 #[derive(Clone)]
@@ -61,14 +59,25 @@ impl Drop for Watched {
 struct Cache {
     /// The stream is open: events from now on arrive.
     open: bool,
-    /// The agent's domains by name, when kept; `None`: list again.
-    domains: Option<HashMap<String, Domain>>,
-    /// When the kept listing was taken.
-    listed_at: Option<Instant>,
+    /// The kept listing; `None`: list again.
+    kept: Option<Kept>,
     /// Events seen so far: a listing during which this moved is not kept.
     events: u64,
     /// Streams opened so far: a listing during which this moved is not kept either.
     opened: u64,
+}
+
+/// A listing of an agent's domains, kept current by its events.
+struct Kept {
+    /// When it was taken.
+    at: Instant,
+    /// The agent's domains by name.
+    domains: HashMap<String, Domain>,
+}
+
+/// Whether `d` is a domain of `deployment` (by its `deployment` label).
+fn of_deployment(d: &Domain, deployment: &str) -> bool {
+    d.labels.get("deployment").map(String::as_str) == Some(deployment)
 }
 
 fn lock(c: &Mutex<Cache>) -> std::sync::MutexGuard<'_, Cache> {
@@ -90,10 +99,10 @@ impl Cache {
                 | DomainEventKind::Crashed
                 | DomainEventKind::Restarted
         );
-        let Some(domains) = self.domains.as_mut() else {
+        let Some(kept) = self.kept.as_mut() else {
             return;
         };
-        match domains.get_mut(&e.name) {
+        match kept.domains.get_mut(&e.name) {
             Some(d) if follows => d.state = e.state,
             _ => self.drop_listing(),
         }
@@ -106,23 +115,19 @@ impl Cache {
     }
 
     fn drop_listing(&mut self) {
-        self.domains = None;
-        self.listed_at = None;
+        self.kept = None;
     }
 
     /// The kept domains of `deployment`, when the listing is kept and fresh.
     fn of(&self, deployment: &str, now: Instant) -> Option<Vec<Domain>> {
-        let fresh = self
-            .listed_at
-            .is_some_and(|t| now.duration_since(t) < RELIST);
-        if !self.open || !fresh {
-            return None;
-        }
-        let mut out: Vec<Domain> = self
+        let kept = self
+            .kept
+            .as_ref()
+            .filter(|k| self.open && now.duration_since(k.at) < RELIST)?;
+        let mut out: Vec<Domain> = kept
             .domains
-            .as_ref()?
             .values()
-            .filter(|d| d.labels.get("deployment").map(String::as_str) == Some(deployment))
+            .filter(|d| of_deployment(d, deployment))
             .cloned()
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -187,15 +192,17 @@ impl Informer {
                 self.metrics.agent_look(false);
                 let mine: Vec<Domain> = listed
                     .iter()
-                    .filter(|d| d.labels.get("deployment").map(String::as_str) == Some(deployment))
+                    .filter(|d| of_deployment(d, deployment))
                     .cloned()
                     .collect();
                 let mut c = lock(&cache);
                 // Kept only if the stream was open before the listing began and no event
                 // came while it was taken: then every later change arrives as an event.
                 if before.0 && c.mark() == before {
-                    c.domains = Some(listed.into_iter().map(|d| (d.name.clone(), d)).collect());
-                    c.listed_at = Some(now);
+                    c.kept = Some(Kept {
+                        at: now,
+                        domains: listed.into_iter().map(|d| (d.name.clone(), d)).collect(),
+                    });
                 }
                 Some((a.id.clone(), mine))
             }
@@ -224,9 +231,11 @@ impl Informer {
 }
 
 /// Holds the agent's event stream open, applying its events to `cache`, and opens it
-/// again after it ends (1 s, then doubling up to [`MAX_RETRY`] while it keeps failing).
+/// again after it ends, after the static agents' backoff ([`Backoff`]: 1 s, doubling up
+/// to 30 s while it keeps failing to open).
 async fn follow(agents: Agents, endpoint: String, cache: Arc<Mutex<Cache>>) {
-    let mut wait = Duration::from_secs(1);
+    let backoff = Backoff::default();
+    let mut failures = 0;
     loop {
         let opened = async {
             agents
@@ -249,7 +258,7 @@ async fn follow(agents: Agents, endpoint: String, cache: Arc<Mutex<Cache>>) {
                     // What happened while it was closed is unknown: list again.
                     c.drop_listing();
                 }
-                wait = Duration::from_secs(1);
+                failures = 0;
                 while let Some(Ok(e)) = stream.next().await {
                     lock(&cache).apply(&e);
                 }
@@ -264,8 +273,8 @@ async fn follow(agents: Agents, endpoint: String, cache: Arc<Mutex<Cache>>) {
             c.open = false;
             c.drop_listing();
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(MAX_RETRY);
+        failures += 1;
+        tokio::time::sleep(backoff.delay(failures)).await;
     }
 }
 
@@ -295,13 +304,13 @@ mod tests {
     fn kept(domains: &[Domain], at: Instant) -> Cache {
         Cache {
             open: true,
-            domains: Some(
-                domains
+            kept: Some(Kept {
+                at,
+                domains: domains
                     .iter()
                     .map(|d| (d.name.clone(), d.clone()))
                     .collect(),
-            ),
-            listed_at: Some(at),
+            }),
             ..Default::default()
         }
     }

@@ -50,11 +50,14 @@ pub fn backoff(restarts: u32) -> Duration {
 /// or crashed, or one libvirt no longer knows (the agent still has its record, in no
 /// state: undefined behind its back).
 pub fn dead(domain: Option<&Domain>) -> bool {
-    domain.is_none_or(|d| {
-        d.state == DomainState::Shutoff as i32
-            || d.state == DomainState::Crashed as i32
-            || d.state == DomainState::Unspecified as i32
-    })
+    domain.is_none_or(|d| dead_state(d.state))
+}
+
+/// Whether a listed domain in `state` is dead: shut off, crashed, or in no state.
+fn dead_state(state: i32) -> bool {
+    state == DomainState::Shutoff as i32
+        || state == DomainState::Crashed as i32
+        || state == DomainState::Unspecified as i32
 }
 
 /// Whether a clone's record says its domain was started and has not been stopped since:
@@ -128,10 +131,7 @@ pub fn drifted<'a>(
         .collect();
     records.iter().filter_map(move |c| {
         let state = *listed.get(&(c.agent_id.as_str(), c.name.as_str()))?;
-        let alive = !dead(Some(&Domain {
-            state,
-            ..Default::default()
-        }));
+        let alive = !dead_state(state);
         let differs = state != c.domain_state || c.phase == ClonePhase::Died as i32;
         (alive && started(c.phase) && differs).then_some((c.name.as_str(), state))
     })

@@ -186,6 +186,23 @@ fn hostname() -> String {
         .unwrap_or_else(|| "napalm-coordinator".into())
 }
 
+/// Whether this coordinator leads now (always, without election: `roles` none), its
+/// registry fencing every write with the term it leads in, or with none while it follows.
+fn leads(registry: &Registry, roles: Option<&tokio::sync::watch::Receiver<Role>>) -> bool {
+    let role = roles.map(|r| r.borrow().clone());
+    match role {
+        None => true,
+        Some(Role::Leader { fence }) => {
+            registry.set_fence(Some(fence));
+            true
+        }
+        Some(Role::Follower { .. }) => {
+            registry.set_fence(None);
+            false
+        }
+    }
+}
+
 /// The leader's chores, once a second: with etcd only the elected leader writes
 /// scheduling decisions (its fencing token guards every commit) and marks silent agents
 /// down; alone, this coordinator is always the leader.
@@ -197,23 +214,7 @@ fn spawn_sweeper(
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let leader = match &roles {
-                None => true,
-                Some(r) => {
-                    let current = r.borrow().clone();
-                    match current {
-                        Role::Leader { fence } => {
-                            registry.set_fence(Some(fence));
-                            true
-                        }
-                        Role::Follower { .. } => {
-                            registry.set_fence(None);
-                            false
-                        }
-                    }
-                }
-            };
-            if leader {
+            if leads(&registry, roles.as_ref()) {
                 if let Err(e) = registry.sweep_agents().await {
                     tracing::warn!(error = %e, "agent sweep failed");
                 }
@@ -402,14 +403,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         let registry = registry.clone();
         // A pass writes, so it fences its writes with the term it leads in (as the
         // sweeper and the service do), not only within the sweeper's next second.
-        let leads = move || match roles.as_ref().map(|r| r.borrow().clone()) {
-            None => true,
-            Some(Role::Leader { fence }) => {
-                registry.set_fence(Some(fence));
-                true
-            }
-            Some(Role::Follower { .. }) => false,
-        };
+        let leads = move || leads(&registry, roles.as_ref());
         tasks.push(tokio::spawn(crate::deploy::converge::run(
             d.clone(),
             every,
