@@ -166,7 +166,17 @@ fn advertised_in_namespace_seen_from_another() {
         let grpc = d.browse("_napalm._tcp.local.").expect("browse");
         let mut found: HashMap<String, Seen> = HashMap::new();
         let t0 = Instant::now();
-        while found.len() < 2 && t0.elapsed() < Duration::from_secs(20) {
+        // mdns-sd resolves an instance as soon as it has one address, and again as
+        // more arrive: the IPv6 link-local answer may come before the IPv4 one.
+        // Keep reading until the REST service carries the address a coordinator
+        // dials (its browser likewise skips resolutions without IPv4).
+        let resolved = |found: &HashMap<String, Seen>| {
+            found.contains_key("_napalm._tcp.local.")
+                && found
+                    .get("_napalm-http._tcp.local.")
+                    .is_some_and(|(_, _, addrs)| addrs.iter().any(|a| a == "10.213.7.1"))
+        };
+        while !resolved(&found) && t0.elapsed() < Duration::from_secs(20) {
             for rx in [&http, &grpc] {
                 while let Ok(ev) = rx.try_recv() {
                     if let ServiceEvent::ServiceResolved(s) = ev {
