@@ -55,10 +55,16 @@ impl Agent {
     ) -> Result<Option<EventKind>> {
         let t0 = Instant::now();
         let n = name.to_owned();
-        let cur = self
-            .call(move |h| h.state(&n))
-            .await?
-            .ok_or_else(|| AgentError::no_domain(name))?;
+        let cur = match self.call(move |h| h.state(&n)).await? {
+            Some(cur) => cur,
+            // Undefined behind the agent's back (or libvirt's own state lost): the
+            // record is the agent's, so it defines the domain again before acting, as
+            // its reconcile pass would, instead of refusing until that pass comes.
+            None => {
+                self.redefine(&self.require(name)?).await?;
+                RunState::Shutoff
+            }
+        };
         let n = name.to_owned();
         let acted = match (target, cur) {
             (RunState::Running, RunState::Paused) => self

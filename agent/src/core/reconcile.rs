@@ -148,6 +148,21 @@ impl Agent {
         Ok(())
     }
 
+    /// Defines a domain libvirt lost again from the agent's record of it (shut off), as a
+    /// `defined` event saying so.
+    pub(crate) async fn redefine(&self, r: &crate::domain_store::DomainRecord) -> Result<()> {
+        let xml = r.libvirt_xml.clone();
+        self.call(move |h| h.define(&xml)).await?;
+        self.events.emit(
+            &r.name,
+            EventKind::Defined,
+            RunState::Shutoff,
+            "redefined: libvirt had lost it",
+            None,
+        );
+        Ok(())
+    }
+
     /// Whether libvirt's domain of this name carries this agent's id in its metadata.
     async fn owns(&self, name: &str) -> Result<bool> {
         let n = name.to_owned();
@@ -242,15 +257,7 @@ impl Agent {
             }
             Some(l) => l.state,
             None => {
-                let xml = r.libvirt_xml.clone();
-                self.call(move |h| h.define(&xml)).await?;
-                self.events.emit(
-                    name,
-                    EventKind::Defined,
-                    RunState::Shutoff,
-                    "redefined: libvirt had lost it",
-                    None,
-                );
+                self.redefine(&r).await?;
                 rep.redefined.push(name.to_owned());
                 RunState::Shutoff
             }

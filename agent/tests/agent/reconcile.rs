@@ -153,6 +153,25 @@ async fn a_domain_undefined_behind_the_agents_back_becomes_an_undefined_event() 
             "said twice: {e:?}"
         );
     }
+    // Asked to run it (the coordinator restarting a clone it saw die): the agent defines
+    // it again from its record and starts it, instead of refusing `not found` until its
+    // next reconcile pass.
+    let v = agent
+        .set_state("c-gone", RunState::Running, None, None)
+        .await
+        .expect("a domain libvirt lost is started again from the agent's record");
+    assert_eq!(v.state, RunState::Running, "{v:?}");
+    assert_eq!(hv.state("c-gone").expect("state"), Some(RunState::Running));
+    let mut kinds = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        if e.name == "c-gone" {
+            kinds.push((e.kind, e.detail));
+        }
+    }
+    assert!(
+        matches!(&kinds[..], [(EventKind::Defined, d), (EventKind::Started, _)] if d.contains("redefined")),
+        "{kinds:?}"
+    );
 }
 
 #[tokio::test]
