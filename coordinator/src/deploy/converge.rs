@@ -96,7 +96,7 @@ fn beyond_placement(action: &Action) -> bool {
 }
 
 /// A deployment as one control-loop pass sees it.
-pub(super) struct Observed {
+struct Observed {
     /// Its clone records.
     records: Vec<napalm_proto::v1::Clone>,
     /// What reconcile asks for.
