@@ -16,7 +16,9 @@
 //! adds one per `|`-separated alternative: the deployed machine and arguments plus these;
 //! `NAPALM_BENCH_CPUS="max|…"` one per CPU model: the deployed Q35 with qboot and that `-cpu`;
 //! `NAPALM_BENCH_MACHINE_OPTS="hpet=off|…"` one per set of `-machine` options on that Q35;
-//! `NAPALM_BENCH_DEPLOYED_ARGS="a|b"` one per set of kernel arguments added on that Q35).
+//! `NAPALM_BENCH_DEPLOYED_ARGS="a|b"` one per set of kernel arguments added on that Q35;
+//! `NAPALM_BENCH_QEMU_ARGS="a|b"` one per set of QEMU arguments added to it;
+//! `NAPALM_BENCH_PAUSE_S=15` pauses before each boot).
 
 use super::support::*;
 use std::path::Path;
@@ -42,6 +44,8 @@ struct Variant {
     cpu: String,
     /// More of `-machine`'s options, after `usb=off,acpi=…` (`hpet=off`, `i8042=off`).
     machine_opts: String,
+    /// More QEMU arguments, last (a memory backend, `-accel tcg,tb-size=…`).
+    qemu_args: Vec<String>,
     kernel_args: String,
 }
 
@@ -49,6 +53,12 @@ struct Variant {
 struct Samples {
     host_s: Vec<f64>,
     cpu_s: Vec<f64>,
+    /// Of `cpu_s`, the host kernel's share (page faults, zeroing, I/O).
+    sys_s: Vec<f64>,
+    /// QEMU's resident memory at /sbin/init, MiB, and how much of it is in transparent
+    /// huge pages (smaps_rollup's `Rss` and `AnonHugePages`).
+    rss_mib: Vec<f64>,
+    thp_mib: Vec<f64>,
     guest_s: Vec<f64>,
     /// napalm-init's phases by name: durations by the guest's clock.
     phases: std::collections::BTreeMap<String, Vec<f64>>,
@@ -66,16 +76,30 @@ struct Samples {
     gaps: Vec<String>,
 }
 
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
+/// utime + stime of `pid`, and stime alone, in seconds.
+fn cpu_seconds(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // Fields after the command's closing parenthesis; utime and stime are the 14th and
     // 15th fields of the whole line.
     let rest = stat.rsplit_once(')').unwrap().1;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    let (user, sys): (f64, f64) = (f[11].parse().unwrap(), f[12].parse().unwrap());
     // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ((user + sys) / hz, sys / hz)
+}
+
+/// `Rss` and `AnonHugePages` of `pid`, MiB.
+fn memory_mib(pid: u32) -> (f64, f64) {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let kib = |key: &str| {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|r| r.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (kib("Rss:") / 1024.0, kib("AnonHugePages:") / 1024.0)
 }
 
 fn variants() -> Vec<Variant> {
@@ -90,6 +114,7 @@ fn variants() -> Vec<Variant> {
         signed_modules: false,
         cpu: "qemu64".into(),
         machine_opts: String::new(),
+        qemu_args: Vec::new(),
         kernel_args: format!("{} {extra}", fast(acpi)),
     };
     // The arguments before `noreplace-smp` came.
@@ -222,6 +247,14 @@ fn variants() -> Vec<Variant> {
             ..deployed(&opts)
         });
     }
+    // `NAPALM_BENCH_QEMU_ARGS="-accel tcg,tb-size=64|…"`: more QEMU arguments,
+    // space-separated.
+    for args in each("NAPALM_BENCH_QEMU_ARGS") {
+        all.push(Variant {
+            qemu_args: args.split_whitespace().map(str::to_owned).collect(),
+            ..deployed(&args)
+        });
+    }
     for extra in each("NAPALM_BENCH_DEPLOYED_ARGS") {
         let q = deployed(&extra);
         all.push(Variant {
@@ -302,6 +335,15 @@ fn boot(kernel: &Path, img: &Path, port: u16, v: &Variant, into: &mut Samples) {
             extra.extend(["-device".to_owned(), d.to_owned()]);
         }
     }
+    extra.extend(v.qemu_args.iter().cloned());
+    // `NAPALM_BENCH_PAUSE_S=15`: the memory the boot before freed goes back to a host
+    // that reclaims free guest memory (a VM with free page reporting) before this one.
+    if let Some(pause) = std::env::var("NAPALM_BENCH_PAUSE_S")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+    {
+        std::thread::sleep(Duration::from_secs_f64(pause));
+    }
     let started = Instant::now();
     let mut q = Qemu::boot_kernel(kernel, img, &cmdline, None, None, &extra);
     assert!(
@@ -311,7 +353,12 @@ fn boot(kernel: &Path, img: &Path, port: u16, v: &Variant, into: &mut Samples) {
         q.output
     );
     into.host_s.push(started.elapsed().as_secs_f64());
-    into.cpu_s.push(cpu_seconds(q.pid()));
+    let (cpu, sys) = cpu_seconds(q.pid());
+    into.cpu_s.push(cpu);
+    into.sys_s.push(sys);
+    let (rss, thp) = memory_mib(q.pid());
+    into.rss_mib.push(rss);
+    into.thp_mib.push(thp);
     // Without ACPI `poweroff -f` only halts: QEMU is killed when `q` drops.
     assert!(
         q.wait_for("NAPALM-INITCALLS", Duration::from_secs(60)),
@@ -450,13 +497,17 @@ fn bench_boot_variants() {
     let base_cpu = median(&samples[0].cpu_s);
     for (i, (v, s)) in variants.iter().zip(&samples).enumerate() {
         eprintln!(
-            "{}. {}\n   host {:.2} s (runs {}), QEMU CPU {:.2} s ({:.2}x the first), guest uptime {:.2} s",
+            "{}. {}\n   host {:.2} s (runs {}), QEMU CPU {:.2} s ({:.2}x the first; system {:.2} s), \
+             RSS {:.0} MiB (THP {:.0}), guest uptime {:.2} s",
             i + 1,
             v.name,
             median(&s.host_s),
             s.host_s.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", "),
             median(&s.cpu_s),
             median(&s.cpu_s) / base_cpu,
+            median(&s.sys_s),
+            median(&s.rss_mib),
+            median(&s.thp_mib),
             median(&s.guest_s),
         );
         let phases: Vec<String> = s

@@ -204,9 +204,11 @@ impl Qemu {
         extra: &[String],
     ) -> Qemu {
         let mut cmd = Command::new("qemu-system-x86_64");
+        // A caller's own `-accel` (TCG's options) replaces the default.
+        if !extra.iter().any(|a| a == "-accel") {
+            cmd.args(["-accel", "tcg"]);
+        }
         cmd.args([
-            "-machine",
-            "accel=tcg",
             "-m",
             "512",
             "-nographic",
