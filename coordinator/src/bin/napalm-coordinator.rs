@@ -200,6 +200,11 @@ struct Cli {
     /// and its clock falls behind whenever its vCPU waits for the host's CPU.
     #[arg(long, env = "NAPALM_GUEST_ACPI", default_value_t = true, action = clap::ArgAction::Set)]
     guest_acpi: bool,
+    /// Back QEMU/KVM clones' RAM with their host's huge page pool (hugetlbfs mounted
+    /// before libvirtd starts, `vm.nr_hugepages` large enough for the clones an agent
+    /// runs). Off by default: a host without such a pool cannot start the clones.
+    #[arg(long, env = "NAPALM_GUEST_HUGEPAGES")]
+    guest_hugepages: bool,
     /// How many clones boot at once on one agent: `auto` (the default: twice as many as its
     /// host has CPUs for QEMU/TCG guests, no limit for KVM and Xen), `off`, or a number. A
     /// clone's domain is created once a slot is free; the slot is held until it registers,
@@ -407,6 +412,7 @@ async fn main() -> Result<()> {
                 addresses: cli.clone_addresses,
                 layers_in_initramfs: cli.layers_in_initramfs,
                 guest_acpi: cli.guest_acpi,
+                guest_hugepages: cli.guest_hugepages,
                 boot_concurrency: cli.boot_concurrency,
                 informer: true,
                 exports: None,

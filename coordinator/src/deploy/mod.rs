@@ -109,6 +109,12 @@ pub struct DeployConfig {
     /// ticking while idle; without it, it keeps time with the PIT at 250 interrupts a
     /// second, idle or not.
     pub guest_acpi: bool,
+    /// Back QEMU/KVM clones' RAM with the agents' hosts' huge page pool
+    /// (`<memoryBacking><hugepages/>`). Pages a pool holds stay with the host's kernel
+    /// between guests, so a clone's boot does not fault in fresh memory page by page;
+    /// a host whose pool cannot hold a clone fails to start it (libvirt's error), and the
+    /// clone is placed again elsewhere.
+    pub guest_hugepages: bool,
     /// The NFS exports this coordinator writes (`None`: the root is exported by hand and
     /// stateful clones are refused).
     pub exports: Option<Arc<Exporter>>,

@@ -51,6 +51,9 @@ pub struct DomainParams<'a> {
     pub ip: Option<Ipv4Addr>,
     /// ACPI and the APIC for QEMU/KVM guests (see `DeployConfig::guest_acpi`).
     pub acpi: bool,
+    /// QEMU/KVM guests' RAM from the host's huge page pool (see
+    /// `DeployConfig::guest_hugepages`).
+    pub hugepages: bool,
 }
 
 /// The libvirt nwfilter a statically addressed clone's interface is bound by.
@@ -158,11 +161,17 @@ pub fn domain_xml(hv: Hypervisor, p: &DomainParams<'_>) -> String {
         }
         _ => "",
     };
+    let backing = match hv {
+        Hypervisor::Qemu | Hypervisor::Kvm | Hypervisor::Unspecified if p.hugepages => {
+            "<memoryBacking><hugepages/></memoryBacking>"
+        }
+        _ => "",
+    };
     format!(
         "<domain type='{dtype}'>\
 <name>{name}</name>\
 <memory unit='KiB'>{kib}</memory>\
-<vcpu>{vcpus}</vcpu>\
+{backing}<vcpu>{vcpus}</vcpu>\
 <os><type arch='x86_64'{machine}>{os_type}</type>{loader}<kernel>{kernel}</kernel><initrd>initrd.img</initrd><cmdline>{cmdline}</cmdline></os>\
 {features}<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>\
 <devices>{devices}</devices>\
@@ -208,6 +217,7 @@ mod tests {
             network: Some("napalm"),
             ip: None,
             acpi: false,
+            hugepages: false,
         }
     }
 
@@ -246,6 +256,25 @@ mod tests {
         }
         for hv in [Hypervisor::Xen, Hypervisor::Test] {
             assert!(!domain_xml(hv, &with).contains("<features>"), "{hv:?}");
+        }
+    }
+
+    #[test]
+    fn huge_pages_are_asked_for_qemu_and_kvm_guests_only() {
+        let with = DomainParams {
+            hugepages: true,
+            ..params()
+        };
+        for hv in [Hypervisor::Qemu, Hypervisor::Kvm] {
+            let xml = domain_xml(hv, &with);
+            assert!(
+                xml.contains("</memory><memoryBacking><hugepages/></memoryBacking><vcpu>"),
+                "{xml}"
+            );
+            assert!(!domain_xml(hv, &params()).contains("<memoryBacking>"));
+        }
+        for hv in [Hypervisor::Xen, Hypervisor::Test] {
+            assert!(!domain_xml(hv, &with).contains("<memoryBacking>"), "{hv:?}");
         }
     }
 

@@ -396,6 +396,7 @@ fn domain_xml_for_every_hypervisor_passes_libvirts_schema() {
                     network: Some("napalm"),
                     ip: Some(std::net::Ipv4Addr::new(10, 77, 0, 101)),
                     acpi: true,
+                    hugepages: true,
                 },
             );
             // Validate what libvirt gets: the agent rewrites bare artifact names to files

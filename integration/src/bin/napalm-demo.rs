@@ -6,6 +6,10 @@
 //! OpenMPI hostfile clone 1 was given and where to look (the coordinator's web view and
 //! Ganglia's web frontend over Debian's gmetad, both on the server inside the grid), then
 //! tears everything down (`--keep` waits for Enter first).
+//!
+//! The clones' RAM comes from a huge page pool the demo reserves for them and gives back
+//! at the end (`--guest-hugepages`; README "Clones' RAM from a huge page pool"), when the
+//! machine has that much memory available and more besides; `--no-hugepages` leaves it out.
 
 use std::io::Write;
 use std::process::Stdio;
@@ -15,9 +19,25 @@ use anyhow::{bail, Context, Result};
 use napalm_integration::ganglia::{Ganglia, CLONES_CLUSTER};
 use napalm_integration::grid::{Grid, GridOptions, HTTPS};
 
+/// `MemAvailable` of /proc/meminfo, bytes.
+fn mem_available() -> Result<u64> {
+    let m = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    m.lines()
+        .find_map(|l| {
+            l.strip_prefix("MemAvailable:")?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .map(|kib| kib * 1024)
+        .context("/proc/meminfo has no MemAvailable")
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let keep = args.iter().any(|a| a == "--keep");
+    let hugepages = !args.iter().any(|a| a == "--no-hugepages");
     let count = args
         .iter()
         .position(|a| a == "--count")
@@ -60,7 +80,18 @@ fn main() -> Result<()> {
     .context("building the busybox root with curl and gmond")?;
     let module_signatures =
         napalm_integration::grid::module_signatures_from_env().map_err(anyhow::Error::msg)?;
+    // Each clone has 256 MiB (the deploy below); the pool only when 4 GiB stay available
+    // beside it.
+    let pool = u64::from(count) * (256 << 20);
+    let hugepage_pool = (hugepages && mem_available()? >= pool + (4 << 30)).then_some(pool);
+    if let Some(p) = hugepage_pool {
+        println!(
+            "napalm-demo: the clones' RAM from {} MiB of huge pages, reserved now and given back at the end (--no-hugepages: without)",
+            p >> 20
+        );
+    }
     let opts = GridOptions {
+        hugepage_pool,
         trust_cert_ttl: Some(Duration::from_secs(24 * 3600)),
         module_signatures,
         register_over_https: true,

@@ -17,6 +17,7 @@ mod clones;
 mod daemons;
 mod error;
 mod guest;
+pub mod hugepages;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -114,6 +115,10 @@ pub struct GridOptions {
     /// Whether the base initramfs's modules keep their signatures (napalm-mkinitramfs's
     /// `--module-signatures`); cut off by default, as napalm-mkinitramfs builds it.
     pub module_signatures: napalm_initramfs::modsig::ModuleSignatures,
+    /// Bytes of huge pages to reserve for the clones (QEMU grids): the pool is raised
+    /// and touched at start ([`hugepages::HugePagePool`]), the coordinator gets
+    /// `--guest-hugepages`, and the pool is set back when the grid drops.
+    pub hugepage_pool: Option<u64>,
 }
 
 /// `NAPALM_MODULE_SIGNATURES` (`keep` or `strip`): the base image's modules with their
@@ -147,6 +152,7 @@ impl Default for GridOptions {
             agent_args: Vec::new(),
             insecure_plain: true,
             module_signatures: napalm_initramfs::modsig::ModuleSignatures::Strip,
+            hugepage_pool: None,
         }
     }
 }
@@ -186,6 +192,8 @@ pub struct Grid {
     net: Network,
     /// Held for a QEMU grid's life: those grids (tests, the demo) run one at a time.
     _lock: Option<std::fs::File>,
+    /// Given back after the grid's domains are gone (fields drop after `Drop::drop`).
+    _hugepages: Option<hugepages::HugePagePool>,
 }
 
 /// `host`'s address with `port`. Network hosts always have IPv4 addresses.
@@ -247,6 +255,14 @@ impl Grid {
         if qemu {
             ensure_libvirtd()?;
         }
+        let pool = match opts.hugepage_pool.filter(|_| qemu) {
+            Some(bytes) => Some(hugepages::HugePagePool::reserve(bytes)?),
+            None => None,
+        };
+        let mut coordinator_args = opts.coordinator_args.clone();
+        if pool.is_some() {
+            coordinator_args.push("--guest-hugepages".into());
+        }
         let dir = tempfile::Builder::new()
             .prefix("napalm-grid-")
             .tempdir()
@@ -280,7 +296,7 @@ impl Grid {
             agents: Vec::new(),
             libvirt_net: None,
             agent_lost_grace: opts.agent_lost_grace,
-            coordinator_args: opts.coordinator_args.clone(),
+            coordinator_args,
             trust_cert_ttl: opts.trust_cert_ttl,
             insecure_plain: opts.insecure_plain,
             register_over_https: opts.register_over_https,
@@ -288,6 +304,7 @@ impl Grid {
             keep: opts.keep,
             net,
             _lock: lock,
+            _hugepages: pool,
         };
         if qemu {
             grid.prepare_clones(&opts)?;

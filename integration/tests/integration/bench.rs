@@ -9,6 +9,7 @@
 //! (`NAPALM_BENCH_RUNS=N` for N runs instead of 3; `NAPALM_BENCH_CONSOLES=DIR` copies every
 //! clone's serial console to `DIR/NAME.log` for the kernel's printk times;
 //! `NAPALM_BENCH_PORT_FILTER=libvirt` for the agents' `--port-filter libvirt`;
+//! `NAPALM_BENCH_HUGEPAGES=1` for clones' RAM from a huge page pool (`--guest-hugepages`);
 //! `NAPALM_BENCH_SETS=DIR` puts DIR's template sets before the shipped ones, e.g. a `base`
 //! set with another watcher, for a baseline; `NAPALM_BENCH_COORDINATOR_ARGS` adds words to
 //! the coordinator's command line). After each 8-clone deploy, the CPU its
@@ -439,6 +440,12 @@ fn bench_deploy_8_median_of_3() {
         coordinator_args: sets_args(),
         module_signatures: napalm_integration::grid::module_signatures_from_env()
             .unwrap_or_else(|e| panic!("{e}")),
+        // `NAPALM_BENCH_HUGEPAGES=1`: the clones' RAM from a huge page pool the grid
+        // reserves (and touches) for a run's clones (`--guest-hugepages`), with room for
+        // one more while a run's undeployed clone is still going.
+        hugepage_pool: std::env::var("NAPALM_BENCH_HUGEPAGES")
+            .is_ok_and(|v| v == "1")
+            .then_some(9 * (256 << 20)),
         ..Default::default()
     };
     let idle_s = env_usize("NAPALM_BENCH_IDLE_S", 10) as u64;

@@ -9,6 +9,7 @@ mod dashboards;
 mod debian;
 mod grid;
 mod host_setup;
+mod hugepages;
 mod lifecycle;
 mod nfs_stats;
 mod packaging;

@@ -341,6 +341,7 @@ impl Run {
                     .addresses
                     .and_then(|_| crate::deploy::addresses::assigned(c)),
                 acpi: self.inner.cfg.guest_acpi,
+                hugepages: self.inner.cfg.guest_hugepages,
             },
         );
         let mut request = CreateDomainRequest {
