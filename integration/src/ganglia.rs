@@ -362,6 +362,9 @@ impl Ganglia {
                 .command("php")
                 .arg("-d")
                 .arg(format!("auto_prepend_file={}", prepend.display()))
+                // No opcache: its shared memory is 128 MiB of huge pages when the host has
+                // a pool, which would take the clones' (`GridOptions::hugepage_pool`).
+                .args(["-d", "opcache.enable=0", "-d", "opcache.enable_cli=0"])
                 .args(["-S", &web_addr, "-t"])
                 .arg(dir.join("www")),
             &dir,
