@@ -63,7 +63,7 @@ pub(crate) fn sets_args() -> Vec<String> {
 }
 
 /// The pid of domain `name`'s QEMU, from libvirt's pid file.
-fn qemu_pid(name: &str) -> Option<u32> {
+pub(crate) fn qemu_pid(name: &str) -> Option<u32> {
     std::fs::read_to_string(format!("/run/libvirt/qemu/{name}.pid"))
         .ok()?
         .trim()

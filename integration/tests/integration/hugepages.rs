@@ -4,7 +4,7 @@
 
 use napalm_integration::grid::{Grid, GridOptions};
 
-use crate::bench::deploy_with;
+use crate::bench::{deploy_with, qemu_pid};
 
 /// Huge pages `pid` maps, MiB (smaps_rollup's `Private_Hugetlb` and `Shared_Hugetlb`).
 fn hugetlb_mib(pid: u32) -> f64 {
@@ -38,11 +38,7 @@ fn clones_take_their_ram_from_the_huge_page_pool_and_a_short_pool_fails_in_libvi
     deploy_with(&g, "gridh", 2, "128M");
     for i in 1..=2 {
         let name = format!("gridh-{i:02}");
-        let pid: u32 = std::fs::read_to_string(format!("/run/libvirt/qemu/{name}.pid"))
-            .unwrap_or_else(|e| panic!("{name}'s QEMU pid file: {e}"))
-            .trim()
-            .parse()
-            .expect("a pid");
+        let pid = qemu_pid(&name).unwrap_or_else(|| panic!("no pid file for {name}'s QEMU"));
         // libvirt preallocates a hugepage-backed guest's RAM: all 128 MiB at start.
         let mib = hugetlb_mib(pid);
         assert!(
