@@ -20,21 +20,6 @@ use anyhow::{bail, Context, Result};
 use napalm_integration::ganglia::{Ganglia, CLONES_CLUSTER};
 use napalm_integration::grid::{Grid, GridOptions, HTTPS};
 
-/// `MemAvailable` of /proc/meminfo, bytes.
-fn mem_available() -> Result<u64> {
-    let m = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
-    m.lines()
-        .find_map(|l| {
-            l.strip_prefix("MemAvailable:")?
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .map(|kib| kib * 1024)
-        .context("/proc/meminfo has no MemAvailable")
-}
-
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let keep = args.iter().any(|a| a == "--keep");
@@ -84,7 +69,7 @@ fn main() -> Result<()> {
     // Each clone has 256 MiB (the deploy below); 4 GiB must stay available beside them.
     let pool = u64::from(count) * (256 << 20);
     let hugepage_pool = if hugepages {
-        let available = mem_available()?;
+        let available = napalm_integration::grid::hugepages::meminfo("MemAvailable:")? * 1024;
         if available < pool + (4 << 30) {
             bail!(
                 "--hugepages: {} MiB of huge pages for {count} clones would leave less than \

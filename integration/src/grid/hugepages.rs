@@ -28,7 +28,9 @@ pub struct HugePagePool {
     pub page_bytes: u64,
 }
 
-fn meminfo_kib(key: &str) -> Result<u64, GridError> {
+/// The number after `key` (with its colon) in /proc/meminfo: KiB for sizes, a count for
+/// `HugePages_*`.
+pub fn meminfo(key: &str) -> Result<u64, GridError> {
     let m = std::fs::read_to_string("/proc/meminfo").ctx("reading /proc/meminfo")?;
     m.lines()
         .find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse().ok())
@@ -75,7 +77,7 @@ impl HugePagePool {
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),
             });
         }
-        let page_bytes = meminfo_kib("Hugepagesize:")? * 1024;
+        let page_bytes = meminfo("Hugepagesize:")? * 1024;
         let pages = bytes.div_ceil(page_bytes);
         let before = nr_hugepages()?;
         set_nr_hugepages(before + pages)?;
@@ -104,7 +106,7 @@ impl HugePagePool {
     /// Maps the pool's free pages through a hugetlbfs file and writes one byte in each, then
     /// lets them go back to the pool.
     fn touch(&self, dir: &Path) -> Result<(), GridError> {
-        let free = meminfo_kib("HugePages_Free:")?.min(self.pages);
+        let free = meminfo("HugePages_Free:")?.min(self.pages);
         let len = (free * self.page_bytes) as usize;
         if len == 0 {
             return Ok(());

@@ -2,6 +2,7 @@
 //! --guest-hugepages`): real QEMU (TCG) clones on the grid's two agents, the pool raised
 //! by the grid for them (`GridOptions::hugepage_pool`) and given back after.
 
+use napalm_integration::grid::hugepages::meminfo;
 use napalm_integration::grid::{Grid, GridOptions};
 
 use crate::bench::{deploy_with, qemu_pid};
@@ -16,15 +17,6 @@ fn hugetlb_mib(pid: u32) -> f64 {
         .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         .sum::<f64>()
         / 1024.0
-}
-
-/// `HugePages_Free` of /proc/meminfo.
-fn free_huge_pages() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .expect("/proc/meminfo")
-        .lines()
-        .find_map(|l| l.strip_prefix("HugePages_Free:")?.trim().parse().ok())
-        .expect("HugePages_Free in /proc/meminfo")
 }
 
 #[test]
@@ -48,7 +40,7 @@ fn clones_take_their_ram_from_the_huge_page_pool_and_a_short_pool_fails_in_libvi
     }
 
     // A clone the pool cannot hold: neither agent can start it, and the deploy says why.
-    let free = free_huge_pages();
+    let free = meminfo("HugePages_Free:").expect("HugePages_Free in /proc/meminfo");
     let memory = format!("{}M", (2 * (free + 1)).max(128));
     let out = g
         .napalmctl(&[
