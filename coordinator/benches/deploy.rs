@@ -33,6 +33,10 @@
 //! prints how long that took) before the timed deploy, which then ships nothing.
 //! `NAPALM_BENCH_PREFETCH=0` runs without the control loop: the timed deploy ships them.
 //!
+//! `NAPALM_BENCH_DEPLOYMENTS=N` (agents apart) then deploys the same clones again as N
+//! deployments and compares the coordinator's idle CPU with the one deployment's
+//! (`deploy/spread.rs`).
+//!
 //! `NAPALM_BENCH_INFORMER=0` has the control loop list every agent at every pass instead of
 //! keeping what they run from their domain events (`deploy/informer.rs`): the baseline of
 //! its idle figures.
@@ -64,6 +68,8 @@ mod held;
 mod machine;
 #[path = "deploy/prefetched.rs"]
 mod prefetched;
+#[path = "deploy/spread.rs"]
+mod spread;
 
 use agents::{agents_child, AgentsApart};
 use machine::{cpu_used, fresh_memory, idle, idle_secs, peak_rss_mib};
@@ -306,6 +312,7 @@ async fn run(
         fill.as_secs_f64(),
         shipped as f64 / f64::from(1 << 30) / fill.as_secs_f64()
     );
+    let mut undeployed = false;
     if let Some((cpu0, rss0)) = idle_agents {
         let (cpu1, rss1) = idle(idle_secs()).await;
         println!(
@@ -321,13 +328,20 @@ async fn run(
         if env("NAPALM_BENCH_HELD", 1) != 0 {
             held::measure(&grid, &mut c, tag, (cpu1, rss1)).await;
         }
+        let n = env("NAPALM_BENCH_DEPLOYMENTS", 1) as u32;
+        if n > 1 {
+            spread::measure(&mut c, tag, clones, n, cpu1).await;
+            undeployed = true;
+        }
     }
     // Untimed (see the header).
-    assert_eq!(
-        undeploy(&mut c, format!("{tag}-undeploy"), tag).await,
-        Some(clones),
-        "undeploy after the run"
-    );
+    if !undeployed {
+        assert_eq!(
+            undeploy(&mut c, format!("{tag}-undeploy"), tag).await,
+            Some(clones),
+            "undeploy after the run"
+        );
+    }
     let TestGrid {
         coordinator,
         agents,

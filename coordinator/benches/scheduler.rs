@@ -28,6 +28,7 @@ fn agents() -> Vec<Candidate> {
                 memory: (64 + (i as u64 % 3) * 32) << 30,
             },
             allocated: Amount::default(),
+            huge_pages: None,
             labels: BTreeMap::new(),
             deployment_clones: 0,
         })

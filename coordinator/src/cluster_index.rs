@@ -242,14 +242,8 @@ impl Indexes {
                 return Ok(Arc::clone(l));
             }
         }
-        let now_generation = *registry.changes().borrow();
-        let mut by_deployment: HashMap<String, Vec<napalm_proto::v1::Clone>> = HashMap::new();
-        for c in registry.list_clones("").await? {
-            by_deployment
-                .entry(c.deployment.clone())
-                .or_default()
-                .push(c);
-        }
+        let now_generation = registry.change_count();
+        let by_deployment = registry.clones_by_deployment().await?;
         let l = Arc::new(Listing {
             serial: self
                 .listings

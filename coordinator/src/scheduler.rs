@@ -4,7 +4,9 @@
 //! carries the asked labels; each candidate that is dropped keeps its reason, so a clone
 //! that cannot be placed is reported with one reason per agent (OpenNebula's "pending with
 //! no reason" is the complaint this answers). Capacity is the host's CPUs times the CPU
-//! overcommit ratio and its memory minus a reserve, less what is already allocated.
+//! overcommit ratio and its memory minus a reserve, less what is already allocated; for
+//! clones whose RAM comes from the host's huge page pool, the pool instead of the memory
+//! (the pool is set apart from the host's memory, so no reserve applies to it).
 //!
 //! All clones of one call have the same size, so an agent that cannot fit one clone can
 //! never fit a later one in the same call: it leaves the heap for good. Placement is
@@ -44,6 +46,9 @@ pub struct Candidate {
     pub host: Amount,
     /// Already allocated to clones.
     pub allocated: Amount,
+    /// When the clones being placed take their RAM from the host's huge page pool: the
+    /// whole pool, bytes. Their memory then counts against it, not the host's memory.
+    pub huge_pages: Option<u64>,
     /// Operator labels.
     pub labels: BTreeMap<String, String>,
     /// Clones of the deployment being placed that it already holds.
@@ -111,16 +116,19 @@ fn mib(b: u64) -> u64 {
 
 /// Capacity left on a candidate under `policy`.
 pub fn free(c: &Candidate, policy: &Policy) -> Amount {
-    free_of(c.host, c.allocated, policy)
+    free_of(c, c.allocated, policy)
 }
 
-fn free_of(host: Amount, allocated: Amount, policy: &Policy) -> Amount {
+/// The memory clones may take on `c`: its huge page pool, or its memory less the reserve.
+fn memory_capacity(c: &Candidate, policy: &Policy) -> u64 {
+    c.huge_pages
+        .unwrap_or_else(|| c.host.memory.saturating_sub(policy.memory_reserve))
+}
+
+fn free_of(c: &Candidate, allocated: Amount, policy: &Policy) -> Amount {
     Amount {
-        vcpus: (host.vcpus * policy.cpu_overcommit).saturating_sub(allocated.vcpus),
-        memory: host
-            .memory
-            .saturating_sub(policy.memory_reserve)
-            .saturating_sub(allocated.memory),
+        vcpus: (c.host.vcpus * policy.cpu_overcommit).saturating_sub(allocated.vcpus),
+        memory: memory_capacity(c, policy).saturating_sub(allocated.memory),
     }
 }
 
@@ -158,7 +166,7 @@ fn static_reason(c: &Candidate, d: &Demand) -> Option<String> {
     None
 }
 
-fn fit_reason(d: &Demand, f: Amount, held: u32) -> Option<String> {
+fn fit_reason(d: &Demand, c: &Candidate, f: Amount, held: u32) -> Option<String> {
     if d.max_per_agent > 0 && held >= d.max_per_agent {
         return Some(format!(
             "already holds {held} clones of this deployment (max {} per agent)",
@@ -167,11 +175,23 @@ fn fit_reason(d: &Demand, f: Amount, held: u32) -> Option<String> {
     }
     if f.vcpus < d.size.vcpus || f.memory < d.size.memory {
         return Some(format!(
-            "needs {} vCPU and {} MiB, {} vCPU and {} MiB free",
+            "needs {} vCPU and {} MiB{}, {} vCPU and {} MiB free{}",
             d.size.vcpus,
             mib(d.size.memory),
+            if c.huge_pages.is_some() {
+                " of huge pages"
+            } else {
+                ""
+            },
             f.vcpus,
-            mib(f.memory)
+            mib(f.memory),
+            match c.huge_pages {
+                Some(pool) => format!(
+                    " (its huge page pool holds {} MiB: raise the host's vm.nr_hugepages)",
+                    mib(pool)
+                ),
+                None => String::new(),
+            }
         ));
     }
     None
@@ -180,7 +200,7 @@ fn fit_reason(d: &Demand, f: Amount, held: u32) -> Option<String> {
 /// Load of a candidate in millionths: the larger of its CPU and memory fractions.
 fn load(c: &Candidate, policy: &Policy, alloc: Amount) -> u64 {
     let cap_cpu = (c.host.vcpus * policy.cpu_overcommit).max(1) as u128;
-    let cap_mem = c.host.memory.saturating_sub(policy.memory_reserve).max(1) as u128;
+    let cap_mem = memory_capacity(c, policy).max(1) as u128;
     let cpu = alloc.vcpus as u128 * 1_000_000 / cap_cpu;
     let mem = alloc.memory as u128 * 1_000_000 / cap_mem;
     cpu.max(mem) as u64
@@ -216,8 +236,8 @@ pub fn place(
     for clone in clones {
         let mut chosen = None;
         while let Some((_, Reverse(i))) = heap.pop() {
-            let f = free_of(agents[i].host, alloc[i], policy);
-            if let Some(r) = fit_reason(demand, f, held[i]) {
+            let f = free_of(&agents[i], alloc[i], policy);
+            if let Some(r) = fit_reason(demand, &agents[i], f, held[i]) {
                 rejections[i] = Some(r);
                 continue;
             }

@@ -90,9 +90,9 @@ fn secs(d: &prost_types::Duration) -> f64 {
 
 /// Reads the view from the registry.
 pub async fn view(registry: &Registry) -> Result<View, RegistryError> {
-    let agents = registry.list_agents(&[]).await?;
-    let deployments = registry.list_deployments().await?;
     let clones = registry.list_clones("").await?;
+    let agents = registry.list_agents_using(&clones, &[]).await?;
+    let deployments = registry.list_deployments().await?;
     let now = registry.clock().now();
     let generated_at = now
         .duration_since(std::time::UNIX_EPOCH)

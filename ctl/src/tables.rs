@@ -58,6 +58,9 @@ pub fn agents(output: Output, agents: &[napalm_proto::v1::Agent]) -> String {
                 "clones": a.clone_count,
                 "alloc_vcpus": alloc.vcpus,
                 "alloc_mib": mib(alloc.memory_bytes),
+                // The host's huge page pool (clones' RAM with --guest-hugepages).
+                "hugepages_mib": mib(host.huge_pages.unwrap_or_default().total_bytes),
+                "hugepages_free_mib": mib(host.huge_pages.unwrap_or_default().free_bytes),
                 "hypervisors": caps.hypervisors.iter()
                     .filter_map(|h| Hypervisor::try_from(*h).ok())
                     .map(Hypervisor::short_name).collect::<Vec<_>>(),

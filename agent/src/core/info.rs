@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use super::Agent;
 use crate::domain_store::{ArtifactRecord, DomainRecord, RestartPolicy};
 use crate::error::{AgentError, Result};
-use crate::hypervisor::{HostFacts, RunState, Stats};
+use crate::hypervisor::{huge_pages, HostFacts, RunState, Stats};
 
 /// `/about`: what this software is.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -146,10 +146,21 @@ impl Agent {
 
     /// What the host can run, and what is left after this agent's allocations.
     pub async fn capabilities(&self) -> Result<CapabilitiesView> {
-        let (raw_xml, host) = self
+        let (raw_xml, mut host) = self
             .call(|h| Ok((h.capabilities_xml()?, named_by_uts(h.host()?))))
             .await?;
         let doc = crate::policy::parse("capabilities", &raw_xml)?;
+        if let Some((size, pages, cells)) = huge_pages::pool_in_capabilities(&doc) {
+            // A pool whose free pages cannot be read is reported all used.
+            let free = if pages == 0 {
+                Vec::new()
+            } else {
+                self.call(move |h| h.free_pages(size, cells))
+                    .await
+                    .unwrap_or_default()
+            };
+            host.huge_pages = huge_pages::pool(size, pages, &free);
+        }
         let arch = doc
             .descendants()
             .find(|n| n.has_tag_name("host"))

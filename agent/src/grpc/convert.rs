@@ -153,6 +153,11 @@ pub fn capabilities(c: &CapabilitiesView, raw: bool, agent_id: &str) -> pb::Capa
             threads: h.threads,
             memory_bytes: h.memory_bytes,
             free_memory_bytes: h.free_memory_bytes,
+            huge_pages: Some(pb::HugePages {
+                page_bytes: h.huge_pages.page_bytes,
+                total_bytes: h.huge_pages.total_bytes,
+                free_bytes: h.huge_pages.free_bytes,
+            }),
         }),
         guests: c
             .guests

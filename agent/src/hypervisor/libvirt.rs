@@ -283,10 +283,15 @@ impl Hypervisor for Libvirt {
             threads: n.threads,
             memory_bytes: n.memory.saturating_mul(1024),
             free_memory_bytes: c.free_memory().unwrap_or(0),
+            huge_pages: Default::default(),
             libvirt_version: c.lib_version().map(version).unwrap_or_default(),
             hypervisor_version: c.hyp_version().map(version).unwrap_or_default(),
             uri: self.uri.clone(),
         })
+    }
+
+    fn free_pages(&self, size_kib: u32, cells: u32) -> Result<Vec<u64>> {
+        self.c()?.free_pages(&[size_kib], 0, cells, 0).map_err(hv)
     }
 
     fn stats(&self, name: &str) -> Result<Stats> {

@@ -3,6 +3,7 @@
 //! [`call`]. [`libvirt::Libvirt`] is the real implementation on the `virt` crate, working
 //! with `test:///default`, `qemu:///system` and `xen:///system`.
 
+pub mod huge_pages;
 pub mod libvirt;
 pub mod lifecycle;
 
@@ -104,6 +105,9 @@ pub struct HostFacts {
     pub memory_bytes: u64,
     /// Free memory, bytes.
     pub free_memory_bytes: u64,
+    /// The pool of huge pages of the default huge size (filled in by the agent's
+    /// capabilities; zero from [`Hypervisor::host`] alone).
+    pub huge_pages: huge_pages::HugePages,
     /// libvirt version `a.b.c`.
     pub libvirt_version: String,
     /// Hypervisor driver version `a.b.c`.
@@ -159,8 +163,12 @@ pub trait Hypervisor: Send + Sync + 'static {
     }
     /// libvirt's capabilities XML (host CPU, guest kinds, emulators; thesis annex V).
     fn capabilities_xml(&self) -> Result<String>;
-    /// The host's name, CPUs, memory and versions.
+    /// The host's name, CPUs, memory and versions (its huge page pool is read from the
+    /// capabilities, with [`Self::free_pages`]).
     fn host(&self) -> Result<HostFacts>;
+    /// Free pages of `size_kib` in each of the first `cells` NUMA cells (libvirt's
+    /// `virNodeGetFreePages`).
+    fn free_pages(&self, size_kib: u32, cells: u32) -> Result<Vec<u64>>;
     /// Counters of a domain (zeros for a stopped one).
     fn stats(&self, name: &str) -> Result<Stats>;
     /// Calls `changed` with a domain's name at each lifecycle event libvirt reports for it

@@ -284,6 +284,9 @@ impl napalm_agent::hypervisor::Hypervisor for ResumedBehindTheAgent {
     fn host(&self) -> napalm_agent::error::Result<napalm_agent::hypervisor::HostFacts> {
         self.inner.host()
     }
+    fn free_pages(&self, size_kib: u32, cells: u32) -> napalm_agent::error::Result<Vec<u64>> {
+        self.inner.free_pages(size_kib, cells)
+    }
     fn stats(&self, name: &str) -> napalm_agent::error::Result<napalm_agent::hypervisor::Stats> {
         self.inner.stats(name)
     }

@@ -252,13 +252,16 @@ impl super::Inner {
 
     async fn adopt(&self) -> Result<usize, RegistryError> {
         let reg = &self.registry;
-        let agents = reg.list_agents(&[]).await?;
+        let mut clones = reg.clones_by_deployment().await?;
+        let agents = reg
+            .list_agents_using(clones.values().flatten(), &[])
+            .await?;
         let now = reg.clock().now();
         let mut adopted = 0;
         for d in reg.list_deployments().await? {
             let Some(spec) = d.spec else { continue };
             let bound = self.boot_timeout(&spec);
-            for c in reg.list_clones(&spec.name).await? {
+            for c in clones.remove(&spec.name).unwrap_or_default() {
                 if c.phase != ClonePhase::Running as i32 || self.boot_slots.holds(&c.name) {
                     continue;
                 }

@@ -15,6 +15,7 @@ use napalm_proto::v1::{Agent, Clone, ClonePhase, DeploymentSpec};
 
 use super::reconcile::{self, Action, Reason};
 use super::restart::{self, Death, Fate};
+use super::snapshot::Snapshot;
 use super::Deployer;
 use super::{place, rollout};
 use crate::clock::timestamp;
@@ -108,17 +109,17 @@ struct Observed {
 }
 
 impl Deployer {
-    /// What reconcile sees for `spec` now: its clone records, the plan against `agents`
-    /// (of which `lost` are taken for dead), the domains of the deployment that agents
-    /// run where the registry does not place them, and each answering agent's domains of
-    /// the deployment. Nothing is written.
+    /// What reconcile sees for `spec` now: its clone `records` (from the pass's
+    /// snapshot), the plan against `agents` (of which `lost` are taken for dead), the
+    /// domains of the deployment that agents run where the registry does not place them,
+    /// and each answering agent's domains of the deployment. Nothing is written.
     async fn observe(
         &self,
         spec: &DeploymentSpec,
+        records: Vec<Clone>,
         agents: &[napalm_proto::v1::Agent],
         lost: &std::collections::HashSet<String>,
     ) -> Result<Observed, RegistryError> {
-        let records = self.inner.registry.list_clones(&spec.name).await?;
         let plan = reconcile::reconcile(spec, &records, agents, lost);
         let assigned: HashMap<String, String> = records
             .iter()
@@ -145,9 +146,14 @@ impl Deployer {
     pub async fn converge_all(&self) -> Result<Vec<String>, RegistryError> {
         let reg = &self.inner.registry;
         self.inner.adopt_boots().await;
-        let agents = reg.list_agents(&[]).await?;
+        // Every clone record read once for the whole pass (and again only when it grew
+        // stale): the agents' allocations and each deployment's records come from it.
+        let mut snapshot = Snapshot::take(reg).await?;
+        let agents = snapshot.agents(reg).await?;
         self.prefetch(&agents);
         let lost = self.lost(&agents);
+        // Looked up by id for every clone of every deployment.
+        let by_id: HashMap<&str, &Agent> = agents.iter().map(|a| (a.id.as_str(), a)).collect();
         // A clone left half brought up on an agent that is down waits for the agent to come
         // back (the pass after picks it up) or to be lost.
         let down: std::collections::HashSet<&str> = agents
@@ -161,13 +167,14 @@ impl Deployer {
             let Some(guard) = self.try_hold(&spec.name) else {
                 continue;
             };
+            let records = snapshot.take_deployment(reg, &spec.name).await?;
             let Observed {
                 records,
                 plan,
                 strays,
                 running,
-            } = self.observe(&spec, &agents, &lost).await?;
-            if self.tend(&spec, &records, &running, &agents).await? {
+            } = self.observe(&spec, records, &agents, &lost).await?;
+            if self.tend(&spec, &records, &running, &by_id).await? {
                 // Restarted or failed clones: the next pass sees them as they are now.
                 continue;
             }
@@ -178,15 +185,9 @@ impl Deployer {
             let placeable = || {
                 let to_place = loop_placements(&plan, &records, now);
                 !to_place.is_empty()
-                    && !place::place(
-                        &self.inner.cfg.policy,
-                        &spec,
-                        &to_place,
-                        &agents,
-                        &plan.held,
-                    )
-                    .placed
-                    .is_empty()
+                    && !place::place(&self.inner.cfg, &spec, &to_place, &agents, &plan.held)
+                        .placed
+                        .is_empty()
             };
             // A rollout under way makes a run when a batch may start: fewer clones down
             // than it allows, and some still on an older spec.
@@ -194,7 +195,7 @@ impl Deployer {
                 && rollout::outdated(&d, &records).next().is_some()
                 && records
                     .iter()
-                    .filter(|c| !rollout::available(c, |id| self.tests_on(&spec, &agents, id)))
+                    .filter(|c| !rollout::available(c, |id| self.tests_on(&spec, &by_id, id)))
                     .count()
                     < rollout::max_unavailable(&spec);
             let work = rolling
@@ -227,7 +228,7 @@ impl Deployer {
                 });
                 started.push(name_of(&d));
             } else {
-                self.record_state(&d, &records, &agents).await?;
+                self.record_state(&d, &records, &by_id).await?;
             }
         }
         Ok(started)
@@ -249,7 +250,7 @@ impl Deployer {
         spec: &DeploymentSpec,
         records: &[Clone],
         running: &[(String, Vec<napalm_proto::v1::Domain>)],
-        agents: &[Agent],
+        agents: &HashMap<&str, &Agent>,
     ) -> Result<bool, RegistryError> {
         let reg = &self.inner.registry;
         let now = reg.clock().now();
@@ -267,7 +268,7 @@ impl Deployer {
             fate,
         } in deaths
         {
-            let its = agents.iter().find(|a| a.id == agent);
+            let its = agents.get(agent.as_str()).copied();
             let on = its.map_or(agent.as_str(), |a| a.name.as_str());
             match fate {
                 Fate::BackOff { attempt, wait } => {
@@ -390,7 +391,7 @@ impl Deployer {
             changed = true;
             let why = self
                 .inner
-                .not_registered(agents.iter().find(|a| a.id == c.agent_id), &c.name, limit)
+                .not_registered(agents.get(c.agent_id.as_str()).copied(), &c.name, limit)
                 .await;
             tracing::warn!(clone = %c.name, "{why}");
             self.set_clone(&c.name, |k| {

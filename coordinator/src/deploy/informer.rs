@@ -73,6 +73,32 @@ struct Kept {
     at: Instant,
     /// The agent's domains by name.
     domains: HashMap<String, Domain>,
+    /// Their names by `deployment` label, sorted: a pass asks for each deployment's, and
+    /// scanning every domain for each would cost deployments × domains. Events only change
+    /// states; whatever changes a name or a label drops the listing, and this with it.
+    by_deployment: HashMap<String, Vec<String>>,
+}
+
+impl Kept {
+    fn new(at: Instant, listed: Vec<Domain>) -> Self {
+        let mut by_deployment: HashMap<String, Vec<String>> = HashMap::new();
+        for d in &listed {
+            if let Some(dep) = d.labels.get("deployment") {
+                by_deployment
+                    .entry(dep.clone())
+                    .or_default()
+                    .push(d.name.clone());
+            }
+        }
+        for names in by_deployment.values_mut() {
+            names.sort();
+        }
+        Self {
+            at,
+            domains: listed.into_iter().map(|d| (d.name.clone(), d)).collect(),
+            by_deployment,
+        }
+    }
 }
 
 /// Whether `d` is a domain of `deployment` (by its `deployment` label).
@@ -124,14 +150,14 @@ impl Cache {
             .kept
             .as_ref()
             .filter(|k| self.open && now.duration_since(k.at) < RELIST)?;
-        let mut out: Vec<Domain> = kept
-            .domains
-            .values()
-            .filter(|d| of_deployment(d, deployment))
-            .cloned()
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Some(out)
+        Some(
+            kept.by_deployment
+                .get(deployment)
+                .into_iter()
+                .flatten()
+                .filter_map(|name| kept.domains.get(name).cloned())
+                .collect(),
+        )
     }
 }
 
@@ -156,12 +182,12 @@ impl Informer {
             .filter(|a| crate::registry::agents::reachable(a))
             .collect();
         let caches: Vec<Arc<Mutex<Cache>>> = {
+            let endpoints: HashMap<&str, &str> = reachable
+                .iter()
+                .map(|a| (a.id.as_str(), a.grpc_endpoint.as_str()))
+                .collect();
             let mut w = self.watched.lock().unwrap_or_else(|p| p.into_inner());
-            w.retain(|id, watched| {
-                reachable
-                    .iter()
-                    .any(|a| a.id == *id && a.grpc_endpoint == watched.endpoint)
-            });
+            w.retain(|id, watched| endpoints.get(id.as_str()) == Some(&watched.endpoint.as_str()));
             reachable
                 .iter()
                 .map(|a| {
@@ -199,10 +225,7 @@ impl Informer {
                 // Kept only if the stream was open before the listing began and no event
                 // came while it was taken: then every later change arrives as an event.
                 if before.0 && c.mark() == before {
-                    c.kept = Some(Kept {
-                        at: now,
-                        domains: listed.into_iter().map(|d| (d.name.clone(), d)).collect(),
-                    });
+                    c.kept = Some(Kept::new(now, listed));
                 }
                 Some((a.id.clone(), mine))
             }
@@ -304,13 +327,7 @@ mod tests {
     fn kept(domains: &[Domain], at: Instant) -> Cache {
         Cache {
             open: true,
-            kept: Some(Kept {
-                at,
-                domains: domains
-                    .iter()
-                    .map(|d| (d.name.clone(), d.clone()))
-                    .collect(),
-            }),
+            kept: Some(Kept::new(at, domains.to_vec())),
             ..Default::default()
         }
     }

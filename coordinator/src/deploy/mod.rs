@@ -40,6 +40,7 @@ pub mod rollout;
 pub mod root_digest;
 pub mod scratch;
 pub mod ship;
+pub mod snapshot;
 pub mod xml;
 
 use std::collections::HashMap;
@@ -264,7 +265,7 @@ impl Deployer {
         &self,
         d: &Deployment,
         clones: &[napalm_proto::v1::Clone],
-        agents: &[napalm_proto::v1::Agent],
+        agents: &HashMap<&str, &napalm_proto::v1::Agent>,
     ) -> Result<(), RegistryError> {
         let state = report::state_of(clones) as i32;
         let Some(spec) = &d.spec else { return Ok(()) };
@@ -289,17 +290,16 @@ impl Deployer {
         Ok(())
     }
 
-    /// Whether agent `id` runs `spec`'s clones on libvirt's test driver (no guest boots,
-    /// so none registers: running is as far as they go).
+    /// Whether agent `id` (of `agents`, by id) runs `spec`'s clones on libvirt's test
+    /// driver (no guest boots, so none registers: running is as far as they go).
     fn tests_on(
         &self,
         spec: &DeploymentSpec,
-        agents: &[napalm_proto::v1::Agent],
+        agents: &HashMap<&str, &napalm_proto::v1::Agent>,
         id: &str,
     ) -> bool {
         agents
-            .iter()
-            .find(|a| a.id == id)
+            .get(id)
             .is_some_and(|a| place::hypervisor_on(spec, a) == napalm_proto::v1::Hypervisor::Test)
     }
 
@@ -348,13 +348,7 @@ impl Deployer {
                 .await
                 .map_err(ApiError::from)?;
             let names = reconcile::names(&spec);
-            let placement = place::place(
-                &self.inner.cfg.policy,
-                &spec,
-                &names,
-                &agents,
-                &HashMap::new(),
-            );
+            let placement = place::place(&self.inner.cfg, &spec, &names, &agents, &HashMap::new());
             for (clone, why) in &placement.unplaced {
                 send(&tx, place::unplaced(clone, why)).await;
             }
@@ -391,8 +385,7 @@ impl Deployer {
                 .map_err(ApiError::from)?;
             let plan = reconcile::reconcile(&spec, &records, &agents, &self.lost(&agents));
             let needs = plan.to_place();
-            let placement =
-                place::place(&self.inner.cfg.policy, &spec, &needs, &agents, &plan.held);
+            let placement = place::place(&self.inner.cfg, &spec, &needs, &agents, &plan.held);
             if !placement.unplaced.is_empty() {
                 return Err(ApiError::Unschedulable {
                     description: place::shortfall(&spec, needs.len(), &placement),

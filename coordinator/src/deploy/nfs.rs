@@ -37,10 +37,11 @@ pub async fn sync_exports(
     let mut states = Vec::new();
     let mut layers = Vec::new();
     if cfg.addresses.is_some() {
+        let mut clones = registry.clones_by_deployment().await?;
         for d in registry.list_deployments().await? {
             let Some(spec) = d.spec else { continue };
             let stateful = spec.mode == CloneMode::Stateful as i32;
-            for c in registry.list_clones(&spec.name).await? {
+            for c in clones.remove(&spec.name).unwrap_or_default() {
                 let Some(address) = assigned(&c) else {
                     continue;
                 };

@@ -46,7 +46,7 @@ pub(super) fn hypervisor_on(spec: &DeploymentSpec, a: &Agent) -> Hypervisor {
 /// agent when there is one; else on another than the one it failed on last (the first
 /// may be back); else anywhere.
 pub(super) fn place_failed(
-    policy: &scheduler::Policy,
+    cfg: &super::DeployConfig,
     spec: &DeploymentSpec,
     c: &napalm_proto::v1::Clone,
     agents: &[Agent],
@@ -59,7 +59,7 @@ pub(super) fn place_failed(
             .filter(|i| !avoid.contains(&agents[*i].id))
             .collect();
         let pool: Vec<Agent> = pool_of.iter().map(|i| agents[*i].clone()).collect();
-        tried = place(policy, spec, std::slice::from_ref(&c.name), &pool, held);
+        tried = place(cfg, spec, std::slice::from_ref(&c.name), &pool, held);
         if let Some((name, i)) = tried.placed.pop() {
             return Placement {
                 placed: vec![(name, pool_of[i])],
@@ -70,9 +70,11 @@ pub(super) fn place_failed(
     tried
 }
 
-/// Places `clones` on `agents`; `avoid` lists agents each clone already failed on.
+/// Places `clones` on `agents` under `cfg`'s capacity policy (and, with
+/// [`guest_hugepages`](super::DeployConfig::guest_hugepages), by each agent's huge page
+/// pool).
 pub(super) fn place(
-    policy: &scheduler::Policy,
+    cfg: &super::DeployConfig,
     spec: &DeploymentSpec,
     clones: &[String],
     agents: &[Agent],
@@ -81,12 +83,18 @@ pub(super) fn place(
     let candidates: Vec<Candidate> = agents
         .iter()
         .map(|a| {
+            let huge_pages = cfg.guest_hugepages;
             let host = a
                 .capabilities
                 .as_ref()
                 .and_then(|c| c.host.clone())
                 .unwrap_or_default();
             let alloc = a.allocated.unwrap_or_default();
+            // QEMU and KVM clones get their RAM from the pool with --guest-hugepages
+            // (deploy/xml.rs): they are placed by it.
+            let huge_pages = (huge_pages
+                && matches!(hypervisor_on(spec, a), Hypervisor::Qemu | Hypervisor::Kvm))
+            .then(|| host.huge_pages.unwrap_or_default().total_bytes);
             Candidate {
                 id: a.id.clone(),
                 name: a.name.clone(),
@@ -101,6 +109,7 @@ pub(super) fn place(
                     vcpus: u64::from(alloc.vcpus),
                     memory: alloc.memory_bytes,
                 },
+                huge_pages,
                 labels: a
                     .labels
                     .iter()
@@ -126,7 +135,7 @@ pub(super) fn place(
         max_per_agent: spec.max_per_agent,
         strategy: PlacementStrategy::try_from(spec.strategy).unwrap_or_default(),
     };
-    scheduler::place(&demand, clones, &candidates, policy)
+    scheduler::place(&demand, clones, &candidates, &cfg.policy)
 }
 
 /// The wire form of an unplaced clone.

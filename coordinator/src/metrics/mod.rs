@@ -86,6 +86,7 @@ struct Inner {
     placements: Family<Labels, Counter>,
     converge_passes: Family<Labels, Counter>,
     converge_runs: Counter,
+    clone_listings: Counter,
     converge_actions: Family<Labels, Counter>,
     agent_looks: Family<Labels, Counter>,
     rpc_requests: Family<Labels, Counter>,
@@ -160,6 +161,7 @@ impl Metrics {
             placements: Family::default(),
             converge_passes: Family::default(),
             converge_runs: Counter::default(),
+            clone_listings: Counter::default(),
             converge_actions: Family::default(),
             agent_looks: Family::default(),
             rpc_requests: Family::default(),
@@ -223,6 +225,12 @@ impl Metrics {
             "converge_runs",
             "Runs the control loop started for a deployment that needed work.",
             i.converge_runs.clone(),
+        );
+        r.register(
+            "registry_clone_listings",
+            "Reads of every clone record at once (a control-loop pass, a scrape, a listing \
+             of clones): the store reads this many times the number of clones.",
+            i.clone_listings.clone(),
         );
         r.register(
             "converge_actions",
@@ -375,9 +383,9 @@ impl Metrics {
     pub async fn render(&self, registry: &Registry) -> Result<String, MetricsError> {
         let i = &self.inner;
         let _one_at_a_time = i.refresh.lock().await;
-        let agents = registry.list_agents(&[]).await?;
-        let deployments = registry.list_deployments().await?;
         let clones = registry.list_clones("").await?;
+        let agents = registry.list_agents_using(&clones, &[]).await?;
+        let deployments = registry.list_deployments().await?;
 
         i.deployments.clear();
         for s in [
@@ -447,6 +455,12 @@ impl Metrics {
             set(&i.agent_capacity_vcpus, u64::from(cap.vcpus));
             set(&i.agent_capacity_memory, cap.memory_bytes);
         }
+
+        // The registry counts; the series shows its count (this scrape's read included).
+        i.clone_listings.inner().store(
+            registry.clone_listings(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
 
         let mut out = String::new();
         encode(&mut out, &i.exposition)?;

@@ -377,9 +377,20 @@ impl Registry {
     /// clone counts computed from the clones placed on them.
     pub async fn list_agents(&self, states: &[AgentState]) -> Result<Vec<Agent>, RegistryError> {
         let clones = self.list::<Clone>(CLONES).await?;
+        self.list_agents_using(&clones, states).await
+    }
+
+    /// [`Self::list_agents`] with the allocations computed from `clones`, every clone
+    /// record as the caller just read them: a reader that needs both reads the clone
+    /// records once.
+    pub async fn list_agents_using<'a>(
+        &self,
+        clones: impl IntoIterator<Item = &'a Clone>,
+        states: &[AgentState],
+    ) -> Result<Vec<Agent>, RegistryError> {
         let mut usage: HashMap<&str, (Resources, u32)> = HashMap::new();
         let deployments = self.deployment_sizes().await?;
-        for c in &clones {
+        for c in clones {
             if c.agent_id.is_empty() || c.phase == ClonePhase::Removed as i32 {
                 continue;
             }

@@ -113,6 +113,20 @@ impl Registry {
         Ok(clones)
     }
 
+    /// Every clone record, read once, by deployment (each deployment's sorted by index):
+    /// for a reader that looks at every deployment, which would otherwise read every
+    /// record once per deployment ([`Self::list_clones`] cannot narrow by key).
+    pub async fn clones_by_deployment(&self) -> Result<HashMap<String, Vec<Clone>>, RegistryError> {
+        let mut by: HashMap<String, Vec<Clone>> = HashMap::new();
+        for c in self.list::<Clone>(CLONES).await? {
+            by.entry(c.deployment.clone()).or_default().push(c);
+        }
+        for clones in by.values_mut() {
+            clones.sort_by_key(|c| c.index);
+        }
+        Ok(by)
+    }
+
     /// One clone.
     pub async fn get_clone(&self, name: &str) -> Result<Clone, RegistryError> {
         self.get::<Clone>(&clone_key(name))

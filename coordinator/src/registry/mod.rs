@@ -71,6 +71,8 @@ pub struct Registry {
     /// instead of re-reading on a timer. Writes by another
     /// coordinator sharing the store do not bump it: waiters re-read now and then too.
     changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Listings of every clone record ([`Self::clone_listings`]).
+    clone_listings: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Registry {
@@ -82,7 +84,24 @@ impl Registry {
             fence: Arc::new(RwLock::new(None)),
             agent_count: Arc::default(),
             changes: Arc::new(tokio::sync::watch::channel(0).0),
+            clone_listings: Arc::default(),
         }
+    }
+
+    /// How many writes of clone or deployment records this registry has committed (what
+    /// [`Self::changes`] counts): a reader that kept records read at one count knows they
+    /// are still what this coordinator stored while the count stays the same.
+    pub fn change_count(&self) -> u64 {
+        *self.changes.borrow()
+    }
+
+    /// How many times every clone record was read at once since this registry opened: a
+    /// control-loop pass, a `/metrics` scrape, a listing of all clones (listing one
+    /// deployment's reads them all too: clone names need not start with the deployment's).
+    /// What the store pays grows with this times the number of clones.
+    pub fn clone_listings(&self) -> u64 {
+        self.clone_listings
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A receiver that sees [`Self::commit`]'s successful writes of clone and deployment
@@ -160,6 +179,10 @@ impl Registry {
 
     /// All records under `prefix`, sorted by key.
     pub async fn list<M: Message + Default>(&self, prefix: &str) -> Result<Vec<M>, RegistryError> {
+        if prefix == CLONES {
+            self.clone_listings
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut out = Vec::new();
         for (key, v) in self.store.list(prefix).await? {
             out.push(decode(&key, &v.value)?);

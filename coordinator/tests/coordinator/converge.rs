@@ -484,3 +484,59 @@ async fn agents_hold_the_kernel_before_the_first_deploy() {
         }
     }
 }
+
+/// Passes of the control loop, and reads of every clone record at once, as `/metrics`
+/// counts them (the count includes this scrape's own read).
+async fn passes_and_reads(g: &TestGrid) -> (f64, f64) {
+    let (status, page) = crate::observe::get(g.coordinator.http_addr(), "/metrics").await;
+    assert_eq!(status, 200, "{page}");
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        crate::observe::sample(&page, name, labels)
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{page}"))
+    };
+    (
+        value(
+            "napalm_coordinator_converge_passes_total",
+            &[("result", "ok")],
+        ),
+        value("napalm_coordinator_registry_clone_listings_total", &[]),
+    )
+}
+
+/// A pass of the control loop reads every clone record once, however many deployments
+/// there are: clone names need not start with their deployment's, so reading one
+/// deployment's clones reads them all, and a pass that did so per deployment (and once
+/// more for the agents' allocations) read 7 times 6 deployments' clones.
+#[tokio::test]
+async fn a_pass_reads_the_clone_records_once_whatever_the_number_of_deployments() {
+    let (g, mut coord) = grid_with_a_fast_loop(|_| {}).await;
+    for n in 0..6 {
+        let (_, summary) = run(coord
+            .deploy(DeployRequest {
+                request_id: format!("reads{n}"),
+                spec: Some(spec(&format!("reads{n}"), 1)),
+                dry_run: false,
+            })
+            .await)
+        .await;
+        assert_eq!(summary.succeeded, 1, "{summary:?}");
+    }
+    // Settled: the deployments' states recorded, the agents' listings kept.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (passes0, reads0) = passes_and_reads(&g).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (passes1, reads1) = passes_and_reads(&g).await;
+    // The second scrape read once itself.
+    let (passes, reads) = (passes1 - passes0, reads1 - reads0 - 1.0);
+    eprintln!("over 2 s: {passes} passes, {reads} reads of every clone record");
+    assert!(
+        passes >= 5.0,
+        "the loop runs every 200 ms: {passes} passes in 2 s"
+    );
+    // A pass under way at either scrape may count its read but not its end, or the
+    // other way round.
+    assert!(
+        reads <= passes + 1.0,
+        "{reads} reads of every clone record in {passes} passes over 6 deployments"
+    );
+}

@@ -89,7 +89,7 @@ async fn request(
 }
 
 /// The value of the sample `name{labels…}` whose labels include `want`.
-fn sample(page: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn sample(page: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
     page.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
         let (series, value) = l.rsplit_once(' ')?;
         let (n, labels) = match series.split_once('{') {

@@ -21,6 +21,7 @@ fn agent(i: usize, cpus: u64, mem: u64) -> Candidate {
             memory: mem,
         },
         allocated: Amount::default(),
+        huge_pages: None,
         labels: BTreeMap::new(),
         deployment_clones: 0,
     }
@@ -284,4 +285,45 @@ fn untrusted_and_revoked_agents_are_never_placed_on() {
     assert!(p.placed.is_empty());
     let reasons: Vec<&str> = p.unplaced[0].1.iter().map(|r| r.reason.as_str()).collect();
     assert_eq!(reasons, ["agent is untrusted", "agent is revoked"]);
+}
+
+/// Clones whose RAM comes from a huge page pool count against the pool, not the host's
+/// memory (nor its reserve), and a clone that does not fit says so, naming the pool.
+#[test]
+fn clones_backed_by_huge_pages_are_placed_by_the_pool() {
+    let with_pool = |i, pool| Candidate {
+        huge_pages: Some(pool),
+        ..agent(i, 64, 64 * GIB)
+    };
+    // 1.5 GiB of huge pages on a 64 GiB host: three 512 MiB clones.
+    let agents = vec![with_pool(0, 1536 * MIB), with_pool(1, 0)];
+    let reserve = Policy {
+        memory_reserve: 60 * GIB,
+        ..policy()
+    };
+    let p = place(
+        &demand(PlacementStrategy::Spread),
+        &names(4),
+        &agents,
+        &reserve,
+    );
+    assert_eq!(per_agent(&p, 2), [3, 0], "{p:?}");
+    let (clone, why) = &p.unplaced[0];
+    assert_eq!(clone, "clone04");
+    assert_eq!(
+        why[0].reason,
+        "needs 1 vCPU and 512 MiB of huge pages, 253 vCPU and 0 MiB free (its huge page \
+         pool holds 1536 MiB: raise the host's vm.nr_hugepages)"
+    );
+    assert!(why[1].reason.contains("pool holds 0 MiB"), "{why:?}");
+    // Without a pool the same host takes its memory less the reserve: 4 GiB, 8 clones.
+    let plain = vec![agent(0, 64, 64 * GIB)];
+    let p = place(
+        &demand(PlacementStrategy::Spread),
+        &names(9),
+        &plain,
+        &reserve,
+    );
+    assert_eq!(p.placed.len(), 8);
+    assert!(!p.unplaced[0].1[0].reason.contains("huge"), "{p:?}");
 }

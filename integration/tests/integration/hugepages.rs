@@ -1,6 +1,7 @@
 //! Clones whose RAM comes from their host's huge page pool (`napalm-coordinator
 //! --guest-hugepages`): real QEMU (TCG) clones on the grid's two agents, the pool raised
-//! by the grid for them (`GridOptions::hugepage_pool`) and given back after.
+//! by the grid for them (`GridOptions::hugepage_pool`) and given back after; each agent
+//! reports the pool and the coordinator places such clones by it.
 
 use napalm_integration::grid::hugepages::meminfo;
 use napalm_integration::grid::{Grid, GridOptions};
@@ -19,13 +20,74 @@ fn hugetlb_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
+/// `napalmctl deploy` of one QEMU clone of `memory` named `name`: its output, stdout
+/// then stderr, and whether it succeeded.
+fn deploy_one(g: &Grid, name: &str, memory: &str) -> (bool, String) {
+    let out = g
+        .napalmctl(&[
+            "--output",
+            "json",
+            "deploy",
+            "--memory",
+            memory,
+            "--hypervisor",
+            "qemu",
+            "--name",
+            name,
+            "--count",
+            "1",
+        ])
+        .expect("napalmctl deploy");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 #[test]
-fn clones_take_their_ram_from_the_huge_page_pool_and_a_short_pool_fails_in_libvirts_words() {
+fn clones_take_their_ram_from_the_huge_page_pool_are_placed_by_it_and_a_short_pool_fails_in_libvirts_words(
+) {
     let opts = GridOptions {
         hugepage_pool: Some(2 * (128 << 20)),
         ..Default::default()
     };
     let g = Grid::start(opts, "gridh").expect("starting the grid");
+    // Each agent reports the host's pool, as libvirt counts it.
+    let pool_mib = meminfo("HugePages_Total:").expect("HugePages_Total")
+        * meminfo("Hugepagesize:").expect("Hugepagesize")
+        / 1024;
+    assert!(pool_mib >= 256, "the grid reserved 256 MiB: {pool_mib} MiB");
+    let out = g
+        .napalmctl(&["--output", "json", "agents"])
+        .expect("napalmctl agents");
+    let agents: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("napalmctl agents prints JSON");
+    assert_eq!(agents.len(), 2, "{agents:?}");
+    for a in &agents {
+        assert_eq!(a["hugepages_mib"], pool_mib, "{a}");
+    }
+
+    // A clone larger than the whole pool is placed nowhere: refused before anything
+    // starts, saying why.
+    let too_big = format!("{}M", pool_mib + 128);
+    let (ok, text) = deploy_one(&g, "gridh-huge", &too_big);
+    assert!(
+        !ok,
+        "a {too_big} clone deployed with a pool of {pool_mib} MiB:\n{text}"
+    );
+    for said in [
+        "MiB of huge pages",
+        &format!("its huge page pool holds {pool_mib} MiB"),
+        "vm.nr_hugepages",
+        "nothing was written",
+    ] {
+        assert!(
+            text.contains(said),
+            "the refusal does not say {said:?}:\n{text}"
+        );
+    }
     // Both register (deploy_with fails the test otherwise).
     deploy_with(&g, "gridh", 2, "128M");
     for i in 1..=2 {
@@ -39,31 +101,14 @@ fn clones_take_their_ram_from_the_huge_page_pool_and_a_short_pool_fails_in_libvi
         );
     }
 
-    // A clone the pool cannot hold: neither agent can start it, and the deploy says why.
+    // A clone each agent's count of the pool lets through, but what is left of it cannot
+    // hold (both agents share this host's pool, and the clones before took it): neither
+    // agent can start it, and the deploy says why in libvirt's words.
     let free = meminfo("HugePages_Free:").expect("HugePages_Free in /proc/meminfo");
     let memory = format!("{}M", (2 * (free + 1)).max(128));
-    let out = g
-        .napalmctl(&[
-            "--output",
-            "json",
-            "deploy",
-            "--memory",
-            &memory,
-            "--hypervisor",
-            "qemu",
-            "--name",
-            "gridh-big",
-            "--count",
-            "1",
-        ])
-        .expect("napalmctl deploy");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, text) = deploy_one(&g, "gridh-big", &memory);
     assert!(
-        !out.status.success(),
+        !ok,
         "a {memory} clone deployed with {free} huge pages free:\n{text}"
     );
     assert!(

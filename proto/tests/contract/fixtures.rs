@@ -78,6 +78,11 @@ pub fn capabilities() -> Capabilities {
             threads: 1,
             memory_bytes: 24 << 30,
             free_memory_bytes: 20 << 30,
+            huge_pages: Some(HugePages {
+                page_bytes: 2 << 20,
+                total_bytes: 1 << 30,
+                free_bytes: 512 << 20,
+            }),
         }),
         guests: vec![GuestCapability {
             os_type: s("hvm"),

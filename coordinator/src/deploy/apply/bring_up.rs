@@ -196,7 +196,7 @@ impl Run {
                         .cloned()
                         .collect();
                     let p = place(
-                        &self.inner.cfg.policy,
+                        &self.inner.cfg,
                         &self.spec,
                         std::slice::from_ref(&c.name),
                         &rest,

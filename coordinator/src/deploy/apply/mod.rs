@@ -257,10 +257,9 @@ impl Run {
                     }
                     (f, n)
                 });
-        let mut placement = place(&self.inner.cfg.policy, &self.spec, &needs, &agents, &held);
+        let mut placement = place(&self.inner.cfg, &self.spec, &needs, &agents, &held);
         for c in failed {
-            let p =
-                super::place::place_failed(&self.inner.cfg.policy, &self.spec, c, &agents, &held);
+            let p = super::place::place_failed(&self.inner.cfg, &self.spec, c, &agents, &held);
             placement.placed.extend(p.placed);
             placement.unplaced.extend(p.unplaced);
         }
