@@ -83,7 +83,6 @@ pub(super) fn place(
     let candidates: Vec<Candidate> = agents
         .iter()
         .map(|a| {
-            let huge_pages = cfg.guest_hugepages;
             let host = a
                 .capabilities
                 .as_ref()
@@ -92,7 +91,7 @@ pub(super) fn place(
             let alloc = a.allocated.unwrap_or_default();
             // QEMU and KVM clones get their RAM from the pool with --guest-hugepages
             // (deploy/xml.rs): they are placed by it.
-            let huge_pages = (huge_pages
+            let huge_pages = (cfg.guest_hugepages
                 && matches!(hypervisor_on(spec, a), Hypervisor::Qemu | Hypervisor::Kvm))
             .then(|| host.huge_pages.unwrap_or_default().total_bytes);
             Candidate {

@@ -6,7 +6,8 @@
 //!   cluster reports the same): deployments by state, clones by deployment and phase,
 //!   agents by state, each agent's allocations and capacity;
 //! - **events**, counted where they happen: placements, control-loop passes, runs and
-//!   actions ([`crate::deploy::converge`]), gRPC requests and their latency per method
+//!   actions ([`crate::deploy::converge`]), the registry's reads of every clone record
+//!   ([`Registry::clone_listings`]), gRPC requests and their latency per method
 //!   ([`layer::RpcMetricsLayer`], a `tower` layer on the tonic server), deploy, undeploy
 //!   and converge run durations, the pipeline's phase durations (place, layer, ship,
 //!   create, follow) and clones' boot times as they register.
