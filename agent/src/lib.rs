@@ -49,6 +49,7 @@ pub mod register;
 pub mod rest;
 pub mod scratch_disk;
 pub mod server;
+pub mod template;
 pub mod tls;
 
 pub use error::{AgentError, Result};

@@ -136,6 +136,7 @@ pub fn deploy_config(dir: &Path, opts: &GridOptions) -> Result<DeployConfig, Gri
         layers_in_initramfs: false,
         guest_acpi: true,
         guest_hugepages: false,
+        boot_from_template: false,
         boot_concurrency: Default::default(),
         informer: true,
         exports: None,

@@ -46,6 +46,9 @@ pub struct CreateSpec {
     pub labels: BTreeMap<String, String>,
     /// Blank disks to make in the domain directory (scratch space), named by the XML.
     pub scratch_disks: Vec<ScratchDiskSpec>,
+    /// Start it from this agent's template of its shape ([`crate::template`]) rather than
+    /// cold; not part of the definition (a replay with the other mode is the same create).
+    pub boot_from_template: bool,
 }
 
 struct Staged {
@@ -55,6 +58,7 @@ struct Staged {
     artifacts: Vec<ArtifactRecord>,
     digest: String,
     start: bool,
+    from_template: bool,
     restart: RestartPolicy,
     labels: BTreeMap<String, String>,
 }
@@ -186,6 +190,7 @@ impl Agent {
                     artifacts: Vec::new(),
                     digest,
                     start,
+                    from_template: false,
                     restart: RestartPolicy::OnFailure,
                     labels: BTreeMap::new(),
                 };
@@ -293,6 +298,7 @@ impl Agent {
                     artifacts,
                     digest,
                     start: spec.start,
+                    from_template: spec.boot_from_template,
                     restart: spec.restart,
                     labels: spec.labels.clone(),
                 };
@@ -405,13 +411,18 @@ impl Agent {
             Some(t0.elapsed()),
         );
         if s.start {
-            let n = name.to_owned();
-            self.call(move |h| h.start(&n)).await?;
+            let how = if s.from_template {
+                self.start_from_template(&record).await?
+            } else {
+                let n = name.to_owned();
+                self.call(move |h| h.start(&n)).await?;
+                "started on create".to_owned()
+            };
             self.events.emit(
                 name,
                 EventKind::Started,
                 RunState::Running,
-                "started on create",
+                &how,
                 Some(t0.elapsed()),
             );
         }

@@ -5,6 +5,7 @@
 pub mod console;
 mod create;
 mod files;
+mod from_template;
 mod info;
 mod lifecycle;
 pub mod reconcile;
@@ -65,6 +66,8 @@ pub struct Agent {
     pub events: EventHub,
     /// How the state watcher has looked at libvirt so far.
     pub watch_counts: WatchCounts,
+    /// The templates clones start from ([`crate::template`]).
+    templates: crate::template::Templates,
 }
 
 /// The state watcher's passes: full listings ([`Agent::watch_once`]) and looks at the
@@ -120,6 +123,7 @@ impl Agent {
             events: EventHub::new(Arc::clone(&clock)),
             declared_nowhere: Default::default(),
             watch_counts: WatchCounts::default(),
+            templates: crate::template::Templates::new(dir.join("templates")),
             firewall: crate::port_filter::firewall(&cfg.port_filter),
             clock,
             agent_id,

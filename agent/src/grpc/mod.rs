@@ -195,6 +195,7 @@ impl AgentService for Service {
                     label: d.label,
                 })
                 .collect(),
+            boot_from_template: r.boot_from_template,
         };
         let d = self
             .agent

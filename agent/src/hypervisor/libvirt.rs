@@ -163,6 +163,24 @@ impl Hypervisor for Libvirt {
         Ok(())
     }
 
+    fn create_transient(&self, xml: &str) -> Result<()> {
+        self.c()?.create_domain_xml(xml, 0).map_err(hv)?;
+        Ok(())
+    }
+
+    fn save(&self, name: &str, to: &std::path::Path) -> Result<()> {
+        let d = self.get(name)?;
+        let path = std::ffi::CString::new(to.as_os_str().as_encoded_bytes())
+            .map_err(|_| AgentError::Hypervisor(format!("{} has a NUL byte", to.display())))?;
+        // SAFETY: `d` holds a live domain reference for the call and `path` is a
+        // NUL-terminated string that outlives it; virt 0.5 has no binding of its own.
+        let r = unsafe { sys::virDomainSave(d.as_ptr(), path.as_ptr()) };
+        if r < 0 {
+            return Err(hv(virt::error::Error::last_error()));
+        }
+        Ok(())
+    }
+
     fn shutdown(&self, name: &str, deadline: Duration) -> Result<()> {
         let d = self.get(name)?;
         let (state, _) = d.state().map_err(hv)?;

@@ -141,6 +141,21 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn define(&self, xml: &str) -> Result<String>;
     /// Starts a defined domain.
     fn start(&self, name: &str) -> Result<()>;
+    /// Creates and starts a transient domain from XML (gone once it stops).
+    fn create_transient(&self, xml: &str) -> Result<()> {
+        let _ = xml;
+        Err(AgentError::Hypervisor(
+            "this hypervisor cannot create transient domains".into(),
+        ))
+    }
+    /// Saves a running domain's memory and device state to `to` (libvirt's
+    /// `virDomainSave`); the domain stops.
+    fn save(&self, name: &str, to: &std::path::Path) -> Result<()> {
+        let _ = (name, to);
+        Err(AgentError::Hypervisor(
+            "this hypervisor cannot save domains".into(),
+        ))
+    }
     /// Asks the guest to shut down, waits up to `deadline`, then destroys it.
     fn shutdown(&self, name: &str, deadline: Duration) -> Result<()>;
     /// Pauses a running domain.

@@ -183,6 +183,7 @@ async fn create(agent: &Agent, name: &str, labels: &[(&str, &str)]) -> u64 {
         restart: RestartPolicy::Never,
         labels,
         scratch_disks: Vec::new(),
+        boot_from_template: false,
     };
     agent
         .create_from_blobs(spec, None)

@@ -168,6 +168,7 @@ async fn blobs_domains_events_over_grpc() {
         start: true,
         restart_policy: pb::RestartPolicy::Always as i32,
         labels: HashMap::from([("deployment".to_owned(), "d1".to_owned())]),
+        boot_from_template: false,
         scratch_disks: vec![pb::ScratchDisk {
             name: "scratch0.img".into(),
             size_bytes: 64 << 20,
@@ -326,6 +327,7 @@ async fn blobs_domains_events_over_grpc() {
         start: false,
         restart_policy: 0,
         labels: HashMap::new(),
+        boot_from_template: false,
         scratch_disks: vec![],
     };
     let e = c.create_domain(bad).await.expect_err("policy");
@@ -359,6 +361,7 @@ async fn blobs_domains_events_over_grpc() {
                 start: false,
                 restart_policy: 0,
                 labels: HashMap::new(),
+                boot_from_template: false,
                 scratch_disks: vec![pb::ScratchDisk {
                     name: disk.0.into(),
                     size_bytes: disk.1,
@@ -380,6 +383,7 @@ async fn blobs_domains_events_over_grpc() {
             start: false,
             restart_policy: 0,
             labels: HashMap::new(),
+            boot_from_template: false,
             scratch_disks: vec![pb::ScratchDisk {
                 name: "s.img".into(),
                 size_bytes: 64 << 20,
@@ -409,6 +413,7 @@ async fn blobs_domains_events_over_grpc() {
         start: false,
         restart_policy: 0,
         labels: HashMap::new(),
+        boot_from_template: false,
         scratch_disks: vec![],
     };
     let e = c.create_domain(missing).await.expect_err("blob missing");

@@ -205,6 +205,15 @@ struct Cli {
     /// runs). Off by default: a host without such a pool cannot start the clones.
     #[arg(long, env = "NAPALM_GUEST_HUGEPAGES")]
     guest_hugepages: bool,
+    /// Start QEMU/KVM clones from their agent's template of their shape (`true`) instead of
+    /// booting each cold (`false`, the default): an agent boots one guest per shape until
+    /// napalm-init has loaded its modules, saves it, and starts each clone by restoring
+    /// that memory with the clone's own command line in QEMU's fw_cfg. Under TCG the
+    /// kernel's start and the module loads are most of a boot. Clones with scratch disks,
+    /// and clones whose layers ride in their initramfs (every image differs), boot cold;
+    /// so does one whose template or restore fails, and every restart.
+    #[arg(long, env = "NAPALM_BOOT_FROM_TEMPLATE", default_value_t = false, action = clap::ArgAction::Set)]
+    boot_from_template: bool,
     /// How many clones boot at once on one agent: `auto` (the default: twice as many as its
     /// host has CPUs for QEMU/TCG guests, no limit for KVM and Xen), `off`, or a number. A
     /// clone's domain is created once a slot is free; the slot is held until it registers,
@@ -413,6 +422,7 @@ async fn main() -> Result<()> {
                 layers_in_initramfs: cli.layers_in_initramfs,
                 guest_acpi: cli.guest_acpi,
                 guest_hugepages: cli.guest_hugepages,
+                boot_from_template: cli.boot_from_template,
                 boot_concurrency: cli.boot_concurrency,
                 informer: true,
                 exports: None,

@@ -116,6 +116,10 @@ pub struct DeployConfig {
     /// a host whose pool cannot hold a clone fails to start it (libvirt's error), and the
     /// clone is placed again elsewhere.
     pub guest_hugepages: bool,
+    /// Ask agents to start QEMU/KVM clones from their template of the clone's shape (the
+    /// agent's `boot_from_template`) when every clone shares one image (layers over NFS)
+    /// and has no scratch disk.
+    pub boot_from_template: bool,
     /// The NFS exports this coordinator writes (`None`: the root is exported by hand and
     /// stateful clones are refused).
     pub exports: Option<Arc<Exporter>>,

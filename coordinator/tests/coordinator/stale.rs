@@ -307,6 +307,7 @@ async fn a_failure_note_carries_the_end_of_the_clones_console() {
                 restart: napalm_agent::domain_store::RestartPolicy::Never,
                 labels: Default::default(),
                 scratch_disks: Vec::new(),
+                boot_from_template: false,
             },
             None,
         )

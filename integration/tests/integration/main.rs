@@ -17,6 +17,7 @@ mod scale;
 mod scratch;
 mod spoofing;
 mod storm;
+mod template;
 mod traces;
 mod trust;
 

@@ -395,6 +395,13 @@ impl Run {
                 ("deployment".to_owned(), self.spec.name.clone()),
                 ("clone".to_owned(), c.name.clone()),
             ]),
+            boot_from_template: self.inner.cfg.boot_from_template
+                && matches!(
+                    hv,
+                    Hypervisor::Qemu | Hypervisor::Kvm | Hypervisor::Unspecified
+                )
+                && scratch_disks.is_empty()
+                && crate::deploy::nfs::layers_over_nfs(&self.inner.cfg),
             scratch_disks,
         };
         // The digest of the root this coordinator exports, when the clone boots it: the

@@ -1,0 +1,128 @@
+//! Clones started from their agent's template (`napalm-coordinator --boot-from-template
+//! true`): real QEMU (TCG) clones on one agent, which boots one template guest for their
+//! shape, saves it while napalm-init waits, and starts each clone by restoring it with the
+//! clone's own command line in QEMU's fw_cfg. Each must come up as itself: its own MAC,
+//! name and address, the host's time, and random numbers of its own.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use napalm_integration::grid::{clone_address, Grid, GridOptions};
+use serde_json::Value;
+
+use crate::bench::deploy_with;
+
+/// The MAC libvirt gave domain `name`'s NIC.
+fn libvirt_mac(name: &str) -> String {
+    let out = std::process::Command::new("virsh")
+        .args(["-c", "qemu:///system", "domiflist", name])
+        .output()
+        .expect("virsh domiflist");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .find(|w| w.len() == 17 && w.matches(':').count() == 5)
+        .unwrap_or_else(|| panic!("no MAC in virsh domiflist {name}:\n{text}"))
+        .to_owned()
+}
+
+/// What a clone script printed after `tag=` on its line.
+fn field<'a>(out: &'a str, tag: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{tag}=")))
+        .unwrap_or_default()
+        .trim()
+}
+
+#[test]
+fn clones_restored_from_one_template_each_come_up_as_themselves() {
+    let opts = GridOptions {
+        agents: 1,
+        keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
+        coordinator_args: vec!["--boot-from-template".into(), "true".into()],
+        ..Default::default()
+    };
+    let g = Grid::start(opts, "gridt").expect("starting the grid");
+    // All three register (deploy_with fails the test otherwise).
+    deploy_with(&g, "gridt", 3, "128M");
+
+    // One template for the three: one image in the agent's templates.
+    let templates = g.dir.join("agent0/templates");
+    let images: Vec<_> = std::fs::read_dir(&templates)
+        .unwrap_or_else(|e| panic!("{}: {e}", templates.display()))
+        .flatten()
+        .filter(|e| e.path().join("image").is_file())
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        images.len(),
+        1,
+        "template images in {}: {images:?}",
+        templates.display()
+    );
+    // The template's guest is gone once saved: only the clones run.
+    let running = g.domains();
+    assert!(
+        running.iter().all(|d| !d.starts_with("napalm-tpl-")),
+        "{running:?}"
+    );
+
+    let clones: Vec<Value> = g.clones("gridt").expect("napalmctl clones");
+    assert_eq!(clones.len(), 3, "{clones:?}");
+    let mut randoms = Vec::new();
+    for c in &clones {
+        let name = c["clone"].as_str().expect("a clone has a name").to_owned();
+        let addr = clone_address(c);
+        assert!(
+            g.wait_clone_shell(&addr, Duration::from_secs(90)),
+            "the shell of {name} at {addr}; logs in {}",
+            g.dir.display()
+        );
+        let out = g
+            .clone_sh(
+                &addr,
+                "echo mac=$(cat /sys/class/net/e*/address)\n\
+                 echo host=$(hostname)\n\
+                 echo addr=$(ip -4 -o addr show scope global 2>/dev/null | awk '{print $4}')\n\
+                 echo now=$(date +%s)\n\
+                 echo random=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n')\n\
+                 echo boot=$(cat /run/napalm/boot.json)",
+                Duration::from_secs(30),
+            )
+            .unwrap_or_else(|e| panic!("the shell of {name}: {e}"));
+        assert_eq!(
+            field(&out, "mac"),
+            libvirt_mac(&name),
+            "{name}'s NIC has the template's MAC, not its own:\n{out}"
+        );
+        assert_eq!(field(&out, "host"), name, "{out}");
+        assert!(
+            field(&out, "addr").starts_with(&format!("{addr}/")),
+            "{name} has not its address {addr}:\n{out}"
+        );
+        let host_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("the host's clock")
+            .as_secs() as i64;
+        let guest_now: i64 = field(&out, "now").parse().unwrap_or(0);
+        assert!(
+            (host_now - guest_now).abs() <= 30,
+            "{name}'s clock says {guest_now}, the host's {host_now}:\n{out}"
+        );
+        let boot: Value = serde_json::from_str(field(&out, "boot"))
+            .unwrap_or_else(|e| panic!("{name}'s boot.json: {e}\n{out}"));
+        assert_eq!(boot["template"], true, "{name} booted cold: {boot}");
+        assert!(
+            boot["restored_at_s"].as_f64().is_some_and(|t| t > 0.0),
+            "{boot}"
+        );
+        randoms.push((name, field(&out, "random").to_owned()));
+    }
+    for (i, (a, ra)) in randoms.iter().enumerate() {
+        assert_eq!(ra.len(), 32, "{a}: {ra:?}");
+        for (b, rb) in &randoms[i + 1..] {
+            assert_ne!(
+                ra, rb,
+                "{a} and {b} read the same random bytes: restored with one random state"
+            );
+        }
+    }
+}
