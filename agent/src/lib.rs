@@ -6,7 +6,7 @@
 //! ([`blobs`]), the domain store: per-domain directories and their persisted desired state
 //! ([`domain_store`]), durable (atomic, fsynced) file writes ([`durable`]), confined
 //! archive extraction ([`archive`]), domain and file name rules ([`names`]), the domain
-//! XML policy ([`policy`]), anti-spoofing on the host bridge with nftables ([`port_filter`]), blank scratch disks made with the host's mkfs.ext4 ([`scratch_disk`]), request-id idempotency ([`idempotency`]), lifecycle events
+//! XML policy ([`policy`]), anti-spoofing on the host bridge with nftables ([`port_filter`]), blank scratch disks made with the host's mkfs.ext4 ([`scratch_disk`]), the templates clones start from and their saved images ([`template`]), request-id idempotency ([`idempotency`]), lifecycle events
 //! ([`events`]) and reconciliation ([`core::reconcile`]); metrics as Prometheus text
 //! ([`metrics`]), Ganglia gmond XML ([`ganglia`]) and OTLP/gRPC pushes when an endpoint is
 //! configured ([`otel`]), mDNS/DNS-SD advertisement ([`mdns`]) and coordinator
@@ -22,7 +22,8 @@
 //! `agent-id`, `tls/` (identity: `ca.crt`, `agent.crt`, `agent.key`, `coordinator`; mode 0700), `blobs/sha256/HEX`, `domains/NAME/{record.json,config.xml,console.log,files/}` (`console.log`: the guest's
 //! serial console, bounded),
 //! `requests/` (idempotency records), `staging/` (unfinished uploads, wiped at start),
-//! `kept/` (writable artifacts of deleted domains).
+//! `kept/` (writable artifacts of deleted domains), `templates/KEY/{image,console.log}` (at most
+//! eight saved templates) and `templates/in/` (QEMU's sockets while a clone's state is handed over).
 
 pub mod archive;
 pub mod blobs;

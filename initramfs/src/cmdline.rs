@@ -1,8 +1,12 @@
 //! The kernel command line as napalm-init reads it (Kata agent style: from a PATH, so tests
 //! feed a file): `root=`, `ip=`, `nameserver=`, `init=`, `unpack=`, `napalm.scratch=`
-//! ([`crate::scratch`]), `napalm.help`, `napalm.onfail=`, `napalm.timeout=`, and the
-//! kernel's `quiet`.
+//! ([`crate::scratch`]), `napalm.help`, `napalm.onfail=`, `napalm.timeout=`, the
+//! kernel's `quiet`, and for a clone restored from a template snapshot (README "Restored
+//! from a template"): `napalm.template` (boot only to the modules, then wait for the
+//! identity in QEMU's fw_cfg) and the three arguments only the agent writes into that
+//! identity, `napalm.mac=`, `napalm.now=` and `napalm.seed=` ([`crate::identity`]).
 
+use crate::identity::{self, UnixTime};
 use crate::ip::{parse_nameserver, IpConfig, IpParseError};
 use crate::rootspec::{RootParseError, RootSpec};
 use crate::scratch::{ScratchError, ScratchSpec};
@@ -46,6 +50,23 @@ pub struct BootConfig {
     /// The kernel's own `quiet` (or `napalm.quiet=1`; `napalm.quiet=0` after it undoes it):
     /// napalm-init keeps its log in boot.json and prints only failures and one summary line.
     pub quiet: bool,
+    /// `napalm.template` (or `=1`; `=0` turns it off): this boot makes a template. After
+    /// the modules napalm-init prints `napalm-init: template ready` and waits for the
+    /// fw_cfg file `opt/napalm/cmdline`, the clone's whole command line, which then
+    /// replaces this one (the host saves the template's memory meanwhile and restores it
+    /// into each clone's QEMU).
+    pub template: bool,
+    /// `napalm.mac=aa:bb:cc:dd:ee:ff`: the clone's NIC address, set on the interface
+    /// before the network comes up. Only the agent writes it, into a template's identity;
+    /// a normal boot ignores it (the NIC already has its address).
+    pub mac: Option<[u8; 6]>,
+    /// `napalm.now=<unix seconds[.fraction]>`: the wall clock to set (a restored template's
+    /// is stale). Agent-written, acted upon only in an identity, like `mac`.
+    pub now: Option<UnixTime>,
+    /// `napalm.seed=<hex>`: bytes written to `/dev/urandom` (mixed into the pool, which a
+    /// restored template shares with its siblings). Agent-written, acted upon only in an
+    /// identity, like `mac`.
+    pub seed: Option<Vec<u8>>,
 }
 
 /// Why the command line was rejected.
@@ -137,6 +158,10 @@ impl BootConfig {
             onfail: OnFail::Halt,
             timeout_secs: 10,
             quiet: false,
+            template: false,
+            mac: None,
+            now: None,
+            seed: None,
         };
         for word in split_words(line)? {
             let (key, value) = match word.split_once('=') {
@@ -181,6 +206,21 @@ impl BootConfig {
                         "reboot" => OnFail::Reboot,
                         _ => return Err(bad("expected napalm.onfail=shell|halt|reboot")),
                     }
+                }
+                ("napalm.template", None) | ("napalm.template", Some("1")) => cfg.template = true,
+                ("napalm.template", Some("0")) => cfg.template = false,
+                ("napalm.template", Some(_)) => {
+                    return Err(bad("expected napalm.template, napalm.template=1 or =0"))
+                }
+                ("napalm.mac", Some(v)) => {
+                    cfg.mac = Some(identity::parse_mac(v).map_err(|w| bad(&w))?)
+                }
+                ("napalm.now", Some(v)) => cfg.now = Some(UnixTime::parse(v).map_err(|w| bad(&w))?),
+                ("napalm.seed", Some(v)) => {
+                    cfg.seed = Some(identity::parse_seed(v).map_err(|w| bad(&w))?)
+                }
+                ("napalm.mac" | "napalm.now" | "napalm.seed", None) => {
+                    return Err(bad("expects a value (key=value)"))
                 }
                 ("napalm.timeout", Some(v)) => {
                     cfg.timeout_secs = v.parse().map_err(|_| bad("expected a number of seconds"))?
@@ -453,6 +493,55 @@ mod tests {
         assert_eq!(calibrated.split(' ').count(), FAST_BOOT_ARGS.len() - 1);
         assert!(!calibrated.contains("lpj="), "{calibrated}");
         assert_eq!(fast_boot_args("console=ttyS0 napalm.fastboot=0", false), "");
+    }
+
+    #[test]
+    fn template_and_the_identity_arguments() {
+        let c = BootConfig::parse("root=tmpfs:rw").unwrap();
+        assert!(!c.template && c.mac.is_none() && c.now.is_none() && c.seed.is_none());
+        for (line, on) in [
+            ("napalm.template", true),
+            ("napalm.template=1", true),
+            ("napalm.template=0", false),
+            ("napalm.template napalm.template=0", false),
+        ] {
+            assert_eq!(BootConfig::parse(line).unwrap().template, on, "{line}");
+        }
+        let c = BootConfig::parse(
+            "root=tmpfs:rw napalm.mac=52:54:00:00:00:07 napalm.now=1712345678.25 napalm.seed=00ff10",
+        )
+        .unwrap();
+        assert_eq!(c.mac, Some([0x52, 0x54, 0, 0, 0, 7]));
+        assert_eq!(
+            c.now,
+            Some(UnixTime {
+                secs: 1_712_345_678,
+                nanos: 250_000_000
+            })
+        );
+        assert_eq!(c.seed, Some(vec![0, 0xff, 0x10]));
+    }
+
+    #[test]
+    fn a_malformed_identity_argument_is_an_error_quoting_it() {
+        for (word, quoted) in [
+            ("napalm.mac=52:54:00:00:07", "\"52:54:00:00:07\""),
+            ("napalm.mac=01:00:5e:00:00:01", "\"01:00:5e:00:00:01\""),
+            ("napalm.now=yesterday", "\"yesterday\""),
+            ("napalm.now=-5", "\"-5\""),
+            ("napalm.seed=xyz1", "\"xyz1\""),
+            ("napalm.seed=abc", "\"abc\""),
+            ("napalm.template=yes", "napalm.template=yes"),
+            ("napalm.mac", "napalm.mac"),
+        ] {
+            let e = BootConfig::parse(&format!("root=tmpfs:rw {word}")).unwrap_err();
+            assert!(
+                matches!(e, CmdlineError::Param { ref param, .. } if param == word),
+                "{e:?}"
+            );
+            let e = e.to_string();
+            assert!(e.starts_with(word) && e.contains(quoted), "{word}: {e}");
+        }
     }
 
     #[test]

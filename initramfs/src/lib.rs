@@ -13,19 +13,22 @@
 //!
 //! Features: `guest` (default) is the PID-1 code, needed by `napalm-init`. A host program
 //! (the coordinator) uses `default-features = false` and gets the grammar — `rootspec`
-//! (root=), `ip` (ip=, nameserver=), `scratch` (napalm.scratch=), `cmdline` (the command line, parsed as `BootConfig`
+//! (root=), `ip` (ip=, nameserver=), `scratch` (napalm.scratch=), `identity` (napalm.mac=,
+//! napalm.now=, napalm.seed=), `cmdline` (the command line, parsed as `BootConfig`
 //! or built as `KernelCmdline`) — and the builder: `cpio`, `image`, `modules`
 //! (modules.dep), `modsig` (modules' appended signatures), `kernel` (bzImage → vmlinux with its PVH note). `testing` adds `testing::static_init`, the static napalm-init for QEMU
 //! tests.
 //!
 //! Guest map: `fsloader` (one module per root type), `whiteout` (portable → overlayfs
 //! whiteouts), `union` (assembly), `unpack` (unpack=), `net` (interfaces, DHCPv4),
-//! `timings`, `syscall` (the machine edge), `init` (the PID 1 flow, step by step).
+//! `timings`, `syscall` (the machine edge), `fwcfg` (QEMU's fw_cfg, where a restored
+//! template finds its identity), `init` (the PID 1 flow, step by step).
 
 // Host-usable: the grammar of the command line, the image builder. The coordinator depends
 // with `default-features = false` and links only these.
 pub mod cmdline;
 pub mod cpio;
+pub mod identity;
 pub mod image;
 pub mod ip;
 pub mod kernel;
@@ -39,6 +42,8 @@ pub mod testing;
 // Guest-only (feature `guest`, on by default): what napalm-init does as PID 1.
 #[cfg(feature = "guest")]
 pub mod fsloader;
+#[cfg(feature = "guest")]
+pub mod fwcfg;
 #[cfg(feature = "guest")]
 pub mod init;
 #[cfg(feature = "guest")]

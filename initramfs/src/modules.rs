@@ -144,9 +144,13 @@ impl ModDep {
 #[cfg(feature = "guest")]
 /// Loads `names` (those the image carries) and their dependencies, dependencies first,
 /// using the image's `<dir>/modules.dep`; returns the files loaded and the seconds each took.
+/// A module already loaded (`<sys_module>/<name>` exists: `/sys/module` at boot) is skipped
+/// without opening its file, so a second call (a restored template's, for its identity)
+/// costs only what is new; finit_module's EEXIST counts as loaded too ([`Syscall`]).
 pub fn load_needed(
     sys: &dyn Syscall,
     dir: &Path,
+    sys_module: &Path,
     names: &[&str],
 ) -> Result<Vec<(String, f64)>, ModuleError> {
     let dep_path = dir.join("modules.dep");
@@ -164,6 +168,9 @@ pub fn load_needed(
     let (order, _absent) = dep.resolve(&[], names)?;
     let mut loaded = Vec::with_capacity(order.len());
     for rel in order {
+        if sys_module.join(module_name(&rel)).exists() {
+            continue;
+        }
         let path = dir.join(&rel);
         let start = crate::timings::uptime();
         sys.finit_module(&path, "")
@@ -253,14 +260,50 @@ kernel/fs/overlayfs/overlay.ko:
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("modules.dep"), DEP).unwrap();
         let sys = RecordingSyscall::new(Some(d.path()));
-        let loaded =
-            load_needed(&sys, d.path(), &["overlay", "virtio_net", "xen_netfront"]).unwrap();
+        let sys_module = d.path().join("sys/module");
+        let loaded = load_needed(
+            &sys,
+            d.path(),
+            &sys_module,
+            &["overlay", "virtio_net", "xen_netfront"],
+        )
+        .unwrap();
         assert_eq!(loaded.len(), 4);
         assert_eq!(
             sys.calls(),
             vec![
                 "finit_module /kernel/fs/overlayfs/overlay.ko []",
                 "finit_module /kernel/net/core/failover.ko []",
+                "finit_module /kernel/drivers/net/net_failover.ko []",
+                "finit_module /kernel/drivers/net/virtio_net.ko.zst []",
+            ]
+        );
+    }
+
+    #[cfg(feature = "guest")]
+    #[test]
+    fn a_loaded_module_is_skipped_without_touching_its_file() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("modules.dep"), DEP).unwrap();
+        let sys_module = d.path().join("sys/module");
+        // Loaded before (the recording makes /sys/module/<name> as the kernel does), or
+        // by someone else: the kernel's own name, not the file's.
+        std::fs::create_dir_all(sys_module.join("failover")).unwrap();
+        let sys = RecordingSyscall::new(Some(d.path()));
+        let first = load_needed(&sys, d.path(), &sys_module, &["overlay"]).unwrap();
+        assert_eq!(first.len(), 1);
+        let again = load_needed(&sys, d.path(), &sys_module, &["overlay", "virtio_net"]).unwrap();
+        assert_eq!(
+            again.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(),
+            [
+                "kernel/drivers/net/net_failover.ko",
+                "kernel/drivers/net/virtio_net.ko.zst"
+            ]
+        );
+        assert_eq!(
+            sys.calls(),
+            vec![
+                "finit_module /kernel/fs/overlayfs/overlay.ko []",
                 "finit_module /kernel/drivers/net/net_failover.ko []",
                 "finit_module /kernel/drivers/net/virtio_net.ko.zst []",
             ]

@@ -157,7 +157,11 @@ impl Agent {
             .templates
             .socket()
             .map_err(|e| AgentError::io(std::path::Path::new("incoming socket"), e))?;
-        let restore = xml::restore_xml(&record.libvirt_xml, &identity, &socket).map_err(bad)?;
+        // In a file: libvirt 9.0 passes an entry's string to QEMU without doubling its
+        // commas, and QEMU then reads the rest of a command line as its own options.
+        let id_file = socket.with_extension("identity");
+        write_identity(&id_file, &identity)?;
+        let restore = xml::restore_xml(&record.libvirt_xml, &id_file, &socket).map_err(bad)?;
         // QEMU listens once started, and libvirt's start may wait on it: the state is
         // handed over from another thread, which gives up when the start failed.
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -182,6 +186,7 @@ impl Agent {
             .map_err(|e| AgentError::Hypervisor(format!("handing the state to QEMU: {e}")));
         let sent = started.and(sent);
         let _ = std::fs::remove_file(&socket);
+        let _ = std::fs::remove_file(&id_file);
         let sent = sent?;
         let n = record.name.clone();
         let state = self.call(move |h| h.state(&n)).await?;
@@ -192,6 +197,20 @@ impl Agent {
         }
         Ok(sent)
     }
+}
+
+/// Writes the identity QEMU puts in fw_cfg, readable by QEMU's user (libvirt does not
+/// relabel fw_cfg files); the directory lets nobody else list it.
+fn write_identity(path: &std::path::Path, identity: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)
+        .and_then(|mut f| f.write_all(identity.as_bytes()))
+        .map_err(|e| AgentError::io(path, e))
 }
 
 /// 32 bytes from the host's random source for the clone to mix in as it resumes.

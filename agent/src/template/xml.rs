@@ -46,6 +46,7 @@ struct Parts {
     cmdline_text: String,
     macs: Vec<(Range<usize>, String)>,
     filterrefs: Vec<Range<usize>>,
+    targets: Vec<Range<usize>>,
     logs: Vec<Range<usize>>,
     agent_meta: Option<Range<usize>>,
     domain_open_end: usize,
@@ -101,6 +102,11 @@ fn parts(xml: &str) -> Result<Parts, Unsuitable> {
         .flat_map(|n| n.children().filter(|c| c.has_tag_name("filterref")))
         .map(|f| f.range())
         .collect();
+    let targets = nics
+        .iter()
+        .flat_map(|n| n.children().filter(|c| c.has_tag_name("target")))
+        .map(|t| t.range())
+        .collect();
     let logs = devices
         .iter()
         .filter(|d| d.has_tag_name("serial") || d.has_tag_name("console"))
@@ -125,6 +131,7 @@ fn parts(xml: &str) -> Result<Parts, Unsuitable> {
         cmdline_text: cmdline.text().unwrap_or_default().to_owned(),
         macs,
         filterrefs,
+        targets,
         logs,
         agent_meta,
         domain_open_end,
@@ -151,10 +158,13 @@ fn apply(xml: &str, mut edits: Vec<(Range<usize>, String)>) -> String {
 }
 
 /// The template domain of a clone's libvirt XML: named `name`, no UUID, its command line
-/// with [`TEMPLATE_ARG`] added, the NIC at [`TEMPLATE_MAC`] without address filters, its
-/// console kept in `console_log`, a VM generation id (which each restored clone gets anew,
-/// so its kernel reseeds its random numbers), and the agent's metadata saying it is
-/// `agent`'s template (not a domain of the agent's: its reconciliation leaves it alone).
+/// with [`TEMPLATE_ARG`] added, the NIC at [`TEMPLATE_MAC`] without address filters or the
+/// host-side name the agent gave the clone's port (`<target dev>`, per clone), its console
+/// kept in `console_log`, and the agent's metadata saying it is `agent`'s template (not a
+/// domain of the agent's: its reconciliation leaves it alone). No VM generation id
+/// (`<genid/>`): qboot cannot allocate its buffer and the guest never starts (measured),
+/// and Debian's cloud kernel has no driver for it; napalm-init reseeds the CRNG itself
+/// (`napalm.seed=`).
 pub fn template_xml(
     clone: &str,
     name: &str,
@@ -168,7 +178,6 @@ pub fn template_xml(
             p.cmdline.clone(),
             esc(&format!("{} {TEMPLATE_ARG}", p.cmdline_text.trim())),
         ),
-        (p.domain_close..p.domain_close, "<genid/>".to_owned()),
     ];
     if let Some(u) = p.uuid {
         edits.push((u, String::new()));
@@ -178,7 +187,12 @@ pub fn template_xml(
             .iter()
             .map(|(r, _)| (r.clone(), TEMPLATE_MAC.to_owned())),
     );
-    edits.extend(p.filterrefs.iter().map(|r| (r.clone(), String::new())));
+    edits.extend(
+        p.filterrefs
+            .iter()
+            .chain(&p.targets)
+            .map(|r| (r.clone(), String::new())),
+    );
     let log = esc(&console_log.to_string_lossy());
     edits.extend(p.logs.iter().map(|r| (r.clone(), log.clone())));
     if let Some(m) = p.agent_meta {
@@ -217,10 +231,10 @@ pub fn identity_parts(clone: &str) -> Result<(String, Option<String>), Unsuitabl
     ))
 }
 
-/// The clone's XML for its start from a template: its own, with `identity` (its command
-/// line and what napalm-init sets as it resumes) in QEMU's fw_cfg as [`IDENTITY_FILE`], a
-/// VM generation id like the template's, and QEMU told to take its state from `socket`.
-pub fn restore_xml(clone: &str, identity: &str, socket: &Path) -> Result<String, Unsuitable> {
+/// The clone's XML for its start from a template: its own, with the file `identity` (its
+/// command line and what napalm-init sets as it resumes) in QEMU's fw_cfg as
+/// [`IDENTITY_FILE`], and QEMU told to take its state from `socket`.
+pub fn restore_xml(clone: &str, identity: &Path, socket: &Path) -> Result<String, Unsuitable> {
     let p = parts(clone)?;
     Ok(apply(
         clone,
@@ -232,9 +246,9 @@ pub fn restore_xml(clone: &str, identity: &str, socket: &Path) -> Result<String,
             (
                 p.domain_close..p.domain_close,
                 format!(
-                    "<genid/><sysinfo type=\"fwcfg\"><entry name=\"{IDENTITY_FILE}\">{}</entry></sysinfo>\
+                    "<sysinfo type=\"fwcfg\"><entry name=\"{IDENTITY_FILE}\" file=\"{}\"/></sysinfo>\
 <qemu:commandline><qemu:arg value=\"-incoming\"/><qemu:arg value=\"unix:{}\"/></qemu:commandline>",
-                    esc(identity),
+                    esc(&identity.to_string_lossy()),
                     esc(&socket.to_string_lossy())
                 ),
             ),
@@ -251,7 +265,7 @@ mod tests {
 <os><type arch='x86_64' machine='q35'>hvm</type><kernel>/s/domains/c-01/files/vmlinuz</kernel>\
 <initrd>/s/domains/c-01/files/initrd.img</initrd><cmdline>root=nfs:10.0.0.1:/r ip=10.0.0.5::10.0.0.1:255.255.255.0:c-01 quiet</cmdline></os>\
 <devices><interface type='network'><source network='n'/><mac address='52:54:aa:bb:00:01'/>\
-<model type='virtio'/><filterref filter='clean-traffic'><parameter name='IP' value='10.0.0.5'/></filterref></interface>\
+<model type='virtio'/><target dev='np01'/><filterref filter='clean-traffic'><parameter name='IP' value='10.0.0.5'/></filterref></interface>\
 <serial type='pty'><target port='0'/><log file='/s/domains/c-01/console.log' append='off'/></serial></devices>\
 <metadata><napalm:agent xmlns:napalm='https://napalm.invalid/ns/agent/1' id='a1'/></metadata></domain>";
 
@@ -261,6 +275,7 @@ mod tests {
             .replace("0f0e", "a0a0")
             .replace("bb:00:01", "bb:00:02")
             .replace("10.0.0.5", "10.0.0.6")
+            .replace("np01", "np02")
     }
 
     fn files(name: &str) -> Vec<(String, String)> {
@@ -293,7 +308,9 @@ mod tests {
         assert!(!t.contains("filterref"), "{t}");
         assert!(t.contains("<log file='/s/templates/k/console.log'"), "{t}");
         assert!(
-            t.contains("<genid/>") && t.contains("napalm:template") && !t.contains("napalm:agent")
+            !t.contains("<target dev")
+                && t.contains("napalm:template")
+                && !t.contains("napalm:agent")
         );
         assert_eq!(crate::policy::owner_of(&t), None);
     }
@@ -314,12 +331,16 @@ mod tests {
         let (cmdline, mac) = identity_parts(CLONE).unwrap();
         assert!(cmdline.starts_with("root=nfs:") && cmdline.ends_with("quiet"));
         assert_eq!(mac.as_deref(), Some("52:54:aa:bb:00:01"));
-        let id = format!("{cmdline} napalm.mac=52:54:aa:bb:00:01");
-        let r = restore_xml(CLONE, &id, Path::new("/tmp/in/x.sock")).unwrap();
+        let r = restore_xml(
+            CLONE,
+            Path::new("/tmp/in/x.identity"),
+            Path::new("/tmp/in/x.sock"),
+        )
+        .unwrap();
         let doc = roxmltree::Document::parse(&r).unwrap();
         let entry = doc.descendants().find(|n| n.has_tag_name("entry")).unwrap();
         assert_eq!(entry.attribute("name"), Some(IDENTITY_FILE));
-        assert_eq!(entry.text(), Some(id.as_str()));
+        assert_eq!(entry.attribute("file"), Some("/tmp/in/x.identity"));
         let args: Vec<_> = doc
             .descendants()
             .filter(|n| {

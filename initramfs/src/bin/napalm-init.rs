@@ -44,6 +44,9 @@ fn check(path: &Path) -> anyhow::Result<()> {
         cfg.unpack,
         cfg.onfail
     );
+    if cfg.template {
+        println!("template: yes (waits for its identity in fw_cfg opt/napalm/cmdline)");
+    }
     Ok(())
 }
 

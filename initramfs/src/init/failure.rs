@@ -9,8 +9,8 @@ use std::time::Duration;
 /// A failed boot step: what was being done and why it failed.
 #[derive(Debug)]
 pub struct Failure {
-    /// The step (`early mounts`, `cmdline`, `root`, `modules`, `network`, `unpack`,
-    /// `switch_root`, `exec init`).
+    /// The step (`early mounts`, `cmdline`, `root`, `modules`, `identity` (a restored
+    /// template's), `network`, `unpack`, `scratch`, `switch_root`, `exec init`).
     pub step: &'static str,
     /// The error, quoting its input.
     pub error: String,

@@ -1,6 +1,7 @@
 //! The PID 1 flow of napalm-init, one named step each: early mounts, command line, modules,
-//! network, the union root, `unpack=`, `napalm.scratch=` (tmpfs beside the union),
-//! switch_root semantics (empty the initramfs, move the
+//! for a template (`napalm.template`) the wait for its identity (`template.rs`), network,
+//! the union root, `unpack=`, `napalm.scratch=` (tmpfs beside the union), switch_root
+//! semantics (empty the initramfs, move the
 //! new root onto `/`, chroot), the boot report, exec `init=`. Any failure stops with a
 //! message naming the step and its input, then does what `napalm.onfail=` says
 //! ([`handle_failure`]). Every call that touches the machine goes through [`Syscall`], and
@@ -8,10 +9,14 @@
 
 mod failure;
 mod report;
+mod template;
+#[cfg(test)]
+mod template_tests;
 #[cfg(test)]
 mod tests;
 
 pub use failure::{handle_failure, say, Failure};
+pub use template::TEMPLATE_READY;
 
 use crate::cmdline::{onfail_lenient, BootConfig, OnFail};
 use crate::fsloader::{self, MountCtx};
@@ -60,6 +65,10 @@ pub struct Boot<'a> {
     quiet: bool,
     /// Every line of the boot's log, printed or not; kept in `/run/napalm/boot.json`.
     log: Vec<String>,
+    /// Set when this boot was restored from a template (`napalm.template`).
+    restored: Option<template::Restored>,
+    /// The lines [`Boot::print`] put on the console (the tests read them).
+    printed: Vec<String>,
 }
 
 type Step<T> = Result<T, Failure>;
@@ -76,15 +85,23 @@ impl<'a> Boot<'a> {
             tm: Timings::new(t0),
             quiet: false,
             log: Vec::new(),
+            restored: None,
+            printed: Vec::new(),
         }
     }
 
     /// Logs a line: kept for boot.json, and printed on the console unless `quiet`.
     fn note(&mut self, line: String) {
         if !self.quiet {
-            say(&line);
+            self.print(&line);
         }
         self.log.push(line);
+    }
+
+    /// Prints a line on the console, quiet or not.
+    fn print(&mut self, line: &str) {
+        say(line);
+        self.printed.push(line.to_owned());
     }
 
     /// Runs every step; returns only on failure, like [`run`].
@@ -102,12 +119,20 @@ impl<'a> Boot<'a> {
             self.t0
         ));
         self.early_mounts()?;
-        let cfg = self.read_cmdline(cmdline)?;
+        let mut cfg = self.read_cmdline(cmdline)?;
         if !self.quiet {
             self.log.iter().for_each(|l| say(l));
         }
-        let root = self.root_spec(&cfg)?;
+        let mut root = self.root_spec(&cfg)?;
         self.load_modules(&cfg, &root)?;
+        if cfg.template {
+            // Saved here by the host, restored into each clone's QEMU: from now on the
+            // clone's own command line (its identity) rules.
+            cfg = self.await_identity()?;
+            root = self.root_spec(&cfg)?;
+            self.load_modules(&cfg, &root)?;
+            self.apply_identity(&cfg)?;
+        }
         let net = self.bring_up_network(&cfg)?;
         let assembled = self.assemble_root(&cfg, &root, net.as_ref())?;
         self.unpack(&cfg, &assembled)?;
@@ -204,7 +229,7 @@ impl<'a> Boot<'a> {
             }
         }
         let dir = self.path("/lib/modules").join(&release);
-        let loaded = modules::load_needed(self.sys, &dir, &wanted)
+        let loaded = modules::load_needed(self.sys, &dir, &self.path("/sys/module"), &wanted)
             .map_err(|e| self.fail("modules", e.to_string()))?;
         let line = self
             .tm
@@ -423,7 +448,7 @@ impl<'a> Boot<'a> {
 
     /// `/run/napalm/boot.json` for the register hook; a failure is only a warning.
     fn write_report(&self, root: &RootSpec, assembled: &Assembled, net: Option<&NetState>) {
-        let json = report::boot_json(root, assembled, net, &self.tm, &self.log);
+        let json = report::boot_json(root, assembled, net, &self.tm, &self.log, self.restored);
         // After switch_root the boot's root is the new root, its /run the one moved there.
         let dir = self.path("/run/napalm");
         if self

@@ -1,6 +1,8 @@
 //! `/run/napalm/boot.json`: what was mounted, the network, the timings and napalm-init's
-//! log, for the clone's register hook.
+//! log, for the clone's register hook; for a clone restored from a template, `"template":
+//! true` and when it was restored (`"restored_at_s"`, guest uptime).
 
+use super::template::Restored;
 use crate::net::NetState;
 use crate::rootspec::RootSpec;
 use crate::timings::Timings;
@@ -16,6 +18,16 @@ struct BootReport<'a> {
     timings: &'a Timings,
     /// napalm-init's console log, also when `quiet` kept it off the console.
     log: &'a [String],
+    /// Restored from a template snapshot (`napalm.template`): everything before
+    /// `restored_at_s` ran in the template, not in this clone.
+    template: bool,
+    /// Guest uptime when the template said it was ready (restored boots only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    template_ready_at_s: Option<f64>,
+    /// Guest uptime when the identity was seen, just after the restore (restored boots
+    /// only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restored_at_s: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -46,6 +58,7 @@ pub(super) fn boot_json(
     net: Option<&NetState>,
     tm: &Timings,
     log: &[String],
+    restored: Option<Restored>,
 ) -> String {
     let report = BootReport {
         root: Some(root.to_string()),
@@ -54,6 +67,9 @@ pub(super) fn boot_json(
         network: net.map(net_report),
         timings: tm,
         log,
+        template: restored.is_some(),
+        template_ready_at_s: restored.map(|r| r.ready_at),
+        restored_at_s: restored.map(|r| r.restored_at),
     };
     serde_json::to_string_pretty(&report).unwrap_or_default()
 }

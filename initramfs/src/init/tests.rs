@@ -4,7 +4,7 @@ use super::*;
 use crate::syscall::{RecordingSyscall, RECORDED_RELEASE};
 
 /// A boot root with a command line, modules.dep and an init in the (unmounted) new root.
-fn boot_root(cmdline: &str) -> tempfile::TempDir {
+pub(super) fn boot_root(cmdline: &str) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     let base = d.path();
     std::fs::write(base.join("cmdline"), cmdline).unwrap();
@@ -23,7 +23,7 @@ fn boot_root(cmdline: &str) -> tempfile::TempDir {
 }
 
 /// Where call `c` is in `calls` (the test fails when it is not there).
-fn position(calls: &[String], c: &str) -> usize {
+pub(super) fn position(calls: &[String], c: &str) -> usize {
     calls
         .iter()
         .position(|x| x == c)
@@ -136,7 +136,7 @@ fn the_boot_report_keeps_the_log_a_quiet_console_did_not_print() {
         "napalm-init: starting at 1.000s after kernel start".into(),
         line,
     ];
-    let json = report::boot_json(&root, &assembled, None, &tm, &log);
+    let json = report::boot_json(&root, &assembled, None, &tm, &log, None);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(
         v["log"][1],
@@ -144,6 +144,8 @@ fn the_boot_report_keeps_the_log_a_quiet_console_did_not_print() {
     );
     assert_eq!(v["timings"]["phases"][0]["name"], "modules: 17 loaded");
     assert_eq!(v["root"], "nfs:10.0.2.100::ro;tmpfs:rw");
+    assert_eq!(v["template"], false);
+    assert!(v.get("restored_at_s").is_none(), "{json}");
 }
 
 #[test]

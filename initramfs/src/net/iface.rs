@@ -64,6 +64,20 @@ pub fn set_up(name: &str) -> io::Result<()> {
     ioctl(libc::SIOCSIFFLAGS, &mut r)
 }
 
+/// Sets the Ethernet address of `name` (`SIOCSIFHWADDR`); most drivers want it down.
+pub fn set_hwaddr(name: &str, mac: [u8; 6]) -> io::Result<()> {
+    let mut r = ifreq(name)?;
+    let mut sa = libc::sockaddr {
+        sa_family: libc::ARPHRD_ETHER,
+        sa_data: [0; 14],
+    };
+    for (d, s) in sa.sa_data.iter_mut().zip(mac) {
+        *d = s as libc::c_char;
+    }
+    r.ifr_ifru.ifru_hwaddr = sa;
+    ioctl(libc::SIOCSIFHWADDR, &mut r)
+}
+
 /// Sets the IPv4 address and netmask of `name`.
 pub fn set_addr(name: &str, addr: Ipv4Addr, mask: Ipv4Addr) -> io::Result<()> {
     let mut r = ifreq(name)?;

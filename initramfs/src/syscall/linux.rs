@@ -1,6 +1,8 @@
-//! [`LinuxSyscall`]: the real calls (rustix; libc for the loop ioctls rustix does not wrap).
+//! [`LinuxSyscall`]: the real calls (rustix; libc for the loop ioctls rustix does not wrap;
+//! on x86_64 QEMU's fw_cfg through its I/O ports, with inline `in`/`out`).
 
 use super::{Shutdown, Syscall};
+use crate::identity::UnixTime;
 use crate::ip::IpConfig;
 use crate::net::NetState;
 use std::ffi::CString;
@@ -175,6 +177,135 @@ impl Syscall for LinuxSyscall {
         let dev = std::fs::metadata(root)?.dev();
         empty_dir_same_dev(root, dev, keep);
         Ok(())
+    }
+
+    fn fw_cfg_file(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        fw_cfg::file(name)
+    }
+
+    fn set_mac(&self, iface: &str, mac: [u8; 6]) -> io::Result<()> {
+        crate::net::iface::set_hwaddr(iface, mac)
+    }
+
+    fn reseed_random(&self, urandom: &Path, seed: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        /// `_IO('R', 0x07)` of linux/random.h.
+        const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+        let mut f = std::fs::OpenOptions::new().write(true).open(urandom)?;
+        f.write_all(seed)?;
+        // SAFETY: an ioctl without argument on a descriptor `f` keeps open for the call.
+        if unsafe { libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG) } != 0 {
+            let e = io::Error::last_os_error();
+            // ENODATA: the CRNG is not seeded yet; it will be from the pool, seed included.
+            if e.raw_os_error() != Some(libc::ENODATA) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn set_clock(&self, now: UnixTime) -> io::Result<()> {
+        let tv_sec = libc::time_t::try_from(now.secs).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("time {now} out of range"),
+            )
+        })?;
+        let ts = libc::timespec {
+            tv_sec,
+            // Below 1e9: fits any c_long.
+            tv_nsec: now.nanos as libc::c_long,
+        };
+        // SAFETY: clock_settime only reads the timespec, which lives across the call.
+        if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// fw_cfg over the x86 I/O ports 0x510 (selector) and 0x511 (data).
+#[cfg(target_arch = "x86_64")]
+mod fw_cfg {
+    use crate::fwcfg::{FwCfgError, Ports, Reader, DATA_PORT, SELECTOR_PORT};
+    use std::io;
+    use std::sync::Mutex;
+
+    /// The two ports; only made after `ioperm` granted them to this process.
+    #[derive(Debug)]
+    struct IoPorts(());
+
+    impl Ports for IoPorts {
+        fn select(&mut self, key: u16) {
+            // SAFETY: ioperm gave this process the port (an `IoPorts` exists only after
+            // it did); `out` touches no memory of ours, only fw_cfg's selected item.
+            unsafe {
+                core::arch::asm!(
+                    "out dx, ax",
+                    in("dx") SELECTOR_PORT,
+                    in("ax") key,
+                    options(nomem, nostack, preserves_flags)
+                );
+            }
+        }
+
+        fn read(&mut self, buf: &mut [u8]) {
+            for b in buf {
+                let v: u8;
+                // SAFETY: as in `select`; `in` only advances fw_cfg's offset in the item.
+                unsafe {
+                    core::arch::asm!(
+                        "in al, dx",
+                        out("al") v,
+                        in("dx") DATA_PORT,
+                        options(nomem, nostack, preserves_flags)
+                    );
+                }
+                *b = v;
+            }
+        }
+    }
+
+    /// One reader per process: it keeps what the polling needs between calls.
+    static READER: Mutex<Option<Reader<IoPorts>>> = Mutex::new(None);
+
+    pub(super) fn file(name: &str) -> io::Result<Option<Vec<u8>>> {
+        let mut reader = READER.lock().unwrap_or_else(|p| p.into_inner());
+        if reader.is_none() {
+            // SAFETY: ioperm only changes this process's I/O permission bitmap.
+            if unsafe { libc::ioperm(SELECTOR_PORT.into(), 2, 1) } != 0 {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "ioperm(0x510, 2): {e} (napalm.template needs QEMU's fw_cfg, ports \
+                         0x510-0x511, and the rights of PID 1)"
+                    ),
+                ));
+            }
+        }
+        let reader = reader.get_or_insert_with(|| Reader::new(IoPorts(())));
+        reader.file(name).map_err(|e| {
+            let kind = match e {
+                FwCfgError::Absent(_) => io::ErrorKind::NotFound,
+                _ => io::ErrorKind::InvalidData,
+            };
+            io::Error::new(kind, e.to_string())
+        })
+    }
+}
+
+/// No fw_cfg ports but on x86.
+#[cfg(not(target_arch = "x86_64"))]
+mod fw_cfg {
+    use std::io;
+
+    pub(super) fn file(_name: &str) -> io::Result<Option<Vec<u8>>> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "napalm.template needs QEMU's fw_cfg (x86 ports 0x510-0x511); this is not x86_64",
+        ))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The edge to the kernel (youki's `trait Syscall`): the calls of napalm-init that change
 //! the machine or depend on it — mounts, the loop device, modules, the network, hostname,
-//! `uname`, writes under `/run/napalm`, emptying the initramfs, exec and reboot — go
+//! `uname`, writes under `/run/napalm`, emptying the initramfs, exec and reboot, and for
+//! a restored template QEMU's fw_cfg, the NIC's MAC and the wall clock — go
 //! through [`Syscall`], so a whole boot is unit-tested with [`RecordingSyscall`] and runs
 //! for real with [`LinuxSyscall`] inside the guest. Reading the tree being assembled
 //! (whiteout scans, image lookup, `unpack=`) uses the filesystem directly.
@@ -13,6 +14,7 @@ mod recording;
 pub use linux::LinuxSyscall;
 pub use recording::{RecordingSyscall, RECORDED_RELEASE};
 
+use crate::identity::UnixTime;
 use crate::ip::IpConfig;
 use crate::net::NetState;
 use std::io;
@@ -81,4 +83,18 @@ pub trait Syscall {
     /// Deletes everything under `root` on its filesystem, skipping `keep` and other
     /// mounts, after checking `root` is an initramfs (ramfs or tmpfs): never a disk.
     fn empty_initramfs(&self, root: &Path, keep: &Path) -> io::Result<()>;
+    /// The content of QEMU's fw_cfg file `name` (e.g. [`crate::fwcfg::IDENTITY_FILE`]),
+    /// `None` while its directory has no such file; an error when there is no fw_cfg
+    /// (not QEMU, not x86_64) or it cannot be read. Cheap enough to poll every 10 ms.
+    fn fw_cfg_file(&self, name: &str) -> io::Result<Option<Vec<u8>>>;
+    /// `SIOCSIFHWADDR`: sets the Ethernet address of `iface` (which must be down).
+    fn set_mac(&self, iface: &str, mac: [u8; 6]) -> io::Result<()>;
+    /// `clock_settime(CLOCK_REALTIME, now)`: sets the wall clock.
+    fn set_clock(&self, now: UnixTime) -> io::Result<()>;
+    /// Mixes `seed` into the kernel's random pool (a write to `urandom`, the path of
+    /// /dev/urandom) and reseeds its CRNG from the pool at once (`RNDRESEEDCRNG`): clones
+    /// restored from one template resume with one CRNG state, which a write alone would
+    /// only change at the kernel's next periodic reseed (a kernel without the VM
+    /// generation id driver, as Debian's cloud kernel, gets no other signal).
+    fn reseed_random(&self, urandom: &Path, seed: &[u8]) -> io::Result<()>;
 }

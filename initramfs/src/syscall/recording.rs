@@ -1,22 +1,29 @@
 //! [`RecordingSyscall`]: records each call as a line of text, for unit tests without root.
 
 use super::{Shutdown, Syscall};
+use crate::identity::{format_mac, UnixTime};
 use crate::ip::IpConfig;
 use crate::net::NetState;
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Records every call as a line of text; mkdir also creates the directory for real, so
-/// logic that reads the tree (whiteout conversion, image lookup) works in a temp dir.
+/// logic that reads the tree (whiteout conversion, image lookup) works in a temp dir, and
+/// so does a loaded module's `/sys/module/<name>`, as the kernel would.
 #[derive(Debug, Default)]
 pub struct RecordingSyscall {
     calls: RefCell<Vec<String>>,
     fail_on: RefCell<Option<String>>,
     loops: RefCell<u32>,
     strip: Option<PathBuf>,
+    /// What `fw_cfg_file` answers, one per call; empty: there is no fw_cfg.
+    fw_cfg: RefCell<VecDeque<Option<Vec<u8>>>>,
+    /// What `write_file` was given, by the path it records.
+    written: RefCell<Vec<(String, Vec<u8>)>>,
 }
 
 impl RecordingSyscall {
@@ -31,6 +38,22 @@ impl RecordingSyscall {
     /// Makes the next call whose record starts with `prefix` fail with EIO.
     pub fn fail_on(&self, prefix: &str) {
         *self.fail_on.borrow_mut() = Some(prefix.to_string());
+    }
+
+    /// Queues what the next calls of `fw_cfg_file` answer, one each (`None`: the file is
+    /// not there yet); once they are used up it fails as a machine without fw_cfg.
+    pub fn fw_cfg_answers(&self, answers: impl IntoIterator<Item = Option<Vec<u8>>>) {
+        self.fw_cfg.borrow_mut().extend(answers);
+    }
+
+    /// The bytes last written to `path` (as the calls show it: `/dev/urandom`).
+    pub fn written(&self, path: &str) -> Option<Vec<u8>> {
+        self.written
+            .borrow()
+            .iter()
+            .rev()
+            .find(|(p, _)| p == path)
+            .map(|(_, c)| c.clone())
     }
 
     /// The calls recorded so far.
@@ -125,7 +148,12 @@ impl Syscall for RecordingSyscall {
         }
     }
     fn finit_module(&self, path: &Path, params: &str) -> io::Result<()> {
-        self.record(format!("finit_module {} [{params}]", self.p(path)))
+        self.record(format!("finit_module {} [{params}]", self.p(path)))?;
+        if let Some(base) = &self.strip {
+            let name = crate::modules::module_name(&path.to_string_lossy());
+            std::fs::create_dir_all(base.join("sys/module").join(name))?;
+        }
+        Ok(())
     }
     fn loop_attach(&self, file: &Path, read_only: bool) -> io::Result<PathBuf> {
         let n = {
@@ -150,9 +178,14 @@ impl Syscall for RecordingSyscall {
     fn sethostname(&self, name: &str) -> io::Result<()> {
         self.record(format!("sethostname {name}"))
     }
-    /// Records the path only: what is written (timings) differs from run to run.
-    fn write_file(&self, path: &Path, _contents: &[u8]) -> io::Result<()> {
-        self.record(format!("write {}", self.p(path)))
+    /// Records the path only (what is written, timings, differs from run to run); the
+    /// bytes are kept for [`RecordingSyscall::written`].
+    fn write_file(&self, path: &Path, contents: &[u8]) -> io::Result<()> {
+        self.record(format!("write {}", self.p(path)))?;
+        self.written
+            .borrow_mut()
+            .push((self.p(path), contents.to_vec()));
+        Ok(())
     }
     /// A static `ip=` is taken as given; DHCP gets the lease QEMU's user network would
     /// give (10.0.2.15/24 via 10.0.2.2, DNS 10.0.2.3).
@@ -195,6 +228,25 @@ impl Syscall for RecordingSyscall {
             self.p(root),
             self.p(keep)
         ))
+    }
+    fn fw_cfg_file(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        self.record(format!("fw_cfg {name}"))?;
+        self.fw_cfg.borrow_mut().pop_front().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "napalm.template needs QEMU's fw_cfg (ports 0x510-0x511), not found (recorded)",
+            )
+        })
+    }
+    fn set_mac(&self, iface: &str, mac: [u8; 6]) -> io::Result<()> {
+        self.record(format!("set_mac {iface} {}", format_mac(&mac)))
+    }
+    fn reseed_random(&self, urandom: &Path, seed: &[u8]) -> io::Result<()> {
+        self.write_file(urandom, seed)?;
+        self.record("reseed".to_owned())
+    }
+    fn set_clock(&self, now: UnixTime) -> io::Result<()> {
+        self.record(format!("set_clock {now}"))
     }
 }
 
