@@ -177,6 +177,7 @@ pub async fn start_with_clock(
     let agent = Agent::open_with_clock(cfg.core.clone(), hv, clock).await?;
     let rep = agent.reconcile(true).await?;
     tracing::info!(agent_id = agent.id(), report = ?rep, "first reconciliation done");
+    agent.drop_stale_templates().await;
     let identity = enrolled(&agent, &cfg).await?;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let counters = Arc::new(HttpCounters::default());

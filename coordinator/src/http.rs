@@ -87,6 +87,12 @@ fn boot_timings(boot: Option<&Value>, uptime: Option<f64>) -> Option<BootTimings
     if t.is_none() && uptime.is_none() {
         return None;
     }
+    // A clone restored from a template counts from its restore: its guest's uptime
+    // carries on from the template's (napalm-init's `restored_at_s`).
+    let origin = boot
+        .and_then(|b| b.get("restored_at_s"))
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
     let phases = t
         .and_then(|t| t.get("phases"))
         .and_then(Value::as_array)
@@ -97,7 +103,7 @@ fn boot_timings(boot: Option<&Value>, uptime: Option<f64>) -> Option<BootTimings
                     let end = p.get("end")?.as_f64()?;
                     Some(BootPhase {
                         name: p.get("name")?.as_str()?.chars().take(200).collect(),
-                        start: secs(start),
+                        start: secs(start - origin),
                         duration: secs(end - start),
                     })
                 })
@@ -110,8 +116,8 @@ fn boot_timings(boot: Option<&Value>, uptime: Option<f64>) -> Option<BootTimings
         to_init: t
             .and_then(|t| t.get("exec_init"))
             .and_then(Value::as_f64)
-            .and_then(secs),
-        to_registered: uptime.and_then(secs),
+            .and_then(|e| secs(e - origin)),
+        to_registered: uptime.and_then(|u| secs(u - origin)),
     })
 }
 
@@ -524,6 +530,19 @@ mod tests {
         );
         assert_eq!(t.to_registered.map(|d| d.seconds), Some(7));
         assert!(boot_timings(None, None).is_none());
+        // Restored from a template: counted from the restore, not the template's boot.
+        let restored = json!({"restored_at_s": 3.0, "template": true,
+            "timings": {"exec_init": 3.5, "phases": [{"name": "network", "start": 3.25, "end": 3.5}]}});
+        let t = boot_timings(Some(&restored), Some(4.25)).expect("timings");
+        assert_eq!(
+            t.to_init.map(|d| (d.seconds, d.nanos)),
+            Some((0, 500_000_000))
+        );
+        assert_eq!(
+            t.to_registered.map(|d| (d.seconds, d.nanos)),
+            Some((1, 250_000_000))
+        );
+        assert_eq!(t.phases[0].start.map(|d| d.nanos), Some(250_000_000));
         assert!(
             boot_timings(Some(&json!({"timings": {"exec_init": -1.0}})), None)
                 .is_some_and(|t| t.to_init.is_none())

@@ -65,6 +65,40 @@ impl Agent {
         }
     }
 
+    /// Destroys the template guests this agent left running (it stopped while making them:
+    /// their napalm-init would wait for an identity for ever); a template being made is
+    /// made again when a clone next needs it. Other agents' templates are theirs.
+    pub async fn drop_stale_templates(&self) {
+        let id = self.agent_id.clone();
+        let dropped = self
+            .call(move |h| {
+                let mut dropped = Vec::new();
+                for d in h.list()? {
+                    if !d.name.starts_with(xml::TEMPLATE_PREFIX) {
+                        continue;
+                    }
+                    let Some((_, x)) = h.find(&d.name)? else {
+                        continue;
+                    };
+                    if xml::template_owner(&x).as_deref() == Some(id.as_str()) {
+                        h.shutdown(&d.name, Duration::ZERO)?;
+                        dropped.push(d.name);
+                    }
+                }
+                Ok(dropped)
+            })
+            .await;
+        match dropped {
+            Ok(d) if !d.is_empty() => {
+                tracing::warn!(templates = ?d, "destroyed template guests left by an earlier run")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look for template guests left by an earlier run")
+            }
+        }
+    }
+
     async fn start_cold(&self, name: &str, why: &str) -> Result<String> {
         let n = name.to_owned();
         self.call(move |h| h.start(&n)).await?;
@@ -84,7 +118,7 @@ impl Agent {
         let _ = std::fs::remove_dir_all(&dir);
         crate::durable::create_dir(&dir)?;
         let console = dir.join("console.log");
-        let tpl_name = format!("napalm-tpl-{}", &key[..12]);
+        let tpl_name = format!("{}{}", xml::TEMPLATE_PREFIX, &key[..12]);
         let tpl = xml::template_xml(clone_xml, &tpl_name, &console, &self.agent_id)
             .map_err(|e| AgentError::Hypervisor(e.to_string()))?;
         let n = tpl_name.clone();

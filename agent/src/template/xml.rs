@@ -9,6 +9,8 @@ use thiserror::Error;
 
 use crate::policy::NAPALM_NS;
 
+/// How template guests are named: this, then the first 12 hex digits of their key.
+pub const TEMPLATE_PREFIX: &str = "napalm-tpl-";
 /// The kernel argument that makes napalm-init wait for its identity.
 pub const TEMPLATE_ARG: &str = "napalm.template";
 /// The fw_cfg file napalm-init reads its identity (a whole command line) from.
@@ -207,6 +209,14 @@ pub fn template_xml(
     Ok(apply(clone, edits))
 }
 
+/// The agent whose template a domain XML is (its `napalm:template` metadata), if any.
+pub fn template_owner(xml: &str) -> Option<String> {
+    let doc = roxmltree::Document::parse(xml).ok()?;
+    doc.descendants()
+        .find(|n| n.tag_name().namespace() == Some(NAPALM_NS) && n.tag_name().name() == "template")
+        .and_then(|n| n.attribute("agent").map(str::to_owned))
+}
+
 /// The key of a clone's template: its template XML without what is not the template's
 /// shape (name, command line, console file, agent), with each of the domain's files
 /// (`files`: path in the XML, content's blob id) named by its content: clones whose
@@ -313,6 +323,8 @@ mod tests {
                 && !t.contains("napalm:agent")
         );
         assert_eq!(crate::policy::owner_of(&t), None);
+        assert_eq!(template_owner(&t).as_deref(), Some("a1"));
+        assert_eq!(template_owner(CLONE), None);
     }
 
     #[test]

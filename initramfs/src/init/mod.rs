@@ -67,6 +67,9 @@ pub struct Boot<'a> {
     log: Vec<String>,
     /// Set when this boot was restored from a template (`napalm.template`).
     restored: Option<template::Restored>,
+    /// A restored boot's own command line (its identity less `napalm.seed=`), written to
+    /// `/run/napalm/cmdline`: the kernel's /proc/cmdline is its template's.
+    identity: Option<String>,
     /// The lines [`Boot::print`] put on the console (the tests read them).
     printed: Vec<String>,
 }
@@ -86,6 +89,7 @@ impl<'a> Boot<'a> {
             quiet: false,
             log: Vec::new(),
             restored: None,
+            identity: None,
             printed: Vec::new(),
         }
     }
@@ -451,14 +455,23 @@ impl<'a> Boot<'a> {
         let json = report::boot_json(root, assembled, net, &self.tm, &self.log, self.restored);
         // After switch_root the boot's root is the new root, its /run the one moved there.
         let dir = self.path("/run/napalm");
-        if self
-            .sys
-            .mkdir_all(&dir)
-            .and_then(|()| self.sys.write_file(&dir.join("boot.json"), json.as_bytes()))
-            .is_err()
-        {
+        let written = self.sys.mkdir_all(&dir).and_then(|()| {
+            self.sys
+                .write_file(&dir.join("boot.json"), json.as_bytes())?;
+            match &self.identity {
+                Some(c) => {
+                    let own = dir.join("cmdline");
+                    self.sys.write_file(&own, format!("{c}\n").as_bytes())?;
+                    // Over /proc/cmdline too (as LXCFS does over /proc/meminfo), so that
+                    // what reads the kernel's command line finds the clone's.
+                    self.sys.bind_mount(&own, &self.path("/proc/cmdline"))
+                }
+                None => Ok(()),
+            }
+        });
+        if written.is_err() {
             say(
-                "napalm: warning: could not write /run/napalm/boot.json (no /run in the new root?)",
+                "napalm: warning: could not write /run/napalm/boot.json or cmdline (no /run in the new root?)",
             );
         }
     }

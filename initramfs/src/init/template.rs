@@ -90,6 +90,14 @@ impl Boot<'_> {
             ready_at,
             restored_at,
         });
+        // /proc/cmdline stays the template's: the clone's own goes to /run/napalm/cmdline
+        // (without its seed, which is the CRNG's business only).
+        self.identity = Some(
+            text.split_whitespace()
+                .filter(|w| !w.starts_with("napalm.seed="))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
         let line = self
             .tm
             .record("template: waiting for the identity", ready_at, restored_at);

@@ -96,6 +96,18 @@ fn a_template_waits_for_its_identity_and_boots_as_that_clone() {
                 && l.contains("s (waited ")),
         "{printed:?}"
     );
+    // The clone's own command line, which /proc/cmdline (the template's) is not, less the
+    // seed.
+    let own = String::from_utf8(sys.written("/run/napalm/cmdline").expect("cmdline")).unwrap();
+    assert!(
+        own.starts_with("console=ttyS0 root=nfs:10.0.2.100:/srv/clone07:ro;tmpfs:rw"),
+        "{own:?}"
+    );
+    assert!(
+        own.contains("napalm.mac=52:54:00:00:00:07") && !own.contains("seed"),
+        "{own:?}"
+    );
+    at("bind /run/napalm/cmdline /proc/cmdline");
     let json = sys.written("/run/napalm/boot.json").expect("boot.json");
     let v: serde_json::Value = serde_json::from_str(&String::from_utf8(json).unwrap()).unwrap();
     assert_eq!(v["template"], true, "{v}");
@@ -217,6 +229,7 @@ fn a_normal_boot_never_touches_fw_cfg_and_ignores_identity_arguments() {
         let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(v["template"], false, "{v}");
         assert!(v.get("restored_at_s").is_none(), "{v}");
+        assert!(sys.written("/run/napalm/cmdline").is_none());
     }
 }
 

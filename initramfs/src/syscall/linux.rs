@@ -46,6 +46,11 @@ impl Syscall for LinuxSyscall {
         Ok(())
     }
 
+    fn bind_mount(&self, from: &Path, to: &Path) -> io::Result<()> {
+        rustix::mount::mount_bind(from, to)?;
+        Ok(())
+    }
+
     fn umount(&self, target: &Path) -> io::Result<()> {
         rustix::mount::unmount(target, rustix::mount::UnmountFlags::DETACH)?;
         Ok(())

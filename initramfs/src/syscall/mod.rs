@@ -44,6 +44,8 @@ pub trait Syscall {
     ) -> io::Result<()>;
     /// `mount(from, to, NULL, MS_MOVE, NULL)`.
     fn mount_move(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// `mount --bind from to` (a file onto a file, or a directory onto a directory).
+    fn bind_mount(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// `umount2(target, MNT_DETACH)`.
     fn umount(&self, target: &Path) -> io::Result<()>;
     /// `mkdir -p` with mode 0755.

@@ -112,6 +112,9 @@ impl Syscall for RecordingSyscall {
     fn mount_move(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.record(format!("move {} {}", self.p(from), self.p(to)))
     }
+    fn bind_mount(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.record(format!("bind {} {}", self.p(from), self.p(to)))
+    }
     fn umount(&self, target: &Path) -> io::Result<()> {
         self.record(format!("umount {}", self.p(target)))
     }

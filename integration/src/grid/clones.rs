@@ -146,8 +146,8 @@ impl Grid {
 
     /// Names of libvirt domains of this grid (none with [`Hypervisor::Test`]): those named
     /// with its prefix, and any other one its agents created (each keeps a directory per
-    /// domain in its state directory), so that a deployment named without the prefix does
-    /// not outlive the grid.
+    /// domain, and per template it makes, in its state directory), so that a deployment
+    /// named without the prefix, or a template guest being made, does not outlive the grid.
     pub fn domains(&self) -> Vec<String> {
         if self.hypervisor != Hypervisor::Qemu {
             return Vec::new();
@@ -156,6 +156,16 @@ impl Grid {
             .filter_map(|i| std::fs::read_dir(self.dir.join(format!("agent{i}/domains"))).ok())
             .flatten()
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            // A template guest an agent was making (`STATE/templates/KEY/`).
+            .chain(
+                (0..self.agent_hosts.len())
+                    .filter_map(|i| {
+                        std::fs::read_dir(self.dir.join(format!("agent{i}/templates"))).ok()
+                    })
+                    .flatten()
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter_map(|k| Some(format!("napalm-tpl-{}", k.get(..12)?))),
+            )
             .collect();
         String::from_utf8_lossy(&virsh(&["list", "--all", "--name"]).stdout)
             .lines()

@@ -84,6 +84,8 @@ fn clones_restored_from_one_template_each_come_up_as_themselves() {
                  echo addr=$(ip -4 -o addr show scope global 2>/dev/null | awk '{print $4}')\n\
                  echo now=$(date +%s)\n\
                  echo random=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n')\n\
+                 echo bootid=$(cat /proc/sys/kernel/random/boot_id)\n\
+                 echo own=$(cat /proc/cmdline)\n\
                  echo boot=$(cat /run/napalm/boot.json)",
                 Duration::from_secs(30),
             )
@@ -114,10 +116,16 @@ fn clones_restored_from_one_template_each_come_up_as_themselves() {
             boot["restored_at_s"].as_f64().is_some_and(|t| t > 0.0),
             "{boot}"
         );
-        randoms.push((name, field(&out, "random").to_owned()));
+        // Its own command line where its scripts look (the kernel's is the template's).
+        assert!(
+            field(&out, "own").contains(&format!(":{name}:")),
+            "{name}'s /proc/cmdline is not its own:\n{out}"
+        );
+        randoms.push((name.clone(), field(&out, "random").to_owned()));
+        randoms.push((format!("{name} boot_id"), field(&out, "bootid").to_owned()));
     }
     for (i, (a, ra)) in randoms.iter().enumerate() {
-        assert_eq!(ra.len(), 32, "{a}: {ra:?}");
+        assert!(ra.len() >= 32, "{a}: {ra:?}");
         for (b, rb) in &randoms[i + 1..] {
             assert_ne!(
                 ra, rb,
