@@ -118,14 +118,23 @@ impl Agent {
         let _ = std::fs::remove_dir_all(&dir);
         crate::durable::create_dir(&dir)?;
         let console = dir.join("console.log");
-        let tpl_name = format!("{}{}", xml::TEMPLATE_PREFIX, &key[..12]);
+        // With the agent's id: agents sharing a libvirtd (one per network namespace of a
+        // host) make their templates side by side.
+        let tpl_name = format!(
+            "{}{}-{}",
+            xml::TEMPLATE_PREFIX,
+            &self.agent_id[..self.agent_id.len().min(8)],
+            &key[..12]
+        );
         let tpl = xml::template_xml(clone_xml, &tpl_name, &console, &self.agent_id)
             .map_err(|e| AgentError::Hypervisor(e.to_string()))?;
-        let n = tpl_name.clone();
+        let (n, id) = (tpl_name.clone(), self.agent_id.clone());
         self.call(move |h| {
-            // One left by an agent that stopped while making it.
-            if h.summary(&n)?.is_some() {
-                h.shutdown(&n, Duration::ZERO)?;
+            // One this agent left when it stopped while making it.
+            if let Some((_, x)) = h.find(&n)? {
+                if xml::template_owner(&x).as_deref() == Some(id.as_str()) {
+                    h.shutdown(&n, Duration::ZERO)?;
+                }
             }
             h.create_transient(&tpl)
         })

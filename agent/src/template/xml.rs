@@ -9,7 +9,8 @@ use thiserror::Error;
 
 use crate::policy::NAPALM_NS;
 
-/// How template guests are named: this, then the first 12 hex digits of their key.
+/// How template guests are named: this, the agent's id (8 characters), `-` and the first
+/// 12 hex digits of their key.
 pub const TEMPLATE_PREFIX: &str = "napalm-tpl-";
 /// The kernel argument that makes napalm-init wait for its identity.
 pub const TEMPLATE_ARG: &str = "napalm.template";

@@ -11,6 +11,11 @@
 //! them before the deploy and gives back at the end (`--guest-hugepages`; README "Clones'
 //! RAM from a huge page pool"). Not by default: on this machine touching the pool costs
 //! more than the one deploy it serves saves (it pays off on a host that keeps its pool).
+//!
+//! Clones start from their agent's template (`--boot-from-template true`; README "Clones
+//! started from a template"): each agent boots one guest of the clones' shape, saves it
+//! once napalm-init waits for its identity, and starts each clone by restoring it.
+//! `--cold`: every clone boots its kernel, as without templates.
 
 use std::io::Write;
 use std::process::Stdio;
@@ -24,6 +29,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let keep = args.iter().any(|a| a == "--keep");
     let hugepages = args.iter().any(|a| a == "--hugepages");
+    let cold = args.iter().any(|a| a == "--cold");
     let count = args
         .iter()
         .position(|a| a == "--count")
@@ -86,8 +92,15 @@ fn main() -> Result<()> {
     } else {
         None
     };
+    let mut coordinator_args = defaults.coordinator_args.clone();
+    if !cold {
+        coordinator_args.extend(["--boot-from-template".to_owned(), "true".to_owned()]);
+    }
     let opts = GridOptions {
+        // `NAPALM_KEEP_GRID`: the grid's directory (logs, agents' state) stays.
+        keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
         hugepage_pool,
+        coordinator_args,
         trust_cert_ttl: Some(Duration::from_secs(24 * 3600)),
         module_signatures,
         register_over_https: true,

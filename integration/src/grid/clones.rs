@@ -156,21 +156,17 @@ impl Grid {
             .filter_map(|i| std::fs::read_dir(self.dir.join(format!("agent{i}/domains"))).ok())
             .flatten()
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            // A template guest an agent was making (`STATE/templates/KEY/`).
-            .chain(
-                (0..self.agent_hosts.len())
-                    .filter_map(|i| {
-                        std::fs::read_dir(self.dir.join(format!("agent{i}/templates"))).ok()
-                    })
-                    .flatten()
-                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                    .filter_map(|k| Some(format!("napalm-tpl-{}", k.get(..12)?))),
-            )
             .collect();
+        let dir = self.dir.to_string_lossy().into_owned();
+        // A template guest one of its agents was making: its console is in the grid.
+        let ours = |n: &str| {
+            n.starts_with("napalm-tpl-")
+                && String::from_utf8_lossy(&virsh(&["dumpxml", n]).stdout).contains(&dir)
+        };
         String::from_utf8_lossy(&virsh(&["list", "--all", "--name"]).stdout)
             .lines()
             .map(str::trim)
-            .filter(|n| n.starts_with(&self.domain_prefix) || recorded.contains(*n))
+            .filter(|n| n.starts_with(&self.domain_prefix) || recorded.contains(*n) || ours(n))
             .map(str::to_owned)
             .collect()
     }

@@ -1,7 +1,7 @@
 //! Clones started from their agent's template (`napalm-coordinator --boot-from-template
-//! true`): real QEMU (TCG) clones on one agent, which boots one template guest for their
-//! shape, saves it while napalm-init waits, and starts each clone by restoring it with the
-//! clone's own command line in QEMU's fw_cfg. Each must come up as itself: its own MAC,
+//! true`): real QEMU (TCG) clones on two agents sharing this host's libvirtd; each boots
+//! one template guest for their shape, saves it while napalm-init waits, and starts each
+//! of its clones by restoring it with the clone's own command line in QEMU's fw_cfg. Each must come up as itself: its own MAC,
 //! name and address, the host's time, and random numbers of its own.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,8 +34,9 @@ fn field<'a>(out: &'a str, tag: &str) -> &'a str {
 
 #[test]
 fn clones_restored_from_one_template_each_come_up_as_themselves() {
+    // Two agents on this host's one libvirtd, as in the demo: each makes its own template.
     let opts = GridOptions {
-        agents: 1,
+        agents: 2,
         keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
         coordinator_args: vec!["--boot-from-template".into(), "true".into()],
         ..Default::default()
@@ -44,20 +45,29 @@ fn clones_restored_from_one_template_each_come_up_as_themselves() {
     // All three register (deploy_with fails the test otherwise).
     deploy_with(&g, "gridt", 3, "128M");
 
-    // One template for the three: one image in the agent's templates.
-    let templates = g.dir.join("agent0/templates");
-    let images: Vec<_> = std::fs::read_dir(&templates)
-        .unwrap_or_else(|e| panic!("{}: {e}", templates.display()))
-        .flatten()
-        .filter(|e| e.path().join("image").is_file())
-        .map(|e| e.file_name())
-        .collect();
-    assert_eq!(
-        images.len(),
-        1,
-        "template images in {}: {images:?}",
-        templates.display()
-    );
+    // One template per agent for the clones it runs: one image in each agent's templates.
+    let clones: Vec<Value> = g.clones("gridt").expect("napalmctl clones");
+    assert_eq!(clones.len(), 3, "{clones:?}");
+    for i in 0..2 {
+        let id = std::fs::read_to_string(g.dir.join(format!("agent{i}/agent-id")))
+            .expect("the agent's id");
+        let runs = clones.iter().filter(|c| c["agent"] == id.trim()).count();
+        let templates = g.dir.join(format!("agent{i}/templates"));
+        let images: Vec<_> = std::fs::read_dir(&templates)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().join("image").is_file())
+                    .map(|e| e.file_name())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            images.len(),
+            usize::from(runs > 0),
+            "agent{i} runs {runs} clones; template images in {}: {images:?}",
+            templates.display()
+        );
+    }
     // The template's guest is gone once saved: only the clones run.
     let running = g.domains();
     assert!(
@@ -65,8 +75,6 @@ fn clones_restored_from_one_template_each_come_up_as_themselves() {
         "{running:?}"
     );
 
-    let clones: Vec<Value> = g.clones("gridt").expect("napalmctl clones");
-    assert_eq!(clones.len(), 3, "{clones:?}");
     let mut randoms = Vec::new();
     for c in &clones {
         let name = c["clone"].as_str().expect("a clone has a name").to_owned();
