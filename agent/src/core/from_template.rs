@@ -234,8 +234,14 @@ impl Agent {
         let n = record.name.clone();
         let state = self.call(move |h| h.state(&n)).await?;
         if !state.is_some_and(|s| s.is_active()) {
+            // The image itself is suspect (a QEMU upgraded since it was saved cannot load
+            // it): the next clone of this shape makes a new one.
+            if let Some(dir) = image.path.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
             return Err(AgentError::Hypervisor(format!(
-                "QEMU stopped after loading the template's state (libvirt's log of the domain says why); state {state:?}"
+                "QEMU stopped after loading the template's state (libvirt's log of the domain \
+                 says why; the template is dropped); state {state:?}"
             )));
         }
         Ok(sent)

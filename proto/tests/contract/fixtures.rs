@@ -156,6 +156,7 @@ pub fn create_domain_request() -> CreateDomainRequest {
             size_bytes: 4 << 30,
             label: s("napalm-scratch0"),
         }],
+        boot_from_template: true,
     }
 }
 pub fn domain() -> Domain {
