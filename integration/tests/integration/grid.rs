@@ -291,7 +291,7 @@ fn ctl_json(g: &Grid, args: &[&str]) -> Value {
 /// Registry against reality: exactly `n` clones of `dep`, all registered; each domain owned
 /// by exactly the agent the registry names (asked through every agent's REST API); exactly
 /// `n` domains of `dep` in libvirt, all running.
-fn assert_exactly(g: &Grid, dep: &str, n: usize) {
+pub(crate) fn assert_exactly(g: &Grid, dep: &str, n: usize) {
     let clones = g.clones(dep).expect("clones");
     assert_eq!(clones.len(), n, "{dep}: {clones:?}");
     for c in &clones {
@@ -361,7 +361,7 @@ fn deploy_until(g: &Grid, name: &str, count: &str, phases: &[&str]) -> std::proc
 
 /// Waits until `dep` has exactly `n` clones, all registered, and libvirt `n` domains of
 /// it; the caller then asserts the rest with [`assert_exactly`].
-fn converged(g: &Grid, dep: &str, n: usize, within: Duration) {
+pub(crate) fn converged(g: &Grid, dep: &str, n: usize, within: Duration) {
     let done = napalm_integration::proc::wait_for(within, || {
         let cs = g.clones(dep).ok()?;
         let domains = g
@@ -380,7 +380,7 @@ fn converged(g: &Grid, dep: &str, n: usize, within: Duration) {
     );
 }
 
-fn finish(mut child: std::process::Child, within: Duration) {
+pub(crate) fn finish(mut child: std::process::Child, within: Duration) {
     let t = Instant::now();
     while t.elapsed() < within {
         if let Ok(Some(_)) = child.try_wait() {

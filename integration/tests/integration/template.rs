@@ -147,3 +147,71 @@ fn clones_restored_from_one_template_each_come_up_as_themselves() {
         }
     }
 }
+
+fn virsh(args: &[&str]) -> String {
+    let out = std::process::Command::new("virsh")
+        .args(["-c", "qemu:///system"])
+        .args(args)
+        .output()
+        .expect("virsh");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Names of the running template guests of `g`'s agents (their consoles are in its
+/// directory; other tests' grids may make theirs meanwhile).
+fn template_guests(g: &Grid) -> Vec<String> {
+    let dir = g.dir.to_string_lossy().into_owned();
+    virsh(&["list", "--name"])
+        .lines()
+        .map(str::trim)
+        .filter(|n| n.starts_with("napalm-tpl-") && virsh(&["dumpxml", n]).contains(&dir))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn an_agent_killed_while_it_makes_a_template_leaves_no_guest_and_its_clones_come_up() {
+    use std::process::Stdio;
+    let opts = GridOptions {
+        agents: 1,
+        keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
+        coordinator_args: vec!["--boot-from-template".into(), "true".into()],
+        ..Default::default()
+    };
+    let mut g = Grid::start(opts, "gridu").expect("starting the grid");
+    let child = g
+        .napalmctl_command()
+        .expect("napalmctl")
+        .args(["deploy", "--hypervisor", "qemu", "--memory", "128M"])
+        .args(["--name", "gridu", "--count", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning napalmctl deploy");
+    // The agent is making the template: its guest runs, napalm-init not yet waiting.
+    let guest = napalm_integration::proc::wait_for(Duration::from_secs(120), || {
+        template_guests(&g).into_iter().next()
+    })
+    .unwrap_or_else(|| panic!("no template guest started; logs in {}", g.dir.display()));
+    g.kill_agent(0);
+    // libvirtd keeps it running: nobody else would ever stop it.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        template_guests(&g).contains(&guest),
+        "{guest} went with its agent"
+    );
+    g.start_agent(0).expect("agent back");
+    let gone = napalm_integration::proc::wait_for(Duration::from_secs(60), || {
+        (!template_guests(&g).contains(&guest)).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the restarted agent left its template guest {guest} running; logs in {}",
+        g.dir.display()
+    );
+    crate::grid::finish(child, Duration::from_secs(300));
+    // No second deploy: the coordinator's loop brings both clones up.
+    crate::grid::converged(&g, "gridu", 2, Duration::from_secs(180));
+    crate::grid::assert_exactly(&g, "gridu", 2);
+    assert!(template_guests(&g).is_empty(), "{:?}", template_guests(&g));
+}
