@@ -334,12 +334,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_reader_polls_the_count_and_reads_the_file_once_it_appears() {
+    /// A QEMU fw_cfg whose directory lists `files`.
+    fn qemu_with(files: &[(&[u8], u32, u16)]) -> FakeFwCfg {
         let mut dev = FakeFwCfg::default();
         dev.items.insert(SIGNATURE_KEY, b"QEMU".to_vec());
-        dev.items
-            .insert(DIRECTORY_KEY, dir(&[(b"bootorder", 0, 0x20)]));
+        dev.items.insert(DIRECTORY_KEY, dir(files));
+        dev
+    }
+
+    #[test]
+    fn the_reader_polls_the_count_and_reads_the_file_once_it_appears() {
+        let mut dev = qemu_with(&[(b"bootorder", 0, 0x20)]);
         let mut r = Reader::new(&mut dev);
         assert_eq!(r.file(IDENTITY_FILE).unwrap(), None);
         assert_eq!(r.file(IDENTITY_FILE).unwrap(), None);
@@ -361,10 +366,7 @@ mod tests {
 
     #[test]
     fn the_reader_rescans_a_directory_of_unchanged_count_now_and_then() {
-        let mut dev = FakeFwCfg::default();
-        dev.items.insert(SIGNATURE_KEY, b"QEMU".to_vec());
-        dev.items
-            .insert(DIRECTORY_KEY, dir(&[(b"bootorder", 0, 0x20)]));
+        let mut dev = qemu_with(&[(b"bootorder", 0, 0x20)]);
         let mut r = Reader::new(&mut dev);
         assert_eq!(r.file(IDENTITY_FILE).unwrap(), None);
         r.ports
@@ -379,10 +381,7 @@ mod tests {
 
     #[test]
     fn a_directory_read_across_a_restore_is_read_again() {
-        let mut dev = FakeFwCfg::default();
-        dev.items.insert(SIGNATURE_KEY, b"QEMU".to_vec());
-        dev.items
-            .insert(DIRECTORY_KEY, dir(&[(b"bootorder", 0, 0x20)]));
+        let mut dev = qemu_with(&[(b"bootorder", 0, 0x20)]);
         dev.items.insert(0x21, b"root=x".to_vec());
         // Restored 10 bytes into the first whole read of the directory: its count and
         // the first entry's size and key are the template's, the name the clone's.

@@ -80,7 +80,8 @@ pub fn parse<'a>(field: &str, xml: &'a str) -> Result<roxmltree::Document<'a>> {
         .map_err(|e| AgentError::invalid(field, format!("malformed XML: {e}")))
 }
 
-fn escape(s: &str) -> String {
+/// `s` escaped for XML text and attribute values.
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -7,7 +7,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::policy::NAPALM_NS;
+use crate::policy::{escape as esc, NAPALM_NS};
 
 /// How template guests are named: this, the agent's id (8 characters), `-` and the first
 /// 12 hex digits of their key.
@@ -140,14 +140,6 @@ fn parts(xml: &str) -> Result<Parts, Unsuitable> {
         domain_open_end,
         domain_close,
     })
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('\'', "&apos;")
-        .replace('"', "&quot;")
 }
 
 /// Applies `edits` (ranges of `xml`, none overlapping) back to front.

@@ -13,11 +13,7 @@ use crate::bench::deploy_with;
 
 /// The MAC libvirt gave domain `name`'s NIC.
 fn libvirt_mac(name: &str) -> String {
-    let out = std::process::Command::new("virsh")
-        .args(["-c", "qemu:///system", "domiflist", name])
-        .output()
-        .expect("virsh domiflist");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = virsh(&["domiflist", name]);
     text.split_whitespace()
         .find(|w| w.len() == 17 && w.matches(':').count() == 5)
         .unwrap_or_else(|| panic!("no MAC in virsh domiflist {name}:\n{text}"))
