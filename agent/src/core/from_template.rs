@@ -145,6 +145,15 @@ impl Agent {
             if template::ready(&console) {
                 break Ok(());
             }
+            // A napalm-init that does not know napalm.template boots on as the clone
+            // whose command line the template has: stop it at once.
+            if template::booted_on(&console) {
+                break Err(format!(
+                    "its napalm-init went on to /sbin/init instead of waiting for an identity \
+                     (an initramfs whose napalm-init predates napalm.template); its console ends: {}",
+                    template::tail(&console, 600)
+                ));
+            }
             let n = tpl_name.clone();
             let running = self
                 .call(move |h| h.state(&n))
@@ -158,8 +167,7 @@ impl Agent {
             }
             if t.elapsed() > TEMPLATE_BOOT {
                 break Err(format!(
-                    "napalm-init did not wait for an identity within {}s (an initramfs whose \
-                     napalm-init predates napalm.template?); its console ends: {}",
+                    "napalm-init did not wait for an identity within {}s; its console ends: {}",
                     TEMPLATE_BOOT.as_secs(),
                     template::tail(&console, 600)
                 ));

@@ -111,14 +111,25 @@ impl Templates {
     }
 }
 
+/// The line napalm-init prints (even when quiet) as it hands over to the root's init.
+pub const HANDOVER: &str = "transferring control to";
+
+/// Whether `console` (a template's console log) has `line`.
+fn says(console: &Path, line: &str) -> bool {
+    std::fs::read(console)
+        .map(|b| b.windows(line.len()).any(|w| w == line.as_bytes()))
+        .unwrap_or(false)
+}
+
 /// Whether `console` (a template's console log) shows napalm-init waiting.
 pub fn ready(console: &Path) -> bool {
-    std::fs::read(console)
-        .map(|b| {
-            b.windows(READY_LINE.len())
-                .any(|w| w == READY_LINE.as_bytes())
-        })
-        .unwrap_or(false)
+    says(console, READY_LINE)
+}
+
+/// Whether `console` shows napalm-init handing over to /sbin/init: one that does not
+/// know `napalm.template` and boots on.
+pub fn booted_on(console: &Path) -> bool {
+    says(console, HANDOVER)
 }
 
 /// The last `n` bytes of a console log, for errors.
@@ -172,6 +183,21 @@ pub fn stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_console_tells_a_waiting_napalm_init_from_one_that_booted_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = dir.path().join("console.log");
+        assert!(!ready(&c) && !booted_on(&c));
+        std::fs::write(&c, "[ 0.9] x\r\nnapalm-init: template ready\r\n").unwrap();
+        assert!(ready(&c) && !booted_on(&c));
+        std::fs::write(
+            &c,
+            "napalm: initramfs took 0.6s (kernel 1.0s); transferring control to /sbin/init ...",
+        )
+        .unwrap();
+        assert!(!ready(&c) && booted_on(&c));
+    }
 
     #[test]
     fn the_least_recently_used_images_go_first_and_never_the_one_in_use() {
