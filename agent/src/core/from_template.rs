@@ -256,17 +256,19 @@ impl Agent {
     }
 }
 
-/// Writes the identity QEMU puts in fw_cfg, readable by QEMU's user (libvirt does not
-/// relabel fw_cfg files); the directory lets nobody else list it.
+/// Writes the identity QEMU puts in fw_cfg, readable by QEMU's user whatever the agent's
+/// umask; the directory lets nobody else list it, and it is removed once QEMU started.
 fn write_identity(path: &std::path::Path, identity: &str) -> Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::PermissionsExt;
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
         .open(path)
-        .and_then(|mut f| f.write_all(identity.as_bytes()))
+        .and_then(|mut f| {
+            f.write_all(identity.as_bytes())?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o644))
+        })
         .map_err(|e| AgentError::io(path, e))
 }
 
