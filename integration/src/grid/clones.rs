@@ -146,8 +146,9 @@ impl Grid {
 
     /// Names of libvirt domains of this grid (none with [`Hypervisor::Test`]): those named
     /// with its prefix, and any other one its agents created (each keeps a directory per
-    /// domain, and per template it makes, in its state directory), so that a deployment
-    /// named without the prefix, or a template guest being made, does not outlive the grid.
+    /// domain in its state directory), and any template guest whose console is in the
+    /// grid's directory, so that a deployment named without the prefix, or a template guest
+    /// being made, does not outlive the grid.
     pub fn domains(&self) -> Vec<String> {
         if self.hypervisor != Hypervisor::Qemu {
             return Vec::new();
