@@ -207,9 +207,9 @@ impl BootConfig {
                         _ => return Err(bad("expected napalm.onfail=shell|halt|reboot")),
                     }
                 }
-                ("napalm.template", None) | ("napalm.template", Some("1")) => cfg.template = true,
-                ("napalm.template", Some("0")) => cfg.template = false,
-                ("napalm.template", Some(_)) => {
+                (identity::TEMPLATE_ARG, None | Some("1")) => cfg.template = true,
+                (identity::TEMPLATE_ARG, Some("0")) => cfg.template = false,
+                (identity::TEMPLATE_ARG, Some(_)) => {
                     return Err(bad("expected napalm.template, napalm.template=1 or =0"))
                 }
                 ("napalm.mac", Some(v)) => {

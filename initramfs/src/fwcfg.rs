@@ -21,8 +21,7 @@ pub const SIGNATURE_KEY: u16 = 0x0000;
 pub const DIRECTORY_KEY: u16 = 0x0019;
 /// What the signature item starts with on QEMU.
 pub const SIGNATURE: &[u8; 4] = b"QEMU";
-/// The file that carries a restored clone's kernel command line (its identity).
-pub const IDENTITY_FILE: &str = "opt/napalm/cmdline";
+pub use crate::identity::IDENTITY_FILE;
 /// Bytes of one directory entry.
 pub const ENTRY_LEN: usize = 64;
 /// Bytes of an entry's name field.
@@ -82,7 +81,7 @@ pub enum FwCfgError {
 /// after them are ignored.
 pub fn parse_dir(bytes: &[u8]) -> Result<Vec<FileEntry>, FwCfgError> {
     let count = match bytes.get(..4) {
-        Some(c) => u32::from_be_bytes([c[0], c[1], c[2], c[3]]),
+        Some(c) => be_u32(c),
         None => {
             return Err(FwCfgError::Truncated {
                 count: 0,
@@ -103,6 +102,11 @@ pub fn parse_dir(bytes: &[u8]) -> Result<Vec<FileEntry>, FwCfgError> {
     Ok(entries.chunks_exact(ENTRY_LEN).map(entry).collect())
 }
 
+/// The big-endian `u32` `b` starts with (at least 4 bytes).
+fn be_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
 /// The bytes a directory of `count` files takes, its count included.
 pub fn dir_len(count: u32) -> usize {
     4 + count as usize * ENTRY_LEN
@@ -114,7 +118,7 @@ fn entry(e: &[u8]) -> FileEntry {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
     FileEntry {
         name: raw[..end].to_vec(),
-        size: u32::from_be_bytes([e[0], e[1], e[2], e[3]]),
+        size: be_u32(e),
         select: u16::from_be_bytes([e[4], e[5]]),
     }
 }
@@ -168,8 +172,7 @@ impl<P: Ports> Reader<P> {
     fn directory(&mut self) -> Result<Option<Vec<u8>>, FwCfgError> {
         let mut reads = Vec::with_capacity(2);
         for _ in 0..2 {
-            let head = self.item(DIRECTORY_KEY, 4);
-            let count = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+            let count = be_u32(&self.item(DIRECTORY_KEY, 4));
             if count > MAX_FILES {
                 return Err(FwCfgError::TooMany(count));
             }
@@ -188,8 +191,7 @@ impl<P: Ports> Reader<P> {
             }
             self.checked = true;
         }
-        let head = self.item(DIRECTORY_KEY, 4);
-        let count = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        let count = be_u32(&self.item(DIRECTORY_KEY, 4));
         if let Some((c, calls)) = &mut self.last {
             *calls += 1;
             if *c == count && *calls < RESCAN_EVERY {
@@ -200,7 +202,7 @@ impl<P: Ports> Reader<P> {
             return Ok(None);
         };
         let found = find(&dir, name)?;
-        let read_count = u32::from_be_bytes([dir[0], dir[1], dir[2], dir[3]]);
+        let read_count = be_u32(&dir);
         let Some(f) = found else {
             self.last = Some((read_count, 0));
             return Ok(None);

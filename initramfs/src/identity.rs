@@ -6,6 +6,18 @@
 
 use std::fmt;
 
+/// The kernel argument that makes a boot a template: napalm-init loads its modules, says
+/// [`TEMPLATE_READY`] and waits for [`IDENTITY_FILE`].
+pub const TEMPLATE_ARG: &str = "napalm.template";
+/// The QEMU fw_cfg file that carries a restored clone's kernel command line (its identity).
+pub const IDENTITY_FILE: &str = "opt/napalm/cmdline";
+/// The console line a template prints (even when quiet) once it waits: the host saves it
+/// then.
+pub const TEMPLATE_READY: &str = "napalm-init: template ready";
+/// The words of napalm-init's last console line (even when quiet), as it hands over to the
+/// root's init: a template that prints them did not wait.
+pub const HANDOVER: &str = "transferring control to";
+
 /// A wall-clock time: seconds and nanoseconds since the Unix epoch (`napalm.now=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct UnixTime {
@@ -39,11 +51,6 @@ impl UnixTime {
             .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
         Ok(UnixTime { secs, nanos })
     }
-
-    /// Seconds as a float (microsecond-exact for today's dates).
-    pub fn as_f64(self) -> f64 {
-        self.secs as f64 + f64::from(self.nanos) / 1e9
-    }
 }
 
 impl fmt::Display for UnixTime {
@@ -52,21 +59,25 @@ impl fmt::Display for UnixTime {
     }
 }
 
-/// Parses a unicast Ethernet address, six two-digit hex groups (`52:54:00:12:34:56`).
-pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let bad = |why: &str| format!("expected a unicast MAC like 52:54:00:12:34:56, got {s:?}{why}");
+/// An Ethernet address, six two-digit hex groups (`52:54:00:12:34:56`, as sysfs shows
+/// them); `None` when `s` is not one.
+pub fn ethernet_address(s: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = s.split(':');
     for b in mac.iter_mut() {
-        let p = parts.next().ok_or_else(|| bad(""))?;
+        let p = parts.next()?;
         if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
-            return Err(bad(""));
+            return None;
         }
-        *b = u8::from_str_radix(p, 16).map_err(|_| bad(""))?;
+        *b = u8::from_str_radix(p, 16).ok()?;
     }
-    if parts.next().is_some() {
-        return Err(bad(""));
-    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// Parses a unicast Ethernet address ([`ethernet_address`], not multicast, not zero).
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bad = |why: &str| format!("expected a unicast MAC like 52:54:00:12:34:56, got {s:?}{why}");
+    let mac = ethernet_address(s).ok_or_else(|| bad(""))?;
     if mac[0] & 1 == 1 {
         return Err(bad(" (a multicast address)"));
     }
@@ -110,7 +121,6 @@ mod tests {
             assert_eq!(UnixTime::parse(s), Ok(UnixTime { secs, nanos }), "{s}");
         }
         assert_eq!(UnixTime::parse("5.5").unwrap().to_string(), "5.500000000");
-        assert_eq!(UnixTime::parse("5.5").unwrap().as_f64(), 5.5);
         for bad in [
             "",
             ".5",

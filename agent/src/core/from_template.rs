@@ -142,17 +142,16 @@ impl Agent {
         let t = Instant::now();
         let waited = loop {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            if template::ready(&console) {
-                break Ok(());
-            }
-            // A napalm-init that does not know napalm.template boots on as the clone
-            // whose command line the template has: stop it at once.
-            if template::booted_on(&console) {
-                break Err(format!(
+            match template::console(&console) {
+                template::Console::Waiting => break Ok(()),
+                // A napalm-init that does not know napalm.template boots on as the clone
+                // whose command line the template has: stop it at once.
+                template::Console::BootedOn => break Err(format!(
                     "its napalm-init went on to /sbin/init instead of waiting for an identity \
                      (an initramfs whose napalm-init predates napalm.template); its console ends: {}",
                     template::tail(&console, 600)
-                ));
+                )),
+                template::Console::Booting => {}
             }
             let n = tpl_name.clone();
             let running = self

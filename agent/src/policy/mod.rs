@@ -377,11 +377,7 @@ pub fn check(
         .rfind("</")
         .ok_or_else(|| AgentError::invalid("config.xml", "<domain> has no content"))?;
     out.insert_str(close, &format!("<metadata>{metadata}</metadata>"));
-    let mut edits = walk.edits;
-    edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
-    for (r, v) in edits {
-        out.replace_range(r, &v);
-    }
+    let out = apply_edits(&out, walk.edits);
     Ok(CheckedConfig {
         name,
         libvirt_xml: out,
@@ -432,10 +428,26 @@ pub fn metadata_element(agent_id: &str) -> String {
 
 /// The agent id in a libvirt domain XML's napalm metadata, if any.
 pub fn owner_of(libvirt_xml: &str) -> Option<String> {
-    let doc = roxmltree::Document::parse(libvirt_xml).ok()?;
+    napalm_attribute(libvirt_xml, "agent", "id")
+}
+
+/// Attribute `attribute` of the first napalm metadata element `element` in a domain XML.
+pub(crate) fn napalm_attribute(xml: &str, element: &str, attribute: &str) -> Option<String> {
+    let doc = roxmltree::Document::parse(xml).ok()?;
     doc.descendants()
-        .find(|n| n.tag_name().namespace() == Some(NAPALM_NS) && n.tag_name().name() == "agent")
-        .and_then(|n| n.attribute("id").map(str::to_owned))
+        .find(|n| n.tag_name().namespace() == Some(NAPALM_NS) && n.tag_name().name() == element)
+        .and_then(|n| n.attribute(attribute).map(str::to_owned))
+}
+
+/// `xml` with each range of `edits` (none overlapping) replaced by its text, applied back
+/// to front so the earlier ranges stay valid.
+pub(crate) fn apply_edits(xml: &str, mut edits: Vec<(Range<usize>, String)>) -> String {
+    edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
+    let mut out = xml.to_owned();
+    for (r, v) in edits {
+        out.replace_range(r, &v);
+    }
+    out
 }
 
 #[cfg(test)]

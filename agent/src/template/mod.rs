@@ -21,11 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use image::{Image, ImageError};
+pub use napalm_initramfs::identity::{HANDOVER, TEMPLATE_READY};
 
 /// Template images kept per agent.
 pub const KEPT: usize = 8;
-/// The line napalm-init prints when it waits for its identity.
-pub const READY_LINE: &str = "napalm-init: template ready";
 
 /// The templates of one agent: their directory and who is making which.
 pub struct Templates {
@@ -111,25 +110,29 @@ impl Templates {
     }
 }
 
-/// The line napalm-init prints (even when quiet) as it hands over to the root's init.
-pub const HANDOVER: &str = "transferring control to";
-
-/// Whether `console` (a template's console log) has `line`.
-fn says(console: &Path, line: &str) -> bool {
-    std::fs::read(console)
-        .map(|b| b.windows(line.len()).any(|w| w == line.as_bytes()))
-        .unwrap_or(false)
+/// Where a template's guest is, by its console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Console {
+    /// Neither line below yet.
+    Booting,
+    /// napalm-init waits for its identity ([`TEMPLATE_READY`]).
+    Waiting,
+    /// napalm-init handed over to /sbin/init ([`HANDOVER`]): one that does not know
+    /// `napalm.template` and boots on.
+    BootedOn,
 }
 
-/// Whether `console` (a template's console log) shows napalm-init waiting.
-pub fn ready(console: &Path) -> bool {
-    says(console, READY_LINE)
-}
-
-/// Whether `console` shows napalm-init handing over to /sbin/init: one that does not
-/// know `napalm.template` and boots on.
-pub fn booted_on(console: &Path) -> bool {
-    says(console, HANDOVER)
+/// What the console log `console` of a template's guest shows (read once).
+pub fn console(console: &Path) -> Console {
+    let b = std::fs::read(console).unwrap_or_default();
+    let says = |line: &str| b.windows(line.len()).any(|w| w == line.as_bytes());
+    if says(TEMPLATE_READY) {
+        Console::Waiting
+    } else if says(HANDOVER) {
+        Console::BootedOn
+    } else {
+        Console::Booting
+    }
 }
 
 /// The last `n` bytes of a console log, for errors.
@@ -188,15 +191,15 @@ mod tests {
     fn the_console_tells_a_waiting_napalm_init_from_one_that_booted_on() {
         let dir = tempfile::tempdir().unwrap();
         let c = dir.path().join("console.log");
-        assert!(!ready(&c) && !booted_on(&c));
+        assert_eq!(console(&c), Console::Booting);
         std::fs::write(&c, "[ 0.9] x\r\nnapalm-init: template ready\r\n").unwrap();
-        assert!(ready(&c) && !booted_on(&c));
+        assert_eq!(console(&c), Console::Waiting);
         std::fs::write(
             &c,
             "napalm: initramfs took 0.6s (kernel 1.0s); transferring control to /sbin/init ...",
         )
         .unwrap();
-        assert!(!ready(&c) && booted_on(&c));
+        assert_eq!(console(&c), Console::BootedOn);
     }
 
     #[test]

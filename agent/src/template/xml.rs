@@ -7,15 +7,13 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::policy::{escape as esc, NAPALM_NS};
+pub use napalm_initramfs::identity::{IDENTITY_FILE, TEMPLATE_ARG};
+
+use crate::policy::{apply_edits, escape as esc, NAPALM_NS};
 
 /// How template guests are named: this, the agent's id (8 characters), `-` and the first
 /// 12 hex digits of their key.
 pub const TEMPLATE_PREFIX: &str = "napalm-tpl-";
-/// The kernel argument that makes napalm-init wait for its identity.
-pub const TEMPLATE_ARG: &str = "napalm.template";
-/// The fw_cfg file napalm-init reads its identity (a whole command line) from.
-pub const IDENTITY_FILE: &str = "opt/napalm/cmdline";
 /// The MAC every template's NIC has: a template never sends (napalm-init waits before the
 /// network), and each clone sets its own as it resumes (`napalm.mac=`).
 pub const TEMPLATE_MAC: &str = "52:54:00:00:00:00";
@@ -142,16 +140,6 @@ fn parts(xml: &str) -> Result<Parts, Unsuitable> {
     })
 }
 
-/// Applies `edits` (ranges of `xml`, none overlapping) back to front.
-fn apply(xml: &str, mut edits: Vec<(Range<usize>, String)>) -> String {
-    edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
-    let mut out = xml.to_owned();
-    for (r, v) in edits {
-        out.replace_range(r, &v);
-    }
-    out
-}
-
 /// The template domain of a clone's libvirt XML: named `name`, no UUID, its command line
 /// with [`TEMPLATE_ARG`] added, the NIC at [`TEMPLATE_MAC`] without address filters or the
 /// host-side name the agent gave the clone's port (`<target dev>`, per clone), its console
@@ -199,15 +187,12 @@ pub fn template_xml(
             ),
         ));
     }
-    Ok(apply(clone, edits))
+    Ok(apply_edits(clone, edits))
 }
 
 /// The agent whose template a domain XML is (its `napalm:template` metadata), if any.
 pub fn template_owner(xml: &str) -> Option<String> {
-    let doc = roxmltree::Document::parse(xml).ok()?;
-    doc.descendants()
-        .find(|n| n.tag_name().namespace() == Some(NAPALM_NS) && n.tag_name().name() == "template")
-        .and_then(|n| n.attribute("agent").map(str::to_owned))
+    crate::policy::napalm_attribute(xml, "template", "agent")
 }
 
 /// The key of a clone's template: its template XML without what is not the template's
@@ -217,7 +202,7 @@ pub fn template_owner(xml: &str) -> Option<String> {
 /// because until the wait napalm-init reads only which modules it needs from it.
 pub fn template_key(clone: &str, files: &[(String, String)]) -> Result<String, Unsuitable> {
     let p = parts(clone)?;
-    let mut shape = apply(clone, vec![(p.cmdline.clone(), String::new())]);
+    let mut shape = apply_edits(clone, vec![(p.cmdline.clone(), String::new())]);
     shape = template_xml(&shape, "", Path::new(""), "")?;
     for (path, blob) in files {
         shape = shape.replace(&esc(path), &format!("blob:{blob}"));
@@ -239,7 +224,7 @@ pub fn identity_parts(clone: &str) -> Result<(String, Option<String>), Unsuitabl
 /// [`IDENTITY_FILE`], and QEMU told to take its state from `socket`.
 pub fn restore_xml(clone: &str, identity: &Path, socket: &Path) -> Result<String, Unsuitable> {
     let p = parts(clone)?;
-    Ok(apply(
+    Ok(apply_edits(
         clone,
         vec![
             (

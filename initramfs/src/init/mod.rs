@@ -480,9 +480,10 @@ impl<'a> Boot<'a> {
     fn exec_init(&self, cfg: &BootConfig, init_args: &[String]) -> Failure {
         let end = self.tm.exec_init.unwrap_or_else(uptime);
         say(&format!(
-            "napalm: initramfs took {:.3}s (kernel {:.3}s); transferring control to {} ...",
+            "napalm: initramfs took {:.3}s (kernel {:.3}s); {} {} ...",
             end - self.t0,
             self.t0,
+            crate::identity::HANDOVER,
             cfg.init.display()
         ));
         let err = self.sys.exec(&cfg.init, init_args);

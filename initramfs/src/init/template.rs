@@ -16,9 +16,7 @@ use crate::net::iface;
 use crate::timings::uptime;
 use std::time::{Duration, Instant};
 
-/// The console line the host waits for before it saves the template's memory; printed
-/// even when `quiet`.
-pub const TEMPLATE_READY: &str = "napalm-init: template ready";
+pub use crate::identity::TEMPLATE_READY;
 
 /// How often fw_cfg is polled for the identity.
 const POLL: Duration = Duration::from_millis(10);

@@ -173,19 +173,6 @@ pub fn wait_carrier(sys_net: &Path, name: &str, timeout: Duration) -> io::Result
 /// The MAC address of `name` from sysfs.
 pub fn mac(sys_net: &Path, name: &str) -> io::Result<[u8; 6]> {
     let s = std::fs::read_to_string(sys_net.join(name).join("address"))?;
-    parse_mac(s.trim())
+    crate::identity::ethernet_address(s.trim())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad MAC {s:?}")))
-}
-
-/// Parses `52:54:00:12:34:56`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    for (o, p) in out.iter_mut().zip(parts) {
-        *o = u8::from_str_radix(p, 16).ok()?;
-    }
-    Some(out)
 }

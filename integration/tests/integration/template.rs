@@ -31,13 +31,7 @@ fn field<'a>(out: &'a str, tag: &str) -> &'a str {
 #[test]
 fn clones_restored_from_one_template_each_come_up_as_themselves() {
     // Two agents on this host's one libvirtd, as in the demo: each makes its own template.
-    let opts = GridOptions {
-        agents: 2,
-        keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
-        coordinator_args: vec!["--boot-from-template".into(), "true".into()],
-        ..Default::default()
-    };
-    let g = Grid::start(opts, "gridt").expect("starting the grid");
+    let g = template_grid(2, "gridt");
     // All three register (deploy_with fails the test otherwise).
     deploy_with(&g, "gridt", 3, "128M");
 
@@ -65,11 +59,7 @@ fn clones_restored_from_one_template_each_come_up_as_themselves() {
         );
     }
     // The template's guest is gone once saved: only the clones run.
-    let running = g.domains();
-    assert!(
-        running.iter().all(|d| !d.starts_with("napalm-tpl-")),
-        "{running:?}"
-    );
+    assert!(template_guests(&g).is_empty(), "{:?}", g.domains());
 
     let mut randoms = Vec::new();
     for c in &clones {
@@ -153,28 +143,29 @@ fn virsh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Names of the running template guests of `g`'s agents (their consoles are in its
-/// directory; other tests' grids may make theirs meanwhile).
+/// The template guests of `g`'s agents libvirt has (running: they are transient).
 fn template_guests(g: &Grid) -> Vec<String> {
-    let dir = g.dir.to_string_lossy().into_owned();
-    virsh(&["list", "--name"])
-        .lines()
-        .map(str::trim)
-        .filter(|n| n.starts_with("napalm-tpl-") && virsh(&["dumpxml", n]).contains(&dir))
-        .map(str::to_owned)
+    g.domains()
+        .into_iter()
+        .filter(|d| d.starts_with("napalm-tpl-"))
         .collect()
+}
+
+/// A grid of `agents` whose coordinator starts clones from templates.
+fn template_grid(agents: usize, name: &str) -> Grid {
+    let opts = GridOptions {
+        agents,
+        keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
+        coordinator_args: vec!["--boot-from-template".into(), "true".into()],
+        ..Default::default()
+    };
+    Grid::start(opts, name).expect("starting the grid")
 }
 
 #[test]
 fn an_agent_killed_while_it_makes_a_template_leaves_no_guest_and_its_clones_come_up() {
     use std::process::Stdio;
-    let opts = GridOptions {
-        agents: 1,
-        keep: std::env::var_os("NAPALM_KEEP_GRID").is_some(),
-        coordinator_args: vec!["--boot-from-template".into(), "true".into()],
-        ..Default::default()
-    };
-    let mut g = Grid::start(opts, "gridu").expect("starting the grid");
+    let mut g = template_grid(1, "gridu");
     let child = g
         .napalmctl_command()
         .expect("napalmctl")
